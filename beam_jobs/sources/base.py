@@ -1,0 +1,156 @@
+"""What a dataset adapter hands the Beam job: subject tracks with per-frame labels.
+
+Adding a dataset means adding one module under ``beam_jobs/sources/`` with a
+:class:`DatasetSource` subclass. Nothing here imports Apache Beam: discovery runs
+when the pipeline is built, :meth:`DatasetSource.read_labels` runs inside a DoFn.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import numpy as np
+
+from tfrecords_schema import keys
+
+# Reasons a labelled frame is not written (keys of the accounting's `dropped`).
+DROP_NO_MEDIA = "no_media"  # the annotation names a video that is not under --videos.
+DROP_AMBIGUOUS_MEDIA = "ambiguous_media"  # several media files match the annotation name.
+DROP_DUPLICATE_TRACK = "duplicate_track"  # the same subject id is annotated twice for one task.
+DROP_BAD_HEADER = "bad_header"  # an annotation file whose header is not one of the known ones.
+DROP_MALFORMED_LINE = "malformed_line"  # a line that does not parse; its frame had no other valid label.
+DROP_OUT_OF_RANGE = "out_of_range"  # values outside the task's range; the frame had no other valid label.
+DROP_UNREADABLE_MEDIA = "unreadable_media"  # zero-byte, corrupt or unsupported video: no frame decodes.
+DROP_BEYOND_VIDEO_END = "beyond_video_end"  # annotation lines past the last decodable frame.
+DROP_DECODE_ERROR = "decode_error"  # an exception while converting a track; its remaining frames.
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackSpec:
+    """One subject track to convert: one annotation name in one split.
+
+    A video whose tasks fall in different splits gives one TrackSpec per split, each
+    carrying only the annotation files of the tasks that split owns, so no label
+    reaches another split.
+
+    Attributes:
+        media_id: Annotation name, e.g. ``"10-60-1280x720_right"``.
+        split: ``"train"`` or ``"validation"``.
+        annotation_files: ``{task: path}`` for the tasks this split owns (tasks from
+            ``tfrecords_schema.TASKS``).
+        media_path: Full path or URL of the video; None when none was found.
+        data_path: Media path relative to the ``--videos`` root ("" when none).
+        side: ``"left"`` / ``"right"`` when two subjects share the media, else None.
+        crops_dir: Folder of provided crops (``{i:05d}.jpg``) in ``--cropped_aligned`` mode.
+        problem: A DROP_* reason that stops the whole track (its labelled frames are
+            counted as dropped with that reason), else None.
+    """
+
+    media_id: str
+    split: str
+    annotation_files: tuple[tuple[str, str], ...]
+    media_path: str | None = None
+    data_path: str = ""
+    side: str | None = None
+    crops_dir: str | None = None
+    problem: str | None = None
+
+    @property
+    def track_id(self) -> str:
+        """Unique id of the track: ``"<split>/<media_id>"``."""
+        return f"{self.split}/{self.media_id}"
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(task for task, _ in self.annotation_files)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """A failure worth a line in ``DIR/errors/``: where, why, and how many frames it cost."""
+
+    source: str  # file (and line) or track id.
+    reason: str  # one of the DROP_* reasons or another short snake_case reason.
+    message: str  # human-readable detail.
+    frames: int = 0  # labelled frames it cost.
+
+
+@dataclasses.dataclass
+class TrackLabels:
+    """Per-frame labels of a track; row ``i`` is frame ``i + 1`` (annotation line ``i + 1``).
+
+    Attributes:
+        expression: int64 ``[N]``, ``keys.EXPRESSION_INVALID`` where unlabelled.
+        valence_arousal: float32 ``[N, 2]``, ``keys.VA_INVALID`` where unlabelled.
+        action_units: int64 ``[N, K]``, ``keys.AU_INVALID`` where unlabelled.
+        rejected: str ``[N]``: a DROP_* reason for frames whose only labels were
+            rejected (malformed or out of range), "" elsewhere. Such frames count as
+            labelled and, since nothing valid is left, as dropped with that reason.
+        dead_letters: One entry per rejected line or file, naming file and line number.
+    """
+
+    expression: np.ndarray
+    valence_arousal: np.ndarray
+    action_units: np.ndarray
+    rejected: np.ndarray
+    dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.expression)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """bool ``[N]``: the frame has at least one valid label."""
+        return (
+            (self.expression != keys.EXPRESSION_INVALID)
+            | (self.valence_arousal != keys.VA_INVALID).all(axis=1)
+            | ((self.action_units != keys.AU_INVALID).all(axis=1) & (self.action_units.shape[1] > 0))
+        )
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """bool ``[N]``: the frame counts in the accounting (valid or rejected labels)."""
+        return self.valid | (self.rejected != "")
+
+
+@dataclasses.dataclass
+class Discovery:
+    """What an adapter found under the input folders.
+
+    Attributes:
+        tracks: Subject tracks, sorted by track id.
+        label_names: ``{"expression": [...], "valence_arousal": [...], "action_units": [...]}``.
+        tasks: Tasks with at least one annotation file.
+        unused_media: Media paths (relative to ``--videos``) that no annotation names.
+        dead_letters: Problems found while listing (bad headers, duplicates, ...).
+    """
+
+    tracks: list[TrackSpec]
+    label_names: dict[str, list[str]]
+    tasks: list[str]
+    unused_media: list[str] = dataclasses.field(default_factory=list)
+    dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
+
+
+class DatasetSource(abc.ABC):
+    """A dataset layout: finds subject tracks and reads their labels.
+
+    Instances are pickled to Beam workers: hold paths and options only.
+    """
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def discover(self) -> Discovery:
+        """Lists the tracks (runs once, when the pipeline is built)."""
+
+    @abc.abstractmethod
+    def read_labels(self, track: TrackSpec) -> TrackLabels:
+        """Parses the annotation files of one track (runs on a worker).
+
+        Bad lines are never raised: they are marked in ``rejected`` and reported in
+        ``dead_letters``. A file that cannot be used at all (bad header) makes every
+        frame it labels rejected with DROP_BAD_HEADER unless another task labels it.
+        """

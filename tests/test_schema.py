@@ -1,0 +1,124 @@
+"""The record schema round-trips through NumPy and tf.data, and dataset_info validates."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfrecords_schema as schema
+from tfrecords_schema import keys
+
+
+def _clip(num_aus=3):
+    n = 4
+    bbox = np.array([[0.1, 0.2, 0.5, 0.6], [np.nan] * 4, [0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]])
+    return schema.ClipRecord(
+        example_id="train/vid_left/000005",
+        dataset_name="abaw",
+        media_id="vid_left",
+        data_path="batch1/vid.mp4",
+        frame_rate=30.0,
+        bucket_index=2,
+        images=[b"jpeg%d" % i for i in range(n)],
+        frame_index=np.arange(5, 5 + n),
+        timestamp_us=np.arange(n) * 33333,
+        bbox=bbox,
+        expression=[1, -1, 3, 0],
+        valence_arousal=[[0.5, -0.5], [-5, -5], [0.1, 0.2], [0.0, 0.9]],
+        action_units=np.arange(n * num_aus).reshape(n, num_aus) % 2,
+    )
+
+
+def test_encode_then_decode_numpy_round_trips_every_field():
+    clip = _clip()
+    back = schema.decode_clip(schema.encode_clip(clip))
+    assert back.example_id == clip.example_id and back.media_id == "vid_left"
+    assert back.images == clip.images
+    np.testing.assert_array_equal(back.frame_index, [5, 6, 7, 8])
+    np.testing.assert_array_equal(back.has_face, [True, False, True, True])
+    np.testing.assert_allclose(back.bbox[0], clip.bbox[0])
+    np.testing.assert_array_equal(back.expression, [1, -1, 3, 0])
+    np.testing.assert_allclose(back.valence_arousal, clip.valence_arousal)
+    np.testing.assert_array_equal(back.action_units, clip.action_units)
+
+
+def test_encoding_is_byte_deterministic():
+    assert schema.encode_clip(_clip()) == schema.encode_clip(_clip())
+
+
+def test_tf_parser_matches_numpy_decoder():
+    clip = _clip()
+    parsed = schema.make_clip_parser(3)(tf.constant(schema.encode_clip(clip)))
+    assert parsed["example_id"].numpy() == b"train/vid_left/000005"
+    assert int(parsed["bucket"]) == 2
+    np.testing.assert_array_equal(parsed["has_face"].numpy(), [True, False, True, True])
+    np.testing.assert_allclose(parsed["bbox"].numpy()[1], [0, 0, 0, 0])
+    np.testing.assert_allclose(parsed["bbox"].numpy()[2], clip.bbox[2])
+    np.testing.assert_array_equal(parsed["action_units"].numpy(), clip.action_units)
+    np.testing.assert_allclose(parsed["valence_arousal"].numpy(), clip.valence_arousal)
+
+
+def test_parser_without_action_units_gives_empty_au_tensor():
+    parsed = schema.make_clip_parser(0)(tf.constant(schema.encode_clip(_clip(num_aus=0))))
+    assert parsed["action_units"].shape == (4, 0)
+
+
+def test_decoder_refuses_other_schema_version():
+    example = tf.train.SequenceExample.FromString(schema.encode_clip(_clip()))
+    example.context.feature[keys.SCHEMA_VERSION].int64_list.value[0] = 99
+    with pytest.raises(ValueError, match="schema version 99"):
+        schema.decode_clip(example.SerializeToString())
+
+
+def _info():
+    split = schema.SplitInfo(
+        num_clips=1,
+        num_frames=4,
+        bucket_clips={"Fear": 1},
+        shards=[schema.ShardInfo("train/abaw-train-Fear.tfrecord-00000-of-00001", "Fear", 1, 4, 100)],
+        accounting=schema.Accounting(5, 3, 1, {"beyond_video_end": 1}),
+    )
+    return schema.DatasetInfo(
+        name="abaw", tasks=["expr"], label_names={"expression": ["Neutral", "Fear"]}, bucket_by="expression",
+        bucket_names=["Neutral", "Fear"], crop_size=112, clip_length=4, splits={"train": split},
+    )
+
+
+def test_dataset_info_round_trips_through_json(tmp_path):
+    schema.write_dataset_info(_info(), str(tmp_path))
+    back = schema.read_dataset_info(str(tmp_path))
+    assert back == _info()
+    back.check()
+
+
+def test_dataset_info_check_names_the_unbalanced_split():
+    info = _info()
+    info.splits["train"].accounting.written_frames_with_face = 2
+    with pytest.raises(schema.DatasetInfoError, match="'train' does not add up"):
+        info.check()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"schema_version": 0}), "schema version 0"),
+        (json.dumps({"schema_version": schema.SCHEMA_VERSION, "name": "x"}), "missing or has malformed"),
+    ],
+)
+def test_bad_dataset_info_gives_clear_error(tmp_path, text, message):
+    (tmp_path / schema.DATASET_INFO_FILENAME).write_text(text)
+    with pytest.raises(schema.DatasetInfoError, match=message):
+        schema.read_dataset_info(str(tmp_path))
+
+
+def test_missing_dataset_info_says_what_data_must_be(tmp_path):
+    with pytest.raises(schema.DatasetInfoError, match="output directory of beam_jobs.convert"):
+        schema.read_dataset_info(str(tmp_path))
+
+
+def test_shard_names_follow_tfds_pattern():
+    assert schema.shard_basename("abaw", "train", "Fear", 3, 10) == "abaw-train-Fear.tfrecord-00003-of-00010"
+    assert schema.shard_basename("abaw", "validation", None, 0, 1) == "abaw-validation.tfrecord-00000-of-00001"
+    assert schema.bucket_token("va 1/2") == "va_1_2"

@@ -1,0 +1,35 @@
+"""The on-disk format shared by the Beam job and the trainer: keys, clip codec, dataset info.
+
+Both sides import only this package to talk to each other; it imports neither.
+"""
+
+from tfrecords_schema import keys
+from tfrecords_schema.clip_codec import ClipRecord, decode_clip, encode_clip, make_clip_parser
+from tfrecords_schema.dataset_info import (
+    DATASET_INFO_FILENAME,
+    SPLITS,
+    SPLIT_TRAIN,
+    SPLIT_VALIDATION,
+    TASKS,
+    TASK_ACTION_UNITS,
+    TASK_EXPRESSION,
+    TASK_VALENCE_AROUSAL,
+    Accounting,
+    DatasetInfo,
+    DatasetInfoError,
+    ShardInfo,
+    SplitInfo,
+    bucket_token,
+    join_path,
+    read_dataset_info,
+    shard_basename,
+    write_dataset_info,
+)
+from tfrecords_schema.version import SCHEMA_VERSION
+
+__all__ = [
+    "keys", "ClipRecord", "decode_clip", "encode_clip", "make_clip_parser", "DATASET_INFO_FILENAME",
+    "SPLITS", "SPLIT_TRAIN", "SPLIT_VALIDATION", "TASKS", "TASK_ACTION_UNITS", "TASK_EXPRESSION",
+    "TASK_VALENCE_AROUSAL", "Accounting", "DatasetInfo", "DatasetInfoError", "ShardInfo", "SplitInfo",
+    "bucket_token", "join_path", "read_dataset_info", "shard_basename", "write_dataset_info", "SCHEMA_VERSION",
+]

@@ -1,0 +1,275 @@
+"""`dataset_info.json`: what a conversion wrote, read back by the trainer and `inspect`.
+
+The file sits at the root of a conversion output and describes the splits, the
+rebalancing buckets, the class histograms, every shard with its record count and
+the frame accounting. Paths inside it are relative to that root, so an output can
+be copied to `gs://` or `s3://` unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import posixpath
+import re
+from typing import Any
+
+from tfrecords_schema.version import SCHEMA_VERSION
+
+DATASET_INFO_FILENAME = "dataset_info.json"
+
+# Task names as the command lines spell them, and the label each one carries.
+TASK_EXPRESSION = "expr"
+TASK_VALENCE_AROUSAL = "va"
+TASK_ACTION_UNITS = "au"
+TASKS = (TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASK_ACTION_UNITS)
+
+# Splits a conversion can write.
+SPLIT_TRAIN = "train"
+SPLIT_VALIDATION = "validation"
+SPLITS = (SPLIT_TRAIN, SPLIT_VALIDATION)
+
+
+class DatasetInfoError(ValueError):
+    """A dataset_info.json that is missing, malformed or of another schema version."""
+
+
+@dataclasses.dataclass
+class ShardInfo:
+    """One TFRecord shard file.
+
+    Attributes:
+        path: Path relative to the dataset root, e.g. ``"train/abaw-train-Fear.tfrecord-00000-of-00002"``.
+        bucket: Rebalancing bucket of every clip in the shard (None for unbucketed splits).
+        num_records: Clips in the shard.
+        num_frames: Frames in those clips.
+        num_bytes: File size in bytes.
+    """
+
+    path: str
+    bucket: str | None
+    num_records: int
+    num_frames: int
+    num_bytes: int
+
+
+@dataclasses.dataclass
+class Accounting:
+    """Where every labelled frame of a split went.
+
+    ``labelled_frames == written_frames_with_face + written_frames_without_face + sum(dropped)``.
+
+    Attributes:
+        labelled_frames: Frames with at least one label (valid or rejected) in the annotations.
+        written_frames_with_face: Labelled frames written with a detected (or provided) face.
+        written_frames_without_face: Labelled frames written without a face (blank or held crop).
+        dropped: ``{reason: frames}`` for labelled frames not written.
+    """
+
+    labelled_frames: int = 0
+    written_frames_with_face: int = 0
+    written_frames_without_face: int = 0
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def written_frames(self) -> int:
+        return self.written_frames_with_face + self.written_frames_without_face
+
+    @property
+    def dropped_frames(self) -> int:
+        return sum(self.dropped.values())
+
+    def is_balanced(self) -> bool:
+        return self.labelled_frames == self.written_frames + self.dropped_frames
+
+    def check(self, split: str) -> None:
+        """Raises DatasetInfoError when the frames do not add up."""
+        if not self.is_balanced():
+            raise DatasetInfoError(
+                f"accounting of split {split!r} does not add up: labelled_frames={self.labelled_frames} != "
+                f"with_face {self.written_frames_with_face} + without_face {self.written_frames_without_face}"
+                f" + dropped {self.dropped_frames} {dict(sorted(self.dropped.items()))}"
+            )
+
+    def merge(self, other: "Accounting") -> "Accounting":
+        dropped = dict(self.dropped)
+        for reason, count in other.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+        return Accounting(
+            self.labelled_frames + other.labelled_frames,
+            self.written_frames_with_face + other.written_frames_with_face,
+            self.written_frames_without_face + other.written_frames_without_face,
+            dropped,
+        )
+
+
+@dataclasses.dataclass
+class SplitInfo:
+    """What one split holds.
+
+    Attributes:
+        num_clips: Records written.
+        num_frames: Frames in those records (labelled or not).
+        bucket_clips: ``{bucket: clips}``; for the train split each bucket has its own shard set.
+        bucket_frames: ``{bucket: frames}``.
+        class_frames: Per task, ``{label name: frames}``: valid expression frames per class,
+            positive frames per AU, and for VA the valid frames per valence/arousal grid cell.
+        shards: Every shard file of the split.
+        accounting: Where the labelled frames went.
+    """
+
+    num_clips: int = 0
+    num_frames: int = 0
+    bucket_clips: dict[str, int] = dataclasses.field(default_factory=dict)
+    bucket_frames: dict[str, int] = dataclasses.field(default_factory=dict)
+    class_frames: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    shards: list[ShardInfo] = dataclasses.field(default_factory=list)
+    accounting: Accounting = dataclasses.field(default_factory=Accounting)
+
+    def shards_of_bucket(self, bucket: str | None) -> list[ShardInfo]:
+        return [s for s in self.shards if s.bucket == bucket]
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """The contents of ``dataset_info.json``.
+
+    Attributes:
+        name: Dataset adapter name (also the shard file prefix), e.g. ``"abaw"``.
+        tasks: Tasks with labels in the output, a subset of :data:`TASKS`.
+        label_names: ``{"expression": [...], "valence_arousal": ["valence", "arousal"],
+            "action_units": ["AU1", ...]}`` (empty lists for absent tasks).
+        bucket_by: ``"expression"``, ``"va_grid"`` or ``"none"``.
+        bucket_names: Bucket names; a clip's ``clip/label/index`` indexes this list.
+        crop_size: Side of the square face crops, pixels.
+        clip_length: Frames per clip (the last clip of a track may be shorter).
+        splits: ``{split: SplitInfo}``.
+        options: The conversion options used.
+        failures: ``{"dead_letters": n, "by_reason": {...}, "files": [...]}``.
+        unused_media: Media files under ``--videos`` with no annotation.
+        run: Timing of the run (``{"seconds": ..., "frames_per_second": ...}``).
+        schema_version: Version of the records and of this file.
+    """
+
+    name: str
+    tasks: list[str]
+    label_names: dict[str, list[str]]
+    bucket_by: str
+    bucket_names: list[str]
+    crop_size: int
+    clip_length: int
+    splits: dict[str, SplitInfo]
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    failures: dict[str, Any] = dataclasses.field(default_factory=dict)
+    unused_media: list[str] = dataclasses.field(default_factory=list)
+    run: dict[str, Any] = dataclasses.field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def expression_names(self) -> list[str]:
+        return list(self.label_names.get("expression", []))
+
+    @property
+    def action_unit_names(self) -> list[str]:
+        return list(self.label_names.get("action_units", []))
+
+    @property
+    def num_action_units(self) -> int:
+        return len(self.action_unit_names)
+
+    def check(self) -> None:
+        """Raises DatasetInfoError unless every split's accounting adds up."""
+        for split, info in self.splits.items():
+            info.accounting.check(split)
+
+    def to_json(self) -> str:
+        """Deterministic JSON text (sorted keys, two-space indent)."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "dataset_info.json") -> "DatasetInfo":
+        """Parses and validates JSON text.
+
+        Raises:
+            DatasetInfoError: malformed JSON, missing fields or another schema version.
+        """
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DatasetInfoError(f"{source} is not valid JSON: {e}") from e
+        if not isinstance(raw, dict):
+            raise DatasetInfoError(f"{source} must hold a JSON object, got {type(raw).__name__}")
+        version = raw.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise DatasetInfoError(
+                f"{source} has schema version {version!r}; this AffectStream reads version {SCHEMA_VERSION}."
+                " Convert the data again with this version of beam_jobs.convert."
+            )
+        try:
+            splits = {}
+            for split, s in raw["splits"].items():
+                s = dict(s)
+                s["shards"] = [ShardInfo(**shard) for shard in s.get("shards", [])]
+                s["accounting"] = Accounting(**s.get("accounting", {}))
+                splits[split] = SplitInfo(**s)
+            fields = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(raw) - fields)
+            if unknown:
+                raise DatasetInfoError(f"{source} has unknown fields {unknown}")
+            return cls(**{**raw, "splits": splits})
+        except (KeyError, TypeError) as e:
+            raise DatasetInfoError(f"{source} is missing or has malformed fields: {e}") from e
+
+
+def bucket_token(name: str) -> str:
+    """A bucket name made safe for file names (letters, digits, '_' and '.')."""
+    token = re.sub(r"[^A-Za-z0-9_.]+", "_", name).strip("_")
+    if not token:
+        raise ValueError(f"bucket name {name!r} has no file-safe characters")
+    return token
+
+
+def shard_basename(prefix: str, split: str, bucket: str | None, index: int, num_shards: int) -> str:
+    """``<prefix>-<split>[-<bucket>].tfrecord-SSSSS-of-NNNNN`` (TFDS style)."""
+    stem = f"{prefix}-{split}" + (f"-{bucket_token(bucket)}" if bucket is not None else "")
+    return f"{stem}.tfrecord-{index:05d}-of-{num_shards:05d}"
+
+
+def join_path(root: str, *parts: str) -> str:
+    """Joins path parts under a local directory or a URL (``gs://``, ``s3://``)."""
+    if "://" in root:
+        return posixpath.join(root.rstrip("/"), *parts)
+    return os.path.join(root, *parts)
+
+
+def info_path(data_dir: str) -> str:
+    """Path of the dataset_info.json of a conversion output."""
+    return join_path(data_dir, DATASET_INFO_FILENAME)
+
+
+def read_dataset_info(data_dir: str) -> DatasetInfo:
+    """Reads ``<data_dir>/dataset_info.json`` from local disk, ``gs://`` or ``s3://``.
+
+    Raises:
+        DatasetInfoError: the file is missing, malformed or of another schema version.
+    """
+    import tensorflow as tf  # Late import: the Beam side writes with Beam's file systems.
+
+    path = info_path(data_dir)
+    if not tf.io.gfile.exists(path):
+        raise DatasetInfoError(
+            f"{path} not found: --data must be the output directory of beam_jobs.convert"
+        )
+    with tf.io.gfile.GFile(path, "r") as f:
+        return DatasetInfo.from_json(f.read(), source=path)
+
+
+def write_dataset_info(info: DatasetInfo, data_dir: str) -> str:
+    """Writes ``info`` to ``<data_dir>/dataset_info.json`` with tf.io.gfile; returns the path."""
+    import tensorflow as tf
+
+    path = info_path(data_dir)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(info.to_json())
+    return path
