@@ -84,7 +84,7 @@ def _draw_face(img: np.ndarray, face: FaceSpec) -> None:
     elif e == 5:  # Sadness: frown.
         cv2.ellipse(img, _pt(cx, cy, s, 0, 44), (int(22 * s), int(11 * s)), 0, 180, 360, _MOUTH, thick)
     elif e == 6:  # Surprise: big open mouth.
-        cv2.ellipse(img, _pt(cx, cy, s, 0, 38), (int(11 * s), int(15 * s)), 0, 0, 360, (40, 30, 80), -1)
+        cv2.ellipse(img, _pt(cx, cy, s, 0, 38), (int(9 * s), int(12 * s)), 0, 0, 360, (70, 60, 130), -1)
     elif e == 3:  # Fear: small open mouth, stretched.
         cv2.ellipse(img, _pt(cx, cy, s, 0, 38), (int(18 * s), int(6 * s)), 0, 0, 360, (40, 30, 80), -1)
     elif e == 2:  # Disgust: one corner up, nose wrinkle.

@@ -1,0 +1,53 @@
+"""The `affectstream` command: one entry point for every job.
+
+Each subcommand only forwards its arguments to the module that does the work,
+imported on demand so that `affectstream inspect` does not pay for TensorFlow
+training code and `affectstream train` does not load Apache Beam.
+
+Example:
+    affectstream demo --output demo_output
+    affectstream convert --dataset abaw --videos V --annotations A --output OUT --runner DirectRunner
+    affectstream inspect OUT --verify
+    affectstream train --data OUT --task expr --job_dir JOB
+    affectstream evaluate --model JOB/export --data OUT
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module with run(argv) -> int, one-line help)
+COMMANDS = {
+    "convert": ("beam_jobs.convert", "Beam job: labelled videos -> sharded TFRecord clips + dataset_info.json"),
+    "inspect": ("beam_jobs.inspect_dataset", "summarise a conversion output; --verify re-counts its shards"),
+    "train": ("trainer.train", "train the CNN+RNN on a conversion output (local, gs://, s3://)"),
+    "evaluate": ("trainer.evaluate", "whole-set metrics and confusion matrix of an exported model"),
+    "demo": ("affectstream.demo", "generate the demo dataset, convert, inspect, train, evaluate, report"),
+    "make-demo-data": ("affectstream.demo_data", "write the demo dataset (ABAW layout) to a folder"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: affectstream COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<15} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "Run `affectstream COMMAND --help` for the arguments of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand; returns its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"affectstream: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.run(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
