@@ -27,6 +27,23 @@ DROP_DECODE_ERROR = "decode_error"  # an exception while converting a track; its
 
 
 @dataclasses.dataclass(frozen=True)
+class RejectedAnnotation:
+    """An annotation file whose labels are rejected as a whole for one track.
+
+    Attributes:
+        task: The task the file labels (from ``tfrecords_schema.TASKS``).
+        path: The file.
+        reason: A DROP_* reason, e.g. ``DROP_DUPLICATE_TRACK``.
+        message: Human-readable detail (for duplicates: every file involved).
+    """
+
+    task: str
+    path: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
 class TrackSpec:
     """One subject track to convert: one annotation name in one split.
 
@@ -45,6 +62,13 @@ class TrackSpec:
         crops_dir: Folder of provided crops (``{i:05d}.jpg``) in ``--cropped_aligned`` mode.
         problem: A DROP_* reason that stops the whole track (its labelled frames are
             counted as dropped with that reason), else None.
+        action_unit_names: The dataset's action-unit names, in column order of
+            ``TrackLabels.action_units`` (so every track of a run has the same
+            number of AU columns, even one without an AU file). Empty when the run has
+            no AU task.
+        rejected_files: Annotation files of this split that are read only to count and
+            reject their frames (e.g. the same task and subject annotated twice:
+            ``DROP_DUPLICATE_TRACK``). Their labels never reach the output.
     """
 
     media_id: str
@@ -55,6 +79,8 @@ class TrackSpec:
     side: str | None = None
     crops_dir: str | None = None
     problem: str | None = None
+    action_unit_names: tuple[str, ...] = ()
+    rejected_files: tuple[RejectedAnnotation, ...] = ()
 
     @property
     def track_id(self) -> str:
