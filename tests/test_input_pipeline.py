@@ -1,0 +1,316 @@
+"""The trainer's tf.data pipelines on tiny converted datasets written in the test."""
+
+import collections
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrecords_schema import DatasetInfoError, decode_clip, keys, write_dataset_info
+from trainer import input as trainer_input
+from trainer_data import corrupt_shard, shard_path, truncate_shard, write_dataset
+
+SEQ_LEN = 8
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("data"))
+    info = write_dataset(root, num_clips_per_class={"A": 4, "B": 3, "C": 2}, clip_length=12, short_clip_every=3,
+                         crop_size=24, invalid_fraction=0.2, no_face_fraction=0.15, seed=1)
+    return root, info
+
+
+def _clips(root, info, split):
+    clips = []
+    for shard in info.splits[split].shards:
+        for record in tf.data.TFRecordDataset(os.path.join(root, shard.path)):
+            clips.append(decode_clip(record.numpy()))
+    return clips
+
+
+def _collect_eval(dataset):
+    """{(example_id, frame_index): (image, targets, weights)} over the whole eval stream; counts repeats."""
+    seen, counts = {}, collections.Counter()
+    for images, targets, weights, ids in dataset:
+        for b in range(images.shape[0]):
+            example_id = ids["example_id"][b].numpy().decode()
+            for t in range(images.shape[1]):
+                frame = int(ids["frame_index"][b, t])
+                if frame < 0:
+                    assert all(float(w[b, t]) == 0.0 for w in weights.values())
+                    assert not images[b, t].numpy().any()
+                    continue
+                counts[(example_id, frame)] += 1
+                seen[(example_id, frame)] = (images[b, t].numpy(),
+                                             {k: v[b, t].numpy() for k, v in targets.items()},
+                                             {k: float(v[b, t]) for k, v in weights.items()})
+    return seen, counts
+
+
+@pytest.mark.parametrize("task,heads", [("expr", ("expression",)), ("va", ("valence_arousal",)),
+                                        ("au", ("action_units",)),
+                                        ("multi", ("expression", "valence_arousal", "action_units"))])
+def test_train_and_eval_elements_have_the_contract_shapes_and_dtypes(data, task, heads):
+    root, info = data
+    train = trainer_input.make_train_dataset(root, info, task=task, seq_len=SEQ_LEN, batch_size=3)
+    evaluation = trainer_input.make_eval_dataset(root, info, task=task, seq_len=SEQ_LEN, batch_size=3)
+    for images, targets, weights in (next(iter(train)), next(iter(evaluation))):
+        assert images.dtype == tf.float32 and images.shape == (3, SEQ_LEN, 24, 24, 3)
+        assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+        assert tuple(targets) == heads and tuple(weights) == heads
+        expected = {"expression": (tf.int32, (3, SEQ_LEN)), "valence_arousal": (tf.float32, (3, SEQ_LEN, 2)),
+                    "action_units": (tf.float32, (3, SEQ_LEN, 4))}
+        for head in heads:
+            assert (targets[head].dtype, tuple(targets[head].shape)) == expected[head]
+            assert weights[head].dtype == tf.float32 and tuple(weights[head].shape) == (3, SEQ_LEN)
+    assert train.element_spec[0].shape == (3, SEQ_LEN, 24, 24, 3)  # fixed batch shape for training
+
+
+def test_eval_covers_every_frame_exactly_once_with_masks_and_targets_from_the_records(data):
+    root, info = data
+    dataset = trainer_input.make_eval_dataset_with_ids(root, info, task="multi", seq_len=SEQ_LEN, batch_size=4)
+    seen, counts = _collect_eval(dataset)
+    clips = _clips(root, info, "validation")
+    expected_frames = {(c.example_id, int(f)) for c in clips for f in c.frame_index}
+    assert set(counts) == expected_frames
+    assert set(counts.values()) == {1}
+    masked = collections.Counter()
+    for clip in clips:
+        for t, frame in enumerate(clip.frame_index):
+            image, targets, weights = seen[(clip.example_id, int(frame))]
+            face = bool(clip.has_face[t])
+            expr_ok = clip.expression[t] != keys.EXPRESSION_INVALID
+            va_ok = bool((clip.valence_arousal[t] != keys.VA_INVALID).all())
+            au_ok = bool((clip.action_units[t] != keys.AU_INVALID).all())
+            assert weights == {"expression": float(expr_ok and face), "valence_arousal": float(va_ok and face),
+                               "action_units": float(au_ok and face)}
+            assert targets["expression"] == (clip.expression[t] if expr_ok else 0)
+            np.testing.assert_allclose(targets["valence_arousal"], clip.valence_arousal[t] if va_ok else [0, 0])
+            np.testing.assert_array_equal(targets["action_units"], clip.action_units[t] if au_ok else 0)
+            # No augmentation in evaluation: the pixels are the decoded JPEG.
+            decoded = tf.io.decode_jpeg(clip.images[t], channels=3).numpy().astype(np.float32) / 255.0
+            np.testing.assert_allclose(image, decoded, atol=1e-6)
+            masked["no_face"] += not face
+            masked["invalid"] += not expr_ok
+    assert masked["no_face"] > 0 and masked["invalid"] > 0  # the data really exercises both masks
+
+
+def test_eval_order_is_deterministic(data):
+    root, info = data
+
+    def ids():
+        dataset = trainer_input.make_eval_dataset_with_ids(root, info, task="expr", seq_len=SEQ_LEN, batch_size=5)
+        return [(i["example_id"].numpy().tolist(), i["frame_index"].numpy().tolist()) for *_, i in dataset]
+
+    assert ids() == ids()
+
+
+def test_train_weights_mask_invalid_no_face_and_padding_only(tmp_path):
+    # Clips of 5 and 3 frames, seq_len 8: frames past the clip end are padding.
+    info = write_dataset(tmp_path, num_clips_per_class={"A": 2, "B": 2}, clip_length=5, short_clip_every=2,
+                         crop_size=16, invalid_fraction=0.0, no_face_fraction=0.0, seed=2)
+    dataset = trainer_input.make_train_dataset(str(tmp_path), info, task="multi", seq_len=SEQ_LEN, batch_size=4,
+                                               seed=1)
+    for images, targets, weights in dataset.take(5):
+        real = tf.reduce_any(images > 0, axis=[2, 3, 4]).numpy()  # padding frames are all-zero images
+        for head in weights:
+            np.testing.assert_array_equal(weights[head].numpy(), real.astype(np.float32))
+        lengths = real.sum(axis=1)
+        assert set(lengths.tolist()) <= {3, 5}
+        assert all(real[b, : lengths[b]].all() for b in range(4))  # padding is a suffix
+
+
+def test_targets_and_weights_mask_each_reason_separately():
+    window = {
+        "image": tf.constant(["x"] * 4),
+        "num_valid": tf.constant(3),  # frame 3 is padding
+        "has_face": tf.constant([True, False, True, True]),
+        "expression": tf.constant([2, 1, keys.EXPRESSION_INVALID, 0], tf.int64),
+        "valence_arousal": tf.constant([[0.5, -0.5], [0.1, 0.1], [keys.VA_INVALID] * 2, [0.2, 0.2]]),
+        "action_units": tf.constant([[1, 0], [0, 1], [0, 0], [keys.AU_INVALID] * 2], tf.int64),
+    }
+    targets, weights = trainer_input._targets_and_weights(window, trainer_input.HEADS, 3, None)
+    np.testing.assert_array_equal(weights["expression"], [1, 0, 0, 0])
+    np.testing.assert_array_equal(weights["valence_arousal"], [1, 0, 0, 0])
+    np.testing.assert_array_equal(weights["action_units"], [1, 0, 1, 0])
+    np.testing.assert_array_equal(targets["expression"], [2, 1, 0, 0])
+    np.testing.assert_allclose(targets["valence_arousal"], [[0.5, -0.5], [0.1, 0.1], [0, 0], [0.2, 0.2]])
+    np.testing.assert_array_equal(targets["action_units"], [[1, 0], [0, 1], [0, 0], [0, 0]])
+    class_weights = np.array([0.5, 1.0, 2.0], np.float32)
+    _, weighted = trainer_input._targets_and_weights(window, ("expression",), 3, class_weights)
+    np.testing.assert_array_equal(weighted["expression"], [2.0, 0, 0, 0])
+
+
+def test_loss_weighting_multiplies_expression_weights_by_class_weights(data):
+    root, info = data
+    from trainer import sampling
+    class_weights = sampling.class_loss_weights(info, "expression", "inverse")
+    plain = trainer_input.make_train_dataset(root, info, task="expr", seq_len=SEQ_LEN, batch_size=6, seed=4)
+    weighted = trainer_input.make_train_dataset(root, info, task="expr", seq_len=SEQ_LEN, batch_size=6, seed=4,
+                                                loss_weighting="inverse")
+    (_, t0, w0), (_, t1, w1) = next(iter(plain)), next(iter(weighted))
+    np.testing.assert_array_equal(t0["expression"], t1["expression"])
+    np.testing.assert_allclose(w1["expression"], w0["expression"] * class_weights[t0["expression"].numpy()])
+
+
+def test_training_is_seeded_and_augments_only_when_asked(data):
+    root, info = data
+
+    def first(seed, augment):
+        ds = trainer_input.make_train_dataset(root, info, task="expr", seq_len=SEQ_LEN, batch_size=4, seed=seed,
+                                              augment=augment)
+        images, targets, _ = next(iter(ds))
+        return images.numpy(), targets["expression"].numpy()
+
+    a, b = first(7, True), first(7, True)
+    np.testing.assert_array_equal(a[0], b[0])
+    plain = first(7, False)
+    np.testing.assert_array_equal(plain[1], a[1])  # same clips and frames ...
+    assert np.abs(plain[0] - a[0]).mean() > 1e-3  # ... different pixels
+    assert not np.array_equal(first(8, True)[0], a[0])
+
+
+def test_augmentation_is_identical_across_the_frames_of_a_clip():
+    frame = tf.random.stateless_uniform([1, 16, 16, 3], [1, 2], 0, 256, tf.int32)
+    clip = tf.cast(tf.tile(frame, [6, 1, 1, 1]), tf.uint8)
+    for s in range(5):
+        out = trainer_input._augment(clip, tf.constant(6), tf.constant([s, 9], tf.int64), 16).numpy()
+        assert np.allclose(out, out[:1])
+        assert not np.allclose(out[0], frame[0].numpy() / 255.0)
+
+
+def test_pipelines_shard_files_between_workers(data):
+    root, info = data
+    union = collections.Counter()
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
+                                             num_replicas_in_sync=2)
+        _, counts = _collect_eval(trainer_input.make_eval_dataset_with_ids(
+            root, info, task="expr", seq_len=SEQ_LEN, batch_size=4, input_context=context))
+        assert counts and not set(counts) & set(union)
+        union.update(counts)
+        next(iter(trainer_input.make_train_dataset(root, info, task="expr", seq_len=SEQ_LEN, batch_size=2,
+                                                   input_context=context)))
+    assert len(union) == info.splits["validation"].num_frames and set(union.values()) == {1}
+
+
+def test_fewer_shards_than_workers_is_a_clear_error(data):
+    root, info = data
+    context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=0, num_replicas_in_sync=3)
+    with pytest.raises(ValueError, match=r"train bucket 'A' has 2 shard file\(s\) but there are 3 input pipelines"):
+        trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2, input_context=context)
+    with pytest.raises(ValueError, match=r"split 'validation' has 2 shard file\(s\) but there are 3"):
+        trainer_input.make_eval_dataset(root, info, task="expr", seq_len=4, batch_size=2, input_context=context)
+
+
+def test_corrupt_shard_fails_naming_the_file(tmp_path):
+    info = write_dataset(tmp_path, num_clips_per_class={"A": 3, "B": 3}, clip_length=4, crop_size=16, seed=4)
+    bad = shard_path(tmp_path, info, "validation", 0)
+    corrupt_shard(bad)  # same size: only reading finds it
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"corrupt or truncated shard.*" + os.path.basename(bad)):
+        for _ in trainer_input.make_eval_dataset(str(tmp_path), info, task="expr", seq_len=4, batch_size=2):
+            pass
+    bad_train = shard_path(tmp_path, info, "train", 0, bucket="B")
+    corrupt_shard(bad_train)
+    train = trainer_input.make_train_dataset(str(tmp_path), info, task="expr", seq_len=4, batch_size=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=os.path.basename(bad_train)):
+        for _ in train.take(50):
+            pass
+
+
+def test_truncated_or_missing_shard_fails_before_reading_naming_the_file(tmp_path):
+    info = write_dataset(tmp_path, num_clips_per_class={"A": 2, "B": 2}, clip_length=4, crop_size=16, seed=5)
+    truncated = shard_path(tmp_path, info, "train", 1)
+    truncate_shard(truncated)
+    with pytest.raises(trainer_input.CorruptShardError, match=f"{truncated} .* bytes but dataset_info.json says"):
+        trainer_input.make_train_dataset(str(tmp_path), info, task="expr", seq_len=4, batch_size=2)
+    missing = shard_path(tmp_path, info, "validation", 1)
+    os.remove(missing)
+    with pytest.raises(trainer_input.CorruptShardError, match=f"{missing} .*does not exist"):
+        trainer_input.make_eval_dataset(str(tmp_path), info, task="expr", seq_len=4, batch_size=2)
+
+
+def test_skip_corrupt_goes_on_and_counts_the_lost_records(tmp_path, capfd):
+    info = write_dataset(tmp_path, num_clips_per_class={"A": 4, "B": 4}, clip_length=4, short_clip_every=0,
+                         crop_size=16, seed=6)
+    bad = shard_path(tmp_path, info, "validation", 0)
+    corrupt_shard(bad)
+    readable = sum(1 for _ in tf.data.TFRecordDataset(bad).ignore_errors())
+    lost = info.splits["validation"].shards[0].num_records - readable
+    assert lost > 0
+    before = trainer_input.skipped_records()
+    dataset = trainer_input.make_eval_dataset_with_ids(str(tmp_path), info, task="expr", seq_len=4, batch_size=2,
+                                                      skip_corrupt=True)
+    _, counts = _collect_eval(dataset)
+    assert trainer_input.skipped_records() - before == lost
+    assert len(counts) == info.splits["validation"].num_frames - 4 * lost
+    assert os.path.basename(bad) in capfd.readouterr().err
+
+
+def test_missing_split_is_a_clear_error(tmp_path):
+    info = write_dataset(tmp_path, num_clips_per_class={"A": 1, "B": 1}, clip_length=4, crop_size=16,
+                         num_validation_shards=0)
+    with pytest.raises(DatasetInfoError, match="no 'validation' split; it has: train"):
+        trainer_input.make_eval_dataset(str(tmp_path), info, task="expr", seq_len=4, batch_size=2)
+    del info.splits["train"]
+    with pytest.raises(DatasetInfoError, match="no 'train' split"):
+        trainer_input.make_train_dataset(str(tmp_path), info, task="expr", seq_len=4, batch_size=2)
+
+
+def test_empty_bucket_is_skipped_with_a_warning_and_all_empty_is_an_error(tmp_path, caplog):
+    info = write_dataset(tmp_path / "some", num_clips_per_class={"A": 2, "Empty": 0, "C": 2}, clip_length=4,
+                         crop_size=16, invalid_fraction=0.0, no_face_fraction=0.0)
+    caplog.set_level(logging.WARNING, logger="trainer.input")
+    dataset = trainer_input.make_train_dataset(str(tmp_path / "some"), info, task="expr", seq_len=2, batch_size=8)
+    labels = np.concatenate([t["expression"].numpy().ravel() for _, t, _ in dataset.take(5)])
+    assert set(labels.tolist()) == {0, 2}
+    assert "train bucket 'Empty' has no clips: skipped" in caplog.text
+    none = write_dataset(tmp_path / "none", num_clips_per_class={"A": 0, "B": 0}, clip_length=4, crop_size=16,
+                         num_validation_clips_per_class=1)
+    with pytest.raises(ValueError, match="every train bucket is empty"):
+        trainer_input.make_train_dataset(str(tmp_path / "none"), none, task="expr", seq_len=2, batch_size=2)
+
+
+def test_task_without_labels_is_a_clear_error(tmp_path):
+    info = write_dataset(tmp_path, num_clips_per_class={"A": 1, "B": 1}, clip_length=4, crop_size=16,
+                         tasks=("expr",))
+    with pytest.raises(ValueError, match="no labels for task 'va'; it has labels for: expr"):
+        trainer_input.make_train_dataset(str(tmp_path), info, task="va", seq_len=4, batch_size=2)
+    with pytest.raises(ValueError, match="no labels for task 'au'"):
+        trainer_input.make_eval_dataset(str(tmp_path), info, task="au", seq_len=4, batch_size=2)
+    assert trainer_input.heads_for_task(info, "multi") == ("expression",)
+    with pytest.raises(ValueError, match="valid values: expr, va, au, multi"):
+        trainer_input.heads_for_task(info, "pose")
+
+
+def test_unknown_sampling_option_lists_the_valid_values(data):
+    root, info = data
+    with pytest.raises(ValueError, match="valid values: natural, balanced, sqrt, downsample"):
+        trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2, sampling="uniform")
+    with pytest.raises(ValueError, match="valid values: none, inverse, sqrt"):
+        trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2, loss_weighting="x")
+
+
+def test_unbucketed_train_split_is_one_stream(tmp_path):
+    info = write_dataset(tmp_path, num_clips_per_class={"A": 2, "B": 2}, clip_length=4, crop_size=16,
+                         tasks=("va",))
+    for shard in info.splits["train"].shards:  # as a --bucket_by none conversion writes it
+        shard.bucket = None
+    info.bucket_names, info.splits["train"].bucket_clips = [], {}
+    write_dataset_info(info, str(tmp_path))
+    dataset = trainer_input.make_train_dataset(str(tmp_path), info, task="va", seq_len=4, batch_size=2,
+                                               sampling="natural")
+    images, targets, _ = next(iter(dataset))
+    assert tuple(targets) == ("valence_arousal",) and images.shape[0] == 2
+
+
+def test_filesystem_registration_rejects_unknown_schemes_and_leaves_local_paths_alone(tmp_path):
+    from trainer import filesystems
+    filesystems.register_filesystems(str(tmp_path), None, "gs://bucket/data")  # TensorFlow's own: no-op
+    assert not filesystems.tfio_used()
+    assert filesystems.exit_hard_if_needed(3) == 3  # no tensorflow-io file system: a normal return
+    with pytest.raises(ValueError, match="unsupported URL scheme 'ftp'.*s3://"):
+        filesystems.register_filesystems("ftp://host/data")

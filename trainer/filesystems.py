@@ -1,0 +1,81 @@
+"""File systems for `--data` / `--job_dir` URLs: local paths, `gs://`, `s3://` and other tensorflow-io schemes.
+
+TensorFlow reads local paths and ``gs://`` with its own file systems. ``s3://`` (and ``hdfs://``,
+``az://``, ``http(s)://`` ...) are provided by `tensorflow-io`, which registers them when imported:
+call :func:`register_filesystems` with every URL before touching it with ``tf.io.gfile`` or tf.data.
+
+tensorflow-io's S3 file system aborts the process at interpreter exit (``SIGABRT``, exit code 134) even
+after a successful run. Entry points that may have used S3 end with :func:`exit_hard_if_needed`, which
+flushes the output streams and logging handlers and leaves with ``os._exit(code)`` when a tensorflow-io
+scheme was registered in this process, skipping the crashing destructors.
+
+Example (the environment of an S3-compatible server)::
+
+    S3_ENDPOINT=http://127.0.0.1:9000 S3_USE_HTTPS=0 S3_VERIFY_SSL=0 AWS_REGION=us-east-1 \\
+    python -m trainer.train --data s3://bucket/converted --job_dir /tmp/job --task expr
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# Schemes TensorFlow handles itself (no extra import).
+NATIVE_SCHEMES = ("file", "gs", "ram")
+# Schemes added by `import tensorflow_io`.
+TFIO_SCHEMES = ("s3", "hdfs", "viewfs", "har", "az", "http", "https")
+
+_tfio_used = False
+
+
+def scheme_of(url: str) -> str:
+    """The URL scheme (``"s3"``, ``"gs"``...) or ``""`` for a local path."""
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def register_filesystems(*urls: str | None) -> None:
+    """Makes the file systems of ``urls`` available to TensorFlow.
+
+    Raises:
+        ValueError: a scheme neither TensorFlow nor tensorflow-io provides.
+        ImportError: tensorflow-io is needed but not installed.
+    """
+    global _tfio_used
+    for url in urls:
+        if not url:
+            continue
+        scheme = scheme_of(url)
+        if scheme in ("",) + NATIVE_SCHEMES:
+            continue
+        if scheme not in TFIO_SCHEMES:
+            raise ValueError(
+                f"unsupported URL scheme {scheme!r} in {url!r}; valid: local paths, "
+                f"{', '.join(s + '://' for s in NATIVE_SCHEMES + TFIO_SCHEMES)}"
+            )
+        try:
+            import tensorflow_io  # noqa: F401  (registers the file systems as a side effect)
+        except ImportError as e:
+            raise ImportError(f"{url!r} needs tensorflow-io (pip install tensorflow-io): {e}") from e
+        _tfio_used = True
+
+
+def tfio_used() -> bool:
+    """Whether a tensorflow-io file system was registered in this process."""
+    return _tfio_used
+
+
+def exit_hard_if_needed(code: int) -> int:
+    """Returns ``code``, or flushes everything and ``os._exit(code)`` when a tensorflow-io scheme was used.
+
+    Call it last in an entry point: ``sys.exit(exit_hard_if_needed(run(argv)))``.
+    """
+    if not _tfio_used:
+        return code
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
