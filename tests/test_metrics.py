@@ -1,0 +1,138 @@
+"""Whole-set metrics against hand-computed cases and straightforward NumPy references."""
+
+import numpy as np
+import pytest
+
+from trainer import metrics
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def reference_macro_f1(y_true, y_pred, num_classes):
+    f1s = []
+    for c in range(num_classes):
+        tp = np.sum((y_true == c) & (y_pred == c))
+        fp = np.sum((y_true != c) & (y_pred == c))
+        fn = np.sum((y_true == c) & (y_pred != c))
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s))
+
+
+def reference_ccc(x, y):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    sxy = np.mean((x - x.mean()) * (y - y.mean()))
+    return 2 * sxy / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
+
+
+def test_perfect_expression_predictions_score_one():
+    y = np.array([0, 1, 2, 3, 0, 1])
+    m = metrics.expression_metrics(y, y, np.ones(6), NAMES)
+    assert m["macro_f1"] == 1.0 and m["accuracy"] == 1.0
+    assert m["score_2020"] == pytest.approx(1.0)
+    assert m["confusion_matrix"] == np.diag([2, 2, 1, 1]).tolist()
+
+
+def test_constant_prediction_gives_known_f1_and_accuracy():
+    y_true = np.array([0, 0, 0, 1, 2, 3])
+    y_pred = np.zeros(6, int)
+    m = metrics.expression_metrics(y_true, y_pred, np.ones(6), NAMES)
+    # class a: precision 3/6, recall 1 -> F1 = 2/3; others 0.
+    assert m["per_class"]["a"]["f1"] == pytest.approx(2 / 3)
+    assert m["macro_f1"] == pytest.approx((2 / 3) / 4)
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["score_2020"] == pytest.approx(0.67 * (2 / 3) / 4 + 0.33 * 0.5)
+
+
+def test_known_confusion_matrix_and_per_class_precision_recall():
+    y_true = np.array([0, 0, 1, 1, 1, 2])
+    y_pred = np.array([0, 1, 1, 1, 2, 2])
+    m = metrics.expression_metrics(y_true, y_pred, np.ones(6), ["a", "b", "c"])
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 1], [0, 0, 1]]
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["b"]["recall"] == pytest.approx(2 / 3)
+    assert m["per_class"]["c"]["precision"] == pytest.approx(0.5)
+    assert m["per_class"]["a"]["support"] == 2
+
+
+def test_frames_with_zero_weight_do_not_count():
+    y_true = np.array([0, 1, 2, 3])
+    y_pred = np.array([0, 1, 0, 0])  # the two wrong ones are masked out
+    m = metrics.expression_metrics(y_true, y_pred, np.array([1, 1, 0, 0]), NAMES)
+    assert m["accuracy"] == 1.0 and m["num_frames"] == 2
+
+
+def test_expression_metrics_match_numpy_reference_on_random_predictions():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 4, 500)
+    scores = rng.random((500, 4)) + np.eye(4)[y_true] * 0.6
+    w = (rng.random(500) > 0.2).astype(np.float32)
+    m = metrics.expression_metrics(y_true, scores, w, NAMES)
+    keep = w > 0
+    pred = scores.argmax(1)
+    assert m["macro_f1"] == pytest.approx(reference_macro_f1(y_true[keep], pred[keep], 4))
+    assert m["accuracy"] == pytest.approx(np.mean(y_true[keep] == pred[keep]))
+
+
+def test_ccc_perfect_constant_and_reference():
+    x = np.linspace(-1, 1, 50)
+    assert metrics.concordance_correlation(x, x) == pytest.approx(1.0)
+    assert metrics.concordance_correlation(x, np.zeros_like(x)) == 0.0
+    assert metrics.concordance_correlation(x, -x) == pytest.approx(-1.0)
+    rng = np.random.default_rng(1)
+    y = 0.5 * x + 0.2 + rng.normal(0, 0.1, 50)
+    assert metrics.concordance_correlation(x, y) == pytest.approx(reference_ccc(x, y))
+
+
+def test_va_metrics_are_whole_set_not_batch_average():
+    rng = np.random.default_rng(2)
+    t = rng.uniform(-1, 1, (40, 2))
+    p = t * 0.7 + rng.normal(0, 0.2, (40, 2))
+    m = metrics.valence_arousal_metrics(t, p, np.ones(40))
+    assert m["ccc_valence"] == pytest.approx(reference_ccc(t[:, 0], p[:, 0]))
+    assert m["ccc_arousal"] == pytest.approx(reference_ccc(t[:, 1], p[:, 1]))
+    batch_avg = np.mean([reference_ccc(t[i:i + 4, 0], p[i:i + 4, 0]) for i in range(0, 40, 4)])
+    assert m["ccc_valence"] != pytest.approx(batch_avg, abs=1e-3)
+
+
+def test_au_metrics_per_au_f1_and_2020_score():
+    y = np.array([[1, 0], [1, 1], [0, 0], [0, 1]])
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.7], [0.3, 0.6]])
+    m = metrics.action_unit_metrics(y, p, np.ones(4), ["AU1", "AU2"])
+    # AU1: tp 1, fn 1, fp 0 -> 2/3; AU2: tp 2, fp 1 -> 4/5
+    assert m["per_au"]["AU1"]["f1"] == pytest.approx(2 / 3)
+    assert m["per_au"]["AU2"]["f1"] == pytest.approx(0.8)
+    assert m["mean_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    assert m["score_2020"] == pytest.approx(0.5 * m["mean_f1"] + 0.5 * 0.75)
+
+
+def test_accumulator_over_batches_equals_metrics_on_the_concatenation():
+    rng = np.random.default_rng(3)
+    acc = metrics.PredictionAccumulator(["expression", "valence_arousal", "action_units"], NAMES, ["AU1", "AU2", "AU3"])
+    all_t, all_p, all_w, all_vt, all_vp, all_at, all_ap = [], [], [], [], [], [], []
+    for _ in range(5):
+        t = rng.integers(0, 4, (3, 6))
+        probs = rng.random((3, 6, 4))
+        w = (rng.random((3, 6)) > 0.3).astype(np.float32)
+        vt, vp = rng.uniform(-1, 1, (3, 6, 2)), rng.uniform(-1, 1, (3, 6, 2))
+        at, ap = rng.integers(0, 2, (3, 6, 3)), rng.random((3, 6, 3))
+        acc.update({"expression": t, "valence_arousal": vt, "action_units": at},
+                   {"expression": probs, "valence_arousal": vp, "action_units": ap},
+                   {"expression": w, "valence_arousal": w, "action_units": w})
+        all_t.append(t.ravel()); all_p.append(probs.reshape(-1, 4).argmax(1)); all_w.append(w.ravel())
+        all_vt.append(vt.reshape(-1, 2)); all_vp.append(vp.reshape(-1, 2))
+        all_at.append(at.reshape(-1, 3)); all_ap.append(ap.reshape(-1, 3))
+    r = acc.result()
+    keep = np.concatenate(all_w) > 0
+    t, p = np.concatenate(all_t)[keep], np.concatenate(all_p)[keep]
+    assert r["expression"]["macro_f1"] == pytest.approx(reference_macro_f1(t, p, 4))
+    vt, vp = np.concatenate(all_vt)[keep], np.concatenate(all_vp)[keep]
+    assert r["valence_arousal"]["ccc_arousal"] == pytest.approx(reference_ccc(vt[:, 1], vp[:, 1]))
+    assert r["action_units"]["num_frames"] == keep.sum()
+    assert r["score"] == pytest.approx(r["expression"]["macro_f1"] + r["valence_arousal"]["ccc_mean"]
+                                       + r["action_units"]["mean_f1"])
+
+
+def test_accumulator_rejects_unknown_head():
+    with pytest.raises(ValueError, match="valid"):
+        metrics.PredictionAccumulator(["emotion"])

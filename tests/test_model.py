@@ -1,0 +1,102 @@
+"""Model building (offline), output shapes/dtypes, masked losses."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import model as model_lib
+
+
+def tiny_spec(**kw):
+    base = dict(heads=("expression", "valence_arousal", "action_units"), num_expression_classes=4,
+                num_action_units=3, crop_size=32, backbone="simple_cnn", cnn_width=0.125, feature_dim=16,
+                rnn_units=(8, 4))
+    base.update(kw)
+    return model_lib.ModelSpec(**base)
+
+
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+def test_simple_cnn_model_outputs_every_head_per_frame(rnn):
+    m = model_lib.build_model(tiny_spec(rnn=rnn))
+    out = m(np.random.rand(2, 5, 32, 32, 3).astype("float32"))
+    assert out["expression"].shape == (2, 5, 4)
+    assert out["valence_arousal"].shape == (2, 5, 2)
+    assert out["action_units"].shape == (2, 5, 3)
+    np.testing.assert_allclose(out["expression"].numpy().sum(-1), 1.0, rtol=1e-5)
+    assert np.all(np.abs(out["valence_arousal"].numpy()) <= 1)
+    assert all(v.dtype == tf.float32 for v in out.values())
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_small", "efficientnet_b0"])
+def test_application_backbones_build_offline_with_no_weights(backbone):
+    m = model_lib.build_model(tiny_spec(backbone=backbone, heads=("expression",)))
+    out = m(np.random.rand(1, 2, 32, 32, 3).astype("float32"))
+    assert out["expression"].shape == (1, 2, 4)
+
+
+def test_backbone_weights_load_from_a_local_file(tmp_path):
+    spec = tiny_spec(heads=("expression",))
+    cnn = model_lib.build_backbone(spec)
+    path = str(tmp_path / "cnn.weights.h5")
+    cnn.save_weights(path)
+    loaded = model_lib.build_backbone(tiny_spec(heads=("expression",), backbone_weights=path))
+    for a, b in zip(cnn.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_backbone_message_lists_valid_values():
+    with pytest.raises(ValueError, match="simple_cnn, mobilenet_v3_small, efficientnet_b0"):
+        tiny_spec(backbone="resnet")
+
+
+def test_missing_weights_file_is_an_error_not_a_download(tmp_path):
+    with pytest.raises(ValueError, match="never downloaded"):
+        tiny_spec(backbone_weights=str(tmp_path / "nope.h5"))
+
+
+def test_mixed_precision_outputs_stay_float32():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        m = model_lib.build_model(tiny_spec())
+        out = m(np.random.rand(1, 3, 32, 32, 3).astype("float32"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert all(v.dtype == tf.float32 for v in out.values())
+
+
+def test_weighted_ccc_ignores_zero_weight_frames():
+    t = tf.constant([[0.1, 0.2], [0.5, -0.3], [0.9, 0.7], [5.0, -9.0]])
+    p = tf.constant([[0.1, 0.2], [0.5, -0.3], [0.9, 0.7], [-4.0, 3.0]])
+    w = tf.constant([1.0, 1.0, 1.0, 0.0])
+    np.testing.assert_allclose(model_lib.weighted_ccc(t, p, w).numpy(), [1.0, 1.0], rtol=1e-5)
+
+
+def test_losses_ignore_masked_frames():
+    targets = {"expression": tf.constant([[0, 1]]), "action_units": tf.constant([[[1.0], [0.0]]])}
+    good = {"expression": tf.constant([[[0.9, 0.1], [0.1, 0.9]]]), "action_units": tf.constant([[[0.9], [0.1]]])}
+    bad_second = {"expression": tf.constant([[[0.9, 0.1], [0.99, 0.01]]]),
+                  "action_units": tf.constant([[[0.9], [0.99]]])}
+    w = {"expression": tf.constant([[1.0, 0.0]]), "action_units": tf.constant([[1.0, 0.0]])}
+    a = model_lib.compute_losses(targets, good, w, global_frames=2)
+    b = model_lib.compute_losses(targets, bad_second, w, global_frames=2)
+    for head in a:
+        assert float(a[head]) == pytest.approx(float(b[head]))
+    expected_ce = -np.log(0.9) / 2
+    assert float(a["expression"]) == pytest.approx(expected_ce, rel=1e-5)
+
+
+def test_per_frame_cnn_takes_any_number_of_frames_inside_tf_function(tmp_path):
+    m = model_lib.build_model(tiny_spec(heads=("expression",)))
+    f = tf.function(lambda x: m(x, training=False),
+                    input_signature=[tf.TensorSpec([None, None, 32, 32, 3], tf.float32)])
+    x = np.random.rand(2, 7, 32, 32, 3).astype("float32")
+    np.testing.assert_allclose(f(x)["expression"].numpy(), m(x)["expression"].numpy(), atol=1e-5)
+    # Round trip through the .keras format (PerFrame is registered).
+    import keras
+
+    path = str(tmp_path / "m.keras")
+    m.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_allclose(loaded(x)["expression"].numpy(), m(x)["expression"].numpy(), atol=1e-5)

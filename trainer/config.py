@@ -1,0 +1,220 @@
+"""Training options: defaults, a JSON config file, command-line flags (which override the file).
+
+Every choice is validated when the :class:`TrainConfig` is built, with a message
+listing the valid values. Example config file::
+
+    {"data": "out/", "task": "expr", "job_dir": "jobs/run1", "epochs": 20,
+     "batch_size": 32, "seq_len": 16, "sampling": "sqrt", "backbone": "simple_cnn"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+from trainer.model import BACKBONES, RNNS
+
+TASK_CHOICES = ("expr", "va", "au", "multi")
+SAMPLING_CHOICES = ("natural", "balanced", "sqrt", "downsample")
+LOSS_WEIGHTING_CHOICES = ("none", "inverse", "sqrt")
+STRATEGY_CHOICES = ("auto", "one_device", "mirrored", "multi_worker")
+JIT_CHOICES = ("auto", "on", "off")
+OPTIMIZER_CHOICES = ("adam", "sgd")
+
+
+class ConfigError(ValueError):
+    """An invalid option or config file."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every option of ``python -m trainer.train`` (see the module docstring of trainer.train).
+
+    ``steps_per_epoch`` None means: ``clips_per_epoch // batch_size`` for ``downsample``
+    sampling, otherwise train clips // batch_size (at least 1).
+    """
+
+    data: str = ""
+    task: str = "expr"
+    job_dir: str = ""
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    seq_len: int = 16
+    sampling: str = "balanced"
+    loss_weighting: str = "none"
+    backbone: str = "simple_cnn"
+    weights: str = "none"
+    cnn_width: float = 1.0
+    feature_dim: int = 300
+    dropout: float = 0.5
+    rnn: str = "gru"
+    rnn_units: list[int] = dataclasses.field(default_factory=lambda: [100, 100, 50])
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    jit_compile: str = "auto"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    seed: int = 0
+    augment: bool = True
+    eval_split: str = "validation"
+    skip_corrupt: bool = False
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    log_every: int = 10
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ConfigError on a missing or invalid option (listing the valid values)."""
+
+        def choice(name: str, valid: Sequence[str]) -> None:
+            value = getattr(self, name)
+            if value not in valid:
+                raise ConfigError(f"invalid --{name} {value!r}; valid values: {', '.join(valid)}")
+
+        choice("task", TASK_CHOICES)
+        choice("sampling", SAMPLING_CHOICES)
+        choice("loss_weighting", LOSS_WEIGHTING_CHOICES)
+        choice("backbone", BACKBONES)
+        choice("rnn", RNNS)
+        choice("strategy", STRATEGY_CHOICES)
+        choice("jit_compile", JIT_CHOICES)
+        choice("optimizer", OPTIMIZER_CHOICES)
+        for name in ("epochs", "batch_size", "seq_len", "checkpoint_every", "keep_checkpoints", "log_every",
+                     "feature_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
+        for name in ("steps_per_epoch", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate!r}")
+        if not self.cnn_width > 0:
+            raise ConfigError(f"--cnn_width must be > 0, got {self.cnn_width!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.rnn_units or any((not isinstance(u, int)) or u < 1 for u in self.rnn_units):
+            raise ConfigError(f"--rnn_units must be positive integers, e.g. 100,100,50; got {self.rnn_units!r}")
+        if not self.data:
+            raise ConfigError("--data is required: the output directory (or gs:// / s3:// URL) of beam_jobs.convert")
+        if not self.job_dir:
+            raise ConfigError("--job_dir is required: where checkpoints, logs, the export and reports go")
+        if self.weights != "none" and not os.path.isfile(self.weights):
+            raise ConfigError(
+                f"--weights {self.weights!r}: valid values are 'none' or the path of a local weights file"
+                " (weights are never downloaded)"
+            )
+
+    @property
+    def backbone_weights(self) -> str | None:
+        return None if self.weights == "none" else self.weights
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 100,100,50, got {text!r}") from e
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser; every default is None so unset flags do not override the config file."""
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.train",
+        description="Train the AffectStream CNN+RNN on a beam_jobs.convert output.",
+        argument_default=None,
+    )
+    p.add_argument("--config", help="JSON file with any of the options below (flags override it)")
+    p.add_argument("--data", help="conversion output directory or gs:// / s3:// URL")
+    p.add_argument("--task", help=f"one of {', '.join(TASK_CHOICES)}")
+    p.add_argument("--job_dir", help="checkpoints, logs, export and reports go here")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps_per_epoch", type=int)
+    p.add_argument("--batch_size", type=int, help="global batch size (clips)")
+    p.add_argument("--eval_batch_size", type=int)
+    p.add_argument("--seq_len", type=int, help="frames per training sequence")
+    p.add_argument("--sampling", help=f"one of {', '.join(SAMPLING_CHOICES)}")
+    p.add_argument("--loss_weighting", help=f"one of {', '.join(LOSS_WEIGHTING_CHOICES)}")
+    p.add_argument("--backbone", help=f"one of {', '.join(BACKBONES)}")
+    p.add_argument("--weights", help="'none' or a local backbone weights file (never downloaded)")
+    p.add_argument("--cnn_width", type=float, help="filter multiplier of simple_cnn (1.0 = 64/128/256)")
+    p.add_argument("--feature_dim", type=int)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--rnn", help=f"one of {', '.join(RNNS)}")
+    p.add_argument("--rnn_units", type=_int_list, help="comma-separated sizes, e.g. 100,100,50")
+    p.add_argument("--strategy", help=f"one of {', '.join(STRATEGY_CHOICES)}")
+    p.add_argument("--mixed_precision", nargs="?", const=True, type=_bool, help="mixed_float16 (GPU)")
+    p.add_argument("--jit_compile", help=f"XLA: one of {', '.join(JIT_CHOICES)} (auto = on when a GPU is present)")
+    p.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_CHOICES)}")
+    p.add_argument("--learning_rate", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--augment", type=_bool)
+    p.add_argument("--eval_split")
+    p.add_argument("--skip_corrupt", nargs="?", const=True, type=_bool,
+                   help="skip (and count) corrupt records instead of failing")
+    p.add_argument("--checkpoint_every", type=int, help="steps between checkpoints (also one per epoch end)")
+    p.add_argument("--keep_checkpoints", type=int)
+    p.add_argument("--log_every", type=int)
+    return p
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Reads a JSON config file (local or gs:// / s3://) into a dict of known options."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(f"config file {path} not found")
+    with tf.io.gfile.GFile(path, "r") as f:
+        text = f.read()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    valid = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - valid)
+    if unknown:
+        raise ConfigError(f"config file {path} has unknown options {unknown}; valid options: {sorted(valid)}")
+    return raw
+
+
+def parse_train_config(argv: Sequence[str] | None) -> TrainConfig:
+    """defaults < ``--config FILE`` < command-line flags → a validated TrainConfig.
+
+    Raises:
+        ConfigError: invalid option values or config file.
+        SystemExit: argparse errors (unknown flags, unparsable numbers).
+    """
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_config_file(args.config))
+    for key, value in vars(args).items():
+        if key != "config" and value is not None:
+            values[key] = value
+    try:
+        return TrainConfig(**values)
+    except TypeError as e:
+        raise ConfigError(f"invalid options: {e}") from e
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
