@@ -46,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"affectstream: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.run(rest) or 0)
+    code = int(module.run(rest) or 0)
+    filesystems = sys.modules.get("trainer.filesystems")
+    if filesystems is not None:
+        # tensorflow-io's S3 file system aborts the interpreter at exit: leave early once it was used.
+        code = filesystems.exit_hard_if_needed(code)
+    return code
 
 
 if __name__ == "__main__":

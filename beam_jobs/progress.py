@@ -1,0 +1,100 @@
+"""Progress of a running conversion, across worker processes: markers written by workers, polled by the driver.
+
+Each finished track leaves a tiny JSON marker under ``<output>/.tmp-convert/progress/``
+(through Beam's ``FileSystems``, so it works with multi_processing workers and on
+Dataflow with a ``gs://`` output); a thread in the driver counts them and prints
+videos done / total and labelled frames per second.
+
+Example:
+    monitor = ProgressMonitor(progress_dir, total=len(tracks), every=5.0)
+    monitor.start()
+    ...                      # run the pipeline; each worker calls write_marker(...)
+    monitor.stop()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+
+from apache_beam.io.filesystems import FileSystems
+
+from tfrecords_schema import join_path
+
+_LOG = logging.getLogger(__name__)
+
+
+def write_marker(progress_dir: str, track_id: str, labelled: int, written: int, seconds: float) -> None:
+    """Records that a track is done (never raises: progress must not fail a track)."""
+    name = hashlib.sha1(track_id.encode("utf-8")).hexdigest() + ".json"
+    body = {"track": track_id, "labelled": int(labelled), "written": int(written),
+            "seconds": round(seconds, 3), "pid": os.getpid()}
+    path = join_path(progress_dir, name)
+    try:
+        if "://" not in path:
+            os.makedirs(progress_dir, exist_ok=True)
+        with FileSystems.create(path) as f:
+            f.write(json.dumps(body).encode("utf-8"))
+    except OSError as e:
+        _LOG.debug("progress marker not written: %s", e)
+
+
+class ProgressMonitor(threading.Thread):
+    """Polls the markers of finished tracks and prints a line when the count changes.
+
+    Args:
+        progress_dir: Folder of the markers.
+        total: Tracks in the run.
+        every: Seconds between polls.
+        out: Stream to print to (default: ``sys.stdout`` at print time).
+    """
+
+    def __init__(self, progress_dir: str, total: int, every: float, out=None):
+        super().__init__(daemon=True)
+        self._dir = progress_dir
+        self._total = total
+        self._every = every
+        self._out = out
+        self._halt = threading.Event()
+        self._start = time.monotonic()
+        self._last = None
+
+    def poll(self) -> tuple[int, int, set]:
+        """(tracks done, labelled frames in them, worker process ids) from the markers."""
+        done, frames, pids = 0, 0, set()
+        try:
+            metadata = FileSystems.match([join_path(self._dir, "*.json")])[0].metadata_list
+        except Exception:  # noqa: BLE001 - the folder may not exist yet or be gone already.
+            return done, frames, pids
+        for meta in metadata:
+            try:
+                with FileSystems.open(meta.path) as f:
+                    marker = json.loads(f.read())
+            except (OSError, ValueError):
+                continue
+            frames += int(marker.get("labelled", 0))
+            pids.add(marker.get("pid"))
+            done += 1
+        return done, frames, pids
+
+    def report(self, force: bool = False) -> None:
+        """Prints one progress line when something changed (or always with ``force``)."""
+        done, frames, _ = self.poll()
+        if force or (done, frames) != self._last:
+            rate = frames / max(1e-9, time.monotonic() - self._start)
+            print(f"[convert] videos {done}/{self._total} done, {frames} labelled frames, {rate:.1f} frames/s",
+                  file=self._out or sys.stdout, flush=True)
+            self._last = (done, frames)
+
+    def run(self):
+        while not self._halt.wait(self._every):
+            self.report()
+
+    def stop(self):
+        """Stops polling (the thread ends within one period)."""
+        self._halt.set()

@@ -1,0 +1,58 @@
+"""Tiny real videos of drawn faces (``affectstream.synthetic_faces``) for the conversion tests.
+
+Example::
+
+    import video_fixtures as vf   # tests/ is on sys.path under pytest
+
+    vf.write_face_video(tmp_path / "videos" / "vid1.avi", [0, 4, 4, 1])   # one face per frame, that expression
+    vf.write_two_face_video(tmp_path / "videos" / "duo.avi", 6)           # left face Happiness, right Sadness
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+import numpy as np
+
+from affectstream.synthetic_faces import FaceSpec, render_frame, write_video
+
+HEIGHT, WIDTH = 120, 160
+FPS = 10.0
+LEFT_EXPRESSION, RIGHT_EXPRESSION = 4, 5
+
+
+def face_frame(expression: int | None, height: int = HEIGHT, width: int = WIDTH, seed: int = 0) -> np.ndarray:
+    """One frame with a centred face of that expression, or an empty background for None."""
+    faces = [] if expression is None else [FaceSpec(cx=width / 2, cy=height / 2, size=0.75 * height,
+                                                    expression=max(0, int(expression)))]
+    return render_frame(height, width, faces, noise_seed=seed)
+
+
+def write_face_video(path, expressions: Sequence[int | None], fps: float = FPS,
+                     height: int = HEIGHT, width: int = WIDTH) -> pathlib.Path:
+    """Writes one frame per entry (None = no face in that frame); returns the path."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = (face_frame(e, height, width, seed=i) for i, e in enumerate(expressions))
+    write_video(str(path), frames, fps)
+    return path
+
+
+def write_two_face_video(path, num_frames: int, fps: float = FPS, height: int = 120, width: int = 240) -> pathlib.Path:
+    """Two people side by side: left face LEFT_EXPRESSION, right face RIGHT_EXPRESSION."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = 0.75 * height
+    faces = [FaceSpec(cx=width / 4, cy=height / 2, size=size, expression=LEFT_EXPRESSION),
+             FaceSpec(cx=3 * width / 4, cy=height / 2, size=size, expression=RIGHT_EXPRESSION)]
+    write_video(str(path), (render_frame(height, width, faces, noise_seed=i) for i in range(num_frames)), fps)
+    return path
+
+
+def truncate_file(path, keep_fraction: float) -> pathlib.Path:
+    """Cuts a file to a fraction of its bytes (a truncated download)."""
+    path = pathlib.Path(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
+    return path
