@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # subcommand -> (module with run(argv) -> int, one-line help)
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"affectstream: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before its import.
     module = importlib.import_module(COMMANDS[command][0])
     code = int(module.run(rest) or 0)
     filesystems = sys.modules.get("trainer.filesystems")

@@ -61,9 +61,10 @@ def run(argv: list[str] | None = None) -> int:
     """Runs the whole demo; returns 0 on success."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="demo_output", help="folder for everything the demo makes (replaced)")
-    parser.add_argument("--frames_per_video", type=int, default=240)
+    parser.add_argument("--frames_per_video", type=int, default=150)
+    parser.add_argument("--num_train_videos", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--steps_per_epoch", type=int, default=40)
+    parser.add_argument("--steps_per_epoch", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2, help="Beam DirectRunner workers")
     parser.add_argument("--skip_real_video", action="store_true", help="do not fetch/convert the real video")
     args = parser.parse_args(argv)
@@ -78,7 +79,8 @@ def run(argv: list[str] | None = None) -> int:
     started = time.time()
 
     t = _step("1/5 generate the demo dataset (ABAW-5 layout)")
-    made = demo_data.make_demo_dataset(source, frames_per_video=args.frames_per_video)
+    made = demo_data.make_demo_dataset(source, frames_per_video=args.frames_per_video,
+                                       num_train_videos=args.num_train_videos)
     print(f"{made['num_videos']} videos, {made['num_frames']} frames in {time.time() - t:.1f}s")
 
     t = _step("2/5 convert with Apache Beam (DirectRunner)")
@@ -97,7 +99,8 @@ def run(argv: list[str] | None = None) -> int:
     t = _step("4/5 train the CNN+RNN (expression, balanced sampling)")
     _check(train.run([
         "--data", records, "--task", "expr", "--job_dir", job, "--epochs", str(args.epochs),
-        "--steps_per_epoch", str(args.steps_per_epoch), "--batch_size", "8", "--seq_len", "8",
+        "--steps_per_epoch", str(args.steps_per_epoch), "--batch_size", "16", "--seq_len", "4",
+        "--cnn_width", "0.5", "--learning_rate", "0.001",
         "--sampling", "balanced", "--backbone", "simple_cnn", "--rnn", "gru", "--seed", "0",
     ]), "training")
     print(f"trained in {time.time() - t:.1f}s")

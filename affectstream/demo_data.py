@@ -28,8 +28,8 @@ from affectstream.synthetic_faces import FaceSpec, render_frame, write_video
 
 EXPRESSION_NAMES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
 AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
-# Relative frequency of each expression in the demo, skewed like Aff-Wild2 (max/min ~8x here).
-EXPRESSION_MIX = np.array([0.26, 0.07, 0.06, 0.035, 0.18, 0.16, 0.08, 0.155])
+# Relative frequency of each expression in the demo, skewed like Aff-Wild2 (max/min 5x here).
+EXPRESSION_MIX = np.array([0.25, 0.08, 0.07, 0.05, 0.18, 0.15, 0.09, 0.13])
 # Valence each expression leans to, so VA and expression agree the way people expect.
 EXPRESSION_VALENCE = np.array([0.0, -0.6, -0.5, -0.7, 0.8, -0.6, 0.3, 0.1])
 
@@ -60,7 +60,7 @@ class DemoVideo:
     extra_lines: int = 0
 
 
-def demo_videos(num_train: int = 6) -> list[DemoVideo]:
+def demo_videos(num_train: int = 16) -> list[DemoVideo]:
     """The demo's videos: ``num_train`` for training, two for validation, one split across tasks."""
     videos = []
     for i in range(num_train):
@@ -85,12 +85,21 @@ class _SubjectTrack:
     visible: np.ndarray  # bool [N]
 
 
-def _subject_track(rng: np.random.Generator, n: int, home_x: float, home_y: float, unlabelled: bool) -> _SubjectTrack:
+def _subject_track(
+    rng: np.random.Generator, n: int, home_x: float, home_y: float, unlabelled: bool, every_class: bool
+) -> _SubjectTrack:
     expression = np.empty(n, np.int64)
     t = 0
+    # Training videos draw classes with the skewed mix; validation videos cycle through every class so the
+    # whole-set metrics cover all of them.
+    cycle = rng.permutation(len(EXPRESSION_MIX))
     while t < n:
-        seg = int(rng.integers(20, 50))
-        expression[t:t + seg] = rng.choice(len(EXPRESSION_MIX), p=EXPRESSION_MIX / EXPRESSION_MIX.sum())
+        seg = int(rng.integers(12, 30))
+        if every_class:
+            expression[t:t + seg] = cycle[0]
+            cycle = np.roll(cycle, -1)
+        else:
+            expression[t:t + seg] = rng.choice(len(EXPRESSION_MIX), p=EXPRESSION_MIX / EXPRESSION_MIX.sum())
         t += seg
     phase = rng.uniform(0, 2 * math.pi)
     time = np.arange(n)
@@ -140,7 +149,7 @@ def _write_annotation(path: str, header: str, rows: list[str]) -> None:
         f.writelines(row + "\n" for row in rows)
 
 
-def make_demo_dataset(root: str, *, frames_per_video: int = 240, num_train_videos: int = 6, seed: int = 0) -> dict:
+def make_demo_dataset(root: str, *, frames_per_video: int = 150, num_train_videos: int = 16, seed: int = 0) -> dict:
     """Writes the demo dataset under ``root`` (``videos/`` and ``annotations/``).
 
     Args:
@@ -162,7 +171,11 @@ def make_demo_dataset(root: str, *, frames_per_video: int = 240, num_train_video
         two = len(video.subjects) == 2
         width = 480 if two else 320
         homes = [(120.0, 120.0), (360.0, 120.0)] if two else [(160.0, 120.0)]
-        tracks = [_subject_track(rng, frames_per_video, hx, hy, unlabelled=(v_index % 2 == 0)) for hx, hy in homes]
+        tracks = [
+            _subject_track(rng, frames_per_video, hx, hy, unlabelled=(v_index % 2 == 0),
+                           every_class=(video.expr_split == "validation"))
+            for hx, hy in homes
+        ]
         background = tuple(int(c) for c in rng.integers(40, 140, 3))
         media_path = os.path.join(videos_dir, video.media)
         os.makedirs(os.path.dirname(media_path), exist_ok=True)
@@ -196,8 +209,8 @@ def make_demo_dataset(root: str, *, frames_per_video: int = 240, num_train_video
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("root", help="output folder")
-    parser.add_argument("--frames_per_video", type=int, default=240)
-    parser.add_argument("--num_train_videos", type=int, default=6)
+    parser.add_argument("--frames_per_video", type=int, default=150)
+    parser.add_argument("--num_train_videos", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     summary = make_demo_dataset(args.root, frames_per_video=args.frames_per_video,

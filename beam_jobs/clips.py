@@ -27,24 +27,7 @@ from tfrecords_schema import (
     ClipRecord,
     keys,
 )
-
-BUCKET_BY = ("expression", "va_grid", "none")
-NO_EXPRESSION = "no_expression"
-NO_VA = "no_va"
-ALL = "all"
-VA_GRID = 4  # Cells per axis of the valence-arousal grid over [-1, 1].
-
-
-def va_cell(valence: float, arousal: float, grid: int = VA_GRID) -> str:
-    """Name of the grid cell of a (valence, arousal) pair, e.g. ``"v0_a3"`` (v, a counted from -1 upwards)."""
-    def index(v: float) -> int:
-        return int(min(grid - 1, max(0, np.floor((v + 1.0) / 2.0 * grid))))
-
-    return f"v{index(valence)}_a{index(arousal)}"
-
-
-def va_cell_names(grid: int = VA_GRID) -> list[str]:
-    return [f"v{i}_a{j}" for i in range(grid) for j in range(grid)]
+from tfrecords_schema.buckets import ALL, BUCKET_BY, NO_EXPRESSION, NO_VA, va_cell, va_cell_names
 
 
 class Bucketer:

@@ -9,7 +9,7 @@ on Dataflow. Example::
     # Dataflow (workers install this package from --setup_file):
     python -m beam_jobs.convert --dataset abaw --videos gs://B/videos --annotations gs://B/annotations \\
         --output gs://B/tfrecords --runner DataflowRunner --project P --region europe-west1 \\
-        --temp_location gs://B/tmp --setup_file ./setup.py
+        --temp_location gs://B/tmp --setup_file ./pyproject.toml
 
 Output: ``DIR/<split>/<dataset>-<split>[-<bucket>].tfrecord-SSSSS-of-NNNNN`` (the train split one
 shard set per rebalancing bucket), ``DIR/dataset_info.json`` and ``DIR/errors/dead_letters.jsonl``.
@@ -24,10 +24,10 @@ import sys
 import time
 
 from beam_jobs import faces as faces_lib
-from beam_jobs.clips import BUCKET_BY
 from beam_jobs.progress import ProgressMonitor
 from beam_jobs.sources.base import DatasetSource
 from tfrecords_schema import TASKS, DatasetInfo, join_path
+from tfrecords_schema.buckets import BUCKET_BY
 
 DEFAULT_RUNNER = "DirectRunner"
 

@@ -25,4 +25,4 @@ def test_console_script_runs_make_demo_data(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "9 videos" in result.stdout
+    assert "19 videos" in result.stdout

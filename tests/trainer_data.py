@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from tfrecords_schema import buckets
 from tfrecords_schema import (
     SPLIT_TRAIN,
     SPLIT_VALIDATION,
@@ -45,7 +46,7 @@ from tfrecords_schema import (
     write_dataset_info,
 )
 
-NO_EXPRESSION_BUCKET = "no_expression"  # the converter's bucket of clips without a valid expression
+NO_EXPRESSION_BUCKET = buckets.NO_EXPRESSION  # the converter's bucket of clips without a valid expression
 DEFAULT_CLIPS_PER_CLASS = {"Neutral": 6, "Happiness": 4, "Sadness": 3, "Fear": 2}
 
 # Distinct, well separated RGB base colours (0..1), one per expression class.

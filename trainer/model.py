@@ -121,8 +121,10 @@ def _simple_cnn(spec: ModelSpec) -> keras.Model:
     """The paper's simple CNN (Khorrami et al. 2016), filters scaled by ``cnn_width``.
 
     BatchNorm → Conv 64 5×5 → MaxPool → Conv 128 5×5 → MaxPool → Conv 256 5×5 →
-    average pool → Dense 300 → Dropout 0.5. The paper's fixed 9×9 average pool
-    (for 96² crops) is a global average pool here so any crop size works.
+    average pool → Dense 300 → Dropout 0.5. The paper's 9×9 average pool on the 24×24 map of a
+    96² crop leaves a 2×2 grid; the pool here is scaled with the crop (``9/24`` of the map side) so
+    any crop size keeps that coarse layout — where the mouth and brows are is the signal, which a
+    global average would throw away.
     """
     s = spec.crop_size
 
@@ -136,7 +138,8 @@ def _simple_cnn(spec: ModelSpec) -> keras.Model:
     x = keras.layers.Conv2D(width(128), 5, padding="same", activation="relu", name="conv2")(x)
     x = keras.layers.MaxPooling2D(2, name="pool2")(x)
     x = keras.layers.Conv2D(width(256), 5, padding="same", activation="relu", name="conv3")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.AveragePooling2D(max(1, (s // 4) * 9 // 24), name="avg_pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(spec.feature_dim, activation="relu", name="features")(x)
     x = keras.layers.Dropout(spec.dropout, name="feature_dropout")(x)
     cnn = keras.Model(inputs, x, name="simple_cnn")

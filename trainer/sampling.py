@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 
 import numpy as np
 
-from tfrecords_schema import SPLIT_TRAIN, TASK_EXPRESSION, TASK_VALENCE_AROUSAL, DatasetInfo, DatasetInfoError
+from tfrecords_schema import SPLIT_TRAIN, TASK_EXPRESSION, DatasetInfo, DatasetInfoError, buckets
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +47,6 @@ LOSS_WEIGHTINGS = ("none", "inverse", "sqrt")
 # Name used for the single stream of a train split written without buckets (``--bucket_by none``).
 UNBUCKETED = "(all)"
 # The task whose label each bucketing follows.
-_BUCKETING_TASK = {"expression": TASK_EXPRESSION, "va_grid": TASK_VALENCE_AROUSAL}
-_VA_CELL = re.compile(r"v\d+_a\d+")
 
 
 def check_choice(value: str, valid: tuple[str, ...], what: str) -> str:
@@ -87,17 +84,14 @@ def bucket_clip_counts(info: DatasetInfo) -> dict[str, int]:
 
 def unlabelled_buckets(info: DatasetInfo) -> set[str]:
     """Buckets of clips without the bucketing label (``no_expression`` / ``no_va`` in converter outputs)."""
-    if info.bucket_by == "expression":
-        return {b for b in info.bucket_names if b not in set(info.expression_names)}
-    if info.bucket_by == "va_grid":
-        return {b for b in info.bucket_names if not _VA_CELL.fullmatch(b)}
-    return set()
+    unlabelled = buckets.UNLABELLED_BUCKET.get(info.bucket_by)
+    return {unlabelled} & set(info.bucket_names) if unlabelled else set()
 
 
 def sampled_bucket_counts(info: DatasetInfo, task: str | None = None) -> dict[str, int]:
     """``{bucket: clips}`` of the non-empty train buckets that ``task`` samples from (all when None)."""
     counts = {b: n for b, n in bucket_clip_counts(info).items() if n > 0}
-    if task is not None and task == _BUCKETING_TASK.get(info.bucket_by):
+    if task is not None and task == buckets.BUCKETING_TASK.get(info.bucket_by):
         dropped = sorted(unlabelled_buckets(info) & set(counts))
         if dropped:
             logger.info("task %s: buckets %s hold clips without %s labels and are not sampled",
