@@ -36,27 +36,6 @@ def _check(code: int, what: str) -> None:
         raise SystemExit(f"demo: {what} failed with exit code {code}")
 
 
-def _real_video_layout(root: str, video: str) -> tuple[str, str, int]:
-    """An ABAW layout for one real video with placeholder labels; returns (videos, annotations, lines)."""
-    import cv2
-
-    capture = cv2.VideoCapture(video)
-    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    capture.release()
-    if frames <= 0:
-        raise SystemExit(f"demo: cannot read the frame count of {video}")
-    videos = os.path.join(root, "videos")
-    os.makedirs(videos, exist_ok=True)
-    shutil.copyfile(video, os.path.join(videos, os.path.basename(video)))
-    ann = os.path.join(root, "annotations", demo_data.EXPR_DIR, demo_data.SPLIT_DIRS["validation"])
-    os.makedirs(ann, exist_ok=True)
-    stem = os.path.splitext(os.path.basename(video))[0]
-    with open(os.path.join(ann, stem + ".txt"), "w", encoding="utf-8") as f:
-        f.write(",".join(demo_data.EXPRESSION_NAMES) + "\n")
-        f.writelines("0\n" for _ in range(frames))
-    return videos, os.path.join(root, "annotations"), frames
-
-
 def run(argv: list[str] | None = None) -> int:
     """Runs the whole demo; returns 0 on success."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -119,7 +98,7 @@ def run(argv: list[str] | None = None) -> int:
             real_summary = f"unavailable: {e}"
             print(real_summary)
         else:
-            real_videos_dir, real_ann, frames = _real_video_layout(os.path.join(out, "real_source"), video)
+            real_videos_dir, real_ann, frames = real_videos.write_placeholder_layout(video, os.path.join(out, "real_source"))
             real_records = os.path.join(out, "real_records")
             _check(convert.run([
                 "--dataset", "abaw", "--videos", real_videos_dir, "--annotations", real_ann,
@@ -134,7 +113,12 @@ def run(argv: list[str] | None = None) -> int:
 
     metrics = _load(os.path.join(report_dir, "metrics.json"))
     print("\n=== report ===")
-    print(json.dumps(metrics.get("summary", metrics), indent=2, sort_keys=True))
+    for head, values in sorted(metrics.items()):
+        if isinstance(values, dict):
+            scalars = {k: round(v, 4) for k, v in sorted(values.items()) if isinstance(v, (int, float))}
+            print(f"{head}: {json.dumps(scalars)}")
+    print(f"chance macro-F1 with {len(_load(os.path.join(records, 'dataset_info.json'))['label_names']['expression'])}"
+          " classes: about 1/classes")
     pngs = sorted(os.path.join(report_dir, f) for f in os.listdir(report_dir) if f.endswith(".png"))
     print(f"confusion matrix: {', '.join(pngs) or 'none written'}")
     print(f"records: {records}\njob: {job}\nreal video: {real_summary}")

@@ -68,6 +68,37 @@ def opencv_sample_videos(cache_dir: str = DEFAULT_CACHE, fetch: bool = True) -> 
     return found
 
 
+def write_placeholder_layout(video: str, root: str) -> tuple[str, str, int]:
+    """An ABAW-5 layout under ``root`` for one real video, every frame labelled "Neutral".
+
+    The labels are placeholders: they exist so that real face detection and the accounting run on
+    footage nobody on the team made. Such an output is for inspecting crops, never for training.
+
+    Returns:
+        ``(videos_dir, annotations_dir, num_frames)``.
+    """
+    import cv2
+
+    from affectstream import demo_data
+
+    capture = cv2.VideoCapture(video)
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    if frames <= 0:
+        raise RealVideoUnavailable(f"cannot read the frame count of {video}")
+    videos = os.path.join(root, "videos")
+    os.makedirs(videos, exist_ok=True)
+    shutil.copyfile(video, os.path.join(videos, os.path.basename(video)))
+    annotations = os.path.join(root, "annotations")
+    labels = os.path.join(annotations, demo_data.EXPR_DIR, demo_data.SPLIT_DIRS["validation"])
+    os.makedirs(labels, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(video))[0]
+    with open(os.path.join(labels, stem + ".txt"), "w", encoding="utf-8") as f:
+        f.write(",".join(demo_data.EXPRESSION_NAMES) + "\n")
+        f.writelines("0\n" for _ in range(frames))
+    return videos, annotations, frames
+
+
 def main() -> int:
     try:
         for path in opencv_sample_videos():

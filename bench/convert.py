@@ -36,10 +36,9 @@ import cv2
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from affectstream import real_videos  # noqa: E402
 from beam_jobs import convert, faces  # noqa: E402
 from tfrecords_schema import read_dataset_info  # noqa: E402
-
-MEGAMIND = "/tmp/ocvdoc/usr/share/doc/opencv-doc/examples/data/Megamind.avi"
 
 
 def count_frames(path: str) -> int:
@@ -130,7 +129,7 @@ def beam(ann, vdir, output, workers: int, extra: list[str]) -> tuple[int, float,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", nargs="*", default=None, help=f"video files (default: {MEGAMIND})")
+    parser.add_argument("--videos", nargs="*", default=None, help="video files (default: Megamind.avi from opencv-doc)")
     parser.add_argument("--copies", type=int, default=4, help="tracks per video file (default 4)")
     parser.add_argument("--synthetic", type=int, default=0, help="also generate N 720p videos")
     parser.add_argument("--synthetic_seconds", type=float, default=20.0)
@@ -142,9 +141,10 @@ def main(argv=None) -> int:
 
     videos = list(args.videos) if args.videos else []
     if args.videos is None:
-        if not os.path.exists(MEGAMIND):
-            raise SystemExit(f"{MEGAMIND} not found: `apt-get download opencv-doc` and extract it, or pass --videos")
-        videos = [MEGAMIND]
+        try:
+            videos = real_videos.opencv_sample_videos()
+        except real_videos.RealVideoUnavailable as e:
+            raise SystemExit(f"no real sample video ({e}); pass --videos")
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-convert-"))
     try:
         for i in range(args.synthetic):
