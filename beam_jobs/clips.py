@@ -75,6 +75,7 @@ class Bucketer:
         return ALL
 
     def index(self, name: str) -> int:
+        """Index of a bucket name in :attr:`names` (the record's ``clip/label/index``)."""
         return self._index[name]
 
     def shard_bucket(self, split: str, bucket: str) -> str | None:
@@ -91,6 +92,12 @@ def stable_shard(example_id: str, num_shards: int) -> int:
 
 
 def example_id(track: TrackSpec, first_frame: int) -> str:
+    """The unique id of a clip: ``"<split>/<media_id>/<first frame, 6 digits>"``.
+
+    Args:
+        track: The clip's subject track.
+        first_frame: 1-based index of the clip's first frame.
+    """
     return f"{track.split}/{track.media_id}/{first_frame:06d}"
 
 
@@ -119,6 +126,8 @@ class SplitSummary:
     seconds: float = 0.0
 
     def merge(self, other: "SplitSummary") -> "SplitSummary":
+        """The sum of two summaries (a new object; neither input changes)."""
+
         def add(a: dict, b: dict) -> dict:
             out = dict(a)
             for k, v in b.items():

@@ -24,7 +24,7 @@ import sys
 import time
 
 from beam_jobs import faces as faces_lib
-from beam_jobs.progress import ProgressMonitor
+from beam_jobs.progress import ProgressMonitor, media_key
 from beam_jobs.sources.base import DatasetSource
 from tfrecords_schema import TASKS, DatasetInfo, join_path
 from tfrecords_schema.buckets import BUCKET_BY
@@ -37,6 +37,11 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of the job's own options (Beam's options pass through unparsed).
+
+    Returns:
+        A parser whose ``parse_known_args`` leaves the Beam pipeline options in its second value.
+    """
     parser = argparse.ArgumentParser(
         prog="beam_jobs.convert",
         description="Convert labelled face video to sharded TFRecord clips. Other flags are Beam pipeline "
@@ -164,11 +169,11 @@ def _read_info(output: str) -> DatasetInfo:
         return DatasetInfo.from_json(f.read().decode("utf-8"))
 
 
-def _write_info(info: DatasetInfo, output: str) -> None:
-    from apache_beam.io.filesystems import FileSystems
+def _write_info(info: DatasetInfo, output: str, tmp_dir: str) -> None:
+    """Rewrites ``dataset_info.json`` atomically (temp file under ``tmp_dir``, then rename)."""
+    from beam_jobs.transforms import DATASET_INFO_FILENAME, write_atomically
 
-    with FileSystems.create(join_path(output, "dataset_info.json")) as f:
-        f.write(info.to_json().encode("utf-8"))
+    write_atomically(join_path(output, DATASET_INFO_FILENAME), info.to_json().encode("utf-8"), tmp_dir)
 
 
 def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -> int:
@@ -225,10 +230,11 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
     )
     recorded = {k: v for k, v in vars(args).items() if k not in ("overwrite", "progress_every")}
     recorded["beam_args"] = list(beam_args)
-    splits = sorted({t.split for t in discovery.tracks})
-    print(f"[convert] {len(discovery.tracks)} tracks in {splits}; tasks {list(out_tasks)}; output {args.output}",
-          flush=True)
-    progress = ProgressMonitor(config.progress_dir, len(discovery.tracks), args.progress_every)
+    splits = sorted({t.split for t in discovery.tracks} | {d.split for d in discovery.split_drops})
+    media = [media_key(t) for t in discovery.tracks]
+    print(f"[convert] {len(discovery.tracks)} tracks ({len(set(media))} videos) in {splits}; "
+          f"tasks {list(out_tasks)}; output {args.output}", flush=True)
+    progress = ProgressMonitor(config.progress_dir, len(discovery.tracks), args.progress_every, media=media)
     if args.progress_every > 0:
         progress.start()
     try:
@@ -237,7 +243,7 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
                 p
                 | "CreateTracks" >> beam.Create(discovery.tracks)
                 | "ConvertTracks" >> transforms.ConvertTracks(
-                    source, config, splits, recorded, letters, discovery.unused_media)
+                    source, config, splits, recorded, letters, discovery.unused_media, discovery.split_drops)
             )
     except Exception as e:  # noqa: BLE001 - any pipeline failure is reported and turns into exit status 1.
         print(f"convert: error: the pipeline failed: {type(e).__name__}: {e}", file=sys.stderr)
@@ -253,7 +259,7 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
     _, _, pids = progress.poll()
     info.run = {**info.run, "seconds": round(seconds, 3),
                 "frames_per_second": round(written / max(seconds, 1e-9), 2), "worker_processes": len(pids)}
-    _write_info(info, args.output)
+    _write_info(info, args.output, config.tmp_dir)
     try:
         FileSystems.delete([config.tmp_dir if "://" not in config.tmp_dir else config.tmp_dir + "/"])
     except Exception:  # noqa: BLE001 - the temp folder may already be gone.
@@ -277,6 +283,7 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
 
 
 def main() -> None:
+    """Console entry point: runs with ``sys.argv`` and exits with the run's status."""
     sys.exit(run())
 
 

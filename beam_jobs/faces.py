@@ -68,6 +68,7 @@ class HaarDetector(Detector):
         self._min_size = (int(min_size), int(min_size))
 
     def detect(self, gray: np.ndarray, min_size: int | None = None, max_size: int | None = None) -> list[Box]:
+        """Face boxes ``(x, y, w, h)`` in a grayscale image, optionally limited to a size range in pixels."""
         low = self._min_size if min_size is None else (max(self._min_size[0], int(min_size)),) * 2
         high = (0, 0) if max_size is None else (int(max_size), int(max_size))
         found = self._cascade.detectMultiScale(

@@ -175,6 +175,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    """Console entry point: runs with ``sys.argv`` and exits with the run's status."""
     sys.exit(run())
 
 

@@ -3,10 +3,13 @@
 Each finished track leaves a tiny JSON marker under ``<output>/.tmp-convert/progress/``
 (through Beam's ``FileSystems``, so it works with multi_processing workers and on
 Dataflow with a ``gs://`` output); a thread in the driver counts them and prints
-videos done / total and labelled frames per second.
+tracks done / total, videos done / total (a video is done when all its subject
+tracks are) and labelled frames per second, e.g.
+``[convert] tracks 6/21 (videos 5/19) done, 5120 labelled frames, 80.2 frames/s``.
 
 Example:
-    monitor = ProgressMonitor(progress_dir, total=len(tracks), every=5.0)
+    monitor = ProgressMonitor(progress_dir, total=len(tracks), every=5.0,
+                              media=[media_key(t) for t in tracks])
     monitor.start()
     ...                      # run the pipeline; each worker calls write_marker(...)
     monitor.stop()
@@ -29,11 +32,30 @@ from tfrecords_schema import join_path
 _LOG = logging.getLogger(__name__)
 
 
-def write_marker(progress_dir: str, track_id: str, labelled: int, written: int, seconds: float) -> None:
-    """Records that a track is done (never raises: progress must not fail a track)."""
+def media_key(track) -> str:
+    """The video a track reads: its media path relative to ``--videos``, else its annotation name.
+
+    Args:
+        track: A :class:`beam_jobs.sources.base.TrackSpec` (anything with ``data_path`` and ``media_id``).
+    """
+    return track.data_path or track.media_id
+
+
+def write_marker(progress_dir: str, track_id: str, labelled: int, written: int, seconds: float,
+                 media: str = "") -> None:
+    """Records that a track is done (never raises: progress must not fail a track).
+
+    Args:
+        progress_dir: Folder of the markers.
+        track_id: The finished track.
+        labelled: Its labelled frames.
+        written: Its labelled frames written to clips.
+        seconds: Worker seconds it took.
+        media: Its :func:`media_key` (videos are counted done when all their tracks are).
+    """
     name = hashlib.sha1(track_id.encode("utf-8")).hexdigest() + ".json"
     body = {"track": track_id, "labelled": int(labelled), "written": int(written),
-            "seconds": round(seconds, 3), "pid": os.getpid()}
+            "seconds": round(seconds, 3), "pid": os.getpid(), "media": media}
     path = join_path(progress_dir, name)
     try:
         if "://" not in path:
@@ -52,12 +74,18 @@ class ProgressMonitor(threading.Thread):
         total: Tracks in the run.
         every: Seconds between polls.
         out: Stream to print to (default: ``sys.stdout`` at print time).
+        media: The :func:`media_key` of every track of the run (one entry per track); when
+            given, lines also say how many videos are done (all of their tracks finished).
     """
 
-    def __init__(self, progress_dir: str, total: int, every: float, out=None):
+    def __init__(self, progress_dir: str, total: int, every: float, out=None, media: list[str] | None = None):
         super().__init__(daemon=True)
         self._dir = progress_dir
         self._total = total
+        self._media_tracks: dict[str, int] = {}
+        for key in media or []:
+            self._media_tracks[key] = self._media_tracks.get(key, 0) + 1
+        self._videos_done = 0
         self._every = every
         self._out = out
         self._halt = threading.Event()
@@ -67,6 +95,7 @@ class ProgressMonitor(threading.Thread):
     def poll(self) -> tuple[int, int, set]:
         """(tracks done, labelled frames in them, worker process ids) from the markers."""
         done, frames, pids = 0, 0, set()
+        media_done: dict[str, int] = {}
         try:
             metadata = FileSystems.match([join_path(self._dir, "*.json")])[0].metadata_list
         except Exception:  # noqa: BLE001 - the folder may not exist yet or be gone already.
@@ -79,7 +108,10 @@ class ProgressMonitor(threading.Thread):
                 continue
             frames += int(marker.get("labelled", 0))
             pids.add(marker.get("pid"))
+            key = marker.get("media", "")
+            media_done[key] = media_done.get(key, 0) + 1
             done += 1
+        self._videos_done = sum(1 for key, n in self._media_tracks.items() if media_done.get(key, 0) >= n)
         return done, frames, pids
 
     def report(self, force: bool = False) -> None:
@@ -87,11 +119,13 @@ class ProgressMonitor(threading.Thread):
         done, frames, _ = self.poll()
         if force or (done, frames) != self._last:
             rate = frames / max(1e-9, time.monotonic() - self._start)
-            print(f"[convert] videos {done}/{self._total} done, {frames} labelled frames, {rate:.1f} frames/s",
+            videos = f" (videos {self._videos_done}/{len(self._media_tracks)})" if self._media_tracks else ""
+            print(f"[convert] tracks {done}/{self._total}{videos} done, {frames} labelled frames, {rate:.1f} frames/s",
                   file=self._out or sys.stdout, flush=True)
             self._last = (done, frames)
 
     def run(self):
+        """Polls every ``every`` seconds until :meth:`stop`."""
         while not self._halt.wait(self._every):
             self.report()
 

@@ -33,6 +33,7 @@ class VideoError(Exception):
 
 
 def is_remote(path: str) -> bool:
+    """Whether a path is a URL (``gs://``, ``s3://``, ...) rather than a local path."""
     return "://" in path
 
 

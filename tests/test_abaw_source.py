@@ -432,6 +432,7 @@ def test_multi_task_file_labels_only_the_listed_frames(tmp_path):
     assert found.label_names["action_units"] == abaw.AU_NAMES_12
     assert found.unused_media == ["m4.mp4"]
     assert [d.source.rsplit(":", 1)[1] for d in found.dead_letters] == ["line 6"]
+    assert found.split_drops == [base.SplitDrop("train", "malformed_line", 1)]  # Counted in its split.
     np.testing.assert_array_equal(m1.expression, [-1, 3, -1, -1, -1])
     np.testing.assert_allclose(m1.valence_arousal[1], [0.1, 0.2])
     np.testing.assert_array_equal(m1.action_units[1], [1] + [0] * 11)

@@ -166,8 +166,9 @@ def test_dataset_info_records_options_histograms_and_run(converted):
 
 def test_prints_progress_and_a_summary_per_split(converted):
     out = converted["stdout"]
-    assert "[convert] 5 tracks" in out
-    assert "videos 5/5 done" in out
+    assert "[convert] 5 tracks (3 videos)" in out
+    # vid1 has a train and a validation track, duo a left and a right one: 5 tracks of 3 videos.
+    assert "tracks 5/5 (videos 3/3) done" in out
     assert "train: 8 clips" in out and "validation: 3 clips" in out
     assert "beyond_video_end=2" in out
 
@@ -254,7 +255,9 @@ def test_dofns_survive_pickling_and_still_work(converted):
                                       clip_length=4, detect_every=1)
     fns = [transforms.ReadLabelsFn(source), transforms.DecodeAndCropFn(config), transforms.EncodeClipsFn(config),
            transforms.AssignShardFn(config), transforms.WriteShardFn(config),
-           transforms.WriteDatasetInfoFn(config, ["train"], {}, [])]
+           transforms.CountUnreadableLabelsFn(config), transforms.CompleteShardSetsFn(config),
+           transforms.BuildDatasetInfoFn(config, ["train"], {}, []), transforms.FinalizeShardsFn(config),
+           transforms.WriteDeadLettersFn(config), transforms.WriteDatasetInfoFn(config)]
     read, decode = [pickler.loads(pickler.dumps(fn)) for fn in fns][:2]
     for fn in fns[2:]:
         assert type(pickler.loads(pickler.dumps(fn))) is type(fn)
@@ -311,3 +314,64 @@ def test_output_and_media_on_an_object_store_go_through_beam_filesystems(tmp_pat
     FileSystems.set_options(PipelineOptions(s3_args))
     with VideoReader("s3://affect/videos/v.avi") as video:
         assert [index for index, _, _ in video.frames()] == [1, 2, 3, 4, 5]
+
+
+def test_writing_the_dataset_info_replaces_the_file_atomically_and_leaves_no_temp_file(converted, tmp_path):
+    out = tmp_path / "out"
+    rc, _, err = run_convert(converted["ann"], converted["videos"], out)
+    assert rc == 0, err
+    info_file = out / "dataset_info.json"
+    snapshot = tmp_path / "snapshot.json"
+    os.link(info_file, snapshot)  # A second name for the file's current inode.
+    before = snapshot.read_bytes()
+    info = read_dataset_info(str(out))
+    info.run = {**info.run, "seconds": 123.0}
+    (out / ".tmp-convert").mkdir()
+    convert._write_info(info, str(out), str(out / ".tmp-convert"))
+    # Written under a new name and renamed over the old one: the old inode is untouched...
+    assert snapshot.read_bytes() == before
+    assert os.stat(info_file).st_ino != os.stat(snapshot).st_ino
+    # ...and the new file is complete, with no temp file left beside it.
+    assert read_dataset_info(str(out)).run["seconds"] == 123.0
+    assert os.listdir(out / ".tmp-convert") == []
+    assert sorted(os.listdir(out)) == [".tmp-convert", "dataset_info.json", "errors", "train", "validation"]
+
+
+def _spill(tmp_path, n_files: int, per_file: int) -> tuple[list, list[bytes]]:
+    """Spill files holding records 'f<i>r<j>' at known offsets; records interleaved across files."""
+    files = {}
+    for i in range(n_files):
+        path = tmp_path / f"spill{i:02d}.bin"
+        chunks = [f"f{i:02d}r{j}-".encode() * (j + 1) for j in range(per_file)]
+        path.write_bytes(b"".join(chunks))
+        offset, located = 0, []
+        for data in chunks:
+            located.append((str(path), offset, data))
+            offset += len(data)
+        files[i] = located
+    records, expected = [], []
+    for j in range(per_file):  # Round robin over the files: the worst order for open handles.
+        for i in range(n_files):
+            path, offset, data = files[i][j]
+            records.append(transforms.SpilledRecord("train", None, f"id{i}-{j}", path, offset, len(data), 1))
+            expected.append(data)
+    return records, expected
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_reading_spilled_records_keeps_few_spill_files_open(tmp_path):
+    records, expected = _spill(tmp_path, n_files=24, per_file=3)
+    baseline = _open_fds()
+    most, got = 0, []
+    for data in transforms._read_spilled(records, max_open=4):
+        most = max(most, _open_fds() - baseline)
+        got.append(data)
+    assert got == expected  # Same bytes, same order, re-opening evicted files as needed.
+    assert most <= 4
+    assert _open_fds() == baseline  # All closed at the end.
+    with pytest.raises(ValueError, match="max_open must be >= 1"):
+        list(transforms._read_spilled(records, max_open=0))

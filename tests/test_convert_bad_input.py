@@ -263,13 +263,57 @@ def test_an_adapter_exception_becomes_a_dead_letter_and_the_job_goes_on(tmp_path
     for name in ("bad", "fine"):
         vf.write_face_video(videos / f"{name}.avi", [4] * 3)
         abaw.write_annotation(ann, "expr", "train", name, [4] * 3)
+    abaw.write_annotation(ann, "va", "train", "bad", [(0.1, 0.2)] * 5, trailing_blank_lines=2)
     out = tmp_path / "out"
-    errors = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
-        rc = convert.run(["--videos", str(videos), "--annotations", str(ann), "--output", str(out), *ARGS],
-                         source=BrokenLabelsSource(str(ann), str(videos)))
+    errors, printed = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        rc = convert.run(["--videos", str(videos), "--annotations", str(ann), "--output", str(out), *ARGS,
+                          "--progress_every", "0.2"], source=BrokenLabelsSource(str(ann), str(videos)))
     assert rc == 0, errors.getvalue()
     assert {c.media_id for c in all_clips(out)} == {"fine"}
     (letter,) = dead_letters(out)
     assert letter["reason"] == "read_labels_error" and "adapter bug" in letter["message"]
-    assert read_dataset_info(str(out)).failures["by_reason"] == {"read_labels_error": 1}
+    info = read_dataset_info(str(out))
+    assert info.failures["by_reason"] == {"read_labels_error": 1}
+    # The failed track's lines (most lines of its files: 5 VA lines, blank lines not counted) stay in the
+    # accounting as labelled and dropped, and in its dead letter.
+    assert letter["frames"] == 5 and letter["track"] == "train/bad"
+    acc = info.splits["train"].accounting
+    assert (acc.labelled_frames, acc.written_frames, acc.dropped) == (3 + 5, 3, {"read_labels_error": 5})
+    assert info.run["tracks"] == 2
+    assert "tracks 2/2 (videos 2/2) done" in printed.getvalue()
+
+
+def test_lines_of_a_failed_track_in_a_multi_task_file_are_counted_for_its_subject_only(tmp_path):
+    from beam_jobs.transforms import annotation_line_count
+
+    rows = [("m1", 1, (0.1, 0.2), 3, [0] * 12), ("m2", 1, (0.1, 0.2), 3, [0] * 12),
+            ("m1", 2, (0.1, 0.2), 3, [0] * 12), ("m1", 5, (0.1, 0.2), 3, [0] * 12)]
+    abaw.write_mtl(tmp_path / "ann", "train", rows)
+    (tmp_path / "videos").mkdir()
+    tracks = {t.media_id: t for t in AbawSource(str(tmp_path / "ann"), str(tmp_path / "videos")).discover().tracks}
+    assert annotation_line_count(tracks["m1"]) == (3, [])
+    assert annotation_line_count(tracks["m2"]) == (1, [])
+
+
+def test_multi_task_rows_without_an_image_name_count_as_dropped_in_their_split(tmp_path):
+    ann, videos = tmp_path / "annotations", tmp_path / "videos"
+    vf.write_face_video(videos / "mvid.avi", [4] * 4)
+    good = [("mvid", i, (0.1, 0.2), 4, [0] * 12) for i in range(1, 5)]
+    abaw.write_mtl(ann, "train", good[:2] + ["no-image-name,0.1,0.2,4," + ",".join(["0"] * 12),
+                                             "00003.jpg,0.1,0.2,4," + ",".join(["0"] * 12)] + good[2:])
+    # A validation file whose only row names no frame: the split has no track but still its accounting.
+    abaw.write_mtl(ann, "validation", ["mvid,0.1,0.2,4," + ",".join(["0"] * 12)])
+    out = tmp_path / "out"
+    rc, _, err = run_convert("--videos", videos, "--annotations", ann, "--output", out)
+    assert rc == 0, err
+    info = read_dataset_info(str(out))
+    info.check()
+    train, val = info.splits["train"].accounting, info.splits["validation"].accounting
+    assert (train.labelled_frames, train.written_frames, train.dropped) == (6, 4, {"malformed_line": 2})
+    assert (val.labelled_frames, val.written_frames, val.dropped) == (1, 0, {"malformed_line": 1})
+    assert info.splits["validation"].num_clips == 0 and info.splits["validation"].shards == []
+    malformed = sorted((pathlib.Path(d["source"]).name, d["frames"]) for d in dead_letters(out)
+                       if d["reason"] == "malformed_line")
+    assert malformed == [("training_set_annotations.txt:lines 4-5", 2), ("validation_set_annotations.txt:line 2", 1)]
+    assert np.concatenate([c.frame_index for c in all_clips(out)]).tolist() == [1, 2, 3, 4]

@@ -16,7 +16,8 @@ Layouts accepted (folder names matched case-insensitively, found anywhere under
   in a multi-task file have the 8 ABAW-3 classes. A frame listed twice for one subject:
   the first row is kept and the later one is a ``malformed_line`` naming both lines. A
   row with no ``<id>/<frame>.jpg`` name belongs to no track: it is a discovery dead
-  letter. Every row of the file is scanned for each of its subjects: simple, and cheap
+  letter and counts in the file's split as labelled and dropped (``malformed_line``,
+  through ``Discovery.split_drops``). Every row of the file is scanned for each of its subjects: simple, and cheap
   next to decoding the video.
 
 Test folders (``Test_Set`` and the like) are ignored.
@@ -272,7 +273,13 @@ def _number(text: str) -> float:
 
 
 class _Values:
-    """Parses one task's values from text fields; returns (status, values, detail)."""
+    """Parses one task's values from text fields; returns (status, values, detail).
+
+    Args:
+        task: ``"expr"``, ``"va"`` or ``"au"``.
+        num_classes: Expression classes of the file.
+        au_order: File AU column → dataset AU column.
+    """
 
     def __init__(self, task: str, num_classes: int = 8, au_order: Sequence[int] = ()):
         self.task = task
@@ -349,7 +356,13 @@ class _Run:
 
 
 class _Parsed:
-    """One task of one annotation file, parsed for one track."""
+    """One task of one annotation file, parsed for one track.
+
+    Args:
+        task: The task.
+        path: The annotation file.
+        num_aus: AU columns of the dataset.
+    """
 
     def __init__(self, task: str, path: str, num_aus: int):
         self.task = task
@@ -560,7 +573,8 @@ class AbawSource(base.DatasetSource):
             AbawLayoutError: no annotation file of the selected tasks was found.
         """
         dead_letters: list[base.DeadLetter] = []
-        files, found_tasks = self._annotation_files(dead_letters)
+        split_drops: list[base.SplitDrop] = []
+        files, found_tasks = self._annotation_files(dead_letters, split_drops)
         if not files:
             wanted = ", ".join(self.tasks or TASKS)
             raise AbawLayoutError(
@@ -620,10 +634,16 @@ class AbawSource(base.DatasetSource):
         tracks.sort(key=lambda t: t.track_id)
         unused = sorted(p for paths in media.values() for p in paths if p not in used_media)
         return base.Discovery(tracks=tracks, label_names=label_names, tasks=tasks, unused_media=unused,
-                              dead_letters=dead_letters)
+                              dead_letters=dead_letters, split_drops=split_drops)
 
-    def _annotation_files(self, dead_letters: list[base.DeadLetter]) -> tuple[list[_AnnotationFile], list[str]]:
-        """Every annotation file of the selected tasks (and the tasks seen at all)."""
+    def _annotation_files(self, dead_letters: list[base.DeadLetter],
+                          split_drops: list[base.SplitDrop]) -> tuple[list[_AnnotationFile], list[str]]:
+        """Every annotation file of the selected tasks (and the tasks seen at all).
+
+        Args:
+            dead_letters: Receives the problems found while listing.
+            split_drops: Receives labelled lines that belong to no track.
+        """
         skip = {self._norm_dir(d) for d in (self.videos, self.cropped_aligned) if d is not None}
         files: list[_AnnotationFile] = []
         seen_tasks: set[str] = set()
@@ -640,7 +660,7 @@ class AbawSource(base.DatasetSource):
                     files.extend(self._task_folder_files(folder, task))
                 continue
             if name == MTL_FOLDER:
-                files.extend(self._mtl_files(folder, seen_tasks, dead_letters))
+                files.extend(self._mtl_files(folder, seen_tasks, dead_letters, split_drops))
                 continue
             subdirs, _ = self._list(folder)
             stack.extend(sorted(subdirs, reverse=True))
@@ -661,8 +681,13 @@ class AbawSource(base.DatasetSource):
                     found.append(_AnnotationFile(task, split, _nfc(name[:-4]), path))
         return found
 
-    def _mtl_files(self, folder: str, seen_tasks: set[str], dead_letters: list[base.DeadLetter]) -> list[_AnnotationFile]:
-        """Subjects of each multi-task file (scans the image column once)."""
+    def _mtl_files(self, folder: str, seen_tasks: set[str], dead_letters: list[base.DeadLetter],
+                   split_drops: list[base.SplitDrop]) -> list[_AnnotationFile]:
+        """Subjects of each multi-task file (scans the image column once).
+
+        Rows without a ``<video>/<frame>.jpg`` name get a dead letter and a
+        ``malformed_line`` entry in ``split_drops`` for the file's split.
+        """
         found = []
         wanted = [t for t in TASKS if self.tasks is None or t in self.tasks]
         _, names = self._list(folder)
@@ -688,6 +713,8 @@ class AbawSource(base.DatasetSource):
                     source=f"{path}:{where}", reason=base.DROP_MALFORMED_LINE,
                     message=f"multi-task row(s) without a '<video>/<frame>.jpg' image name ({where} of the file)",
                     frames=last - first + 1))
+            if bad_lines:
+                split_drops.append(base.SplitDrop(split, base.DROP_MALFORMED_LINE, len(bad_lines)))
             for media_id in sorted(subjects):
                 found.extend(_AnnotationFile(task, split, media_id, path) for task in wanted)
         return found

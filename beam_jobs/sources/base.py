@@ -24,6 +24,7 @@ DROP_OUT_OF_RANGE = "out_of_range"  # values outside the task's range; the frame
 DROP_UNREADABLE_MEDIA = "unreadable_media"  # zero-byte, corrupt or unsupported video: no frame decodes.
 DROP_BEYOND_VIDEO_END = "beyond_video_end"  # annotation lines past the last decodable frame.
 DROP_DECODE_ERROR = "decode_error"  # an exception while converting a track; its remaining frames.
+DROP_READ_LABELS_ERROR = "read_labels_error"  # the adapter raised on a track's annotations: its lines are lost.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,7 @@ class TrackSpec:
 
     @property
     def tasks(self) -> tuple[str, ...]:
+        """Tasks this track has labels for, in annotation-file order."""
         return tuple(task for task, _ in self.annotation_files)
 
 
@@ -124,6 +126,7 @@ class TrackLabels:
 
     @property
     def num_frames(self) -> int:
+        """Annotation lines (frames) of the track."""
         return len(self.expression)
 
     @property
@@ -141,6 +144,24 @@ class TrackLabels:
         return self.valid | (self.rejected != "")
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitDrop:
+    """Labelled annotation lines lost before any track exists (found while listing).
+
+    They count in their split's accounting as labelled and as dropped with ``reason``,
+    e.g. multi-task rows that name no ``<video>/<frame>.jpg`` and so belong to no track.
+
+    Attributes:
+        split: The split the annotation file assigns (``"train"`` or ``"validation"``).
+        reason: A DROP_* reason.
+        frames: Lines (frames) lost.
+    """
+
+    split: str
+    reason: str
+    frames: int
+
+
 @dataclasses.dataclass
 class Discovery:
     """What an adapter found under the input folders.
@@ -151,6 +172,8 @@ class Discovery:
         tasks: Tasks with at least one annotation file.
         unused_media: Media paths (relative to ``--videos``) that no annotation names.
         dead_letters: Problems found while listing (bad headers, duplicates, ...).
+        split_drops: Labelled lines lost while listing, per split (they belong to no track
+            but must still reach the split's accounting).
     """
 
     tracks: list[TrackSpec]
@@ -158,6 +181,7 @@ class Discovery:
     tasks: list[str]
     unused_media: list[str] = dataclasses.field(default_factory=list)
     dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
+    split_drops: list[SplitDrop] = dataclasses.field(default_factory=list)
 
 
 class DatasetSource(abc.ABC):
