@@ -206,6 +206,41 @@ def test_fewer_shards_than_workers_is_a_clear_error(data):
         trainer_input.make_eval_dataset(root, info, task="expr", seq_len=4, batch_size=2, input_context=context)
 
 
+@pytest.fixture(scope="module")
+def gappy(tmp_path_factory):
+    """Three buckets of 4 shard files each, shards 1 and 3 empty (as --min_shards / hashing leave them)."""
+    root = str(tmp_path_factory.mktemp("gappy"))
+    info = write_dataset(root, num_clips_per_class={"A": 6, "B": 4, "C": 2}, clip_length=4, short_clip_every=0,
+                         crop_size=16, tasks=("expr",), invalid_fraction=0.0, no_face_fraction=0.0,
+                         num_shards_per_bucket=4, empty_shard_indices=(1, 3), num_validation_shards=0, seed=6)
+    return root, info
+
+
+@pytest.mark.parametrize("sampling", ["balanced", "downsample"])
+def test_every_worker_gets_records_of_every_bucket_when_empty_shard_files_exist(gappy, sampling):
+    root, info = gappy
+    assert sum(s.num_records == 0 for s in info.splits["train"].shards) == 6
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
+                                             num_replicas_in_sync=2)
+        dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=12,
+                                                   sampling=sampling, augment=False, seed=1, input_context=context)
+        labels = np.concatenate([t["expression"][:, 0].numpy() for _, t, _ in dataset.take(4)])
+        assert len(labels) == 48, (pipeline_id, sampling)  # the stream does not end
+        shares = np.bincount(labels, minlength=3) / len(labels)
+        assert (shares > 0.15).all(), (pipeline_id, sampling, shares)  # every bucket is in the mix
+
+
+def test_bucket_with_fewer_non_empty_shards_than_workers_is_a_clear_error(tmp_path):
+    root = str(tmp_path)
+    info = write_dataset(root, num_clips_per_class={"A": 3, "B": 2}, clip_length=4, crop_size=16, tasks=("expr",),
+                         num_shards_per_bucket=3, empty_shard_indices=(1, 2), num_validation_shards=0)
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
+    with pytest.raises(ValueError, match=r"train bucket 'A' has 1 shard file\(s\) but there are 2 input pipelines"
+                                         r".*\(3 listed, 2 empty\)"):
+        trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=2, input_context=context)
+
+
 def test_corrupt_shard_fails_naming_the_file(tmp_path):
     info = write_dataset(tmp_path, num_clips_per_class={"A": 3, "B": 3}, clip_length=4, crop_size=16, seed=4)
     bad = shard_path(tmp_path, info, "validation", 0)

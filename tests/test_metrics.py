@@ -136,3 +136,17 @@ def test_accumulator_over_batches_equals_metrics_on_the_concatenation():
 def test_accumulator_rejects_unknown_head():
     with pytest.raises(ValueError, match="valid"):
         metrics.PredictionAccumulator(["emotion"])
+
+
+def test_macro_f1_counts_absent_classes_as_zero_and_macro_f1_present_leaves_them_out():
+    # Classes 0 and 1 perfectly predicted; classes 2 and 3 neither present nor predicted.
+    y = np.array([0, 0, 1, 1, 1])
+    m = metrics.expression_metrics(y, y, np.ones(5), NAMES)
+    assert m["macro_f1"] == pytest.approx(0.5)  # ABAW: mean over all 4 classes
+    assert m["macro_f1_present"] == pytest.approx(1.0)  # scikit-learn's default: labels seen only
+    # A class predicted but never true counts among the present ones (F1 0).
+    pred = np.array([0, 0, 1, 1, 2])
+    m = metrics.expression_metrics(y, pred, np.ones(5), NAMES)
+    f1_1 = 2 * 1.0 * (2 / 3) / (1.0 + 2 / 3)
+    assert m["macro_f1_present"] == pytest.approx((1.0 + f1_1 + 0.0) / 3)
+    assert m["macro_f1"] == pytest.approx((1.0 + f1_1) / 4)

@@ -147,3 +147,33 @@ def test_bucket_without_expression_labels_is_not_sampled_for_the_expression_task
 
     assert zero_weight_clips("expr") == 0  # every sampled clip has expression targets
     assert zero_weight_clips("multi") > 20  # 6 of 10 clips have none, but carry VA / AU targets
+
+
+@pytest.mark.parametrize("mode", ["natural", "downsample"])
+def test_empirical_bucket_mix_counts_the_buckets_of_the_training_stream(skewed, mode):
+    root, info = skewed
+    batch, batches = 20, 3
+    dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=batch,
+                                               sampling=mode, augment=False, seed=4)
+    labels = np.concatenate([t["expression"][:, 0].numpy() for _, t, _ in dataset.take(batches)])
+    expected = np.bincount(labels, minlength=4) / len(labels)
+    mix = trainer_input.empirical_bucket_mix(root, info, task="expr", sampling=mode, num_clips=batch * batches,
+                                             seed=4)
+    assert list(mix) == info.bucket_names
+    assert [mix[b] for b in info.bucket_names] == pytest.approx(expected.tolist())
+
+
+def test_train_logs_requested_and_empirical_bucket_mix_with_the_largest_deviation(skewed):
+    from trainer.config import TrainConfig
+    from trainer.train import CLASS_MIX_BATCHES, bucket_mix_report
+
+    root, info = skewed
+    config = TrainConfig(data=root, job_dir="j", task="expr", sampling="balanced", batch_size=25, seq_len=2)
+    report = bucket_mix_report(config, info, input_seed=0)
+    assert report["clips"] == CLASS_MIX_BATCHES * 25
+    assert report["requested"] == pytest.approx({b: 0.25 for b in info.bucket_names})
+    assert sum(report["empirical"].values()) == pytest.approx(1.0, abs=1e-3)
+    worst = report["max_deviation_bucket"]
+    assert report["max_abs_deviation"] == pytest.approx(abs(report["empirical"][worst] - 0.25), abs=1e-4)
+    assert report["max_abs_deviation"] == pytest.approx(
+        max(abs(v - 0.25) for v in report["empirical"].values()), abs=1e-4)

@@ -113,6 +113,59 @@ def test_bad_dataset_info_gives_clear_error(tmp_path, text, message):
         schema.read_dataset_info(str(tmp_path))
 
 
+def _info_json(**changes) -> dict:
+    raw = json.loads(_info().to_json())
+    for path, value in changes.items():
+        target = raw
+        *parents, last = path.split("__")
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        target[int(last) if isinstance(target, list) else last] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"splits": []}, "splits must be a JSON object"),
+        ({"splits": {"train": "ab"}}, "splits.train must be a JSON object"),
+        ({"crop_size": "big"}, "crop_size must be an integer >= 1"),
+        ({"crop_size": True}, "crop_size must be an integer >= 1"),
+        ({"clip_length": 0}, "clip_length must be an integer >= 1"),
+        ({"name": 3}, "name must be a string"),
+        ({"tasks": "expr"}, "tasks must be a list of strings"),
+        ({"bucket_names": ["A", 2]}, r"bucket_names\[1\] must be a string"),
+        ({"label_names": {"expression": "Neutral"}}, "label_names.expression must be a list of strings"),
+        ({"options": []}, "options must be a JSON object"),
+        ({"splits__train__shards": {"a": 1}}, "splits.train.shards must be a list"),
+        ({"splits__train__shards__0": "x"}, r"splits.train.shards\[0\] must be a JSON object"),
+        ({"splits__train__shards__0__num_records": "7"}, r"splits.train.shards\[0\].num_records must be an integer"),
+        ({"splits__train__shards__0__num_bytes": -1}, r"shards\[0\].num_bytes must be an integer >= 0"),
+        ({"splits__train__shards__0__bucket": 1}, r"shards\[0\].bucket must be a string"),
+        ({"splits__train__num_clips": 1.5}, "splits.train.num_clips must be an integer"),
+        ({"splits__train__bucket_clips": {"Fear": "1"}}, "splits.train.bucket_clips.Fear must be an integer"),
+        ({"splits__train__class_frames": {"expr": []}}, "splits.train.class_frames.expr must be a JSON object"),
+        ({"splits__train__accounting": [1, 2]}, "splits.train.accounting must be a JSON object"),
+        ({"splits__train__accounting__dropped": {"x": None}}, "accounting.dropped.x must be an integer"),
+        ({"splits__train__accounting__labelled": 1}, r"unknown fields \['labelled'\] in splits.train.accounting"),
+        ({"splits__train__shards__0__extra": 1}, r"unknown fields \['extra'\] in splits.train.shards\[0\]"),
+    ],
+)
+def test_mistyped_dataset_info_fields_are_a_dataset_info_error_naming_file_and_field(tmp_path, changes, field):
+    (tmp_path / schema.DATASET_INFO_FILENAME).write_text(json.dumps(_info_json(**changes)))
+    with pytest.raises(schema.DatasetInfoError, match=field) as caught:
+        schema.read_dataset_info(str(tmp_path))
+    assert str(tmp_path / schema.DATASET_INFO_FILENAME) in str(caught.value)
+
+
+def test_shard_without_a_required_field_is_a_dataset_info_error():
+    raw = _info_json()
+    del raw["splits"]["train"]["shards"][0]["num_records"]
+    with pytest.raises(schema.DatasetInfoError,
+                       match=r"x.json .*shards\[0\] lacks required field\(s\) \['num_records'\]"):
+        schema.DatasetInfo.from_json(json.dumps(raw), source="x.json")
+
+
 def test_missing_dataset_info_says_what_data_must_be(tmp_path):
     with pytest.raises(schema.DatasetInfoError, match="output directory of beam_jobs.convert"):
         schema.read_dataset_info(str(tmp_path))

@@ -118,7 +118,12 @@ def test_training_killed_after_a_checkpoint_resumes_and_ends_at_the_same_step_co
     assert _latest_step(job) == 60
     logged_steps = [int(n) for n in re.findall(r"step (\d+)/60 ", log)]
     assert logged_steps and min(logged_steps) > killed_at and max(logged_steps) == 60
-    assert json.loads((job / "metrics.json").read_text())["best_epoch"] in (1, 2, 3)
+    best_epoch = json.loads((job / "metrics.json").read_text())["best_epoch"]
+    assert best_epoch in (1, 2, 3)
+    stored_epoch, stored_score, _ = train.read_best_checkpoint(str(job / "best"))
+    assert stored_epoch == best_epoch
+    model_info = json.loads((job / "export" / "model_info.json").read_text())
+    assert (model_info["best_epoch"], model_info["best_score"]) == (stored_epoch, pytest.approx(stored_score))
 
 
 def test_corrupt_shard_error_names_the_file_and_skip_corrupt_goes_on(tmp_path):
@@ -238,6 +243,34 @@ def test_steps_per_epoch_follow_the_downsample_epoch_size(dataset):
     assert train.resolve_steps_per_epoch(explicit, info) == 7
 
 
+def test_explicit_steps_per_epoch_off_the_downsample_epoch_warns(dataset, caplog):
+    from tfrecords_schema import read_dataset_info
+    from trainer.config import TrainConfig
+
+    info = read_dataset_info(dataset)
+    matching = TrainConfig(data=dataset, job_dir="j", sampling="downsample", batch_size=4, steps_per_epoch=3)
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        assert train.resolve_steps_per_epoch(matching, info) == 3
+    assert not caplog.records  # 3 x 4 = the 12 clips of a downsample epoch
+    off = TrainConfig(data=dataset, job_dir="j", sampling="downsample", batch_size=4, steps_per_epoch=7)
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        assert train.resolve_steps_per_epoch(off, info) == 7
+    assert any("28 clips per epoch" in r.getMessage() and "clips_per_epoch = 12" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+
+def test_jit_compile_auto_is_on_only_for_a_single_device_with_a_gpu():
+    one = tf.distribute.OneDeviceStrategy("/cpu:0")
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
+    assert train.resolve_jit_compile("auto", one, gpu=True)
+    assert not train.resolve_jit_compile("auto", one, gpu=False)
+    assert not train.resolve_jit_compile("auto", mirrored, gpu=True)
+    assert train.resolve_jit_compile("on", mirrored, gpu=False)
+    assert not train.resolve_jit_compile("off", one, gpu=True)
+    with pytest.raises(ValueError, match="valid values: auto, on, off"):
+        train.resolve_jit_compile("yes", one, gpu=True)
+
+
 def test_missing_eval_split_is_a_clear_error(dataset, tmp_path):
     rc, err = _run_capturing(train_args(dataset, tmp_path / "job", "--task", "expr", "--eval_split", "test"))
     assert rc == 1 and "'test'" in err and "validation" in err
@@ -259,3 +292,39 @@ def test_empty_bucket_is_skipped_with_a_warning_and_all_empty_is_an_error(tmp_pa
     args[1] = str(empty)
     rc, err = _run_capturing(args + ["--job_dir", str(tmp_path / "job2")])
     assert rc == 1, err
+
+
+def test_resume_takes_best_epoch_and_score_from_the_best_checkpoint(dataset, tmp_path, caplog):
+    """A kill between saving best/ and the next checkpoint leaves the checkpoint's best score behind."""
+    from tfrecords_schema import read_dataset_info
+    from trainer.config import parse_train_config
+    from trainer.input import heads_for_task
+
+    job = tmp_path / "job"
+    args = train_args(dataset, job, "--task", "expr", "--steps_per_epoch", "3", "--checkpoint_every", "100")
+    assert train.run(args + ["--epochs", "2"]) == 0
+    best_epoch, best_score, _ = train.read_best_checkpoint(str(job / "best"))
+
+    # Make the latest regular checkpoint disagree with best/, as such a kill does.
+    config = parse_train_config(args + ["--epochs", "2"])
+    info = read_dataset_info(dataset)
+    spec = train.model_spec_for(config, info, heads_for_task(info, "expr"))
+    model, optimizer = train.build_model_and_optimizer(config, spec, tf.distribute.OneDeviceStrategy("/cpu:0"))
+    variables = {"step": tf.Variable(0, dtype=tf.int64), "epochs_done": tf.Variable(0, dtype=tf.int64),
+                 "best_score": tf.Variable(0.0, dtype=tf.float64), "best_epoch": tf.Variable(0, dtype=tf.int64)}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **variables)
+    latest = tf.train.latest_checkpoint(str(job / "checkpoints"))
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    variables["best_score"].assign(100.0)  # unreachable: no later epoch would ever replace it
+    variables["best_epoch"].assign(7)
+    checkpoint.write(latest)
+
+    with caplog.at_level("INFO", logger="trainer.train"):
+        assert train.run(args + ["--epochs", "3"]) == 0
+    assert f"holds epoch {best_epoch} " in caplog.text, caplog.text[-2000:]
+    final_epoch, final_score, _ = train.read_best_checkpoint(str(job / "best"))
+    assert final_epoch in (best_epoch, 3) and final_score >= best_score
+    metrics = json.loads((job / "metrics.json").read_text())
+    model_info = json.loads((job / "export" / "model_info.json").read_text())
+    assert metrics["best_epoch"] == model_info["best_epoch"] == final_epoch
+    assert model_info["best_score"] == pytest.approx(final_score)

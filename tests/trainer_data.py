@@ -167,12 +167,19 @@ def _make_clip(
 
 
 def _write_shards(data_dir: str, name: str, split: str, bucket: str | None, clips: list[ClipRecord],
-                  num_shards: int) -> list[ShardInfo]:
-    """Writes ``clips`` round-robin into ``num_shards`` files (sorted by id inside a shard)."""
+                  num_shards: int, empty: tuple[int, ...] = ()) -> list[ShardInfo]:
+    """Writes ``clips`` round-robin into ``num_shards`` files (sorted by id inside a shard).
+
+    Shard indices in ``empty`` are written as empty files (as hashing or ``--min_shards`` can leave them);
+    the clips are dealt over the other indices.
+    """
     os.makedirs(os.path.join(data_dir, split), exist_ok=True)
+    filled = [i for i in range(num_shards) if i not in empty]
+    if not filled:
+        raise ValueError(f"every one of the {num_shards} shards would be empty")
     shards = []
     for i in range(num_shards):
-        mine = sorted(clips[i::num_shards], key=lambda c: c.example_id)
+        mine = sorted(clips[filled.index(i)::len(filled)], key=lambda c: c.example_id) if i in filled else []
         rel = f"{split}/{shard_basename(name, split, bucket, i, num_shards)}"
         path = os.path.join(data_dir, rel)
         with tf.io.TFRecordWriter(path) as writer:
@@ -230,6 +237,7 @@ def write_dataset(
     name: str = "synth",
     texture: float = 0.0,
     num_clips_without_expression: int = 0,
+    empty_shard_indices: tuple[int, ...] = (),
 ) -> DatasetInfo:
     """Writes a tiny converted dataset under ``root`` and returns its :class:`DatasetInfo`.
 
@@ -253,6 +261,8 @@ def write_dataset(
         name: Dataset name (shard prefix).
         num_clips_without_expression: Train clips whose expression labels are all invalid (other labels
             valid), written like the converter does: in one more bucket, ``"no_expression"``.
+        empty_shard_indices: Indices (of ``num_shards_per_bucket``) of every train bucket's shards written
+            as empty files, listed with ``num_records`` 0.
         texture: Strength of a smooth noise pattern added to the crops (0: flat colours, tiny JPEGs;
             ~0.1 gives JPEGs the size of real 112-pixel face crops, for benchmarks).
     """
@@ -297,7 +307,8 @@ def write_dataset(
     for b, bucket in enumerate(bucket_names):
         members = [c for c in train if c.bucket_index == b]
         if members:
-            train_shards += _write_shards(root, name, SPLIT_TRAIN, bucket, members, num_shards_per_bucket)
+            train_shards += _write_shards(root, name, SPLIT_TRAIN, bucket, members, num_shards_per_bucket,
+                                          empty=tuple(empty_shard_indices))
     splits[SPLIT_TRAIN] = _split_info(train, train_shards, bucket_names, expression_names, au_names, tasks)
     if num_validation_shards:
         val = clips_for(SPLIT_VALIDATION, {n: num_validation_clips_per_class for n in expression_names})

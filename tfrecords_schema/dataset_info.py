@@ -191,8 +191,17 @@ class DatasetInfo:
     def from_json(cls, text: str, source: str = "dataset_info.json") -> "DatasetInfo":
         """Parses and validates JSON text.
 
+        Every field is checked: its type (strings, integers >= 0, lists of strings), the shape of the
+        nested objects (splits, shards, accounting, histograms) and unknown or missing fields.
+
+        Args:
+            text: The JSON text.
+            source: Where it came from; every error message names it.
+
         Raises:
-            DatasetInfoError: malformed JSON, missing fields or another schema version.
+            DatasetInfoError: malformed JSON, missing, unknown or mistyped fields (the message names
+                ``source`` and the field, e.g. ``splits.train.shards[0].num_records``), or another schema
+                version.
         """
         try:
             raw = json.loads(text)
@@ -206,20 +215,133 @@ class DatasetInfo:
                 f"{source} has schema version {version!r}; this AffectStream reads version {SCHEMA_VERSION}."
                 " Convert the data again with this version of beam_jobs.convert."
             )
-        try:
-            splits = {}
-            for split, s in raw["splits"].items():
-                s = dict(s)
-                s["shards"] = [ShardInfo(**shard) for shard in s.get("shards", [])]
-                s["accounting"] = Accounting(**s.get("accounting", {}))
-                splits[split] = SplitInfo(**s)
-            fields = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(raw) - fields)
-            if unknown:
-                raise DatasetInfoError(f"{source} has unknown fields {unknown}")
-            return cls(**{**raw, "splits": splits})
-        except (KeyError, TypeError) as e:
-            raise DatasetInfoError(f"{source} is missing or has malformed fields: {e}") from e
+        return cls._from_raw(raw, source)
+
+    @classmethod
+    def _from_raw(cls, raw: dict, source: str) -> "DatasetInfo":
+        """Builds a DatasetInfo from parsed JSON, checking every field's type and nested shape."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        _check_keys(raw, fields, set(fields) - _OPTIONAL_INFO_FIELDS, source, "")
+        _check_str(raw["name"], source, "name")
+        _check_str_list(raw["tasks"], source, "tasks")
+        _check_dict(raw["label_names"], source, "label_names")
+        for task, names in raw["label_names"].items():
+            _check_str_list(names, source, f"label_names.{task}")
+        _check_str(raw["bucket_by"], source, "bucket_by")
+        _check_str_list(raw["bucket_names"], source, "bucket_names")
+        _check_int(raw["crop_size"], source, "crop_size", minimum=1)
+        _check_int(raw["clip_length"], source, "clip_length", minimum=1)
+        for name in ("options", "failures", "run"):
+            if name in raw:
+                _check_dict(raw[name], source, name)
+        if "unused_media" in raw:
+            _check_str_list(raw["unused_media"], source, "unused_media")
+        _check_dict(raw["splits"], source, "splits")
+        splits = {split: _split_from_raw(s, source, f"splits.{split}") for split, s in raw["splits"].items()}
+        return cls(**{**raw, "splits": splits})
+
+
+# Fields of dataset_info.json (and of its nested objects) that may be left out.
+_OPTIONAL_INFO_FIELDS = {"options", "failures", "unused_media", "run", "schema_version"}
+_SPLIT_COUNTS = ("num_clips", "num_frames")
+_SHARD_COUNTS = ("num_records", "num_frames", "num_bytes")
+_ACCOUNTING_COUNTS = ("labelled_frames", "written_frames_with_face", "written_frames_without_face")
+
+
+def _fail(source: str, where: str, problem: str) -> DatasetInfoError:
+    return DatasetInfoError(f"{source} is missing or has malformed fields: {where or 'top level'} {problem}")
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def _check_keys(raw: dict, allowed: set[str], required: set[str], source: str, where: str) -> None:
+    missing = sorted(required - set(raw))
+    if missing:
+        raise _fail(source, where, f"lacks required field(s) {missing}")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise DatasetInfoError(f"{source} has unknown fields {unknown}" + (f" in {where}" if where else "")
+                               + f"; valid fields: {sorted(allowed)}")
+
+
+def _check_str(value: Any, source: str, where: str) -> None:
+    if not isinstance(value, str):
+        raise _fail(source, where, f"must be a string, got {_kind(value)}")
+
+
+def _check_int(value: Any, source: str, where: str, minimum: int = 0) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise _fail(source, where, f"must be an integer >= {minimum}, got {_kind(value)}")
+
+
+def _check_dict(value: Any, source: str, where: str) -> None:
+    if not isinstance(value, dict):
+        raise _fail(source, where, f"must be a JSON object, got {_kind(value)}")
+
+
+def _check_str_list(value: Any, source: str, where: str) -> None:
+    if not isinstance(value, list):
+        raise _fail(source, where, f"must be a list of strings, got {_kind(value)}")
+    for i, item in enumerate(value):
+        _check_str(item, source, f"{where}[{i}]")
+
+
+def _check_counts(value: Any, source: str, where: str) -> None:
+    """``{name: integer >= 0}``."""
+    _check_dict(value, source, where)
+    for key, count in value.items():
+        _check_int(count, source, f"{where}.{key}")
+
+
+def _split_from_raw(raw: Any, source: str, where: str) -> SplitInfo:
+    _check_dict(raw, source, where)
+    allowed = {f.name for f in dataclasses.fields(SplitInfo)}
+    _check_keys(raw, allowed, set(), source, where)
+    for name in _SPLIT_COUNTS:
+        if name in raw:
+            _check_int(raw[name], source, f"{where}.{name}")
+    for name in ("bucket_clips", "bucket_frames"):
+        if name in raw:
+            _check_counts(raw[name], source, f"{where}.{name}")
+    if "class_frames" in raw:
+        _check_dict(raw["class_frames"], source, f"{where}.class_frames")
+        for task, histogram in raw["class_frames"].items():
+            _check_counts(histogram, source, f"{where}.class_frames.{task}")
+    shards = raw.get("shards", [])
+    if not isinstance(shards, list):
+        raise _fail(source, f"{where}.shards", f"must be a list of shard objects, got {_kind(shards)}")
+    accounting = raw.get("accounting", {})
+    return SplitInfo(**{
+        **raw,
+        "shards": [_shard_from_raw(shard, source, f"{where}.shards[{i}]") for i, shard in enumerate(shards)],
+        "accounting": _accounting_from_raw(accounting, source, f"{where}.accounting"),
+    })
+
+
+def _shard_from_raw(raw: Any, source: str, where: str) -> ShardInfo:
+    _check_dict(raw, source, where)
+    names = {f.name for f in dataclasses.fields(ShardInfo)}
+    _check_keys(raw, names, names, source, where)
+    _check_str(raw["path"], source, f"{where}.path")
+    if raw["bucket"] is not None:
+        _check_str(raw["bucket"], source, f"{where}.bucket")
+    for name in _SHARD_COUNTS:
+        _check_int(raw[name], source, f"{where}.{name}")
+    return ShardInfo(**raw)
+
+
+def _accounting_from_raw(raw: Any, source: str, where: str) -> Accounting:
+    _check_dict(raw, source, where)
+    names = {f.name for f in dataclasses.fields(Accounting)}
+    _check_keys(raw, names, set(), source, where)
+    for name in _ACCOUNTING_COUNTS:
+        if name in raw:
+            _check_int(raw[name], source, f"{where}.{name}")
+    if "dropped" in raw:
+        _check_counts(raw["dropped"], source, f"{where}.dropped")
+    return Accounting(**raw)
 
 
 def bucket_token(name: str) -> str:

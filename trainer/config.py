@@ -15,12 +15,14 @@ import json
 import os
 from typing import Any, Sequence
 
+from trainer.distribution import STRATEGIES as STRATEGY_CHOICES
+from trainer.input import TASK_CHOICES
 from trainer.model import BACKBONES, RNNS
+from trainer.sampling import LOSS_WEIGHTINGS as LOSS_WEIGHTING_CHOICES
+from trainer.sampling import SAMPLING_MODES as SAMPLING_CHOICES
 
-TASK_CHOICES = ("expr", "va", "au", "multi")
-SAMPLING_CHOICES = ("natural", "balanced", "sqrt", "downsample")
-LOSS_WEIGHTING_CHOICES = ("none", "inverse", "sqrt")
-STRATEGY_CHOICES = ("auto", "one_device", "mirrored", "multi_worker")
+# The choice lists live where they are used (trainer.input, trainer.sampling, trainer.distribution);
+# these are the only options declared here.
 JIT_CHOICES = ("auto", "on", "off")
 OPTIMIZER_CHOICES = ("adam", "sgd")
 
@@ -115,6 +117,7 @@ class TrainConfig:
 
     @property
     def backbone_weights(self) -> str | None:
+        """The local backbone weights file, or None for random initialisation."""
         return None if self.weights == "none" else self.weights
 
 
@@ -161,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rnn_units", type=_int_list, help="comma-separated sizes, e.g. 100,100,50")
     p.add_argument("--strategy", help=f"one of {', '.join(STRATEGY_CHOICES)}")
     p.add_argument("--mixed_precision", nargs="?", const=True, type=_bool, help="mixed_float16 (GPU)")
-    p.add_argument("--jit_compile", help=f"XLA: one of {', '.join(JIT_CHOICES)} (auto = on when a GPU is present)")
+    p.add_argument("--jit_compile",
+                   help=f"XLA for the training step: one of {', '.join(JIT_CHOICES)} (auto = on only with a GPU "
+                   "and a single-device strategy; off under mirrored / multi_worker)")
     p.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_CHOICES)}")
     p.add_argument("--learning_rate", type=float)
     p.add_argument("--seed", type=int)
@@ -217,4 +222,5 @@ def parse_train_config(argv: Sequence[str] | None) -> TrainConfig:
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:
+    """The options of ``config`` as a JSON-ready dict (what ``train_config.json`` holds)."""
     return dataclasses.asdict(config)

@@ -45,6 +45,7 @@ class Role:
 
     @property
     def is_chief(self) -> bool:
+        """Whether this process writes the job's shared outputs (logs, export, reports)."""
         if self.task_type is None or self.task_type == "chief":
             return True
         return self.task_type == "worker" and self.task_id == 0 and not self.has_chief
@@ -65,6 +66,7 @@ def read_tf_config() -> dict:
 
 
 def role_from_tf_config(config: dict) -> Role:
+    """This process's :class:`Role` from a parsed ``TF_CONFIG`` (an empty dict: outside a cluster)."""
     if not config:
         return Role()
     cluster = config["cluster"]
@@ -97,6 +99,7 @@ def make_strategy(name: str) -> tuple[tf.distribute.Strategy, Role]:
 
 
 def has_gpu() -> bool:
+    """Whether TensorFlow sees at least one physical GPU."""
     return bool(tf.config.list_physical_devices("GPU"))
 
 

@@ -120,6 +120,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``python -m trainer.evaluate``."""
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="export/ directory of a training job (or the job directory)")
     p.add_argument("--data", required=True, help="conversion output directory or gs:// / s3:// URL")
@@ -158,6 +159,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
+    """Console entry point: runs :func:`run` on ``sys.argv`` and exits with its code."""
     sys.exit(filesystems.exit_hard_if_needed(run()))
 
 

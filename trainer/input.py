@@ -21,6 +21,11 @@ head's label is invalid, the frame has no face, or the frame is padding, else 1 
 weight of the expression when ``loss_weighting != "none"``). Frames are masked, never dropped, so time
 never shifts.
 
+Empty shard files (listed with ``num_records`` 0, as ``--min_shards`` or hashing leave them) are skipped;
+under multi-worker training the non-empty files of every shard set are dealt round-robin over the input
+pipelines, so every worker reads records of every bucket (an error names the shard set and the counts
+when it has fewer non-empty files than pipelines).
+
 Bad shards: a shard whose size differs from ``dataset_info.json`` or that is missing fails before
 reading, naming the file. While reading, every shard is counted against its ``num_records``; a corrupt or
 truncated shard (the TFRecord reader stops at its first bad record) fails with an
@@ -159,19 +164,52 @@ def _shards_of_bucket(info: DatasetInfo, bucket: str) -> list[ShardInfo]:
     return [s for s in shards if s.bucket == bucket]
 
 
+def _assign_shards(shards: list[ShardInfo], what: str, input_context) -> list[ShardInfo]:
+    """The shards of ``what`` that this input pipeline reads: its round-robin share of the non-empty ones.
+
+    Shards listed with ``num_records == 0`` are skipped (``beam_jobs.convert --min_shards`` and hashing can
+    leave shard files empty): they add nothing, and a worker whose share held only empty files would get
+    an empty stream (which ends or silently leaves the bucket mix). The non-empty files, sorted by path, are
+    then dealt round-robin over the pipelines, so every pipeline's share holds records.
+
+    Raises:
+        ValueError: fewer non-empty shard files than input pipelines (the message names ``what`` and the
+            counts).
+    """
+    listed = len(shards)
+    shards = sorted((s for s in shards if s.num_records > 0), key=lambda s: s.path)
+    if input_context is None or input_context.num_input_pipelines <= 1:
+        return shards
+    n = input_context.num_input_pipelines
+    if len(shards) < n:
+        raise ValueError(
+            f"{what} has {len(shards)} shard file(s) but there are {n} input pipelines (workers); only shard "
+            f"files holding records count ({listed} listed, {listed - len(shards)} empty): file-based sharding "
+            f"needs at least one non-empty shard per worker (otherwise a worker's stream is empty, or tf.data "
+            f"silently falls back to every worker reading all data). Convert again with at least {n} shards "
+            f"per shard set (beam_jobs.convert --min_shards {n}) and enough clips to fill them"
+        )
+    return shards[input_context.input_pipeline_id::n]
+
+
 def _shard_files(data_dir: str, shards: list[ShardInfo], what: str, input_context, skip_corrupt: bool):
-    """Paths and record counts of ``shards`` for this input pipeline, checked against dataset_info.json."""
-    shards = sorted(shards, key=lambda s: s.path)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        n = input_context.num_input_pipelines
-        if len(shards) < n:
-            raise ValueError(
-                f"{what} has {len(shards)} shard file(s) but there are {n} input pipelines (workers): "
-                f"file-based sharding needs at least one shard per worker (otherwise tf.data silently falls "
-                f"back to every worker reading all data). Convert again with at least {n} shards per shard set "
-                f"(beam_jobs.convert --min_shards {n})"
-            )
-        shards = shards[input_context.input_pipeline_id::n]
+    """Paths and record counts of this input pipeline's share of ``shards``, checked against dataset_info.json.
+
+    Args:
+        data_dir: Root of the conversion output.
+        shards: The shard set (a bucket's or a split's).
+        what: How messages name the shard set, e.g. ``"train bucket 'Fear'"``.
+        input_context: Multi-worker input context, or None (one pipeline reads every non-empty shard).
+        skip_corrupt: Warn instead of failing on a size mismatch.
+
+    Returns:
+        ``(paths, num_records)`` of the shards to read (see :func:`_assign_shards`).
+
+    Raises:
+        ValueError: fewer non-empty shards than input pipelines.
+        CorruptShardError: a shard is missing, or of the wrong size (unless ``skip_corrupt``).
+    """
+    shards = _assign_shards(shards, what, input_context)
     paths = [join_path(data_dir, s.path) for s in shards]
     for path, shard in zip(paths, shards):
         if not tf.io.gfile.exists(path):
@@ -398,6 +436,54 @@ def _options(input_context) -> tf.data.Options:
     return options
 
 
+def _mixed_train_records(data_dir: str, info: DatasetInfo, weights: dict[str, float], counts: dict[str, int],
+                         sampling_mode: str, *, seed: int, input_context, skip_corrupt: bool) -> tf.data.Dataset:
+    """The infinite stream of serialized train records, buckets mixed by ``weights`` (``downsample``: blocks).
+
+    Args:
+        data_dir: Conversion output.
+        info: Its dataset info.
+        weights: ``{bucket: probability}`` of the sampled buckets (:func:`trainer.sampling.bucket_weights`).
+        counts: ``{bucket: clips}`` (:func:`trainer.sampling.bucket_clip_counts`).
+        sampling_mode: One of :data:`trainer.sampling.SAMPLING_MODES`.
+        seed: Seed of the file and record shuffles and of the bucket draws.
+        input_context: Multi-worker input context (this pipeline's share of every bucket), or None.
+        skip_corrupt: Skip and count corrupt records instead of failing.
+
+    Returns:
+        A dataset of scalar ``tf.string`` serialized clips.
+    """
+    pipeline_id = 0 if input_context is None else input_context.input_pipeline_id
+    # One repeated stream of shuffled serialized records per bucket.
+    per_bucket_buffer = max(16, RECORD_SHUFFLE_CLIPS // len(weights))
+    streams = []
+    for bucket in weights:
+        paths, records = _shard_files(data_dir, _shards_of_bucket(info, bucket), f"train bucket {bucket!r}",
+                                      input_context, skip_corrupt)
+        stream = _read_records(paths, records, skip_corrupt=skip_corrupt,
+                               shuffle_seed=_sub_seed(seed, "files", bucket, pipeline_id))
+        stream = stream.shuffle(per_bucket_buffer, seed=_sub_seed(seed, "records", bucket, pipeline_id),
+                                reshuffle_each_iteration=True)
+        streams.append(stream.repeat())
+    mix_seed = _sub_seed(seed, "mix", pipeline_id)
+    if len(streams) == 1:
+        clips = streams[0]
+    elif sampling_mode == "downsample":
+        # Exactly `minority` clips of every bucket in each block of `minority x buckets` clips (one epoch).
+        minority = min(counts[b] for b in weights)
+        if input_context is not None:  # each pipeline reads its share of an epoch
+            minority = -(-minority // input_context.num_input_pipelines)
+        choices = tf.data.Dataset.range(len(streams)).repeat(minority)
+        choices = choices.shuffle(minority * len(streams), seed=mix_seed, reshuffle_each_iteration=True).repeat()
+        # Every stream repeats a non-empty share (see _assign_shards); one that still ends (every record of
+        # a bucket unreadable under skip_corrupt) ends the whole stream instead of skewing the mix.
+        clips = tf.data.Dataset.choose_from_datasets(streams, choices, stop_on_empty_dataset=True)
+    else:
+        clips = tf.data.Dataset.sample_from_datasets(streams, weights=list(weights.values()), seed=mix_seed,
+                                                     stop_on_empty_dataset=True)
+    return clips
+
+
 # --------------------------------------------------------------------------------------------------
 # The two pipelines.
 
@@ -454,31 +540,8 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
         logger.info("expression loss weights (%s): %s", loss_weighting,
                     {n: round(float(w), 4) for n, w in zip(info.expression_names, expression_weights)})
 
-    # One repeated stream of shuffled serialized records per bucket.
-    per_bucket_buffer = max(16, RECORD_SHUFFLE_CLIPS // len(weights))
-    streams = []
-    for bucket in weights:
-        paths, records = _shard_files(data_dir, _shards_of_bucket(info, bucket), f"train bucket {bucket!r}",
-                                      input_context, skip_corrupt)
-        stream = _read_records(paths, records, skip_corrupt=skip_corrupt,
-                               shuffle_seed=_sub_seed(seed, "files", bucket, pipeline_id))
-        stream = stream.shuffle(per_bucket_buffer, seed=_sub_seed(seed, "records", bucket, pipeline_id),
-                                reshuffle_each_iteration=True)
-        streams.append(stream.repeat())
-    mix_seed = _sub_seed(seed, "mix", pipeline_id)
-    if len(streams) == 1:
-        clips = streams[0]
-    elif sampling_mode == "downsample":
-        # Exactly `minority` clips of every bucket in each block of `minority x buckets` clips (one epoch).
-        minority = min(counts[b] for b in weights)
-        if input_context is not None:  # each pipeline reads its share of an epoch
-            minority = -(-minority // input_context.num_input_pipelines)
-        choices = tf.data.Dataset.range(len(streams)).repeat(minority)
-        choices = choices.shuffle(minority * len(streams), seed=mix_seed, reshuffle_each_iteration=True).repeat()
-        clips = tf.data.Dataset.choose_from_datasets(streams, choices)
-    else:
-        clips = tf.data.Dataset.sample_from_datasets(streams, weights=list(weights.values()), seed=mix_seed,
-                                                     stop_on_empty_dataset=False)
+    clips = _mixed_train_records(data_dir, info, weights, counts, sampling_mode, seed=seed,
+                                 input_context=input_context, skip_corrupt=skip_corrupt)
 
     # Parse, pick frames, decode, augment, label; then batch.
     parse = make_clip_parser(info.num_action_units)
@@ -504,6 +567,49 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
     return dataset.prefetch(AUTOTUNE).with_options(_options(input_context))
 
 
+def empirical_bucket_mix(data_dir: str, info: DatasetInfo, *, task: str, sampling: str = "balanced",
+                         num_clips: int, seed: int = 0, skip_corrupt: bool = False) -> dict[str, float]:
+    """Share of each sampled bucket among the first ``num_clips`` clips of the training stream.
+
+    The stream is the one :func:`make_train_dataset` batches with the same ``seed`` (a single pipeline, no
+    input context): the first ``num_clips`` clips are its first ``num_clips // batch_size`` batches. Only
+    the bucket index of each serialized clip is parsed (no image is decoded).
+
+    Args:
+        data_dir: Conversion output.
+        info: Its dataset info.
+        task: The training task (decides which buckets are sampled, see :mod:`trainer.sampling`).
+        sampling: One of :data:`trainer.sampling.SAMPLING_MODES`.
+        num_clips: Clips to count (>= 1).
+        seed: The training stream's seed.
+        skip_corrupt: Skip and count corrupt records instead of failing.
+
+    Returns:
+        ``{bucket: fraction of the clips}`` for every sampled bucket (the requested weights' keys).
+
+    Raises:
+        ValueError: unknown sampling mode, ``num_clips < 1``, no bucket to sample.
+    """
+    sampling_mode = sampling_lib.check_choice(sampling, sampling_lib.SAMPLING_MODES, "sampling mode")
+    if num_clips < 1:
+        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    register_filesystems(data_dir)
+    _split(info, SPLIT_TRAIN)
+    counts = sampling_lib.bucket_clip_counts(info)
+    weights = sampling_lib.bucket_weights(info, sampling_mode, task)
+    names = list(weights)
+    if len(names) == 1:
+        return {names[0]: 1.0}
+    clips = _mixed_train_records(data_dir, info, weights, counts, sampling_mode, seed=seed, input_context=None,
+                                 skip_corrupt=skip_corrupt)
+    parse = make_clip_parser(info.num_action_units)
+    indices = clips.take(num_clips).map(lambda serialized: parse(serialized)["bucket"], num_parallel_calls=AUTOTUNE)
+    seen = np.zeros(len(info.bucket_names), np.int64)
+    for batch in indices.batch(1024).with_options(_options(None)):
+        seen += np.bincount(batch.numpy(), minlength=len(seen))[: len(seen)]
+    return {b: float(seen[info.bucket_names.index(b)]) / num_clips for b in names}
+
+
 def make_eval_dataset_with_ids(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VALIDATION, task: str,
                                seq_len: int, batch_size: int, input_context=None,
                                skip_corrupt: bool = False) -> tf.data.Dataset:
@@ -517,7 +623,7 @@ def make_eval_dataset_with_ids(data_dir: str, info: DatasetInfo, *, split: str =
     split_info = _split(info, split)
     paths, records = _shard_files(data_dir, split_info.shards, f"split {split!r}", input_context, skip_corrupt)
     if not paths:
-        raise ValueError(f"split {split!r} has no shards: nothing to evaluate")
+        raise ValueError(f"split {split!r} has no shard holding records: nothing to evaluate")
     parse = make_clip_parser(info.num_action_units)
     num_classes = len(info.expression_names)
     crop_size = info.crop_size

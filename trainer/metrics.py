@@ -8,8 +8,12 @@ evaluation; the functions below turn them into metrics. Only frames with weight
 
 Conventions:
     * F1 of a class that is neither present nor predicted is 0 (scikit-learn's
-      ``zero_division=0``); macro-F1 averages over *all* classes of the dataset,
-      as the challenge does.
+      ``zero_division=0``). ``macro_f1`` -- the official figure, used for model
+      selection and ``score_2020`` -- averages over *all* classes of the dataset,
+      as the ABAW challenge does (mean F1 over all classes), so a class absent from
+      the split and never predicted counts 0. ``macro_f1_present`` averages only
+      over the classes present in the truth or in the predictions (scikit-learn's
+      ``f1_score(average="macro")`` default), for comparison with such tools.
     * CCC of a constant series is 0 (the denominator would be 0 otherwise only
       when both series are the same constant; then it is defined as 0 too).
 """
@@ -71,8 +75,9 @@ def expression_metrics(
         class_names: The ``C`` class names, in index order.
 
     Returns:
-        ``{"macro_f1", "accuracy", "score_2020" (0.67·F1 + 0.33·acc), "num_frames",
-        "per_class": {name: {"precision", "recall", "f1", "support"}}, "confusion_matrix"}``.
+        ``{"macro_f1" (official: mean F1 over all C classes), "macro_f1_present" (mean F1 over the classes
+        present in truth or prediction; 0 when none), "accuracy", "score_2020" (0.67·macro_f1 + 0.33·acc),
+        "num_frames", "per_class": {name: {"precision", "recall", "f1", "support"}}, "confusion_matrix"}``.
     """
     num_classes = len(class_names)
     y_pred = np.asarray(y_pred)
@@ -86,8 +91,11 @@ def expression_metrics(
     total = int(cm.sum())
     accuracy = float(np.trace(cm) / total) if total else 0.0
     macro_f1 = float(f1.mean()) if num_classes else 0.0
+    present = (cm.sum(axis=1) + cm.sum(axis=0)) > 0
+    macro_f1_present = float(f1[present].mean()) if present.any() else 0.0
     return {
         "macro_f1": macro_f1,
+        "macro_f1_present": macro_f1_present,
         "accuracy": accuracy,
         "score_2020": 0.67 * macro_f1 + 0.33 * accuracy,
         "num_frames": total,

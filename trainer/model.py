@@ -110,6 +110,7 @@ class PerFrame(keras.layers.TimeDistributed):
     """
 
     def call(self, inputs, training=None, mask=None):
+        """Applies the wrapped layer to ``[B, T, ...]`` inputs folded to ``[B*T, ...]``; returns ``[B, T, ...]``."""
         shape = keras.ops.shape(inputs)
         folded = keras.ops.reshape(inputs, (-1, *inputs.shape[2:]))
         kwargs = {"training": training} if self.layer._call_has_training_arg else {}

@@ -91,7 +91,8 @@ def format_metrics(metrics: Mapping) -> str:
     lines = []
     if "expression" in metrics:
         m = metrics["expression"]
-        lines.append(f"expression: macro-F1 {m['macro_f1']:.4f}  accuracy {m['accuracy']:.4f}  "
+        present = f" (over present classes {m['macro_f1_present']:.4f})" if "macro_f1_present" in m else ""
+        lines.append(f"expression: macro-F1 {m['macro_f1']:.4f}{present}  accuracy {m['accuracy']:.4f}  "
                      f"2020 score {m['score_2020']:.4f}  ({m['num_frames']} frames)")
         for name, c in m["per_class"].items():
             lines.append(f"  {name:>12s}: P {c['precision']:.3f}  R {c['recall']:.3f}  F1 {c['f1']:.3f}  "

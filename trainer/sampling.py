@@ -17,7 +17,17 @@ Sampling modes (probability that the next clip comes from bucket ``b`` with ``n_
   (``choose_from_datasets``), and each bucket stream is a shuffled repeat of its clips, so the majority
   buckets give a different random subset every epoch and the minority bucket all its clips once per
   epoch -- dropping majority clips at random each epoch, without materialising anything. Its bucket
-  weights are uniform.
+  weights are uniform. The exact per-epoch counts hold for one input pipeline whose epochs are
+  ``steps_per_epoch x batch_size == clips_per_epoch`` clips (the trainer warns otherwise). Approximations:
+
+  - multi-worker: each of ``W`` input pipelines reads its own share of every bucket's shard files and
+    draws ``ceil(min(n) / W)`` clips of every bucket per block, so a global epoch holds
+    ``W * ceil(min(n) / W)`` (>= ``min(n)``) clips of every bucket, and a worker's minority share repeats
+    its own files (which may hold more or fewer than ``min(n) / W`` clips) rather than the whole bucket;
+  - resume: the tf.data iterator is not checkpointed; a resumed run reseeds the stream with
+    ``seed + step`` and starts a new block at the resume step, so the epoch interrupted by the kill holds
+    the minority count per bucket only approximately (blocks line up with epochs again only when the
+    kill fell on an epoch boundary).
 
 Buckets without the bucketing label: the converter puts clips with no valid expression (``--bucket_by
 expression``) or no valid valence/arousal (``va_grid``) in one more bucket (``no_expression`` / ``no_va``:
@@ -46,7 +56,6 @@ LOSS_WEIGHTINGS = ("none", "inverse", "sqrt")
 
 # Name used for the single stream of a train split written without buckets (``--bucket_by none``).
 UNBUCKETED = "(all)"
-# The task whose label each bucketing follows.
 
 
 def check_choice(value: str, valid: tuple[str, ...], what: str) -> str:

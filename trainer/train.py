@@ -22,7 +22,13 @@ What a job does:
   ``seed + step``, so it does not replay the clips it has already seen;
 * after every epoch evaluates the whole ``--eval_split`` (every frame once), logs TensorBoard summaries
   to ``--job_dir/logs`` and keeps the best epoch (by macro-F1 / mean CCC / mean AU F1, summed for
-  ``multi``) in ``--job_dir/best``;
+  ``multi``) in ``--job_dir/best``; that checkpoint stores its own epoch and score, and a resumed run
+  (and the export) takes them from it, so a kill between saving ``best/`` and the next checkpoint
+  cannot make the reported best epoch disagree with the exported model;
+* logs the requested bucket weights next to the empirical bucket mix of the first batches (and the
+  largest deviation) at start-up;
+* XLA (``--jit_compile``): ``auto`` compiles the training step only with a GPU and a single-device
+  strategy; under ``mirrored`` / ``multi_worker`` it stays off unless ``--jit_compile on``;
 * at the end exports the best model to ``--job_dir/export/`` (``model.keras``, SavedModel in
   ``saved_model/``, ``model_info.json``), evaluates it once more and writes ``--job_dir/metrics.json``
   and ``--job_dir/reports/`` (confusion-matrix PNG + JSON, per-class metrics).
@@ -49,8 +55,6 @@ import sys
 import time
 from typing import Sequence
 
-import numpy as np
-
 from trainer import filesystems
 from trainer.config import ConfigError, TrainConfig, parse_train_config, to_dict
 
@@ -64,17 +68,36 @@ class TrainingError(RuntimeError):
 
 
 def _setup_logging() -> None:
+    """INFO logging to stderr unless the caller configured logging already."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def resolve_steps_per_epoch(config: TrainConfig, info) -> int:
-    """``--steps_per_epoch``, or from the data: downsample → clips_per_epoch // batch, else train clips // batch."""
+    """Steps per epoch: ``--steps_per_epoch``, or from the data.
+
+    From the data: ``clips_per_epoch // batch_size`` for ``downsample``, else train clips // batch size
+    (at least 1). With ``downsample`` a warning is logged when an epoch of steps is not exactly one
+    minority-count block of the input (``clips_per_epoch`` clips), also for an explicit ``--steps_per_epoch``.
+
+    Args:
+        config: The training options.
+        info: The dataset info.
+
+    Returns:
+        Steps per epoch (>= 1).
+    """
     from trainer import sampling
 
-    if config.steps_per_epoch:
-        return config.steps_per_epoch
     clips = sampling.clips_per_epoch(info, config.sampling, config.task)
+    if config.steps_per_epoch:
+        if clips is not None and config.steps_per_epoch * config.batch_size != clips:
+            log.warning("downsample: --steps_per_epoch %d x --batch_size %d = %d clips per epoch, but a downsample "
+                        "epoch is clips_per_epoch = %d clips (minority count x buckets); epochs will not hold "
+                        "exactly the minority count of every bucket (leave --steps_per_epoch unset to use %d)",
+                        config.steps_per_epoch, config.batch_size, config.steps_per_epoch * config.batch_size,
+                        clips, max(1, clips // config.batch_size))
+        return config.steps_per_epoch
     if clips is not None and clips % config.batch_size:
         log.warning("downsample: an epoch of %d clips is not a whole number of batches of %d; epochs will not "
                     "line up exactly with the input's minority-count blocks", clips, config.batch_size)
@@ -84,6 +107,7 @@ def resolve_steps_per_epoch(config: TrainConfig, info) -> int:
 
 
 def model_spec_for(config: TrainConfig, info, heads: Sequence[str]):
+    """The :class:`trainer.model.ModelSpec` of ``config`` for this data and these heads (any sequence length)."""
     from trainer.model import ModelSpec
 
     return ModelSpec(
@@ -103,7 +127,18 @@ def model_spec_for(config: TrainConfig, info, heads: Sequence[str]):
 
 
 def model_info_payload(config: TrainConfig, info, heads: Sequence[str], best_epoch: int, best_score: float) -> dict:
-    """What a user of the exported model needs: label names, task, input format, preprocessing."""
+    """What a user of the exported model needs: label names, task, input format, preprocessing.
+
+    Args:
+        config: The training options (stored as ``train_config``).
+        info: The dataset info.
+        heads: The trained heads.
+        best_epoch: The exported epoch.
+        best_score: Its validation score.
+
+    Returns:
+        The JSON-ready ``model_info.json`` payload.
+    """
     from tfrecords_schema import SCHEMA_VERSION
 
     return {
@@ -137,27 +172,36 @@ def model_info_payload(config: TrainConfig, info, heads: Sequence[str], best_epo
     }
 
 
-def _class_mix(config: TrainConfig, info, heads, input_seed: int) -> dict:
-    """Empirical mix of the first batches of the training stream (weighted frames per class/head)."""
-    from trainer.input import make_train_dataset
+def bucket_mix_report(config: TrainConfig, info, input_seed: int) -> dict:
+    """Requested bucket weights next to the empirical bucket mix of the first training batches.
 
-    ds = make_train_dataset(
-        config.data, info, task=config.task, seq_len=config.seq_len, batch_size=config.batch_size,
-        sampling=config.sampling, loss_weighting="none", seed=input_seed, augment=False,
-        skip_corrupt=config.skip_corrupt,
-    )
-    counts = np.zeros(len(info.expression_names), np.int64)
-    valid = {h: 0 for h in heads}
-    for _, targets, weights in ds.take(CLASS_MIX_BATCHES):
-        for h in heads:
-            w = weights[h].numpy() > 0
-            valid[h] += int(w.sum())
-            if h == "expression":
-                counts += np.bincount(targets[h].numpy()[w], minlength=len(counts))
-    mix = {"valid_frames": valid}
-    if "expression" in heads and counts.sum():
-        mix["expression_frames"] = {n: round(float(c) / counts.sum(), 4) for n, c in zip(info.expression_names, counts)}
-    return mix
+    The empirical mix counts the bucket of each of the first ``CLASS_MIX_BATCHES x batch_size`` clips of
+    the (single-pipeline) training stream with ``input_seed`` (:func:`trainer.input.empirical_bucket_mix`).
+
+    Args:
+        config: The training options (data, task, sampling, batch size).
+        info: The dataset info.
+        input_seed: The seed of the training stream.
+
+    Returns:
+        ``{"clips": n, "requested": {bucket: weight}, "empirical": {bucket: share},
+        "max_abs_deviation": float, "max_deviation_bucket": name}``.
+    """
+    from trainer import sampling
+    from trainer.input import empirical_bucket_mix
+
+    requested = sampling.bucket_weights(info, config.sampling, config.task)
+    num_clips = CLASS_MIX_BATCHES * config.batch_size
+    empirical = empirical_bucket_mix(config.data, info, task=config.task, sampling=config.sampling,
+                                     num_clips=num_clips, seed=input_seed, skip_corrupt=config.skip_corrupt)
+    worst = max(requested, key=lambda b: abs(empirical[b] - requested[b]))
+    return {
+        "clips": num_clips,
+        "requested": {b: round(w, 4) for b, w in requested.items()},
+        "empirical": {b: round(empirical[b], 4) for b in requested},
+        "max_abs_deviation": round(abs(empirical[worst] - requested[worst]), 4),
+        "max_deviation_bucket": worst,
+    }
 
 
 def build_model_and_optimizer(config: TrainConfig, spec, strategy):
@@ -181,6 +225,33 @@ def build_model_and_optimizer(config: TrainConfig, spec, strategy):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     return model, optimizer
+
+
+def resolve_jit_compile(mode: str, strategy, gpu: bool) -> bool:
+    """Whether the replica training step is XLA-compiled for ``--jit_compile mode``.
+
+    ``on``/``off`` as named. ``auto`` is on only with a GPU *and* a single-device strategy
+    (``OneDeviceStrategy``, what ``--strategy auto`` picks for at most one GPU): XLA inside
+    ``MirroredStrategy`` / ``MultiWorkerMirroredStrategy`` replica steps is untested here and has given
+    NaN losses, so it stays off there unless asked for with ``on``.
+
+    Args:
+        mode: ``auto``, ``on`` or ``off``.
+        strategy: The training strategy.
+        gpu: Whether a GPU is present.
+
+    Raises:
+        ValueError: unknown mode (the message lists the valid values).
+    """
+    import tensorflow as tf
+
+    from trainer.config import JIT_CHOICES
+
+    if mode not in JIT_CHOICES:
+        raise ValueError(f"unknown jit_compile {mode!r}; valid values: {', '.join(JIT_CHOICES)}")
+    if mode != "auto":
+        return mode == "on"
+    return gpu and isinstance(strategy, tf.distribute.OneDeviceStrategy)
 
 
 def make_train_step(model, optimizer, strategy, *, global_frames: int, mixed_precision: bool, jit: bool):
@@ -218,7 +289,18 @@ def make_train_step(model, optimizer, strategy, *, global_frames: int, mixed_pre
 
 
 def train(config: TrainConfig) -> dict:
-    """Runs (or resumes) a training job; returns the final metrics of the exported best model (chief) or {}."""
+    """Runs (or resumes) a training job (see the module docstring).
+
+    Args:
+        config: The validated training options.
+
+    Returns:
+        The final metrics of the exported best model on the chief; ``{}`` on other workers.
+
+    Raises:
+        TrainingError: the job cannot go on (bad split, batch size, checkpoint, non-finite loss...).
+        DatasetInfoError, ValueError, CorruptShardError: bad data or options (clear messages).
+    """
     import tensorflow as tf
 
     from trainer import distribution
@@ -248,7 +330,7 @@ def train(config: TrainConfig) -> dict:
     steps_per_epoch = resolve_steps_per_epoch(config, info)
     total_steps = steps_per_epoch * config.epochs
     use_gpu = distribution.has_gpu()
-    jit = config.jit_compile == "on" or (config.jit_compile == "auto" and use_gpu)
+    jit = resolve_jit_compile(config.jit_compile, strategy, use_gpu)
     if config.mixed_precision and not use_gpu:
         log.warning("--mixed_precision without a GPU: float16 on CPU is slow")
 
@@ -271,7 +353,8 @@ def train(config: TrainConfig) -> dict:
     best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, epochs_done=epochs_done,
                                      best_score=best_score, best_epoch=best_epoch)
-    best_checkpoint = tf.train.Checkpoint(model=model)
+    # The best checkpoint carries its own score and epoch: best/ is the truth for export and report.
+    best_checkpoint = tf.train.Checkpoint(model=model, best_score=best_score, best_epoch=best_epoch)
 
     checkpoint_dir = join_path(config.job_dir, "checkpoints")
     best_dir = join_path(config.job_dir, "best")
@@ -293,6 +376,14 @@ def train(config: TrainConfig) -> dict:
             ) from e
         log.info("resumed from %s at step %d (epochs evaluated %d, best score %.4f)", latest, int(step.numpy()),
                  int(epochs_done.numpy()), float(best_score.numpy()))
+    stored_best = read_best_checkpoint(best_dir)
+    if stored_best is not None and (stored_best[0], stored_best[1]) != (int(best_epoch.numpy()),
+                                                                      float(best_score.numpy())):
+        # A run killed between saving best/ and the next checkpoint: best/ holds a newer best epoch.
+        log.info("best checkpoint %s holds epoch %d (score %.4f); the resumed run goes on from it", stored_best[2],
+                 stored_best[0], stored_best[1])
+        best_epoch.assign(stored_best[0])
+        best_score.assign(stored_best[1])
     start_step = int(step.numpy())
     if start_step > total_steps:
         raise TrainingError(
@@ -308,8 +399,8 @@ def train(config: TrainConfig) -> dict:
         train_writer = tf.summary.create_file_writer(join_path(config.job_dir, "logs", "train"))
         eval_writer = tf.summary.create_file_writer(join_path(config.job_dir, "logs", config.eval_split))
         if start_step < total_steps:
-            log.info("empirical class mix of the first %d batches: %s", CLASS_MIX_BATCHES,
-                     json.dumps(_class_mix(config, info, heads, input_seed), sort_keys=True))
+            log.info("bucket mix of the first %d batches (%s sampling): %s", CLASS_MIX_BATCHES, config.sampling,
+                     json.dumps(bucket_mix_report(config, info, input_seed), sort_keys=True))
     else:
         train_writer = eval_writer = tf.summary.create_noop_writer()
 
@@ -357,7 +448,12 @@ def train(config: TrainConfig) -> dict:
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
         t0, last_log_step = time.time(), start_step
         for s in range(start_step, total_steps):
-            values = train_step(iterator)
+            try:
+                values = train_step(iterator)
+            except tf.errors.OutOfRangeError as e:
+                raise TrainingError(
+                    f"the training stream ended at step {s}: a bucket's shards yielded no records (every record "
+                    "unreadable under --skip_corrupt?); check the data with beam_jobs.inspect_dataset") from e
             step.assign(s + 1)
             done = s + 1
             if done % config.log_every == 0 or done == total_steps:
@@ -386,16 +482,39 @@ def train(config: TrainConfig) -> dict:
 
     final: dict = {}
     if role.is_chief:
-        final = _export_and_report(config, info, heads, eval_model, best_dir, int(best_epoch.numpy()),
-                                   float(best_score.numpy()))
+        final = _export_and_report(config, info, heads, eval_model, best_dir)
     distribution.remove_temp_dir(my_checkpoint_dir, role)
     distribution.remove_temp_dir(my_best_dir, role)
     return final
 
 
-def _export_and_report(config: TrainConfig, info, heads, eval_model, best_dir: str, best_epoch: int,
-                       best_score: float) -> dict:
-    """Restores the best epoch into the float32 model, exports it, evaluates it, writes the reports."""
+def read_best_checkpoint(best_dir: str) -> tuple[int, float, str] | None:
+    """``(best_epoch, best_score, path)`` stored in the latest checkpoint of ``best_dir``; None if there is none.
+
+    Raises:
+        TrainingError: the best checkpoint does not hold its epoch and score (written by an older version).
+    """
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(best_dir)
+    if path is None:
+        return None
+    reader = tf.train.load_checkpoint(path)
+    try:
+        epoch = int(reader.get_tensor("best_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+        score = float(reader.get_tensor("best_score/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (tf.errors.NotFoundError, ValueError) as e:
+        raise TrainingError(f"best checkpoint {path} holds no best_epoch/best_score (written by an older "
+                            f"version?): use a new --job_dir") from e
+    return epoch, score, path
+
+
+def _export_and_report(config: TrainConfig, info, heads, eval_model, best_dir: str) -> dict:
+    """Restores the best epoch into the float32 model, exports it, evaluates it, writes the reports.
+
+    The epoch and score reported are the ones stored in the best checkpoint itself, so the export and
+    the report always describe the same model.
+    """
     import tensorflow as tf
 
     from tfrecords_schema import join_path
@@ -403,9 +522,10 @@ def _export_and_report(config: TrainConfig, info, heads, eval_model, best_dir: s
     from trainer.evaluate import evaluate_model
     from trainer.input import make_eval_dataset
 
-    best = tf.train.latest_checkpoint(best_dir)
-    if best is None:
+    stored = read_best_checkpoint(best_dir)
+    if stored is None:
         raise TrainingError(f"no best checkpoint in {best_dir}: no epoch was evaluated")
+    best_epoch, best_score, best = stored
     tf.train.Checkpoint(model=eval_model).restore(best).assert_existing_objects_matched().expect_partial()
 
     export_dir = join_path(config.job_dir, "export")
@@ -472,6 +592,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
+    """Console entry point: runs :func:`run` on ``sys.argv`` and exits with its code."""
     sys.exit(filesystems.exit_hard_if_needed(run()))
 
 
