@@ -349,3 +349,15 @@ def test_filesystem_registration_rejects_unknown_schemes_and_leaves_local_paths_
     assert filesystems.exit_hard_if_needed(3) == 3  # no tensorflow-io file system: a normal return
     with pytest.raises(ValueError, match="unsupported URL scheme 'ftp'.*s3://"):
         filesystems.register_filesystems("ftp://host/data")
+
+
+def test_eval_of_a_dataset_without_action_units_covers_every_frame(tmp_path):
+    # Regression: zero-width AU tensors inside the eval windows crashed TF 2.17 with a segmentation fault.
+    info = write_dataset(str(tmp_path), tasks=("expr",), num_action_units=0)
+    assert info.num_action_units == 0
+    dataset = trainer_input.make_eval_dataset_with_ids(str(tmp_path), info, task="expr", seq_len=SEQ_LEN,
+                                                       batch_size=4)
+    _, counts = _collect_eval(dataset)
+    clips = _clips(str(tmp_path), info, "validation")
+    assert set(counts) == {(c.example_id, int(f)) for c in clips for f in c.frame_index}
+    assert set(counts.values()) == {1}

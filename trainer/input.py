@@ -297,16 +297,23 @@ def _eval_windows(clip: dict, seq_len: int) -> dict:
 
 
 def _window_signature(clip: dict, seq_len: int) -> dict:
-    k = clip["action_units"].shape[-1]
-    return {
+    signature = {
         "image": tf.TensorSpec([seq_len], tf.string),
         "num_valid": tf.TensorSpec([], tf.int32),
         "frame_index": tf.TensorSpec([seq_len], tf.int64),
         "has_face": tf.TensorSpec([seq_len], tf.bool),
         "expression": tf.TensorSpec([seq_len], tf.int64),
         "valence_arousal": tf.TensorSpec([seq_len, 2], tf.float32),
-        "action_units": tf.TensorSpec([seq_len, k], tf.int64),
     }
+    if _has_action_units(clip):
+        signature["action_units"] = tf.TensorSpec([seq_len, clip["action_units"].shape[-1]], tf.int64)
+    return signature
+
+
+def _has_action_units(clip: dict) -> bool:
+    # A dataset without AUs parses to [T, 0]; such zero-size elements are left out of the windows, since
+    # stacking them in tf.map_fn crashes TF 2.17 (segmentation fault in the eval pipeline, seen here).
+    return clip["action_units"].shape[-1] != 0
 
 
 def _gather_frames(clip: dict, indices: tf.Tensor, n: tf.Tensor) -> dict:
@@ -320,7 +327,7 @@ def _gather_frames(clip: dict, indices: tf.Tensor, n: tf.Tensor) -> dict:
         "has_face": tf.logical_and(valid, tf.gather(clip["has_face"], safe)),
         "expression": tf.gather(clip["expression"], safe),
         "valence_arousal": tf.gather(clip["valence_arousal"], safe),
-        "action_units": tf.gather(clip["action_units"], safe),
+        **({"action_units": tf.gather(clip["action_units"], safe)} if _has_action_units(clip) else {}),
     }
 
 
