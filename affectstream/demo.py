@@ -26,6 +26,14 @@ import time
 from affectstream import demo_data, real_videos
 
 
+# How the demo converts and trains; tests/test_demo_learning.py runs the same settings.
+DEMO_CONVERT_FLAGS = ("--crop_size", "64", "--clip_length", "32", "--detect_every", "3", "--bucket_by", "expression",
+                      "--min_shards", "2")
+DEMO_TRAIN_FLAGS = ("--task", "expr", "--batch_size", "16", "--seq_len", "4", "--cnn_width", "0.5",
+                    "--learning_rate", "0.001", "--sampling", "balanced", "--backbone", "simple_cnn", "--rnn", "gru",
+                    "--seed", "0")
+
+
 def _step(title: str) -> float:
     print(f"\n=== {title} ===", flush=True)
     return time.time()
@@ -67,8 +75,7 @@ def run(argv: list[str] | None = None) -> int:
                  "--direct_running_mode", "multi_processing"]
     _check(convert.run([
         "--dataset", "abaw", "--videos", made["videos"], "--annotations", made["annotations"],
-        "--output", records, "--crop_size", "64", "--clip_length", "32", "--detect_every", "3",
-        "--bucket_by", "expression", "--min_shards", "2", *beam_args,
+        "--output", records, *DEMO_CONVERT_FLAGS, *beam_args,
     ]), "conversion")
     print(f"converted in {time.time() - t:.1f}s")
 
@@ -77,10 +84,8 @@ def run(argv: list[str] | None = None) -> int:
 
     t = _step("4/5 train the CNN+RNN (expression, balanced sampling)")
     _check(train.run([
-        "--data", records, "--task", "expr", "--job_dir", job, "--epochs", str(args.epochs),
-        "--steps_per_epoch", str(args.steps_per_epoch), "--batch_size", "16", "--seq_len", "4",
-        "--cnn_width", "0.5", "--learning_rate", "0.001",
-        "--sampling", "balanced", "--backbone", "simple_cnn", "--rnn", "gru", "--seed", "0",
+        "--data", records, "--job_dir", job, "--epochs", str(args.epochs),
+        "--steps_per_epoch", str(args.steps_per_epoch), *DEMO_TRAIN_FLAGS,
     ]), "training")
     print(f"trained in {time.time() - t:.1f}s")
 
