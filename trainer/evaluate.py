@@ -19,7 +19,7 @@ import sys
 import weakref
 from typing import Sequence
 
-from trainer import filesystems
+from trainer import errors, filesystems
 
 log = logging.getLogger("trainer.evaluate")
 
@@ -147,15 +147,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         evaluate(args.model, args.data, args.split, args.report_dir, args.batch_size, args.skip_corrupt)
         return 0
     except Exception as e:  # noqa: BLE001 - one clear line and an exit code for expected failures.
-        import tensorflow as tf
-
         from tfrecords_schema import DatasetInfoError
 
-        if not isinstance(e, (EvaluationError, DatasetInfoError, ValueError, FileNotFoundError, tf.errors.OpError)):
-            raise
-        message = e.message if isinstance(e, tf.errors.OpError) else str(e)
-        print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
-        return 1
+        return errors.report_failure(e, (EvaluationError, DatasetInfoError, ValueError, FileNotFoundError))
 
 
 def main() -> None:

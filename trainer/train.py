@@ -55,7 +55,7 @@ import sys
 import time
 from typing import Sequence
 
-from trainer import filesystems
+from trainer import errors, filesystems
 from trainer.config import ConfigError, TrainConfig, parse_train_config, to_dict
 
 log = logging.getLogger("trainer.train")
@@ -578,17 +578,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         train(config)
         return 0
     except Exception as e:  # noqa: BLE001 - report every failure as one clear line and an exit code.
-        import tensorflow as tf
-
         from tfrecords_schema import DatasetInfoError
 
-        expected = (ConfigError, DatasetInfoError, TrainingError, ValueError, FileNotFoundError, ImportError,
-                    tf.errors.OpError)
-        if not isinstance(e, expected):
-            raise
-        message = e.message if isinstance(e, tf.errors.OpError) else str(e)
-        print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
-        return 1
+        return errors.report_failure(
+            e, (ConfigError, DatasetInfoError, TrainingError, ValueError, FileNotFoundError, ImportError))
 
 
 def main() -> None:

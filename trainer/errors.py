@@ -1,0 +1,23 @@
+"""How the trainer's entry points report an expected failure: one clear line and exit status 1."""
+
+from __future__ import annotations
+
+import sys
+
+
+def report_failure(error: Exception, expected: tuple[type[BaseException], ...]) -> int:
+    """Prints ``error: <Type>: <message>`` to stderr and returns 1; re-raises anything not ``expected``.
+
+    TensorFlow's ``OpError`` (corrupt or missing files, bad URLs) always counts as expected.
+
+    Args:
+        error: The exception being handled.
+        expected: Exception types that are the user's input or environment, not a bug.
+    """
+    import tensorflow as tf
+
+    if not isinstance(error, (*expected, tf.errors.OpError)):
+        raise error
+    message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
+    return 1
