@@ -24,6 +24,7 @@ import sys
 import time
 
 from affectstream import demo_data, real_videos
+from tfrecords_schema import read_dataset_info
 
 
 # How the demo converts and trains; tests/test_demo_learning.py runs the same settings.
@@ -111,29 +112,24 @@ def run(argv: list[str] | None = None) -> int:
                 "--bucket_by", "none", *beam_args,
             ]), "conversion of the real video")
             _check(inspect_dataset.run([real_records, "--verify"]), "inspect of the real video")
-            acc = _load(os.path.join(real_records, "dataset_info.json"))["splits"]["validation"]["accounting"]
+            acc = read_dataset_info(real_records).splits["validation"].accounting
             real_summary = (f"{os.path.basename(video)}: {frames} frames, face found in "
-                            f"{acc['written_frames_with_face']}, without face {acc['written_frames_without_face']},"
-                            f" dropped {acc['dropped']} -> {real_records}")
+                            f"{acc.written_frames_with_face}, without face {acc.written_frames_without_face},"
+                            f" dropped {acc.dropped} -> {real_records}")
 
-    metrics = _load(os.path.join(report_dir, "metrics.json"))
+    with open(os.path.join(report_dir, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
     print("\n=== report ===")
     for head, values in sorted(metrics.items()):
         if isinstance(values, dict):
             scalars = {k: round(v, 4) for k, v in sorted(values.items()) if isinstance(v, (int, float))}
             print(f"{head}: {json.dumps(scalars)}")
-    print(f"chance macro-F1 with {len(_load(os.path.join(records, 'dataset_info.json'))['label_names']['expression'])}"
-          " classes: about 1/classes")
+    print(f"chance macro-F1 with {len(read_dataset_info(records).expression_names)} classes: about 1/classes")
     pngs = sorted(os.path.join(report_dir, f) for f in os.listdir(report_dir) if f.endswith(".png"))
     print(f"confusion matrix: {', '.join(pngs) or 'none written'}")
     print(f"records: {records}\njob: {job}\nreal video: {real_summary}")
     print(f"demo finished in {time.time() - started:.0f}s")
     return 0
-
-
-def _load(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,11 @@ from typing import Iterator
 import numpy as np
 
 from affectstream.synthetic_faces import FaceSpec, render_frame, write_video
+from beam_jobs.sources import abaw
 
-EXPRESSION_NAMES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
-AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
+# The ABAW-3+ headers, as the adapter reads them: 8 expression classes, 12 AUs.
+EXPRESSION_NAMES = abaw.EXPRESSION_NAMES_8
+AU_NAMES = abaw.ACTION_UNITS_12
 # Relative frequency of each expression in the demo, skewed like Aff-Wild2 (max/min 5x here).
 EXPRESSION_MIX = np.array([0.25, 0.08, 0.07, 0.05, 0.18, 0.15, 0.09, 0.13])
 # Valence each expression leans to, so VA and expression agree the way people expect.

@@ -26,7 +26,7 @@ import time
 from beam_jobs import faces as faces_lib
 from beam_jobs.progress import ProgressMonitor, media_key
 from beam_jobs.sources.base import DatasetSource
-from tfrecords_schema import TASKS, DatasetInfo, join_path
+from tfrecords_schema import DATASET_INFO_FILENAME, TASKS, DatasetInfo, join_path
 from tfrecords_schema.buckets import BUCKET_BY
 
 DEFAULT_RUNNER = "DirectRunner"
@@ -105,7 +105,7 @@ def _prepare_output(output: str, overwrite: bool) -> None:
     if not overwrite:
         raise UsageError(f"output {output} already exists and is not empty; pass --overwrite to replace it")
     names = {os.path.basename(e.rstrip("/")) for e in entries}
-    if not names & {"dataset_info.json", ".tmp-convert", "errors"}:
+    if not names & {DATASET_INFO_FILENAME, ".tmp-convert", "errors"}:
         raise UsageError(f"--overwrite refused: {output} does not look like a conversion output "
                          "(no dataset_info.json); delete it yourself")
     FileSystems.delete([output if "://" not in output else output.rstrip("/") + "/"])
@@ -165,13 +165,13 @@ def format_summary(info: DatasetInfo) -> str:
 def _read_info(output: str) -> DatasetInfo:
     from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(join_path(output, "dataset_info.json")) as f:
+    with FileSystems.open(join_path(output, DATASET_INFO_FILENAME)) as f:
         return DatasetInfo.from_json(f.read().decode("utf-8"))
 
 
 def _write_info(info: DatasetInfo, output: str, tmp_dir: str) -> None:
     """Rewrites ``dataset_info.json`` atomically (temp file under ``tmp_dir``, then rename)."""
-    from beam_jobs.transforms import DATASET_INFO_FILENAME, write_atomically
+    from beam_jobs.transforms import write_atomically
 
     write_atomically(join_path(output, DATASET_INFO_FILENAME), info.to_json().encode("utf-8"), tmp_dir)
 

@@ -63,6 +63,7 @@ from beam_jobs.sources.base import (
 )
 from beam_jobs.video import VideoError, VideoReader, frame_timestamp_us, is_remote, probe_fps
 from tfrecords_schema import (
+    DATASET_INFO_FILENAME,
     Accounting,
     DatasetInfo,
     ShardInfo,
@@ -81,7 +82,6 @@ SPILL_DIRNAME = "spill"
 ERRORS_DIRNAME = "errors"
 DEAD_LETTERS_FILENAME = "dead_letters.jsonl"
 DROP_UNREADABLE_CROP = "unreadable_crop"  # Counter/dead-letter reason: a provided crop that does not decode.
-DATASET_INFO_FILENAME = "dataset_info.json"
 MAX_OPEN_SPILL_FILES = 8  # Spill files a shard writer keeps open at once (LRU).
 
 TAG_ACCOUNTING = "accounting"
