@@ -285,6 +285,46 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
 
 
+@dataclasses.dataclass(frozen=True)
+class FaceStageConfig:
+    """Everything that shapes a face crop: the one description of the face stage.
+
+    The conversion records these values in ``dataset_info.json`` (``options``), the trainer
+    copies them into ``model_info.json`` (``face_stage``) and prediction on new video rebuilds
+    the same stage from there, so training and serving crops cannot drift apart. Command-line
+    defaults come from here.
+
+    Attributes:
+        detector: Registered detector name (:data:`DETECTORS`).
+        detect_every: Detect on every N-th frame, hold the box in between.
+        detect_width: Width of the downscaled detection image.
+        max_hold: Frames a box is held after a missed detection (None: ``2 * detect_every``).
+        crop_size: Side of the square crops in pixels.
+        jpeg_quality: JPEG quality of the stored crops.
+    """
+
+    detector: str = "haar"
+    detect_every: int = 5
+    detect_width: int = 320
+    max_hold: int | None = None
+    crop_size: int = 112
+    jpeg_quality: int = 90
+
+    def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FaceStageConfig":
+        """The config from a dict holding (at least) some of its fields; other keys are ignored.
+
+        Fields missing from ``values`` keep their defaults, so the options block of an older
+        ``dataset_info.json`` still describes its stage.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None or k == "max_hold"})
+
+
 class FaceCropper:
     """Turns the frames of one subject track, in time order, into face crops.
 
@@ -330,6 +370,20 @@ class FaceCropper:
         hold = 2 * detect_every if max_hold is None else max_hold
         self._tracker = BoxTracker(smoothing=smoothing, max_hold=hold)
         self._count = 0
+
+    @classmethod
+    def from_config(cls, config: FaceStageConfig, side: str | None = None,
+                    detector: Detector | None = None) -> "FaceCropper":
+        """The face stage described by ``config`` for one subject (``side`` of a shared video).
+
+        Args:
+            config: The face stage.
+            side: ``"left"``/``"right"`` for a two-person video, else None.
+            detector: A ready detector to reuse (default: a new one of ``config.detector``).
+        """
+        return cls(detector or make_detector(config.detector), crop_size=config.crop_size,
+                   detect_every=config.detect_every, detect_width=config.detect_width, side=side,
+                   max_hold=config.max_hold)
 
     def reset(self) -> None:
         """Starts over (after a gap in the frames)."""

@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 
 DEFAULT_FPS = 30.0
+# Containers FFmpeg (OpenCV's decoder) opens; matched in any letter case by every adapter.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 _CHUNK = 8 << 20
 
 

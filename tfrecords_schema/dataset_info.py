@@ -15,15 +15,11 @@ import posixpath
 import re
 from typing import Any
 
+from tfrecords_schema.tasks import TASK_ACTION_UNITS, TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASKS  # noqa: F401 (re-exported)
 from tfrecords_schema.version import SCHEMA_VERSION
 
 DATASET_INFO_FILENAME = "dataset_info.json"
 
-# Task names as the command lines spell them, and the label each one carries.
-TASK_EXPRESSION = "expr"
-TASK_VALENCE_AROUSAL = "va"
-TASK_ACTION_UNITS = "au"
-TASKS = (TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASK_ACTION_UNITS)
 
 # Splits a conversion can write.
 SPLIT_TRAIN = "train"

@@ -8,7 +8,9 @@ when the pipeline is built, :meth:`DatasetSource.read_labels` runs inside a DoFn
 from __future__ import annotations
 
 import abc
+import argparse
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
@@ -188,9 +190,66 @@ class DatasetSource(abc.ABC):
     """A dataset layout: finds subject tracks and reads their labels.
 
     Instances are pickled to Beam workers: hold paths and options only.
+
+    The conversion's command line is built from the registered adapters: each may add
+    its own options (:meth:`add_arguments`) and builds itself from the parsed options
+    (:meth:`from_args`), so a new adapter needs no change to ``beam_jobs/convert.py``.
     """
 
     name: str = ""
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Adds this adapter's own command-line options to the conversion's parser (default: none).
+
+        Option names are shared by every adapter, so an adapter adds only options no other one has;
+        give them ``default=None`` and check them in :meth:`from_args`.
+        """
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, tasks: Sequence[str] | None) -> "DatasetSource":
+        """Builds the adapter from the parsed conversion options.
+
+        The default passes the common options (``--annotations``, ``--videos``, ``--cropped_aligned``)
+        and the requested tasks (None: every task found) to the constructor.
+
+        Raises:
+            ValueError: an option the adapter needs is missing or wrong (reported as a usage error).
+        """
+        return cls(annotations=args.annotations, videos=args.videos, tasks=tasks,
+                   cropped_aligned=args.cropped_aligned)
+
+    def count_labelled_lines(self, track: TrackSpec) -> tuple[int, list[str]]:
+        """Labelled lines of a track counted without parsing them (used when :meth:`read_labels` raised).
+
+        The default counts, per annotation file of the track (rejected files included), the
+        non-blank lines after the header, and takes the most over the files: an upper bound of
+        the track's labelled frames, since invalid-marker lines count too. Adapters whose files
+        hold several subjects override it.
+
+        Returns:
+            ``(frames, unreadable)``: the count and the files that could not be read.
+        """
+        paths = sorted({path for _, path in track.annotation_files} | {r.path for r in track.rejected_files})
+        frames, unreadable = 0, []
+        for path in paths:
+            try:
+                frames = max(frames, self._count_file_lines(path, track))
+            except (OSError, ValueError):
+                unreadable.append(path)
+        return frames, unreadable
+
+    def _count_file_lines(self, path: str, track: TrackSpec) -> int:
+        """Non-blank lines after the header of one annotation file (see :meth:`count_labelled_lines`)."""
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+
+        lines = 0
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            next(f, None)  # The header.
+            for raw in f:
+                lines += bool(raw.strip())
+        return lines
 
     @abc.abstractmethod
     def discover(self) -> Discovery:
