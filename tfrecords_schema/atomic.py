@@ -1,0 +1,65 @@
+"""The one temp-then-rename helper: every file a run finalises appears whole or not at all.
+
+Locally the rename is atomic (a reader sees the old file or the new one, never a partial
+one); on object stores (``gs://``, ``s3://``) an object appears whole once its upload
+completes, so the temporary name only keeps a failed write from leaving a truncated
+object under the final name. Uses ``tf.io.gfile``, which reads and writes local paths,
+``gs://`` and, with tensorflow-io, ``s3://``.
+
+Example:
+    with incomplete_file("OUT/dataset_info.json") as tmp:
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(text)
+    # OUT/dataset_info.json now holds ``text``; on an exception the temp file is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import uuid
+from typing import Iterator
+
+INCOMPLETE_MARK = ".incomplete-"  # Part of every temporary name; a leftover one is recognisable.
+
+
+def _split(path: str) -> tuple[str, str]:
+    return posixpath.split(path.rstrip("/")) if "://" in path else os.path.split(path)
+
+
+def temporary_name(path: str) -> str:
+    """A fresh temporary path next to ``path`` (same folder, so the rename stays on one file system)."""
+    folder, name = _split(path)
+    tmp = f".{name}{INCOMPLETE_MARK}{uuid.uuid4().hex}"
+    return posixpath.join(folder, tmp) if "://" in path else os.path.join(folder, tmp)
+
+
+@contextlib.contextmanager
+def incomplete_file(path: str) -> Iterator[str]:
+    """Yields a temporary path to write; renames it to ``path`` on success, removes it on failure.
+
+    The parent folder is created when missing. An existing ``path`` is replaced.
+    """
+    import tensorflow as tf  # Late import: `import tfrecords_schema` stays light for the tools.
+
+    folder, _ = _split(path)
+    if folder:
+        tf.io.gfile.makedirs(folder)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+
+
+def write_atomically(path: str, data: bytes | str) -> str:
+    """Writes ``data`` (bytes or text) to ``path`` through :func:`incomplete_file`; returns ``path``."""
+    import tensorflow as tf
+
+    with incomplete_file(path) as tmp:
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
