@@ -14,6 +14,7 @@ Example::
     abaw.write_annotation(tmp_path / "ann", "au", "train", "vid2",
                           [[0] * 12, "not,a,line"])          # a str row is written as is
     abaw.write_media(tmp_path / "videos", "batch1/vid1.mp4")  # placeholder bytes
+    abaw.rewrite_text(path, newline="\r", encoding="utf-16")  # CR-only line ends, UTF-16 with BOM
 
 Layouts (``layout=``):
     ``"2020"``: ``annotations/{VA_Set,EXPR_Set,AU_Set}/{Training_Set,Validation_Set}/<id>.txt``
@@ -25,8 +26,9 @@ Splits: ``"train"``, ``"validation"`` and ``"test"`` (a test folder the adapter 
 
 from __future__ import annotations
 
+import codecs
 import pathlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 EXPR_NAMES_7 = ["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"]
 EXPR_NAMES_8 = EXPR_NAMES_7 + ["Other"]
@@ -128,6 +130,24 @@ def write_mtl(root, split: str, rows: Sequence, *, header: str = MTL_HEADER,
         values = [f"{media_id}/{int(frame):05d}.jpg", _num(va[0]), _num(va[1]), str(int(expr))]
         lines.append(",".join(values + [_num(v) for v in aus]))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def rewrite_text(path, *, newline: str = "\n", encoding: str = "utf-8") -> pathlib.Path:
+    """Rewrites a text file (as the helpers above write it: UTF-8, LF) with other line ends and encoding.
+
+    Args:
+        path: The file.
+        newline: ``"\n"``, ``"\r\n"`` or ``"\r"`` (old Mac exports).
+        encoding: A Python codec; ``"utf-8-sig"`` and ``"utf-16"`` write a byte-order mark,
+            ``"utf-16-be-bom"`` writes big-endian UTF-16 with its mark.
+    """
+    path = pathlib.Path(path)
+    text = path.read_text(encoding="utf-8").replace("\n", newline)
+    if encoding == "utf-16-be-bom":
+        path.write_bytes(codecs.BOM_UTF16_BE + text.encode("utf-16-be"))
+    else:
+        path.write_bytes(text.encode(encoding))
     return path
 
 

@@ -2,10 +2,10 @@
 
 import pickle
 
+import abaw_layout as abaw
 import numpy as np
 import pytest
 
-import abaw_layout as abaw
 from beam_jobs.sources import SOURCES, base, make_source
 from beam_jobs.sources.abaw import AbawLayoutError, AbawSource
 
@@ -476,7 +476,7 @@ def test_bad_arguments_fail_at_construction_with_the_valid_values(tmp_path):
 def test_registry_builds_the_abaw_source(tmp_path):
     abaw.write_annotation(tmp_path / "ann", "va", "train", "vid", [(0, 0)])
     source = make_source("abaw", annotations=str(tmp_path / "ann"), videos=str(tmp_path), tasks=["VA"])
-    assert SOURCES == {"abaw": AbawSource} and isinstance(source, AbawSource) and source.tasks == ("va",)
+    assert SOURCES["abaw"] is AbawSource and isinstance(source, AbawSource) and source.tasks == ("va",)
 
 
 def test_source_pickles_and_reads_the_same_labels_after(tmp_path):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from beam_jobs.sources.abaw import AbawSource
 from beam_jobs.sources.base import DatasetSource
+from beam_jobs.sources.folders import FoldersSource
+from beam_jobs.sources.manifest import ManifestSource
 
-SOURCES: dict[str, type[DatasetSource]] = {"abaw": AbawSource}
+SOURCES: dict[str, type[DatasetSource]] = {"abaw": AbawSource, "manifest": ManifestSource, "folders": FoldersSource}
 
 
 def make_source(name: str, **kwargs) -> DatasetSource:
@@ -27,4 +29,4 @@ def make_source(name: str, **kwargs) -> DatasetSource:
     return SOURCES[name](**kwargs)
 
 
-__all__ = ["SOURCES", "make_source", "AbawSource", "DatasetSource"]
+__all__ = ["SOURCES", "AbawSource", "DatasetSource", "FoldersSource", "ManifestSource", "make_source"]

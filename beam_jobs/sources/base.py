@@ -10,10 +10,11 @@ from __future__ import annotations
 import abc
 import argparse
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from beam_jobs.sources.text_lines import iter_lines
 from tfrecords_schema import keys
 
 # Reasons a labelled frame is not written (keys of the accounting's `dropped`).
@@ -27,6 +28,15 @@ DROP_UNREADABLE_MEDIA = "unreadable_media"  # zero-byte, corrupt or unsupported 
 DROP_BEYOND_VIDEO_END = "beyond_video_end"  # annotation lines past the last decodable frame.
 DROP_DECODE_ERROR = "decode_error"  # an exception while converting a track; its remaining frames.
 DROP_READ_LABELS_ERROR = "read_labels_error"  # the adapter raised on a track's annotations: its lines are lost.
+
+# Reasons of dead letters found while listing the input folders (they cost no labelled frame by themselves).
+SCAN_SYMLINK_LOOP = "symlink_loop"  # a folder link leading back to a folder being listed: not followed.
+SCAN_REPEATED_FOLDER = "repeated_folder"  # a second path to a folder already listed: not listed twice.
+SCAN_UNLISTED_FOLDER = "unlisted_folder"  # a folder that could not be listed: whatever it holds is missing.
+
+# Longest dead-letter message and source kept (a 10 MB annotation line must not reach errors/ whole).
+MAX_MESSAGE_CHARS = 500
+MAX_SOURCE_CHARS = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +82,8 @@ class TrackSpec:
         rejected_files: Annotation files of this split that are read only to count and
             reject their frames (e.g. the same task and subject annotated twice:
             ``DROP_DUPLICATE_TRACK``). Their labels never reach the output.
+        problem_message: Human-readable detail of ``problem`` for the track's dead letter
+            (e.g. the candidate files of ``DROP_AMBIGUOUS_MEDIA``); "" for the generic one.
     """
 
     media_id: str
@@ -84,6 +96,7 @@ class TrackSpec:
     problem: str | None = None
     action_unit_names: tuple[str, ...] = ()
     rejected_files: tuple[RejectedAnnotation, ...] = ()
+    problem_message: str = ""
 
     @property
     def track_id(self) -> str:
@@ -98,12 +111,27 @@ class TrackSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DeadLetter:
-    """A failure worth a line in ``DIR/errors/``: where, why, and how many frames it cost."""
+    """A failure worth a line in ``DIR/errors/``: where, why, and how many frames it cost.
+
+    ``message`` and ``source`` are bounded here, the one place every dead letter passes: a message
+    keeps its first :data:`MAX_MESSAGE_CHARS` characters and says how many were cut; a source (file
+    and line) keeps both ends, so the line number survives a long path.
+    """
 
     source: str  # file (and line) or track id.
-    reason: str  # one of the DROP_* reasons or another short snake_case reason.
+    reason: str  # one of the DROP_* / SCAN_* reasons or another short snake_case reason.
     message: str  # human-readable detail.
     frames: int = 0  # labelled frames it cost.
+
+    def __post_init__(self):
+        message, source = str(self.message), str(self.source)
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}... [{len(message) - MAX_MESSAGE_CHARS} more characters]"
+        if len(source) > MAX_SOURCE_CHARS:
+            half = MAX_SOURCE_CHARS // 2
+            source = f"{source[:half]}...{source[-half:]}"
+        object.__setattr__(self, "message", message)  # Frozen: set once, here.
+        object.__setattr__(self, "source", source)
 
 
 @dataclasses.dataclass
@@ -176,6 +204,10 @@ class Discovery:
         dead_letters: Problems found while listing (bad headers, duplicates, ...).
         split_drops: Labelled lines lost while listing, per split (they belong to no track
             but must still reach the split's accounting).
+        unlisted_folders: Folders that could not be listed (permissions, a broken link, a
+            transient object-store error): what they hold is missing from the run, so the
+            conversion fails unless partial input is allowed. Each also has a
+            ``SCAN_UNLISTED_FOLDER`` dead letter.
     """
 
     tracks: list[TrackSpec]
@@ -184,6 +216,7 @@ class Discovery:
     unused_media: list[str] = dataclasses.field(default_factory=list)
     dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
     split_drops: list[SplitDrop] = dataclasses.field(default_factory=list)
+    unlisted_folders: list[str] = dataclasses.field(default_factory=list)
 
 
 class DatasetSource(abc.ABC):
@@ -207,7 +240,7 @@ class DatasetSource(abc.ABC):
         """
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, tasks: Sequence[str] | None) -> "DatasetSource":
+    def from_args(cls, args: argparse.Namespace, tasks: Sequence[str] | None) -> DatasetSource:
         """Builds the adapter from the parsed conversion options.
 
         The default passes the common options (``--annotations``, ``--videos``, ``--cropped_aligned``)
@@ -244,12 +277,10 @@ class DatasetSource(abc.ABC):
         from apache_beam.io.filesystem import CompressionTypes
         from apache_beam.io.filesystems import FileSystems
 
-        lines = 0
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            next(f, None)  # The header.
-            for raw in f:
-                lines += bool(raw.strip())
-        return lines
+            lines = iter_lines(f)  # Any line end and BOM-marked encoding: a CR-only file is not one line.
+            next(lines, None)  # The header.
+            return sum(bool(line.strip()) for line in lines)
 
     @abc.abstractmethod
     def discover(self) -> Discovery:

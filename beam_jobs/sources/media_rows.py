@@ -1,0 +1,445 @@
+"""Rows of labelled video → subject tracks with per-frame labels: shared by the manifest and folder adapters.
+
+An adapter turns its input (a CSV manifest, a folder tree) into :class:`MediaRow` objects: a video,
+a split, a subject, optionally a time segment, a class name and valence/arousal, or the reason the
+row is rejected. :func:`build_discovery` checks the rows together (class names, split safety per
+subject and per video) and groups them into one :class:`LabelledTrack` per (split, video) that
+carries every row as a :class:`Segment`. On the worker, :class:`LabelledMediaSource.read_labels`
+probes the video's frame rate and frame count and lays the segments on its frames
+(:func:`build_labels`).
+
+Accounting units are frames. A row that labels the whole video labels every frame the container
+reports; a segment ``[start, end)`` seconds labels frame ``i`` (1-based) when
+``start <= (i - 1) / fps < end``, cut at the video's end (time past the end labels no frame: a
+``beyond_video_end`` dead letter with 0 frames). Rejected rows travel with their video as rejected
+segments, so their frames are counted (and dropped with their reason) on the worker. The rows of a
+video that is missing or does not open count 0 frames, since its frames cannot be known, and still
+give a dead letter. Tracks whose split the conversion cannot write are accounted under the split
+``test`` (until the schema has one) or :data:`UNASSIGNED_SPLIT`.
+
+Listing goes through ``FolderScan`` (``tf.io.gfile``); no Apache Beam import at module level.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import posixpath
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from beam_jobs.sources import base
+from beam_jobs.sources.folder_scan import FolderScan
+from beam_jobs.video import DEFAULT_FPS, VIDEO_EXTENSIONS, VideoError, VideoReader, local_copy
+from tfrecords_schema import (
+    HEAD_ACTION_UNITS,
+    HEAD_EXPRESSION,
+    HEAD_VALENCE_AROUSAL,
+    SPLIT_TRAIN,
+    SPLIT_VALIDATION,
+    SPLITS,
+    TASK_EXPRESSION,
+    TASK_VALENCE_AROUSAL,
+    keys,
+)
+
+# Reasons a labelled frame is not written, beyond those of ``base``.
+DROP_UNKNOWN_CLASS = "unknown_class"  # a class name not in --class_names (or no class folder).
+DROP_BAD_SEGMENT = "bad_segment"  # end <= start.
+DROP_SPLIT_CONFLICT = "split_conflict"  # a subject or a video in two splits: all its rows.
+DROP_UNKNOWN_SPLIT = "unknown_split"  # a split value or folder that is not a split.
+DROP_UNSUPPORTED_SPLIT = "unsupported_split"  # a split the schema cannot write yet (test).
+DROP_CONFLICTING_LABELS = "conflicting_labels"  # frames that two rows label differently.
+DROP_NO_SUBJECT = "no_subject"  # the folder adapter's --subject_regex does not match the path.
+
+try:
+    from tfrecords_schema import SPLIT_TEST
+except ImportError:  # The schema has no test split yet: test rows are counted and skipped.
+    SPLIT_TEST = "test"
+UNASSIGNED_SPLIT = "unassigned"  # accounting entry of rows without a valid split.
+SPLIT_ALIASES = {
+    "train": SPLIT_TRAIN, "training": SPLIT_TRAIN, "train_set": SPLIT_TRAIN, "training_set": SPLIT_TRAIN,
+    "validation": SPLIT_VALIDATION, "val": SPLIT_VALIDATION, "valid": SPLIT_VALIDATION,
+    "validation_set": SPLIT_VALIDATION, "test": SPLIT_TEST, "testing": SPLIT_TEST, "test_set": SPLIT_TEST,
+}
+
+VALENCE_AROUSAL_NAMES = ("valence", "arousal")  # label_names of the valence/arousal head.
+
+MAX_SEGMENT_SECONDS = 24 * 3600.0  # Longer segments are out_of_range (bounds the label arrays).
+# Names taken as files without asking the file system (one call less per entry on gs://).
+_FILE_SUFFIXES = VIDEO_EXTENSIONS + (".csv", ".txt", ".json", ".jpg", ".jpeg", ".png")
+_EPSILON = 1e-6  # Seconds × fps rounding slack: a segment starting at 0.3 s at 10 fps starts at frame 4.
+
+
+def canonical_split(text: str) -> str | None:
+    """``train``/``validation``/``test`` for a split name or alias (any case), else None."""
+    return SPLIT_ALIASES.get(str(text).strip().lower())
+
+
+def parse_class_names(value: str | Sequence[str] | None) -> list[str] | None:
+    """``"A,B,C"`` or a list → the class names in order; None stays None.
+
+    Raises:
+        ValueError: an empty list, an empty name, or two names equal up to letter case.
+    """
+    if value is None:
+        return None
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value)]
+    if not names or "" in names:
+        raise ValueError(f"--class_names needs non-empty comma-separated names, got {value!r}")
+    folded = [n.casefold() for n in names]
+    if len(set(folded)) != len(folded):
+        raise ValueError(f"--class_names repeats a name (letter case is ignored): {names}")
+    return names
+
+
+def writable_split(split: str | None) -> str:
+    """The split a track is accounted under: a schema split, ``test``, or :data:`UNASSIGNED_SPLIT`."""
+    return split if split in SPLITS or split == SPLIT_TEST else UNASSIGNED_SPLIT
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One row's labels on one video: all frames (``start is None``) or ``[start, end)`` seconds.
+
+    Attributes:
+        start: Seconds, or None for the whole video.
+        end: Seconds (None with ``start``).
+        expression: Class index into ``label_names["expression"]``, ``keys.EXPRESSION_INVALID`` if none.
+        valence_arousal: ``(valence, arousal)`` or None.
+        reason: A DROP_* reason when the row is rejected (its frames count as dropped), else None.
+        message: Why it was rejected.
+        source: ``"<file>:line N"`` (or the video path for the folder adapter).
+    """
+
+    start: float | None
+    end: float | None
+    expression: int = keys.EXPRESSION_INVALID
+    valence_arousal: tuple[float, float] | None = None
+    reason: str | None = None
+    message: str = ""
+    source: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledTrack(base.TrackSpec):
+    """A :class:`~beam_jobs.sources.base.TrackSpec` that carries its rows as segments."""
+
+    segments: tuple[Segment, ...] = ()
+
+
+@dataclasses.dataclass
+class MediaRow:
+    """One labelled row before class indexing (what the manifest or the folder tree says).
+
+    Attributes:
+        source: ``"<file>:line N"`` or the video path.
+        media_key: Unique id of the video (path relative to the media root, or the URL).
+        media_path: Full path of the video; None when it was not found.
+        media_problem: ``no_media`` / ``ambiguous_media`` with ``media_message``, else None.
+        split: ``train``/``validation``/``test``, or None when the row names no valid split.
+        split_text: The split as written (for messages).
+        subject: Subject id.
+        start: Segment start in seconds (None: the whole video).
+        end: Segment end in seconds.
+        expression: Class name as written, or None.
+        valence_arousal: ``(valence, arousal)`` or None.
+        reason: A DROP_* reason found while parsing, with ``message``.
+    """
+
+    source: str
+    media_key: str
+    media_path: str | None
+    subject: str
+    split: str | None
+    split_text: str = ""
+    media_problem: str | None = None
+    media_message: str = ""
+    start: float | None = None
+    end: float | None = None
+    expression: str | None = None
+    valence_arousal: tuple[float, float] | None = None
+    reason: str | None = None
+    message: str = ""
+
+
+# ---------------------------------------------------------------------------------------- media
+
+
+def list_videos(root: str) -> tuple[list[str], FolderScan]:
+    """Every video under ``root`` (any depth, :data:`VIDEO_EXTENSIONS` in any letter case).
+
+    Listing goes through :class:`~beam_jobs.sources.folder_scan.FolderScan`: link loops and repeated
+    folders are not followed twice, and folders that cannot be listed (``root`` included) are in
+    ``scan.unlisted_folders`` with a dead letter each (the conversion then fails unless
+    ``--allow_partial``).
+
+    Returns:
+        ``(relative paths with '/' separators, as on disk, sorted; the finished scan)``.
+    """
+    scan = FolderScan(_FILE_SUFFIXES)
+    found = []
+    stack = [("", root, ())]
+    while stack:
+        relative, folder, parents = stack.pop()
+        listing = scan.list(folder, parents)
+        if listing is None:
+            continue
+        for sub in reversed(listing.subdirs):
+            stack.append((posixpath.join(relative, _basename(sub)), sub, listing.chain))
+        found.extend(posixpath.join(relative, _basename(f)) for f in listing.files
+                     if f.lower().endswith(VIDEO_EXTENSIONS))
+    return sorted(found), scan
+
+
+def _basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/").replace("\\", "/"))
+
+
+def probe_video(path: str) -> tuple[float, int | None, str]:
+    """Frame rate and frame count of a video (one download for a remote one).
+
+    The frame rate is :class:`~beam_jobs.video.VideoReader`'s, so segment times map to the same
+    frames the conversion decodes. The count is the container's; when it has none (or an absurd
+    one) the frames are counted by grabbing them.
+
+    Returns:
+        ``(fps, frames, "")``, or ``(DEFAULT_FPS, None, why)`` when the video cannot be read.
+    """
+    import cv2
+
+    try:
+        with local_copy(path) as local:
+            with VideoReader(local) as video:
+                fps = video.fps
+            cap = cv2.VideoCapture(local)
+            try:
+                limit = int(fps * MAX_SEGMENT_SECONDS)
+                count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+                if math.isfinite(count) and 0 < count <= limit:
+                    return fps, int(count), ""
+                frames = 0
+                while frames < limit and cap.grab():
+                    frames += 1
+            finally:
+                cap.release()
+    except (VideoError, OSError, cv2.error) as e:
+        return DEFAULT_FPS, None, str(e)
+    return (fps, frames, "") if frames else (DEFAULT_FPS, None, f"{path}: no frame decodes")
+
+
+def frame_range(segment: Segment, fps: float, frames: int | None) -> tuple[int, int]:
+    """0-based ``[first, stop)`` rows a segment labels (frame ``i`` is at ``(i - 1) / fps`` s).
+
+    Args:
+        segment: The segment.
+        fps: Frame rate of the video.
+        frames: Frame count of the video (segments are cut there), or None when unknown: then
+            nothing can be counted and the range is empty.
+    """
+    if frames is None:
+        return 0, 0
+    if segment.start is None:
+        return 0, frames
+    first = min(frames, max(0, math.ceil(segment.start * fps - _EPSILON)))
+    stop = min(frames, math.ceil(segment.end * fps - _EPSILON))
+    return first, max(first, stop)
+
+
+# ---------------------------------------------------------------------------------------- labels
+
+
+def build_labels(segments: Sequence[Segment], fps: float, frames: int | None, *, where: str = "",
+                 unknown_reason: str | None = base.DROP_UNREADABLE_MEDIA, why_unknown: str = "") -> base.TrackLabels:
+    """Per-frame labels of a video from its segments.
+
+    Valid segments are laid down in row order; a frame that two rows label differently loses its
+    label (``conflicting_labels``). Then each rejected segment marks the frames it covers that have
+    no valid label with its reason. Every rejected row gets a dead letter with its frame count.
+
+    Args:
+        segments: The video's rows.
+        fps: Frame rate of the video.
+        frames: Frame count of the video; None when it cannot be read (every row counts 0 frames).
+        where: The video (for the dead letter when ``frames`` is None).
+        unknown_reason: Reason of that dead letter; None: no dead letter (discovery already wrote one).
+        why_unknown: Why the frame count is unknown.
+    """
+    ranges = [frame_range(s, fps, frames) for s in segments]
+    n = max([frames or 0] + [stop for _, stop in ranges])
+    expression = np.full(n, keys.EXPRESSION_INVALID, dtype=np.int64)
+    valence_arousal = np.full((n, 2), keys.VA_INVALID, dtype=np.float32)
+    labels = base.TrackLabels(expression, valence_arousal, np.zeros((n, 0), dtype=np.int64),
+                              np.full(n, "", dtype=object))
+    dead = labels.dead_letters
+    if frames is None and unknown_reason is not None:
+        dead.append(base.DeadLetter(where, unknown_reason, f"{len(segments)} row(s) of this video count 0 frames: "
+                                    f"its frame count cannot be read ({why_unknown})", 0))
+    labelled = np.zeros(n, dtype=bool)
+    conflict = np.zeros(n, dtype=bool)
+    for segment, (first, stop) in zip(segments, ranges):
+        if segment.reason is not None:
+            continue
+        if frames is not None and segment.end is not None and math.ceil(segment.end * fps - _EPSILON) > frames:
+            dead.append(base.DeadLetter(
+                segment.source, base.DROP_BEYOND_VIDEO_END,
+                f"segment {segment.start:g}-{segment.end:g} s ends after the video ({frames} frames at {fps:g} fps);"
+                " the time past the end labels no frame", 0))
+        span = slice(first, stop)
+        va = segment.valence_arousal or (keys.VA_INVALID, keys.VA_INVALID)
+        same = (expression[span] == segment.expression) & (valence_arousal[span] == va).all(axis=1)
+        new_conflict = labelled[span] & ~same & ~conflict[span]
+        fresh = ~labelled[span]
+        expression[span][fresh] = segment.expression  # (A slice is a view: this writes the track's array.)
+        valence_arousal[span][fresh] = va
+        labelled[span] = True
+        conflict[span] |= new_conflict
+        if new_conflict.any():
+            dead.append(base.DeadLetter(
+                segment.source, DROP_CONFLICTING_LABELS,
+                "this row labels frames another row of the same video labels differently; those frames are dropped",
+                int(new_conflict.sum())))
+    expression[conflict] = keys.EXPRESSION_INVALID
+    valence_arousal[conflict] = keys.VA_INVALID
+    labels.rejected[conflict] = DROP_CONFLICTING_LABELS
+    valid = labels.valid
+    for segment, (first, stop) in zip(segments, ranges):
+        if segment.reason is None:
+            continue
+        take = ~valid[first:stop] & (labels.rejected[first:stop] == "")
+        labels.rejected[first:stop][take] = segment.reason
+        dead.append(base.DeadLetter(segment.source, segment.reason, segment.message, int(take.sum())))
+    return labels
+
+
+class LabelledMediaSource(base.DatasetSource):
+    """Worker side shared by the manifest and folder adapters: tracks carry their rows as segments.
+
+    Subclasses implement :meth:`discover` (rows → :func:`build_discovery`).
+    """
+
+    def read_labels(self, track: base.TrackSpec) -> base.TrackLabels:
+        """Probes the video (frame rate and count) and lays the track's segments on its frames."""
+        segments = getattr(track, "segments", ())
+        if track.media_path is None:  # (Discovery reported the missing video and its rows' 0 frames.)
+            return build_labels(segments, DEFAULT_FPS, None, unknown_reason=None)
+        fps, frames, why = probe_video(track.media_path)
+        return build_labels(segments, fps, frames, where=track.media_path, why_unknown=why)
+
+    def count_labelled_lines(self, track: base.TrackSpec) -> tuple[int, list[str]]:
+        """Used only when :meth:`read_labels` raised: without the video nothing can be counted (0 frames)."""
+        return 0, [track.media_path] if track.media_path else []
+
+
+# ---------------------------------------------------------------------------------------- discovery
+
+
+def resolve_class_names(rows: Iterable[MediaRow], class_names: Sequence[str] | None) -> list[str]:
+    """``class_names`` as given, else the names of rows with a split, sorted (letter case ignored)."""
+    if class_names is not None:
+        return list(class_names)
+    found: dict[str, str] = {}
+    for row in rows:
+        if row.expression and row.split is not None:
+            found.setdefault(row.expression.casefold(), row.expression)
+    return [found[k] for k in sorted(found)]
+
+
+def _split_conflicts(rows: list[MediaRow]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Splits of each subject and of each video that appears in more than one split."""
+    by_subject, by_media = collections.defaultdict(set), collections.defaultdict(set)
+    for row in rows:
+        if row.split is not None:
+            by_subject[row.subject].add(row.split)
+            by_media[row.media_key].add(row.split)
+    return ({k: v for k, v in by_subject.items() if len(v) > 1}, {k: v for k, v in by_media.items() if len(v) > 1})
+
+
+def _row_problem(row: MediaRow, names: list[str], subject_splits, media_splits,
+                 use_expression: bool) -> tuple[str | None, str]:
+    """The first reason a row is rejected for, with its message (None: the row is good)."""
+    if row.reason is not None:
+        return row.reason, row.message
+    if row.split is None:
+        return DROP_UNKNOWN_SPLIT, f"split {row.split_text!r} is not one of {sorted(SPLIT_ALIASES)}"
+    if row.split not in SPLITS:
+        return DROP_UNSUPPORTED_SPLIT, f"split {row.split!r} is not written: the schema's splits are {list(SPLITS)}"
+    if row.subject in subject_splits:
+        return DROP_SPLIT_CONFLICT, (f"subject {row.subject!r} is in splits {sorted(subject_splits[row.subject])}; "
+                                     "all its rows are rejected")
+    if row.media_key in media_splits:
+        return DROP_SPLIT_CONFLICT, (f"video {row.media_key!r} is in splits {sorted(media_splits[row.media_key])}; "
+                                     "all its rows are rejected")
+    if use_expression and row.expression and row.expression.casefold() not in {n.casefold() for n in names}:
+        return DROP_UNKNOWN_CLASS, f"class {row.expression!r} is not one of {names}"
+    if (not use_expression or not row.expression) and row.valence_arousal is None:
+        return base.DROP_MALFORMED_LINE, "the row has no label for the converted tasks"
+    return None, ""
+
+
+def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, tasks: Sequence[str],
+                    annotation_path: str, dead_letters: list[base.DeadLetter],
+                    unused_media: Sequence[str] = (), unlisted_folders: Sequence[str] = ()) -> base.Discovery:
+    """Rows → one :class:`LabelledTrack` per (split, video) with every row as a segment.
+
+    Args:
+        rows: Parsed rows (problems found while parsing already set).
+        class_names: The class order, or None for the sorted names found.
+        tasks: Tasks to convert (``expr`` and/or ``va``).
+        annotation_path: The manifest or the folder root (recorded as the tracks' annotation file).
+        dead_letters: Problems found while listing and parsing (rows whose frames cannot be counted).
+        unused_media: Videos under the media root that no row names.
+        unlisted_folders: Folders that could not be listed (their dead letters are in ``dead_letters``).
+    """
+    use_expression = TASK_EXPRESSION in tasks
+    names = resolve_class_names(rows, class_names) if use_expression else []
+    class_index = {n.casefold(): i for i, n in enumerate(names)}
+    subject_splits, media_splits = _split_conflicts(rows)
+    out_tasks = tuple(t for t in tasks if t != TASK_EXPRESSION or names)
+    grouped: dict[tuple[str, str], list[tuple[MediaRow, Segment]]] = collections.defaultdict(list)
+    for row in rows:
+        reason, message = _row_problem(row, names, subject_splits, media_splits, use_expression)
+        expression = keys.EXPRESSION_INVALID
+        if use_expression and row.expression and row.expression.casefold() in class_index:
+            expression = class_index[row.expression.casefold()]
+        va = row.valence_arousal if TASK_VALENCE_AROUSAL in tasks else None
+        segment = Segment(row.start, row.end, expression, va, reason, message, row.source)
+        grouped[(writable_split(row.split), row.media_key)].append((row, segment))
+    tracks = []
+    for (split, media_key), members in sorted(grouped.items()):
+        first = members[0][0]
+        segments = tuple(s for _, s in members)
+        problem = first.media_problem
+        if problem is None and all(s.reason is not None for s in segments):
+            problem = segments[0].reason  # Nothing to write: its frames are counted, no pixel decoded.
+        if first.media_problem is not None:
+            dead_letters.append(base.DeadLetter(
+                first.source, first.media_problem, f"{first.media_message}; its {len(segments)} row(s) count 0 frames "
+                "(the video's frames cannot be known)", 0))
+        tracks.append(LabelledTrack(
+            media_id=media_key, split=split, annotation_files=tuple((t, annotation_path) for t in out_tasks),
+            media_path=first.media_path, data_path=media_key, problem=problem, segments=segments))
+    label_names = {HEAD_EXPRESSION: names, HEAD_VALENCE_AROUSAL: [], HEAD_ACTION_UNITS: []}
+    if TASK_VALENCE_AROUSAL in out_tasks:
+        label_names[HEAD_VALENCE_AROUSAL] = list(VALENCE_AROUSAL_NAMES)
+    return base.Discovery(tracks=tracks, label_names=label_names, tasks=list(out_tasks),
+                          unused_media=sorted(unused_media), dead_letters=dead_letters,
+                          unlisted_folders=list(unlisted_folders))
+
+
+def select_tasks(available: Sequence[str], tasks: Sequence[str] | None, where: str) -> list[str]:
+    """The requested tasks (None: all available) that ``where`` can give.
+
+    Raises:
+        ValueError: a requested task the layout has no labels for.
+    """
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not tasks:
+        return list(available)
+    missing = [t for t in tasks if t not in available]
+    if missing:
+        raise ValueError(f"{where} has no labels for task(s) {missing}; it has: {list(available)}")
+    return [t for t in available if t in tasks]
