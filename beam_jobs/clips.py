@@ -5,13 +5,14 @@ No Apache Beam import. Clip ``k`` of a track holds frames ``k * L + 1 .. (k + 1)
 boundaries depend only on the annotation, never on what the detector found.
 
 Example:
-    buckets = Bucketer("expression", label_names)
+    buckets = Bucketer(BUCKET_BY_EXPRESSION, label_names)
     builder = ClipBuilder(track, labels, clip_length=64, dataset_name="abaw", frame_rate=30.0, bucketer=buckets)
     clip = builder.add(index, timestamp_us, jpeg, bbox)   # a ClipRecord when one fills, else None
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 
@@ -19,6 +20,8 @@ import numpy as np
 
 from beam_jobs.sources.base import TrackLabels, TrackSpec
 from tfrecords_schema import (
+    HEAD_ACTION_UNITS,
+    HEAD_EXPRESSION,
     SPLIT_TRAIN,
     TASK_ACTION_UNITS,
     TASK_EXPRESSION,
@@ -27,29 +30,41 @@ from tfrecords_schema import (
     ClipRecord,
     keys,
 )
-from tfrecords_schema.buckets import ALL, BUCKET_BY, NO_EXPRESSION, NO_VA, va_cell, va_cell_names
+from tfrecords_schema.buckets import (
+    ALL,
+    BUCKET_BY,
+    BUCKET_BY_EXPRESSION,
+    BUCKET_BY_NONE,
+    BUCKET_BY_VA_GRID,
+    NO_EXPRESSION,
+    NO_VA,
+    va_cell,
+    va_cell_names,
+)
+from tfrecords_schema.dataset_info import sum_counts
 
 
 class Bucketer:
     """The rebalancing bucket of a clip.
 
-    * ``expression``: the dominant valid expression class of the clip (ties → lower class index),
-      ``no_expression`` when the clip has none;
-    * ``va_grid``: the grid cell holding most valid (valence, arousal) frames, ``no_va`` when none;
-    * ``none``: one bucket, ``all``.
+    * :data:`BUCKET_BY_EXPRESSION`: the dominant valid expression class of the clip (ties → lower
+      class index), ``no_expression`` when the clip has none;
+    * :data:`BUCKET_BY_VA_GRID`: the grid cell holding most valid (valence, arousal) frames, ``no_va``
+      when none;
+    * :data:`BUCKET_BY_NONE`: one bucket, ``all``.
 
     Args:
         bucket_by: One of :data:`BUCKET_BY`.
-        label_names: ``{"expression": [...], ...}`` from the dataset adapter.
+        label_names: ``{head: [...]}`` from the dataset adapter (``HEAD_EXPRESSION`` gives the classes).
     """
 
     def __init__(self, bucket_by: str, label_names: dict[str, list[str]]):
         if bucket_by not in BUCKET_BY:
             raise ValueError(f"unknown bucket_by {bucket_by!r}; valid values: {list(BUCKET_BY)}")
         self.bucket_by = bucket_by
-        if bucket_by == "expression":
-            self.names = list(label_names.get("expression", [])) + [NO_EXPRESSION]
-        elif bucket_by == "va_grid":
+        if bucket_by == BUCKET_BY_EXPRESSION:
+            self.names = list(label_names.get(HEAD_EXPRESSION, [])) + [NO_EXPRESSION]
+        elif bucket_by == BUCKET_BY_VA_GRID:
             self.names = va_cell_names() + [NO_VA]
         else:
             self.names = [ALL]
@@ -57,21 +72,18 @@ class Bucketer:
 
     def bucket(self, expression: np.ndarray, valence_arousal: np.ndarray) -> str:
         """Bucket name of a clip from its per-frame labels."""
-        if self.bucket_by == "expression":
+        if self.bucket_by == BUCKET_BY_EXPRESSION:
             valid = expression[(expression != keys.EXPRESSION_INVALID) & (expression >= 0)]
             valid = valid[valid < len(self.names) - 1]
             if valid.size == 0:
                 return NO_EXPRESSION
             return self.names[int(np.bincount(valid).argmax())]
-        if self.bucket_by == "va_grid":
+        if self.bucket_by == BUCKET_BY_VA_GRID:
             ok = (valence_arousal != keys.VA_INVALID).all(axis=1)
             if not ok.any():
                 return NO_VA
-            cells = [va_cell(v, a) for v, a in valence_arousal[ok]]
-            counts: dict[str, int] = {}
-            for cell in cells:
-                counts[cell] = counts.get(cell, 0) + 1
-            return max(sorted(counts), key=lambda c: counts[c])
+            counts = collections.Counter(va_cell(v, a) for v, a in valence_arousal[ok])
+            return max(sorted(counts), key=lambda c: counts[c])  # Ties: the first cell name.
         return ALL
 
     def index(self, name: str) -> int:
@@ -80,7 +92,7 @@ class Bucketer:
 
     def shard_bucket(self, split: str, bucket: str) -> str | None:
         """The bucket a clip's shard set is named after: the train split is written per bucket."""
-        if split == SPLIT_TRAIN and self.bucket_by != "none":
+        if split == SPLIT_TRAIN and self.bucket_by != BUCKET_BY_NONE:
             return bucket
         return None
 
@@ -125,22 +137,15 @@ class SplitSummary:
     tracks: int = 0
     seconds: float = 0.0
 
-    def merge(self, other: "SplitSummary") -> "SplitSummary":
+    def merge(self, other: SplitSummary) -> SplitSummary:
         """The sum of two summaries (a new object; neither input changes)."""
-
-        def add(a: dict, b: dict) -> dict:
-            out = dict(a)
-            for k, v in b.items():
-                out[k] = out.get(k, 0) + v
-            return out
-
         tasks = sorted(set(self.class_frames) | set(other.class_frames))
         return SplitSummary(
             num_clips=self.num_clips + other.num_clips,
             num_frames=self.num_frames + other.num_frames,
-            bucket_clips=add(self.bucket_clips, other.bucket_clips),
-            bucket_frames=add(self.bucket_frames, other.bucket_frames),
-            class_frames={t: add(self.class_frames.get(t, {}), other.class_frames.get(t, {})) for t in tasks},
+            bucket_clips=sum_counts(self.bucket_clips, other.bucket_clips),
+            bucket_frames=sum_counts(self.bucket_frames, other.bucket_frames),
+            class_frames={t: sum_counts(self.class_frames.get(t, {}), other.class_frames.get(t, {})) for t in tasks},
             accounting=self.accounting.merge(other.accounting),
             tracks=self.tracks + other.tracks,
             seconds=self.seconds + other.seconds,
@@ -151,21 +156,16 @@ def clip_summary(clip: ClipRecord, bucket: str, label_names: dict[str, list[str]
     """The statistics one written clip adds to its split (histograms count valid frames only)."""
     class_frames: dict[str, dict[str, int]] = {}
     if TASK_EXPRESSION in tasks:
-        names = label_names.get("expression", [])
-        hist: dict[str, int] = {}
-        for v in clip.expression[clip.expression != keys.EXPRESSION_INVALID].tolist():
-            name = names[v] if 0 <= v < len(names) else f"class_{v}"
-            hist[name] = hist.get(name, 0) + 1
-        class_frames[TASK_EXPRESSION] = hist
+        names = label_names.get(HEAD_EXPRESSION, [])
+        valid = clip.expression[clip.expression != keys.EXPRESSION_INVALID].tolist()
+        class_frames[TASK_EXPRESSION] = dict(collections.Counter(
+            names[v] if 0 <= v < len(names) else f"class_{v}" for v in valid))
     if TASK_VALENCE_AROUSAL in tasks:
-        hist = {}
         ok = (clip.valence_arousal != keys.VA_INVALID).all(axis=1)
-        for v, a in clip.valence_arousal[ok].tolist():
-            cell = va_cell(v, a)
-            hist[cell] = hist.get(cell, 0) + 1
-        class_frames[TASK_VALENCE_AROUSAL] = hist
+        class_frames[TASK_VALENCE_AROUSAL] = dict(collections.Counter(
+            va_cell(v, a) for v, a in clip.valence_arousal[ok].tolist()))
     if TASK_ACTION_UNITS in tasks and clip.action_units.shape[1]:
-        names = label_names.get("action_units", [])
+        names = label_names.get(HEAD_ACTION_UNITS, [])
         ok = (clip.action_units != keys.AU_INVALID).all(axis=1)
         positives = (clip.action_units[ok] == 1).sum(axis=0).tolist()
         class_frames[TASK_ACTION_UNITS] = {

@@ -19,60 +19,115 @@ Exit status: 0 on success, 1 when nothing could be written or the job failed, 2 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 
 from beam_jobs import faces as faces_lib
-from beam_jobs.progress import ProgressMonitor, media_key
-from beam_jobs.sources.base import DatasetSource
+from beam_jobs.sources.base import DatasetSource, Discovery
 from tfrecords_schema import DATASET_INFO_FILENAME, TASKS, DatasetInfo, join_path
 from tfrecords_schema.buckets import BUCKET_BY
+from tfrecords_schema.dataset_info import sum_counts
 
 DEFAULT_RUNNER = "DirectRunner"
+# Run-control flags: they do not shape the output, so dataset_info.json does not record them.
+NOT_RECORDED = ("overwrite", "progress_every", "allow_partial")
 
 
 class UsageError(ValueError):
-    """Bad command-line options."""
+    """Bad command-line options (exit status 2)."""
+
+
+class ConvertError(RuntimeError):
+    """The conversion could not run or write anything (exit status 1)."""
+
+
+def _defaults(cls) -> dict:
+    """Field defaults of a dataclass: the one place the conversion's defaults are written."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Adds the conversion's own options; returns their names (always recorded in dataset_info.json)."""
+    from beam_jobs.transforms import ConvertConfig
+
+    face, job = _defaults(faces_lib.FaceStageConfig), _defaults(ConvertConfig)
+    add = parser.add_argument
+    actions = [
+        add("--dataset", default="abaw", help="dataset adapter (default: abaw)"),
+        add("--videos", default=None, help="folder searched for the media files (optional with --cropped_aligned)"),
+        add("--annotations", default=None, help="annotation root folder (adapters that read annotation files)"),
+        add("--output", required=True, help="output folder (local path or gs://...)"),
+        add("--tasks", default="", help=f"comma-separated subset of {','.join(TASKS)} (default: all found)"),
+        add("--cropped_aligned", default=None, help="use the dataset's provided face crops from DIR"),
+        add("--crop_size", type=int, default=face["crop_size"],
+            help=f"side of the square face crops (default {face['crop_size']})"),
+        add("--clip_length", type=int, default=job["clip_length"],
+            help=f"frames per record (default {job['clip_length']})"),
+        add("--detector", default=face["detector"], help=f"face detector, one of {sorted(faces_lib.DETECTORS)}"),
+        add("--detect_every", type=int, default=face["detect_every"],
+            help=f"detect every N frames, hold the box between (default {face['detect_every']})"),
+        add("--max_hold", type=int, default=face["max_hold"],
+            help="frames a face box is held after a missed detection (default 2 x detect_every)"),
+        add("--detect_width", type=int, default=face["detect_width"],
+            help=f"width of the downscaled detection image (default {face['detect_width']})"),
+        add("--bucket_by", default=job["bucket_by"], help=f"rebalancing buckets, one of {list(BUCKET_BY)}"),
+        add("--min_shards", type=int, default=job["min_shards"],
+            help="least shards per shard set (>= training workers)"),
+        add("--shard_bytes", type=int, default=job["shard_bytes"],
+            help=f"target bytes per shard (default {job['shard_bytes'] >> 20} MiB)"),
+        add("--overwrite", action="store_true", help="replace an existing output folder"),
+        add("--progress_every", type=float, default=5.0, help="seconds between progress lines (0: off)"),
+    ]
+    return [a.dest for a in actions]
+
+
+def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """Options every adapter may read (recorded in dataset_info.json only when given)."""
+    add = parser.add_argument
+    add("--folds", type=int, default=None,
+        help="for data without official splits: subjects split into K folds by a stable hash of their id")
+    add("--fold", type=int, default=None, help="with --folds: the fold used as validation, 0..K-1")
+    add("--class_names", default=None, help="comma-separated expression class names, in label order")
+    add("--allow_partial", action="store_true",
+        help="convert even when some input folders could not be listed (what they hold is missing)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of the job's own options (Beam's options pass through unparsed).
 
+    Every registered adapter (``beam_jobs.sources.SOURCES``) adds its own options.
+
     Returns:
         A parser whose ``parse_known_args`` leaves the Beam pipeline options in its second value.
     """
+    from beam_jobs.sources import SOURCES
+
     parser = argparse.ArgumentParser(
         prog="beam_jobs.convert",
         description="Convert labelled face video to sharded TFRecord clips. Other flags are Beam pipeline "
         "options (--runner, --direct_num_workers, --direct_running_mode, --project, --region, "
         "--temp_location, --setup_file, ...).",
     )
-    parser.add_argument("--dataset", default="abaw", help="dataset adapter (default: abaw)")
-    parser.add_argument("--videos", default=None,
-                        help="folder searched for the media files (optional with --cropped_aligned)")
-    parser.add_argument("--annotations", required=True, help="annotation root folder")
-    parser.add_argument("--output", required=True, help="output folder (local path or gs://...)")
-    parser.add_argument("--tasks", default="", help=f"comma-separated subset of {','.join(TASKS)} (default: all found)")
-    parser.add_argument("--cropped_aligned", default=None, help="use the dataset's provided face crops from DIR")
-    parser.add_argument("--crop_size", type=int, default=112, help="side of the square face crops (default 112)")
-    parser.add_argument("--clip_length", type=int, default=64, help="frames per record (default 64)")
-    parser.add_argument("--detector", default="haar", help=f"face detector, one of {sorted(faces_lib.DETECTORS)}")
-    parser.add_argument("--detect_every", type=int, default=5, help="detect every N frames, hold the box between")
-    parser.add_argument("--max_hold", type=int, default=None,
-                        help="frames a face box is held after a missed detection (default 2 x detect_every)")
-    parser.add_argument("--detect_width", type=int, default=320, help="width of the downscaled detection image")
-    parser.add_argument("--bucket_by", default="expression", help=f"rebalancing buckets, one of {list(BUCKET_BY)}")
-    parser.add_argument("--min_shards", type=int, default=1, help="least shards per shard set (>= training workers)")
-    parser.add_argument("--shard_bytes", type=int, default=128 << 20, help="target bytes per shard (default 128 MiB)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--progress_every", type=float, default=5.0, help="seconds between progress lines (0: off)")
+    _add_job_options(parser)
+    _add_dataset_options(parser)
+    for source_class in SOURCES.values():
+        source_class.add_arguments(parser)
     return parser
 
 
-def _check(args: argparse.Namespace) -> list[str]:
-    if args.videos is None and args.cropped_aligned is None:
-        raise UsageError("give --videos (media to decode) or --cropped_aligned (provided crops), or both")
+def check_options(args: argparse.Namespace) -> list[str]:
+    """Checks the parsed options; returns the requested tasks (empty: every task found).
+
+    Raises:
+        UsageError: an unknown name or a value out of range; the message gives the valid ones.
+    """
+    from beam_jobs.sources import SOURCES
+    from beam_jobs.sources.folds import check_folds
+
+    if args.dataset not in SOURCES:
+        raise UsageError(f"unknown dataset {args.dataset!r}; valid datasets: {', '.join(sorted(SOURCES))}")
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else []
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -83,16 +138,36 @@ def _check(args: argparse.Namespace) -> list[str]:
         raise UsageError(f"unknown --bucket_by {args.bucket_by!r}; valid values: {list(BUCKET_BY)}")
     for name, low in (("crop_size", 8), ("clip_length", 1), ("detect_every", 1), ("detect_width", 32),
                       ("min_shards", 1), ("shard_bytes", 1), ("max_hold", 0)):
-        if getattr(args, name) is None:
-            continue
-        if getattr(args, name) < low:
-            raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise UsageError(f"--{name} must be >= {low}, got {value}")
+    try:
+        check_folds(args.folds, args.fold)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     return tasks
 
 
-def _prepare_output(output: str, overwrite: bool) -> None:
-    """Refuses an existing non-empty output unless --overwrite (and then only a conversion output)."""
+def recorded_options(args: argparse.Namespace, beam_args: list[str]) -> dict:
+    """The options dataset_info.json records: the job's own always, others (adapter, dataset) when given."""
+    always = set(_add_job_options(argparse.ArgumentParser()))
+    recorded = {k: v for k, v in vars(args).items()
+                if k not in NOT_RECORDED and (k in always or v not in (None, False))}
+    recorded["beam_args"] = list(beam_args)
+    return recorded
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuses an existing non-empty output unless --overwrite (and then only a conversion output).
+
+    Raises:
+        UsageError: the output is a file, holds something and ``overwrite`` is off, or is not ours.
+    """
     from apache_beam.io.filesystems import FileSystems
+
+    from beam_jobs.files import delete_tree
+    from beam_jobs.finalize import ERRORS_DIRNAME
+    from beam_jobs.transforms import TMP_DIRNAME
 
     if "://" not in output:
         if os.path.exists(output) and not os.path.isdir(output):
@@ -105,13 +180,14 @@ def _prepare_output(output: str, overwrite: bool) -> None:
     if not overwrite:
         raise UsageError(f"output {output} already exists and is not empty; pass --overwrite to replace it")
     names = {os.path.basename(e.rstrip("/")) for e in entries}
-    if not names & {DATASET_INFO_FILENAME, ".tmp-convert", "errors"}:
+    if not names & {DATASET_INFO_FILENAME, TMP_DIRNAME, ERRORS_DIRNAME}:
         raise UsageError(f"--overwrite refused: {output} does not look like a conversion output "
                          "(no dataset_info.json); delete it yourself")
-    FileSystems.delete([output if "://" not in output else output.rstrip("/") + "/"])
+    delete_tree(output)
 
 
-def _pipeline_options(beam_args: list[str]):
+def pipeline_options(beam_args: list[str]):
+    """Beam's pipeline options from the command line; locally, one worker process per core by default."""
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
     args = list(beam_args)
@@ -130,7 +206,7 @@ def _pipeline_options(beam_args: list[str]):
     return options
 
 
-def _opencv_threads(options) -> int:
+def opencv_threads(options) -> int:
     """1 when the DirectRunner runs one worker process per core (parallelism comes from Beam), else 0."""
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
@@ -162,18 +238,136 @@ def format_summary(info: DatasetInfo) -> str:
     return "\n".join(lines)
 
 
-def _read_info(output: str) -> DatasetInfo:
+def _setup(argv: list[str], source: DatasetSource | None):
+    """Parses and checks the options, builds the adapter and the pipeline options, prepares the output.
+
+    Raises:
+        UsageError: bad options (or the adapter refused them).
+    """
     from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(join_path(output, DATASET_INFO_FILENAME)) as f:
-        return DatasetInfo.from_json(f.read().decode("utf-8"))
+    from beam_jobs.sources import SOURCES
+
+    args, beam_args = build_parser().parse_known_args(argv)
+    tasks = check_options(args)
+    try:
+        if source is None:
+            source = SOURCES[args.dataset].from_args(args, tasks or None)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    options = pipeline_options(beam_args)
+    FileSystems.set_options(options)  # Credentials/endpoints of gs:// or s3:// outputs, here in the driver too.
+    prepare_output(args.output, args.overwrite)
+    return args, beam_args, tasks, source, options
 
 
-def _write_info(info: DatasetInfo, output: str, tmp_dir: str) -> None:
-    """Rewrites ``dataset_info.json`` atomically (temp file under ``tmp_dir``, then rename)."""
-    from beam_jobs.transforms import write_atomically
+def _discover(source: DatasetSource, args: argparse.Namespace) -> Discovery:
+    """Lists the tracks; refuses a run with none, or with unlisted input folders unless --allow_partial.
 
-    write_atomically(join_path(output, DATASET_INFO_FILENAME), info.to_json().encode("utf-8"), tmp_dir)
+    Raises:
+        ConvertError: the listing failed, found no track, or missed folders.
+    """
+    try:
+        discovery = source.discover()
+    except (ValueError, OSError) as e:
+        raise ConvertError(str(e)) from e
+    unlisted = list(getattr(discovery, "unlisted_folders", []) or [])
+    if unlisted and not args.allow_partial:
+        raise ConvertError(f"{len(unlisted)} input folder(s) could not be listed: {', '.join(unlisted)}; what they "
+                           "hold would be missing from the output (pass --allow_partial to convert the rest)")
+    if not discovery.tracks:
+        lines = [f"no annotated tracks found under {args.annotations}"]
+        lines += [f"  {d.reason}: {d.source}: {d.message}" for d in discovery.dead_letters]
+        raise ConvertError("\n".join(lines))
+    return discovery
+
+
+def make_config(args: argparse.Namespace, tasks: list[str], source: DatasetSource, discovery: Discovery, options):
+    """The workers' :class:`~beam_jobs.transforms.ConvertConfig` from the options and the discovery."""
+    from beam_jobs.transforms import ConvertConfig
+
+    out_tasks = tuple(t for t in TASKS if t in discovery.tasks and (not tasks or t in tasks))
+    return ConvertConfig(
+        dataset_name=source.name or args.dataset, output=args.output, label_names=discovery.label_names,
+        tasks=out_tasks, face=faces_lib.FaceStageConfig.from_dict(vars(args)), clip_length=args.clip_length,
+        bucket_by=args.bucket_by, min_shards=args.min_shards, shard_bytes=args.shard_bytes,
+        opencv_threads=opencv_threads(options),
+    )
+
+
+def _run_pipeline(source, config, discovery: Discovery, recorded: dict, options, progress_every: float) -> int:
+    """Runs ConvertTracks over the discovered tracks, printing progress; returns the worker processes seen.
+
+    Raises:
+        ConvertError: the pipeline failed.
+    """
+    import apache_beam as beam
+
+    from beam_jobs.finalize import dead_letter_dict
+    from beam_jobs.progress import ProgressMonitor, media_key
+    from beam_jobs.transforms import ConvertTracks
+
+    splits = sorted({t.split for t in discovery.tracks} | {d.split for d in discovery.split_drops})
+    media = [media_key(t) for t in discovery.tracks]
+    print(f"[convert] {len(discovery.tracks)} tracks ({len(set(media))} videos) in {splits}; "
+          f"tasks {list(config.tasks)}; output {config.output}", flush=True)
+    progress = ProgressMonitor(config.progress_dir, len(discovery.tracks), progress_every, media=media)
+    if progress_every > 0:
+        progress.start()
+    letters = [dead_letter_dict(d) for d in discovery.dead_letters]
+    try:
+        with beam.Pipeline(options=options) as p:
+            _ = (
+                p
+                | "CreateTracks" >> beam.Create(discovery.tracks)
+                | "ConvertTracks" >> ConvertTracks(
+                    source, config, splits, recorded, letters, discovery.unused_media, discovery.split_drops)
+            )
+    except Exception as e:
+        raise ConvertError(f"the pipeline failed: {type(e).__name__}: {e}") from e
+    finally:
+        if progress.is_alive():
+            progress.stop()
+            progress.join(timeout=5)
+            progress.report()  # The final count, whatever the polling missed.
+    return len(progress.poll()[2])
+
+
+def _finish(config, seconds: float, worker_processes: int) -> DatasetInfo:
+    """Adds the run's timing to the staged info, writes ``DIR/dataset_info.json`` once, removes the temp folder."""
+    from beam_jobs.files import delete_tree
+    from beam_jobs.finalize import load_dataset_info, save_dataset_info
+
+    info = load_dataset_info(config.tmp_dir)
+    written = sum(s.accounting.written_frames for s in info.splits.values())
+    info.run = {**info.run, "seconds": round(seconds, 3),
+                "frames_per_second": round(written / max(seconds, 1e-9), 2), "worker_processes": worker_processes}
+    save_dataset_info(info, config.output)
+    try:
+        delete_tree(config.tmp_dir)
+    except OSError as e:  # Beam's BeamIOError is one; the output is complete, a leftover temp folder is not fatal.
+        print(f"convert: warning: temp folder {config.tmp_dir} not removed: {e}", file=sys.stderr)
+    return info
+
+
+def _report(info: DatasetInfo, seconds: float, output: str) -> None:
+    """Prints the summary.
+
+    Raises:
+        ConvertError: the accounting does not add up, or nothing could be written.
+    """
+    from beam_jobs.finalize import DEAD_LETTERS_PATH
+
+    try:
+        info.check()
+    except ValueError as e:
+        raise ConvertError(str(e)) from e
+    print(f"[convert] done in {seconds:.1f} s ({info.run['tracks']} tracks in {info.run['worker_processes']} worker "
+          f"processes)\n{format_summary(info)}", flush=True)
+    if sum(s.num_clips for s in info.splits.values()) == 0:
+        reasons = sum_counts(*(s.accounting.dropped for s in info.splits.values()))
+        raise ConvertError(f"nothing could be written; dropped frames by reason: {reasons}; "
+                           f"see {join_path(output, DEAD_LETTERS_PATH)}")
 
 
 def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -> int:
@@ -181,103 +375,25 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
 
     Args:
         argv: Command-line arguments (default ``sys.argv[1:]``).
-        source: A ready dataset adapter (tests); default: built from ``--dataset``.
+        source: A ready dataset adapter (tests); default: built from ``--dataset`` and its options.
     """
-    parser = build_parser()
     try:
-        args, beam_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as e:
+        args, beam_args, tasks, source, options = _setup(sys.argv[1:] if argv is None else argv, source)
+    except SystemExit as e:  # argparse: --help, or a missing/unknown value (it printed why).
         return int(e.code or 0)
-    try:
-        tasks = _check(args)
-        if source is None:
-            from beam_jobs.sources import make_source
-
-            source = make_source(args.dataset, annotations=args.annotations, videos=args.videos,
-                                 tasks=tasks or None, cropped_aligned=args.cropped_aligned)
-        options = _pipeline_options(beam_args)
-        from apache_beam.io.filesystems import FileSystems
-
-        FileSystems.set_options(options)  # Credentials/endpoints of gs:// or s3:// outputs, here in the driver too.
-        _prepare_output(args.output, args.overwrite)
     except (UsageError, ValueError) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 2
-
-    import apache_beam as beam
-    from apache_beam.io.filesystems import FileSystems
-
-    from beam_jobs import transforms
-
     started = time.monotonic()
     try:
-        discovery = source.discover()
-    except (ValueError, OSError) as e:
+        discovery = _discover(source, args)
+        config = make_config(args, tasks, source, discovery, options)
+        workers = _run_pipeline(source, config, discovery, recorded_options(args, beam_args), options,
+                                args.progress_every)
+        seconds = time.monotonic() - started
+        _report(_finish(config, seconds, workers), seconds, args.output)
+    except ConvertError as e:
         print(f"convert: error: {e}", file=sys.stderr)
-        return 1
-    letters = [transforms.dead_letter_dict(d) for d in discovery.dead_letters]
-    if not discovery.tracks:
-        print(f"convert: error: no annotated tracks found under {args.annotations}", file=sys.stderr)
-        for d in letters:
-            print(f"  {d['reason']}: {d['source']}: {d['message']}", file=sys.stderr)
-        return 1
-    out_tasks = tuple(t for t in TASKS if t in discovery.tasks and (not tasks or t in tasks))
-    config = transforms.ConvertConfig(
-        dataset_name=source.name or args.dataset, output=args.output, label_names=discovery.label_names,
-        tasks=out_tasks, crop_size=args.crop_size, clip_length=args.clip_length, detector=args.detector,
-        detect_every=args.detect_every, detect_width=args.detect_width, max_hold=args.max_hold, bucket_by=args.bucket_by,
-        min_shards=args.min_shards, shard_bytes=args.shard_bytes, opencv_threads=_opencv_threads(options),
-    )
-    recorded = {k: v for k, v in vars(args).items() if k not in ("overwrite", "progress_every")}
-    recorded["beam_args"] = list(beam_args)
-    splits = sorted({t.split for t in discovery.tracks} | {d.split for d in discovery.split_drops})
-    media = [media_key(t) for t in discovery.tracks]
-    print(f"[convert] {len(discovery.tracks)} tracks ({len(set(media))} videos) in {splits}; "
-          f"tasks {list(out_tasks)}; output {args.output}", flush=True)
-    progress = ProgressMonitor(config.progress_dir, len(discovery.tracks), args.progress_every, media=media)
-    if args.progress_every > 0:
-        progress.start()
-    try:
-        with beam.Pipeline(options=options) as p:
-            _ = (
-                p
-                | "CreateTracks" >> beam.Create(discovery.tracks)
-                | "ConvertTracks" >> transforms.ConvertTracks(
-                    source, config, splits, recorded, letters, discovery.unused_media, discovery.split_drops)
-            )
-    except Exception as e:  # noqa: BLE001 - any pipeline failure is reported and turns into exit status 1.
-        print(f"convert: error: the pipeline failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if progress.is_alive():
-            progress.stop()
-            progress.join(timeout=5)
-            progress.report()  # The final count, whatever the polling missed.
-    seconds = time.monotonic() - started
-    info = _read_info(args.output)
-    written = sum(s.accounting.written_frames for s in info.splits.values())
-    _, _, pids = progress.poll()
-    info.run = {**info.run, "seconds": round(seconds, 3),
-                "frames_per_second": round(written / max(seconds, 1e-9), 2), "worker_processes": len(pids)}
-    _write_info(info, args.output, config.tmp_dir)
-    try:
-        FileSystems.delete([config.tmp_dir if "://" not in config.tmp_dir else config.tmp_dir + "/"])
-    except Exception:  # noqa: BLE001 - the temp folder may already be gone.
-        pass
-    try:
-        info.check()
-    except ValueError as e:
-        print(f"convert: error: {e}", file=sys.stderr)
-        return 1
-    print(f"[convert] done in {seconds:.1f} s ({info.run['tracks']} tracks in {len(pids)} worker processes)\n"
-          f"{format_summary(info)}", flush=True)
-    if sum(s.num_clips for s in info.splits.values()) == 0:
-        reasons = {}
-        for s in info.splits.values():
-            for k, v in s.accounting.dropped.items():
-                reasons[k] = reasons.get(k, 0) + v
-        print(f"convert: error: nothing could be written; dropped frames by reason: {reasons}; "
-              f"see {join_path(args.output, 'errors', 'dead_letters.jsonl')}", file=sys.stderr)
         return 1
     return 0
 

@@ -14,7 +14,15 @@ import argparse
 import json
 import sys
 
-from tfrecords_schema import DatasetInfo, DatasetInfoError, join_path, keys, read_dataset_info
+from tfrecords_schema import (
+    TASK_ACTION_UNITS,
+    TASK_EXPRESSION,
+    DatasetInfo,
+    DatasetInfoError,
+    join_path,
+    keys,
+    read_dataset_info,
+)
 
 _MAX_DEAD_LETTERS_SHOWN = 10
 
@@ -44,9 +52,9 @@ def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None) -
         lines += [
             "",
             f"[{split}] {s.num_clips} clips, {s.num_frames} frames, {len(s.shards)} shards",
-            f"  accounting ({status}): labelled {a.labelled_frames} = written with face "
-            f"{a.written_frames_with_face} + without face {a.written_frames_without_face} + dropped "
-            f"{a.dropped_frames}",
+            (f"  accounting ({status}): labelled {a.labelled_frames} = written with face "
+             f"{a.written_frames_with_face} + without face {a.written_frames_without_face} + dropped "
+             f"{a.dropped_frames}"),
         ]
         for reason, count in sorted(a.dropped.items()):
             lines.append(f"    dropped {reason}: {count}")
@@ -60,12 +68,13 @@ def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None) -
                 continue
             total = sum(hist.values()) or 1
             lines.append(f"  {task} frames per class:")
-            order = {"expr": info.expression_names, "au": info.action_unit_names}.get(task, [])
+            order = {TASK_EXPRESSION: info.expression_names, TASK_ACTION_UNITS: info.action_unit_names}.get(task, [])
             names = [n for n in order if n in hist] + sorted(n for n in hist if n not in order)
             lines += _table([(name, hist[name], f"{100.0 * hist[name] / total:.1f}%") for name in names])
     failures = info.failures or {}
-    lines += ["", f"failures: {failures.get('dead_letters', 0)} dead letters "
-              f"{json.dumps(failures.get('by_reason', {}), sort_keys=True)} in {', '.join(failures.get('files', []))}"]
+    by_reason = json.dumps(failures.get("by_reason", {}), sort_keys=True)
+    files = ", ".join(failures.get("files", []))
+    lines += ["", f"failures: {failures.get('dead_letters', 0)} dead letters {by_reason} in {files}"]
     for line in (dead_letter_lines or [])[:_MAX_DEAD_LETTERS_SHOWN]:
         lines.append(f"  {line}")
     if dead_letter_lines and len(dead_letter_lines) > _MAX_DEAD_LETTERS_SHOWN:
@@ -116,7 +125,7 @@ def verify(data_dir: str, info: DatasetInfo) -> list[str]:
         listed = set()
         for shard in s.shards:
             path = join_path(data_dir, shard.path)
-            listed.add(shard.path.split("/")[-1])
+            listed.add(shard.basename)
             if not tf.io.gfile.exists(path):
                 problems.append(f"{shard.path}: missing")
                 continue

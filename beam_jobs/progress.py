@@ -1,4 +1,5 @@
-"""Progress of a running conversion, across worker processes: markers written by workers, polled by the driver.
+"""Progress of a running conversion, across worker processes: markers written by workers, polled by the driver;
+and the job's Beam counters (:func:`counter`).
 
 Each finished track leaves a tiny JSON marker under ``<output>/.tmp-convert/progress/``
 (through Beam's ``FileSystems``, so it works with multi_processing workers and on
@@ -17,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -26,10 +28,19 @@ import threading
 import time
 
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
+from beam_jobs import files
 from tfrecords_schema import join_path
 
 _LOG = logging.getLogger(__name__)
+
+METRICS_NAMESPACE = "affectstream"  # Namespace of every Beam counter of the job.
+
+
+def counter(name: str):
+    """The job's Beam counter ``name`` (e.g. ``dropped_no_media``, ``clips_written``)."""
+    return Metrics.counter(METRICS_NAMESPACE, name)
 
 
 def media_key(track) -> str:
@@ -56,12 +67,8 @@ def write_marker(progress_dir: str, track_id: str, labelled: int, written: int, 
     name = hashlib.sha1(track_id.encode("utf-8")).hexdigest() + ".json"
     body = {"track": track_id, "labelled": int(labelled), "written": int(written),
             "seconds": round(seconds, 3), "pid": os.getpid(), "media": media}
-    path = join_path(progress_dir, name)
     try:
-        if "://" not in path:
-            os.makedirs(progress_dir, exist_ok=True)
-        with FileSystems.create(path) as f:
-            f.write(json.dumps(body).encode("utf-8"))
+        files.write_bytes(join_path(progress_dir, name), json.dumps(body).encode("utf-8"))
     except OSError as e:
         _LOG.debug("progress marker not written: %s", e)
 
@@ -82,9 +89,7 @@ class ProgressMonitor(threading.Thread):
         super().__init__(daemon=True)
         self._dir = progress_dir
         self._total = total
-        self._media_tracks: dict[str, int] = {}
-        for key in media or []:
-            self._media_tracks[key] = self._media_tracks.get(key, 0) + 1
+        self._media_tracks = collections.Counter(media or [])
         self._videos_done = 0
         self._every = every
         self._out = out
@@ -95,7 +100,7 @@ class ProgressMonitor(threading.Thread):
     def poll(self) -> tuple[int, int, set]:
         """(tracks done, labelled frames in them, worker process ids) from the markers."""
         done, frames, pids = 0, 0, set()
-        media_done: dict[str, int] = {}
+        media_done: collections.Counter = collections.Counter()
         try:
             metadata = FileSystems.match([join_path(self._dir, "*.json")])[0].metadata_list
         except Exception:  # noqa: BLE001 - the folder may not exist yet or be gone already.
@@ -108,10 +113,9 @@ class ProgressMonitor(threading.Thread):
                 continue
             frames += int(marker.get("labelled", 0))
             pids.add(marker.get("pid"))
-            key = marker.get("media", "")
-            media_done[key] = media_done.get(key, 0) + 1
+            media_done[marker.get("media", "")] += 1
             done += 1
-        self._videos_done = sum(1 for key, n in self._media_tracks.items() if media_done.get(key, 0) >= n)
+        self._videos_done = sum(1 for key, n in self._media_tracks.items() if media_done[key] >= n)
         return done, frames, pids
 
     def report(self, force: bool = False) -> None:

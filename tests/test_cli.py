@@ -1,9 +1,22 @@
 """The `affectstream` command dispatches to the jobs and lists what is valid."""
 
+import contextlib
+import dataclasses
+import io
+import json
 import subprocess
 import sys
+from typing import ClassVar
+
+import abaw_layout as abaw
+import conversion_fixtures as cf
+import pytest
 
 from affectstream import cli
+from beam_jobs import convert, faces
+from beam_jobs.sources import SOURCES
+from beam_jobs.sources.abaw import AbawSource
+from beam_jobs.transforms import ConvertConfig
 
 
 def test_unknown_command_lists_valid_commands(capsys):
@@ -22,7 +35,111 @@ def test_help_lists_every_command(capsys):
 def test_console_script_runs_make_demo_data(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "affectstream.cli", "make-demo-data", str(tmp_path), "--frames_per_video", "60"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "19 videos" in result.stdout
+
+
+# --- the conversion's command line -------------------------------------------------------------------
+
+LOCAL = ["--runner", "DirectRunner", "--direct_running_mode", "in_memory", "--progress_every", "0"]
+# The options a conversion recorded before adapters could add their own: outputs keep these bytes.
+RECORDED = {"annotations", "beam_args", "bucket_by", "clip_length", "crop_size", "cropped_aligned", "dataset",
+            "detect_every", "detect_width", "detector", "max_hold", "min_shards", "output", "shard_bytes", "tasks",
+            "videos"}
+
+
+def _convert(argv, source=None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = convert.run([str(a) for a in argv], source=source)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def crops_dataset(tmp_path):
+    """One train track of provided crops: converts without decoding any video."""
+    ann, crops = tmp_path / "annotations", tmp_path / "crops"
+    abaw.write_annotation(ann, "expr", "train", "c1", [4, 4, 1])
+    cf.write_crops(crops / "c1", {1: None, 2: None, 3: None})
+    return ["--annotations", ann, "--cropped_aligned", crops]
+
+
+def test_convert_help_lists_the_common_dataset_options_and_defaults_from_the_configs(capsys):
+    assert cli.main(["convert", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--folds", "--fold", "--class_names", "--allow_partial", "--annotations"):
+        assert flag in out
+    face, job = faces.FaceStageConfig(), ConvertConfig("", "", {}, ())
+    args, _ = convert.build_parser().parse_known_args(["--output", "o"])
+    assert (args.crop_size, args.detector, args.detect_every, args.detect_width, args.max_hold) == (
+        face.crop_size, face.detector, face.detect_every, face.detect_width, face.max_hold)
+    assert (args.clip_length, args.bucket_by, args.min_shards, args.shard_bytes) == (
+        job.clip_length, job.bucket_by, job.min_shards, job.shard_bytes)
+    assert faces.FaceStageConfig.from_dict(vars(args)) == face  # How the conversion builds its face stage.
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--dataset", "nope"], "valid datasets: abaw"),
+    (["--videos", "v"], "--annotations"),  # The ABAW adapter reads annotation files...
+    (["--annotations", "a"], "needs --videos or --cropped_aligned"),  # ...and media or provided crops.
+    (["--videos", "v", "--folds", "5"], "--folds K and --fold I go together"),
+    (["--videos", "v", "--folds", "5", "--fold", "5"], "--fold must be an integer in [0, 5)"),
+    (["--videos", "v", "--folds", "1", "--fold", "0"], "--folds must be an integer >= 2"),
+])
+def test_bad_conversion_options_exit_2_with_the_reason(tmp_path, argv, expected):
+    rc, _, err = _convert(["--output", tmp_path / "o", *argv, *LOCAL])
+    assert rc == 2 and expected in err, err
+    assert not (tmp_path / "o").exists()
+
+
+class _HookedSource(AbawSource):
+    """The ABAW adapter with an option of its own, added to the command line through the hook."""
+
+    seen: ClassVar[dict] = {}
+
+    @classmethod
+    def add_arguments(cls, parser):
+        parser.add_argument("--subject_pattern", default=None, help="(test adapter)")
+
+    @classmethod
+    def from_args(cls, args, tasks):
+        cls.seen = {"subject_pattern": args.subject_pattern, "class_names": args.class_names, "tasks": tasks}
+        return super().from_args(args, tasks)
+
+
+def test_adapters_add_their_options_and_build_themselves_from_them(tmp_path, monkeypatch, crops_dataset):
+    monkeypatch.setitem(SOURCES, "hooked", _HookedSource)
+    rc, _, err = _convert(["--dataset", "hooked", "--subject_pattern", "s*", "--class_names", "A,B", "--tasks",
+                           "expr", "--output", tmp_path / "out", *crops_dataset, *LOCAL])
+    assert rc == 0, err
+    assert _HookedSource.seen == {"subject_pattern": "s*", "class_names": "A,B", "tasks": ["expr"]}
+    options = json.loads((tmp_path / "out" / "dataset_info.json").read_text())["options"]
+    assert options["subject_pattern"] == "s*" and options["class_names"] == "A,B"  # Given: recorded.
+    assert set(options) == RECORDED | {"subject_pattern", "class_names"}
+
+
+def test_options_not_given_are_not_recorded_so_outputs_keep_their_bytes(tmp_path, crops_dataset):
+    rc, _, err = _convert(["--output", tmp_path / "out", *crops_dataset, *LOCAL])
+    assert rc == 0, err
+    options = json.loads((tmp_path / "out" / "dataset_info.json").read_text())["options"]
+    assert set(options) == RECORDED
+    assert options["max_hold"] is None and options["videos"] is None  # The job's own options: always.
+
+
+class _PartlyListedSource(AbawSource):
+    """The ABAW adapter reporting an input folder it could not list."""
+
+    def discover(self):
+        return dataclasses.replace(super().discover(), unlisted_folders=["/data/locked"])
+
+
+def test_unlisted_input_folders_fail_the_run_unless_partial_input_is_allowed(tmp_path, crops_dataset):
+    source = _PartlyListedSource(str(crops_dataset[1]), cropped_aligned=str(crops_dataset[3]))
+    rc, _, err = _convert(["--output", tmp_path / "out", *crops_dataset, *LOCAL], source=source)
+    assert rc == 1 and "/data/locked" in err and "--allow_partial" in err
+    assert not (tmp_path / "out" / "dataset_info.json").exists()
+    rc, _, err = _convert(["--output", tmp_path / "out2", "--allow_partial", *crops_dataset, *LOCAL], source=source)
+    assert rc == 0, err
+    assert "allow_partial" not in json.loads((tmp_path / "out2" / "dataset_info.json").read_text())["options"]

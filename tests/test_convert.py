@@ -8,13 +8,13 @@ import json
 import os
 import pathlib
 
+import abaw_layout as abaw
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import abaw_layout as abaw
 import video_fixtures as vf
-from beam_jobs import convert, transforms
+
+from beam_jobs import convert, faces, finalize, shards, spill, transforms
 from beam_jobs.sources import make_source
 from tfrecords_schema import decode_clip, keys, read_dataset_info
 
@@ -174,7 +174,7 @@ def test_prints_progress_and_a_summary_per_split(converted):
 
 
 def test_two_runs_write_identical_shards_also_with_parallel_workers(converted, tmp_path):
-    rc, out, err = run_convert(converted["ann"], converted["videos"], tmp_path / "again",
+    rc, _, err = run_convert(converted["ann"], converted["videos"], tmp_path / "again",
                                "--direct_running_mode", "multi_processing", "--direct_num_workers", "2")
     assert rc == 0, err
     assert read_dataset_info(str(tmp_path / "again")).run["worker_processes"] == 2  # Really in parallel.
@@ -220,7 +220,7 @@ def test_min_shards_gives_a_full_shard_set_even_when_some_are_empty(converted, t
 
 
 def test_bad_options_exit_2_with_the_valid_values(converted, tmp_path):
-    for flag, value, expected in (("--detector", "mtcnn", "valid detectors: ['haar']"),
+    for flag, value, expected in (("--detector", "nosuch", f"valid detectors: {sorted(faces.DETECTORS)}"),
                                   ("--bucket_by", "colour", "valid values: ['expression', 'va_grid', 'none']"),
                                   ("--tasks", "expr,pose", "valid tasks"),
                                   ("--clip_length", "0", "--clip_length must be >= 1")):
@@ -233,16 +233,16 @@ def test_default_local_runner_uses_one_worker_process_per_core(monkeypatch):
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    options = convert._pipeline_options([])
+    options = convert.pipeline_options([])
     assert options.view_as(StandardOptions).runner == "DirectRunner"
     assert options.view_as(DirectOptions).direct_running_mode == "multi_processing"
     assert options.view_as(DirectOptions).direct_num_workers == 4
-    assert convert._opencv_threads(options) == 1  # Parallelism comes from the worker processes.
-    one = convert._pipeline_options(["--direct_num_workers", "1"])
+    assert convert.opencv_threads(options) == 1  # Parallelism comes from the worker processes.
+    one = convert.pipeline_options(["--direct_num_workers", "1"])
     assert one.view_as(DirectOptions).direct_running_mode == "in_memory"
-    chosen = convert._pipeline_options(["--direct_running_mode", "in_memory"])
+    chosen = convert.pipeline_options(["--direct_running_mode", "in_memory"])
     assert chosen.view_as(DirectOptions).direct_running_mode == "in_memory"
-    assert convert._opencv_threads(chosen) == 0
+    assert convert.opencv_threads(chosen) == 0
 
 
 def test_dofns_survive_pickling_and_still_work(converted):
@@ -252,12 +252,12 @@ def test_dofns_survive_pickling_and_still_work(converted):
     discovery = source.discover()
     config = transforms.ConvertConfig(dataset_name="abaw", output=str(converted["root"] / "pickled"),
                                       label_names=discovery.label_names, tasks=tuple(discovery.tasks),
-                                      clip_length=4, detect_every=1)
-    fns = [transforms.ReadLabelsFn(source), transforms.DecodeAndCropFn(config), transforms.EncodeClipsFn(config),
-           transforms.AssignShardFn(config), transforms.WriteShardFn(config),
-           transforms.CountUnreadableLabelsFn(config), transforms.CompleteShardSetsFn(config),
-           transforms.BuildDatasetInfoFn(config, ["train"], {}, []), transforms.FinalizeShardsFn(config),
-           transforms.WriteDeadLettersFn(config), transforms.WriteDatasetInfoFn(config)]
+                                      clip_length=4, face=faces.FaceStageConfig(detect_every=1))
+    fns = [transforms.ReadLabelsFn(source), transforms.DecodeAndCropFn(config), spill.EncodeClipsFn(config),
+           shards.AssignShardFn(config), shards.WriteShardFn(config),
+           transforms.CountUnreadableLabelsFn(source, config), shards.CompleteShardSetsFn(config),
+           finalize.BuildDatasetInfoFn(config, ["train"], {}, []), shards.FinalizeShardsFn(config),
+           finalize.WriteDeadLettersFn(config), finalize.StageDatasetInfoFn(config)]
     read, decode = [pickler.loads(pickler.dumps(fn)) for fn in fns][:2]
     for fn in fns[2:]:
         assert type(pickler.loads(pickler.dumps(fn))) is type(fn)
@@ -316,25 +316,24 @@ def test_output_and_media_on_an_object_store_go_through_beam_filesystems(tmp_pat
         assert [index for index, _, _ in video.frames()] == [1, 2, 3, 4, 5]
 
 
-def test_writing_the_dataset_info_replaces_the_file_atomically_and_leaves_no_temp_file(converted, tmp_path):
+def test_the_dataset_info_is_written_once_atomically_and_leaves_no_temp_file(converted, tmp_path):
     out = tmp_path / "out"
     rc, _, err = run_convert(converted["ann"], converted["videos"], out)
     assert rc == 0, err
+    assert not [p for p in out.rglob("*") if ".incomplete-" in p.name]  # No temporary name left anywhere.
     info_file = out / "dataset_info.json"
     snapshot = tmp_path / "snapshot.json"
     os.link(info_file, snapshot)  # A second name for the file's current inode.
     before = snapshot.read_bytes()
     info = read_dataset_info(str(out))
     info.run = {**info.run, "seconds": 123.0}
-    (out / ".tmp-convert").mkdir()
-    convert._write_info(info, str(out), str(out / ".tmp-convert"))
+    assert finalize.save_dataset_info(info, str(out)) == str(info_file)
     # Written under a new name and renamed over the old one: the old inode is untouched...
     assert snapshot.read_bytes() == before
     assert os.stat(info_file).st_ino != os.stat(snapshot).st_ino
     # ...and the new file is complete, with no temp file left beside it.
-    assert read_dataset_info(str(out)).run["seconds"] == 123.0
-    assert os.listdir(out / ".tmp-convert") == []
-    assert sorted(os.listdir(out)) == [".tmp-convert", "dataset_info.json", "errors", "train", "validation"]
+    assert finalize.load_dataset_info(str(out)).run["seconds"] == 123.0
+    assert sorted(os.listdir(out)) == ["dataset_info.json", "errors", "train", "validation"]
 
 
 def _spill(tmp_path, n_files: int, per_file: int) -> tuple[list, list[bytes]]:
@@ -353,7 +352,7 @@ def _spill(tmp_path, n_files: int, per_file: int) -> tuple[list, list[bytes]]:
     for j in range(per_file):  # Round robin over the files: the worst order for open handles.
         for i in range(n_files):
             path, offset, data = files[i][j]
-            records.append(transforms.SpilledRecord("train", None, f"id{i}-{j}", path, offset, len(data), 1))
+            records.append(spill.SpilledRecord("train", None, f"id{i}-{j}", path, offset, len(data), 1))
             expected.append(data)
     return records, expected
 
@@ -367,11 +366,11 @@ def test_reading_spilled_records_keeps_few_spill_files_open(tmp_path):
     records, expected = _spill(tmp_path, n_files=24, per_file=3)
     baseline = _open_fds()
     most, got = 0, []
-    for data in transforms._read_spilled(records, max_open=4):
+    for data in spill.read_spilled(records, max_open=4):
         most = max(most, _open_fds() - baseline)
         got.append(data)
     assert got == expected  # Same bytes, same order, re-opening evicted files as needed.
     assert most <= 4
     assert _open_fds() == baseline  # All closed at the end.
     with pytest.raises(ValueError, match="max_open must be >= 1"):
-        list(transforms._read_spilled(records, max_open=0))
+        spill.read_spilled(records, max_open=0)

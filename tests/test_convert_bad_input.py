@@ -7,13 +7,13 @@ import io
 import json
 import pathlib
 
+import abaw_layout as abaw
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import abaw_layout as abaw
 import video_fixtures as vf
+
 from beam_jobs import convert, faces
 from beam_jobs.sources.abaw import AbawSource
 from tfrecords_schema import decode_clip, read_dataset_info
@@ -285,15 +285,15 @@ def test_an_adapter_exception_becomes_a_dead_letter_and_the_job_goes_on(tmp_path
 
 
 def test_lines_of_a_failed_track_in_a_multi_task_file_are_counted_for_its_subject_only(tmp_path):
-    from beam_jobs.transforms import annotation_line_count
-
     rows = [("m1", 1, (0.1, 0.2), 3, [0] * 12), ("m2", 1, (0.1, 0.2), 3, [0] * 12),
             ("m1", 2, (0.1, 0.2), 3, [0] * 12), ("m1", 5, (0.1, 0.2), 3, [0] * 12)]
     abaw.write_mtl(tmp_path / "ann", "train", rows)
     (tmp_path / "videos").mkdir()
-    tracks = {t.media_id: t for t in AbawSource(str(tmp_path / "ann"), str(tmp_path / "videos")).discover().tracks}
-    assert annotation_line_count(tracks["m1"]) == (3, [])
-    assert annotation_line_count(tracks["m2"]) == (1, [])
+    source = AbawSource(str(tmp_path / "ann"), str(tmp_path / "videos"))
+    tracks = {t.media_id: t for t in source.discover().tracks}
+    # What CountUnreadableLabels records for a track whose labels the adapter failed to read.
+    assert source.count_labelled_lines(tracks["m1"]) == (3, [])
+    assert source.count_labelled_lines(tracks["m2"]) == (1, [])
 
 
 def test_multi_task_rows_without_an_image_name_count_as_dropped_in_their_split(tmp_path):

@@ -8,17 +8,24 @@ be copied to `gs://` or `s3://` unchanged.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
 import posixpath
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from tfrecords_schema.tasks import TASK_ACTION_UNITS, TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASKS  # noqa: F401 (re-exported)
 from tfrecords_schema.version import SCHEMA_VERSION
 
 DATASET_INFO_FILENAME = "dataset_info.json"
+
+# Keys of ``DatasetInfo.run`` that measure the run rather than describe the data: they differ between
+# two conversions of the same input with the same options. Everything else in the file is the same
+# byte for byte (compare or fingerprint outputs without these).
+RUN_TIMING_FIELDS = ("seconds", "frames_per_second", "worker_seconds", "worker_processes")
 
 
 # Splits a conversion can write.
@@ -48,6 +55,16 @@ class ShardInfo:
     num_records: int
     num_frames: int
     num_bytes: int
+
+    @property
+    def split(self) -> str:
+        """The split folder the shard is in (the first part of :attr:`path`)."""
+        return self.path.split("/", 1)[0]
+
+    @property
+    def basename(self) -> str:
+        """The shard file name (see :func:`shard_basename` and :func:`parse_shard_basename`)."""
+        return self.path.rsplit("/", 1)[-1]
 
 
 @dataclasses.dataclass
@@ -88,16 +105,25 @@ class Accounting:
                 f" + dropped {self.dropped_frames} {dict(sorted(self.dropped.items()))}"
             )
 
-    def merge(self, other: "Accounting") -> "Accounting":
-        dropped = dict(self.dropped)
-        for reason, count in other.dropped.items():
-            dropped[reason] = dropped.get(reason, 0) + count
+    def merge(self, other: Accounting) -> Accounting:
         return Accounting(
             self.labelled_frames + other.labelled_frames,
             self.written_frames_with_face + other.written_frames_with_face,
             self.written_frames_without_face + other.written_frames_without_face,
-            dropped,
+            sum_counts(self.dropped, other.dropped),
         )
+
+
+def sum_counts(*counts: Mapping[str, int]) -> dict[str, int]:
+    """``{name: count}`` mappings added key by key (the one merge of every count in the project).
+
+    Unlike ``Counter.__add__``, keys whose sum is 0 are kept, so a count recorded as 0 stays in
+    the output.
+    """
+    total: collections.Counter = collections.Counter()
+    for c in counts:
+        total.update(c)
+    return dict(total)
 
 
 @dataclasses.dataclass
@@ -144,7 +170,12 @@ class DatasetInfo:
         options: The conversion options used.
         failures: ``{"dead_letters": n, "by_reason": {...}, "files": [...]}``.
         unused_media: Media files under ``--videos`` with no annotation.
-        run: Timing of the run (``{"seconds": ..., "frames_per_second": ...}``).
+        run: The run: ``tracks`` (subject tracks finished) and the timing fields
+            :data:`RUN_TIMING_FIELDS`: ``seconds`` (wall time of the conversion in the driver),
+            ``frames_per_second`` (labelled frames written per wall second), ``worker_seconds``
+            (worker time spent decoding and cropping, summed over tracks) and ``worker_processes``
+            (processes that converted tracks). Only the timing fields differ between two runs of
+            the same input and options.
         schema_version: Version of the records and of this file.
     """
 
@@ -184,7 +215,7 @@ class DatasetInfo:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str = "dataset_info.json") -> "DatasetInfo":
+    def from_json(cls, text: str, source: str = "dataset_info.json") -> DatasetInfo:
         """Parses and validates JSON text.
 
         Every field is checked: its type (strings, integers >= 0, lists of strings), the shape of the
@@ -214,7 +245,7 @@ class DatasetInfo:
         return cls._from_raw(raw, source)
 
     @classmethod
-    def _from_raw(cls, raw: dict, source: str) -> "DatasetInfo":
+    def _from_raw(cls, raw: dict, source: str) -> DatasetInfo:
         """Builds a DatasetInfo from parsed JSON, checking every field's type and nested shape."""
         fields = {f.name for f in dataclasses.fields(cls)}
         _check_keys(raw, fields, set(fields) - _OPTIONAL_INFO_FIELDS, source, "")
@@ -349,9 +380,64 @@ def bucket_token(name: str) -> str:
 
 
 def shard_basename(prefix: str, split: str, bucket: str | None, index: int, num_shards: int) -> str:
-    """``<prefix>-<split>[-<bucket>].tfrecord-SSSSS-of-NNNNN`` (TFDS style)."""
+    """``<prefix>-<split>[-<bucket>].tfrecord-SSSSS-of-NNNNN`` (TFDS style); :func:`parse_shard_basename` reads it."""
     stem = f"{prefix}-{split}" + (f"-{bucket_token(bucket)}" if bucket is not None else "")
     return f"{stem}.tfrecord-{index:05d}-of-{num_shards:05d}"
+
+
+class ShardName(NamedTuple):
+    """The parts of a shard file name (see :func:`shard_basename`).
+
+    Attributes:
+        prefix: The dataset name.
+        split: The split.
+        bucket_token: The file-safe bucket token (:func:`bucket_token`), None for an unbucketed set.
+        index: The shard's index in its set.
+        num_shards: Shards in the set.
+    """
+
+    prefix: str
+    split: str
+    bucket_token: str | None
+    index: int
+    num_shards: int
+
+
+_SHARD_NAME = re.compile(r"^(?P<stem>.+)\.tfrecord-(?P<index>\d{5,})-of-(?P<num_shards>\d{5,})$")
+
+
+def parse_shard_basename(name: str, prefix: str | None = None) -> ShardName:
+    """The inverse of :func:`shard_basename`: ``shard_basename(*parse_shard_basename(n)) == n``.
+
+    Split names and bucket tokens hold no ``-``; a prefix may, when it is given.
+
+    Args:
+        name: A shard file name (no folder).
+        prefix: The dataset name, when known; without it the prefix is the text before the first ``-``.
+
+    Raises:
+        ValueError: ``name`` is not a shard name (of ``prefix``), or its index is not below its count.
+    """
+    match = _SHARD_NAME.match(name)
+    stem = match.group("stem") if match else ""
+    if prefix is not None:
+        if not stem.startswith(prefix + "-"):
+            raise ValueError(f"{name!r} is not a shard name of {prefix!r}")
+        parts = [prefix] + stem[len(prefix) + 1:].split("-")
+    else:
+        parts = stem.split("-")
+    if not match or len(parts) not in (2, 3):
+        raise ValueError(f"{name!r} is not a shard name <prefix>-<split>[-<bucket>].tfrecord-SSSSS-of-NNNNN")
+    parsed = ShardName(parts[0], parts[1], parts[2] if len(parts) == 3 else None,
+                       int(match.group("index")), int(match.group("num_shards")))
+    if parsed.index >= parsed.num_shards or shard_basename(*parsed) != name:
+        raise ValueError(f"{name!r} is not a well-formed shard name (index {parsed.index} of {parsed.num_shards})")
+    return parsed
+
+
+def shard_path(split: str, basename: str) -> str:
+    """A shard's path relative to the dataset root, as :attr:`ShardInfo.path` holds it."""
+    return f"{split}/{basename}"
 
 
 def join_path(root: str, *parts: str) -> str:
@@ -384,10 +470,11 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
 
 
 def write_dataset_info(info: DatasetInfo, data_dir: str) -> str:
-    """Writes ``info`` to ``<data_dir>/dataset_info.json`` with tf.io.gfile; returns the path."""
-    import tensorflow as tf
+    """Writes ``info`` to ``<data_dir>/dataset_info.json`` atomically with tf.io.gfile; returns the path.
 
-    path = info_path(data_dir)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(info.to_json())
-    return path
+    For tools and tests on the TensorFlow side; the conversion writes its file through Beam's file
+    systems (``beam_jobs.finalize.save_dataset_info``), which carry the job's storage options.
+    """
+    from tfrecords_schema.atomic import write_atomically
+
+    return write_atomically(info_path(data_dir), info.to_json())

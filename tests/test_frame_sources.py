@@ -1,0 +1,57 @@
+"""The two frame sources of a track, without Beam: provided crops and a tiny decoded video."""
+
+from __future__ import annotations
+
+import abaw_layout as abaw
+import conversion_fixtures as cf
+import numpy as np
+import pytest
+import video_fixtures as vf
+
+from beam_jobs import faces, frame_sources
+from beam_jobs.video import VideoError
+
+FACE = faces.FaceStageConfig(crop_size=16, detect_every=1, max_hold=0)
+
+
+def _source(track, labels, clip_length=4):
+    config = cf.config("/unused", face=FACE, clip_length=clip_length)
+    return frame_sources.open_frame_source(track, labels, FACE, clip_length, "abaw", config.bucketer())
+
+
+def test_provided_crops_yield_clips_and_a_note_for_each_unreadable_crop(tmp_path):
+    crops = cf.write_crops(tmp_path / "c1", {1: None, 2: b"\xff\xd8 broken", 3: None, 6: None})
+    source = _source(cf.track("train", "c1", crops_dir=str(crops)), cf.labels([4, 4, 4, -1, 1, 1]))
+    assert isinstance(source, frame_sources.ProvidedCrops)
+    items = list(source)
+    assert [(i.clip is not None, i.dead_letter is not None) for i in items] == [(False, True), (True, False),
+                                                                                (True, False)]
+    letter = items[0].dead_letter
+    assert (letter.reason, letter.source.endswith("00002.jpg"), letter.frames) == ("unreadable_crop", True, 0)
+    first, second = items[1].clip, items[2].clip
+    assert first.frame_index.tolist() == [1, 2, 3, 4] and first.has_face.tolist() == [True, False, True, False]
+    assert second.frame_index.tolist() == [5, 6] and second.has_face.tolist() == [False, True]  # Crop 5 is missing.
+    assert np.allclose(first.bbox[0], [0, 0, 1, 1])  # The provided crop is the face.
+    assert faces.decode_image(first.images[0]).shape == (16, 16, 3)
+    assert source.frames_read == 6
+    assert first.timestamp_us.tolist() == [round(i * 1e6 / 30) for i in range(4)]  # No video: 30 fps.
+
+
+def test_decoded_video_skips_unlabelled_clips_and_reports_the_frames_it_gave(tmp_path):
+    video = vf.write_face_video(tmp_path / "v.avi", [4] * 6)
+    track = cf.track("train", "v", media_path=str(video), data_path="v.avi")
+    source = _source(track, cf.labels([-1, -1, 4, 4, 4, 4, 4, 4]), clip_length=2)  # Two lines past the end.
+    assert isinstance(source, frame_sources.DecodedVideo)
+    clips = [item.clip for item in source]
+    assert all(c is not None for c in clips)
+    assert [c.frame_index.tolist() for c in clips] == [[3, 4], [5, 6]]  # Frames 1-2 skipped without a clip.
+    assert all(c.has_face.all() for c in clips)
+    assert clips[0].frame_rate == pytest.approx(vf.FPS)
+    assert source.frames_read == 6
+
+
+def test_decoded_video_raises_a_video_error_for_media_that_does_not_decode(tmp_path):
+    media = abaw.write_media(tmp_path, "broken.avi", b"\x00" * 100)
+    source = _source(cf.track("train", "broken", media_path=str(media)), cf.labels([4, 4]))
+    with pytest.raises(VideoError):
+        list(source)
