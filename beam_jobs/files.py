@@ -2,10 +2,9 @@
 
 The job reads and writes only through Beam's file systems, so the credentials and endpoints given
 as pipeline options (``--s3_endpoint_url``, GCS project, ...) serve the driver and every worker.
-TensorFlow's file systems (``tfrecords_schema.atomic``) cannot take those options, and
-tensorflow-io's S3 file system aborts the process at exit (see ``trainer/filesystems.py``), so the
-temp-then-rename write here uses the schema's temporary names (:func:`tfrecords_schema.atomic.temporary_name`)
-with Beam's file systems.
+TensorFlow's file systems cannot take those options, and tensorflow-io's S3 file system aborts the
+process at exit (see ``trainer/filesystems.py``), so the schema's one temp-then-rename helper
+(:func:`tfrecords_schema.atomic.incomplete_file`) runs here on Beam's file systems (:class:`BeamFiles`).
 
 Example:
     write_atomically(join_path(output, "dataset_info.json"), text.encode("utf-8"))
@@ -20,7 +19,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.video import is_remote
-from tfrecords_schema.atomic import temporary_name
+from tfrecords_schema.atomic import incomplete_file
 
 
 def ensure_dir(path: str) -> None:
@@ -53,20 +52,34 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+class BeamFiles:
+    """Beam's ``FileSystems`` in the shape :func:`tfrecords_schema.atomic.incomplete_file` takes."""
+
+    @staticmethod
+    def makedirs(path: str) -> None:
+        ensure_dir(path)
+
+    @staticmethod
+    def rename(src: str, dst: str) -> None:
+        FileSystems.rename([src], [dst])  # Locally os.rename (replaces atomically); on object stores copy + delete.
+
+    @staticmethod
+    def exists(path: str) -> bool:
+        return FileSystems.exists(path)
+
+    @staticmethod
+    def remove(path: str) -> None:
+        FileSystems.delete([path])
+
+
 def write_atomically(path: str, data: bytes) -> str:
     """Writes ``data`` under a temporary name next to ``path``, then renames it to ``path``; returns ``path``.
 
-    Locally the rename is atomic (a reader sees the old file or the new one, never a partial one);
-    on object stores an object appears whole once its upload completes. On failure the temporary
-    file is removed. An existing ``path`` is replaced.
+    The project's one temp-then-rename helper (:func:`tfrecords_schema.atomic.incomplete_file`) on Beam's
+    file systems. An existing ``path`` is replaced.
     """
-    tmp = temporary_name(path)
-    try:
+    with incomplete_file(path, fs=BeamFiles) as tmp:
         write_bytes(tmp, data)
-        FileSystems.rename([tmp], [path])  # Locally os.rename (replaces atomically); on object stores copy + delete.
-    finally:
-        if FileSystems.exists(tmp):
-            FileSystems.delete([tmp])
     return path
 
 

@@ -19,7 +19,7 @@ import contextlib
 import os
 import posixpath
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 INCOMPLETE_MARK = ".incomplete-"  # Part of every temporary name; a leftover one is recognisable.
 
@@ -35,31 +35,57 @@ def temporary_name(path: str) -> str:
     return posixpath.join(folder, tmp) if "://" in path else os.path.join(folder, tmp)
 
 
+class _GFile:
+    """The default file system of :func:`incomplete_file`: ``tf.io.gfile`` (local, ``gs://``, tfio's ``s3://``)."""
+
+    @staticmethod
+    def _gfile():
+        import tensorflow as tf  # Late import: `import tfrecords_schema` stays light for the tools.
+
+        return tf.io.gfile
+
+    def makedirs(self, path: str) -> None:
+        self._gfile().makedirs(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        self._gfile().rename(src, dst, overwrite=True)
+
+    def exists(self, path: str) -> bool:
+        return self._gfile().exists(path)
+
+    def remove(self, path: str) -> None:
+        self._gfile().remove(path)
+
+
 @contextlib.contextmanager
-def incomplete_file(path: str) -> Iterator[str]:
+def incomplete_file(path: str, fs=None) -> Iterator[str]:
     """Yields a temporary path to write; renames it to ``path`` on success, removes it on failure.
 
     The parent folder is created when missing. An existing ``path`` is replaced.
-    """
-    import tensorflow as tf  # Late import: `import tfrecords_schema` stays light for the tools.
 
+    Args:
+        path: The final path.
+        fs: The file system: an object with ``makedirs(path)``, ``rename(src, dst)`` (replacing ``dst``),
+            ``exists(path)`` and ``remove(path)``. Default: ``tf.io.gfile``. The Beam job passes one backed
+            by Beam's ``FileSystems``, whose pipeline options (S3 endpoint, GCS project) TensorFlow lacks.
+    """
+    fs = fs or _GFile()
     folder, _ = _split(path)
     if folder:
-        tf.io.gfile.makedirs(folder)
+        fs.makedirs(folder)
     tmp = temporary_name(path)
     try:
         yield tmp
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        fs.rename(tmp, path)
     finally:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
+        if fs.exists(tmp):
+            fs.remove(tmp)
 
 
 def write_atomically(path: str, data: bytes | str) -> str:
     """Writes ``data`` (bytes or text) to ``path`` through :func:`incomplete_file`; returns ``path``."""
     import tensorflow as tf
 
-    with incomplete_file(path) as tmp:
-        with tf.io.gfile.GFile(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    with incomplete_file(path) as tmp, tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
     return path
