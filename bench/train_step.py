@@ -1,6 +1,6 @@
 """Training-step benchmark: step time with the real input pipeline over step time on one cached batch.
 
-Both runs use the trainer's own training step (:func:`trainer.train.make_train_step`, the same
+Both runs use the trainer's own training step (:func:`trainer.step.make_train_step`, the same
 ``strategy.run`` path as ``python -m trainer.train``) and the same model; only the input differs:
 
 1. ``real``: :func:`trainer.input.make_train_dataset` through ``distribute_datasets_from_function``
@@ -28,11 +28,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tfrecords_schema import read_dataset_info  # noqa: E402
-from trainer import distribution  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.input import heads_for_task, make_train_dataset  # noqa: E402
-from trainer.train import build_model_and_optimizer, make_train_step, model_spec_for  # noqa: E402
+from tfrecords_schema import read_dataset_info
+from trainer import distribution
+from trainer.config import TrainConfig
+from trainer.input import heads_for_task, make_train_dataset
+from trainer.step import build_model_and_optimizer, make_train_step
+from trainer.train import model_spec_for
 
 
 def _time_steps(train_step, iterator, warmup: int, steps: int) -> float:

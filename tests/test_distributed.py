@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from trainer_data import write_dataset
 
-from tests.trainer_data import write_dataset
 from trainer import distribution
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,10 +7,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from tfrecords_schema import DatasetInfoError, decode_clip, keys, write_dataset_info
-from trainer import input as trainer_input
 from trainer_data import corrupt_shard, shard_path, truncate_shard, write_dataset
+
+from tfrecords_schema import HEADS, DatasetInfoError, decode_clip, keys, write_dataset_info
+from trainer import augment, frames, records
+from trainer import input as trainer_input
 
 SEQ_LEN = 8
 
@@ -32,7 +33,8 @@ def _clips(root, info, split):
 
 
 def _collect_eval(dataset):
-    """{(example_id, frame_index): (image, targets, weights)} over the whole eval stream; counts repeats."""
+    """{(example_id, frame_index): (image, targets, weights, has_face, media_id)} over the whole eval stream;
+    counts repeats."""
     seen, counts = {}, collections.Counter()
     for images, targets, weights, ids in dataset:
         for b in range(images.shape[0]):
@@ -41,12 +43,13 @@ def _collect_eval(dataset):
                 frame = int(ids["frame_index"][b, t])
                 if frame < 0:
                     assert all(float(w[b, t]) == 0.0 for w in weights.values())
-                    assert not images[b, t].numpy().any()
+                    assert not images[b, t].numpy().any() and not ids["has_face"][b, t]
                     continue
                 counts[(example_id, frame)] += 1
                 seen[(example_id, frame)] = (images[b, t].numpy(),
                                              {k: v[b, t].numpy() for k, v in targets.items()},
-                                             {k: float(v[b, t]) for k, v in weights.items()})
+                                             {k: float(v[b, t]) for k, v in weights.items()},
+                                             bool(ids["has_face"][b, t]), ids["media_id"][b].numpy().decode())
     return seen, counts
 
 
@@ -57,7 +60,7 @@ def test_train_and_eval_elements_have_the_contract_shapes_and_dtypes(data, task,
     root, info = data
     train = trainer_input.make_train_dataset(root, info, task=task, seq_len=SEQ_LEN, batch_size=3)
     evaluation = trainer_input.make_eval_dataset(root, info, task=task, seq_len=SEQ_LEN, batch_size=3)
-    for images, targets, weights in (next(iter(train)), next(iter(evaluation))):
+    for images, targets, weights in (next(iter(train)), next(iter(evaluation))[:3]):
         assert images.dtype == tf.float32 and images.shape == (3, SEQ_LEN, 24, 24, 3)
         assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
         assert tuple(targets) == heads and tuple(weights) == heads
@@ -71,7 +74,7 @@ def test_train_and_eval_elements_have_the_contract_shapes_and_dtypes(data, task,
 
 def test_eval_covers_every_frame_exactly_once_with_masks_and_targets_from_the_records(data):
     root, info = data
-    dataset = trainer_input.make_eval_dataset_with_ids(root, info, task="multi", seq_len=SEQ_LEN, batch_size=4)
+    dataset = trainer_input.make_eval_dataset(root, info, task="multi", seq_len=SEQ_LEN, batch_size=4)
     seen, counts = _collect_eval(dataset)
     clips = _clips(root, info, "validation")
     expected_frames = {(c.example_id, int(f)) for c in clips for f in c.frame_index}
@@ -80,29 +83,31 @@ def test_eval_covers_every_frame_exactly_once_with_masks_and_targets_from_the_re
     masked = collections.Counter()
     for clip in clips:
         for t, frame in enumerate(clip.frame_index):
-            image, targets, weights = seen[(clip.example_id, int(frame))]
+            image, targets, weights, has_face, media_id = seen[(clip.example_id, int(frame))]
             face = bool(clip.has_face[t])
+            assert has_face == face and media_id == clip.media_id
             expr_ok = clip.expression[t] != keys.EXPRESSION_INVALID
             va_ok = bool((clip.valence_arousal[t] != keys.VA_INVALID).all())
             au_ok = bool((clip.action_units[t] != keys.AU_INVALID).all())
-            assert weights == {"expression": float(expr_ok and face), "valence_arousal": float(va_ok and face),
-                               "action_units": float(au_ok and face)}
+            # Every labelled frame is scored, with or without a face (issue 7: as the benchmark does).
+            assert weights == {"expression": float(expr_ok), "valence_arousal": float(va_ok),
+                               "action_units": float(au_ok)}
             assert targets["expression"] == (clip.expression[t] if expr_ok else 0)
             np.testing.assert_allclose(targets["valence_arousal"], clip.valence_arousal[t] if va_ok else [0, 0])
             np.testing.assert_array_equal(targets["action_units"], clip.action_units[t] if au_ok else 0)
             # No augmentation in evaluation: the pixels are the decoded JPEG.
             decoded = tf.io.decode_jpeg(clip.images[t], channels=3).numpy().astype(np.float32) / 255.0
             np.testing.assert_allclose(image, decoded, atol=1e-6)
-            masked["no_face"] += not face
+            masked["no_face_scored"] += (not face) and expr_ok
             masked["invalid"] += not expr_ok
-    assert masked["no_face"] > 0 and masked["invalid"] > 0  # the data really exercises both masks
+    assert masked["no_face_scored"] > 0 and masked["invalid"] > 0  # the data really exercises both cases
 
 
 def test_eval_order_is_deterministic(data):
     root, info = data
 
     def ids():
-        dataset = trainer_input.make_eval_dataset_with_ids(root, info, task="expr", seq_len=SEQ_LEN, batch_size=5)
+        dataset = trainer_input.make_eval_dataset(root, info, task="expr", seq_len=SEQ_LEN, batch_size=5)
         return [(i["example_id"].numpy().tolist(), i["frame_index"].numpy().tolist()) for *_, i in dataset]
 
     assert ids() == ids()
@@ -123,6 +128,24 @@ def test_train_weights_mask_invalid_no_face_and_padding_only(tmp_path):
         assert all(real[b, : lengths[b]].all() for b in range(4))  # padding is a suffix
 
 
+def test_training_weighs_frames_without_a_face_zero_and_evaluation_scores_them(tmp_path):
+    info = write_dataset(tmp_path, num_clips_per_class={"A": 3, "B": 3}, clip_length=8, short_clip_every=0,
+                         crop_size=16, invalid_fraction=0.0, no_face_fraction=0.4, seed=3)
+    train = trainer_input.make_train_dataset(str(tmp_path), info, task="expr", seq_len=8, batch_size=6, seed=2,
+                                             augment=False)
+    grey = int(0.5 * 255) / 255.0  # the flat crop trainer_data writes for a frame without a face
+    no_face_seen = 0
+    for images, _, weights in train.take(3):
+        blank = (np.abs(images.numpy() - grey) < 0.02).all(axis=(2, 3, 4))
+        no_face_seen += int(blank.sum())
+        np.testing.assert_array_equal(weights["expression"].numpy(), (~blank).astype(np.float32))
+    assert no_face_seen > 0
+    evaluation = trainer_input.make_eval_dataset(str(tmp_path), info, task="expr", seq_len=8, batch_size=6)
+    for _, _, weights, ids in evaluation:
+        real = ids["frame_index"].numpy() >= 0
+        np.testing.assert_array_equal(weights["expression"].numpy(), real.astype(np.float32))
+
+
 def test_targets_and_weights_mask_each_reason_separately():
     window = {
         "image": tf.constant(["x"] * 4),
@@ -132,15 +155,19 @@ def test_targets_and_weights_mask_each_reason_separately():
         "valence_arousal": tf.constant([[0.5, -0.5], [0.1, 0.1], [keys.VA_INVALID] * 2, [0.2, 0.2]]),
         "action_units": tf.constant([[1, 0], [0, 1], [0, 0], [keys.AU_INVALID] * 2], tf.int64),
     }
-    targets, weights = trainer_input._targets_and_weights(window, trainer_input.HEADS, 3, None)
+    targets, weights = frames.targets_and_weights(window, HEADS, 3, None, require_face=True)
     np.testing.assert_array_equal(weights["expression"], [1, 0, 0, 0])
     np.testing.assert_array_equal(weights["valence_arousal"], [1, 0, 0, 0])
     np.testing.assert_array_equal(weights["action_units"], [1, 0, 1, 0])
+    _, scored = frames.targets_and_weights(window, HEADS, 3, None, require_face=False)
+    np.testing.assert_array_equal(scored["expression"], [1, 1, 0, 0])  # the no-face frame counts
+    np.testing.assert_array_equal(scored["valence_arousal"], [1, 1, 0, 0])
+    np.testing.assert_array_equal(scored["action_units"], [1, 1, 1, 0])
     np.testing.assert_array_equal(targets["expression"], [2, 1, 0, 0])
     np.testing.assert_allclose(targets["valence_arousal"], [[0.5, -0.5], [0.1, 0.1], [0, 0], [0.2, 0.2]])
     np.testing.assert_array_equal(targets["action_units"], [[1, 0], [0, 1], [0, 0], [0, 0]])
     class_weights = np.array([0.5, 1.0, 2.0], np.float32)
-    _, weighted = trainer_input._targets_and_weights(window, ("expression",), 3, class_weights)
+    _, weighted = frames.targets_and_weights(window, ("expression",), 3, class_weights, require_face=True)
     np.testing.assert_array_equal(weighted["expression"], [2.0, 0, 0, 0])
 
 
@@ -177,9 +204,19 @@ def test_augmentation_is_identical_across_the_frames_of_a_clip():
     frame = tf.random.stateless_uniform([1, 16, 16, 3], [1, 2], 0, 256, tf.int32)
     clip = tf.cast(tf.tile(frame, [6, 1, 1, 1]), tf.uint8)
     for s in range(5):
-        out = trainer_input._augment(clip, tf.constant(6), tf.constant([s, 9], tf.int64), 16).numpy()
+        seed = tf.constant([s, 9], tf.int64)
+        out = augment.augment_clip(clip, tf.constant(6), seed, 16).numpy()
         assert np.allclose(out, out[:1])
         assert not np.allclose(out[0], frame[0].numpy() / 255.0)
+        # XLA only fuses the ops: the plain TensorFlow path gives the same pixels.
+        plain = augment.augment_clip(clip, tf.constant(6), seed, 16, xla=False).numpy()
+        np.testing.assert_allclose(plain, out, atol=1e-5)
+
+
+def test_augmentation_leaves_padding_frames_black():
+    clip = tf.cast(tf.fill([4, 16, 16, 3], 200), tf.uint8)
+    out = augment.augment_clip(clip, tf.constant(2), tf.constant([1, 2], tf.int64), 16).numpy()
+    assert out[:2].min() > 0.3 and not out[2:].any()
 
 
 def test_pipelines_shard_files_between_workers(data):
@@ -188,7 +225,7 @@ def test_pipelines_shard_files_between_workers(data):
     for pipeline_id in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
                                              num_replicas_in_sync=2)
-        _, counts = _collect_eval(trainer_input.make_eval_dataset_with_ids(
+        _, counts = _collect_eval(trainer_input.make_eval_dataset(
             root, info, task="expr", seq_len=SEQ_LEN, batch_size=4, input_context=context))
         assert counts and not set(counts) & set(union)
         union.update(counts)
@@ -260,11 +297,11 @@ def test_truncated_or_missing_shard_fails_before_reading_naming_the_file(tmp_pat
     info = write_dataset(tmp_path, num_clips_per_class={"A": 2, "B": 2}, clip_length=4, crop_size=16, seed=5)
     truncated = shard_path(tmp_path, info, "train", 1)
     truncate_shard(truncated)
-    with pytest.raises(trainer_input.CorruptShardError, match=f"{truncated} .* bytes but dataset_info.json says"):
+    with pytest.raises(records.CorruptShardError, match=f"{truncated} .* bytes but dataset_info.json says"):
         trainer_input.make_train_dataset(str(tmp_path), info, task="expr", seq_len=4, batch_size=2)
     missing = shard_path(tmp_path, info, "validation", 1)
     os.remove(missing)
-    with pytest.raises(trainer_input.CorruptShardError, match=f"{missing} .*does not exist"):
+    with pytest.raises(records.CorruptShardError, match=f"{missing} .*does not exist"):
         trainer_input.make_eval_dataset(str(tmp_path), info, task="expr", seq_len=4, batch_size=2)
 
 
@@ -276,11 +313,13 @@ def test_skip_corrupt_goes_on_and_counts_the_lost_records(tmp_path, capfd):
     readable = sum(1 for _ in tf.data.TFRecordDataset(bad).ignore_errors())
     lost = info.splits["validation"].shards[0].num_records - readable
     assert lost > 0
-    before = trainer_input.skipped_records()
-    dataset = trainer_input.make_eval_dataset_with_ids(str(tmp_path), info, task="expr", seq_len=4, batch_size=2,
-                                                      skip_corrupt=True)
+    skipped = records.SkippedRecords()
+    dataset = trainer_input.make_eval_dataset(str(tmp_path), info, task="expr", seq_len=4, batch_size=2,
+                                              skipped=skipped)
     _, counts = _collect_eval(dataset)
-    assert trainer_input.skipped_records() - before == lost
+    assert skipped.total == lost
+    _collect_eval(dataset)  # counted per pass over the shard
+    assert skipped.total == 2 * lost
     assert len(counts) == info.splits["validation"].num_frames - 4 * lost
     assert os.path.basename(bad) in capfd.readouterr().err
 
@@ -355,8 +394,7 @@ def test_eval_of_a_dataset_without_action_units_covers_every_frame(tmp_path):
     # Regression: zero-width AU tensors inside the eval windows crashed TF 2.17 with a segmentation fault.
     info = write_dataset(str(tmp_path), tasks=("expr",), num_action_units=0)
     assert info.num_action_units == 0
-    dataset = trainer_input.make_eval_dataset_with_ids(str(tmp_path), info, task="expr", seq_len=SEQ_LEN,
-                                                       batch_size=4)
+    dataset = trainer_input.make_eval_dataset(str(tmp_path), info, task="expr", seq_len=SEQ_LEN, batch_size=4)
     _, counts = _collect_eval(dataset)
     clips = _clips(str(tmp_path), info, "validation")
     assert set(counts) == {(c.example_id, int(f)) for c in clips for f in c.frame_index}

@@ -58,7 +58,7 @@ def test_frames_with_zero_weight_do_not_count():
     y_true = np.array([0, 1, 2, 3])
     y_pred = np.array([0, 1, 0, 0])  # the two wrong ones are masked out
     m = metrics.expression_metrics(y_true, y_pred, np.array([1, 1, 0, 0]), NAMES)
-    assert m["accuracy"] == 1.0 and m["num_frames"] == 2
+    assert m["accuracy"] == 1.0 and m["frames"] == 2
 
 
 def test_expression_metrics_match_numpy_reference_on_random_predictions():
@@ -128,7 +128,7 @@ def test_accumulator_over_batches_equals_metrics_on_the_concatenation():
     assert r["expression"]["macro_f1"] == pytest.approx(reference_macro_f1(t, p, 4))
     vt, vp = np.concatenate(all_vt)[keep], np.concatenate(all_vp)[keep]
     assert r["valence_arousal"]["ccc_arousal"] == pytest.approx(reference_ccc(vt[:, 1], vp[:, 1]))
-    assert r["action_units"]["num_frames"] == keep.sum()
+    assert r["action_units"]["frames"] == keep.sum()
     assert r["score"] == pytest.approx(r["expression"]["macro_f1"] + r["valence_arousal"]["ccc_mean"]
                                        + r["action_units"]["mean_f1"])
 
@@ -150,3 +150,68 @@ def test_macro_f1_counts_absent_classes_as_zero_and_macro_f1_present_leaves_them
     f1_1 = 2 * 1.0 * (2 / 3) / (1.0 + 2 / 3)
     assert m["macro_f1_present"] == pytest.approx((1.0 + f1_1 + 0.0) / 3)
     assert m["macro_f1"] == pytest.approx((1.0 + f1_1) / 4)
+
+
+def test_accumulator_adds_a_with_face_block_and_counts_every_scored_frame():
+    acc = metrics.PredictionAccumulator(["expression", "valence_arousal"], NAMES)
+    true = np.array([[0, 1, 2, 3, 0, 1]])
+    # Right on the face frames, wrong (always class 0) on the two frames without a face.
+    pred = np.eye(4)[np.array([[0, 1, 2, 3, 0, 0]])]
+    pred[0, 3] = np.eye(4)[0]
+    face = np.array([[True, True, True, False, True, False]])
+    weights = np.array([[1, 1, 1, 1, 1, 0]], np.float32)  # the last frame has an invalid label
+    va_true = np.linspace(-0.9, 0.9, 12).reshape(1, 6, 2)
+    va_pred = np.where(face[..., None], va_true, -va_true)
+    acc.update({"expression": true, "valence_arousal": va_true}, {"expression": pred, "valence_arousal": va_pred},
+               {"expression": weights, "valence_arousal": np.ones((1, 6), np.float32)}, has_face=face,
+               media_ids=np.array([b"vid"]))
+    r = acc.result()
+    e = r["expression"]
+    assert e["frames"] == 5 and e["with_face"]["frames"] == 4
+    assert e["with_face"]["accuracy"] == 1.0 and e["accuracy"] == pytest.approx(4 / 5)
+    assert e["with_face"]["macro_f1"] == pytest.approx(reference_macro_f1(true[0, [0, 1, 2, 4]], true[0, [0, 1, 2, 4]], 4))
+    assert e["macro_f1"] == pytest.approx(reference_macro_f1(true[0, :5], np.array([0, 1, 2, 0, 0]), 4))
+    va = r["valence_arousal"]
+    assert va["frames"] == 6 and va["with_face"]["frames"] == 4 and va["with_face"]["ccc_mean"] == pytest.approx(1.0)
+    assert va["ccc_mean"] < 0.9
+    # The official score is over every frame, never the face-only figure.
+    assert r["score"] == pytest.approx(e["macro_f1"] + va["ccc_mean"])
+
+
+def test_per_video_rows_score_each_video_on_its_own_frames():
+    acc = metrics.PredictionAccumulator(["expression", "action_units"], NAMES, ["AU1", "AU2"])
+    rng = np.random.default_rng(4)
+    for batch in range(3):
+        true = rng.integers(0, 4, (2, 5))
+        scores = rng.random((2, 5, 4))
+        au_true = rng.integers(0, 2, (2, 5, 2))
+        au_pred = rng.random((2, 5, 2))
+        face = rng.random((2, 5)) > 0.3
+        w_expr = np.ones((2, 5), np.float32)
+        w_expr[1, 3:] = 0  # no expression label there, but AU labels: still frames of the video
+        acc.update({"expression": true, "action_units": au_true}, {"expression": scores, "action_units": au_pred},
+                   {"expression": w_expr, "action_units": np.ones((2, 5), np.float32)}, has_face=face,
+                   media_ids=np.array([b"a", b"b" if batch < 2 else b"c"]))
+    rows = {row["media_id"]: row for row in acc.per_video()}
+    assert list(rows) == ["a", "b", "c"]
+    assert rows["a"]["frames"] == 15 and rows["a"]["expression_frames"] == 15
+    assert rows["b"]["frames"] == 10 and rows["b"]["expression_frames"] == 6 and rows["b"]["action_units_frames"] == 10
+    assert rows["c"]["frames"] == 5
+    assert sum(r["expression_frames"] for r in rows.values()) == acc.result()["expression"]["frames"]
+    assert 0.0 <= rows["a"]["face_rate"] <= 1.0
+    assert set(rows["b"]) >= {"expression_macro_f1", "action_units_mean_f1"}
+    # Video c scores only the batch it appeared in.
+    assert rows["c"]["expression_macro_f1"] == pytest.approx(
+        metrics.expression_metrics(true[1], scores[1], w_expr[1], NAMES)["macro_f1"])
+
+
+def test_accumulator_takes_batches_holding_a_subset_of_the_heads():
+    acc = metrics.PredictionAccumulator(["expression", "valence_arousal"], NAMES)
+    acc.update({"expression": np.array([[1, 2]])}, {"expression": np.eye(4)[[[1, 2]]]},
+               {"expression": np.ones((1, 2))}, media_ids=["v"])
+    acc.update({"valence_arousal": np.zeros((1, 3, 2))}, {"valence_arousal": np.zeros((1, 3, 2))},
+               {"valence_arousal": np.ones((1, 3))}, media_ids=["v"])
+    r = acc.result()
+    assert r["expression"]["frames"] == 2 and r["valence_arousal"]["frames"] == 3
+    with pytest.raises(ValueError, match="none of the heads"):
+        acc.update({}, {}, {"action_units": np.ones((1, 1))})

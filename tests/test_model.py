@@ -1,4 +1,8 @@
-"""Model building (offline), output shapes/dtypes, masked losses."""
+"""Model building (offline), output shapes/dtypes, masked losses, exports that load in a fresh process."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,9 +12,9 @@ from trainer import model as model_lib
 
 
 def tiny_spec(**kw):
-    base = dict(heads=("expression", "valence_arousal", "action_units"), num_expression_classes=4,
-                num_action_units=3, crop_size=32, backbone="simple_cnn", cnn_width=0.125, feature_dim=16,
-                rnn_units=(8, 4))
+    base = {"heads": ("expression", "valence_arousal", "action_units"), "num_expression_classes": 4,
+            "num_action_units": 3, "crop_size": 32, "backbone": "simple_cnn", "cnn_width": 0.125, "feature_dim": 16,
+            "rnn_units": (8, 4)}
     base.update(kw)
     return model_lib.ModelSpec(**base)
 
@@ -54,16 +58,22 @@ def test_missing_weights_file_is_an_error_not_a_download(tmp_path):
         tiny_spec(backbone_weights=str(tmp_path / "nope.h5"))
 
 
-def test_mixed_precision_outputs_stay_float32():
+def test_mixed_precision_computes_in_float16_outputs_float32_and_leaves_the_global_policy_alone():
     import keras
 
+    before = keras.mixed_precision.global_policy().name
+    m = model_lib.build_model(tiny_spec(), mixed_precision=True)
+    assert keras.mixed_precision.global_policy().name == before == "float32"
+    assert m.get_layer("gru_1").compute_dtype == "float16"
+    out = m(np.random.rand(1, 3, 32, 32, 3).astype("float32"))
+    assert all(v.dtype == tf.float32 for v in out.values())
+    # A float32 build stays float32 whatever the global policy says.
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        m = model_lib.build_model(tiny_spec())
-        out = m(np.random.rand(1, 3, 32, 32, 3).astype("float32"))
+        plain = model_lib.build_model(tiny_spec())
     finally:
-        keras.mixed_precision.set_global_policy("float32")
-    assert all(v.dtype == tf.float32 for v in out.values())
+        keras.mixed_precision.set_global_policy(before)
+    assert plain.get_layer("gru_1").compute_dtype == "float32"
 
 
 def test_weighted_ccc_ignores_zero_weight_frames():
@@ -100,3 +110,28 @@ def test_per_frame_cnn_takes_any_number_of_frames_inside_tf_function(tmp_path):
     m.save(path)
     loaded = keras.saving.load_model(path, compile=False)
     np.testing.assert_allclose(loaded(x)["expression"].numpy(), m(x)["expression"].numpy(), atol=1e-5)
+
+
+def test_exported_keras_file_loads_in_a_fresh_process_after_import_trainer(tmp_path):
+    m = model_lib.build_model(tiny_spec(heads=("expression",)))
+    path = str(tmp_path / "model.keras")
+    m.save(path)
+    x = np.random.default_rng(0).random((1, 3, 32, 32, 3), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", m(x)["expression"].numpy())
+    # A new interpreter, started outside the repository: only `import trainer` registers PerFrame.
+    script = ("import numpy as np, keras, trainer\n"
+              f"m = keras.models.load_model({path!r}, compile=False)\n"
+              f"y = m(np.load({str(tmp_path / 'x.npy')!r}))['expression'].numpy()\n"
+              f"np.testing.assert_allclose(y, np.load({str(tmp_path / 'y.npy')!r}), atol=1e-5)\n"
+              "print('loaded', type(m.get_layer('per_frame_cnn')).__name__)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "loaded PerFrame" in done.stdout
+    # Without the import the custom layer is unknown: the test above proves the registration, not luck.
+    failed = subprocess.run([sys.executable, "-c", f"import keras; keras.models.load_model({path!r})"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert failed.returncode != 0 and "PerFrame" in failed.stderr

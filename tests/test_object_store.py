@@ -11,8 +11,7 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.trainer_data import write_dataset
+from trainer_data import write_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "affectstream-test"
@@ -68,15 +67,15 @@ def test_train_from_s3_url_exits_zero_and_exports(tmp_path, s3_server):
     cmd = [sys.executable, "-m", "trainer.train", "--data", f"s3://{BUCKET}/converted", "--job_dir", str(job),
            "--task", "expr", "--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "2", "--seq_len", "4",
            "--cnn_width", "0.25", "--feature_dim", "16", "--rnn_units", "8"]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert (job / "export" / "model.keras").is_file()
     metrics = json.loads((job / "metrics.json").read_text())
-    assert metrics["expression"]["num_frames"] > 0
+    assert metrics["expression"]["frames"] > 0
 
     # Evaluating the exported model on the s3:// data also exits 0.
     done = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--model", str(job), "--data",
                            f"s3://{BUCKET}/converted", "--report_dir", str(tmp_path / "eval")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["expression"] == metrics["expression"]

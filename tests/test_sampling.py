@@ -5,11 +5,11 @@ import math
 
 import numpy as np
 import pytest
+from trainer_data import write_dataset
 
 from tfrecords_schema import DatasetInfo, ShardInfo, SplitInfo
 from trainer import input as trainer_input
 from trainer import sampling
-from trainer_data import write_dataset
 
 
 def _info(bucket_records: dict[str, int], class_frames: dict[str, int] | None = None) -> DatasetInfo:

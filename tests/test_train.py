@@ -1,8 +1,13 @@
 """End-to-end training on tiny converted datasets: learning, exports, reports, resume after SIGKILL, bad input."""
 
+import contextlib
+import csv
+import io
 import json
 import os
+import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,10 +16,10 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from trainer_data import corrupt_shard, shard_path, write_dataset
 
-from tests.trainer_data import corrupt_shard, shard_path, write_dataset
-from tfrecords_schema import DATASET_INFO_FILENAME
-from trainer import evaluate, train
+from tfrecords_schema import DATASET_INFO_FILENAME, decode_clip, keys
+from trainer import evaluate, state, step, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = ["--cnn_width", "0.25", "--feature_dim", "32", "--rnn_units", "32,16", "--seq_len", "8",
@@ -33,14 +38,36 @@ def train_args(data, job_dir, *extra):
     return ["--data", data, "--job_dir", str(job_dir), *TINY_MODEL, *extra]
 
 
-def test_short_run_learns_expressions_and_exports_model_and_reports(dataset, tmp_path, capsys):
-    config = tmp_path / "job.json"
+def _validation_frames(data, head_valid):
+    """(labelled frames, of which with a face) of the validation split, counted from its records."""
+    labelled = with_face = 0
+    for path in sorted((data / "validation").iterdir()):
+        for record in tf.data.TFRecordDataset(str(path)):
+            clip = decode_clip(record.numpy())
+            valid = head_valid(clip)
+            labelled += int(valid.sum())
+            with_face += int((valid & clip.has_face).sum())
+    return labelled, with_face
+
+
+@pytest.fixture(scope="module")
+def expr_job(dataset, tmp_path_factory):
+    """One expression training job, shared by the tests that look at its export and reports."""
+    tmp = tmp_path_factory.mktemp("expr_job")
+    config = tmp / "job.json"
     config.write_text(json.dumps({"task": "expr", "epochs": 1, "steps_per_epoch": 15, "sampling": "balanced",
                                   "learning_rate": 0.003, "seed": 1}))
-    job = tmp_path / "job"
+    job = tmp / "job"
+    out = io.StringIO()
     # The config file sets epochs=1; the flag overrides it.
-    rc = train.run(["--config", str(config), *train_args(dataset, job, "--epochs", "4")])
+    with contextlib.redirect_stdout(out):
+        rc = train.run(["--config", str(config), *train_args(dataset, job, "--epochs", "4")])
     assert rc == 0
+    return job, out.getvalue()
+
+
+def test_short_run_learns_expressions_and_exports_model_and_reports(dataset, expr_job):
+    job, out = expr_job
     saved = json.loads((job / "train_config.json").read_text())
     assert saved["epochs"] == 4 and saved["learning_rate"] == 0.003 and saved["sampling"] == "balanced"
 
@@ -48,23 +75,71 @@ def test_short_run_learns_expressions_and_exports_model_and_reports(dataset, tmp
     # 4 classes, chance macro-F1 0.25; this budget measured 0.68, 1.0, 1.0, 1.0 for seeds 0-3.
     assert metrics["expression"]["macro_f1"] > 0.6, metrics["expression"]
     cm = np.array(metrics["expression"]["confusion_matrix"])
-    assert cm.shape == (4, 4) and cm.sum() == metrics["expression"]["num_frames"] > 0
+    assert cm.shape == (4, 4) and cm.sum() == metrics["expression"]["frames"] > 0
     assert (job / "reports" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((job / "reports" / "confusion_matrix.json").read_text())["matrix"] == cm.tolist()
+    assert not (job / "reports" / "metrics.json").exists()  # one metrics.json per job
     info = json.loads((job / "export" / "model_info.json").read_text())
     assert info["label_names"]["expression"] == ["Neutral", "Happiness", "Sadness", "Fear"]
     assert info["crop_size"] == 32 and info["seq_len"] == 8 and info["task"] == "expr"
     assert os.path.isfile(job / "export" / "saved_model" / "saved_model.pb")
     assert os.listdir(job / "logs" / "train") and os.listdir(job / "logs" / "validation")
-    out = capsys.readouterr().out
-    assert "macro-F1" in out and "confusion_matrix_png" in out
+    assert "macro-F1" in out and "confusion_matrix_png" in out and "per_video_csv" in out
 
-    # The exported model reproduces the job's whole-set metrics through trainer.evaluate.
+
+def test_metrics_score_every_labelled_frame_and_report_face_frames_apart(dataset, expr_job):
+    job, _ = expr_job
+    metrics = json.loads((job / "metrics.json").read_text())
+    labelled, with_face = _validation_frames(pathlib.Path(dataset),
+                                             lambda clip: clip.expression != keys.EXPRESSION_INVALID)
+    expression = metrics["expression"]
+    assert with_face < labelled  # the fixture has labelled frames without a face ...
+    assert expression["frames"] == labelled  # ... and every one of them is scored
+    assert expression["with_face"]["frames"] == with_face
+    assert np.array(expression["with_face"]["confusion_matrix"]).sum() == with_face
+    assert (metrics["split"], metrics["selected_on"]) == ("validation", "validation")
+    model_info = json.loads((job / "export" / "model_info.json").read_text())
+    # Selected on the reported split: the exported epoch's score is the reported score.
+    assert model_info["selected_on"] == "validation"
+    assert model_info["best_score"] == pytest.approx(metrics["score"], abs=1e-6)
+    assert model_info["best_epoch"] == metrics["best_epoch"]
+
+    with open(job / "reports" / "per_video.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["media_id", "frames", "face_rate", "expression_frames", "expression_macro_f1"]
+    assert len(rows) == 12 and len({r["media_id"] for r in rows}) == 12  # 3 validation clips x 4 classes
+    assert sum(int(r["frames"]) for r in rows) == labelled
+    assert all(0.0 <= float(r["face_rate"]) <= 1.0 and 0.0 <= float(r["expression_macro_f1"]) <= 1.0 for r in rows)
+    assert any(float(r["face_rate"]) < 1.0 for r in rows)
+
+
+def test_model_info_carries_the_face_stage_of_the_conversion(dataset, expr_job):
+    from beam_jobs.faces import FaceStageConfig
+
+    job, _ = expr_job
+    model_info = json.loads((job / "export" / "model_info.json").read_text())
+    stage = FaceStageConfig.from_dict(model_info["face_stage"])
+    assert stage.crop_size == 32 and stage.to_dict() == model_info["face_stage"]
+    assert {"best_epoch", "best_score", "backbone", "rnn_units", "train_config", "preprocessing"} <= set(model_info)
+
+
+def test_exported_model_reproduces_the_job_metrics_through_evaluate(dataset, expr_job, tmp_path, capsys):
+    job, _ = expr_job
+    metrics = json.loads((job / "metrics.json").read_text())
     report_dir = tmp_path / "eval"
     assert evaluate.run(["--model", str(job), "--data", dataset, "--report_dir", str(report_dir)]) == 0
     again = json.loads((report_dir / "metrics.json").read_text())
-    assert again["expression"]["confusion_matrix"] == metrics["expression"]["confusion_matrix"]
-    assert (report_dir / "confusion_matrix.png").exists()
+    assert again["expression"] == metrics["expression"]
+    assert again["selected_on"] == "validation" and again["best_epoch"] == metrics["best_epoch"]
+    assert (report_dir / "confusion_matrix.png").exists() and (report_dir / "per_video.csv").exists()
+    assert f"reports written to {report_dir}" in capsys.readouterr().out
+
+    # Without --report_dir the reports go next to the export, and the output says where.
+    assert evaluate.run(["--model", str(job / "export"), "--data", dataset]) == 0
+    default_dir = job / "evaluation" / "validation"
+    assert json.loads((default_dir / "metrics.json").read_text())["expression"] == metrics["expression"]
+    assert (default_dir / "per_video.csv").exists()
+    assert f"reports written to {default_dir}" in capsys.readouterr().out
 
     # The SavedModel serves the same predictions as the .keras file.
     import keras
@@ -73,6 +148,43 @@ def test_short_run_learns_expressions_and_exports_model_and_reports(dataset, tmp
     served = tf.saved_model.load(str(job / "export" / "saved_model"))
     x = np.random.default_rng(0).random((1, 8, 32, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(served.serve(x)["expression"].numpy(), model(x)["expression"].numpy(), atol=1e-5)
+
+
+def test_evaluate_rejects_a_model_whose_outputs_disagree_with_model_info(dataset, expr_job, tmp_path, capsys):
+    from trainer.model import ModelSpec, build_model
+
+    job, _ = expr_job
+    export = tmp_path / "export"
+    shutil.copytree(job / "export", export)
+    # Three expression outputs where model_info.json lists four class names.
+    wrong = build_model(ModelSpec(heads=("expression",), num_expression_classes=3, crop_size=32, cnn_width=0.25,
+                                  feature_dim=8, rnn_units=(8,)))
+    os.remove(export / "model.keras")
+    wrong.save(str(export / "model.keras"))
+    assert evaluate.run(["--model", str(export), "--data", dataset]) == 1
+    err = capsys.readouterr().err
+    assert "has 3 expression outputs but model_info.json lists 4 label names" in err, err
+
+
+def test_best_epoch_is_selected_on_select_split_and_the_report_says_so(dataset, tmp_path, caplog):
+    from tfrecords_schema import SPLIT_TRAIN
+
+    job = tmp_path / "job"
+    args = train_args(dataset, job, "--task", "expr", "--epochs", "2", "--steps_per_epoch", "3",
+                      "--select_split", SPLIT_TRAIN)
+    with caplog.at_level("INFO", logger="trainer.train"):
+        assert train.run(args) == 0
+    assert "best epoch selected on 'train', final report on 'validation'" in caplog.text
+    assert re.search(r"epoch 1 train: score", caplog.text)
+    metrics = json.loads((job / "metrics.json").read_text())
+    model_info = json.loads((job / "export" / "model_info.json").read_text())
+    assert (metrics["split"], metrics["selected_on"], model_info["selected_on"]) == ("validation", "train", "train")
+    # The best score is the exported model's score on the selection split, not on the reported one.
+    on_train = evaluate.evaluate(str(job), dataset, SPLIT_TRAIN, str(tmp_path / "on_train"), batch_size=8)
+    assert on_train["score"] == pytest.approx(model_info["best_score"], abs=1e-6)
+
+    rc, err = _run_capturing(train_args(dataset, tmp_path / "job2", "--task", "expr", "--select_split", "test"))
+    assert rc == 1 and "--select_split 'test'" in err and "validation" in err
 
 
 def test_multi_task_trains_every_head_and_writes_all_metrics(dataset, tmp_path):
@@ -109,7 +221,7 @@ def test_training_killed_after_a_checkpoint_resumes_and_ends_at_the_same_step_co
     assert 0 < killed_at < 60
     assert not (job / "export").exists()
 
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr
     resumed = [line for line in log.splitlines() if "resumed from" in line]
@@ -120,7 +232,7 @@ def test_training_killed_after_a_checkpoint_resumes_and_ends_at_the_same_step_co
     assert logged_steps and min(logged_steps) > killed_at and max(logged_steps) == 60
     best_epoch = json.loads((job / "metrics.json").read_text())["best_epoch"]
     assert best_epoch in (1, 2, 3)
-    stored_epoch, stored_score, _ = train.read_best_checkpoint(str(job / "best"))
+    stored_epoch, stored_score, _ = state.read_best_checkpoint(str(job / "best"))
     assert stored_epoch == best_epoch
     model_info = json.loads((job / "export" / "model_info.json").read_text())
     assert (model_info["best_epoch"], model_info["best_score"]) == (stored_epoch, pytest.approx(stored_score))
@@ -143,9 +255,6 @@ def test_corrupt_shard_error_names_the_file_and_skip_corrupt_goes_on(tmp_path):
 
 
 def _run_capturing(args):
-    import contextlib
-    import io
-
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc = train.run(args)
@@ -209,9 +318,6 @@ def test_config_file_with_unknown_option_lists_valid_options(tmp_path):
 
 
 def test_evaluate_rejects_a_directory_without_a_model(tmp_path):
-    import contextlib
-    import io
-
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc = evaluate.run(["--model", str(tmp_path), "--data", str(tmp_path)])
@@ -224,7 +330,7 @@ def test_mixed_precision_xla_step_runs_and_a_changed_model_does_not_resume_silen
             "--batch_size", "2", "--seq_len", "4", "--cnn_width", "0.25", "--feature_dim", "16"]
     assert train.run(base + ["--rnn_units", "8", "--mixed_precision", "--jit_compile", "on",
                              "--optimizer", "sgd"]) == 0
-    assert json.loads((job / "metrics.json").read_text())["expression"]["num_frames"] > 0
+    assert json.loads((job / "metrics.json").read_text())["expression"]["frames"] > 0
     rc, err = _run_capturing(base + ["--rnn_units", "16", "--epochs", "2"])
     assert rc == 1 and "does not fit this model/options" in err
 
@@ -262,13 +368,13 @@ def test_explicit_steps_per_epoch_off_the_downsample_epoch_warns(dataset, caplog
 def test_jit_compile_auto_is_on_only_for_a_single_device_with_a_gpu():
     one = tf.distribute.OneDeviceStrategy("/cpu:0")
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
-    assert train.resolve_jit_compile("auto", one, gpu=True)
-    assert not train.resolve_jit_compile("auto", one, gpu=False)
-    assert not train.resolve_jit_compile("auto", mirrored, gpu=True)
-    assert train.resolve_jit_compile("on", mirrored, gpu=False)
-    assert not train.resolve_jit_compile("off", one, gpu=True)
+    assert step.resolve_jit_compile("auto", one, gpu=True)
+    assert not step.resolve_jit_compile("auto", one, gpu=False)
+    assert not step.resolve_jit_compile("auto", mirrored, gpu=True)
+    assert step.resolve_jit_compile("on", mirrored, gpu=False)
+    assert not step.resolve_jit_compile("off", one, gpu=True)
     with pytest.raises(ValueError, match="valid values: auto, on, off"):
-        train.resolve_jit_compile("yes", one, gpu=True)
+        step.resolve_jit_compile("yes", one, gpu=True)
 
 
 def test_missing_eval_split_is_a_clear_error(dataset, tmp_path):
@@ -303,13 +409,13 @@ def test_resume_takes_best_epoch_and_score_from_the_best_checkpoint(dataset, tmp
     job = tmp_path / "job"
     args = train_args(dataset, job, "--task", "expr", "--steps_per_epoch", "3", "--checkpoint_every", "100")
     assert train.run(args + ["--epochs", "2"]) == 0
-    best_epoch, best_score, _ = train.read_best_checkpoint(str(job / "best"))
+    best_epoch, best_score, _ = state.read_best_checkpoint(str(job / "best"))
 
     # Make the latest regular checkpoint disagree with best/, as such a kill does.
     config = parse_train_config(args + ["--epochs", "2"])
     info = read_dataset_info(dataset)
     spec = train.model_spec_for(config, info, heads_for_task(info, "expr"))
-    model, optimizer = train.build_model_and_optimizer(config, spec, tf.distribute.OneDeviceStrategy("/cpu:0"))
+    model, optimizer = step.build_model_and_optimizer(config, spec, tf.distribute.OneDeviceStrategy("/cpu:0"))
     variables = {"step": tf.Variable(0, dtype=tf.int64), "epochs_done": tf.Variable(0, dtype=tf.int64),
                  "best_score": tf.Variable(0.0, dtype=tf.float64), "best_epoch": tf.Variable(0, dtype=tf.int64)}
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **variables)
@@ -322,7 +428,7 @@ def test_resume_takes_best_epoch_and_score_from_the_best_checkpoint(dataset, tmp
     with caplog.at_level("INFO", logger="trainer.train"):
         assert train.run(args + ["--epochs", "3"]) == 0
     assert f"holds epoch {best_epoch} " in caplog.text, caplog.text[-2000:]
-    final_epoch, final_score, _ = train.read_best_checkpoint(str(job / "best"))
+    final_epoch, final_score, _ = state.read_best_checkpoint(str(job / "best"))
     assert final_epoch in (best_epoch, 3) and final_score >= best_score
     metrics = json.loads((job / "metrics.json").read_text())
     model_info = json.loads((job / "export" / "model_info.json").read_text())

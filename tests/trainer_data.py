@@ -27,7 +27,6 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from tfrecords_schema import buckets
 from tfrecords_schema import (
     SPLIT_TRAIN,
     SPLIT_VALIDATION,
@@ -40,6 +39,7 @@ from tfrecords_schema import (
     DatasetInfo,
     ShardInfo,
     SplitInfo,
+    buckets,
     encode_clip,
     keys,
     shard_basename,

@@ -13,7 +13,8 @@ import argparse
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from trainer.distribution import STRATEGIES as STRATEGY_CHOICES
 from trainer.input import TASK_CHOICES
@@ -36,7 +37,8 @@ class TrainConfig:
     """Every option of ``python -m trainer.train`` (see the module docstring of trainer.train).
 
     ``steps_per_epoch`` None means: ``clips_per_epoch // batch_size`` for ``downsample``
-    sampling, otherwise train clips // batch_size (at least 1).
+    sampling, otherwise train clips // batch_size (at least 1). ``select_split`` None means: the best
+    epoch is selected on ``eval_split``, the split the final report scores.
     """
 
     data: str = ""
@@ -64,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     eval_split: str = "validation"
+    select_split: str | None = None
     skip_corrupt: bool = False
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
@@ -171,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning_rate", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--augment", type=_bool)
-    p.add_argument("--eval_split")
+    p.add_argument("--eval_split", help="the split of the final report (default validation)")
+    p.add_argument("--select_split",
+                   help="the split evaluated after every epoch to select the best one (default: --eval_split); "
+                   "give a held-out split here to keep the reported split out of model selection")
     p.add_argument("--skip_corrupt", nargs="?", const=True, type=_bool,
                    help="skip (and count) corrupt records instead of failing")
     p.add_argument("--checkpoint_every", type=int, help="steps between checkpoints (also one per epoch end)")

@@ -21,3 +21,7 @@ def report_failure(error: Exception, expected: tuple[type[BaseException], ...]) 
     message = error.message if isinstance(error, tf.errors.OpError) else str(error)
     print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
     return 1
+
+
+class TrainingError(RuntimeError):
+    """A training job that cannot go on (reported with its message, exit code 1)."""

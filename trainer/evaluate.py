@@ -6,8 +6,11 @@ Example::
         --split validation --report_dir /tmp/affectstream_eval
 
 ``--model`` is the ``export/`` directory of a training job (``model.keras`` + ``model_info.json``) or the
-job directory itself. Writes ``metrics.json``, ``confusion_matrix.png`` and ``confusion_matrix.json``
-(expression tasks) to ``--report_dir`` and prints the metrics.
+job directory itself; the model's outputs are checked against its ``model_info.json``. Every labelled frame
+of the split is scored, frames without a face included (predicted on their stored crop); each head's
+metrics also come over the face frames only (``with_face``). Writes ``metrics.json``, ``per_video.csv`` and,
+for expressions, ``confusion_matrix.png`` / ``.json`` to ``--report_dir`` (default: ``evaluation/<split>/``
+next to the export folder, i.e. in the job directory), prints the metrics and where the files went.
 """
 
 from __future__ import annotations
@@ -15,86 +18,92 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import posixpath
 import sys
-import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
+from tfrecords_schema import join_path
 from trainer import errors, filesystems
+from trainer.export import MODEL_FILENAME, MODEL_INFO_FILENAME
+from trainer.metrics import PredictionAccumulator
 
 log = logging.getLogger("trainer.evaluate")
-
-_PREDICT_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class EvaluationError(ValueError):
     """A model or dataset that cannot be evaluated together."""
 
 
-def evaluate_model(model, dataset, heads: Sequence[str], info) -> dict:
-    """Runs ``model`` over a finite eval dataset and returns the whole-split metrics.
+def predict_function(model):
+    """``model(x, training=False)`` as one ``tf.function`` (batch size and time left free); trace it once per model."""
+    import tensorflow as tf
+
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+
+def collect_predictions(model, dataset, heads: Sequence[str], info, predict=None) -> PredictionAccumulator:
+    """Runs ``model`` over a finite eval dataset and collects every scored frame's prediction.
 
     Args:
         model: A Keras model mapping ``[B, T, S, S, 3]`` to ``{head: [B, T, ...]}``.
-        dataset: ``trainer.input.make_eval_dataset`` output, ``(images, targets, weights)`` batches.
+        dataset: :func:`trainer.input.make_eval_dataset` output, ``(images, targets, weights, ids)`` batches.
         heads: Heads to score.
         info: The dataset's ``DatasetInfo`` (label names).
+        predict: ``predict_function(model)``, kept by a caller that evaluates the same model repeatedly (a
+            training job, every epoch) so it is traced once; None traces a new one.
 
     Returns:
-        ``trainer.metrics.PredictionAccumulator.result()``: ``{head: metrics, "score": float}``.
+        The filled :class:`trainer.metrics.PredictionAccumulator` (``.result()``, ``.per_video()``).
     """
-    import tensorflow as tf
-
-    from trainer.metrics import PredictionAccumulator
-
-    predict = _PREDICT_FUNCTIONS.get(model)
-    if predict is None:
-        # One traced function per model, reused over epochs; batch size and time left free.
-        predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        _PREDICT_FUNCTIONS[model] = predict
+    predict = predict or predict_function(model)
     acc = PredictionAccumulator(heads, info.expression_names, info.action_unit_names)
-    for images, targets, weights in dataset:
+    for images, targets, weights, ids in dataset:
         outputs = predict(images)
         acc.update(
             {h: targets[h].numpy() for h in heads},
             {h: outputs[h].numpy() for h in heads},
             {h: weights[h].numpy() for h in heads},
+            has_face=ids["has_face"].numpy(),
+            media_ids=ids["media_id"].numpy(),
         )
-    return acc.result()
+    return acc
+
+
+def evaluate_model(model, dataset, heads: Sequence[str], info) -> dict:
+    """The whole-split metrics of ``model`` on an eval dataset (:func:`collect_predictions`).
+
+    Returns:
+        ``{head: metrics (with "frames" and a "with_face" block), "score": float}``.
+    """
+    return collect_predictions(model, dataset, heads, info).result()
 
 
 def resolve_model_dir(path: str) -> str:
     """The export directory: ``path`` itself, or ``path/export`` for a job directory."""
     import tensorflow as tf
 
-    from tfrecords_schema import join_path
-
     for candidate in (path, join_path(path, "export")):
-        if tf.io.gfile.exists(join_path(candidate, "model_info.json")):
+        if tf.io.gfile.exists(join_path(candidate, MODEL_INFO_FILENAME)):
             return candidate
     raise EvaluationError(
-        f"--model {path!r} holds no model_info.json: pass the export/ directory of a training job (or the job dir)"
+        f"--model {path!r} holds no {MODEL_INFO_FILENAME}: pass the export/ directory of a training job (or the "
+        "job dir)"
     )
 
 
-def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, batch_size: int,
-             skip_corrupt: bool = False) -> dict:
-    """Loads an exported model, evaluates it on ``split`` of ``data_dir``, writes the reports."""
-    import keras
-    import tensorflow as tf
+def default_report_dir(model_dir: str, split: str) -> str:
+    """Where ``evaluate`` writes without ``--report_dir``: ``evaluation/<split>`` next to the export folder."""
+    if "://" in model_dir:
+        parent = posixpath.dirname(model_dir.rstrip("/"))
+    else:
+        parent = os.path.dirname(os.path.abspath(model_dir))
+    return join_path(parent, "evaluation", split)
 
-    from tfrecords_schema import join_path, read_dataset_info
-    from trainer import reports
-    from trainer import model as _model_layers  # noqa: F401  (registers PerFrame for load_model)
-    from trainer.input import make_eval_dataset
 
-    model_dir = resolve_model_dir(model_dir)
-    with tf.io.gfile.GFile(join_path(model_dir, "model_info.json"), "r") as f:
-        model_info = json.load(f)
-    info = read_dataset_info(data_dir)
-    if split not in info.splits:
-        raise EvaluationError(f"--split {split!r} is not in {data_dir}; splits there: {sorted(info.splits)}")
-    heads = list(model_info["heads"])
-    for head in heads:
+def check_model_fits_data(model_info: dict, info, data_dir: str) -> None:
+    """Raises EvaluationError when the data lacks a head of the model, or label names or crop size differ."""
+    for head in model_info["heads"]:
         trained = model_info["label_names"].get(head, [])
         data = info.label_names.get(head, [])
         if not data:
@@ -104,17 +113,79 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
             raise EvaluationError(f"label names of {head!r} differ: model {trained} vs data {data}")
     if model_info["crop_size"] != info.crop_size:
         raise EvaluationError(f"model crop size {model_info['crop_size']} != data crop size {info.crop_size}")
-    model = keras.saving.load_model(join_path(model_dir, "model.keras"), compile=False)
+
+
+def check_model_outputs(model, model_info: dict, model_path: str) -> None:
+    """Checks the loaded model against ``model_info.json``: input crop size, one output per head, output sizes.
+
+    Raises:
+        EvaluationError: naming the head (or the input), the model's size and model_info.json's.
+    """
+    import numpy as np
+
+    size = int(model_info["crop_size"])
+    crop = tuple(model.input_shape[-3:-1])
+    if crop != (size, size):
+        raise EvaluationError(f"{model_path} takes {crop} crops but {MODEL_INFO_FILENAME} says crop_size {size}")
+    outputs = model(np.zeros((1, 1, size, size, 3), np.float32), training=False)
+    heads = list(model_info["heads"])
+    if sorted(outputs) != sorted(heads):
+        raise EvaluationError(f"{model_path} has outputs {sorted(outputs)} but {MODEL_INFO_FILENAME} lists heads "
+                              f"{sorted(heads)}")
+    for head in heads:
+        expected = len(model_info["label_names"].get(head, []))
+        got = int(outputs[head].shape[-1])
+        if got != expected:
+            raise EvaluationError(
+                f"{model_path} has {got} {head} outputs but {MODEL_INFO_FILENAME} lists {expected} label names "
+                f"({model_info['label_names'].get(head, [])}): the model and its model_info.json do not belong "
+                "together")
+
+
+def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, batch_size: int,
+             skip_corrupt: bool = False) -> dict:
+    """Loads an exported model, evaluates it on ``split`` of ``data_dir``, writes and prints the reports.
+
+    Writes ``metrics.json``, ``per_video.csv`` and (expression) the confusion matrix to ``report_dir``, by
+    default :func:`default_report_dir`. Returns the metrics.
+    """
+    import keras
+    import tensorflow as tf
+
+    from tfrecords_schema import read_dataset_info
+    from trainer import reports
+    from trainer.input import make_eval_dataset
+    from trainer.records import SkippedRecords
+
+    model_dir = resolve_model_dir(model_dir)
+    with tf.io.gfile.GFile(join_path(model_dir, MODEL_INFO_FILENAME), "r") as f:
+        model_info = json.load(f)
+    info = read_dataset_info(data_dir)
+    if split not in info.splits:
+        raise EvaluationError(f"--split {split!r} is not in {data_dir}; splits there: {sorted(info.splits)}")
+    check_model_fits_data(model_info, info, data_dir)
+    model_path = join_path(model_dir, MODEL_FILENAME)
+    model = keras.saving.load_model(model_path, compile=False)
+    check_model_outputs(model, model_info, model_path)
+    heads = list(model_info["heads"])
+    skipped = SkippedRecords() if skip_corrupt else None
     ds = make_eval_dataset(data_dir, info, split=split, task=model_info["task"], seq_len=int(model_info["seq_len"]),
-                           batch_size=batch_size, skip_corrupt=skip_corrupt)
-    result = evaluate_model(model, ds, heads, info)
-    result["split"] = split
+                           batch_size=batch_size, skipped=skipped)
+    predictions = collect_predictions(model, ds, heads, info)
+    result = predictions.result()
+    result.update({"split": split, "model": model_dir, "best_epoch": model_info.get("best_epoch"),
+                   "selected_on": model_info.get("selected_on")})
+    if skipped is not None:
+        result["skipped_corrupt_records"] = skipped.total
+    report_dir = report_dir or default_report_dir(model_dir, split)
+    paths = reports.write_reports(result, predictions.per_video(), info.expression_names,
+                                  metrics_path=join_path(report_dir, reports.METRICS_FILENAME),
+                                  report_dir=report_dir, title=f"{info.name} {split}")
     print(f"{model_dir} on {data_dir} [{split}]:")
     print(reports.format_metrics(result))
-    if report_dir:
-        paths = reports.write_reports(result, info.expression_names, report_dir, title=f"{info.name} {split}")
-        for name, path in sorted(paths.items()):
-            print(f"{name}: {path}")
+    print(f"reports written to {report_dir}:")
+    for name, path in sorted(paths.items()):
+        print(f"  {name}: {path}")
     sys.stdout.flush()
     return result
 
@@ -124,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="export/ directory of a training job (or the job directory)")
     p.add_argument("--data", required=True, help="conversion output directory or gs:// / s3:// URL")
-    p.add_argument("--split", default="validation")
-    p.add_argument("--report_dir", default=None, help="where metrics.json and the confusion matrix go")
+    p.add_argument("--split", default="validation", help="the split to score (every labelled frame of it)")
+    p.add_argument("--report_dir", default=None,
+                   help="where metrics.json, per_video.csv and the confusion matrix go (default: evaluation/SPLIT "
+                   "next to the export folder)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--skip_corrupt", action="store_true", help="skip (and count) corrupt records")
     return p

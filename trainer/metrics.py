@@ -4,7 +4,8 @@ The official Aff-Wild2 / ABAW metrics are defined over the whole split, not as
 averages of per-batch values (REFERENCE.md §1-2). :class:`PredictionAccumulator`
 collects the per-frame predictions, targets and weights of every batch of an
 evaluation; the functions below turn them into metrics. Only frames with weight
-> 0 count (invalid labels, frames without a face and padding have weight 0).
+> 0 count: in evaluation, invalid labels and padding weigh 0, frames without a
+face count (see :mod:`trainer.frames`).
 
 Conventions:
     * F1 of a class that is neither present nor predicted is 0 (scikit-learn's
@@ -20,13 +21,11 @@ Conventions:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-EXPRESSION = "expression"
-VALENCE_AROUSAL = "valence_arousal"
-ACTION_UNITS = "action_units"
+from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL, HEADS
 
 
 def _valid(weights: np.ndarray) -> np.ndarray:
@@ -77,7 +76,7 @@ def expression_metrics(
     Returns:
         ``{"macro_f1" (official: mean F1 over all C classes), "macro_f1_present" (mean F1 over the classes
         present in truth or prediction; 0 when none), "accuracy", "score_2020" (0.67·macro_f1 + 0.33·acc),
-        "num_frames", "per_class": {name: {"precision", "recall", "f1", "support"}}, "confusion_matrix"}``.
+        "frames", "per_class": {name: {"precision", "recall", "f1", "support"}}, "confusion_matrix"}``.
     """
     num_classes = len(class_names)
     y_pred = np.asarray(y_pred)
@@ -98,7 +97,7 @@ def expression_metrics(
         "macro_f1_present": macro_f1_present,
         "accuracy": accuracy,
         "score_2020": 0.67 * macro_f1 + 0.33 * accuracy,
-        "num_frames": total,
+        "frames": total,
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -145,7 +144,7 @@ def valence_arousal_metrics(y_true: np.ndarray, y_pred: np.ndarray, weights: np.
         "ccc_valence": ccc_v,
         "ccc_arousal": ccc_a,
         "ccc_mean": (ccc_v + ccc_a) / 2,
-        "num_frames": int(keep.sum()),
+        "frames": int(keep.sum()),
     }
 
 
@@ -175,85 +174,176 @@ def action_unit_metrics(
         "mean_f1": mean_f1,
         "accuracy": accuracy,
         "score_2020": 0.5 * mean_f1 + 0.5 * accuracy,
-        "num_frames": int(keep.sum()),
+        "frames": int(keep.sum()),
         "per_au": {name: {"f1": float(f1[i]), "positives": int(y_true[:, i].sum())} for i, name in enumerate(au_names)},
     }
+
+
+# The main metric of each head: the figure of the challenge, summed by :func:`primary_score`.
+MAIN_METRIC = {HEAD_EXPRESSION: "macro_f1", HEAD_VALENCE_AROUSAL: "ccc_mean", HEAD_ACTION_UNITS: "mean_f1"}
+
+
+def head_metrics(head: str, y_true: np.ndarray, y_pred: np.ndarray, expression_names: Sequence[str] = (),
+                 action_unit_names: Sequence[str] = ()) -> dict:
+    """The metrics of one head over every given frame (no weights: the frames are already selected).
+
+    Args:
+        head: One of :data:`tfrecords_schema.HEADS`.
+        y_true: Targets ``[N]`` (expression) or ``[N, D]``.
+        y_pred: Predicted classes ``[N]`` or scores ``[N, C]`` (expression), or ``[N, D]`` outputs.
+        expression_names: Class names (expression).
+        action_unit_names: AU names (action units).
+    """
+    ones = np.ones(len(y_true))
+    if head == HEAD_EXPRESSION:
+        return expression_metrics(y_true, y_pred, ones, expression_names)
+    if head == HEAD_VALENCE_AROUSAL:
+        return valence_arousal_metrics(np.reshape(y_true, (-1, 2)), np.reshape(y_pred, (-1, 2)), ones)
+    k = len(action_unit_names)
+    return action_unit_metrics(np.reshape(y_true, (-1, k)), np.reshape(y_pred, (-1, k)), ones, action_unit_names)
 
 
 def primary_score(metrics: Mapping[str, dict]) -> float:
     """The score used to pick the best epoch: the sum over heads of each head's main metric.
 
-    expression → macro-F1, valence_arousal → mean CCC, action_units → mean F1.
+    expression → macro-F1, valence_arousal → mean CCC, action_units → mean F1 (:data:`MAIN_METRIC`).
     """
-    score = 0.0
-    if EXPRESSION in metrics:
-        score += metrics[EXPRESSION]["macro_f1"]
-    if VALENCE_AROUSAL in metrics:
-        score += metrics[VALENCE_AROUSAL]["ccc_mean"]
-    if ACTION_UNITS in metrics:
-        score += metrics[ACTION_UNITS]["mean_f1"]
-    return float(score)
+    return float(sum(metrics[head][MAIN_METRIC[head]] for head in HEADS if head in metrics))
 
 
 class PredictionAccumulator:
     """Collects per-frame predictions of a whole split, then computes its metrics.
 
-    Frames with weight <= 0 are dropped as batches arrive, so memory grows with the
-    number of valid frames times the (small) per-frame output size, never with images.
+    Frames with weight <= 0 are dropped as batches arrive, so memory grows with the number of scored
+    frames times the (small) per-frame output size, never with images. Each kept frame also keeps
+    whether it had a face and which video (``media_id``) it belongs to, for the ``with_face`` blocks of
+    :meth:`result` and the rows of :meth:`per_video`.
 
     Args:
-        heads: Heads to collect, a subset of ``("expression", "valence_arousal", "action_units")``.
-        expression_names: Class names (needed when ``"expression"`` is a head).
-        action_unit_names: AU names (needed when ``"action_units"`` is a head).
+        heads: Heads to collect, a subset of :data:`tfrecords_schema.HEADS`.
+        expression_names: Class names (needed when the expression head is collected).
+        action_unit_names: AU names (needed when the action-unit head is collected).
     """
 
     def __init__(self, heads: Sequence[str], expression_names: Sequence[str] = (),
                  action_unit_names: Sequence[str] = ()):
-        unknown = sorted(set(heads) - {EXPRESSION, VALENCE_AROUSAL, ACTION_UNITS})
+        unknown = sorted(set(heads) - set(HEADS))
         if unknown:
-            raise ValueError(f"unknown heads {unknown}; valid: {[EXPRESSION, VALENCE_AROUSAL, ACTION_UNITS]}")
+            raise ValueError(f"unknown heads {unknown}; valid: {list(HEADS)}")
         self.heads = tuple(heads)
         self.expression_names = list(expression_names)
         self.action_unit_names = list(action_unit_names)
-        self._true: dict[str, list[np.ndarray]] = {h: [] for h in self.heads}
-        self._pred: dict[str, list[np.ndarray]] = {h: [] for h in self.heads}
+        self._videos: dict[str, int] = {}  # media_id -> code, in order of first appearance
+        # Per head: lists of per-batch arrays of the kept frames.
+        self._parts: dict[str, dict[str, list[np.ndarray]]] = {
+            h: {"true": [], "pred": [], "face": [], "video": []} for h in self.heads}
+        # Frames scored by at least one head (for the per-video frame count and face rate).
+        self._any: dict[str, list[np.ndarray]] = {"face": [], "video": []}
+
+    def _video_codes(self, media_ids, batch: int, frames: int) -> np.ndarray:
+        """int32 ``[batch * frames]``: the video code of every frame of the batch."""
+        if media_ids is None:
+            names = [""] * batch
+        else:
+            names = [m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in np.asarray(media_ids).reshape(-1)]
+        codes = np.array([self._videos.setdefault(n, len(self._videos)) for n in names], np.int32)
+        return np.repeat(codes, frames)
 
     def update(self, targets: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray],
-               weights: Mapping[str, np.ndarray]) -> None:
-        """Adds one batch: arrays ``[B, T, ...]`` per head (tensors are converted with ``np.asarray``)."""
-        for head in self.heads:
+               weights: Mapping[str, np.ndarray], has_face: np.ndarray | None = None,
+               media_ids: np.ndarray | None = None) -> None:
+        """Adds one batch: arrays ``[B, T, ...]`` per head (tensors are converted with ``np.asarray``).
+
+        A batch may carry a subset of the heads (those in ``weights``). The per-video ``frames`` and
+        ``face_rate`` (:meth:`per_video`) count the frames that some head of *this call* scored, so give
+        every head of a frame in one call to count it once.
+
+        Args:
+            targets, predictions, weights: ``{head: [B, T, ...]}``.
+            has_face: bool ``[B, T]`` (None: every frame had a face).
+            media_ids: ``[B]`` video names, bytes or str (None: one unnamed video).
+
+        Raises:
+            ValueError: ``weights`` holds none of the accumulator's heads.
+        """
+        heads = [h for h in self.heads if h in weights]
+        if not heads:
+            raise ValueError(f"the batch holds none of the heads {list(self.heads)} (it has {sorted(weights)})")
+        w0 = np.asarray(weights[heads[0]])
+        batch, frames = w0.shape[0], int(np.prod(w0.shape[1:], dtype=np.int64))
+        face = np.ones(batch * frames, bool) if has_face is None else np.asarray(has_face, bool).reshape(-1)
+        video = self._video_codes(media_ids, batch, frames)
+        any_kept = np.zeros(batch * frames, bool)
+        for head in heads:
             w = np.asarray(weights[head]).reshape(-1)
             keep = w > 0
+            any_kept |= keep
             t = np.asarray(targets[head])
             p = np.asarray(predictions[head])
-            if head == EXPRESSION:
+            if head == HEAD_EXPRESSION:
                 t = t.reshape(-1)
                 p = p.reshape(w.size, -1).argmax(axis=-1) if p.ndim >= 3 else p.reshape(-1)
             else:
                 t = t.reshape(w.size, -1)
                 p = p.reshape(w.size, -1)
-            self._true[head].append(t[keep])
-            self._pred[head].append(p[keep])
+            parts = self._parts[head]
+            for name, values in (("true", t), ("pred", p), ("face", face), ("video", video)):
+                parts[name].append(values[keep])
+        self._any["face"].append(face[any_kept])
+        self._any["video"].append(video[any_kept])
 
-    def _stack(self, head: str, which: dict) -> np.ndarray:
-        parts = which[head]
-        if not parts:
-            return np.zeros((0,))
-        return np.concatenate(parts, axis=0)
+    def _stacked(self, head: str) -> dict[str, np.ndarray]:
+        return {name: np.concatenate(parts, axis=0) if parts else np.zeros((0,))
+                for name, parts in self._parts[head].items()}
+
+    def _metrics(self, head: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+        return head_metrics(head, y_true, y_pred, self.expression_names, self.action_unit_names)
 
     def result(self) -> dict:
-        """``{head: metrics}`` for every head, plus ``"score"`` (:func:`primary_score`)."""
+        """``{head: metrics, "score": float}`` (:func:`primary_score`).
+
+        Each head's metrics cover every frame it scored (``frames``) and hold a ``with_face`` block: the
+        same metrics over the frames that had a face (its own ``frames``).
+        """
         out: dict = {}
         for head in self.heads:
-            t = self._stack(head, self._true)
-            p = self._stack(head, self._pred)
-            ones = np.ones(len(t))
-            if head == EXPRESSION:
-                out[head] = expression_metrics(t, p, ones, self.expression_names)
-            elif head == VALENCE_AROUSAL:
-                out[head] = valence_arousal_metrics(t.reshape(-1, 2), p.reshape(-1, 2), ones)
-            else:
-                k = len(self.action_unit_names)
-                out[head] = action_unit_metrics(t.reshape(-1, k), p.reshape(-1, k), ones, self.action_unit_names)
+            s = self._stacked(head)
+            face = s["face"].astype(bool)
+            out[head] = self._metrics(head, s["true"], s["pred"])
+            out[head]["with_face"] = self._metrics(head, s["true"][face], s["pred"][face])
         out["score"] = primary_score(out)
         return out
+
+    def per_video(self) -> list[dict]:
+        """One row per video, in order of first appearance: its frames, face rate and main metrics per head.
+
+        Columns: ``media_id``, ``frames`` (scored by any head), ``face_rate``, then per head
+        ``<head>_frames`` and ``expression_macro_f1`` / ``valence_ccc``, ``arousal_ccc`` /
+        ``action_units_mean_f1`` (None for a video without frames of that head).
+        """
+        names = sorted(self._videos, key=self._videos.get)
+        any_video = np.concatenate(self._any["video"]) if self._any["video"] else np.zeros(0, np.int32)
+        any_face = np.concatenate(self._any["face"]) if self._any["face"] else np.zeros(0, bool)
+        rows = []
+        for code, name in enumerate(names):
+            mine = any_video == code
+            frames = int(mine.sum())
+            rows.append({"media_id": name, "frames": frames,
+                         "face_rate": float(any_face[mine].mean()) if frames else None})
+        for head in self.heads:
+            s = self._stacked(head)
+            for code, row in enumerate(rows):
+                mine = s["video"] == code
+                row[f"{head}_frames"] = int(mine.sum())
+                m = self._metrics(head, s["true"][mine], s["pred"][mine]) if mine.any() else None
+                row.update(_video_columns(head, m))
+        return rows
+
+
+def _video_columns(head: str, m: dict | None) -> dict:
+    """The per-video CSV columns of one head's metrics (None: the video has no frames of that head)."""
+    if head == HEAD_EXPRESSION:
+        return {"expression_macro_f1": m and m["macro_f1"]}
+    if head == HEAD_VALENCE_AROUSAL:
+        return {"valence_ccc": m and m["ccc_valence"], "arousal_ccc": m and m["ccc_arousal"]}
+    return {"action_units_mean_f1": m and m["mean_f1"]}

@@ -9,10 +9,14 @@ frame (:class:`PerFrame`: time folded into the batch); a stack of GRU or LSTM la
 * ``"action_units"``: sigmoid, ``[B, T, K]``.
 
 Heads always output float32 (also under mixed precision). Besides built-in Keras
-layers the model uses one layer of its own, :class:`PerFrame`, registered for
-serialisation: import this module before loading an exported ``.keras`` file.
-The losses (:func:`compute_losses`) take per-frame weights ``[B, T]``:
-invalid labels, frames without a face and padding weigh 0.
+layers the model uses one layer of its own, :class:`trainer.layers.PerFrame`, registered
+for serialisation when the ``trainer`` package is imported. The losses (:func:`compute_losses`)
+take per-frame weights ``[B, T]``: invalid labels, frames without a face and padding weigh 0.
+
+Mixed precision: :func:`build_model` with ``mixed_precision=True`` builds the layers under Keras'
+``mixed_float16`` global dtype policy and restores the previous policy afterwards
+(:func:`_global_dtype_policy`, the trainer's one place that touches the global policy; the
+``keras.applications`` backbones take no per-layer dtype, so the global policy is the only way in).
 
 Backbones never download anything: ``keras.applications`` models are built with
 ``weights=None`` or from a local weights file.
@@ -20,19 +24,20 @@ Backbones never download anything: ``keras.applications`` models are built with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
+from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL, HEADS
+from trainer.layers import PerFrame
+
 BACKBONES = ("simple_cnn", "mobilenet_v3_small", "efficientnet_b0")
 RNNS = ("gru", "lstm")
-EXPRESSION = "expression"
-VALENCE_AROUSAL = "valence_arousal"
-ACTION_UNITS = "action_units"
-HEADS = (EXPRESSION, VALENCE_AROUSAL, ACTION_UNITS)
+MIXED_PRECISION_POLICY = "mixed_float16"
 
 
 @dataclasses.dataclass
@@ -40,7 +45,7 @@ class ModelSpec:
     """What to build.
 
     Attributes:
-        heads: Heads to build, a subset of :data:`HEADS`.
+        heads: Heads to build, a subset of :data:`tfrecords_schema.HEADS`.
         num_expression_classes: Classes of the expression head (7 or 8 for ABAW).
         num_action_units: Outputs of the AU head.
         crop_size: Side ``S`` of the square input crops.
@@ -78,9 +83,9 @@ class ModelSpec:
             raise ValueError(f"unknown backbone {self.backbone!r}; valid backbones: {', '.join(BACKBONES)}")
         if self.rnn not in RNNS:
             raise ValueError(f"unknown rnn {self.rnn!r}; valid: {', '.join(RNNS)}")
-        if EXPRESSION in self.heads and self.num_expression_classes < 2:
+        if HEAD_EXPRESSION in self.heads and self.num_expression_classes < 2:
             raise ValueError(f"the expression head needs >= 2 classes, got {self.num_expression_classes}")
-        if ACTION_UNITS in self.heads and self.num_action_units < 1:
+        if HEAD_ACTION_UNITS in self.heads and self.num_action_units < 1:
             raise ValueError(f"the action_units head needs >= 1 AU, got {self.num_action_units}")
         if self.crop_size < 16:
             raise ValueError(f"crop_size must be >= 16, got {self.crop_size}")
@@ -98,26 +103,6 @@ class ModelSpec:
             )
 
 
-@keras.saving.register_keras_serializable(package="affectstream")
-class PerFrame(keras.layers.TimeDistributed):
-    """Applies a layer to every frame as one batch of ``B·T`` images (fold time into the batch).
-
-    Keras 3's ``TimeDistributed`` calls the layer once per time step in a Python loop when ``T`` is
-    static (T small batches, BatchNorm statistics per step) and collapses an unknown ``T`` to 1 inside
-    ``tf.function`` (so a SavedModel with a free time axis would be wrong). Folding time into the batch
-    is faster and works for any ``T``. Registered for serialisation: import ``trainer.model`` before
-    loading an exported ``.keras`` file.
-    """
-
-    def call(self, inputs, training=None, mask=None):
-        """Applies the wrapped layer to ``[B, T, ...]`` inputs folded to ``[B*T, ...]``; returns ``[B, T, ...]``."""
-        shape = keras.ops.shape(inputs)
-        folded = keras.ops.reshape(inputs, (-1, *inputs.shape[2:]))
-        kwargs = {"training": training} if self.layer._call_has_training_arg else {}
-        outputs = self.layer(folded, **kwargs)
-        return keras.ops.reshape(outputs, (shape[0], shape[1], *outputs.shape[1:]))
-
-
 def _simple_cnn(spec: ModelSpec) -> keras.Model:
     """The paper's simple CNN (Khorrami et al. 2016), filters scaled by ``cnn_width``.
 
@@ -130,7 +115,7 @@ def _simple_cnn(spec: ModelSpec) -> keras.Model:
     s = spec.crop_size
 
     def width(n: int) -> int:
-        return max(4, int(round(n * spec.cnn_width)))
+        return max(4, round(n * spec.cnn_width))
 
     inputs = keras.Input((s, s, 3), name="crop")
     x = keras.layers.BatchNormalization(name="input_norm")(inputs)
@@ -179,13 +164,36 @@ def build_backbone(spec: ModelSpec) -> keras.Model:
     return _application_cnn(spec)
 
 
-def build_model(spec: ModelSpec) -> keras.Model:
+@contextlib.contextmanager
+def _global_dtype_policy(name: str) -> Iterator[None]:
+    """Sets Keras' global dtype policy to ``name`` for the ``with`` block, then restores the previous one.
+
+    The one place the trainer switches the global policy (see the module docstring): layers keep the
+    policy they were built with, so nothing outside :func:`build_model` sees the switch.
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def build_model(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Model:
     """Builds the CNN+RNN with one output per head (a dict keyed by head name).
 
-    Build it inside ``strategy.scope()`` for distributed training; the global
-    Keras dtype policy (e.g. ``mixed_float16``) applies to all layers but the
-    float32 output activations.
+    Build it inside ``strategy.scope()`` for distributed training.
+
+    Args:
+        spec: What to build.
+        mixed_precision: Compute in float16 with float32 variables (``mixed_float16``; for GPUs); the
+            output activations stay float32. Otherwise every layer is float32, whatever the global policy.
     """
+    with _global_dtype_policy(MIXED_PRECISION_POLICY if mixed_precision else "float32"):
+        return _build_layers(spec)
+
+
+def _build_layers(spec: ModelSpec) -> keras.Model:
     s = spec.crop_size
     frames = keras.Input((spec.seq_len, s, s, 3), name="frames")
     cnn = build_backbone(spec)
@@ -194,15 +202,16 @@ def build_model(spec: ModelSpec) -> keras.Model:
     for i, units in enumerate(spec.rnn_units):
         x = rnn_cls(units, return_sequences=True, name=f"{spec.rnn}_{i + 1}")(x)
     outputs = {}
-    if EXPRESSION in spec.heads:
+    if HEAD_EXPRESSION in spec.heads:
         logits = keras.layers.Dense(spec.num_expression_classes, name="expression_logits")(x)
-        outputs[EXPRESSION] = keras.layers.Activation("softmax", dtype="float32", name=EXPRESSION)(logits)
-    if VALENCE_AROUSAL in spec.heads:
+        outputs[HEAD_EXPRESSION] = keras.layers.Activation("softmax", dtype="float32", name=HEAD_EXPRESSION)(logits)
+    if HEAD_VALENCE_AROUSAL in spec.heads:
         va = keras.layers.Dense(2, name="valence_arousal_linear")(x)
-        outputs[VALENCE_AROUSAL] = keras.layers.Activation("tanh", dtype="float32", name=VALENCE_AROUSAL)(va)
-    if ACTION_UNITS in spec.heads:
+        outputs[HEAD_VALENCE_AROUSAL] = keras.layers.Activation("tanh", dtype="float32",
+                                                                name=HEAD_VALENCE_AROUSAL)(va)
+    if HEAD_ACTION_UNITS in spec.heads:
         au = keras.layers.Dense(spec.num_action_units, name="action_units_logits")(x)
-        outputs[ACTION_UNITS] = keras.layers.Activation("sigmoid", dtype="float32", name=ACTION_UNITS)(au)
+        outputs[HEAD_ACTION_UNITS] = keras.layers.Activation("sigmoid", dtype="float32", name=HEAD_ACTION_UNITS)(au)
     return keras.Model(frames, outputs, name=f"{spec.backbone}_{spec.rnn}")
 
 
@@ -257,10 +266,10 @@ def compute_losses(
     eps = 1e-7
     for head, pred in outputs.items():
         w = tf.cast(weights[head], tf.float32)
-        if head == EXPRESSION:
+        if head == HEAD_EXPRESSION:
             ce = keras.losses.sparse_categorical_crossentropy(tf.cast(targets[head], tf.int32), pred)
             losses[head] = tf.reduce_sum(w * ce) / denom
-        elif head == VALENCE_AROUSAL:
+        elif head == HEAD_VALENCE_AROUSAL:
             ccc = weighted_ccc(targets[head], pred, w)
             losses[head] = (1.0 - tf.reduce_mean(ccc)) / float(num_replicas)
         else:

@@ -11,27 +11,28 @@ or with the same options from a JSON file: ``python -m trainer.train --config jo
 What a job does:
 
 * streams rebalanced training clips from ``trainer.input.make_train_dataset`` through one custom
-  training step run with ``strategy.run`` (the same path for one device, several GPUs and several
-  workers; Keras 3 ``model.fit`` is avoided: it fails under MultiWorkerMirroredStrategy on TF 2.17,
-  keras-team/keras#20585);
+  training step run with ``strategy.run`` (:func:`trainer.step.make_train_step`: the same path for one
+  device, several GPUs and several workers);
 * saves ``tf.train.CheckpointManager`` checkpoints (model, optimizer, step, evaluated epochs, best
   score) in ``--job_dir/checkpoints`` every ``--checkpoint_every`` steps and at every epoch end. Run the
   same command again after a crash or kill: it restores the latest checkpoint and ends at the same
   total step count (``epochs × steps_per_epoch``). The tf.data iterator is not checkpointed (its
   shuffle buffers would make checkpoints large): a resumed run reseeds the input stream with
   ``seed + step``, so it does not replay the clips it has already seen;
-* after every epoch evaluates the whole ``--eval_split`` (every frame once), logs TensorBoard summaries
-  to ``--job_dir/logs`` and keeps the best epoch (by macro-F1 / mean CCC / mean AU F1, summed for
-  ``multi``) in ``--job_dir/best``; that checkpoint stores its own epoch and score, and a resumed run
-  (and the export) takes them from it, so a kill between saving ``best/`` and the next checkpoint
-  cannot make the reported best epoch disagree with the exported model;
+* after every epoch evaluates the whole ``--select_split`` (default: the ``--eval_split``, validation;
+  every labelled frame once, frames without a face included), logs TensorBoard summaries to
+  ``--job_dir/logs`` and keeps the best epoch (by macro-F1 / mean CCC / mean AU F1, summed for ``multi``)
+  in ``--job_dir/best`` (:mod:`trainer.state`: that checkpoint stores its own epoch and score, so the
+  reported best epoch always matches the exported model). The training loss leaves frames without a
+  face out; the metrics score them (:mod:`trainer.frames`);
 * logs the requested bucket weights next to the empirical bucket mix of the first batches (and the
   largest deviation) at start-up;
 * XLA (``--jit_compile``): ``auto`` compiles the training step only with a GPU and a single-device
   strategy; under ``mirrored`` / ``multi_worker`` it stays off unless ``--jit_compile on``;
 * at the end exports the best model to ``--job_dir/export/`` (``model.keras``, SavedModel in
-  ``saved_model/``, ``model_info.json``), evaluates it once more and writes ``--job_dir/metrics.json``
-  and ``--job_dir/reports/`` (confusion-matrix PNG + JSON, per-class metrics).
+  ``saved_model/``, ``model_info.json`` with the face stage; :mod:`trainer.export`), evaluates it on
+  ``--eval_split`` and writes ``--job_dir/metrics.json`` (its ``selected_on`` names the split that picked
+  the epoch) and ``--job_dir/reports/`` (confusion-matrix PNG + JSON, ``per_video.csv``).
 
 Multi-worker: set ``TF_CONFIG`` in every worker and pass ``--strategy multi_worker``; ``--job_dir`` must
 be shared by the workers (a common disk, ``gs://`` or ``s3://``). Each worker reads its share of every
@@ -48,29 +49,34 @@ leaves through ``os._exit`` (tensorflow-io's S3 file system aborts at interprete
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from trainer import errors, filesystems
 from trainer.config import ConfigError, TrainConfig, parse_train_config, to_dict
+from trainer.errors import TrainingError
 
 log = logging.getLogger("trainer.train")
 
 CLASS_MIX_BATCHES = 4
-
-
-class TrainingError(RuntimeError):
-    """A training job that cannot go on (reported with its message, exit code 1)."""
+TRAIN_CONFIG_FILENAME = "train_config.json"
+LOGS_DIRNAME = "logs"
+REPORTS_DIRNAME = "reports"
 
 
 def _setup_logging() -> None:
     """INFO logging to stderr unless the caller configured logging already."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ==================================================================================================
+# Options resolved against the data.
 
 
 def resolve_steps_per_epoch(config: TrainConfig, info) -> int:
@@ -126,53 +132,7 @@ def model_spec_for(config: TrainConfig, info, heads: Sequence[str]):
     )
 
 
-def model_info_payload(config: TrainConfig, info, heads: Sequence[str], best_epoch: int, best_score: float) -> dict:
-    """What a user of the exported model needs: label names, task, input format, preprocessing.
-
-    Args:
-        config: The training options (stored as ``train_config``).
-        info: The dataset info.
-        heads: The trained heads.
-        best_epoch: The exported epoch.
-        best_score: Its validation score.
-
-    Returns:
-        The JSON-ready ``model_info.json`` payload.
-    """
-    from tfrecords_schema import SCHEMA_VERSION
-
-    return {
-        "task": config.task,
-        "heads": list(heads),
-        "label_names": {
-            "expression": info.expression_names if "expression" in heads else [],
-            "valence_arousal": ["valence", "arousal"] if "valence_arousal" in heads else [],
-            "action_units": info.action_unit_names if "action_units" in heads else [],
-        },
-        "crop_size": info.crop_size,
-        "seq_len": config.seq_len,
-        "preprocessing": {
-            "input": "float32 [batch, time, crop_size, crop_size, 3] RGB face crops scaled to [0, 1]",
-            "crop": "the square face crops of beam_jobs.convert (same crop function at inference)",
-            "time": "any number of frames; trained on windows of seq_len consecutive frames",
-        },
-        "outputs": {
-            "expression": "softmax probabilities [batch, time, classes]",
-            "valence_arousal": "tanh [batch, time, 2] (valence, arousal)",
-            "action_units": "sigmoid probabilities [batch, time, AUs] (threshold 0.5)",
-        },
-        "backbone": config.backbone,
-        "rnn": config.rnn,
-        "rnn_units": list(config.rnn_units),
-        "dataset": info.name,
-        "schema_version": SCHEMA_VERSION,
-        "best_epoch": best_epoch,
-        "best_score": best_score,
-        "train_config": to_dict(config),
-    }
-
-
-def bucket_mix_report(config: TrainConfig, info, input_seed: int) -> dict:
+def bucket_mix_report(config: TrainConfig, info, input_seed: int, skipped=None) -> dict:
     """Requested bucket weights next to the empirical bucket mix of the first training batches.
 
     The empirical mix counts the bucket of each of the first ``CLASS_MIX_BATCHES x batch_size`` clips of
@@ -182,6 +142,7 @@ def bucket_mix_report(config: TrainConfig, info, input_seed: int) -> dict:
         config: The training options (data, task, sampling, batch size).
         info: The dataset info.
         input_seed: The seed of the training stream.
+        skipped: The job's :class:`trainer.records.SkippedRecords` under ``--skip_corrupt``, else None.
 
     Returns:
         ``{"clips": n, "requested": {bucket: weight}, "empirical": {bucket: share},
@@ -193,7 +154,7 @@ def bucket_mix_report(config: TrainConfig, info, input_seed: int) -> dict:
     requested = sampling.bucket_weights(info, config.sampling, config.task)
     num_clips = CLASS_MIX_BATCHES * config.batch_size
     empirical = empirical_bucket_mix(config.data, info, task=config.task, sampling=config.sampling,
-                                     num_clips=num_clips, seed=input_seed, skip_corrupt=config.skip_corrupt)
+                                     num_clips=num_clips, seed=input_seed, skipped=skipped)
     worst = max(requested, key=lambda b: abs(empirical[b] - requested[b]))
     return {
         "clips": num_clips,
@@ -204,88 +165,236 @@ def bucket_mix_report(config: TrainConfig, info, input_seed: int) -> dict:
     }
 
 
-def build_model_and_optimizer(config: TrainConfig, spec, strategy):
-    """The training model and its optimizer, built in ``strategy.scope()`` (mixed_float16 if asked)."""
-    import keras
-
-    from trainer.model import build_model
-
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        with strategy.scope():
-            model = build_model(spec)
-            if config.optimizer == "adam":
-                optimizer = keras.optimizers.Adam(config.learning_rate)
-            else:
-                optimizer = keras.optimizers.SGD(config.learning_rate, momentum=0.9)
-            if config.mixed_precision:
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            optimizer.build(model.trainable_variables)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    return model, optimizer
+# ==================================================================================================
+# The job's parts: its plan, its evaluation datasets, its logs.
 
 
-def resolve_jit_compile(mode: str, strategy, gpu: bool) -> bool:
-    """Whether the replica training step is XLA-compiled for ``--jit_compile mode``.
+@dataclasses.dataclass
+class JobPlan:
+    """What a job does, resolved from its options, the data and the strategy (see :func:`plan_job`)."""
 
-    ``on``/``off`` as named. ``auto`` is on only with a GPU *and* a single-device strategy
-    (``OneDeviceStrategy``, what ``--strategy auto`` picks for at most one GPU): XLA inside
-    ``MirroredStrategy`` / ``MultiWorkerMirroredStrategy`` replica steps is untested here and has given
-    NaN losses, so it stays off there unless asked for with ``on``.
+    info: object
+    heads: tuple[str, ...]
+    steps_per_epoch: int
+    total_steps: int
+    jit: bool
+    select_split: str
+    eval_split: str
 
-    Args:
-        mode: ``auto``, ``on`` or ``off``.
-        strategy: The training strategy.
-        gpu: Whether a GPU is present.
+
+def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
+    """Reads the dataset info and checks the options against it and the strategy; logs the plan.
 
     Raises:
-        ValueError: unknown mode (the message lists the valid values).
+        TrainingError: a split that the data lacks, a batch size that the replicas do not divide.
     """
-    import tensorflow as tf
+    from tfrecords_schema import read_dataset_info
+    from trainer import distribution, sampling
+    from trainer.input import heads_for_task
+    from trainer.step import resolve_jit_compile
 
-    from trainer.config import JIT_CHOICES
-
-    if mode not in JIT_CHOICES:
-        raise ValueError(f"unknown jit_compile {mode!r}; valid values: {', '.join(JIT_CHOICES)}")
-    if mode != "auto":
-        return mode == "on"
-    return gpu and isinstance(strategy, tf.distribute.OneDeviceStrategy)
-
-
-def make_train_step(model, optimizer, strategy, *, global_frames: int, mixed_precision: bool, jit: bool):
-    """The one training step for every strategy: ``strategy.run`` of a replica step on ``next(iterator)``.
-
-    Losses are scaled by the global batch (:func:`trainer.model.compute_losses`) and the optimizer
-    all-reduces (sums) the gradients across replicas, so the step equals one step on the global batch.
-    Returns a ``tf.function`` mapping a distributed iterator to the replica-summed losses.
-    """
-    import tensorflow as tf
-
-    from trainer.model import compute_losses
-
+    info = read_dataset_info(config.data)
+    heads = heads_for_task(info, config.task)
+    select_split = config.select_split or config.eval_split
+    for flag, split in (("--eval_split", config.eval_split), ("--select_split", select_split)):
+        if split not in info.splits:
+            raise TrainingError(f"{flag} {split!r} is not in {config.data} (splits: {sorted(info.splits)})")
     num_replicas = strategy.num_replicas_in_sync
+    if config.batch_size % num_replicas:
+        raise TrainingError(
+            f"--batch_size {config.batch_size} must be a multiple of the {num_replicas} replicas in sync"
+        )
+    steps_per_epoch = resolve_steps_per_epoch(config, info)
+    use_gpu = distribution.has_gpu()
+    plan = JobPlan(info=info, heads=heads, steps_per_epoch=steps_per_epoch,
+                   total_steps=steps_per_epoch * config.epochs, jit=resolve_jit_compile(config.jit_compile, strategy,
+                                                                                        use_gpu),
+                   select_split=select_split, eval_split=config.eval_split)
+    if config.mixed_precision and not use_gpu:
+        log.warning("--mixed_precision without a GPU: float16 on CPU is slow")
+    log.info("strategy %s: %s (%d replicas), chief=%s, heads %s, %d steps/epoch x %d epochs = %d steps, XLA %s",
+             config.strategy, type(strategy).__name__, num_replicas, role.is_chief, list(heads), steps_per_epoch,
+             config.epochs, plan.total_steps, plan.jit)
+    log.info("requested bucket weights (%s): %s", config.sampling,
+             json.dumps(sampling.bucket_weights(info, config.sampling, config.task), sort_keys=True))
+    log.info("best epoch selected on %r, final report on %r", select_split, config.eval_split)
+    return plan
 
-    def step_fn(images, targets, weights):
-        with tf.GradientTape() as tape:
-            outputs = model(images, training=True)
-            losses = compute_losses(targets, outputs, weights, global_frames, num_replicas)
-            total = tf.add_n(list(losses.values()))
-            scaled = optimizer.scale_loss(total) if mixed_precision else total
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return {"loss": total, **losses}
 
-    replica_step = tf.function(step_fn, jit_compile=True) if jit else step_fn
+class Evaluator:
+    """The job's evaluation datasets, each built once (which checks its shards before the first step).
 
-    @tf.function
-    def train_step(iterator):
-        images, targets, weights = next(iterator)
-        per_replica = strategy.run(replica_step, args=(images, targets, weights))
-        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+    Args:
+        config: The training options.
+        plan: The job plan (its selection and report splits).
+        skipped: The job's corrupt-record counter, or None.
+    """
 
-    return train_step
+    def __init__(self, config: TrainConfig, plan: JobPlan, skipped):
+        from trainer.input import make_eval_dataset
+
+        self._plan = plan
+        self._datasets = {
+            split: make_eval_dataset(config.data, plan.info, split=split, task=config.task, seq_len=config.seq_len,
+                                     batch_size=config.eval_batch_size or config.batch_size, skipped=skipped)
+            for split in dict.fromkeys((plan.select_split, plan.eval_split))}
+        self._predict = None  # (model, its traced predict function): traced once, reused every epoch
+
+    def predictions(self, model, split: str):
+        """Every scored frame of ``split`` (:func:`trainer.evaluate.collect_predictions`)."""
+        from trainer.evaluate import collect_predictions, predict_function
+
+        if self._predict is None or self._predict[0] is not model:
+            self._predict = (model, predict_function(model))
+        return collect_predictions(model, self._datasets[split], self._plan.heads, self._plan.info,
+                                   self._predict[1])
+
+
+def _open_writers(config: TrainConfig, plan: JobPlan, role, log_bucket_mix: bool, input_seed: int, skipped):
+    """``(train_writer, eval_writer)``; on the chief also writes ``train_config.json`` and logs the bucket mix."""
+    import tensorflow as tf
+
+    from tfrecords_schema import join_path
+    from trainer.reports import write_json
+
+    if not role.is_chief:
+        return tf.summary.create_noop_writer(), tf.summary.create_noop_writer()
+    tf.io.gfile.makedirs(join_path(config.job_dir, LOGS_DIRNAME))
+    write_json(join_path(config.job_dir, TRAIN_CONFIG_FILENAME), to_dict(config))
+    if log_bucket_mix:
+        log.info("bucket mix of the first %d batches (%s sampling): %s", CLASS_MIX_BATCHES, config.sampling,
+                 json.dumps(bucket_mix_report(config, plan.info, input_seed, skipped), sort_keys=True))
+    return (tf.summary.create_file_writer(join_path(config.job_dir, LOGS_DIRNAME, "train")),
+            tf.summary.create_file_writer(join_path(config.job_dir, LOGS_DIRNAME, plan.select_split)))
+
+
+def _log_scalars(writer, step: int, result: dict) -> None:
+    """Writes the selection score and every scalar metric of an evaluation (face-only ones under with_face/)."""
+    import tensorflow as tf
+
+    from trainer.metrics import MAIN_METRIC
+
+    with writer.as_default(step=step):
+        tf.summary.scalar("score", result["score"])
+        for head, values in result.items():
+            if not isinstance(values, dict):
+                continue
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and name != "frames":
+                    tf.summary.scalar(f"{head}/{name}", value)
+            tf.summary.scalar(f"{head}/with_face/{MAIN_METRIC[head]}", values["with_face"][MAIN_METRIC[head]])
+    writer.flush()
+
+
+# ==================================================================================================
+# Training: the epoch loop, its evaluations, the final export and report.
+
+
+def _evaluate_epoch(epoch: int, model, eval_model, evaluator: Evaluator, plan: JobPlan, state, eval_writer) -> dict:
+    """Scores ``epoch`` on the selection split with the float32 copy; saves ``best/`` when it is the best."""
+    from trainer import reports
+
+    eval_model.set_weights(model.get_weights())
+    result = evaluator.predictions(eval_model, plan.select_split).result()
+    _log_scalars(eval_writer, epoch, result)
+    log.info("epoch %d %s: score %.4f\n%s", epoch, plan.select_split, result["score"],
+             reports.format_metrics(result))
+    if state.record_epoch(epoch, result["score"]):
+        log.info("new best epoch %d (score %.4f)", epoch, result["score"])
+    return result
+
+
+def _check_and_log_step(done: int, total_steps: int, values: dict, rate: float, train_writer) -> None:
+    """Logs a step's losses (console and TensorBoard); raises TrainingError on a non-finite one."""
+    import tensorflow as tf
+
+    values = {k: float(v) for k, v in values.items()}
+    if not all(math.isfinite(v) for v in values.values()):
+        raise TrainingError(f"non-finite loss at step {done}: {values}")
+    log.info("step %d/%d %s (%.2f steps/s)", done, total_steps, " ".join(f"{k}={v:.4f}" for k, v in values.items()),
+             rate)
+    with train_writer.as_default(step=done):
+        for k, v in values.items():
+            tf.summary.scalar(f"loss/{k}", v)
+
+
+def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, train_step, start_step: int, input_seed: int,
+                skipped, end_of_epoch, state, train_writer) -> None:
+    """Steps from ``start_step`` to the end; ``end_of_epoch(epoch)`` after every epoch, checkpoints between."""
+    import tensorflow as tf
+
+    from trainer.input import make_train_dataset
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make_train_dataset(
+            config.data, plan.info, task=config.task, seq_len=config.seq_len,
+            batch_size=input_context.get_per_replica_batch_size(config.batch_size), sampling=config.sampling,
+            loss_weighting=config.loss_weighting, seed=input_seed, augment=config.augment,
+            input_context=input_context, skipped=skipped,
+        )
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    t0, last_log_step = time.time(), start_step
+    for s in range(start_step, plan.total_steps):
+        try:
+            values = train_step(iterator)
+        except tf.errors.OutOfRangeError as e:
+            raise TrainingError(
+                f"the training stream ended at step {s}: a bucket's shards yielded no records (every record "
+                "unreadable under --skip_corrupt?); check the data with beam_jobs.inspect_dataset") from e
+        done = s + 1
+        state.step.assign(done)
+        if done % config.log_every == 0 or done == plan.total_steps:
+            rate = (done - last_log_step) / max(time.time() - t0, 1e-9)
+            t0, last_log_step = time.time(), done
+            _check_and_log_step(done, plan.total_steps, values, rate, train_writer)
+        if done % plan.steps_per_epoch == 0:
+            end_of_epoch(done // plan.steps_per_epoch)
+            state.save(done)
+        elif done % config.checkpoint_every == 0:
+            state.save(done)
+    train_writer.flush()
+
+
+def _export_and_report(config: TrainConfig, plan: JobPlan, eval_model, evaluator: Evaluator, best_dir: str,
+                       skipped) -> dict:
+    """Restores the best epoch into the float32 model, exports it, scores it on the report split, writes reports.
+
+    The epoch and score reported are the ones stored in the best checkpoint itself, so the export and
+    the report always describe the same model.
+    """
+    import tensorflow as tf
+
+    from tfrecords_schema import join_path
+    from trainer import reports
+    from trainer.export import EXPORT_DIRNAME, export_model, model_info_payload
+    from trainer.state import read_best_checkpoint
+
+    stored = read_best_checkpoint(best_dir)
+    if stored is None:
+        raise TrainingError(f"no best checkpoint in {best_dir}: no epoch was evaluated")
+    best_epoch, best_score, best = stored
+    tf.train.Checkpoint(model=eval_model).restore(best).assert_existing_objects_matched().expect_partial()
+    paths = export_model(eval_model, join_path(config.job_dir, EXPORT_DIRNAME),
+                         model_info_payload(config, plan.info, plan.heads, best_epoch=best_epoch,
+                                            best_score=best_score, selected_on=plan.select_split))
+
+    predictions = evaluator.predictions(eval_model, plan.eval_split)
+    result = predictions.result()
+    result.update({"best_epoch": best_epoch, "split": plan.eval_split, "selected_on": plan.select_split})
+    if skipped is not None:
+        result["skipped_corrupt_records"] = skipped.total
+    paths.update(reports.write_reports(
+        result, predictions.per_video(), plan.info.expression_names,
+        metrics_path=join_path(config.job_dir, reports.METRICS_FILENAME),
+        report_dir=join_path(config.job_dir, REPORTS_DIRNAME),
+        title=f"{plan.info.name} {plan.eval_split}, best epoch {best_epoch} (selected on {plan.select_split})"))
+    print(f"best epoch {best_epoch} (selected on {plan.select_split}), scored on {plan.eval_split}:")
+    print(reports.format_metrics(result))
+    for name, path in sorted(paths.items()):
+        print(f"{name}: {path}")
+    sys.stdout.flush()
+    return result
 
 
 def train(config: TrainConfig) -> dict:
@@ -301,263 +410,61 @@ def train(config: TrainConfig) -> dict:
         TrainingError: the job cannot go on (bad split, batch size, checkpoint, non-finite loss...).
         DatasetInfoError, ValueError, CorruptShardError: bad data or options (clear messages).
     """
-    import tensorflow as tf
-
     from trainer import distribution
 
-    # The strategy must exist before other TensorFlow ops (MultiWorkerMirroredStrategy).
+    # 1. The strategy, before any other TensorFlow op (MultiWorkerMirroredStrategy needs that).
     strategy, role = distribution.make_strategy(config.strategy)
 
     import keras
 
-    from tfrecords_schema import join_path, read_dataset_info
-    from trainer import reports, sampling
-    from trainer.evaluate import evaluate_model
-    from trainer.input import heads_for_task, make_eval_dataset, make_train_dataset
     from trainer.model import build_model
+    from trainer.records import SkippedRecords
+    from trainer.state import TrainState
+    from trainer.step import build_model_and_optimizer, make_train_step
 
-    info = read_dataset_info(config.data)
-    heads = heads_for_task(info, config.task)
-    if config.eval_split not in info.splits:
-        raise TrainingError(
-            f"--eval_split {config.eval_split!r} is not in {config.data} (splits: {sorted(info.splits)})"
-        )
-    num_replicas = strategy.num_replicas_in_sync
-    if config.batch_size % num_replicas:
-        raise TrainingError(
-            f"--batch_size {config.batch_size} must be a multiple of the {num_replicas} replicas in sync"
-        )
-    steps_per_epoch = resolve_steps_per_epoch(config, info)
-    total_steps = steps_per_epoch * config.epochs
-    use_gpu = distribution.has_gpu()
-    jit = resolve_jit_compile(config.jit_compile, strategy, use_gpu)
-    if config.mixed_precision and not use_gpu:
-        log.warning("--mixed_precision without a GPU: float16 on CPU is slow")
+    # 2. The plan, and the evaluation datasets (built once; their shards are checked before training).
+    plan = plan_job(config, strategy, role)
+    skipped = SkippedRecords() if config.skip_corrupt else None
+    evaluator = Evaluator(config, plan, skipped)
 
-    log.info("strategy %s: %s (%d replicas), chief=%s, heads %s, %d steps/epoch x %d epochs = %d steps, XLA %s",
-             config.strategy, type(strategy).__name__, num_replicas, role.is_chief, list(heads), steps_per_epoch,
-             config.epochs, total_steps, jit)
-    log.info("requested bucket weights (%s): %s", config.sampling,
-             json.dumps(sampling.bucket_weights(info, config.sampling, config.task), sort_keys=True))
-
+    # 3. Models and state: the training model in the strategy, a float32 copy outside it that evaluates
+    #    and exports (weights copied in; no distributed reads).
     keras.utils.set_random_seed(config.seed)
-    spec = model_spec_for(config, info, heads)
-    # A float32 copy outside the strategy evaluates and exports (weights copied in; no distributed reads).
-    keras.mixed_precision.set_global_policy("float32")
+    spec = model_spec_for(config, plan.info, plan.heads)
     eval_model = build_model(spec)
     model, optimizer = build_model_and_optimizer(config, spec, strategy)
+    state = TrainState(model, optimizer, config.job_dir, role, config.keep_checkpoints)
 
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
-    best_score = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_score")
-    best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, epochs_done=epochs_done,
-                                     best_score=best_score, best_epoch=best_epoch)
-    # The best checkpoint carries its own score and epoch: best/ is the truth for export and report.
-    best_checkpoint = tf.train.Checkpoint(model=model, best_score=best_score, best_epoch=best_epoch)
-
-    checkpoint_dir = join_path(config.job_dir, "checkpoints")
-    best_dir = join_path(config.job_dir, "best")
-    my_checkpoint_dir = distribution.write_dir(checkpoint_dir, role)
-    my_best_dir = distribution.write_dir(best_dir, role)
-    if role.is_chief:
-        tf.io.gfile.makedirs(config.job_dir)
-    manager = tf.train.CheckpointManager(checkpoint, my_checkpoint_dir, max_to_keep=config.keep_checkpoints)
-    best_manager = tf.train.CheckpointManager(best_checkpoint, my_best_dir, max_to_keep=1)
-
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if latest:
-        try:
-            checkpoint.restore(latest).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise TrainingError(
-                f"checkpoint {latest} does not fit this model/options ({type(e).__name__}: {e}); resume with the "
-                "options of the original run or use a new --job_dir"
-            ) from e
-        log.info("resumed from %s at step %d (epochs evaluated %d, best score %.4f)", latest, int(step.numpy()),
-                 int(epochs_done.numpy()), float(best_score.numpy()))
-    stored_best = read_best_checkpoint(best_dir)
-    if stored_best is not None and (stored_best[0], stored_best[1]) != (int(best_epoch.numpy()),
-                                                                      float(best_score.numpy())):
-        # A run killed between saving best/ and the next checkpoint: best/ holds a newer best epoch.
-        log.info("best checkpoint %s holds epoch %d (score %.4f); the resumed run goes on from it", stored_best[2],
-                 stored_best[0], stored_best[1])
-        best_epoch.assign(stored_best[0])
-        best_score.assign(stored_best[1])
-    start_step = int(step.numpy())
-    if start_step > total_steps:
-        raise TrainingError(
-            f"{checkpoint_dir} holds step {start_step} > epochs x steps_per_epoch = {total_steps}: "
-            "use a new --job_dir or the options of the original run"
-        )
+    # 4. Resume: a resumed run reseeds the input with seed + step (the tf.data iterator is not saved).
+    start_step = state.restore(plan.total_steps)
     input_seed = config.seed + start_step
+    train_writer, eval_writer = _open_writers(config, plan, role, start_step < plan.total_steps, input_seed,
+                                              skipped)
 
-    if role.is_chief:
-        tf.io.gfile.makedirs(join_path(config.job_dir, "logs"))
-        with tf.io.gfile.GFile(join_path(config.job_dir, "train_config.json"), "w") as f:
-            f.write(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
-        train_writer = tf.summary.create_file_writer(join_path(config.job_dir, "logs", "train"))
-        eval_writer = tf.summary.create_file_writer(join_path(config.job_dir, "logs", config.eval_split))
-        if start_step < total_steps:
-            log.info("bucket mix of the first %d batches (%s sampling): %s", CLASS_MIX_BATCHES, config.sampling,
-                     json.dumps(bucket_mix_report(config, info, input_seed), sort_keys=True))
-    else:
-        train_writer = eval_writer = tf.summary.create_noop_writer()
+    def end_of_epoch(epoch: int) -> None:
+        _evaluate_epoch(epoch, model, eval_model, evaluator, plan, state, eval_writer)
 
-    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return make_train_dataset(
-            config.data, info, task=config.task, seq_len=config.seq_len,
-            batch_size=input_context.get_per_replica_batch_size(config.batch_size), sampling=config.sampling,
-            loss_weighting=config.loss_weighting, seed=input_seed, augment=config.augment,
-            input_context=input_context, skip_corrupt=config.skip_corrupt,
-        )
+    # 5. A checkpoint at an epoch boundary whose evaluation had not run yet: evaluate it first.
+    epoch_at_start = start_step // plan.steps_per_epoch
+    if start_step and start_step % plan.steps_per_epoch == 0 and int(state.epochs_done.numpy()) < epoch_at_start:
+        end_of_epoch(epoch_at_start)
+        state.save(start_step)
 
-    train_step = make_train_step(model, optimizer, strategy, global_frames=config.batch_size * config.seq_len,
-                                 mixed_precision=config.mixed_precision, jit=jit)
-
-    def evaluate_epoch(epoch: int) -> dict:
-        eval_model.set_weights(model.get_weights())
-        ds = make_eval_dataset(config.data, info, split=config.eval_split, task=config.task, seq_len=config.seq_len,
-                               batch_size=config.eval_batch_size or config.batch_size,
-                               skip_corrupt=config.skip_corrupt)
-        result = evaluate_model(eval_model, ds, heads, info)
-        with eval_writer.as_default(step=epoch):
-            tf.summary.scalar("score", result["score"])
-            for head, values in result.items():
-                if isinstance(values, dict):
-                    for name, value in values.items():
-                        if isinstance(value, (int, float)) and name != "num_frames":
-                            tf.summary.scalar(f"{head}/{name}", value)
-        eval_writer.flush()
-        log.info("epoch %d %s: score %.4f\n%s", epoch, config.eval_split, result["score"],
-                 reports.format_metrics(result))
-        if result["score"] > float(best_score.numpy()):
-            best_score.assign(result["score"])
-            best_epoch.assign(epoch)
-            best_manager.save(checkpoint_number=epoch)
-            log.info("new best epoch %d (score %.4f)", epoch, result["score"])
-        epochs_done.assign(epoch)
-        return result
-
-    # A checkpoint at an epoch boundary whose evaluation had not run yet: evaluate first.
-    if start_step and start_step % steps_per_epoch == 0 and int(epochs_done.numpy()) < start_step // steps_per_epoch:
-        evaluate_epoch(start_step // steps_per_epoch)
-        manager.save(checkpoint_number=start_step)
-
-    if start_step < total_steps:
-        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-        t0, last_log_step = time.time(), start_step
-        for s in range(start_step, total_steps):
-            try:
-                values = train_step(iterator)
-            except tf.errors.OutOfRangeError as e:
-                raise TrainingError(
-                    f"the training stream ended at step {s}: a bucket's shards yielded no records (every record "
-                    "unreadable under --skip_corrupt?); check the data with beam_jobs.inspect_dataset") from e
-            step.assign(s + 1)
-            done = s + 1
-            if done % config.log_every == 0 or done == total_steps:
-                values = {k: float(v) for k, v in values.items()}
-                if not all(math.isfinite(v) for v in values.values()):
-                    raise TrainingError(f"non-finite loss at step {done}: {values}")
-                rate = (done - last_log_step) / max(time.time() - t0, 1e-9)
-                t0, last_log_step = time.time(), done
-                log.info("step %d/%d %s (%.2f steps/s)", done, total_steps,
-                         " ".join(f"{k}={v:.4f}" for k, v in values.items()), rate)
-                with train_writer.as_default(step=done):
-                    for k, v in values.items():
-                        tf.summary.scalar(f"loss/{k}", v)
-            if done % steps_per_epoch == 0:
-                evaluate_epoch(done // steps_per_epoch)
-                manager.save(checkpoint_number=done)
-            elif done % config.checkpoint_every == 0:
-                manager.save(checkpoint_number=done)
-        train_writer.flush()
-    log.info("training finished at step %d", int(step.numpy()))
-    if config.skip_corrupt:
-        from trainer.input import skipped_records
-
+    # 6. The epoch loop.
+    if start_step < plan.total_steps:
+        train_step = make_train_step(model, optimizer, strategy, global_frames=config.batch_size * config.seq_len,
+                                     mixed_precision=config.mixed_precision, jit=plan.jit)
+        _run_epochs(config, plan, strategy, train_step, start_step, input_seed, skipped, end_of_epoch, state,
+                    train_writer)
+    log.info("training finished at step %d", int(state.step.numpy()))
+    if skipped is not None:
         log.warning("--skip_corrupt: %d unreadable record(s) skipped in this process (counted per pass over a "
-                    "corrupt shard)", skipped_records())
+                    "corrupt shard)", skipped.total)
 
-    final: dict = {}
-    if role.is_chief:
-        final = _export_and_report(config, info, heads, eval_model, best_dir)
-    distribution.remove_temp_dir(my_checkpoint_dir, role)
-    distribution.remove_temp_dir(my_best_dir, role)
+    # 7. The chief exports the best epoch and reports it.
+    final = _export_and_report(config, plan, eval_model, evaluator, state.best_dir, skipped) if role.is_chief else {}
+    state.close()
     return final
-
-
-def read_best_checkpoint(best_dir: str) -> tuple[int, float, str] | None:
-    """``(best_epoch, best_score, path)`` stored in the latest checkpoint of ``best_dir``; None if there is none.
-
-    Raises:
-        TrainingError: the best checkpoint does not hold its epoch and score (written by an older version).
-    """
-    import tensorflow as tf
-
-    path = tf.train.latest_checkpoint(best_dir)
-    if path is None:
-        return None
-    reader = tf.train.load_checkpoint(path)
-    try:
-        epoch = int(reader.get_tensor("best_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
-        score = float(reader.get_tensor("best_score/.ATTRIBUTES/VARIABLE_VALUE"))
-    except (tf.errors.NotFoundError, ValueError) as e:
-        raise TrainingError(f"best checkpoint {path} holds no best_epoch/best_score (written by an older "
-                            f"version?): use a new --job_dir") from e
-    return epoch, score, path
-
-
-def _export_and_report(config: TrainConfig, info, heads, eval_model, best_dir: str) -> dict:
-    """Restores the best epoch into the float32 model, exports it, evaluates it, writes the reports.
-
-    The epoch and score reported are the ones stored in the best checkpoint itself, so the export and
-    the report always describe the same model.
-    """
-    import tensorflow as tf
-
-    from tfrecords_schema import join_path
-    from trainer import reports
-    from trainer.evaluate import evaluate_model
-    from trainer.input import make_eval_dataset
-
-    stored = read_best_checkpoint(best_dir)
-    if stored is None:
-        raise TrainingError(f"no best checkpoint in {best_dir}: no epoch was evaluated")
-    best_epoch, best_score, best = stored
-    tf.train.Checkpoint(model=eval_model).restore(best).assert_existing_objects_matched().expect_partial()
-
-    export_dir = join_path(config.job_dir, "export")
-    tf.io.gfile.makedirs(export_dir)
-    keras_path = join_path(export_dir, "model.keras")
-    saved_model_path = join_path(export_dir, "saved_model")
-    eval_model.save(keras_path)
-    eval_model.export(saved_model_path, verbose=False)
-    reports.write_json(join_path(export_dir, "model_info.json"),
-                       model_info_payload(config, info, heads, best_epoch, best_score))
-
-    ds = make_eval_dataset(config.data, info, split=config.eval_split, task=config.task, seq_len=config.seq_len,
-                           batch_size=config.eval_batch_size or config.batch_size, skip_corrupt=config.skip_corrupt)
-    result = evaluate_model(eval_model, ds, heads, info)
-    result["best_epoch"] = best_epoch
-    result["split"] = config.eval_split
-    if config.skip_corrupt:
-        from trainer.input import skipped_records
-
-        result["skipped_corrupt_records"] = skipped_records()
-    report_dir = join_path(config.job_dir, "reports")
-    paths = reports.write_reports(result, info.expression_names, report_dir,
-                                  title=f"{info.name} {config.eval_split}, best epoch {best_epoch}")
-    reports.write_json(join_path(config.job_dir, "metrics.json"), result)
-    paths.update({"metrics_json": join_path(config.job_dir, "metrics.json"), "model_keras": keras_path,
-                  "saved_model": saved_model_path})
-    print(f"best epoch {best_epoch} on {config.eval_split}:")
-    print(reports.format_metrics(result))
-    for name, path in sorted(paths.items()):
-        print(f"{name}: {path}")
-    sys.stdout.flush()
-    return result
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,96 @@
+"""Evaluation on a real conversion: every labelled frame is scored, frames without a face included.
+
+The fixture converts tiny drawn-face videos with Beam (in memory); two frames of one video show no face
+(``--max_hold 0``: nothing is held), so the validation accounting has frames written without a face. An
+exported model (untrained: the counts, not the scores, are under test) is evaluated through the
+``affectstream evaluate`` entry point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+
+import abaw_layout as abaw
+import pytest
+import video_fixtures as vf
+
+from beam_jobs import convert
+from beam_jobs.faces import FaceStageConfig
+from tfrecords_schema import SPLIT_VALIDATION, read_dataset_info
+from trainer import evaluate
+from trainer.config import TrainConfig
+from trainer.export import export_model, model_info_payload
+from trainer.input import heads_for_task
+from trainer.model import build_model
+from trainer.train import model_spec_for
+
+VID1 = [0, 0, 4, 4, None, None, 4, 1, 1, 5, 5, 5]  # None: a frame without a face (labelled Neutral)
+VID1_LABELS = [0 if e is None else e for e in VID1]
+VID1_LABELS[7] = -1  # one unlabelled line: not a labelled frame, not scored
+VID2 = [3] * 6
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluation")
+    ann, videos = root / "annotations", root / "videos"
+    vf.write_face_video(videos / "vid1.avi", VID1)
+    abaw.write_annotation(ann, "expr", "validation", "vid1", VID1_LABELS)
+    vf.write_face_video(videos / "vid2.avi", VID2)
+    abaw.write_annotation(ann, "expr", "validation", "vid2", VID2)
+    vf.write_face_video(videos / "vid3.avi", [4] * 6)
+    abaw.write_annotation(ann, "expr", "train", "vid3", [4] * 6)
+    out = root / "out"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        rc = convert.run(["--videos", str(videos), "--annotations", str(ann), "--output", str(out),
+                          "--clip_length", "4", "--detect_every", "1", "--max_hold", "0", "--crop_size", "32",
+                          "--runner", "DirectRunner", "--direct_running_mode", "in_memory", "--progress_every", "0"])
+    assert rc == 0, err.getvalue()[-3000:]
+    return out, read_dataset_info(str(out))
+
+
+@pytest.fixture(scope="module")
+def exported(converted, tmp_path_factory):
+    """An untrained model of the converted data, exported as a training job exports it."""
+    out, info = converted
+    job = tmp_path_factory.mktemp("job")
+    config = TrainConfig(data=str(out), job_dir=str(job), task="expr", seq_len=4, cnn_width=0.125, feature_dim=8,
+                         rnn_units=[8])
+    heads = heads_for_task(info, config.task)
+    model = build_model(model_spec_for(config, info, heads))
+    export_model(model, str(job / "export"),
+                 model_info_payload(config, info, heads, best_epoch=0, best_score=0.0, selected_on=SPLIT_VALIDATION))
+    return job
+
+
+def test_evaluate_scores_every_written_labelled_frame_with_or_without_a_face(converted, exported, capsys):
+    out, info = converted
+    accounting = info.splits[SPLIT_VALIDATION].accounting
+    assert accounting.written_frames_without_face == 2 and accounting.dropped == {}
+
+    assert evaluate.run(["--model", str(exported / "export"), "--data", str(out)]) == 0
+    report_dir = exported / "evaluation" / SPLIT_VALIDATION
+    assert f"reports written to {report_dir}" in capsys.readouterr().out
+    expression = json.loads((report_dir / "metrics.json").read_text())["expression"]
+    # A single-task split: every written labelled frame has a valid expression label, and each is scored.
+    assert expression["frames"] == accounting.written_frames_with_face + accounting.written_frames_without_face
+    assert expression["frames"] == len(VID1) - 1 + len(VID2)
+    assert expression["with_face"]["frames"] == accounting.written_frames_with_face
+
+    with open(report_dir / "per_video.csv", newline="") as f:
+        rows = {row["media_id"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"vid1", "vid2"}
+    assert (int(rows["vid1"]["frames"]), int(rows["vid2"]["frames"])) == (len(VID1) - 1, len(VID2))
+    assert float(rows["vid1"]["face_rate"]) == pytest.approx(9 / 11, abs=1e-4)
+    assert float(rows["vid2"]["face_rate"]) == 1.0
+
+
+def test_model_info_face_stage_is_the_conversion_face_stage(converted, exported):
+    _, info = converted
+    model_info = json.loads((exported / "export" / "model_info.json").read_text())
+    stage = FaceStageConfig.from_dict(model_info["face_stage"])
+    assert stage == FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size})
+    assert (stage.detect_every, stage.max_hold, stage.crop_size) == (1, 0, 32)

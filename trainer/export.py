@@ -1,0 +1,110 @@
+"""The export of a training job: ``model.keras``, a SavedModel and ``model_info.json``.
+
+``model_info.json`` is what a user of the model needs: the task and heads, label names, the input format
+and preprocessing, the face stage that made the crops (``face_stage``: the
+:class:`beam_jobs.faces.FaceStageConfig` of the conversion, from which ``affectstream predict`` rebuilds
+the same stage), the exported epoch, its score and the split that selected it.
+
+Loading::
+
+    import keras
+    import trainer  # registers the custom layers
+    model = keras.models.load_model("JOB/export/model.keras", compile=False)
+    served = tf.saved_model.load("JOB/export/saved_model")  # served.serve(frames)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+
+from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL, join_path
+
+EXPORT_DIRNAME = "export"
+MODEL_FILENAME = "model.keras"
+SAVED_MODEL_DIRNAME = "saved_model"
+MODEL_INFO_FILENAME = "model_info.json"
+
+
+def face_stage_of(info) -> dict:
+    """The face stage that made the data's crops, as ``model_info.json`` stores it (``FaceStageConfig`` dict)."""
+    from beam_jobs.faces import FaceStageConfig  # Beam-free module.
+
+    return FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size}).to_dict()
+
+
+def model_info_payload(config, info, heads: Sequence[str], *, best_epoch: int, best_score: float,
+                       selected_on: str) -> dict:
+    """The JSON-ready ``model_info.json`` payload.
+
+    Args:
+        config: The training options (a :class:`trainer.config.TrainConfig`, stored as ``train_config``).
+        info: The dataset info.
+        heads: The trained heads.
+        best_epoch: The exported epoch.
+        best_score: Its score on ``selected_on``.
+        selected_on: The split the epoch was selected on.
+    """
+    from tfrecords_schema import SCHEMA_VERSION
+    from trainer.config import to_dict
+
+    return {
+        "task": config.task,
+        "heads": list(heads),
+        "label_names": {
+            HEAD_EXPRESSION: info.expression_names if HEAD_EXPRESSION in heads else [],
+            HEAD_VALENCE_AROUSAL: ["valence", "arousal"] if HEAD_VALENCE_AROUSAL in heads else [],
+            HEAD_ACTION_UNITS: info.action_unit_names if HEAD_ACTION_UNITS in heads else [],
+        },
+        "crop_size": info.crop_size,
+        "seq_len": config.seq_len,
+        "preprocessing": {
+            "input": "float32 [batch, time, crop_size, crop_size, 3] RGB face crops scaled to [0, 1]",
+            "crop": "the square face crops of beam_jobs.convert (same crop function at inference)",
+            "time": "any number of frames; trained on windows of seq_len consecutive frames",
+        },
+        "face_stage": face_stage_of(info),
+        "outputs": {
+            HEAD_EXPRESSION: "softmax probabilities [batch, time, classes]",
+            HEAD_VALENCE_AROUSAL: "tanh [batch, time, 2] (valence, arousal)",
+            HEAD_ACTION_UNITS: "sigmoid probabilities [batch, time, AUs] (threshold 0.5)",
+        },
+        "backbone": config.backbone,
+        "rnn": config.rnn,
+        "rnn_units": list(config.rnn_units),
+        "dataset": info.name,
+        "schema_version": SCHEMA_VERSION,
+        "best_epoch": best_epoch,
+        "best_score": best_score,
+        "selected_on": selected_on,
+        "train_config": to_dict(config),
+    }
+
+
+def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
+    """Writes ``model.keras``, ``saved_model/`` and ``model_info.json`` to ``export_dir``.
+
+    ``model.keras`` and ``model_info.json`` appear whole or not at all (the Keras file is saved locally,
+    then copied in through :func:`tfrecords_schema.atomic.incomplete_file`); ``model_info.json`` is written
+    last, so an export folder holding it holds a complete model.
+
+    Returns:
+        ``{"model_keras": path, "saved_model": path, "model_info": path}``.
+    """
+    import tensorflow as tf
+
+    from tfrecords_schema.atomic import incomplete_file
+    from trainer.reports import write_json
+
+    tf.io.gfile.makedirs(export_dir)
+    keras_path = join_path(export_dir, MODEL_FILENAME)
+    saved_model_path = join_path(export_dir, SAVED_MODEL_DIRNAME)
+    with tempfile.TemporaryDirectory(prefix="affectstream_export_") as local_dir:
+        local = os.path.join(local_dir, MODEL_FILENAME)  # Keras wants the .keras suffix
+        model.save(local)
+        with incomplete_file(keras_path) as partial:
+            tf.io.gfile.copy(local, partial, overwrite=True)
+    model.export(saved_model_path, verbose=False)
+    info_path = write_json(join_path(export_dir, MODEL_INFO_FILENAME), model_info)
+    return {"model_keras": keras_path, "saved_model": saved_model_path, "model_info": info_path}

@@ -1,0 +1,136 @@
+"""Per clip: which frames a sequence takes, their decoding, and the per-head targets and weights.
+
+A *window* is ``seq_len`` frames of one parsed clip (:func:`tfrecords_schema.make_clip_parser`): the
+training pipeline takes one random window per clip (:func:`random_window`), evaluation cuts every clip
+into consecutive windows (:func:`eval_windows`). Frames past the clip end are padding (a suffix, weight 0).
+Frames are masked, never dropped, so time never shifts.
+
+Weights (:func:`targets_and_weights`): a frame weighs 0 where the head's label is invalid or the frame is
+padding. In training (``require_face=True``) a frame without a face weighs 0 too; in evaluation it counts,
+predicted by the model on its stored crop (the crop at the last-seen face place, or the blank crop before
+any face): the benchmark scores every annotated frame, and prediction on new video uses the same rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
+
+
+def random_window(clip: dict, seed: tf.Tensor, seq_len: int) -> dict:
+    """Picks ``seq_len`` frames: random offset, stride 1-2 when the clip is long enough, padding if short."""
+    n = tf.shape(clip["image"])[0]
+    stride_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    long_enough = n >= 2 * (seq_len - 1) + 1
+    stride = tf.where(long_enough, tf.random.stateless_uniform([], stride_seed, 1, 3, tf.int32), 1)
+    max_offset = tf.maximum(n - ((seq_len - 1) * stride + 1), 0)
+    offset = tf.random.stateless_uniform([], offset_seed, 0, max_offset + 1, tf.int32)
+    return gather_frames(clip, offset + stride * tf.range(seq_len), n)
+
+
+def eval_windows(clip: dict, seq_len: int) -> dict:
+    """Cuts a clip into consecutive windows ``[W, seq_len]`` covering every frame once (last one padded).
+
+    Each window also carries the clip's ``example_id`` and ``media_id`` (scalars per window).
+    """
+    n = tf.shape(clip["image"])[0]
+    num_windows = (n + seq_len - 1) // seq_len
+    indices = tf.reshape(tf.range(num_windows * seq_len), [num_windows, seq_len])
+    windows = tf.map_fn(lambda idx: gather_frames(clip, idx, n), indices,
+                        fn_output_signature=_window_signature(clip, seq_len))
+    windows["example_id"] = tf.fill([num_windows], clip["example_id"])
+    windows["media_id"] = tf.fill([num_windows], clip["media_id"])
+    return windows
+
+
+def _window_signature(clip: dict, seq_len: int) -> dict:
+    signature = {
+        "image": tf.TensorSpec([seq_len], tf.string),
+        "num_valid": tf.TensorSpec([], tf.int32),
+        "frame_index": tf.TensorSpec([seq_len], tf.int64),
+        "has_face": tf.TensorSpec([seq_len], tf.bool),
+        "expression": tf.TensorSpec([seq_len], tf.int64),
+        "valence_arousal": tf.TensorSpec([seq_len, 2], tf.float32),
+    }
+    if _has_action_units(clip):
+        signature["action_units"] = tf.TensorSpec([seq_len, clip["action_units"].shape[-1]], tf.int64)
+    return signature
+
+
+def _has_action_units(clip: dict) -> bool:
+    # A dataset without AUs parses to [T, 0]; such zero-size elements are left out of the windows, since
+    # stacking them in tf.map_fn crashes TF 2.17 (segmentation fault in the eval pipeline, seen here).
+    return clip["action_units"].shape[-1] != 0
+
+
+def gather_frames(clip: dict, indices: tf.Tensor, n: tf.Tensor) -> dict:
+    """The frames at increasing ``indices``; indices past the clip end (``n``) are padding (a suffix)."""
+    valid = indices < n
+    safe = tf.minimum(indices, n - 1)
+    return {
+        "image": tf.where(valid, tf.gather(clip["image"], safe), ""),
+        "num_valid": tf.reduce_sum(tf.cast(valid, tf.int32)),
+        "frame_index": tf.where(valid, tf.gather(clip["frame_index"], safe), -1),
+        "has_face": tf.logical_and(valid, tf.gather(clip["has_face"], safe)),
+        "expression": tf.gather(clip["expression"], safe),
+        "valence_arousal": tf.gather(clip["valence_arousal"], safe),
+        **({"action_units": tf.gather(clip["action_units"], safe)} if _has_action_units(clip) else {}),
+    }
+
+
+def decode_frames(window: dict, crop_size: int, seq_len: int) -> tf.Tensor:
+    """Decodes the valid frames of a window to uint8 ``[T, S, S, 3]``; padding frames are 0."""
+    jpegs = window["image"][: window["num_valid"]]
+    frames = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3), jpegs,
+                       fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    frames = tf.ensure_shape(frames, [None, crop_size, crop_size, 3])
+    frames = tf.pad(frames, [[0, seq_len - window["num_valid"]], [0, 0], [0, 0], [0, 0]])
+    return tf.ensure_shape(frames, [seq_len, crop_size, crop_size, 3])
+
+
+def targets_and_weights(window: dict, heads: tuple[str, ...], num_classes: int,
+                        expression_weights: np.ndarray | None, *, require_face: bool):
+    """Per-head targets (invalid -> 0) and float32 weights ``[T]``.
+
+    A weight is 0 for an invalid label or a padding frame, and, with ``require_face``, for a frame without
+    a face; else 1 (times the class weight of the expression when ``expression_weights`` is given).
+
+    A label is valid when it is in range: expression in ``[0, classes)``, valence and arousal in ``[-1, 1]``,
+    every AU 0 or 1. The schema's invalid markers (``keys.EXPRESSION_INVALID``, ``VA_INVALID``,
+    ``AU_INVALID``) all fall outside, and so does any other out-of-range value.
+
+    Args:
+        window: One window (:func:`gather_frames`).
+        heads: The heads to build.
+        num_classes: Expression classes.
+        expression_weights: float ``[classes]`` loss weights, or None.
+        require_face: Weigh frames without a face 0. The training loss does (a no-face frame's crop is
+            blank or held at the last face place, so it does not show the labelled face and would teach
+            noise); metrics do not (the benchmark scores every annotated frame).
+    """
+    seq_len = window["image"].shape[0]
+    usable = tf.sequence_mask(window["num_valid"], seq_len)
+    if require_face:
+        usable = tf.logical_and(usable, window["has_face"])
+    targets, weights = {}, {}
+    if HEAD_EXPRESSION in heads:
+        label = window["expression"]
+        valid = tf.logical_and(label >= 0, label < num_classes)
+        targets[HEAD_EXPRESSION] = tf.cast(tf.where(valid, label, 0), tf.int32)
+        weight = tf.cast(tf.logical_and(valid, usable), tf.float32)
+        if expression_weights is not None:
+            weight *= tf.gather(tf.constant(expression_weights, tf.float32), targets[HEAD_EXPRESSION])
+        weights[HEAD_EXPRESSION] = weight
+    if HEAD_VALENCE_AROUSAL in heads:
+        va = window["valence_arousal"]
+        valid = tf.reduce_all(tf.logical_and(va >= -1.0, va <= 1.0), axis=-1)
+        targets[HEAD_VALENCE_AROUSAL] = tf.where(valid[:, None], va, 0.0)
+        weights[HEAD_VALENCE_AROUSAL] = tf.cast(tf.logical_and(valid, usable), tf.float32)
+    if HEAD_ACTION_UNITS in heads:
+        au = window["action_units"]
+        valid = tf.reduce_all(tf.logical_and(au >= 0, au <= 1), axis=-1)
+        targets[HEAD_ACTION_UNITS] = tf.cast(tf.where(valid[:, None], au, 0), tf.float32)
+        weights[HEAD_ACTION_UNITS] = tf.cast(tf.logical_and(valid, usable), tf.float32)
+    return targets, weights
