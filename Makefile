@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Each creates .venv when it is missing.
-PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+# The newest of python3.12, python3.11, python3.10 that runs (a pyenv shim of a version not selected does not).
+PYTHON ?= $(or $(shell for p in python3.12 python3.11 python3.10; do $$p -c "" >/dev/null 2>&1 && command -v $$p && break; done),python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
