@@ -26,7 +26,7 @@ import time
 
 from beam_jobs import faces as faces_lib
 from beam_jobs.sources.base import DatasetSource, Discovery
-from tfrecords_schema import DATASET_INFO_FILENAME, TASKS, DatasetInfo, join_path
+from tfrecords_schema import TASKS, DatasetInfo, join_path
 from tfrecords_schema.buckets import BUCKET_BY
 from tfrecords_schema.dataset_info import sum_counts
 
@@ -157,33 +157,22 @@ def recorded_options(args: argparse.Namespace, beam_args: list[str]) -> dict:
     return recorded
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuses an existing non-empty output unless --overwrite (and then only a conversion output).
+def prepare_output(output: str, overwrite: bool) -> bool:
+    """Refuses an existing non-empty output unless --overwrite, and then unless this tool wrote it (deletes nothing).
+
+    Returns:
+        Whether a previous output is there (replaced only once the new one is complete).
 
     Raises:
-        UsageError: the output is a file, holds something and ``overwrite`` is off, or is not ours.
+        UsageError: the output is a file, holds something and ``overwrite`` is off, or is not this tool's
+            (the message names the entries it did not write).
     """
-    from apache_beam.io.filesystems import FileSystems
+    from beam_jobs.output_folder import OutputRefused, check_output
 
-    from beam_jobs.files import delete_tree
-    from beam_jobs.finalize import ERRORS_DIRNAME
-    from beam_jobs.transforms import TMP_DIRNAME
-
-    if "://" not in output:
-        if os.path.exists(output) and not os.path.isdir(output):
-            raise UsageError(f"output {output} exists and is not a folder")
-        entries = os.listdir(output) if os.path.isdir(output) else []
-    else:
-        entries = [m.path for m in FileSystems.match([join_path(output, "*")])[0].metadata_list]
-    if not entries:
-        return
-    if not overwrite:
-        raise UsageError(f"output {output} already exists and is not empty; pass --overwrite to replace it")
-    names = {os.path.basename(e.rstrip("/")) for e in entries}
-    if not names & {DATASET_INFO_FILENAME, TMP_DIRNAME, ERRORS_DIRNAME}:
-        raise UsageError(f"--overwrite refused: {output} does not look like a conversion output "
-                         "(no dataset_info.json); delete it yourself")
-    delete_tree(output)
+    try:
+        return check_output(output, overwrite)
+    except OutputRefused as e:
+        raise UsageError(str(e)) from e
 
 
 def pipeline_options(beam_args: list[str]):
@@ -276,19 +265,31 @@ def _discover(source: DatasetSource, args: argparse.Namespace) -> Discovery:
         raise ConvertError(f"{len(unlisted)} input folder(s) could not be listed: {', '.join(unlisted)}; what they "
                            "hold would be missing from the output (pass --allow_partial to convert the rest)")
     if not discovery.tracks:
-        lines = [f"no annotated tracks found under {args.annotations}"]
+        lines = [f"no annotated tracks found: searched {searched_inputs(args)}"]
         lines += [f"  {d.reason}: {d.source}: {d.message}" for d in discovery.dead_letters]
         raise ConvertError("\n".join(lines))
     return discovery
 
 
-def make_config(args: argparse.Namespace, tasks: list[str], source: DatasetSource, discovery: Discovery, options):
-    """The workers' :class:`~beam_jobs.transforms.ConvertConfig` from the options and the discovery."""
+def searched_inputs(args: argparse.Namespace) -> str:
+    """The inputs a run was given, for messages: ``--dataset manifest (--manifest m.csv, --videos v)``."""
+    given = [f"--{name} {getattr(args, name)}" for name in ("annotations", "manifest", "videos", "cropped_aligned")
+             if getattr(args, name, None)]
+    return f"--dataset {args.dataset} ({', '.join(given) or 'no input folder given'})"
+
+
+def make_config(args: argparse.Namespace, tasks: list[str], source: DatasetSource, discovery: Discovery, options,
+                output: str | None = None):
+    """The workers' :class:`~beam_jobs.transforms.ConvertConfig` from the options and the discovery.
+
+    Args:
+        output: Where the workers write (the run's staging folder); default ``--output``.
+    """
     from beam_jobs.transforms import ConvertConfig
 
     out_tasks = tuple(t for t in TASKS if t in discovery.tasks and (not tasks or t in tasks))
     return ConvertConfig(
-        dataset_name=source.name or args.dataset, output=args.output, label_names=discovery.label_names,
+        dataset_name=source.name or args.dataset, output=output or args.output, label_names=discovery.label_names,
         tasks=out_tasks, face=faces_lib.FaceStageConfig.from_dict(vars(args)), clip_length=args.clip_length,
         bucket_by=args.bucket_by, min_shards=args.min_shards, shard_bytes=args.shard_bytes,
         opencv_threads=opencv_threads(options),
@@ -310,7 +311,9 @@ def _run_pipeline(source, config, discovery: Discovery, recorded: dict, options,
     splits = sorted({t.split for t in discovery.tracks} | {d.split for d in discovery.split_drops})
     media = [media_key(t) for t in discovery.tracks]
     print(f"[convert] {len(discovery.tracks)} tracks ({len(set(media))} videos) in {splits}; "
-          f"tasks {list(config.tasks)}; output {config.output}", flush=True)
+          f"tasks {list(config.tasks)}; output {recorded['output']}"
+          + (f" (built in {config.output}, moved there on success)" if config.output != recorded["output"] else ""),
+          flush=True)
     progress = ProgressMonitor(config.progress_dir, len(discovery.tracks), progress_every, media=media)
     if progress_every > 0:
         progress.start()
@@ -350,56 +353,118 @@ def _finish(config, seconds: float, worker_processes: int) -> DatasetInfo:
     return info
 
 
-def _report(info: DatasetInfo, seconds: float, output: str) -> None:
-    """Prints the summary.
+def _report(info: DatasetInfo, seconds: float) -> None:
+    """Checks the accounting and prints the summary.
 
     Raises:
-        ConvertError: the accounting does not add up, or nothing could be written.
+        ConvertError: the accounting does not add up.
     """
-    from beam_jobs.finalize import DEAD_LETTERS_PATH
-
     try:
         info.check()
     except ValueError as e:
         raise ConvertError(str(e)) from e
     print(f"[convert] done in {seconds:.1f} s ({info.run['tracks']} tracks in {info.run['worker_processes']} worker "
           f"processes)\n{format_summary(info)}", flush=True)
-    if sum(s.num_clips for s in info.splits.values()) == 0:
-        reasons = sum_counts(*(s.accounting.dropped for s in info.splits.values()))
-        raise ConvertError(f"nothing could be written; dropped frames by reason: {reasons}; "
-                           f"see {join_path(output, DEAD_LETTERS_PATH)}")
+
+
+def _nothing_written(info: DatasetInfo, written_in: str) -> str | None:
+    """The error of a run that wrote no clip (None when it wrote some), with the first dead letters."""
+    from beam_jobs.files import read_bytes
+    from beam_jobs.finalize import DEAD_LETTERS_PATH
+
+    if sum(s.num_clips for s in info.splits.values()) > 0:
+        return None
+    reasons = sum_counts(*(s.accounting.dropped for s in info.splits.values()))
+    lines = [f"nothing could be written; dropped frames by reason: {reasons}"]
+    if info.failures.get("dead_letters"):
+        try:
+            letters = read_bytes(join_path(written_in, DEAD_LETTERS_PATH)).decode("utf-8").splitlines()
+        except OSError:
+            letters = []
+        lines += [f"  {line[:300]}" for line in letters[:5]]
+    return "\n".join(lines)
+
+
+def _convert(args, beam_args: list[str], tasks: list[str], source: DatasetSource, options, claim) -> DatasetInfo:
+    """Lists the inputs, then runs the job into ``claim.staging``; returns the written, checked info.
+
+    Raises:
+        ConvertError: no track, unlisted folders, a failed pipeline or an accounting that does not add up.
+    """
+    started = time.monotonic()
+    discovery = _discover(source, args)
+    claim.total_tracks = len(discovery.tracks)
+    claim.clear_previous()  # Object stores (written in place): only now that the inputs are known to be there.
+    config = make_config(args, tasks, source, discovery, options, output=claim.staging)
+    workers = _run_pipeline(source, config, discovery, recorded_options(args, beam_args), options, args.progress_every)
+    seconds = time.monotonic() - started
+    info = _finish(config, seconds, workers)
+    _report(info, seconds)
+    return info
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -> int:
     """Runs the conversion; returns the process exit code.
 
+    The output is built beside ``--output`` and replaces it only once complete and checked
+    (:mod:`beam_jobs.output_folder`); ``--output`` is locked for the whole run.
+
     Args:
         argv: Command-line arguments (default ``sys.argv[1:]``).
         source: A ready dataset adapter (tests); default: built from ``--dataset`` and its options.
     """
+    from beam_jobs.output_folder import OutputRefused, claim_output
+    from tfrecords_schema.locks import LockError
+    from tfrecords_schema.transaction import DiskFullError, TransactionError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args, beam_args, tasks, source, options = _setup(sys.argv[1:] if argv is None else argv, source)
+        args, beam_args, tasks, source, options = _setup(argv, source)
     except SystemExit as e:  # argparse: --help, or a missing/unknown value (it printed why).
         return int(e.code or 0)
     except (UsageError, ValueError) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 2
-    started = time.monotonic()
+    command = " ".join(["beam_jobs.convert", *argv])[:500]
     try:
-        discovery = _discover(source, args)
-        config = make_config(args, tasks, source, discovery, options)
-        workers = _run_pipeline(source, config, discovery, recorded_options(args, beam_args), options,
-                                args.progress_every)
-        seconds = time.monotonic() - started
-        _report(_finish(config, seconds, workers), seconds, args.output)
-    except ConvertError as e:
+        with claim_output(args.output, args.overwrite, command=command, log=_log) as claim:
+            info = _convert(args, beam_args, tasks, source, options, claim)
+            failure = _nothing_written(info, claim.staging)
+            if failure and claim.replacing:  # A typo in --videos drops everything: keep the previous output.
+                raise ConvertError(f"{failure}\nthe previous output in {args.output} is kept unchanged")
+        if failure:  # No previous output: the accounting and dead letters stay in --output to look at.
+            from beam_jobs.finalize import DEAD_LETTERS_PATH
+
+            raise ConvertError(f"{failure}\nsee {join_path(args.output, DEAD_LETTERS_PATH)}")
+    except OutputRefused as e:
         print(f"convert: error: {e}", file=sys.stderr)
+        return 2
+    except LockError as e:
+        print(f"convert: error: output {args.output} is in use: {e}", file=sys.stderr)
+        return 1
+    except (ConvertError, DiskFullError, TransactionError) as e:
+        print(f"convert: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # Taking the lock, repairing a leftover or swapping the output in (permissions...).
+        print(f"convert: error: output {args.output}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
 
 
+def _terminate(signum, _frame) -> None:
+    """SIGTERM (a scheduler, `kill`): unwind like Ctrl-C, so the staging folder is removed and the lock released."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console entry point: runs with ``sys.argv`` and exits with the run's status."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(run())
 
 

@@ -4,6 +4,11 @@ Example::
 
     python -m beam_jobs.inspect_dataset /tmp/affect_tfrecords --verify
 
+``--verify`` reads every record back: record and frame counts and byte sizes per shard, the crop size, and
+the labelled frames with and without a face per split, compared with the accounting. The summary also names
+what a conversion left behind (a staging folder beside the output, a temp folder inside it) and a conversion
+that holds the output's lock.
+
 Exit status: 0 when the info reads (and, with ``--verify``, every shard matches it), 1 otherwise,
 2 on bad arguments.
 """
@@ -11,18 +16,25 @@ Exit status: 0 when the info reads (and, with ``--verify``, every shard matches 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+
+import numpy as np
 
 from tfrecords_schema import (
     TASK_ACTION_UNITS,
     TASK_EXPRESSION,
+    TASK_VALENCE_AROUSAL,
     DatasetInfo,
     DatasetInfoError,
+    decode_clip,
     join_path,
     keys,
     read_dataset_info,
 )
+from tfrecords_schema.buckets import BUCKET_BY_VA_GRID, NO_VA, VA_GRID, va_cell_names
+from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME
 
 _MAX_DEAD_LETTERS_SHOWN = 10
 
@@ -35,8 +47,124 @@ def _table(rows: list[tuple], indent: str = "    ") -> list[str]:
                                enumerate(zip(row, widths))).rstrip() for row in rows]
 
 
-def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None) -> str:
-    """The summary text: splits, buckets, class histograms, accounting and failures."""
+def va_grid_legend(grid: int = VA_GRID) -> str:
+    """What a ``va_grid`` cell name means: ``v<i>_a<j>``, the bins counted from -1 upwards."""
+    step = 2.0 / grid
+    bins = ", ".join(f"{i}: [{-1 + i * step:+.1f}, {-1 + (i + 1) * step:+.1f}{']' if i == grid - 1 else ')'}"
+                     for i in range(grid))
+    return (f"va_grid cells v<i>_a<j>: valence bin i, arousal bin j of a {grid}x{grid} grid over [-1, 1], "
+            f"counted from -1 upwards ({bins}); {NO_VA}: clips without a valid valence/arousal label")
+
+
+@dataclasses.dataclass
+class Recount:
+    """What the records of some shards hold, counted record by record (``--verify``).
+
+    Attributes:
+        records: Clips.
+        frames: Frames.
+        with_face: Frames with a valid label of any task and a face box.
+        without_face: Frames with a valid label of any task and no face box.
+        au_labelled: Frames whose action units are labelled (every AU valid).
+        au_positives: Per AU, labelled frames where it is present.
+        crop_sizes: ``(height, width)`` of the first crop of each clip, as found.
+    """
+
+    records: int = 0
+    frames: int = 0
+    with_face: int = 0
+    without_face: int = 0
+    au_labelled: int = 0
+    au_positives: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    crop_sizes: set = dataclasses.field(default_factory=set)
+
+    def add(self, other: Recount) -> None:
+        self.records += other.records
+        self.frames += other.frames
+        self.with_face += other.with_face
+        self.without_face += other.without_face
+        self.au_labelled += other.au_labelled
+        if other.au_positives.size:
+            base = self.au_positives if self.au_positives.size else np.zeros_like(other.au_positives)
+            self.au_positives = base + other.au_positives
+        self.crop_sizes |= other.crop_sizes
+
+
+def labelled_frames(clip) -> np.ndarray:
+    """bool ``[T]``: frames with a valid label of any task; the conversion's accounting counts these.
+
+    The same rule as ``beam_jobs.sources.base.TrackLabels.valid``, on the labels the record holds.
+    """
+    aus = clip.action_units
+    return ((clip.expression != keys.EXPRESSION_INVALID)
+            | (clip.valence_arousal != keys.VA_INVALID).all(axis=1)
+            | ((aus != keys.AU_INVALID).all(axis=1) & (aus.shape[1] > 0)))
+
+
+def recount_shard(path: str) -> Recount:
+    """Reads one TFRecord shard record by record; raises on a corrupt file or a record of another schema."""
+    import tensorflow as tf
+
+    out = Recount()
+    for raw in tf.data.TFRecordDataset(path):
+        clip = decode_clip(raw.numpy())
+        labelled, face = labelled_frames(clip), clip.has_face
+        au_ok = (clip.action_units != keys.AU_INVALID).all(axis=1) & (clip.action_units.shape[1] > 0)
+        out.add(Recount(
+            records=1, frames=clip.num_frames, with_face=int((labelled & face).sum()),
+            without_face=int((labelled & ~face).sum()), au_labelled=int(au_ok.sum()),
+            au_positives=(clip.action_units[au_ok] == 1).sum(axis=0).astype(np.int64),
+            crop_sizes={tuple(int(x) for x in tf.image.extract_jpeg_shape(clip.images[0])[:2].numpy())},
+        ))
+    return out
+
+
+def _au_rows(info: DatasetInfo, split: str, hist: dict[str, int], recount: Recount | None) -> tuple[list, str]:
+    """AU table rows (name, positive frames, share of AU-labelled frames) and the line above them."""
+    s = info.splits[split]
+    if recount is not None and recount.au_labelled:
+        labelled, how = recount.au_labelled, "counted in the shards"
+    elif info.tasks == [TASK_ACTION_UNITS]:
+        labelled, how = s.accounting.written_frames, "every written labelled frame"  # AUs are the only labels.
+    else:
+        labelled, how = 0, ""
+    names = [n for n in info.action_unit_names if n in hist] + sorted(n for n in hist if n not in
+                                                                     info.action_unit_names)
+    if not labelled:
+        title = (f"  {TASK_ACTION_UNITS} positive frames per AU (occurrence per frame: run with --verify, which "
+                 "counts the AU-labelled frames in the shards):")
+        return [(n, hist[n]) for n in names], title
+    return ([(n, hist[n], f"{100.0 * hist[n] / labelled:.1f}%") for n in names],
+            f"  {TASK_ACTION_UNITS} occurrence per frame (frames with the AU / {labelled} AU-labelled frames, {how}):")
+
+
+def _histogram_lines(info: DatasetInfo, split: str, recount: Recount | None) -> list[str]:
+    lines = []
+    for task, hist in sorted(info.splits[split].class_frames.items()):
+        if not hist:
+            continue
+        if task == TASK_ACTION_UNITS:
+            rows, title = _au_rows(info, split, hist, recount)
+            lines += [title] + _table(rows)
+            continue
+        total = sum(hist.values()) or 1
+        order = {TASK_EXPRESSION: info.expression_names, TASK_VALENCE_AROUSAL: va_cell_names()}.get(task, [])
+        names = [n for n in order if n in hist] + sorted(n for n in hist if n not in order)
+        what = "valence/arousal grid cell" if task == TASK_VALENCE_AROUSAL else "class"
+        lines.append(f"  {task} frames per {what} (share of the frames labelled for {task}):")
+        lines += _table([(name, hist[name], f"{100.0 * hist[name] / total:.1f}%") for name in names])
+    return lines
+
+
+def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None,
+                recounts: dict[str, Recount] | None = None) -> str:
+    """The summary text: splits, buckets, class histograms, accounting and failures.
+
+    Args:
+        info: The dataset info.
+        dead_letter_lines: Lines of the dead-letter files, shown (the first few) under the failures.
+        recounts: Per split, what ``--verify`` counted in the shards (gives the AU occurrence per frame).
+    """
     lines = [
         f"dataset {info.name!r} (schema version {info.schema_version}); tasks: {', '.join(info.tasks) or 'none'}",
         f"crops {info.crop_size}x{info.crop_size}, clips of {info.clip_length} frames, buckets by {info.bucket_by}",
@@ -44,6 +172,8 @@ def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None) -
     for task, names in sorted(info.label_names.items()):
         if names:
             lines.append(f"labels {task}: {', '.join(names)}")
+    if info.bucket_by == BUCKET_BY_VA_GRID or TASK_VALENCE_AROUSAL in info.tasks:
+        lines.append(va_grid_legend())
     if info.run:
         lines.append("run: " + ", ".join(f"{k} {v}" for k, v in sorted(info.run.items())))
     for split, s in sorted(info.splits.items()):
@@ -63,14 +193,7 @@ def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None) -
             buckets = [b for b in info.bucket_names if b in s.bucket_clips]
             buckets += sorted(b for b in s.bucket_clips if b not in buckets)
             lines += _table([(b, s.bucket_clips[b], s.bucket_frames.get(b, 0)) for b in buckets])
-        for task, hist in sorted(s.class_frames.items()):
-            if not hist:
-                continue
-            total = sum(hist.values()) or 1
-            lines.append(f"  {task} frames per class:")
-            order = {TASK_EXPRESSION: info.expression_names, TASK_ACTION_UNITS: info.action_unit_names}.get(task, [])
-            names = [n for n in order if n in hist] + sorted(n for n in hist if n not in order)
-            lines += _table([(name, hist[name], f"{100.0 * hist[name] / total:.1f}%") for name in names])
+        lines += _histogram_lines(info, split, (recounts or {}).get(split))
     failures = info.failures or {}
     by_reason = json.dumps(failures.get("by_reason", {}), sort_keys=True)
     files = ", ".join(failures.get("files", []))
@@ -104,42 +227,79 @@ def _dead_letter_lines(data_dir: str, info: DatasetInfo) -> list[str]:
     return out
 
 
-def count_shard(path: str) -> tuple[int, int]:
-    """(records, frames) of one TFRecord shard; raises on a corrupt file."""
+def leftover_lines(data_dir: str) -> list[str]:
+    """What conversions left in or beside ``data_dir``, and who holds its lock (empty: nothing)."""
     import tensorflow as tf
 
-    records = frames = 0
-    for raw in tf.data.TFRecordDataset(path):
-        example = tf.train.SequenceExample.FromString(raw.numpy())
-        records += 1
-        frames += len(example.feature_lists.feature_list[keys.IMAGE_ENCODED].feature)
-    return records, frames
+    from tfrecords_schema.locks import LockError, lock_path_beside, read_lock_file
+    from tfrecords_schema.transaction import find_leftovers
+
+    lines = []
+    try:
+        for item in find_leftovers(data_dir):
+            lines.append(f"left by a conversion that did not finish: {item.describe()} (the next conversion into "
+                         f"{data_dir} does this)")
+        tmp = join_path(data_dir, CONVERT_TMP_DIRNAME)
+        if tf.io.gfile.isdir(tmp):
+            lines.append(f"temp folder {tmp} (spill files of a run killed during its cleanup) is still there: "
+                         "delete it to free its space; the shards do not need it")
+        lock_path = lock_path_beside(data_dir)
+        holder = read_lock_file(lock_path)
+        if holder is not None:
+            state = ("its process is gone: the next conversion takes the lock over" if holder.is_dead_here()
+                     else "a conversion into this folder may be running: its result replaces this folder")
+            lines.append(f"lock {lock_path} held by pid {holder.pid} on {holder.host} since {holder.started}: {state}")
+    except (LockError, OSError, tf.errors.OpError) as e:
+        lines.append(f"could not look for leftovers of conversions: {type(e).__name__}: {e}")
+    return lines
 
 
-def verify(data_dir: str, info: DatasetInfo) -> list[str]:
-    """Re-counts every shard against the info; returns the mismatches (empty when all agree)."""
+def _check_shard_file(data_dir: str, info: DatasetInfo, shard) -> tuple[list[str], Recount | None]:
+    """Problems of one listed shard (existence, size, counts, crop size) and what it holds."""
+    import tensorflow as tf
+
+    path = join_path(data_dir, shard.path)
+    if not tf.io.gfile.exists(path):
+        return [f"{shard.path}: missing"], None
+    problems = []
+    size = tf.io.gfile.stat(path).length
+    if size != shard.num_bytes:
+        problems.append(f"{shard.path}: {size} bytes on disk, {shard.num_bytes} in dataset_info")
+    try:
+        counted = recount_shard(path)
+    except (tf.errors.OpError, ValueError) as e:
+        return problems + [f"{shard.path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})"], None
+    if (counted.records, counted.frames) != (shard.num_records, shard.num_frames):
+        problems.append(f"{shard.path}: {counted.records} records / {counted.frames} frames in the file, "
+                        f"{shard.num_records} / {shard.num_frames} in dataset_info")
+    wrong = sorted(s for s in counted.crop_sizes if s != (info.crop_size, info.crop_size))
+    if wrong:
+        problems.append(f"{shard.path}: crops of {', '.join(f'{h}x{w}' for h, w in wrong)} pixels, but "
+                        f"dataset_info says crop_size {info.crop_size} ({info.crop_size}x{info.crop_size})")
+    return problems, counted
+
+
+def verify(data_dir: str, info: DatasetInfo, recounts: dict[str, Recount] | None = None) -> list[str]:
+    """Re-counts every shard against the info; returns the mismatches (empty when all agree).
+
+    Args:
+        data_dir: The conversion output.
+        info: Its dataset info.
+        recounts: Filled with what each split's shards hold (for :func:`format_info`), when given.
+    """
     import tensorflow as tf
 
     problems = []
     for split, s in sorted(info.splits.items()):
-        listed = set()
+        listed, total = set(), Recount()
         for shard in s.shards:
-            path = join_path(data_dir, shard.path)
             listed.add(shard.basename)
-            if not tf.io.gfile.exists(path):
-                problems.append(f"{shard.path}: missing")
-                continue
-            size = tf.io.gfile.stat(path).length
-            if size != shard.num_bytes:
-                problems.append(f"{shard.path}: {size} bytes on disk, {shard.num_bytes} in dataset_info")
-            try:
-                records, frames = count_shard(path)
-            except (tf.errors.OpError, ValueError) as e:
-                problems.append(f"{shard.path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})")
-                continue
-            if (records, frames) != (shard.num_records, shard.num_frames):
-                problems.append(f"{shard.path}: {records} records / {frames} frames in the file, "
-                                f"{shard.num_records} / {shard.num_frames} in dataset_info")
+            found, counted = _check_shard_file(data_dir, info, shard)
+            problems += found
+            if counted is not None:
+                total.add(counted)
+        if recounts is not None:
+            recounts[split] = total
         split_dir = join_path(data_dir, split)
         if tf.io.gfile.isdir(split_dir):
             for name in sorted(tf.io.gfile.listdir(split_dir)):
@@ -148,8 +308,14 @@ def verify(data_dir: str, info: DatasetInfo) -> list[str]:
         if sum(x.num_records for x in s.shards) != s.num_clips:
             problems.append(f"{split}: shards list {sum(x.num_records for x in s.shards)} records, "
                             f"num_clips says {s.num_clips}")
-        if not s.accounting.is_balanced():
+        a = s.accounting
+        if not a.is_balanced():
             problems.append(f"{split}: accounting does not add up")
+        if not any(p.startswith(f"{split}/") for p in problems) and \
+                (total.with_face, total.without_face) != (a.written_frames_with_face, a.written_frames_without_face):
+            problems.append(f"{split}: the shards hold {total.with_face} labelled frames with a face and "
+                            f"{total.without_face} without; the accounting says {a.written_frames_with_face} and "
+                            f"{a.written_frames_without_face}")
     return problems
 
 
@@ -157,7 +323,8 @@ def run(argv: list[str] | None = None) -> int:
     """``inspect DIR [--verify]``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="inspect", description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", help="output folder of beam_jobs.convert (local or gs://...)")
-    parser.add_argument("--verify", action="store_true", help="re-count records and frames in every shard")
+    parser.add_argument("--verify", action="store_true",
+                        help="read every record back: counts, sizes, crop size, labelled frames with/without face")
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as e:
@@ -166,11 +333,17 @@ def run(argv: list[str] | None = None) -> int:
         info = read_dataset_info(args.data_dir)
     except DatasetInfoError as e:
         print(f"inspect: error: {e}", file=sys.stderr)
+        for line in leftover_lines(args.data_dir):
+            print(f"inspect: note: {line}", file=sys.stderr)
         return 1
-    print(format_info(info, _dead_letter_lines(args.data_dir, info)))
+    recounts: dict[str, Recount] = {}
+    problems = verify(args.data_dir, info, recounts) if args.verify else []
+    print(format_info(info, _dead_letter_lines(args.data_dir, info), recounts))
+    leftovers = leftover_lines(args.data_dir)
+    if leftovers:
+        print("\nleft behind by conversions:\n" + "\n".join(f"  {line}" for line in leftovers))
     if not args.verify:
         return 0
-    problems = verify(args.data_dir, info)
     shards = sum(len(s.shards) for s in info.splits.values())
     if problems:
         print(f"\nverify: {len(problems)} mismatch(es) in {shards} shards:", file=sys.stderr)
@@ -179,7 +352,9 @@ def run(argv: list[str] | None = None) -> int:
         return 1
     records = sum(s.num_clips for s in info.splits.values())
     frames = sum(s.num_frames for s in info.splits.values())
-    print(f"\nverify: OK, {shards} shards, {records} records and {frames} frames match dataset_info")
+    labelled = sum(r.with_face + r.without_face for r in recounts.values())
+    print(f"\nverify: OK, {shards} shards, {records} records and {frames} frames match dataset_info; "
+          f"{labelled} labelled frames recounted (with and without a face) match the accounting")
     return 0
 
 

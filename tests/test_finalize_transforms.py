@@ -116,7 +116,7 @@ def test_write_dead_letters_writes_them_sorted_and_nothing_when_there_is_none(tm
 def _info(run: dict) -> DatasetInfo:
     return DatasetInfo(name="abaw", tasks=["expr"], label_names={"expression": ["Fear"]}, bucket_by="none",
                        bucket_names=["all"], crop_size=16, clip_length=4,
-                       splits={"train": SplitInfo(num_clips=1, num_frames=4, shards=[TRAIN_SHARD])}, run=run)
+                       splits={"train": SplitInfo(num_clips=2, num_frames=8, shards=[TRAIN_SHARD])}, run=run)
 
 
 def test_stage_dataset_info_leaves_the_info_in_the_temp_folder_for_the_driver(tmp_path):

@@ -1,9 +1,11 @@
-"""`inspect DIR [--verify]` over a real conversion output."""
+"""`inspect DIR [--verify]` over real conversion outputs: summary, recount from the shards, AU rates, leftovers."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 import pathlib
 import shutil
 
@@ -94,3 +96,100 @@ def test_verify_catches_missing_and_unlisted_shards(copy):
 def test_inspect_of_a_folder_without_dataset_info_fails_clearly(tmp_path):
     rc, _, err = _run(inspect_dataset.run, [tmp_path])
     assert rc == 1 and "dataset_info.json not found" in err
+
+
+def _edit_info(root: pathlib.Path, edit) -> None:
+    path = root / "dataset_info.json"
+    raw = json.loads(path.read_text())
+    edit(raw)
+    path.write_text(json.dumps(raw, indent=2, sort_keys=True))
+
+
+def test_verify_recounts_frames_with_and_without_a_face_from_the_shards(copy):
+    def shift(raw):  # Still adds up: only a recount from the records can tell.
+        acc = raw["splits"]["train"]["accounting"]
+        acc["written_frames_with_face"] -= 2
+        acc["written_frames_without_face"] += 2
+    _edit_info(copy, shift)
+    rc, _, err = _run(inspect_dataset.run, [copy])
+    assert rc == 0  # Without --verify the info alone is read, and it adds up.
+    rc, _, err = _run(inspect_dataset.run, [copy, "--verify"])
+    assert rc == 1
+    assert "train: the shards hold 6 labelled frames with a face and 0 without; the accounting says 4 and 2" in err
+
+
+def test_verify_names_both_sizes_when_the_crop_size_is_wrong(copy):
+    _edit_info(copy, lambda raw: raw.update(crop_size=48))
+    rc, _, err = _run(inspect_dataset.run, [copy, "--verify"])
+    assert rc == 1 and "crops of 112x112 pixels, but dataset_info says crop_size 48 (48x48)" in err
+
+
+def test_inspect_mentions_a_leftover_temp_folder_and_a_held_lock(copy):
+    from tfrecords_schema.locks import lock_output
+
+    spill = copy / ".tmp-convert" / "spill"
+    spill.mkdir(parents=True)
+    (spill / ("0" * 32 + ".bin")).write_bytes(b"x" * 100)
+    with lock_output(str(copy), command="convert into copy"):
+        rc, out, _ = _run(inspect_dataset.run, [copy, "--verify"])
+    assert rc == 0
+    assert f"temp folder {copy / '.tmp-convert'} (spill files of a run killed during its cleanup)" in out
+    assert f"held by pid {os.getpid()}" in out and "a conversion into this folder may be running" in out
+    rc, out, _ = _run(inspect_dataset.run, [copy])
+    assert "held by pid" not in out  # Released.
+
+
+@pytest.fixture(scope="module")
+def au_dataset(tmp_path_factory):
+    """Expression on all 6 frames; AUs labelled on frames 3-6: AU1 present on 2 of them, AU2 on 1."""
+    root = tmp_path_factory.mktemp("inspect_au")
+    ann, videos = root / "annotations", root / "videos"
+    vf.write_face_video(videos / "a.avi", [4] * 6)
+    abaw.write_annotation(ann, "expr", "train", "a", [4] * 6)
+    au = [[-1] * 12] * 2 + [[1, 1] + [0] * 10, [1] + [0] * 11, [0] * 12, [0] * 12]
+    abaw.write_annotation(ann, "au", "train", "a", au)
+    outputs = {}
+    for name, extra in (("all", []), ("au_only", ["--tasks", "au"])):
+        rc, _, err = _run(convert.run, ["--videos", videos, "--annotations", ann, "--output", root / name,
+                                        "--clip_length", "3", "--runner", "DirectRunner", "--direct_running_mode",
+                                        "in_memory", "--progress_every", "0", *extra])
+        assert rc == 0, err
+        outputs[name] = root / name
+    return outputs
+
+
+def _au_lines(out: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in out.splitlines() if line.strip().startswith("AU")}
+
+
+def test_au_occurrence_is_per_au_labelled_frame_counted_from_the_shards(au_dataset):
+    rc, out, _ = _run(inspect_dataset.run, [au_dataset["all"]])
+    assert rc == 0 and "occurrence per frame: run with --verify" in out
+    assert "%" not in _au_lines(out)["AU1"]  # 6 written frames, 4 AU-labelled: no guess from dataset_info alone.
+    rc, out, err = _run(inspect_dataset.run, [au_dataset["all"], "--verify"])
+    assert rc == 0, err
+    assert "frames with the AU / 4 AU-labelled frames, counted in the shards" in out
+    au = _au_lines(out)
+    assert au["AU1"].split() == ["AU1", "2", "50.0%"] and au["AU2"].split() == ["AU2", "1", "25.0%"]
+    assert au["AU4"].split() == ["AU4", "0", "0.0%"]
+
+
+def test_au_occurrence_of_an_au_only_conversion_needs_no_verify(au_dataset):
+    rc, out, _ = _run(inspect_dataset.run, [au_dataset["au_only"]])
+    assert rc == 0 and "4 AU-labelled frames, every written labelled frame" in out
+    assert _au_lines(out)["AU1"].split() == ["AU1", "2", "50.0%"]
+
+
+def test_va_grid_bucket_names_are_explained(tmp_path):
+    ann, videos = tmp_path / "annotations", tmp_path / "videos"
+    vf.write_face_video(videos / "a.avi", [4] * 4)
+    abaw.write_annotation(ann, "va", "train", "a", [(-0.9, 0.9)] * 4)
+    rc, _, err = _run(convert.run, ["--videos", videos, "--annotations", ann, "--output", tmp_path / "out",
+                                    "--clip_length", "4", "--bucket_by", "va_grid", "--runner", "DirectRunner",
+                                    "--direct_running_mode", "in_memory", "--progress_every", "0"])
+    assert rc == 0, err
+    rc, out, _ = _run(inspect_dataset.run, [tmp_path / "out"])
+    assert rc == 0
+    assert ("va_grid cells v<i>_a<j>: valence bin i, arousal bin j of a 4x4 grid over [-1, 1], counted from -1 "
+            "upwards (0: [-1.0, -0.5), 1: [-0.5, +0.0), 2: [+0.0, +0.5), 3: [+0.5, +1.0]); no_va:") in out
+    assert "v0_a3" in out  # Valence -0.9 is in bin 0, arousal 0.9 in bin 3.

@@ -18,9 +18,12 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from tfrecords_schema.tasks import TASK_ACTION_UNITS, TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASKS  # noqa: F401 (re-exported)
-from tfrecords_schema.version import SCHEMA_VERSION
+from tfrecords_schema.version import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 
 DATASET_INFO_FILENAME = "dataset_info.json"
+# A conversion's temp folder under the folder it writes (spill files, temp shards, progress markers). It never
+# stays in a finished output; `inspect` reports one left by a run killed during its cleanup.
+CONVERT_TMP_DIRNAME = ".tmp-convert"
 
 # Keys of ``DatasetInfo.run`` that measure the run rather than describe the data: they differ between
 # two conversions of the same input with the same options. Everything else in the file is the same
@@ -139,6 +142,9 @@ class SplitInfo:
             positive frames per AU, and for VA the valid frames per valence/arousal grid cell.
         shards: Every shard file of the split.
         accounting: Where the labelled frames went.
+        faces: What the face stage did on the labelled frames written from decoded video, by its status
+            (``detected``, ``held``, ``lost``, ``none``: ``beam_jobs.faces.FACE_STATUSES``); provided crops
+            (``--cropped_aligned``) are not counted. Empty in a version-1 file.
     """
 
     num_clips: int = 0
@@ -148,6 +154,7 @@ class SplitInfo:
     class_frames: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     shards: list[ShardInfo] = dataclasses.field(default_factory=list)
     accounting: Accounting = dataclasses.field(default_factory=Accounting)
+    faces: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def shards_of_bucket(self, bucket: str | None) -> list[ShardInfo]:
         return [s for s in self.shards if s.bucket == bucket]
@@ -219,7 +226,10 @@ class DatasetInfo:
         """Parses and validates JSON text.
 
         Every field is checked: its type (strings, integers >= 0, lists of strings), the shape of the
-        nested objects (splits, shards, accounting, histograms) and unknown or missing fields.
+        nested objects (splits, shards, accounting, histograms) and unknown or missing fields. Each split
+        must have its ``accounting`` (every count); shard paths are ``<split>/<file>``, relative, inside
+        the data folder; the shards hold ``num_clips`` records, and a bucket whose listed shards all hold
+        0 records must be declared empty (``bucket_clips[bucket] == 0``, or ``num_clips == 0`` unbucketed).
 
         Args:
             text: The JSON text.
@@ -237,10 +247,11 @@ class DatasetInfo:
         if not isinstance(raw, dict):
             raise DatasetInfoError(f"{source} must hold a JSON object, got {type(raw).__name__}")
         version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
             raise DatasetInfoError(
-                f"{source} has schema version {version!r}; this AffectStream reads version {SCHEMA_VERSION}."
-                " Convert the data again with this version of beam_jobs.convert."
+                f"{source} has schema version {version!r}; this AffectStream reads versions "
+                f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}. Convert the data again with this version of "
+                "beam_jobs.convert."
             )
         return cls._from_raw(raw, source)
 
@@ -264,7 +275,7 @@ class DatasetInfo:
         if "unused_media" in raw:
             _check_str_list(raw["unused_media"], source, "unused_media")
         _check_dict(raw["splits"], source, "splits")
-        splits = {split: _split_from_raw(s, source, f"splits.{split}") for split, s in raw["splits"].items()}
+        splits = {split: _split_from_raw(s, source, f"splits.{split}", split) for split, s in raw["splits"].items()}
         return cls(**{**raw, "splits": splits})
 
 
@@ -322,36 +333,92 @@ def _check_counts(value: Any, source: str, where: str) -> None:
         _check_int(count, source, f"{where}.{key}")
 
 
-def _split_from_raw(raw: Any, source: str, where: str) -> SplitInfo:
+# Split fields every writer writes: a missing one is an error, never read as zeros.
+_REQUIRED_SPLIT_FIELDS = {"num_clips", "num_frames", "shards", "accounting"}
+_ABSOLUTE = re.compile(r"^([A-Za-z]:|[A-Za-z][A-Za-z0-9+.-]*://)")  # A drive letter or a URL scheme.
+
+
+def _check_split_name(split: str, source: str, where: str) -> None:
+    """A split name is one plain folder name: shard paths start with it."""
+    if split in ("", ".", "..") or "/" in split or "\\" in split or _ABSOLUTE.match(split):
+        raise _fail(source, where, f"is not a usable split name {split!r} (it becomes a folder of the data folder)")
+
+
+def _split_from_raw(raw: Any, source: str, where: str, split: str) -> SplitInfo:
+    _check_split_name(split, source, where)
     _check_dict(raw, source, where)
     allowed = {f.name for f in dataclasses.fields(SplitInfo)}
-    _check_keys(raw, allowed, set(), source, where)
+    _check_keys(raw, allowed, _REQUIRED_SPLIT_FIELDS, source, where)
     for name in _SPLIT_COUNTS:
         if name in raw:
             _check_int(raw[name], source, f"{where}.{name}")
-    for name in ("bucket_clips", "bucket_frames"):
+    for name in ("bucket_clips", "bucket_frames", "faces"):
         if name in raw:
             _check_counts(raw[name], source, f"{where}.{name}")
     if "class_frames" in raw:
         _check_dict(raw["class_frames"], source, f"{where}.class_frames")
         for task, histogram in raw["class_frames"].items():
             _check_counts(histogram, source, f"{where}.class_frames.{task}")
-    shards = raw.get("shards", [])
+    shards = raw["shards"]
     if not isinstance(shards, list):
         raise _fail(source, f"{where}.shards", f"must be a list of shard objects, got {_kind(shards)}")
-    accounting = raw.get("accounting", {})
-    return SplitInfo(**{
+    info = SplitInfo(**{
         **raw,
-        "shards": [_shard_from_raw(shard, source, f"{where}.shards[{i}]") for i, shard in enumerate(shards)],
-        "accounting": _accounting_from_raw(accounting, source, f"{where}.accounting"),
+        "shards": [_shard_from_raw(shard, source, f"{where}.shards[{i}]", split) for i, shard in enumerate(shards)],
+        "accounting": _accounting_from_raw(raw["accounting"], source, f"{where}.accounting"),
     })
+    _check_shard_records(info, source, where)
+    return info
 
 
-def _shard_from_raw(raw: Any, source: str, where: str) -> ShardInfo:
+def _check_shard_path(path: str, split: str, source: str, where: str) -> None:
+    """``<split>/<file>``, relative: a shard path never leads outside the data folder."""
+    parts = path.split("/")
+    if "\\" in path or "\0" in path:
+        problem = "holds a backslash or a NUL character"
+    elif path.startswith("/") or _ABSOLUTE.match(path):
+        problem = "is absolute"
+    elif any(p in ("", ".", "..") for p in parts):
+        problem = "has an empty, '.' or '..' part"
+    elif len(parts) != 2 or parts[0] != split:
+        problem = f"is not '{split}/<shard file>'"
+    else:
+        return
+    raise _fail(source, f"{where}.path", f"{path!r} {problem}: shard paths are relative to the data folder, "
+                                         f"'<split>/<file>', and stay inside it")
+
+
+def _check_shard_records(info: SplitInfo, source: str, where: str) -> None:
+    """The shards hold the split's clips; a bucket whose shards hold no record must be declared empty.
+
+    ``--min_shards`` gives a small shard set empty shards beside full ones, so a zero-record shard is fine
+    in a bucket that has records. A bucket (``None``: an unbucketed split) is declared empty by
+    ``bucket_clips[bucket] == 0`` (``num_clips == 0``); with records, the counts must agree.
+    """
+    total = sum(s.num_records for s in info.shards)
+    if total != info.num_clips:
+        raise _fail(source, f"{where}.shards", f"hold {total} records in all but {where}.num_clips is {info.num_clips}")
+    by_bucket: dict[str | None, list[int]] = collections.defaultdict(list)
+    for i, shard in enumerate(info.shards):
+        by_bucket[shard.bucket].append(i)
+    for bucket, indices in by_bucket.items():
+        records = sum(info.shards[i].num_records for i in indices)
+        declared_where = f"{where}.num_clips" if bucket is None else f"{where}.bucket_clips.{bucket}"
+        declared = info.num_clips if bucket is None else info.bucket_clips.get(bucket)
+        listed = f"{where}.shards{indices}" + ("" if bucket is None else f" (bucket {bucket!r})")
+        if records == 0 and declared != 0:
+            raise _fail(source, listed, f"all have num_records 0 but the bucket is not declared empty ({declared_where}"
+                                        f" is {declared}); its clips would be silently skipped")
+        if declared is not None and records != declared:
+            raise _fail(source, listed, f"hold {records} records but {declared_where} is {declared}")
+
+
+def _shard_from_raw(raw: Any, source: str, where: str, split: str) -> ShardInfo:
     _check_dict(raw, source, where)
     names = {f.name for f in dataclasses.fields(ShardInfo)}
     _check_keys(raw, names, names, source, where)
     _check_str(raw["path"], source, f"{where}.path")
+    _check_shard_path(raw["path"], split, source, where)
     if raw["bucket"] is not None:
         _check_str(raw["bucket"], source, f"{where}.bucket")
     for name in _SHARD_COUNTS:
@@ -360,14 +427,13 @@ def _shard_from_raw(raw: Any, source: str, where: str) -> ShardInfo:
 
 
 def _accounting_from_raw(raw: Any, source: str, where: str) -> Accounting:
+    """Every count is required: a missing one would read as 0 and make a wrong accounting add up."""
     _check_dict(raw, source, where)
     names = {f.name for f in dataclasses.fields(Accounting)}
-    _check_keys(raw, names, set(), source, where)
+    _check_keys(raw, names, names, source, where)
     for name in _ACCOUNTING_COUNTS:
-        if name in raw:
-            _check_int(raw[name], source, f"{where}.{name}")
-    if "dropped" in raw:
-        _check_counts(raw["dropped"], source, f"{where}.dropped")
+        _check_int(raw[name], source, f"{where}.{name}")
+    _check_counts(raw["dropped"], source, f"{where}.dropped")
     return Accounting(**raw)
 
 

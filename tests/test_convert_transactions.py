@@ -1,0 +1,383 @@
+"""The conversion's output is a transaction under a lock (issue 11 points 1-2, issue 8 point 7).
+
+Real conversions (DirectRunner, in memory) of a tiny generated dataset into real folders: a new output replaces
+the previous one only after success; a typo, a failed pipeline, a full disk or a kill leave the previous output
+as it was and no temporary folder behind; a second run into a locked output refuses, naming the holder; a stale
+lock and a killed run's staging folder are taken over and removed with a message; ``--overwrite`` replaces only
+an output this tool wrote and never deletes anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+
+import abaw_layout as abaw
+import pytest
+import video_fixtures as vf
+
+from beam_jobs import convert, output_folder
+from beam_jobs.sources.abaw import AbawSource
+from beam_jobs.transforms import TMP_DIRNAME
+from tfrecords_schema import read_dataset_info
+from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME
+from tfrecords_schema.locks import lock_output
+from tfrecords_schema.transaction import output_transaction
+
+COMMON = ["--clip_length", "3", "--runner", "DirectRunner", "--direct_running_mode", "in_memory",
+          "--progress_every", "0"]
+FORK = multiprocessing.get_context("fork")
+# Python 3.12 warns on fork() in a process with threads (TensorFlow's): the children run only file-system calls.
+pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+
+
+def run_convert(ann, videos, output, *extra, source=None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["--videos", str(videos), "--annotations", str(ann), "--output", str(output), *COMMON, *map(str, extra)]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = convert.run(argv, source=source)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def tree(folder) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``folder``."""
+    root = pathlib.Path(folder)
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    ann, videos = root / "annotations", root / "videos"
+    vf.write_face_video(videos / "a.avi", [4, 4, 4, 1, 1, 1])
+    abaw.write_annotation(ann, "expr", "train", "a", [4, 4, 4, 1, 1, 1])
+    vf.write_face_video(videos / "b.avi", [5] * 5)
+    abaw.write_annotation(ann, "expr", "validation", "b", [5] * 5)
+    return ann, videos
+
+
+@pytest.fixture
+def previous(inputs, tmp_path):
+    """A finished conversion output in a folder of its own: (output, its files' hashes)."""
+    out = tmp_path / "outs" / "out"
+    rc, _, err = run_convert(*inputs, out)
+    assert rc == 0, err
+    return out, tree(out)
+
+
+def assert_untouched(previous) -> None:
+    out, before = previous
+    assert tree(out) == before
+    assert sorted(os.listdir(out.parent)) == ["out"]  # No staging folder, backup or lock left beside it.
+
+
+class _FailingCountSource(AbawSource):
+    """An adapter failing inside the pipeline: its labels raise, and counting their lines runs ``fail``."""
+
+    def __init__(self, *args, fail=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fail = fail
+
+    def read_labels(self, track):
+        raise KeyError("adapter bug")
+
+    def count_labelled_lines(self, track):
+        self.fail()
+        return 0, []
+
+
+def _raise():
+    raise RuntimeError("worker crashed")
+
+
+def _fill_the_disk():
+    with open("/dev/full", "wb") as f:  # A real ENOSPC from the kernel, raised in the pipeline's worker.
+        f.write(b"x" * 65536)
+        f.flush()
+
+
+def test_a_new_output_records_the_users_output_and_leaves_nothing_beside_it(previous):
+    out, _ = previous
+    info = read_dataset_info(str(out))
+    assert info.options["output"] == str(out)  # Not the staging folder the workers wrote into.
+    assert ".incomplete-" not in (out / "dataset_info.json").read_text()
+    assert sorted(os.listdir(out)) == ["dataset_info.json", "train", "validation"]
+    assert sorted(os.listdir(out.parent)) == ["out"]
+
+
+def test_a_typo_in_the_annotations_leaves_the_previous_output_untouched(inputs, previous):
+    ann, videos = inputs
+    rc, _, err = run_convert(ann.parent / "annotatoins", videos, previous[0], "--overwrite")
+    assert rc != 0 and "annotatoins" in err
+    assert_untouched(previous)
+    rc, _, err = run_convert(videos, videos, previous[0], "--overwrite")  # Exists, holds no annotation: found late.
+    assert rc == 1 and "no ABAW annotation files" in err
+    assert_untouched(previous)
+
+
+def test_a_failed_pipeline_leaves_the_previous_output_and_no_staging_folder(inputs, previous):
+    ann, videos = inputs
+    source = _FailingCountSource(str(ann), str(videos), fail=_raise)
+    rc, _, err = run_convert(ann, videos, previous[0], "--overwrite", source=source)
+    assert rc == 1 and "the pipeline failed" in err and "worker crashed" in err
+    assert_untouched(previous)
+
+
+def test_a_full_disk_inside_the_pipeline_is_one_line_and_cleans_up(inputs, previous):
+    ann, videos = inputs
+    source = _FailingCountSource(str(ann), str(videos), fail=_fill_the_disk)
+    rc, _, err = run_convert(ann, videos, previous[0], "--overwrite", source=source)
+    assert rc == 1
+    assert err.count("\n") == 1 and err.startswith("convert: error: disk full while writing "), err
+    assert str(previous[0].parent) in err and "free of" in err
+    assert_untouched(previous)
+
+
+def test_a_run_where_nothing_can_be_written_keeps_the_previous_output(inputs, previous, tmp_path):
+    ann, _ = inputs
+    (tmp_path / "empty_videos").mkdir()  # A typo'd --videos: every track is no_media.
+    rc, _, err = run_convert(ann, tmp_path / "empty_videos", previous[0], "--overwrite")
+    assert rc == 1 and "nothing could be written" in err and "no_media" in err
+    assert f"the previous output in {previous[0]} is kept unchanged" in err
+    assert_untouched(previous)
+
+
+def test_overwrite_replaces_a_previous_output_only_after_success(inputs, previous):
+    rc, _, err = run_convert(*inputs, previous[0], "--overwrite", "--bucket_by", "none")
+    assert rc == 0, err
+    assert sorted(os.listdir(previous[0] / "train")) == ["abaw-train.tfrecord-00000-of-00001"]
+    assert sorted(os.listdir(previous[0].parent)) == ["out"]
+
+
+# ------------------------------------------------------------------------------------------------ locks
+def _hold_lock(output, ready, release):
+    with lock_output(str(output), command="the other conversion"):
+        ready.set()
+        release.wait(60)
+
+
+def test_a_second_run_into_a_locked_output_refuses_naming_the_holder(inputs, previous):
+    ready, release = FORK.Event(), FORK.Event()
+    holder = FORK.Process(target=_hold_lock, args=(previous[0], ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        rc, _, err = run_convert(*inputs, previous[0], "--overwrite")
+        assert rc == 1
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in err and "the other conversion" in err
+        assert tree(previous[0]) == previous[1]
+    finally:
+        release.set()
+        holder.join(30)
+    rc, _, err = run_convert(*inputs, previous[0], "--overwrite")  # Released: the next run goes ahead.
+    assert rc == 0, err
+
+
+def _killed_mid_run(output, started):
+    """A conversion killed with SIGKILL while it holds the lock and writes its staging folder."""
+    with lock_output(str(output), command="killed conversion"), \
+            output_transaction(str(output), replace=True) as staging:
+        (pathlib.Path(staging) / TMP_DIRNAME).mkdir()
+        (pathlib.Path(staging) / TMP_DIRNAME / "half.bin").write_bytes(b"x" * 1000)
+        started.set()
+        os.kill(os.getpid(), signal.SIGKILL)  # No cleanup at all, as `kill -9` or the OOM killer.
+
+
+def test_a_killed_runs_lock_and_staging_folder_are_taken_over_and_removed(inputs, previous):
+    from beam_jobs import inspect_dataset
+
+    started = FORK.Event()
+    child = FORK.Process(target=_killed_mid_run, args=(previous[0], started))
+    child.start()
+    child.join(60)
+    assert started.is_set() and child.exitcode == -signal.SIGKILL
+    assert len(os.listdir(previous[0].parent)) == 3  # out, the dead run's lock and its staging folder.
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert inspect_dataset.run([str(previous[0])]) == 0
+    said = out.getvalue()
+    assert f"pid {child.pid}" in said and ".out.incomplete-" in said and "the next conversion takes the lock over" in said
+    rc, _, err = run_convert(*inputs, previous[0], "--overwrite")
+    assert rc == 0, err
+    assert "took over the stale lock" in err and f"pid {child.pid}" in err
+    assert "leftover of an earlier run: staging" in err and "remove it: done" in err
+    assert sorted(os.listdir(previous[0].parent)) == ["out"]
+
+
+# ---------------------------------------------------------------------------------------- --overwrite safety
+def test_overwrite_refuses_a_folder_with_an_errors_subfolder_and_a_user_file(inputs, tmp_path):
+    mine = tmp_path / "project"
+    (mine / "errors").mkdir(parents=True)
+    (mine / "errors" / "notes.txt").write_text("my notes")
+    (mine / "precious.txt").write_text("keep")
+    before = tree(mine)
+    rc, _, err = run_convert(*inputs, mine, "--overwrite")
+    assert rc == 2 and "does not look like a conversion output" in err and "Nothing was deleted" in err
+    assert tree(mine) == before and sorted(os.listdir(tmp_path)) == ["project"]
+
+
+def test_overwrite_refuses_our_output_with_a_foreign_entry_and_names_it(previous, inputs):
+    out, _ = previous
+    (out / "README.md").write_text("mine")
+    (out / "train" / "labels.csv").write_text("mine")
+    before = tree(out)
+    rc, _, err = run_convert(*inputs, out, "--overwrite")
+    assert rc == 2 and "2 entries this tool did not write: README.md, train/labels.csv" in err
+    assert tree(out) == before
+    assert output_folder.foreign_entries(str(out)) == ["README.md", "train/labels.csv"]
+
+
+def test_overwrite_refuses_another_tools_dataset_info(inputs, tmp_path):
+    tfds = tmp_path / "tfds"
+    (tfds / "train").mkdir(parents=True)
+    (tfds / "dataset_info.json").write_text(json.dumps({"name": "mnist", "version": "3.0.1"}))
+    (tfds / "train" / "mnist-train.tfrecord-00000-of-00001").write_bytes(b"")
+    rc, _, err = run_convert(*inputs, tfds, "--overwrite")
+    assert rc == 2 and "its dataset_info.json is not one this tool writes" in err
+    assert sorted(p.name for p in tfds.rglob("*")) == ["dataset_info.json", "mnist-train.tfrecord-00000-of-00001",
+                                                      "train"]
+
+
+def test_overwrite_never_follows_a_symlink_inside_the_output(previous, inputs, tmp_path):
+    out, _ = previous
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "data.bin").write_text("not ours")
+    (out / "validation" / "linked").symlink_to(elsewhere)
+    rc, _, err = run_convert(*inputs, out, "--overwrite")
+    assert rc == 2 and "validation/linked" in err
+    assert (elsewhere / "data.bin").read_text() == "not ours"
+
+
+def test_the_temp_folder_name_is_declared_once_for_both_sides():
+    assert TMP_DIRNAME == CONVERT_TMP_DIRNAME  # The job writes it, inspect (no Beam import) looks for it.
+
+
+def test_disk_space_estimate_scales_the_spill_by_the_tracks_done(tmp_path):
+    tmp = tmp_path / "staging" / TMP_DIRNAME
+    (tmp / "spill").mkdir(parents=True)
+    (tmp / "progress").mkdir()
+    (tmp / "spill" / ("0" * 32 + ".bin")).write_bytes(b"x" * 3000)
+    assert output_folder.estimate_needed_bytes(str(tmp_path / "staging"), 4) is None  # No track done yet.
+    (tmp / "progress" / ("a" * 40 + ".json")).write_text("{}")
+    assert output_folder.estimate_needed_bytes(str(tmp_path / "staging"), 4) == 2 * 3000 * 4
+
+
+# ------------------------------------------------------------------------------------- messages of discovery
+def test_a_manifest_run_without_tracks_names_what_was_searched(tmp_path):
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path,split,expression\n")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = convert.run(["--dataset", "manifest", "--manifest", str(manifest), "--videos", str(tmp_path),
+                          "--output", str(tmp_path / "out"), *COMMON])
+    assert rc == 1
+    assert f"no annotated tracks found: searched --dataset manifest (--manifest {manifest}, --videos {tmp_path})" \
+        in err.getvalue() and "None" not in err.getvalue()
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_ambiguous_media_dead_letter_lists_its_candidates(tmp_path):
+    ann, videos = tmp_path / "annotations", tmp_path / "videos"
+    vf.write_face_video(videos / "one" / "clip.avi", [4] * 3)
+    vf.write_face_video(videos / "two" / "clip.mp4", [4] * 3)
+    abaw.write_annotation(ann, "expr", "train", "clip", [4] * 3)
+    vf.write_face_video(videos / "ok.avi", [1] * 3)
+    abaw.write_annotation(ann, "expr", "train", "ok", [1] * 3)
+    rc, _, err = run_convert(ann, videos, tmp_path / "out")
+    assert rc == 0, err
+    letters = [json.loads(line) for line in (tmp_path / "out" / "errors" / "dead_letters.jsonl").open()]
+    (ambiguous,) = [d for d in letters if d["reason"] == "ambiguous_media"]
+    assert "one/clip.avi" in ambiguous["message"] and "two/clip.mp4" in ambiguous["message"]
+
+
+# ------------------------------------------------------------------------------------ a really full file system
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (needs the right to mount; skipped elsewhere)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    yield mount
+    gc.collect()  # A failed writer's file object may still hold a file there until it is collected.
+    if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["umount", "-l", str(mount)], check=True)  # Detached now, freed once the last file closes.
+
+
+def test_a_really_full_disk_keeps_the_previous_output_and_says_so_in_one_line(inputs, small_disk):
+    out = small_disk / "out"
+    rc, _, err = run_convert(*inputs, out, "--crop_size", "16")
+    assert rc == 0, err
+    before = tree(out)
+    rc, _, err = run_convert(*inputs, out, "--overwrite", "--crop_size", "400")  # 169 KB of shards, as much spill.
+    assert rc == 1
+    assert err.count("\n") == 1 and err.startswith(f"convert: error: disk full while writing {small_disk}"), err
+    assert "KiB needed" in err  # Estimated from the spill: the failure came while writing shards, every track done.
+    assert tree(out) == before and sorted(os.listdir(small_disk)) == ["out"]
+
+
+# ------------------------------------------------------------------------------------------- object stores
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3-compatible server (moto) on loopback with one bucket: (Beam's S3 options, boto3 client)."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
+    client.create_bucket(Bucket="affect")
+    yield ["--s3_endpoint_url", f"http://{host}:{port}", "--s3_access_key_id", "testing", "--s3_secret_access_key",
+           "testing", "--s3_region_name", "us-east-1"], client
+    server.stop()
+
+
+def _keys(client) -> list[str]:
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket="affect").get("Contents", []))
+
+
+def test_object_store_output_is_replaced_only_when_ours_and_only_after_listing_the_inputs(inputs, s3):
+    options, client = s3
+    ann, videos = inputs
+    rc, _, err = run_convert(ann, videos, "s3://affect/out", *options)
+    assert rc == 0, err
+    written = _keys(client)
+    client.put_object(Bucket="affect", Key="out/notes.txt", Body=b"mine")
+    rc, _, err = run_convert(ann, videos, "s3://affect/out", "--overwrite", *options)
+    assert rc == 2 and "notes.txt" in err
+    client.delete_object(Bucket="affect", Key="out/notes.txt")
+    rc, _, err = run_convert(ann.parent / "annotatoins", videos, "s3://affect/out", "--overwrite", *options)
+    assert rc != 0 and _keys(client) == written  # A typo is found before the previous output is touched.
+    source = _FailingCountSource(str(ann), str(videos), fail=_raise)
+    rc, _, err = run_convert(ann, videos, "s3://affect/out", "--overwrite", *options, source=source)
+    assert rc == 1 and "worker crashed" in err
+    assert not [k for k in _keys(client) if f"/{TMP_DIRNAME}/" in k]  # The run's temp objects are removed.
+
+
+def test_an_output_that_is_a_symlink_is_replaced_through_the_link(inputs, tmp_path):
+    real = tmp_path / "big_disk" / "records"
+    rc, _, err = run_convert(*inputs, real)
+    assert rc == 0, err
+    link = tmp_path / "records"
+    link.symlink_to(real)
+    rc, _, err = run_convert(*inputs, link, "--overwrite", "--bucket_by", "none")
+    assert rc == 0, err
+    assert link.is_symlink() and sorted(os.listdir(link / "train")) == ["abaw-train.tfrecord-00000-of-00001"]
+    assert sorted(os.listdir(real.parent)) == ["records"] and read_dataset_info(str(link)).options["output"] == str(link)
