@@ -1,264 +1,72 @@
-"""Face detection, box hold/smoothing, the square face crop and JPEG encoding.
+"""The face stage: detection every k frames, cut-aware box holding, the face crop and JPEG encoding.
 
-No Apache Beam import: the conversion job and inference on new video both use
-this module, so the crop a model is trained on is the crop it is served
-(:func:`square_crop` is the one crop function of the project).
+No Apache Beam import: the conversion job and inference on new video both use this module,
+so the crop a model is trained on is the crop it is served (:func:`face_crop` is the one crop
+function of the project). The parts live in :mod:`beam_jobs.detectors` (Haar, BlazeFace,
+MTCNN), :mod:`beam_jobs.align` (square and eye-aligned crops, JPEG) and
+:mod:`beam_jobs.tracking` (box holding, shot cuts); their public names are re-exported here.
 
 Example:
-    cropper = FaceCropper(make_detector("haar"), crop_size=112, detect_every=5)
+    cropper = FaceCropper.from_config(FaceStageConfig(detector="blazeface", align=True))
     for frame in frames:                       # BGR uint8 frames, in time order
         face = cropper.process(frame)
         jpeg = encode_jpeg(face.crop)          # face.bbox is None when no face is held
+        counts[face.status] += 1               # STATUS_DETECTED / _HELD / _LOST / _NONE
 """
 
 from __future__ import annotations
 
-import abc
 import dataclasses
-from typing import Callable
+import math
 
 import cv2
 import numpy as np
 
-# A box in pixels of the frame it was found in: (x, y, width, height).
-Box = tuple[float, float, float, float]
+from beam_jobs.align import (  # noqa: F401 - re-exported: the face stage's public names.
+    ALIGN_EYE_DISTANCE,
+    ALIGN_EYE_Y,
+    aligned_crop,
+    alignment_matrix,
+    blank_crop,
+    decode_image,
+    encode_jpeg,
+    face_crop,
+    shrink,
+    square_crop,
+)
+from beam_jobs.detectors import (  # noqa: F401
+    DETECTORS,
+    BlazeFaceDetector,
+    Box,
+    Detection,
+    Detector,
+    HaarDetector,
+    MtcnnDetector,
+    make_detector,
+)
+from beam_jobs.tracking import (
+    SIDES,
+    BoxTracker,
+    ShotCutDetector,
+    choose_face,
+    iou,
+    region_change,
+    region_thumbnail,
+)
 
-SIDES = ("left", "right")
-_NEAR_FACE_PIXELS = 48.0  # Face size in the local search window around a held box (Haar's window is 24).
+# What the face stage did on a frame (Face.status), declared once for the conversion's counters.
+STATUS_DETECTED = "detected"  # A detection ran on this frame and found the face.
+STATUS_HELD = "held"  # No detection ran on this frame; the box of the last one is kept.
+STATUS_LOST = "lost"  # No face on this frame, after one was seen in the track (crop at its last place).
+STATUS_NONE = "none"  # No face on this frame and none seen yet in the track (blank crop).
+FACE_STATUSES = (STATUS_DETECTED, STATUS_HELD, STATUS_LOST, STATUS_NONE)
 
-
-class Detector(abc.ABC):
-    """Finds faces in one grayscale image."""
-
-    name: str = ""
-
-    @abc.abstractmethod
-    def detect(self, gray: np.ndarray, min_size: int | None = None, max_size: int | None = None) -> list[Box]:
-        """Returns face boxes ``(x, y, w, h)`` in the pixels of ``gray``, in any order.
-
-        Args:
-            gray: uint8 ``[H, W]`` image.
-            min_size: Smallest face side to look for (None: the detector's default).
-            max_size: Largest face side to look for (None: no limit).
-        """
-
-
-class HaarDetector(Detector):
-    """OpenCV's bundled frontal-face Haar cascade (ships with opencv-python, no download).
-
-    Args:
-        scale_factor: Pyramid step of ``detectMultiScale`` (> 1).
-        min_neighbors: Detections needed to keep a box (>= 0).
-        min_size: Smallest face side in pixels of the detection image.
-    """
-
-    name = "haar"
-
-    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 4, min_size: int = 24):
-        if scale_factor <= 1.0:
-            raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
-        if min_neighbors < 0:
-            raise ValueError(f"min_neighbors must be >= 0, got {min_neighbors}")
-        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
-        self._cascade = cv2.CascadeClassifier(path)
-        if self._cascade.empty():
-            raise OSError(f"cannot load the Haar cascade {path}")
-        self._scale_factor = scale_factor
-        self._min_neighbors = min_neighbors
-        self._min_size = (int(min_size), int(min_size))
-
-    def detect(self, gray: np.ndarray, min_size: int | None = None, max_size: int | None = None) -> list[Box]:
-        """Face boxes ``(x, y, w, h)`` in a grayscale image, optionally limited to a size range in pixels."""
-        low = self._min_size if min_size is None else (max(self._min_size[0], int(min_size)),) * 2
-        high = (0, 0) if max_size is None else (int(max_size), int(max_size))
-        found = self._cascade.detectMultiScale(
-            gray, scaleFactor=self._scale_factor, minNeighbors=self._min_neighbors, minSize=low, maxSize=high
-        )
-        return [tuple(float(v) for v in box) for box in found]
-
-
-# Registry of detectors by command-line name.
-DETECTORS: dict[str, Callable[[], Detector]] = {"haar": HaarDetector}
-
-
-def make_detector(name: str) -> Detector:
-    """Builds a detector by its registered name.
-
-    Raises:
-        ValueError: for an unknown name; the message lists the valid ones.
-    """
-    if name not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; valid detectors: {sorted(DETECTORS)}")
-    return DETECTORS[name]()
-
-
-def choose_face(boxes: list[Box], side: str | None, frame_width: float) -> Box | None:
-    """Picks the subject's face among the detections.
-
-    Args:
-        boxes: Detections ``(x, y, w, h)``.
-        side: ``"left"`` / ``"right"`` for a subject sharing the video with another
-            (the face on that side of the frame), None for the largest face.
-        frame_width: Width of the image the boxes are in.
-
-    Returns:
-        The chosen box, or None. A lone face whose centre lies on the other half of
-        the frame is not taken for a ``left``/``right`` subject (it is the other person).
-    """
-    if not boxes:
-        return None
-    if side is None:
-        return max(boxes, key=lambda b: (b[2] * b[3], -b[0], -b[1]))
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {SIDES} or None, got {side!r}")
-    centres = sorted(boxes, key=lambda b: (b[0] + b[2] / 2, b[1]))
-    box = centres[0] if side == "left" else centres[-1]
-    centre = box[0] + box[2] / 2
-    if len(boxes) == 1 and ((side == "left" and centre > frame_width / 2) or (side == "right" and centre < frame_width / 2)):
-        return None
-    return box
-
-
-def _iou(a: Box, b: Box) -> float:
-    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
-    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
-class BoxTracker:
-    """Holds and smooths the face box between detections.
-
-    A detection that overlaps the held box (IoU >= ``min_iou``) is blended into it
-    (exponential smoothing with weight ``smoothing`` for the new box); one that
-    does not replaces it. Frames where no detection runs keep the box. A missed
-    detection keeps the held box for at most ``max_hold`` frames (counting the
-    missed frame), after which there is no face until the next detection.
-
-    Args:
-        smoothing: Weight of a new detection in (0, 1]; 1 disables smoothing.
-        max_hold: Frames a box is held after a missed detection (0: drop it at once).
-        min_iou: Overlap under which a detection counts as a jump, not a move.
-    """
-
-    def __init__(self, smoothing: float = 0.6, max_hold: int = 15, min_iou: float = 0.3):
-        if not 0.0 < smoothing <= 1.0:
-            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
-        if max_hold < 0:
-            raise ValueError(f"max_hold must be >= 0, got {max_hold}")
-        self._smoothing = smoothing
-        self._max_hold = max_hold
-        self._min_iou = min_iou
-        self.reset()
-
-    def reset(self) -> None:
-        """Forgets the held box (e.g. after a gap in the frames)."""
-        self._box: Box | None = None
-        self._missing = False  # A detection missed and no detection has succeeded since.
-        self._missed = 0  # Frames held since that miss.
-        self.last_box: Box | None = None  # The last box ever held, even expired.
-
-    def observe(self, box: Box | None) -> Box | None:
-        """Feeds the result of a detection (None = miss); returns the box for this frame."""
-        if box is None:
-            if self._box is None:
-                return None
-            return self._age_one()
-        if self._box is not None and _iou(self._box, box) >= self._min_iou:
-            w = self._smoothing
-            box = tuple(w * n + (1 - w) * o for n, o in zip(box, self._box))
-        self._box = box
-        self.last_box = box
-        self._missed = 0
-        self._missing = False
-        return box
-
-    @property
-    def current(self) -> Box | None:
-        """The held box while detections succeed (None when none is held or one was missed)."""
-        return None if self._missing else self._box
-
-    def hold(self) -> Box | None:
-        """Advances one frame without running detection; returns the held box or None."""
-        if self._box is None:
-            return None
-        if not self._missing:
-            return self._box
-        return self._age_one()
-
-    def _age_one(self) -> Box | None:
-        self._missing = True
-        self._missed += 1
-        if self._missed > self._max_hold:
-            self._box = None
-            self._missed = 0
-            self._missing = False
-            return None
-        return self._box
-
-
-def square_crop(image: np.ndarray, box: Box | None, crop_size: int, margin: float = 1.25) -> np.ndarray:
-    """The square face crop: centred on ``box``, side ``margin * max(w, h)``, resized to ``crop_size``.
-
-    Parts of the square outside the image are filled with black, so the face keeps
-    its place and scale near the border. ``box=None`` crops the largest centred square.
-
-    Args:
-        image: ``[H, W]`` or ``[H, W, C]`` uint8.
-        box: ``(x, y, w, h)`` in pixels of ``image``, or None.
-        crop_size: Output side in pixels.
-        margin: Square side relative to the larger box side.
-
-    Returns:
-        ``[crop_size, crop_size(, C)]`` uint8.
-    """
-    if crop_size <= 0:
-        raise ValueError(f"crop_size must be > 0, got {crop_size}")
-    h, w = image.shape[:2]
-    if box is None:
-        side = float(min(h, w))
-        cx, cy = w / 2.0, h / 2.0
-    else:
-        side = max(box[2], box[3]) * margin
-        cx, cy = box[0] + box[2] / 2.0, box[1] + box[3] / 2.0
-    side = max(side, 1.0)
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    s = int(round(side))
-    x1, y1 = x0 + s, y0 + s
-    pad = [max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w)]
-    crop = image[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
-    if any(pad):
-        crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=0)
-    if s <= crop_size:
-        return cv2.resize(crop, (crop_size, crop_size), interpolation=cv2.INTER_LINEAR)
-    factor = s // crop_size
-    if factor > 1:
-        # Area-averaging by a whole factor first takes OpenCV's fast path (half the time of one
-        # fractional INTER_AREA resize, and within half a grey level of it); the last step is small.
-        crop = cv2.resize(crop, (s // factor, s // factor), interpolation=cv2.INTER_AREA)
-    return cv2.resize(crop, (crop_size, crop_size), interpolation=cv2.INTER_AREA)
-
-
-def blank_crop(crop_size: int, channels: int = 3) -> np.ndarray:
-    """A black crop for frames where no face was ever seen."""
-    return np.zeros((crop_size, crop_size, channels), np.uint8)
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
-    """JPEG-encodes a BGR (or gray) uint8 image; deterministic for the same pixels."""
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError(f"cannot JPEG-encode an image of shape {image.shape}")
-    return buf.tobytes()
-
-
-def decode_image(data: bytes) -> np.ndarray | None:
-    """Decodes image bytes to BGR uint8; None when they are not a readable image."""
-    if not data:
-        return None
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+# A detection whose box is less than half inside the frame, or whose visible part is smaller
+# than this fraction of the frame's short side (and 4 pixels), is not a face.
+_MIN_VISIBLE_AREA = 0.5
+_MIN_FACE_FRACTION = 0.02
+# Frames after a detection before a change of the face region may bring the next one forward.
+_MIN_REDETECT_GAP = 2
 
 
 @dataclasses.dataclass
@@ -267,22 +75,34 @@ class Face:
 
     Attributes:
         crop: ``[crop_size, crop_size, 3]`` BGR uint8 crop.
-        bbox: ``(ymin, xmin, ymax, xmax)`` normalised to the frame, or None when no face is held.
+        bbox: ``(ymin, xmin, ymax, xmax)`` normalised to the frame, or None when no face is held:
+            always the box the crop was cut from, never empty.
+        keypoints: float32 ``[K, 2]`` ``(x, y)`` normalised to the frame (eyes first, see
+            :mod:`beam_jobs.detectors`), clipped to [0, 1]; None without a face or for Haar.
+        status: One of :data:`FACE_STATUSES`.
     """
 
     crop: np.ndarray
     bbox: tuple[float, float, float, float] | None
+    keypoints: np.ndarray | None = None
+    status: str = STATUS_NONE
 
 
 def normalise_box(box: Box, height: int, width: int) -> tuple[float, float, float, float]:
     """``(x, y, w, h)`` pixels → ``(ymin, xmin, ymax, xmax)`` in [0, 1]."""
     x, y, bw, bh = box
-    clip = lambda v: float(min(1.0, max(0.0, v)))  # noqa: E731
+    clip = lambda v: float(min(1.0, max(0.0, v)))
     return (clip(y / height), clip(x / width), clip((y + bh) / height), clip((x + bw) / width))
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+
+
+# FaceStageConfig fields whose None is a setting, and the values of later fields that describe the stage
+# of conversions recorded before those fields existed (see FaceStageConfig.from_dict).
+_NONE_IS_A_VALUE = ("max_hold", "redetect_change")
+_BEFORE_THE_FIELD = {"align": False, "redetect_change": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,53 +117,86 @@ class FaceStageConfig:
     Attributes:
         detector: Registered detector name (:data:`DETECTORS`).
         detect_every: Detect on every N-th frame, hold the box in between.
-        detect_width: Width of the downscaled detection image.
-        max_hold: Frames a box is held after a missed detection (None: ``2 * detect_every``).
+        detect_width: Width of the downscaled image a whole frame is searched in (a model
+            detector never gets more than its input size).
+        max_hold: Frames a box is held after the detection that found it (None: until the next detection).
         crop_size: Side of the square crops in pixels.
         jpeg_quality: JPEG quality of the stored crops.
+        align: Eye-aligned crops (:func:`aligned_crop`) where the detector gives eyes; else square crops.
+        redetect_change: Change of the held face's region (0-1) that brings the next detection
+            forward (None: detection on the fixed ``detect_every`` schedule only).
     """
 
-    detector: str = "haar"
-    detect_every: int = 5
+    detector: str = "blazeface"
+    detect_every: int = 20
     detect_width: int = 320
     max_hold: int | None = None
     crop_size: int = 112
     jpeg_quality: int = 90
+    align: bool = True
+    redetect_change: float | None = 0.08
 
     def to_dict(self) -> dict:
         """The fields as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "FaceStageConfig":
+    def from_dict(cls, values: dict) -> FaceStageConfig:
         """The config from a dict holding (at least) some of its fields; other keys are ignored.
 
-        Fields missing from ``values`` keep their defaults, so the options block of an older
-        ``dataset_info.json`` still describes its stage.
+        A field added after the first conversions (``align``, ``redetect_change``) that is missing
+        from ``values`` takes the value that reproduces the stage of those conversions (no
+        alignment, fixed schedule), so the options block of an older ``dataset_info.json`` still
+        describes its stage; other missing fields keep their defaults. ``None`` is a value for
+        the fields where it means something (``max_hold``, ``redetect_change``).
         """
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names and v is not None or k == "max_hold"})
+        given = {k: v for k, v in values.items() if k in names and (v is not None or k in _NONE_IS_A_VALUE)}
+        return cls(**{**_BEFORE_THE_FIELD, **given})
 
 
 class FaceCropper:
     """Turns the frames of one subject track, in time order, into face crops.
 
-    Detection runs every ``detect_every`` frames on a grayscale copy downscaled to
-    at most ``detect_width`` pixels wide; the :class:`BoxTracker` holds and smooths
-    the box in between and over short misses. While a box is held, detection first
-    looks only near it (a window of ``3 x`` the face, faces of 0.6–1.7 x its size,
-    scaled so the face is ~48 pixels): much cheaper than a full-frame search, and it
-    stays on the same person. The full (downscaled) frame is searched when nothing is
-    held or the local search misses.
+    Per frame:
+
+    1. A shot-cut test (:class:`ShotCutDetector`, ~10 µs) runs on every frame. At a cut the
+       held box is dropped (it shows the last shot) and detection runs on this frame, the
+       detect-every schedule restarting from it.
+    2. Detection runs every ``detect_every`` frames, and earlier (if ``redetect_change`` is
+       set) when the held face's region has changed by more than ``redetect_change`` (mean absolute difference of 8x8 block
+       means, 0-1, against the frame of the last detection; a few µs a frame), at least
+       ``_MIN_REDETECT_GAP`` frames after the last detection: a face that moves, turns, is
+       covered or leaves is looked at again at once, a still one every ``detect_every``
+       frames. The schedule restarts from every detection. While a box is held it first looks near
+       it only: a window of ``detector.near_window`` face sides, faces of 0.6-1.7 x its size,
+       scaled so the face is ``detector.near_face_pixels`` (much cheaper than a whole frame,
+       and it stays on the same person). When that fails, or nothing is held, the whole frame
+       is searched, shrunk to ``detect_width`` (or the detector's input size). If that fails
+       too the held box is dropped: the face is gone.
+    3. A detection is a face only if it scores at least ``detector.min_confidence``, has a
+       finite box of positive size at least half inside the frame, and its visible part is at
+       least 2 % of the frame's short side (and 4 pixels): no empty or off-frame box is stored.
+    4. Between detections the :class:`BoxTracker` holds the smoothed box and keypoints
+       (up to ``max_hold`` frames). A detection is blended with the last one if that was at
+       most ``3 x detect_every`` frames before (one or two missed detections are bridged).
+    5. The crop (:func:`face_crop`, eye-aligned when ``align`` and the detector gives eyes)
+       is cut from the box (and keypoints) returned in :class:`Face`. A frame without a face is
+       cropped at the last place a face was held in the track (time is not shifted), or blank
+       before any face, with ``bbox=None``.
 
     Args:
         detector: A :class:`Detector`.
         crop_size: Side of the square crops.
         detect_every: Detect on every N-th frame (>= 1).
-        detect_width: Width of the detection image (frames wider are downscaled).
+        detect_width: Width a whole frame is shrunk to for detection (frames wider are shrunk).
         side: ``"left"``/``"right"`` for a two-person video, else None.
-        max_hold: Frames a box is held after the last detection (default ``2 * detect_every``).
+        max_hold: Frames a box is held after the detection that found it (None: until the next detection).
         smoothing: Weight of a new detection in the box smoothing.
+        align: Eye-aligned crops when the detector gives keypoints.
+        cut_threshold: Shot-cut threshold of the :class:`ShotCutDetector`.
+        redetect_change: Change of the held face's region (0-1) that brings the next detection
+            forward (None: a fixed schedule).
     """
 
     def __init__(
@@ -355,6 +208,9 @@ class FaceCropper:
         side: str | None = None,
         max_hold: int | None = None,
         smoothing: float = 0.6,
+        align: bool = False,
+        cut_threshold: float = 0.1,
+        redetect_change: float | None = None,
     ):
         if detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
@@ -362,18 +218,24 @@ class FaceCropper:
             raise ValueError(f"detect_width must be >= 32, got {detect_width}")
         if side not in (None, *SIDES):
             raise ValueError(f"side must be one of {SIDES} or None, got {side!r}")
+        if crop_size <= 0:
+            raise ValueError(f"crop_size must be > 0, got {crop_size}")
         self._detector = detector
         self._crop_size = crop_size
         self._detect_every = detect_every
         self._detect_width = detect_width
         self._side = side
-        hold = 2 * detect_every if max_hold is None else max_hold
-        self._tracker = BoxTracker(smoothing=smoothing, max_hold=hold)
+        self._align = align
+        self._tracker = BoxTracker(smoothing=smoothing, max_hold=max_hold, memory=3 * detect_every)
+        self._cuts = ShotCutDetector(cut_threshold)
+        self._redetect_change = redetect_change
+        self._face_thumb: np.ndarray | None = None  # The held face's region at its detection.
         self._count = 0
+        self.detections_run = 0  # Detection passes so far (found or not), for cost accounting.
 
     @classmethod
     def from_config(cls, config: FaceStageConfig, side: str | None = None,
-                    detector: Detector | None = None) -> "FaceCropper":
+                    detector: Detector | None = None) -> FaceCropper:
         """The face stage described by ``config`` for one subject (``side`` of a shared video).
 
         Args:
@@ -383,61 +245,114 @@ class FaceCropper:
         """
         return cls(detector or make_detector(config.detector), crop_size=config.crop_size,
                    detect_every=config.detect_every, detect_width=config.detect_width, side=side,
-                   max_hold=config.max_hold)
+                   max_hold=config.max_hold, align=config.align, redetect_change=config.redetect_change)
 
     def reset(self) -> None:
         """Starts over (after a gap in the frames)."""
         self._tracker.reset()
+        self._cuts.reset()
+        self._face_thumb = None
         self._count = 0
 
-    def _detect(self, frame: np.ndarray) -> Box | None:
+    def _accept(self, det: Detection, height: int, width: int) -> Detection | None:
+        """The detection if it may be stored as a face (rule 3 of the class docstring), else None."""
+        x, y, w, h = det.box
+        if not det.confidence >= self._detector.min_confidence or not all(map(math.isfinite, det.box)):
+            return None
+        if w <= 0 or h <= 0:
+            return None
+        vis_w = min(width, x + w) - max(0.0, x)
+        vis_h = min(height, y + h) - max(0.0, y)
+        min_side = max(4.0, _MIN_FACE_FRACTION * min(height, width))
+        if vis_w < min_side or vis_h < min_side or vis_w * vis_h < _MIN_VISIBLE_AREA * w * h:
+            return None
+        kps = det.keypoints
+        if kps is not None and (not np.isfinite(kps).all() or len(kps) < 2 or np.hypot(*(kps[1] - kps[0])) < 1.0):
+            det = Detection(det.box, det.confidence, None)  # Eyes unusable: the box alone (square crop).
+        return det
+
+    def _detect(self, frame: np.ndarray) -> Detection | None:
         held = self._tracker.current
         if held is not None:
-            box = self._detect_near(frame, held)  # Only the window around the held box is converted to gray.
-            if box is not None:
-                return box
-        return self._detect_full(_gray(frame))
+            found = self._detect_near(frame, held)  # Only the window around the held box is converted.
+            if found is not None:
+                return found
+        return self._detect_full(frame)
 
-    def _detect_full(self, gray: np.ndarray) -> Box | None:
-        h, w = gray.shape[:2]
+    def _detect_full(self, frame: np.ndarray) -> Detection | None:
+        h, w = frame.shape[:2]
+        det = self._detector
         scale = 1.0
-        if w > self._detect_width:
-            scale = self._detect_width / w
-            gray = cv2.resize(gray, (self._detect_width, max(1, int(round(h * scale)))), interpolation=cv2.INTER_AREA)
-        box = choose_face(self._detector.detect(gray), self._side, gray.shape[1])
+        if det.wants_color:
+            width = min(self._detect_width, det.input_size or self._detect_width)
+            image = frame
+            if w > width:
+                scale = width / w
+                image = shrink(frame, width, max(1, round(h * scale)))
+        else:
+            image = _gray(frame)
+            if w > self._detect_width:
+                scale = self._detect_width / w
+                image = cv2.resize(image, (self._detect_width, max(1, round(h * scale))),
+                                   interpolation=cv2.INTER_AREA)
+        found = [d for d in det.detect_faces(image) if self._accept(d.moved(scale), h, w) is not None]
+        box = choose_face([d.box for d in found], self._side, image.shape[1])
         if box is None:
             return None
-        return tuple(v / scale for v in box)
+        chosen = next(d for d in found if d.box == box)
+        return self._accept(chosen.moved(scale), h, w)
 
-    def _detect_near(self, frame: np.ndarray, held: Box) -> Box | None:
+    def _detect_near(self, frame: np.ndarray, held: Box) -> Detection | None:
         h, w = frame.shape[:2]
+        det = self._detector
         size = max(held[2], held[3])
+        half = det.near_window / 2 * size
         cx, cy = held[0] + held[2] / 2, held[1] + held[3] / 2
-        x0, y0 = max(0, int(cx - 1.5 * size)), max(0, int(cy - 1.5 * size))
-        x1, y1 = min(w, int(cx + 1.5 * size)), min(h, int(cy + 1.5 * size))
+        x0, y0 = max(0, int(cx - half)), max(0, int(cy - half))
+        x1, y1 = min(w, int(cx + half)), min(h, int(cy + half))
         if x1 - x0 < 8 or y1 - y0 < 8:
             return None
-        roi = _gray(frame[y0:y1, x0:x1])
-        scale = min(1.0, _NEAR_FACE_PIXELS / size)
+        roi = frame[y0:y1, x0:x1] if det.wants_color else _gray(frame[y0:y1, x0:x1])
+        scale = min(1.0, det.near_face_pixels / size)
         if scale < 1.0:
-            roi = cv2.resize(roi, (max(1, int(round((x1 - x0) * scale))), max(1, int(round((y1 - y0) * scale)))),
-                             interpolation=cv2.INTER_AREA)
-        found = self._detector.detect(roi, min_size=int(0.6 * size * scale), max_size=int(1.7 * size * scale) + 1)
-        if not found:
+            size_px = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+            roi = shrink(roi, *size_px) if det.wants_color else cv2.resize(roi, size_px, interpolation=cv2.INTER_AREA)
+        found = det.detect_faces(roi, min_size=int(0.6 * size * scale), max_size=int(1.7 * size * scale) + 1)
+        near = [a for a in (self._accept(d.moved(scale, x0, y0), h, w) for d in found) if a is not None]
+        if not near:
             return None
-        near = [(x / scale + x0, y / scale + y0, bw / scale, bh / scale) for x, y, bw, bh in found]
-        return max(near, key=lambda b: (_iou(b, held), -b[0], -b[1]))
+        return max(near, key=lambda d: (iou(d.box, held), -d.box[0], -d.box[1]))
 
     def process(self, frame: np.ndarray) -> Face:
-        """Crops the next frame of the track."""
+        """Crops the next frame of the track (see the class docstring for the rules)."""
+        if self._cuts.update(frame):
+            self._tracker.cut()
+            self._count = 0  # Detect on this frame; the schedule restarts from it.
+        held = self._tracker.current
+        if (held is not None and self._redetect_change is not None and self._count >= _MIN_REDETECT_GAP
+                and region_change(self._face_thumb, region_thumbnail(frame, held)) > self._redetect_change):
+            self._count = 0  # The face moved, turned, was covered or left: look again now.
         if self._count % self._detect_every == 0:
-            box = self._tracker.observe(self._detect(frame))
+            self.detections_run += 1
+            found = self._detect(frame)
+            box = self._tracker.observe(found.box, found.keypoints) if found else self._tracker.observe(None)
+            self._count = 0
+            self._face_thumb = None if box is None else region_thumbnail(frame, box)
+            status = STATUS_DETECTED
         else:
             box = self._tracker.hold()
+            status = STATUS_HELD
         self._count += 1
         h, w = frame.shape[:2]
         if box is not None:
-            return Face(square_crop(frame, box, self._crop_size), normalise_box(box, h, w))
-        if self._tracker.last_box is not None:  # Keep the last place of the face: time is not shifted.
-            return Face(square_crop(frame, self._tracker.last_box, self._crop_size), None)
-        return Face(blank_crop(self._crop_size), None)
+            bbox = normalise_box(box, h, w)
+            if bbox[2] > bbox[0] and bbox[3] > bbox[1]:  # Never an empty box (rule 3 makes it so already).
+                kps = self._tracker.keypoints
+                crop = face_crop(frame, box, kps, self._crop_size, self._align)
+                norm = None if kps is None else np.clip(kps / np.float32((w, h)), 0.0, 1.0).astype(np.float32)
+                return Face(crop, bbox, norm, status)
+        last = self._tracker.last_box
+        if last is not None:  # Keep the last place of the face: time is not shifted.
+            crop = face_crop(frame, last, self._tracker.last_keypoints, self._crop_size, self._align)
+            return Face(crop, None, None, STATUS_LOST)
+        return Face(blank_crop(self._crop_size), None, None, STATUS_NONE)

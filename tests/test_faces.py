@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -9,20 +10,34 @@ from affectstream.synthetic_faces import FaceSpec, render_frame
 from beam_jobs import faces
 
 
-class CountingDetector(faces.Detector):
+class CountingDetector(faces.HaarDetector):
     """The real Haar detector, counting its calls (to check --detect_every)."""
 
     name = "counting"
 
     def __init__(self):
-        self.inner = faces.HaarDetector()
+        super().__init__()
         self.calls = 0
         self.widths = []
 
-    def detect(self, gray, min_size=None, max_size=None):
+    def detect_faces(self, image, min_size=None, max_size=None):
         self.calls += 1
-        self.widths.append(gray.shape[1])
-        return self.inner.detect(gray, min_size, max_size)
+        self.widths.append(image.shape[1])
+        return super().detect_faces(image, min_size, max_size)
+
+
+class ScriptedDetector(faces.Detector):
+    """Returns the detections it is given, whatever the image: any Detector the cropper may be handed."""
+
+    name = "scripted"
+    wants_color = True
+    min_confidence = 0.5
+
+    def __init__(self, detections):
+        self.detections = detections
+
+    def detect_faces(self, image, min_size=None, max_size=None):
+        return list(self.detections)
 
 
 def _frame(cx=80, cy=60, size=90, h=120, w=160, expression=4):
@@ -30,7 +45,8 @@ def _frame(cx=80, cy=60, size=90, h=120, w=160, expression=4):
 
 
 def test_make_detector_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match=r"valid detectors: \['haar'\]"):
+    with pytest.raises(ValueError, match=r"valid detectors: \['blazeface', 'blazeface_full', 'blazeface_short', "
+                                         r"'haar', 'mtcnn'\]"):
         faces.make_detector("dlib")
 
 
@@ -53,15 +69,15 @@ def test_choose_face_picks_the_side_and_refuses_a_lone_face_on_the_other_side():
         faces.choose_face([left], "middle", 240)
 
 
-def test_tracker_holds_a_missed_box_for_max_hold_frames_then_drops_it():
+def test_tracker_drops_the_box_at_a_failed_detection_and_after_max_hold_frames():
     tracker = faces.BoxTracker(max_hold=2, smoothing=1.0)
     box = (10.0, 10.0, 40.0, 40.0)
     assert tracker.observe(box) == box
-    assert tracker.hold() == box  # No detection ran: held without ageing.
-    assert tracker.hold() == box
-    assert tracker.observe(None) == box  # Miss 1.
-    assert tracker.hold() == box  # Held frame 2.
-    assert tracker.hold() is None  # Expired.
+    assert tracker.hold() == box and tracker.hold() == box  # Held 2 frames after the detection.
+    assert tracker.hold() is None  # max_hold passed.
+    assert tracker.observe(box) == box
+    assert tracker.observe(None) is None and tracker.current is None  # A failed detection: gone at once.
+    assert tracker.hold() is None
     assert tracker.last_box == box
 
 
@@ -70,7 +86,35 @@ def test_tracker_smooths_overlapping_detections_and_jumps_to_far_ones():
     tracker.observe((0.0, 0.0, 40.0, 40.0))
     assert tracker.observe((4.0, 0.0, 40.0, 40.0)) == pytest.approx((2.0, 0.0, 40.0, 40.0))
     assert tracker.observe((200.0, 0.0, 40.0, 40.0)) == (200.0, 0.0, 40.0, 40.0)
-    assert tracker.observe(None) is None  # max_hold 0: a miss drops the box at once.
+    assert tracker.observe(None) is None
+
+
+def test_tracker_smooths_keypoints_bridges_a_recent_miss_and_forgets_at_a_cut():
+    tracker = faces.BoxTracker(smoothing=0.5, memory=3)
+    kps = np.array([[10.0, 10.0], [30.0, 10.0]], np.float32)
+    tracker.observe((0.0, 0.0, 40.0, 40.0), kps)
+    tracker.observe(None)  # Missed: dropped, but the next detection (within 3 frames) is still blended.
+    assert tracker.observe((4.0, 0.0, 40.0, 40.0), kps + 4) == pytest.approx((2.0, 0.0, 40.0, 40.0))
+    np.testing.assert_allclose(tracker.keypoints, kps + 2)
+    for _ in range(4):
+        tracker.hold()
+    assert tracker.observe((8.0, 0.0, 40.0, 40.0)) == (8.0, 0.0, 40.0, 40.0)  # 5 frames later: not blended.
+    tracker.cut()
+    assert tracker.current is None and tracker.last_box == (8.0, 0.0, 40.0, 40.0)
+    assert tracker.observe((10.0, 0.0, 40.0, 40.0)) == (10.0, 0.0, 40.0, 40.0)  # The last shot is not blended in.
+
+
+def test_shot_cut_detector_flags_a_new_scene_but_not_motion_or_the_first_frame():
+    cuts = faces.ShotCutDetector()
+    assert not cuts.update(_frame(cx=70))
+    assert not cuts.update(_frame(cx=74))  # The face moved: same shot.
+    assert not cuts.update(_frame(cx=74, expression=1))
+    scene = np.full((120, 160, 3), 230, np.uint8)
+    assert cuts.update(scene) and cuts.last_score > 0.1
+    assert not cuts.update(scene)
+    assert cuts.update(np.full((60, 80, 3), 230, np.uint8))  # Another frame size.
+    with pytest.raises(ValueError, match="threshold"):
+        faces.ShotCutDetector(threshold=0)
 
 
 def test_square_crop_is_square_and_pads_at_the_border():
@@ -96,7 +140,7 @@ def test_cropper_detects_every_n_frames_on_a_downscaled_copy_then_near_the_held_
     frame = render_frame(480, 640, [FaceSpec(cx=320, cy=240, size=300)], noise_seed=0)
     cropper = faces.FaceCropper(detector, crop_size=48, detect_every=3, detect_width=160)
     results = [cropper.process(frame) for _ in range(7)]
-    assert detector.calls == 3  # Frames 1, 4, 7.
+    assert detector.calls == 3 == cropper.detections_run  # Frames 1, 4, 7.
     assert detector.widths[0] == 160  # Full frame, downscaled.
     assert all(w < 160 for w in detector.widths[1:])  # Then a small window around the held face.
     for result in (results[0], results[-1]):
@@ -114,16 +158,93 @@ def test_cropper_follows_a_moving_face_and_finds_it_again_after_a_jump():
     assert abs((jumped.bbox[1] + jumped.bbox[3]) / 2 * 320 - 250) < 12  # Local search missed: full frame.
 
 
-def test_cropper_reports_no_face_after_the_hold_and_keeps_the_last_place():
-    cropper = faces.FaceCropper(faces.make_detector("haar"), crop_size=32, detect_every=1, max_hold=1)
+def test_cropper_drops_the_face_when_redetection_fails_and_keeps_the_last_place():
+    cropper = faces.FaceCropper(faces.make_detector("haar"), crop_size=32, detect_every=1)
     empty = render_frame(120, 160, [], noise_seed=0)
-    got = [cropper.process(f) for f in (_frame(), empty, empty)]
-    assert got[0].bbox is not None
-    assert got[1].bbox is not None  # Held one frame.
-    assert got[2].bbox is None
-    assert got[2].crop.any()  # Cropped from the last box, not blank.
+    got = [cropper.process(f) for f in (_frame(), _frame(), empty, empty)]
+    assert [g.status for g in got] == [faces.STATUS_DETECTED, faces.STATUS_DETECTED, faces.STATUS_LOST,
+                                       faces.STATUS_LOST]
+    assert got[1].bbox is not None and got[2].bbox is None and got[3].bbox is None
+    assert np.array_equal(got[2].crop, faces.square_crop(empty, cropper_last_box(got[1], 120, 160), 32))
     first = faces.FaceCropper(faces.make_detector("haar"), crop_size=32, detect_every=1).process(empty)
-    assert first.bbox is None and not first.crop.any()  # Never saw a face: blank.
+    assert first.bbox is None and not first.crop.any() and first.status == faces.STATUS_NONE
+
+
+def cropper_last_box(face, h, w):
+    ymin, xmin, ymax, xmax = face.bbox
+    return (xmin * w, ymin * h, (xmax - xmin) * w, (ymax - ymin) * h)
+
+
+def test_cropper_holds_between_detections_until_max_hold():
+    cropper = faces.FaceCropper(faces.make_detector("haar"), crop_size=32, detect_every=4, max_hold=2)
+    statuses = [cropper.process(_frame()).status for _ in range(5)]
+    assert statuses == ["detected", "held", "held", "lost", "detected"]
+
+
+def test_cropper_never_returns_a_box_below_threshold_tiny_or_outside_the_frame():
+    frame = _frame()  # 120 x 160.
+    kps = np.array([[60.0, 50.0], [90.0, 50.0]], np.float32)
+    bad = [faces.Detection((40.0, 20.0, 60.0, 60.0), 0.3, kps),  # Under the detector's threshold.
+           faces.Detection((150.0, 100.0, 60.0, 60.0), 0.9, kps),  # Mostly outside the frame.
+           faces.Detection((-80.0, -70.0, 70.0, 70.0), 0.9, kps),  # Outside altogether.
+           faces.Detection((40.0, 20.0, 1.5, 1.5), 0.9, kps),  # Tiny.
+           faces.Detection((40.0, 20.0, 0.0, 0.0), 0.9, None),  # Empty: the [0, 0, 0, 0] box of old.
+           faces.Detection((40.0, 20.0, float("nan"), 60.0), 0.9, None)]
+    for det in bad:
+        cropper = faces.FaceCropper(ScriptedDetector([det]), crop_size=32, detect_every=1, align=True)
+        face = cropper.process(frame)
+        assert face.bbox is None and face.status == faces.STATUS_NONE, det
+    good = faces.Detection((40.0, 20.0, 60.0, 60.0), 0.9, kps)
+    face = faces.FaceCropper(ScriptedDetector([good]), crop_size=32, detect_every=1, align=True).process(frame)
+    assert face.bbox == pytest.approx((20 / 120, 40 / 160, 80 / 120, 100 / 160))
+    assert face.status == faces.STATUS_DETECTED and face.keypoints.dtype == np.float32
+    np.testing.assert_allclose(face.keypoints, kps / np.float32((160, 120)), rtol=1e-6)
+    assert np.array_equal(face.crop, faces.aligned_crop(frame, kps, 32, good.box))  # Cut from the stored box.
+
+
+def test_cropper_at_a_cut_drops_the_held_box_and_detects_at_once():
+    detector = CountingDetector()
+    cropper = faces.FaceCropper(detector, crop_size=32, detect_every=10)
+    assert cropper.process(_frame()).status == "detected"
+    assert cropper.process(_frame()).status == "held"
+    title = np.full((120, 160, 3), 20, np.uint8)
+    cv2.putText(title, "THE END", (10, 70), cv2.FONT_HERSHEY_DUPLEX, 1.2, (240, 240, 240), 2)
+    calls = detector.calls
+    after = cropper.process(title)
+    assert detector.calls == calls + 1 and after.status == "lost" and after.bbox is None
+    assert cropper.process(title).status == "lost"  # Not held again: the held box went with the cut.
+    back = cropper.process(_frame())  # Cut back: detected on the cut frame, not 8 frames later.
+    assert back.status == "detected" and back.bbox is not None
+
+
+def test_aligned_crop_puts_the_eyes_level_at_the_template():
+    image = np.zeros((300, 400, 3), np.uint8)
+    angle = np.deg2rad(25)
+    centre, half = np.array([200.0, 150.0]), 40.0
+    eyes = np.array([centre - half * np.array([np.cos(angle), np.sin(angle)]),
+                     centre + half * np.array([np.cos(angle), np.sin(angle)])], np.float32)
+    for (x, y), colour in zip(eyes, ((0, 0, 255), (0, 255, 0))):
+        cv2.circle(image, (round(float(x)), round(float(y))), 3, colour, -1)
+    crop = faces.aligned_crop(image, eyes, 112)
+    for channel, expected_x in ((2, 0.5 - faces.ALIGN_EYE_DISTANCE / 2), (1, 0.5 + faces.ALIGN_EYE_DISTANCE / 2)):
+        ys, xs = np.nonzero(crop[:, :, channel] > 100)
+        assert abs(xs.mean() - expected_x * 112) < 1.5 and abs(ys.mean() - faces.ALIGN_EYE_Y * 112) < 1.5
+    box = (120.0, 70.0, 160.0, 160.0)  # Shrinking path: the same geometry within a pixel.
+    big = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST)
+    small = faces.aligned_crop(big, eyes * 4 + 1.5, 112, tuple(v * 4 for v in box))
+    ys, xs = np.nonzero(small[:, :, 2] > 60)
+    assert abs(xs.mean() - (0.5 - faces.ALIGN_EYE_DISTANCE / 2) * 112) < 1.5
+    with pytest.raises(ValueError, match="same place"):
+        faces.aligned_crop(image, np.zeros((2, 2), np.float32), 112)
+
+
+def test_face_stage_config_round_trips_and_reads_older_options_as_their_stage():
+    config = faces.FaceStageConfig()
+    assert (config.detector, config.align, config.detect_every, config.redetect_change) == ("blazeface", True, 20, 0.08)
+    old = faces.FaceStageConfig(detector="haar", detect_every=5, align=False, redetect_change=None)
+    assert faces.FaceStageConfig.from_dict(old.to_dict()) == old  # None of redetect_change is kept.
+    older = faces.FaceStageConfig.from_dict({"detector": "haar", "crop_size": 64})  # Before align existed.
+    assert (older.align, older.redetect_change) == (False, None)
 
 
 def test_cropper_picks_the_left_or_right_subject():
