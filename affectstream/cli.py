@@ -10,6 +10,7 @@ Example:
     affectstream inspect OUT --verify
     affectstream train --data OUT --task expr --job_dir JOB
     affectstream evaluate --model JOB/export --data OUT
+    affectstream predict --model JOB/export --videos VIDEOS --output PREDICTIONS
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ COMMANDS = {
     "convert": ("beam_jobs.convert", "Beam job: labelled videos -> sharded TFRecord clips + dataset_info.json"),
     "inspect": ("beam_jobs.inspect_dataset", "summarise a conversion output; --verify re-counts its shards"),
     "train": ("trainer.train", "train the CNN+RNN on a conversion output (local, gs://, s3://)"),
+    "data-service": ("trainer.data_service", "tf.data service dispatcher + workers for `train --data_service`"),
     "evaluate": ("trainer.evaluate", "whole-set metrics and confusion matrix of an exported model"),
+    "predict": ("trainer.predict", "per-frame predictions (CSV, ABAW files) of an exported model on new videos"),
     "demo": ("affectstream.demo", "generate the demo dataset, convert, inspect, train, evaluate, report"),
     "make-demo-data": ("affectstream.demo_data", "write the demo dataset (ABAW layout) to a folder"),
 }

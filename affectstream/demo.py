@@ -1,4 +1,4 @@
-"""The demo: generate → convert → inspect → train → evaluate → report, on the embedded dataset.
+"""The demo: generate → convert → inspect → train → evaluate → predict → report, on the embedded dataset.
 
 It makes the demo dataset (labels visible in drawn faces, ABAW-5 layout, see
 :mod:`affectstream.demo_data`), converts it with the Beam job on DirectRunner,
@@ -8,7 +8,10 @@ the metrics and where the confusion matrix is. It also converts a real video
 that nobody on the team made (OpenCV's ``Megamind.avi`` from Debian's
 ``opencv-doc``) through real face detection; that track carries placeholder
 labels (every frame "Neutral") only to exercise detection and the accounting
-on real footage, goes to its own output and is never trained on.
+on real footage, goes to its own output and is never trained on. Last, it runs
+``affectstream predict`` with the exported model on one demo validation video
+(scored against its annotation files) and on the real video, and prints where
+the CSVs, the ABAW files and the plots went.
 
 Example:
     python -m affectstream.demo --output demo_output
@@ -26,7 +29,6 @@ import time
 from affectstream import demo_data, real_videos
 from tfrecords_schema import read_dataset_info
 
-
 # How the demo converts and trains; tests/test_demo_learning.py runs the same settings.
 DEMO_CONVERT_FLAGS = ("--crop_size", "64", "--clip_length", "32", "--detect_every", "3", "--bucket_by", "expression",
                       "--min_shards", "2")
@@ -43,6 +45,36 @@ def _step(title: str) -> float:
 def _check(code: int, what: str) -> None:
     if code != 0:
         raise SystemExit(f"demo: {what} failed with exit code {code}")
+
+
+def demo_validation_video(videos_dir: str, num_train_videos: int) -> str:
+    """The media path of the demo's first validation video (all of its tasks in the validation split)."""
+    video = next(v for v in demo_data.demo_videos(num_train_videos)
+                 if v.expr_split == v.va_split == v.au_split == "validation")
+    return os.path.join(videos_dir, video.media)
+
+
+def _predict_new_videos(export: str, videos: list[str], annotations: str, out: str) -> list[str]:
+    """Runs ``affectstream predict`` on ``videos``; returns report lines naming its outputs."""
+    from trainer import predict
+
+    _check(predict.run(["--model", export, "--videos", *videos, "--output", out, "--render",
+                        "--annotations", annotations, "--progress_every", "0"]), "prediction")
+    with open(os.path.join(out, predict.SUMMARY_FILENAME), encoding="utf-8") as f:
+        summary = json.load(f)
+    lines = []
+    for video in summary["videos"]:
+        abaw = ", ".join(sorted(video["abaw"].values()))
+        lines.append(f"predictions for {os.path.basename(video['video'])} ({video['frames']} frames, face in "
+                     f"{video['frames_with_face']}):\n  CSV {video['csv']}\n  ABAW {abaw}\n  plot {video['plot']}"
+                     f"\n  video {video['render']}")
+    if "scores" in summary:
+        from trainer.predictions import format_scores
+
+        with open(summary["scores"], encoding="utf-8") as f:
+            scores = format_scores(json.load(f)).splitlines()[0]
+        lines.append(f"predicted validation video against its annotation files: {scores} ({summary['scores']})")
+    return lines
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -66,12 +98,12 @@ def run(argv: list[str] | None = None) -> int:
     source, records, job = os.path.join(out, "source"), os.path.join(out, "records"), os.path.join(out, "job")
     started = time.time()
 
-    t = _step("1/5 generate the demo dataset (ABAW-5 layout)")
+    t = _step("1/6 generate the demo dataset (ABAW-5 layout)")
     made = demo_data.make_demo_dataset(source, frames_per_video=args.frames_per_video,
                                        num_train_videos=args.num_train_videos)
     print(f"{made['num_videos']} videos, {made['num_frames']} frames in {time.time() - t:.1f}s")
 
-    t = _step("2/5 convert with Apache Beam (DirectRunner)")
+    t = _step("2/6 convert with Apache Beam (DirectRunner)")
     beam_args = ["--runner", "DirectRunner", "--direct_num_workers", str(args.workers),
                  "--direct_running_mode", "multi_processing"]
     _check(convert.run([
@@ -80,22 +112,23 @@ def run(argv: list[str] | None = None) -> int:
     ]), "conversion")
     print(f"converted in {time.time() - t:.1f}s")
 
-    _step("3/5 inspect and verify the shards")
+    _step("3/6 inspect and verify the shards")
     _check(inspect_dataset.run([records, "--verify"]), "inspect --verify")
 
-    t = _step("4/5 train the CNN+RNN (expression, balanced sampling)")
+    t = _step("4/6 train the CNN+RNN (expression, balanced sampling)")
     _check(train.run([
         "--data", records, "--job_dir", job, "--epochs", str(args.epochs),
         "--steps_per_epoch", str(args.steps_per_epoch), *DEMO_TRAIN_FLAGS,
     ]), "training")
     print(f"trained in {time.time() - t:.1f}s")
 
-    _step("5/5 evaluate the exported model on the whole validation split")
+    _step("5/6 evaluate the exported model on the whole validation split")
     report_dir = os.path.join(job, "evaluation")
     _check(evaluate.run(["--model", os.path.join(job, "export"), "--data", records, "--report_dir", report_dir]),
            "evaluation")
 
     real_summary = "skipped (--skip_real_video)"
+    real_video = None
     if not args.skip_real_video:
         _step("extra: a real video through real face detection")
         try:
@@ -104,7 +137,8 @@ def run(argv: list[str] | None = None) -> int:
             real_summary = f"unavailable: {e}"
             print(real_summary)
         else:
-            real_videos_dir, real_ann, frames = real_videos.write_placeholder_layout(video, os.path.join(out, "real_source"))
+            real_videos_dir, real_ann, frames = real_videos.write_placeholder_layout(video,
+                                                                                     os.path.join(out, "real_source"))
             real_records = os.path.join(out, "real_records")
             _check(convert.run([
                 "--dataset", "abaw", "--videos", real_videos_dir, "--annotations", real_ann,
@@ -116,6 +150,13 @@ def run(argv: list[str] | None = None) -> int:
             real_summary = (f"{os.path.basename(video)}: {frames} frames, face found in "
                             f"{acc.written_frames_with_face}, without face {acc.written_frames_without_face},"
                             f" dropped {acc.dropped} -> {real_records}")
+            real_video = video
+
+    t = _step("6/6 predict on new video: a demo validation video" + (" and the real video" if real_video else ""))
+    new_videos = [demo_validation_video(made["videos"], args.num_train_videos)] + ([real_video] if real_video else [])
+    predicted = _predict_new_videos(os.path.join(job, "export"), new_videos, made["annotations"],
+                                    os.path.join(out, "predictions"))
+    print(f"predicted in {time.time() - t:.1f}s")
 
     with open(os.path.join(report_dir, "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
@@ -128,6 +169,7 @@ def run(argv: list[str] | None = None) -> int:
     pngs = sorted(os.path.join(report_dir, f) for f in os.listdir(report_dir) if f.endswith(".png"))
     print(f"confusion matrix: {', '.join(pngs) or 'none written'}")
     print(f"records: {records}\njob: {job}\nreal video: {real_summary}")
+    print("\n".join(predicted))
     print(f"demo finished in {time.time() - started:.0f}s")
     return 0
 

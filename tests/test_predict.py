@@ -1,0 +1,396 @@
+"""`affectstream predict`: per-frame outputs, ABAW files, no-face rules, smoothing, scoring, consistency.
+
+The unit tests build per-frame predictions by hand. The end-to-end tests share one small trained export
+(the demo dataset at 60 frames per video, converted with the demo's settings and trained for a few steps
+on every task) and run the real command on real videos through real face detection.
+"""
+
+import contextlib
+import csv
+import io
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+
+import abaw_layout as abaw
+import cv2
+import numpy as np
+import pytest
+import video_fixtures as vf
+
+from affectstream import demo, demo_data
+from beam_jobs import convert
+from beam_jobs.faces import FaceStageConfig
+from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL, read_dataset_info
+from trainer import evaluate, predict, train
+from trainer import predictions as P
+
+EXPR_NAMES = abaw.EXPR_NAMES_8
+AU_NAMES = abaw.AU_NAMES_12
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL_NAMES = {HEAD_EXPRESSION: EXPR_NAMES, HEAD_VALENCE_AROUSAL: ["valence", "arousal"], HEAD_ACTION_UNITS: AU_NAMES}
+
+
+def read_rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def make_predictions(n: int, heads=(HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL, HEAD_ACTION_UNITS), has_face=None,
+                     stem: str = "clip", seed: int = 0) -> P.VideoPredictions:
+    rng = np.random.default_rng(seed)
+    outputs = {}
+    if HEAD_EXPRESSION in heads:
+        logits = rng.normal(size=(n, len(EXPR_NAMES)))
+        outputs[HEAD_EXPRESSION] = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    if HEAD_VALENCE_AROUSAL in heads:
+        outputs[HEAD_VALENCE_AROUSAL] = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    if HEAD_ACTION_UNITS in heads:
+        outputs[HEAD_ACTION_UNITS] = rng.uniform(0, 1, (n, len(AU_NAMES))).astype(np.float32)
+    has_face = np.ones(n, bool) if has_face is None else np.asarray(has_face, bool)
+    boxes = np.where(has_face[:, None], np.array([0.1, 0.2, 0.6, 0.7], np.float32), np.nan).astype(np.float32)
+    return P.VideoPredictions(stem=stem, fps=25.0, timestamps_us=np.arange(n, dtype=np.int64) * 40000,
+                              decoded=np.ones(n, bool), has_face=has_face, boxes=boxes, outputs=outputs,
+                              label_names={h: list(ALL_NAMES[h]) for h in outputs})
+
+
+# --------------------------------------------------------------------------------------------------
+# Smoothing and the no-face rules.
+
+
+def test_smooth_is_a_centred_average_with_shorter_windows_at_the_ends():
+    values = np.array([[0.0], [0.0], [3.0], [0.0], [6.0]], np.float32)
+    out = P.smooth(values, 3)
+    np.testing.assert_allclose(out[:, 0], [0.0, 1.0, 1.0, 3.0, 3.0], atol=1e-6)
+    # Even N: frames i-(N-1)//2 .. i+N//2, e.g. frame 0 averages frames 0..2 for N=4.
+    np.testing.assert_allclose(P.smooth(values, 4)[:, 0], [1.0, 0.75, 2.25, 3.0, 3.0], atol=1e-6)
+    constant = np.full((7, 2), 0.4, np.float32)
+    np.testing.assert_allclose(P.smooth(constant, 5), constant, atol=1e-6)
+    for off in (0, 1):
+        np.testing.assert_array_equal(P.smooth(values, off), values)
+
+
+def test_fill_no_face_interpolates_linearly_between_face_frames_and_holds_the_nearest_at_the_ends():
+    values = np.array([[9.0], [1.0], [9.0], [9.0], [4.0], [9.0]], np.float32)
+    has_face = np.array([False, True, False, False, True, False])
+    out = P.fill_no_face(values, has_face)
+    np.testing.assert_allclose(out[:, 0], [1.0, 1.0, 2.0, 3.0, 4.0, 4.0], atol=1e-6)
+    nobody = np.zeros(6, bool)
+    np.testing.assert_array_equal(P.fill_no_face(values, nobody), values)
+
+
+def test_postprocess_applies_the_rule_then_smoothing_and_keeps_probabilities_summing_to_one():
+    preds = make_predictions(40, has_face=np.arange(40) % 7 != 3)
+    model_rule = P.postprocess(preds, P.NO_FACE_MODEL, 0)
+    np.testing.assert_array_equal(model_rule.outputs[HEAD_EXPRESSION], preds.outputs[HEAD_EXPRESSION])
+    filled = P.postprocess(preds, P.NO_FACE_INTERPOLATE, 5)
+    np.testing.assert_allclose(filled.outputs[HEAD_EXPRESSION].sum(axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(filled.outputs[HEAD_VALENCE_AROUSAL], preds.outputs[HEAD_VALENCE_AROUSAL])
+    with pytest.raises(ValueError, match="valid: model, interpolate"):
+        P.postprocess(preds, "nearest", 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Files.
+
+
+def test_abaw_files_have_the_header_and_exactly_one_line_per_frame(tmp_path):
+    preds = make_predictions(23)
+    preds.outputs[HEAD_VALENCE_AROUSAL][0] = [1.5, -2.0]  # out of range: clipped in the file
+    preds.outputs[HEAD_ACTION_UNITS][1, :] = 0.5  # the threshold itself is active
+    paths = P.write_submission(str(tmp_path), preds)
+    assert sorted(paths) == sorted(ALL_NAMES)
+    lines = {h: pathlib.Path(paths[h]).read_text().splitlines() for h in paths}
+    assert lines[HEAD_EXPRESSION][0] == "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"
+    assert lines[HEAD_VALENCE_AROUSAL][0] == "valence,arousal"
+    assert lines[HEAD_ACTION_UNITS][0] == "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26"
+    assert all(len(v) == 24 for v in lines.values())
+    assert [int(x) for x in lines[HEAD_EXPRESSION][1:]] == list(preds.outputs[HEAD_EXPRESSION].argmax(1))
+    assert lines[HEAD_VALENCE_AROUSAL][1] == "1.000000,-1.000000"
+    assert lines[HEAD_ACTION_UNITS][2] == ",".join(["1"] * 12)
+    assert all(set(line.split(",")) <= {"0", "1"} for line in lines[HEAD_ACTION_UNITS][1:])
+    assert paths[HEAD_EXPRESSION].endswith("EXPR/clip.txt") and paths[HEAD_ACTION_UNITS].endswith("AU/clip.txt")
+    names, values = P.read_submission(paths[HEAD_VALENCE_AROUSAL], HEAD_VALENCE_AROUSAL)
+    assert names == ["valence", "arousal"] and values.shape == (23, 2) and values.max() <= 1.0
+
+
+def test_csv_has_one_row_per_frame_and_only_the_columns_of_the_model_heads(tmp_path):
+    has_face = np.array([True, False, True, True, False])
+    preds = make_predictions(5, heads=(HEAD_EXPRESSION,), has_face=has_face)
+    path = P.write_csv(str(tmp_path / "clip.csv"), preds)
+    rows = read_rows(path)
+    assert len(rows) == 5
+    header = list(rows[0])
+    assert header[:8] == ["frame", "timestamp_s", "decoded", "has_face", "box_ymin", "box_xmin", "box_ymax",
+                          "box_xmax"]
+    assert header[8:] == [f"expr_{n}" for n in EXPR_NAMES] + ["expr_index", "expr_label"]
+    assert [r["frame"] for r in rows] == ["1", "2", "3", "4", "5"] and rows[2]["timestamp_s"] == "0.080000"
+    assert [r["has_face"] for r in rows] == ["1", "0", "1", "1", "0"]
+    assert rows[1]["box_ymin"] == "" and float(rows[0]["box_xmax"]) == pytest.approx(0.7)
+    best = int(preds.outputs[HEAD_EXPRESSION][3].argmax())
+    assert rows[3]["expr_index"] == str(best) and rows[3]["expr_label"] == EXPR_NAMES[best]
+    np.testing.assert_array_equal(P.read_has_face(path), has_face)
+    assert not (tmp_path / "EXPR").exists()  # the CSV alone; write_submission writes the ABAW files
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring against annotation files.
+
+
+def test_scoring_counts_every_labelled_frame_reports_face_frames_and_what_was_not_scored(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    truth = [0, 4, 4, -1, 5, 5, 0, 4, 4, 4, 4, 4]  # 11 valid labels, the last two past the video's 10 frames
+    abaw.write_annotation(ann, "expr", "validation", "clip", truth)
+    abaw.write_annotation(ann, "expr", "validation", "not_predicted", [0, 0])
+    abaw.write_annotation(ann, "expr", "train", "clip_train", [0, 0])
+    abaw.write_annotation(ann, "va", "validation", "clip", [(0.5, -0.5)] * 4 + [(-5, -5)] * 2 + [(0.1, 0.2)] * 4)
+    has_face = np.array([True] * 6 + [False] * 4)
+    preds = make_predictions(10, heads=(HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL), has_face=has_face)
+    probs = np.full((10, 8), 0.01, np.float32)
+    labels = np.array(truth[:10])
+    probs[np.arange(10), np.where(labels >= 0, labels, 1)] = 0.9
+    probs[8] = 0.01
+    probs[8, 1] = 0.9  # frame 9 wrong (Anger instead of Happiness), and it has no face
+    preds.outputs[HEAD_EXPRESSION] = probs
+    va = np.array([(0.5, -0.5)] * 4 + [(0.0, 0.0)] * 2 + [(0.1, 0.2)] * 4, np.float32)
+    preds.outputs[HEAD_VALENCE_AROUSAL] = va + np.linspace(0, 0.01, 10)[:, None].astype(np.float32)
+    P.write_submission(str(out), preds)
+    P.write_csv(str(out / "clip.csv"), preds)
+
+    scores = P.score_predictions(str(out), str(ann), split="validation")
+    expr = scores[HEAD_EXPRESSION]
+    assert expr["frames"] == 9 and expr["accuracy"] == pytest.approx(8 / 9)
+    assert expr["with_face"]["frames"] == 5 and expr["with_face"]["accuracy"] == 1.0
+    assert scores["beyond_predictions"][HEAD_EXPRESSION] == 2
+    assert scores["without_predictions"] == {HEAD_EXPRESSION: ["validation/not_predicted"]}
+    assert scores[HEAD_VALENCE_AROUSAL]["frames"] == 8
+    assert scores[HEAD_VALENCE_AROUSAL]["ccc_mean"] > 0.99
+    assert scores["videos_scored"] == 1
+    assert "1 annotated track(s) of the split have no prediction file" in P.format_scores(scores)
+
+
+def test_scoring_refuses_a_prediction_header_that_differs_from_the_annotations(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    abaw.write_annotation(ann, "expr", "validation", "clip", [0, 1, 2], header=abaw.EXPR_HEADER_7)
+    P.write_submission(str(out), make_predictions(3, heads=(HEAD_EXPRESSION,)))  # 8 classes
+    with pytest.raises(P.PredictionFileError, match="differs from the annotations"):
+        P.score_predictions(str(out), str(ann))
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs.
+
+
+def test_folders_are_searched_recursively_for_every_container_in_any_case(tmp_path):
+    for name in ("a.MP4", "sub/b.Avi", "sub/deeper/c.mkv", "d.MoV", "notes.txt"):
+        (tmp_path / "v" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "v" / name).write_bytes(b"listing only")
+    single = tmp_path / "single.avi"
+    single.write_bytes(b"listing only")
+    found = predict.list_videos([str(tmp_path / "v"), str(single), str(single)])
+    assert [p.split("/v/")[-1] if "/v/" in p else "single" for p in found] == [
+        "a.MP4", "d.MoV", "sub/b.Avi", "sub/deeper/c.mkv", "single"]
+    with pytest.raises(predict.PredictError, match="does not exist"):
+        predict.list_videos([str(tmp_path / "missing.mp4")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(predict.PredictError, match="no video"):
+        predict.list_videos([str(tmp_path / "empty")])
+
+
+def test_output_names_carry_the_side_and_clashing_names_are_refused():
+    assert predict.output_stems(["x/10-60-1280x720.mp4", "y/b.AVI"], "left") == ["10-60-1280x720_left", "b_left"]
+    assert predict.output_stems(["gs://bucket/v/a.mp4"], None) == ["a"]
+    with pytest.raises(predict.PredictError, match="share the output name 'a'"):
+        predict.output_stems(["x/a.mp4", "y/a.avi"], None)
+
+
+def test_help_documents_every_option():
+    text = predict.build_parser().format_help()
+    for option in ("--model", "--videos", "--output", "--side", "--no_face", "--smooth", "--batch_size", "--render",
+                   "--annotations", "--score_split", "--progress_every"):
+        assert option in text
+    assert "interpolate" in text and "EXPR|VA|AU" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end with a trained export.
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The demo dataset at a small size, converted with the demo's settings, a multi-task model trained briefly."""
+    root = tmp_path_factory.mktemp("predict_e2e")
+    made = demo_data.make_demo_dataset(str(root / "src"), frames_per_video=60, num_train_videos=2)
+    records = root / "records"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        rc = convert.run(["--videos", made["videos"], "--annotations", made["annotations"], "--output",
+                          str(records), *demo.DEMO_CONVERT_FLAGS, "--runner", "DirectRunner",
+                          "--direct_running_mode", "in_memory", "--progress_every", "0"])
+    assert rc == 0
+    job = root / "job"
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = train.run(["--data", str(records), "--job_dir", str(job), "--epochs", "1", "--steps_per_epoch", "12",
+                        "--log_every", "100", *demo.DEMO_TRAIN_FLAGS, "--task", "multi"])
+    assert rc == 0
+    info_path = job / "export" / "model_info.json"
+    model_info = json.loads(info_path.read_text())
+    if "face_stage" not in model_info:  # The trainer records it (TEAM.md contract); older trainers did not.
+        info = read_dataset_info(str(records))
+        model_info["face_stage"] = FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size}).to_dict()
+        info_path.write_text(json.dumps(model_info, indent=2))
+    validation = sorted({v.media for v in demo_data.demo_videos(2) if "validation" in
+                         (v.expr_split, v.va_split, v.au_split)})
+    return {"made": made, "records": str(records), "export": str(job / "export"), "root": root,
+            "validation_videos": [f"{made['videos']}/{m}" for m in validation]}
+
+
+def run_predict(args) -> int:
+    return predict.run([*args, "--progress_every", "0"])
+
+
+# Tolerance of the consistency test. Both paths crop with the same face stage and JPEG-encode the crop the
+# same way (the records hold encode_jpeg(crop); predict decodes encode_jpeg(crop) with the trainer's decode),
+# and both cut windows of seq_len frames from frame 1 (the clip length 32 is a multiple of seq_len 4), so the
+# model sees the same pixels. What may differ is float rounding between batch compositions (and valence/arousal
+# written with 6 decimals): far below one frame's decision. Frame counts must match exactly.
+METRIC_TOLERANCE = 1e-3
+
+
+def test_predict_on_validation_videos_scores_like_evaluate_on_the_converted_split(trained, tmp_path):
+    eval_dir = tmp_path / "eval"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert evaluate.run(["--model", trained["export"], "--data", trained["records"],
+                             "--report_dir", str(eval_dir)]) == 0
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    out = tmp_path / "pred"
+    assert run_predict(["--model", trained["export"], "--videos", *trained["validation_videos"], "--output", str(out),
+                        "--annotations", trained["made"]["annotations"]]) == 0
+    scored = json.loads((out / "scores.json").read_text())
+    for head, metric in (("expression", "macro_f1"), ("expression", "accuracy"), ("valence_arousal", "ccc_valence"),
+                         ("valence_arousal", "ccc_arousal"), ("action_units", "mean_f1")):
+        assert scored[head]["frames"] == evaluated[head]["frames"], head
+        assert scored[head]["with_face"]["frames"] == evaluated[head]["with_face"]["frames"], head
+        assert scored[head][metric] == pytest.approx(evaluated[head][metric], abs=METRIC_TOLERANCE), (head, metric)
+        assert scored[head]["with_face"][metric] == pytest.approx(evaluated[head]["with_face"][metric],
+                                                                  abs=METRIC_TOLERANCE), (head, metric)
+    info = read_dataset_info(trained["records"])
+    acc = info.splits["validation"].accounting
+    assert scored["expression"]["frames"] == acc.written_frames_with_face + acc.written_frames_without_face
+
+
+def count_decoded_frames(path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.grab():
+        n += 1
+    cap.release()
+    return n
+
+
+def test_every_decoded_frame_gets_a_line_in_every_file_and_render_writes_video_and_plot(trained, tmp_path):
+    video = trained["validation_videos"][0]
+    stem = video.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    out = tmp_path / "pred"
+    assert run_predict(["--model", trained["export"], "--videos", video, "--output", str(out), "--no_face",
+                        "interpolate", "--smooth", "5", "--render", "--batch_size", "3"]) == 0
+    frames = count_decoded_frames(video)
+    assert frames == 60
+    for task in ("EXPR", "VA", "AU"):
+        assert len((out / task / f"{stem}.txt").read_text().splitlines()) == frames + 1
+    rows = read_rows(out / f"{stem}.csv")
+    assert len(rows) == frames and rows[-1]["frame"] == str(frames)
+    assert 0 < sum(r["has_face"] == "1" for r in rows) < frames  # the demo face leaves the picture
+    rendered = cv2.VideoCapture(str(out / f"{stem}.mp4"))
+    assert rendered.get(cv2.CAP_PROP_FRAME_COUNT) == frames and rendered.read()[0]
+    rendered.release()
+    assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / predict.SUMMARY_FILENAME).read_text())
+    assert summary["no_face"] == "interpolate" and summary["smooth"] == 5 and summary["failed"] == []
+
+
+def test_side_picks_the_face_on_that_side_of_a_two_person_video(trained, tmp_path):
+    video = vf.write_two_face_video(tmp_path / "duo.avi", 12)
+    out = tmp_path / "pred"
+    for side in ("left", "right"):
+        assert run_predict(["--model", trained["export"], "--videos", str(video), "--output", str(out),
+                            "--side", side]) == 0
+    centres = {}
+    for side in ("left", "right"):
+        rows = read_rows(out / f"duo_{side}.csv")
+        assert len(rows) == 12 and all(r["has_face"] == "1" for r in rows)
+        centres[side] = np.mean([(float(r["box_xmin"]) + float(r["box_xmax"])) / 2 for r in rows])
+        assert len((out / "EXPR" / f"duo_{side}.txt").read_text().splitlines()) == 13
+    assert centres["left"] < 0.5 < centres["right"]
+
+
+def test_a_folder_with_mixed_case_extensions_is_predicted_and_an_unreadable_video_is_a_counted_failure(trained,
+                                                                                                          tmp_path):
+    folder = tmp_path / "videos"
+    vf.write_face_video(folder / "one.AVI", [4] * 5)
+    vf.write_face_video(folder / "nested" / "two.Mp4", [5] * 7)
+    (folder / "broken.mp4").write_bytes(b"")
+    out = tmp_path / "pred"
+    assert run_predict(["--model", trained["export"], "--videos", str(folder), "--output", str(out)]) == 1
+    summary = json.loads((out / predict.SUMMARY_FILENAME).read_text())
+    assert sorted((v["stem"], v["frames"]) for v in summary["videos"]) == [("one", 5), ("two", 7)]
+    assert [f["video"].rsplit("/", 1)[-1] for f in summary["failed"]] == ["broken.mp4"]
+    assert "zero-byte" in summary["failed"][0]["error"]
+    assert len((out / "VA" / "two.txt").read_text().splitlines()) == 8
+
+
+def test_an_export_without_the_face_stage_is_a_clear_error(trained, tmp_path, capsys):
+    export = tmp_path / "export"
+    shutil.copytree(trained["export"], export)
+    info = json.loads((export / "model_info.json").read_text())
+    del info["face_stage"]
+    (export / "model_info.json").write_text(json.dumps(info))
+    video = vf.write_face_video(tmp_path / "v.avi", [0, 0])
+    assert run_predict(["--model", str(export), "--videos", str(video), "--output", str(tmp_path / "o")]) == 1
+    assert "export made before face_stage was recorded; re-export" in capsys.readouterr().err
+
+
+def test_frames_that_do_not_decode_keep_their_lines_without_a_face(trained, tmp_path):
+    video = vf.write_face_video(tmp_path / "v.avi", [4] * 9)
+    vf.corrupt_mjpeg_frames(video, [4, 5])
+    out = tmp_path / "pred"
+    assert run_predict(["--model", trained["export"], "--videos", str(video), "--output", str(out)]) == 0
+    rows = read_rows(out / "v.csv")
+    assert [r["frame"] for r in rows] == [str(i) for i in range(1, 10)]
+    assert [r["decoded"] for r in rows] == ["1", "1", "1", "0", "0", "1", "1", "1", "1"]
+    assert rows[3]["has_face"] == rows[4]["has_face"] == "0" and rows[2]["has_face"] == "1"
+    assert len((out / "EXPR" / "v.txt").read_text().splitlines()) == 10
+
+
+def test_videos_and_outputs_on_s3(trained, tmp_path):
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+               "S3_ENDPOINT": f"http://127.0.0.1:{port}", "S3_USE_HTTPS": "0", "S3_VERIFY_SSL": "0"}
+        s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="predict-test")
+        s3.upload_file(str(vf.write_face_video(tmp_path / "clip.avi", [4] * 6)), "predict-test", "in/sub/clip.AVI")
+        # A subprocess: tensorflow-io's S3 file system aborts the interpreter at exit (trainer.filesystems).
+        done = subprocess.run(
+            [sys.executable, "-m", "trainer.predict", "--model", trained["export"], "--videos", "s3://predict-test/in",
+             "--output", "s3://predict-test/out", "--progress_every", "0"],
+            check=False, cwd=REPO, env={**os.environ, **env, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="predict-test", Prefix="out/")["Contents"])
+        assert keys == ["out/AU/clip.txt", "out/EXPR/clip.txt", "out/VA/clip.txt", "out/clip.csv",
+                        "out/predict_summary.json"]
+        text = s3.get_object(Bucket="predict-test", Key="out/EXPR/clip.txt")["Body"].read().decode()
+        assert len(text.splitlines()) == 7
+    finally:
+        server.stop()
