@@ -77,10 +77,33 @@ def _predict_new_videos(export: str, videos: list[str], annotations: str, out: s
     return lines
 
 
+DEMO_MARKER = ".affectstream-demo"  # Written first into the demo's folder: only such a folder is replaced.
+
+
+def _claim_output(out: str) -> None:
+    """Empties ``out`` for a new demo run, if the demo made it; creates it otherwise.
+
+    Never deletes what the tool did not write: a non-empty folder without the demo's marker is refused.
+
+    Raises:
+        ValueError: ``out`` is a file, or a non-empty folder the demo did not create.
+    """
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ValueError(f"--output {out} exists and is not a folder")
+    if os.path.isdir(out) and os.listdir(out):
+        if not os.path.isfile(os.path.join(out, DEMO_MARKER)):
+            raise ValueError(f"--output {out} is not empty and was not made by the demo (no {DEMO_MARKER}); "
+                             "choose another folder or empty it yourself")
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, DEMO_MARKER), "w", encoding="utf-8") as f:
+        f.write("made by `affectstream demo`; the next demo run into this folder replaces it\n")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Runs the whole demo; returns 0 on success."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default="demo_output", help="folder for everything the demo makes (replaced)")
+    parser.add_argument("--output", default="demo_output", help="folder for everything the demo makes (replaced only if an earlier demo made it)")
     parser.add_argument("--frames_per_video", type=int, default=150)
     parser.add_argument("--num_train_videos", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=4)
@@ -91,10 +114,14 @@ def run(argv: list[str] | None = None) -> int:
 
     from beam_jobs import convert, inspect_dataset
     from trainer import evaluate, train
+    from trainer.reports import format_summary
 
     out = os.path.abspath(args.output)
-    if os.path.exists(out):
-        shutil.rmtree(out)
+    try:
+        _claim_output(out)
+    except ValueError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
     source, records, job = os.path.join(out, "source"), os.path.join(out, "records"), os.path.join(out, "job")
     started = time.time()
 
@@ -161,11 +188,7 @@ def run(argv: list[str] | None = None) -> int:
     with open(os.path.join(report_dir, "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
     print("\n=== report ===")
-    for head, values in sorted(metrics.items()):
-        if isinstance(values, dict):
-            scalars = {k: round(v, 4) for k, v in sorted(values.items()) if isinstance(v, (int, float))}
-            print(f"{head}: {json.dumps(scalars)}")
-    print(f"chance macro-F1 with {len(read_dataset_info(records).expression_names)} classes: about 1/classes")
+    print(format_summary(metrics, read_dataset_info(records).expression_names))
     pngs = sorted(os.path.join(report_dir, f) for f in os.listdir(report_dir) if f.endswith(".png"))
     print(f"confusion matrix: {', '.join(pngs) or 'none written'}")
     print(f"records: {records}\njob: {job}\nreal video: {real_summary}")
