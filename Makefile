@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test bench env
+.PHONY: demo test lint bench env
 
 env: $(READY)
 
@@ -20,6 +20,9 @@ demo: $(READY)
 
 test: $(READY)
 	$(BIN)/python -m pytest -q
+
+lint: $(READY)
+	$(BIN)/ruff check .
 
 bench: $(READY)
 	$(BIN)/python bench/convert.py

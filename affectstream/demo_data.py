@@ -20,7 +20,7 @@ import dataclasses
 import math
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -185,7 +185,7 @@ def make_demo_dataset(root: str, *, frames_per_video: int = 150, num_train_video
         for name, tr in zip(video.subjects, tracks):
             pad = video.extra_lines
 
-            def rows(fmt, values, invalid):
+            def rows(fmt, values, invalid, pad=pad):
                 return [fmt(values[i]) for i in range(frames_per_video)] + [invalid] * pad
 
             if video.expr_split:

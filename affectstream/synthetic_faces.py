@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -59,7 +59,7 @@ def _draw_face(img: np.ndarray, face: FaceSpec) -> None:
     s = face.size / 136.0  # The geometry below is laid out for a 136-pixel-high face.
     cx, cy = face.cx, face.cy
     v = float(np.clip(face.valence, -1, 1))
-    skin = (int(150 - 30 * v), int(175), int(215 + 30 * min(v, 0.0) + 10 * max(v, 0.0)))
+    skin = (int(150 - 30 * v), 175, int(215 + 30 * min(v, 0.0) + 10 * max(v, 0.0)))
     skin = (skin[0], skin[1] - int(15 * abs(v)), min(255, skin[2]))
     cv2.ellipse(img, _pt(cx, cy, s, 0, 0), (int(52 * s), int(68 * s)), 0, 0, 360, skin, -1)
     e = face.expression

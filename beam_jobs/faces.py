@@ -91,7 +91,9 @@ class Face:
 def normalise_box(box: Box, height: int, width: int) -> tuple[float, float, float, float]:
     """``(x, y, w, h)`` pixels → ``(ymin, xmin, ymax, xmax)`` in [0, 1]."""
     x, y, bw, bh = box
-    clip = lambda v: float(min(1.0, max(0.0, v)))
+    def clip(v: float) -> float:
+        return float(min(1.0, max(0.0, v)))
+
     return (clip(y / height), clip(x / width), clip((y + bh) / height), clip((x + bw) / width))
 
 

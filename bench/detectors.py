@@ -43,9 +43,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-import real_face_scenes as scenes
+import real_face_scenes as scenes  # noqa: E402 - from tests/, put on the path just above.
 
-from beam_jobs import faces
+from beam_jobs import faces  # noqa: E402
 
 ALL_DETECTORS = ("haar", "blazeface_short", "blazeface_full", "blazeface", "mtcnn")
 
@@ -99,8 +99,9 @@ def part_speed(detectors: dict, repeat: int) -> None:
             roi = frame.image[int(cy - half):int(cy + half), int(cx - half):int(cx + half)]
             side = int(det.near_window * det.near_face_pixels)
             lo, hi = int(0.6 * det.near_face_pixels), int(1.7 * det.near_face_pixels) + 1
-            search = lambda det=det, roi=roi, side=side, lo=lo, hi=hi: det.detect_faces(
-                faces.shrink(roi, side, side), lo, hi)
+            def search(det=det, roi=roi, side=side, lo=lo, hi=hi):
+                return det.detect_faces(faces.shrink(roi, side, side), lo, hi)
+
             near = f"{cpu_ms(search, n):.2f}"
         print(f"{name:<16} {whole:>21.2f} {near:>19} {found:>12}")
 

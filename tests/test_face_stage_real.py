@@ -63,7 +63,7 @@ def test_blazeface_finds_real_faces_on_the_face_and_none_elsewhere(video, blazef
         pairs = [(f, g) for f, g in zip(video, got) if f.kind == kind]
         hits = sum(g.bbox is not None and scenes.centre_in(g.bbox, f.face, WIDTH, HEIGHT) for f, g in pairs)
         assert hits >= 0.9 * len(pairs), (kind, hits, len(pairs))
-    for f, g in zip(video, got):
+    for _, g in zip(video, got):
         assert g.status in faces.FACE_STATUSES and g.crop.shape == (112, 112, 3)
         if g.bbox is not None:  # Never an empty box; keypoints with every BlazeFace box.
             ymin, xmin, ymax, xmax = g.bbox

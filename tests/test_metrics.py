@@ -119,9 +119,13 @@ def test_accumulator_over_batches_equals_metrics_on_the_concatenation():
         acc.update({"expression": t, "valence_arousal": vt, "action_units": at},
                    {"expression": probs, "valence_arousal": vp, "action_units": ap},
                    {"expression": w, "valence_arousal": w, "action_units": w})
-        all_t.append(t.ravel()); all_p.append(probs.reshape(-1, 4).argmax(1)); all_w.append(w.ravel())
-        all_vt.append(vt.reshape(-1, 2)); all_vp.append(vp.reshape(-1, 2))
-        all_at.append(at.reshape(-1, 3)); all_ap.append(ap.reshape(-1, 3))
+        all_t.append(t.ravel())
+        all_p.append(probs.reshape(-1, 4).argmax(1))
+        all_w.append(w.ravel())
+        all_vt.append(vt.reshape(-1, 2))
+        all_vp.append(vp.reshape(-1, 2))
+        all_at.append(at.reshape(-1, 3))
+        all_ap.append(ap.reshape(-1, 3))
     r = acc.result()
     keep = np.concatenate(all_w) > 0
     t, p = np.concatenate(all_t)[keep], np.concatenate(all_p)[keep]

@@ -4,25 +4,16 @@ Both sides import only this package to talk to each other; it imports neither.
 """
 
 from tfrecords_schema import buckets, keys
-from tfrecords_schema.tasks import (
-    HEAD_ACTION_UNITS,
-    HEAD_EXPRESSION,
-    HEAD_OF_TASK,
-    HEAD_VALENCE_AROUSAL,
-    HEADS,
-    TASK_MULTI,
-    TASK_OF_HEAD,
-)
 from tfrecords_schema.clip_codec import ClipRecord, decode_clip, encode_clip, make_clip_parser
 from tfrecords_schema.dataset_info import (
     DATASET_INFO_FILENAME,
-    SPLITS,
     SPLIT_TRAIN,
     SPLIT_VALIDATION,
-    TASKS,
+    SPLITS,
     TASK_ACTION_UNITS,
     TASK_EXPRESSION,
     TASK_VALENCE_AROUSAL,
+    TASKS,
     Accounting,
     DatasetInfo,
     DatasetInfoError,
@@ -33,6 +24,15 @@ from tfrecords_schema.dataset_info import (
     read_dataset_info,
     shard_basename,
     write_dataset_info,
+)
+from tfrecords_schema.tasks import (
+    HEAD_ACTION_UNITS,
+    HEAD_EXPRESSION,
+    HEAD_OF_TASK,
+    HEAD_VALENCE_AROUSAL,
+    HEADS,
+    TASK_MULTI,
+    TASK_OF_HEAD,
 )
 from tfrecords_schema.version import SCHEMA_VERSION
 

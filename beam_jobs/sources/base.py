@@ -231,7 +231,7 @@ class DatasetSource(abc.ABC):
 
     name: str = ""
 
-    @classmethod
+    @classmethod  # noqa: B027 - an optional hook whose default adds nothing.
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Adds this adapter's own command-line options to the conversion's parser (default: none).
 
