@@ -48,7 +48,7 @@ def opencv_sample_videos(cache_dir: str = DEFAULT_CACHE, fetch: bool = True) -> 
     if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
         raise RealVideoUnavailable(f"{PACKAGE} is not installed and this system has no apt-get/dpkg-deb to fetch it")
     with tempfile.TemporaryDirectory() as tmp:
-        result = subprocess.run(["apt-get", "download", PACKAGE], cwd=tmp, capture_output=True, text=True)
+        result = subprocess.run(["apt-get", "download", PACKAGE], cwd=tmp, capture_output=True, text=True, check=False)
         debs = [f for f in os.listdir(tmp) if f.endswith(".deb")]
         if result.returncode != 0 or not debs:
             raise RealVideoUnavailable(
@@ -77,15 +77,13 @@ def write_placeholder_layout(video: str, root: str) -> tuple[str, str, int]:
     Returns:
         ``(videos_dir, annotations_dir, num_frames)``.
     """
-    import cv2
-
     from affectstream import demo_data
+    from beam_jobs.video import VideoError, probe_video
 
-    capture = cv2.VideoCapture(video)
-    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    capture.release()
-    if frames <= 0:
-        raise RealVideoUnavailable(f"cannot read the frame count of {video}")
+    try:
+        frames = probe_video(video).frames  # Decodable frames, counted (a container's count can be an estimate).
+    except VideoError as e:
+        raise RealVideoUnavailable(f"cannot read the frames of {video}: {e}") from e
     videos = os.path.join(root, "videos")
     os.makedirs(videos, exist_ok=True)
     shutil.copyfile(video, os.path.join(videos, os.path.basename(video)))

@@ -101,9 +101,11 @@ def aligned_crop(image: np.ndarray, eyes: np.ndarray, crop_size: int, box: Box |
     """The eye-aligned crop: eyes level at :data:`ALIGN_EYE_Y`, :data:`ALIGN_EYE_DISTANCE` apart.
 
     One ``cv2.warpAffine`` rotates, scales and cuts; outside the image is black. A face more
-    than twice the crop's scale is first shrunk by a whole factor on the region the crop
-    covers (OpenCV's fast area path), so the warp does not alias; that keeps crops of one face
-    alike whatever the video resolution.
+    than twice the crop's scale is first shrunk on the region the crop covers by the largest
+    power-of-two factor that leaves the warp at most a halving, in 2x area steps (OpenCV's
+    fast area path; other whole factors take its slow path, ~10x the time: ~0.5 ms against
+    ~0.05 ms on a 720p face), so the warp does not alias; that keeps crops of one face alike
+    whatever the video resolution.
 
     Args:
         image: ``[H, W, C]`` or ``[H, W]`` uint8.
@@ -115,7 +117,7 @@ def aligned_crop(image: np.ndarray, eyes: np.ndarray, crop_size: int, box: Box |
         raise ValueError(f"crop_size must be > 0, got {crop_size}")
     m = alignment_matrix(eyes, crop_size, box)
     (a, b, tx), (c, d, ty) = m.tolist()
-    factor = int(1.0 / math.hypot(a, b))
+    factor = 1 << max(0, int(math.log2(1.0 / math.hypot(a, b))))
     if factor >= 2:
         # The source region the crop covers: the inverse-mapped crop corners (a similarity's
         # inverse: transpose over the squared scale), cut to whole multiples of the factor.
@@ -129,7 +131,9 @@ def aligned_crop(image: np.ndarray, eyes: np.ndarray, crop_size: int, box: Box |
         x1, y1 = min(w, int(max(xs)) + 2), min(h, int(max(ys)) + 2)
         nw, nh = (x1 - x0) // factor, (y1 - y0) // factor
         if nw >= 1 and nh >= 1:
-            image = cv2.resize(image[y0:y0 + nh * factor, x0:x0 + nw * factor], (nw, nh), interpolation=cv2.INTER_AREA)
+            image = image[y0:y0 + nh * factor, x0:x0 + nw * factor]
+            while image.shape[1] > nw:
+                image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
             # Crop pixel = m @ (factor * small + origin): fold the shrink into the transform.
             m = np.array([[a * factor, b * factor, tx + a * x0 + b * y0],
                           [c * factor, d * factor, ty + c * x0 + d * y0]], np.float64)

@@ -126,6 +126,8 @@ class SplitSummary:
         accounting: Where the labelled frames went.
         tracks: Tracks finished.
         seconds: Worker seconds spent decoding and cropping.
+        faces: ``{face stage status: labelled frames written}`` for frames from decoded video
+            (``beam_jobs.faces.FACE_STATUSES``).
     """
 
     num_clips: int = 0
@@ -136,6 +138,7 @@ class SplitSummary:
     accounting: Accounting = dataclasses.field(default_factory=Accounting)
     tracks: int = 0
     seconds: float = 0.0
+    faces: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def merge(self, other: SplitSummary) -> SplitSummary:
         """The sum of two summaries (a new object; neither input changes)."""
@@ -149,6 +152,7 @@ class SplitSummary:
             accounting=self.accounting.merge(other.accounting),
             tracks=self.tracks + other.tracks,
             seconds=self.seconds + other.seconds,
+            faces=sum_counts(self.faces, other.faces),
         )
 
 
@@ -184,7 +188,10 @@ class ClipBuilder:
     """Collects the crops of one track and emits a :class:`ClipRecord` each time a clip fills.
 
     Only the current clip is held in memory. A clip without any valid labelled frame
-    is not emitted (it carries no label, so the accounting is unaffected).
+    is not emitted (it carries no label, so the accounting is unaffected). Frames come in
+    order; inside a clip they are consecutive, except that a frame which gave no image (it
+    did not decode) is passed to :meth:`skip`: it is left out of the clip and no later
+    frame moves into its place, so ``frame_index`` may have a gap there.
 
     Args:
         track: The subject track.
@@ -213,7 +220,8 @@ class ClipBuilder:
         self._dataset_name = dataset_name
         self._frame_rate = frame_rate
         self._bucketer = bucketer
-        self._rows: list[tuple[int, int, bytes, tuple | None]] = []
+        self._rows: list[tuple[int, int, bytes, tuple | None, np.ndarray | None]] = []
+        self._next: int | None = None  # The frame the open clip expects next (None: no clip open).
 
     def clip_start(self, index: int) -> int:
         """First frame (1-based) of the clip holding frame ``index``."""
@@ -224,18 +232,39 @@ class ClipBuilder:
         start = self.clip_start(index) - 1
         return bool(self._valid[start:start + self._clip_length].any())
 
-    def add(self, index: int, timestamp_us: int, image: bytes, bbox) -> ClipRecord | None:
-        """Adds frame ``index`` (frames must come in order); returns a clip when it completes one."""
-        if self._rows and index != self._rows[-1][0] + 1:
-            raise ValueError(f"frame {index} does not follow frame {self._rows[-1][0]}")
-        self._rows.append((index, timestamp_us, image, bbox))
+    def add(self, index: int, timestamp_us: int, image: bytes, bbox, keypoints: np.ndarray | None = None
+            ) -> ClipRecord | None:
+        """Adds frame ``index``; returns a clip when it completes one.
+
+        Args:
+            index: 1-based frame index, following the previous frame of the open clip.
+            timestamp_us: Frame time.
+            image: The encoded crop.
+            bbox: Normalised ``(ymin, xmin, ymax, xmax)`` or None without a face.
+            keypoints: ``[K, 2]`` normalised ``(x, y)`` or None (no face, or a detector without keypoints).
+        """
+        self._follow(index)
+        self._rows.append((index, timestamp_us, image, bbox, keypoints))
+        return self._complete(index)
+
+    def skip(self, index: int) -> ClipRecord | None:
+        """Frame ``index`` gave no image: nothing is stored for it. Returns the clip it completes, if any."""
+        self._follow(index)
+        return self._complete(index)
+
+    def _follow(self, index: int) -> None:
+        if self._next is not None and index != self._next:
+            raise ValueError(f"frame {index} does not follow frame {self._next - 1}")
+
+    def _complete(self, index: int) -> ClipRecord | None:
         if index % self._clip_length == 0:
             return self.flush()
+        self._next = index + 1
         return None
 
     def flush(self) -> ClipRecord | None:
         """Emits the unfinished clip (the last of a track may be shorter); None when it holds no valid label."""
-        rows, self._rows = self._rows, []
+        rows, self._rows, self._next = self._rows, [], None
         if not rows:
             return None
         idx = np.array([r[0] for r in rows]) - 1
@@ -260,7 +289,22 @@ class ClipBuilder:
             expression=expression,
             valence_arousal=valence_arousal,
             action_units=labels.action_units[idx],
+            keypoints=_stack_keypoints([r[4] for r in rows]),
         )
+
+
+def _stack_keypoints(points: list[np.ndarray | None]) -> np.ndarray | None:
+    """``[T, K, 2]`` with NaN rows for the frames without keypoints; None when no frame has any."""
+    sizes = {len(p) for p in points if p is not None}
+    if not sizes:
+        return None
+    if len(sizes) > 1:
+        raise ValueError(f"frames of one clip have different numbers of keypoints: {sorted(sizes)}")
+    out = np.full((len(points), sizes.pop(), 2), np.nan, np.float32)
+    for row, p in enumerate(points):
+        if p is not None:
+            out[row] = p
+    return out
 
 
 def written_accounting(clip: ClipRecord, valid: np.ndarray) -> Accounting:

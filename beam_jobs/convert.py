@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -48,6 +49,27 @@ def _defaults(cls) -> dict:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
+def _on_off(text: str) -> bool:
+    """``on``/``off`` (any case) → True/False."""
+    value = {"on": True, "off": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return value
+
+
+def _change_or_off(text: str) -> float | None:
+    """A fraction in (0, 1], or ``off`` → None."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or off, got {text!r}")
+    return value
+
+
 def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
     """Adds the conversion's own options; returns their names (always recorded in dataset_info.json)."""
     from beam_jobs.transforms import ConvertConfig
@@ -72,6 +94,12 @@ def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
             help="frames a face box is held after a missed detection (default 2 x detect_every)"),
         add("--detect_width", type=int, default=face["detect_width"],
             help=f"width of the downscaled detection image (default {face['detect_width']})"),
+        add("--align", type=_on_off, default=face["align"], metavar="on|off",
+            help="eye-aligned crops where the detector gives eyes; off: square crops around the box "
+                 f"(default {'on' if face['align'] else 'off'})"),
+        add("--redetect_change", type=_change_or_off, default=face["redetect_change"], metavar="F|off",
+            help="detect early when the held face region changes by more than F (0-1); off: only every "
+                 f"--detect_every frames (default {face['redetect_change']})"),
         add("--bucket_by", default=job["bucket_by"], help=f"rebalancing buckets, one of {list(BUCKET_BY)}"),
         add("--min_shards", type=int, default=job["min_shards"],
             help="least shards per shard set (>= training workers)"),

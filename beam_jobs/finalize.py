@@ -121,6 +121,7 @@ def _split_info(summary: SplitSummary, shards: list[ShardInfo]) -> SplitInfo:
         shards=shards,
         accounting=Accounting(acc.labelled_frames, acc.written_frames_with_face, acc.written_frames_without_face,
                               dict(sorted(acc.dropped.items()))),
+        faces=dict(sorted(summary.faces.items())),
     )
 
 

@@ -2,7 +2,8 @@
 
 A shard set is one split (the train split: one set per rebalancing bucket). Its size decides its
 shard count (:func:`num_shards`), a stable hash of each record's id decides its shard, and each
-shard is written sorted by id, so two runs over the same input write the same bytes. Shards are
+shard is written in the order of another stable hash of the id (:func:`shard_order_key`), so two runs
+over the same input write the same bytes while consecutive records come from different videos. Shards are
 written under ``DIR/.tmp-convert/<split>/`` and renamed to ``DIR/<split>/`` only once the whole
 run has been checked (:class:`FinalizeShardsFn`). Names: ``tfrecords_schema.shard_basename``.
 
@@ -13,6 +14,7 @@ run has been checked (:class:`FinalizeShardsFn`). Names: ``tfrecords_schema.shar
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -74,6 +76,19 @@ def write_tfrecord(path: str, records: Iterable[bytes]) -> None:
         os.remove(local)
 
 
+def shard_order_key(example_id: str) -> tuple[bytes, str]:
+    """Sort key of a record inside its shard: the SHA-256 of its id, ties broken by the id.
+
+    Ids are ``split/media_id/first_frame``, so sorting by id would put a video's clips next to each
+    other: a reader's shuffle buffer would then hold a few videos at a time and batches would be
+    correlated by subject (TFDS orders records by a hash of the key for the same reason). The hash
+    spreads every video over the whole shard; it is stable, so reruns still write the same bytes.
+    SHA-256, not the SHA-1 of :func:`beam_jobs.clips.stable_shard`, so the order inside a shard is
+    independent of the shard choice.
+    """
+    return hashlib.sha256(example_id.encode("utf-8")).digest(), example_id
+
+
 class AssignShardFn(beam.DoFn):
     """SpilledRecord → ((split, bucket, shard, num_shards), record) by a stable hash of the id.
 
@@ -91,7 +106,7 @@ class AssignShardFn(beam.DoFn):
 
 
 class WriteShardFn(beam.DoFn):
-    """((split, bucket, shard, n), records) → ShardInfo; records sorted by id, written under a temp name.
+    """((split, bucket, shard, n), records) → ShardInfo; records in :func:`shard_order_key` order, under a temp name.
 
     Args:
         config: Worker options (output and temp folders, dataset name).
@@ -103,7 +118,7 @@ class WriteShardFn(beam.DoFn):
     def process(self, element):
         """Writes one shard from the spill files; yields its ShardInfo."""
         (split, bucket, index, n), records = element
-        records = sorted(records, key=lambda r: r.example_id)
+        records = sorted(records, key=lambda r: shard_order_key(r.example_id))
         ids = [r.example_id for r in records]
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate example ids in shard {index} of {split}/{bucket}")

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 
 import apache_beam as beam
 import cv2
+import numpy as np
 
 from beam_jobs import faces as faces_lib
 from beam_jobs import progress
@@ -57,14 +58,16 @@ from beam_jobs.spill import TAG_STATS, EncodeClipsFn
 from beam_jobs.video import VideoError
 from tfrecords_schema import Accounting, join_path
 from tfrecords_schema.buckets import BUCKET_BY_EXPRESSION
+from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME
 
 _LOG = logging.getLogger(__name__)
 
-TMP_DIRNAME = ".tmp-convert"  # The run's temp folder under the output (spill files, temp shards, markers).
+TMP_DIRNAME = CONVERT_TMP_DIRNAME  # The run's temp folder under the output (spill files, temp shards, markers).
 PROGRESS_DIRNAME = "progress"  # Folder of the progress markers under the temp folder.
 
 TAG_ACCOUNTING = "accounting"  # Per-track accounting outputs: (split, SplitSummary).
 TAG_DEAD_LETTERS = "dead_letters"  # Dead-letter dict outputs.
+_LISTED_FRAMES = 20  # Frame numbers a track's dead letter for undecodable frames lists.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,16 +234,19 @@ class DecodeAndCropFn(beam.DoFn):
             tally.drop(problem, n_valid)
             written = Accounting()
             if n_valid:  # (With no valid frame left, the adapter's own dead letters say it all.)
-                yield self._dead_letter(track, track.track_id, problem, f"track not converted: {problem}", n_valid)
+                yield self._dead_letter(track, track.track_id, problem,
+                                        track.problem_message or f"track not converted: {problem}", n_valid)
+            face_counts: dict[str, int] = {}
         else:
-            written = yield from self._convert_track(track, labels, tally)
+            written, face_counts = yield from self._convert_track(track, labels, tally)
 
         acc = Accounting(labelled_frames=int(labels.labelled.sum())).merge(written).merge(tally.accounting())
         counter("tracks_done").inc()
         counter("frames_with_face").inc(acc.written_frames_with_face)
         counter("frames_without_face").inc(acc.written_frames_without_face)
         seconds = time.monotonic() - started
-        yield beam.pvalue.TaggedOutput(TAG_ACCOUNTING, (track.split, SplitSummary(accounting=acc, tracks=1, seconds=seconds)))
+        yield beam.pvalue.TaggedOutput(TAG_ACCOUNTING, (track.split, SplitSummary(
+            accounting=acc, tracks=1, seconds=seconds, faces=face_counts)))
         progress.write_marker(self._config.progress_dir, track.track_id, acc.labelled_frames, acc.written_frames,
                               seconds, progress.media_key(track))
 
@@ -250,15 +256,19 @@ class DecodeAndCropFn(beam.DoFn):
             DeadLetter(source, reason, message, frames), track.track_id))
 
     def _convert_track(self, track: TrackSpec, labels: TrackLabels, tally: _DropTally):
-        """Yields the clips and dead letters of a track with media or crops; returns its written accounting.
+        """Yields the clips and dead letters of a track with media or crops.
 
-        A failure part-way drops the valid frames after the last emitted clip (``unreadable_media``
-        for a video that stops decoding, ``decode_error`` for any other exception).
+        Returns ``(written accounting, {face status: labelled frames written})``. Every valid frame
+        ends in a written clip or in ``tally``: a frame that does not decode with ``decode_error``
+        (one dead letter per track lists them), annotation lines past the last decodable frame with
+        ``beyond_video_end``; a failure part-way drops the valid frames not yet written
+        (``unreadable_media`` for a video that cannot be read, ``decode_error`` for any other exception).
         """
         cfg = self._config
         valid = labels.valid
-        written = Accounting()
-        emitted_upto = 0  # Last frame index of the last emitted clip.
+        done = np.zeros(len(valid), bool)  # Frames written in an emitted clip or counted as dropped.
+        written, face_counts = Accounting(), collections.Counter()
+        undecodable: list[int] = []
         where = track.media_path or track.track_id
         try:
             source = open_frame_source(track, labels, cfg.face, cfg.clip_length, cfg.dataset_name, self._bucketer,
@@ -267,28 +277,42 @@ class DecodeAndCropFn(beam.DoFn):
                 if item.dead_letter is not None:
                     counter(f"no_face_{item.dead_letter.reason}").inc()
                     yield beam.pvalue.TaggedOutput(TAG_DEAD_LETTERS, dead_letter_dict(item.dead_letter, track.track_id))
+                if item.undecodable:
+                    undecodable.append(item.undecodable)
+                    done[item.undecodable - 1] = True
+                    tally.drop(DROP_DECODE_ERROR, int(valid[item.undecodable - 1]))
                 if item.clip is not None:
                     written = written.merge(written_accounting(item.clip, valid))
-                    emitted_upto = int(item.clip.frame_index[-1])
+                    done[item.clip.frame_index - 1] = True
+                    for status, frames in (item.faces or {}).items():
+                        face_counts[status] += frames
+                        counter(f"frames_{status}").inc(frames)
                     counter("clips_written").inc()
                     yield track.split, item.clip
-            beyond = int(valid[source.frames_read:].sum())
+            beyond = int((valid & ~done)[source.frames_read:].sum())
             tally.drop(DROP_BEYOND_VIDEO_END, beyond)
             if beyond:
                 yield self._dead_letter(
                     track, where, DROP_BEYOND_VIDEO_END,
                     f"{labels.num_frames} annotation lines but only {source.frames_read} decodable frames", beyond)
         except VideoError as e:
-            lost = int(valid[emitted_upto:].sum())
+            lost = int((valid & ~done).sum())
             tally.drop(DROP_UNREADABLE_MEDIA, lost)
             yield self._dead_letter(track, where, DROP_UNREADABLE_MEDIA, str(e), lost)
         except Exception as e:  # noqa: BLE001 - any failure mid-track becomes counted frames + a dead letter.
-            lost = int(valid[emitted_upto:].sum())
+            lost = int((valid & ~done).sum())
             tally.drop(DROP_DECODE_ERROR, lost)
             _LOG.warning("decode error in %s: %r", track.track_id, e)
+            last = int(np.flatnonzero(done).max()) + 1 if done.any() else 0
             yield self._dead_letter(track, where, DROP_DECODE_ERROR,
-                                    f"{type(e).__name__}: {e} (after frame {emitted_upto})", lost)
-        return written
+                                    f"{type(e).__name__}: {e} (after frame {last})", lost)
+        if undecodable:
+            lost = int(valid[np.asarray(undecodable) - 1].sum())
+            shown = ", ".join(map(str, undecodable[:_LISTED_FRAMES])) + (" ..." if len(undecodable) > _LISTED_FRAMES else "")
+            yield self._dead_letter(track, where, DROP_DECODE_ERROR,
+                                    f"{len(undecodable)} frames do not decode ({shown}); the frames after them keep "
+                                    f"their index", lost)
+        return written, dict(sorted(face_counts.items()))
 
 
 class ConvertTracks(beam.PTransform):

@@ -1,48 +1,66 @@
-"""Conversion throughput: the Beam job vs a naive sequential converter vs decode-only, on the same videos.
+"""Conversion throughput: steady-state Beam job vs 2-process decode-only vs a naive converter, per-frame profile.
 
 Example::
 
-    python bench/convert.py                                  # Megamind.avi from the OpenCV docs, 4 tracks
-    python bench/convert.py --videos a.mp4 b.avi --copies 1  # your own videos
-    python bench/convert.py --synthetic 2 --synthetic_seconds 20   # plus generated 720p videos
+    python bench/convert.py --quick                     # ~3 min on 2 cores: 2 x 20 s vs 2 x 60 s of 720p
+    python bench/convert.py                             # 2 x 1 min vs 2 x 3 min of 720p (Megamind looped)
+    python bench/convert.py --material astronaut        # a real human face moving over a photo, with cuts
+    python bench/convert.py --beam_args '--detect_every 10'
 
-Every video becomes an ABAW-layout track labelled on every frame (``--copies`` tracks per
-file, so the two DirectRunner workers have tracks to share). Three measurements, in labelled
-frames per second:
+Material (``bench/videos.py`` says exactly what it is, and the run prints it): 720p MPEG-4 Part 2
+video built from footage that ships with our dependencies, cached under ``--cache_dir``. Each run
+converts ``--videos_per_run`` tracks (the same video under different names, every frame labelled)
+on the DirectRunner with ``--workers`` processes. Figures, in labelled frames per second:
 
-* ``beam``: ``beam_jobs.convert`` end to end (DirectRunner, multi_processing, ``--workers``
-  processes, start-up included) -- the headline; its start-up-free rate (frames / (DecodeAndCrop
-  seconds / workers)) is printed for reference only;
-* ``naive``: one process decoding every frame, running the Haar cascade on every
-  full-resolution frame, cropping and JPEG-encoding, over every frame of one copy of each video
-  (``--naive_frames N`` caps it at the first N frames of each video);
-* ``decode``: ``--workers`` processes (started before the clock) only decoding every frame of
-  every track: the practical limit on these cores.
+* ``steady state``: two conversions with the same number of videos, short and long; the marginal
+  rate ``(frames_long - frames_short) / (seconds_long - seconds_short)`` cancels everything that does
+  not grow with video length (worker start-up, TensorFlow import, pipeline set-up, finalisation);
+* ``decode only``: ``--workers`` processes (started before the clock) only decoding every frame of
+  the same tracks, on both lengths (the marginal rate again): the practical limit on these cores;
+* ``naive``: one process decoding, running the Haar cascade on every full-resolution frame, cropping
+  and JPEG-encoding, over the first ``--naive_frames`` frames of one long track; compared with the
+  long run's end-to-end rate (start-up included);
+* ``profile``: one process (one OpenCV thread, like a worker) timing each step on the first
+  ``--profile_frames`` frames of one long track, in CPU time of the process: decode (FFmpeg's own
+  threads included), detection (amortised over the frames, through a timing wrapper around the
+  detector; the detection passes per frame are printed too), alignment/crop (the rest of the face
+  stage: the crop, the shot-cut test, box tracking, shrinking the image handed to the detector),
+  JPEG, and record encoding (``encode_clip`` per clip, amortised). What the steady-state CPU per
+  frame holds beyond their sum is the Beam pipeline's own work (spill, shuffle, shard writing,
+  accounting, the runner).
+
+Every rate is given twice: wall clock (the aim's measure, meaningful when nothing else runs on the
+machine) and CPU time (``workers`` / CPU seconds per frame of every process involved: the wall rate
+the same work reaches on idle cores, and still meaningful when other work shares them). The load
+average is printed with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import io
-import itertools
 import json
 import multiprocessing
 import os
 import pathlib
+import resource
 import shutil
 import sys
 import tempfile
 import time
 
 import cv2
+import numpy as np
+import videos as bench_videos  # bench/videos.py: this script's folder is on the path.
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from beam_jobs import convert, faces
+from beam_jobs.video import FrameStatus, VideoReader
+from tfrecords_schema import ClipRecord, encode_clip, keys, read_dataset_info
 
-from affectstream import real_videos  # noqa: E402
-from beam_jobs import convert, faces  # noqa: E402
-from tfrecords_schema import read_dataset_info  # noqa: E402
+EXPRESSION_HEADER = "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"
+PROFILE_STEPS = ("decode", "detection", "align_crop", "jpeg", "record")
 
 
 def count_frames(path: str) -> int:
@@ -54,150 +72,272 @@ def count_frames(path: str) -> int:
     return n
 
 
-def _decode_count(path: str) -> int:
+def _decode_count(path: str) -> tuple[int, float]:
+    """(frames, CPU seconds) of decoding every frame of ``path`` to BGR pixels."""
+    started = time.process_time()
     cap = cv2.VideoCapture(path)
     n = 0
-    while True:
-        ok, _ = cap.read()
-        if not ok:
-            break
+    while cap.read()[0]:
         n += 1
     cap.release()
-    return n
+    return n, time.process_time() - started
 
 
-def decode_only(paths: list[str], processes: int) -> tuple[int, float]:
-    """Decodes every frame of every track in ``processes`` parallel processes: the practical limit on these cores."""
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children that have ended."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def decode_only(paths: list[str], processes: int) -> dict:
+    """Decodes every frame of every track in ``processes`` parallel processes: the practical limit on these cores.
+
+    The CPU seconds are those of the decoding calls in the workers (start-up left out, like the wall time).
+    """
     cv2.setNumThreads(1)  # As in the Beam workers: one decoding thread per process.
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         pool.map(cv2.setNumThreads, [1] * processes, chunksize=1)  # Start the workers before the clock.
         start = time.perf_counter()
-        n = sum(pool.map(_decode_count, paths, chunksize=1))
-        return n, time.perf_counter() - start
+        counted = pool.map(_decode_count, paths, chunksize=1)
+        wall = time.perf_counter() - start
+    return {"frames": sum(n for n, _ in counted), "seconds": wall, "cpu_seconds": sum(c for _, c in counted)}
 
 
-def naive(paths: list[str], max_frames: int, crop_size: int = 112) -> tuple[int, float]:
-    """One process: decode every frame, Haar on every full-resolution frame, crop, JPEG (``max_frames`` 0: all)."""
+def naive(path: str, max_frames: int, crop_size: int = 112) -> dict:
+    """One process: decode, Haar on every full-resolution frame, crop, JPEG, for the first ``max_frames``."""
+    cv2.setNumThreads(1)
     detector = faces.HaarDetector()
-    start, n = time.perf_counter(), 0
-    for path in paths:
-        cap = cv2.VideoCapture(path)
-        for _ in itertools.count() if max_frames <= 0 else range(max_frames):
-            ok, frame = cap.read()
-            if not ok:
+    cap = cv2.VideoCapture(path)
+    start, cpu, n = time.perf_counter(), time.process_time(), 0
+    while n < max_frames:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        box = faces.choose_face(detector.detect(gray), None, gray.shape[1])
+        faces.encode_jpeg(faces.square_crop(frame, box, crop_size) if box else faces.blank_crop(crop_size))
+        n += 1
+    cap.release()
+    return {"frames": n, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+
+
+# The profile counts this process's CPU time, not wall time, so that other work on the machine does not inflate it.
+_clock = time.process_time
+
+
+class TimedCalls:
+    """Wraps an object and adds up the CPU seconds spent in its methods (the detector, for the profile)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.seconds = 0.0
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def timed(*args, **kwargs):
+            started = _clock()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.seconds += _clock() - started
+
+        return timed
+
+
+def face_stage_config(beam_args: list[str]) -> tuple[faces.FaceStageConfig, int]:
+    """The face stage and clip length the conversion uses with these extra flags (the CLI's own defaults)."""
+    args, _ = convert.build_parser().parse_known_args(["--annotations", "-", "--output", "-", *beam_args])
+    return faces.FaceStageConfig.from_dict(vars(args)), args.clip_length
+
+
+def profile(path: str, config: faces.FaceStageConfig, clip_length: int, max_frames: int) -> dict:
+    """CPU seconds per frame of each conversion step, in one process with one OpenCV thread."""
+    cv2.setNumThreads(1)
+    detector = TimedCalls(faces.make_detector(config.detector))
+    cropper = faces.FaceCropper.from_config(config, None, detector=detector)
+    spent = collections.Counter()
+    rows = []
+    n = 0
+    with VideoReader(path) as video:
+        while n < max_frames:
+            t0 = _clock()
+            frame = video.next_frame()
+            t1 = _clock()
+            spent["decode"] += t1 - t0
+            if frame.status is FrameStatus.END:
                 break
-            gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-            box = faces.choose_face(detector.detect(gray), None, gray.shape[1])
-            faces.encode_jpeg(faces.square_crop(frame, box, crop_size) if box else faces.blank_crop(crop_size))
+            if frame.status is FrameStatus.CORRUPT:
+                continue
             n += 1
-        cap.release()
-    return n, time.perf_counter() - start
+            face = cropper.process(frame.image)
+            t2 = _clock()
+            jpeg = faces.encode_jpeg(face.crop, config.jpeg_quality)
+            t3 = _clock()
+            spent["face_stage"] += t2 - t1
+            spent["jpeg"] += t3 - t2
+            rows.append((frame.index, frame.timestamp_us, jpeg, face.bbox))
+            if len(rows) == clip_length:
+                spent["record"] += _encode_rows(rows, video.fps)
+                rows = []
+        if rows:
+            spent["record"] += _encode_rows(rows, video.fps)
+    spent["detection"] = detector.seconds
+    spent["align_crop"] = spent.pop("face_stage") - detector.seconds
+    return {"frames": n, "seconds_per_frame": {step: spent[step] / max(1, n) for step in PROFILE_STEPS},
+            "detections_per_frame": cropper.detections_run / max(1, n)}
 
 
-def synthetic_video(path: pathlib.Path, seconds: float, fps: float = 30.0) -> None:
-    from affectstream.synthetic_faces import FaceSpec, render_frame, write_video
+def _encode_rows(rows: list, fps: float) -> float:
+    """Seconds to build and serialise one clip record of these frames (placeholder labels)."""
+    started = _clock()
+    t = len(rows)
+    clip = ClipRecord(
+        example_id=f"train/bench/{rows[0][0]:06d}", dataset_name="abaw", media_id="bench", data_path="bench.mp4",
+        frame_rate=fps, bucket_index=0, images=[r[2] for r in rows], frame_index=[r[0] for r in rows],
+        timestamp_us=[r[1] for r in rows],
+        bbox=np.array([r[3] if r[3] is not None else (np.nan,) * 4 for r in rows], np.float32),
+        expression=np.zeros(t, np.int64), valence_arousal=np.full((t, 2), keys.VA_INVALID, np.float32),
+        action_units=np.full((t, 12), keys.AU_INVALID, np.int64))
+    encode_clip(clip)
+    return _clock() - started
 
-    n = int(seconds * fps)
 
-    def frames():
-        for i in range(n):
-            x = 640 + 300 * ((i % 120) / 120.0 - 0.5)
-            yield render_frame(720, 1280, [FaceSpec(cx=x, cy=360, size=320, expression=(i // 90) % 8)], noise_seed=i)
+def build_layout(video: str, tracks: int, root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, list[str]]:
+    """``tracks`` ABAW-layout tracks of one video, every frame labelled.
 
-    write_video(str(path), frames(), fps)
-
-
-def build_layout(videos: list[str], copies: int, root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, list[str]]:
-    """Links each video ``copies`` times under ``root/videos`` with a fully labelled expression file."""
+    The tracks are the same file under different names (the job converts each on its own), so the
+    disk cache holds one copy.
+    """
     vdir, adir = root / "videos", root / "annotations" / "EXPR_Classification_Challenge" / "Train_Set"
     vdir.mkdir(parents=True)
     adir.mkdir(parents=True)
+    n = count_frames(video)
     linked = []
-    for k, src in enumerate(videos):
-        n = count_frames(src)
-        for c in range(copies):
-            name = f"v{k}_{c}{pathlib.Path(src).suffix.lower()}"
-            os.symlink(os.path.abspath(src), vdir / name)
-            lines = ["Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"]
-            lines += [str((i // 50) % 8) for i in range(n)]
-            (adir / f"v{k}_{c}.txt").write_text("\n".join(lines) + "\n")
-            linked.append(str(vdir / name))
+    for k in range(tracks):
+        os.symlink(os.path.abspath(video), vdir / f"v{k}.mp4")
+        lines = [EXPRESSION_HEADER] + [str((i // 50) % 8) for i in range(n)]
+        (adir / f"v{k}.txt").write_text("\n".join(lines) + "\n")
+        linked.append(str(vdir / f"v{k}.mp4"))
     return root / "annotations", vdir, linked
 
 
-def beam(ann, vdir, output, workers: int, extra: list[str]) -> tuple[int, float, float]:
+def beam(ann, vdir, output, workers: int, extra: list[str]) -> dict:
+    """One conversion, end to end (worker start-up included)."""
     argv = ["--videos", str(vdir), "--annotations", str(ann), "--output", str(output), "--runner", "DirectRunner",
             "--direct_running_mode", "multi_processing", "--direct_num_workers", str(workers),
             "--progress_every", "0", *extra]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         rc = convert.run(argv)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     if rc != 0:
-        raise SystemExit(f"beam conversion failed with exit status {rc}")
+        raise SystemExit(f"beam conversion failed with exit status {rc} ({' '.join(argv)})")
     info = read_dataset_info(str(output))
-    frames = sum(s.accounting.written_frames for s in info.splits.values())
-    with_face = sum(s.accounting.written_frames_with_face for s in info.splits.values())
-    return frames, wall, float(info.run["worker_seconds"]), with_face
+    accounting = [s.accounting for s in info.splits.values()]
+    return {"frames": sum(a.written_frames for a in accounting), "seconds": wall, "cpu_seconds": cpu,
+            "with_face": sum(a.written_frames_with_face for a in accounting)}
+
+
+def marginal(short: dict, long: dict, clock: str = "seconds") -> float:
+    """Frames per second of the extra frames of the long run: ``(f_long - f_short) / (t_long - t_short)``."""
+    return (long["frames"] - short["frames"]) / max(1e-9, long[clock] - short[clock])
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--material", default="megamind", choices=bench_videos.MATERIALS)
+    parser.add_argument("--quick", action="store_true", help="20 s vs 60 s videos, fewer naive/profile frames")
+    parser.add_argument("--short_seconds", type=float, default=None, help="short run video length (default 60)")
+    parser.add_argument("--long_seconds", type=float, default=None, help="long run video length (default 180)")
+    parser.add_argument("--videos_per_run", type=int, default=2, help="tracks per conversion (default 2)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--naive_frames", type=int, default=None, help="frames for the naive baseline (default 150)")
+    parser.add_argument("--profile_frames", type=int, default=None, help="frames for the profile (default 1500)")
+    parser.add_argument("--beam_args", default="", help="extra convert flags, e.g. '--detect_every 10'")
+    parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "affectstream-bench-videos"))
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.short_seconds = args.short_seconds or (20.0 if quick else 60.0)
+    args.long_seconds = args.long_seconds or (60.0 if quick else 180.0)
+    args.naive_frames = args.naive_frames or (60 if quick else 150)
+    args.profile_frames = args.profile_frames or (600 if quick else 1500)
+    if args.long_seconds <= args.short_seconds:
+        parser.error("--long_seconds must be more than --short_seconds")
+    return args
+
+
+def report(args, material: str, runs: dict, decode: dict, naive_run: dict, prof: dict) -> dict:
+    """Prints the figures; returns them as a dict.
+
+    Wall-clock rates are the aim's measure; the CPU-time ones (``workers`` / CPU seconds per frame, all
+    processes counted) say the same on an idle machine and stay meaningful when other work shares the cores.
+    """
+    w = args.workers
+    rates = {
+        "beam_steady_wall": marginal(runs["short"], runs["long"]),
+        "decode_steady_wall": marginal(decode["short"], decode["long"]),
+        "beam_steady_cpu": w * marginal(runs["short"], runs["long"], "cpu_seconds"),
+        "decode_steady_cpu": w * marginal(decode["short"], decode["long"], "cpu_seconds"),
+        "beam_end_to_end_long": runs["long"]["frames"] / runs["long"]["seconds"],
+        "naive_wall": naive_run["frames"] / naive_run["seconds"],
+        "naive_cpu": naive_run["frames"] / naive_run["cpu_seconds"],
+    }
+    ratios = {
+        "steady_vs_decode_only_wall": rates["beam_steady_wall"] / rates["decode_steady_wall"],
+        "steady_vs_decode_only_cpu": rates["beam_steady_cpu"] / rates["decode_steady_cpu"],
+        "end_to_end_vs_naive_wall": rates["beam_end_to_end_long"] / rates["naive_wall"],
+    }
+    print(f"material: {material}")
+    print(f"{args.videos_per_run} tracks per run, {w} workers, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; convert flags: {args.beam_args or 'defaults'}")
+    for name in ("short", "long"):
+        r, d = runs[name], decode[name]
+        print(f"  {name}: beam {r['frames']} labelled frames in {r['seconds']:.1f} s wall / {r['cpu_seconds']:.1f} "
+              f"CPU s (face on {r['with_face']}); decode only {d['frames']} frames in {d['seconds']:.1f} s wall / "
+              f"{d['cpu_seconds']:.1f} CPU s")
+    print(f"steady state (marginal), wall: beam {rates['beam_steady_wall']:.0f} f/s vs decode only "
+          f"{rates['decode_steady_wall']:.0f} f/s -> {ratios['steady_vs_decode_only_wall']:.2f}x (aim >= 0.5x)")
+    print(f"steady state (marginal), CPU time on {w} cores: beam {rates['beam_steady_cpu']:.0f} f/s vs decode only "
+          f"{rates['decode_steady_cpu']:.0f} f/s -> {ratios['steady_vs_decode_only_cpu']:.2f}x")
+    print(f"naive (1 process, Haar on every full frame): {naive_run['frames']} frames in {naive_run['seconds']:.1f} s"
+          f" = {rates['naive_wall']:.1f} f/s -> beam end to end (long run, start-up included) "
+          f"{ratios['end_to_end_vs_naive_wall']:.1f}x naive (aim >= 10x)")
+    per_frame = prof["seconds_per_frame"]
+    total = sum(per_frame.values())
+    budget = 1.0 / marginal(runs["short"], runs["long"], "cpu_seconds")
+    print(f"per-frame CPU profile (1 process, {prof['frames']} frames), ms: " +
+          ", ".join(f"{k} {v * 1e3:.3f}" for k, v in per_frame.items()) + f"; sum {total * 1e3:.3f}; "
+          f"{prof['detections_per_frame']:.3f} detection passes per frame")
+    print(f"  steady-state CPU per frame, all processes: {budget * 1e3:.3f} ms; beyond the profiled steps "
+          f"(Beam spill/shuffle/shards, runner, accounting): {(budget - total) * 1e3:.3f} ms")
+    return {"material": material, "workers": w, "videos_per_run": args.videos_per_run, "beam_args": args.beam_args,
+            "load_average": os.getloadavg()[0], "runs": runs, "decode_only": decode, "naive": naive_run,
+            "rates": rates, "ratios": ratios, "profile": prof, "steady_cpu_ms_per_frame": budget * 1e3}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", nargs="*", default=None, help="video files (default: Megamind.avi from opencv-doc)")
-    parser.add_argument("--copies", type=int, default=4, help="tracks per video file (default 4)")
-    parser.add_argument("--synthetic", type=int, default=0, help="also generate N 720p videos")
-    parser.add_argument("--synthetic_seconds", type=float, default=20.0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--naive_frames", type=int, default=0,
-                        help="frames per video for the naive baseline (default 0: all, one copy of each video)")
-    parser.add_argument("--beam_args", default="", help="extra convert flags, e.g. '--detect_every 10'")
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = parser.parse_args(argv)
-
-    videos = list(args.videos) if args.videos else []
-    if args.videos is None:
-        try:
-            videos = real_videos.opencv_sample_videos()
-        except real_videos.RealVideoUnavailable as e:
-            raise SystemExit(f"no real sample video ({e}); pass --videos")
+    args = parse_args(argv)
+    extra = args.beam_args.split()
+    config, clip_length = face_stage_config(extra)
+    long_video, short_video = bench_videos.make_videos(args.material, args.long_seconds, args.short_seconds,
+                                                       args.cache_dir)
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-convert-"))
     try:
-        for i in range(args.synthetic):
-            path = work / f"synthetic{i}.mp4"
-            synthetic_video(path, args.synthetic_seconds)
-            videos.append(str(path))
-        ann, vdir, tracks = build_layout(videos, args.copies, work / "data")
-        d_frames, d_sec = decode_only(tracks, args.workers)
-        n_frames, n_sec = naive(videos, args.naive_frames)
-        b_frames, b_sec, worker_sec, b_faces = beam(ann, vdir, work / "out", args.workers, args.beam_args.split())
-        rates = {
-            "beam_end_to_end": b_frames / b_sec,
-            "beam_steady_state": b_frames / (worker_sec / args.workers),
-            "naive": n_frames / n_sec,
-            "decode_only": d_frames / d_sec,
-        }
-        print(f"videos: {len(videos)} files x {args.copies} copies = {len(tracks)} tracks, {d_frames} frames; "
-              f"{os.cpu_count()} cores")
-        print(f"beam ({args.workers} workers, {args.beam_args or 'default options'}): {b_frames} labelled frames in "
-              f"{b_sec:.1f} s = {rates['beam_end_to_end']:.1f} frames/s end to end, start-up included; "
-              f"face found on {b_faces}/{b_frames} frames")
-        print(f"  (for reference, start-up excluded: {rates['beam_steady_state']:.1f} frames/s from "
-              f"{worker_sec:.1f} s of DecodeAndCrop time over {args.workers} workers)")
-        print(f"naive sequential (1 process, every frame of one copy of each video): {n_frames} frames in "
-              f"{n_sec:.1f} s = {rates['naive']:.1f} frames/s")
-        print(f"decode only ({args.workers} processes, every track): {d_frames} frames in {d_sec:.1f} s = "
-              f"{rates['decode_only']:.1f} frames/s")
-        ratios = {
-            "beam_vs_naive": rates["beam_end_to_end"] / rates["naive"],
-            "beam_vs_decode_only": rates["beam_end_to_end"] / rates["decode_only"],
-            "beam_steady_vs_decode_only": rates["beam_steady_state"] / rates["decode_only"],
-        }
-        print("ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) +
-              "  (aims: beam_vs_naive >= 5x, beam_vs_decode_only >= 0.5x)")
+        runs, decode = {}, {}
+        for name, video in (("short", short_video), ("long", long_video)):
+            ann, vdir, tracks = build_layout(video, args.videos_per_run, work / name)
+            decode[name] = decode_only(tracks, args.workers)
+            runs[name] = beam(ann, vdir, work / f"out-{name}", args.workers, extra)
+        naive_run = naive(long_video, args.naive_frames, config.crop_size)
+        prof = profile(long_video, config, clip_length, args.profile_frames)
+        figures = report(args, bench_videos.describe(args.material), runs, decode, naive_run, prof)
+        figures["face_stage"] = config.to_dict()
         if args.json:
-            pathlib.Path(args.json).write_text(json.dumps({"rates": rates, "ratios": ratios, "videos": videos,
-                                                           "copies": args.copies, "workers": args.workers,
-                                                           "beam_args": args.beam_args}, indent=2))
+            pathlib.Path(args.json).write_text(json.dumps(figures, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -2,14 +2,16 @@
 
 Example::
 
-    python bench/memory.py                       # 20 min and 30 s of generated 720p video
-    python bench/memory.py --minutes 2           # a quicker look
+    python bench/memory.py                       # 20 min and 30 s of 720p with a real face
+    python bench/memory.py --minutes 3           # a quicker look
+    python bench/memory.py --material megamind   # the looped real trailer instead
 
-Both videos are generated frame by frame with ``affectstream.synthetic_faces.write_video``
-(cached under ``--cache_dir``, generating 20 minutes of 720p takes a while) and labelled on
-every frame. Each conversion runs in a fresh process on the DirectRunner in ``in_memory``
-mode, so that one process is the worker *and* the runner (the worst case: the runner's
-shuffle lives in the same memory); its peak resident memory (``VmHWM``) is reported.
+Both videos come from ``bench/videos.py`` (the short one is the first ``--short_seconds`` of
+the long one; both cached under ``--cache_dir``; generating 20 minutes of 720p takes a few
+minutes) and are labelled on every frame. Each conversion runs in a fresh process on the
+DirectRunner in ``in_memory`` mode, so that one process is the worker *and* the runner (the
+worst case: the runner's shuffle lives in the same memory); its peak resident memory
+(``VmHWM``) is reported.
 """
 
 from __future__ import annotations
@@ -26,49 +28,24 @@ import sys
 import tempfile
 import time
 
+import videos as bench_videos  # bench/videos.py: this script's folder is on the path.
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FPS = 30.0
-
-
-def generate(path: pathlib.Path, seconds: float) -> int:
-    """Writes ``seconds`` of 1280x720 video with one moving, changing face; streaming, frame by frame."""
-    sys.path.insert(0, str(REPO))
-    from affectstream.synthetic_faces import FaceSpec, render_frame, write_video
-
-    n = int(seconds * FPS)
-
-    def frames():
-        for i in range(n):
-            x = 640 + 300 * ((i % 300) / 300.0 - 0.5)
-            yield render_frame(720, 1280, [FaceSpec(cx=x, cy=360, size=320, expression=(i // 150) % 8)])
-
-    tmp = path.with_suffix(".part.mp4")
-    count = write_video(str(tmp), frames(), FPS)
-    tmp.rename(path)
-    return count
-
-
-def cached_video(cache: pathlib.Path, seconds: float) -> pathlib.Path:
-    path = cache / f"synthetic-720p-{int(seconds)}s.mp4"
-    if not path.exists():
-        started = time.perf_counter()
-        print(f"generating {path} ({seconds / 60:.1f} min of 720p) ...", flush=True)
-        generate(path, seconds)
-        print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
-    return path
 
 
 def layout(video: pathlib.Path, root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, int]:
     import cv2
 
     cap = cv2.VideoCapture(str(video))
-    frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    frames = 0
+    while cap.grab():  # The container's frame count is an estimate for some formats; count them.
+        frames += 1
     cap.release()
     vdir = root / "videos"
     adir = root / "annotations" / "EXPR_Classification_Challenge" / "Train_Set"
     vdir.mkdir(parents=True)
     adir.mkdir(parents=True)
-    os.symlink(video, vdir / "long.mp4")
+    os.symlink(os.path.abspath(video), vdir / "long.mp4")
     lines = ["Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"]
     lines += [str((i // 150) % 8) for i in range(frames)]
     (adir / "long.txt").write_text("\n".join(lines) + "\n")
@@ -98,7 +75,7 @@ def child(ann: str, videos: str, output: str) -> None:
                       "output_mib": output_bytes / 2**20}))
 
 
-def measure(video: pathlib.Path) -> dict:
+def measure(video: str) -> dict:
     root = pathlib.Path(tempfile.mkdtemp(prefix="bench-memory-"))
     try:
         ann, vdir, _ = layout(video, root)
@@ -116,19 +93,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=20.0, help="length of the long video (default 20)")
     parser.add_argument("--short_seconds", type=float, default=30.0, help="length of the short video (default 30)")
-    parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "affectstream-bench-memory"))
+    parser.add_argument("--material", default="astronaut", choices=bench_videos.MATERIALS)
+    parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "affectstream-bench-videos"))
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--child", nargs=3, metavar=("ANN", "VIDEOS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
         return 0
-    cache = pathlib.Path(args.cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    short = measure(cached_video(cache, args.short_seconds))
-    long = measure(cached_video(cache, args.minutes * 60))
+    started = time.perf_counter()
+    long_video, short_video = bench_videos.make_videos(args.material, args.minutes * 60, args.short_seconds,
+                                                       args.cache_dir)
+    print(f"material: {bench_videos.describe(args.material)} (ready in {time.perf_counter() - started:.0f} s)")
+    short = measure(short_video)
+    long = measure(long_video)
     for name, r in (("short", short), ("long", long)):
-        print(f"{name}: {r['frames']} frames ({r['frames'] / FPS / 60:.1f} min of 720p), output {r['output_mib']:.1f} MiB,"
+        print(f"{name}: {r['frames']} frames of 720p, output {r['output_mib']:.1f} MiB,"
               f" {r['seconds']:.0f} s, peak RSS {r['peak_rss_mib']:.0f} MiB")
     ratio = long["peak_rss_mib"] / short["peak_rss_mib"]
     print(f"long/short: {long['frames'] / max(1, short['frames']):.0f}x the frames, "

@@ -5,7 +5,9 @@ decoded video with the face stage (one and two subjects, several tasks and bucke
 without media, annotation lines beyond the video end, an adapter that fails on one track) and
 provided crops (an unreadable and a missing crop, ``va_grid`` buckets, empty shards completing a
 shard set). The SHA-256 of every file they write is compared with :data:`GOLDEN`, recorded from
-the code before the restructuring of issue 10. ``dataset_info.json`` is hashed without its run
+the code before the restructuring of issue 10, and again for schema version 2 (issue 6: keypoint
+lists in every record; the BlazeFace detector, aligned crops and the cut-aware hold as the default
+face stage; the ``faces`` block of each split). ``dataset_info.json`` is hashed without its run
 timing fields (:data:`tfrecords_schema.RUN_TIMING_FIELDS`), which differ on every run.
 
 The hashes hold for one OpenCV/libjpeg build (the videos and JPEG crops are encoded by it); the
@@ -45,22 +47,22 @@ COMMON = ["--runner", "DirectRunner", "--direct_running_mode", "in_memory", "--p
 
 GOLDEN = {
     "crops": {
-        "dataset_info.json": "8862f77cca2a6f45a3e99445d82c0258814c984c128a7456ffe877dd3f3a203c",
+        "dataset_info.json": "c927041409a763f28088f665df858b8890711a1477460be5698352f00c281a6f",
         "errors/dead_letters.jsonl": "9f2d16fec240f5bd54777818355e31e5d7e71de43355b768629e523a12c172ec",
-        "train/abaw-train-no_va.tfrecord-00000-of-00002": "0367ef436456e079180be8231e330bc7a5903775b3db5b59785d19259f3d794f",
-        "train/abaw-train-no_va.tfrecord-00001-of-00002": "2f2aaf7488a876eea4b49acdd0eebf9ab394cf3b0464f50e87ae3a6f80cff78d",
+        "train/abaw-train-no_va.tfrecord-00000-of-00002": "74aed73df4b441aba14769c5a982e29a57829bcf4d70dfba93d994b3bd25113f",
+        "train/abaw-train-no_va.tfrecord-00001-of-00002": "11f0dda564cc173770d5664cba1d896bae060f232b6ff089547e11f0a4c14257",
         "validation/abaw-validation.tfrecord-00000-of-00002": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-        "validation/abaw-validation.tfrecord-00001-of-00002": "f164ffcea0cd2083f3818dd20243b0420ead4fbd36226733a35afb5a90ba7b18"
+        "validation/abaw-validation.tfrecord-00001-of-00002": "2fdd4e7f550f6902d101d62d9588451c7543cda256db16b7e7ca1699a9c665bb"
     },
     "video": {
-        "dataset_info.json": "df588770f1728060b2b4055a6edf1827bd4b1a5909bbcf7f0409a04db7907cb0",
+        "dataset_info.json": "731d51b4c9fc5ab9961547f559aaabd31b89b78ce742330f5260207874b3e6a2",
         "errors/dead_letters.jsonl": "e2ecda8c14e172af392730252fb4e59c577df89148fd766e2c6cb3157d34e99e",
-        "train/abaw-train-Anger.tfrecord-00000-of-00001": "bf61aaccf7f510becd254fca8e5684f34574c9bb4c8b54f00f311b957c2f0db8",
-        "train/abaw-train-Fear.tfrecord-00000-of-00001": "15be821623b55f4400e2c67d3f87b0c1a62f8c0434fd11b84cad3adccbe44459",
-        "train/abaw-train-Happiness.tfrecord-00000-of-00001": "b254d939ebb461671765b5a0235e494e9194433b96250cc6d94ec6b26206db37",
-        "train/abaw-train-Neutral.tfrecord-00000-of-00001": "94c6874b8a3a0bc35cdb46ba8c82cfcb4687bf581bdc19f30549baf9b0caeb22",
-        "train/abaw-train-Sadness.tfrecord-00000-of-00001": "b32945b5c3e3a158ea4c0533bdf57c4e2bb93d1564f0d2cf6afafd82a2d2d5b3",
-        "validation/abaw-validation.tfrecord-00000-of-00001": "83adfa71a165344637389244b6175715951a60a04ff550a9307fd949c99e93f6"
+        "train/abaw-train-Anger.tfrecord-00000-of-00001": "f928c0d11a29099bbbe44fdd61e2e88e3aa99b8d0ed5bc827f5c691bb2a372ad",
+        "train/abaw-train-Fear.tfrecord-00000-of-00001": "24f55dd9bd7fc3394aef672a1832548a6d2a693308d88dc2082f0ba9dfe1979b",
+        "train/abaw-train-Happiness.tfrecord-00000-of-00001": "50a02eb822567ae1285d1700ce7e28e62902efa00adf30e5c12fff69e47ff3b5",
+        "train/abaw-train-Neutral.tfrecord-00000-of-00001": "70319e806f61ae49b7034e7908497350091ebd930fab4f835420181dfe9d1425",
+        "train/abaw-train-Sadness.tfrecord-00000-of-00001": "31d8722820584a1d4f721099c837426324f31480cf18259b3dd21bb5fc39e501",
+        "validation/abaw-validation.tfrecord-00000-of-00001": "83311835ecc1794c3af343038530769cd1a114eb11550f1ef87292d19c05adcb"
     }
 }
 

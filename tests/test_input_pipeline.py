@@ -61,8 +61,9 @@ def test_train_and_eval_elements_have_the_contract_shapes_and_dtypes(data, task,
     train = trainer_input.make_train_dataset(root, info, task=task, seq_len=SEQ_LEN, batch_size=3)
     evaluation = trainer_input.make_eval_dataset(root, info, task=task, seq_len=SEQ_LEN, batch_size=3)
     for images, targets, weights in (next(iter(train)), next(iter(evaluation))[:3]):
-        assert images.dtype == tf.float32 and images.shape == (3, SEQ_LEN, 24, 24, 3)
-        assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+        # uint8 pixels: the model scales them (its Rescaling input layer).
+        assert images.dtype == tf.uint8 and images.shape == (3, SEQ_LEN, 24, 24, 3)
+        assert int(tf.reduce_max(images)) > 1  # 0..255, not [0, 1]
         assert tuple(targets) == heads and tuple(weights) == heads
         expected = {"expression": (tf.int32, (3, SEQ_LEN)), "valence_arousal": (tf.float32, (3, SEQ_LEN, 2)),
                     "action_units": (tf.float32, (3, SEQ_LEN, 4))}
@@ -95,9 +96,8 @@ def test_eval_covers_every_frame_exactly_once_with_masks_and_targets_from_the_re
             assert targets["expression"] == (clip.expression[t] if expr_ok else 0)
             np.testing.assert_allclose(targets["valence_arousal"], clip.valence_arousal[t] if va_ok else [0, 0])
             np.testing.assert_array_equal(targets["action_units"], clip.action_units[t] if au_ok else 0)
-            # No augmentation in evaluation: the pixels are the decoded JPEG.
-            decoded = tf.io.decode_jpeg(clip.images[t], channels=3).numpy().astype(np.float32) / 255.0
-            np.testing.assert_allclose(image, decoded, atol=1e-6)
+            # No augmentation in evaluation: the pixels are the decoded JPEG, uint8.
+            np.testing.assert_array_equal(image, tf.io.decode_jpeg(clip.images[t], channels=3).numpy())
             masked["no_face_scored"] += (not face) and expr_ok
             masked["invalid"] += not expr_ok
     assert masked["no_face_scored"] > 0 and masked["invalid"] > 0  # the data really exercises both cases
@@ -119,7 +119,7 @@ def test_train_weights_mask_invalid_no_face_and_padding_only(tmp_path):
                          crop_size=16, invalid_fraction=0.0, no_face_fraction=0.0, seed=2)
     dataset = trainer_input.make_train_dataset(str(tmp_path), info, task="multi", seq_len=SEQ_LEN, batch_size=4,
                                                seed=1)
-    for images, targets, weights in dataset.take(5):
+    for images, _targets, weights in dataset.take(5):
         real = tf.reduce_any(images > 0, axis=[2, 3, 4]).numpy()  # padding frames are all-zero images
         for head in weights:
             np.testing.assert_array_equal(weights[head].numpy(), real.astype(np.float32))
@@ -133,10 +133,10 @@ def test_training_weighs_frames_without_a_face_zero_and_evaluation_scores_them(t
                          crop_size=16, invalid_fraction=0.0, no_face_fraction=0.4, seed=3)
     train = trainer_input.make_train_dataset(str(tmp_path), info, task="expr", seq_len=8, batch_size=6, seed=2,
                                              augment=False)
-    grey = int(0.5 * 255) / 255.0  # the flat crop trainer_data writes for a frame without a face
+    grey = int(0.5 * 255)  # the flat crop trainer_data writes for a frame without a face
     no_face_seen = 0
     for images, _, weights in train.take(3):
-        blank = (np.abs(images.numpy() - grey) < 0.02).all(axis=(2, 3, 4))
+        blank = (np.abs(images.numpy().astype(np.int32) - grey) < 5).all(axis=(2, 3, 4))
         no_face_seen += int(blank.sum())
         np.testing.assert_array_equal(weights["expression"].numpy(), (~blank).astype(np.float32))
     assert no_face_seen > 0
@@ -196,7 +196,7 @@ def test_training_is_seeded_and_augments_only_when_asked(data):
     np.testing.assert_array_equal(a[0], b[0])
     plain = first(7, False)
     np.testing.assert_array_equal(plain[1], a[1])  # same clips and frames ...
-    assert np.abs(plain[0] - a[0]).mean() > 1e-3  # ... different pixels
+    assert np.abs(plain[0].astype(np.float32) - a[0]).mean() > 1.0  # ... different pixels
     assert not np.array_equal(first(8, True)[0], a[0])
 
 
@@ -206,17 +206,50 @@ def test_augmentation_is_identical_across_the_frames_of_a_clip():
     for s in range(5):
         seed = tf.constant([s, 9], tf.int64)
         out = augment.augment_clip(clip, tf.constant(6), seed, 16).numpy()
-        assert np.allclose(out, out[:1])
-        assert not np.allclose(out[0], frame[0].numpy() / 255.0)
-        # XLA only fuses the ops: the plain TensorFlow path gives the same pixels.
+        assert out.dtype == np.uint8 and (out == out[:1]).all()
+        assert not np.array_equal(out[0], frame[0].numpy())
+        # XLA only fuses the ops: the plain TensorFlow path gives the same pixels (up to a rounding tie).
         plain = augment.augment_clip(clip, tf.constant(6), seed, 16, xla=False).numpy()
-        np.testing.assert_allclose(plain, out, atol=1e-5)
+        assert np.abs(plain.astype(np.int32) - out).max() <= 1
+
+
+def _reference_augment(clip, num_valid, params):
+    """The augmentation as documented, in float64 NumPy on [0, 1] pixels (the float32 pipeline of before)."""
+    flip, shift_y, shift_x, factor, delta = params
+    size = clip.shape[1]
+    positions = np.arange(size)
+    rows = np.clip(positions + int(shift_y), 0, size - 1)
+    cols = np.clip((size - 1 - positions if flip > 0.5 else positions) + int(shift_x), 0, size - 1)
+    x = clip[:, rows][:, :, cols].astype(np.float64) / 255.0
+    mean = x[:, ::4, ::4, :].mean(axis=(1, 2, 3), keepdims=True)
+    out = np.clip((x - mean) * factor + mean + delta, 0.0, 1.0)
+    out[num_valid:] = 0.0
+    return out
+
+
+def test_uint8_augmentation_matches_the_float_reference_within_half_a_grey_level():
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (5, 20, 20, 3), dtype=np.uint8)
+    clip[:, :, :, 0] = np.clip(clip[:, :, :, 0].astype(int) + 60, 0, 255)  # saturated pixels exercise the clip
+    shares = []
+    for s in range(24):
+        seed = tf.constant([s, 3], tf.int64)
+        params = augment.augment_params(seed, 20, 1)[0].numpy()
+        out = augment.augment_clip(tf.constant(clip), tf.constant(4), seed, 20).numpy()
+        expected = _reference_augment(clip, 4, params)
+        assert out.dtype == np.uint8
+        np.testing.assert_allclose(out / 255.0, expected, atol=0.5 / 255 + 1e-5)
+        assert not out[4].any()  # the padding frame stays black
+        shares.append((out[:4] / 255.0).mean() - expected[:4].mean())
+        assert params[0] in (0.0, 1.0) and abs(params[1]) <= 2 and abs(params[2]) <= 2
+    # Rounding is unbiased: the mean pixel over every draw stays that of the float augmentation.
+    assert abs(float(np.mean(shares))) < 0.05 / 255
 
 
 def test_augmentation_leaves_padding_frames_black():
     clip = tf.cast(tf.fill([4, 16, 16, 3], 200), tf.uint8)
     out = augment.augment_clip(clip, tf.constant(2), tf.constant([1, 2], tf.int64), 16).numpy()
-    assert out[:2].min() > 0.3 and not out[2:].any()
+    assert out[:2].min() > 0.3 * 255 and not out[2:].any()
 
 
 def test_pipelines_shard_files_between_workers(data):

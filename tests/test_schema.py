@@ -1,5 +1,6 @@
 """The record schema round-trips through NumPy and tf.data, and dataset_info validates."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -175,3 +176,105 @@ def test_shard_names_follow_tfds_pattern():
     assert schema.shard_basename("abaw", "train", "Fear", 3, 10) == "abaw-train-Fear.tfrecord-00003-of-00010"
     assert schema.shard_basename("abaw", "validation", None, 0, 1) == "abaw-validation.tfrecord-00000-of-00001"
     assert schema.bucket_token("va 1/2") == "va_1_2"
+
+
+# --- Schema version 2: keypoints; version-1 clips still read. -------------------------------
+
+def _keypoint_clip():
+    """_clip() with 3 keypoints on the frames that have a face (frame 2 has none)."""
+    clip = _clip()
+    points = np.full((4, 3, 2), np.nan, np.float32)
+    for row in (0, 2, 3):
+        points[row] = [[0.2 + row / 10, 0.3], [0.4, 0.3 + row / 10], [0.3, 0.45]]
+    return dataclasses.replace(clip, keypoints=points)
+
+
+def _as_version_1(serialized: bytes) -> bytes:
+    """A version-2 record as the version-1 writer made it: no keypoint lists, version 1."""
+    example = tf.train.SequenceExample.FromString(serialized)
+    for key in keys.POINT_KEYS:
+        del example.feature_lists.feature_list[key]
+    example.context.feature[keys.SCHEMA_VERSION].int64_list.value[0] = 1
+    return example.SerializeToString(deterministic=True)
+
+
+def test_version_2_stores_keypoints_per_frame_empty_where_no_face():
+    clip = _keypoint_clip()
+    serialized = schema.encode_clip(clip)
+    example = tf.train.SequenceExample.FromString(serialized)
+    assert example.context.feature[keys.SCHEMA_VERSION].int64_list.value[0] == schema.SCHEMA_VERSION == 2
+    xs = [list(f.float_list.value) for f in example.feature_lists.feature_list[keys.POINT_X].feature]
+    assert [len(x) for x in xs] == [3, 0, 3, 3]
+    np.testing.assert_allclose(xs[2], clip.keypoints[2, :, 0])
+    back = schema.decode_clip(serialized)
+    np.testing.assert_allclose(back.keypoints, clip.keypoints)  # NaN rows compare equal.
+    np.testing.assert_array_equal(back.has_keypoints, [True, False, True, True])
+
+
+def test_clip_without_keypoints_keeps_working_and_stores_empty_point_lists():
+    clip = _clip()  # No keypoints given: a [T, 0, 2] array.
+    assert clip.keypoints.shape == (4, 0, 2) and not clip.has_keypoints.any()
+    back = schema.decode_clip(schema.encode_clip(clip))
+    assert back.keypoints.shape == (4, 0, 2)
+    parsed = schema.make_clip_parser(3, num_keypoints=2)(tf.constant(schema.encode_clip(clip)))
+    assert parsed["keypoints"].shape == (4, 2, 2) and np.isnan(parsed["keypoints"].numpy()).all()
+
+
+def test_tf_parser_reads_keypoints_as_nan_padded_tensor():
+    clip = _keypoint_clip()
+    parsed = schema.make_clip_parser(3, num_keypoints=3)(tf.constant(schema.encode_clip(clip)))
+    np.testing.assert_allclose(parsed["keypoints"].numpy(), clip.keypoints)
+    assert "keypoints" not in schema.make_clip_parser(3)(tf.constant(schema.encode_clip(clip)))
+
+
+def test_version_1_clip_reads_with_both_readers_without_keypoints():
+    clip = _keypoint_clip()
+    v1 = _as_version_1(schema.encode_clip(clip))
+    back = schema.decode_clip(v1)
+    assert back.keypoints.shape == (4, 0, 2) and back.images == clip.images
+    np.testing.assert_array_equal(back.has_face, clip.has_face)
+    np.testing.assert_allclose(back.bbox, clip.bbox)
+    np.testing.assert_array_equal(back.action_units, clip.action_units)
+    parsed = schema.make_clip_parser(3, num_keypoints=3)(tf.constant(v1))
+    assert parsed["keypoints"].shape == (4, 3, 2) and np.isnan(parsed["keypoints"].numpy()).all()
+    np.testing.assert_array_equal(parsed["has_face"].numpy(), clip.has_face)
+    np.testing.assert_allclose(parsed["bbox"].numpy()[0], clip.bbox[0])
+    np.testing.assert_array_equal(parsed["expression"].numpy(), clip.expression)
+
+
+def test_tf_parser_refuses_unknown_schema_version():
+    example = tf.train.SequenceExample.FromString(schema.encode_clip(_clip()))
+    example.context.feature[keys.SCHEMA_VERSION].int64_list.value[0] = 99
+    with pytest.raises(tf.errors.InvalidArgumentError, match="schema version"):
+        schema.make_clip_parser(3)(tf.constant(example.SerializeToString()))
+
+
+def test_keypoint_lists_of_different_lengths_are_refused():
+    example = tf.train.SequenceExample.FromString(schema.encode_clip(_keypoint_clip()))
+    for key in keys.POINT_KEYS:
+        example.feature_lists.feature_list[key].feature[0].float_list.value.append(0.5)
+    with pytest.raises(ValueError, match="keypoint lists of different lengths"):
+        schema.decode_clip(example.SerializeToString())
+
+
+def test_dataset_info_faces_block_round_trips_and_is_validated(tmp_path):
+    info = _info()
+    info.splits["train"].faces = {"detected": 2, "held": 1, "lost": 1, "none": 0}
+    schema.write_dataset_info(info, str(tmp_path))
+    assert schema.read_dataset_info(str(tmp_path)).splits["train"].faces == info.splits["train"].faces
+    raw = json.loads(info.to_json())
+    raw["splits"]["train"]["faces"]["held"] = -1
+    with pytest.raises(schema.DatasetInfoError, match="splits.train.faces.held must be an integer >= 0"):
+        schema.DatasetInfo.from_json(json.dumps(raw))
+
+
+def test_version_1_dataset_info_still_reads_without_faces():
+    raw = _info_json()
+    raw["schema_version"] = 1
+    del raw["splits"]["train"]["faces"]
+    info = schema.DatasetInfo.from_json(json.dumps(raw))
+    assert info.schema_version == 1 and info.splits["train"].faces == {}
+    for version in (3, True):
+        raw["schema_version"] = version
+        with pytest.raises(schema.DatasetInfoError, match=f"schema version {version!r}"):
+            schema.DatasetInfo.from_json(json.dumps(raw))

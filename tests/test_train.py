@@ -302,7 +302,7 @@ def test_task_without_labels_lists_what_the_data_has(tmp_path):
         (["--strategy", "tpu"], "auto, one_device, mirrored, multi_worker"),
         (["--rnn", "transformer"], "gru, lstm"),
         (["--loss_weighting", "focal"], "none, inverse, sqrt"),
-        (["--weights", "imagenet"], "never downloaded"),
+        (["--weights", "imagenet"], "simple_cnn has no ImageNet weights"),
     ],
 )
 def test_unknown_option_message_lists_valid_values(tmp_path, args, expected):

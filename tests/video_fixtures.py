@@ -11,7 +11,7 @@ Example::
 from __future__ import annotations
 
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -55,4 +55,60 @@ def truncate_file(path, keep_fraction: float) -> pathlib.Path:
     path = pathlib.Path(path)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep_fraction)])
+    return path
+
+
+# A fourcc the bundled FFmpeg writes into each container (checked by tests/test_video.py); FFmpeg may
+# log that it stores the codec under another tag, which is harmless.
+CONTAINER_FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mov": "mp4v", ".mkv": "MJPG", ".webm": "VP80",
+                    ".m4v": "mp4v", ".mpg": "MPG2", ".mpeg": "MPG2", ".wmv": "WMV2", ".flv": "FLV1"}
+
+
+def level_frame(index: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    """A flat grey frame whose level tells its 1-based index back after lossy coding (index * 12)."""
+    return np.full((height, width, 3), 12 * index, np.uint8)
+
+
+def level_index(frame: np.ndarray) -> int:
+    """The index :func:`level_frame` drew into a decoded frame."""
+    return round(float(frame.mean()) / 12)
+
+
+def write_container_video(path, frames: Sequence[np.ndarray], fps: float = FPS) -> pathlib.Path:
+    """Writes frames with the fourcc of :data:`CONTAINER_FOURCC` for the file's extension (any case)."""
+    import cv2
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape[:2]
+    fourcc = CONTAINER_FOURCC[path.suffix.lower()]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"OpenCV cannot write {path} with {fourcc}")
+    try:
+        for frame in frames:
+            writer.write(frame)
+    finally:
+        writer.release()
+    return path
+
+
+def corrupt_mjpeg_frames(path, indices: Sequence[int]) -> pathlib.Path:
+    """Overwrites with zeros the JPEG bytes of the given 1-based frames of an MJPG ``.avi``.
+
+    The AVI chunk headers stay intact, so the demuxer still delivers the packet and only
+    the decoder fails (FFmpeg: "No JPEG data found in image"). A JPEG marker byte pair
+    cannot occur inside entropy-coded data (0xFF is stuffed), so SOI/EOI find each frame.
+    """
+    path = pathlib.Path(path)
+    data = bytearray(path.read_bytes())
+    starts, at = [], data.find(b"\xff\xd8\xff")
+    while at >= 0:
+        starts.append(at)
+        at = data.find(b"\xff\xd8\xff", at + 3)
+    for index in indices:
+        start = starts[index - 1]
+        end = data.find(b"\xff\xd9", start) + 2
+        data[start:end] = bytes(end - start)
+    path.write_bytes(bytes(data))
     return path

@@ -10,13 +10,13 @@ them back into NumPy with :func:`decode_clip`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from tfrecords_schema import keys
-from tfrecords_schema.version import SCHEMA_VERSION
+from tfrecords_schema.version import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 
 
 @dataclasses.dataclass
@@ -38,6 +38,9 @@ class ClipRecord:
         expression: int64 ``[T]``; ``keys.EXPRESSION_INVALID`` where unlabelled.
         valence_arousal: float32 ``[T, 2]``; ``keys.VA_INVALID`` where unlabelled.
         action_units: int64 ``[T, K]``; ``keys.AU_INVALID`` where unlabelled.
+        keypoints: float32 ``[T, P, 2]``: ``P`` face keypoints ``(x, y)`` normalised to the frame, in
+            the detector's order; rows of NaN where a frame has no keypoints (no face, a detector
+            without keypoints, or a version-1 record). None (the default) means ``[T, 0, 2]``.
     """
 
     example_id: str
@@ -53,6 +56,7 @@ class ClipRecord:
     expression: np.ndarray
     valence_arousal: np.ndarray
     action_units: np.ndarray
+    keypoints: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.images)
@@ -62,6 +66,8 @@ class ClipRecord:
         self.expression = np.asarray(self.expression, np.int64).reshape(n)
         self.valence_arousal = np.asarray(self.valence_arousal, np.float32).reshape(n, 2)
         self.action_units = np.asarray(self.action_units, np.int64).reshape(n, -1)
+        points = np.zeros((n, 0, 2)) if self.keypoints is None else self.keypoints
+        self.keypoints = np.asarray(points, np.float32).reshape(n, -1, 2)
         if n == 0:
             raise ValueError(f"clip {self.example_id!r} has no frames")
 
@@ -73,6 +79,13 @@ class ClipRecord:
     def has_face(self) -> np.ndarray:
         """bool ``[T]``: whether a face box was found for each frame."""
         return ~np.isnan(self.bbox).any(axis=1)
+
+    @property
+    def has_keypoints(self) -> np.ndarray:
+        """bool ``[T]``: whether a frame has a face with keypoints (stored as non-empty point lists)."""
+        if self.keypoints.shape[1] == 0:
+            return np.zeros(len(self.images), bool)
+        return self.has_face & np.isfinite(self.keypoints).all(axis=(1, 2))
 
 
 def _bytes(values) -> tf.train.Feature:
@@ -103,11 +116,17 @@ def encode_clip(clip: ClipRecord) -> bytes:
         key: [_floats([float(v)]) if face else _floats([]) for v, face in zip(clip.bbox[:, col], has_face)]
         for col, key in enumerate(keys.BBOX_KEYS)
     }
+    has_points = clip.has_keypoints
+    point_lists = {
+        key: [_floats(points) if ok else _floats([]) for points, ok in zip(clip.keypoints[:, :, axis].tolist(), has_points)]
+        for axis, key in enumerate(keys.POINT_KEYS)
+    }
     feature_lists = {
         keys.IMAGE_ENCODED: [_bytes([image]) for image in clip.images],
         keys.IMAGE_FRAME_INDEX: [_ints([v]) for v in clip.frame_index.tolist()],
         keys.IMAGE_TIMESTAMP: [_ints([v]) for v in clip.timestamp_us.tolist()],
         **bbox_lists,
+        **point_lists,
         keys.LABEL_EXPRESSION: [_ints([v]) for v in clip.expression.tolist()],
         keys.LABEL_VALENCE_AROUSAL: [_floats(row) for row in clip.valence_arousal.tolist()],
         keys.LABEL_ACTION_UNITS: [_ints(row) for row in clip.action_units.tolist()],
@@ -132,18 +151,22 @@ def _scalar(feature: tf.train.Feature):
 def decode_clip(serialized: bytes) -> ClipRecord:
     """Parses serialised bytes back into a :class:`ClipRecord` (NumPy, no graph).
 
+    Reads every version in :data:`READABLE_SCHEMA_VERSIONS`; a version-1 clip has no keypoints
+    (``keypoints`` ``[T, 0, 2]``).
+
     Raises:
-        ValueError: if the bytes are not a clip of this schema version.
+        ValueError: if the bytes are not a clip of a readable schema version, or its keypoint lists
+            do not hold the same number of points on every frame that has any.
     """
     example = tf.train.SequenceExample.FromString(serialized)
     ctx = example.context.feature
     version = int(_scalar(ctx[keys.SCHEMA_VERSION])) if keys.SCHEMA_VERSION in ctx else None
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"clip schema version {version} != supported {SCHEMA_VERSION}")
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise ValueError(f"clip schema version {version} is not one this reader supports {READABLE_SCHEMA_VERSIONS}")
     fl = example.feature_lists.feature_list
 
     def column(key, kind):
-        return [list(getattr(f, kind).value) for f in fl[key].feature]
+        return [list(getattr(f, kind).value) for f in fl[key].feature] if key in fl else []
 
     n = len(fl[keys.IMAGE_ENCODED].feature)
     boxes = np.full((n, 4), np.nan, np.float32)
@@ -153,6 +176,7 @@ def decode_clip(serialized: bytes) -> ClipRecord:
                 boxes[row, col] = value[0]
     aus = column(keys.LABEL_ACTION_UNITS, "int64_list")
     return ClipRecord(
+        keypoints=_keypoints(column(keys.POINT_X, "float_list"), column(keys.POINT_Y, "float_list"), n),
         example_id=_scalar(ctx[keys.EXAMPLE_ID]).decode("utf-8"),
         dataset_name=_scalar(ctx[keys.DATASET_NAME]).decode("utf-8"),
         media_id=_scalar(ctx[keys.MEDIA_ID]).decode("utf-8"),
@@ -169,7 +193,19 @@ def decode_clip(serialized: bytes) -> ClipRecord:
     )
 
 
-def make_clip_parser(num_action_units: int) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+def _keypoints(xs: list[list[float]], ys: list[list[float]], n: int) -> np.ndarray:
+    """``[n, P, 2]`` from per-frame x and y lists (empty lists, or no lists at all: NaN rows)."""
+    sizes = {len(x) for x in xs if x} | {len(y) for y in ys if y}
+    if len(sizes) > 1 or any(len(x) != len(y) for x, y in zip(xs, ys)) or (xs and len(xs) != n):
+        raise ValueError(f"keypoint lists of different lengths in one clip: {sorted(sizes)}")
+    points = np.full((n, sizes.pop() if sizes else 0, 2), np.nan, np.float32)
+    for row, (x, y) in enumerate(zip(xs, ys)):
+        if x:
+            points[row, :, 0], points[row, :, 1] = x, y
+    return points
+
+
+def make_clip_parser(num_action_units: int, num_keypoints: int = 0) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """Returns a tf.data-friendly function parsing one serialised clip.
 
     The returned function maps a scalar string tensor to a dict of tensors (``T``
@@ -180,13 +216,20 @@ def make_clip_parser(num_action_units: int) -> Callable[[tf.Tensor], dict[str, t
     * ``image`` string ``[T]``, ``frame_index`` int64 ``[T]``, ``timestamp_us`` int64 ``[T]``;
     * ``bbox`` float32 ``[T, 4]`` (zeros where no face), ``has_face`` bool ``[T]``;
     * ``expression`` int64 ``[T]``, ``valence_arousal`` float32 ``[T, 2]``,
-      ``action_units`` int64 ``[T, num_action_units]``.
+      ``action_units`` int64 ``[T, num_action_units]``;
+    * with ``num_keypoints`` > 0: ``keypoints`` float32 ``[T, num_keypoints, 2]`` (x, y), NaN where a frame
+      has none (no face, or a version-1 clip); a frame with more points keeps the first ``num_keypoints``.
+
+    Both readable schema versions (:data:`READABLE_SCHEMA_VERSIONS`) parse; any other fails the parse.
 
     Args:
         num_action_units: AUs per frame, from ``DatasetInfo.label_names``.
+        num_keypoints: Keypoints per frame to return (0: no ``keypoints`` tensor).
     """
     if num_action_units < 0:
         raise ValueError(f"num_action_units must be >= 0, got {num_action_units}")
+    if num_keypoints < 0:
+        raise ValueError(f"num_keypoints must be >= 0, got {num_keypoints}")
     context_spec = {
         keys.EXAMPLE_ID: tf.io.FixedLenFeature([], tf.string),
         keys.MEDIA_ID: tf.io.FixedLenFeature([], tf.string),
@@ -204,15 +247,17 @@ def make_clip_parser(num_action_units: int) -> Callable[[tf.Tensor], dict[str, t
     }
     if num_action_units:
         sequence_spec[keys.LABEL_ACTION_UNITS] = tf.io.FixedLenSequenceFeature([num_action_units], tf.int64)
+    if num_keypoints:
+        sequence_spec.update({key: tf.io.RaggedFeature(tf.float32) for key in keys.POINT_KEYS})
+    readable = tf.constant(READABLE_SCHEMA_VERSIONS, tf.int64)
 
     def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         context, sequence = tf.io.parse_single_sequence_example(
             serialized, context_features=context_spec, sequence_features=sequence_spec
         )
-        tf.debugging.assert_equal(
-            context[keys.SCHEMA_VERSION],
-            tf.constant(SCHEMA_VERSION, tf.int64),
-            message="clip schema version does not match this reader",
+        tf.debugging.Assert(
+            tf.reduce_any(tf.equal(context[keys.SCHEMA_VERSION], readable)),
+            ["clip schema version is not one this reader supports:", context[keys.SCHEMA_VERSION]],
         )
         num_frames = tf.shape(sequence[keys.IMAGE_ENCODED])[0]
         has_face = sequence[keys.BBOX_YMIN].row_lengths() > 0
@@ -224,6 +269,12 @@ def make_clip_parser(num_action_units: int) -> Callable[[tf.Tensor], dict[str, t
             action_units = sequence[keys.LABEL_ACTION_UNITS]
         else:
             action_units = tf.zeros([num_frames, 0], tf.int64)
+        extra = {}
+        if num_keypoints:
+            # A version-1 clip has no point lists at all: to_tensor pads its [0, None] to NaN rows.
+            extra["keypoints"] = tf.stack([
+                sequence[key].to_tensor(default_value=float("nan"), shape=[num_frames, num_keypoints])
+                for key in keys.POINT_KEYS], axis=-1)
         return {
             "example_id": context[keys.EXAMPLE_ID],
             "media_id": context[keys.MEDIA_ID],
@@ -237,6 +288,7 @@ def make_clip_parser(num_action_units: int) -> Callable[[tf.Tensor], dict[str, t
             "expression": sequence[keys.LABEL_EXPRESSION],
             "valence_arousal": sequence[keys.LABEL_VALENCE_AROUSAL],
             "action_units": action_units,
+            **extra,
         }
 
     return parse

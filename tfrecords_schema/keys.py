@@ -22,11 +22,14 @@ BBOX_YMIN = "region/bbox/ymin"  # float: face box top, normalised to the full fr
 BBOX_XMIN = "region/bbox/xmin"  # float: face box left, normalised; empty = no face.
 BBOX_YMAX = "region/bbox/ymax"  # float: face box bottom, normalised; empty = no face.
 BBOX_XMAX = "region/bbox/xmax"  # float: face box right, normalised; empty = no face.
+POINT_X = "region/point/x"  # floats: face keypoint x coordinates, normalised; empty = no face. (Version 2.)
+POINT_Y = "region/point/y"  # floats: face keypoint y coordinates, normalised; empty = no face. (Version 2.)
 LABEL_EXPRESSION = "label/expression"  # int64: expression class, EXPRESSION_INVALID when unlabelled.
 LABEL_VALENCE_AROUSAL = "label/valence_arousal"  # 2 floats: valence, arousal in [-1, 1]; VA_INVALID when unlabelled.
 LABEL_ACTION_UNITS = "label/action_units"  # int64 x num AUs: 0/1 per AU; AU_INVALID when unlabelled.
 
 BBOX_KEYS = (BBOX_YMIN, BBOX_XMIN, BBOX_YMAX, BBOX_XMAX)  # the box coordinates in MediaSequence order.
+POINT_KEYS = (POINT_X, POINT_Y)  # the keypoint coordinates, in the order of ClipRecord.keypoints' last axis.
 
 # --- Invalid-label markers (the Aff-Wild2 conventions). ----------------------
 EXPRESSION_INVALID = -1  # marks a frame with no expression label.

@@ -16,11 +16,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from tfrecords_schema import TASK_EXPRESSION, TASK_MULTI
 from trainer.distribution import STRATEGIES as STRATEGY_CHOICES
 from trainer.input import TASK_CHOICES
 from trainer.model import BACKBONES, RNNS
 from trainer.sampling import LOSS_WEIGHTINGS as LOSS_WEIGHTING_CHOICES
 from trainer.sampling import SAMPLING_MODES as SAMPLING_CHOICES
+from trainer.schedules import LR_SCHEDULES as LR_SCHEDULE_CHOICES
+from trainer.stages import STAGE_END_TO_END, STAGE_SEQUENCE, STAGES
 
 # The choice lists live where they are used (trainer.input, trainer.sampling, trainer.distribution);
 # these are the only options declared here.
@@ -51,8 +54,13 @@ class TrainConfig:
     seq_len: int = 16
     sampling: str = "balanced"
     loss_weighting: str = "none"
+    balance_frames: bool = False
+    data_service: str | None = None
     backbone: str = "simple_cnn"
     weights: str = "none"
+    freeze_backbone_epochs: int = 0
+    stage: str = STAGE_END_TO_END
+    init_from: str | None = None
     cnn_width: float = 1.0
     feature_dim: int = 300
     dropout: float = 0.5
@@ -63,6 +71,10 @@ class TrainConfig:
     jit_compile: str = "auto"
     optimizer: str = "adam"
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    early_stopping: int = 0
+    allow_data_change: bool = False
     seed: int = 0
     augment: bool = True
     eval_split: str = "validation"
@@ -91,6 +103,12 @@ class TrainConfig:
         choice("strategy", STRATEGY_CHOICES)
         choice("jit_compile", JIT_CHOICES)
         choice("optimizer", OPTIMIZER_CHOICES)
+        choice("lr_schedule", LR_SCHEDULE_CHOICES)
+        choice("stage", STAGES)
+        for name in ("freeze_backbone_epochs", "warmup_steps", "early_stopping"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"--{name} must be an integer >= 0, got {value!r}")
         for name in ("epochs", "batch_size", "seq_len", "checkpoint_every", "keep_checkpoints", "log_every",
                      "feature_dim"):
             value = getattr(self, name)
@@ -112,15 +130,54 @@ class TrainConfig:
             raise ConfigError("--data is required: the output directory (or gs:// / s3:// URL) of beam_jobs.convert")
         if not self.job_dir:
             raise ConfigError("--job_dir is required: where checkpoints, logs, the export and reports go")
-        if self.weights != "none" and not os.path.isfile(self.weights):
-            raise ConfigError(
-                f"--weights {self.weights!r}: valid values are 'none' or the path of a local weights file"
-                " (weights are never downloaded)"
-            )
+        self._validate_input()
+        self._validate_weights_and_stage()
+
+    def _validate_weights_and_stage(self) -> None:
+        if self.weights not in ("none", "imagenet") and not os.path.isfile(self.weights):
+            raise ConfigError(f"--weights {self.weights!r}: valid values are imagenet, none or the path of a local "
+                              "weights file (no such file)")
+        if self.weights == "imagenet" and self.backbone == "simple_cnn":
+            raise ConfigError("--weights imagenet: simple_cnn has no ImageNet weights; valid with --backbone "
+                              "mobilenet_v3_small or efficientnet_b0 (or pass a local weights file)")
+        if self.freeze_backbone_epochs and self.weights == "none":
+            raise ConfigError("--freeze_backbone_epochs needs pretrained --weights (imagenet or a file): freezing "
+                              "a random backbone trains nothing")
+        if self.stage == STAGE_SEQUENCE:
+            if not self.init_from:
+                raise ConfigError("--stage sequence needs --init_from JOB_DIR: a job (usually --stage frames) whose "
+                                  "exported CNN makes the per-frame features")
+            if self.weights != "none" or self.freeze_backbone_epochs:
+                raise ConfigError("--stage sequence takes its (frozen) backbone from --init_from: leave --weights "
+                                  "and --freeze_backbone_epochs unset")
+        elif self.init_from:
+            raise ConfigError(f"--init_from is for --stage sequence, not --stage {self.stage}")
+
+    def _validate_input(self) -> None:
+        """The training input's options: --balance_frames and --data_service."""
+        from trainer.data_service import check_address
+
+        if self.balance_frames and self.loss_weighting != "none":
+            raise ConfigError(f"--balance_frames sets the expression class weights itself: leave --loss_weighting "
+                              f"none (got {self.loss_weighting!r})")
+        if self.balance_frames and self.task not in (TASK_EXPRESSION, TASK_MULTI):
+            raise ConfigError(f"--balance_frames weighs expression frames: use it with --task expr or multi, not "
+                              f"{self.task!r}")
+        if self.stage == STAGE_SEQUENCE and (self.balance_frames or self.data_service):
+            raise ConfigError("--stage sequence reads precomputed features in process: --balance_frames and "
+                              "--data_service apply to the clip stages (end_to_end, frames)")
+        if self.data_service is not None:
+            try:
+                check_address(self.data_service)
+            except ValueError as e:
+                raise ConfigError(f"--data_service: {e}") from e
+            if self.skip_corrupt:
+                raise ConfigError("--skip_corrupt cannot count skipped records on tf.data service workers: verify "
+                                  "the shards (affectstream inspect DATA --verify) or train without --data_service")
 
     @property
     def backbone_weights(self) -> str | None:
-        """The local backbone weights file, or None for random initialisation."""
+        """The backbone weights: None (random), ``"imagenet"`` or a local weights file."""
         return None if self.weights == "none" else self.weights
 
 
@@ -158,8 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq_len", type=int, help="frames per training sequence")
     p.add_argument("--sampling", help=f"one of {', '.join(SAMPLING_CHOICES)}")
     p.add_argument("--loss_weighting", help=f"one of {', '.join(LOSS_WEIGHTING_CHOICES)}")
+    p.add_argument("--balance_frames", nargs="?", const=True, type=_bool,
+                   help="per-class expression weights that give the training frames the class mix their buckets "
+                   "are sampled at (a clip's bucket is its majority class, so its other frames skew the mix); "
+                   "measured on the training stream at start-up; instead of --loss_weighting")
+    p.add_argument("--data_service", metavar="grpc://HOST:PORT",
+                   help="run the training input on this tf.data service dispatcher's workers (e.g. from "
+                   "`affectstream data-service`); they must reach --data at the same path")
     p.add_argument("--backbone", help=f"one of {', '.join(BACKBONES)}")
-    p.add_argument("--weights", help="'none' or a local backbone weights file (never downloaded)")
+    p.add_argument("--weights",
+                   help="backbone initialisation: none (random, default), imagenet (mobilenet_v3_small / "
+                   "efficientnet_b0; Keras downloads and caches them, needs internet once) or the path of a local "
+                   "weights file")
+    p.add_argument("--freeze_backbone_epochs", type=int,
+                   help="keep the pretrained backbone frozen for the first N epochs, then train it too (default 0)")
+    p.add_argument("--stage", help=f"one of {', '.join(STAGES)}: end_to_end (default) trains CNN and RNN together; "
+                   "frames trains the CNN per frame (sequence length 1); sequence freezes the CNN of --init_from, "
+                   "computes its per-frame features once and trains the recurrent stack on them")
+    p.add_argument("--init_from", help="--stage sequence: the job directory (or its export/) whose CNN is used")
     p.add_argument("--cnn_width", type=float, help="filter multiplier of simple_cnn (1.0 = 64/128/256)")
     p.add_argument("--feature_dim", type=int)
     p.add_argument("--dropout", type=float)
@@ -172,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "and a single-device strategy; off under mirrored / multi_worker)")
     p.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_CHOICES)}")
     p.add_argument("--learning_rate", type=float)
+    p.add_argument("--lr_schedule", help=f"one of {', '.join(LR_SCHEDULE_CHOICES)}: constant (default) or cosine "
+                   "decay to 0 at the last step, both after --warmup_steps of linear warm-up")
+    p.add_argument("--warmup_steps", type=int, help="steps of linear learning-rate warm-up (default 0)")
+    p.add_argument("--early_stopping", type=int, metavar="PATIENCE",
+                   help="stop after PATIENCE evaluated epochs without a better selection score (default 0: off)")
+    p.add_argument("--allow_data_change", nargs="?", const=True, type=_bool,
+                   help="resume even when the data or the model-shaping options differ from the checkpoint's")
     p.add_argument("--seed", type=int)
     p.add_argument("--augment", type=_bool)
     p.add_argument("--eval_split", help="the split of the final report (default validation)")

@@ -17,6 +17,7 @@ must be created at program start).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -96,6 +97,25 @@ def make_strategy(name: str) -> tuple[tf.distribute.Strategy, Role]:
         return tf.distribute.MirroredStrategy(), Role()
     device = gpus[0].name if gpus else "/cpu:0"
     return tf.distribute.OneDeviceStrategy(device), Role()
+
+
+def weights_checksum(model, trainable_only: bool = False) -> str:
+    """SHA-256 over the weights of ``model`` (each one's path, dtype, shape and bytes, in model order).
+
+    Synchronous training keeps every replica's and every worker's copy identical, so every worker of a job
+    logs the same checksums at the end (the multi-worker test compares them). ``trainable_only`` leaves out
+    the non-trainable weights (BatchNorm moving statistics), which each replica updates from its own part
+    of the batch unless the training step averages them.
+    """
+    import numpy as np
+
+    digest = hashlib.sha256()
+    weights = model.trainable_weights if trainable_only else model.weights
+    for variable, value in zip(weights, (w.numpy() for w in weights)):
+        value = np.ascontiguousarray(value)
+        digest.update(f"{variable.path}:{value.dtype}:{value.shape};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 def has_gpu() -> bool:

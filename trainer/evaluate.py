@@ -8,8 +8,9 @@ Example::
 ``--model`` is the ``export/`` directory of a training job (``model.keras`` + ``model_info.json``) or the
 job directory itself; the model's outputs are checked against its ``model_info.json``. Every labelled frame
 of the split is scored, frames without a face included (predicted on their stored crop); each head's
-metrics also come over the face frames only (``with_face``). Writes ``metrics.json``, ``per_video.csv`` and,
-for expressions, ``confusion_matrix.png`` / ``.json`` to ``--report_dir`` (default: ``evaluation/<split>/``
+metrics also come over the face frames only (``with_face``). Writes ``metrics.json``, ``per_video.csv`` and
+the pictures (:mod:`trainer.reports`: ``confusion_matrix.png`` / ``.json`` for expressions, ``va_density.png``
+for valence/arousal, ``au_f1.png`` for action units) to ``--report_dir`` (default: ``evaluation/<split>/``
 next to the export folder, i.e. in the job directory), prints the metrics and where the files went.
 """
 
@@ -42,7 +43,8 @@ def predict_function(model):
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
-def collect_predictions(model, dataset, heads: Sequence[str], info, predict=None) -> PredictionAccumulator:
+def collect_predictions(model, dataset, heads: Sequence[str], info, predict=None,
+                        observers: Sequence = ()) -> PredictionAccumulator:
     """Runs ``model`` over a finite eval dataset and collects every scored frame's prediction.
 
     Args:
@@ -52,6 +54,8 @@ def collect_predictions(model, dataset, heads: Sequence[str], info, predict=None
         info: The dataset's ``DatasetInfo`` (label names).
         predict: ``predict_function(model)``, kept by a caller that evaluates the same model repeatedly (a
             training job, every epoch) so it is traced once; None traces a new one.
+        observers: Objects that also see every batch, ``update(targets, outputs, weights, has_face)`` with
+            ``{head: array}`` (e.g. :class:`trainer.tensorboard.ValidationLoss`, :class:`trainer.plots.VADensity`).
 
     Returns:
         The filled :class:`trainer.metrics.PredictionAccumulator` (``.result()``, ``.per_video()``).
@@ -60,13 +64,12 @@ def collect_predictions(model, dataset, heads: Sequence[str], info, predict=None
     acc = PredictionAccumulator(heads, info.expression_names, info.action_unit_names)
     for images, targets, weights, ids in dataset:
         outputs = predict(images)
-        acc.update(
-            {h: targets[h].numpy() for h in heads},
-            {h: outputs[h].numpy() for h in heads},
-            {h: weights[h].numpy() for h in heads},
-            has_face=ids["has_face"].numpy(),
-            media_ids=ids["media_id"].numpy(),
-        )
+        batch = ({h: targets[h].numpy() for h in heads}, {h: outputs[h].numpy() for h in heads},
+                 {h: weights[h].numpy() for h in heads})
+        has_face = ids["has_face"].numpy()
+        acc.update(*batch, has_face=has_face, media_ids=ids["media_id"].numpy())
+        for observer in observers:
+            observer.update(*batch, has_face=has_face)
     return acc
 
 
@@ -146,14 +149,14 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
              skip_corrupt: bool = False) -> dict:
     """Loads an exported model, evaluates it on ``split`` of ``data_dir``, writes and prints the reports.
 
-    Writes ``metrics.json``, ``per_video.csv`` and (expression) the confusion matrix to ``report_dir``, by
+    Writes ``metrics.json``, ``per_video.csv`` and the pictures of the model's heads to ``report_dir``, by
     default :func:`default_report_dir`. Returns the metrics.
     """
     import keras
     import tensorflow as tf
 
     from tfrecords_schema import read_dataset_info
-    from trainer import reports
+    from trainer import plots, reports
     from trainer.input import make_eval_dataset
     from trainer.records import SkippedRecords
 
@@ -171,16 +174,19 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     skipped = SkippedRecords() if skip_corrupt else None
     ds = make_eval_dataset(data_dir, info, split=split, task=model_info["task"], seq_len=int(model_info["seq_len"]),
                            batch_size=batch_size, skipped=skipped)
-    predictions = collect_predictions(model, ds, heads, info)
+    va_density = plots.VADensity()
+    predictions = collect_predictions(model, ds, heads, info, observers=[va_density])
     result = predictions.result()
     result.update({"split": split, "model": model_dir, "best_epoch": model_info.get("best_epoch"),
                    "selected_on": model_info.get("selected_on")})
     if skipped is not None:
         result["skipped_corrupt_records"] = skipped.total
     report_dir = report_dir or default_report_dir(model_dir, split)
+    context = reports.ReportContext(info.name, split, reports.model_label(model.name, model_dir),
+                                    model_info.get("best_epoch"))
     paths = reports.write_reports(result, predictions.per_video(), info.expression_names,
                                   metrics_path=join_path(report_dir, reports.METRICS_FILENAME),
-                                  report_dir=report_dir, title=f"{info.name} {split}")
+                                  report_dir=report_dir, context=context, va_density=va_density)
     print(f"{model_dir} on {data_dir} [{split}]:")
     print(reports.format_metrics(result))
     print(f"reports written to {report_dir}:")
@@ -197,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="conversion output directory or gs:// / s3:// URL")
     p.add_argument("--split", default="validation", help="the split to score (every labelled frame of it)")
     p.add_argument("--report_dir", default=None,
-                   help="where metrics.json, per_video.csv and the confusion matrix go (default: evaluation/SPLIT "
-                   "next to the export folder)")
+                   help="where metrics.json, per_video.csv and the pictures (confusion matrix, valence/arousal "
+                   "density, per-AU F1) go (default: evaluation/SPLIT next to the export folder)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--skip_corrupt", action="store_true", help="skip (and count) corrupt records")
     return p

@@ -3,7 +3,10 @@
 ``model_info.json`` is what a user of the model needs: the task and heads, label names, the input format
 and preprocessing, the face stage that made the crops (``face_stage``: the
 :class:`beam_jobs.faces.FaceStageConfig` of the conversion, from which ``affectstream predict`` rebuilds
-the same stage), the exported epoch, its score and the split that selected it.
+the same stage), the exported epoch, its score and the split that selected it, the training stage, the
+backbone weights it started from (``weights``; for ``--stage sequence`` also ``init_from``) and the data
+fingerprint (:mod:`trainer.fingerprint`). A two-stage job exports one end-to-end model (CNN + recurrent
+stack) with the same input and outputs as any other.
 
 Loading::
 
@@ -34,8 +37,17 @@ def face_stage_of(info) -> dict:
     return FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size}).to_dict()
 
 
+def weights_record(weights: str) -> dict:
+    """How ``--weights`` initialised the backbone: ``{"source": "none"|"imagenet"|"file", "path", "sha256"}``."""
+    if weights in ("none", "imagenet"):
+        return {"source": weights}
+    from trainer.fingerprint import file_sha256
+
+    return {"source": "file", "path": weights, "sha256": file_sha256(weights)}
+
+
 def model_info_payload(config, info, heads: Sequence[str], *, best_epoch: int, best_score: float,
-                       selected_on: str) -> dict:
+                       selected_on: str, extras: dict | None = None) -> dict:
     """The JSON-ready ``model_info.json`` payload.
 
     Args:
@@ -45,9 +57,11 @@ def model_info_payload(config, info, heads: Sequence[str], *, best_epoch: int, b
         best_epoch: The exported epoch.
         best_score: Its score on ``selected_on``.
         selected_on: The split the epoch was selected on.
+        extras: Fields that the training stage adds or overrides (:meth:`trainer.stages.Stage.model_info`).
     """
     from tfrecords_schema import SCHEMA_VERSION
     from trainer.config import to_dict
+    from trainer.fingerprint import dataset_fingerprint
 
     return {
         "task": config.task,
@@ -70,15 +84,19 @@ def model_info_payload(config, info, heads: Sequence[str], *, best_epoch: int, b
             HEAD_VALENCE_AROUSAL: "tanh [batch, time, 2] (valence, arousal)",
             HEAD_ACTION_UNITS: "sigmoid probabilities [batch, time, AUs] (threshold 0.5)",
         },
+        "stage": config.stage,
         "backbone": config.backbone,
+        "weights": weights_record(config.weights),
         "rnn": config.rnn,
         "rnn_units": list(config.rnn_units),
         "dataset": info.name,
+        "data_fingerprint": dataset_fingerprint(info),
         "schema_version": SCHEMA_VERSION,
         "best_epoch": best_epoch,
         "best_score": best_score,
         "selected_on": selected_on,
         "train_config": to_dict(config),
+        **(extras or {}),
     }
 
 

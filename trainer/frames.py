@@ -80,6 +80,11 @@ def gather_frames(clip: dict, indices: tf.Tensor, n: tf.Tensor) -> dict:
     }
 
 
+def labels_of(window: dict) -> dict:
+    """The window without its JPEG bytes: what :func:`targets_and_weights` needs, batchable after decoding."""
+    return {k: v for k, v in window.items() if k != "image"}
+
+
 def decode_frames(window: dict, crop_size: int, seq_len: int) -> tf.Tensor:
     """Decodes the valid frames of a window to uint8 ``[T, S, S, 3]``; padding frames are 0."""
     jpegs = window["image"][: window["num_valid"]]
@@ -92,7 +97,10 @@ def decode_frames(window: dict, crop_size: int, seq_len: int) -> tf.Tensor:
 
 def targets_and_weights(window: dict, heads: tuple[str, ...], num_classes: int,
                         expression_weights: np.ndarray | None, *, require_face: bool):
-    """Per-head targets (invalid -> 0) and float32 weights ``[T]``.
+    """Per-head targets (invalid -> 0) and float32 weights ``[T]`` (or ``[B, T]`` for a batch of windows).
+
+    Works on one window or on a batch of them (every field with a leading ``B``): the training and
+    evaluation pipelines call it once per batch, which costs a fraction of the per-clip calls.
 
     A weight is 0 for an invalid label or a padding frame, and, with ``require_face``, for a frame without
     a face; else 1 (times the class weight of the expression when ``expression_weights`` is given).
@@ -102,7 +110,7 @@ def targets_and_weights(window: dict, heads: tuple[str, ...], num_classes: int,
     ``AU_INVALID``) all fall outside, and so does any other out-of-range value.
 
     Args:
-        window: One window (:func:`gather_frames`).
+        window: One window (:func:`gather_frames`, ``image`` not needed) or a batch of them.
         heads: The heads to build.
         num_classes: Expression classes.
         expression_weights: float ``[classes]`` loss weights, or None.
@@ -110,7 +118,7 @@ def targets_and_weights(window: dict, heads: tuple[str, ...], num_classes: int,
             blank or held at the last face place, so it does not show the labelled face and would teach
             noise); metrics do not (the benchmark scores every annotated frame).
     """
-    seq_len = window["image"].shape[0]
+    seq_len = window["has_face"].shape[-1]
     usable = tf.sequence_mask(window["num_valid"], seq_len)
     if require_face:
         usable = tf.logical_and(usable, window["has_face"])
@@ -126,11 +134,11 @@ def targets_and_weights(window: dict, heads: tuple[str, ...], num_classes: int,
     if HEAD_VALENCE_AROUSAL in heads:
         va = window["valence_arousal"]
         valid = tf.reduce_all(tf.logical_and(va >= -1.0, va <= 1.0), axis=-1)
-        targets[HEAD_VALENCE_AROUSAL] = tf.where(valid[:, None], va, 0.0)
+        targets[HEAD_VALENCE_AROUSAL] = tf.where(valid[..., None], va, 0.0)
         weights[HEAD_VALENCE_AROUSAL] = tf.cast(tf.logical_and(valid, usable), tf.float32)
     if HEAD_ACTION_UNITS in heads:
         au = window["action_units"]
         valid = tf.reduce_all(tf.logical_and(au >= 0, au <= 1), axis=-1)
-        targets[HEAD_ACTION_UNITS] = tf.cast(tf.where(valid[:, None], au, 0), tf.float32)
+        targets[HEAD_ACTION_UNITS] = tf.cast(tf.where(valid[..., None], au, 0), tf.float32)
         weights[HEAD_ACTION_UNITS] = tf.cast(tf.logical_and(valid, usable), tf.float32)
     return targets, weights

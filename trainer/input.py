@@ -8,18 +8,21 @@ One linear function per mode, both reading the shards listed in ``dataset_info.j
   ``tf.data.Dataset.sample_from_datasets`` by :func:`trainer.sampling.bucket_weights` (``downsample``:
   ``choose_from_datasets`` with exactly the minority count per bucket in every epoch); parse, pick a
   random sub-clip of ``seq_len`` frames (random offset, stride 1 or 2 when the clip is long enough, padding
-  when it is short), decode the picked JPEGs only, draw the clip's augmentation (flip, brightness/contrast,
-  crop jitter; the same for every frame of a clip), build targets and weights, batch, then augment and scale
-  the batch to float32 in one XLA-compiled function (:mod:`trainer.augment`), prefetch. Infinite, fixed
-  shapes.
+  when it is short), decode the picked JPEGs only, batch; then per batch: targets and weights, the batch's
+  augmentation (flip, brightness/contrast, crop jitter; the same for every frame of a clip) in one
+  XLA-compiled function (:mod:`trainer.augment`), prefetch. Infinite, fixed shapes. With
+  ``data_service`` the same stream runs on tf.data service workers (:mod:`trainer.data_service`).
 * :func:`make_eval_dataset` -- every shard of the split in a fixed order, every clip cut into consecutive
   windows of ``seq_len`` frames (the last padded with weight 0): every frame of the split exactly once.
 
 Training elements are ``(images, targets, weights)``; evaluation elements add ``ids``. ``images`` is
-float32 ``[B, T, S, S, 3]`` in [0, 1]; ``targets`` and ``weights`` are dicts keyed by the task's heads
-(:data:`tfrecords_schema.HEADS`). Weights: :func:`trainer.frames.targets_and_weights` -- training weighs
-invalid labels, padding and frames without a face 0; evaluation weighs only invalid labels and padding 0,
-so every labelled frame is scored.
+**uint8** ``[B, T, S, S, 3]`` RGB (0..255): the model scales it to [0, 1] in its first layer
+(:mod:`trainer.model`), so the pipeline's CPUs only decode and the accelerator gets 4x fewer bytes.
+``targets`` and ``weights`` are dicts keyed by the task's heads (:data:`tfrecords_schema.HEADS`).
+Weights: :func:`trainer.frames.targets_and_weights` -- training weighs invalid labels, padding and frames
+without a face 0; evaluation weighs only invalid labels and padding 0, so every labelled frame is scored.
+Per-class expression weights: ``loss_weighting`` (from the train histogram) or ``class_weights`` (e.g.
+:func:`balanced_frame_weights`, which corrects the frame class mix of clip-bucket sampling).
 
 Empty shard files are skipped; under multi-worker training the non-empty files of every shard set are dealt
 round-robin over the input pipelines; bad shards fail naming the file, or with a
@@ -33,7 +36,7 @@ Example::
     from trainer import input as trainer_input
     info = read_dataset_info("/tmp/converted")
     ds = trainer_input.make_train_dataset("/tmp/converted", info, task="expr", seq_len=16, batch_size=8)
-    images, targets, weights = next(iter(ds))
+    images, targets, weights = next(iter(ds))   # images: uint8 [8, 16, S, S, 3]
 """
 
 from __future__ import annotations
@@ -53,9 +56,11 @@ from tfrecords_schema import (
     TASK_MULTI,
     TASKS,
     DatasetInfo,
+    buckets,
     make_clip_parser,
 )
 from trainer import augment as augment_lib
+from trainer import data_service as data_service_lib
 from trainer import frames as frames_lib
 from trainer import records
 from trainer import sampling as sampling_lib
@@ -65,6 +70,8 @@ logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 TASK_CHOICES = (*TASKS, TASK_MULTI)
+# Clips of the training stream that estimate its frame class mix for balanced_frame_weights.
+BALANCE_FRAMES_CLIPS = 2048
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,7 +137,18 @@ def _train_bucket_mix(info: DatasetInfo, sampling_mode: str, task: str) -> tuple
     return weights, counts
 
 
-def _expression_loss_weights(info: DatasetInfo, heads: tuple[str, ...], loss_weighting: str) -> np.ndarray | None:
+def _expression_weights(info: DatasetInfo, heads: tuple[str, ...], loss_weighting: str,
+                        class_weights: np.ndarray | None) -> np.ndarray | None:
+    """The per-class expression weights of the loss: ``class_weights``, from ``loss_weighting``, or None."""
+    if class_weights is not None:
+        if loss_weighting != "none":
+            raise ValueError(f"give either class_weights or loss_weighting, not both (loss_weighting "
+                             f"{loss_weighting!r})")
+        class_weights = np.asarray(class_weights, np.float32)
+        if HEAD_EXPRESSION not in heads or class_weights.shape != (len(info.expression_names),):
+            raise ValueError(f"class_weights must hold one weight per expression class "
+                             f"({len(info.expression_names)}) of a task with the expression head (heads {heads})")
+        return class_weights
     if loss_weighting == "none" or HEAD_EXPRESSION not in heads:
         return None
     weights = sampling_lib.class_loss_weights(info, HEAD_EXPRESSION, loss_weighting)
@@ -140,14 +158,65 @@ def _expression_loss_weights(info: DatasetInfo, heads: tuple[str, ...], loss_wei
 
 
 # --------------------------------------------------------------------------------------------------
-# The two pipelines.
+# The training stream.
+
+
+def _train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...], seq_len: int, batch_size: int,
+                   bucket_mix: tuple[dict[str, float], dict[str, int]], sampling_mode: str,
+                   class_weights: np.ndarray | None, seed: int, augment: bool, xla_augment: bool, decode: bool,
+                   input_context, skipped: records.SkippedRecords | None,
+                   worker: tf.Tensor | None) -> tf.data.Dataset:
+    """The training batches: ``(images, targets, weights)``, or ``(targets, weights, buckets)`` when not ``decode``.
+
+    Both variants pick the same clips and windows for the same arguments (the labels-only one measures
+    the stream's frame class mix without decoding a JPEG). Build it inside :func:`records.explicitly_seeded`
+    (``worker``: see :func:`records.stream_seed`); ``shard_sets``: :func:`records.train_shard_sets`.
+    """
+    # 1. Serialized clips, buckets mixed; one seed per clip (its window), one per batch (its augmentation).
+    weights, counts = bucket_mix
+    pipeline_id = 0 if input_context is None else input_context.input_pipeline_id
+    clips = records.mixed_train_records(shard_sets, weights, counts, sampling_mode, seed=seed,
+                                        input_context=input_context, skipped=skipped, worker=worker)
+    clip_seeds = tf.data.Dataset.random(seed=records.stream_seed(seed, worker, "clips", pipeline_id)).batch(2)
+    batch_seeds = tf.data.Dataset.random(seed=records.stream_seed(seed, worker, "augment", pipeline_id)).batch(2)
+    parse = make_clip_parser(info.num_action_units)
+    num_classes = len(info.expression_names)
+    crop_size = info.crop_size
+
+    # 2. Per clip: parse, pick the window, decode its JPEGs (uint8). Everything else runs per batch.
+    def to_clip(serialized, clip_seed):
+        clip = parse(serialized)
+        window = frames_lib.random_window(clip, clip_seed, seq_len)
+        labels = frames_lib.labels_of(window)
+        if not decode:
+            return {**labels, "bucket": clip["bucket"]}
+        return frames_lib.decode_frames(window, crop_size, seq_len), labels
+
+    # 3. Per batch: targets and weights, augmentation (uint8 in, uint8 out).
+    augment_batch = augment_lib.batch_augmenter(xla_augment) if augment and decode else None
+
+    def to_batch(clip_batch, batch_seed):
+        frames, labels = clip_batch if decode else (None, clip_batch)
+        targets, weights_ = frames_lib.targets_and_weights(labels, heads, num_classes, class_weights,
+                                                           require_face=True)
+        if not decode:
+            return targets, weights_, labels["bucket"]
+        if augment_batch is not None:
+            params = augment_lib.augment_params(batch_seed, crop_size, batch_size)
+            frames = augment_batch(frames, labels["num_valid"], params)
+        return frames, targets, weights_
+
+    dataset = tf.data.Dataset.zip((clips, clip_seeds)).map(to_clip, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+    return tf.data.Dataset.zip((dataset, batch_seeds)).map(to_batch, num_parallel_calls=AUTOTUNE)
 
 
 def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, batch_size: int,
-                       sampling: str = "balanced", loss_weighting: str = "none", seed: int = 0,
-                       augment: bool = True, xla_augment: bool = True,
-                       input_context: tf.distribute.InputContext | None = None,
-                       skipped: records.SkippedRecords | None = None) -> tf.data.Dataset:
+                       sampling: str = "balanced", loss_weighting: str = "none",
+                       class_weights: np.ndarray | None = None, seed: int = 0, augment: bool = True,
+                       xla_augment: bool = True, input_context: tf.distribute.InputContext | None = None,
+                       skipped: records.SkippedRecords | None = None, data_service: str | None = None,
+                       data_service_job: str | None = None) -> tf.data.Dataset:
     """The infinite, rebalanced training stream of ``(images, targets, weights)`` batches.
 
     Args:
@@ -163,58 +232,59 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
             ``task`` equal to the bucketing task (``expr`` over expression buckets), the bucket of clips
             without that label is not sampled (see :mod:`trainer.sampling`).
         loss_weighting: Expression class weights in ``weights``, one of :data:`trainer.sampling.LOSS_WEIGHTINGS`.
+        class_weights: float ``[classes]`` expression weights instead (e.g. :func:`balanced_frame_weights`);
+            only with ``loss_weighting="none"``.
         seed: Seed of file/record shuffles, bucket draws, frame picks and augmentation.
         augment: Apply flip / brightness / contrast / crop jitter.
         xla_augment: XLA-compile the batch augmentation (:func:`trainer.augment.batch_augmenter`).
-        input_context: Multi-worker input context: this pipeline reads its share of every bucket's files.
+        input_context: Multi-worker input context: this pipeline reads its share of every bucket's files
+            (in-process input only; service workers read every file).
         skipped: Skip corrupt records and count them in this counter (None: a corrupt shard fails).
+        data_service: ``grpc://HOST:PORT`` of a tf.data service dispatcher: the stream runs on its workers
+            (each with its own seeds, see :mod:`trainer.data_service`); this dataset reads their batches.
+        data_service_job: Name of the service job shared by every consumer of one training run (the
+            workers of a multi-worker job split its batches); None: a job of this dataset alone.
 
     Raises:
         ValueError: unknown option (the message lists the valid values), task without labels, every bucket
-            empty, fewer shards than input pipelines.
+            empty, fewer shards than input pipelines, ``skipped`` with ``data_service``.
         DatasetInfoError: no train split.
         CorruptShardError: a listed shard is missing or of the wrong size (unless ``skipped`` is given).
     """
-    # 1. Options, heads, bucket mix and loss weights.
+    # 1. Options, heads, bucket mix and class weights.
     sampling_mode = sampling_lib.check_choice(sampling, sampling_lib.SAMPLING_MODES, "sampling mode")
     sampling_lib.check_choice(loss_weighting, sampling_lib.LOSS_WEIGHTINGS, "loss weighting")
     heads = _check_common(info, task, seq_len, batch_size)
     register_filesystems(data_dir)
     records.split_info(info, SPLIT_TRAIN)
-    pipeline_id = 0 if input_context is None else input_context.input_pipeline_id
-    weights, counts = _train_bucket_mix(info, sampling_mode, task)
-    expression_weights = _expression_loss_weights(info, heads, loss_weighting)
+    bucket_mix = _train_bucket_mix(info, sampling_mode, task)
+    expression_weights = _expression_weights(info, heads, loss_weighting, class_weights)
+    stream = {"heads": heads, "seq_len": seq_len, "batch_size": batch_size, "bucket_mix": bucket_mix,
+              "sampling_mode": sampling_mode, "class_weights": expression_weights, "seed": seed, "augment": augment,
+              "xla_augment": xla_augment, "decode": True}
 
-    # 2. Serialized clips, buckets mixed.
-    clips = records.mixed_train_records(data_dir, info, weights, counts, sampling_mode, seed=seed,
-                                        input_context=input_context, skipped=skipped)
-
-    # 3. Per clip: parse, pick frames, decode (uint8 until batched), draw its augmentation, label.
-    parse = make_clip_parser(info.num_action_units)
-    num_classes = len(info.expression_names)
-    crop_size = info.crop_size
-    clip_seeds = tf.data.Dataset.random(seed=records.sub_seed(seed, "clips", pipeline_id)).batch(2)
-
-    def to_clip(serialized, clip_seed):
-        window_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(clip_seed, 2))
-        window = frames_lib.random_window(parse(serialized), window_seed, seq_len)
-        frames = frames_lib.decode_frames(window, crop_size, seq_len)
-        targets, weights_ = frames_lib.targets_and_weights(window, heads, num_classes, expression_weights,
-                                                           require_face=True)
-        return frames, window["num_valid"], augment_lib.augment_params(augment_seed, crop_size), targets, weights_
-
-    # 4. Per batch: augment and scale to float32.
-    augment_batch = augment_lib.batch_augmenter(xla_augment) if augment else None
-
-    def to_float_batch(frames, num_valid, augment_params, targets, weights_):
-        images = augment_batch(frames, num_valid, augment_params) if augment else augment_lib.to_float(frames)
-        return images, targets, weights_
-
-    dataset = tf.data.Dataset.zip((clips, clip_seeds))
-    dataset = dataset.map(to_clip, num_parallel_calls=AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
-    dataset = dataset.map(to_float_batch, num_parallel_calls=AUTOTUNE)
+    # 2. In process, or on the tf.data service: every worker runs the whole stream (all files) with its own
+    #    seeds. Shards are checked here, where errors are clear, before any dataset function is traced.
+    if not data_service:
+        shard_sets = records.train_shard_sets(data_dir, info, bucket_mix[0], input_context, skipped)
+        dataset = records.explicitly_seeded(lambda worker: _train_batches(
+            info, shard_sets, input_context=input_context, skipped=skipped, worker=worker, **stream))
+        return dataset.prefetch(AUTOTUNE).with_options(_options(input_context))
+    if skipped is not None:
+        raise ValueError("skip_corrupt cannot count skipped records on tf.data service workers (the counter "
+                         "lives in this process): check the shards with `affectstream inspect DATA --verify`, "
+                         "or train without the data service")
+    shard_sets = records.train_shard_sets(data_dir, info, bucket_mix[0], None, None)
+    dataset = records.explicitly_seeded(lambda worker: _train_batches(
+        info, shard_sets, input_context=None, skipped=None, worker=worker, **stream),
+        workers=data_service_lib.worker_index())
+    dataset = data_service_lib.read_from_service(dataset.with_options(_options(None)), data_service,
+                                                 job_name=data_service_job)
     return dataset.prefetch(AUTOTUNE).with_options(_options(input_context))
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation.
 
 
 def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VALIDATION, task: str,
@@ -227,9 +297,9 @@ def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VA
     :func:`trainer.frames.targets_and_weights`).
 
     Returns:
-        Elements ``(images, targets, weights, ids)``; ``ids`` is ``{"example_id": string [B], "media_id":
-        string [B], "frame_index": int64 [B, T] (-1 on padding), "has_face": bool [B, T]}``, so predictions
-        can be traced back to videos, clips and frames.
+        Elements ``(images, targets, weights, ids)``; ``images`` uint8 ``[B, T, S, S, 3]``; ``ids`` is
+        ``{"example_id": string [B], "media_id": string [B], "frame_index": int64 [B, T] (-1 on padding),
+        "has_face": bool [B, T]}``, so predictions can be traced back to videos, clips and frames.
 
     Raises:
         DatasetInfoError: the split does not exist.
@@ -247,16 +317,16 @@ def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VA
     num_classes = len(info.expression_names)
     crop_size = info.crop_size
 
-    # 2. Per window: decode (uint8 until batched), label, keep the ids.
+    # 2. Per window: decode (uint8), keep the labels and ids; per batch: targets and weights.
     def to_example(window):
         frames = frames_lib.decode_frames(window, crop_size, seq_len)
-        targets, weights = frames_lib.targets_and_weights(window, heads, num_classes, None, require_face=False)
         ids = {"example_id": window["example_id"], "media_id": window["media_id"],
                "frame_index": window["frame_index"], "has_face": window["has_face"]}
-        return frames, targets, weights, ids
+        return frames, frames_lib.labels_of(window), ids
 
-    def to_float_batch(frames, targets, weights, ids):
-        return augment_lib.to_float(frames), targets, weights, ids
+    def to_batch(frames, labels, ids):
+        targets, weights = frames_lib.targets_and_weights(labels, heads, num_classes, None, require_face=False)
+        return frames, targets, weights, ids
 
     # 3. Records in shard order -> windows -> batches.
     dataset = records.read_records(paths, counts, skipped=skipped, shuffle_seed=None)
@@ -265,8 +335,12 @@ def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VA
     dataset = dataset.unbatch()
     dataset = dataset.map(to_example, num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, num_parallel_calls=AUTOTUNE)
-    dataset = dataset.map(to_float_batch, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(to_batch, num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE).with_options(_options(input_context))
+
+
+# --------------------------------------------------------------------------------------------------
+# What the training stream holds: bucket mix, frame class mix, and the weights that balance frames.
 
 
 def empirical_bucket_mix(data_dir: str, info: DatasetInfo, *, task: str, sampling: str = "balanced",
@@ -303,11 +377,158 @@ def empirical_bucket_mix(data_dir: str, info: DatasetInfo, *, task: str, samplin
     names = list(weights)
     if len(names) == 1:
         return {names[0]: 1.0}
-    clips = records.mixed_train_records(data_dir, info, weights, counts, sampling_mode, seed=seed, input_context=None,
-                                        skipped=skipped)
+    shard_sets = records.train_shard_sets(data_dir, info, weights, None, skipped)
+    clips = records.explicitly_seeded(lambda worker: records.mixed_train_records(
+        shard_sets, weights, counts, sampling_mode, seed=seed, input_context=None, skipped=skipped, worker=worker))
     parse = make_clip_parser(info.num_action_units)
     indices = clips.take(num_clips).map(lambda serialized: parse(serialized)["bucket"], num_parallel_calls=AUTOTUNE)
     seen = np.zeros(len(info.bucket_names), np.int64)
     for batch in indices.batch(1024).with_options(_options(None)):
         seen += np.bincount(batch.numpy(), minlength=len(seen))[: len(seen)]
     return {b: float(seen[info.bucket_names.index(b)]) / num_clips for b in names}
+
+
+def _class_frames_by_bucket(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, batch_size: int,
+                            num_batches: int, sampling: str, class_weights: np.ndarray | None, seed: int,
+                            skipped: records.SkippedRecords | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(frames, clips)`` of the first ``num_batches`` training batches, per bucket.
+
+    ``frames[b, c]``: loss weight of the expression frames of class ``c`` in the clips of bucket ``b``;
+    ``clips[b]``: clips of bucket ``b``. The stream is :func:`make_train_dataset`'s with the same
+    arguments (one pipeline), labels only: no JPEG is decoded.
+    """
+    sampling_mode = sampling_lib.check_choice(sampling, sampling_lib.SAMPLING_MODES, "sampling mode")
+    heads = _check_common(info, task, seq_len, batch_size)
+    if HEAD_EXPRESSION not in heads:
+        raise ValueError(f"task {task!r} has no expression head: there is no frame class mix to measure")
+    register_filesystems(data_dir)
+    records.split_info(info, SPLIT_TRAIN)
+    weights = sampling_lib.bucket_weights(info, sampling_mode, task)
+    bucket_mix = (weights, sampling_lib.bucket_clip_counts(info))
+    shard_sets = records.train_shard_sets(data_dir, info, weights, None, skipped)
+    class_weights = _expression_weights(info, heads, "none", class_weights)
+    labels = records.explicitly_seeded(lambda worker: _train_batches(
+        info, shard_sets, heads=heads, seq_len=seq_len, batch_size=batch_size, bucket_mix=bucket_mix,
+        sampling_mode=sampling_mode, class_weights=class_weights, seed=seed, augment=False, xla_augment=False,
+        decode=False, input_context=None, skipped=skipped, worker=worker))
+    num_classes, num_buckets = len(info.expression_names), len(info.bucket_names) or 1
+    frames, clips = np.zeros((num_buckets, num_classes)), np.zeros(num_buckets)
+    for targets, weights_, bucket in labels.take(num_batches).with_options(_options(None)):
+        index = np.repeat(bucket.numpy(), seq_len) * num_classes + targets[HEAD_EXPRESSION].numpy().ravel()
+        frames += np.bincount(index, weights=weights_[HEAD_EXPRESSION].numpy().ravel(),
+                              minlength=frames.size).reshape(frames.shape)
+        clips += np.bincount(bucket.numpy(), minlength=num_buckets)
+    return frames, clips
+
+
+def empirical_frame_mix(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, batch_size: int,
+                        num_batches: int, sampling: str = "balanced", class_weights: np.ndarray | None = None,
+                        seed: int = 0, skipped: records.SkippedRecords | None = None) -> dict[str, float]:
+    """Expression class mix of the training frames in the first ``num_batches`` batches of the training stream.
+
+    Counts what the loss sees: every frame with a non-zero expression weight, weighted by that weight
+    (with ``class_weights`` the shares are the weighted ones). The stream is :func:`make_train_dataset`'s
+    with the same arguments (one pipeline); no JPEG is decoded.
+
+    Returns:
+        ``{class name: share}`` over every expression class (sums to 1; all 0 if no frame is weighted).
+
+    Raises:
+        ValueError: the task has no expression head, or any :func:`make_train_dataset` error.
+    """
+    frames, _ = _class_frames_by_bucket(data_dir, info, task=task, seq_len=seq_len, batch_size=batch_size,
+                                        num_batches=num_batches, sampling=sampling, class_weights=class_weights,
+                                        seed=seed, skipped=skipped)
+    totals = frames.sum(axis=0)
+    shares = totals / totals.sum() if totals.sum() > 0 else totals
+    return {name: float(share) for name, share in zip(info.expression_names, shares)}
+
+
+def frame_mix_targets(info: DatasetInfo, sampling: str, task: str) -> dict[str, float]:
+    """The frame class mix that clip-bucket sampling aims at: each expression class's bucket weight.
+
+    Defined for expression-bucketed data (``bucket_by expression``): class ``c`` should make up the share
+    of the training frames that its bucket has among the sampled clips. Classes without a sampled bucket
+    get target 0 here (:func:`balanced_frame_weights` leaves their frames as they come).
+
+    Raises:
+        ValueError: the data is not bucketed by expression.
+    """
+    if buckets.BUCKETING_TASK.get(info.bucket_by) != TASK_EXPRESSION:
+        raise ValueError(f"balancing the frame class mix needs expression buckets (bucket_by expression); "
+                         f"this data is bucketed by {info.bucket_by!r}")
+    requested = sampling_lib.bucket_weights(info, sampling, task)
+    classes = {name: requested.get(name, 0.0) for name in info.expression_names}
+    total = sum(classes.values())
+    return {name: w / total for name, w in classes.items()} if total > 0 else classes
+
+
+def balanced_frame_weights(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, sampling: str,
+                           seed: int = 0, num_clips: int = BALANCE_FRAMES_CLIPS,
+                           skipped: records.SkippedRecords | None = None) -> np.ndarray:
+    """Per-class expression weights that give the training frames the class mix their buckets are sampled at.
+
+    A clip's bucket is its *majority* class, so a bucket's clips also hold frames of other classes, and
+    sampling buckets at ``w_b`` (e.g. 1/8 each under ``balanced``) gives a frame class mix ``q_c`` that
+    differs from it. The weight ``w_c / q_c`` per class makes the loss see the requested mix; ``q_c`` is
+    estimated from the first ``num_clips`` clips of the training stream (labels only, deterministic for the
+    seed): each bucket's class frames per clip, mixed at the buckets' requested weights. Classes with frames but no sampled bucket keep weight 1 (their share is left as it comes; the
+    bucketed classes share the rest); a bucketed class not seen in the sample gets 1, with a warning. The
+    weights average to 1 over the measured frames, so the loss keeps its scale.
+
+    Returns:
+        float32 ``[classes]``.
+
+    Raises:
+        ValueError: not expression-bucketed data, or a task without the expression head.
+    """
+    targets = frame_mix_targets(info, sampling, task)
+    batch = 64
+    frames, clips = _class_frames_by_bucket(data_dir, info, task=task, seq_len=seq_len, batch_size=batch,
+                                            num_batches=max(1, num_clips // batch), sampling=sampling,
+                                            class_weights=None, seed=seed, skipped=skipped)
+    # The expected mix: each bucket's mean frames per clip at its requested weight (not at the count the
+    # sample happened to draw, which would add the draws' noise to the weights).
+    requested = sampling_lib.bucket_weights(info, sampling, task)
+    per_clip = frames / np.maximum(clips, 1)[:, None]
+    expected = sum(w * per_clip[info.bucket_names.index(b) if info.bucket_names else 0] for b, w in requested.items())
+    names = info.expression_names
+    q = expected / expected.sum() if expected.sum() > 0 else expected
+    goal = np.array([targets[n] for n in names], np.float64)
+    unbucketed = (goal == 0) & (q > 0)
+    goal[~unbucketed] *= 1.0 - q[unbucketed].sum()  # the unbucketed classes keep their own share
+    goal[unbucketed] = q[unbucketed]
+    weights = np.ones(len(names), np.float64)
+    seen = q > 0
+    weights[seen] = goal[seen] / q[seen]
+    missing = [n for n, g, s in zip(names, goal, seen) if g > 0 and not s]
+    if missing:
+        logger.warning("balance_frames: classes %s not seen in %d clips of the stream: weight 1", missing, num_clips)
+    weights /= float((weights * q).sum()) if seen.any() else 1.0
+    logger.info("balance_frames: measured frame class mix %s -> class weights %s",
+                {n: round(float(v), 4) for n, v in zip(names, q)},
+                {n: round(float(v), 4) for n, v in zip(names, weights)})
+    return weights.astype(np.float32)
+
+
+def frame_mix_report(data_dir: str, info: DatasetInfo, *, task: str, sampling: str, seq_len: int, batch_size: int,
+                     num_batches: int, seed: int, class_weights: np.ndarray | None = None,
+                     skipped: records.SkippedRecords | None = None) -> dict:
+    """The frame class mix of the first training batches next to the mix their buckets are sampled at.
+
+    Returns:
+        ``{"batches": n, "empirical": {class: share}}`` (:func:`empirical_frame_mix`, weighted by
+        ``class_weights``), plus for expression-bucketed data ``"requested"`` (:func:`frame_mix_targets`),
+        ``"max_abs_deviation"`` and ``"max_deviation_class"``.
+    """
+    empirical = empirical_frame_mix(data_dir, info, task=task, seq_len=seq_len, batch_size=batch_size,
+                                    num_batches=num_batches, sampling=sampling, class_weights=class_weights,
+                                    seed=seed, skipped=skipped)
+    report = {"batches": num_batches, "empirical": {c: round(v, 4) for c, v in empirical.items()}}
+    if buckets.BUCKETING_TASK.get(info.bucket_by) == TASK_EXPRESSION:
+        requested = frame_mix_targets(info, sampling, task)
+        worst = max(requested, key=lambda c: abs(empirical[c] - requested[c]))
+        report.update({"requested": {c: round(v, 4) for c, v in requested.items()},
+                       "max_abs_deviation": round(abs(empirical[worst] - requested[worst]), 4),
+                       "max_deviation_class": worst})
+    return report

@@ -1,6 +1,9 @@
 """The end-to-end CNN+RNN: a per-frame CNN, a recurrent stack over time, one head per task.
 
-Input: float32 ``[B, T, S, S, 3]`` face crops in [0, 1]. The CNN runs on every
+Input: uint8 ``[B, T, S, S, 3]`` RGB face crops (0..255), as the input pipelines and ``predict`` deliver
+them; the model's first layer (a ``Rescaling`` named ``"to_unit_range"``) scales them to [0, 1] on the
+accelerator, and the export carries it. A float input is cast to uint8 by Keras, so [0, 1] floats would
+become black frames: feed uint8 pixels. The CNN runs on every
 frame (:class:`PerFrame`: time folded into the batch); a stack of GRU or LSTM layers (the paper's
 100 → 100 → 50 by default) runs over time; each head is a per-frame Dense layer:
 
@@ -18,8 +21,15 @@ Mixed precision: :func:`build_model` with ``mixed_precision=True`` builds the la
 (:func:`_global_dtype_policy`, the trainer's one place that touches the global policy; the
 ``keras.applications`` backbones take no per-layer dtype, so the global policy is the only way in).
 
-Backbones never download anything: ``keras.applications`` models are built with
-``weights=None`` or from a local weights file.
+Backbone weights (:attr:`ModelSpec.backbone_weights`): random (None), a local weights file, or
+``"imagenet"`` for the ``keras.applications`` backbones: Keras downloads them once into its cache
+(``~/.keras/models``, or ``$KERAS_HOME/models``); without internet that fails with
+:class:`BackboneWeightsError`, which says to pass a local file instead.
+
+Two-stage training (:mod:`trainer.stages`): a spec with no recurrent layers (``rnn_units=()``) builds the
+per-frame model of ``--stage frames`` (heads straight on the CNN features); :func:`build_sequence_model`
+builds the recurrent stack and heads on precomputed features (``--stage sequence``), with the same layer
+names as :func:`build_model`, so its weights drop into the end-to-end model that is exported.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import urllib.error
 from collections.abc import Iterator, Mapping, Sequence
 
 import keras
@@ -38,6 +49,12 @@ from trainer.layers import PerFrame
 BACKBONES = ("simple_cnn", "mobilenet_v3_small", "efficientnet_b0")
 RNNS = ("gru", "lstm")
 MIXED_PRECISION_POLICY = "mixed_float16"
+IMAGENET = "imagenet"  # the backbone_weights value that asks Keras for its ImageNet weights
+PER_FRAME_LAYER = "per_frame_cnn"  # the PerFrame layer holding the CNN, in every model built here
+
+
+class BackboneWeightsError(ValueError):
+    """Backbone weights that cannot be had: a download without internet, or ImageNet for simple_cnn."""
 
 
 @dataclasses.dataclass
@@ -51,11 +68,14 @@ class ModelSpec:
         crop_size: Side ``S`` of the square input crops.
         seq_len: Frames per input sequence ``T``; None builds a model that takes any ``T``.
         backbone: One of :data:`BACKBONES`.
-        backbone_weights: None, or a local weights file for the backbone (never a download).
+        backbone_weights: None (random), ``"imagenet"`` (keras.applications backbones; downloaded and
+            cached by Keras), or a local weights file of the backbone (``simple_cnn``: the whole CNN as
+            saved by ``save_weights``; applications: the ``keras.applications`` base model's file).
         cnn_width: Filter multiplier of the simple CNN (1.0 = the paper's 64/128/256).
         feature_dim: Per-frame feature size (the paper's Dense 300).
         rnn: One of :data:`RNNS`.
-        rnn_units: Units of each recurrent layer, first to last.
+        rnn_units: Units of each recurrent layer, first to last; empty: no recurrent layer, the heads
+            sit on each frame's CNN features (the per-frame model of ``--stage frames``).
         dropout: Dropout after the CNN features (the paper's 0.5).
     """
 
@@ -90,17 +110,18 @@ class ModelSpec:
         if self.crop_size < 16:
             raise ValueError(f"crop_size must be >= 16, got {self.crop_size}")
         self.rnn_units = tuple(int(u) for u in self.rnn_units)
-        if not self.rnn_units or min(self.rnn_units) < 1:
+        if self.rnn_units and min(self.rnn_units) < 1:
             raise ValueError(f"rnn_units must be positive sizes, got {self.rnn_units}")
         if self.cnn_width <= 0:
             raise ValueError(f"cnn_width must be > 0, got {self.cnn_width}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.backbone_weights is not None and not os.path.isfile(self.backbone_weights):
-            raise ValueError(
-                f"backbone weights file {self.backbone_weights!r} not found (weights are never downloaded;"
-                " pass a local file or none)"
-            )
+        if self.backbone_weights == IMAGENET and self.backbone == "simple_cnn":
+            raise BackboneWeightsError("simple_cnn has no ImageNet weights; use --backbone mobilenet_v3_small or "
+                                       "efficientnet_b0 with --weights imagenet, or a local weights file")
+        if self.backbone_weights not in (None, IMAGENET) and not os.path.isfile(self.backbone_weights):
+            raise ValueError(f"backbone weights file {self.backbone_weights!r} not found (valid: none, imagenet, "
+                             "or the path of a local weights file)")
 
 
 def _simple_cnn(spec: ModelSpec) -> keras.Model:
@@ -134,24 +155,40 @@ def _simple_cnn(spec: ModelSpec) -> keras.Model:
     return cnn
 
 
+def _application_base(spec: ModelSpec) -> keras.Model:
+    """The keras.applications base model, with random, local-file or (downloaded) ImageNet weights."""
+    s = spec.crop_size
+    try:
+        if spec.backbone == "mobilenet_v3_small":
+            return keras.applications.MobileNetV3Small(
+                input_shape=(s, s, 3), include_top=False, weights=spec.backbone_weights, pooling="avg",
+                include_preprocessing=False,
+            )
+        return keras.applications.EfficientNetB0(
+            input_shape=(s, s, 3), include_top=False, weights=spec.backbone_weights, pooling="avg"
+        )
+    except Exception as e:  # keras.utils.get_file raises a bare Exception("URL fetch failure on ...")
+        fetch_failed = isinstance(e, (urllib.error.URLError, ConnectionError, TimeoutError)) or (
+            "URL fetch failure" in str(e))
+        if spec.backbone_weights != IMAGENET or not fetch_failed:
+            raise
+        raise BackboneWeightsError(
+            f"--weights imagenet needs internet: Keras could not download the {spec.backbone} ImageNet weights "
+            f"({e}). Use --weights PATH with a local copy of the weights file (on a machine with internet, Keras "
+            "keeps it in ~/.keras/models), or --weights none") from e
+
+
 def _application_cnn(spec: ModelSpec) -> keras.Model:
-    """A keras.applications backbone (no download: weights None or a local file) + feature layer."""
+    """A keras.applications backbone (:func:`_application_base`) + feature layer."""
     s = spec.crop_size
     inputs = keras.Input((s, s, 3), name="crop")
     if spec.backbone == "mobilenet_v3_small":
         # Our crops are in [0, 1]; MobileNetV3 without its own preprocessing expects [-1, 1].
         x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
-        base = keras.applications.MobileNetV3Small(
-            input_shape=(s, s, 3), include_top=False, weights=spec.backbone_weights, pooling="avg",
-            include_preprocessing=False,
-        )
     else:
         # EfficientNet normalises internally from [0, 255].
         x = keras.layers.Rescaling(255.0, name="to_0_255")(inputs)
-        base = keras.applications.EfficientNetB0(
-            input_shape=(s, s, 3), include_top=False, weights=spec.backbone_weights, pooling="avg"
-        )
-    x = base(x)
+    x = _application_base(spec)(x)
     x = keras.layers.Dense(spec.feature_dim, activation="relu", name="features")(x)
     x = keras.layers.Dropout(spec.dropout, name="feature_dropout")(x)
     return keras.Model(inputs, x, name=spec.backbone)
@@ -193,11 +230,50 @@ def build_model(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Mode
         return _build_layers(spec)
 
 
+def build_sequence_model(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Model:
+    """The recurrent stack and heads on per-frame features ``[B, T, feature_dim]`` (``--stage sequence``).
+
+    Dropout (``spec.dropout``) on the features stands in for the CNN's own feature dropout, which the
+    precomputed (inference-mode) features do not have. Layer names match :func:`build_model`'s, so the
+    trained weights copy into the end-to-end model by name (:func:`trainer.two_stage.assemble_export`).
+    """
+    if not spec.rnn_units:
+        raise ValueError("the sequence stage needs at least one recurrent layer (rnn_units)")
+    with _global_dtype_policy(MIXED_PRECISION_POLICY if mixed_precision else "float32"):
+        features = keras.Input((spec.seq_len, spec.feature_dim), name="features")
+        x = keras.layers.Dropout(spec.dropout, name="sequence_feature_dropout")(features)
+        return keras.Model(features, _temporal_heads(x, spec), name=f"{spec.rnn}_on_features")
+
+
+def model_name(spec: ModelSpec) -> str:
+    """``<backbone>_<rnn>``, or ``<backbone>_per_frame`` without recurrent layers."""
+    return f"{spec.backbone}_{spec.rnn if spec.rnn_units else 'per_frame'}"
+
+
+def pretrained_layers(model: keras.Model, spec: ModelSpec) -> list[keras.layers.Layer]:
+    """The layers of ``model`` that hold the pretrained backbone weights (what ``--freeze_backbone_epochs`` freezes).
+
+    ``simple_cnn``: the whole CNN (its weights file holds every CNN layer); ``keras.applications``
+    backbones: the base model only, so the new feature layer on top of it trains from the first step.
+    """
+    cnn = model.get_layer(PER_FRAME_LAYER).layer
+    if spec.backbone == "simple_cnn":
+        return [cnn]
+    return [layer for layer in cnn.layers if isinstance(layer, keras.Model)]
+
+
 def _build_layers(spec: ModelSpec) -> keras.Model:
     s = spec.crop_size
-    frames = keras.Input((spec.seq_len, s, s, 3), name="frames")
+    frames = keras.Input((spec.seq_len, s, s, 3), dtype="uint8", name="frames")
     cnn = build_backbone(spec)
-    x = PerFrame(cnn, name="per_frame_cnn")(frames)
+    # Pixels arrive as uint8 (a quarter of the bytes of float32) and are scaled here, on the accelerator.
+    x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(frames)
+    x = PerFrame(cnn, name=PER_FRAME_LAYER)(x)
+    return keras.Model(frames, _temporal_heads(x, spec), name=model_name(spec))
+
+
+def _temporal_heads(x, spec: ModelSpec) -> dict:
+    """The recurrent stack (none for a per-frame model) and one per-frame head per task on ``x`` ``[B, T, F]``."""
     rnn_cls = keras.layers.GRU if spec.rnn == "gru" else keras.layers.LSTM
     for i, units in enumerate(spec.rnn_units):
         x = rnn_cls(units, return_sequences=True, name=f"{spec.rnn}_{i + 1}")(x)
@@ -212,7 +288,7 @@ def _build_layers(spec: ModelSpec) -> keras.Model:
     if HEAD_ACTION_UNITS in spec.heads:
         au = keras.layers.Dense(spec.num_action_units, name="action_units_logits")(x)
         outputs[HEAD_ACTION_UNITS] = keras.layers.Activation("sigmoid", dtype="float32", name=HEAD_ACTION_UNITS)(au)
-    return keras.Model(frames, outputs, name=f"{spec.backbone}_{spec.rnn}")
+    return outputs
 
 
 def weighted_ccc(y_true: tf.Tensor, y_pred: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:

@@ -4,8 +4,11 @@
   ones dealt round-robin over the pipelines), each checked for existence and size before reading.
 * :func:`read_records` -- the serialized records of those files, read in parallel and interleaved; every
   shard is counted against its ``num_records`` when it ends.
-* :func:`mixed_train_records` -- the infinite stream of train records, buckets mixed by the sampling
-  weights (``downsample``: blocks holding the minority count of every bucket).
+* :func:`train_shard_sets` / :func:`mixed_train_records` -- the infinite stream of train records, buckets
+  mixed by the sampling weights (``downsample``: blocks holding the minority count of every bucket), built
+  inside :func:`explicitly_seeded` so that only its own seeds decide it.
+* :func:`stream_seed` -- the seeds of those streams: per job seed, purpose and input pipeline, and per
+  tf.data service worker (a tensor known only on the worker, :mod:`trainer.data_service`).
 
 Bad shards: a missing shard or one whose size differs from ``dataset_info.json`` fails before reading
 (:class:`CorruptShardError`, naming the file). A corrupt or truncated shard (the TFRecord reader stops at
@@ -21,6 +24,7 @@ import logging
 import sys
 import threading
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +39,9 @@ logger = logging.getLogger(__name__)
 RECORD_SHUFFLE_CLIPS = 512
 # Shards read at the same time per stream.
 READ_CYCLE_LENGTH = 4
+# Records counted together by the shard check (read_shard): fewer function calls per record, at the cost of
+# holding up to this many more serialized clips per open shard.
+CHECK_BATCH = 4
 READ_PARALLELISM = tf.data.AUTOTUNE
 
 
@@ -153,14 +160,16 @@ def read_shard(path: tf.Tensor, expected: tf.Tensor, skipped: SkippedRecords | N
     """The records of one shard, counted against ``expected`` when the shard ends (see the module docstring).
 
     The reader stops at the first bad record of a file (``ignore_errors`` turns the DataLossError, which
-    does not name the file, into the end of that file); an end-of-shard marker then compares the count.
+    does not name the file, into the end of that file); an empty end-of-shard batch then compares the count.
+    Records are counted in groups of :data:`CHECK_BATCH` (the check's functions run once per group, not per
+    record), and the groups are split again: the records come out one by one, in file order.
     """
-    records = tf.data.TFRecordDataset(path).ignore_errors(log_warning=skipped is not None)
-    marked = records.map(lambda r: (r, False)).concatenate(
-        tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+    groups = tf.data.TFRecordDataset(path).ignore_errors(log_warning=skipped is not None).batch(CHECK_BATCH)
+    marked = groups.map(lambda g: (g, False)).concatenate(
+        tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True)))
 
     def count_and_check(count, element):
-        record, is_end = element
+        group, is_end = element
         if skipped is not None:
             def report():
                 lost = expected - count
@@ -174,14 +183,13 @@ def read_shard(path: tf.Tensor, expected: tf.Tensor, skipped: SkippedRecords | N
                 ["corrupt or truncated shard", path, "yielded", count, "records, dataset_info.json lists",
                  expected, "(pass skip_corrupt=True / --skip_corrupt to skip and count the loss)"],
             )
-        return count + 1, (record, is_end)
+        return count + tf.size(group, tf.int64), group
 
-    checked = marked.scan(tf.constant(0, tf.int64), count_and_check)
-    return checked.filter(lambda record, is_end: tf.logical_not(is_end)).map(lambda record, is_end: record)
+    return marked.scan(tf.constant(0, tf.int64), count_and_check).unbatch()
 
 
 def read_records(paths: list[str], counts: list[int], *, skipped: SkippedRecords | None,
-                 shuffle_seed: int | None) -> tf.data.Dataset:
+                 shuffle_seed: int | tf.Tensor | None) -> tf.data.Dataset:
     """Serialized records of ``paths``: files shuffled (when seeded) and read in parallel, interleaved."""
     files = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(counts, tf.int64)))
     if shuffle_seed is not None:
@@ -196,20 +204,71 @@ def sub_seed(seed: int, *parts) -> int:
     return zlib.crc32(repr((seed,) + parts).encode("utf-8")) & 0x7FFFFFFF
 
 
-def mixed_train_records(data_dir: str, info: DatasetInfo, weights: dict[str, float], counts: dict[str, int],
-                        sampling_mode: str, *, seed: int, input_context,
-                        skipped: SkippedRecords | None) -> tf.data.Dataset:
+def stream_seed(seed: int, worker: tf.Tensor | None, *parts) -> int | tf.Tensor:
+    """:func:`sub_seed` of ``seed`` and ``parts``, moved by a tf.data service worker's index when given.
+
+    ``worker`` is None in-process (the plain int seed), or the int64 index of the service worker running
+    the pipeline (a tensor, only known on the worker). Worker 0 gets the in-process seed, so its stream is
+    the in-process stream; worker ``i`` adds ``i`` times a large odd constant modulo 2^31 - 1, so every
+    worker draws its own clips, windows and augmentations.
+    """
+    base = sub_seed(seed, *parts)
+    if worker is None:
+        return base
+    return tf.math.floormod(tf.constant(base, tf.int64) + tf.cast(worker, tf.int64) * 2654435761, 0x7FFFFFFF)
+
+
+def train_shard_sets(data_dir: str, info: DatasetInfo, buckets, input_context,
+                     skipped: SkippedRecords | None) -> dict[str, tuple[list[str], list[int]]]:
+    """``{bucket: (paths, num_records)}``: this pipeline's share of every bucket's shards, checked now.
+
+    Checked before any dataset function is traced, so a missing shard or too few shards for the input
+    pipelines fails right here with its own message (:func:`shard_files`).
+    """
+    return {bucket: shard_files(data_dir, shards_of_bucket(info, bucket), f"train bucket {bucket!r}", input_context,
+                                skipped)
+            for bucket in buckets}
+
+
+def explicitly_seeded(build: Callable[[tf.Tensor | None], tf.data.Dataset],
+                      workers: tf.data.Dataset | None = None) -> tf.data.Dataset:
+    """``build(worker)`` traced in a function graph without a graph-level seed (``flat_map`` over ``workers``).
+
+    TensorFlow pairs every op seed with the global seed (``tf.random.set_seed``, which the trainer sets), so
+    a stream would differ with the global seed, and a tensor op seed (a tf.data service worker's,
+    :func:`stream_seed`) fails under global seed 0 (``random_seed.get_seed`` compares it to 0 as a Python
+    bool). Inside this graph the seeds are the explicit ones only: the stream depends on its arguments alone,
+    in process and on every service worker alike.
+
+    Args:
+        build: Makes the stream; gets the worker index (an int64 scalar tensor) or None.
+        workers: One-element dataset of the service worker's index (:func:`trainer.data_service.worker_index`),
+            or None in process.
+    """
+    start = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)) if workers is None else workers
+
+    def traced(worker):
+        tf.compat.v1.get_default_graph().seed = None  # this function's graph only
+        return build(None if workers is None else worker)
+
+    return start.flat_map(traced)
+
+
+def mixed_train_records(shard_sets: dict[str, tuple[list[str], list[int]]], weights: dict[str, float],
+                        counts: dict[str, int], sampling_mode: str, *, seed: int, input_context,
+                        skipped: SkippedRecords | None, worker: tf.Tensor | None = None) -> tf.data.Dataset:
     """The infinite stream of serialized train records, buckets mixed by ``weights`` (``downsample``: blocks).
 
     Args:
-        data_dir: Conversion output.
-        info: Its dataset info.
+        shard_sets: This pipeline's shards of every sampled bucket (:func:`train_shard_sets`).
         weights: ``{bucket: probability}`` of the sampled buckets (:func:`trainer.sampling.bucket_weights`).
         counts: ``{bucket: clips}`` (:func:`trainer.sampling.bucket_clip_counts`).
         sampling_mode: One of :data:`trainer.sampling.SAMPLING_MODES`.
         seed: Seed of the file and record shuffles and of the bucket draws.
-        input_context: Multi-worker input context (this pipeline's share of every bucket), or None.
+        input_context: Multi-worker input context (which pipeline this is, how many there are), or None.
         skipped: Skip corrupt records and count them here (None: fail on them).
+        worker: The tf.data service worker's index (a tensor) when the stream runs on one, else None
+            (see :func:`stream_seed`). Build the stream inside :func:`explicitly_seeded`.
 
     Returns:
         A dataset of scalar ``tf.string`` serialized clips.
@@ -219,14 +278,13 @@ def mixed_train_records(data_dir: str, info: DatasetInfo, weights: dict[str, flo
     per_bucket_buffer = max(16, RECORD_SHUFFLE_CLIPS // len(weights))
     streams = []
     for bucket in weights:
-        paths, records = shard_files(data_dir, shards_of_bucket(info, bucket), f"train bucket {bucket!r}",
-                                     input_context, skipped)
+        paths, records = shard_sets[bucket]
         stream = read_records(paths, records, skipped=skipped,
-                              shuffle_seed=sub_seed(seed, "files", bucket, pipeline_id))
-        stream = stream.shuffle(per_bucket_buffer, seed=sub_seed(seed, "records", bucket, pipeline_id),
+                              shuffle_seed=stream_seed(seed, worker, "files", bucket, pipeline_id))
+        stream = stream.shuffle(per_bucket_buffer, seed=stream_seed(seed, worker, "records", bucket, pipeline_id),
                                 reshuffle_each_iteration=True)
         streams.append(stream.repeat())
-    mix_seed = sub_seed(seed, "mix", pipeline_id)
+    mix_seed = stream_seed(seed, worker, "mix", pipeline_id)
     if len(streams) == 1:
         return streams[0]
     if sampling_mode == "downsample":

@@ -11,23 +11,32 @@ the model and optimizer, and two ``tf.train.CheckpointManager`` s:
 
 Only the chief writes to the job directory; other workers write their (collective) saves to temporary
 directories, removed by :meth:`TrainState.close`.
+
+Every regular checkpoint carries the job's fingerprint (:mod:`trainer.fingerprint`: a hash of the data and
+the options that shape the model). :meth:`TrainState.restore` reads it before restoring anything and
+refuses a resume under another one, naming each differing value on both sides, unless the job allows a
+data change (``--allow_data_change``). The early-stopping count (:mod:`trainer.schedules`) is
+``epochs_done - best_epoch``, both checkpointed here.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
 import tensorflow as tf
 
 from tfrecords_schema import join_path
-from trainer import distribution
+from trainer import distribution, schedules
 from trainer.errors import TrainingError
+from trainer.fingerprint import differences
 
 log = logging.getLogger("trainer.train")
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 BEST_DIRNAME = "best"
+FINGERPRINT_KEY = "fingerprint/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def read_best_checkpoint(best_dir: str) -> tuple[int, float, str] | None:
@@ -58,16 +67,30 @@ class TrainState:
         job_dir: The job directory.
         role: This process's :class:`trainer.distribution.Role`.
         keep_checkpoints: Regular checkpoints kept.
+        fingerprint: The job's fingerprint (:func:`trainer.fingerprint.job_fingerprint`), stored in every
+            checkpoint; None stores none and checks nothing.
+        allow_data_change: Resume even when the checkpoint's fingerprint differs (logged as a warning); the
+            new fingerprint is stored from then on.
     """
 
-    def __init__(self, model, optimizer, job_dir: str, role: distribution.Role, keep_checkpoints: int):
+    def __init__(self, model, optimizer, job_dir: str, role: distribution.Role, keep_checkpoints: int,
+                 fingerprint: dict | None = None, allow_data_change: bool = False):
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
         self.best_score = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_score")
         self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
-        self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step,
-                                               epochs_done=self.epochs_done, best_score=self.best_score,
-                                               best_epoch=self.best_epoch)
+        self._fingerprint = fingerprint
+        self._allow_data_change = allow_data_change
+        state = {"model": model, "optimizer": optimizer, "step": self.step, "epochs_done": self.epochs_done,
+                 "best_score": self.best_score, "best_epoch": self.best_epoch}
+        # Restored without the fingerprint (checked apart, and a resumed job keeps its current one) ...
+        self._restorable = tf.train.Checkpoint(**state)
+        # ... and saved with it.
+        if fingerprint is not None:
+            with tf.device("/cpu:0"):  # a string variable; kept off accelerators
+                state["fingerprint"] = tf.Variable(json.dumps(fingerprint, sort_keys=True), dtype=tf.string,
+                                                   trainable=False, name="fingerprint")
+        self._checkpoint = tf.train.Checkpoint(**state)
         best_checkpoint = tf.train.Checkpoint(model=model, best_score=self.best_score, best_epoch=self.best_epoch)
         self.checkpoint_dir = join_path(job_dir, CHECKPOINTS_DIRNAME)
         self.best_dir = join_path(job_dir, BEST_DIRNAME)
@@ -87,8 +110,9 @@ class TrainState:
         """
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         if latest:
+            self._check_fingerprint(latest)
             try:
-                self._checkpoint.restore(latest).assert_existing_objects_matched()
+                self._restorable.restore(latest).assert_existing_objects_matched().expect_partial()
             except (AssertionError, ValueError, tf.errors.OpError) as e:
                 raise TrainingError(
                     f"checkpoint {latest} does not fit this model/options ({type(e).__name__}: {e}); resume with "
@@ -111,6 +135,39 @@ class TrainState:
                 "use a new --job_dir or the options of the original run"
             )
         return start_step
+
+    def _check_fingerprint(self, latest: str) -> None:
+        """Raises TrainingError when ``latest`` was trained on other data or options (see the module docstring)."""
+        if self._fingerprint is None:
+            return
+        reader = tf.train.load_checkpoint(latest)
+        if not reader.has_tensor(FINGERPRINT_KEY):
+            log.warning("checkpoint %s holds no data fingerprint (written by an older version): the data and "
+                        "options it was trained on cannot be checked", latest)
+            return
+        stored = json.loads(reader.get_tensor(FINGERPRINT_KEY).decode("utf-8"))
+        changed = differences(stored, self._fingerprint)
+        if not changed:
+            return
+        message = (f"checkpoint {latest} does not fit this model/options: it was trained on other data or "
+                   f"options ({'; '.join(changed)})")
+        if not self._allow_data_change:
+            raise TrainingError(message + ". Resume with the original data and options, use a new --job_dir, or "
+                                "pass --allow_data_change to go on from these weights anyway")
+        log.warning("%s; going on from its weights (--allow_data_change)", message)
+
+    @property
+    def epochs_without_improvement(self) -> int:
+        """Evaluated epochs since the best one (the early-stopping count, :mod:`trainer.schedules`)."""
+        return schedules.epochs_without_improvement(int(self.epochs_done.numpy()), int(self.best_epoch.numpy()))
+
+    def stops_early(self, patience: int) -> bool:
+        """Whether ``--early_stopping patience`` ends the job now (logged when it does)."""
+        if not schedules.should_stop_early(patience, int(self.epochs_done.numpy()), int(self.best_epoch.numpy())):
+            return False
+        log.info("early stopping: %d epochs without a better score than epoch %d (%.4f)",
+                 self.epochs_without_improvement, int(self.best_epoch.numpy()), float(self.best_score.numpy()))
+        return True
 
     def save(self, step: int) -> None:
         """Saves a regular checkpoint numbered ``step``."""

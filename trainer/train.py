@@ -21,18 +21,28 @@ What a job does:
   ``seed + step``, so it does not replay the clips it has already seen;
 * after every epoch evaluates the whole ``--select_split`` (default: the ``--eval_split``, validation;
   every labelled frame once, frames without a face included), logs TensorBoard summaries to
-  ``--job_dir/logs`` and keeps the best epoch (by macro-F1 / mean CCC / mean AU F1, summed for ``multi``)
+  ``--job_dir/logs`` (:mod:`trainer.tensorboard`: metrics, validation loss, learning rate, per-class F1,
+  the confusion-matrix picture) and keeps the best epoch (by macro-F1 / mean CCC / mean AU F1, summed for ``multi``)
   in ``--job_dir/best`` (:mod:`trainer.state`: that checkpoint stores its own epoch and score, so the
   reported best epoch always matches the exported model). The training loss leaves frames without a
   face out; the metrics score them (:mod:`trainer.frames`);
 * logs the requested bucket weights next to the empirical bucket mix of the first batches (and the
   largest deviation) at start-up;
+* trains one stage (``--stage``, :mod:`trainer.stages`): ``end_to_end`` (default), or the paper's two
+  stages, ``frames`` (the CNN per frame) then ``sequence --init_from JOB`` (the recurrent stack on the frozen
+  CNN's features, computed once into ``--job_dir/features``; the export joins both into one model);
+  ``--weights imagenet|none|PATH`` and ``--freeze_backbone_epochs`` start from a pretrained backbone;
+  ``--lr_schedule constant|cosine`` with ``--warmup_steps`` and ``--early_stopping PATIENCE``
+  (:mod:`trainer.schedules`);
+* resumes only on the data and model options it was trained with: checkpoints carry a fingerprint
+  (:mod:`trainer.fingerprint`); another one is refused, naming both values, unless ``--allow_data_change``;
 * XLA (``--jit_compile``): ``auto`` compiles the training step only with a GPU and a single-device
   strategy; under ``mirrored`` / ``multi_worker`` it stays off unless ``--jit_compile on``;
 * at the end exports the best model to ``--job_dir/export/`` (``model.keras``, SavedModel in
   ``saved_model/``, ``model_info.json`` with the face stage; :mod:`trainer.export`), evaluates it on
   ``--eval_split`` and writes ``--job_dir/metrics.json`` (its ``selected_on`` names the split that picked
-  the epoch) and ``--job_dir/reports/`` (confusion-matrix PNG + JSON, ``per_video.csv``).
+  the epoch) and ``--job_dir/reports/`` (``per_video.csv`` and the pictures of :mod:`trainer.reports`:
+  confusion matrix PNG + JSON, valence/arousal density, per-AU F1).
 
 Multi-worker: set ``TF_CONFIG`` in every worker and pass ``--strategy multi_worker``; ``--job_dir`` must
 be shared by the workers (a common disk, ``gs://`` or ``s3://``). Each worker reads its share of every
@@ -165,6 +175,27 @@ def bucket_mix_report(config: TrainConfig, info, input_seed: int, skipped=None) 
     }
 
 
+def frame_mix_setup(config: TrainConfig, plan, seq_len: int, input_seed: int, skipped, log_mix: bool) -> None:
+    """``--balance_frames``: sets ``plan.class_weights``; with ``log_mix`` logs the frame class mix of the first batches.
+
+    The weights are measured on the stream of ``config.seed`` (not the resume seed), so a resumed job gets
+    the same ones (:func:`trainer.input.balanced_frame_weights`). The logged mix is the expression class
+    share of the loss weight in the first ``CLASS_MIX_BATCHES`` batches (:func:`trainer.input.frame_mix_report`).
+    """
+    from tfrecords_schema import HEAD_EXPRESSION
+    from trainer.input import balanced_frame_weights, frame_mix_report
+
+    if config.balance_frames:
+        plan.class_weights = balanced_frame_weights(config.data, plan.info, task=config.task, seq_len=seq_len,
+                                                    sampling=config.sampling, seed=config.seed, skipped=skipped)
+    if log_mix and HEAD_EXPRESSION in plan.heads:
+        report = frame_mix_report(config.data, plan.info, task=config.task, sampling=config.sampling, seq_len=seq_len,
+                                  batch_size=config.batch_size, num_batches=CLASS_MIX_BATCHES, seed=input_seed,
+                                  class_weights=plan.class_weights, skipped=skipped)
+        log.info("frame class mix of the first %d batches (%s sampling%s): %s", CLASS_MIX_BATCHES, config.sampling,
+                 ", --balance_frames" if config.balance_frames else "", json.dumps(report, sort_keys=True))
+
+
 # ==================================================================================================
 # The job's parts: its plan, its evaluation datasets, its logs.
 
@@ -180,6 +211,7 @@ class JobPlan:
     jit: bool
     select_split: str
     eval_split: str
+    class_weights: object = None  # --balance_frames: expression class weights (see frame_mix_setup)
 
 
 def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
@@ -228,26 +260,30 @@ class Evaluator:
         config: The training options.
         plan: The job plan (its selection and report splits).
         skipped: The job's corrupt-record counter, or None.
+        make_dataset: ``split -> dataset`` of the same frames in another form (the sequence stage's
+            features); None: the clips (:func:`trainer.input.make_eval_dataset`).
     """
 
-    def __init__(self, config: TrainConfig, plan: JobPlan, skipped):
+    def __init__(self, config: TrainConfig, plan: JobPlan, skipped, make_dataset=None):
         from trainer.input import make_eval_dataset
 
-        self._plan = plan
-        self._datasets = {
-            split: make_eval_dataset(config.data, plan.info, split=split, task=config.task, seq_len=config.seq_len,
+        def clips(split: str):
+            return make_eval_dataset(config.data, plan.info, split=split, task=config.task, seq_len=config.seq_len,
                                      batch_size=config.eval_batch_size or config.batch_size, skipped=skipped)
-            for split in dict.fromkeys((plan.select_split, plan.eval_split))}
+
+        self._plan = plan
+        self._datasets = {split: (make_dataset or clips)(split)
+                          for split in dict.fromkeys((plan.select_split, plan.eval_split))}
         self._predict = None  # (model, its traced predict function): traced once, reused every epoch
 
-    def predictions(self, model, split: str):
-        """Every scored frame of ``split`` (:func:`trainer.evaluate.collect_predictions`)."""
+    def predictions(self, model, split: str, observers=()):
+        """Every scored frame of ``split`` (:func:`trainer.evaluate.collect_predictions`, with its ``observers``)."""
         from trainer.evaluate import collect_predictions, predict_function
 
         if self._predict is None or self._predict[0] is not model:
             self._predict = (model, predict_function(model))
         return collect_predictions(model, self._datasets[split], self._plan.heads, self._plan.info,
-                                   self._predict[1])
+                                   self._predict[1], observers)
 
 
 def _open_writers(config: TrainConfig, plan: JobPlan, role, log_bucket_mix: bool, input_seed: int, skipped):
@@ -255,6 +291,7 @@ def _open_writers(config: TrainConfig, plan: JobPlan, role, log_bucket_mix: bool
     import tensorflow as tf
 
     from tfrecords_schema import join_path
+    from trainer import tensorboard
     from trainer.reports import write_json
 
     if not role.is_chief:
@@ -264,26 +301,9 @@ def _open_writers(config: TrainConfig, plan: JobPlan, role, log_bucket_mix: bool
     if log_bucket_mix:
         log.info("bucket mix of the first %d batches (%s sampling): %s", CLASS_MIX_BATCHES, config.sampling,
                  json.dumps(bucket_mix_report(config, plan.info, input_seed, skipped), sort_keys=True))
-    return (tf.summary.create_file_writer(join_path(config.job_dir, LOGS_DIRNAME, "train")),
-            tf.summary.create_file_writer(join_path(config.job_dir, LOGS_DIRNAME, plan.select_split)))
-
-
-def _log_scalars(writer, step: int, result: dict) -> None:
-    """Writes the selection score and every scalar metric of an evaluation (face-only ones under with_face/)."""
-    import tensorflow as tf
-
-    from trainer.metrics import MAIN_METRIC
-
-    with writer.as_default(step=step):
-        tf.summary.scalar("score", result["score"])
-        for head, values in result.items():
-            if not isinstance(values, dict):
-                continue
-            for name, value in values.items():
-                if isinstance(value, (int, float)) and name != "frames":
-                    tf.summary.scalar(f"{head}/{name}", value)
-            tf.summary.scalar(f"{head}/with_face/{MAIN_METRIC[head]}", values["with_face"][MAIN_METRIC[head]])
-    writer.flush()
+    return (tf.summary.create_file_writer(join_path(config.job_dir, LOGS_DIRNAME, tensorboard.TRAIN_RUN)),
+            tf.summary.create_file_writer(join_path(config.job_dir, LOGS_DIRNAME,
+                                                    tensorboard.evaluation_run(plan.select_split))))
 
 
 # ==================================================================================================
@@ -291,14 +311,21 @@ def _log_scalars(writer, step: int, result: dict) -> None:
 
 
 def _evaluate_epoch(epoch: int, model, eval_model, evaluator: Evaluator, plan: JobPlan, state, eval_writer) -> dict:
-    """Scores ``epoch`` on the selection split with the float32 copy; saves ``best/`` when it is the best."""
-    from trainer import reports
+    """Scores ``epoch`` on the selection split with the float32 copy; saves ``best/`` when it is the best.
+
+    Logs the epoch to TensorBoard (:func:`trainer.tensorboard.log_epoch`: metrics, validation loss, per-class
+    F1, the confusion-matrix picture).
+    """
+    from trainer import reports, tensorboard
 
     eval_model.set_weights(model.get_weights())
-    result = evaluator.predictions(eval_model, plan.select_split).result()
-    _log_scalars(eval_writer, epoch, result)
-    log.info("epoch %d %s: score %.4f\n%s", epoch, plan.select_split, result["score"],
-             reports.format_metrics(result))
+    validation_loss = tensorboard.ValidationLoss()
+    result = evaluator.predictions(eval_model, plan.select_split, observers=[validation_loss]).result()
+    tensorboard.log_epoch(eval_writer, epoch, result, validation_loss=validation_loss.result(),
+                          expression_names=plan.info.expression_names,
+                          context=reports.ReportContext(plan.info.name, plan.select_split, eval_model.name, epoch))
+    log.info("epoch %d %s: score %.4f, loss %s\n%s", epoch, plan.select_split, result["score"],
+             json.dumps({k: round(v, 4) for k, v in validation_loss.result().items()}), reports.format_metrics(result))
     if state.record_epoch(epoch, result["score"]):
         log.info("new best epoch %d (score %.4f)", epoch, result["score"])
     return result
@@ -318,21 +345,30 @@ def _check_and_log_step(done: int, total_steps: int, values: dict, rate: float, 
             tf.summary.scalar(f"loss/{k}", v)
 
 
-def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, train_step, start_step: int, input_seed: int,
+def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step, start_step: int, input_seed: int,
                 skipped, end_of_epoch, state, train_writer) -> None:
-    """Steps from ``start_step`` to the end; ``end_of_epoch(epoch)`` after every epoch, checkpoints between."""
+    """Steps from ``start_step`` to the end; ``end_of_epoch(epoch)`` after every epoch (True: stop early),
+    checkpoints between."""
     import tensorflow as tf
 
+    from trainer import data_service
     from trainer.input import make_train_dataset
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        if stage.trains_on_features:  # the sequence stage (trainer.stages)
+            return stage.train_dataset(input_context.get_per_replica_batch_size(config.batch_size), input_seed,
+                                       input_context, skipped)
         return make_train_dataset(
-            config.data, plan.info, task=config.task, seq_len=config.seq_len,
+            config.data, plan.info, task=config.task, seq_len=stage.train_seq_len,
             batch_size=input_context.get_per_replica_batch_size(config.batch_size), sampling=config.sampling,
-            loss_weighting=config.loss_weighting, seed=input_seed, augment=config.augment,
-            input_context=input_context, skipped=skipped,
+            loss_weighting=config.loss_weighting, class_weights=plan.class_weights, seed=input_seed,
+            augment=config.augment, input_context=input_context, skipped=skipped, data_service=config.data_service,
+            data_service_job=data_service.job_name(config.job_dir, input_seed) if config.data_service else None,
         )
 
+    if config.data_service and not stage.trains_on_features:
+        log.info("training batches from the tf.data service %s (job %s)", config.data_service,
+                 data_service.job_name(config.job_dir, input_seed))
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     t0, last_log_step = time.time(), start_step
     for s in range(start_step, plan.total_steps):
@@ -349,24 +385,27 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, train_step, start_
             t0, last_log_step = time.time(), done
             _check_and_log_step(done, plan.total_steps, values, rate, train_writer)
         if done % plan.steps_per_epoch == 0:
-            end_of_epoch(done // plan.steps_per_epoch)
+            stop = end_of_epoch(done // plan.steps_per_epoch)
             state.save(done)
+            if stop:
+                break
         elif done % config.checkpoint_every == 0:
             state.save(done)
     train_writer.flush()
 
 
-def _export_and_report(config: TrainConfig, plan: JobPlan, eval_model, evaluator: Evaluator, best_dir: str,
+def _export_and_report(config: TrainConfig, plan: JobPlan, stage, eval_model, evaluator: Evaluator, best_dir: str,
                        skipped) -> dict:
     """Restores the best epoch into the float32 model, exports it, scores it on the report split, writes reports.
 
     The epoch and score reported are the ones stored in the best checkpoint itself, so the export and
-    the report always describe the same model.
+    the report always describe the same model. The exported model is the stage's (:meth:`Stage.export_model`:
+    for the sequence stage the CNN joined to the trained stack), scored on the clips.
     """
     import tensorflow as tf
 
     from tfrecords_schema import join_path
-    from trainer import reports
+    from trainer import plots, reports
     from trainer.export import EXPORT_DIRNAME, export_model, model_info_payload
     from trainer.state import read_best_checkpoint
 
@@ -375,11 +414,14 @@ def _export_and_report(config: TrainConfig, plan: JobPlan, eval_model, evaluator
         raise TrainingError(f"no best checkpoint in {best_dir}: no epoch was evaluated")
     best_epoch, best_score, best = stored
     tf.train.Checkpoint(model=eval_model).restore(best).assert_existing_objects_matched().expect_partial()
+    eval_model = stage.export_model(eval_model)
     paths = export_model(eval_model, join_path(config.job_dir, EXPORT_DIRNAME),
                          model_info_payload(config, plan.info, plan.heads, best_epoch=best_epoch,
-                                            best_score=best_score, selected_on=plan.select_split))
+                                            best_score=best_score, selected_on=plan.select_split,
+                                            extras=stage.model_info()))
 
-    predictions = evaluator.predictions(eval_model, plan.eval_split)
+    va_density = plots.VADensity()
+    predictions = evaluator.predictions(eval_model, plan.eval_split, observers=[va_density])
     result = predictions.result()
     result.update({"best_epoch": best_epoch, "split": plan.eval_split, "selected_on": plan.select_split})
     if skipped is not None:
@@ -387,8 +429,9 @@ def _export_and_report(config: TrainConfig, plan: JobPlan, eval_model, evaluator
     paths.update(reports.write_reports(
         result, predictions.per_video(), plan.info.expression_names,
         metrics_path=join_path(config.job_dir, reports.METRICS_FILENAME),
-        report_dir=join_path(config.job_dir, REPORTS_DIRNAME),
-        title=f"{plan.info.name} {plan.eval_split}, best epoch {best_epoch} (selected on {plan.select_split})"))
+        report_dir=join_path(config.job_dir, REPORTS_DIRNAME), va_density=va_density,
+        context=reports.ReportContext(plan.info.name, plan.eval_split, f"{eval_model.name} selected on "
+                                      f"{plan.select_split}", best_epoch)))
     print(f"best epoch {best_epoch} (selected on {plan.select_split}), scored on {plan.eval_split}:")
     print(reports.format_metrics(result))
     for name, path in sorted(paths.items()):
@@ -417,32 +460,52 @@ def train(config: TrainConfig) -> dict:
 
     import keras
 
-    from trainer.model import build_model
+    from trainer import tensorboard
     from trainer.records import SkippedRecords
+    from trainer.stages import make_stage
     from trainer.state import TrainState
     from trainer.step import build_model_and_optimizer, make_train_step
 
-    # 2. The plan, and the evaluation datasets (built once; their shards are checked before training).
+    # 2. The plan, the stage (trainer.stages; the sequence stage takes its backbone options from
+    #    --init_from), and the evaluation datasets (built once; their shards are checked before training).
     plan = plan_job(config, strategy, role)
     skipped = SkippedRecords() if config.skip_corrupt else None
+    stage = make_stage(config, plan)
+    config = stage.config
     evaluator = Evaluator(config, plan, skipped)
 
     # 3. Models and state: the training model in the strategy, a float32 copy outside it that evaluates
-    #    and exports (weights copied in; no distributed reads).
+    #    and exports (weights copied in; no distributed reads). Checkpoints carry the job's fingerprint.
     keras.utils.set_random_seed(config.seed)
-    spec = model_spec_for(config, plan.info, plan.heads)
-    eval_model = build_model(spec)
-    model, optimizer = build_model_and_optimizer(config, spec, strategy)
-    state = TrainState(model, optimizer, config.job_dir, role, config.keep_checkpoints)
+    spec = stage.model_spec()
+    eval_model = stage.build(spec)
+    model, optimizer = build_model_and_optimizer(config, spec, strategy, total_steps=plan.total_steps,
+                                                 builder=stage.build)
+    state = TrainState(model, optimizer, config.job_dir, role, config.keep_checkpoints,
+                       fingerprint=stage.fingerprint(), allow_data_change=config.allow_data_change)
 
-    # 4. Resume: a resumed run reseeds the input with seed + step (the tf.data iterator is not saved).
+    # 4. Resume (refused on other data or options): a resumed run reseeds the input with seed + step (the
+    #    tf.data iterator is not saved). Then the stage's own preparation (the sequence stage's features).
     start_step = state.restore(plan.total_steps)
     input_seed = config.seed + start_step
+    stage.prepare(role, skipped)
+    epoch_evaluator = (Evaluator(config, plan, skipped, stage.eval_dataset_fn(skipped)) if stage.trains_on_features
+                       else evaluator)
     train_writer, eval_writer = _open_writers(config, plan, role, start_step < plan.total_steps, input_seed,
                                               skipped)
+    if not stage.trains_on_features:
+        frame_mix_setup(config, plan, stage.train_seq_len, input_seed, skipped,
+                        role.is_chief and start_step < plan.total_steps)
+    train_step = make_train_step(model, optimizer, strategy, global_frames=config.batch_size * stage.train_seq_len,
+                                 mixed_precision=config.mixed_precision, jit=plan.jit,
+                                 frozen_layers=stage.frozen_layers(model))
 
-    def end_of_epoch(epoch: int) -> None:
-        _evaluate_epoch(epoch, model, eval_model, evaluator, plan, state, eval_writer)
+    def end_of_epoch(epoch: int) -> bool:
+        """Evaluates ``epoch``, unfreezes the backbone after its frozen epochs; True when the job stops early."""
+        _evaluate_epoch(epoch, model, eval_model, epoch_evaluator, plan, state, eval_writer)
+        tensorboard.log_learning_rate(train_writer, epoch * plan.steps_per_epoch, optimizer)
+        train_step.freeze_for_epoch(epoch, config.freeze_backbone_epochs)
+        return state.stops_early(config.early_stopping)
 
     # 5. A checkpoint at an epoch boundary whose evaluation had not run yet: evaluate it first.
     epoch_at_start = start_step // plan.steps_per_epoch
@@ -450,20 +513,22 @@ def train(config: TrainConfig) -> dict:
         end_of_epoch(epoch_at_start)
         state.save(start_step)
 
-    # 6. The epoch loop.
-    if start_step < plan.total_steps:
-        train_step = make_train_step(model, optimizer, strategy, global_frames=config.batch_size * config.seq_len,
-                                     mixed_precision=config.mixed_precision, jit=plan.jit)
-        _run_epochs(config, plan, strategy, train_step, start_step, input_seed, skipped, end_of_epoch, state,
+    # 6. The epoch loop (not after an early stop, also one the restored state had reached).
+    train_step.freeze_for_epoch(start_step // plan.steps_per_epoch, config.freeze_backbone_epochs)
+    if start_step < plan.total_steps and not state.stops_early(config.early_stopping):
+        _run_epochs(config, plan, strategy, stage, train_step, start_step, input_seed, skipped, end_of_epoch, state,
                     train_writer)
-    log.info("training finished at step %d", int(state.step.numpy()))
+    log.info("training finished at step %d, weights sha256 %s (trainable %s)", int(state.step.numpy()),
+             distribution.weights_checksum(model), distribution.weights_checksum(model, trainable_only=True))
     if skipped is not None:
         log.warning("--skip_corrupt: %d unreadable record(s) skipped in this process (counted per pass over a "
                     "corrupt shard)", skipped.total)
 
     # 7. The chief exports the best epoch and reports it.
-    final = _export_and_report(config, plan, eval_model, evaluator, state.best_dir, skipped) if role.is_chief else {}
+    final = (_export_and_report(config, plan, stage, eval_model, evaluator, state.best_dir, skipped)
+             if role.is_chief else {})
     state.close()
+    stage.close(role)
     return final
 
 

@@ -1,0 +1,206 @@
+"""Learning benchmark on the demo dataset: validation macro-F1 against training steps, end-to-end and two-stage.
+
+It converts the embedded demo dataset with the demo's own flags (``affectstream.demo.DEMO_CONVERT_FLAGS``),
+then trains with the demo's training flags (``DEMO_TRAIN_FLAGS``) and scores every ``--eval_every`` steps
+on the whole validation split (every labelled frame):
+
+* ``constant``: one end-to-end job at ``--learning_rate`` for the largest budget: its per-epoch scores are
+  the score-vs-steps curve of a constant learning rate;
+* ``cosine``: one end-to-end job per budget, ``--lr_schedule cosine`` at ``--cosine_learning_rate`` with
+  ``--warmup_steps`` (a cosine job's curve depends on its budget, so each budget is its own job);
+* ``two_stage``: ``--stage frames`` for each budget's CNN steps (``--frames_batch_size`` frames a step, as many
+  as an end-to-end step's ``batch x seq_len``), then ``--stage sequence`` for ``--sequence_steps`` steps on
+  the frozen CNN's features.
+
+Every job's wall time (start-up, evaluations and export included) and training steps per second are
+recorded with the machine's load average, so times measured on a busy machine can be scaled honestly.
+Writes ``learning.json`` and ``learning.png`` (score vs steps) into ``--out``::
+
+    .venv/bin/python bench/learning.py --out /tmp/learning --budgets 400,600,800
+    .venv/bin/python bench/learning.py --data /tmp/demo_records --configs cosine --budgets 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import io
+import json
+import logging
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CONFIGS = ("constant", "cosine", "two_stage")
+
+
+class _RateLog(logging.Handler):
+    """Collects the trainer's logged training rates (``(x steps/s)``) of one job."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.rates: list[float] = []
+
+    def emit(self, record):
+        match = re.search(r"\(([\d.]+) steps/s\)", record.getMessage())
+        if match:
+            self.rates.append(float(match.group(1)))
+
+
+def epoch_scores(job_dir: str) -> dict[int, float]:
+    """``{step: selection score}`` of every evaluated epoch, read from the job's TensorBoard events."""
+    import tensorflow as tf
+
+    from trainer.tensorboard import TAG_SCORE
+    from trainer.train import LOGS_DIRNAME
+
+    scores = {}
+    for path in glob.glob(os.path.join(job_dir, LOGS_DIRNAME, "*", "events.out.tfevents.*")):
+        if os.path.basename(os.path.dirname(path)) == "train":
+            continue
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == TAG_SCORE:
+                    scores[int(event.step)] = float(tf.make_ndarray(value.tensor))
+    return scores
+
+
+def run_job(name: str, args: list[str], steps_per_epoch: int) -> dict:
+    """Runs one training job in this process; returns its scores, wall time, rates and the load average."""
+    from trainer import train
+
+    handler = _RateLog()
+    logger = logging.getLogger("trainer.train")
+    logger.setLevel(logging.INFO)  # the step lines carry the rates
+    logger.addHandler(handler)
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = train.run(args)
+    wall = time.perf_counter() - start
+    logger.removeHandler(handler)
+    if rc != 0:
+        raise SystemExit(f"job {name} failed with exit code {rc}")
+    job_dir = args[args.index("--job_dir") + 1]
+    with open(os.path.join(job_dir, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    scores = epoch_scores(job_dir)
+    # The first logged rate includes tracing and the input pipeline's start: leave it out.
+    rates = handler.rates[1:] or handler.rates
+    result = {"name": name, "curve": {str(epoch * steps_per_epoch): s for epoch, s in sorted(scores.items())},
+              "final_macro_f1": metrics["expression"]["macro_f1"], "best_epoch": metrics["best_epoch"],
+              "wall_s": round(wall, 1), "steps_per_s": round(sum(rates) / len(rates), 3) if rates else None,
+              "load_average": round((load_before + os.getloadavg()[0]) / 2, 2), "args": args}
+    print(json.dumps({k: v for k, v in result.items() if k != "args"}), flush=True)
+    return result
+
+
+def convert_demo(work: str) -> str:
+    """Generates and converts the demo dataset with the demo's flags; returns the records folder."""
+    from affectstream import demo, demo_data
+    from beam_jobs import convert
+
+    made = demo_data.make_demo_dataset(os.path.join(work, "source"))
+    records = os.path.join(work, "records")
+    rc = convert.run(["--dataset", "abaw", "--videos", made["videos"], "--annotations", made["annotations"],
+                      "--output", records, *demo.DEMO_CONVERT_FLAGS, "--runner", "DirectRunner",
+                      "--direct_running_mode", "in_memory", "--progress_every", "0"])
+    if rc != 0:
+        raise SystemExit(f"conversion failed with exit code {rc}")
+    return records
+
+
+def _flag(flags, name: str) -> int:
+    return int(flags[list(flags).index(name) + 1])
+
+
+def plot(results: list[dict], path: str) -> None:
+    """Score vs steps of every job (two-stage jobs at their CNN steps) into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in results:
+        steps = [int(s) for s in r["curve"]]
+        if r["name"].startswith("two_stage"):
+            ax.plot([r["cnn_steps"]], [r["final_macro_f1"]], "s", label=f"{r['name']} (+{r['sequence_steps']} "
+                    f"RNN steps on features)")
+        elif steps:
+            ax.plot(steps, list(r["curve"].values()), "o-", label=r["name"])
+    ax.axhline(0.9, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("training steps (CNN steps for two-stage)")
+    ax.set_ylabel("validation macro-F1 (whole split)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Demo dataset, 8 expression classes (chance ~0.125)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="folder for learning.json, learning.png and the jobs")
+    p.add_argument("--data", help="an existing conversion of the demo dataset (default: convert it into --out)")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    p.add_argument("--budgets", default="400,600,800", help="training steps of the jobs (comma-separated)")
+    p.add_argument("--eval_every", type=int, default=100, help="steps per epoch (one evaluation each)")
+    p.add_argument("--learning_rate", type=float, default=0.001, help="of the constant job (the demo's)")
+    p.add_argument("--cosine_learning_rate", type=float, default=0.003)
+    p.add_argument("--warmup_steps", type=int, default=50)
+    p.add_argument("--frames_batch_size", type=int, default=64)
+    p.add_argument("--sequence_steps", type=int, default=200)
+    args = p.parse_args(argv)
+
+    from affectstream import demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.makedirs(args.out, exist_ok=True)
+    data = args.data or convert_demo(args.out)
+    budgets = sorted(int(b) for b in args.budgets.split(","))
+    configs = args.configs.split(",")
+    train_flags = list(demo.DEMO_TRAIN_FLAGS)
+    every = args.eval_every
+
+    def job(name, steps, *extra):
+        epochs = max(1, steps // every)
+        return ["--data", data, "--job_dir", os.path.join(args.out, name), "--epochs", str(epochs),
+                "--steps_per_epoch", str(every), "--log_every", str(every), *train_flags, *extra]
+
+    results = []
+    if "constant" in configs:
+        results.append(run_job(f"constant_lr{args.learning_rate:g}",
+                               job(f"constant_{budgets[-1]}", budgets[-1], "--learning_rate", str(args.learning_rate)),
+                               every))
+    for steps in budgets:
+        if "cosine" in configs:
+            results.append(run_job(f"cosine_lr{args.cosine_learning_rate:g}_{steps}", job(
+                f"cosine_{steps}", steps, "--learning_rate", str(args.cosine_learning_rate), "--lr_schedule",
+                "cosine", "--warmup_steps", str(args.warmup_steps)), every))
+        if "two_stage" in configs:
+            frames_dir = os.path.join(args.out, f"frames_{steps}")
+            frames = run_job(f"frames_{steps}", job(f"frames_{steps}", steps, "--stage", "frames",
+                                                    "--batch_size", str(args.frames_batch_size)), every)
+            sequence = run_job(f"two_stage_{steps}", job(
+                f"sequence_{steps}", args.sequence_steps, "--stage", "sequence", "--init_from", frames_dir), every)
+            sequence.update({"cnn_steps": steps, "sequence_steps": args.sequence_steps,
+                             "frames_macro_f1": frames["final_macro_f1"],
+                             "wall_s_both": round(frames["wall_s"] + sequence["wall_s"], 1)})
+            results += [frames, sequence]
+    summary = {"data": data, "demo_train_flags": train_flags, "eval_every": every,
+               "frames_per_step": _flag(train_flags, "--batch_size") * _flag(train_flags, "--seq_len"),
+               "cpu_count": os.cpu_count(), "results": results}
+    with open(os.path.join(args.out, "learning.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    plot(results, os.path.join(args.out, "learning.png"))
+    print(f"wrote {os.path.join(args.out, 'learning.json')} and learning.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

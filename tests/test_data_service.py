@@ -1,0 +1,140 @@
+"""The training input on a tf.data service: a dispatcher and two workers on loopback, in process and as a command."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from trainer_data import write_dataset
+
+from trainer import data_service, train
+from trainer import input as trainer_input
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port_run(n: int) -> int:
+    """A port P with P .. P + n - 1 all free on loopback (the dispatcher's and its workers')."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        try:
+            for p in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no run of free ports")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("data"))
+    info = write_dataset(root, num_clips_per_class={"A": 4, "B": 3}, num_validation_clips_per_class=2,
+                         clip_length=8, crop_size=16, seed=2)
+    return root, info
+
+
+@pytest.fixture(scope="module")
+def service():
+    local = data_service.start_local(free_port_run(3), 2)
+    yield local
+    local.stop()
+
+
+def test_service_batches_come_from_both_workers_each_with_its_own_seeds(data, service):
+    root, info = data
+    kwargs = {"task": "expr", "seq_len": 4, "batch_size": 3, "seed": 5}
+    in_process = [images.numpy().tobytes()
+                  for images, _, _ in trainer_input.make_train_dataset(root, info, **kwargs).take(400)]
+    assert len(set(in_process)) == len(in_process)
+    served = trainer_input.make_train_dataset(root, info, data_service=service.address,
+                                              data_service_job="two-workers", **kwargs)
+    # Worker 0 runs exactly the in-process stream of the seed, worker 1 its own one. Which worker answers
+    # first depends on timing (one may deliver dozens of batches before the other has started): read until
+    # both have given a few.
+    positions, seen = [], set()
+    for images, targets, _ in served.take(300):
+        assert images.dtype == np.uint8 and images.shape == (3, 4, 16, 16, 3)
+        assert set(targets["expression"].numpy().ravel().tolist()) <= {0, 1}
+        key = images.numpy().tobytes()
+        assert key not in seen  # no batch twice
+        seen.add(key)
+        positions.append(in_process.index(key) if key in in_process else None)
+        if sum(p is None for p in positions) >= 3 and sum(p is not None for p in positions) >= 3:
+            break
+    from_worker0 = [p for p in positions if p is not None]
+    assert len(from_worker0) >= 3 and len(positions) - len(from_worker0) >= 3, positions
+    assert from_worker0 == list(range(len(from_worker0))), positions  # in order, none skipped
+
+
+def test_bad_addresses_and_skip_corrupt_are_clear_errors(data):
+    root, info = data
+    for address in ("localhost:5050", "grpc://localhost", "http://h:1", "grpc://h:99999"):
+        with pytest.raises(ValueError, match="must look like grpc://HOST:PORT"):
+            data_service.check_address(address)
+    from trainer.records import SkippedRecords
+    with pytest.raises(ValueError, match="skip_corrupt cannot count"):
+        trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2,
+                                         data_service="grpc://localhost:5050", skipped=SkippedRecords())
+    assert train.run(["--data", root, "--job_dir", "j", "--data_service", "localhost:1"]) == 2
+    assert train.run(["--data", root, "--job_dir", "j", "--data_service", "grpc://localhost:1",
+                      "--skip_corrupt"]) == 2
+
+
+def test_a_short_training_run_reads_its_batches_through_the_service(data, service, tmp_path, caplog):
+    root, _ = data
+    job = tmp_path / "job"
+    caplog.set_level("INFO", logger="trainer.train")
+    code = train.run(["--data", root, "--job_dir", str(job), "--task", "expr", "--epochs", "1", "--steps_per_epoch",
+                      "4", "--batch_size", "4", "--seq_len", "4", "--cnn_width", "0.25", "--feature_dim", "8",
+                      "--rnn_units", "8", "--log_every", "2", "--data_service", service.address])
+    assert code == 0, caplog.text[-3000:]
+    assert f"training batches from the tf.data service {service.address}" in caplog.text
+    assert "step 4/4" in caplog.text
+    assert "expression" in json.loads((job / "metrics.json").read_text())
+
+
+def test_data_service_command_serves_until_interrupted(data):
+    root, info = data
+    port = free_port_run(3)
+    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "affectstream.cli", "data-service", "--port", str(port),
+                             "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        line = ""
+        deadline = time.time() + 120
+        while "train with --data_service" not in line and time.time() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "the command ended early"
+        address = re.search(r"--data_service (\S+)", line).group(1)
+        assert address == f"grpc://localhost:{port}"
+        images, _, _ = next(iter(trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2,
+                                                                  data_service=address)))
+        assert images.shape == (2, 4, 16, 16, 3)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "tf.data service stopped" in out
+        # A taken port is a clear error.
+        busy = free_port_run(3)
+        with socket.socket() as s:
+            s.bind(("", busy + 1))
+            s.listen()
+            taken = subprocess.run([sys.executable, "-m", "affectstream.cli", "data-service", "--port", str(busy)],
+                                   check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert taken.returncode == 2 and f"port {busy + 1} is not free" in taken.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -1,0 +1,79 @@
+"""Well-mixed batches: hash-ordered shards spread every video over the stream; frames balanced by class."""
+
+import itertools
+
+import numpy as np
+import pytest
+from mixing_data import distinct_videos_per_draws, write_layout
+
+from beam_jobs.shards import shard_order_key
+from trainer import config as config_lib
+from trainer import input as trainer_input
+
+# Four buckets of 12 videos x 80 consecutive clips in 2 shards each: a shard holds far more clips than the
+# trainer's per-bucket shuffle buffer (512 // 4), as with real videos.
+LAYOUT = {"num_buckets": 4, "videos_per_bucket": 12, "clips_per_video": 80, "shards_per_bucket": 2}
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    out = {}
+    for order in ("id", "hash"):
+        root = str(tmp_path_factory.mktemp(order))
+        out[order] = root, write_layout(root, order=order, **LAYOUT)
+    return out
+
+
+def test_shard_order_key_is_a_stable_hash_that_breaks_up_videos():
+    ids = [f"train/video{v}/{f:06d}" for v in range(3) for f in range(1, 200, 8)]
+    ordered = sorted(ids, key=shard_order_key)
+    assert sorted(ids, key=shard_order_key) == ordered  # deterministic
+    assert shard_order_key("train/a/000001")[0].hex().startswith("56774d01")  # SHA-256, fixed across runs and machines
+    runs = sum(a.split("/")[1] != b.split("/")[1] for a, b in itertools.pairwise(ordered))
+    assert runs > len(ids) / 2  # consecutive records mostly come from different videos (by id: 2 changes)
+
+
+def test_hash_ordered_shards_give_batches_of_many_more_videos(layouts):
+    by_id = distinct_videos_per_draws(*layouts["id"], num_clips=2048)
+    by_hash = distinct_videos_per_draws(*layouts["hash"], num_clips=2048)
+    uniform = 12 * (1 - (11 / 12) ** 8)  # 8 draws with replacement from a bucket's 12 home videos
+    assert by_hash >= 0.95 * uniform, (by_id, by_hash)
+    assert by_hash - by_id >= 1.0, (by_id, by_hash)
+
+
+def test_balanced_sampling_skews_the_frame_mix_and_balance_frames_corrects_it(layouts):
+    root, info = layouts["hash"]
+    kwargs = {"task": "expr", "seq_len": 4, "batch_size": 16, "num_batches": 128, "sampling": "balanced"}
+    natural = trainer_input.empirical_frame_mix(root, info, seed=1, **kwargs)
+    assert natural["Neutral"] > 0.25 + 0.05, natural  # the other classes' clips hold Neutral frames too
+    assert trainer_input.frame_mix_targets(info, "balanced", "expr") == {c: 0.25 for c in info.expression_names}
+    weights = trainer_input.balanced_frame_weights(root, info, task="expr", seq_len=4, sampling="balanced", seed=0)
+    assert weights[0] < 1.0 < weights[1:].min()
+    balanced = trainer_input.empirical_frame_mix(root, info, seed=1, class_weights=weights, **kwargs)
+    assert max(abs(v - 0.25) for v in balanced.values()) <= 0.02, balanced  # measured on another seed
+    report = trainer_input.frame_mix_report(root, info, task="expr", sampling="balanced", seq_len=4, batch_size=16,
+                                            num_batches=4, seed=1, class_weights=weights)
+    assert report["requested"] == {c: 0.25 for c in info.expression_names} and report["batches"] == 4
+    assert report["max_abs_deviation"] == pytest.approx(max(abs(v - 0.25) for v in report["empirical"].values()),
+                                                        abs=1e-4)
+    # The training stream carries exactly these weights.
+    dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=8, class_weights=weights)
+    _, targets, frame_weights = next(iter(dataset))
+    np.testing.assert_allclose(frame_weights["expression"], weights[targets["expression"].numpy()], rtol=1e-6)
+
+
+def test_balance_frames_options_are_checked():
+    base = {"data": "d", "job_dir": "j"}
+    with pytest.raises(config_lib.ConfigError, match="leave --loss_weighting none"):
+        config_lib.TrainConfig(**base, balance_frames=True, loss_weighting="inverse")
+    with pytest.raises(config_lib.ConfigError, match="--task expr or multi"):
+        config_lib.TrainConfig(**base, balance_frames=True, task="va")
+    assert config_lib.parse_train_config(["--data", "d", "--job_dir", "j", "--balance_frames"]).balance_frames
+
+
+def test_balance_frames_needs_expression_buckets(tmp_path):
+    from trainer_data import write_dataset
+    info = write_dataset(tmp_path, num_clips_per_class={"A": 2, "B": 2}, clip_length=4, crop_size=16,
+                         tasks=("va",))
+    with pytest.raises(ValueError, match="needs expression buckets"):
+        trainer_input.frame_mix_targets(info, "balanced", "multi")

@@ -1,0 +1,107 @@
+"""Resume only on the same data and model options (issue 11.6): checkpoints carry the job's fingerprint."""
+
+import contextlib
+import io
+import json
+import shutil
+
+import pytest
+import tensorflow as tf
+from trainer_data import write_dataset
+
+from tfrecords_schema import read_dataset_info
+from tfrecords_schema.dataset_info import RUN_TIMING_FIELDS
+from trainer import train
+from trainer.fingerprint import dataset_fingerprint
+
+TINY = ["--task", "expr", "--cnn_width", "0.25", "--feature_dim", "8", "--rnn_units", "8", "--seq_len", "4",
+        "--batch_size", "4", "--steps_per_epoch", "2", "--log_every", "1"]
+
+
+def _write(root, crop_size=32, seed=0):
+    write_dataset(root, num_clips_per_class={"Neutral": 2, "Happiness": 2}, num_validation_clips_per_class=1,
+                  crop_size=crop_size, clip_length=8, seed=seed)
+    return dataset_fingerprint(read_dataset_info(str(root)))
+
+
+def _run(args):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = train.run(args)
+    return rc, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Data (32 px crops) and a job trained on it for one epoch; tests work on copies of both."""
+    root = tmp_path_factory.mktemp("trained")
+    fingerprint = _write(root / "data")
+    rc, err = _run(["--data", str(root / "data"), "--job_dir", str(root / "job"), *TINY, "--epochs", "1"])
+    assert rc == 0, err[-2000:]
+    return root, fingerprint
+
+
+@pytest.fixture
+def copy(trained, tmp_path):
+    root, fingerprint = trained
+    shutil.copytree(root / "data", tmp_path / "data")
+    shutil.copytree(root / "job", tmp_path / "job")
+    return tmp_path, fingerprint, ["--data", str(tmp_path / "data"), "--job_dir", str(tmp_path / "job"), *TINY]
+
+
+def _latest_step(job) -> int:
+    return int(tf.train.load_variable(tf.train.latest_checkpoint(str(job / "checkpoints")),
+                                      "step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def test_dataset_fingerprint_ignores_only_the_run_timing(tmp_path):
+    _write(tmp_path)
+    info = read_dataset_info(str(tmp_path))
+    base = dataset_fingerprint(info)
+    info.run = {"tracks": 8, **{field: 1.5 for field in RUN_TIMING_FIELDS}}
+    timed = dataset_fingerprint(info)
+    info.run = {"tracks": 8, **{field: 99.0 for field in RUN_TIMING_FIELDS}}
+    assert dataset_fingerprint(info) == timed  # another run of the same conversion
+    info.run["tracks"] = 9
+    assert dataset_fingerprint(info) != timed
+    info.run = {}
+    info.crop_size = 48
+    assert dataset_fingerprint(info) != base
+
+
+def test_resume_on_reconverted_data_with_another_crop_size_is_refused_naming_both(copy):
+    root, before, command = copy
+    after = _write(root / "data", crop_size=48)  # the same folder, converted again with other crops
+    rc, err = _run(command + ["--epochs", "2"])
+    assert rc == 1, err[-2000:]
+    assert "crop_size: 32 in the checkpoint, 48 now" in err, err[-2000:]
+    assert f'dataset: "{before}" in the checkpoint, "{after}" now' in err
+    assert "--allow_data_change" in err
+    assert _latest_step(root / "job") == 2  # nothing trained on the new data
+
+
+def test_changed_model_options_are_named_with_both_values(copy):
+    root, _, command = copy
+    rc, err = _run(command + ["--epochs", "2", "--seq_len", "6"])
+    assert rc == 1 and "seq_len: 4 in the checkpoint, 6 now" in err, err[-2000:]
+    assert "does not fit this model/options" in err
+    rc, err = _run(command + ["--epochs", "2", "--stage", "frames"])
+    assert rc == 1 and 'stage: "end_to_end" in the checkpoint, "frames" now' in err, err[-2000:]
+    assert _latest_step(root / "job") == 2
+
+
+def test_allow_data_change_resumes_and_records_the_new_fingerprint(copy, caplog):
+    root, _, command = copy
+    changed = _write(root / "data", seed=1)  # same crops and classes, other clips: same model shapes
+    rc, err = _run(command + ["--epochs", "2"])
+    assert rc == 1 and "dataset: " in err and "crop_size" not in err
+
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        rc, err = _run(command + ["--epochs", "2", "--allow_data_change"])
+    assert rc == 0, err[-2000:]
+    assert "going on from its weights (--allow_data_change)" in caplog.text
+    latest = tf.train.latest_checkpoint(str(root / "job" / "checkpoints"))
+    assert latest.endswith("ckpt-4")
+    stored = json.loads(tf.train.load_variable(latest, "fingerprint/.ATTRIBUTES/VARIABLE_VALUE").decode())
+    assert stored["dataset"] == changed
+    assert _run(command + ["--epochs", "2"])[0] == 0  # from now on the new data is the job's data

@@ -1,0 +1,128 @@
+"""Decoding: every container FFmpeg reads opens, and a frame that does not decode is reported in its place."""
+
+import pytest
+import video_fixtures as vf
+
+from beam_jobs.video import (
+    VIDEO_EXTENSIONS,
+    FrameStatus,
+    VideoError,
+    VideoReader,
+    frame_timestamp_us,
+    has_video_extension,
+    probe_video,
+)
+
+N = 9
+
+
+def levels(n=N):
+    return [vf.level_frame(i) for i in range(1, n + 1)]
+
+
+def statuses(path, decode=True):
+    """[(index, status, level of the decoded image or None)] up to and including END."""
+    out = []
+    with VideoReader(str(path)) as video:
+        while True:
+            frame = video.next_frame(decode=decode)
+            out.append((frame.index, frame.status,
+                        None if frame.image is None else vf.level_index(frame.image)))
+            if frame.status is FrameStatus.END:
+                return out
+
+
+def expected(n, corrupt=()):
+    rows = [(i, FrameStatus.CORRUPT, None) if i in corrupt else (i, FrameStatus.DECODED, i) for i in range(1, n + 1)]
+    return rows + [(n + 1, FrameStatus.END, None)]
+
+
+@pytest.mark.parametrize("ext", VIDEO_EXTENSIONS)
+def test_every_container_opens_and_reads_every_frame_in_order(tmp_path, ext):
+    path = vf.write_container_video(tmp_path / f"clip{ext}", levels())
+    assert statuses(path) == expected(N)
+
+
+@pytest.mark.parametrize("name", ["CLIP.MP4", "Clip.Mov", "clip.MKV", "clip.AVI"])
+def test_container_extensions_match_in_any_letter_case(tmp_path, name):
+    path = vf.write_container_video(tmp_path / name, levels())
+    assert has_video_extension(str(path)) and not has_video_extension(str(tmp_path / "clip.txt"))
+    assert statuses(path) == expected(N)
+
+
+def test_corrupt_middle_frame_is_reported_in_its_place_and_decoding_goes_on(tmp_path):
+    path = vf.corrupt_mjpeg_frames(vf.write_container_video(tmp_path / "mid.avi", levels()), [5])
+    assert statuses(path) == expected(N, corrupt={5})
+    with VideoReader(str(path)) as video:
+        while video.next_frame().status is not FrameStatus.END:
+            pass
+        assert (video.frames_read, video.decode_errors) == (N, 1)
+    probe = probe_video(str(path))
+    assert (probe.frames, probe.decode_errors, probe.width, probe.height) == (N, 1, vf.WIDTH, vf.HEIGHT)
+
+
+def test_runs_of_corrupt_frames_and_a_corrupt_first_frame_keep_every_index(tmp_path):
+    path = vf.corrupt_mjpeg_frames(vf.write_container_video(tmp_path / "runs.avi", levels()), [1, 4, 5, 6])
+    assert statuses(path) == expected(N, corrupt={1, 4, 5, 6})
+    assert statuses(path, decode=False) == [(i, s, None) for i, s, _ in expected(N, corrupt={1, 4, 5, 6})]
+
+
+def test_timestamps_follow_the_index_across_a_corrupt_frame(tmp_path):
+    path = vf.corrupt_mjpeg_frames(vf.write_container_video(tmp_path / "ts.avi", levels()), [3])
+    with VideoReader(str(path)) as video:
+        stamps = []
+        frame = video.next_frame()
+        while frame.status is not FrameStatus.END:
+            stamps.append((frame.index, frame.timestamp_us))
+            frame = video.next_frame()
+    assert stamps == [(i, frame_timestamp_us(i, vf.FPS)) for i in range(1, N + 1)]
+    assert stamps[3] == (4, 300_000)
+
+
+def test_frames_at_the_very_end_that_do_not_decode_are_the_end(tmp_path):
+    path = vf.corrupt_mjpeg_frames(vf.write_container_video(tmp_path / "tail.avi", levels()), [8, 9])
+    assert statuses(path) == expected(7)
+    assert probe_video(str(path)).frames == 7
+
+
+def test_truncated_file_ends_at_the_cut(tmp_path):
+    path = vf.truncate_file(vf.write_face_video(tmp_path / "cut.avi", [4] * 12), 0.5)
+    rows = statuses(path)
+    assert rows[-1][1] is FrameStatus.END and all(s is FrameStatus.DECODED for _, s, _ in rows[:-1])
+    assert [i for i, _, _ in rows] == list(range(1, len(rows) + 1)) and 1 <= len(rows) - 1 < 12
+
+
+def test_legacy_read_stops_at_a_corrupt_frame_and_skip_passes_it(tmp_path):
+    path = vf.corrupt_mjpeg_frames(vf.write_container_video(tmp_path / "legacy.avi", levels()), [5])
+    with VideoReader(str(path)) as video:
+        got = []
+        while (image := video.read()) is not None:
+            got.append(vf.level_index(image))
+        assert got == [1, 2, 3, 4] and video.frames_read == 4  # Lines 5.. are then accounted as lost.
+    with VideoReader(str(path)) as video:
+        assert all(video.skip() for _ in range(5)) and video.frames_read == 5
+        assert vf.level_index(video.read()) == 6
+    with VideoReader(str(path)) as video:
+        assert [(i, vf.level_index(image)) for i, _, image in video.frames()] == [
+            (i, i) for i in range(1, N + 1) if i != 5]
+
+
+def test_after_the_end_every_call_says_end(tmp_path):
+    path = vf.write_container_video(tmp_path / "short.mp4", levels(3))
+    with VideoReader(str(path)) as video:
+        assert [video.next_frame().status for _ in range(5)] == [FrameStatus.DECODED] * 3 + [FrameStatus.END] * 2
+        assert video.next_frame().index == 4 and video.read() is None and not video.skip()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a video at all" * 100])
+def test_empty_or_garbage_file_raises_video_error(tmp_path, content):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(VideoError, match="bad.mp4"), VideoReader(str(path)):
+        pass
+
+
+def test_video_with_no_decodable_frame_raises_video_error(tmp_path):
+    path = vf.corrupt_mjpeg_frames(vf.write_container_video(tmp_path / "dead.avi", levels(3)), [1, 2, 3])
+    with pytest.raises(VideoError, match="no frame decodes"), VideoReader(str(path)):
+        pass
