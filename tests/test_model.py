@@ -53,8 +53,8 @@ def test_unknown_backbone_message_lists_valid_values():
         tiny_spec(backbone="resnet")
 
 
-def test_missing_weights_file_is_an_error_not_a_download(tmp_path):
-    with pytest.raises(ValueError, match="never downloaded"):
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
         tiny_spec(backbone_weights=str(tmp_path / "nope.h5"))
 
 
