@@ -2,7 +2,9 @@
 
 Each subcommand only forwards its arguments to the module that does the work,
 imported on demand so that `affectstream inspect` does not pay for TensorFlow
-training code and `affectstream train` does not load Apache Beam.
+training code and `affectstream train` does not load Apache Beam. No command module
+imports TensorFlow, Keras, Apache Beam or OpenCV before its arguments are parsed, so
+`affectstream COMMAND --help` answers at once.
 
 Example:
     affectstream demo --output demo_output
@@ -15,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -32,10 +35,51 @@ COMMANDS = {
 }
 
 
+# Every command takes this flag: TensorFlow's C++ log (CUDA factory registration, oneDNN, XLA start-up lines)
+# at TensorFlow's own level instead of quiet.
+VERBOSE_FLAG = "--verbose"
+TF_LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
+TF_LOG_QUIET = "3"  # Hides TensorFlow's C++ INFO, WARNING and ERROR lines; FATAL still prints.
+_OFF_WORDS = ("0", "false", "no", "off")  # A --verbose value that turns it off.
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--verbose`` to a command's parser (the flag acts in :func:`quiet_tensorflow`, before TF loads)."""
+    parser.add_argument(VERBOSE_FLAG, action="store_true",
+                        help=f"show TensorFlow's C++ log (quiet unless this or {TF_LOG_LEVEL_VARIABLE} is set)")
+
+
+def verbose_requested(argv: list[str]) -> bool:
+    """Whether ``argv`` turns ``--verbose`` on; the last one counts, as in argparse.
+
+    ``--verbose`` alone is on; a value (``affectstream train`` takes one: ``--verbose false``,
+    ``--verbose=off``) is off when it is 0, false, no or off.
+    """
+    verbose = False
+    for i, arg in enumerate(argv):
+        if arg == VERBOSE_FLAG:
+            verbose = (argv[i + 1] if i + 1 < len(argv) else "").strip().lower() not in _OFF_WORDS
+        elif arg.startswith(VERBOSE_FLAG + "="):
+            verbose = arg.split("=", 1)[1].strip().lower() not in _OFF_WORDS
+    return verbose
+
+
+def quiet_tensorflow(argv: list[str]) -> None:
+    """Sets ``TF_CPP_MIN_LOG_LEVEL=3`` unless the user set it or passed ``--verbose`` (then TF's default, 0).
+
+    Must run before TensorFlow is imported: its C++ log reads the variable once, at load time. Without it a
+    machine with no GPU prints a screen of CUDA "Unable to register ... factory" errors on every command.
+    """
+    if not verbose_requested(argv):
+        os.environ.setdefault(TF_LOG_LEVEL_VARIABLE, TF_LOG_QUIET)
+
+
 def _usage() -> str:
     lines = ["usage: affectstream COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<15} {help_text}" for name, (_, help_text) in COMMANDS.items()]
-    lines += ["", "Run `affectstream COMMAND --help` for the arguments of one command."]
+    lines += ["", "Run `affectstream COMMAND --help` for the arguments of one command. Every command takes "
+              f"{VERBOSE_FLAG}", "(TensorFlow's C++ log; it is quiet otherwise, unless "
+              f"{TF_LOG_LEVEL_VARIABLE} is set)."]
     return "\n".join(lines)
 
 
@@ -49,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"affectstream: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, before its import.
+    quiet_tensorflow(rest)
     module = importlib.import_module(COMMANDS[command][0])
     code = int(module.run(rest) or 0)
     filesystems = sys.modules.get("trainer.filesystems")

@@ -27,6 +27,7 @@ import sys
 import time
 
 from affectstream import demo_data, real_videos
+from affectstream.cli import add_verbose_flag
 from tfrecords_schema import read_dataset_info
 
 # How the demo converts and trains; tests/test_demo_learning.py runs the same settings.
@@ -106,10 +107,11 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="demo_output", help="folder for everything the demo makes (replaced only if an earlier demo made it)")
     parser.add_argument("--frames_per_video", type=int, default=150)
     parser.add_argument("--num_train_videos", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--steps_per_epoch", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2, help="Beam DirectRunner workers")
     parser.add_argument("--skip_real_video", action="store_true", help="do not fetch/convert the real video")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
 
     from beam_jobs import convert, inspect_dataset

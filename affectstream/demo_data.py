@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from affectstream.synthetic_faces import FaceSpec, render_frame, write_video
+from affectstream.cli import add_verbose_flag
 from beam_jobs.sources import abaw
 
 # The ABAW-3+ headers, as the adapter reads them: 8 expression classes, 12 AUs.
@@ -130,6 +130,8 @@ def _subject_track(
 
 
 def _frames(tracks: list[_SubjectTrack], height: int, width: int, background, seed: int) -> Iterator[np.ndarray]:
+    from affectstream.synthetic_faces import FaceSpec, render_frame  # Late import (OpenCV): see run().
+
     n = len(tracks[0].expression)
     for i in range(n):
         faces = [
@@ -165,6 +167,8 @@ def make_demo_dataset(root: str, *, frames_per_video: int = 150, num_train_video
     """
     if frames_per_video < 60:
         raise ValueError(f"frames_per_video must be >= 60, got {frames_per_video}")
+    from affectstream.synthetic_faces import write_video  # Late import (OpenCV): see run().
+
     videos_dir = os.path.join(root, "videos")
     ann_dir = os.path.join(root, "annotations")
     total = 0
@@ -214,6 +218,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames_per_video", type=int, default=150)
     parser.add_argument("--num_train_videos", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     summary = make_demo_dataset(args.root, frames_per_video=args.frames_per_video,
                                 num_train_videos=args.num_train_videos, seed=args.seed)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 
-import cv2
+# cv2 is imported in the functions that use it (a dict lookup once loaded): importing this module, as
+# `affectstream convert --help` does, must not load OpenCV.
 import numpy as np
 
 # A box in pixels of the frame it was found in: (x, y, width, height).
@@ -45,6 +46,8 @@ def square_crop(image: np.ndarray, box: Box | None, crop_size: int, margin: floa
     Returns:
         ``[crop_size, crop_size(, C)]`` uint8.
     """
+    import cv2
+
     if crop_size <= 0:
         raise ValueError(f"crop_size must be > 0, got {crop_size}")
     h, w = image.shape[:2]
@@ -113,6 +116,8 @@ def aligned_crop(image: np.ndarray, eyes: np.ndarray, crop_size: int, box: Box |
         crop_size: Output side in pixels.
         box: The face box ``(x, y, w, h)``, bounding the scale (see :func:`alignment_matrix`).
     """
+    import cv2
+
     if crop_size <= 0:
         raise ValueError(f"crop_size must be > 0, got {crop_size}")
     m = alignment_matrix(eyes, crop_size, box)
@@ -160,6 +165,8 @@ def shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
     fraction of the cost of one fractional ``INTER_AREA`` resize (OpenCV 4.11: ~0.45 ms
     against ~4.5 ms from 720p to 192x108).
     """
+    import cv2
+
     while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
         image = cv2.resize(image, ((image.shape[1] + 1) // 2, (image.shape[0] + 1) // 2),
                            interpolation=cv2.INTER_LINEAR)
@@ -175,6 +182,8 @@ def blank_crop(crop_size: int, channels: int = 3) -> np.ndarray:
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     """JPEG-encodes a BGR (or gray) uint8 image; deterministic for the same pixels."""
+    import cv2
+
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise ValueError(f"cannot JPEG-encode an image of shape {image.shape}")
@@ -183,6 +192,8 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 
 def decode_image(data: bytes) -> np.ndarray | None:
     """Decodes image bytes to BGR uint8; None when they are not a readable image."""
+    import cv2
+
     if not data:
         return None
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

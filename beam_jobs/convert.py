@@ -25,6 +25,7 @@ import os
 import sys
 import time
 
+from affectstream.cli import add_verbose_flag
 from beam_jobs import faces as faces_lib
 from beam_jobs.sources.base import DatasetSource, Discovery
 from tfrecords_schema import TASKS, DatasetInfo, join_path
@@ -33,7 +34,7 @@ from tfrecords_schema.dataset_info import sum_counts
 
 DEFAULT_RUNNER = "DirectRunner"
 # Run-control flags: they do not shape the output, so dataset_info.json does not record them.
-NOT_RECORDED = ("overwrite", "progress_every", "allow_partial")
+NOT_RECORDED = ("overwrite", "progress_every", "allow_partial", "verbose")
 
 
 class UsageError(ValueError):
@@ -72,7 +73,7 @@ def _change_or_off(text: str) -> float | None:
 
 def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
     """Adds the conversion's own options; returns their names (always recorded in dataset_info.json)."""
-    from beam_jobs.transforms import ConvertConfig
+    from beam_jobs.convert_config import ConvertConfig
 
     face, job = _defaults(faces_lib.FaceStageConfig), _defaults(ConvertConfig)
     add = parser.add_argument
@@ -120,6 +121,7 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     add("--class_names", default=None, help="comma-separated expression class names, in label order")
     add("--allow_partial", action="store_true",
         help="convert even when some input folders could not be listed (what they hold is missing)")
+    add_verbose_flag(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,11 +263,11 @@ def _setup(argv: list[str], source: DatasetSource | None):
     Raises:
         UsageError: bad options (or the adapter refused them).
     """
-    from apache_beam.io.filesystems import FileSystems
-
     from beam_jobs.sources import SOURCES
 
     args, beam_args = build_parser().parse_known_args(argv)
+    from apache_beam.io.filesystems import FileSystems  # After parsing: `--help` does not wait for Beam.
+
     tasks = check_options(args)
     try:
         if source is None:
@@ -313,7 +315,7 @@ def make_config(args: argparse.Namespace, tasks: list[str], source: DatasetSourc
     Args:
         output: Where the workers write (the run's staging folder); default ``--output``.
     """
-    from beam_jobs.transforms import ConvertConfig
+    from beam_jobs.convert_config import ConvertConfig
 
     out_tasks = tuple(t for t in TASKS if t in discovery.tasks and (not tasks or t in tasks))
     return ConvertConfig(
@@ -445,10 +447,6 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
         argv: Command-line arguments (default ``sys.argv[1:]``).
         source: A ready dataset adapter (tests); default: built from ``--dataset`` and its options.
     """
-    from beam_jobs.output_folder import OutputRefused, claim_output
-    from tfrecords_schema.locks import LockError
-    from tfrecords_schema.transaction import DiskFullError, TransactionError
-
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args, beam_args, tasks, source, options = _setup(argv, source)
@@ -457,6 +455,11 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
     except (UsageError, ValueError) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 2
+    # Imported once the options are parsed: they load Apache Beam and OpenCV, which `--help` must not wait for.
+    from beam_jobs.output_folder import OutputRefused, claim_output
+    from tfrecords_schema.locks import LockError
+    from tfrecords_schema.transaction import DiskFullError, TransactionError
+
     command = " ".join(["beam_jobs.convert", *argv])[:500]
     try:
         with claim_output(args.output, args.overwrite, command=command, log=_log) as claim:

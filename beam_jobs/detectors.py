@@ -28,7 +28,8 @@ import os
 from collections.abc import Callable
 from typing import ClassVar
 
-import cv2
+# cv2 is imported in the functions that use it (a dict lookup once loaded): importing this module, as
+# `affectstream convert --help` does, must not load OpenCV.
 import numpy as np
 
 from beam_jobs.align import shrink
@@ -106,6 +107,8 @@ class HaarDetector(Detector):
     min_confidence = 1.0  # Every box the cascade keeps counts as a sure face.
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 4, min_size: int = 24):
+        import cv2
+
         if scale_factor <= 1.0:
             raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
         if min_neighbors < 0:
@@ -130,6 +133,8 @@ class HaarDetector(Detector):
     def detect_faces(self, image: np.ndarray, min_size: int | None = None,
                      max_size: int | None = None) -> list[Detection]:
         """The boxes of :meth:`detect` as detections (confidence 1, no keypoints)."""
+        import cv2
+
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
         return [Detection(box, 1.0) for box in self.detect(gray, min_size, max_size)]
 
@@ -195,6 +200,8 @@ class _BlazeNet:
         self._input_data = np.empty((1, model.size, model.size, 3), np.float32)
 
     def __call__(self, bgr: np.ndarray, min_score: float) -> list[Detection]:
+        import cv2
+
         h, w = bgr.shape[:2]
         scale = self.size / max(h, w)
         nw, nh = max(1, min(self.size, round(w * scale))), max(1, min(self.size, round(h * scale)))

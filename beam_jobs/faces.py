@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import cv2
+# cv2 is imported in the functions that use it (a dict lookup once loaded): importing this module, as
+# `affectstream convert --help` does, must not load OpenCV.
 import numpy as np
 
 from beam_jobs.align import (  # noqa: F401 - re-exported: the face stage's public names.
@@ -98,6 +99,8 @@ def normalise_box(box: Box, height: int, width: int) -> tuple[float, float, floa
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
+    import cv2
+
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
 
 
@@ -282,6 +285,8 @@ class FaceCropper:
         return self._detect_full(frame)
 
     def _detect_full(self, frame: np.ndarray) -> Detection | None:
+        import cv2
+
         h, w = frame.shape[:2]
         det = self._detector
         scale = 1.0
@@ -305,6 +310,8 @@ class FaceCropper:
         return self._accept(chosen.moved(scale), h, w)
 
     def _detect_near(self, frame: np.ndarray, held: Box) -> Detection | None:
+        import cv2
+
         h, w = frame.shape[:2]
         det = self._detector
         size = max(held[2], held[3])

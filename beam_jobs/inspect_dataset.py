@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 
+from affectstream.cli import add_verbose_flag
 from tfrecords_schema import (
     TASK_ACTION_UNITS,
     TASK_EXPRESSION,
@@ -325,6 +326,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("data_dir", help="output folder of beam_jobs.convert (local or gs://...)")
     parser.add_argument("--verify", action="store_true",
                         help="read every record back: counts, sizes, crop size, labelled frames with/without face")
+    add_verbose_flag(parser)
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as e:

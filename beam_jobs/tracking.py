@@ -12,7 +12,8 @@ Example:
 
 from __future__ import annotations
 
-import cv2
+# cv2 is imported in the functions that use it (a dict lookup once loaded): importing this module, as
+# `affectstream convert --help` does, must not load OpenCV.
 import numpy as np
 
 # A box in pixels of the frame it was found in: (x, y, width, height).
@@ -178,6 +179,8 @@ class ShotCutDetector:
 
     def thumbnail(self, frame: np.ndarray) -> np.ndarray:
         """The float32 16x9 block means of the frame's green (or only) channel."""
+        import cv2
+
         h, w = frame.shape[:2]
         sample = frame[::max(1, h // self._SAMPLES[1]), ::max(1, w // self._SAMPLES[0])]
         if sample.ndim == 3:
@@ -205,6 +208,8 @@ def region_thumbnail(frame: np.ndarray, box: Box) -> np.ndarray | None:
 
     Sampled on a ~16x16 grid of the box, so it costs a few microseconds whatever the face size.
     """
+    import cv2
+
     h, w = frame.shape[:2]
     x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
     x1, y1 = min(w, int(box[0] + box[2])), min(h, int(box[1] + box[3]))

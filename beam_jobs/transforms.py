@@ -19,7 +19,6 @@ frame sources in :mod:`beam_jobs.frame_sources`, spill files in :mod:`beam_jobs.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -30,7 +29,8 @@ import numpy as np
 
 from beam_jobs import faces as faces_lib
 from beam_jobs import progress
-from beam_jobs.clips import Bucketer, SplitSummary, written_accounting
+from beam_jobs.clips import SplitSummary, written_accounting
+from beam_jobs.convert_config import PROGRESS_DIRNAME, TMP_DIRNAME, ConvertConfig  # noqa: F401 (re-exported)
 from beam_jobs.finalize import (
     BuildDatasetInfoFn,
     MergeSummariesFn,
@@ -56,62 +56,15 @@ from beam_jobs.sources.base import (
 )
 from beam_jobs.spill import TAG_STATS, EncodeClipsFn
 from beam_jobs.video import VideoError
-from tfrecords_schema import Accounting, join_path
-from tfrecords_schema.buckets import BUCKET_BY_EXPRESSION
-from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME
+from tfrecords_schema import Accounting
+from tfrecords_schema.transaction import is_disk_full
 
 _LOG = logging.getLogger(__name__)
 
-TMP_DIRNAME = CONVERT_TMP_DIRNAME  # The run's temp folder under the output (spill files, temp shards, markers).
-PROGRESS_DIRNAME = "progress"  # Folder of the progress markers under the temp folder.
 
 TAG_ACCOUNTING = "accounting"  # Per-track accounting outputs: (split, SplitSummary).
 TAG_DEAD_LETTERS = "dead_letters"  # Dead-letter dict outputs.
 _LISTED_FRAMES = 20  # Frame numbers a track's dead letter for undecodable frames lists.
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvertConfig:
-    """Options the workers need (plain values, pickled to every worker).
-
-    Attributes:
-        dataset_name: Adapter name (record field and shard prefix).
-        output: Output root (local path or URL).
-        label_names: Label names from the adapter.
-        tasks: Tasks in the output.
-        face: The face stage (detector, detection cadence, box hold, crop size, JPEG quality).
-        clip_length: Frames per clip.
-        bucket_by: Rebalancing buckets: one of ``tfrecords_schema.buckets.BUCKET_BY``.
-        min_shards: Least shards per shard set.
-        shard_bytes: Target bytes per shard.
-        opencv_threads: Threads OpenCV may use in each worker (0: OpenCV's default). Set 1 when
-            there is one Beam worker process per core, so they do not oversubscribe the cores.
-    """
-
-    dataset_name: str
-    output: str
-    label_names: dict
-    tasks: tuple
-    face: faces_lib.FaceStageConfig = dataclasses.field(default_factory=faces_lib.FaceStageConfig)
-    clip_length: int = 64
-    bucket_by: str = BUCKET_BY_EXPRESSION
-    min_shards: int = 1
-    shard_bytes: int = 128 << 20
-    opencv_threads: int = 0
-
-    @property
-    def tmp_dir(self) -> str:
-        """Temporary folder of the run (spill files, temp shards, progress markers, staged info)."""
-        return join_path(self.output, TMP_DIRNAME)
-
-    @property
-    def progress_dir(self) -> str:
-        """Folder of the progress markers."""
-        return join_path(self.output, TMP_DIRNAME, PROGRESS_DIRNAME)
-
-    def bucketer(self) -> Bucketer:
-        """The rebalancing bucketer of these options."""
-        return Bucketer(self.bucket_by, self.label_names)
 
 
 class _DropTally:
@@ -300,6 +253,8 @@ class DecodeAndCropFn(beam.DoFn):
             tally.drop(DROP_UNREADABLE_MEDIA, lost)
             yield self._dead_letter(track, where, DROP_UNREADABLE_MEDIA, str(e), lost)
         except Exception as e:  # noqa: BLE001 - any failure mid-track becomes counted frames + a dead letter.
+            if is_disk_full(e):
+                raise  # Not the video's fault: the whole job fails and says so (the output stays as it was).
             lost = int((valid & ~done).sum())
             tally.drop(DROP_DECODE_ERROR, lost)
             _LOG.warning("decode error in %s: %r", track.track_id, e)

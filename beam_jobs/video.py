@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are not evaluated at run time (3.10 too).
     from typing import Self
 
-import cv2
+# cv2 is imported in the functions that use it (a dict lookup once loaded): importing this module, as
+# `affectstream convert --help` does, must not load OpenCV.
 import numpy as np
 
 DEFAULT_FPS = 30.0
@@ -151,6 +152,8 @@ class VideoReader:
         self._legacy_stopped = False
 
     def __enter__(self) -> Self:
+        import cv2
+
         self._stack = contextlib.ExitStack()
         try:
             local = self._stack.enter_context(local_copy(self.path))
@@ -184,6 +187,8 @@ class VideoReader:
 
     def _grab_next(self) -> None:
         """Grabs the next frame that decodes; queues the indices of the frames that failed before it."""
+        import cv2
+
         expected = self.frames_read + 1  # Called only when nothing is queued.
         failures = 0
         while not self._cap.grab():
@@ -205,6 +210,8 @@ class VideoReader:
         Decoders can lose more frames than grabs failed (a broken reference frame) or fewer (a failed
         packet that held no picture), so the timestamp decides; OpenCV gives 0 for a frame without one.
         """
+        import cv2
+
         pts_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
         if pts_ms > 0 and math.isfinite(pts_ms):
             index = round((pts_ms - self._pts_origin_ms) * self.fps / 1000.0) + 1

@@ -3,7 +3,7 @@
 Measures frames per second (and per CPU-second of the whole machine's share used by this process) of
 :func:`trainer.input.make_train_dataset` read directly, and read from a local tf.data service (a dispatcher
 and ``--workers`` workers started in this process with :func:`trainer.data_service.start_local`, so their
-CPU time is counted too), in alternating rounds, median of each. On one machine the service adds no CPU: the
+CPU time is counted too), in alternating rounds (each with a fresh iterator), median of each. On one machine the service adds no CPU: the
 figure is its overhead (serialising every uint8 batch and sending it over loopback gRPC). Its gain comes
 when the workers run on other machines: then the trainer host only receives batches, and the input scales
 with the workers.
@@ -17,6 +17,7 @@ By default it writes its own data (112-pixel crops with a JPEG size like real on
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import socket
@@ -86,19 +87,22 @@ def main(argv: list[str] | None = None) -> int:
         local = data_service.start_local(_free_port_run(args.workers + 1), args.workers)
         kwargs = {"task": "expr", "seq_len": args.seq_len, "batch_size": args.batch_size}
         ways = {
-            "in process": trainer_input.make_train_dataset(data_dir, info, **kwargs),
-            f"tf.data service ({args.workers} workers)": trainer_input.make_train_dataset(
-                data_dir, info, data_service=local.address, data_service_job="bench", **kwargs),
+            "in process": lambda: trainer_input.make_train_dataset(data_dir, info, **kwargs),
+            f"tf.data service ({args.workers} workers)": lambda: trainer_input.make_train_dataset(
+                data_dir, info, data_service=local.address, **kwargs),
         }
-        iterators = {name: iter(ds) for name, ds in ways.items()}
-        for it in iterators.values():
-            for _ in range(5):
-                next(it)
         frames_per_batch = args.batch_size * args.seq_len
         rounds = {name: [] for name in ways}
         for _ in range(args.rounds):
-            for name, it in iterators.items():
-                rounds[name].append(_rate(it, frames_per_batch, args.seconds / args.rounds))
+            for name, make in ways.items():
+                # A fresh iterator per round, dropped after it: no way keeps producing in the other's round
+                # (prefetch buffers, service workers running ahead), which would skew both.
+                iterator = iter(make())
+                for _ in range(3):
+                    next(iterator)
+                rounds[name].append(_rate(iterator, frames_per_batch, args.seconds / args.rounds))
+                del iterator
+                gc.collect()
         print(f"{info.splits['train'].num_clips} train clips, crop {info.crop_size}px, batches "
               f"{args.batch_size}x{args.seq_len} uint8, {os.cpu_count()} CPUs visible; median of {args.rounds} "
               "alternating rounds")

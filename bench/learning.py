@@ -12,12 +12,15 @@ on the whole validation split (every labelled frame):
   as an end-to-end step's ``batch x seq_len``), then ``--stage sequence`` for ``--sequence_steps`` steps on
   the frozen CNN's features.
 
-Every job's wall time (start-up, evaluations and export included) and training steps per second are
-recorded with the machine's load average, so times measured on a busy machine can be scaled honestly.
+Every job's wall time (start-up, evaluations and export included), its CPU time (all of its threads) and
+its training steps per second are recorded with the machine's load average, so times measured on a busy
+machine can be judged honestly. ``--seed`` overrides the demo's seed (a second seed shows the run-to-run
+spread).
 Writes ``learning.json`` and ``learning.png`` (score vs steps) into ``--out``::
 
     .venv/bin/python bench/learning.py --out /tmp/learning --budgets 400,600,800
     .venv/bin/python bench/learning.py --data /tmp/demo_records --configs cosine --budgets 500
+    .venv/bin/python bench/learning.py --out /tmp/plot --configs "" --add_job demo=demo_output/job
 """
 
 from __future__ import annotations
@@ -78,10 +81,10 @@ def run_job(name: str, args: list[str], steps_per_epoch: int) -> dict:
     logger.setLevel(logging.INFO)  # the step lines carry the rates
     logger.addHandler(handler)
     load_before = os.getloadavg()[0]
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()):
         rc = train.run(args)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     logger.removeHandler(handler)
     if rc != 0:
         raise SystemExit(f"job {name} failed with exit code {rc}")
@@ -93,10 +96,33 @@ def run_job(name: str, args: list[str], steps_per_epoch: int) -> dict:
     rates = handler.rates[1:] or handler.rates
     result = {"name": name, "curve": {str(epoch * steps_per_epoch): s for epoch, s in sorted(scores.items())},
               "final_macro_f1": metrics["expression"]["macro_f1"], "best_epoch": metrics["best_epoch"],
-              "wall_s": round(wall, 1), "steps_per_s": round(sum(rates) / len(rates), 3) if rates else None,
+              "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+              "steps_per_s": round(sum(rates) / len(rates), 3) if rates else None,
               "load_average": round((load_before + os.getloadavg()[0]) / 2, 2), "args": args}
     print(json.dumps({k: v for k, v in result.items() if k != "args"}), flush=True)
     return result
+
+
+def existing_job(name: str, job_dir: str) -> dict:
+    """The curve of a job trained elsewhere (the demo's ``job/``, or one stopped early), for the plot.
+
+    Its final score is the last evaluated epoch's when the job never wrote ``metrics.json``.
+    """
+    with open(os.path.join(job_dir, "train_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    scores = epoch_scores(job_dir)
+    if not scores:
+        raise SystemExit(f"{job_dir}: no evaluated epoch in its TensorBoard logs")
+    metrics_path = os.path.join(job_dir, "metrics.json")
+    if os.path.isfile(metrics_path):
+        with open(metrics_path, encoding="utf-8") as f:
+            final = json.load(f)["expression"]["macro_f1"]
+    else:
+        final = scores[max(scores)]
+    steps = config["steps_per_epoch"]
+    return {"name": name, "curve": {str(epoch * steps): s for epoch, s in sorted(scores.items())},
+            "final_macro_f1": final, "epochs_done": len(scores), "epochs": config["epochs"],
+            "learning_rate": config["learning_rate"], "lr_schedule": config.get("lr_schedule"), "job_dir": job_dir}
 
 
 def convert_demo(work: str) -> str:
@@ -155,16 +181,23 @@ def main(argv=None) -> int:
     p.add_argument("--warmup_steps", type=int, default=50)
     p.add_argument("--frames_batch_size", type=int, default=64)
     p.add_argument("--sequence_steps", type=int, default=200)
+    p.add_argument("--seed", type=int, default=None, help="instead of the demo's --seed")
+    p.add_argument("--add_job", action="append", default=[], metavar="NAME=JOB_DIR",
+                   help="also plot a job trained elsewhere (e.g. a demo's job/); with --configs '' only replots")
     args = p.parse_args(argv)
 
     from affectstream import demo
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.makedirs(args.out, exist_ok=True)
-    data = args.data or convert_demo(args.out)
+    configs = [c for c in args.configs.split(",") if c]
+    if set(configs) - set(CONFIGS):
+        p.error(f"--configs: unknown {sorted(set(configs) - set(CONFIGS))}; choose from {', '.join(CONFIGS)}")
+    data = args.data or (convert_demo(args.out) if configs else None)
     budgets = sorted(int(b) for b in args.budgets.split(","))
-    configs = args.configs.split(",")
     train_flags = list(demo.DEMO_TRAIN_FLAGS)
+    if args.seed is not None:
+        train_flags[train_flags.index("--seed") + 1] = str(args.seed)
     every = args.eval_every
 
     def job(name, steps, *extra):
@@ -172,7 +205,7 @@ def main(argv=None) -> int:
         return ["--data", data, "--job_dir", os.path.join(args.out, name), "--epochs", str(epochs),
                 "--steps_per_epoch", str(every), "--log_every", str(every), *train_flags, *extra]
 
-    results = []
+    results = [existing_job(*spec.split("=", 1)) for spec in args.add_job]
     if "constant" in configs:
         results.append(run_job(f"constant_lr{args.learning_rate:g}",
                                job(f"constant_{budgets[-1]}", budgets[-1], "--learning_rate", str(args.learning_rate)),

@@ -34,7 +34,7 @@ from mixing_data import distinct_videos_per_draws, write_layout
 
 from beam_jobs.shards import shard_order_key
 from tfrecords_schema import DATASET_INFO_FILENAME, SPLIT_TRAIN, decode_clip, join_path, read_dataset_info
-from trainer import input as trainer_input
+from trainer import stream_mix
 
 
 def reorder_copy(data_dir: str, out_dir: str, order: str) -> None:
@@ -56,11 +56,11 @@ def frame_mix(data_dir: str, seq_len: int, batch_size: int, batches: int) -> dic
     info = read_dataset_info(data_dir)
     kwargs = {"task": "expr", "seq_len": seq_len, "batch_size": batch_size, "num_batches": batches,
               "sampling": "balanced", "seed": 1}
-    requested = trainer_input.frame_mix_targets(info, "balanced", "expr")
-    natural = trainer_input.empirical_frame_mix(data_dir, info, **kwargs)
-    weights = trainer_input.balanced_frame_weights(data_dir, info, task="expr", seq_len=seq_len,
-                                                   sampling="balanced", seed=0)
-    balanced = trainer_input.empirical_frame_mix(data_dir, info, class_weights=weights, **kwargs)
+    requested = stream_mix.frame_mix_targets(info, "balanced", "expr")
+    natural = stream_mix.empirical_frame_mix(data_dir, info, **kwargs)
+    weights = stream_mix.balanced_frame_weights(data_dir, info, task="expr", seq_len=seq_len,
+                                                sampling="balanced", seed=0)
+    balanced = stream_mix.empirical_frame_mix(data_dir, info, class_weights=weights, **kwargs)
 
     def worst(mix):
         return round(max(abs(mix[c] - requested[c]) for c in requested), 4)

@@ -32,8 +32,8 @@ from tfrecords_schema import read_dataset_info
 from trainer import distribution
 from trainer.config import TrainConfig
 from trainer.input import heads_for_task, make_train_dataset
+from trainer.plan import model_spec_for
 from trainer.step import build_model_and_optimizer, make_train_step
-from trainer.train import model_spec_for
 
 
 def _time_steps(train_step, iterator, warmup: int, steps: int) -> float:

@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import subprocess
 import sys
 from typing import ClassVar
@@ -141,6 +142,75 @@ def test_unlisted_input_folders_fail_the_run_unless_partial_input_is_allowed(tmp
     rc, _, err = _convert(["--output", tmp_path / "out", *crops_dataset, *LOCAL], source=source)
     assert rc == 1 and "/data/locked" in err and "--allow_partial" in err
     assert not (tmp_path / "out" / "dataset_info.json").exists()
-    rc, _, err = _convert(["--output", tmp_path / "out2", "--allow_partial", *crops_dataset, *LOCAL], source=source)
+    rc, _, err = _convert(["--output", tmp_path / "out2", "--allow_partial", "--verbose", *crops_dataset, *LOCAL],
+                          source=source)
     assert rc == 0, err
-    assert "allow_partial" not in json.loads((tmp_path / "out2" / "dataset_info.json").read_text())["options"]
+    options = json.loads((tmp_path / "out2" / "dataset_info.json").read_text())["options"]
+    assert "allow_partial" not in options and "verbose" not in options  # Run-control flags: never recorded.
+
+
+# --- a command line that answers at once and quietly ---------------------------------------------------
+
+HEAVY_MODULES = ("tensorflow", "keras", "apache_beam", "cv2")
+# Runs `affectstream ARGS...` as the console script does, in a fresh interpreter, then reports on its last
+# stdout line the exit status, the heavy modules it loaded and the TensorFlow log level its children would see.
+_PROBE = """
+import json, os, runpy, sys
+heavy, variable = sys.argv[1].split(","), sys.argv[2]
+sys.argv = ["affectstream", *sys.argv[3:]]
+try:
+    runpy.run_module("affectstream.cli", run_name="__main__")
+    code = 0
+except SystemExit as e:
+    code = e.code
+print(json.dumps({"code": code, "heavy": sorted(m for m in heavy if m in sys.modules),
+                  "tf_log_level": os.environ.get(variable)}))
+"""
+
+
+def _probe(*args: str, env_level: str | None = None) -> tuple[dict, str, str]:
+    """(report, stdout before the report, stderr) of ``affectstream ARGS`` in a child interpreter."""
+    env = {k: v for k, v in os.environ.items() if k != cli.TF_LOG_LEVEL_VARIABLE}
+    if env_level is not None:
+        env[cli.TF_LOG_LEVEL_VARIABLE] = env_level
+    result = subprocess.run([sys.executable, "-c", _PROBE, ",".join(HEAVY_MODULES), cli.TF_LOG_LEVEL_VARIABLE, *args],
+                            capture_output=True, text=True, timeout=300, env=env, check=False)
+    *out, report = result.stdout.rstrip("\n").split("\n")
+    return json.loads(report), "\n".join(out), result.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[name, "--help"] for name in cli.COMMANDS], ids=" ".join)
+def test_help_answers_without_heavy_imports_and_prints_nothing_on_stderr(argv):
+    report, out, err = _probe(*argv)
+    assert report["code"] == 0, err
+    assert out.startswith("usage:"), out[:200]
+    assert err == ""
+    assert report["heavy"] == [], f"`affectstream {' '.join(argv)}` imported {report['heavy']}"
+    assert cli.VERBOSE_FLAG in out  # Every command takes --verbose (the top level says so).
+
+
+@pytest.mark.parametrize("flags, env_level, expected", [
+    ([], None, cli.TF_LOG_QUIET),  # Quiet by default.
+    (["--verbose"], None, None),  # --verbose: TensorFlow's own default (0).
+    (["--verbose=true"], None, None),  # `train` takes a value...
+    (["--verbose", "off"], None, cli.TF_LOG_QUIET),  # ...which can turn it off.
+    (["--verbose", "--verbose=no"], None, cli.TF_LOG_QUIET),  # The last one counts.
+    ([], "1", "1"),  # The user's setting wins...
+    (["--verbose"], "1", "1"),  # ...with --verbose too.
+])
+def test_tensorflow_log_level_the_command_sees(flags, env_level, expected):
+    report, _, err = _probe("inspect", "--help", *flags, env_level=env_level)
+    assert report["code"] == 0, err
+    assert report["tf_log_level"] == expected
+
+
+def test_tensorflow_start_up_errors_are_hidden_unless_verbose(tmp_path):
+    """Where TensorFlow prints CUDA factory errors (no GPU, CUDA libraries installed), only --verbose shows them."""
+    missing = str(tmp_path / "missing")  # `inspect` imports TensorFlow to look for dataset_info.json there.
+    report, _, verbose_err = _probe("inspect", missing, "--verbose")
+    assert report["code"] == 1 and "tensorflow" in report["heavy"], verbose_err
+    if "Unable to register" not in verbose_err:
+        pytest.skip("this TensorFlow prints no CUDA factory errors here")
+    report, _, err = _probe("inspect", missing)
+    assert report["code"] == 1 and "tensorflow" in report["heavy"]
+    assert "Unable to register" not in err and err.startswith("inspect: error:"), err

@@ -269,32 +269,13 @@ def test_dofns_survive_pickling_and_still_work(converted):
     assert [c.example_id for _, c in clips] == ["train/vid1/000001", "train/vid1/000005", "train/vid1/000009"]
 
 
-@pytest.fixture
-def s3_server(monkeypatch):
-    """A real S3-compatible server (moto) on loopback, with one bucket."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
-    client.create_bucket(Bucket="affect")
-    yield url, client
-    server.stop()
-
-
 def test_output_and_media_on_an_object_store_go_through_beam_filesystems(tmp_path, s3_server):
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_jobs.video import VideoReader
 
-    url, client = s3_server
+    url, client = s3_server.url, s3_server.client
     s3_args = ["--s3_endpoint_url", url, "--s3_access_key_id", "testing", "--s3_secret_access_key", "testing",
                "--s3_region_name", "us-east-1"]
     ann, videos = tmp_path / "annotations", tmp_path / "videos"

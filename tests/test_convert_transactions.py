@@ -330,45 +330,22 @@ def test_a_really_full_disk_keeps_the_previous_output_and_says_so_in_one_line(in
 
 
 # ------------------------------------------------------------------------------------------- object stores
-@pytest.fixture
-def s3(monkeypatch):
-    """A real S3-compatible server (moto) on loopback with one bucket: (Beam's S3 options, boto3 client)."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
-    client.create_bucket(Bucket="affect")
-    yield ["--s3_endpoint_url", f"http://{host}:{port}", "--s3_access_key_id", "testing", "--s3_secret_access_key",
-           "testing", "--s3_region_name", "us-east-1"], client
-    server.stop()
-
-
-def _keys(client) -> list[str]:
-    return sorted(o["Key"] for o in client.list_objects_v2(Bucket="affect").get("Contents", []))
-
-
-def test_object_store_output_is_replaced_only_when_ours_and_only_after_listing_the_inputs(inputs, s3):
-    options, client = s3
+def test_object_store_output_is_replaced_only_when_ours_and_only_after_listing_the_inputs(inputs, s3_server):
+    options = s3_server.beam_args
     ann, videos = inputs
     rc, _, err = run_convert(ann, videos, "s3://affect/out", *options)
     assert rc == 0, err
-    written = _keys(client)
-    client.put_object(Bucket="affect", Key="out/notes.txt", Body=b"mine")
+    written = s3_server.keys()
+    s3_server.client.put_object(Bucket="affect", Key="out/notes.txt", Body=b"mine")
     rc, _, err = run_convert(ann, videos, "s3://affect/out", "--overwrite", *options)
     assert rc == 2 and "notes.txt" in err
-    client.delete_object(Bucket="affect", Key="out/notes.txt")
+    s3_server.client.delete_object(Bucket="affect", Key="out/notes.txt")
     rc, _, err = run_convert(ann.parent / "annotatoins", videos, "s3://affect/out", "--overwrite", *options)
-    assert rc != 0 and _keys(client) == written  # A typo is found before the previous output is touched.
+    assert rc != 0 and s3_server.keys() == written  # A typo is found before the previous output is touched.
     source = _FailingCountSource(str(ann), str(videos), fail=_raise)
     rc, _, err = run_convert(ann, videos, "s3://affect/out", "--overwrite", *options, source=source)
     assert rc == 1 and "worker crashed" in err
-    assert not [k for k in _keys(client) if f"/{TMP_DIRNAME}/" in k]  # The run's temp objects are removed.
+    assert not [k for k in s3_server.keys() if f"/{TMP_DIRNAME}/" in k]  # The run's temp objects are removed.
 
 
 def test_an_output_that_is_a_symlink_is_replaced_through_the_link(inputs, tmp_path):

@@ -25,7 +25,7 @@ from trainer.config import TrainConfig
 from trainer.export import export_model, model_info_payload
 from trainer.input import heads_for_task
 from trainer.model import build_model
-from trainer.train import model_spec_for
+from trainer.plan import model_spec_for
 
 VID1 = [0, 0, 4, 4, None, None, 4, 1, 1, 5, 5, 5]  # None: a frame without a face (labelled Neutral)
 VID1_LABELS = [0 if e is None else e for e in VID1]

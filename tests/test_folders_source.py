@@ -17,14 +17,13 @@ import video_fixtures as vf
 from beam_jobs import convert
 from beam_jobs.sources import SOURCES, folds, media_rows
 from beam_jobs.sources.folders import FoldersSource
-from tfrecords_schema import SPLITS, decode_clip, read_dataset_info
+from tfrecords_schema import decode_clip, read_dataset_info
 
 FPS = 10.0
 SIDE = 64
 CLASSES = ["Neutral", "Happy", "Sad"]
 ARGS = ["--clip_length", "8", "--detect_every", "5", "--runner", "DirectRunner", "--direct_running_mode", "in_memory",
         "--progress_every", "0"]
-TEST_IS_A_SPLIT = "test" in SPLITS
 # Relative path → frames. Split folders and class folders in any letter case, any nesting, any container case.
 VIDEOS = {
     "Train/Happy/clip1.avi": 6,
@@ -33,7 +32,7 @@ VIDEOS = {
     "Val/happy/c3.MOV": 5,  # "happy" matches --class_names' "Happy".
     "Val/Angry/c4.avi": 3,  # Not in --class_names: unknown_class.
     "Val/loose.avi": 2,  # In no class folder: unknown_class.
-    "Test/Sad/t1.avi": 4,  # unsupported_split while the schema has no test split.
+    "Test/Sad/t1.avi": 4,  # the held-out test split.
     "extras/Happy/e1.avi": 3,  # Not a split folder: unknown_split, accounted under "unassigned".
 }
 
@@ -104,10 +103,7 @@ def test_accounting_counts_every_video_in_frames(converted):
     unassigned = info.splits[media_rows.UNASSIGNED_SPLIT].accounting
     assert (unassigned.labelled_frames, unassigned.dropped) == (3, {"unknown_split": 3})
     test = info.splits["test"].accounting
-    if TEST_IS_A_SPLIT:
-        assert (test.labelled_frames, test.written_frames) == (4, 4)
-    else:
-        assert (test.labelled_frames, test.dropped) == (4, {"unsupported_split": 4})
+    assert (test.labelled_frames, test.written_frames, test.dropped) == (4, 4, {})  # Held out, written.
 
 
 def test_dead_letters_name_each_odd_video_with_its_frames(converted):
@@ -117,8 +113,6 @@ def test_dead_letters_name_each_odd_video_with_its_frames(converted):
     assert by_video[("Val/Angry/c4.avi", "unknown_class")] == 3
     assert by_video[("Val/loose.avi", "unknown_class")] == 2
     assert by_video[("extras/Happy/e1.avi", "unknown_split")] == 3
-    if not TEST_IS_A_SPLIT:
-        assert by_video[("Test/Sad/t1.avi", "unsupported_split")] == 4
 
 
 def test_every_frame_carries_its_folder_class_in_class_names_order(converted):
@@ -127,9 +121,7 @@ def test_every_frame_carries_its_folder_class_in_class_names_order(converted):
     happy, sad = CLASSES.index("Happy"), CLASSES.index("Sad")
     found = written_expressions(converted["output"])
     expected = {"Train/Happy/clip1.avi": (happy, 6), "Train/Happy/nested/deeper/clip2.AVI": (happy, 5),
-                "Train/Sad/clip1.mkv": (sad, 4), "Val/happy/c3.MOV": (happy, 5)}
-    if TEST_IS_A_SPLIT:
-        expected["Test/Sad/t1.avi"] = (sad, 4)
+                "Train/Sad/clip1.mkv": (sad, 4), "Val/happy/c3.MOV": (happy, 5), "Test/Sad/t1.avi": (sad, 4)}
     assert {m: frames for m, frames in found.items()} == \
         {m: dict.fromkeys(range(1, n + 1), c) for m, (c, n) in expected.items()}
     assert info.unused_media == []

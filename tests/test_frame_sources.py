@@ -55,3 +55,15 @@ def test_decoded_video_raises_a_video_error_for_media_that_does_not_decode(tmp_p
     source = _source(cf.track("train", "broken", media_path=str(media)), cf.labels([4, 4]))
     with pytest.raises(VideoError):
         list(source)
+
+
+def test_provided_crops_stop_at_the_videos_decodable_length_when_the_video_is_there(tmp_path):
+    crops = cf.write_crops(tmp_path / "c1", {i: None for i in range(1, 7)})
+    video = vf.write_face_video(tmp_path / "v.avi", [4] * 4)  # 4 frames for 6 annotation lines
+    track = cf.track("train", "v", crops_dir=str(crops), media_path=str(video), data_path="v.avi")
+    source = _source(track, cf.labels([4] * 6))
+    assert isinstance(source, frame_sources.ProvidedCrops)
+    clips = [item.clip for item in source if item.clip is not None]
+    assert [c.frame_index.tolist() for c in clips] == [[1, 2, 3, 4]]  # Lines 5-6: beyond_video_end downstream.
+    assert source.frames_read == 4
+    assert clips[0].frame_rate == pytest.approx(vf.FPS)  # The video's rate, not the 30 fps default.

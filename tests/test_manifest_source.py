@@ -16,7 +16,7 @@ import video_fixtures as vf
 from beam_jobs import convert
 from beam_jobs.sources import SOURCES, folds, make_source, media_rows
 from beam_jobs.sources.manifest import ManifestSource
-from tfrecords_schema import SPLITS, decode_clip, keys, read_dataset_info
+from tfrecords_schema import decode_clip, keys, read_dataset_info
 
 FPS = 10.0
 SIDE = 64
@@ -24,7 +24,6 @@ CLASSES = ["neutral", "happy", "sad"]
 NEUTRAL, HAPPY, SAD = range(3)
 ARGS = ["--clip_length", "8", "--detect_every", "5", "--runner", "DirectRunner", "--direct_running_mode", "in_memory",
         "--progress_every", "0"]
-TEST_IS_A_SPLIT = "test" in SPLITS
 
 
 def write_video(path: pathlib.Path, frames: int, expression: int = 4) -> pathlib.Path:
@@ -126,10 +125,7 @@ def test_accounting_counts_every_row_problem_in_frames(converted):
     unassigned = info.splits[media_rows.UNASSIGNED_SPLIT].accounting
     assert (unassigned.labelled_frames, unassigned.dropped) == (3, {"unknown_split": 3})
     test = info.splits["test"].accounting
-    if TEST_IS_A_SPLIT:
-        assert (test.labelled_frames, test.written_frames) == (4, 4)
-    else:
-        assert (test.labelled_frames, test.dropped) == (4, {"unsupported_split": 4})
+    assert (test.labelled_frames, test.written_frames, test.dropped) == (4, 4, {})  # Held out, written.
 
 
 def test_every_bad_row_is_a_dead_letter_naming_its_line(converted):
@@ -146,8 +142,6 @@ def test_every_bad_row_is_a_dead_letter_naming_its_line(converted):
     assert by_line[(f"{manifest}:line 4", "conflicting_labels")] == 1
     assert by_line[(f"{manifest}:line 6", "beyond_video_end")] == 0  # 1.8-2.5 s of a 2 s video.
     assert by_line[(f"{manifest}:line 16", "unknown_split")] == 3
-    if not TEST_IS_A_SPLIT:
-        assert by_line[(f"{manifest}:line 15", "unsupported_split")] == 4
     assert converted["info"].failures["dead_letters"] == len(letters)
 
 
@@ -157,7 +151,7 @@ def test_label_names_follow_class_names_and_written_labels_match_the_rows(conver
     assert info.label_names["valence_arousal"] == ["valence", "arousal"]
     assert info.tasks == ["expr", "va"]
     frames = written_frames(converted["output"])
-    assert sorted(frames) == ["s02.MOV", "train/s01.avi", "val/s03.mkv"] + (["s07.avi"] if TEST_IS_A_SPLIT else [])
+    assert sorted(frames) == ["s02.MOV", "s07.avi", "train/s01.avi", "val/s03.mkv"]
     assert {f: e for f, (e, _) in frames["train/s01.avi"].items()} == {i: HAPPY for i in range(1, 13)}
     assert frames["val/s03.mkv"] == {i: (HAPPY, (0.5, -0.25)) for i in range(1, 11)}
     # s02 at 10 fps: sad 0-0.5 s = frames 1-5, happy 0.4-0.7 s = 5-7 (frame 5 conflicts), neutral 1.0-1.5 s =
@@ -296,30 +290,11 @@ def test_rows_of_a_video_that_does_not_open_count_zero_frames_with_a_dead_letter
     assert source.count_labelled_lines(track) == (0, [str(tmp_path / "broken.avi")])
 
 
-@pytest.fixture
-def s3_server(monkeypatch):
-    """A real S3-compatible server (moto) on loopback, with one bucket."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
-    client.create_bucket(Bucket="affect")
-    yield url, client
-    server.stop()
-
-
 def test_a_manifest_and_videos_on_an_object_store_go_through_beam_filesystems(tmp_path, s3_server):
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    url, client = s3_server
+    url, client = s3_server.url, s3_server.client
     FileSystems.set_options(PipelineOptions(["--s3_endpoint_url", url, "--s3_access_key_id", "testing",
                                              "--s3_secret_access_key", "testing", "--s3_region_name", "us-east-1"]))
     client.upload_file(str(write_video(tmp_path / "v.avi", 6)), "affect", "videos/v.avi")

@@ -9,6 +9,7 @@ from mixing_data import distinct_videos_per_draws, write_layout
 from beam_jobs.shards import shard_order_key
 from trainer import config as config_lib
 from trainer import input as trainer_input
+from trainer import stream_mix
 
 # Four buckets of 12 videos x 80 consecutive clips in 2 shards each: a shard holds far more clips than the
 # trainer's per-bucket shuffle buffer (512 // 4), as with real videos.
@@ -44,15 +45,15 @@ def test_hash_ordered_shards_give_batches_of_many_more_videos(layouts):
 def test_balanced_sampling_skews_the_frame_mix_and_balance_frames_corrects_it(layouts):
     root, info = layouts["hash"]
     kwargs = {"task": "expr", "seq_len": 4, "batch_size": 16, "num_batches": 128, "sampling": "balanced"}
-    natural = trainer_input.empirical_frame_mix(root, info, seed=1, **kwargs)
+    natural = stream_mix.empirical_frame_mix(root, info, seed=1, **kwargs)
     assert natural["Neutral"] > 0.25 + 0.05, natural  # the other classes' clips hold Neutral frames too
-    assert trainer_input.frame_mix_targets(info, "balanced", "expr") == {c: 0.25 for c in info.expression_names}
-    weights = trainer_input.balanced_frame_weights(root, info, task="expr", seq_len=4, sampling="balanced", seed=0)
+    assert stream_mix.frame_mix_targets(info, "balanced", "expr") == {c: 0.25 for c in info.expression_names}
+    weights = stream_mix.balanced_frame_weights(root, info, task="expr", seq_len=4, sampling="balanced", seed=0)
     assert weights[0] < 1.0 < weights[1:].min()
-    balanced = trainer_input.empirical_frame_mix(root, info, seed=1, class_weights=weights, **kwargs)
+    balanced = stream_mix.empirical_frame_mix(root, info, seed=1, class_weights=weights, **kwargs)
     assert max(abs(v - 0.25) for v in balanced.values()) <= 0.02, balanced  # measured on another seed
-    report = trainer_input.frame_mix_report(root, info, task="expr", sampling="balanced", seq_len=4, batch_size=16,
-                                            num_batches=4, seed=1, class_weights=weights)
+    report = stream_mix.frame_mix_report(root, info, task="expr", sampling="balanced", seq_len=4, batch_size=16,
+                                         num_batches=4, seed=1, class_weights=weights)
     assert report["requested"] == {c: 0.25 for c in info.expression_names} and report["batches"] == 4
     assert report["max_abs_deviation"] == pytest.approx(max(abs(v - 0.25) for v in report["empirical"].values()),
                                                         abs=1e-4)
@@ -76,4 +77,4 @@ def test_balance_frames_needs_expression_buckets(tmp_path):
     info = write_dataset(tmp_path, num_clips_per_class={"A": 2, "B": 2}, clip_length=4, crop_size=16,
                          tasks=("va",))
     with pytest.raises(ValueError, match="needs expression buckets"):
-        trainer_input.frame_mix_targets(info, "balanced", "multi")
+        stream_mix.frame_mix_targets(info, "balanced", "multi")

@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -170,6 +169,8 @@ def test_scoring_counts_every_labelled_frame_reports_face_frames_and_what_was_no
     assert scores[HEAD_VALENCE_AROUSAL]["frames"] == 8
     assert scores[HEAD_VALENCE_AROUSAL]["ccc_mean"] > 0.99
     assert scores["videos_scored"] == 1
+    # Each frame once per video, whichever heads scored it: 9 expression and 8 valence/arousal frames cover all 10.
+    assert [(r["media_id"], r["frames"]) for r in scores["per_video"]] == [("clip", 10)]
     assert "1 annotated track(s) of the split have no prediction file" in P.format_scores(scores)
 
 
@@ -365,32 +366,17 @@ def test_frames_that_do_not_decode_keep_their_lines_without_a_face(trained, tmp_
     assert len((out / "EXPR" / "v.txt").read_text().splitlines()) == 10
 
 
-def test_videos_and_outputs_on_s3(trained, tmp_path):
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-               "S3_ENDPOINT": f"http://127.0.0.1:{port}", "S3_USE_HTTPS": "0", "S3_VERIFY_SSL": "0"}
-        s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket="predict-test")
-        s3.upload_file(str(vf.write_face_video(tmp_path / "clip.avi", [4] * 6)), "predict-test", "in/sub/clip.AVI")
-        # A subprocess: tensorflow-io's S3 file system aborts the interpreter at exit (trainer.filesystems).
-        done = subprocess.run(
-            [sys.executable, "-m", "trainer.predict", "--model", trained["export"], "--videos", "s3://predict-test/in",
-             "--output", "s3://predict-test/out", "--progress_every", "0"],
-            check=False, cwd=REPO, env={**os.environ, **env, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="predict-test", Prefix="out/")["Contents"])
-        assert keys == ["out/AU/clip.txt", "out/EXPR/clip.txt", "out/VA/clip.txt", "out/clip.csv",
-                        "out/predict_summary.json"]
-        text = s3.get_object(Bucket="predict-test", Key="out/EXPR/clip.txt")["Body"].read().decode()
-        assert len(text.splitlines()) == 7
-    finally:
-        server.stop()
+def test_videos_and_outputs_on_s3(trained, tmp_path, s3_server):
+    s3_server.client.upload_file(str(vf.write_face_video(tmp_path / "clip.avi", [4] * 6)), s3_server.bucket,
+                                 "in/sub/clip.AVI")
+    # A subprocess: tensorflow-io's S3 file system aborts the interpreter at exit (trainer.filesystems).
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.predict", "--model", trained["export"], "--videos",
+         f"s3://{s3_server.bucket}/in", "--output", f"s3://{s3_server.bucket}/out", "--progress_every", "0"],
+        check=False, cwd=REPO, env={**os.environ, **s3_server.tf_env, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert s3_server.keys("out/") == ["out/AU/clip.txt", "out/EXPR/clip.txt", "out/VA/clip.txt", "out/clip.csv",
+                                      "out/predict_summary.json"]
+    text = s3_server.client.get_object(Bucket=s3_server.bucket, Key="out/EXPR/clip.txt")["Body"].read().decode()
+    assert len(text.splitlines()) == 7

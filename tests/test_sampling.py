@@ -9,7 +9,7 @@ from trainer_data import write_dataset
 
 from tfrecords_schema import DatasetInfo, ShardInfo, SplitInfo
 from trainer import input as trainer_input
-from trainer import sampling
+from trainer import sampling, stream_mix
 
 
 def _info(bucket_records: dict[str, int], class_frames: dict[str, int] | None = None) -> DatasetInfo:
@@ -157,15 +157,15 @@ def test_empirical_bucket_mix_counts_the_buckets_of_the_training_stream(skewed, 
                                                sampling=mode, augment=False, seed=4)
     labels = np.concatenate([t["expression"][:, 0].numpy() for _, t, _ in dataset.take(batches)])
     expected = np.bincount(labels, minlength=4) / len(labels)
-    mix = trainer_input.empirical_bucket_mix(root, info, task="expr", sampling=mode, num_clips=batch * batches,
-                                             seed=4)
+    mix = stream_mix.empirical_bucket_mix(root, info, task="expr", sampling=mode, num_clips=batch * batches,
+                                          seed=4)
     assert list(mix) == info.bucket_names
     assert [mix[b] for b in info.bucket_names] == pytest.approx(expected.tolist())
 
 
 def test_train_logs_requested_and_empirical_bucket_mix_with_the_largest_deviation(skewed):
     from trainer.config import TrainConfig
-    from trainer.train import CLASS_MIX_BATCHES, bucket_mix_report
+    from trainer.plan import CLASS_MIX_BATCHES, bucket_mix_report
 
     root, info = skewed
     config = TrainConfig(data=root, job_dir="j", task="expr", sampling="balanced", batch_size=25, seq_len=2)

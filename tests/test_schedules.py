@@ -14,7 +14,7 @@ import tensorflow as tf
 from trainer_data import write_dataset
 
 from tfrecords_schema import read_dataset_info
-from trainer import distribution, schedules, train
+from trainer import distribution, plan, schedules, train
 from trainer.config import parse_train_config
 from trainer.fingerprint import file_sha256
 from trainer.input import heads_for_task
@@ -51,7 +51,7 @@ def test_the_optimizer_follows_the_schedule_of_the_job(dataset):
                                  "--warmup_steps", "2", "--learning_rate", "0.004", "--cnn_width", "0.25",
                                  "--feature_dim", "8", "--rnn_units", "8"])
     info = read_dataset_info(dataset)
-    spec = train.model_spec_for(config, info, heads_for_task(info, "expr"))
+    spec = plan.model_spec_for(config, info, heads_for_task(info, "expr"))
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     _, optimizer = build_model_and_optimizer(config, spec, strategy, total_steps=10)
     assert schedules.current_learning_rate(optimizer) == pytest.approx(0.002)  # step 0 of 2 warm-up steps

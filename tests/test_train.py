@@ -19,7 +19,7 @@ import tensorflow as tf
 from trainer_data import corrupt_shard, shard_path, write_dataset
 
 from tfrecords_schema import DATASET_INFO_FILENAME, decode_clip, keys
-from trainer import evaluate, state, step, train
+from trainer import evaluate, plan, state, step, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = ["--cnn_width", "0.25", "--feature_dim", "32", "--rnn_units", "32,16", "--seq_len", "8",
@@ -342,11 +342,11 @@ def test_steps_per_epoch_follow_the_downsample_epoch_size(dataset):
     info = read_dataset_info(dataset)
     config = TrainConfig(data=dataset, job_dir="j", sampling="downsample", batch_size=4)
     # Minority bucket (Fear) has 3 clips, 4 buckets -> 12 clips per epoch -> 3 steps of 4 clips.
-    assert train.resolve_steps_per_epoch(config, info) == 3
+    assert plan.resolve_steps_per_epoch(config, info) == 3
     natural = TrainConfig(data=dataset, job_dir="j", sampling="natural", batch_size=4)
-    assert train.resolve_steps_per_epoch(natural, info) == 21 // 4
+    assert plan.resolve_steps_per_epoch(natural, info) == 21 // 4
     explicit = TrainConfig(data=dataset, job_dir="j", steps_per_epoch=7)
-    assert train.resolve_steps_per_epoch(explicit, info) == 7
+    assert plan.resolve_steps_per_epoch(explicit, info) == 7
 
 
 def test_explicit_steps_per_epoch_off_the_downsample_epoch_warns(dataset, caplog):
@@ -356,11 +356,11 @@ def test_explicit_steps_per_epoch_off_the_downsample_epoch_warns(dataset, caplog
     info = read_dataset_info(dataset)
     matching = TrainConfig(data=dataset, job_dir="j", sampling="downsample", batch_size=4, steps_per_epoch=3)
     with caplog.at_level("WARNING", logger="trainer.train"):
-        assert train.resolve_steps_per_epoch(matching, info) == 3
+        assert plan.resolve_steps_per_epoch(matching, info) == 3
     assert not caplog.records  # 3 x 4 = the 12 clips of a downsample epoch
     off = TrainConfig(data=dataset, job_dir="j", sampling="downsample", batch_size=4, steps_per_epoch=7)
     with caplog.at_level("WARNING", logger="trainer.train"):
-        assert train.resolve_steps_per_epoch(off, info) == 7
+        assert plan.resolve_steps_per_epoch(off, info) == 7
     assert any("28 clips per epoch" in r.getMessage() and "clips_per_epoch = 12" in r.getMessage()
                for r in caplog.records), caplog.text
 
@@ -414,7 +414,7 @@ def test_resume_takes_best_epoch_and_score_from_the_best_checkpoint(dataset, tmp
     # Make the latest regular checkpoint disagree with best/, as such a kill does.
     config = parse_train_config(args + ["--epochs", "2"])
     info = read_dataset_info(dataset)
-    spec = train.model_spec_for(config, info, heads_for_task(info, "expr"))
+    spec = plan.model_spec_for(config, info, heads_for_task(info, "expr"))
     model, optimizer = step.build_model_and_optimizer(config, spec, tf.distribute.OneDeviceStrategy("/cpu:0"))
     variables = {"step": tf.Variable(0, dtype=tf.int64), "epochs_done": tf.Variable(0, dtype=tf.int64),
                  "best_score": tf.Variable(0.0, dtype=tf.float64), "best_epoch": tf.Variable(0, dtype=tf.int64)}

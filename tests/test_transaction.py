@@ -7,7 +7,6 @@ import signal
 
 import pytest
 
-from tests.test_object_store import s3_server  # noqa: F401  (fixture: a moto S3 server on loopback)
 from tfrecords_schema.transaction import (
     MARKER_FILENAME,
     DiskFullError,
@@ -253,19 +252,15 @@ os._exit(0)  # tensorflow-io's S3 file system aborts at interpreter exit (see tr
 '''
 
 
-def test_object_store_output_is_swapped_by_copy_and_locked_best_effort(s3_server):  # noqa: F811 (the fixture)
+def test_object_store_output_is_swapped_by_copy_and_locked_best_effort(s3_server):
     """s3:// through tensorflow-io against a moto server on loopback: the copy-based swap and the lock."""
     import subprocess
     import sys
 
-    import boto3
-
     from tests.test_object_store import REPO
 
-    boto3.client("s3", endpoint_url=s3_server["S3_ENDPOINT"], region_name=s3_server["AWS_REGION"],
-                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="txn-test")
-    env = {**os.environ, **s3_server, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-c", S3_SCRIPT, "s3://txn-test/root"], env=env, cwd=REPO,
+    env = {**os.environ, **s3_server.tf_env, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", S3_SCRIPT, f"s3://{s3_server.bucket}/root"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
     assert done.returncode == 0 and lines, (done.stdout + done.stderr)[-4000:]
@@ -276,6 +271,6 @@ def test_object_store_output_is_swapped_by_copy_and_locked_best_effort(s3_server
     assert report["replaced"] == {"dataset_info.json": "new", "train/b": "new"}
     assert report["entries"] == [".out.incomplete-0123456789abcdef", "out"]  # Lock released, foreign kept.
     assert report["leftovers"] == 0
-    assert report["killed_action"] == ["finish copying it into s3://txn-test/root/out, then remove it"]
+    assert report["killed_action"] == [f"finish copying it into s3://{s3_server.bucket}/root/out, then remove it"]
     assert report["recovered"] == {"dataset_info.json": "newest", "train/c": "newest"}
     assert report["entries_after_recovery"] == report["entries"]

@@ -10,13 +10,16 @@ them back into NumPy with :func:`decode_clip`.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 
 import numpy as np
-import tensorflow as tf
 
 from tfrecords_schema import keys
 from tfrecords_schema.version import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
+
+if typing.TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @dataclasses.dataclass
@@ -88,20 +91,32 @@ class ClipRecord:
         return self.has_face & np.isfinite(self.keypoints).all(axis=(1, 2))
 
 
+# TensorFlow is imported inside the functions that use it, never at the top: `import tfrecords_schema` (keys,
+# dataset info, ClipRecord) must stay light for `affectstream COMMAND --help` and the tools.
+
+
 def _bytes(values) -> tf.train.Feature:
+    import tensorflow as tf
+
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
 
 
 def _floats(values) -> tf.train.Feature:
+    import tensorflow as tf
+
     return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
 
 def _ints(values) -> tf.train.Feature:
+    import tensorflow as tf
+
     return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
 
 
 def encode_clip(clip: ClipRecord) -> bytes:
     """Serialises a clip to a `tf.train.SequenceExample` in the AffectStream schema."""
+    import tensorflow as tf
+
     context = {
         keys.EXAMPLE_ID: _bytes([clip.example_id.encode("utf-8")]),
         keys.DATASET_NAME: _bytes([clip.dataset_name.encode("utf-8")]),
@@ -158,6 +173,8 @@ def decode_clip(serialized: bytes) -> ClipRecord:
         ValueError: if the bytes are not a clip of a readable schema version, or its keypoint lists
             do not hold the same number of points on every frame that has any.
     """
+    import tensorflow as tf
+
     example = tf.train.SequenceExample.FromString(serialized)
     ctx = example.context.feature
     version = int(_scalar(ctx[keys.SCHEMA_VERSION])) if keys.SCHEMA_VERSION in ctx else None
@@ -226,6 +243,8 @@ def make_clip_parser(num_action_units: int, num_keypoints: int = 0) -> Callable[
         num_action_units: AUs per frame, from ``DatasetInfo.label_names``.
         num_keypoints: Keypoints per frame to return (0: no ``keypoints`` tensor).
     """
+    import tensorflow as tf
+
     if num_action_units < 0:
         raise ValueError(f"num_action_units must be >= 0, got {num_action_units}")
     if num_keypoints < 0:

@@ -16,13 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorflow as tf
 
 from tfrecords_schema import keys
 from tfrecords_schema.dataset_info import DatasetInfo, DatasetInfoError, join_path
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 FEATURE_SCHEMA_VERSION = 1
 FEATURES_INFO_FILENAME = "features_info.json"
@@ -74,7 +76,12 @@ class FeatureClip:
         self.action_units = np.asarray(self.action_units, np.int64).reshape(n, -1)
 
 
+# TensorFlow is imported inside the functions that use it: `import tfrecords_schema` stays light for the CLI.
+
+
 def _feature(kind: str, values) -> tf.train.Feature:
+    import tensorflow as tf
+
     if kind == "bytes":
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
     if kind == "float":
@@ -84,6 +91,8 @@ def _feature(kind: str, values) -> tf.train.Feature:
 
 def encode_feature_clip(clip: FeatureClip) -> bytes:
     """Serialises a :class:`FeatureClip` (deterministic bytes)."""
+    import tensorflow as tf
+
     context = {
         keys.EXAMPLE_ID: _feature("bytes", [clip.example_id.encode("utf-8")]),
         keys.MEDIA_ID: _feature("bytes", [clip.media_id.encode("utf-8")]),
@@ -112,6 +121,8 @@ def decode_feature_clip(serialized: bytes) -> FeatureClip:
     Raises:
         ValueError: not a feature record of this version.
     """
+    import tensorflow as tf
+
     example = tf.train.SequenceExample.FromString(serialized)
     ctx = example.context.feature
     version = list(ctx[FEATURE_VERSION].int64_list.value) if FEATURE_VERSION in ctx else []
@@ -145,6 +156,8 @@ def make_feature_parser(feature_dim: int, num_action_units: int) -> Callable[[tf
     ``valence_arousal`` float32 ``[T, 2]``, ``action_units`` int64 ``[T, K]``. A record whose feature size
     or version differs fails the parse (an assertion naming both).
     """
+    import tensorflow as tf
+
     if feature_dim < 1 or num_action_units < 0:
         raise ValueError(f"need feature_dim >= 1 and num_action_units >= 0, got {feature_dim}, {num_action_units}")
     context_spec = {
@@ -231,6 +244,8 @@ class FeaturesInfo:
 
 def read_features_info(features_dir: str) -> FeaturesInfo | None:
     """The index of a feature folder; None when it has none (never written, or its writing was cut short)."""
+    import tensorflow as tf
+
     path = join_path(features_dir, FEATURES_INFO_FILENAME)
     if not tf.io.gfile.exists(path):
         return None

@@ -2,8 +2,17 @@
 
 Entry points: ``python -m trainer.train`` (:func:`trainer.train.run`) and ``python -m trainer.evaluate``
 (:func:`trainer.evaluate.run`). Importing the package registers the trainer's custom Keras layers
-(:mod:`trainer.layers`, which imports Keras), so ``import trainer`` is all an exported ``model.keras`` needs
-to load: ``keras.models.load_model("JOB/export/model.keras", compile=False)``.
+(:mod:`trainer.layers`), so ``import trainer`` is all an exported ``model.keras`` needs to load:
+``keras.models.load_model("JOB/export/model.keras", compile=False)``. When Keras is not loaded yet, the layers are
+registered right after it is (:mod:`trainer.keras_hook`), so that ``--help`` and the option parsing of every entry
+point answer without importing TensorFlow.
 """
 
-from trainer import layers  # noqa: F401  (registers the custom layers for keras.models.load_model)
+import sys
+
+if "keras" in sys.modules:
+    from trainer import layers  # noqa: F401  (registers the custom layers for keras.models.load_model)
+else:
+    from trainer import keras_hook
+
+    keras_hook.import_after_keras("trainer.layers")

@@ -16,17 +16,16 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from tfrecords_schema import TASK_EXPRESSION, TASK_MULTI
-from trainer.distribution import STRATEGIES as STRATEGY_CHOICES
-from trainer.input import TASK_CHOICES
-from trainer.model import BACKBONES, RNNS
+from tfrecords_schema.tasks import TASK_EXPRESSION, TASK_MULTI
+from trainer.choices import BACKBONES, RNNS, TASK_CHOICES
+from trainer.choices import LR_SCHEDULES as LR_SCHEDULE_CHOICES
+from trainer.choices import STRATEGIES as STRATEGY_CHOICES
 from trainer.sampling import LOSS_WEIGHTINGS as LOSS_WEIGHTING_CHOICES
 from trainer.sampling import SAMPLING_MODES as SAMPLING_CHOICES
-from trainer.schedules import LR_SCHEDULES as LR_SCHEDULE_CHOICES
 from trainer.stages import STAGE_END_TO_END, STAGE_SEQUENCE, STAGES
 
-# The choice lists live where they are used (trainer.input, trainer.sampling, trainer.distribution);
-# these are the only options declared here.
+# The choice lists live in trainer.choices (TensorFlow-free, so that --help answers without importing it)
+# and where they are used (trainer.sampling, trainer.stages); these are the only options declared here.
 JIT_CHOICES = ("auto", "on", "off")
 OPTIMIZER_CHOICES = ("adam", "sgd")
 
@@ -83,6 +82,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     log_every: int = 10
+    verbose: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -262,7 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip (and count) corrupt records instead of failing")
     p.add_argument("--checkpoint_every", type=int, help="steps between checkpoints (also one per epoch end)")
     p.add_argument("--keep_checkpoints", type=int)
-    p.add_argument("--log_every", type=int)
+    p.add_argument("--log_every", type=int,
+                   help="steps between log lines of the losses (default 10); on a terminal a progress bar per epoch "
+                   "shows every step instead, its losses read at this pace")
+    p.add_argument("--verbose", nargs="?", const=True, type=_bool,
+                   help="DEBUG logging of the trainer; `affectstream train --verbose` also keeps TensorFlow's C++ log")
     return p
 
 

@@ -48,8 +48,12 @@ import sys
 import threading
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
+from affectstream.cli import add_verbose_flag
+
+if TYPE_CHECKING:  # TensorFlow is imported where it is used: `affectstream data-service --help` stays light.
+    import tensorflow as tf
 
 PROTOCOL = "grpc"
 # Upper bound of the worker indices a stream can be given (the range that SHARD_HINT shards).
@@ -79,6 +83,8 @@ def worker_index() -> tf.data.Dataset:
 
     Outside a HINT-sharded service job iterating it fails (``SHARD_HINT`` is then unresolved).
     """
+    import tensorflow as tf
+
     hint = tf.data.experimental.SHARD_HINT
     return tf.data.Dataset.range(MAX_WORKERS).shard(hint, hint).take(1)
 
@@ -168,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker servers to start (default 2)")
     p.add_argument("--host", default="localhost",
                    help="name under which trainers reach this machine (default localhost: trainers on this host)")
+    add_verbose_flag(p)
     return p
 
 

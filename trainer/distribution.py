@@ -25,7 +25,7 @@ import tempfile
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+from trainer.choices import STRATEGIES
 
 
 @dataclasses.dataclass

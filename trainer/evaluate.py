@@ -24,6 +24,7 @@ import posixpath
 import sys
 from collections.abc import Sequence
 
+from affectstream.cli import add_verbose_flag
 from tfrecords_schema import join_path
 from trainer import errors, filesystems
 from trainer.export import MODEL_FILENAME, MODEL_INFO_FILENAME
@@ -156,7 +157,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     import tensorflow as tf
 
     from tfrecords_schema import read_dataset_info
-    from trainer import plots, reports
+    from trainer import layers, plots, reports  # noqa: F401  (layers: registers the custom layers for load_model)
     from trainer.input import make_eval_dataset
     from trainer.records import SkippedRecords
 
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "density, per-AU F1) go (default: evaluation/SPLIT next to the export folder)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--skip_corrupt", action="store_true", help="skip (and count) corrupt records")
+    add_verbose_flag(p)
     return p
 
 

@@ -74,7 +74,8 @@ def model_info_payload(config, info, heads: Sequence[str], *, best_epoch: int, b
         "crop_size": info.crop_size,
         "seq_len": config.seq_len,
         "preprocessing": {
-            "input": "float32 [batch, time, crop_size, crop_size, 3] RGB face crops scaled to [0, 1]",
+            "input": "uint8 [batch, time, crop_size, crop_size, 3] RGB face crops (0..255); the model's first layer "
+                     "scales them, so feed the pixels as decoded (float input is cast to uint8)",
             "crop": "the square face crops of beam_jobs.convert (same crop function at inference)",
             "time": "any number of frames; trained on windows of seq_len consecutive frames",
         },

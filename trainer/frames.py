@@ -22,12 +22,21 @@ from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AR
 def random_window(clip: dict, seed: tf.Tensor, seq_len: int) -> dict:
     """Picks ``seq_len`` frames: random offset, stride 1-2 when the clip is long enough, padding if short."""
     n = tf.shape(clip["image"])[0]
+    return gather_frames(clip, random_window_indices(n, seed, seq_len), n)
+
+
+def random_window_indices(n: tf.Tensor, seed: tf.Tensor, seq_len: int) -> tf.Tensor:
+    """The ``seq_len`` frame indices of a random window of a clip of ``n`` frames (may run past its end).
+
+    One draw for every pipeline that windows clips (frames here, per-frame features in the sequence stage), so
+    their windows follow the same distribution.
+    """
     stride_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     long_enough = n >= 2 * (seq_len - 1) + 1
     stride = tf.where(long_enough, tf.random.stateless_uniform([], stride_seed, 1, 3, tf.int32), 1)
     max_offset = tf.maximum(n - ((seq_len - 1) * stride + 1), 0)
     offset = tf.random.stateless_uniform([], offset_seed, 0, max_offset + 1, tf.int32)
-    return gather_frames(clip, offset + stride * tf.range(seq_len), n)
+    return offset + stride * tf.range(seq_len)
 
 
 def eval_windows(clip: dict, seq_len: int) -> dict:

@@ -22,7 +22,9 @@ Training elements are ``(images, targets, weights)``; evaluation elements add ``
 Weights: :func:`trainer.frames.targets_and_weights` -- training weighs invalid labels, padding and frames
 without a face 0; evaluation weighs only invalid labels and padding 0, so every labelled frame is scored.
 Per-class expression weights: ``loss_weighting`` (from the train histogram) or ``class_weights`` (e.g.
-:func:`balanced_frame_weights`, which corrects the frame class mix of clip-bucket sampling).
+:func:`trainer.stream_mix.balanced_frame_weights`, which corrects the frame class mix of clip-bucket
+sampling). :mod:`trainer.stream_mix` measures what this training stream holds (bucket and frame class
+mix) through :func:`train_batches` without decoding a JPEG.
 
 Empty shard files are skipped; under multi-worker training the non-empty files of every shard set are dealt
 round-robin over the input pipelines; bad shards fail naming the file, or with a
@@ -56,7 +58,6 @@ from tfrecords_schema import (
     TASK_MULTI,
     TASKS,
     DatasetInfo,
-    buckets,
     make_clip_parser,
 )
 from trainer import augment as augment_lib
@@ -64,14 +65,12 @@ from trainer import data_service as data_service_lib
 from trainer import frames as frames_lib
 from trainer import records
 from trainer import sampling as sampling_lib
+from trainer.choices import TASK_CHOICES
 from trainer.filesystems import register_filesystems
 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-TASK_CHOICES = (*TASKS, TASK_MULTI)
-# Clips of the training stream that estimate its frame class mix for balanced_frame_weights.
-BALANCE_FRAMES_CLIPS = 2048
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,14 +106,16 @@ def _has_labels(info: DatasetInfo, task: str) -> bool:
     return True
 
 
-def _check_common(info: DatasetInfo, task: str, seq_len: int, batch_size: int) -> tuple[str, ...]:
+def check_heads_and_sizes(info: DatasetInfo, task: str, seq_len: int, batch_size: int) -> tuple[str, ...]:
+    """The heads of ``task`` (:func:`heads_for_task`); raises ValueError on a sequence length or batch size < 1."""
     heads = heads_for_task(info, task)
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be >= 1, got seq_len={seq_len}, batch_size={batch_size}")
     return heads
 
 
-def _options(input_context) -> tf.data.Options:
+def dataset_options(input_context) -> tf.data.Options:
+    """Deterministic order; no auto-sharding under an input context (the files are dealt out here)."""
     options = tf.data.Options()
     options.deterministic = True
     if input_context is not None:
@@ -137,8 +138,8 @@ def _train_bucket_mix(info: DatasetInfo, sampling_mode: str, task: str) -> tuple
     return weights, counts
 
 
-def _expression_weights(info: DatasetInfo, heads: tuple[str, ...], loss_weighting: str,
-                        class_weights: np.ndarray | None) -> np.ndarray | None:
+def expression_weights(info: DatasetInfo, heads: tuple[str, ...], loss_weighting: str,
+                       class_weights: np.ndarray | None) -> np.ndarray | None:
     """The per-class expression weights of the loss: ``class_weights``, from ``loss_weighting``, or None."""
     if class_weights is not None:
         if loss_weighting != "none":
@@ -161,11 +162,11 @@ def _expression_weights(info: DatasetInfo, heads: tuple[str, ...], loss_weightin
 # The training stream.
 
 
-def _train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...], seq_len: int, batch_size: int,
-                   bucket_mix: tuple[dict[str, float], dict[str, int]], sampling_mode: str,
-                   class_weights: np.ndarray | None, seed: int, augment: bool, xla_augment: bool, decode: bool,
-                   input_context, skipped: records.SkippedRecords | None,
-                   worker: tf.Tensor | None) -> tf.data.Dataset:
+def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...], seq_len: int, batch_size: int,
+                  bucket_mix: tuple[dict[str, float], dict[str, int]], sampling_mode: str,
+                  class_weights: np.ndarray | None, seed: int, augment: bool, xla_augment: bool, decode: bool,
+                  input_context, skipped: records.SkippedRecords | None,
+                  worker: tf.Tensor | None) -> tf.data.Dataset:
     """The training batches: ``(images, targets, weights)``, or ``(targets, weights, buckets)`` when not ``decode``.
 
     Both variants pick the same clips and windows for the same arguments (the labels-only one measures
@@ -232,7 +233,8 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
             ``task`` equal to the bucketing task (``expr`` over expression buckets), the bucket of clips
             without that label is not sampled (see :mod:`trainer.sampling`).
         loss_weighting: Expression class weights in ``weights``, one of :data:`trainer.sampling.LOSS_WEIGHTINGS`.
-        class_weights: float ``[classes]`` expression weights instead (e.g. :func:`balanced_frame_weights`);
+        class_weights: float ``[classes]`` expression weights instead (e.g.
+            :func:`trainer.stream_mix.balanced_frame_weights`);
             only with ``loss_weighting="none"``.
         seed: Seed of file/record shuffles, bucket draws, frame picks and augmentation.
         augment: Apply flip / brightness / contrast / crop jitter.
@@ -254,33 +256,33 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
     # 1. Options, heads, bucket mix and class weights.
     sampling_mode = sampling_lib.check_choice(sampling, sampling_lib.SAMPLING_MODES, "sampling mode")
     sampling_lib.check_choice(loss_weighting, sampling_lib.LOSS_WEIGHTINGS, "loss weighting")
-    heads = _check_common(info, task, seq_len, batch_size)
+    heads = check_heads_and_sizes(info, task, seq_len, batch_size)
     register_filesystems(data_dir)
     records.split_info(info, SPLIT_TRAIN)
     bucket_mix = _train_bucket_mix(info, sampling_mode, task)
-    expression_weights = _expression_weights(info, heads, loss_weighting, class_weights)
+    class_weights = expression_weights(info, heads, loss_weighting, class_weights)
     stream = {"heads": heads, "seq_len": seq_len, "batch_size": batch_size, "bucket_mix": bucket_mix,
-              "sampling_mode": sampling_mode, "class_weights": expression_weights, "seed": seed, "augment": augment,
+              "sampling_mode": sampling_mode, "class_weights": class_weights, "seed": seed, "augment": augment,
               "xla_augment": xla_augment, "decode": True}
 
     # 2. In process, or on the tf.data service: every worker runs the whole stream (all files) with its own
     #    seeds. Shards are checked here, where errors are clear, before any dataset function is traced.
     if not data_service:
         shard_sets = records.train_shard_sets(data_dir, info, bucket_mix[0], input_context, skipped)
-        dataset = records.explicitly_seeded(lambda worker: _train_batches(
+        dataset = records.explicitly_seeded(lambda worker: train_batches(
             info, shard_sets, input_context=input_context, skipped=skipped, worker=worker, **stream))
-        return dataset.prefetch(AUTOTUNE).with_options(_options(input_context))
+        return dataset.prefetch(AUTOTUNE).with_options(dataset_options(input_context))
     if skipped is not None:
         raise ValueError("skip_corrupt cannot count skipped records on tf.data service workers (the counter "
                          "lives in this process): check the shards with `affectstream inspect DATA --verify`, "
                          "or train without the data service")
     shard_sets = records.train_shard_sets(data_dir, info, bucket_mix[0], None, None)
-    dataset = records.explicitly_seeded(lambda worker: _train_batches(
+    dataset = records.explicitly_seeded(lambda worker: train_batches(
         info, shard_sets, input_context=None, skipped=None, worker=worker, **stream),
         workers=data_service_lib.worker_index())
-    dataset = data_service_lib.read_from_service(dataset.with_options(_options(None)), data_service,
+    dataset = data_service_lib.read_from_service(dataset.with_options(dataset_options(None)), data_service,
                                                  job_name=data_service_job)
-    return dataset.prefetch(AUTOTUNE).with_options(_options(input_context))
+    return dataset.prefetch(AUTOTUNE).with_options(dataset_options(input_context))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,7 +309,7 @@ def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VA
         CorruptShardError: a listed shard is missing or of the wrong size (unless ``skipped`` is given).
     """
     # 1. Options, heads, this pipeline's shard files.
-    heads = _check_common(info, task, seq_len, batch_size)
+    heads = check_heads_and_sizes(info, task, seq_len, batch_size)
     register_filesystems(data_dir)
     split_info = records.split_info(info, split)
     paths, counts = records.shard_files(data_dir, split_info.shards, f"split {split!r}", input_context, skipped)
@@ -336,199 +338,4 @@ def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VA
     dataset = dataset.map(to_example, num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, num_parallel_calls=AUTOTUNE)
     dataset = dataset.map(to_batch, num_parallel_calls=AUTOTUNE)
-    return dataset.prefetch(AUTOTUNE).with_options(_options(input_context))
-
-
-# --------------------------------------------------------------------------------------------------
-# What the training stream holds: bucket mix, frame class mix, and the weights that balance frames.
-
-
-def empirical_bucket_mix(data_dir: str, info: DatasetInfo, *, task: str, sampling: str = "balanced",
-                         num_clips: int, seed: int = 0,
-                         skipped: records.SkippedRecords | None = None) -> dict[str, float]:
-    """Share of each sampled bucket among the first ``num_clips`` clips of the training stream.
-
-    The stream is the one :func:`make_train_dataset` batches with the same ``seed`` (a single pipeline, no
-    input context): the first ``num_clips`` clips are its first ``num_clips // batch_size`` batches. Only
-    the bucket index of each serialized clip is parsed (no image is decoded).
-
-    Args:
-        data_dir: Conversion output.
-        info: Its dataset info.
-        task: The training task (decides which buckets are sampled, see :mod:`trainer.sampling`).
-        sampling: One of :data:`trainer.sampling.SAMPLING_MODES`.
-        num_clips: Clips to count (>= 1).
-        seed: The training stream's seed.
-        skipped: Skip corrupt records and count them in this counter (None: fail on them).
-
-    Returns:
-        ``{bucket: fraction of the clips}`` for every sampled bucket (the requested weights' keys).
-
-    Raises:
-        ValueError: unknown sampling mode, ``num_clips < 1``, no bucket to sample.
-    """
-    sampling_mode = sampling_lib.check_choice(sampling, sampling_lib.SAMPLING_MODES, "sampling mode")
-    if num_clips < 1:
-        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
-    register_filesystems(data_dir)
-    records.split_info(info, SPLIT_TRAIN)
-    counts = sampling_lib.bucket_clip_counts(info)
-    weights = sampling_lib.bucket_weights(info, sampling_mode, task)
-    names = list(weights)
-    if len(names) == 1:
-        return {names[0]: 1.0}
-    shard_sets = records.train_shard_sets(data_dir, info, weights, None, skipped)
-    clips = records.explicitly_seeded(lambda worker: records.mixed_train_records(
-        shard_sets, weights, counts, sampling_mode, seed=seed, input_context=None, skipped=skipped, worker=worker))
-    parse = make_clip_parser(info.num_action_units)
-    indices = clips.take(num_clips).map(lambda serialized: parse(serialized)["bucket"], num_parallel_calls=AUTOTUNE)
-    seen = np.zeros(len(info.bucket_names), np.int64)
-    for batch in indices.batch(1024).with_options(_options(None)):
-        seen += np.bincount(batch.numpy(), minlength=len(seen))[: len(seen)]
-    return {b: float(seen[info.bucket_names.index(b)]) / num_clips for b in names}
-
-
-def _class_frames_by_bucket(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, batch_size: int,
-                            num_batches: int, sampling: str, class_weights: np.ndarray | None, seed: int,
-                            skipped: records.SkippedRecords | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(frames, clips)`` of the first ``num_batches`` training batches, per bucket.
-
-    ``frames[b, c]``: loss weight of the expression frames of class ``c`` in the clips of bucket ``b``;
-    ``clips[b]``: clips of bucket ``b``. The stream is :func:`make_train_dataset`'s with the same
-    arguments (one pipeline), labels only: no JPEG is decoded.
-    """
-    sampling_mode = sampling_lib.check_choice(sampling, sampling_lib.SAMPLING_MODES, "sampling mode")
-    heads = _check_common(info, task, seq_len, batch_size)
-    if HEAD_EXPRESSION not in heads:
-        raise ValueError(f"task {task!r} has no expression head: there is no frame class mix to measure")
-    register_filesystems(data_dir)
-    records.split_info(info, SPLIT_TRAIN)
-    weights = sampling_lib.bucket_weights(info, sampling_mode, task)
-    bucket_mix = (weights, sampling_lib.bucket_clip_counts(info))
-    shard_sets = records.train_shard_sets(data_dir, info, weights, None, skipped)
-    class_weights = _expression_weights(info, heads, "none", class_weights)
-    labels = records.explicitly_seeded(lambda worker: _train_batches(
-        info, shard_sets, heads=heads, seq_len=seq_len, batch_size=batch_size, bucket_mix=bucket_mix,
-        sampling_mode=sampling_mode, class_weights=class_weights, seed=seed, augment=False, xla_augment=False,
-        decode=False, input_context=None, skipped=skipped, worker=worker))
-    num_classes, num_buckets = len(info.expression_names), len(info.bucket_names) or 1
-    frames, clips = np.zeros((num_buckets, num_classes)), np.zeros(num_buckets)
-    for targets, weights_, bucket in labels.take(num_batches).with_options(_options(None)):
-        index = np.repeat(bucket.numpy(), seq_len) * num_classes + targets[HEAD_EXPRESSION].numpy().ravel()
-        frames += np.bincount(index, weights=weights_[HEAD_EXPRESSION].numpy().ravel(),
-                              minlength=frames.size).reshape(frames.shape)
-        clips += np.bincount(bucket.numpy(), minlength=num_buckets)
-    return frames, clips
-
-
-def empirical_frame_mix(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, batch_size: int,
-                        num_batches: int, sampling: str = "balanced", class_weights: np.ndarray | None = None,
-                        seed: int = 0, skipped: records.SkippedRecords | None = None) -> dict[str, float]:
-    """Expression class mix of the training frames in the first ``num_batches`` batches of the training stream.
-
-    Counts what the loss sees: every frame with a non-zero expression weight, weighted by that weight
-    (with ``class_weights`` the shares are the weighted ones). The stream is :func:`make_train_dataset`'s
-    with the same arguments (one pipeline); no JPEG is decoded.
-
-    Returns:
-        ``{class name: share}`` over every expression class (sums to 1; all 0 if no frame is weighted).
-
-    Raises:
-        ValueError: the task has no expression head, or any :func:`make_train_dataset` error.
-    """
-    frames, _ = _class_frames_by_bucket(data_dir, info, task=task, seq_len=seq_len, batch_size=batch_size,
-                                        num_batches=num_batches, sampling=sampling, class_weights=class_weights,
-                                        seed=seed, skipped=skipped)
-    totals = frames.sum(axis=0)
-    shares = totals / totals.sum() if totals.sum() > 0 else totals
-    return {name: float(share) for name, share in zip(info.expression_names, shares)}
-
-
-def frame_mix_targets(info: DatasetInfo, sampling: str, task: str) -> dict[str, float]:
-    """The frame class mix that clip-bucket sampling aims at: each expression class's bucket weight.
-
-    Defined for expression-bucketed data (``bucket_by expression``): class ``c`` should make up the share
-    of the training frames that its bucket has among the sampled clips. Classes without a sampled bucket
-    get target 0 here (:func:`balanced_frame_weights` leaves their frames as they come).
-
-    Raises:
-        ValueError: the data is not bucketed by expression.
-    """
-    if buckets.BUCKETING_TASK.get(info.bucket_by) != TASK_EXPRESSION:
-        raise ValueError(f"balancing the frame class mix needs expression buckets (bucket_by expression); "
-                         f"this data is bucketed by {info.bucket_by!r}")
-    requested = sampling_lib.bucket_weights(info, sampling, task)
-    classes = {name: requested.get(name, 0.0) for name in info.expression_names}
-    total = sum(classes.values())
-    return {name: w / total for name, w in classes.items()} if total > 0 else classes
-
-
-def balanced_frame_weights(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, sampling: str,
-                           seed: int = 0, num_clips: int = BALANCE_FRAMES_CLIPS,
-                           skipped: records.SkippedRecords | None = None) -> np.ndarray:
-    """Per-class expression weights that give the training frames the class mix their buckets are sampled at.
-
-    A clip's bucket is its *majority* class, so a bucket's clips also hold frames of other classes, and
-    sampling buckets at ``w_b`` (e.g. 1/8 each under ``balanced``) gives a frame class mix ``q_c`` that
-    differs from it. The weight ``w_c / q_c`` per class makes the loss see the requested mix; ``q_c`` is
-    estimated from the first ``num_clips`` clips of the training stream (labels only, deterministic for the
-    seed): each bucket's class frames per clip, mixed at the buckets' requested weights. Classes with frames but no sampled bucket keep weight 1 (their share is left as it comes; the
-    bucketed classes share the rest); a bucketed class not seen in the sample gets 1, with a warning. The
-    weights average to 1 over the measured frames, so the loss keeps its scale.
-
-    Returns:
-        float32 ``[classes]``.
-
-    Raises:
-        ValueError: not expression-bucketed data, or a task without the expression head.
-    """
-    targets = frame_mix_targets(info, sampling, task)
-    batch = 64
-    frames, clips = _class_frames_by_bucket(data_dir, info, task=task, seq_len=seq_len, batch_size=batch,
-                                            num_batches=max(1, num_clips // batch), sampling=sampling,
-                                            class_weights=None, seed=seed, skipped=skipped)
-    # The expected mix: each bucket's mean frames per clip at its requested weight (not at the count the
-    # sample happened to draw, which would add the draws' noise to the weights).
-    requested = sampling_lib.bucket_weights(info, sampling, task)
-    per_clip = frames / np.maximum(clips, 1)[:, None]
-    expected = sum(w * per_clip[info.bucket_names.index(b) if info.bucket_names else 0] for b, w in requested.items())
-    names = info.expression_names
-    q = expected / expected.sum() if expected.sum() > 0 else expected
-    goal = np.array([targets[n] for n in names], np.float64)
-    unbucketed = (goal == 0) & (q > 0)
-    goal[~unbucketed] *= 1.0 - q[unbucketed].sum()  # the unbucketed classes keep their own share
-    goal[unbucketed] = q[unbucketed]
-    weights = np.ones(len(names), np.float64)
-    seen = q > 0
-    weights[seen] = goal[seen] / q[seen]
-    missing = [n for n, g, s in zip(names, goal, seen) if g > 0 and not s]
-    if missing:
-        logger.warning("balance_frames: classes %s not seen in %d clips of the stream: weight 1", missing, num_clips)
-    weights /= float((weights * q).sum()) if seen.any() else 1.0
-    logger.info("balance_frames: measured frame class mix %s -> class weights %s",
-                {n: round(float(v), 4) for n, v in zip(names, q)},
-                {n: round(float(v), 4) for n, v in zip(names, weights)})
-    return weights.astype(np.float32)
-
-
-def frame_mix_report(data_dir: str, info: DatasetInfo, *, task: str, sampling: str, seq_len: int, batch_size: int,
-                     num_batches: int, seed: int, class_weights: np.ndarray | None = None,
-                     skipped: records.SkippedRecords | None = None) -> dict:
-    """The frame class mix of the first training batches next to the mix their buckets are sampled at.
-
-    Returns:
-        ``{"batches": n, "empirical": {class: share}}`` (:func:`empirical_frame_mix`, weighted by
-        ``class_weights``), plus for expression-bucketed data ``"requested"`` (:func:`frame_mix_targets`),
-        ``"max_abs_deviation"`` and ``"max_deviation_class"``.
-    """
-    empirical = empirical_frame_mix(data_dir, info, task=task, seq_len=seq_len, batch_size=batch_size,
-                                    num_batches=num_batches, sampling=sampling, class_weights=class_weights,
-                                    seed=seed, skipped=skipped)
-    report = {"batches": num_batches, "empirical": {c: round(v, 4) for c, v in empirical.items()}}
-    if buckets.BUCKETING_TASK.get(info.bucket_by) == TASK_EXPRESSION:
-        requested = frame_mix_targets(info, sampling, task)
-        worst = max(requested, key=lambda c: abs(empirical[c] - requested[c]))
-        report.update({"requested": {c: round(v, 4) for c, v in requested.items()},
-                       "max_abs_deviation": round(abs(empirical[worst] - requested[worst]), 4),
-                       "max_deviation_class": worst})
-    return report
+    return dataset.prefetch(AUTOTUNE).with_options(dataset_options(input_context))

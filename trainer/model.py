@@ -44,10 +44,9 @@ import keras
 import tensorflow as tf
 
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL, HEADS
+from trainer.choices import BACKBONES, RNNS
 from trainer.layers import PerFrame
 
-BACKBONES = ("simple_cnn", "mobilenet_v3_small", "efficientnet_b0")
-RNNS = ("gru", "lstm")
 MIXED_PRECISION_POLICY = "mixed_float16"
 IMAGENET = "imagenet"  # the backbone_weights value that asks Keras for its ImageNet weights
 PER_FRAME_LAYER = "per_frame_cnn"  # the PerFrame layer holding the CNN, in every model built here

@@ -44,6 +44,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from affectstream.cli import add_verbose_flag
 from trainer import errors, filesystems
 from trainer import predictions as preds_lib
 
@@ -123,9 +124,9 @@ def load_export(model_dir: str):
     import keras
     import tensorflow as tf
 
-    import trainer  # noqa: F401  (registers the trainer's custom layers for load_model)
     from beam_jobs.faces import FaceStageConfig
     from tfrecords_schema import join_path
+    from trainer import layers  # noqa: F401  (registers the trainer's custom layers for load_model)
     from trainer.evaluate import resolve_model_dir
     from trainer.export import MODEL_FILENAME, MODEL_INFO_FILENAME
 
@@ -398,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="annotation split scored with --annotations")
     p.add_argument("--progress_every", type=float, default=PROGRESS_EVERY_S,
                    help="seconds between progress lines (0: one line per video)")
+    add_verbose_flag(p)
     return p
 
 

@@ -321,6 +321,14 @@ def _aligned_predictions(path: str, head: str, label_names: dict[str, list[str]]
     return values
 
 
+def _padded(values: np.ndarray, length: int) -> np.ndarray:
+    """``values`` extended with zeros (of its dtype) along the first axis to ``length`` rows."""
+    values = np.asarray(values)
+    if len(values) >= length:
+        return values[:length]
+    return np.concatenate([values, np.zeros((length - len(values), *values.shape[1:]), values.dtype)])
+
+
 def score_predictions(pred_dir: str, annotations: str, split: str = "validation") -> dict:
     """Scores the ABAW files under ``pred_dir`` against the ABAW annotation files of ``split``.
 
@@ -375,15 +383,23 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
             continue
         labels = source.read_labels(track)
         has_face = read_has_face(join_path(pred_dir, f"{track.media_id}.csv"))
+        # Every head of the track in one update call, so the per-video frame count counts each frame once; a head
+        # whose file or labels end sooner weighs 0 past its own end.
+        targets, predicted, weights = {}, {}, {}
         for head in present:
-            predicted = _aligned_predictions(paths[head], head, names)
-            targets, valid = _valid_labels(head, labels, len(names[HEAD_EXPRESSION]))
-            n = min(len(predicted), len(targets))
+            head_predicted = _aligned_predictions(paths[head], head, names)
+            head_targets, valid = _valid_labels(head, labels, len(names[HEAD_EXPRESSION]))
+            n = min(len(head_predicted), len(head_targets))
             beyond[head] += int(valid[n:].sum())
-            face = np.ones(n, bool) if has_face is None else has_face[:n]
-            acc.update({head: targets[None, :n]}, {head: predicted[None, :n]},
-                       {head: valid[None, :n].astype(np.float32)}, has_face=face[None], media_ids=[track.media_id])
-            scored.add(track.track_id)
+            targets[head], predicted[head] = head_targets[:n], head_predicted[:n]
+            weights[head] = valid[:n].astype(np.float32)
+        length = max(len(w) for w in weights.values())
+        face = np.ones(length, bool) if has_face is None else _padded(has_face[:length], length)
+        acc.update({h: _padded(v, length)[None] for h, v in targets.items()},
+                   {h: _padded(v, length)[None] for h, v in predicted.items()},
+                   {h: _padded(v, length)[None] for h, v in weights.items()}, has_face=face[None],
+                   media_ids=[track.media_id])
+        scored.add(track.track_id)
     if not scored:
         raise ValueError(f"no prediction file under {pred_dir} matches an annotated track of split {split!r} "
                          f"under {annotations}")

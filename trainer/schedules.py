@@ -20,7 +20,7 @@ import math
 
 import keras
 
-LR_SCHEDULES = ("constant", "cosine")
+from trainer.choices import LR_SCHEDULES
 
 
 @keras.saving.register_keras_serializable(package="affectstream")

@@ -38,7 +38,7 @@ class Stage:
 
     Args:
         config: The training options (:class:`trainer.config.TrainConfig`).
-        plan: The job plan (:class:`trainer.train.JobPlan`: data info, heads, splits).
+        plan: The job plan (:class:`trainer.plan.JobPlan`: data info, heads, splits).
     """
 
     trains_on_features = False  # whether :meth:`train_dataset` replaces the clip stream
@@ -54,7 +54,7 @@ class Stage:
 
     def model_spec(self):
         """The :class:`trainer.model.ModelSpec` of the exported model."""
-        from trainer.train import model_spec_for
+        from trainer.plan import model_spec_for
 
         return model_spec_for(self.config, self.plan.info, self.plan.heads)
 
@@ -132,7 +132,9 @@ class SequenceStage(Stage):
             self.init_info = json.load(f)
         if int(self.init_info["crop_size"]) != plan.info.crop_size:
             raise TrainingError(f"--init_from {config.init_from} was trained on {self.init_info['crop_size']} px "
-                                f"crops, but {config.data} holds {plan.info.crop_size} px crops")
+                                f"crops, but {config.data} holds {plan.info.crop_size} px crops: train the sequence "
+                                f"stage on data converted at {self.init_info['crop_size']} px, or give --init_from a "
+                                f"job trained on {plan.info.crop_size} px crops")
         init_config = self.init_info["train_config"]
         config = dataclasses.replace(config, backbone=init_config["backbone"], cnn_width=init_config["cnn_width"],
                                      feature_dim=init_config["feature_dim"])

@@ -155,11 +155,33 @@ class TrainStep:
             return {"loss": total, **losses}
 
         replica_step = tf.function(step_fn, jit_compile=True) if self._jit else step_fn
+        # Keras' BatchNormalization updates its moving statistics on each replica from that replica's batch alone,
+        # with no cross-replica aggregation, so replicas (and workers) would drift apart and the export would keep
+        # only the first one's. Averaging the non-trainable float variables once per step, in one grouped
+        # all-reduce, keeps every replica's model identical. It runs as its own replica function so that the
+        # XLA-compiled step stays free of collectives.
+        # The TensorFlow variables behind the Keras ones (mirrored: one copy per replica).
+        synced = [v.value for v in model.non_trainable_variables
+                  if tf.as_dtype(v.dtype).is_floating] if num_replicas > 1 else []
+
+        def sync_fn():
+            local = [tf.identity(v) for v in synced]  # this replica's statistics
+
+            def average(strategy, *per_replica):
+                # The variables are the reduction's destinations (as an optimizer's update does): a tensor read
+                # without a device (one device per worker under multi_worker) would leave the all-reduce none.
+                means = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.MEAN, list(zip(per_replica, synced)))
+                for variable, mean in zip(synced, means):
+                    strategy.extended.update(variable, lambda v, m: v.assign(m), args=(mean,))
+
+            tf.distribute.get_replica_context().merge_call(average, args=tuple(local))
 
         @tf.function
         def train_step(iterator):
             images, targets, weights = next(iterator)
             per_replica = strategy.run(replica_step, args=(images, targets, weights))
+            if synced:
+                strategy.run(sync_fn)
             return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
         return train_step

@@ -10,6 +10,10 @@ or with the same options from a JSON file: ``python -m trainer.train --config jo
 
 What a job does:
 
+* locks ``--job_dir`` (the chief; :func:`tfrecords_schema.locks.lock_folder`): a second training into the
+  same folder exits 1 naming the holder's pid, host and start time, and writes nothing; a lock whose
+  process is gone (same host) is taken over with a warning. Before that, the data's frames must have the
+  ``crop_size`` of ``dataset_info.json``, and a ``--weights`` file must fit it (:mod:`trainer.preflight`);
 * streams rebalanced training clips from ``trainer.input.make_train_dataset`` through one custom
   training step run with ``strategy.run`` (:func:`trainer.step.make_train_step`: the same path for one
   device, several GPUs and several workers);
@@ -26,8 +30,10 @@ What a job does:
   in ``--job_dir/best`` (:mod:`trainer.state`: that checkpoint stores its own epoch and score, so the
   reported best epoch always matches the exported model). The training loss leaves frames without a
   face out; the metrics score them (:mod:`trainer.frames`);
+* shows a progress bar per epoch (steps, losses, steps/s, ETA) when stdout is a terminal, else logs the
+  losses every ``--log_every`` steps (:mod:`trainer.progress`);
 * logs the requested bucket weights next to the empirical bucket mix of the first batches (and the
-  largest deviation) at start-up;
+  largest deviation) at start-up (:mod:`trainer.plan`);
 * trains one stage (``--stage``, :mod:`trainer.stages`): ``end_to_end`` (default), or the paper's two
   stages, ``frames`` (the CNN per frame) then ``sequence --init_from JOB`` (the recurrent stack on the frozen
   CNN's features, computed once into ``--job_dir/features``; the export joins both into one model);
@@ -59,198 +65,37 @@ leaves through ``os._exit`` (tensorflow-io's S3 file system aborts at interprete
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import logging
-import math
 import sys
-import time
 from collections.abc import Sequence
 
 from trainer import errors, filesystems
 from trainer.config import ConfigError, TrainConfig, parse_train_config, to_dict
 from trainer.errors import TrainingError
+from trainer.plan import CLASS_MIX_BATCHES, JobPlan, bucket_mix_report, frame_mix_setup, plan_job
 
 log = logging.getLogger("trainer.train")
 
-CLASS_MIX_BATCHES = 4
 TRAIN_CONFIG_FILENAME = "train_config.json"
 LOGS_DIRNAME = "logs"
 REPORTS_DIRNAME = "reports"
+# Loggers --verbose lowers to DEBUG (TensorFlow's and other libraries' stay as they are).
+VERBOSE_LOGGERS = ("trainer", "tfrecords_schema")
 
 
-def _setup_logging() -> None:
-    """INFO logging to stderr unless the caller configured logging already."""
+def _setup_logging(verbose: bool = False) -> None:
+    """INFO logging to stderr unless the caller configured logging already; ``--verbose``: the project's DEBUG."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        for name in VERBOSE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 # ==================================================================================================
-# Options resolved against the data.
-
-
-def resolve_steps_per_epoch(config: TrainConfig, info) -> int:
-    """Steps per epoch: ``--steps_per_epoch``, or from the data.
-
-    From the data: ``clips_per_epoch // batch_size`` for ``downsample``, else train clips // batch size
-    (at least 1). With ``downsample`` a warning is logged when an epoch of steps is not exactly one
-    minority-count block of the input (``clips_per_epoch`` clips), also for an explicit ``--steps_per_epoch``.
-
-    Args:
-        config: The training options.
-        info: The dataset info.
-
-    Returns:
-        Steps per epoch (>= 1).
-    """
-    from trainer import sampling
-
-    clips = sampling.clips_per_epoch(info, config.sampling, config.task)
-    if config.steps_per_epoch:
-        if clips is not None and config.steps_per_epoch * config.batch_size != clips:
-            log.warning("downsample: --steps_per_epoch %d x --batch_size %d = %d clips per epoch, but a downsample "
-                        "epoch is clips_per_epoch = %d clips (minority count x buckets); epochs will not hold "
-                        "exactly the minority count of every bucket (leave --steps_per_epoch unset to use %d)",
-                        config.steps_per_epoch, config.batch_size, config.steps_per_epoch * config.batch_size,
-                        clips, max(1, clips // config.batch_size))
-        return config.steps_per_epoch
-    if clips is not None and clips % config.batch_size:
-        log.warning("downsample: an epoch of %d clips is not a whole number of batches of %d; epochs will not "
-                    "line up exactly with the input's minority-count blocks", clips, config.batch_size)
-    if clips is None:
-        clips = info.splits["train"].num_clips if "train" in info.splits else 0
-    return max(1, clips // config.batch_size)
-
-
-def model_spec_for(config: TrainConfig, info, heads: Sequence[str]):
-    """The :class:`trainer.model.ModelSpec` of ``config`` for this data and these heads (any sequence length)."""
-    from trainer.model import ModelSpec
-
-    return ModelSpec(
-        heads=heads,
-        num_expression_classes=len(info.expression_names),
-        num_action_units=info.num_action_units,
-        crop_size=info.crop_size,
-        seq_len=None,
-        backbone=config.backbone,
-        backbone_weights=config.backbone_weights,
-        cnn_width=config.cnn_width,
-        feature_dim=config.feature_dim,
-        rnn=config.rnn,
-        rnn_units=config.rnn_units,
-        dropout=config.dropout,
-    )
-
-
-def bucket_mix_report(config: TrainConfig, info, input_seed: int, skipped=None) -> dict:
-    """Requested bucket weights next to the empirical bucket mix of the first training batches.
-
-    The empirical mix counts the bucket of each of the first ``CLASS_MIX_BATCHES x batch_size`` clips of
-    the (single-pipeline) training stream with ``input_seed`` (:func:`trainer.input.empirical_bucket_mix`).
-
-    Args:
-        config: The training options (data, task, sampling, batch size).
-        info: The dataset info.
-        input_seed: The seed of the training stream.
-        skipped: The job's :class:`trainer.records.SkippedRecords` under ``--skip_corrupt``, else None.
-
-    Returns:
-        ``{"clips": n, "requested": {bucket: weight}, "empirical": {bucket: share},
-        "max_abs_deviation": float, "max_deviation_bucket": name}``.
-    """
-    from trainer import sampling
-    from trainer.input import empirical_bucket_mix
-
-    requested = sampling.bucket_weights(info, config.sampling, config.task)
-    num_clips = CLASS_MIX_BATCHES * config.batch_size
-    empirical = empirical_bucket_mix(config.data, info, task=config.task, sampling=config.sampling,
-                                     num_clips=num_clips, seed=input_seed, skipped=skipped)
-    worst = max(requested, key=lambda b: abs(empirical[b] - requested[b]))
-    return {
-        "clips": num_clips,
-        "requested": {b: round(w, 4) for b, w in requested.items()},
-        "empirical": {b: round(empirical[b], 4) for b in requested},
-        "max_abs_deviation": round(abs(empirical[worst] - requested[worst]), 4),
-        "max_deviation_bucket": worst,
-    }
-
-
-def frame_mix_setup(config: TrainConfig, plan, seq_len: int, input_seed: int, skipped, log_mix: bool) -> None:
-    """``--balance_frames``: sets ``plan.class_weights``; with ``log_mix`` logs the frame class mix of the first batches.
-
-    The weights are measured on the stream of ``config.seed`` (not the resume seed), so a resumed job gets
-    the same ones (:func:`trainer.input.balanced_frame_weights`). The logged mix is the expression class
-    share of the loss weight in the first ``CLASS_MIX_BATCHES`` batches (:func:`trainer.input.frame_mix_report`).
-    """
-    from tfrecords_schema import HEAD_EXPRESSION
-    from trainer.input import balanced_frame_weights, frame_mix_report
-
-    if config.balance_frames:
-        plan.class_weights = balanced_frame_weights(config.data, plan.info, task=config.task, seq_len=seq_len,
-                                                    sampling=config.sampling, seed=config.seed, skipped=skipped)
-    if log_mix and HEAD_EXPRESSION in plan.heads:
-        report = frame_mix_report(config.data, plan.info, task=config.task, sampling=config.sampling, seq_len=seq_len,
-                                  batch_size=config.batch_size, num_batches=CLASS_MIX_BATCHES, seed=input_seed,
-                                  class_weights=plan.class_weights, skipped=skipped)
-        log.info("frame class mix of the first %d batches (%s sampling%s): %s", CLASS_MIX_BATCHES, config.sampling,
-                 ", --balance_frames" if config.balance_frames else "", json.dumps(report, sort_keys=True))
-
-
-# ==================================================================================================
-# The job's parts: its plan, its evaluation datasets, its logs.
-
-
-@dataclasses.dataclass
-class JobPlan:
-    """What a job does, resolved from its options, the data and the strategy (see :func:`plan_job`)."""
-
-    info: object
-    heads: tuple[str, ...]
-    steps_per_epoch: int
-    total_steps: int
-    jit: bool
-    select_split: str
-    eval_split: str
-    class_weights: object = None  # --balance_frames: expression class weights (see frame_mix_setup)
-
-
-def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
-    """Reads the dataset info and checks the options against it and the strategy; logs the plan.
-
-    Raises:
-        TrainingError: a split that the data lacks, a batch size that the replicas do not divide.
-    """
-    from tfrecords_schema import read_dataset_info
-    from trainer import distribution, sampling
-    from trainer.input import heads_for_task
-    from trainer.step import resolve_jit_compile
-
-    info = read_dataset_info(config.data)
-    heads = heads_for_task(info, config.task)
-    select_split = config.select_split or config.eval_split
-    for flag, split in (("--eval_split", config.eval_split), ("--select_split", select_split)):
-        if split not in info.splits:
-            raise TrainingError(f"{flag} {split!r} is not in {config.data} (splits: {sorted(info.splits)})")
-    num_replicas = strategy.num_replicas_in_sync
-    if config.batch_size % num_replicas:
-        raise TrainingError(
-            f"--batch_size {config.batch_size} must be a multiple of the {num_replicas} replicas in sync"
-        )
-    steps_per_epoch = resolve_steps_per_epoch(config, info)
-    use_gpu = distribution.has_gpu()
-    plan = JobPlan(info=info, heads=heads, steps_per_epoch=steps_per_epoch,
-                   total_steps=steps_per_epoch * config.epochs, jit=resolve_jit_compile(config.jit_compile, strategy,
-                                                                                        use_gpu),
-                   select_split=select_split, eval_split=config.eval_split)
-    if config.mixed_precision and not use_gpu:
-        log.warning("--mixed_precision without a GPU: float16 on CPU is slow")
-    log.info("strategy %s: %s (%d replicas), chief=%s, heads %s, %d steps/epoch x %d epochs = %d steps, XLA %s",
-             config.strategy, type(strategy).__name__, num_replicas, role.is_chief, list(heads), steps_per_epoch,
-             config.epochs, plan.total_steps, plan.jit)
-    log.info("requested bucket weights (%s): %s", config.sampling,
-             json.dumps(sampling.bucket_weights(info, config.sampling, config.task), sort_keys=True))
-    log.info("best epoch selected on %r, final report on %r", select_split, config.eval_split)
-    return plan
+# The job's parts: its evaluation datasets, its logs, its lock.
 
 
 class Evaluator:
@@ -306,6 +151,20 @@ def _open_writers(config: TrainConfig, plan: JobPlan, role, log_bucket_mix: bool
                                                     tensorboard.evaluation_run(plan.select_split))))
 
 
+
+def _job_lock(config: TrainConfig, role):
+    """The ``--job_dir`` lock of the chief (:func:`tfrecords_schema.locks.lock_folder`); other workers take none.
+
+    Workers of one multi-worker job share the job directory, so only the chief locks it. A second training
+    into the folder raises :class:`tfrecords_schema.locks.LockHeldError` naming the holder; a lock whose
+    process is gone (same host) is taken over with a warning.
+    """
+    if not role.is_chief:
+        return contextlib.nullcontext()
+    from tfrecords_schema.locks import lock_folder
+
+    return lock_folder(config.job_dir)
+
 # ==================================================================================================
 # Training: the epoch loop, its evaluations, the final export and report.
 
@@ -331,20 +190,6 @@ def _evaluate_epoch(epoch: int, model, eval_model, evaluator: Evaluator, plan: J
     return result
 
 
-def _check_and_log_step(done: int, total_steps: int, values: dict, rate: float, train_writer) -> None:
-    """Logs a step's losses (console and TensorBoard); raises TrainingError on a non-finite one."""
-    import tensorflow as tf
-
-    values = {k: float(v) for k, v in values.items()}
-    if not all(math.isfinite(v) for v in values.values()):
-        raise TrainingError(f"non-finite loss at step {done}: {values}")
-    log.info("step %d/%d %s (%.2f steps/s)", done, total_steps, " ".join(f"{k}={v:.4f}" for k, v in values.items()),
-             rate)
-    with train_writer.as_default(step=done):
-        for k, v in values.items():
-            tf.summary.scalar(f"loss/{k}", v)
-
-
 def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step, start_step: int, input_seed: int,
                 skipped, end_of_epoch, state, train_writer) -> None:
     """Steps from ``start_step`` to the end; ``end_of_epoch(epoch)`` after every epoch (True: stop early),
@@ -353,6 +198,7 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
 
     from trainer import data_service
     from trainer.input import make_train_dataset
+    from trainer.progress import StepProgress
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         if stage.trains_on_features:  # the sequence stage (trainer.stages)
@@ -370,7 +216,7 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
         log.info("training batches from the tf.data service %s (job %s)", config.data_service,
                  data_service.job_name(config.job_dir, input_seed))
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    t0, last_log_step = time.time(), start_step
+    progress = StepProgress(plan.total_steps, plan.steps_per_epoch, config.log_every, train_writer, start_step)
     for s in range(start_step, plan.total_steps):
         try:
             values = train_step(iterator)
@@ -380,10 +226,7 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
                 "unreadable under --skip_corrupt?); check the data with beam_jobs.inspect_dataset") from e
         done = s + 1
         state.step.assign(done)
-        if done % config.log_every == 0 or done == plan.total_steps:
-            rate = (done - last_log_step) / max(time.time() - t0, 1e-9)
-            t0, last_log_step = time.time(), done
-            _check_and_log_step(done, plan.total_steps, values, rate, train_writer)
+        progress.step_done(done, values)
         if done % plan.steps_per_epoch == 0:
             stop = end_of_epoch(done // plan.steps_per_epoch)
             state.save(done)
@@ -450,41 +293,58 @@ def train(config: TrainConfig) -> dict:
         The final metrics of the exported best model on the chief; ``{}`` on other workers.
 
     Raises:
-        TrainingError: the job cannot go on (bad split, batch size, checkpoint, non-finite loss...).
+        TrainingError: the job cannot go on (bad split, batch size, crop size, checkpoint, non-finite loss...).
         DatasetInfoError, ValueError, CorruptShardError: bad data or options (clear messages).
+        tfrecords_schema.locks.LockHeldError: another training holds ``--job_dir``.
     """
+    from tfrecords_schema import SPLIT_TRAIN
     from trainer import distribution
+    from trainer.preflight import check_data_crop_size
 
     # 1. The strategy, before any other TensorFlow op (MultiWorkerMirroredStrategy needs that).
     strategy, role = distribution.make_strategy(config.strategy)
 
+    # 2. The plan, checked against the data before anything is written (trainer.preflight: the frames
+    #    have the size dataset_info.json says).
+    plan = plan_job(config, strategy, role)
+    check_data_crop_size(config.data, plan.info, dict.fromkeys((SPLIT_TRAIN, plan.select_split, plan.eval_split)))
+
+    # 3. The job directory's lock (chief only): a second training into it stops here, naming the holder.
+    with _job_lock(config, role):
+        return _train_planned(config, strategy, role, plan)
+
+
+def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan) -> dict:
+    """The planned job, under its lock: stage, models, resume, the epoch loop, the export (see :func:`train`)."""
     import keras
 
-    from trainer import tensorboard
+    from trainer import distribution, tensorboard
+    from trainer.preflight import check_weights_crop_size
     from trainer.records import SkippedRecords
     from trainer.stages import make_stage
     from trainer.state import TrainState
     from trainer.step import build_model_and_optimizer, make_train_step
 
-    # 2. The plan, the stage (trainer.stages; the sequence stage takes its backbone options from
-    #    --init_from), and the evaluation datasets (built once; their shards are checked before training).
-    plan = plan_job(config, strategy, role)
+    # 4. The stage (trainer.stages; the sequence stage takes its backbone options from --init_from, and
+    #    checks its crop size), and the evaluation datasets (built once; their shards are checked here).
     skipped = SkippedRecords() if config.skip_corrupt else None
     stage = make_stage(config, plan)
     config = stage.config
     evaluator = Evaluator(config, plan, skipped)
 
-    # 3. Models and state: the training model in the strategy, a float32 copy outside it that evaluates
-    #    and exports (weights copied in; no distributed reads). Checkpoints carry the job's fingerprint.
+    # 5. Models and state: the training model in the strategy, a float32 copy outside it that evaluates
+    #    and exports (weights copied in; no distributed reads). Checkpoints carry the job's fingerprint
+    #    (with the crop size: a resume on other crops is refused); a --weights file must fit the crops.
     keras.utils.set_random_seed(config.seed)
     spec = stage.model_spec()
+    check_weights_crop_size(config, spec)
     eval_model = stage.build(spec)
     model, optimizer = build_model_and_optimizer(config, spec, strategy, total_steps=plan.total_steps,
                                                  builder=stage.build)
     state = TrainState(model, optimizer, config.job_dir, role, config.keep_checkpoints,
                        fingerprint=stage.fingerprint(), allow_data_change=config.allow_data_change)
 
-    # 4. Resume (refused on other data or options): a resumed run reseeds the input with seed + step (the
+    # 6. Resume (refused on other data or options): a resumed run reseeds the input with seed + step (the
     #    tf.data iterator is not saved). Then the stage's own preparation (the sequence stage's features).
     start_step = state.restore(plan.total_steps)
     input_seed = config.seed + start_step
@@ -507,13 +367,13 @@ def train(config: TrainConfig) -> dict:
         train_step.freeze_for_epoch(epoch, config.freeze_backbone_epochs)
         return state.stops_early(config.early_stopping)
 
-    # 5. A checkpoint at an epoch boundary whose evaluation had not run yet: evaluate it first.
+    # 7. A checkpoint at an epoch boundary whose evaluation had not run yet: evaluate it first.
     epoch_at_start = start_step // plan.steps_per_epoch
     if start_step and start_step % plan.steps_per_epoch == 0 and int(state.epochs_done.numpy()) < epoch_at_start:
         end_of_epoch(epoch_at_start)
         state.save(start_step)
 
-    # 6. The epoch loop (not after an early stop, also one the restored state had reached).
+    # 8. The epoch loop (not after an early stop, also one the restored state had reached).
     train_step.freeze_for_epoch(start_step // plan.steps_per_epoch, config.freeze_backbone_epochs)
     if start_step < plan.total_steps and not state.stops_early(config.early_stopping):
         _run_epochs(config, plan, strategy, stage, train_step, start_step, input_seed, skipped, end_of_epoch, state,
@@ -524,7 +384,7 @@ def train(config: TrainConfig) -> dict:
         log.warning("--skip_corrupt: %d unreadable record(s) skipped in this process (counted per pass over a "
                     "corrupt shard)", skipped.total)
 
-    # 7. The chief exports the best epoch and reports it.
+    # 9. The chief exports the best epoch and reports it.
     final = (_export_and_report(config, plan, stage, eval_model, evaluator, state.best_dir, skipped)
              if role.is_chief else {})
     state.close()
@@ -545,15 +405,17 @@ def run(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    _setup_logging(config.verbose)
     try:
         filesystems.register_filesystems(config.data, config.job_dir)
         train(config)
         return 0
     except Exception as e:  # noqa: BLE001 - report every failure as one clear line and an exit code.
         from tfrecords_schema import DatasetInfoError
+        from tfrecords_schema.locks import LockError
 
         return errors.report_failure(
-            e, (ConfigError, DatasetInfoError, TrainingError, ValueError, FileNotFoundError, ImportError))
+            e, (ConfigError, DatasetInfoError, LockError, TrainingError, ValueError, FileNotFoundError, ImportError))
 
 
 def main() -> None:

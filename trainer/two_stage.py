@@ -243,12 +243,7 @@ def _labelled(window: dict) -> dict:
 def random_feature_window(clip: dict, seed: tf.Tensor, seq_len: int) -> dict:
     """``seq_len`` frames of a feature clip, drawn as :func:`trainer.frames.random_window` draws them."""
     n = tf.shape(clip["features"])[0]
-    stride_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    long_enough = n >= 2 * (seq_len - 1) + 1
-    stride = tf.where(long_enough, tf.random.stateless_uniform([], stride_seed, 1, 3, tf.int32), 1)
-    max_offset = tf.maximum(n - ((seq_len - 1) * stride + 1), 0)
-    offset = tf.random.stateless_uniform([], offset_seed, 0, max_offset + 1, tf.int32)
-    return _gather(clip, offset + stride * tf.range(seq_len), n)
+    return _gather(clip, frames_lib.random_window_indices(n, seed, seq_len), n)
 
 
 def _options(input_context) -> tf.data.Options:

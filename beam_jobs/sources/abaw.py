@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-import tensorflow as tf
-
 from beam_jobs.sources import abaw_discovery as discovery
 from beam_jobs.sources import base
 from beam_jobs.sources.abaw_format import (  # noqa: F401 (re-exported: the adapter's public names)
@@ -81,6 +79,8 @@ class AbawSource(base.DatasetSource):
             tasks = tuple(t for t in TASKS if t in chosen)
         if videos is None and cropped_aligned is None:
             raise ValueError("AbawSource needs --videos or --cropped_aligned (or both)")
+        import tensorflow as tf  # Late import: parsing `affectstream convert --help` must not load TensorFlow.
+
         for option, folder in (("--annotations", annotations), ("--videos", videos),
                                ("--cropped_aligned", cropped_aligned)):
             if folder is not None and not tf.io.gfile.isdir(folder):

@@ -12,8 +12,6 @@ import dataclasses
 import os
 import posixpath
 
-import tensorflow as tf
-
 from beam_jobs.sources import base
 from beam_jobs.sources.abaw_format import (
     ACTION_UNITS_12,
@@ -388,6 +386,8 @@ class TrackBuilder:
         media_path, data_path = None, ""
         if len(candidates) == 1:
             data_path = candidates[0]
+            import tensorflow as tf  # Late import: importing the adapters must not load TensorFlow.
+
             media_path = tf.io.gfile.join(self.videos, *data_path.split("/"))
         elif crops_dir is None:
             problem = base.DROP_NO_MEDIA if not candidates else base.DROP_AMBIGUOUS_MEDIA

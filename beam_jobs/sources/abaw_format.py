@@ -13,8 +13,6 @@ import re
 import unicodedata
 from collections.abc import Iterator, Sequence
 
-import tensorflow as tf
-
 from beam_jobs.sources import base
 from beam_jobs.sources.text_lines import iter_lines
 from tfrecords_schema import TASK_ACTION_UNITS, TASK_EXPRESSION, TASK_VALENCE_AROUSAL, keys
@@ -141,6 +139,8 @@ def read_lines(path: str) -> Iterator[str]:
     Raises:
         OSError: the file cannot be opened or read (also for ``gs://`` errors).
     """
+    import tensorflow as tf  # Late import: importing the adapters must not load TensorFlow.
+
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             yield from iter_lines(f)

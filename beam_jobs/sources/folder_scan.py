@@ -27,8 +27,6 @@ import dataclasses
 import errno
 import os
 
-import tensorflow as tf
-
 from beam_jobs.sources import base
 
 
@@ -110,6 +108,8 @@ class FolderScan:
                              f"{folder} is the folder already listed as {first}: not listed twice")
             return None
         self._listed[identity] = folder
+        import tensorflow as tf  # Late import: importing the adapters must not load TensorFlow.
+
         try:
             entries = tf.io.gfile.listdir(folder)
         except tf.errors.OpError as e:
@@ -126,6 +126,8 @@ class FolderScan:
                      f"cannot list {path}: {detail}; whatever it holds is missing from this run")
 
     def _classify(self, folder: str, entries: list[str], chain: tuple) -> Listing:
+        import tensorflow as tf
+
         subdirs, files = [], []
         for entry in sorted(entries):
             is_dir = entry.endswith("/")  # Object stores mark folders so.

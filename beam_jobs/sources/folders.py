@@ -17,8 +17,7 @@ relative to ROOT (its ``subject`` group, else group 1, else the whole match), e.
 the folds then work per subject, and a video the pattern does not match is ``no_subject``.
 
 Counted, dead-lettered problems (frames counted on the worker, see :mod:`beam_jobs.sources.media_rows`):
-a top-level folder that is not a split (``unknown_split``, accounted under ``unassigned``), a
-``test`` folder while the schema has no test split (``unsupported_split``), a video with no class
+a top-level folder that is not a split (``unknown_split``, accounted under ``unassigned``), a video with no class
 folder or a class not in ``--class_names`` (``unknown_class``), a subject in two splits
 (``split_conflict``). ``--class_names A,B,C`` fixes the class order (case-insensitive match);
 without it the sorted class folder names found are the classes.
@@ -36,8 +35,6 @@ import os
 import posixpath
 import re
 from collections.abc import Sequence
-
-import tensorflow as tf
 
 from beam_jobs.sources import base
 from beam_jobs.sources import folds as folds_lib
@@ -78,6 +75,8 @@ class FoldersSource(LabelledMediaSource):
         folds_lib.check_folds(folds, fold)
         if not videos:
             raise ValueError("--dataset folders needs --videos ROOT (ROOT/<split>/<class>/.../<video>)")
+        import tensorflow as tf  # Late import: importing the adapters must not load TensorFlow.
+
         if not tf.io.gfile.isdir(videos):
             raise ValueError(f"--videos folder {videos!r} does not exist or is not a folder")
         self.tasks = select_tasks([TASK_EXPRESSION], tasks, "--dataset folders")

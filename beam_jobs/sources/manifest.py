@@ -26,8 +26,7 @@ found by header name (case and surrounding spaces ignored; other columns are ign
 Bad rows never raise. Each becomes a dead letter naming ``FILE:line N`` and its labelled frames are
 counted as dropped with its reason (accounting units are frames): ``unknown_class``,
 ``bad_segment`` (``end <= start``), ``no_media`` / ``ambiguous_media``, ``split_conflict`` (a
-subject or a video found in two splits: all its rows), ``unknown_split``, ``unsupported_split``
-(``test`` while the schema has no test split), ``malformed_line`` (a number that does not parse,
+subject or a video found in two splits: all its rows), ``unknown_split``, ``malformed_line`` (a number that does not parse,
 a row without a label, a wrong cell count), ``out_of_range`` (valence/arousal outside [-1, 1],
 a negative start, a segment longer than a day) and ``conflicting_labels`` (frames two rows label
 differently). A missing column is ``bad_header``: one dead letter, no track.

@@ -37,6 +37,7 @@ from tfrecords_schema import (
     HEAD_ACTION_UNITS,
     HEAD_EXPRESSION,
     HEAD_VALENCE_AROUSAL,
+    SPLIT_TEST,
     SPLIT_TRAIN,
     SPLIT_VALIDATION,
     SPLITS,
@@ -50,14 +51,9 @@ DROP_UNKNOWN_CLASS = "unknown_class"  # a class name not in --class_names (or no
 DROP_BAD_SEGMENT = "bad_segment"  # end <= start.
 DROP_SPLIT_CONFLICT = "split_conflict"  # a subject or a video in two splits: all its rows.
 DROP_UNKNOWN_SPLIT = "unknown_split"  # a split value or folder that is not a split.
-DROP_UNSUPPORTED_SPLIT = "unsupported_split"  # a split the schema cannot write yet (test).
 DROP_CONFLICTING_LABELS = "conflicting_labels"  # frames that two rows label differently.
 DROP_NO_SUBJECT = "no_subject"  # the folder adapter's --subject_regex does not match the path.
 
-try:
-    from tfrecords_schema import SPLIT_TEST
-except ImportError:  # The schema has no test split yet: test rows are counted and skipped.
-    SPLIT_TEST = "test"
 UNASSIGNED_SPLIT = "unassigned"  # accounting entry of rows without a valid split.
 SPLIT_ALIASES = {
     "train": SPLIT_TRAIN, "training": SPLIT_TRAIN, "train_set": SPLIT_TRAIN, "training_set": SPLIT_TRAIN,
@@ -96,8 +92,8 @@ def parse_class_names(value: str | Sequence[str] | None) -> list[str] | None:
 
 
 def writable_split(split: str | None) -> str:
-    """The split a track is accounted under: a schema split, ``test``, or :data:`UNASSIGNED_SPLIT`."""
-    return split if split in SPLITS or split == SPLIT_TEST else UNASSIGNED_SPLIT
+    """The split a track is accounted under: a schema split or :data:`UNASSIGNED_SPLIT`."""
+    return split if split in SPLITS else UNASSIGNED_SPLIT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,8 +360,6 @@ def _row_problem(row: MediaRow, names: list[str], subject_splits, media_splits,
         return row.reason, row.message
     if row.split is None:
         return DROP_UNKNOWN_SPLIT, f"split {row.split_text!r} is not one of {sorted(SPLIT_ALIASES)}"
-    if row.split not in SPLITS:
-        return DROP_UNSUPPORTED_SPLIT, f"split {row.split!r} is not written: the schema's splits are {list(SPLITS)}"
     if row.subject in subject_splits:
         return DROP_SPLIT_CONFLICT, (f"subject {row.subject!r} is in splits {sorted(subject_splits[row.subject])}; "
                                      "all its rows are rejected")
