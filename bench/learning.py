@@ -120,9 +120,16 @@ def existing_job(name: str, job_dir: str) -> dict:
     else:
         final = scores[max(scores)]
     steps = config["steps_per_epoch"]
-    return {"name": name, "curve": {str(epoch * steps): s for epoch, s in sorted(scores.items())},
-            "final_macro_f1": final, "epochs_done": len(scores), "epochs": config["epochs"],
-            "learning_rate": config["learning_rate"], "lr_schedule": config.get("lr_schedule"), "job_dir": job_dir}
+    result = {"name": name, "curve": {str(epoch * steps): s for epoch, s in sorted(scores.items())},
+              "final_macro_f1": final, "epochs_done": len(scores), "epochs": config["epochs"],
+              "learning_rate": config["learning_rate"], "lr_schedule": config.get("lr_schedule"), "job_dir": job_dir}
+    if config.get("stage") == "sequence":  # plotted at the CNN steps of the frames job it started from
+        with open(os.path.join(config["init_from"].removesuffix("/export"), "train_config.json"),
+                  encoding="utf-8") as f:
+            frames = json.load(f)
+        result.update({"cnn_steps": frames["epochs"] * frames["steps_per_epoch"],
+                       "sequence_steps": config["epochs"] * steps})
+    return result
 
 
 def convert_demo(work: str) -> str:
@@ -154,7 +161,7 @@ def plot(results: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in results:
         steps = [int(s) for s in r["curve"]]
-        if r["name"].startswith("two_stage"):
+        if "cnn_steps" in r:  # a two-stage job: one point, its final score at the CNN's steps
             ax.plot([r["cnn_steps"]], [r["final_macro_f1"]], "s", label=f"{r['name']} (+{r['sequence_steps']} "
                     f"RNN steps on features)")
         elif steps:

@@ -237,12 +237,10 @@ def trained(tmp_path_factory):
         rc = train.run(["--data", str(records), "--job_dir", str(job), "--epochs", "1", "--steps_per_epoch", "12",
                         "--log_every", "100", *demo.DEMO_TRAIN_FLAGS, "--task", "multi"])
     assert rc == 0
-    info_path = job / "export" / "model_info.json"
-    model_info = json.loads(info_path.read_text())
-    if "face_stage" not in model_info:  # The trainer records it (TEAM.md contract); older trainers did not.
-        info = read_dataset_info(str(records))
-        model_info["face_stage"] = FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size}).to_dict()
-        info_path.write_text(json.dumps(model_info, indent=2))
+    model_info = json.loads((job / "export" / "model_info.json").read_text())
+    info = read_dataset_info(str(records))
+    # The export names the face stage that made its crops: predict rebuilds exactly that one.
+    assert model_info["face_stage"] == FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size}).to_dict()
     validation = sorted({v.media for v in demo_data.demo_videos(2) if "validation" in
                          (v.expr_split, v.va_split, v.au_split)})
     return {"made": made, "records": str(records), "export": str(job / "export"), "root": root,
