@@ -89,6 +89,10 @@ def _setup_logging(verbose: bool = False) -> None:
     """INFO logging to stderr unless the caller configured logging already; ``--verbose``: the project's DEBUG."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    project = logging.getLogger(VERBOSE_LOGGERS[0])
+    if project.level == logging.NOTSET and project.getEffectiveLevel() > logging.INFO:
+        # A caller (the demo, after Beam and absl set up logging at WARNING) would otherwise hide the progress lines.
+        project.setLevel(logging.INFO)
     if verbose:
         for name in VERBOSE_LOGGERS:
             logging.getLogger(name).setLevel(logging.DEBUG)
