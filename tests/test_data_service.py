@@ -1,5 +1,6 @@
 """The training input on a tf.data service: a dispatcher and two workers on loopback, in process and as a command."""
 
+import gc
 import json
 import os
 import re
@@ -120,9 +121,12 @@ def test_data_service_command_serves_until_interrupted(data):
             assert line or proc.poll() is None, "the command ended early"
         address = re.search(r"--data_service (\S+)", line).group(1)
         assert address == f"grpc://localhost:{port}"
-        images, _, _ = next(iter(trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2,
-                                                                  data_service=address)))
+        batches = iter(trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2,
+                                                        data_service=address))
+        images, _, _ = next(batches)
         assert images.shape == (2, 4, 16, 16, 3)
+        del batches  # The client lets go of its stream, as a finished training does.
+        gc.collect()
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0 and "tf.data service stopped" in out

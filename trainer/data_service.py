@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import signal
 import socket
@@ -178,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+STOP_TIMEOUT_S = 15.0  # Seconds Ctrl-C waits for the servers to stop.
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Starts the servers, prints the address to pass to ``--data_service``, serves until interrupted.
 
@@ -200,6 +204,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        local.stop()
+        # A worker's stop waits for the streams of clients still connected; Ctrl-C must not hang on one.
+        stopper = threading.Thread(target=local.stop, daemon=True)
+        stopper.start()
+        stopper.join(STOP_TIMEOUT_S)
+    if stopper.is_alive():
+        print(f"tf.data service: a client still held a stream after {STOP_TIMEOUT_S:.0f} s; stopped without waiting",
+              file=sys.stderr, flush=True)
+        print("tf.data service stopped", flush=True)
+        os._exit(0)  # The servers' own threads would keep the interpreter from exiting.
     print("tf.data service stopped", flush=True)
     return 0
