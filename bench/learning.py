@@ -10,7 +10,8 @@ on the whole validation split (every labelled frame):
   ``--warmup_steps`` (a cosine job's curve depends on its budget, so each budget is its own job);
 * ``two_stage``: ``--stage frames`` for each budget's CNN steps (``--frames_batch_size`` frames a step, as many
   as an end-to-end step's ``batch x seq_len``), then ``--stage sequence`` for ``--sequence_steps`` steps on
-  the frozen CNN's features.
+  the frozen CNN's features. With a budget of ``DEMO_CNN_STEPS`` and ``--eval_every DEMO_STEPS_PER_EPOCH``
+  this is the demo's own training (:func:`affectstream.demo.train_two_stage`).
 
 Every job's wall time (start-up, evaluations and export included), its CPU time (all of its threads) and
 its training steps per second are recorded with the machine's load average, so times measured on a busy
@@ -18,7 +19,7 @@ machine can be judged honestly. ``--seed`` overrides the demo's seed (a second s
 spread).
 Writes ``learning.json`` and ``learning.png`` (score vs steps) into ``--out``::
 
-    .venv/bin/python bench/learning.py --out /tmp/learning --budgets 400,600,800
+    .venv/bin/python bench/learning.py --out /tmp/learning --budgets 300,800
     .venv/bin/python bench/learning.py --data /tmp/demo_records --configs cosine --budgets 500
     .venv/bin/python bench/learning.py --out /tmp/plot --configs "" --add_job demo=demo_output/job
 """
@@ -181,8 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder for learning.json, learning.png and the jobs")
     p.add_argument("--data", help="an existing conversion of the demo dataset (default: convert it into --out)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
-    p.add_argument("--budgets", default="400,600,800", help="training steps of the jobs (comma-separated)")
-    p.add_argument("--eval_every", type=int, default=100, help="steps per epoch (one evaluation each)")
+    p.add_argument("--budgets", default="300,800", help="training steps of the jobs (comma-separated)")
+    p.add_argument("--eval_every", type=int, default=50, help="steps per epoch (one evaluation each; the demo: 50)")
     p.add_argument("--learning_rate", type=float, default=0.001, help="of the constant job (the demo's)")
     p.add_argument("--cosine_learning_rate", type=float, default=0.003)
     p.add_argument("--warmup_steps", type=int, default=50)

@@ -15,8 +15,8 @@
   an end-to-end export, and its final report scores that model on the images.
 
 A :class:`Stage` gives :func:`trainer.train.train` what differs between them: the trained model, the
-training sequence length, the per-epoch evaluation data, the layers to freeze, the fingerprint and the
-export.
+training sequence length, the training stream, the per-epoch evaluation data, the layers to freeze, the
+fingerprint and the export.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Stage:
         plan: The job plan (:class:`trainer.plan.JobPlan`: data info, heads, splits).
     """
 
-    trains_on_features = False  # whether :meth:`train_dataset` replaces the clip stream
+    trains_on_features = False  # whether :meth:`train_dataset` streams features instead of clips
 
     def __init__(self, config, plan):
         self.config = config
@@ -84,8 +84,18 @@ class Stage:
         return
 
     def train_dataset(self, batch_size: int, seed: int, input_context, skipped):
-        """The training stream, for stages that do not train on the clips."""
-        raise NotImplementedError(f"{type(self).__name__} trains on the clip stream")
+        """The training stream (one replica's): rebalanced clips of :attr:`train_seq_len` frames."""
+        from trainer import data_service
+        from trainer.input import make_train_dataset
+
+        config, plan = self.config, self.plan
+        return make_train_dataset(
+            config.data, plan.info, task=config.task, seq_len=self.train_seq_len, batch_size=batch_size,
+            sampling=config.sampling, loss_weighting=config.loss_weighting, class_weights=plan.class_weights,
+            seed=seed, augment=config.augment, input_context=input_context, skipped=skipped,
+            data_service=config.data_service,
+            data_service_job=data_service.job_name(config.job_dir, seed) if config.data_service else None,
+        )
 
     def export_model(self, eval_model):
         """The model to export, given the float32 copy holding the best epoch."""

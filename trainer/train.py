@@ -201,20 +201,11 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
     import tensorflow as tf
 
     from trainer import data_service
-    from trainer.input import make_train_dataset
     from trainer.progress import StepProgress
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        if stage.trains_on_features:  # the sequence stage (trainer.stages)
-            return stage.train_dataset(input_context.get_per_replica_batch_size(config.batch_size), input_seed,
-                                       input_context, skipped)
-        return make_train_dataset(
-            config.data, plan.info, task=config.task, seq_len=stage.train_seq_len,
-            batch_size=input_context.get_per_replica_batch_size(config.batch_size), sampling=config.sampling,
-            loss_weighting=config.loss_weighting, class_weights=plan.class_weights, seed=input_seed,
-            augment=config.augment, input_context=input_context, skipped=skipped, data_service=config.data_service,
-            data_service_job=data_service.job_name(config.job_dir, input_seed) if config.data_service else None,
-        )
+        return stage.train_dataset(input_context.get_per_replica_batch_size(config.batch_size), input_seed,
+                                   input_context, skipped)
 
     if config.data_service and not stage.trains_on_features:
         log.info("training batches from the tf.data service %s (job %s)", config.data_service,
