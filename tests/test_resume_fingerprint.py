@@ -1,17 +1,14 @@
 """Resume only on the same data and model options (issue 11.6): checkpoints carry the job's fingerprint."""
 
-import contextlib
-import io
 import json
 import shutil
 
 import pytest
 import tensorflow as tf
-from trainer_data import write_dataset
+from trainer_data import run_train, write_dataset
 
 from tfrecords_schema import read_dataset_info
 from tfrecords_schema.dataset_info import RUN_TIMING_FIELDS
-from trainer import train
 from trainer.fingerprint import dataset_fingerprint
 
 TINY = ["--task", "expr", "--cnn_width", "0.25", "--feature_dim", "8", "--rnn_units", "8", "--seq_len", "4",
@@ -24,19 +21,12 @@ def _write(root, crop_size=32, seed=0):
     return dataset_fingerprint(read_dataset_info(str(root)))
 
 
-def _run(args):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = train.run(args)
-    return rc, err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Data (32 px crops) and a job trained on it for one epoch; tests work on copies of both."""
     root = tmp_path_factory.mktemp("trained")
     fingerprint = _write(root / "data")
-    rc, err = _run(["--data", str(root / "data"), "--job_dir", str(root / "job"), *TINY, "--epochs", "1"])
+    rc, err = run_train(["--data", str(root / "data"), "--job_dir", str(root / "job"), *TINY, "--epochs", "1"])
     assert rc == 0, err[-2000:]
     return root, fingerprint
 
@@ -72,7 +62,7 @@ def test_dataset_fingerprint_ignores_only_the_run_timing(tmp_path):
 def test_resume_on_reconverted_data_with_another_crop_size_is_refused_naming_both(copy):
     root, before, command = copy
     after = _write(root / "data", crop_size=48)  # the same folder, converted again with other crops
-    rc, err = _run(command + ["--epochs", "2"])
+    rc, err = run_train(command + ["--epochs", "2"])
     assert rc == 1, err[-2000:]
     assert "crop_size: 32 in the checkpoint, 48 now" in err, err[-2000:]
     assert f'dataset: "{before}" in the checkpoint, "{after}" now' in err
@@ -82,10 +72,10 @@ def test_resume_on_reconverted_data_with_another_crop_size_is_refused_naming_bot
 
 def test_changed_model_options_are_named_with_both_values(copy):
     root, _, command = copy
-    rc, err = _run(command + ["--epochs", "2", "--seq_len", "6"])
+    rc, err = run_train(command + ["--epochs", "2", "--seq_len", "6"])
     assert rc == 1 and "seq_len: 4 in the checkpoint, 6 now" in err, err[-2000:]
     assert "does not fit this model/options" in err
-    rc, err = _run(command + ["--epochs", "2", "--stage", "frames"])
+    rc, err = run_train(command + ["--epochs", "2", "--stage", "frames"])
     assert rc == 1 and 'stage: "end_to_end" in the checkpoint, "frames" now' in err, err[-2000:]
     assert _latest_step(root / "job") == 2
 
@@ -93,15 +83,15 @@ def test_changed_model_options_are_named_with_both_values(copy):
 def test_allow_data_change_resumes_and_records_the_new_fingerprint(copy, caplog):
     root, _, command = copy
     changed = _write(root / "data", seed=1)  # same crops and classes, other clips: same model shapes
-    rc, err = _run(command + ["--epochs", "2"])
+    rc, err = run_train(command + ["--epochs", "2"])
     assert rc == 1 and "dataset: " in err and "crop_size" not in err
 
     with caplog.at_level("WARNING", logger="trainer.train"):
-        rc, err = _run(command + ["--epochs", "2", "--allow_data_change"])
+        rc, err = run_train(command + ["--epochs", "2", "--allow_data_change"])
     assert rc == 0, err[-2000:]
     assert "going on from its weights (--allow_data_change)" in caplog.text
     latest = tf.train.latest_checkpoint(str(root / "job" / "checkpoints"))
     assert latest.endswith("ckpt-4")
     stored = json.loads(tf.train.load_variable(latest, "fingerprint/.ATTRIBUTES/VARIABLE_VALUE").decode())
     assert stored["dataset"] == changed
-    assert _run(command + ["--epochs", "2"])[0] == 0  # from now on the new data is the job's data
+    assert run_train(command + ["--epochs", "2"])[0] == 0  # from now on the new data is the job's data

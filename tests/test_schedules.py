@@ -1,7 +1,5 @@
 """Learning-rate schedules, early stopping state, pretrained backbone weights and freezing them for N epochs."""
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -11,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from trainer_data import write_dataset
+from trainer_data import run_train, write_dataset
 
 from tfrecords_schema import read_dataset_info
-from trainer import distribution, plan, schedules, train
+from trainer import distribution, plan, schedules
 from trainer.config import parse_train_config
 from trainer.fingerprint import file_sha256
 from trainer.input import heads_for_task
@@ -81,22 +79,15 @@ def test_early_stopping_count_lives_in_the_checkpointed_state(tmp_path):
     assert again.restore(100) == 40 and again.stops_early(2) and again.epochs_without_improvement == 2
 
 
-def _run(args):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = train.run(args)
-    return rc, err.getvalue()
-
-
 def test_backbone_frozen_for_the_first_epochs_under_a_distribution_strategy(dataset, tmp_path):
     spec = ModelSpec(heads=("expression",), num_expression_classes=3, crop_size=32, cnn_width=0.25, feature_dim=16)
     weights = str(tmp_path / "cnn.weights.h5")
     build_backbone(spec).save_weights(weights)
     job = tmp_path / "job"
-    rc, err = _run(["--data", dataset, "--job_dir", str(job), "--task", "expr", "--weights", weights,
-                    "--freeze_backbone_epochs", "1", "--epochs", "2", "--steps_per_epoch", "3", "--cnn_width", "0.25",
-                    "--feature_dim", "16", "--rnn_units", "8", "--seq_len", "4", "--batch_size", "4",
-                    "--learning_rate", "0.01", "--strategy", "mirrored", "--keep_checkpoints", "5"])
+    rc, err = run_train(["--data", dataset, "--job_dir", str(job), "--task", "expr", "--weights", weights,
+                        "--freeze_backbone_epochs", "1", "--epochs", "2", "--steps_per_epoch", "3", "--cnn_width", "0.25",
+                        "--feature_dim", "16", "--rnn_units", "8", "--seq_len", "4", "--batch_size", "4",
+                        "--learning_rate", "0.01", "--strategy", "mirrored", "--keep_checkpoints", "5"])
     assert rc == 0, err[-3000:]
     assert json.loads((job / "export" / "model_info.json").read_text())["weights"] == {
         "source": "file", "path": weights, "sha256": file_sha256(weights)}
@@ -133,7 +124,7 @@ def test_local_weights_file_of_an_application_backbone(tmp_path):
     (["--early_stopping", "-1"], "integer >= 0"),
 ])
 def test_weights_and_schedule_options_are_checked(tmp_path, args, expected):
-    rc, err = _run(["--data", str(tmp_path), "--job_dir", str(tmp_path / "job"), *args])
+    rc, err = run_train(["--data", str(tmp_path), "--job_dir", str(tmp_path / "job"), *args])
     assert rc == 2 and expected in err, err
 
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from trainer_data import write_dataset
+from trainer_data import run_train, write_dataset
 
 from tfrecords_schema import decode_clip, keys, read_dataset_info
 from tfrecords_schema.features import (
@@ -19,7 +19,7 @@ from tfrecords_schema.features import (
     make_feature_parser,
     read_features_info,
 )
-from trainer import evaluate, train, two_stage
+from trainer import evaluate, two_stage
 from trainer.model import PER_FRAME_LAYER
 
 TINY = ["--task", "expr", "--cnn_width", "0.25", "--feature_dim", "16", "--seq_len", "8", "--batch_size", "8",
@@ -34,18 +34,11 @@ def dataset(tmp_path_factory):
     return str(root)
 
 
-def _run(args):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = train.run(args)
-    return rc, err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def frames_job(dataset, tmp_path_factory):
     job = tmp_path_factory.mktemp("frames") / "job"
-    rc, err = _run(["--data", dataset, "--job_dir", str(job), "--stage", "frames", "--epochs", "2",
-                    "--steps_per_epoch", "6", *TINY])
+    rc, err = run_train(["--data", dataset, "--job_dir", str(job), "--stage", "frames", "--epochs", "2",
+                        "--steps_per_epoch", "6", *TINY])
     assert rc == 0, err[-3000:]
     return job
 
@@ -53,8 +46,8 @@ def frames_job(dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def sequence_job(dataset, frames_job, tmp_path_factory):
     job = tmp_path_factory.mktemp("sequence") / "job"
-    rc, err = _run(["--data", dataset, "--job_dir", str(job), "--stage", "sequence", "--init_from", str(frames_job),
-                    "--epochs", "2", "--steps_per_epoch", "6", "--rnn_units", "16,8", *TINY])
+    rc, err = run_train(["--data", dataset, "--job_dir", str(job), "--stage", "sequence", "--init_from", str(frames_job),
+                        "--epochs", "2", "--steps_per_epoch", "6", "--rnn_units", "16,8", *TINY])
     assert rc == 0, err[-3000:]
     return job
 
@@ -182,7 +175,7 @@ def test_early_stopping_stops_and_a_rerun_does_not_train_on(dataset, frames_job,
             str(frames_job), "--epochs", "6", "--steps_per_epoch", "2", "--rnn_units", "8", "--early_stopping", "2",
             *TINY, "--learning_rate", "1e-12"]
     with caplog.at_level("INFO", logger="trainer.train"):
-        rc, err = _run(args)
+        rc, err = run_train(args)
     assert rc == 0, err[-2000:]
     assert "early stopping: 2 epochs without a better score than epoch 1" in caplog.text
     latest = tf.train.latest_checkpoint(str(tmp_path / "job" / "checkpoints"))
@@ -190,7 +183,7 @@ def test_early_stopping_stops_and_a_rerun_does_not_train_on(dataset, frames_job,
     assert json.loads((tmp_path / "job" / "metrics.json").read_text())["best_epoch"] == 1
     caplog.clear()
     with caplog.at_level("INFO", logger="trainer.train"):
-        assert _run(args)[0] == 0
+        assert run_train(args)[0] == 0
     assert "early stopping" in caplog.text and "step 8/12" not in caplog.text
     latest = tf.train.latest_checkpoint(str(tmp_path / "job" / "checkpoints"))
     assert int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")) == 6
@@ -204,7 +197,7 @@ def test_early_stopping_stops_and_a_rerun_does_not_train_on(dataset, frames_job,
     (["--stage", "pairs"], "end_to_end, frames, sequence"),
 ])
 def test_stage_options_are_checked(tmp_path, args, expected):
-    rc, err = _run(["--data", str(tmp_path), "--job_dir", str(tmp_path / "job"), *args])
+    rc, err = run_train(["--data", str(tmp_path), "--job_dir", str(tmp_path / "job"), *args])
     assert rc == 2 and expected in err, err
 
 
@@ -212,6 +205,6 @@ def test_sequence_stage_refuses_a_backbone_made_for_another_crop_size(frames_job
     data = tmp_path / "data48"
     write_dataset(data, num_clips_per_class={"Neutral": 2, "Fear": 2}, num_validation_clips_per_class=1,
                   crop_size=48, clip_length=8)
-    rc, err = _run(["--data", str(data), "--job_dir", str(tmp_path / "job"), "--stage", "sequence", "--init_from",
-                    str(frames_job), *TINY])
+    rc, err = run_train(["--data", str(data), "--job_dir", str(tmp_path / "job"), "--stage", "sequence", "--init_from",
+                        str(frames_job), *TINY])
     assert rc == 1 and "32 px crops" in err and "48 px crops" in err, err

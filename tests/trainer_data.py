@@ -21,6 +21,8 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 import cv2
@@ -359,3 +361,13 @@ def shard_path(root, info: DatasetInfo, split: str, index: int = 0, bucket: str 
     if bucket != "__any__":
         shards = [s for s in shards if s.bucket == bucket]
     return os.path.join(str(root), shards[index].path)
+
+
+def run_train(args: list[str]) -> tuple[int, str]:
+    """Runs ``trainer.train.run(args)`` quietly; returns its exit code and what it wrote to stderr (its log)."""
+    from trainer import train
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = train.run(args)
+    return rc, err.getvalue()
