@@ -4,8 +4,8 @@ It makes the demo dataset (labels visible in drawn faces, ABAW-5 layout, see
 :mod:`affectstream.demo_data`), converts it with the Beam job on DirectRunner,
 verifies the shards, trains the CNN+RNN on the expression task with balanced
 sampling in the paper's two stages (the CNN per frame, then the GRU stack on
-its frozen features: one exported model), evaluates the exported model on the whole validation split and prints
-the metrics and where the confusion matrix is. It also converts a real video
+its frozen features: one exported model), evaluates the exported model on the
+whole validation split and prints the metrics and where the confusion matrix is. It also converts a real video
 that nobody on the team made (OpenCV's ``Megamind.avi`` from Debian's
 ``opencv-doc``) through real face detection; that track carries placeholder
 labels (every frame "Neutral") only to exercise detection and the accounting
@@ -44,7 +44,8 @@ DEMO_TRAIN_FLAGS = ("--task", "expr", "--batch_size", "16", "--seq_len", "4", "-
 # end-to-end step's 16 clips x 4 frames), then the GRU stack on its frozen features. On this dataset the per-frame
 # CNN learns far faster than the CNN+RNN end to end (docs/benchmarks.md: 0.92 after 300 steps against 0.76 after
 # 400), and the recurrent stage costs little: its features are computed once.
-DEMO_FRAMES_FLAGS = ("--stage", "frames", "--batch_size", "64")
+DEMO_FRAMES_BATCH_SIZE = 64  # frames a step of the CNN stage (its --batch_size overrides DEMO_TRAIN_FLAGS')
+DEMO_FRAMES_FLAGS = ("--stage", "frames", "--batch_size", str(DEMO_FRAMES_BATCH_SIZE))
 DEMO_SEQUENCE_FLAGS = ("--stage", "sequence")
 DEMO_STEPS_PER_EPOCH = 50  # one validation pass (and best-epoch candidate) every 50 steps
 DEMO_CNN_STEPS = 300

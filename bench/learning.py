@@ -125,9 +125,11 @@ def existing_job(name: str, job_dir: str) -> dict:
               "final_macro_f1": final, "epochs_done": len(scores), "epochs": config["epochs"],
               "learning_rate": config["learning_rate"], "lr_schedule": config.get("lr_schedule"), "job_dir": job_dir}
     if config.get("stage") == "sequence":  # plotted at the CNN steps of the frames job it started from
-        with open(os.path.join(config["init_from"].removesuffix("/export"), "train_config.json"),
-                  encoding="utf-8") as f:
-            frames = json.load(f)
+        from trainer.evaluate import resolve_model_dir
+        from trainer.export import MODEL_INFO_FILENAME
+
+        with open(os.path.join(resolve_model_dir(config["init_from"]), MODEL_INFO_FILENAME), encoding="utf-8") as f:
+            frames = json.load(f)["train_config"]
         result.update({"cnn_steps": frames["epochs"] * frames["steps_per_epoch"],
                        "sequence_steps": config["epochs"] * steps})
     return result
@@ -178,23 +180,25 @@ def plot(results: list[dict], path: str) -> None:
 
 
 def main(argv=None) -> int:
+    from affectstream import demo
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder for learning.json, learning.png and the jobs")
     p.add_argument("--data", help="an existing conversion of the demo dataset (default: convert it into --out)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
-    p.add_argument("--budgets", default="300,800", help="training steps of the jobs (comma-separated)")
-    p.add_argument("--eval_every", type=int, default=50, help="steps per epoch (one evaluation each; the demo: 50)")
+    p.add_argument("--budgets", default=f"{demo.DEMO_CNN_STEPS},800",
+                   help="training steps of the jobs (comma-separated; the demo's CNN: its first default)")
+    p.add_argument("--eval_every", type=int, default=demo.DEMO_STEPS_PER_EPOCH,
+                   help="steps per epoch (one evaluation each; default: the demo's)")
     p.add_argument("--learning_rate", type=float, default=0.001, help="of the constant job (the demo's)")
     p.add_argument("--cosine_learning_rate", type=float, default=0.003)
     p.add_argument("--warmup_steps", type=int, default=50)
-    p.add_argument("--frames_batch_size", type=int, default=64)
-    p.add_argument("--sequence_steps", type=int, default=200)
+    p.add_argument("--frames_batch_size", type=int, default=demo.DEMO_FRAMES_BATCH_SIZE)
+    p.add_argument("--sequence_steps", type=int, default=demo.DEMO_RNN_STEPS)
     p.add_argument("--seed", type=int, default=None, help="instead of the demo's --seed")
     p.add_argument("--add_job", action="append", default=[], metavar="NAME=JOB_DIR",
                    help="also plot a job trained elsewhere (e.g. a demo's job/); with --configs '' only replots")
     args = p.parse_args(argv)
-
-    from affectstream import demo
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.makedirs(args.out, exist_ok=True)
