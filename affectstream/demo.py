@@ -28,8 +28,8 @@ import sys
 import time
 
 from affectstream import demo_data, real_videos
-from affectstream.cli import add_verbose_flag
 from tfrecords_schema import read_dataset_info
+from tfrecords_schema.cli import add_verbose_flag
 
 # How the demo converts and trains; tests/test_demo_learning.py and bench/learning.py use the same settings.
 # 32 px crops: the drawn expressions stay legible (tests/test_demo_learning.py) at a quarter of the CNN's work
@@ -89,7 +89,7 @@ def demo_validation_video(videos_dir: str, num_train_videos: int) -> str:
 
 def _predict_new_videos(export: str, videos: list[str], annotations: str, out: str) -> list[str]:
     """Runs ``affectstream predict`` on ``videos``; returns report lines naming its outputs."""
-    from trainer import predict
+    from trainer.prediction import predict
 
     _check(predict.run(["--model", export, "--videos", *videos, "--output", out, "--render",
                         "--annotations", annotations, "--progress_every", "0"]), "prediction")
@@ -102,7 +102,7 @@ def _predict_new_videos(export: str, videos: list[str], annotations: str, out: s
                      f"{video['frames_with_face']}):\n  CSV {video['csv']}\n  ABAW {abaw}\n  plot {video['plot']}"
                      f"\n  video {video['render']}")
     if "scores" in summary:
-        from trainer.predictions import format_scores
+        from trainer.prediction.scoring import format_scores
 
         with open(summary["scores"], encoding="utf-8") as f:
             scores = format_scores(json.load(f)).splitlines()[0]
@@ -149,8 +149,8 @@ def run(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from beam_jobs import convert, inspect_dataset
-    from trainer import evaluate
-    from trainer.reports import format_summary
+    from trainer.evaluation import evaluate
+    from trainer.evaluation.reports import format_summary
 
     out = os.path.abspath(args.output)
     try:

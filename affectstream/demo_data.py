@@ -24,8 +24,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from affectstream.cli import add_verbose_flag
 from beam_jobs.sources import abaw
+from tfrecords_schema.cli import add_verbose_flag
 
 # The ABAW-3+ headers, as the adapter reads them: 8 expression classes, 12 AUs.
 EXPRESSION_NAMES = abaw.EXPRESSION_NAMES_8

@@ -78,7 +78,7 @@ def write_placeholder_layout(video: str, root: str) -> tuple[str, str, int]:
         ``(videos_dir, annotations_dir, num_frames)``.
     """
     from affectstream import demo_data
-    from beam_jobs.video import VideoError, probe_video
+    from beam_jobs.media.video import VideoError, probe_video
 
     try:
         frames = probe_video(video).frames  # Decodable frames, counted (a container's count can be an estimate).

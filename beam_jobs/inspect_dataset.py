@@ -22,7 +22,6 @@ import sys
 
 import numpy as np
 
-from affectstream.cli import add_verbose_flag
 from tfrecords_schema import (
     TASK_ACTION_UNITS,
     TASK_EXPRESSION,
@@ -35,6 +34,7 @@ from tfrecords_schema import (
     read_dataset_info,
 )
 from tfrecords_schema.buckets import BUCKET_BY_VA_GRID, NO_VA, VA_GRID, va_cell_names
+from tfrecords_schema.cli import add_verbose_flag
 from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME
 
 _MAX_DEAD_LETTERS_SHOWN = 10

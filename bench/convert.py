@@ -55,8 +55,9 @@ import cv2
 import numpy as np
 import videos as bench_videos  # bench/videos.py: this script's folder is on the path.
 
-from beam_jobs import convert, faces
-from beam_jobs.video import FrameStatus, VideoReader
+from beam_jobs import convert
+from beam_jobs.faces import stage as faces
+from beam_jobs.media.video import FrameStatus, VideoReader
 from tfrecords_schema import ClipRecord, encode_clip, keys, read_dataset_info
 
 EXPRESSION_HEADER = "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"

@@ -1,8 +1,8 @@
 """Training input through a tf.data service against the same input in process.
 
 Measures frames per second (and per CPU-second of the whole machine's share used by this process) of
-:func:`trainer.input.make_train_dataset` read directly, and read from a local tf.data service (a dispatcher
-and ``--workers`` workers started in this process with :func:`trainer.data_service.start_local`, so their
+:func:`trainer.input.pipeline.make_train_dataset` read directly, and read from a local tf.data service (a dispatcher
+and ``--workers`` workers started in this process with :func:`trainer.input.data_service.start_local`, so their
 CPU time is counted too), in alternating rounds (each with a fresh iterator), median of each. On one machine the service adds no CPU: the
 figure is its overhead (serialising every uint8 batch and sending it over loopback gRPC). Its gain comes
 when the workers run on other machines: then the trainer host only receives batches, and the input scales
@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tfrecords_schema import read_dataset_info  # noqa: E402
-from trainer import data_service  # noqa: E402
-from trainer import input as trainer_input  # noqa: E402
+from trainer.input import data_service  # noqa: E402
+from trainer.input import pipeline as trainer_input  # noqa: E402
 
 
 def _free_port_run(n: int) -> int:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import real_face_scenes as scenes  # noqa: E402 - from tests/, put on the path just above.
 
-from beam_jobs import faces  # noqa: E402
+from beam_jobs.faces import stage as faces  # noqa: E402
 
 ALL_DETECTORS = ("haar", "blazeface_short", "blazeface_full", "blazeface", "mtcnn")
 

@@ -2,7 +2,7 @@
 
 On the same shards and the same cores, in one run, it measures frames per second of:
 
-1. ``pipeline``: :func:`trainer.input.make_train_dataset` (balanced sampling, random sub-clips, decoded,
+1. ``pipeline``: :func:`trainer.input.pipeline.make_train_dataset` (balanced sampling, random sub-clips, decoded,
    augmented, batched ``[B, T, S, S, 3]`` uint8 batches: the model scales them on the accelerator);
 2. ``decode limit``: a parallel ``tf.data`` map of ``tf.io.decode_jpeg`` over the same frames' JPEG bytes,
    pre-extracted into memory (no reading, parsing, augmentation or batching into clips);
@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 
 from tfrecords_schema import SPLIT_TRAIN, decode_clip, join_path, read_dataset_info  # noqa: E402
-from trainer import input as trainer_input  # noqa: E402
+from trainer.input import pipeline as trainer_input  # noqa: E402
 
 
 def _frames_per_second(iterator, frames_per_batch: int, seconds: float) -> tuple[float, float]:

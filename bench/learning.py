@@ -59,8 +59,8 @@ def epoch_scores(job_dir: str) -> dict[int, float]:
     """``{step: selection score}`` of every evaluated epoch, read from the job's TensorBoard events."""
     import tensorflow as tf
 
-    from trainer.tensorboard import TAG_SCORE
-    from trainer.train import LOGS_DIRNAME
+    from trainer.evaluation.tensorboard import TAG_SCORE
+    from trainer.training.job import LOGS_DIRNAME
 
     scores = {}
     for path in glob.glob(os.path.join(job_dir, LOGS_DIRNAME, "*", "events.out.tfevents.*")):
@@ -125,8 +125,7 @@ def existing_job(name: str, job_dir: str) -> dict:
               "final_macro_f1": final, "epochs_done": len(scores), "epochs": config["epochs"],
               "learning_rate": config["learning_rate"], "lr_schedule": config.get("lr_schedule"), "job_dir": job_dir}
     if config.get("stage") == "sequence":  # plotted at the CNN steps of the frames job it started from
-        from trainer.evaluate import resolve_model_dir
-        from trainer.export import MODEL_INFO_FILENAME
+        from trainer.model.export import MODEL_INFO_FILENAME, resolve_model_dir
 
         with open(os.path.join(resolve_model_dir(config["init_from"]), MODEL_INFO_FILENAME), encoding="utf-8") as f:
             frames = json.load(f)["train_config"]

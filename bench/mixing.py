@@ -2,7 +2,7 @@
 
 1. **Videos per batch.** Records inside a shard used to be sorted by ``example_id`` (``split/video/frame``),
    so a bucket stream's shuffle buffer held a few videos at a time; the converter now orders them by a
-   hash of the id (:func:`beam_jobs.shards.shard_order_key`). For the same records in both orders, this
+   hash of the id (:func:`beam_jobs.pipeline.shards.shard_order_key`). For the same records in both orders, this
    measures the mean number of distinct videos among 8 consecutive draws from one bucket of the trainer's
    real stream (:func:`tests.mixing_data.distinct_videos_per_draws`), next to uniform sampling.
 2. **Frame class mix.** Under ``balanced`` sampling every bucket (a clip's *majority* class) is drawn
@@ -32,9 +32,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import tensorflow as tf
 from mixing_data import distinct_videos_per_draws, write_layout
 
-from beam_jobs.shards import shard_order_key
+from beam_jobs.pipeline.shards import shard_order_key
 from tfrecords_schema import DATASET_INFO_FILENAME, SPLIT_TRAIN, decode_clip, join_path, read_dataset_info
-from trainer import stream_mix
+from trainer.input import mixing as stream_mix
 
 
 def reorder_copy(data_dir: str, out_dir: str, order: str) -> None:

@@ -1,9 +1,9 @@
 """Training-step benchmark: step time with the real input pipeline over step time on one cached batch.
 
-Both runs use the trainer's own training step (:func:`trainer.step.make_train_step`, the same
+Both runs use the trainer's own training step (:func:`trainer.training.step.make_train_step`, the same
 ``strategy.run`` path as ``python -m trainer.train``) and the same model; only the input differs:
 
-1. ``real``: :func:`trainer.input.make_train_dataset` through ``distribute_datasets_from_function``
+1. ``real``: :func:`trainer.input.pipeline.make_train_dataset` through ``distribute_datasets_from_function``
    (read, shuffle, mix buckets, parse, pick frames, decode JPEG, augment, batch, prefetch);
 2. ``cached``: the same dataset's first batch, ``.take(1).cache().repeat()`` -- no input work at all.
 
@@ -29,11 +29,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tfrecords_schema import read_dataset_info
-from trainer import distribution
-from trainer.config import TrainConfig
-from trainer.input import heads_for_task, make_train_dataset
-from trainer.plan import model_spec_for
-from trainer.step import build_model_and_optimizer, make_train_step
+from trainer.input.pipeline import heads_for_task, make_train_dataset
+from trainer.training import distribution
+from trainer.training.config import TrainConfig
+from trainer.training.plan import model_spec_for
+from trainer.training.step import build_model_and_optimizer, make_train_step
 
 
 def _time_steps(train_step, iterator, warmup: int, steps: int) -> float:

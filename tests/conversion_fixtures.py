@@ -20,11 +20,11 @@ import pathlib
 import cv2
 import numpy as np
 
-from beam_jobs import faces
-from beam_jobs.clips import ClipBuilder
+from beam_jobs.faces import stage as faces
+from beam_jobs.pipeline.clips import ClipBuilder
+from beam_jobs.pipeline.config import ConvertConfig
+from beam_jobs.pipeline.spill import SpilledRecord, SpillWriter
 from beam_jobs.sources.base import TrackLabels, TrackSpec
-from beam_jobs.spill import SpilledRecord, SpillWriter
-from beam_jobs.transforms import ConvertConfig
 from tfrecords_schema import (
     HEAD_ACTION_UNITS,
     HEAD_EXPRESSION,

@@ -3,11 +3,11 @@
 :func:`write_layout` writes what ``beam_jobs.convert`` writes for long videos: every video gives many
 consecutive clips (ids ``train/<video>/<first frame>``), a clip's bucket is the majority expression class of
 its frames (the other frames are mostly Neutral, as in Aff-Wild2), each bucket's clips are hashed into
-shards with the converter's own :func:`beam_jobs.clips.stable_shard`, and inside a shard records are in
-the order ``"id"`` (the converter before issue 9) or ``"hash"`` (:func:`beam_jobs.shards.shard_order_key`,
+shards with the converter's own :func:`beam_jobs.pipeline.clips.stable_shard`, and inside a shard records are in
+the order ``"id"`` (the converter before issue 9) or ``"hash"`` (:func:`beam_jobs.pipeline.shards.shard_order_key`,
 the converter now). Crops are tiny constant JPEGs: only the order of the records matters here.
 
-:func:`distinct_videos_per_draws` measures the trainer's real stream (:func:`trainer.records.mixed_train_records`
+:func:`distinct_videos_per_draws` measures the trainer's real stream (:func:`trainer.input.records.mixed_train_records`
 with the trainer's shuffle buffers): the mean number of distinct videos among consecutive draws from one
 bucket. Used by ``tests/test_mixing.py`` and ``bench/mixing.py``.
 """
@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from beam_jobs.clips import stable_shard
-from beam_jobs.shards import shard_order_key
+from beam_jobs.pipeline.clips import stable_shard
+from beam_jobs.pipeline.shards import shard_order_key
 from tfrecords_schema import (
     SPLIT_TRAIN,
     TASK_EXPRESSION,
@@ -36,7 +36,7 @@ from tfrecords_schema import (
     shard_basename,
     write_dataset_info,
 )
-from trainer import records, sampling
+from trainer.input import records, sampling
 
 CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
 ORDERS = ("id", "hash")

@@ -14,10 +14,12 @@ import conversion_fixtures as cf
 import pytest
 
 from affectstream import cli
-from beam_jobs import convert, faces
+from beam_jobs import convert
+from beam_jobs.faces import stage as faces
+from beam_jobs.pipeline.config import ConvertConfig
 from beam_jobs.sources import SOURCES
 from beam_jobs.sources.abaw import AbawSource
-from beam_jobs.transforms import ConvertConfig
+from tfrecords_schema import cli as cli_flags
 
 
 def test_unknown_command_lists_valid_commands(capsys):
@@ -190,11 +192,11 @@ def test_help_answers_without_heavy_imports_and_prints_nothing_on_stderr(argv):
 
 
 @pytest.mark.parametrize("flags, env_level, expected", [
-    ([], None, cli.TF_LOG_QUIET),  # Quiet by default.
+    ([], None, cli_flags.TF_LOG_QUIET),  # Quiet by default.
     (["--verbose"], None, None),  # --verbose: TensorFlow's own default (0).
     (["--verbose=true"], None, None),  # `train` takes a value...
-    (["--verbose", "off"], None, cli.TF_LOG_QUIET),  # ...which can turn it off.
-    (["--verbose", "--verbose=no"], None, cli.TF_LOG_QUIET),  # The last one counts.
+    (["--verbose", "off"], None, cli_flags.TF_LOG_QUIET),  # ...which can turn it off.
+    (["--verbose", "--verbose=no"], None, cli_flags.TF_LOG_QUIET),  # The last one counts.
     ([], "1", "1"),  # The user's setting wins...
     (["--verbose"], "1", "1"),  # ...with --verbose too.
 ])

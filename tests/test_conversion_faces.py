@@ -20,8 +20,10 @@ import tensorflow as tf
 import video_fixtures as vf
 from skimage import data
 
-from beam_jobs import convert, faces, frame_sources
-from beam_jobs.clips import ClipBuilder
+from beam_jobs import convert
+from beam_jobs.faces import stage as faces
+from beam_jobs.pipeline import frame_sources
+from beam_jobs.pipeline.clips import ClipBuilder
 from tfrecords_schema import decode_clip, keys, read_dataset_info
 
 W, H = 240, 180

@@ -14,7 +14,10 @@ import pytest
 import tensorflow as tf
 import video_fixtures as vf
 
-from beam_jobs import convert, faces, finalize, shards, spill, transforms
+from beam_jobs import convert
+from beam_jobs.faces import stage as faces
+from beam_jobs.pipeline import finalize, shards, spill, transforms
+from beam_jobs.pipeline.config import ConvertConfig
 from beam_jobs.sources import make_source
 from tfrecords_schema import decode_clip, keys, read_dataset_info
 
@@ -253,7 +256,7 @@ def test_dofns_survive_pickling_and_still_work(converted):
 
     source = make_source("abaw", annotations=str(converted["ann"]), videos=str(converted["videos"]))
     discovery = source.discover()
-    config = transforms.ConvertConfig(dataset_name="abaw", output=str(converted["root"] / "pickled"),
+    config = ConvertConfig(dataset_name="abaw", output=str(converted["root"] / "pickled"),
                                       label_names=discovery.label_names, tasks=tuple(discovery.tasks),
                                       clip_length=4, face=faces.FaceStageConfig(detect_every=1))
     fns = [transforms.ReadLabelsFn(source), transforms.DecodeAndCropFn(config), spill.EncodeClipsFn(config),
@@ -276,7 +279,7 @@ def test_output_and_media_on_an_object_store_go_through_beam_filesystems(tmp_pat
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_jobs.video import VideoReader
+    from beam_jobs.media.video import VideoReader
 
     url, client = s3_server.url, s3_server.client
     s3_args = ["--s3_endpoint_url", url, "--s3_access_key_id", "testing", "--s3_secret_access_key", "testing",

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 import video_fixtures as vf
 
-from beam_jobs import convert, faces
+from beam_jobs import convert
+from beam_jobs.faces import stage as faces
 from beam_jobs.sources.abaw import AbawSource
 from tfrecords_schema import decode_clip, read_dataset_info
 

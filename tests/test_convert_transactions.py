@@ -25,9 +25,10 @@ import abaw_layout as abaw
 import pytest
 import video_fixtures as vf
 
-from beam_jobs import convert, output_folder
+from beam_jobs import convert
+from beam_jobs.pipeline import output_folder
+from beam_jobs.pipeline.config import TMP_DIRNAME
 from beam_jobs.sources.abaw import AbawSource
-from beam_jobs.transforms import TMP_DIRNAME
 from tfrecords_schema import read_dataset_info
 from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME
 from tfrecords_schema.locks import lock_output

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from trainer_data import write_dataset
 
-from trainer import data_service, train
-from trainer import input as trainer_input
+from trainer import train
+from trainer.input import data_service
+from trainer.input import pipeline as trainer_input
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,7 +85,7 @@ def test_bad_addresses_and_skip_corrupt_are_clear_errors(data):
     for address in ("localhost:5050", "grpc://localhost", "http://h:1", "grpc://h:99999"):
         with pytest.raises(ValueError, match="must look like grpc://HOST:PORT"):
             data_service.check_address(address)
-    from trainer.records import SkippedRecords
+    from trainer.input.records import SkippedRecords
     with pytest.raises(ValueError, match="skip_corrupt cannot count"):
         trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2,
                                          data_service="grpc://localhost:5050", skipped=SkippedRecords())

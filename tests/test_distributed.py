@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from trainer_data import write_dataset
 
-from trainer import distribution
+from trainer.training import distribution
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +97,7 @@ def test_two_workers_end_with_identical_weights_including_batchnorm_statistics(t
     _, codes, outputs = two_worker_job
     assert codes == [0, 0]
     # BatchNorm's moving statistics too: each worker normalises its own half of the batch, so without the
-    # per-step average in trainer/step.py they would differ (and the export would keep the chief's alone).
+    # per-step average in trainer/training/step.py they would differ (and the export would keep the chief's alone).
     (all0, _), (all1, _) = _final_checksums(outputs)
     assert all0 == all1
 
@@ -137,9 +137,9 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from trainer.config import TrainConfig
-    from trainer.model import ModelSpec
-    from trainer.step import build_model_and_optimizer, make_train_step
+    from trainer.training.config import TrainConfig
+    from trainer.model.spec import ModelSpec
+    from trainer.training.step import build_model_and_optimizer, make_train_step
 
     B, T, S, C, STEPS = 4, 3, 16, 3, 3
     rng = np.random.default_rng(0)

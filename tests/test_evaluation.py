@@ -18,14 +18,15 @@ import pytest
 import video_fixtures as vf
 
 from beam_jobs import convert
-from beam_jobs.faces import FaceStageConfig
+from beam_jobs.faces.stage import FaceStageConfig
 from tfrecords_schema import SPLIT_VALIDATION, read_dataset_info
-from trainer import evaluate
-from trainer.config import TrainConfig
-from trainer.export import export_model, model_info_payload
-from trainer.input import heads_for_task
-from trainer.model import build_model
-from trainer.plan import model_spec_for
+from trainer.evaluation import evaluate
+from trainer.input.pipeline import heads_for_task
+from trainer.model.build import build_model
+from trainer.model.export import export_model
+from trainer.training.config import TrainConfig
+from trainer.training.model_info import model_info_payload
+from trainer.training.plan import model_spec_for
 
 VID1 = [0, 0, 4, 4, None, None, 4, 1, 1, 5, 5, 5]  # None: a frame without a face (labelled Neutral)
 VID1_LABELS = [0 if e is None else e for e in VID1]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import real_face_scenes as scenes
 
-from beam_jobs import faces
+from beam_jobs.faces import stage as faces
 
 WIDTH, HEIGHT = 240, 180
 

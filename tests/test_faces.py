@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from affectstream.synthetic_faces import FaceSpec, render_frame
-from beam_jobs import faces
+from beam_jobs.faces import stage as faces
 
 
 class CountingDetector(faces.HaarDetector):

@@ -11,8 +11,8 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs import finalize
-from beam_jobs.clips import SplitSummary
+from beam_jobs.pipeline import finalize
+from beam_jobs.pipeline.clips import SplitSummary
 from beam_jobs.sources.base import DeadLetter, SplitDrop
 from tfrecords_schema import Accounting, DatasetInfo, ShardInfo, SplitInfo, read_dataset_info
 from tfrecords_schema.dataset_info import sum_counts

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import video_fixtures as vf
 
-from beam_jobs import faces, frame_sources
-from beam_jobs.video import VideoError
+from beam_jobs.faces import stage as faces
+from beam_jobs.media.video import VideoError
+from beam_jobs.pipeline import frame_sources
 
 FACE = faces.FaceStageConfig(crop_size=16, detect_every=1, max_hold=0)
 

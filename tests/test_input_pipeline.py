@@ -10,8 +10,8 @@ import tensorflow as tf
 from trainer_data import corrupt_shard, shard_path, truncate_shard, write_dataset
 
 from tfrecords_schema import HEADS, DatasetInfoError, decode_clip, keys, write_dataset_info
-from trainer import augment, frames, records
-from trainer import input as trainer_input
+from trainer.input import augment, frames, records
+from trainer.input import pipeline as trainer_input
 
 SEQ_LEN = 8
 
@@ -173,7 +173,7 @@ def test_targets_and_weights_mask_each_reason_separately():
 
 def test_loss_weighting_multiplies_expression_weights_by_class_weights(data):
     root, info = data
-    from trainer import sampling
+    from trainer.input import sampling
     class_weights = sampling.class_loss_weights(info, "expression", "inverse")
     plain = trainer_input.make_train_dataset(root, info, task="expr", seq_len=SEQ_LEN, batch_size=6, seed=4)
     weighted = trainer_input.make_train_dataset(root, info, task="expr", seq_len=SEQ_LEN, batch_size=6, seed=4,
@@ -370,7 +370,7 @@ def test_missing_split_is_a_clear_error(tmp_path):
 def test_empty_bucket_is_skipped_with_a_warning_and_all_empty_is_an_error(tmp_path, caplog):
     info = write_dataset(tmp_path / "some", num_clips_per_class={"A": 2, "Empty": 0, "C": 2}, clip_length=4,
                          crop_size=16, invalid_fraction=0.0, no_face_fraction=0.0)
-    caplog.set_level(logging.WARNING, logger="trainer.input")
+    caplog.set_level(logging.WARNING, logger="trainer.input.pipeline")
     dataset = trainer_input.make_train_dataset(str(tmp_path / "some"), info, task="expr", seq_len=2, batch_size=8)
     labels = np.concatenate([t["expression"].numpy().ravel() for _, t, _ in dataset.take(5)])
     assert set(labels.tolist()) == {0, 2}
@@ -415,7 +415,7 @@ def test_unbucketed_train_split_is_one_stream(tmp_path):
 
 
 def test_filesystem_registration_rejects_unknown_schemes_and_leaves_local_paths_alone(tmp_path):
-    from trainer import filesystems
+    from trainer.common import filesystems
     filesystems.register_filesystems(str(tmp_path), None, "gs://bucket/data")  # TensorFlow's own: no-op
     assert not filesystems.tfio_used()
     assert filesystems.exit_hard_if_needed(3) == 3  # no tensorflow-io file system: a normal return

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trainer import metrics
+from trainer.evaluation import metrics
 
 NAMES = ["a", "b", "c", "d"]
 

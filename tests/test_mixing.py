@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from mixing_data import distinct_videos_per_draws, write_layout
 
-from beam_jobs.shards import shard_order_key
-from trainer import config as config_lib
-from trainer import input as trainer_input
-from trainer import stream_mix
+from beam_jobs.pipeline.shards import shard_order_key
+from trainer.input import mixing as stream_mix
+from trainer.input import pipeline as trainer_input
+from trainer.training import config as config_lib
 
 # Four buckets of 12 videos x 80 consecutive clips in 2 shards each: a shard holds far more clips than the
 # trainer's per-bucket shuffle buffer (512 // 4), as with real videos.

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import model as model_lib
+from trainer.model import backbones, losses
+from trainer.model import build as model_lib
+from trainer.model import spec as spec_lib
 
 
 def tiny_spec(**kw):
@@ -16,7 +18,7 @@ def tiny_spec(**kw):
             "num_action_units": 3, "crop_size": 32, "backbone": "simple_cnn", "cnn_width": 0.125, "feature_dim": 16,
             "rnn_units": (8, 4)}
     base.update(kw)
-    return model_lib.ModelSpec(**base)
+    return spec_lib.ModelSpec(**base)
 
 
 @pytest.mark.parametrize("rnn", ["gru", "lstm"])
@@ -40,10 +42,10 @@ def test_application_backbones_build_offline_with_no_weights(backbone):
 
 def test_backbone_weights_load_from_a_local_file(tmp_path):
     spec = tiny_spec(heads=("expression",))
-    cnn = model_lib.build_backbone(spec)
+    cnn = backbones.build_backbone(spec)
     path = str(tmp_path / "cnn.weights.h5")
     cnn.save_weights(path)
-    loaded = model_lib.build_backbone(tiny_spec(heads=("expression",), backbone_weights=path))
+    loaded = backbones.build_backbone(tiny_spec(heads=("expression",), backbone_weights=path))
     for a, b in zip(cnn.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -80,7 +82,7 @@ def test_weighted_ccc_ignores_zero_weight_frames():
     t = tf.constant([[0.1, 0.2], [0.5, -0.3], [0.9, 0.7], [5.0, -9.0]])
     p = tf.constant([[0.1, 0.2], [0.5, -0.3], [0.9, 0.7], [-4.0, 3.0]])
     w = tf.constant([1.0, 1.0, 1.0, 0.0])
-    np.testing.assert_allclose(model_lib.weighted_ccc(t, p, w).numpy(), [1.0, 1.0], rtol=1e-5)
+    np.testing.assert_allclose(losses.weighted_ccc(t, p, w).numpy(), [1.0, 1.0], rtol=1e-5)
 
 
 def test_losses_ignore_masked_frames():
@@ -89,8 +91,8 @@ def test_losses_ignore_masked_frames():
     bad_second = {"expression": tf.constant([[[0.9, 0.1], [0.99, 0.01]]]),
                   "action_units": tf.constant([[[0.9], [0.99]]])}
     w = {"expression": tf.constant([[1.0, 0.0]]), "action_units": tf.constant([[1.0, 0.0]])}
-    a = model_lib.compute_losses(targets, good, w, global_frames=2)
-    b = model_lib.compute_losses(targets, bad_second, w, global_frames=2)
+    a = losses.compute_losses(targets, good, w, global_frames=2)
+    b = losses.compute_losses(targets, bad_second, w, global_frames=2)
     for head in a:
         assert float(a[head]) == pytest.approx(float(b[head]))
     expected_ce = -np.log(0.9) / 2

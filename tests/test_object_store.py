@@ -38,7 +38,7 @@ def test_train_from_s3_url_exits_zero_and_exports(tmp_path, s3_server):
     assert metrics["expression"]["frames"] > 0
 
     # Evaluating the exported model on the s3:// data also exits 0.
-    done = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--model", str(job), "--data",
+    done = subprocess.run([sys.executable, "-m", "trainer.evaluation.evaluate", "--model", str(job), "--data",
                            f"s3://{s3_server.bucket}/converted", "--report_dir", str(tmp_path / "eval")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]

@@ -22,7 +22,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_PACKAGES = ("affectstream", "beam_jobs", "tfrecords_schema", "trainer")
 # What a Dataflow worker imports to run the conversion (its DoFns and the adapters they call).
-WORKER_MODULES = ("beam_jobs.convert", "beam_jobs.transforms", "beam_jobs.sources", "tfrecords_schema.locks",
+WORKER_MODULES = ("beam_jobs.convert", "beam_jobs.pipeline.transforms", "beam_jobs.sources", "tfrecords_schema.locks",
                   "tfrecords_schema.transaction")
 # The flags docs/dataflow.md gives for route (a); the stager reads only the setup ones.
 DATAFLOW_FLAGS = ["--runner", "DataflowRunner", "--project", "MY_PROJECT", "--region", "europe-west1",

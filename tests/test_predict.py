@@ -23,10 +23,13 @@ import video_fixtures as vf
 
 from affectstream import demo, demo_data
 from beam_jobs import convert
-from beam_jobs.faces import FaceStageConfig
+from beam_jobs.faces.stage import FaceStageConfig
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL, read_dataset_info
-from trainer import evaluate, predict, train
-from trainer import predictions as P
+from trainer import train
+from trainer.evaluation import evaluate
+from trainer.prediction import outputs as P
+from trainer.prediction import predict, scoring, videos
+from trainer.prediction.errors import PredictError
 
 EXPR_NAMES = abaw.EXPR_NAMES_8
 AU_NAMES = abaw.AU_NAMES_12
@@ -160,7 +163,7 @@ def test_scoring_counts_every_labelled_frame_reports_face_frames_and_what_was_no
     P.write_submission(str(out), preds)
     P.write_csv(str(out / "clip.csv"), preds)
 
-    scores = P.score_predictions(str(out), str(ann), split="validation")
+    scores = scoring.score_predictions(str(out), str(ann), split="validation")
     expr = scores[HEAD_EXPRESSION]
     assert expr["frames"] == 9 and expr["accuracy"] == pytest.approx(8 / 9)
     assert expr["with_face"]["frames"] == 5 and expr["with_face"]["accuracy"] == 1.0
@@ -171,7 +174,7 @@ def test_scoring_counts_every_labelled_frame_reports_face_frames_and_what_was_no
     assert scores["videos_scored"] == 1
     # Each frame once per video, whichever heads scored it: 9 expression and 8 valence/arousal frames cover all 10.
     assert [(r["media_id"], r["frames"]) for r in scores["per_video"]] == [("clip", 10)]
-    assert "1 annotated track(s) of the split have no prediction file" in P.format_scores(scores)
+    assert "1 annotated track(s) of the split have no prediction file" in scoring.format_scores(scores)
 
 
 def test_scoring_refuses_a_prediction_header_that_differs_from_the_annotations(tmp_path):
@@ -179,7 +182,7 @@ def test_scoring_refuses_a_prediction_header_that_differs_from_the_annotations(t
     abaw.write_annotation(ann, "expr", "validation", "clip", [0, 1, 2], header=abaw.EXPR_HEADER_7)
     P.write_submission(str(out), make_predictions(3, heads=(HEAD_EXPRESSION,)))  # 8 classes
     with pytest.raises(P.PredictionFileError, match="differs from the annotations"):
-        P.score_predictions(str(out), str(ann))
+        scoring.score_predictions(str(out), str(ann))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,21 +195,21 @@ def test_folders_are_searched_recursively_for_every_container_in_any_case(tmp_pa
         (tmp_path / "v" / name).write_bytes(b"listing only")
     single = tmp_path / "single.avi"
     single.write_bytes(b"listing only")
-    found = predict.list_videos([str(tmp_path / "v"), str(single), str(single)])
+    found = videos.list_videos([str(tmp_path / "v"), str(single), str(single)])
     assert [p.split("/v/")[-1] if "/v/" in p else "single" for p in found] == [
         "a.MP4", "d.MoV", "sub/b.Avi", "sub/deeper/c.mkv", "single"]
-    with pytest.raises(predict.PredictError, match="does not exist"):
-        predict.list_videos([str(tmp_path / "missing.mp4")])
+    with pytest.raises(PredictError, match="does not exist"):
+        videos.list_videos([str(tmp_path / "missing.mp4")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(predict.PredictError, match="no video"):
-        predict.list_videos([str(tmp_path / "empty")])
+    with pytest.raises(PredictError, match="no video"):
+        videos.list_videos([str(tmp_path / "empty")])
 
 
 def test_output_names_carry_the_side_and_clashing_names_are_refused():
-    assert predict.output_stems(["x/10-60-1280x720.mp4", "y/b.AVI"], "left") == ["10-60-1280x720_left", "b_left"]
-    assert predict.output_stems(["gs://bucket/v/a.mp4"], None) == ["a"]
-    with pytest.raises(predict.PredictError, match="share the output name 'a'"):
-        predict.output_stems(["x/a.mp4", "y/a.avi"], None)
+    assert videos.output_stems(["x/10-60-1280x720.mp4", "y/b.AVI"], "left") == ["10-60-1280x720_left", "b_left"]
+    assert videos.output_stems(["gs://bucket/v/a.mp4"], None) == ["a"]
+    with pytest.raises(PredictError, match="share the output name 'a'"):
+        videos.output_stems(["x/a.mp4", "y/a.avi"], None)
 
 
 def test_help_documents_every_option():
@@ -367,9 +370,9 @@ def test_frames_that_do_not_decode_keep_their_lines_without_a_face(trained, tmp_
 def test_videos_and_outputs_on_s3(trained, tmp_path, s3_server):
     s3_server.client.upload_file(str(vf.write_face_video(tmp_path / "clip.avi", [4] * 6)), s3_server.bucket,
                                  "in/sub/clip.AVI")
-    # A subprocess: tensorflow-io's S3 file system aborts the interpreter at exit (trainer.filesystems).
+    # A subprocess: tensorflow-io's S3 file system aborts the interpreter at exit (trainer.common.filesystems).
     done = subprocess.run(
-        [sys.executable, "-m", "trainer.predict", "--model", trained["export"], "--videos",
+        [sys.executable, "-m", "trainer.prediction.predict", "--model", trained["export"], "--videos",
          f"s3://{s3_server.bucket}/in", "--output", f"s3://{s3_server.bucket}/out", "--progress_every", "0"],
         check=False, cwd=REPO, env={**os.environ, **s3_server.tf_env, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"},
         capture_output=True, text=True, timeout=600)

@@ -1,6 +1,6 @@
 """Reports people look at: the pictures, their titles, the TensorBoard tags of an epoch, the printed summary.
 
-No training: metrics come from :mod:`trainer.metrics` on small arrays made here, and the TensorBoard
+No training: metrics come from :mod:`trainer.evaluation.metrics` on small arrays made here, and the TensorBoard
 event files are read back with ``tf.compat.v1.train.summary_iterator``.
 """
 
@@ -17,8 +17,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
-from trainer import metrics, plots, reports, tensorboard
-from trainer.model import compute_losses
+from trainer.evaluation import metrics, plots, reports, tensorboard
+from trainer.model.losses import compute_losses
 
 CLASSES = ["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other"]
 AUS = ["AU1", "AU2", "AU4", "AU6"]

@@ -9,7 +9,7 @@ from trainer_data import run_train, write_dataset
 
 from tfrecords_schema import read_dataset_info
 from tfrecords_schema.dataset_info import RUN_TIMING_FIELDS
-from trainer.fingerprint import dataset_fingerprint
+from trainer.training.fingerprint import dataset_fingerprint
 
 TINY = ["--task", "expr", "--cnn_width", "0.25", "--feature_dim", "8", "--rnn_units", "8", "--seq_len", "4",
         "--batch_size", "4", "--steps_per_epoch", "2", "--log_every", "1"]

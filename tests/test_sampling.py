@@ -8,8 +8,9 @@ import pytest
 from trainer_data import write_dataset
 
 from tfrecords_schema import DatasetInfo, ShardInfo, SplitInfo
-from trainer import input as trainer_input
-from trainer import sampling, stream_mix
+from trainer.input import mixing as stream_mix
+from trainer.input import pipeline as trainer_input
+from trainer.input import sampling
 
 
 def _info(bucket_records: dict[str, int], class_frames: dict[str, int] | None = None) -> DatasetInfo:
@@ -87,7 +88,7 @@ def skewed(tmp_path_factory):
 @pytest.mark.parametrize("mode", sampling.SAMPLING_MODES)
 def test_batches_mix_buckets_as_requested(skewed, mode, caplog):
     root, info = skewed
-    caplog.set_level(logging.INFO, logger="trainer.input")
+    caplog.set_level(logging.INFO, logger="trainer.input.pipeline")
     requested = sampling.bucket_weights(info, mode)
     dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=100, sampling=mode,
                                                augment=False, seed=11)
@@ -164,8 +165,8 @@ def test_empirical_bucket_mix_counts_the_buckets_of_the_training_stream(skewed, 
 
 
 def test_train_logs_requested_and_empirical_bucket_mix_with_the_largest_deviation(skewed):
-    from trainer.config import TrainConfig
-    from trainer.plan import CLASS_MIX_BATCHES, bucket_mix_report
+    from trainer.training.config import TrainConfig
+    from trainer.training.plan import CLASS_MIX_BATCHES, bucket_mix_report
 
     root, info = skewed
     config = TrainConfig(data=root, job_dir="j", task="expr", sampling="balanced", batch_size=25, seq_len=2)

@@ -12,13 +12,15 @@ import tensorflow as tf
 from trainer_data import run_train, write_dataset
 
 from tfrecords_schema import read_dataset_info
-from trainer import distribution, plan, schedules
-from trainer.config import parse_train_config
-from trainer.fingerprint import file_sha256
-from trainer.input import heads_for_task
-from trainer.model import PER_FRAME_LAYER, ModelSpec, build_backbone, build_model, pretrained_layers
-from trainer.state import TrainState
-from trainer.step import build_model_and_optimizer
+from trainer.input.pipeline import heads_for_task
+from trainer.model.backbones import build_backbone
+from trainer.model.build import build_model, pretrained_layers
+from trainer.model.spec import PER_FRAME_LAYER, ModelSpec
+from trainer.training import distribution, plan, schedules
+from trainer.training.config import parse_train_config
+from trainer.training.fingerprint import file_sha256
+from trainer.training.state import TrainState
+from trainer.training.step import build_model_and_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

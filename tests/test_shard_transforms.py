@@ -10,8 +10,8 @@ import tensorflow as tf
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
-from beam_jobs import shards, spill
-from beam_jobs.clips import stable_shard
+from beam_jobs.pipeline import shards, spill
+from beam_jobs.pipeline.clips import stable_shard
 from tfrecords_schema import DatasetInfo, ShardInfo, SplitInfo, encode_clip, shard_basename
 from tfrecords_schema.dataset_info import ShardName, parse_shard_basename
 

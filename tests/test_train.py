@@ -19,7 +19,9 @@ import tensorflow as tf
 from trainer_data import corrupt_shard, shard_path, write_dataset
 
 from tfrecords_schema import DATASET_INFO_FILENAME, decode_clip, keys
-from trainer import evaluate, plan, state, step, train
+from trainer import train
+from trainer.evaluation import evaluate
+from trainer.training import plan, state, step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = ["--cnn_width", "0.25", "--feature_dim", "32", "--rnn_units", "32,16", "--seq_len", "8",
@@ -114,7 +116,7 @@ def test_metrics_score_every_labelled_frame_and_report_face_frames_apart(dataset
 
 
 def test_model_info_carries_the_face_stage_of_the_conversion(dataset, expr_job):
-    from beam_jobs.faces import FaceStageConfig
+    from beam_jobs.faces.stage import FaceStageConfig
 
     job, _ = expr_job
     model_info = json.loads((job / "export" / "model_info.json").read_text())
@@ -151,7 +153,8 @@ def test_exported_model_reproduces_the_job_metrics_through_evaluate(dataset, exp
 
 
 def test_evaluate_rejects_a_model_whose_outputs_disagree_with_model_info(dataset, expr_job, tmp_path, capsys):
-    from trainer.model import ModelSpec, build_model
+    from trainer.model.build import build_model
+    from trainer.model.spec import ModelSpec
 
     job, _ = expr_job
     export = tmp_path / "export"
@@ -337,7 +340,7 @@ def test_mixed_precision_xla_step_runs_and_a_changed_model_does_not_resume_silen
 
 def test_steps_per_epoch_follow_the_downsample_epoch_size(dataset):
     from tfrecords_schema import read_dataset_info
-    from trainer.config import TrainConfig
+    from trainer.training.config import TrainConfig
 
     info = read_dataset_info(dataset)
     config = TrainConfig(data=dataset, job_dir="j", sampling="downsample", batch_size=4)
@@ -351,7 +354,7 @@ def test_steps_per_epoch_follow_the_downsample_epoch_size(dataset):
 
 def test_explicit_steps_per_epoch_off_the_downsample_epoch_warns(dataset, caplog):
     from tfrecords_schema import read_dataset_info
-    from trainer.config import TrainConfig
+    from trainer.training.config import TrainConfig
 
     info = read_dataset_info(dataset)
     matching = TrainConfig(data=dataset, job_dir="j", sampling="downsample", batch_size=4, steps_per_epoch=3)
@@ -403,8 +406,8 @@ def test_empty_bucket_is_skipped_with_a_warning_and_all_empty_is_an_error(tmp_pa
 def test_resume_takes_best_epoch_and_score_from_the_best_checkpoint(dataset, tmp_path, caplog):
     """A kill between saving best/ and the next checkpoint leaves the checkpoint's best score behind."""
     from tfrecords_schema import read_dataset_info
-    from trainer.config import parse_train_config
-    from trainer.input import heads_for_task
+    from trainer.input.pipeline import heads_for_task
+    from trainer.training.config import parse_train_config
 
     job = tmp_path / "job"
     args = train_args(dataset, job, "--task", "expr", "--steps_per_epoch", "3", "--checkpoint_every", "100")

@@ -98,7 +98,8 @@ def test_dataset_info_crop_size_that_disagrees_with_the_frames_is_one_clear_line
 
 
 def test_weights_file_saved_on_other_crops_is_refused_naming_both_sizes(data, tmp_path):
-    from trainer.model import ModelSpec, build_backbone
+    from trainer.model.backbones import build_backbone
+    from trainer.model.spec import ModelSpec
 
     weights = str(tmp_path / "cnn48.weights.h5")
     spec = ModelSpec(heads=("expression",), num_expression_classes=2, crop_size=48, cnn_width=0.25, feature_dim=8)

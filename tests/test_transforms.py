@@ -13,7 +13,8 @@ import video_fixtures as vf
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs import faces, finalize, transforms
+from beam_jobs.faces import stage as faces
+from beam_jobs.pipeline import finalize, transforms
 from beam_jobs.sources.abaw import AbawSource
 from tfrecords_schema import decode_clip
 

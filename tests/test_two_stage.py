@@ -19,8 +19,10 @@ from tfrecords_schema.features import (
     make_feature_parser,
     read_features_info,
 )
-from trainer import evaluate, two_stage
-from trainer.model import PER_FRAME_LAYER
+from trainer.evaluation import evaluate
+from trainer.input import features as feature_input
+from trainer.model.spec import PER_FRAME_LAYER
+from trainer.training import features as two_stage
 
 TINY = ["--task", "expr", "--cnn_width", "0.25", "--feature_dim", "16", "--seq_len", "8", "--batch_size", "8",
         "--log_every", "5", "--learning_rate", "0.003", "--seed", "1"]
@@ -139,7 +141,7 @@ def test_sequence_stage_keeps_the_bucket_rebalancing(sequence_job):
     index = read_features_info(str(sequence_job / "features"))
 
     def class_shares(sampling):
-        ds = two_stage.make_feature_train_dataset(str(sequence_job / "features"), index, task="expr", seq_len=4,
+        ds = feature_input.make_feature_train_dataset(str(sequence_job / "features"), index, task="expr", seq_len=4,
                                                   batch_size=16, sampling=sampling, seed=3)
         counts = np.zeros(4)
         for _, targets, weights in ds.take(30):

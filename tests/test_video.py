@@ -3,7 +3,7 @@
 import pytest
 import video_fixtures as vf
 
-from beam_jobs.video import (
+from beam_jobs.media.video import (
     VIDEO_EXTENSIONS,
     FrameStatus,
     VideoError,

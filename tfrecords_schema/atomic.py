@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import uuid
@@ -89,3 +90,8 @@ def write_atomically(path: str, data: bytes | str) -> str:
     with incomplete_file(path) as tmp, tf.io.gfile.GFile(tmp, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
     return path
+
+
+def write_json(path: str, payload) -> str:
+    """Writes deterministic JSON (sorted keys) to a local path or URL, atomically; returns the path."""
+    return write_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")

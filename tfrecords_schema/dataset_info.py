@@ -9,15 +9,21 @@ live in :mod:`tfrecords_schema.dataset_info_checks`.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
 import posixpath
 import re
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from tfrecords_schema.dataset_info_checks import checked_fields
+from tfrecords_schema.split_info import (  # noqa: F401 (re-exported: the parts of a dataset's info)
+    Accounting,
+    DatasetInfoError,
+    ShardInfo,
+    SplitInfo,
+    sum_counts,
+)
 from tfrecords_schema.tasks import TASK_ACTION_UNITS, TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASKS  # noqa: F401 (re-exported)
 from tfrecords_schema.version import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 
@@ -37,129 +43,6 @@ SPLIT_TRAIN = "train"
 SPLIT_VALIDATION = "validation"
 SPLIT_TEST = "test"  # Held-out data (manifest and folder adapters): written like validation, never trained on.
 SPLITS = (SPLIT_TRAIN, SPLIT_VALIDATION, SPLIT_TEST)
-
-
-class DatasetInfoError(ValueError):
-    """A dataset_info.json that is missing, malformed or of another schema version."""
-
-
-@dataclasses.dataclass
-class ShardInfo:
-    """One TFRecord shard file.
-
-    Attributes:
-        path: Path relative to the dataset root, e.g. ``"train/abaw-train-Fear.tfrecord-00000-of-00002"``.
-        bucket: Rebalancing bucket of every clip in the shard (None for unbucketed splits).
-        num_records: Clips in the shard.
-        num_frames: Frames in those clips.
-        num_bytes: File size in bytes.
-    """
-
-    path: str
-    bucket: str | None
-    num_records: int
-    num_frames: int
-    num_bytes: int
-
-    @property
-    def split(self) -> str:
-        """The split folder the shard is in (the first part of :attr:`path`)."""
-        return self.path.split("/", 1)[0]
-
-    @property
-    def basename(self) -> str:
-        """The shard file name (see :func:`shard_basename` and :func:`parse_shard_basename`)."""
-        return self.path.rsplit("/", 1)[-1]
-
-
-@dataclasses.dataclass
-class Accounting:
-    """Where every labelled frame of a split went.
-
-    ``labelled_frames == written_frames_with_face + written_frames_without_face + sum(dropped)``.
-
-    Attributes:
-        labelled_frames: Frames with at least one label (valid or rejected) in the annotations.
-        written_frames_with_face: Labelled frames written with a detected (or provided) face.
-        written_frames_without_face: Labelled frames written without a face (blank or held crop).
-        dropped: ``{reason: frames}`` for labelled frames not written.
-    """
-
-    labelled_frames: int = 0
-    written_frames_with_face: int = 0
-    written_frames_without_face: int = 0
-    dropped: dict[str, int] = dataclasses.field(default_factory=dict)
-
-    @property
-    def written_frames(self) -> int:
-        return self.written_frames_with_face + self.written_frames_without_face
-
-    @property
-    def dropped_frames(self) -> int:
-        return sum(self.dropped.values())
-
-    def is_balanced(self) -> bool:
-        return self.labelled_frames == self.written_frames + self.dropped_frames
-
-    def check(self, split: str) -> None:
-        """Raises DatasetInfoError when the frames do not add up."""
-        if not self.is_balanced():
-            raise DatasetInfoError(
-                f"accounting of split {split!r} does not add up: labelled_frames={self.labelled_frames} != "
-                f"with_face {self.written_frames_with_face} + without_face {self.written_frames_without_face}"
-                f" + dropped {self.dropped_frames} {dict(sorted(self.dropped.items()))}"
-            )
-
-    def merge(self, other: Accounting) -> Accounting:
-        return Accounting(
-            self.labelled_frames + other.labelled_frames,
-            self.written_frames_with_face + other.written_frames_with_face,
-            self.written_frames_without_face + other.written_frames_without_face,
-            sum_counts(self.dropped, other.dropped),
-        )
-
-
-def sum_counts(*counts: Mapping[str, int]) -> dict[str, int]:
-    """``{name: count}`` mappings added key by key (the one merge of every count in the project).
-
-    Unlike ``Counter.__add__``, keys whose sum is 0 are kept, so a count recorded as 0 stays in
-    the output.
-    """
-    total: collections.Counter = collections.Counter()
-    for c in counts:
-        total.update(c)
-    return dict(total)
-
-
-@dataclasses.dataclass
-class SplitInfo:
-    """What one split holds.
-
-    Attributes:
-        num_clips: Records written.
-        num_frames: Frames in those records (labelled or not).
-        bucket_clips: ``{bucket: clips}``; for the train split each bucket has its own shard set.
-        bucket_frames: ``{bucket: frames}``.
-        class_frames: Per task, ``{label name: frames}``: valid expression frames per class,
-            positive frames per AU, and for VA the valid frames per valence/arousal grid cell.
-        shards: Every shard file of the split.
-        accounting: Where the labelled frames went.
-        faces: What the face stage did on the labelled frames written from decoded video, by its status
-            (``detected``, ``held``, ``lost``, ``none``: ``beam_jobs.faces.FACE_STATUSES``); provided crops
-            (``--cropped_aligned``) are not counted. Empty in a version-1 file.
-    """
-
-    num_clips: int = 0
-    num_frames: int = 0
-    bucket_clips: dict[str, int] = dataclasses.field(default_factory=dict)
-    bucket_frames: dict[str, int] = dataclasses.field(default_factory=dict)
-    class_frames: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
-    shards: list[ShardInfo] = dataclasses.field(default_factory=list)
-    accounting: Accounting = dataclasses.field(default_factory=Accounting)
-    faces: dict[str, int] = dataclasses.field(default_factory=dict)
-
-    def shards_of_bucket(self, bucket: str | None) -> list[ShardInfo]:
-        return [s for s in self.shards if s.bucket == bucket]
 
 
 @dataclasses.dataclass
@@ -260,9 +143,6 @@ class DatasetInfo:
     @classmethod
     def _from_raw(cls, raw: dict, source: str) -> DatasetInfo:
         """Builds a DatasetInfo from parsed JSON, checking every field's type and nested shape."""
-        # Late import: the checks build this module's classes, so that module imports this one.
-        from tfrecords_schema.dataset_info_checks import checked_fields
-
         return cls(**checked_fields(raw, {f.name for f in dataclasses.fields(cls)}, source))
 
 
@@ -368,7 +248,7 @@ def write_dataset_info(info: DatasetInfo, data_dir: str) -> str:
     """Writes ``info`` to ``<data_dir>/dataset_info.json`` atomically with tf.io.gfile; returns the path.
 
     For tools and tests on the TensorFlow side; the conversion writes its file through Beam's file
-    systems (``beam_jobs.finalize.save_dataset_info``), which carry the job's storage options.
+    systems (``beam_jobs.pipeline.finalize.save_dataset_info``), which carry the job's storage options.
     """
     from tfrecords_schema.atomic import write_atomically
 

@@ -14,7 +14,7 @@ import dataclasses
 import re
 from typing import Any
 
-from tfrecords_schema.dataset_info import Accounting, DatasetInfoError, ShardInfo, SplitInfo
+from tfrecords_schema.split_info import Accounting, DatasetInfoError, ShardInfo, SplitInfo
 
 # Fields of dataset_info.json (and of its nested objects) that may be left out.
 _OPTIONAL_INFO_FIELDS = {"options", "failures", "unused_media", "run", "schema_version"}

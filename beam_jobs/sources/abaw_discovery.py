@@ -12,6 +12,7 @@ import dataclasses
 import os
 import posixpath
 
+from beam_jobs.media.video import VIDEO_EXTENSIONS
 from beam_jobs.sources import base
 from beam_jobs.sources.abaw_format import (
     ACTION_UNITS_12,
@@ -38,7 +39,6 @@ from beam_jobs.sources.abaw_format import (
 )
 from beam_jobs.sources.abaw_labels import mtl_au_names
 from beam_jobs.sources.folder_scan import FolderScan, Listing, path_identity
-from beam_jobs.video import VIDEO_EXTENSIONS
 from tfrecords_schema import HEAD_OF_TASK, HEADS, TASK_ACTION_UNITS, TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASKS
 
 # Names with these suffixes are taken as files without asking the file system (saves a call per crop

@@ -4,7 +4,7 @@
 users know (AFEW's ``Train/<Class>/<clip>.avi``, CAER's ``train/<Class>/<clip>.avi``). Every frame
 of a video carries its class folder's class. Split folders are matched in any letter case
 (``train``/``training``, ``validation``/``val``/``valid``, ``test``/``testing``); videos are every
-:data:`~beam_jobs.video.VIDEO_EXTENSIONS` container in any letter case; other files are ignored.
+:data:`~beam_jobs.media.video.VIDEO_EXTENSIONS` container in any letter case; other files are ignored.
 
 Without official splits: ``--folds K --fold I`` with ``ROOT/<class name>/<any nesting>/<video>``
 (no split level; a split level with ``--folds``, or none without, is refused with a clear error).
@@ -36,6 +36,7 @@ import posixpath
 import re
 from collections.abc import Sequence
 
+from beam_jobs.media.video import is_remote
 from beam_jobs.sources import base
 from beam_jobs.sources import folds as folds_lib
 from beam_jobs.sources.media_rows import (
@@ -49,7 +50,6 @@ from beam_jobs.sources.media_rows import (
     parse_class_names,
     select_tasks,
 )
-from beam_jobs.video import is_remote
 from tfrecords_schema import TASK_EXPRESSION
 
 

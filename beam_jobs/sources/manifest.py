@@ -61,6 +61,7 @@ import posixpath
 import unicodedata
 from collections.abc import Iterator, Sequence
 
+from beam_jobs.media.video import VIDEO_EXTENSIONS, is_remote
 from beam_jobs.sources import base
 from beam_jobs.sources import folds as folds_lib
 from beam_jobs.sources.media_rows import (
@@ -74,7 +75,6 @@ from beam_jobs.sources.media_rows import (
     parse_class_names,
     select_tasks,
 )
-from beam_jobs.video import VIDEO_EXTENSIONS, is_remote
 from tfrecords_schema import TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASKS
 
 COLUMN_PATH = "path"

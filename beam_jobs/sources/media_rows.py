@@ -30,9 +30,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from beam_jobs.media.video import DEFAULT_FPS, VIDEO_EXTENSIONS, VideoError, VideoReader, local_copy
 from beam_jobs.sources import base
 from beam_jobs.sources.folder_scan import FolderScan
-from beam_jobs.video import DEFAULT_FPS, VIDEO_EXTENSIONS, VideoError, VideoReader, local_copy
 from tfrecords_schema import (
     HEAD_ACTION_UNITS,
     HEAD_EXPRESSION,
@@ -197,7 +197,7 @@ def _basename(path: str) -> str:
 def probe_video(path: str) -> tuple[float, int | None, str]:
     """Frame rate and frame count of a video (one download for a remote one).
 
-    The frame rate is :class:`~beam_jobs.video.VideoReader`'s, so segment times map to the same
+    The frame rate is :class:`~beam_jobs.media.video.VideoReader`'s, so segment times map to the same
     frames the conversion decodes. The count is the container's; when it has none (or an absurd
     one) the frames are counted by grabbing them.
 

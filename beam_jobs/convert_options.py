@@ -1,0 +1,168 @@
+"""The options of ``beam_jobs.convert``: the job's own flags, the dataset adapter's, and their checks.
+
+Beam's own options (``--runner``, ``--direct_num_workers``, Dataflow's) pass through untouched; the options that shape
+the output are recorded in ``dataset_info.json`` (:func:`recorded_options`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+from beam_jobs.faces import stage as faces_lib
+from tfrecords_schema import TASKS
+from tfrecords_schema.buckets import BUCKET_BY
+from tfrecords_schema.cli import add_verbose_flag
+
+DEFAULT_RUNNER = "DirectRunner"
+
+
+# Run-control flags: they do not shape the output, so dataset_info.json does not record them.
+NOT_RECORDED = ("overwrite", "progress_every", "allow_partial", "verbose")
+
+
+class UsageError(ValueError):
+    """Bad command-line options (exit status 2)."""
+
+
+def _defaults(cls) -> dict:
+    """Field defaults of a dataclass: the one place the conversion's defaults are written."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def _on_off(text: str) -> bool:
+    """``on``/``off`` (any case) → True/False."""
+    value = {"on": True, "off": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return value
+
+
+def _change_or_off(text: str) -> float | None:
+    """A fraction in (0, 1], or ``off`` → None."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or off, got {text!r}")
+    return value
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Adds the conversion's own options; returns their names (always recorded in dataset_info.json)."""
+    from beam_jobs.pipeline.config import ConvertConfig
+
+    face, job = _defaults(faces_lib.FaceStageConfig), _defaults(ConvertConfig)
+    add = parser.add_argument
+    actions = [
+        add("--dataset", default="abaw", help="dataset adapter (default: abaw)"),
+        add("--videos", default=None, help="folder searched for the media files (optional with --cropped_aligned)"),
+        add("--annotations", default=None, help="annotation root folder (adapters that read annotation files)"),
+        add("--output", required=True, help="output folder (local path or gs://...)"),
+        add("--tasks", default="", help=f"comma-separated subset of {','.join(TASKS)} (default: all found)"),
+        add("--cropped_aligned", default=None, help="use the dataset's provided face crops from DIR"),
+        add("--crop_size", type=int, default=face["crop_size"],
+            help=f"side of the square face crops (default {face['crop_size']})"),
+        add("--clip_length", type=int, default=job["clip_length"],
+            help=f"frames per record (default {job['clip_length']})"),
+        add("--detector", default=face["detector"], help=f"face detector, one of {sorted(faces_lib.DETECTORS)}"),
+        add("--detect_every", type=int, default=face["detect_every"],
+            help=f"detect every N frames, hold the box between (default {face['detect_every']})"),
+        add("--max_hold", type=int, default=face["max_hold"],
+            help="frames a face box is held after a missed detection (default 2 x detect_every)"),
+        add("--detect_width", type=int, default=face["detect_width"],
+            help=f"width of the downscaled detection image (default {face['detect_width']})"),
+        add("--align", type=_on_off, default=face["align"], metavar="on|off",
+            help="eye-aligned crops where the detector gives eyes; off: square crops around the box "
+                 f"(default {'on' if face['align'] else 'off'})"),
+        add("--redetect_change", type=_change_or_off, default=face["redetect_change"], metavar="F|off",
+            help="detect early when the held face region changes by more than F (0-1); off: only every "
+                 f"--detect_every frames (default {face['redetect_change']})"),
+        add("--bucket_by", default=job["bucket_by"], help=f"rebalancing buckets, one of {list(BUCKET_BY)}"),
+        add("--min_shards", type=int, default=job["min_shards"],
+            help="least shards per shard set (>= training workers)"),
+        add("--shard_bytes", type=int, default=job["shard_bytes"],
+            help=f"target bytes per shard (default {job['shard_bytes'] >> 20} MiB)"),
+        add("--overwrite", action="store_true", help="replace an existing output folder"),
+        add("--progress_every", type=float, default=5.0, help="seconds between progress lines (0: off)"),
+    ]
+    return [a.dest for a in actions]
+
+
+def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """Options every adapter may read (recorded in dataset_info.json only when given)."""
+    add = parser.add_argument
+    add("--folds", type=int, default=None,
+        help="for data without official splits: subjects split into K folds by a stable hash of their id")
+    add("--fold", type=int, default=None, help="with --folds: the fold used as validation, 0..K-1")
+    add("--class_names", default=None, help="comma-separated expression class names, in label order")
+    add("--allow_partial", action="store_true",
+        help="convert even when some input folders could not be listed (what they hold is missing)")
+    add_verbose_flag(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of the job's own options (Beam's options pass through unparsed).
+
+    Every registered adapter (``beam_jobs.sources.SOURCES``) adds its own options.
+
+    Returns:
+        A parser whose ``parse_known_args`` leaves the Beam pipeline options in its second value.
+    """
+    from beam_jobs.sources import SOURCES
+
+    parser = argparse.ArgumentParser(
+        prog="beam_jobs.convert",
+        description="Convert labelled face video to sharded TFRecord clips. Other flags are Beam pipeline "
+        "options (--runner, --direct_num_workers, --direct_running_mode, --project, --region, "
+        "--temp_location, --setup_file, ...).",
+    )
+    _add_job_options(parser)
+    _add_dataset_options(parser)
+    for source_class in SOURCES.values():
+        source_class.add_arguments(parser)
+    return parser
+
+
+def check_options(args: argparse.Namespace) -> list[str]:
+    """Checks the parsed options; returns the requested tasks (empty: every task found).
+
+    Raises:
+        UsageError: an unknown name or a value out of range; the message gives the valid ones.
+    """
+    from beam_jobs.sources import SOURCES
+    from beam_jobs.sources.folds import check_folds
+
+    if args.dataset not in SOURCES:
+        raise UsageError(f"unknown dataset {args.dataset!r}; valid datasets: {', '.join(sorted(SOURCES))}")
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else []
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UsageError(f"unknown tasks {unknown}; valid tasks: {list(TASKS)}")
+    if args.detector not in faces_lib.DETECTORS:
+        raise UsageError(f"unknown detector {args.detector!r}; valid detectors: {sorted(faces_lib.DETECTORS)}")
+    if args.bucket_by not in BUCKET_BY:
+        raise UsageError(f"unknown --bucket_by {args.bucket_by!r}; valid values: {list(BUCKET_BY)}")
+    for name, low in (("crop_size", 8), ("clip_length", 1), ("detect_every", 1), ("detect_width", 32),
+                      ("min_shards", 1), ("shard_bytes", 1), ("max_hold", 0)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise UsageError(f"--{name} must be >= {low}, got {value}")
+    try:
+        check_folds(args.folds, args.fold)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    return tasks
+
+
+def recorded_options(args: argparse.Namespace, beam_args: list[str]) -> dict:
+    """The options dataset_info.json records: the job's own always, others (adapter, dataset) when given."""
+    always = set(_add_job_options(argparse.ArgumentParser()))
+    recorded = {k: v for k, v in vars(args).items()
+                if k not in NOT_RECORDED and (k in always or v not in (None, False))}
+    recorded["beam_args"] = list(beam_args)
+    return recorded

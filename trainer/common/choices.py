@@ -1,0 +1,23 @@
+"""The values the trainer's choice options accept, declared without importing TensorFlow or Keras.
+
+``python -m trainer.train --help`` (and ``affectstream train --help``) lists them, so they live here,
+where importing them costs nothing; the modules that use them (the model, the training job, the input) import
+them from here.
+"""
+
+from __future__ import annotations
+
+from tfrecords_schema.tasks import TASK_MULTI, TASKS
+
+TASK_CHOICES = (*TASKS, TASK_MULTI)  # the --task values: each task, or every task of the data
+BACKBONES = ("simple_cnn", "mobilenet_v3_small", "efficientnet_b0")
+RNNS = ("gru", "lstm")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+LR_SCHEDULES = ("constant", "cosine")
+
+STAGE_END_TO_END = "end_to_end"  # --stage: the CNN and the recurrent stack together (trainer.training.stages)
+STAGE_FRAMES = "frames"  # the CNN alone, per frame
+STAGE_SEQUENCE = "sequence"  # the recurrent stack on the frozen CNN's features
+STAGES = (STAGE_END_TO_END, STAGE_FRAMES, STAGE_SEQUENCE)
+JIT_CHOICES = ("auto", "on", "off")
+OPTIMIZER_CHOICES = ("adam", "sgd")

@@ -1,0 +1,184 @@
+"""Whole-split metrics of an exported model: every frame of the split once, reports and a confusion matrix.
+
+Example::
+
+    python -m trainer.evaluation.evaluate --model /tmp/affectstream_job/export --data /tmp/affectstream_out \\
+        --split validation --report_dir /tmp/affectstream_eval
+
+``--model`` is the ``export/`` directory of a training job (``model.keras`` + ``model_info.json``) or the
+job directory itself; the model's outputs are checked against its ``model_info.json``. Every labelled frame
+of the split is scored, frames without a face included (predicted on their stored crop); each head's
+metrics also come over the face frames only (``with_face``). Writes ``metrics.json``, ``per_video.csv`` and
+the pictures (:mod:`trainer.evaluation.reports`: ``confusion_matrix.png`` / ``.json`` for expressions, ``va_density.png``
+for valence/arousal, ``au_f1.png`` for action units) to ``--report_dir`` (default: ``evaluation/<split>/``
+next to the export folder, i.e. in the job directory), prints the metrics and where the files went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import posixpath
+import sys
+from collections.abc import Sequence
+
+from tfrecords_schema import join_path
+from tfrecords_schema.cli import add_verbose_flag
+from trainer.common import errors, filesystems
+from trainer.evaluation.collect import collect_predictions
+from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, resolve_model_dir
+
+log = logging.getLogger("trainer.evaluation.evaluate")
+
+
+class EvaluationError(ValueError):
+    """A model or dataset that cannot be evaluated together."""
+
+
+def default_report_dir(model_dir: str, split: str) -> str:
+    """Where ``evaluate`` writes without ``--report_dir``: ``evaluation/<split>`` next to the export folder."""
+    if "://" in model_dir:
+        parent = posixpath.dirname(model_dir.rstrip("/"))
+    else:
+        parent = os.path.dirname(os.path.abspath(model_dir))
+    return join_path(parent, "evaluation", split)
+
+
+def check_model_fits_data(model_info: dict, info, data_dir: str) -> None:
+    """Raises EvaluationError when the data lacks a head of the model, or label names or crop size differ."""
+    for head in model_info["heads"]:
+        trained = model_info["label_names"].get(head, [])
+        data = info.label_names.get(head, [])
+        if not data:
+            raise EvaluationError(f"the model predicts {head!r} but {data_dir} has no {head} labels "
+                                  f"(it has tasks {info.tasks})")
+        if list(trained) != list(data):
+            raise EvaluationError(f"label names of {head!r} differ: model {trained} vs data {data}")
+    if model_info["crop_size"] != info.crop_size:
+        raise EvaluationError(f"model crop size {model_info['crop_size']} != data crop size {info.crop_size}")
+
+
+def check_model_outputs(model, model_info: dict, model_path: str) -> None:
+    """Checks the loaded model against ``model_info.json``: input crop size, one output per head, output sizes.
+
+    Raises:
+        EvaluationError: naming the head (or the input), the model's size and model_info.json's.
+    """
+    import numpy as np
+
+    size = int(model_info["crop_size"])
+    crop = tuple(model.input_shape[-3:-1])
+    if crop != (size, size):
+        raise EvaluationError(f"{model_path} takes {crop} crops but {MODEL_INFO_FILENAME} says crop_size {size}")
+    outputs = model(np.zeros((1, 1, size, size, 3), np.float32), training=False)
+    heads = list(model_info["heads"])
+    if sorted(outputs) != sorted(heads):
+        raise EvaluationError(f"{model_path} has outputs {sorted(outputs)} but {MODEL_INFO_FILENAME} lists heads "
+                              f"{sorted(heads)}")
+    for head in heads:
+        expected = len(model_info["label_names"].get(head, []))
+        got = int(outputs[head].shape[-1])
+        if got != expected:
+            raise EvaluationError(
+                f"{model_path} has {got} {head} outputs but {MODEL_INFO_FILENAME} lists {expected} label names "
+                f"({model_info['label_names'].get(head, [])}): the model and its model_info.json do not belong "
+                "together")
+
+
+def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, batch_size: int,
+             skip_corrupt: bool = False) -> dict:
+    """Loads an exported model, evaluates it on ``split`` of ``data_dir``, writes and prints the reports.
+
+    Writes ``metrics.json``, ``per_video.csv`` and the pictures of the model's heads to ``report_dir``, by
+    default :func:`default_report_dir`. Returns the metrics.
+    """
+    import keras
+    import tensorflow as tf
+
+    from tfrecords_schema import read_dataset_info
+    from trainer.evaluation import plots, reports
+    from trainer.input.pipeline import make_eval_dataset
+    from trainer.input.records import SkippedRecords
+    from trainer.model import layers  # noqa: F401  (layers: registers the custom layers for load_model)
+
+    model_dir = resolve_model_dir(model_dir)
+    with tf.io.gfile.GFile(join_path(model_dir, MODEL_INFO_FILENAME), "r") as f:
+        model_info = json.load(f)
+    info = read_dataset_info(data_dir)
+    if split not in info.splits:
+        raise EvaluationError(f"--split {split!r} is not in {data_dir}; splits there: {sorted(info.splits)}")
+    check_model_fits_data(model_info, info, data_dir)
+    model_path = join_path(model_dir, MODEL_FILENAME)
+    model = keras.saving.load_model(model_path, compile=False)
+    check_model_outputs(model, model_info, model_path)
+    heads = list(model_info["heads"])
+    skipped = SkippedRecords() if skip_corrupt else None
+    ds = make_eval_dataset(data_dir, info, split=split, task=model_info["task"], seq_len=int(model_info["seq_len"]),
+                           batch_size=batch_size, skipped=skipped)
+    va_density = plots.VADensity()
+    predictions = collect_predictions(model, ds, heads, info, observers=[va_density])
+    result = predictions.result()
+    result.update({"split": split, "model": model_dir, "best_epoch": model_info.get("best_epoch"),
+                   "selected_on": model_info.get("selected_on")})
+    if skipped is not None:
+        result["skipped_corrupt_records"] = skipped.total
+    report_dir = report_dir or default_report_dir(model_dir, split)
+    context = reports.ReportContext(info.name, split, reports.model_label(model.name, model_dir),
+                                    model_info.get("best_epoch"))
+    paths = reports.write_reports(result, predictions.per_video(), info.expression_names,
+                                  metrics_path=join_path(report_dir, reports.METRICS_FILENAME),
+                                  report_dir=report_dir, context=context, va_density=va_density)
+    print(f"{model_dir} on {data_dir} [{split}]:")
+    print(reports.format_metrics(result))
+    print(f"reports written to {report_dir}:")
+    for name, path in sorted(paths.items()):
+        print(f"  {name}: {path}")
+    sys.stdout.flush()
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``python -m trainer.evaluation.evaluate``."""
+    p = argparse.ArgumentParser(prog="python -m trainer.evaluation.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="export/ directory of a training job (or the job directory)")
+    p.add_argument("--data", required=True, help="conversion output directory or gs:// / s3:// URL")
+    p.add_argument("--split", default="validation", help="the split to score (every labelled frame of it)")
+    p.add_argument("--report_dir", default=None,
+                   help="where metrics.json, per_video.csv and the pictures (confusion matrix, valence/arousal "
+                   "density, per-AU F1) go (default: evaluation/SPLIT next to the export folder)")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--skip_corrupt", action="store_true", help="skip (and count) corrupt records")
+    add_verbose_flag(p)
+    return p
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns 0 on success, 1 on a reported error, 2 on invalid options."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    if args.batch_size < 1:
+        print(f"error: --batch_size must be a positive integer, got {args.batch_size}", file=sys.stderr)
+        return 2
+    try:
+        filesystems.register_filesystems(args.model, args.data, args.report_dir)
+        evaluate(args.model, args.data, args.split, args.report_dir, args.batch_size, args.skip_corrupt)
+        return 0
+    except Exception as e:  # noqa: BLE001 - one clear line and an exit code for expected failures.
+        from tfrecords_schema import DatasetInfoError
+
+        return errors.report_failure(e, (EvaluationError, DatasetInfoError, ValueError, FileNotFoundError))
+
+
+def main() -> None:
+    """Console entry point: runs :func:`run` on ``sys.argv`` and exits with its code."""
+    sys.exit(filesystems.exit_hard_if_needed(run()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The training input on a tf.data service, and ``affectstream data-service`` to run one locally.
+
+Why: on a GPU host with few cores, JPEG decoding bounds the training step. With ``affectstream train
+--data_service grpc://HOST:PORT`` the whole training input pipeline (read, mix, parse, decode, augment,
+batch: :func:`trainer.input.pipeline.make_train_dataset`) runs on tf.data service workers, in other processes or
+on other machines, and the trainer only receives finished uint8 batches. Evaluation stays in process.
+
+Processing mode: ``ShardingPolicy.HINT`` (static sharding), chosen because the training stream is an
+infinite, seeded random stream:
+
+* every worker runs the whole stream with its *own* seeds: the dataset starts from
+  ``Dataset.range(...).shard(SHARD_HINT, SHARD_HINT)`` (:func:`worker_index`), which each worker replaces
+  with its index in the dispatcher's fixed worker list; the stream's seeds are moved by that index
+  (:func:`trainer.input.records.stream_seed`). Worker 0 yields exactly the in-process stream of the same seed;
+  worker ``i`` draws its own clips, windows and augmentations, with the same bucket weights.
+* ``OFF`` ("parallel_epochs") would make every worker produce the *same* seeded stream: each batch N
+  times. ``DYNAMIC`` ("distributed_epoch") hands out splits of splittable sources on demand; the bucket
+  mixing (``sample_from_datasets`` over repeated per-bucket streams) and the seed streams are not
+  splittable, and its order is not reproducible anyway.
+* Static sharding needs the dispatcher to know its workers beforehand (``DispatcherConfig.worker_addresses``);
+  :func:`start_local` and ``affectstream data-service`` configure it so.
+
+Delivery is at most once: each batch a worker produces goes to one consumer once; batches buffered on a
+worker that dies are lost, and a restarted worker starts its stream again from its beginning (static
+sharding). For an infinite stream sampled with replacement neither changes what training sees in
+distribution, but training is not bit-for-bit reproducible through the service: the order in which batches
+of different workers arrive depends on timing. Every consumer of one job shares its batches first come,
+first served: the workers of a multi-worker training run join one job (:func:`job_name`) and split it.
+
+The workers open ``--data`` themselves, at the same path: a disk they share with the trainer, ``gs://`` or
+``s3://`` (credentials in the workers' environment). ``--skip_corrupt`` is refused with the service (its
+counter lives in the trainer process): verify the shards with ``affectstream inspect DATA --verify``.
+
+Local use::
+
+    affectstream data-service --port 5050 --workers 2        # dispatcher on 5050, workers on 5051, 5052
+    affectstream train --data OUT --job_dir JOB --data_service grpc://localhost:5050 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import zlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tfrecords_schema.cli import add_verbose_flag
+
+if TYPE_CHECKING:  # TensorFlow is imported where it is used: `affectstream data-service --help` stays light.
+    import tensorflow as tf
+
+PROTOCOL = "grpc"
+# Upper bound of the worker indices a stream can be given (the range that SHARD_HINT shards).
+MAX_WORKERS = 1 << 20
+# Heartbeat of local workers: a worker gets its task of a new job at its next heartbeat, so TensorFlow's
+# default (30 s) would leave all but the first worker idle for the first half minute of a job.
+LOCAL_HEARTBEAT_MS = 500
+_ADDRESS = re.compile(r"^grpc://(?P<host>[^/:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+def check_address(address: str) -> str:
+    """``address`` if it is ``grpc://HOST:PORT``; raises ValueError naming the expected form otherwise."""
+    match = _ADDRESS.match(address or "")
+    if not match or not 0 < int(match.group("port")) < 65536:
+        raise ValueError(f"data service address {address!r} must look like grpc://HOST:PORT "
+                         "(the dispatcher, e.g. grpc://localhost:5050 from `affectstream data-service`)")
+    return address
+
+
+def job_name(job_dir: str, seed: int) -> str:
+    """The service job of one training run: the same on every worker of the run, different across runs."""
+    return f"affectstream-{zlib.crc32(job_dir.encode('utf-8')):08x}-seed{seed}"
+
+
+def worker_index() -> tf.data.Dataset:
+    """One int64 element: the index of the tf.data service worker running the dataset (HINT sharding only).
+
+    Outside a HINT-sharded service job iterating it fails (``SHARD_HINT`` is then unresolved).
+    """
+    import tensorflow as tf
+
+    hint = tf.data.experimental.SHARD_HINT
+    return tf.data.Dataset.range(MAX_WORKERS).shard(hint, hint).take(1)
+
+
+def read_from_service(dataset: tf.data.Dataset, address: str, *, job_name: str | None) -> tf.data.Dataset:
+    """``dataset`` run on the tf.data service at ``address`` (``ShardingPolicy.HINT``), read from there.
+
+    Elements travel uncompressed: decoded uint8 frames hardly compress, and compressing costs worker CPU,
+    the resource the service is there to add.
+    """
+    from tensorflow.data.experimental import service
+
+    return dataset.apply(service.distribute(processing_mode=service.ShardingPolicy.HINT,
+                                            service=check_address(address), job_name=job_name, compression=None))
+
+
+# --------------------------------------------------------------------------------------------------
+# A local dispatcher and its workers.
+
+
+@dataclasses.dataclass
+class LocalService:
+    """A dispatcher and its workers running in this process (:func:`start_local`).
+
+    Attributes:
+        address: ``grpc://HOST:PORT`` of the dispatcher (what ``--data_service`` takes).
+        worker_addresses: ``HOST:PORT`` of each worker, in index order.
+    """
+
+    address: str
+    worker_addresses: list[str]
+    dispatcher: object
+    workers: list
+
+    def stop(self) -> None:
+        """Stops the workers, then the dispatcher."""
+        for worker in self.workers:
+            worker.stop()
+        self.dispatcher.stop()
+
+
+def _check_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            raise ValueError(f"port {port} is not free ({e.strerror}): choose another --port") from e
+
+
+def start_local(port: int, num_workers: int, host: str = "localhost") -> LocalService:
+    """Starts a dispatcher on ``port`` and ``num_workers`` workers on ``port + 1 ...``, in this process.
+
+    Args:
+        port: The dispatcher's port; the workers take the next ``num_workers`` ports.
+        num_workers: Workers (>= 1).
+        host: The name under which the trainer reaches this machine (the workers register as
+            ``host:port``); ``localhost`` when the trainer runs here.
+
+    Raises:
+        ValueError: bad port or worker count, or a port that is taken.
+    """
+    from tensorflow.data.experimental import service
+
+    if num_workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {num_workers}")
+    if port < 1 or port + num_workers > 65535:
+        raise ValueError(f"--port must leave room for the workers' ports below 65536, got {port}")
+    ports = [port + 1 + i for i in range(num_workers)]
+    for p in [port, *ports]:
+        _check_free(host, p)
+    worker_addresses = [f"{host}:{p}" for p in ports]
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=port, worker_addresses=worker_addresses))
+    workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=f"{host}:{port}", worker_address=a,
+                                                         port=p, heartbeat_interval_ms=LOCAL_HEARTBEAT_MS))
+               for a, p in zip(worker_addresses, ports)]
+    return LocalService(address=f"{PROTOCOL}://{host}:{port}", worker_addresses=worker_addresses,
+                        dispatcher=dispatcher, workers=workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``affectstream data-service`` arguments."""
+    p = argparse.ArgumentParser(
+        prog="affectstream data-service",
+        description="Run a tf.data service dispatcher and workers for `affectstream train --data_service` "
+                    "until interrupted (Ctrl-C or SIGTERM).")
+    p.add_argument("--port", type=int, required=True, help="dispatcher port; the workers use the next N ports")
+    p.add_argument("--workers", type=int, default=2, help="worker servers to start (default 2)")
+    p.add_argument("--host", default="localhost",
+                   help="name under which trainers reach this machine (default localhost: trainers on this host)")
+    add_verbose_flag(p)
+    return p
+
+
+STOP_TIMEOUT_S = 15.0  # Seconds Ctrl-C waits for the servers to stop.
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Starts the servers, prints the address to pass to ``--data_service``, serves until interrupted.
+
+    Returns 0 after Ctrl-C / SIGTERM, 2 for invalid options (a port that is taken included).
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        local = start_local(args.port, args.workers, args.host)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"tf.data service: dispatcher {local.address}, workers {', '.join(local.worker_addresses)}; "
+          f"train with --data_service {local.address} (Ctrl-C stops)", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        # A worker's stop waits for the streams of clients still connected; Ctrl-C must not hang on one.
+        stopper = threading.Thread(target=local.stop, daemon=True)
+        stopper.start()
+        stopper.join(STOP_TIMEOUT_S)
+    if stopper.is_alive():
+        print(f"tf.data service: a client still held a stream after {STOP_TIMEOUT_S:.0f} s; stopped without waiting",
+              file=sys.stderr, flush=True)
+        print("tf.data service stopped", flush=True)
+        os._exit(0)  # The servers' own threads would keep the interpreter from exiting.
+    print("tf.data service stopped", flush=True)
+    return 0

@@ -1,0 +1,341 @@
+"""The trainer's tf.data input pipeline: rebalanced training clips and whole-split evaluation windows.
+
+One linear function per mode, both reading the shards listed in ``dataset_info.json``
+(:mod:`trainer.input.records`) with the schema's parser (:func:`tfrecords_schema.make_clip_parser`):
+
+* :func:`make_train_dataset` -- per bucket shard set: shuffle files, interleave parallel reads, shuffle
+  the *serialized* records (never decoded ones), repeat; mix the buckets with
+  ``tf.data.Dataset.sample_from_datasets`` by :func:`trainer.input.sampling.bucket_weights` (``downsample``:
+  ``choose_from_datasets`` with exactly the minority count per bucket in every epoch); parse, pick a
+  random sub-clip of ``seq_len`` frames (random offset, stride 1 or 2 when the clip is long enough, padding
+  when it is short), decode the picked JPEGs only, batch; then per batch: targets and weights, the batch's
+  augmentation (flip, brightness/contrast, crop jitter; the same for every frame of a clip) in one
+  XLA-compiled function (:mod:`trainer.input.augment`), prefetch. Infinite, fixed shapes. With
+  ``data_service`` the same stream runs on tf.data service workers (:mod:`trainer.input.data_service`).
+* :func:`make_eval_dataset` -- every shard of the split in a fixed order, every clip cut into consecutive
+  windows of ``seq_len`` frames (the last padded with weight 0): every frame of the split exactly once.
+
+Training elements are ``(images, targets, weights)``; evaluation elements add ``ids``. ``images`` is
+**uint8** ``[B, T, S, S, 3]`` RGB (0..255): the model scales it to [0, 1] in its first layer
+(:mod:`trainer.model.build`), so the pipeline's CPUs only decode and the accelerator gets 4x fewer bytes.
+``targets`` and ``weights`` are dicts keyed by the task's heads (:data:`tfrecords_schema.HEADS`).
+Weights: :func:`trainer.input.frames.targets_and_weights` -- training weighs invalid labels, padding and frames
+without a face 0; evaluation weighs only invalid labels and padding 0, so every labelled frame is scored.
+Per-class expression weights: ``loss_weighting`` (from the train histogram) or ``class_weights`` (e.g.
+:func:`trainer.input.mixing.balanced_frame_weights`, which corrects the frame class mix of clip-bucket
+sampling). :mod:`trainer.input.mixing` measures what this training stream holds (bucket and frame class
+mix) through :func:`train_batches` without decoding a JPEG.
+
+Empty shard files are skipped; under multi-worker training the non-empty files of every shard set are dealt
+round-robin over the input pipelines; bad shards fail naming the file, or with a
+:class:`trainer.input.records.SkippedRecords` counter are skipped and counted (see :mod:`trainer.input.records`).
+
+Randomness is seeded (``seed``): two pipelines built with the same arguments yield the same elements.
+
+Example::
+
+    from tfrecords_schema import read_dataset_info
+    from trainer.input import pipeline as trainer_input
+    info = read_dataset_info("/tmp/converted")
+    ds = trainer_input.make_train_dataset("/tmp/converted", info, task="expr", seq_len=16, batch_size=8)
+    images, targets, weights = next(iter(ds))   # images: uint8 [8, 16, S, S, 3]
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from tfrecords_schema import (
+    HEAD_EXPRESSION,
+    HEAD_OF_TASK,
+    SPLIT_TRAIN,
+    SPLIT_VALIDATION,
+    TASK_ACTION_UNITS,
+    TASK_EXPRESSION,
+    TASK_MULTI,
+    TASKS,
+    DatasetInfo,
+    make_clip_parser,
+)
+from trainer.common.choices import TASK_CHOICES
+from trainer.common.filesystems import register_filesystems
+from trainer.input import augment as augment_lib
+from trainer.input import data_service as data_service_lib
+from trainer.input import frames as frames_lib
+from trainer.input import records
+from trainer.input import sampling as sampling_lib
+
+logger = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+# --------------------------------------------------------------------------------------------------
+# Tasks and heads.
+
+
+def heads_for_task(info: DatasetInfo, task: str) -> tuple[str, ...]:
+    """The heads trained for ``task`` (``expr``, ``va``, ``au``, or ``multi`` = every task of the data).
+
+    Raises:
+        ValueError: unknown task, or the data has no labels for it (the message lists what it has).
+    """
+    sampling_lib.check_choice(task, TASK_CHOICES, "task")
+    available = [t for t in TASKS if _has_labels(info, t)]
+    if task == TASK_MULTI:
+        if not available:
+            raise ValueError(f"the data has labels for no task (tasks in dataset_info.json: {info.tasks})")
+        return tuple(HEAD_OF_TASK[t] for t in available)
+    if task not in available:
+        raise ValueError(
+            f"the data has no labels for task {task!r}; it has labels for: {', '.join(available) or 'nothing'}"
+        )
+    return (HEAD_OF_TASK[task],)
+
+
+def _has_labels(info: DatasetInfo, task: str) -> bool:
+    if task not in info.tasks:
+        return False
+    if task == TASK_EXPRESSION:
+        return bool(info.expression_names)
+    if task == TASK_ACTION_UNITS:
+        return info.num_action_units > 0
+    return True
+
+
+def check_heads_and_sizes(info: DatasetInfo, task: str, seq_len: int, batch_size: int) -> tuple[str, ...]:
+    """The heads of ``task`` (:func:`heads_for_task`); raises ValueError on a sequence length or batch size < 1."""
+    heads = heads_for_task(info, task)
+    if seq_len < 1 or batch_size < 1:
+        raise ValueError(f"seq_len and batch_size must be >= 1, got seq_len={seq_len}, batch_size={batch_size}")
+    return heads
+
+
+def dataset_options(input_context) -> tf.data.Options:
+    """Deterministic order; no auto-sharding under an input context (the files are dealt out here)."""
+    options = tf.data.Options()
+    options.deterministic = True
+    if input_context is not None:
+        # Files are already sharded per input pipeline here; no second (DATA) sharding.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return options
+
+
+def _train_bucket_mix(info: DatasetInfo, sampling_mode: str, task: str) -> tuple[dict[str, float], dict[str, int]]:
+    """``(weights, counts)`` of the train buckets, logged (empty buckets with a warning)."""
+    counts = sampling_lib.bucket_clip_counts(info)
+    for bucket, n in counts.items():
+        if n == 0:
+            logger.warning("train bucket %r has no clips: skipped", bucket)
+    weights = sampling_lib.bucket_weights(info, sampling_mode, task)  # raises if no bucket is left
+    logger.info("sampling %s: requested bucket weights %s (clips per bucket %s)%s", sampling_mode,
+                {b: round(w, 4) for b, w in weights.items()}, {b: counts[b] for b in weights},
+                f"; {sampling_lib.clips_per_epoch(info, sampling_mode, task)} clips per epoch"
+                if sampling_mode == "downsample" else "")
+    return weights, counts
+
+
+def expression_weights(info: DatasetInfo, heads: tuple[str, ...], loss_weighting: str,
+                       class_weights: np.ndarray | None) -> np.ndarray | None:
+    """The per-class expression weights of the loss: ``class_weights``, from ``loss_weighting``, or None."""
+    if class_weights is not None:
+        if loss_weighting != "none":
+            raise ValueError(f"give either class_weights or loss_weighting, not both (loss_weighting "
+                             f"{loss_weighting!r})")
+        class_weights = np.asarray(class_weights, np.float32)
+        if HEAD_EXPRESSION not in heads or class_weights.shape != (len(info.expression_names),):
+            raise ValueError(f"class_weights must hold one weight per expression class "
+                             f"({len(info.expression_names)}) of a task with the expression head (heads {heads})")
+        return class_weights
+    if loss_weighting == "none" or HEAD_EXPRESSION not in heads:
+        return None
+    weights = sampling_lib.class_loss_weights(info, HEAD_EXPRESSION, loss_weighting)
+    logger.info("expression loss weights (%s): %s", loss_weighting,
+                {n: round(float(w), 4) for n, w in zip(info.expression_names, weights)})
+    return weights
+
+
+# --------------------------------------------------------------------------------------------------
+# The training stream.
+
+
+def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...], seq_len: int, batch_size: int,
+                  bucket_mix: tuple[dict[str, float], dict[str, int]], sampling_mode: str,
+                  class_weights: np.ndarray | None, seed: int, augment: bool, xla_augment: bool, decode: bool,
+                  input_context, skipped: records.SkippedRecords | None,
+                  worker: tf.Tensor | None) -> tf.data.Dataset:
+    """The training batches: ``(images, targets, weights)``, or ``(targets, weights, buckets)`` when not ``decode``.
+
+    Both variants pick the same clips and windows for the same arguments (the labels-only one measures
+    the stream's frame class mix without decoding a JPEG). Build it inside :func:`records.explicitly_seeded`
+    (``worker``: see :func:`records.stream_seed`); ``shard_sets``: :func:`records.train_shard_sets`.
+    """
+    # 1. Serialized clips, buckets mixed; one seed per clip (its window), one per batch (its augmentation).
+    weights, counts = bucket_mix
+    pipeline_id = 0 if input_context is None else input_context.input_pipeline_id
+    clips = records.mixed_train_records(shard_sets, weights, counts, sampling_mode, seed=seed,
+                                        input_context=input_context, skipped=skipped, worker=worker)
+    clip_seeds = tf.data.Dataset.random(seed=records.stream_seed(seed, worker, "clips", pipeline_id)).batch(2)
+    batch_seeds = tf.data.Dataset.random(seed=records.stream_seed(seed, worker, "augment", pipeline_id)).batch(2)
+    parse = make_clip_parser(info.num_action_units)
+    num_classes = len(info.expression_names)
+    crop_size = info.crop_size
+
+    # 2. Per clip: parse, pick the window, decode its JPEGs (uint8). Everything else runs per batch.
+    def to_clip(serialized, clip_seed):
+        clip = parse(serialized)
+        window = frames_lib.random_window(clip, clip_seed, seq_len)
+        labels = frames_lib.labels_of(window)
+        if not decode:
+            return {**labels, "bucket": clip["bucket"]}
+        return frames_lib.decode_frames(window, crop_size, seq_len), labels
+
+    # 3. Per batch: targets and weights, augmentation (uint8 in, uint8 out).
+    augment_batch = augment_lib.batch_augmenter(xla_augment) if augment and decode else None
+
+    def to_batch(clip_batch, batch_seed):
+        frames, labels = clip_batch if decode else (None, clip_batch)
+        targets, weights_ = frames_lib.targets_and_weights(labels, heads, num_classes, class_weights,
+                                                           require_face=True)
+        if not decode:
+            return targets, weights_, labels["bucket"]
+        if augment_batch is not None:
+            params = augment_lib.augment_params(batch_seed, crop_size, batch_size)
+            frames = augment_batch(frames, labels["num_valid"], params)
+        return frames, targets, weights_
+
+    dataset = tf.data.Dataset.zip((clips, clip_seeds)).map(to_clip, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+    return tf.data.Dataset.zip((dataset, batch_seeds)).map(to_batch, num_parallel_calls=AUTOTUNE)
+
+
+def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, batch_size: int,
+                       sampling: str = "balanced", loss_weighting: str = "none",
+                       class_weights: np.ndarray | None = None, seed: int = 0, augment: bool = True,
+                       xla_augment: bool = True, input_context: tf.distribute.InputContext | None = None,
+                       skipped: records.SkippedRecords | None = None, data_service: str | None = None,
+                       data_service_job: str | None = None) -> tf.data.Dataset:
+    """The infinite, rebalanced training stream of ``(images, targets, weights)`` batches.
+
+    Args:
+        data_dir: Conversion output (local, ``gs://`` or ``s3://``).
+        info: Its dataset info.
+        task: ``expr``, ``va``, ``au`` or ``multi`` (the heads: :func:`heads_for_task`).
+        seq_len: Frames per sequence ``T``.
+        batch_size: Sequences per element of *this* dataset. Under
+            ``distribute_datasets_from_function`` pass ``input_context.get_per_replica_batch_size(global)``.
+        sampling: Bucket mix, one of :data:`trainer.input.sampling.SAMPLING_MODES`. For ``downsample`` every
+            block of ``trainer.input.sampling.clips_per_epoch(info, "downsample", task)`` clips (one epoch: the
+            caller's steps per epoch x batch size) holds exactly the minority count from every bucket. With
+            ``task`` equal to the bucketing task (``expr`` over expression buckets), the bucket of clips
+            without that label is not sampled (see :mod:`trainer.input.sampling`).
+        loss_weighting: Expression class weights in ``weights``, one of :data:`trainer.input.sampling.LOSS_WEIGHTINGS`.
+        class_weights: float ``[classes]`` expression weights instead (e.g.
+            :func:`trainer.input.mixing.balanced_frame_weights`);
+            only with ``loss_weighting="none"``.
+        seed: Seed of file/record shuffles, bucket draws, frame picks and augmentation.
+        augment: Apply flip / brightness / contrast / crop jitter.
+        xla_augment: XLA-compile the batch augmentation (:func:`trainer.input.augment.batch_augmenter`).
+        input_context: Multi-worker input context: this pipeline reads its share of every bucket's files
+            (in-process input only; service workers read every file).
+        skipped: Skip corrupt records and count them in this counter (None: a corrupt shard fails).
+        data_service: ``grpc://HOST:PORT`` of a tf.data service dispatcher: the stream runs on its workers
+            (each with its own seeds, see :mod:`trainer.input.data_service`); this dataset reads their batches.
+        data_service_job: Name of the service job shared by every consumer of one training run (the
+            workers of a multi-worker job split its batches); None: a job of this dataset alone.
+
+    Raises:
+        ValueError: unknown option (the message lists the valid values), task without labels, every bucket
+            empty, fewer shards than input pipelines, ``skipped`` with ``data_service``.
+        DatasetInfoError: no train split.
+        CorruptShardError: a listed shard is missing or of the wrong size (unless ``skipped`` is given).
+    """
+    # 1. Options, heads, bucket mix and class weights.
+    sampling_mode = sampling_lib.check_choice(sampling, sampling_lib.SAMPLING_MODES, "sampling mode")
+    sampling_lib.check_choice(loss_weighting, sampling_lib.LOSS_WEIGHTINGS, "loss weighting")
+    heads = check_heads_and_sizes(info, task, seq_len, batch_size)
+    register_filesystems(data_dir)
+    records.split_info(info, SPLIT_TRAIN)
+    bucket_mix = _train_bucket_mix(info, sampling_mode, task)
+    class_weights = expression_weights(info, heads, loss_weighting, class_weights)
+    stream = {"heads": heads, "seq_len": seq_len, "batch_size": batch_size, "bucket_mix": bucket_mix,
+              "sampling_mode": sampling_mode, "class_weights": class_weights, "seed": seed, "augment": augment,
+              "xla_augment": xla_augment, "decode": True}
+
+    # 2. In process, or on the tf.data service: every worker runs the whole stream (all files) with its own
+    #    seeds. Shards are checked here, where errors are clear, before any dataset function is traced.
+    if not data_service:
+        shard_sets = records.train_shard_sets(data_dir, info, bucket_mix[0], input_context, skipped)
+        dataset = records.explicitly_seeded(lambda worker: train_batches(
+            info, shard_sets, input_context=input_context, skipped=skipped, worker=worker, **stream))
+        return dataset.prefetch(AUTOTUNE).with_options(dataset_options(input_context))
+    if skipped is not None:
+        raise ValueError("skip_corrupt cannot count skipped records on tf.data service workers (the counter "
+                         "lives in this process): check the shards with `affectstream inspect DATA --verify`, "
+                         "or train without the data service")
+    shard_sets = records.train_shard_sets(data_dir, info, bucket_mix[0], None, None)
+    dataset = records.explicitly_seeded(lambda worker: train_batches(
+        info, shard_sets, input_context=None, skipped=None, worker=worker, **stream),
+        workers=data_service_lib.worker_index())
+    dataset = data_service_lib.read_from_service(dataset.with_options(dataset_options(None)), data_service,
+                                                 job_name=data_service_job)
+    return dataset.prefetch(AUTOTUNE).with_options(dataset_options(input_context))
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VALIDATION, task: str,
+                      seq_len: int, batch_size: int, input_context=None,
+                      skipped: records.SkippedRecords | None = None) -> tf.data.Dataset:
+    """The finite evaluation stream: every frame of every clip of ``split`` exactly once, in a fixed order.
+
+    Each clip is cut into consecutive windows of ``seq_len`` frames (the last padded, weight 0); the last
+    batch may be smaller. No augmentation, no loss weighting; frames without a face keep their weight (see
+    :func:`trainer.input.frames.targets_and_weights`).
+
+    Returns:
+        Elements ``(images, targets, weights, ids)``; ``images`` uint8 ``[B, T, S, S, 3]``; ``ids`` is
+        ``{"example_id": string [B], "media_id": string [B], "frame_index": int64 [B, T] (-1 on padding),
+        "has_face": bool [B, T]}``, so predictions can be traced back to videos, clips and frames.
+
+    Raises:
+        DatasetInfoError: the split does not exist.
+        ValueError: unknown task / task without labels, fewer shards than input pipelines, no records.
+        CorruptShardError: a listed shard is missing or of the wrong size (unless ``skipped`` is given).
+    """
+    # 1. Options, heads, this pipeline's shard files.
+    heads = check_heads_and_sizes(info, task, seq_len, batch_size)
+    register_filesystems(data_dir)
+    split_info = records.split_info(info, split)
+    paths, counts = records.shard_files(data_dir, split_info.shards, f"split {split!r}", input_context, skipped)
+    if not paths:
+        raise ValueError(f"split {split!r} has no shard holding records: nothing to evaluate")
+    parse = make_clip_parser(info.num_action_units)
+    num_classes = len(info.expression_names)
+    crop_size = info.crop_size
+
+    # 2. Per window: decode (uint8), keep the labels and ids; per batch: targets and weights.
+    def to_example(window):
+        frames = frames_lib.decode_frames(window, crop_size, seq_len)
+        ids = {"example_id": window["example_id"], "media_id": window["media_id"],
+               "frame_index": window["frame_index"], "has_face": window["has_face"]}
+        return frames, frames_lib.labels_of(window), ids
+
+    def to_batch(frames, labels, ids):
+        targets, weights = frames_lib.targets_and_weights(labels, heads, num_classes, None, require_face=False)
+        return frames, targets, weights, ids
+
+    # 3. Records in shard order -> windows -> batches.
+    dataset = records.read_records(paths, counts, skipped=skipped, shuffle_seed=None)
+    dataset = dataset.map(lambda serialized: frames_lib.eval_windows(parse(serialized), seq_len),
+                          num_parallel_calls=AUTOTUNE)
+    dataset = dataset.unbatch()
+    dataset = dataset.map(to_example, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(batch_size, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(to_batch, num_parallel_calls=AUTOTUNE)
+    return dataset.prefetch(AUTOTUNE).with_options(dataset_options(input_context))

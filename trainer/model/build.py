@@ -1,0 +1,137 @@
+"""The end-to-end CNN+RNN: a per-frame CNN, a recurrent stack over time, one head per task.
+
+Input: uint8 ``[B, T, S, S, 3]`` RGB face crops (0..255), as the input pipelines and ``predict`` deliver
+them; the model's first layer (a ``Rescaling`` named ``"to_unit_range"``) scales them to [0, 1] on the
+accelerator, and the export carries it. A float input is cast to uint8 by Keras, so [0, 1] floats would
+become black frames: feed uint8 pixels. The CNN runs on every
+frame (:class:`PerFrame`: time folded into the batch); a stack of GRU or LSTM layers (the paper's
+100 → 100 → 50 by default) runs over time; each head is a per-frame Dense layer:
+
+* ``"expression"``: softmax over the dataset's classes, ``[B, T, C]``;
+* ``"valence_arousal"``: tanh, ``[B, T, 2]``;
+* ``"action_units"``: sigmoid, ``[B, T, K]``.
+
+Heads always output float32 (also under mixed precision). Besides built-in Keras
+layers the model uses one layer of its own, :class:`trainer.model.layers.PerFrame`, registered
+for serialisation when the ``trainer`` package is imported. The losses (:func:`compute_losses`)
+take per-frame weights ``[B, T]``: invalid labels, frames without a face and padding weigh 0.
+
+Mixed precision: :func:`build_model` with ``mixed_precision=True`` builds the layers under Keras'
+``mixed_float16`` global dtype policy and restores the previous policy afterwards
+(:func:`_global_dtype_policy`, the trainer's one place that touches the global policy; the
+``keras.applications`` backbones take no per-layer dtype, so the global policy is the only way in).
+
+Backbone weights (:attr:`ModelSpec.backbone_weights`): random (None), a local weights file, or
+``"imagenet"`` for the ``keras.applications`` backbones: Keras downloads them once into its cache
+(``~/.keras/models``, or ``$KERAS_HOME/models``); without internet that fails with
+:class:`BackboneWeightsError`, which says to pass a local file instead.
+
+Two-stage training (:mod:`trainer.training.stages`): a spec with no recurrent layers (``rnn_units=()``) builds the
+per-frame model of ``--stage frames`` (heads straight on the CNN features); :func:`build_sequence_model`
+builds the recurrent stack and heads on precomputed features (``--stage sequence``), with the same layer
+names as :func:`build_model`, so its weights drop into the end-to-end model that is exported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import keras
+
+from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
+from trainer.model.backbones import build_backbone
+from trainer.model.layers import PerFrame
+from trainer.model.spec import MIXED_PRECISION_POLICY, PER_FRAME_LAYER, ModelSpec
+
+
+@contextlib.contextmanager
+def _global_dtype_policy(name: str) -> Iterator[None]:
+    """Sets Keras' global dtype policy to ``name`` for the ``with`` block, then restores the previous one.
+
+    The one place the trainer switches the global policy (see the module docstring): layers keep the
+    policy they were built with, so nothing outside :func:`build_model` sees the switch.
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def build_model(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Model:
+    """Builds the CNN+RNN with one output per head (a dict keyed by head name).
+
+    Build it inside ``strategy.scope()`` for distributed training.
+
+    Args:
+        spec: What to build.
+        mixed_precision: Compute in float16 with float32 variables (``mixed_float16``; for GPUs); the
+            output activations stay float32. Otherwise every layer is float32, whatever the global policy.
+    """
+    with _global_dtype_policy(MIXED_PRECISION_POLICY if mixed_precision else "float32"):
+        return _build_layers(spec)
+
+
+def build_sequence_model(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Model:
+    """The recurrent stack and heads on per-frame features ``[B, T, feature_dim]`` (``--stage sequence``).
+
+    Dropout (``spec.dropout``) on the features stands in for the CNN's own feature dropout, which the
+    precomputed (inference-mode) features do not have. Layer names match :func:`build_model`'s, so the
+    trained weights copy into the end-to-end model by name (:func:`trainer.training.features.assemble_export`).
+    """
+    if not spec.rnn_units:
+        raise ValueError("the sequence stage needs at least one recurrent layer (rnn_units)")
+    with _global_dtype_policy(MIXED_PRECISION_POLICY if mixed_precision else "float32"):
+        features = keras.Input((spec.seq_len, spec.feature_dim), name="features")
+        x = keras.layers.Dropout(spec.dropout, name="sequence_feature_dropout")(features)
+        return keras.Model(features, _temporal_heads(x, spec), name=f"{spec.rnn}_on_features")
+
+
+def model_name(spec: ModelSpec) -> str:
+    """``<backbone>_<rnn>``, or ``<backbone>_per_frame`` without recurrent layers."""
+    return f"{spec.backbone}_{spec.rnn if spec.rnn_units else 'per_frame'}"
+
+
+def pretrained_layers(model: keras.Model, spec: ModelSpec) -> list[keras.layers.Layer]:
+    """The layers of ``model`` that hold the pretrained backbone weights (what ``--freeze_backbone_epochs`` freezes).
+
+    ``simple_cnn``: the whole CNN (its weights file holds every CNN layer); ``keras.applications``
+    backbones: the base model only, so the new feature layer on top of it trains from the first step.
+    """
+    cnn = model.get_layer(PER_FRAME_LAYER).layer
+    if spec.backbone == "simple_cnn":
+        return [cnn]
+    return [layer for layer in cnn.layers if isinstance(layer, keras.Model)]
+
+
+def _build_layers(spec: ModelSpec) -> keras.Model:
+    s = spec.crop_size
+    frames = keras.Input((spec.seq_len, s, s, 3), dtype="uint8", name="frames")
+    cnn = build_backbone(spec)
+    # Pixels arrive as uint8 (a quarter of the bytes of float32) and are scaled here, on the accelerator.
+    x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(frames)
+    x = PerFrame(cnn, name=PER_FRAME_LAYER)(x)
+    return keras.Model(frames, _temporal_heads(x, spec), name=model_name(spec))
+
+
+def _temporal_heads(x, spec: ModelSpec) -> dict:
+    """The recurrent stack (none for a per-frame model) and one per-frame head per task on ``x`` ``[B, T, F]``."""
+    rnn_cls = keras.layers.GRU if spec.rnn == "gru" else keras.layers.LSTM
+    for i, units in enumerate(spec.rnn_units):
+        x = rnn_cls(units, return_sequences=True, name=f"{spec.rnn}_{i + 1}")(x)
+    outputs = {}
+    if HEAD_EXPRESSION in spec.heads:
+        logits = keras.layers.Dense(spec.num_expression_classes, name="expression_logits")(x)
+        outputs[HEAD_EXPRESSION] = keras.layers.Activation("softmax", dtype="float32", name=HEAD_EXPRESSION)(logits)
+    if HEAD_VALENCE_AROUSAL in spec.heads:
+        va = keras.layers.Dense(2, name="valence_arousal_linear")(x)
+        outputs[HEAD_VALENCE_AROUSAL] = keras.layers.Activation("tanh", dtype="float32",
+                                                                name=HEAD_VALENCE_AROUSAL)(va)
+    if HEAD_ACTION_UNITS in spec.heads:
+        au = keras.layers.Dense(spec.num_action_units, name="action_units_logits")(x)
+        outputs[HEAD_ACTION_UNITS] = keras.layers.Activation("sigmoid", dtype="float32", name=HEAD_ACTION_UNITS)(au)
+    return outputs
+
+

@@ -1,0 +1,189 @@
+"""An export served on one video: the conversion's face stage rebuilt from ``model_info.json``, every frame cropped
+and JPEG round-tripped exactly as the training records are read, and the model run on batches of windows."""
+
+from __future__ import annotations
+
+import array
+import collections
+import concurrent.futures
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from trainer.prediction import outputs as preds_lib
+from trainer.prediction.errors import PredictError
+from trainer.prediction.progress import Progress
+
+MAX_BATCHES_IN_FLIGHT = 2  # One batch in the model while the next one fills: frames keep flowing.
+
+
+MISSING_FACE_STAGE = "export made before face_stage was recorded; re-export"
+
+
+def load_export(model_dir: str):
+    """``(model, model_info, face stage config, export dir)`` of an exported model (or its job dir).
+
+    Raises:
+        PredictError: the export has no ``face_stage`` (made by an older trainer), or its crop size
+            disagrees with the model's.
+    """
+    import keras
+    import tensorflow as tf
+
+    from beam_jobs.faces.stage import FaceStageConfig
+    from tfrecords_schema import join_path
+    from trainer.model import layers  # noqa: F401  (registers the trainer's custom layers for load_model)
+    from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, resolve_model_dir
+
+    model_dir = resolve_model_dir(model_dir)
+    with tf.io.gfile.GFile(join_path(model_dir, MODEL_INFO_FILENAME), "r") as f:
+        model_info = json.load(f)
+    if "face_stage" not in model_info:
+        raise PredictError(f"{model_dir}: {MISSING_FACE_STAGE} (the face stage of the training crops is unknown, "
+                           f"so prediction cannot rebuild it)")
+    face_stage = FaceStageConfig.from_dict(model_info["face_stage"])
+    if face_stage.crop_size != int(model_info["crop_size"]):
+        raise PredictError(f"{model_dir}: face_stage crop_size {face_stage.crop_size} != model crop_size "
+                           f"{model_info['crop_size']}")
+    model = keras.saving.load_model(join_path(model_dir, MODEL_FILENAME), compile=False)
+    return model, model_info, face_stage, model_dir
+
+
+class WindowPredictor:
+    """Runs the model on batches of windows of JPEG crops, decoded and scaled as the trainer reads records.
+
+    Args:
+        model: The exported Keras model (``{head: [B, T, D]}`` outputs).
+        heads: Heads to return.
+        seq_len: Frames per window (the training ``seq_len``).
+        crop_size: Side of the crops.
+        batch_size: Windows per model call (a short last batch is padded with empty windows, so the
+            function is traced once).
+    """
+
+    def __init__(self, model, heads: Sequence[str], seq_len: int, crop_size: int, batch_size: int):
+        import tensorflow as tf
+
+        from trainer.input.frames import decode_frames
+
+        self.heads, self.seq_len, self.batch_size = tuple(heads), seq_len, batch_size
+        window_spec = tf.TensorSpec([seq_len, crop_size, crop_size, 3], tf.uint8)
+        # The trainer's models take the decoded uint8 pixels and scale them in their first layer. Exports made
+        # before that change declare a float input and were trained on the pixels divided by 255.
+        float_input = tf.as_dtype(model.inputs[0].dtype).is_floating
+
+        @tf.function(input_signature=[tf.TensorSpec([batch_size, seq_len], tf.string),
+                                      tf.TensorSpec([batch_size], tf.int32)])
+        def run(jpegs, num_valid):
+            frames = tf.map_fn(lambda w: decode_frames(w, crop_size, seq_len), {"image": jpegs, "num_valid": num_valid},
+                               fn_output_signature=window_spec)
+            if float_input:
+                frames = tf.cast(frames, tf.float32) * (1.0 / 255.0)
+            outputs = model(frames, training=False)
+            return {h: outputs[h] for h in self.heads}
+
+        self._run = run
+
+    def __call__(self, windows: Sequence[Sequence[bytes]]) -> dict[str, np.ndarray]:
+        """Outputs ``{head: [frames, D]}`` of the windows' frames, in order (padding left out)."""
+        import tensorflow as tf
+
+        jpegs = np.full((self.batch_size, self.seq_len), b"", dtype=object)
+        num_valid = np.zeros(self.batch_size, np.int32)
+        for i in range(self.batch_size):
+            # A short batch is filled up with copies of its first window (an empty window does not decode).
+            window = windows[i] if i < len(windows) else windows[0]
+            jpegs[i, :len(window)] = window
+            num_valid[i] = len(window)
+        outputs = self._run(tf.constant(jpegs, tf.string), tf.constant(num_valid))
+        keep = np.arange(self.seq_len)[None, :] < num_valid[:, None]
+        keep[len(windows):] = False
+        return {h: outputs[h].numpy()[keep].astype(np.float32) for h in self.heads}
+
+
+class _VideoRun:
+    """Collects one video's frames into windows and batches, and the model's outputs in frame order."""
+
+    def __init__(self, predictor: WindowPredictor, pool: concurrent.futures.Executor):
+        self._predictor, self._pool = predictor, pool
+        self._window: list[bytes] = []
+        self._batch: list[list[bytes]] = []
+        self._in_flight: collections.deque = collections.deque()
+        self._outputs: dict[str, list[np.ndarray]] = {h: [] for h in predictor.heads}
+        # Per-frame facts in compact arrays (about 30 bytes a frame).
+        self.timestamps, self.boxes = array.array("q"), array.array("f")
+        self.decoded, self.has_face = bytearray(), bytearray()
+
+    def add(self, timestamp_us: int, jpeg: bytes, bbox, decoded: bool) -> None:
+        self.timestamps.append(timestamp_us)
+        self.decoded.append(decoded)
+        self.has_face.append(bbox is not None)
+        self.boxes.extend((np.nan,) * 4 if bbox is None else bbox)
+        self._window.append(jpeg)
+        if len(self._window) == self._predictor.seq_len:
+            self._end_window()
+
+    def _end_window(self) -> None:
+        self._batch.append(self._window)
+        self._window = []
+        if len(self._batch) == self._predictor.batch_size:
+            self._submit()
+
+    def _submit(self) -> None:
+        self._in_flight.append(self._pool.submit(self._predictor, self._batch))
+        self._batch = []
+        while len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
+            self._collect()
+
+    def _collect(self) -> None:
+        for head, values in self._in_flight.popleft().result().items():
+            self._outputs[head].append(values)
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """Runs what is left (the last window padded) and returns ``{head: [frames, D]}``."""
+        if self._window:
+            self._end_window()
+        if self._batch:
+            self._submit()
+        while self._in_flight:
+            self._collect()
+        return {h: np.concatenate(parts) for h, parts in self._outputs.items()}
+
+
+def predict_video(path: str, stem: str, predictor: WindowPredictor, face_stage, side: str | None,
+                  label_names: dict, pool: concurrent.futures.Executor,
+                  progress: Progress) -> preds_lib.VideoPredictions:
+    """The model's raw per-frame outputs for every frame of one video (no no-face rule, no smoothing).
+
+    Frames that do not decode in the middle of the video keep their place: they repeat the previous crop,
+    without a face (``decoded`` 0), so line ``i`` of every output stays frame ``i``.
+
+    Raises:
+        beam_jobs.media.video.VideoError: the video cannot be opened or no frame decodes.
+    """
+    from beam_jobs.faces.stage import FaceCropper, blank_crop, encode_jpeg
+    from beam_jobs.media.video import VideoReader, frame_timestamp_us
+
+    cropper = FaceCropper.from_config(face_stage, side=side)
+    run = _VideoRun(predictor, pool)
+    last_jpeg = encode_jpeg(blank_crop(face_stage.crop_size), face_stage.jpeg_quality)
+    with VideoReader(path) as video:
+        expected = 1
+        for index, timestamp_us, image in video.frames():
+            for missing in range(expected, index):  # Frames the decoder lost: same crop, no face.
+                run.add(frame_timestamp_us(missing, video.fps), last_jpeg, None, decoded=False)
+                progress.frame()
+            face = cropper.process(image)
+            last_jpeg = encode_jpeg(face.crop, face_stage.jpeg_quality)
+            run.add(timestamp_us, last_jpeg, face.bbox, decoded=True)
+            progress.frame()
+            expected = index + 1
+        fps = video.fps
+    outputs = run.finish()
+    return preds_lib.VideoPredictions(
+        stem=stem, fps=fps, timestamps_us=np.frombuffer(run.timestamps, np.int64).copy(),
+        decoded=np.frombuffer(run.decoded, np.uint8).astype(bool),
+        has_face=np.frombuffer(run.has_face, np.uint8).astype(bool),
+        boxes=np.frombuffer(run.boxes, np.float32).reshape(-1, 4).copy(), outputs=outputs,
+        label_names={h: list(label_names.get(h, [])) for h in outputs})

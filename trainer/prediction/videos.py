@@ -1,0 +1,87 @@
+"""The videos of a prediction run: files and folders listed (local, ``gs://``, ``s3://``), their output names,
+and a local copy of a remote video while it is read."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import tempfile
+from collections.abc import Iterator, Sequence
+
+from trainer.common import filesystems
+from trainer.prediction.errors import PredictError
+
+COPY_CHUNK_BYTES = 8 << 20  # Remote videos are copied locally in pieces of this size.
+
+
+def _ext(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
+
+
+def list_videos(paths: Sequence[str]) -> list[str]:
+    """The videos to predict: files as given, folders searched recursively for every container in any case.
+
+    Raises:
+        PredictError: a path that does not exist, or no video at all.
+    """
+    import tensorflow as tf
+
+    from beam_jobs.media.video import VIDEO_EXTENSIONS
+
+    found: list[str] = []
+    for path in paths:
+        filesystems.register_filesystems(path)
+        if tf.io.gfile.isdir(path):
+            inside = sorted(posixpath.join(folder, name) if "://" in folder else os.path.join(folder, name)
+                            for folder, _, names in tf.io.gfile.walk(path)
+                            for name in names if _ext(name) in VIDEO_EXTENSIONS)
+            if not inside:
+                raise PredictError(f"no video ({', '.join(VIDEO_EXTENSIONS)}, any case) under folder {path!r}")
+            found += inside
+        elif tf.io.gfile.exists(path):
+            found.append(path)
+        else:
+            raise PredictError(f"--videos {path!r} does not exist")
+    return list(dict.fromkeys(found))
+
+
+def output_stems(videos: Sequence[str], side: str | None) -> list[str]:
+    """Output name of each video: its stem, ``_left``/``_right`` appended for a side (the ABAW names).
+
+    Raises:
+        PredictError: two videos with the same stem (their files would overwrite each other).
+    """
+    stems = [os.path.splitext(posixpath.basename(v.replace("\\", "/")))[0] + (f"_{side}" if side else "")
+             for v in videos]
+    seen: dict[str, str] = {}
+    for stem, video in zip(stems, videos):
+        if stem in seen:
+            raise PredictError(f"two videos share the output name {stem!r}: {seen[stem]} and {video}; predict them "
+                               f"into different --output folders")
+        seen[stem] = video
+    return stems
+
+
+@contextlib.contextmanager
+def local_video(path: str) -> Iterator[str]:
+    """A local path for ``path``: remote videos are copied to a temporary file in chunks, then removed.
+
+    The copy goes through TensorFlow's file systems (``gs://`` natively, ``s3://`` through tensorflow-io
+    with the trainer's ``S3_ENDPOINT``/``AWS_*`` settings): the same storage stack as ``--model``,
+    ``--output`` and the folder listing, so a video that lists also reads. (``beam_jobs.media.video`` copies
+    remote media with Beam's file systems, whose S3 needs pipeline options a prediction run does not have.)
+    """
+    import tensorflow as tf
+
+    if "://" not in path:
+        yield path
+        return
+    fd, local = tempfile.mkstemp(suffix=_ext(path), prefix="affectstream-predict-")
+    try:
+        with os.fdopen(fd, "wb") as out, tf.io.gfile.GFile(path, "rb") as src:
+            while chunk := src.read(COPY_CHUNK_BYTES):
+                out.write(chunk)
+        yield local
+    finally:
+        os.remove(local)

@@ -1,0 +1,319 @@
+"""Training options: defaults, a JSON config file, command-line flags (which override the file).
+
+Every choice is validated when the :class:`TrainConfig` is built, with a message
+listing the valid values. Example config file::
+
+    {"data": "out/", "task": "expr", "job_dir": "jobs/run1", "epochs": 20,
+     "batch_size": 32, "seq_len": 16, "sampling": "sqrt", "backbone": "simple_cnn"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from tfrecords_schema.tasks import TASK_EXPRESSION, TASK_MULTI
+from trainer.common.choices import (
+    BACKBONES,
+    JIT_CHOICES,
+    OPTIMIZER_CHOICES,
+    RNNS,
+    STAGE_END_TO_END,
+    STAGE_SEQUENCE,
+    STAGES,
+    TASK_CHOICES,
+)
+from trainer.common.choices import LR_SCHEDULES as LR_SCHEDULE_CHOICES
+from trainer.common.choices import STRATEGIES as STRATEGY_CHOICES
+from trainer.input.sampling import LOSS_WEIGHTINGS as LOSS_WEIGHTING_CHOICES
+from trainer.input.sampling import SAMPLING_MODES as SAMPLING_CHOICES
+
+
+class ConfigError(ValueError):
+    """An invalid option or config file."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every option of ``python -m trainer.train`` (see the module docstring of trainer.train).
+
+    ``steps_per_epoch`` None means: ``clips_per_epoch // batch_size`` for ``downsample``
+    sampling, otherwise train clips // batch_size (at least 1). ``select_split`` None means: the best
+    epoch is selected on ``eval_split``, the split the final report scores.
+    """
+
+    data: str = ""
+    task: str = "expr"
+    job_dir: str = ""
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    seq_len: int = 16
+    sampling: str = "balanced"
+    loss_weighting: str = "none"
+    balance_frames: bool = False
+    data_service: str | None = None
+    backbone: str = "simple_cnn"
+    weights: str = "none"
+    freeze_backbone_epochs: int = 0
+    stage: str = STAGE_END_TO_END
+    init_from: str | None = None
+    cnn_width: float = 1.0
+    feature_dim: int = 300
+    dropout: float = 0.5
+    rnn: str = "gru"
+    rnn_units: list[int] = dataclasses.field(default_factory=lambda: [100, 100, 50])
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    jit_compile: str = "auto"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    early_stopping: int = 0
+    allow_data_change: bool = False
+    seed: int = 0
+    augment: bool = True
+    eval_split: str = "validation"
+    select_split: str | None = None
+    skip_corrupt: bool = False
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    verbose: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ConfigError on a missing or invalid option (listing the valid values)."""
+
+        def choice(name: str, valid: Sequence[str]) -> None:
+            value = getattr(self, name)
+            if value not in valid:
+                raise ConfigError(f"invalid --{name} {value!r}; valid values: {', '.join(valid)}")
+
+        choice("task", TASK_CHOICES)
+        choice("sampling", SAMPLING_CHOICES)
+        choice("loss_weighting", LOSS_WEIGHTING_CHOICES)
+        choice("backbone", BACKBONES)
+        choice("rnn", RNNS)
+        choice("strategy", STRATEGY_CHOICES)
+        choice("jit_compile", JIT_CHOICES)
+        choice("optimizer", OPTIMIZER_CHOICES)
+        choice("lr_schedule", LR_SCHEDULE_CHOICES)
+        choice("stage", STAGES)
+        for name in ("freeze_backbone_epochs", "warmup_steps", "early_stopping"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"--{name} must be an integer >= 0, got {value!r}")
+        for name in ("epochs", "batch_size", "seq_len", "checkpoint_every", "keep_checkpoints", "log_every",
+                     "feature_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
+        for name in ("steps_per_epoch", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate!r}")
+        if not self.cnn_width > 0:
+            raise ConfigError(f"--cnn_width must be > 0, got {self.cnn_width!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.rnn_units or any((not isinstance(u, int)) or u < 1 for u in self.rnn_units):
+            raise ConfigError(f"--rnn_units must be positive integers, e.g. 100,100,50; got {self.rnn_units!r}")
+        if not self.data:
+            raise ConfigError("--data is required: the output directory (or gs:// / s3:// URL) of beam_jobs.convert")
+        if not self.job_dir:
+            raise ConfigError("--job_dir is required: where checkpoints, logs, the export and reports go")
+        self._validate_input()
+        self._validate_weights_and_stage()
+
+    def _validate_weights_and_stage(self) -> None:
+        if self.weights not in ("none", "imagenet") and not os.path.isfile(self.weights):
+            raise ConfigError(f"--weights {self.weights!r}: valid values are imagenet, none or the path of a local "
+                              "weights file (no such file)")
+        if self.weights == "imagenet" and self.backbone == "simple_cnn":
+            raise ConfigError("--weights imagenet: simple_cnn has no ImageNet weights; valid with --backbone "
+                              "mobilenet_v3_small or efficientnet_b0 (or pass a local weights file)")
+        if self.freeze_backbone_epochs and self.weights == "none":
+            raise ConfigError("--freeze_backbone_epochs needs pretrained --weights (imagenet or a file): freezing "
+                              "a random backbone trains nothing")
+        if self.stage == STAGE_SEQUENCE:
+            if not self.init_from:
+                raise ConfigError("--stage sequence needs --init_from JOB_DIR: a job (usually --stage frames) whose "
+                                  "exported CNN makes the per-frame features")
+            if self.weights != "none" or self.freeze_backbone_epochs:
+                raise ConfigError("--stage sequence takes its (frozen) backbone from --init_from: leave --weights "
+                                  "and --freeze_backbone_epochs unset")
+        elif self.init_from:
+            raise ConfigError(f"--init_from is for --stage sequence, not --stage {self.stage}")
+
+    def _validate_input(self) -> None:
+        """The training input's options: --balance_frames and --data_service."""
+        from trainer.input.data_service import check_address
+
+        if self.balance_frames and self.loss_weighting != "none":
+            raise ConfigError(f"--balance_frames sets the expression class weights itself: leave --loss_weighting "
+                              f"none (got {self.loss_weighting!r})")
+        if self.balance_frames and self.task not in (TASK_EXPRESSION, TASK_MULTI):
+            raise ConfigError(f"--balance_frames weighs expression frames: use it with --task expr or multi, not "
+                              f"{self.task!r}")
+        if self.stage == STAGE_SEQUENCE and (self.balance_frames or self.data_service):
+            raise ConfigError("--stage sequence reads precomputed features in process: --balance_frames and "
+                              "--data_service apply to the clip stages (end_to_end, frames)")
+        if self.data_service is not None:
+            try:
+                check_address(self.data_service)
+            except ValueError as e:
+                raise ConfigError(f"--data_service: {e}") from e
+            if self.skip_corrupt:
+                raise ConfigError("--skip_corrupt cannot count skipped records on tf.data service workers: verify "
+                                  "the shards (affectstream inspect DATA --verify) or train without --data_service")
+
+    @property
+    def backbone_weights(self) -> str | None:
+        """The backbone weights: None (random), ``"imagenet"`` or a local weights file."""
+        return None if self.weights == "none" else self.weights
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 100,100,50, got {text!r}") from e
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser; every default is None so unset flags do not override the config file."""
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.train",
+        description="Train the AffectStream CNN+RNN on a beam_jobs.convert output.",
+        argument_default=None,
+    )
+    p.add_argument("--config", help="JSON file with any of the options below (flags override it)")
+    p.add_argument("--data", help="conversion output directory or gs:// / s3:// URL")
+    p.add_argument("--task", help=f"one of {', '.join(TASK_CHOICES)}")
+    p.add_argument("--job_dir", help="checkpoints, logs, export and reports go here")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps_per_epoch", type=int)
+    p.add_argument("--batch_size", type=int, help="global batch size (clips)")
+    p.add_argument("--eval_batch_size", type=int)
+    p.add_argument("--seq_len", type=int, help="frames per training sequence")
+    p.add_argument("--sampling", help=f"one of {', '.join(SAMPLING_CHOICES)}")
+    p.add_argument("--loss_weighting", help=f"one of {', '.join(LOSS_WEIGHTING_CHOICES)}")
+    p.add_argument("--balance_frames", nargs="?", const=True, type=_bool,
+                   help="per-class expression weights that give the training frames the class mix their buckets "
+                   "are sampled at (a clip's bucket is its majority class, so its other frames skew the mix); "
+                   "measured on the training stream at start-up; instead of --loss_weighting")
+    p.add_argument("--data_service", metavar="grpc://HOST:PORT",
+                   help="run the training input on this tf.data service dispatcher's workers (e.g. from "
+                   "`affectstream data-service`); they must reach --data at the same path")
+    p.add_argument("--backbone", help=f"one of {', '.join(BACKBONES)}")
+    p.add_argument("--weights",
+                   help="backbone initialisation: none (random, default), imagenet (mobilenet_v3_small / "
+                   "efficientnet_b0; Keras downloads and caches them, needs internet once) or the path of a local "
+                   "weights file")
+    p.add_argument("--freeze_backbone_epochs", type=int,
+                   help="keep the pretrained backbone frozen for the first N epochs, then train it too (default 0)")
+    p.add_argument("--stage", help=f"one of {', '.join(STAGES)}: end_to_end (default) trains CNN and RNN together; "
+                   "frames trains the CNN per frame (sequence length 1); sequence freezes the CNN of --init_from, "
+                   "computes its per-frame features once and trains the recurrent stack on them")
+    p.add_argument("--init_from", help="--stage sequence: the job directory (or its export/) whose CNN is used")
+    p.add_argument("--cnn_width", type=float, help="filter multiplier of simple_cnn (1.0 = 64/128/256)")
+    p.add_argument("--feature_dim", type=int)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--rnn", help=f"one of {', '.join(RNNS)}")
+    p.add_argument("--rnn_units", type=_int_list, help="comma-separated sizes, e.g. 100,100,50")
+    p.add_argument("--strategy", help=f"one of {', '.join(STRATEGY_CHOICES)}")
+    p.add_argument("--mixed_precision", nargs="?", const=True, type=_bool, help="mixed_float16 (GPU)")
+    p.add_argument("--jit_compile",
+                   help=f"XLA for the training step: one of {', '.join(JIT_CHOICES)} (auto = on only with a GPU "
+                   "and a single-device strategy; off under mirrored / multi_worker)")
+    p.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_CHOICES)}")
+    p.add_argument("--learning_rate", type=float)
+    p.add_argument("--lr_schedule", help=f"one of {', '.join(LR_SCHEDULE_CHOICES)}: constant (default) or cosine "
+                   "decay to 0 at the last step, both after --warmup_steps of linear warm-up")
+    p.add_argument("--warmup_steps", type=int, help="steps of linear learning-rate warm-up (default 0)")
+    p.add_argument("--early_stopping", type=int, metavar="PATIENCE",
+                   help="stop after PATIENCE evaluated epochs without a better selection score (default 0: off)")
+    p.add_argument("--allow_data_change", nargs="?", const=True, type=_bool,
+                   help="resume even when the data or the model-shaping options differ from the checkpoint's")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--augment", type=_bool)
+    p.add_argument("--eval_split", help="the split of the final report (default validation)")
+    p.add_argument("--select_split",
+                   help="the split evaluated after every epoch to select the best one (default: --eval_split); "
+                   "give a held-out split here to keep the reported split out of model selection")
+    p.add_argument("--skip_corrupt", nargs="?", const=True, type=_bool,
+                   help="skip (and count) corrupt records instead of failing")
+    p.add_argument("--checkpoint_every", type=int, help="steps between checkpoints (also one per epoch end)")
+    p.add_argument("--keep_checkpoints", type=int)
+    p.add_argument("--log_every", type=int,
+                   help="steps between log lines of the losses (default 10); on a terminal a progress bar per epoch "
+                   "shows every step instead, its losses read at this pace")
+    p.add_argument("--verbose", nargs="?", const=True, type=_bool,
+                   help="DEBUG logging of the trainer; `affectstream train --verbose` also keeps TensorFlow's C++ log")
+    return p
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Reads a JSON config file (local or gs:// / s3://) into a dict of known options."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(f"config file {path} not found")
+    with tf.io.gfile.GFile(path, "r") as f:
+        text = f.read()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    valid = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - valid)
+    if unknown:
+        raise ConfigError(f"config file {path} has unknown options {unknown}; valid options: {sorted(valid)}")
+    return raw
+
+
+def parse_train_config(argv: Sequence[str] | None) -> TrainConfig:
+    """defaults < ``--config FILE`` < command-line flags → a validated TrainConfig.
+
+    Raises:
+        ConfigError: invalid option values or config file.
+        SystemExit: argparse errors (unknown flags, unparsable numbers).
+    """
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_config_file(args.config))
+    for key, value in vars(args).items():
+        if key != "config" and value is not None:
+            values[key] = value
+    try:
+        return TrainConfig(**values)
+    except TypeError as e:
+        raise ConfigError(f"invalid options: {e}") from e
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    """The options of ``config`` as a JSON-ready dict (what ``train_config.json`` holds)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,136 @@
+"""Strategy selection and the worker roles of multi-worker training.
+
+* ``auto``: MirroredStrategy when more than one GPU is visible, else OneDeviceStrategy
+  (the GPU if there is one, else the CPU).
+* ``one_device``, ``mirrored``: as named.
+* ``multi_worker``: MultiWorkerMirroredStrategy from the ``TF_CONFIG`` environment
+  variable (``{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker",
+  "index": i}}``). Worker 0 (or the ``chief`` task if the cluster has one) is the chief:
+  only it writes exports, reports, metrics and TensorBoard logs; the other workers
+  write their checkpoints to temporary directories that are removed afterwards, as the
+  TensorFlow multi-worker guide recommends (saving is collective, so every worker saves).
+
+Create the strategy before any other TensorFlow op runs (MultiWorkerMirroredStrategy
+must be created at program start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from trainer.common.choices import STRATEGIES
+
+
+@dataclasses.dataclass
+class Role:
+    """Where this process stands in the cluster.
+
+    Attributes:
+        task_type: ``"worker"``/``"chief"``, or None outside a cluster.
+        task_id: Index of the task in its type.
+        num_workers: Worker processes in the cluster (1 outside a cluster).
+        has_chief: Whether the cluster names a separate ``chief`` task.
+    """
+
+    task_type: str | None = None
+    task_id: int = 0
+    num_workers: int = 1
+    has_chief: bool = False
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes the job's shared outputs (logs, export, reports)."""
+        if self.task_type is None or self.task_type == "chief":
+            return True
+        return self.task_type == "worker" and self.task_id == 0 and not self.has_chief
+
+
+def read_tf_config() -> dict:
+    """The parsed ``TF_CONFIG`` (empty dict when unset). Raises ValueError when malformed."""
+    text = os.environ.get("TF_CONFIG", "")
+    if not text.strip():
+        return {}
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from e
+    if not isinstance(config, dict) or "cluster" not in config or "task" not in config:
+        raise ValueError('TF_CONFIG must look like {"cluster": {"worker": [...]}, "task": {"type": ..., "index": ...}}')
+    return config
+
+
+def role_from_tf_config(config: dict) -> Role:
+    """This process's :class:`Role` from a parsed ``TF_CONFIG`` (an empty dict: outside a cluster)."""
+    if not config:
+        return Role()
+    cluster = config["cluster"]
+    task = config["task"]
+    num_workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    return Role(task_type=task.get("type"), task_id=int(task.get("index", 0)), num_workers=num_workers,
+                has_chief=bool(cluster.get("chief")))
+
+
+def make_strategy(name: str) -> tuple[tf.distribute.Strategy, Role]:
+    """Builds the strategy named by ``--strategy``; returns it with this process's role.
+
+    Raises:
+        ValueError: unknown name, or ``multi_worker`` without a usable TF_CONFIG.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; valid values: {', '.join(STRATEGIES)}")
+    if name == "multi_worker":
+        config = read_tf_config()
+        if not config:
+            raise ValueError("--strategy multi_worker needs the TF_CONFIG environment variable (cluster and task)")
+        role = role_from_tf_config(config)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        return strategy, role
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy(), Role()
+    device = gpus[0].name if gpus else "/cpu:0"
+    return tf.distribute.OneDeviceStrategy(device), Role()
+
+
+def weights_checksum(model, trainable_only: bool = False) -> str:
+    """SHA-256 over the weights of ``model`` (each one's path, dtype, shape and bytes, in model order).
+
+    Synchronous training keeps every replica's and every worker's copy identical, so every worker of a job
+    logs the same checksums at the end (the multi-worker test compares them). ``trainable_only`` leaves out
+    the non-trainable weights (BatchNorm moving statistics), which each replica updates from its own part
+    of the batch unless the training step averages them.
+    """
+    import numpy as np
+
+    digest = hashlib.sha256()
+    weights = model.trainable_weights if trainable_only else model.weights
+    for variable, value in zip(weights, (w.numpy() for w in weights)):
+        value = np.ascontiguousarray(value)
+        digest.update(f"{variable.path}:{value.dtype}:{value.shape};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def has_gpu() -> bool:
+    """Whether TensorFlow sees at least one physical GPU."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def write_dir(path: str, role: Role) -> str:
+    """``path`` on the chief; a fresh temporary directory on other workers."""
+    if role.is_chief:
+        return path
+    return tempfile.mkdtemp(prefix=f"affectstream_worker{role.task_id}_")
+
+
+def remove_temp_dir(path: str, role: Role) -> None:
+    """Removes a directory made by :func:`write_dir` on a non-chief worker."""
+    if not role.is_chief and os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""What a job's checkpoints were trained on: the data and the options that shape the model.
+
+A resumed job must go on with the same data and the same model, or it silently trains (and exports, with
+the new data's ``model_info.json``) something else. :func:`job_fingerprint` describes both:
+
+* ``dataset``: a hash of ``dataset_info.json`` without its timing fields
+  (:data:`tfrecords_schema.dataset_info.RUN_TIMING_FIELDS`), so a byte-identical reconversion keeps it, and
+  any other change of the data (crop size, clips, shards, labels, options) changes it;
+* the options that shape the model or its targets: crop size, label names, task and heads, stage,
+  backbone, CNN width, feature size, recurrent type and sizes, sequence length, and for the sequence stage
+  the backbone it was given (``init_backbone``).
+
+:class:`trainer.training.state.TrainState` stores it in every checkpoint and refuses to resume under another one
+(:func:`differences` names each differing value on both sides) unless ``--allow_data_change``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+from tfrecords_schema.dataset_info import RUN_TIMING_FIELDS
+
+
+def dataset_fingerprint(info) -> str:
+    """SHA-256 (first 16 hex digits) of the dataset info without the fields that time the conversion run."""
+    raw = json.loads(info.to_json())
+    raw["run"] = {k: v for k, v in raw.get("run", {}).items() if k not in RUN_TIMING_FIELDS}
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 (hex) of a file (local or a tf.io.gfile URL), read in chunks."""
+    import tensorflow as tf
+
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def job_fingerprint(config, info, heads: Sequence[str], *, init_backbone: str | None = None) -> dict:
+    """The fingerprint of a job (see the module docstring): a flat, JSON-ready dict.
+
+    Args:
+        config: The training options (:class:`trainer.training.config.TrainConfig`).
+        info: The dataset info.
+        heads: The trained heads.
+        init_backbone: SHA-256 of the backbone model the sequence stage starts from, else None.
+    """
+    per_frame = config.stage == "frames"
+    return {
+        "dataset": dataset_fingerprint(info),
+        "crop_size": info.crop_size,
+        "label_names": {h: list(info.label_names.get(h, [])) for h in heads},
+        "task": config.task,
+        "heads": list(heads),
+        "stage": config.stage,
+        "backbone": config.backbone,
+        "cnn_width": config.cnn_width,
+        "feature_dim": config.feature_dim,
+        "rnn": None if per_frame else config.rnn,
+        "rnn_units": [] if per_frame else list(config.rnn_units),
+        "seq_len": config.seq_len,
+        "init_backbone": init_backbone,
+    }
+
+
+def differences(stored: dict, current: dict) -> list[str]:
+    """``"name: <stored> in the checkpoint, <current> now"`` for every value that differs (sorted by name)."""
+    return [f"{name}: {json.dumps(stored.get(name))} in the checkpoint, {json.dumps(current.get(name))} now"
+            for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)]

@@ -1,0 +1,191 @@
+"""A training job's plan: its options resolved against the data and the strategy, before any model exists.
+
+* :func:`plan_job` reads ``dataset_info.json``, checks the splits and the batch size against the data and the
+  replicas, and resolves the steps (:func:`resolve_steps_per_epoch`) and XLA into a :class:`JobPlan`;
+* :func:`model_spec_for` is the :class:`trainer.model.spec.ModelSpec` the options describe on this data;
+* :func:`bucket_mix_report` and :func:`frame_mix_setup` measure the training stream's bucket and frame
+  class mix at start-up (:mod:`trainer.input.mixing`); ``--balance_frames`` sets the plan's class weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+
+from trainer.common.errors import TrainingError
+from trainer.training.config import TrainConfig
+
+log = logging.getLogger("trainer.train")
+
+CLASS_MIX_BATCHES = 4  # training batches whose bucket and frame class mix are logged at start-up
+
+
+# ==================================================================================================
+# Options resolved against the data.
+
+
+def resolve_steps_per_epoch(config: TrainConfig, info) -> int:
+    """Steps per epoch: ``--steps_per_epoch``, or from the data.
+
+    From the data: ``clips_per_epoch // batch_size`` for ``downsample``, else train clips // batch size
+    (at least 1). With ``downsample`` a warning is logged when an epoch of steps is not exactly one
+    minority-count block of the input (``clips_per_epoch`` clips), also for an explicit ``--steps_per_epoch``.
+
+    Args:
+        config: The training options.
+        info: The dataset info.
+
+    Returns:
+        Steps per epoch (>= 1).
+    """
+    from trainer.input import sampling
+
+    clips = sampling.clips_per_epoch(info, config.sampling, config.task)
+    if config.steps_per_epoch:
+        if clips is not None and config.steps_per_epoch * config.batch_size != clips:
+            log.warning("downsample: --steps_per_epoch %d x --batch_size %d = %d clips per epoch, but a downsample "
+                        "epoch is clips_per_epoch = %d clips (minority count x buckets); epochs will not hold "
+                        "exactly the minority count of every bucket (leave --steps_per_epoch unset to use %d)",
+                        config.steps_per_epoch, config.batch_size, config.steps_per_epoch * config.batch_size,
+                        clips, max(1, clips // config.batch_size))
+        return config.steps_per_epoch
+    if clips is not None and clips % config.batch_size:
+        log.warning("downsample: an epoch of %d clips is not a whole number of batches of %d; epochs will not "
+                    "line up exactly with the input's minority-count blocks", clips, config.batch_size)
+    if clips is None:
+        clips = info.splits["train"].num_clips if "train" in info.splits else 0
+    return max(1, clips // config.batch_size)
+
+
+def model_spec_for(config: TrainConfig, info, heads: Sequence[str]):
+    """The :class:`trainer.model.spec.ModelSpec` of ``config`` for this data and these heads (any sequence length)."""
+    from trainer.model.spec import ModelSpec
+
+    return ModelSpec(
+        heads=heads,
+        num_expression_classes=len(info.expression_names),
+        num_action_units=info.num_action_units,
+        crop_size=info.crop_size,
+        seq_len=None,
+        backbone=config.backbone,
+        backbone_weights=config.backbone_weights,
+        cnn_width=config.cnn_width,
+        feature_dim=config.feature_dim,
+        rnn=config.rnn,
+        rnn_units=config.rnn_units,
+        dropout=config.dropout,
+    )
+
+
+def bucket_mix_report(config: TrainConfig, info, input_seed: int, skipped=None) -> dict:
+    """Requested bucket weights next to the empirical bucket mix of the first training batches.
+
+    The empirical mix counts the bucket of each of the first ``CLASS_MIX_BATCHES x batch_size`` clips of
+    the (single-pipeline) training stream with ``input_seed`` (:func:`trainer.input.mixing.empirical_bucket_mix`).
+
+    Args:
+        config: The training options (data, task, sampling, batch size).
+        info: The dataset info.
+        input_seed: The seed of the training stream.
+        skipped: The job's :class:`trainer.input.records.SkippedRecords` under ``--skip_corrupt``, else None.
+
+    Returns:
+        ``{"clips": n, "requested": {bucket: weight}, "empirical": {bucket: share},
+        "max_abs_deviation": float, "max_deviation_bucket": name}``.
+    """
+    from trainer.input import sampling
+    from trainer.input.mixing import empirical_bucket_mix
+
+    requested = sampling.bucket_weights(info, config.sampling, config.task)
+    num_clips = CLASS_MIX_BATCHES * config.batch_size
+    empirical = empirical_bucket_mix(config.data, info, task=config.task, sampling=config.sampling,
+                                     num_clips=num_clips, seed=input_seed, skipped=skipped)
+    worst = max(requested, key=lambda b: abs(empirical[b] - requested[b]))
+    return {
+        "clips": num_clips,
+        "requested": {b: round(w, 4) for b, w in requested.items()},
+        "empirical": {b: round(empirical[b], 4) for b in requested},
+        "max_abs_deviation": round(abs(empirical[worst] - requested[worst]), 4),
+        "max_deviation_bucket": worst,
+    }
+
+
+def frame_mix_setup(config: TrainConfig, plan, seq_len: int, input_seed: int, skipped, log_mix: bool) -> None:
+    """``--balance_frames``: sets ``plan.class_weights``; with ``log_mix`` logs the frame class mix of the first batches.
+
+    The weights are measured on the stream of ``config.seed`` (not the resume seed), so a resumed job gets
+    the same ones (:func:`trainer.input.mixing.balanced_frame_weights`). The logged mix is the expression class
+    share of the loss weight in the first ``CLASS_MIX_BATCHES`` batches (:func:`trainer.input.mixing.frame_mix_report`).
+    """
+    from tfrecords_schema import HEAD_EXPRESSION
+    from trainer.input.mixing import balanced_frame_weights, frame_mix_report
+
+    if config.balance_frames:
+        plan.class_weights = balanced_frame_weights(config.data, plan.info, task=config.task, seq_len=seq_len,
+                                                    sampling=config.sampling, seed=config.seed, skipped=skipped)
+    if log_mix and HEAD_EXPRESSION in plan.heads:
+        report = frame_mix_report(config.data, plan.info, task=config.task, sampling=config.sampling, seq_len=seq_len,
+                                  batch_size=config.batch_size, num_batches=CLASS_MIX_BATCHES, seed=input_seed,
+                                  class_weights=plan.class_weights, skipped=skipped)
+        log.info("frame class mix of the first %d batches (%s sampling%s): %s", CLASS_MIX_BATCHES, config.sampling,
+                 ", --balance_frames" if config.balance_frames else "", json.dumps(report, sort_keys=True))
+
+
+# ==================================================================================================
+# The plan.
+
+
+@dataclasses.dataclass
+class JobPlan:
+    """What a job does, resolved from its options, the data and the strategy (see :func:`plan_job`)."""
+
+    info: object
+    heads: tuple[str, ...]
+    steps_per_epoch: int
+    total_steps: int
+    jit: bool
+    select_split: str
+    eval_split: str
+    class_weights: object = None  # --balance_frames: expression class weights (see frame_mix_setup)
+
+
+def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
+    """Reads the dataset info and checks the options against it and the strategy; logs the plan.
+
+    Raises:
+        TrainingError: a split that the data lacks, a batch size that the replicas do not divide.
+    """
+    from tfrecords_schema import read_dataset_info
+    from trainer.input import sampling
+    from trainer.input.pipeline import heads_for_task
+    from trainer.training import distribution
+    from trainer.training.step import resolve_jit_compile
+
+    info = read_dataset_info(config.data)
+    heads = heads_for_task(info, config.task)
+    select_split = config.select_split or config.eval_split
+    for flag, split in (("--eval_split", config.eval_split), ("--select_split", select_split)):
+        if split not in info.splits:
+            raise TrainingError(f"{flag} {split!r} is not in {config.data} (splits: {sorted(info.splits)})")
+    num_replicas = strategy.num_replicas_in_sync
+    if config.batch_size % num_replicas:
+        raise TrainingError(
+            f"--batch_size {config.batch_size} must be a multiple of the {num_replicas} replicas in sync"
+        )
+    steps_per_epoch = resolve_steps_per_epoch(config, info)
+    use_gpu = distribution.has_gpu()
+    plan = JobPlan(info=info, heads=heads, steps_per_epoch=steps_per_epoch,
+                   total_steps=steps_per_epoch * config.epochs, jit=resolve_jit_compile(config.jit_compile, strategy,
+                                                                                        use_gpu),
+                   select_split=select_split, eval_split=config.eval_split)
+    if config.mixed_precision and not use_gpu:
+        log.warning("--mixed_precision without a GPU: float16 on CPU is slow")
+    log.info("strategy %s: %s (%d replicas), chief=%s, heads %s, %d steps/epoch x %d epochs = %d steps, XLA %s",
+             config.strategy, type(strategy).__name__, num_replicas, role.is_chief, list(heads), steps_per_epoch,
+             config.epochs, plan.total_steps, plan.jit)
+    log.info("requested bucket weights (%s): %s", config.sampling,
+             json.dumps(sampling.bucket_weights(info, config.sampling, config.task), sort_keys=True))
+    log.info("best epoch selected on %r, final report on %r", select_split, config.eval_split)
+    return plan

@@ -1,0 +1,134 @@
+"""Checks before the first step that the images and the models agree on the input size.
+
+A wrong ``crop_size`` otherwise surfaces as an opaque TensorFlow shape error deep in the input pipeline
+or the model (or, with a size-agnostic backbone, not at all: the job trains on images of another size
+than its ``model_info.json`` claims). Each check fails with one line naming both sizes and what to do:
+
+* :func:`check_data_crop_size`: the first frame of the first readable record of the splits the job reads
+  is decoded; its size must be ``dataset_info.json``'s ``crop_size`` (an edited dataset_info.json, or
+  shards of another conversion next to it);
+* :func:`check_weights_crop_size`: a ``--weights FILE`` of ``simple_cnn``, whose feature layer's input
+  size follows from the crop size, must fit a model on the data's crops (the ``keras.applications``
+  backbones pool globally, so their weights fit any crop size).
+
+The other inputs carry their crop size: a resumed checkpoint's fingerprint (:mod:`trainer.training.fingerprint`,
+checked by :class:`trainer.training.state.TrainState`) and ``--init_from``'s ``model_info.json``
+(:class:`trainer.training.stages.SequenceStage`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zipfile
+
+from trainer.common.errors import TrainingError
+
+log = logging.getLogger("trainer.train")
+
+# Crop sizes tried to name the one a mismatching --weights file was saved at.
+MIN_CROP, MAX_CROP, CROP_STEP = 16, 256, 8  # MIN_CROP: the smallest ModelSpec allows
+
+
+def first_frame_size(data_dir: str, info, splits) -> tuple[int, int, str] | None:
+    """``(height, width, shard path)`` of the first frame of the first readable record of ``splits``.
+
+    Shards are tried in ``dataset_info.json`` order (empty ones skipped); a shard that cannot be read or
+    whose first record does not parse is passed over (the input pipeline reports it with its own message).
+    None when no shard gives a frame.
+    """
+    import tensorflow as tf
+
+    from tfrecords_schema import decode_clip, join_path
+
+    for split in splits:
+        for shard in info.splits[split].shards if split in info.splits else ():
+            if shard.num_records <= 0:
+                continue
+            path = join_path(data_dir, shard.path)
+            try:
+                for record in tf.data.TFRecordDataset(path).take(1):
+                    images = decode_clip(record.numpy()).images
+                    if images:
+                        height, width, _ = tf.io.extract_jpeg_shape(images[0]).numpy().tolist()
+                        return height, width, path
+            except (tf.errors.OpError, ValueError) as e:
+                log.debug("crop-size check: %s skipped (%s: %s)", path, type(e).__name__, e)
+    return None
+
+
+def check_data_crop_size(data_dir: str, info, splits) -> None:
+    """Raises TrainingError when the data's frames are not ``info.crop_size`` square (see the module docstring)."""
+    from tfrecords_schema import DATASET_INFO_FILENAME
+
+    found = first_frame_size(data_dir, info, splits)
+    if found is None:
+        return
+    height, width, path = found
+    if (height, width) != (info.crop_size, info.crop_size):
+        raise TrainingError(
+            f"the frames in {path} are {width}x{height} px, but {DATASET_INFO_FILENAME} in {data_dir} says "
+            f"crop_size {info.crop_size}: the shards and their {DATASET_INFO_FILENAME} do not belong together "
+            f"(edited, or shards of another conversion); restore the {DATASET_INFO_FILENAME} written with these "
+            f"shards, or convert the videos again (beam_jobs.convert --crop_size {info.crop_size})")
+
+
+def _weights_h5(path: str):
+    """The h5py file of a Keras weights file (``.weights.h5``, or the weights inside a ``.keras`` archive)."""
+    import h5py
+
+    if h5py.is_hdf5(path):
+        return h5py.File(path, "r")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if "model.weights.h5" in archive.namelist():
+                return h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+    return None
+
+
+def _dense_inputs(path: str) -> int | None:
+    """The input size of the one dense layer in the weights file ``path``; None when that is not its layout."""
+    handle = _weights_h5(path)
+    if handle is None:
+        return None
+    kernels = []
+    with handle:
+        handle.visititems(lambda name, obj: kernels.append(obj.shape) if (
+            getattr(obj, "ndim", 0) == 2 and name.endswith("vars/0") and "dense" in name) else None)
+    return kernels[0][0] if len(kernels) == 1 else None
+
+
+def check_weights_crop_size(config, spec) -> None:
+    """Raises TrainingError when ``--weights FILE`` does not fit a ``simple_cnn`` on the data's crops.
+
+    Args:
+        config: The training options (``weights``, ``backbone``, ``data``).
+        spec: The :class:`trainer.model.spec.ModelSpec` of the job (its ``crop_size`` is the data's).
+    """
+    if config.backbone_weights in (None, "imagenet") or spec.backbone != "simple_cnn":
+        return
+    import dataclasses
+
+    from trainer.model.backbones import build_backbone
+
+    in_file = _dense_inputs(config.backbone_weights)
+    if in_file is None:
+        return  # not a layout read here: loading it reports any mismatch
+    def feature_inputs(crop_size: int) -> int:
+        cnn = build_backbone(dataclasses.replace(spec, crop_size=crop_size, backbone_weights=None))
+        return int(cnn.get_layer("features").kernel.shape[0])
+
+    needed = feature_inputs(spec.crop_size)
+    if in_file == needed:
+        return
+    # Only on this error path: which crop sizes the file fits (the layer's input follows the pooled grid).
+    fits = [s for s in range(MIN_CROP, MAX_CROP + 1, CROP_STEP) if feature_inputs(s) == in_file][:3]
+    sizes = ", ".join(map(str, fits[:-1])) + " or " * (len(fits) > 1) + str(fits[-1]) if fits else ""
+    saved_on = (f"it fits a simple_cnn on {sizes} px crops" if fits else
+                f"no crop size up to {MAX_CROP} px fits it with --cnn_width {config.cnn_width}: saved with another "
+                "width?")
+    raise TrainingError(
+        f"--weights {config.backbone_weights} does not fit a simple_cnn on the {spec.crop_size} px crops of "
+        f"{config.data} ({saved_on}; its feature layer takes {in_file} values, {needed} on {spec.crop_size} px "
+        f"crops): give weights saved from a simple_cnn on {spec.crop_size} px crops with the same --cnn_width, "
+        f"convert the data at the file's crop size, or use --weights none")

@@ -1,0 +1,189 @@
+"""What a training job checkpoints, and how it resumes.
+
+:class:`TrainState` holds the variables of a job (step, evaluated epochs, best score and epoch) next to
+the model and optimizer, and two ``tf.train.CheckpointManager`` s:
+
+* ``JOB/checkpoints``: model, optimizer and every variable, every ``--checkpoint_every`` steps and at
+  every epoch end; a resumed run restores the latest one;
+* ``JOB/best``: the model of the best epoch with its own score and epoch. It is the truth for the export
+  and the report: a run killed between saving ``best/`` and the next checkpoint resumes from the newer
+  best epoch, so the reported best epoch always matches the exported model.
+
+Only the chief writes to the job directory; other workers write their (collective) saves to temporary
+directories, removed by :meth:`TrainState.close`.
+
+Every regular checkpoint carries the job's fingerprint (:mod:`trainer.training.fingerprint`: a hash of the data and
+the options that shape the model). :meth:`TrainState.restore` reads it before restoring anything and
+refuses a resume under another one, naming each differing value on both sides, unless the job allows a
+data change (``--allow_data_change``). The early-stopping count (:mod:`trainer.training.schedules`) is
+``epochs_done - best_epoch``, both checkpointed here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import tensorflow as tf
+
+from tfrecords_schema import join_path
+from trainer.common.errors import TrainingError
+from trainer.training import distribution, schedules
+from trainer.training.fingerprint import differences
+
+log = logging.getLogger("trainer.train")
+
+CHECKPOINTS_DIRNAME = "checkpoints"
+BEST_DIRNAME = "best"
+FINGERPRINT_KEY = "fingerprint/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def read_best_checkpoint(best_dir: str) -> tuple[int, float, str] | None:
+    """``(best_epoch, best_score, path)`` stored in the latest checkpoint of ``best_dir``; None if there is none.
+
+    Raises:
+        TrainingError: the best checkpoint does not hold its epoch and score (written by an older version).
+    """
+    path = tf.train.latest_checkpoint(best_dir)
+    if path is None:
+        return None
+    reader = tf.train.load_checkpoint(path)
+    try:
+        epoch = int(reader.get_tensor("best_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+        score = float(reader.get_tensor("best_score/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (tf.errors.NotFoundError, ValueError) as e:
+        raise TrainingError(f"best checkpoint {path} holds no best_epoch/best_score (written by an older "
+                            f"version?): use a new --job_dir") from e
+    return epoch, score, path
+
+
+class TrainState:
+    """The checkpointed state of one job (see the module docstring).
+
+    Args:
+        model: The training model.
+        optimizer: Its optimizer (built).
+        job_dir: The job directory.
+        role: This process's :class:`trainer.training.distribution.Role`.
+        keep_checkpoints: Regular checkpoints kept.
+        fingerprint: The job's fingerprint (:func:`trainer.training.fingerprint.job_fingerprint`), stored in every
+            checkpoint; None stores none and checks nothing.
+        allow_data_change: Resume even when the checkpoint's fingerprint differs (logged as a warning); the
+            new fingerprint is stored from then on.
+    """
+
+    def __init__(self, model, optimizer, job_dir: str, role: distribution.Role, keep_checkpoints: int,
+                 fingerprint: dict | None = None, allow_data_change: bool = False):
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+        self.best_score = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_score")
+        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
+        self._fingerprint = fingerprint
+        self._allow_data_change = allow_data_change
+        state = {"model": model, "optimizer": optimizer, "step": self.step, "epochs_done": self.epochs_done,
+                 "best_score": self.best_score, "best_epoch": self.best_epoch}
+        # Restored without the fingerprint (checked apart, and a resumed job keeps its current one) ...
+        self._restorable = tf.train.Checkpoint(**state)
+        # ... and saved with it.
+        if fingerprint is not None:
+            with tf.device("/cpu:0"):  # a string variable; kept off accelerators
+                state["fingerprint"] = tf.Variable(json.dumps(fingerprint, sort_keys=True), dtype=tf.string,
+                                                   trainable=False, name="fingerprint")
+        self._checkpoint = tf.train.Checkpoint(**state)
+        best_checkpoint = tf.train.Checkpoint(model=model, best_score=self.best_score, best_epoch=self.best_epoch)
+        self.checkpoint_dir = join_path(job_dir, CHECKPOINTS_DIRNAME)
+        self.best_dir = join_path(job_dir, BEST_DIRNAME)
+        self._role = role
+        self._my_dirs = [distribution.write_dir(self.checkpoint_dir, role), distribution.write_dir(self.best_dir, role)]
+        if role.is_chief:
+            tf.io.gfile.makedirs(job_dir)
+        self._manager = tf.train.CheckpointManager(self._checkpoint, self._my_dirs[0], max_to_keep=keep_checkpoints)
+        self._best_manager = tf.train.CheckpointManager(best_checkpoint, self._my_dirs[1], max_to_keep=1)
+
+    def restore(self, total_steps: int) -> int:
+        """Restores the latest checkpoint (if any) and the best epoch of ``best/``; returns the step to start at.
+
+        Raises:
+            TrainingError: the checkpoint does not fit this model/options, or holds more steps than
+                ``total_steps``.
+        """
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        if latest:
+            self._check_fingerprint(latest)
+            try:
+                self._restorable.restore(latest).assert_existing_objects_matched().expect_partial()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                raise TrainingError(
+                    f"checkpoint {latest} does not fit this model/options ({type(e).__name__}: {e}); resume with "
+                    "the options of the original run or use a new --job_dir"
+                ) from e
+            log.info("resumed from %s at step %d (epochs evaluated %d, best score %.4f)", latest,
+                     int(self.step.numpy()), int(self.epochs_done.numpy()), float(self.best_score.numpy()))
+        stored = read_best_checkpoint(self.best_dir)
+        if stored is not None and (stored[0], stored[1]) != (int(self.best_epoch.numpy()),
+                                                             float(self.best_score.numpy())):
+            # A run killed between saving best/ and the next checkpoint: best/ holds a newer best epoch.
+            log.info("best checkpoint %s holds epoch %d (score %.4f); the resumed run goes on from it", stored[2],
+                     stored[0], stored[1])
+            self.best_epoch.assign(stored[0])
+            self.best_score.assign(stored[1])
+        start_step = int(self.step.numpy())
+        if start_step > total_steps:
+            raise TrainingError(
+                f"{self.checkpoint_dir} holds step {start_step} > epochs x steps_per_epoch = {total_steps}: "
+                "use a new --job_dir or the options of the original run"
+            )
+        return start_step
+
+    def _check_fingerprint(self, latest: str) -> None:
+        """Raises TrainingError when ``latest`` was trained on other data or options (see the module docstring)."""
+        if self._fingerprint is None:
+            return
+        reader = tf.train.load_checkpoint(latest)
+        if not reader.has_tensor(FINGERPRINT_KEY):
+            log.warning("checkpoint %s holds no data fingerprint (written by an older version): the data and "
+                        "options it was trained on cannot be checked", latest)
+            return
+        stored = json.loads(reader.get_tensor(FINGERPRINT_KEY).decode("utf-8"))
+        changed = differences(stored, self._fingerprint)
+        if not changed:
+            return
+        message = (f"checkpoint {latest} does not fit this model/options: it was trained on other data or "
+                   f"options ({'; '.join(changed)})")
+        if not self._allow_data_change:
+            raise TrainingError(message + ". Resume with the original data and options, use a new --job_dir, or "
+                                "pass --allow_data_change to go on from these weights anyway")
+        log.warning("%s; going on from its weights (--allow_data_change)", message)
+
+    @property
+    def epochs_without_improvement(self) -> int:
+        """Evaluated epochs since the best one (the early-stopping count, :mod:`trainer.training.schedules`)."""
+        return schedules.epochs_without_improvement(int(self.epochs_done.numpy()), int(self.best_epoch.numpy()))
+
+    def stops_early(self, patience: int) -> bool:
+        """Whether ``--early_stopping patience`` ends the job now (logged when it does)."""
+        if not schedules.should_stop_early(patience, int(self.epochs_done.numpy()), int(self.best_epoch.numpy())):
+            return False
+        log.info("early stopping: %d epochs without a better score than epoch %d (%.4f)",
+                 self.epochs_without_improvement, int(self.best_epoch.numpy()), float(self.best_score.numpy()))
+        return True
+
+    def save(self, step: int) -> None:
+        """Saves a regular checkpoint numbered ``step``."""
+        self._manager.save(checkpoint_number=step)
+
+    def record_epoch(self, epoch: int, score: float) -> bool:
+        """Marks ``epoch`` evaluated; saves ``best/`` when ``score`` beats the best so far. Returns whether it did."""
+        better = score > float(self.best_score.numpy())
+        if better:
+            self.best_score.assign(score)
+            self.best_epoch.assign(epoch)
+            self._best_manager.save(checkpoint_number=epoch)
+        self.epochs_done.assign(epoch)
+        return better
+
+    def close(self) -> None:
+        """Removes a non-chief worker's temporary checkpoint directories."""
+        for path in self._my_dirs:
+            distribution.remove_temp_dir(path, self._role)

@@ -1,0 +1,194 @@
+"""One training step for every strategy, and the model and optimizer it updates.
+
+:func:`make_train_step` is the job's one step: ``strategy.run`` of a replica step on ``next(iterator)``,
+the same path for one device, several GPUs and several workers (Keras 3 ``model.fit`` is avoided: it fails
+under MultiWorkerMirroredStrategy on TF 2.17, keras-team/keras#20585). Used by :mod:`trainer.train` and
+``bench/train_step.py``.
+
+Freezing (``--freeze_backbone_epochs``): :meth:`TrainStep.set_frozen` flips ``trainable`` on the pretrained
+backbone layers and re-traces the step, because the variables a ``tf.function`` differentiates are fixed when
+it is traced. The optimizer is built over every variable before anything is frozen, so its slots exist for
+the backbone too: a frozen epoch updates the other variables only, an unfrozen one all of them, and the
+checkpoint layout is the same either way (Keras 3 optimizers accept any subset of their built variables,
+also inside ``strategy.run``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from trainer.training.config import TrainConfig
+
+log = logging.getLogger("trainer.train")
+
+
+def build_model_and_optimizer(config: TrainConfig, spec, strategy, *, total_steps: int | None = None,
+                              builder=None):
+    """The training model and its optimizer, built in ``strategy.scope()`` (mixed_float16 if asked).
+
+    Args:
+        config: The training options (``mixed_precision``, ``optimizer``, ``learning_rate``,
+            ``lr_schedule``, ``warmup_steps``).
+        spec: The :class:`trainer.model.spec.ModelSpec`.
+        strategy: The training strategy.
+        total_steps: Steps of the whole job (the end of a cosine schedule); None: ``epochs x
+            steps_per_epoch`` (``steps_per_epoch`` must then be set).
+        builder: ``builder(spec, mixed_precision=...)`` making the model; default
+            :func:`trainer.model.build.build_model` (the sequence stage passes ``build_sequence_model``).
+    """
+    import keras
+
+    from trainer.model.build import build_model
+    from trainer.training import schedules
+
+    if total_steps is None:
+        if config.steps_per_epoch is None and config.lr_schedule != "constant":
+            raise ValueError(f"--lr_schedule {config.lr_schedule} needs the job's total steps (total_steps, or "
+                             "steps_per_epoch in the config)")
+        total_steps = config.epochs * (config.steps_per_epoch or 1)
+    learning_rate = schedules.learning_rate(config.lr_schedule, config.learning_rate, total_steps,
+                                            config.warmup_steps)
+    with strategy.scope():
+        model = (builder or build_model)(spec, mixed_precision=config.mixed_precision)
+        if config.optimizer == "adam":
+            optimizer = keras.optimizers.Adam(learning_rate)
+        else:
+            optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
+        if config.mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def resolve_jit_compile(mode: str, strategy, gpu: bool) -> bool:
+    """Whether the replica training step is XLA-compiled for ``--jit_compile mode``.
+
+    ``on``/``off`` as named. ``auto`` is on only with a GPU *and* a single-device strategy
+    (``OneDeviceStrategy``, what ``--strategy auto`` picks for at most one GPU): XLA inside
+    ``MirroredStrategy`` / ``MultiWorkerMirroredStrategy`` replica steps is untested here and has given
+    NaN losses, so it stays off there unless asked for with ``on``.
+
+    Args:
+        mode: ``auto``, ``on`` or ``off``.
+        strategy: The training strategy.
+        gpu: Whether a GPU is present.
+
+    Raises:
+        ValueError: unknown mode (the message lists the valid values).
+    """
+    import tensorflow as tf
+
+    from trainer.common.choices import JIT_CHOICES
+
+    if mode not in JIT_CHOICES:
+        raise ValueError(f"unknown jit_compile {mode!r}; valid values: {', '.join(JIT_CHOICES)}")
+    if mode != "auto":
+        return mode == "on"
+    return gpu and isinstance(strategy, tf.distribute.OneDeviceStrategy)
+
+
+class TrainStep:
+    """The one training step for every strategy: ``strategy.run`` of a replica step on ``next(iterator)``.
+
+    Losses are scaled by the global batch (:func:`trainer.model.losses.compute_losses`) and the optimizer
+    all-reduces (sums) the gradients across replicas, so the step equals one step on the global batch.
+    Calling it maps a distributed iterator to the replica-summed losses.
+
+    Args:
+        model: The training model (built in the strategy's scope).
+        optimizer: Its optimizer, built over all of its variables.
+        strategy: The training strategy.
+        global_frames: Global batch size x training sequence length.
+        mixed_precision: Scale the loss (LossScaleOptimizer).
+        jit: XLA-compile the replica step.
+        frozen_layers: The layers :meth:`set_frozen` freezes and unfreezes (the pretrained backbone).
+    """
+
+    def __init__(self, model, optimizer, strategy, *, global_frames: int, mixed_precision: bool, jit: bool,
+                 frozen_layers=()):
+        self._model, self._optimizer, self._strategy = model, optimizer, strategy
+        self._global_frames, self._mixed_precision, self._jit = global_frames, mixed_precision, jit
+        self._frozen_layers = list(frozen_layers)
+        self._step = self._trace()
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the freezable layers are frozen now."""
+        return bool(self._frozen_layers) and not any(layer.trainable for layer in self._frozen_layers)
+
+    def set_frozen(self, frozen: bool) -> bool:
+        """Freezes (or unfreezes) the freezable layers; re-traces the step when that changes. Returns whether it did."""
+        if not self._frozen_layers or frozen == self.frozen:
+            return False
+        for layer in self._frozen_layers:
+            layer.trainable = not frozen
+        self._step = self._trace()
+        return True
+
+    def freeze_for_epoch(self, epochs_done: int, freeze_epochs: int) -> None:
+        """Frozen while fewer than ``freeze_epochs`` epochs are done (``--freeze_backbone_epochs``); logs a change."""
+        if self.set_frozen(epochs_done < freeze_epochs):
+            log.info("backbone %s for epoch %d (--freeze_backbone_epochs %d)",
+                     "frozen" if self.frozen else "unfrozen", epochs_done + 1, freeze_epochs)
+
+    def __call__(self, iterator):
+        return self._step(iterator)
+
+    def _trace(self):
+        import tensorflow as tf
+
+        from trainer.model.losses import compute_losses
+
+        model, optimizer, strategy = self._model, self._optimizer, self._strategy
+        num_replicas = strategy.num_replicas_in_sync
+        global_frames, mixed_precision = self._global_frames, self._mixed_precision
+
+        def step_fn(images, targets, weights):
+            variables = model.trainable_variables  # read at trace time: what is frozen now stays out
+            with tf.GradientTape() as tape:
+                outputs = model(images, training=True)
+                losses = compute_losses(targets, outputs, weights, global_frames, num_replicas)
+                total = tf.add_n(list(losses.values()))
+                scaled = optimizer.scale_loss(total) if mixed_precision else total
+            grads = tape.gradient(scaled, variables)
+            optimizer.apply_gradients(zip(grads, variables))
+            return {"loss": total, **losses}
+
+        replica_step = tf.function(step_fn, jit_compile=True) if self._jit else step_fn
+        # Keras' BatchNormalization updates its moving statistics on each replica from that replica's batch alone,
+        # with no cross-replica aggregation, so replicas (and workers) would drift apart and the export would keep
+        # only the first one's. Averaging the non-trainable float variables once per step, in one grouped
+        # all-reduce, keeps every replica's model identical. It runs as its own replica function so that the
+        # XLA-compiled step stays free of collectives.
+        # The TensorFlow variables behind the Keras ones (mirrored: one copy per replica).
+        synced = [v.value for v in model.non_trainable_variables
+                  if tf.as_dtype(v.dtype).is_floating] if num_replicas > 1 else []
+
+        def sync_fn():
+            local = [tf.identity(v) for v in synced]  # this replica's statistics
+
+            def average(strategy, *per_replica):
+                # The variables are the reduction's destinations (as an optimizer's update does): a tensor read
+                # without a device (one device per worker under multi_worker) would leave the all-reduce none.
+                means = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.MEAN, list(zip(per_replica, synced)))
+                for variable, mean in zip(synced, means):
+                    strategy.extended.update(variable, lambda v, m: v.assign(m), args=(mean,))
+
+            tf.distribute.get_replica_context().merge_call(average, args=tuple(local))
+
+        @tf.function
+        def train_step(iterator):
+            images, targets, weights = next(iterator)
+            per_replica = strategy.run(replica_step, args=(images, targets, weights))
+            if synced:
+                strategy.run(sync_fn)
+            return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+
+        return train_step
+
+
+def make_train_step(model, optimizer, strategy, *, global_frames: int, mixed_precision: bool, jit: bool,
+                    frozen_layers=()) -> TrainStep:
+    """The job's :class:`TrainStep` (a callable mapping a distributed iterator to the replica-summed losses)."""
+    return TrainStep(model, optimizer, strategy, global_frames=global_frames, mixed_precision=mixed_precision,
+                     jit=jit, frozen_layers=frozen_layers)
