@@ -18,9 +18,9 @@ import tensorflow as tf
 
 from tfrecords_schema import HEAD_EXPRESSION, SPLIT_TRAIN
 from tfrecords_schema.features import FeaturesInfo, make_feature_parser
-from trainer.input.pipeline import frames as frames_lib
-from trainer.input.pipeline import records
-from trainer.input.pipeline import sampling as sampling_lib
+from trainer.input import frames as frames_lib
+from trainer.input import records
+from trainer.input import sampling as sampling_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
 
