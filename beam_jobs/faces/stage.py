@@ -75,7 +75,7 @@ class Face:
     """The face of one frame.
 
     Attributes:
-        crop: ``[crop_size, crop_size, 3]`` BGR uint8 crop.
+        crop: ``[crop_size, crop_size, 3]`` BGR uint8 crop (None when :meth:`FaceCropper.process` was asked for none).
         bbox: ``(ymin, xmin, ymax, xmax)`` normalised to the frame, or None when no face is held:
             always the box the crop was cut from, never empty.
         keypoints: float32 ``[K, 2]`` ``(x, y)`` normalised to the frame (eyes first, see
@@ -83,7 +83,7 @@ class Face:
         status: One of :data:`FACE_STATUSES`.
     """
 
-    crop: np.ndarray
+    crop: np.ndarray | None
     bbox: tuple[float, float, float, float] | None
     keypoints: np.ndarray | None = None
     status: str = STATUS_NONE
@@ -252,13 +252,6 @@ class FaceCropper:
                    detect_every=config.detect_every, detect_width=config.detect_width, side=side,
                    max_hold=config.max_hold, align=config.align, redetect_change=config.redetect_change)
 
-    def reset(self) -> None:
-        """Starts over (after a gap in the frames)."""
-        self._tracker.reset()
-        self._cuts.reset()
-        self._face_thumb = None
-        self._count = 0
-
     def _accept(self, det: Detection, height: int, width: int) -> Detection | None:
         """The detection if it may be stored as a face (rule 3 of the class docstring), else None."""
         x, y, w, h = det.box
@@ -332,8 +325,16 @@ class FaceCropper:
             return None
         return max(near, key=lambda d: (iou(d.box, held), -d.box[0], -d.box[1]))
 
-    def process(self, frame: np.ndarray) -> Face:
-        """Crops the next frame of the track (see the class docstring for the rules)."""
+    def process(self, frame: np.ndarray, crop: bool = True) -> Face:
+        """The face of the next frame of the track (see the class docstring for the rules).
+
+        Args:
+            frame: The next decoded frame, BGR uint8.
+            crop: Cut the crop. With False the stage still follows the face (shot cuts, detections, the held box:
+                the same state as with a crop) and returns ``crop=None``: the conversion passes every frame of a
+                video through the stage, also those whose crop it does not store, so that a frame's crop depends on
+                the video alone and ``affectstream predict`` cuts the same one.
+        """
         if self._cuts.update(frame):
             self._tracker.cut()
             self._count = 0  # Detect on this frame; the schedule restarts from it.
@@ -357,11 +358,11 @@ class FaceCropper:
             bbox = normalise_box(box, h, w)
             if bbox[2] > bbox[0] and bbox[3] > bbox[1]:  # Never an empty box (rule 3 makes it so already).
                 kps = self._tracker.keypoints
-                crop = face_crop(frame, box, kps, self._crop_size, self._align)
+                image = face_crop(frame, box, kps, self._crop_size, self._align) if crop else None
                 norm = None if kps is None else np.clip(kps / np.float32((w, h)), 0.0, 1.0).astype(np.float32)
-                return Face(crop, bbox, norm, status)
+                return Face(image, bbox, norm, status)
         last = self._tracker.last_box
         if last is not None:  # Keep the last place of the face: time is not shifted.
-            crop = face_crop(frame, last, self._tracker.last_keypoints, self._crop_size, self._align)
-            return Face(crop, None, None, STATUS_LOST)
-        return Face(blank_crop(self._crop_size), None, None, STATUS_NONE)
+            image = face_crop(frame, last, self._tracker.last_keypoints, self._crop_size, self._align) if crop else None
+            return Face(image, None, None, STATUS_LOST)
+        return Face(blank_crop(self._crop_size) if crop else None, None, None, STATUS_NONE)

@@ -8,7 +8,8 @@ filled (with what the face stage did on its labelled frames), a frame of the vid
 that costs no labelled frame). Once the iteration ends, :attr:`FrameSource.frames_read` says how many
 frames the media gave, so annotation lines past the end of the video can be counted.
 
-Frames whose clip holds no valid label are skipped without converting their pixels.
+Frames whose clip holds no valid label go through the face stage without a crop being cut (a frame's crop depends
+on the video alone, as in `affectstream predict`); frames after the last written clip are only counted.
 
 Example:
     source = open_frame_source(track, labels, face=FaceStageConfig(), clip_length=64,
@@ -27,14 +28,14 @@ import collections
 import dataclasses
 from collections.abc import Iterator
 
+from beam_jobs.faces import provided
 from beam_jobs.faces import stage as faces_lib
 from beam_jobs.media.video import DEFAULT_FPS, FrameStatus, VideoError, VideoReader, frame_timestamp_us, probe_video
 from beam_jobs.pipeline.clips import Bucketer, ClipBuilder
 from beam_jobs.sources.base import DeadLetter, TrackLabels, TrackSpec
-from tfrecords_schema import ClipRecord, join_path
+from tfrecords_schema import ClipRecord
 
 DROP_UNREADABLE_CROP = "unreadable_crop"  # Dead-letter reason: a provided crop that does not decode.
-PROVIDED_CROP_NAME = "{index:05d}.jpg"  # File of frame ``index`` (1-based) in a track's crops folder.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +91,13 @@ class FrameSource(abc.ABC):
 class DecodedVideo(FrameSource):
     """The track's video, decoded frame by frame and cropped by the face stage.
 
-    The face stage is ``FaceCropper.from_config(face, side=track.side, detector=detector)``;
-    after skipped frames (clips without a valid label) it starts over, as after a cut. A frame
-    that does not decode (:attr:`FrameStatus.CORRUPT`) is yielded as ``undecodable`` and left
-    out of its clip; the frames after it keep their index.
+    The face stage is ``FaceCropper.from_config(face, side=track.side, detector=detector)``. It follows **every**
+    decodable frame of the video in order, from frame 1, whether or not the frame's clip is written (a frame whose
+    clip holds no valid label goes through the stage without a crop being cut: ``process(crop=False)``), so the crop
+    of a frame depends on the video alone: ``affectstream predict`` runs the same stage over every frame and cuts the
+    same bytes (tests/test_same_crops.py). After the last frame whose crop is needed, frames are only counted. A
+    frame that does not decode (:attr:`FrameStatus.CORRUPT`) is yielded as ``undecodable`` when its clip is written
+    and left out of its clip; the frames after it keep their index.
 
     Args:
         detector: A ready face detector to reuse (default: a new one of ``face.detector``).
@@ -114,23 +118,25 @@ class DecodedVideo(FrameSource):
         statuses: collections.Counter = collections.Counter()  # Of the open clip's valid frames.
         with VideoReader(self.track.media_path) as video:
             builder = self._builder(video.fps)
-            skipping = False
+            # The last frame of the last clip that is written: the face stage is not needed after it.
+            last_needed = max((i for i in range(1, self.labels.num_frames + 1, self.clip_length)
+                               if builder.clip_has_valid(i)), default=0) + self.clip_length - 1
             for index in range(1, self.labels.num_frames + 1):
                 wanted = builder.clip_has_valid(index)
-                frame = video.next_frame(decode=wanted)
+                frame = video.next_frame(decode=index <= last_needed)
                 if frame.status is FrameStatus.END:
                     break
-                if not wanted:
-                    skipping = True
-                    continue
-                if skipping:
-                    cropper.reset()
-                    skipping = False
                 if frame.status is FrameStatus.CORRUPT:
+                    if not wanted:
+                        continue
                     yield SourceItem(undecodable=index)
                     clip = builder.skip(index)
                 else:
-                    face = cropper.process(frame.image)
+                    if index > last_needed:
+                        continue
+                    face = cropper.process(frame.image, crop=wanted)
+                    if not wanted:
+                        continue
                     if valid[index - 1]:
                         statuses[face.status] += 1
                     clip = builder.add(index, frame.timestamp_us,
@@ -166,20 +172,16 @@ class ProvidedCrops(FrameSource):
         for index in range(1, length + 1):
             if not builder.clip_has_valid(index):
                 continue
-            path = join_path(self.track.crops_dir, PROVIDED_CROP_NAME.format(index=index))
-            image = None
+            path = provided.crop_file(self.track.crops_dir, index)
+            jpeg, bbox = blank, None
             if FileSystems.exists(path):
                 with FileSystems.open(path) as f:
-                    image = faces_lib.decode_image(f.read())
-                if image is None:
+                    prepared = provided.prepare_crop(f.read(), self.face.crop_size, self.face.jpeg_quality)
+                if prepared is None:
                     yield SourceItem(dead_letter=DeadLetter(
                         path, DROP_UNREADABLE_CROP, "provided crop does not decode; frame written without a face", 0))
-            if image is None:
-                jpeg, bbox = blank, None
-            else:
-                h, w = image.shape[:2]
-                crop = faces_lib.square_crop(image, (0, 0, w, h), self.face.crop_size, margin=1.0)
-                jpeg, bbox = faces_lib.encode_jpeg(crop, self.face.jpeg_quality), (0.0, 0.0, 1.0, 1.0)  # The crop is the face.
+                else:
+                    jpeg, bbox = prepared, provided.WHOLE_IMAGE_BOX  # The crop is the face.
             clip = builder.add(index, frame_timestamp_us(index, fps), jpeg, bbox)
             if clip is not None:
                 yield SourceItem(clip=clip)

@@ -71,3 +71,25 @@ def resolve_model_dir(path: str) -> str:
         f"--model {path!r} holds no {MODEL_INFO_FILENAME}: pass the export/ directory of a training job (or the "
         "job dir)"
     )
+
+
+def read_model_info(model_dir: str) -> dict:
+    """The ``model_info.json`` of an export directory.
+
+    Raises:
+        ExportError: the file is not valid JSON (the message names the file).
+    """
+    import json
+
+    import tensorflow as tf
+
+    path = join_path(model_dir, MODEL_INFO_FILENAME)
+    with tf.io.gfile.GFile(path, "r") as f:
+        text = f.read()
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(info, dict):
+        raise ExportError(f"{path} must hold a JSON object")
+    return info

@@ -41,23 +41,16 @@ from tfrecords_schema.cli import add_verbose_flag
 from trainer.common import errors, filesystems
 from trainer.prediction import outputs as preds_lib
 from trainer.prediction import scoring
-from trainer.prediction.errors import PredictError
+from trainer.prediction.crops import CROPS_FACE_STAGE, CROPS_PROVIDED, FaceStageCrops, ProvidedCrops, ServedCrops
+from trainer.prediction.errors import PredictError, PredictUsageError
 from trainer.prediction.progress import PROGRESS_EVERY_S, Progress
 from trainer.prediction.serving import WindowPredictor, load_export, predict_video
-from trainer.prediction.videos import list_videos, local_video, output_stems
+from trainer.prediction.videos import Track, list_videos, local_video, plan_tracks
 
 log = logging.getLogger("trainer.prediction.predict")
 
 SUMMARY_FILENAME = "predict_summary.json"
 SCORES_FILENAME = "scores.json"
-
-
-# --------------------------------------------------------------------------------------------------
-# Inputs and the export.
-
-
-# --------------------------------------------------------------------------------------------------
-# The model on windows of JPEG crops.
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (local, gs:// or s3://); files of the same names are replaced")
     p.add_argument("--side", choices=("left", "right"), default=None,
                    help="two people in the video: predict the face on this side; outputs are named <stem>_<side>")
+    p.add_argument("--cropped_aligned", default=None, metavar="DIR",
+                   help="the dataset's provided face crops, DIR/<stem>/00001.jpg (DIR/<stem>_left, _right for two "
+                        "people): every crops folder is a track, predicted on its video's frames; what a model "
+                        "trained on provided crops (convert --cropped_aligned) must be served")
+    p.add_argument("--detect_faces", action="store_true",
+                   help="serve a model trained on provided crops through the face stage anyway (its crops then "
+                        "differ from training; the summary says so)")
     p.add_argument("--no_face", choices=preds_lib.NO_FACE_RULES, default=preds_lib.NO_FACE_MODEL,
                    help="frames without a face: 'model' = the model on the crop the face stage gives them (held or "
                         "last-seen face place, as evaluation scores them); 'interpolate' = linear interpolation "
@@ -118,47 +118,77 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def choose_crops(served: ServedCrops, args) -> dict:
+    """Which crops the run serves, checked against the export's: ``{"source", "trained_on", "matches_training"}``.
+
+    Raises:
+        PredictUsageError: an export trained on provided crops without ``--cropped_aligned`` (or ``--detect_faces``),
+            or both options at once.
+    """
+    if args.cropped_aligned and args.detect_faces:
+        raise PredictUsageError("--cropped_aligned and --detect_faces: choose the provided crops or the face stage")
+    if served.source == CROPS_PROVIDED and not (args.cropped_aligned or args.detect_faces):
+        raise PredictUsageError(f"{args.model} was trained on provided crops (convert --cropped_aligned): pass "
+                                "--cropped_aligned DIR with the crops of these videos (or --detect_faces to run the "
+                                "face stage anyway; its crops differ from training)")
+    source = CROPS_PROVIDED if args.cropped_aligned else CROPS_FACE_STAGE
+    choice = {"source": source, "trained_on": served.source, "matches_training": source == served.source}
+    if not choice["matches_training"]:
+        log.warning("the model was trained on %s crops but is served %s crops: they differ from training, and so may "
+                    "its predictions", served.source.replace("_", " "), source.replace("_", " "))
+    return choice
+
+
+def _track_crops(track: Track, local: str, served: ServedCrops):
+    """The crops of one track (:mod:`trainer.prediction.crops`)."""
+    if track.crops_dir:
+        return ProvidedCrops(local, track.crops_dir, served.crop_size, served.jpeg_quality)
+    return FaceStageCrops(local, served.face_stage, track.side)
+
+
 def predict(args) -> int:
-    """Predicts every video of ``args``; returns the exit status (1 when a video failed)."""
+    """Predicts every track of ``args``; returns the exit status (1 when a video failed)."""
     import tensorflow as tf
 
     from beam_jobs.media.video import VideoError
     from tfrecords_schema import join_path
     from tfrecords_schema.atomic import write_atomically
 
-    filesystems.register_filesystems(args.model, args.output, args.annotations)
-    videos = list_videos(args.videos)
-    stems = output_stems(videos, args.side)
-    model, model_info, face_stage, model_dir = load_export(args.model)
+    filesystems.register_filesystems(args.model, args.output, args.annotations, args.cropped_aligned)
+    tracks = plan_tracks(list_videos(args.videos), args.side, args.cropped_aligned)
+    model, model_info, served, model_dir = load_export(args.model)
+    crops = choose_crops(served, args)
     heads = list(model_info["heads"])
-    predictor = WindowPredictor(model, heads, int(model_info["seq_len"]), face_stage.crop_size, args.batch_size)
+    predictor = WindowPredictor(model, heads, int(model_info["seq_len"]), served.crop_size, args.batch_size)
     gpus = tf.config.list_physical_devices("GPU")
-    print(f"[predict] {len(videos)} video(s); model {model_dir} (heads {', '.join(heads)}, seq_len "
-          f"{model_info['seq_len']}) on {'GPU ' + gpus[0].name if gpus else 'CPU'}; face stage {face_stage.to_dict()}",
-          file=sys.stderr, flush=True)
-    progress = Progress(len(videos), args.progress_every)
+    stage = f"face stage {served.face_stage.to_dict()}" if crops["source"] == CROPS_FACE_STAGE else "provided crops"
+    print(f"[predict] {len(tracks)} track(s); model {model_dir} (heads {', '.join(heads)}, seq_len "
+          f"{model_info['seq_len']}) on {'GPU ' + gpus[0].name if gpus else 'CPU'}; {stage}", file=sys.stderr, flush=True)
+    progress = Progress(len(tracks), args.progress_every)
     done, failed = [], []
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        for i, (video, stem) in enumerate(zip(videos, stems), start=1):
-            progress.start_video(i, posixpath.basename(video))
+        for i, track in enumerate(tracks, start=1):
+            progress.start_video(i, posixpath.basename(track.video))
             started = time.monotonic()
             try:
-                with local_video(video) as local:
-                    raw = predict_video(local, stem, predictor, face_stage, args.side, model_info["label_names"],
-                                        pool, progress)
+                with local_video(track.video) as local:
+                    frames = _track_crops(track, local, served)
+                    raw = predict_video(frames, track.stem, predictor, model_info["label_names"], pool, progress)
                     written = _write_outputs(args, local, raw)
             except (VideoError, OSError, tf.errors.OpError) as e:
-                print(f"[predict] error: {video}: {e} (skipped)", file=sys.stderr, flush=True)
-                failed.append({"video": video, "error": str(e)})
+                print(f"[predict] error: {track.video}: {e} (skipped)", file=sys.stderr, flush=True)
+                failed.append({"video": track.video, "stem": track.stem, "error": str(e)})
                 continue
             progress.end_video()
-            done.append({"video": video, "stem": stem, "frames": raw.num_frames,
+            done.append({"video": track.video, "stem": track.stem, "frames": raw.num_frames,
                          "frames_with_face": int(raw.has_face.sum()), "frames_not_decoded": int((~raw.decoded).sum()),
-                         "fps": raw.fps, "seconds": round(time.monotonic() - started, 3), **written})
-            print(f"[predict] {stem}: {raw.num_frames} frames, face in {int(raw.has_face.sum())} -> {written['csv']}",
-                  flush=True)
-    summary = {"model": model_dir, "face_stage": face_stage.to_dict(), "side": args.side, "no_face": args.no_face,
-               "smooth": args.smooth, "seq_len": int(model_info["seq_len"]), "videos": done, "failed": failed}
+                         "fps": raw.fps, "seconds": round(time.monotonic() - started, 3), **_crop_counts(frames),
+                         **written})
+            print(f"[predict] {track.stem}: {raw.num_frames} frames, face in {int(raw.has_face.sum())} -> "
+                  f"{written['csv']}", flush=True)
+    summary = {"model": model_dir, "crops": crops, "face_stage": served.face_stage.to_dict(), "side": args.side,
+               "cropped_aligned": args.cropped_aligned, "no_face": args.no_face, "smooth": args.smooth,
+               "seq_len": int(model_info["seq_len"]), "videos": done, "failed": failed}
     if args.annotations:
         scores = scoring.score_predictions(args.output, args.annotations, args.score_split)
         summary["scores"] = write_atomically(join_path(args.output, SCORES_FILENAME),
@@ -167,9 +197,19 @@ def predict(args) -> int:
               f"{scoring.format_scores(scores)}", flush=True)
     path = write_atomically(join_path(args.output, SUMMARY_FILENAME), json.dumps(summary, indent=2) + "\n")
     seconds = time.monotonic() - progress.started
-    print(f"[predict] {len(done)} video(s) predicted, {len(failed)} failed in {seconds:.0f}s"
-          f" ({progress.total_frames} frames); summary {path}", flush=True)
+    note = "" if crops["matches_training"] else (f"; the crops ({crops['source']}) differ from the model's training "
+                                                 f"crops ({crops['trained_on']})")
+    print(f"[predict] {len(done)} track(s) predicted, {len(failed)} failed in {seconds:.0f}s"
+          f" ({progress.total_frames} frames){note}; summary {path}", flush=True)
     return 1 if failed else 0
+
+
+def _crop_counts(frames) -> dict:
+    """What a provided-crops track lacked: frames without a crop file, unreadable crops, crops past the video end."""
+    if not isinstance(frames, ProvidedCrops):
+        return {}
+    return {"crops_missing": frames.missing, "crops_unreadable": frames.unreadable,
+            "crops_past_video_end": frames.past_video_end}
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -186,6 +226,9 @@ def run(argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         return predict(args)
+    except PredictUsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - one clear line and an exit code for expected failures.
         from beam_jobs.media.video import VideoError
         from tfrecords_schema import DatasetInfoError

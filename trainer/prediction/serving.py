@@ -1,53 +1,41 @@
-"""An export served on one video: the conversion's face stage rebuilt from ``model_info.json``, every frame cropped
-and JPEG round-tripped exactly as the training records are read, and the model run on batches of windows."""
+"""An export served on one video: its crops (:mod:`trainer.prediction.crops`: the conversion's face stage rebuilt
+from ``model_info.json``, or the dataset's provided crops) decoded exactly as the training records are read, and the
+model run on batches of windows."""
 
 from __future__ import annotations
 
 import array
 import collections
 import concurrent.futures
-import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from trainer.prediction import outputs as preds_lib
-from trainer.prediction.errors import PredictError
+from trainer.prediction.crops import FrameCrop, served_crops
 from trainer.prediction.progress import Progress
 
 MAX_BATCHES_IN_FLIGHT = 2  # One batch in the model while the next one fills: frames keep flowing.
 
 
-MISSING_FACE_STAGE = "export made before face_stage was recorded; re-export"
-
-
 def load_export(model_dir: str):
-    """``(model, model_info, face stage config, export dir)`` of an exported model (or its job dir).
+    """``(model, model_info, served crops, export dir)`` of an exported model (or its job dir).
 
     Raises:
-        PredictError: the export has no ``face_stage`` (made by an older trainer), or its crop size
-            disagrees with the model's.
+        PredictError: the export records no crops (made by an older trainer), or their size disagrees with the
+            model's (:func:`trainer.prediction.crops.served_crops`).
     """
     import keras
-    import tensorflow as tf
 
-    from beam_jobs.faces.stage import FaceStageConfig
     from tfrecords_schema import join_path
     from trainer.model import layers  # noqa: F401  (registers the trainer's custom layers for load_model)
-    from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, resolve_model_dir
+    from trainer.model.export import MODEL_FILENAME, read_model_info, resolve_model_dir
 
     model_dir = resolve_model_dir(model_dir)
-    with tf.io.gfile.GFile(join_path(model_dir, MODEL_INFO_FILENAME), "r") as f:
-        model_info = json.load(f)
-    if "face_stage" not in model_info:
-        raise PredictError(f"{model_dir}: {MISSING_FACE_STAGE} (the face stage of the training crops is unknown, "
-                           f"so prediction cannot rebuild it)")
-    face_stage = FaceStageConfig.from_dict(model_info["face_stage"])
-    if face_stage.crop_size != int(model_info["crop_size"]):
-        raise PredictError(f"{model_dir}: face_stage crop_size {face_stage.crop_size} != model crop_size "
-                           f"{model_info['crop_size']}")
+    model_info = read_model_info(model_dir)
+    crops = served_crops(model_info, model_dir)
     model = keras.saving.load_model(join_path(model_dir, MODEL_FILENAME), compile=False)
-    return model, model_info, face_stage, model_dir
+    return model, model_info, crops, model_dir
 
 
 class WindowPredictor:
@@ -151,38 +139,24 @@ class _VideoRun:
         return {h: np.concatenate(parts) for h, parts in self._outputs.items()}
 
 
-def predict_video(path: str, stem: str, predictor: WindowPredictor, face_stage, side: str | None,
-                  label_names: dict, pool: concurrent.futures.Executor,
-                  progress: Progress) -> preds_lib.VideoPredictions:
+def predict_video(crops: Iterable[FrameCrop], stem: str, predictor: WindowPredictor, label_names: dict,
+                  pool: concurrent.futures.Executor, progress: Progress) -> preds_lib.VideoPredictions:
     """The model's raw per-frame outputs for every frame of one video (no no-face rule, no smoothing).
 
-    Frames that do not decode in the middle of the video keep their place: they repeat the previous crop,
-    without a face (``decoded`` 0), so line ``i`` of every output stays frame ``i``.
+    Args:
+        crops: The video's crops, one per frame index in order (:mod:`trainer.prediction.crops`); its ``fps`` is read
+            once they are consumed.
 
     Raises:
         beam_jobs.media.video.VideoError: the video cannot be opened or no frame decodes.
     """
-    from beam_jobs.faces.stage import FaceCropper, blank_crop, encode_jpeg
-    from beam_jobs.media.video import VideoReader, frame_timestamp_us
-
-    cropper = FaceCropper.from_config(face_stage, side=side)
     run = _VideoRun(predictor, pool)
-    last_jpeg = encode_jpeg(blank_crop(face_stage.crop_size), face_stage.jpeg_quality)
-    with VideoReader(path) as video:
-        expected = 1
-        for index, timestamp_us, image in video.frames():
-            for missing in range(expected, index):  # Frames the decoder lost: same crop, no face.
-                run.add(frame_timestamp_us(missing, video.fps), last_jpeg, None, decoded=False)
-                progress.frame()
-            face = cropper.process(image)
-            last_jpeg = encode_jpeg(face.crop, face_stage.jpeg_quality)
-            run.add(timestamp_us, last_jpeg, face.bbox, decoded=True)
-            progress.frame()
-            expected = index + 1
-        fps = video.fps
+    for crop in crops:
+        run.add(crop.timestamp_us, crop.jpeg, crop.bbox, decoded=crop.decoded)
+        progress.frame()
     outputs = run.finish()
     return preds_lib.VideoPredictions(
-        stem=stem, fps=fps, timestamps_us=np.frombuffer(run.timestamps, np.int64).copy(),
+        stem=stem, fps=crops.fps, timestamps_us=np.frombuffer(run.timestamps, np.int64).copy(),
         decoded=np.frombuffer(run.decoded, np.uint8).astype(bool),
         has_face=np.frombuffer(run.has_face, np.uint8).astype(bool),
         boxes=np.frombuffer(run.boxes, np.float32).reshape(-1, 4).copy(), outputs=outputs,

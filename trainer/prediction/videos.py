@@ -1,16 +1,18 @@
-"""The videos of a prediction run: files and folders listed (local, ``gs://``, ``s3://``), their output names,
-and a local copy of a remote video while it is read."""
+"""The videos of a prediction run: files and folders listed (local, ``gs://``, ``s3://``), the tracks predicted on them
+(a video, or one side of it, with its provided crops when there are some) and their output names, and a local copy
+of a remote video while it is read."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import posixpath
 import tempfile
 from collections.abc import Iterator, Sequence
 
 from trainer.common import filesystems
-from trainer.prediction.errors import PredictError
+from trainer.prediction.errors import PredictError, PredictUsageError
 
 COPY_CHUNK_BYTES = 8 << 20  # Remote videos are copied locally in pieces of this size.
 
@@ -52,8 +54,7 @@ def output_stems(videos: Sequence[str], side: str | None) -> list[str]:
     Raises:
         PredictError: two videos with the same stem (their files would overwrite each other).
     """
-    stems = [os.path.splitext(posixpath.basename(v.replace("\\", "/")))[0] + (f"_{side}" if side else "")
-             for v in videos]
+    stems = [_stem(v) + (f"_{side}" if side else "") for v in videos]
     seen: dict[str, str] = {}
     for stem, video in zip(stems, videos):
         if stem in seen:
@@ -61,6 +62,74 @@ def output_stems(videos: Sequence[str], side: str | None) -> list[str]:
                                f"into different --output folders")
         seen[stem] = video
     return stems
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+    """One output of a prediction run: a video (or one side of it) and, with provided crops, its crops folder.
+
+    Attributes:
+        video: The video's path or URL.
+        stem: Output name: the video's stem, ``_left``/``_right`` appended for a side (the ABAW names), or the crops
+            folder's name.
+        side: ``"left"``/``"right"`` of a two-person video for the face stage, else None.
+        crops_dir: The track's provided crops (``--cropped_aligned``), else None.
+    """
+
+    video: str
+    stem: str
+    side: str | None = None
+    crops_dir: str | None = None
+
+
+def _stem(video: str) -> str:
+    return os.path.splitext(posixpath.basename(video.replace("\\", "/")))[0]
+
+
+def plan_tracks(videos: Sequence[str], side: str | None, cropped_aligned: str | None) -> list[Track]:
+    """The tracks of a run: each video (its ``side``), or with ``cropped_aligned`` each crops folder with its video.
+
+    Crops folders are matched by name, as the conversion matches them: ``DIR/<stem>`` for a video ``<stem>.*``, and
+    ``DIR/<stem>_left``, ``DIR/<stem>_right`` for the two people of one video (each its own track).
+
+    Raises:
+        PredictError: two videos with the same output name.
+        PredictUsageError: a crops folder that matches no video, a video without a crops folder, or ``side`` with
+            provided crops (their folders name the side).
+    """
+    if not cropped_aligned:
+        return [Track(video, stem, side) for video, stem in zip(videos, output_stems(videos, side))]
+    import tensorflow as tf
+
+    from tfrecords_schema import join_path
+
+    if side:
+        raise PredictUsageError("--side with --cropped_aligned: the crops folders' names (<video>_left, <video>_right) "
+                                "say which person each track is; leave --side out")
+    if not tf.io.gfile.isdir(cropped_aligned):
+        raise PredictUsageError(f"--cropped_aligned {cropped_aligned!r} is not a folder")
+    by_stem = dict(zip(output_stems(videos, None), videos))
+    folders = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(cropped_aligned)
+                     if tf.io.gfile.isdir(join_path(cropped_aligned, name.rstrip("/"))))
+    tracks, matched = [], set()
+    for folder in folders:
+        base, _, suffix = folder.rpartition("_")
+        if folder in by_stem:
+            video, track_side = by_stem[folder], None
+        elif suffix in ("left", "right") and base in by_stem:
+            video, track_side = by_stem[base], suffix
+        else:
+            raise PredictUsageError(f"crops folder {join_path(cropped_aligned, folder)} matches no video among --videos "
+                                    f"(looked for a video named {folder}.*"
+                                    + (f" or {base}.*)" if suffix in ("left", "right") else ")"))
+        matched.add(video)
+        tracks.append(Track(video, folder, track_side, join_path(cropped_aligned, folder)))
+    for video in videos:
+        if video not in matched:
+            stem = _stem(video)
+            raise PredictUsageError(f"video {video} has no crops folder under --cropped_aligned {cropped_aligned} "
+                                    f"(expected {join_path(cropped_aligned, stem)}, or {stem}_left and {stem}_right)")
+    return tracks
 
 
 @contextlib.contextmanager

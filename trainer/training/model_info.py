@@ -1,8 +1,9 @@
 """A training job's ``model_info.json``: what a user of its export needs to feed and read the model.
 
-The task and heads, label names, the input format and preprocessing, the face stage that made the crops
-(``face_stage``: the :class:`beam_jobs.faces.stage.FaceStageConfig` of the conversion, from which
-``affectstream predict`` rebuilds the same stage), the exported epoch, its score and the split that selected it,
+The task and heads, label names, the input format and preprocessing, what made the crops (``crops``: the
+conversion's face stage, whose :class:`beam_jobs.faces.stage.FaceStageConfig` is ``face_stage`` and from which
+``affectstream predict`` rebuilds the same stage, or the dataset's provided crops, with their size and how they were
+prepared, which ``predict --cropped_aligned`` prepares the same way), the exported epoch, its score and the split that selected it,
 the training stage, the backbone weights it started from (``weights``; for ``--stage sequence`` also
 ``init_from``) and the data fingerprint (:mod:`trainer.training.fingerprint`). The files themselves are written by
 :func:`trainer.model.build.export.export_model`.
@@ -15,11 +16,21 @@ from collections.abc import Sequence
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
 
 
-def face_stage_of(info) -> dict:
-    """The face stage that made the data's crops, as ``model_info.json`` stores it (``FaceStageConfig`` dict)."""
-    from beam_jobs.faces.stage import FaceStageConfig  # Beam-free module.
+def crops_of(info) -> dict:
+    """What made the data's crops, as ``model_info.json`` stores it: ``{"crops": ..., "face_stage": ...}``.
 
-    return FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size}).to_dict()
+    A conversion of provided crops (``convert --cropped_aligned``) gives ``{"crops": {"source": "provided",
+    "crop_size", "jpeg_quality", "resize"}}``; one through the face stage gives ``{"crops": {"source": "face_stage"},
+    "face_stage": FaceStageConfig dict}`` (``face_stage`` stays where exports have always had it).
+    """
+    from beam_jobs.faces import provided  # Beam-free modules.
+    from beam_jobs.faces.stage import FaceStageConfig
+
+    face_stage = FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size})
+    if info.options.get("cropped_aligned"):
+        return {"crops": {"source": provided.SOURCE_PROVIDED, "crop_size": info.crop_size,
+                          "jpeg_quality": face_stage.jpeg_quality, "resize": provided.RESIZE}}
+    return {"crops": {"source": provided.SOURCE_FACE_STAGE}, "face_stage": face_stage.to_dict()}
 
 
 def weights_record(weights: str) -> dict:
@@ -64,7 +75,7 @@ def model_info_payload(config, info, heads: Sequence[str], *, best_epoch: int, b
             "crop": "the square face crops of beam_jobs.convert (same crop function at inference)",
             "time": "any number of frames; trained on windows of seq_len consecutive frames",
         },
-        "face_stage": face_stage_of(info),
+        **crops_of(info),
         "outputs": {
             HEAD_EXPRESSION: "softmax probabilities [batch, time, classes]",
             HEAD_VALENCE_AROUSAL: "tanh [batch, time, 2] (valence, arousal)",

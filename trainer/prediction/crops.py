@@ -1,0 +1,161 @@
+"""The crops a video is served, frame by frame: the conversion's face stage, or the dataset's provided crops.
+
+Both sources give one :class:`FrameCrop` per frame index of the video, in order, each crop JPEG-encoded exactly as the
+conversion stores it (the model then decodes it as the trainer reads records):
+
+* :class:`FaceStageCrops`: the face stage of the export (:class:`beam_jobs.faces.stage.FaceCropper`) over every
+  decodable frame, the same way the conversion runs it (every frame, from frame 1, no reset), so a frame gets the
+  crop its record holds. A frame that does not decode keeps its place with the previous crop and no face.
+* :class:`ProvidedCrops`: ``DIR/<track>/00001.jpg`` ... prepared by :func:`beam_jobs.faces.provided.prepare_crop`,
+  the conversion's own preparation; a frame without a crop file, or with one that does not decode, gets the blank
+  crop and no face, as in the records. The video gives the frames (its decodable length and timestamps); crop files
+  past its end are counted, not predicted.
+
+:func:`served_crops` reads what ``model_info.json`` says the model was trained on (``crops``; older exports record
+only ``face_stage``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+from beam_jobs.faces.provided import SOURCE_FACE_STAGE as CROPS_FACE_STAGE
+from beam_jobs.faces.provided import SOURCE_PROVIDED as CROPS_PROVIDED
+from trainer.prediction.errors import PredictError
+
+MISSING_FACE_STAGE = "export made before face_stage was recorded; re-export"
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameCrop:
+    """One frame of a video as the model is served it.
+
+    Attributes:
+        index: 1-based frame index (= annotation line).
+        timestamp_us: Frame time.
+        jpeg: The crop, JPEG-encoded as the conversion stores it.
+        bbox: Normalised ``(ymin, xmin, ymax, xmax)`` of the face, None without one.
+        decoded: Whether the video's frame decoded.
+    """
+
+    index: int
+    timestamp_us: int
+    jpeg: bytes
+    bbox: tuple[float, float, float, float] | None
+    decoded: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedCrops:
+    """What the export's crops were: ``source`` (:data:`CROPS_FACE_STAGE` or :data:`CROPS_PROVIDED`), the face
+    stage (a :class:`beam_jobs.faces.stage.FaceStageConfig`; for provided crops the default stage at the model's
+    crop size, used only when the user asks for the detector anyway) and the crop size and JPEG quality."""
+
+    source: str
+    face_stage: object
+    crop_size: int
+    jpeg_quality: int
+
+
+def served_crops(model_info: dict, model_dir: str) -> ServedCrops:
+    """The crops the model was trained on, from its ``model_info.json``.
+
+    Raises:
+        PredictError: an export that records neither (made by an older trainer), or whose crop size disagrees.
+    """
+    from beam_jobs.faces.stage import FaceStageConfig
+
+    crop_size = int(model_info["crop_size"])
+    crops = model_info.get("crops") or {"source": CROPS_FACE_STAGE}
+    if crops["source"] == CROPS_FACE_STAGE and "face_stage" not in model_info:
+        raise PredictError(f"{model_dir}: {MISSING_FACE_STAGE} (the face stage of the training crops is unknown, "
+                           f"so prediction cannot rebuild it)")
+    if crops["source"] == CROPS_PROVIDED:
+        quality = int(crops["jpeg_quality"])
+        stage = FaceStageConfig(crop_size=crop_size, jpeg_quality=quality)
+    else:
+        stage = FaceStageConfig.from_dict(model_info["face_stage"])
+        quality = stage.jpeg_quality
+    if stage.crop_size != crop_size or int(crops.get("crop_size", crop_size)) != crop_size:
+        raise PredictError(f"{model_dir}: the crops' size {stage.crop_size} != the model's crop_size {crop_size}")
+    return ServedCrops(crops["source"], stage, crop_size, quality)
+
+
+class FaceStageCrops:
+    """The face stage over every frame of one video (see the module docstring).
+
+    Attributes (final once iterated):
+        fps: The video's frame rate.
+    """
+
+    def __init__(self, path: str, face_stage, side: str | None):
+        self.path, self.face_stage, self.side = path, face_stage, side
+        self.fps = 0.0
+
+    def __iter__(self) -> Iterator[FrameCrop]:
+        from beam_jobs.faces.stage import FaceCropper, blank_crop, encode_jpeg
+        from beam_jobs.media.video import VideoReader, frame_timestamp_us
+
+        stage = self.face_stage
+        cropper = FaceCropper.from_config(stage, side=self.side)
+        last_jpeg = encode_jpeg(blank_crop(stage.crop_size), stage.jpeg_quality)
+        with VideoReader(self.path) as video:
+            self.fps = video.fps
+            expected = 1
+            for index, timestamp_us, image in video.frames():
+                for missing in range(expected, index):  # Frames the decoder lost: same crop, no face.
+                    yield FrameCrop(missing, frame_timestamp_us(missing, video.fps), last_jpeg, None, False)
+                face = cropper.process(image)
+                last_jpeg = encode_jpeg(face.crop, stage.jpeg_quality)
+                yield FrameCrop(index, timestamp_us, last_jpeg, face.bbox, True)
+                expected = index + 1
+
+
+class ProvidedCrops:
+    """A track's provided crops over the frames of its video (see the module docstring).
+
+    Attributes (final once iterated):
+        fps: The video's frame rate.
+        missing: Frames without a crop file.
+        unreadable: Crop files that do not decode.
+        past_video_end: Crop files of frames past the video's decodable end (not predicted).
+    """
+
+    def __init__(self, path: str, crops_dir: str, crop_size: int, jpeg_quality: int):
+        self.path, self.crops_dir, self.crop_size, self.jpeg_quality = path, crops_dir, crop_size, jpeg_quality
+        self.fps = 0.0
+        self.missing = self.unreadable = self.past_video_end = 0
+
+    def __iter__(self) -> Iterator[FrameCrop]:
+        import tensorflow as tf
+
+        from beam_jobs.faces import provided
+        from beam_jobs.faces.stage import blank_crop, encode_jpeg
+        from beam_jobs.media.video import FrameStatus, VideoReader
+
+        blank = encode_jpeg(blank_crop(self.crop_size), self.jpeg_quality)
+        with VideoReader(self.path) as video:
+            self.fps = video.fps
+            while (frame := video.next_frame(decode=False)).status is not FrameStatus.END:
+                path = provided.crop_file(self.crops_dir, frame.index)
+                jpeg, bbox = blank, None
+                if tf.io.gfile.exists(path):
+                    with tf.io.gfile.GFile(path, "rb") as f:
+                        prepared = provided.prepare_crop(f.read(), self.crop_size, self.jpeg_quality)
+                    if prepared is None:
+                        self.unreadable += 1
+                    else:
+                        jpeg, bbox = prepared, provided.WHOLE_IMAGE_BOX
+                else:
+                    self.missing += 1
+                yield FrameCrop(frame.index, frame.timestamp_us, jpeg, bbox, frame.status is FrameStatus.DECODED)
+            last = video.frames_read
+        self.past_video_end = sum(1 for name in tf.io.gfile.listdir(self.crops_dir)
+                                  if _crop_index(name) is not None and _crop_index(name) > last)
+
+
+def _crop_index(name: str) -> int | None:
+    """The frame index of a crop file name (``00012.jpg`` → 12), None for other files."""
+    stem, _, ext = name.rpartition(".")
+    return int(stem) if ext.lower() == "jpg" and stem.isdigit() else None
