@@ -6,7 +6,7 @@ conversion's face stage, whose :class:`beam_jobs.faces.stage.FaceStageConfig` is
 prepared, which ``predict --cropped_aligned`` prepares the same way), the exported epoch, its score and the split that selected it,
 the training stage, the backbone weights it started from (``weights``; for ``--stage sequence`` also
 ``init_from``) and the data fingerprint (:mod:`trainer.training.fingerprint`). The files themselves are written by
-:func:`trainer.model.build.export.export_model`.
+:func:`trainer.model.export.export_model`.
 """
 
 from __future__ import annotations
