@@ -219,3 +219,28 @@ def test_accumulator_takes_batches_holding_a_subset_of_the_heads():
     assert r["expression"]["frames"] == 2 and r["valence_arousal"]["frames"] == 3
     with pytest.raises(ValueError, match="none of the heads"):
         acc.update({}, {}, {"action_units": np.ones((1, 1))})
+
+
+def test_a_frame_without_a_prediction_misses_its_true_class_and_counts_in_no_precision():
+    names = ["a", "b", "c"]
+    m = metrics.expression_metrics([0, 0, 1, 1, 2], [0, metrics.NO_PREDICTION, 1, 0, metrics.NO_PREDICTION],
+                                   np.ones(5), names)
+    assert m["frames"] == 5 and m["missed_frames"] == 2 and m["accuracy"] == pytest.approx(2 / 5)
+    assert m["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert m["per_class"]["c"]["support"] == 1 and m["per_class"]["c"]["recall"] == 0.0
+    assert np.asarray(m["confusion_matrix"]).sum() == 3  # the predicted frames only
+
+
+def test_coverage_accounts_for_every_labelled_frame_of_the_split():
+    from tfrecords_schema import Accounting, SplitInfo
+    from trainer.evaluation.coverage import split_coverage
+
+    class Info:
+        splits = {"validation": SplitInfo(accounting=Accounting(
+            labelled_frames=100, written_frames_with_face=70, written_frames_without_face=10,
+            dropped={"no_media": 12, "decode_error": 8, "beyond_video_end": 0}))}
+
+    block = split_coverage(Info, "validation", scored_frames=75)  # 5 written frames carry only another task's label
+    assert block == {"labelled_frames": 100, "scored_frames": 75, "coverage": 0.75,
+                     "not_scored": {"decode_error": 8, "no_media": 12, "not_for_this_model": 5}}
+    assert block["scored_frames"] + sum(block["not_scored"].values()) == block["labelled_frames"]

@@ -175,6 +175,17 @@ def test_scoring_counts_every_labelled_frame_reports_face_frames_and_what_was_no
     # Each frame once per video, whichever heads scored it: 9 expression and 8 valence/arousal frames cover all 10.
     assert [(r["media_id"], r["frames"]) for r in scores["per_video"]] == [("clip", 10)]
     assert "1 annotated track(s) of the split have no prediction file" in scoring.format_scores(scores)
+    # As the challenge scores a submission: the 2 frames past the video's end and the 2 of the track without a file
+    # count as wrong (misses of their true class), next to the figure over the 9 predicted frames.
+    every = scores["all_annotated"][HEAD_EXPRESSION]
+    assert every["frames"] == 13 and every["accuracy"] == pytest.approx(8 / 13) and every["missed_frames"] == 4
+    assert every["per_class"]["Neutral"]["recall"] == pytest.approx(2 / 4)  # frames 1, 7 right; 2 without a file
+    assert every["macro_f1"] < expr["macro_f1"]
+    # 12 labelled lines of clip (expression or valence/arousal) + 2 of not_predicted; 10 of them predicted.
+    assert scores["coverage"] == {"labelled_frames": 14, "scored_frames": 10, "coverage": round(10 / 14, 6),
+                                  "not_scored": {"no_prediction_file": 2, "beyond_predictions": 2}}
+    text = scoring.format_scores(scores)
+    assert "over all 13 labelled frames of the split" in text and "10 of 14 labelled frames scored" in text
 
 
 def test_scoring_refuses_a_prediction_header_that_differs_from_the_annotations(tmp_path):

@@ -27,6 +27,7 @@ from tfrecords_schema import join_path
 from tfrecords_schema.cli import add_verbose_flag
 from trainer.common import errors, filesystems
 from trainer.evaluation.collect import collect_predictions
+from trainer.evaluation.coverage import split_coverage
 from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, read_model_info, resolve_model_dir
 
 log = logging.getLogger("trainer.evaluation.evaluate")
@@ -118,7 +119,8 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     predictions = collect_predictions(model, ds, heads, info, observers=[va_density])
     result = predictions.result()
     result.update({"split": split, "model": model_dir, "best_epoch": model_info.get("best_epoch"),
-                   "selected_on": model_info.get("selected_on")})
+                   "selected_on": model_info.get("selected_on"),
+                   "coverage": split_coverage(info, split, predictions.scored_frames)})
     if skipped is not None:
         result["skipped_corrupt_records"] = skipped.total
     report_dir = report_dir or default_report_dir(model_dir, split)

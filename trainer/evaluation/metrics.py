@@ -53,13 +53,7 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class precision, recall and F1 from a confusion matrix (0 where undefined)."""
-    tp = np.diag(cm).astype(np.float64)
-    precision = _safe_div(tp, cm.sum(axis=0))
-    recall = _safe_div(tp, cm.sum(axis=1))
-    f1 = _safe_div(2 * precision * recall, precision + recall)
-    return precision, recall, f1
+NO_PREDICTION = -1  # A predicted expression class meaning "no prediction": a miss of the frame's true class.
 
 
 def expression_metrics(
@@ -69,14 +63,17 @@ def expression_metrics(
 
     Args:
         y_true: int ``[N]`` (any shape, flattened) true classes.
-        y_pred: int ``[N]`` predicted classes, or float ``[N, C]`` scores (argmax is taken).
+        y_pred: int ``[N]`` predicted classes, or float ``[N, C]`` scores (argmax is taken). A predicted class of
+            :data:`NO_PREDICTION` is a frame without a prediction: it counts against its true class's recall and
+            the accuracy, and in no class's precision (scoring a video that has no prediction file).
         weights: ``[N]`` frame weights; frames with weight <= 0 are ignored.
         class_names: The ``C`` class names, in index order.
 
     Returns:
         ``{"macro_f1" (official: mean F1 over all C classes), "macro_f1_present" (mean F1 over the classes
         present in truth or prediction; 0 when none), "accuracy", "score_2020" (0.67·macro_f1 + 0.33·acc),
-        "frames", "per_class": {name: {"precision", "recall", "f1", "support"}}, "confusion_matrix"}``.
+        "frames", "per_class": {name: {"precision", "recall", "f1", "support"}}, "confusion_matrix"}`` (the
+        confusion matrix counts the predicted frames; with misses, also ``"missed_frames"``).
     """
     num_classes = len(class_names)
     y_pred = np.asarray(y_pred)
@@ -85,14 +82,19 @@ def expression_metrics(
     keep = _valid(weights)
     y_true = np.asarray(y_true).reshape(-1)[keep]
     y_pred = np.asarray(y_pred).reshape(-1)[keep]
-    cm = confusion_matrix(y_true, y_pred, num_classes)
-    precision, recall, f1 = precision_recall_f1(cm)
-    total = int(cm.sum())
+    missed = y_pred == NO_PREDICTION
+    cm = confusion_matrix(y_true[~missed], y_pred[~missed], num_classes)
+    misses = np.bincount(np.asarray(y_true[missed], np.int64), minlength=num_classes)[:num_classes]
+    tp = np.diag(cm).astype(np.float64)
+    precision = _safe_div(tp, cm.sum(axis=0))
+    recall = _safe_div(tp, cm.sum(axis=1) + misses)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    total = int(cm.sum() + misses.sum())
     accuracy = float(np.trace(cm) / total) if total else 0.0
     macro_f1 = float(f1.mean()) if num_classes else 0.0
-    present = (cm.sum(axis=1) + cm.sum(axis=0)) > 0
+    present = (cm.sum(axis=1) + cm.sum(axis=0) + misses) > 0
     macro_f1_present = float(f1[present].mean()) if present.any() else 0.0
-    return {
+    result = {
         "macro_f1": macro_f1,
         "macro_f1_present": macro_f1_present,
         "accuracy": accuracy,
@@ -103,12 +105,15 @@ def expression_metrics(
                 "precision": float(precision[i]),
                 "recall": float(recall[i]),
                 "f1": float(f1[i]),
-                "support": int(cm[i].sum()),
+                "support": int(cm[i].sum() + misses[i]),
             }
             for i, name in enumerate(class_names)
         },
         "confusion_matrix": cm.tolist(),
     }
+    if missed.any():
+        result["missed_frames"] = int(missed.sum())
+    return result
 
 
 def concordance_correlation(x: np.ndarray, y: np.ndarray) -> float:
@@ -291,6 +296,11 @@ class PredictionAccumulator:
                 parts[name].append(values[keep])
         self._any["face"].append(face[any_kept])
         self._any["video"].append(video[any_kept])
+
+    @property
+    def scored_frames(self) -> int:
+        """Frames scored by at least one head so far."""
+        return int(sum(len(v) for v in self._any["video"]))
 
     def _stacked(self, head: str) -> dict[str, np.ndarray]:
         return {name: np.concatenate(parts, axis=0) if parts else np.zeros((0,))

@@ -26,6 +26,7 @@ import numpy as np
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL, join_path
 from tfrecords_schema.atomic import write_atomically, write_json
 from trainer.evaluation import plots
+from trainer.evaluation.coverage import format_coverage
 
 METRICS_FILENAME = "metrics.json"
 PER_VIDEO_FILENAME = "per_video.csv"
@@ -222,7 +223,14 @@ def format_metrics(metrics: Mapping) -> str:
             lines.append("  " + "  ".join(f"{name} {v['f1']:.3f}" for name, v in metrics[head]["per_au"].items()))
     if "score" in metrics:
         lines.append(f"selection score: {metrics['score']:.4f}")
-    return "\n".join(lines)
+    return "\n".join(lines + _coverage_lines(metrics))
+
+
+def _coverage_lines(metrics: Mapping) -> list[str]:
+    """What the figures cover (:mod:`trainer.evaluation.coverage`), when the metrics say."""
+    if "coverage" not in metrics:
+        return []
+    return [format_coverage(metrics["coverage"], metrics.get("split", "split"))]
 
 
 def format_summary(metrics: Mapping, expression_names: Sequence[str]) -> str:
@@ -248,4 +256,4 @@ def format_summary(metrics: Mapping, expression_names: Sequence[str]) -> str:
             balanced, mix = chance_macro_f1([per_class.get(name, {}).get("support", 0) for name in expression_names])
             lines.append(f"chance macro-F1 with {len(expression_names)} classes: {balanced:.3f} (uniform random "
                          f"guess; {mix:.3f} with this split's class mix)")
-    return "\n".join(lines)
+    return "\n".join(lines + _coverage_lines(metrics))

@@ -56,15 +56,26 @@ def _padded(values: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([values, np.zeros((length - len(values), *values.shape[1:]), values.dtype)])
 
 
+def _missed(head: str, targets: np.ndarray) -> np.ndarray:
+    """Predictions of frames that have none, scored as the challenge would (wrong): no expression class
+    (:data:`trainer.evaluation.metrics.NO_PREDICTION`, a miss of the true class), valence and arousal 0, no AU."""
+    from trainer.evaluation.metrics import NO_PREDICTION
+
+    if head == HEAD_EXPRESSION:
+        return np.full(len(targets), NO_PREDICTION, np.int64)
+    return np.zeros_like(targets)
+
+
 def score_predictions(pred_dir: str, annotations: str, split: str = "validation") -> dict:
     """Scores the ABAW files under ``pred_dir`` against the ABAW annotation files of ``split``.
 
     Every annotated track of the split whose prediction file exists is scored, over its frames with a valid
     label that the predictions cover, with the trainer's whole-set metrics: the same figures as
-    ``trainer.evaluation.evaluate`` (``frames``, the ``with_face`` block from each video's CSV ``has_face`` column).
-    Annotation tracks without a prediction file are listed, not scored; labelled frames past the end of a
-    prediction file (the video has fewer frames than its annotation file) are counted in
-    ``beyond_predictions``, as the conversion drops them as ``beyond_video_end``.
+    ``affectstream evaluate`` (``frames``, the ``with_face`` block from each video's CSV ``has_face`` column).
+    Next to them, ``all_annotated`` scores every labelled frame of the split as the challenge would: frames of
+    tracks without a prediction file, and labelled frames past the end of a prediction file (the video has fewer
+    frames than its annotation file; the conversion drops them as ``beyond_video_end``), count as wrong
+    (:func:`_missed`). ``coverage`` says how many labelled frames were predicted, and why the others were not.
 
     Args:
         pred_dir: A ``predict`` output folder (``EXPR/``, ``VA/``, ``AU/`` and the CSVs).
@@ -73,7 +84,8 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
 
     Returns:
         ``{head: metrics (with "frames" and "with_face"), "score", "per_video": rows, "videos_scored",
-        "without_predictions": {head: [track ids]}, "beyond_predictions": {head: frames}}``.
+        "all_annotated": {head: metrics, "score"}, "coverage": {...}, "without_predictions": {head: [track ids]},
+        "beyond_predictions": {head: frames}}``.
 
     Raises:
         ValueError: unknown split, or nothing to score.
@@ -82,6 +94,7 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
     import tensorflow as tf
 
     from beam_jobs.sources import make_source
+    from trainer.evaluation.coverage import coverage_block
     from trainer.evaluation.metrics import PredictionAccumulator
 
     if split not in SCORE_SPLITS:
@@ -97,41 +110,70 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
                          f"for the tasks annotated under {annotations} ({', '.join(found.tasks)})")
     names = {h: list(found.label_names.get(h, [])) for h in HEADS}
     acc = PredictionAccumulator(heads, names[HEAD_EXPRESSION], names[HEAD_ACTION_UNITS])
+    every = PredictionAccumulator(heads, names[HEAD_EXPRESSION], names[HEAD_ACTION_UNITS])
     missing: dict[str, list[str]] = {h: [] for h in heads}
     beyond = {h: 0 for h in heads}
+    frames = {"labelled": 0, "scored": 0, "no_prediction_file": 0, "beyond_predictions": 0}
     scored = set()
     for track in tracks:
         track_heads = [h for h in heads if TASK_OF_HEAD[h] in track.tasks]
+        if not track_heads:
+            continue
         paths = {h: submission_path(pred_dir, h, track.media_id) for h in track_heads}
         present = [h for h in track_heads if tf.io.gfile.exists(paths[h])]
         for h in set(track_heads) - set(present):
             missing[h].append(track.track_id)
+        labels = source.read_labels(track)
+        truth = {h: _valid_labels(h, labels, len(names[HEAD_EXPRESSION])) for h in track_heads}
+        length = max(len(valid) for _, valid in truth.values())
+        # Per head: the file's values where it has them, the challenge's "wrong" past its end or without a file.
+        predicted, covered = {}, {}
+        for head in track_heads:
+            head_targets, valid = truth[head]
+            values = (_aligned_predictions(paths[head], head, names) if head in present
+                      else _missed(head, head_targets[:0]))
+            n = min(len(values), len(head_targets))
+            covered[head] = np.arange(len(valid)) < n
+            predicted[head] = np.concatenate([values[:n], _missed(head, head_targets[n:])])
+            if head in present:
+                beyond[head] += int(valid[n:].sum())
+        valid_any = np.zeros(length, bool)
+        scored_any = np.zeros(length, bool)
+        past_end = np.zeros(length, bool)
+        for head in track_heads:
+            valid = _padded(truth[head][1], length)
+            valid_any |= valid
+            if head in present:
+                scored_any |= valid & _padded(covered[head], length)
+                past_end |= valid & ~_padded(covered[head], length)
+        frames["labelled"] += int(valid_any.sum())
+        frames["scored"] += int(scored_any.sum())
+        frames["beyond_predictions"] += int((valid_any & ~scored_any & past_end).sum())
+        frames["no_prediction_file"] += int((valid_any & ~scored_any & ~past_end).sum())
+        every.update({h: _padded(truth[h][0], length)[None] for h in track_heads},
+                     {h: _padded(predicted[h], length)[None] for h in track_heads},
+                     {h: _padded(truth[h][1], length).astype(np.float32)[None] for h in track_heads},
+                     media_ids=[track.media_id])
         if not present:
             continue
-        labels = source.read_labels(track)
+        # The predicted frames alone: every head of the track in one update call (the per-video frame count counts
+        # each frame once); a head whose file or labels end sooner weighs 0 past its own end.
         has_face = read_has_face(join_path(pred_dir, f"{track.media_id}.csv"))
-        # Every head of the track in one update call, so the per-video frame count counts each frame once; a head
-        # whose file or labels end sooner weighs 0 past its own end.
-        targets, predicted, weights = {}, {}, {}
-        for head in present:
-            head_predicted = _aligned_predictions(paths[head], head, names)
-            head_targets, valid = _valid_labels(head, labels, len(names[HEAD_EXPRESSION]))
-            n = min(len(head_predicted), len(head_targets))
-            beyond[head] += int(valid[n:].sum())
-            targets[head], predicted[head] = head_targets[:n], head_predicted[:n]
-            weights[head] = valid[:n].astype(np.float32)
-        length = max(len(w) for w in weights.values())
         face = np.ones(length, bool) if has_face is None else _padded(has_face[:length], length)
-        acc.update({h: _padded(v, length)[None] for h, v in targets.items()},
-                   {h: _padded(v, length)[None] for h, v in predicted.items()},
-                   {h: _padded(v, length)[None] for h, v in weights.items()}, has_face=face[None],
-                   media_ids=[track.media_id])
+        acc.update({h: _padded(truth[h][0], length)[None] for h in present},
+                   {h: _padded(predicted[h], length)[None] for h in present},
+                   {h: (_padded(truth[h][1], length) & _padded(covered[h], length)).astype(np.float32)[None]
+                    for h in present}, has_face=face[None], media_ids=[track.media_id])
         scored.add(track.track_id)
     if not scored:
         raise ValueError(f"no prediction file under {pred_dir} matches an annotated track of split {split!r} "
                          f"under {annotations}")
     result = acc.result()
+    all_annotated = every.result()
+    not_scored = {k: frames[k] for k in ("no_prediction_file", "beyond_predictions") if frames[k]}
     result.update({"per_video": acc.per_video(), "videos_scored": len(scored), "split": split,
+                   "all_annotated": {**{h: all_annotated[h] for h in heads}, "score": all_annotated["score"]},
+                   "coverage": coverage_block(frames["labelled"], frames["scored"], not_scored),
                    "without_predictions": {h: v for h, v in missing.items() if v},
                    "beyond_predictions": beyond})
     return result
@@ -151,19 +193,24 @@ def main_figures(scores: dict) -> dict[str, float]:
 
 
 def format_scores(scores: dict) -> str:
-    """A few printable lines: the main figure of each head over every labelled frame and over face frames."""
+    """Printable lines: each head's main figure over the predicted frames, over every labelled frame of the split
+    (frames without a prediction counted as wrong, as the challenge would), over the face frames; the coverage."""
+    from trainer.evaluation.coverage import format_coverage
     from trainer.evaluation.metrics import MAIN_METRIC
 
     lines = []
+    every = scores.get("all_annotated", {})
     for head in HEADS:
         if head not in scores:
             continue
         m, metric = scores[head], MAIN_METRIC[head]
-        lines.append(f"{head}: {metric} {m[metric]:.4f} over {m['frames']} labelled frames; "
-                     f"with a face {m['with_face'][metric]:.4f} over {m['with_face']['frames']}")
+        line = f"{head}: {metric} {m[metric]:.4f} over {m['frames']} predicted frames"
+        if head in every:
+            line += (f"; {every[head][metric]:.4f} over all {every[head]['frames']} labelled frames of the split "
+                     "(frames without a prediction count as wrong)")
+        lines.append(line + f"; with a face {m['with_face'][metric]:.4f} over {m['with_face']['frames']}")
     for head, tracks in scores.get("without_predictions", {}).items():
-        lines.append(f"{head}: {len(tracks)} annotated track(s) of the split have no prediction file (not scored)")
-    for head, frames in scores.get("beyond_predictions", {}).items():
-        if frames:
-            lines.append(f"{head}: {frames} labelled frame(s) past the end of their video (not scored)")
+        lines.append(f"{head}: {len(tracks)} annotated track(s) of the split have no prediction file")
+    if "coverage" in scores:
+        lines.append(format_coverage(scores["coverage"], scores.get("split", "split")))
     return "\n".join(lines)

@@ -228,6 +228,7 @@ def _export_and_report(config: TrainConfig, plan: JobPlan, stage, eval_model, ev
 
     from tfrecords_schema import join_path
     from trainer.evaluation import plots, reports
+    from trainer.evaluation.coverage import split_coverage
     from trainer.model.export import EXPORT_DIRNAME, export_model
     from trainer.training.model_info import model_info_payload
     from trainer.training.state import read_best_checkpoint
@@ -246,7 +247,8 @@ def _export_and_report(config: TrainConfig, plan: JobPlan, stage, eval_model, ev
     va_density = plots.VADensity()
     predictions = evaluator.predictions(eval_model, plan.eval_split, observers=[va_density])
     result = predictions.result()
-    result.update({"best_epoch": best_epoch, "split": plan.eval_split, "selected_on": plan.select_split})
+    result.update({"best_epoch": best_epoch, "split": plan.eval_split, "selected_on": plan.select_split,
+                   "coverage": split_coverage(plan.info, plan.eval_split, predictions.scored_frames)})
     if skipped is not None:
         result["skipped_corrupt_records"] = skipped.total
     paths.update(reports.write_reports(
