@@ -1,10 +1,10 @@
 """The sequence stage's input: windows of precomputed per-frame features, one linear function per mode.
 
 * :func:`make_feature_train_dataset` is the training stream on features: the clip pipeline's bucket
-  streams and rebalancing (:func:`trainer.input.pipeline.records.mixed_train_records` over the feature shards, which
+  streams and rebalancing (:func:`trainer.input.records.mixed_train_records` over the feature shards, which
   keep their buckets), a random window of ``seq_len`` frames per clip (the same draw as
-  :func:`trainer.input.pipeline.frames.random_window`), targets and weights as in training
-  (:func:`trainer.input.pipeline.frames.targets_and_weights`). No augmentation: the features are fixed, the price of
+  :func:`trainer.input.frames.random_window`), targets and weights as in training
+  (:func:`trainer.input.frames.targets_and_weights`). No augmentation: the features are fixed, the price of
   computing them once.
 * :func:`make_feature_eval_dataset` cuts every clip into consecutive windows like the image evaluation, so
   the recurrent model scored on features gives the exported model's score on images.

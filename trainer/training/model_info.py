@@ -5,7 +5,7 @@ The task and heads, label names, the input format and preprocessing, the face st
 ``affectstream predict`` rebuilds the same stage), the exported epoch, its score and the split that selected it,
 the training stage, the backbone weights it started from (``weights``; for ``--stage sequence`` also
 ``init_from``) and the data fingerprint (:mod:`trainer.training.fingerprint`). The files themselves are written by
-:func:`trainer.model.build.export.export_model`.
+:func:`trainer.model.export.export_model`.
 """
 
 from __future__ import annotations
