@@ -4,10 +4,10 @@ Every label is visible in the faces (see :mod:`affectstream.synthetic_faces`), s
 model trained on the output of the conversion has something real to learn, and
 the class mix is skewed like Aff-Wild2's (Neutral common, Fear rare) so the
 rebalancing sampler matters. The layout exercises what the ABAW adapter must
-handle: two subjects sharing one video (``_left`` / ``_right``), ``.mp4`` and
-``.avi`` media in nested folders, a video whose tasks fall in different splits,
-unlabelled stretches (-1 / -5), a face that leaves the picture, and an
-annotation file that runs past the end of its video.
+handle: two subjects sharing one video (``_left`` / ``_right``, in training and in validation), ``.mp4``
+and ``.avi`` media in nested folders, a video whose tasks fall in different splits,
+unlabelled stretches (-1 / -5; in one validation video a stretch longer than two clips), a face that leaves
+the picture, a frame that does not decode, and an annotation file that runs past the end of its video.
 
 Example:
     python -m affectstream.demo_data /tmp/demo_abaw
@@ -52,6 +52,8 @@ class DemoVideo:
         va_split: Split of the valence/arousal annotations.
         au_split: Split of the action-unit annotations.
         extra_lines: Annotation lines past the last frame (bad input the job must account for).
+        long_gap: Leave frames 25 %-70 % of every track unlabelled (whole clips are then not written).
+        corrupt_frames: 1-based frames whose JPEG data is destroyed (an ``.avi`` video): they do not decode.
     """
 
     media: str
@@ -60,10 +62,13 @@ class DemoVideo:
     va_split: str | None = "train"
     au_split: str | None = "train"
     extra_lines: int = 0
+    long_gap: bool = False
+    corrupt_frames: tuple[int, ...] = ()
 
 
-def demo_videos(num_train: int = 16) -> list[DemoVideo]:
-    """The demo's videos: ``num_train`` for training, two for validation, one split across tasks."""
+def demo_videos(num_train: int = 16, frames_per_video: int = 150) -> list[DemoVideo]:
+    """The demo's videos: ``num_train`` for training, three for validation (one of two people, one with a long
+    unlabelled stretch and a frame that does not decode), one split across tasks."""
     videos = []
     for i in range(num_train):
         ext = ".avi" if i % 3 == 2 else ".mp4"
@@ -71,7 +76,10 @@ def demo_videos(num_train: int = 16) -> list[DemoVideo]:
         subjects = (f"{stem}_left", f"{stem}_right") if i == 1 else (stem,)
         videos.append(DemoVideo(f"batch{i % 2 + 1}/{stem}{ext}", subjects, extra_lines=12 if i == 0 else 0))
     videos.append(DemoVideo("batch1/val-30-320x240.mp4", ("val-30-320x240",), "validation", "validation", "validation"))
-    videos.append(DemoVideo("batch2/val_b.avi", ("val_b",), "validation", "validation", "validation"))
+    videos.append(DemoVideo("batch2/val_b.avi", ("val_b",), "validation", "validation", "validation", long_gap=True,
+                            corrupt_frames=(frames_per_video - 12,)))
+    videos.append(DemoVideo("batch1/val_duo.mp4", ("val_duo_left", "val_duo_right"), "validation", "validation",
+                            "validation"))
     # Expressions in validation, valence/arousal in train: the adapter must keep each label in its own split.
     videos.append(DemoVideo("batch2/mixed_split.mp4", ("mixed_split",), "validation", "train", None))
     return videos
@@ -88,7 +96,8 @@ class _SubjectTrack:
 
 
 def _subject_track(
-    rng: np.random.Generator, n: int, home_x: float, home_y: float, unlabelled: bool, every_class: bool
+    rng: np.random.Generator, n: int, home_x: float, home_y: float, unlabelled: bool, every_class: bool,
+    long_gap: bool = False,
 ) -> _SubjectTrack:
     expression = np.empty(n, np.int64)
     t = 0
@@ -126,6 +135,9 @@ def _subject_track(
         valence[hole:hole + 20] = -5.0
         arousal[hole:hole + 20] = -5.0
         action_units[hole:hole + 20] = -1
+    if long_gap:
+        gap = slice(n // 4, n * 7 // 10)
+        expression[gap], valence[gap], arousal[gap], action_units[gap] = -1, -5.0, -5.0, -1
     return _SubjectTrack(expression, np.stack([valence, arousal], 1).astype(np.float32), action_units, centre, size, visible)
 
 
@@ -159,7 +171,7 @@ def make_demo_dataset(root: str, *, frames_per_video: int = 150, num_train_video
     Args:
         root: Output folder (created).
         frames_per_video: Frames of each video (30 fps).
-        num_train_videos: Training videos (two validation videos and one mixed-split video are added).
+        num_train_videos: Training videos (three validation videos and one mixed-split video are added).
         seed: Seed of every random choice; the same seed gives the same files.
 
     Returns:
@@ -172,20 +184,24 @@ def make_demo_dataset(root: str, *, frames_per_video: int = 150, num_train_video
     videos_dir = os.path.join(root, "videos")
     ann_dir = os.path.join(root, "annotations")
     total = 0
-    for v_index, video in enumerate(demo_videos(num_train_videos)):
+    for v_index, video in enumerate(demo_videos(num_train_videos, frames_per_video)):
         rng = np.random.default_rng([seed, v_index])
         two = len(video.subjects) == 2
         width = 480 if two else 320
         homes = [(120.0, 120.0), (360.0, 120.0)] if two else [(160.0, 120.0)]
         tracks = [
             _subject_track(rng, frames_per_video, hx, hy, unlabelled=(v_index % 2 == 0),
-                           every_class=(video.expr_split == "validation"))
+                           every_class=(video.expr_split == "validation"), long_gap=video.long_gap)
             for hx, hy in homes
         ]
         background = tuple(int(c) for c in rng.integers(40, 140, 3))
         media_path = os.path.join(videos_dir, video.media)
         os.makedirs(os.path.dirname(media_path), exist_ok=True)
         total += write_video(media_path, _frames(tracks, 240, width, background, seed * 1000 + v_index), fps=30)
+        if video.corrupt_frames:
+            from affectstream.synthetic_faces import corrupt_mjpeg_frames
+
+            corrupt_mjpeg_frames(media_path, video.corrupt_frames)
         for name, tr in zip(video.subjects, tracks):
             pad = video.extra_lines
 
@@ -208,7 +224,8 @@ def make_demo_dataset(root: str, *, frames_per_video: int = 150, num_train_video
                     ",".join(AU_NAMES), rows(lambda a: ",".join(str(int(x)) for x in a), tr.action_units,
                                             ",".join(["0"] * len(AU_NAMES))),
                 )
-    return {"videos": videos_dir, "annotations": ann_dir, "num_videos": len(demo_videos(num_train_videos)),
+    return {"videos": videos_dir, "annotations": ann_dir,
+            "num_videos": len(demo_videos(num_train_videos, frames_per_video)),
             "num_frames": total}
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 from collections.abc import Iterable, Sequence
 
 import cv2
@@ -162,3 +163,24 @@ def write_video(path: str, frames: Iterable[np.ndarray], fps: float) -> int:
         if writer is not None:
             writer.release()
     return count
+
+
+def corrupt_mjpeg_frames(path, indices: Sequence[int]) -> pathlib.Path:
+    """Overwrites with zeros the JPEG bytes of the given 1-based frames of an MJPG ``.avi``.
+
+    The AVI chunk headers stay intact, so the demuxer still delivers the packet and only
+    the decoder fails (FFmpeg: "No JPEG data found in image"). A JPEG marker byte pair
+    cannot occur inside entropy-coded data (0xFF is stuffed), so SOI/EOI find each frame.
+    """
+    path = pathlib.Path(path)
+    data = bytearray(path.read_bytes())
+    starts, at = [], data.find(b"\xff\xd8\xff")
+    while at >= 0:
+        starts.append(at)
+        at = data.find(b"\xff\xd8\xff", at + 3)
+    for index in indices:
+        start = starts[index - 1]
+        end = data.find(b"\xff\xd9", start) + 2
+        data[start:end] = bytes(end - start)
+    path.write_bytes(bytes(data))
+    return path

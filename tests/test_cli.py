@@ -41,7 +41,7 @@ def test_console_script_runs_make_demo_data(tmp_path):
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "19 videos" in result.stdout
+    assert "20 videos" in result.stdout
 
 
 # --- the conversion's command line -------------------------------------------------------------------

@@ -135,7 +135,7 @@ def test_csv_has_one_row_per_frame_and_only_the_columns_of_the_model_heads(tmp_p
     assert rows[1]["box_ymin"] == "" and float(rows[0]["box_xmax"]) == pytest.approx(0.7)
     best = int(preds.outputs[HEAD_EXPRESSION][3].argmax())
     assert rows[3]["expr_index"] == str(best) and rows[3]["expr_label"] == EXPR_NAMES[best]
-    np.testing.assert_array_equal(P.read_has_face(path), has_face)
+    np.testing.assert_array_equal(P.read_frame_flags(path)["has_face"], has_face)
     assert not (tmp_path / "EXPR").exists()  # the CSV alone; write_submission writes the ABAW files
 
 

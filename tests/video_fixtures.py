@@ -15,7 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from affectstream.synthetic_faces import FaceSpec, render_frame, write_video
+from affectstream.synthetic_faces import (  # noqa: F401 (corrupt_mjpeg_frames: the tests' too)
+    FaceSpec,
+    corrupt_mjpeg_frames,
+    render_frame,
+    write_video,
+)
 
 HEIGHT, WIDTH = 120, 160
 FPS = 10.0
@@ -93,22 +98,3 @@ def write_container_video(path, frames: Sequence[np.ndarray], fps: float = FPS) 
     return path
 
 
-def corrupt_mjpeg_frames(path, indices: Sequence[int]) -> pathlib.Path:
-    """Overwrites with zeros the JPEG bytes of the given 1-based frames of an MJPG ``.avi``.
-
-    The AVI chunk headers stay intact, so the demuxer still delivers the packet and only
-    the decoder fails (FFmpeg: "No JPEG data found in image"). A JPEG marker byte pair
-    cannot occur inside entropy-coded data (0xFF is stuffed), so SOI/EOI find each frame.
-    """
-    path = pathlib.Path(path)
-    data = bytearray(path.read_bytes())
-    starts, at = [], data.find(b"\xff\xd8\xff")
-    while at >= 0:
-        starts.append(at)
-        at = data.find(b"\xff\xd8\xff", at + 3)
-    for index in indices:
-        start = starts[index - 1]
-        end = data.find(b"\xff\xd9", start) + 2
-        data[start:end] = bytes(end - start)
-    path.write_bytes(bytes(data))
-    return path

@@ -275,17 +275,17 @@ def read_submission(path: str, head: str) -> tuple[list[str], np.ndarray]:
     return names, (values[:, 0] if head == HEAD_EXPRESSION else values).astype(np.int64)
 
 
-def read_has_face(csv_path: str) -> np.ndarray | None:
-    """The ``has_face`` column of a prediction CSV as bool ``[N]``; None when the file does not exist."""
+def read_frame_flags(csv_path: str) -> dict[str, np.ndarray] | None:
+    """The ``has_face`` and ``decoded`` columns of a prediction CSV, bool ``[N]`` each; None without the file."""
     import tensorflow as tf
 
     if not tf.io.gfile.exists(csv_path):
         return None
     with tf.io.gfile.GFile(csv_path, "r") as f:
         header = f.readline().rstrip("\n").split(",")
-        column = header.index("has_face")
-        return np.array([line.split(",")[column] == "1" for line in f.read().splitlines() if line], bool)
-
+        columns = {name: header.index(name) for name in ("has_face", "decoded")}
+        rows = [line.split(",") for line in f.read().splitlines() if line]
+    return {name: np.array([row[i] == "1" for row in rows], bool) for name, i in columns.items()}
 
 # --------------------------------------------------------------------------------------------------
 # Scoring against annotation files.

@@ -10,10 +10,13 @@ For each video (a file, or every container of ``beam_jobs.media.video.VIDEO_EXTE
 letter case; local, ``gs://`` or ``s3://``):
 
 * the frames are streamed (one decoded frame, one window of JPEG crops and a couple of batches in memory);
-* the face stage is the conversion's own (:class:`beam_jobs.faces.stage.FaceCropper`), rebuilt from
-  ``model_info.json["face_stage"]``; each crop is JPEG-encoded with the stage's quality and decoded by the
-  trainer's own decode (:func:`trainer.input.frames.decode_frames`), exactly as the training records are read, and
-  given to the model as uint8 pixels like the trainer's pipelines (the model scales them itself);
+* the crops are the ones the model was trained on (:mod:`trainer.prediction.crops`): the conversion's own face stage
+  (:class:`beam_jobs.faces.stage.FaceCropper`), rebuilt from ``model_info.json["face_stage"]`` and run over every
+  frame as the conversion runs it, or with ``--cropped_aligned DIR`` the dataset's provided crops, prepared as the
+  conversion prepares them; each crop is JPEG-encoded as the records hold it and decoded by the trainer's own decode
+  (:func:`trainer.input.frames.decode_frames`), and given to the model as uint8 pixels like the trainer's pipelines
+  (the model scales them itself). A model trained on provided crops is not served through the face stage unless
+  ``--detect_faces`` asks for it (the summary then says that the crops differ from training);
 * the model runs on consecutive windows of the training ``seq_len`` frames from frame 1 (the last one
   padded), several windows per call, on the GPU when TensorFlow sees one; the evaluation windows of a
   converted split are the same when the clip length is a multiple of ``seq_len``;
@@ -22,8 +25,10 @@ letter case; local, ``gs://`` or ``s3://``):
   ``--render`` adds ``OUT/<stem>.mp4`` and ``OUT/<stem>.png`` (:mod:`trainer.prediction.render`).
 
 ``OUT/predict_summary.json`` lists every video, its outputs and the videos that failed; ``--annotations``
-scores the ABAW files against annotation files (``OUT/scores.json``). Exit status: 0 when every video was
-predicted, 1 when one failed (the others are still written) or on an error, 2 on bad options.
+scores the ABAW files against annotation files (``OUT/scores.json``: the predicted frames, every labelled frame as
+the challenge would score it, and the coverage). Exit status: 0 when every video was predicted, 1 when one failed
+(the others are still written) or on an error, 2 on bad options or inputs that do not fit together (nothing is
+written then).
 """
 
 from __future__ import annotations

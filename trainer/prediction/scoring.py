@@ -12,7 +12,7 @@ from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AR
 from trainer.prediction.outputs import (
     SUBMISSION_DIRS,
     PredictionFileError,
-    read_has_face,
+    read_frame_flags,
     read_submission,
     submission_path,
 )
@@ -70,12 +70,14 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
     """Scores the ABAW files under ``pred_dir`` against the ABAW annotation files of ``split``.
 
     Every annotated track of the split whose prediction file exists is scored, over its frames with a valid
-    label that the predictions cover, with the trainer's whole-set metrics: the same figures as
+    label that the predictions cover and that decoded (the CSV's ``decoded`` column: the conversion drops a frame
+    that does not decode as ``decode_error``), with the trainer's whole-set metrics: the same figures as
     ``affectstream evaluate`` (``frames``, the ``with_face`` block from each video's CSV ``has_face`` column).
     Next to them, ``all_annotated`` scores every labelled frame of the split as the challenge would: frames of
     tracks without a prediction file, and labelled frames past the end of a prediction file (the video has fewer
     frames than its annotation file; the conversion drops them as ``beyond_video_end``), count as wrong
-    (:func:`_missed`). ``coverage`` says how many labelled frames were predicted, and why the others were not.
+    (:func:`_missed`); a frame that did not decode is scored there with the line written for it. ``coverage`` says how
+    many labelled frames were scored, and why the others were not.
 
     Args:
         pred_dir: A ``predict`` output folder (``EXPR/``, ``VA/``, ``AU/`` and the CSVs).
@@ -113,7 +115,7 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
     every = PredictionAccumulator(heads, names[HEAD_EXPRESSION], names[HEAD_ACTION_UNITS])
     missing: dict[str, list[str]] = {h: [] for h in heads}
     beyond = {h: 0 for h in heads}
-    frames = {"labelled": 0, "scored": 0, "no_prediction_file": 0, "beyond_predictions": 0}
+    frames = {"labelled": 0, "scored": 0, "decode_error": 0, "no_prediction_file": 0, "beyond_predictions": 0}
     scored = set()
     for track in tracks:
         track_heads = [h for h in heads if TASK_OF_HEAD[h] in track.tasks]
@@ -137,19 +139,24 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
             predicted[head] = np.concatenate([values[:n], _missed(head, head_targets[n:])])
             if head in present:
                 beyond[head] += int(valid[n:].sum())
-        valid_any = np.zeros(length, bool)
-        scored_any = np.zeros(length, bool)
-        past_end = np.zeros(length, bool)
+        # Each labelled frame once: predicted (the top figures, as evaluate scores the converted split), or not,
+        # and why: the frame did not decode (the conversion drops it as decode_error), it lies past the end of the
+        # video, or its head has no prediction file.
+        flags = read_frame_flags(join_path(pred_dir, f"{track.media_id}.csv")) if present else None
+        face = np.ones(length, bool) if flags is None else _padded(flags["has_face"][:length], length)
+        decoded = np.ones(length, bool) if flags is None else _padded(flags["decoded"][:length], length)
+        valid_any, covered_any, past_end = np.zeros(length, bool), np.zeros(length, bool), np.zeros(length, bool)
         for head in track_heads:
             valid = _padded(truth[head][1], length)
             valid_any |= valid
             if head in present:
-                scored_any |= valid & _padded(covered[head], length)
+                covered_any |= valid & _padded(covered[head], length)
                 past_end |= valid & ~_padded(covered[head], length)
         frames["labelled"] += int(valid_any.sum())
-        frames["scored"] += int(scored_any.sum())
-        frames["beyond_predictions"] += int((valid_any & ~scored_any & past_end).sum())
-        frames["no_prediction_file"] += int((valid_any & ~scored_any & ~past_end).sum())
+        frames["scored"] += int((covered_any & decoded).sum())
+        frames["decode_error"] += int((covered_any & ~decoded).sum())
+        frames["beyond_predictions"] += int((past_end & ~covered_any).sum())
+        frames["no_prediction_file"] += int((valid_any & ~covered_any & ~past_end).sum())
         every.update({h: _padded(truth[h][0], length)[None] for h in track_heads},
                      {h: _padded(predicted[h], length)[None] for h in track_heads},
                      {h: _padded(truth[h][1], length).astype(np.float32)[None] for h in track_heads},
@@ -158,11 +165,9 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
             continue
         # The predicted frames alone: every head of the track in one update call (the per-video frame count counts
         # each frame once); a head whose file or labels end sooner weighs 0 past its own end.
-        has_face = read_has_face(join_path(pred_dir, f"{track.media_id}.csv"))
-        face = np.ones(length, bool) if has_face is None else _padded(has_face[:length], length)
         acc.update({h: _padded(truth[h][0], length)[None] for h in present},
                    {h: _padded(predicted[h], length)[None] for h in present},
-                   {h: (_padded(truth[h][1], length) & _padded(covered[h], length)).astype(np.float32)[None]
+                   {h: (_padded(truth[h][1], length) & _padded(covered[h], length) & decoded).astype(np.float32)[None]
                     for h in present}, has_face=face[None], media_ids=[track.media_id])
         scored.add(track.track_id)
     if not scored:
@@ -170,7 +175,7 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
                          f"under {annotations}")
     result = acc.result()
     all_annotated = every.result()
-    not_scored = {k: frames[k] for k in ("no_prediction_file", "beyond_predictions") if frames[k]}
+    not_scored = {k: frames[k] for k in ("decode_error", "no_prediction_file", "beyond_predictions") if frames[k]}
     result.update({"per_video": acc.per_video(), "videos_scored": len(scored), "split": split,
                    "all_annotated": {**{h: all_annotated[h] for h in heads}, "score": all_annotated["score"]},
                    "coverage": coverage_block(frames["labelled"], frames["scored"], not_scored),
