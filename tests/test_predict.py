@@ -255,10 +255,11 @@ def trained(tmp_path_factory):
     info = read_dataset_info(str(records))
     # The export names the face stage that made its crops: predict rebuilds exactly that one.
     assert model_info["face_stage"] == FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size}).to_dict()
-    validation = sorted({v.media for v in demo_data.demo_videos(2) if "validation" in
-                         (v.expr_split, v.va_split, v.au_split)})
+    validation = sorted((v for v in demo_data.demo_videos(2) if "validation" in (v.expr_split, v.va_split, v.au_split)),
+                        key=lambda v: v.media)
     return {"made": made, "records": str(records), "export": str(job / "export"), "root": root,
-            "validation_videos": [f"{made['videos']}/{m}" for m in validation]}
+            "validation_videos": [f"{made['videos']}/{v.media}" for v in validation if len(v.subjects) == 1],
+            "two_person_videos": [f"{made['videos']}/{v.media}" for v in validation if len(v.subjects) == 2]}
 
 
 def run_predict(args) -> int:
@@ -280,9 +281,11 @@ def test_predict_on_validation_videos_scores_like_evaluate_on_the_converted_spli
                              "--report_dir", str(eval_dir)]) == 0
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     out = tmp_path / "pred"
-    assert run_predict(["--model", trained["export"], "--videos", *trained["validation_videos"], "--output", str(out),
-                        "--annotations", trained["made"]["annotations"]]) == 0
-    scored = json.loads((out / "scores.json").read_text())
+    assert run_predict(["--model", trained["export"], "--videos", *trained["validation_videos"], "--output", str(out)]) == 0
+    for side in ("left", "right"):  # each person of the two-person validation video
+        assert run_predict(["--model", trained["export"], "--videos", *trained["two_person_videos"], "--output",
+                            str(out), "--side", side]) == 0
+    scored = scoring.score_predictions(str(out), trained["made"]["annotations"], "validation")
     for head, metric in (("expression", "macro_f1"), ("expression", "accuracy"), ("valence_arousal", "ccc_valence"),
                          ("valence_arousal", "ccc_arousal"), ("action_units", "mean_f1")):
         assert scored[head]["frames"] == evaluated[head]["frames"], head
@@ -293,6 +296,27 @@ def test_predict_on_validation_videos_scores_like_evaluate_on_the_converted_spli
     info = read_dataset_info(trained["records"])
     acc = info.splits["validation"].accounting
     assert scored["expression"]["frames"] == acc.written_frames_with_face + acc.written_frames_without_face
+    # What the figures cover: every labelled frame of the split, scored or not (here the annotation lines past the
+    # end of a video), in evaluate as in predict.
+    coverage = evaluated["coverage"]
+    assert coverage["labelled_frames"] == acc.labelled_frames == coverage["scored_frames"] + sum(
+        coverage["not_scored"].values())
+    assert coverage["not_scored"] == {k: v for k, v in acc.dropped.items() if v}
+    assert scored["coverage"]["scored_frames"] == coverage["scored_frames"]
+
+
+def test_cropped_aligned_on_a_face_stage_export_says_the_crops_differ_from_training(trained, tmp_path, capsys):
+    video = vf.write_face_video(tmp_path / "v.avi", [4] * 4)
+    crops = abaw.write_crops_dir(tmp_path / "crops", "v")
+    for i in (1, 2, 3):
+        cv2.imwrite(str(crops / f"{i:05d}.jpg"), vf.face_frame(4)[8:112, 28:132])
+    out = tmp_path / "pred"
+    assert run_predict(["--model", trained["export"], "--videos", str(video), "--output", str(out),
+                        "--cropped_aligned", str(tmp_path / "crops")]) == 0
+    assert "differ from the model's training crops" in capsys.readouterr().out
+    summary = json.loads((out / predict.SUMMARY_FILENAME).read_text())
+    assert summary["crops"] == {"source": "provided", "trained_on": "face_stage", "matches_training": False}
+    assert [r["has_face"] for r in read_rows(out / "v.csv")] == ["1", "1", "1", "0"]
 
 
 def count_decoded_frames(path) -> int:
