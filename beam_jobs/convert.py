@@ -287,8 +287,9 @@ def _log(message: str) -> None:
 def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -> int:
     """Runs the conversion; returns the process exit code.
 
-    The output is built beside ``--output`` and replaces it only once complete and checked
-    (:mod:`beam_jobs.pipeline.output_folder`); ``--output`` is locked for the whole run.
+    The output is built inside ``--output`` and replaces the previous one only once complete and checked, and only
+    while the folder holds nothing this tool did not write (:mod:`beam_jobs.pipeline.output_folder`); ``--output``
+    is locked for the whole run.
 
     Args:
         argv: Command-line arguments (default ``sys.argv[1:]``).
@@ -305,11 +306,13 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
     # Imported once the options are parsed: they load Apache Beam and OpenCV, which `--help` must not wait for.
     from beam_jobs.pipeline.output_folder import OutputRefused, claim_output
     from tfrecords_schema.locks import LockError
-    from tfrecords_schema.transaction import DiskFullError, TransactionError
+    from tfrecords_schema.transaction import DiskFullError, SwapRefused, TransactionError
 
     command = " ".join(["beam_jobs.convert", *argv])[:500]
     try:
         with claim_output(args.output, args.overwrite, command=command, log=_log) as claim:
+            if claim.place is not None:  # Checked before any work: say where the run builds, in one line.
+                print(f"[convert] output {claim.output}: {claim.place.describe()}", flush=True)
             info = _convert(args, beam_args, tasks, source, options, claim)
             failure = _nothing_written(info, claim.staging)
             if failure and claim.replacing:  # A typo in --videos drops everything: keep the previous output.
@@ -318,7 +321,7 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
             from beam_jobs.pipeline.finalize import DEAD_LETTERS_PATH
 
             raise ConvertError(f"{failure}\nsee {join_path(args.output, DEAD_LETTERS_PATH)}")
-    except OutputRefused as e:
+    except (OutputRefused, SwapRefused) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 2
     except LockError as e:

@@ -6,8 +6,8 @@ Example::
 
 ``--verify`` reads every record back: record and frame counts and byte sizes per shard, the crop size, and
 the labelled frames with and without a face per split, compared with the accounting. The summary also names
-what a conversion left behind (a staging folder beside the output, a temp folder inside it) and a conversion
-that holds the output's lock.
+what a conversion left behind (a staging folder or a temp folder inside the output) and a conversion that holds
+the output's lock.
 
 Exit status: 0 when the info reads (and, with ``--verify``, every shard matches it), 1 otherwise,
 2 on bad arguments.
@@ -229,10 +229,10 @@ def _dead_letter_lines(data_dir: str, info: DatasetInfo) -> list[str]:
 
 
 def leftover_lines(data_dir: str) -> list[str]:
-    """What conversions left in or beside ``data_dir``, and who holds its lock (empty: nothing)."""
+    """What conversions left in ``data_dir`` (beside it on object stores), and who holds its lock (empty: nothing)."""
     import tensorflow as tf
 
-    from tfrecords_schema.locks import LockError, lock_path_beside, read_lock_file
+    from tfrecords_schema.locks import LockError, output_lock_path, read_lock_file
     from tfrecords_schema.transaction import find_leftovers
 
     lines = []
@@ -244,7 +244,7 @@ def leftover_lines(data_dir: str) -> list[str]:
         if tf.io.gfile.isdir(tmp):
             lines.append(f"temp folder {tmp} (spill files of a run killed during its cleanup) is still there: "
                          "delete it to free its space; the shards do not need it")
-        lock_path = lock_path_beside(data_dir)
+        lock_path = output_lock_path(data_dir)
         holder = read_lock_file(lock_path)
         if holder is not None:
             state = ("its process is gone: the next conversion takes the lock over" if holder.is_dead_here()
