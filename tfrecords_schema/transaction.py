@@ -256,6 +256,14 @@ def output_entries(path: str) -> list[str]:
     return sorted(n for n in _listdir(path) if n not in own and n != MARKER_FILENAME)
 
 
+def describe_foreign(foreign: Sequence[str], writer: str = "this tool", shown: int = 8) -> str | None:
+    """``it holds 2 entries this tool did not write: a, b`` (the first ``shown``), or None when there is none."""
+    if not foreign:
+        return None
+    listed = ", ".join(foreign[:shown]) + (f", ... ({len(foreign)} in all)" if len(foreign) > shown else "")
+    return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} {writer} did not write: {listed}"
+
+
 def _check_target(path: str, replace: bool) -> bool:
     """Whether ``path`` holds a previous output to replace; raises when it may not be replaced."""
     if _exists(path) and not _isdir(path):

@@ -57,6 +57,7 @@ from tfrecords_schema.disk_space import (
 from tfrecords_schema.locks import LOCK_FILENAME, lock_output
 from tfrecords_schema.transaction import (
     MARKER_FILENAME,
+    describe_foreign,
     output_entries,
     output_transaction,
     own_entries,
@@ -187,11 +188,7 @@ def ownership_problem(output: str) -> str | None:
 
 def _foreign_problem(output: str) -> str | None:
     """``it holds 2 entries this tool did not write: a, b`` (None: there is none)."""
-    foreign = foreign_entries(output)
-    if not foreign:
-        return None
-    shown = ", ".join(foreign[:_MAX_LISTED]) + (f", ... ({len(foreign)} in all)" if len(foreign) > _MAX_LISTED else "")
-    return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} this tool did not write: {shown}"
+    return describe_foreign(foreign_entries(output), shown=_MAX_LISTED)
 
 
 def _swap_problem(output: str) -> str | None:

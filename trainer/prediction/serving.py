@@ -6,7 +6,6 @@ from __future__ import annotations
 import array
 import collections
 import concurrent.futures
-import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,16 +28,14 @@ def load_export(model_dir: str):
             disagrees with the model's.
     """
     import keras
-    import tensorflow as tf
 
     from beam_jobs.faces.stage import FaceStageConfig
     from tfrecords_schema import join_path
     from trainer.model import layers  # noqa: F401  (registers the trainer's custom layers for load_model)
-    from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, resolve_model_dir
+    from trainer.model.export import MODEL_FILENAME, read_model_info, resolve_model_dir
 
     model_dir = resolve_model_dir(model_dir)
-    with tf.io.gfile.GFile(join_path(model_dir, MODEL_INFO_FILENAME), "r") as f:
-        model_info = json.load(f)
+    model_info = read_model_info(model_dir)
     if "face_stage" not in model_info:
         raise PredictError(f"{model_dir}: {MISSING_FACE_STAGE} (the face stage of the training crops is unknown, "
                            f"so prediction cannot rebuild it)")
