@@ -25,9 +25,11 @@ import time
 
 from beam_jobs.convert_options import DEFAULT_RUNNER, UsageError, build_parser, check_options, recorded_options
 from beam_jobs.faces import stage as faces_lib
+from beam_jobs.inspect_dataset import media_lines
 from beam_jobs.sources.base import DatasetSource, Discovery
 from tfrecords_schema import TASKS, DatasetInfo, join_path
-from tfrecords_schema.dataset_info import sum_counts
+from tfrecords_schema.dataset_info import MEDIA_KEY, sum_counts
+from tfrecords_schema.tasks import label_names_problem
 
 
 class ConvertError(RuntimeError):
@@ -101,6 +103,7 @@ def format_summary(info: DatasetInfo) -> str:
                      f"-> {', '.join(info.failures.get('files', []))}")
     if info.unused_media:
         lines.append(f"  media without annotation (skipped): {len(info.unused_media)}")
+    lines += [f"  {line}" for line in media_lines(info)]
     return "\n".join(lines)
 
 
@@ -132,6 +135,7 @@ def _discover(source: DatasetSource, args: argparse.Namespace) -> Discovery:
 
     Raises:
         ConvertError: the listing failed, found no track, or missed folders.
+        UsageError: a class (or AU) name holds a comma, quote, line break or NUL.
     """
     try:
         discovery = source.discover()
@@ -141,6 +145,9 @@ def _discover(source: DatasetSource, args: argparse.Namespace) -> Discovery:
     if unlisted and not args.allow_partial:
         raise ConvertError(f"{len(unlisted)} input folder(s) could not be listed: {', '.join(unlisted)}; what they "
                            "hold would be missing from the output (pass --allow_partial to convert the rest)")
+    problem = label_names_problem(discovery.label_names)
+    if problem:  # Before any video is read: such a name would shift the columns of every CSV written later.
+        raise UsageError(f"{searched_inputs(args)}: {problem}")
     if not discovery.tracks:
         lines = [f"no annotated tracks found: searched {searched_inputs(args)}"]
         lines += [f"  {d.reason}: {d.source}: {d.message}" for d in discovery.dead_letters]
@@ -242,6 +249,9 @@ def _report(info: DatasetInfo, seconds: float) -> None:
         raise ConvertError(str(e)) from e
     print(f"[convert] done in {seconds:.1f} s ({info.run['tracks']} tracks in {info.run['worker_processes']} worker "
           f"processes)\n{format_summary(info)}", flush=True)
+    for media, counts in info.run.get(MEDIA_KEY, {}).get("truncated", {}).items():  # An ABAW submission would be short.
+        print(f"convert: warning: {media}: truncated? the container declares {counts['declared_frames']} frames, "
+              f"{counts['decoded_frames']} decode", file=sys.stderr, flush=True)
 
 
 def _nothing_written(info: DatasetInfo, written_in: str) -> str | None:
@@ -321,7 +331,7 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
             from beam_jobs.pipeline.finalize import DEAD_LETTERS_PATH
 
             raise ConvertError(f"{failure}\nsee {join_path(args.output, DEAD_LETTERS_PATH)}")
-    except (OutputRefused, SwapRefused) as e:
+    except (OutputRefused, SwapRefused, UsageError) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 2
     except LockError as e:
