@@ -173,6 +173,7 @@ def run(argv: list[str] | None = None) -> int:
 
     out = os.path.abspath(args.output)
     try:
+        demo_data.check_sizes(args.frames_per_video, args.num_train_videos)
         claim_demo_folder(out)
     except ValueError as e:
         print(f"demo: error: {e}", file=sys.stderr)

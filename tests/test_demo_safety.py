@@ -38,3 +38,9 @@ def test_demo_never_deletes_what_a_user_put_into_its_folder(tmp_path, capsys):
     (out / "analysis").rmdir()
     demo.claim_demo_folder(str(out))  # Only the demo's own entries: cleared for the next run.
     assert sorted(p.name for p in out.iterdir()) == [demo.DEMO_MARKER]
+
+
+def test_demo_with_a_bad_size_says_so_in_one_line_before_touching_its_folder(tmp_path, capsys):
+    assert demo.run(["--output", str(tmp_path / "out"), "--frames_per_video", "5"]) == 2
+    assert capsys.readouterr().err == "demo: error: --frames_per_video must be >= 60, got 5\n"
+    assert not (tmp_path / "out").exists()
