@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import io
 import json
 import multiprocessing
@@ -24,6 +23,7 @@ import subprocess
 import abaw_layout as abaw
 import pytest
 import video_fixtures as vf
+from convert_runs import COMMON, run_convert, tree, write_inputs
 
 from beam_jobs import convert
 from beam_jobs.pipeline import output_folder
@@ -34,37 +34,14 @@ from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME
 from tfrecords_schema.locks import lock_output
 from tfrecords_schema.transaction import output_transaction
 
-COMMON = ["--clip_length", "3", "--runner", "DirectRunner", "--direct_running_mode", "in_memory",
-          "--progress_every", "0"]
 FORK = multiprocessing.get_context("fork")
 # Python 3.12 warns on fork() in a process with threads (TensorFlow's): the children run only file-system calls.
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
 
-def run_convert(ann, videos, output, *extra, source=None) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    argv = ["--videos", str(videos), "--annotations", str(ann), "--output", str(output), *COMMON, *map(str, extra)]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = convert.run(argv, source=source)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def tree(folder) -> dict[str, str]:
-    """{relative path: sha256} of every file under ``folder``."""
-    root = pathlib.Path(folder)
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inputs")
-    ann, videos = root / "annotations", root / "videos"
-    vf.write_face_video(videos / "a.avi", [4, 4, 4, 1, 1, 1])
-    abaw.write_annotation(ann, "expr", "train", "a", [4, 4, 4, 1, 1, 1])
-    vf.write_face_video(videos / "b.avi", [5] * 5)
-    abaw.write_annotation(ann, "expr", "validation", "b", [5] * 5)
-    return ann, videos
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
 
 
 @pytest.fixture

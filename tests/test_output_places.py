@@ -10,49 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
-import io
 import json
 import os
 import pathlib
 import subprocess
 
-import abaw_layout as abaw
 import pytest
-import video_fixtures as vf
+from convert_runs import run_convert, tree, write_inputs
 
-from beam_jobs import convert
 from beam_jobs.sources.abaw import AbawSource
 from tfrecords_schema import read_dataset_info
-
-COMMON = ["--clip_length", "3", "--runner", "DirectRunner", "--direct_running_mode", "in_memory",
-          "--progress_every", "0"]
-
-
-def run_convert(inputs, output, *extra, source=None) -> tuple[int, str, str]:
-    ann, videos = inputs
-    out, err = io.StringIO(), io.StringIO()
-    argv = ["--videos", str(videos), "--annotations", str(ann), "--output", str(output), *COMMON, *map(str, extra)]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = convert.run(argv, source=source)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def tree(folder) -> dict[str, str]:
-    root = pathlib.Path(folder)
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inputs")
-    ann, videos = root / "annotations", root / "videos"
-    vf.write_face_video(videos / "a.avi", [4, 4, 4, 1, 1, 1])
-    abaw.write_annotation(ann, "expr", "train", "a", [4, 4, 4, 1, 1, 1])
-    vf.write_face_video(videos / "b.avi", [5] * 5)
-    abaw.write_annotation(ann, "expr", "validation", "b", [5] * 5)
-    return ann, videos
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
 
 
 class _WritesIntoTheOutput(AbawSource):
@@ -71,11 +43,11 @@ class _WritesIntoTheOutput(AbawSource):
 
 def test_overwrite_never_deletes_what_appeared_during_the_run(inputs, tmp_path):
     out = tmp_path / "out"
-    rc, _, err = run_convert(inputs, out)
+    rc, _, err = run_convert(*inputs, out)
     assert rc == 0, err
     before = tree(out)
     source = _WritesIntoTheOutput(str(inputs[0]), str(inputs[1]), output=out)
-    rc, _, err = run_convert(inputs, out, "--overwrite", "--bucket_by", "none", source=source)
+    rc, _, err = run_convert(*inputs, out, "--overwrite", "--bucket_by", "none", source=source)
     assert rc == 2, err
     assert err.count("\n") == 1 and "changed during the run" in err and "my_notes.txt" in err and "analysis/" in err
     assert (out / "my_notes.txt").read_text() == "my notes" and (out / "analysis" / "plot.png").exists()
@@ -107,11 +79,11 @@ def tmpfs(path: pathlib.Path, size: str, *options: str):
 def test_an_output_that_is_a_mount_point_is_written_and_replaced(inputs, tmp_path):
     with tmpfs(tmp_path / "volume", "16m") as volume:
         assert os.path.ismount(volume)
-        rc, out, err = run_convert(inputs, volume)
+        rc, out, err = run_convert(*inputs, volume)
         assert rc == 0, err
         assert f"[convert] output {volume}: a mount point, staged inside it (one file system)" in out
         assert sorted(os.listdir(volume)) == ["dataset_info.json", "train", "validation"]
-        rc, _, err = run_convert(inputs, volume, "--overwrite", "--bucket_by", "none")
+        rc, _, err = run_convert(*inputs, volume, "--overwrite", "--bucket_by", "none")
         assert rc == 0, err
         assert sorted(os.listdir(volume / "train")) == ["abaw-train.tfrecord-00000-of-00001"]
         assert sorted(os.listdir(volume)) == ["dataset_info.json", "train", "validation"]
@@ -122,16 +94,16 @@ def test_a_small_parent_disk_is_never_used_for_staging(inputs, tmp_path):
     # The parent holds 64 KiB; the output is a 16 MiB disk mounted below it. Staging beside the output would fill
     # the parent; staging inside never touches it.
     with tmpfs(tmp_path / "small", "64k") as small, tmpfs(small / "data", "16m") as data:
-        rc, _, err = run_convert(inputs, data, "--crop_size", "200")  # About 1 MB of shards and as much spill.
+        rc, _, err = run_convert(*inputs, data, "--crop_size", "200")  # About 1 MB of shards and as much spill.
         assert rc == 0, err
-        rc, _, err = run_convert(inputs, data, "--overwrite", "--crop_size", "200", "--bucket_by", "none")
+        rc, _, err = run_convert(*inputs, data, "--overwrite", "--crop_size", "200", "--bucket_by", "none")
         assert rc == 0, err
         assert sorted(os.listdir(small)) == ["data"]
 
 
 def test_a_full_disk_reports_the_free_space_of_the_outputs_own_file_system(inputs, tmp_path):
     with tmpfs(tmp_path / "tiny", "256k") as tiny:
-        rc, _, err = run_convert(inputs, tiny, "--crop_size", "400")  # 169 KB of shards, as much spill.
+        rc, _, err = run_convert(*inputs, tiny, "--crop_size", "400")  # 169 KB of shards, as much spill.
         assert rc == 1
         assert err.count("\n") == 1 and err.startswith(f"convert: error: disk full while writing {tiny}:"), err
         assert "free of 256.0 KiB on its file system" in err  # The mount's, not the big disk its parent is on.
@@ -142,7 +114,7 @@ def test_a_full_disk_reports_the_free_space_of_the_outputs_own_file_system(input
 
 def test_a_read_only_output_is_refused_up_front_in_one_line(inputs, tmp_path):
     with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
-        rc, out, err = run_convert(inputs, ro)
+        rc, out, err = run_convert(*inputs, ro)
         assert rc == 2 and err.count("\n") == 1, err
         assert f"--output {ro} cannot be written: {ro} is on a read-only file system; nothing was written" in err
         assert "[convert]" not in out  # Before any work: the inputs were not even listed.
@@ -150,11 +122,11 @@ def test_a_read_only_output_is_refused_up_front_in_one_line(inputs, tmp_path):
 
 def test_a_previous_output_entry_on_another_file_system_is_refused_before_any_work(inputs, tmp_path):
     out = tmp_path / "out"
-    rc, _, err = run_convert(inputs, out)
+    rc, _, err = run_convert(*inputs, out)
     assert rc == 0, err
     with tmpfs(out / "validation", "1m") as mounted:
         (mounted / "abaw-validation.tfrecord-00000-of-00001").write_bytes(b"")
-        rc, out_text, err = run_convert(inputs, out, "--overwrite")
+        rc, out_text, err = run_convert(*inputs, out, "--overwrite")
         assert rc == 2 and err.count("\n") == 1, err
         assert f"{mounted} is on another file system (a mount point) than {out}" in err
         assert "[convert]" not in out_text
@@ -163,12 +135,12 @@ def test_a_previous_output_entry_on_another_file_system_is_refused_before_any_wo
 def test_low_space_is_one_warning_line_up_front(inputs, tmp_path):
     with tmpfs(tmp_path / "disk", "2m") as disk:
         out = disk / "out"
-        rc, _, err = run_convert(inputs, out, "--crop_size", "200")
+        rc, _, err = run_convert(*inputs, out, "--crop_size", "200")
         assert rc == 0, err
         previous = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
         (disk / "filler").write_bytes(b"x" * (free - previous))  # Less than twice the previous output stays free.
-        rc, _, err = run_convert(inputs, out, "--overwrite", "--crop_size", "200")
+        rc, _, err = run_convert(*inputs, out, "--overwrite", "--crop_size", "200")
         first = err.splitlines()[0]
         assert first.startswith(f"convert: warning: {out}: only ") and "needed (twice the previous output)" in first
         assert json.loads((out / "dataset_info.json").read_text())["crop_size"] == 200  # Previous or new: whole.
