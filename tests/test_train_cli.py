@@ -182,7 +182,7 @@ def test_without_a_terminal_steps_are_log_lines_verbose_logs_debug_and_a_stale_l
 
 def test_keras_hook_imports_its_module_right_after_keras_and_not_before(tmp_path):
     (tmp_path / "after_keras_probe.py").write_text("import keras\nREGISTERED = keras.__name__\n")
-    hook = os.path.join(REPO, "trainer", "keras_hook.py")
+    hook = os.path.join(REPO, "trainer", "common", "keras_hook.py")
     script = f"""
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("keras_hook", {hook!r})  # alone: the trainer package imports Keras
