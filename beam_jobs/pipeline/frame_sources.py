@@ -6,7 +6,8 @@ store, and is imported when used). A source walks the track's annotation lines i
 filled (with what the face stage did on its labelled frames), a frame of the video that did not decode
 (left out of its clip, no later frame moves into its place), or a note about one frame (a dead letter
 that costs no labelled frame). Once the iteration ends, :attr:`FrameSource.frames_read` says how many
-frames the media gave, so annotation lines past the end of the video can be counted.
+frames the media gave, so annotation lines past the end of the video can be counted, and (decoded video)
+:attr:`FrameSource.stream` what reading it found: rotation, variable frame rate, a truncated file.
 
 Frames whose clip holds no valid label are skipped without converting their pixels.
 
@@ -28,7 +29,15 @@ import dataclasses
 from collections.abc import Iterator
 
 from beam_jobs.faces import stage as faces_lib
-from beam_jobs.media.video import DEFAULT_FPS, FrameStatus, VideoError, VideoReader, frame_timestamp_us, probe_video
+from beam_jobs.media.video import (
+    DEFAULT_FPS,
+    FrameStatus,
+    StreamFacts,
+    VideoError,
+    VideoReader,
+    frame_timestamp_us,
+    probe_video,
+)
 from beam_jobs.pipeline.clips import Bucketer, ClipBuilder
 from beam_jobs.sources.base import DeadLetter, TrackLabels, TrackSpec
 from tfrecords_schema import ClipRecord, join_path
@@ -78,6 +87,7 @@ class FrameSource(abc.ABC):
         self.dataset_name = dataset_name
         self.bucketer = bucketer
         self.frames_read = 0  # Frames the media gave; final once the iteration has ended.
+        self.stream: StreamFacts | None = None  # Decoded video: what reading it found (rotation, VFR, truncation).
 
     def _builder(self, fps: float) -> ClipBuilder:
         return ClipBuilder(self.track, self.labels, self.clip_length, self.dataset_name, fps, self.bucketer)
@@ -144,6 +154,7 @@ class DecodedVideo(FrameSource):
             if clip is not None:
                 yield SourceItem(clip=clip, faces={status: statuses[status] for status in faces_lib.FACE_STATUSES})
             self.frames_read = video.frames_read
+            self.stream = video.facts()
 
 
 class ProvidedCrops(FrameSource):

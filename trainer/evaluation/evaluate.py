@@ -17,7 +17,6 @@ next to the export folder, i.e. in the job directory), prints the metrics and wh
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import posixpath
@@ -28,7 +27,7 @@ from tfrecords_schema import join_path
 from tfrecords_schema.cli import add_verbose_flag
 from trainer.common import errors, filesystems
 from trainer.evaluation.collect import collect_predictions
-from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, resolve_model_dir
+from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, read_model_info, resolve_model_dir
 
 log = logging.getLogger("trainer.evaluation.evaluate")
 
@@ -95,7 +94,6 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     default :func:`default_report_dir`. Returns the metrics.
     """
     import keras
-    import tensorflow as tf
 
     from tfrecords_schema import read_dataset_info
     from trainer.evaluation import plots, reports
@@ -104,8 +102,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     from trainer.model import layers  # noqa: F401  (layers: registers the custom layers for load_model)
 
     model_dir = resolve_model_dir(model_dir)
-    with tf.io.gfile.GFile(join_path(model_dir, MODEL_INFO_FILENAME), "r") as f:
-        model_info = json.load(f)
+    model_info = read_model_info(model_dir)
     info = read_dataset_info(data_dir)
     if split not in info.splits:
         raise EvaluationError(f"--split {split!r} is not in {data_dir}; splits there: {sorted(info.splits)}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import array
 import collections
 import concurrent.futures
-import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,16 +28,14 @@ def load_export(model_dir: str):
             disagrees with the model's.
     """
     import keras
-    import tensorflow as tf
 
     from beam_jobs.faces.stage import FaceStageConfig
     from tfrecords_schema import join_path
     from trainer.model import layers  # noqa: F401  (registers the trainer's custom layers for load_model)
-    from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, resolve_model_dir
+    from trainer.model.export import MODEL_FILENAME, read_model_info, resolve_model_dir
 
     model_dir = resolve_model_dir(model_dir)
-    with tf.io.gfile.GFile(join_path(model_dir, MODEL_INFO_FILENAME), "r") as f:
-        model_info = json.load(f)
+    model_info = read_model_info(model_dir)
     if "face_stage" not in model_info:
         raise PredictError(f"{model_dir}: {MISSING_FACE_STAGE} (the face stage of the training crops is unknown, "
                            f"so prediction cannot rebuild it)")
@@ -163,7 +160,7 @@ def predict_video(path: str, stem: str, predictor: WindowPredictor, face_stage, 
         beam_jobs.media.video.VideoError: the video cannot be opened or no frame decodes.
     """
     from beam_jobs.faces.stage import FaceCropper, blank_crop, encode_jpeg
-    from beam_jobs.media.video import VideoReader, frame_timestamp_us
+    from beam_jobs.media.video import VideoReader, interpolated_timestamps_us
 
     cropper = FaceCropper.from_config(face_stage, side=side)
     run = _VideoRun(predictor, pool)
@@ -171,19 +168,20 @@ def predict_video(path: str, stem: str, predictor: WindowPredictor, face_stage, 
     with VideoReader(path) as video:
         expected = 1
         for index, timestamp_us, image in video.frames():
-            for missing in range(expected, index):  # Frames the decoder lost: same crop, no face.
-                run.add(frame_timestamp_us(missing, video.fps), last_jpeg, None, decoded=False)
+            before = run.timestamps[-1] if run.timestamps else None
+            for stamp in interpolated_timestamps_us(before, timestamp_us, index - expected, video.fps):
+                run.add(stamp, last_jpeg, None, decoded=False)  # A frame the decoder lost: same crop, no face.
                 progress.frame()
             face = cropper.process(image)
             last_jpeg = encode_jpeg(face.crop, face_stage.jpeg_quality)
             run.add(timestamp_us, last_jpeg, face.bbox, decoded=True)
             progress.frame()
             expected = index + 1
-        fps = video.fps
+        fps, stream = video.fps, video.facts()
     outputs = run.finish()
     return preds_lib.VideoPredictions(
         stem=stem, fps=fps, timestamps_us=np.frombuffer(run.timestamps, np.int64).copy(),
         decoded=np.frombuffer(run.decoded, np.uint8).astype(bool),
         has_face=np.frombuffer(run.has_face, np.uint8).astype(bool),
         boxes=np.frombuffer(run.boxes, np.float32).reshape(-1, 4).copy(), outputs=outputs,
-        label_names={h: list(label_names.get(h, [])) for h in outputs})
+        label_names={h: list(label_names.get(h, [])) for h in outputs}, stream=stream)
