@@ -111,26 +111,45 @@ def _predict_new_videos(export: str, videos: list[str], annotations: str, out: s
 
 
 DEMO_MARKER = ".affectstream-demo"  # Written first into the demo's folder: only such a folder is replaced.
+# What the demo makes under its folder (the marker aside); anything else there is the user's.
+SOURCE_DIRNAME, RECORDS_DIRNAME, CNN_JOB_DIRNAME, JOB_DIRNAME = "source", "records", "cnn_job", "job"
+REAL_SOURCE_DIRNAME, REAL_RECORDS_DIRNAME, PREDICTIONS_DIRNAME = "real_source", "real_records", "predictions"
+DEMO_ENTRIES = (SOURCE_DIRNAME, RECORDS_DIRNAME, CNN_JOB_DIRNAME, JOB_DIRNAME, REAL_SOURCE_DIRNAME,
+                REAL_RECORDS_DIRNAME, PREDICTIONS_DIRNAME)
 
 
-def _claim_output(out: str) -> None:
-    """Empties ``out`` for a new demo run, if the demo made it; creates it otherwise.
+def claim_demo_folder(out: str) -> None:
+    """Clears ``out`` of an earlier demo run's entries, if the demo made it; creates it otherwise.
 
-    Never deletes what the tool did not write: a non-empty folder without the demo's marker is refused.
+    Never deletes what the tool did not write: a non-empty folder without the demo's marker is refused, and so is
+    one holding anything besides the marker and :data:`DEMO_ENTRIES` (files put there since the last demo run).
 
     Raises:
-        ValueError: ``out`` is a file, or a non-empty folder the demo did not create.
+        ValueError: ``out`` is a file, a non-empty folder the demo did not create, or holds entries of the user's.
     """
+    from tfrecords_schema.transaction import describe_foreign
+
     if os.path.lexists(out) and not os.path.isdir(out):
         raise ValueError(f"--output {out} exists and is not a folder")
-    if os.path.isdir(out) and os.listdir(out):
+    entries = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    if entries:
         if not os.path.isfile(os.path.join(out, DEMO_MARKER)):
             raise ValueError(f"--output {out} is not empty and was not made by the demo (no {DEMO_MARKER}); "
                              "choose another folder or empty it yourself")
-        shutil.rmtree(out)
+        foreign = [f"{e}/" if os.path.isdir(os.path.join(out, e)) else e for e in entries
+                   if e not in DEMO_ENTRIES and e != DEMO_MARKER]
+        if foreign:
+            raise ValueError(f"--output {out} was made by the demo, but {describe_foreign(foreign, 'the demo')}; "
+                             "nothing was deleted: move them elsewhere or choose another folder")
+        for entry in (e for e in entries if e in DEMO_ENTRIES):
+            path = os.path.join(out, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, DEMO_MARKER), "w", encoding="utf-8") as f:
-        f.write("made by `affectstream demo`; the next demo run into this folder replaces it\n")
+        f.write("made by `affectstream demo`; the next demo run into this folder replaces what it made here\n")
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -154,12 +173,13 @@ def run(argv: list[str] | None = None) -> int:
 
     out = os.path.abspath(args.output)
     try:
-        _claim_output(out)
+        demo_data.check_sizes(args.frames_per_video, args.num_train_videos)
+        claim_demo_folder(out)
     except ValueError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
-    source, records, job = os.path.join(out, "source"), os.path.join(out, "records"), os.path.join(out, "job")
-    cnn_job = os.path.join(out, "cnn_job")
+    source, records, job = (os.path.join(out, n) for n in (SOURCE_DIRNAME, RECORDS_DIRNAME, JOB_DIRNAME))
+    cnn_job = os.path.join(out, CNN_JOB_DIRNAME)
     started = time.time()
 
     t = _step("1/6 generate the demo dataset (ABAW-5 layout)")
@@ -200,8 +220,8 @@ def run(argv: list[str] | None = None) -> int:
             print(real_summary)
         else:
             real_videos_dir, real_ann, frames = real_videos.write_placeholder_layout(video,
-                                                                                     os.path.join(out, "real_source"))
-            real_records = os.path.join(out, "real_records")
+                                                                                     os.path.join(out, REAL_SOURCE_DIRNAME))
+            real_records = os.path.join(out, REAL_RECORDS_DIRNAME)
             _check(convert.run([
                 "--dataset", "abaw", "--videos", real_videos_dir, "--annotations", real_ann,
                 "--output", real_records, "--crop_size", "112", "--clip_length", "32", "--detect_every", "2",
@@ -217,7 +237,7 @@ def run(argv: list[str] | None = None) -> int:
     t = _step("6/6 predict on new video: a demo validation video" + (" and the real video" if real_video else ""))
     new_videos = [demo_validation_video(made["videos"], args.num_train_videos)] + ([real_video] if real_video else [])
     predicted = _predict_new_videos(os.path.join(job, "export"), new_videos, made["annotations"],
-                                    os.path.join(out, "predictions"))
+                                    os.path.join(out, PREDICTIONS_DIRNAME))
     print(f"predicted in {time.time() - t:.1f}s")
 
     with open(os.path.join(report_dir, "metrics.json"), encoding="utf-8") as f:

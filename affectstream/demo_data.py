@@ -165,6 +165,14 @@ def _write_annotation(path: str, header: str, rows: list[str]) -> None:
         f.writelines(row + "\n" for row in rows)
 
 
+def check_sizes(frames_per_video: int, num_train_videos: int) -> None:
+    """Raises ValueError (one line naming the option) for a size the demo dataset cannot have."""
+    if frames_per_video < 60:  # The drawn expressions change every 12-30 frames; annotation tails need room.
+        raise ValueError(f"--frames_per_video must be >= 60, got {frames_per_video}")
+    if num_train_videos < 1:
+        raise ValueError(f"--num_train_videos must be >= 1, got {num_train_videos}")
+
+
 def make_demo_dataset(root: str, *, frames_per_video: int = 150, num_train_videos: int = 16, seed: int = 0) -> dict:
     """Writes the demo dataset under ``root`` (``videos/`` and ``annotations/``).
 
@@ -177,8 +185,7 @@ def make_demo_dataset(root: str, *, frames_per_video: int = 150, num_train_video
     Returns:
         ``{"videos": dir, "annotations": dir, "num_videos": n, "num_frames": total}``.
     """
-    if frames_per_video < 60:
-        raise ValueError(f"frames_per_video must be >= 60, got {frames_per_video}")
+    check_sizes(frames_per_video, num_train_videos)
     from affectstream.synthetic_faces import write_video  # Late import (OpenCV): see run().
 
     videos_dir = os.path.join(root, "videos")
@@ -236,9 +243,19 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_train_videos", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    summary = make_demo_dataset(args.root, frames_per_video=args.frames_per_video,
-                                num_train_videos=args.num_train_videos, seed=args.seed)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse printed the usage and why (an option that is not a number, say).
+        return int(e.code or 0)
+    try:
+        summary = make_demo_dataset(args.root, frames_per_video=args.frames_per_video,
+                                    num_train_videos=args.num_train_videos, seed=args.seed)
+    except ValueError as e:
+        print(f"make-demo-data: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # The folder cannot be written (a file in the way, no permission, a full disk).
+        print(f"make-demo-data: error: {args.root}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"demo dataset: {summary['num_videos']} videos, {summary['num_frames']} frames under {args.root}")
     return 0
 

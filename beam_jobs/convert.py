@@ -25,9 +25,11 @@ import time
 
 from beam_jobs.convert_options import DEFAULT_RUNNER, UsageError, build_parser, check_options, recorded_options
 from beam_jobs.faces import stage as faces_lib
+from beam_jobs.inspect_dataset import media_lines
 from beam_jobs.sources.base import DatasetSource, Discovery
 from tfrecords_schema import TASKS, DatasetInfo, join_path
-from tfrecords_schema.dataset_info import sum_counts
+from tfrecords_schema.dataset_info import MEDIA_KEY, sum_counts
+from tfrecords_schema.tasks import label_names_problem
 
 
 class ConvertError(RuntimeError):
@@ -101,6 +103,7 @@ def format_summary(info: DatasetInfo) -> str:
                      f"-> {', '.join(info.failures.get('files', []))}")
     if info.unused_media:
         lines.append(f"  media without annotation (skipped): {len(info.unused_media)}")
+    lines += [f"  {line}" for line in media_lines(info)]
     return "\n".join(lines)
 
 
@@ -132,6 +135,7 @@ def _discover(source: DatasetSource, args: argparse.Namespace) -> Discovery:
 
     Raises:
         ConvertError: the listing failed, found no track, or missed folders.
+        UsageError: a class (or AU) name holds a comma, quote, line break or NUL.
     """
     try:
         discovery = source.discover()
@@ -141,6 +145,9 @@ def _discover(source: DatasetSource, args: argparse.Namespace) -> Discovery:
     if unlisted and not args.allow_partial:
         raise ConvertError(f"{len(unlisted)} input folder(s) could not be listed: {', '.join(unlisted)}; what they "
                            "hold would be missing from the output (pass --allow_partial to convert the rest)")
+    problem = label_names_problem(discovery.label_names)
+    if problem:  # Before any video is read: such a name would shift the columns of every CSV written later.
+        raise UsageError(f"{searched_inputs(args)}: {problem}")
     if not discovery.tracks:
         lines = [f"no annotated tracks found: searched {searched_inputs(args)}"]
         lines += [f"  {d.reason}: {d.source}: {d.message}" for d in discovery.dead_letters]
@@ -242,6 +249,9 @@ def _report(info: DatasetInfo, seconds: float) -> None:
         raise ConvertError(str(e)) from e
     print(f"[convert] done in {seconds:.1f} s ({info.run['tracks']} tracks in {info.run['worker_processes']} worker "
           f"processes)\n{format_summary(info)}", flush=True)
+    for media, counts in info.run.get(MEDIA_KEY, {}).get("truncated", {}).items():  # An ABAW submission would be short.
+        print(f"convert: warning: {media}: truncated? the container declares {counts['declared_frames']} frames, "
+              f"{counts['decoded_frames']} decode", file=sys.stderr, flush=True)
 
 
 def _nothing_written(info: DatasetInfo, written_in: str) -> str | None:
@@ -287,8 +297,9 @@ def _log(message: str) -> None:
 def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -> int:
     """Runs the conversion; returns the process exit code.
 
-    The output is built beside ``--output`` and replaces it only once complete and checked
-    (:mod:`beam_jobs.pipeline.output_folder`); ``--output`` is locked for the whole run.
+    The output is built inside ``--output`` and replaces the previous one only once complete and checked, and only
+    while the folder holds nothing this tool did not write (:mod:`beam_jobs.pipeline.output_folder`); ``--output``
+    is locked for the whole run.
 
     Args:
         argv: Command-line arguments (default ``sys.argv[1:]``).
@@ -305,11 +316,13 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
     # Imported once the options are parsed: they load Apache Beam and OpenCV, which `--help` must not wait for.
     from beam_jobs.pipeline.output_folder import OutputRefused, claim_output
     from tfrecords_schema.locks import LockError
-    from tfrecords_schema.transaction import DiskFullError, TransactionError
+    from tfrecords_schema.transaction import DiskFullError, SwapRefused, TransactionError
 
     command = " ".join(["beam_jobs.convert", *argv])[:500]
     try:
         with claim_output(args.output, args.overwrite, command=command, log=_log) as claim:
+            if claim.place is not None:  # Checked before any work: say where the run builds, in one line.
+                print(f"[convert] output {claim.output}: {claim.place.describe()}", flush=True)
             info = _convert(args, beam_args, tasks, source, options, claim)
             failure = _nothing_written(info, claim.staging)
             if failure and claim.replacing:  # A typo in --videos drops everything: keep the previous output.
@@ -318,7 +331,7 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
             from beam_jobs.pipeline.finalize import DEAD_LETTERS_PATH
 
             raise ConvertError(f"{failure}\nsee {join_path(args.output, DEAD_LETTERS_PATH)}")
-    except OutputRefused as e:
+    except (OutputRefused, SwapRefused, UsageError) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 2
     except LockError as e:

@@ -6,8 +6,8 @@ Example::
 
 ``--verify`` reads every record back: record and frame counts and byte sizes per shard, the crop size, and
 the labelled frames with and without a face per split, compared with the accounting. The summary also names
-what a conversion left behind (a staging folder beside the output, a temp folder inside it) and a conversion
-that holds the output's lock.
+what a conversion left behind (a staging folder or a temp folder inside the output) and a conversion that holds
+the output's lock.
 
 Exit status: 0 when the info reads (and, with ``--verify``, every shard matches it), 1 otherwise,
 2 on bad arguments.
@@ -35,7 +35,7 @@ from tfrecords_schema import (
 )
 from tfrecords_schema.buckets import BUCKET_BY_VA_GRID, NO_VA, VA_GRID, va_cell_names
 from tfrecords_schema.cli import add_verbose_flag
-from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME
+from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME, MEDIA_KEY
 
 _MAX_DEAD_LETTERS_SHOWN = 10
 
@@ -175,8 +175,10 @@ def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None,
             lines.append(f"labels {task}: {', '.join(names)}")
     if info.bucket_by == BUCKET_BY_VA_GRID or TASK_VALENCE_AROUSAL in info.tasks:
         lines.append(va_grid_legend())
-    if info.run:
-        lines.append("run: " + ", ".join(f"{k} {v}" for k, v in sorted(info.run.items())))
+    run = {k: v for k, v in info.run.items() if k != MEDIA_KEY}
+    if run:
+        lines.append("run: " + ", ".join(f"{k} {v}" for k, v in sorted(run.items())))
+    lines += media_lines(info)
     for split, s in sorted(info.splits.items()):
         a = s.accounting
         status = "adds up" if a.is_balanced() else "DOES NOT ADD UP"
@@ -209,6 +211,30 @@ def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None,
     return "\n".join(lines)
 
 
+def _named(media: list[str], shown: int = 5) -> str:
+    return ", ".join(media[:shown]) + (f", ... ({len(media)} in all)" if len(media) > shown else "")
+
+
+def media_lines(info: DatasetInfo) -> list[str]:
+    """What decoding found about the videos (``run["media"]``): variable frame rate, truncated, turned upright."""
+    media = info.run.get(MEDIA_KEY) or {}
+    lines = []
+    vfr = list(media.get("variable_frame_rate", []))
+    if vfr:
+        lines.append(f"variable frame rate: {len(vfr)} video(s), timestamps and time segments from their "
+                     f"presentation times: {_named(vfr)}")
+    truncated = media.get("truncated", {})
+    if truncated:
+        cut = [f"{m} ({t['declared_frames']} declared, {t['decoded_frames']} decode)" for m, t in truncated.items()]
+        lines.append(f"truncated: {len(cut)} video(s) decode fewer frames than their container declares (a cut "
+                     f"file? its annotation lines past the end are dropped as beyond_video_end): {_named(cut)}")
+    rotated = media.get("rotated", {})
+    if rotated:
+        turned = [f"{m} ({deg} degrees)" for m, deg in rotated.items()]
+        lines.append(f"rotated: {len(turned)} video(s) turned upright as their container says: {_named(turned)}")
+    return lines
+
+
 def _dead_letter_lines(data_dir: str, info: DatasetInfo) -> list[str]:
     import tensorflow as tf
 
@@ -229,10 +255,10 @@ def _dead_letter_lines(data_dir: str, info: DatasetInfo) -> list[str]:
 
 
 def leftover_lines(data_dir: str) -> list[str]:
-    """What conversions left in or beside ``data_dir``, and who holds its lock (empty: nothing)."""
+    """What conversions left in ``data_dir`` (beside it on object stores), and who holds its lock (empty: nothing)."""
     import tensorflow as tf
 
-    from tfrecords_schema.locks import LockError, lock_path_beside, read_lock_file
+    from tfrecords_schema.locks import LockError, output_lock_path, read_lock_file
     from tfrecords_schema.transaction import find_leftovers
 
     lines = []
@@ -244,7 +270,7 @@ def leftover_lines(data_dir: str) -> list[str]:
         if tf.io.gfile.isdir(tmp):
             lines.append(f"temp folder {tmp} (spill files of a run killed during its cleanup) is still there: "
                          "delete it to free its space; the shards do not need it")
-        lock_path = lock_path_beside(data_dir)
+        lock_path = output_lock_path(data_dir)
         holder = read_lock_file(lock_path)
         if holder is not None:
             state = ("its process is gone: the next conversion takes the lock over" if holder.is_dead_here()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import io
 import json
 import multiprocessing
@@ -24,6 +23,7 @@ import subprocess
 import abaw_layout as abaw
 import pytest
 import video_fixtures as vf
+from convert_runs import COMMON, run_convert, tree, write_inputs
 
 from beam_jobs import convert
 from beam_jobs.pipeline import output_folder
@@ -34,37 +34,14 @@ from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME
 from tfrecords_schema.locks import lock_output
 from tfrecords_schema.transaction import output_transaction
 
-COMMON = ["--clip_length", "3", "--runner", "DirectRunner", "--direct_running_mode", "in_memory",
-          "--progress_every", "0"]
 FORK = multiprocessing.get_context("fork")
 # Python 3.12 warns on fork() in a process with threads (TensorFlow's): the children run only file-system calls.
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
 
-def run_convert(ann, videos, output, *extra, source=None) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    argv = ["--videos", str(videos), "--annotations", str(ann), "--output", str(output), *COMMON, *map(str, extra)]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = convert.run(argv, source=source)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def tree(folder) -> dict[str, str]:
-    """{relative path: sha256} of every file under ``folder``."""
-    root = pathlib.Path(folder)
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inputs")
-    ann, videos = root / "annotations", root / "videos"
-    vf.write_face_video(videos / "a.avi", [4, 4, 4, 1, 1, 1])
-    abaw.write_annotation(ann, "expr", "train", "a", [4, 4, 4, 1, 1, 1])
-    vf.write_face_video(videos / "b.avi", [5] * 5)
-    abaw.write_annotation(ann, "expr", "validation", "b", [5] * 5)
-    return ann, videos
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
 
 
 @pytest.fixture
@@ -176,7 +153,7 @@ def test_a_second_run_into_a_locked_output_refuses_naming_the_holder(inputs, pre
         rc, _, err = run_convert(*inputs, previous[0], "--overwrite")
         assert rc == 1
         assert f"pid {holder.pid} on host {socket.gethostname()}" in err and "the other conversion" in err
-        assert tree(previous[0]) == previous[1]
+        assert {k: v for k, v in tree(previous[0]).items() if k != ".affectstream.lock"} == previous[1]
     finally:
         release.set()
         holder.join(30)
@@ -202,7 +179,9 @@ def test_a_killed_runs_lock_and_staging_folder_are_taken_over_and_removed(inputs
     child.start()
     child.join(60)
     assert started.is_set() and child.exitcode == -signal.SIGKILL
-    assert len(os.listdir(previous[0].parent)) == 3  # out, the dead run's lock and its staging folder.
+    # Inside the output: the dead run's lock and its staging folder; nothing beside it.
+    assert sorted(os.listdir(previous[0]))[:2] == [".affectstream.lock", ".out.incomplete-" + sorted(
+        os.listdir(previous[0]))[1].split("-")[-1]] and sorted(os.listdir(previous[0].parent)) == ["out"]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert inspect_dataset.run([str(previous[0])]) == 0

@@ -52,3 +52,15 @@ def test_expressions_are_visible_in_the_pixels():
     for i in range(8):
         for j in range(i + 1, 8):
             assert np.abs(crops[i] - crops[j]).sum() > 1000, (i, j)
+
+
+def test_make_demo_data_with_a_bad_value_prints_one_line(tmp_path, capsys):
+    for flag, value in (("--frames_per_video", "0"), ("--num_train_videos", "-1")):
+        assert demo_data.run([str(tmp_path / "out"), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err == f"make-demo-data: error: {flag} must be >= {60 if 'frames' in flag else 1}, got {value}\n"
+    (tmp_path / "file").write_text("x")
+    assert demo_data.run([str(tmp_path / "file"), "--frames_per_video", "60", "--num_train_videos", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"make-demo-data: error: {tmp_path / 'file'}")
+    assert not (tmp_path / "out").exists() and (tmp_path / "file").read_text() == "x"

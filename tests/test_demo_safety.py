@@ -17,3 +17,30 @@ def test_demo_refuses_a_file_as_output(tmp_path):
     target.write_text("x")
     assert demo.run(["--output", str(target)]) == 2
     assert target.read_text() == "x"
+
+
+def test_demo_never_deletes_what_a_user_put_into_its_folder(tmp_path, capsys):
+    out = tmp_path / "demo_output"
+    demo.claim_demo_folder(str(out))  # An earlier demo run's folder: its marker and what it made.
+    (out / "records" / "train").mkdir(parents=True)
+    (out / "job").mkdir()
+    (out / "my_notes.txt").write_text("mine")  # Put there since (or during) that run.
+    (out / "analysis").mkdir()
+    (out / "analysis" / "plot.png").write_bytes(b"png")
+    assert demo.run(["--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 entries the demo did not write: analysis/, my_notes.txt" in err
+    assert "nothing was deleted" in err
+    assert (out / "my_notes.txt").read_text() == "mine" and (out / "analysis" / "plot.png").exists()
+    assert (out / "records" / "train").is_dir() and (out / "job").is_dir()
+    (out / "my_notes.txt").unlink()
+    (out / "analysis" / "plot.png").unlink()
+    (out / "analysis").rmdir()
+    demo.claim_demo_folder(str(out))  # Only the demo's own entries: cleared for the next run.
+    assert sorted(p.name for p in out.iterdir()) == [demo.DEMO_MARKER]
+
+
+def test_demo_with_a_bad_size_says_so_in_one_line_before_touching_its_folder(tmp_path, capsys):
+    assert demo.run(["--output", str(tmp_path / "out"), "--frames_per_video", "5"]) == 2
+    assert capsys.readouterr().err == "demo: error: --frames_per_video must be >= 60, got 5\n"
+    assert not (tmp_path / "out").exists()

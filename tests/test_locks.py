@@ -16,6 +16,7 @@ from tfrecords_schema.locks import (
     LockHeldError,
     lock_folder,
     lock_output,
+    output_lock_path,
     pid_alive,
     read_lock,
 )
@@ -124,14 +125,15 @@ def test_lock_is_released_when_the_block_raises(tmp_path):
     assert read_lock(str(tmp_path)) is None
 
 
-def test_output_lock_lives_beside_the_output_folder(tmp_path):
+def test_output_lock_lives_inside_a_local_output_folder(tmp_path):
     out = tmp_path / "converted"
     with lock_output(str(out)) as lock:
-        assert lock.path == str(tmp_path / ".converted.affectstream.lock")
-        assert not out.exists()  # The output folder itself is not created (a transaction builds it).
+        # Inside: the swap moves entries, never the folder, which may be a mount point with a read-only parent.
+        assert lock.path == str(out / ".affectstream.lock")
         with pytest.raises(LockHeldError):
             lock_output(str(out) + "/").acquire()
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(out) == []
+    assert output_lock_path("s3://bucket/converted") == "s3://bucket/.converted.affectstream.lock"  # Beside there.
 
 
 def test_unreadable_and_old_empty_lock_files(tmp_path):

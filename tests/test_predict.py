@@ -139,6 +139,21 @@ def test_csv_has_one_row_per_frame_and_only_the_columns_of_the_model_heads(tmp_p
     assert not (tmp_path / "EXPR").exists()  # the CSV alone; write_submission writes the ABAW files
 
 
+def test_csv_quotes_class_names_that_hold_a_comma_or_quote_and_abaw_headers_refuse_them(tmp_path):
+    preds = make_predictions(6, heads=(HEAD_EXPRESSION,), has_face=[True, False] * 3)
+    names = ["happy, excited", 'say "cheese"'] + EXPR_NAMES[2:]
+    preds.label_names[HEAD_EXPRESSION] = names
+    preds.outputs[HEAD_EXPRESSION][:, :2] += 10.0  # The two odd names are the labels.
+    path = P.write_csv(str(tmp_path / "clip.csv"), preds)
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][8:10] == ["expr_happy, excited", 'expr_say "cheese"'] and len(set(map(len, rows))) == 1
+    assert {row[rows[0].index("expr_label")] for row in rows[1:]} <= {"happy, excited", 'say "cheese"'}
+    np.testing.assert_array_equal(P.read_has_face(path), [True, False] * 3)
+    with pytest.raises(P.PredictionFileError, match="'happy, excited' cannot go into an ABAW header: it holds a comma"):
+        P.write_submission(str(tmp_path), preds)
+
+
 # --------------------------------------------------------------------------------------------------
 # Scoring against annotation files.
 
@@ -345,6 +360,8 @@ def test_every_decoded_frame_gets_a_line_in_every_file_and_render_writes_video_a
     assert rendered.get(cv2.CAP_PROP_FRAME_COUNT) == frames and rendered.read()[0]
     rendered.release()
     assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert len(set(modes.values())) == 1, modes  # The render has the mode of every other output (not 0600).
     summary = json.loads((out / predict.SUMMARY_FILENAME).read_text())
     assert summary["no_face"] == "interpolate" and summary["smooth"] == 5 and summary["failed"] == []
 
@@ -416,3 +433,74 @@ def test_videos_and_outputs_on_s3(trained, tmp_path, s3_server):
                                       "out/predict_summary.json"]
     text = s3_server.client.get_object(Bucket=s3_server.bucket, Key="out/EXPR/clip.txt")["Body"].read().decode()
     assert len(text.splitlines()) == 7
+
+
+# --------------------------------------------------------------------------------------------------
+# Phone video, variable frame rate, damaged and repeated inputs, earlier runs' files (issue 20).
+
+
+def _face_frames(n: int) -> list[np.ndarray]:
+    from affectstream.synthetic_faces import FaceSpec, render_frame
+
+    return [render_frame(120, 160, [FaceSpec(cx=60, cy=60, size=80, expression=4)], noise_seed=i) for i in range(n)]
+
+
+def test_phone_video_is_predicted_upright_at_the_times_its_frames_are_shown(trained, tmp_path):
+    import mp4_boxes
+
+    upright = _face_frames(12)
+    vf.write_container_video(tmp_path / "v" / "upright.mp4", upright)
+    turned = [np.ascontiguousarray(np.rot90(f, k=-1)) for f in upright]  # Stored turned clockwise, shown upright.
+    mp4_boxes.set_display_rotation(vf.write_container_video(tmp_path / "v" / "sideways.mp4", turned), 90)
+    durations = [1 / 30] * 6 + [4 / 30] * 6
+    mp4_boxes.set_frame_durations(vf.write_container_video(tmp_path / "v" / "vfr.mp4", upright, fps=30), durations)
+    out = tmp_path / "pred"
+    assert run_predict(["--model", trained["export"], "--videos", str(tmp_path / "v"), "--output", str(out)]) == 0
+    rows = {stem: read_rows(out / f"{stem}.csv") for stem in ("upright", "sideways", "vfr")}
+    assert all(r["has_face"] == "1" for r in rows["sideways"])
+    box = ("box_ymin", "box_xmin", "box_ymax", "box_xmax")
+    np.testing.assert_allclose([[float(r[k]) for k in box] for r in rows["sideways"]],
+                               [[float(r[k]) for k in box] for r in rows["upright"]], atol=0.03)
+    shown = np.concatenate([[0.0], np.cumsum(durations)[:-1]])
+    np.testing.assert_allclose([float(r["timestamp_s"]) for r in rows["vfr"]], shown, atol=1e-6)
+    summary = {v["stem"]: v for v in json.loads((out / predict.SUMMARY_FILENAME).read_text())["videos"]}
+    assert summary["sideways"]["rotation"] == 270 and summary["upright"]["rotation"] == 0
+    assert summary["vfr"]["variable_frame_rate"] and not summary["upright"]["variable_frame_rate"]
+
+
+def test_a_truncated_video_is_warned_and_counted_and_a_video_named_twice_is_predicted_once(trained, tmp_path,
+                                                                                          capsys, monkeypatch):
+    videos = tmp_path / "videos"
+    vf.truncate_file(vf.write_face_video(videos / "cut.avi", [4] * 30, fps=30), 0.5)
+    vf.write_face_video(videos / "once.avi", [4] * 4)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "pred"
+    assert run_predict(["--model", trained["export"], "--videos", str(videos / "once.avi"), "videos/once.avi",
+                        str(videos), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    summary = json.loads((out / predict.SUMMARY_FILENAME).read_text())
+    cut = {v["stem"]: v for v in summary["videos"]}["cut"]
+    assert cut["truncated"] and cut["declared_frames"] == 30 and 0 < cut["frames"] < 30
+    assert summary["truncated_videos"] == 1
+    assert f"[predict] warning: {videos / 'cut.avi'}: truncated? the container declares 30 frames, " \
+           f"{cut['frames']} decode" in err
+    assert sorted(v["stem"] for v in summary["videos"]) == ["cut", "once"]
+    assert summary["duplicates"] == [f"videos/once.avi is the same video as {videos / 'once.avi'}: predicted once",
+                                     f"{videos / 'once.avi'} is the same video as {videos / 'once.avi'}: predicted once"]
+    assert err.count("is the same video as") == 2
+
+
+def test_annotations_score_only_the_predictions_of_this_run(trained, tmp_path):
+    first, second = trained["validation_videos"][:2]
+    stem = lambda video: video.rsplit("/", 1)[-1].rsplit(".", 1)[0]  # noqa: E731
+    out = tmp_path / "pred"
+    # An earlier run, by another model, left files for the second video in the same folder.
+    old = make_predictions(60, stem=stem(second), seed=5)
+    old.label_names[HEAD_ACTION_UNITS] = AU_NAMES
+    P.write_submission(str(out), old)
+    P.write_csv(str(out / f"{stem(second)}.csv"), old)
+    assert run_predict(["--model", trained["export"], "--videos", first, "--output", str(out),
+                        "--annotations", trained["made"]["annotations"]]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["videos_scored"] == 1
+    assert [row["media_id"] for row in scores["per_video"]] == [stem(first)]

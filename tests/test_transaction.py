@@ -1,8 +1,10 @@
-"""Transactional outputs (issue 11 point 1): swap after success only, clean failure, leftovers, foreign folders."""
+"""Transactional outputs (issue 11 point 1, issue 20 points 1-2): staged inside the output, swapped entry by entry
+after success only and only while nothing foreign appeared; clean failure, leftovers, foreign folders."""
 
 import json
 import multiprocessing
 import os
+import pathlib
 import signal
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from tfrecords_schema.transaction import (
     MARKER_FILENAME,
     DiskFullError,
+    SwapRefused,
     TransactionError,
     describe_disk_full,
     find_leftovers,
@@ -55,9 +58,10 @@ def old_output(tmp_path):
 def test_new_output_appears_whole_with_no_marker_and_nothing_beside_it(tmp_path):
     out = tmp_path / "out"
     with output_transaction(str(out)) as staging:
-        assert os.path.dirname(staging) == str(tmp_path) and os.path.basename(staging).startswith(".out.incomplete-")
+        # Staged inside the output: every rename stays on its file system (it may be a mount point).
+        assert os.path.dirname(staging) == str(out) and os.path.basename(staging).startswith(".out.incomplete-")
         assert read_marker(staging)["pid"] == os.getpid()
-        assert not out.exists()  # Nothing under the final name while the job writes.
+        assert os.listdir(out) == [os.path.basename(staging)]  # Nothing under the final names while the job writes.
         write_tree(staging, NEW)
     assert read_tree(str(out)) == NEW
     assert sorted(os.listdir(tmp_path)) == ["out"]
@@ -66,7 +70,7 @@ def test_new_output_appears_whole_with_no_marker_and_nothing_beside_it(tmp_path)
 def test_replace_swaps_the_previous_output_only_after_success(old_output, tmp_path):
     with output_transaction(str(old_output), replace=True) as staging:
         write_tree(staging, NEW)
-        assert read_tree(str(old_output)) == OLD  # Still the previous output while the new one is built.
+        assert {k: v for k, v in read_tree(str(old_output)).items() if not k.startswith(".")} == OLD
     assert read_tree(str(old_output)) == NEW
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
@@ -88,6 +92,10 @@ def test_failure_inside_leaves_the_previous_output_untouched_and_no_staging(old_
         raise ValueError("typo in --annotations")
     assert read_tree(str(old_output)) == OLD
     assert sorted(os.listdir(tmp_path)) == ["out"]
+    with pytest.raises(ValueError), output_transaction(str(tmp_path / "fresh")) as staging:
+        write_tree(staging, NEW)
+        raise ValueError("failed first run")
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # The folder it made for the run is gone again.
 
 
 def test_disk_full_is_one_line_naming_the_folder_and_free_space(old_output, tmp_path):
@@ -97,7 +105,7 @@ def test_disk_full_is_one_line_naming_the_folder_and_free_space(old_output, tmp_
             f.write(b"x" * 65536)
             f.flush()
     message = str(caught.value)
-    assert "\n" not in message and str(tmp_path) in message and "free of" in message
+    assert "\n" not in message and str(old_output) in message and "free of" in message
     assert caught.value.errno == 28
     assert read_tree(str(old_output)) == OLD
     assert sorted(os.listdir(tmp_path)) == ["out"]
@@ -105,6 +113,33 @@ def test_disk_full_is_one_line_naming_the_folder_and_free_space(old_output, tmp_
     with pytest.raises(DiskFullError), output_transaction(str(old_output), replace=True):
         raise RuntimeError("worker failed: OSError: [Errno 28] No space left on device")
     assert "about 2.0 GiB needed" in describe_disk_full(str(tmp_path / "missing" / "deeper"), 2 << 30)
+
+
+def test_entries_that_appear_during_the_run_keep_both_outputs_and_nothing_is_deleted(old_output, tmp_path):
+    def foreign(path):
+        extra = sorted(set(os.listdir(path)) - {"dataset_info.json", "train", "errors"} - {
+            n for n in os.listdir(path) if n.startswith(".out.")})
+        return f"it holds {', '.join(extra)}" if extra else None
+
+    with pytest.raises(SwapRefused) as caught, \
+            output_transaction(str(old_output), replace=True, check_swap=foreign) as staging:
+        write_tree(staging, NEW)
+        write_tree(str(old_output), {"my_notes.txt": "mine", "analysis/plot.png": "png"})  # While the job runs.
+    kept = caught.value.kept
+    assert os.path.dirname(kept) == str(old_output) and os.path.basename(kept).startswith("out.new-")
+    assert str(old_output) in str(caught.value) and kept in str(caught.value) and "my_notes.txt" in str(caught.value)
+    everything = read_tree(str(old_output))
+    assert {k: v for k, v in everything.items() if not k.startswith("out.new-")} == {
+        **OLD, "my_notes.txt": "mine", "analysis/plot.png": "png"}
+    assert read_tree(kept) == NEW  # Complete, and no longer marked: no later run removes it as a leftover.
+    assert find_leftovers(str(old_output)) == [] and sorted(os.listdir(tmp_path)) == ["out"]
+    # Without replace, anything appearing in a new output keeps the new output aside as well.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(SwapRefused, match="1 entry appeared in it: notes.txt"), \
+            output_transaction(str(fresh)) as staging:
+        write_tree(staging, NEW)
+        (fresh / "notes.txt").write_text("mine")
+    assert (fresh / "notes.txt").read_text() == "mine"
 
 
 def _killed_inside(out, started):
@@ -125,11 +160,12 @@ def kill_a_run_inside(out):
 
 def test_killed_run_leaves_a_staging_folder_that_is_found_and_removed(old_output, tmp_path):
     pid = kill_a_run_inside(str(old_output))
-    assert read_tree(str(old_output)) == OLD
+    assert {k: v for k, v in read_tree(str(old_output)).items() if not k.startswith(".")} == OLD
     leftovers = find_leftovers(str(old_output))
     assert len(leftovers) == 1
     item = leftovers[0]
     assert item.kind == "staging" and not item.alive and item.info["pid"] == pid
+    assert os.path.dirname(item.path) == str(old_output)
     assert os.path.basename(item.path).startswith(".out.incomplete-") and read_tree(item.path)[MARKER_FILENAME]
     assert f"pid {pid}" in item.describe() and "remove it" in item.describe()
     done = remove_leftovers(str(old_output))
@@ -138,16 +174,25 @@ def test_killed_run_leaves_a_staging_folder_that_is_found_and_removed(old_output
     assert find_leftovers(str(old_output)) == []
 
 
-def test_kill_between_the_two_renames_restores_the_previous_output(old_output, tmp_path):
+def test_a_kill_in_the_middle_of_the_swap_is_finished_by_the_next_run(old_output, tmp_path):
     kill_a_run_inside(str(old_output))
     (staging,) = find_leftovers(str(old_output))
-    # The documented first step of a local swap, then the kill: OUT moved aside to .out.replaced-<id>.
-    backup = tmp_path / f".out.replaced-{staging.info['id']}"
-    os.rename(old_output, backup)
-    (item,) = find_leftovers(str(old_output))
-    assert "restore the previous output" in item.action
+    # The documented swap, killed midway: state "swapping", the previous dataset_info.json and train/ moved into the
+    # backup, the new train/ moved in; the new dataset_info.json still staged.
+    marker = {**staging.info, "state": "swapping", "previous": ["dataset_info.json", "errors", "train"],
+              "new": ["dataset_info.json", "train"], "finish_with": ["dataset_info.json"]}
+    (pathlib.Path(staging.path) / MARKER_FILENAME).write_text(json.dumps(marker))
+    backup = old_output / f".out.replaced-{staging.info['id']}"
+    backup.mkdir()
+    (backup / MARKER_FILENAME).write_text(json.dumps(marker))
+    os.rename(old_output / "dataset_info.json", backup / "dataset_info.json")
+    os.rename(old_output / "train", backup / "train")
+    os.rename(pathlib.Path(staging.path) / "train", old_output / "train")
+    actions = [item.action for item in find_leftovers(str(old_output))]
+    assert sorted(actions) == ["finish moving it into " + str(old_output) + " (the previous output's entries go), "
+                               "then remove it", "remove it"]
     remove_leftovers(str(old_output))
-    assert read_tree(str(old_output)) == OLD
+    assert read_tree(str(old_output)) == NEW
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
@@ -162,26 +207,24 @@ def test_a_live_run_is_reported_but_never_removed(tmp_path):
     assert read_tree(str(out)) == NEW
 
 
-def test_foreign_folders_beside_the_output_are_never_touched(old_output, tmp_path):
+def test_folders_that_only_look_like_ours_are_never_touched(old_output, tmp_path):
     foreign = {
         ".out.incomplete-0123456789abcdef": {"keep.txt": "no marker"},
         ".out.replaced-0123456789abcdef": {"keep.txt": "no marker"},
         ".out.incomplete-fedcba9876543210": {MARKER_FILENAME: json.dumps({"tool": "someone-else", "id": "x"})},
         ".other.incomplete-aaaaaaaaaaaaaaaa": {MARKER_FILENAME: json.dumps(
             {"tool": "affectstream", "id": "aaaaaaaaaaaaaaaa", "target": "other", "pid": 1, "host": "elsewhere"})},
-        "out-notes": {"readme.txt": "mine"},
     }
     for name, files in foreign.items():
-        write_tree(str(tmp_path / name), files)
+        write_tree(str(old_output / name), files)
+    write_tree(str(tmp_path / ".out.incomplete-00000000000000ff"), {"keep.txt": "beside, not ours"})
     kill_a_run_inside(str(old_output))  # One real leftover among them.
     assert [item.kind for item in find_leftovers(str(old_output))] == ["staging"]
     remove_leftovers(str(old_output))
-    with output_transaction(str(old_output), replace=True) as staging:
-        write_tree(staging, NEW)
-    assert read_tree(str(old_output)) == NEW
-    assert sorted(os.listdir(tmp_path)) == sorted(["out", *foreign])
     for name, files in foreign.items():
-        assert read_tree(str(tmp_path / name)) == files
+        assert read_tree(str(old_output / name)) == files
+    assert read_tree(str(tmp_path / ".out.incomplete-00000000000000ff")) == {"keep.txt": "beside, not ours"}
+    assert {k: v for k, v in read_tree(str(old_output)).items() if not k.startswith(".")} == OLD
 
 
 S3_SCRIPT = r'''

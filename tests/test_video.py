@@ -1,5 +1,8 @@
-"""Decoding: every container FFmpeg reads opens, and a frame that does not decode is reported in its place."""
+"""Decoding: every container FFmpeg reads opens, a frame that does not decode is reported in its place, phone video
+comes out upright at its presentation times, and a cut file is told (issue 20 points 3, 4, 7)."""
 
+import mp4_boxes
+import numpy as np
 import pytest
 import video_fixtures as vf
 
@@ -126,3 +129,64 @@ def test_video_with_no_decodable_frame_raises_video_error(tmp_path):
     path = vf.corrupt_mjpeg_frames(vf.write_container_video(tmp_path / "dead.avi", levels(3)), [1, 2, 3])
     with pytest.raises(VideoError, match="no frame decodes"), VideoReader(str(path)):
         pass
+
+
+# ------------------------------------------------------------------------- phone video, variable frame rate, cuts
+def _marked(height=120, width=160):
+    """A frame whose top-left block tells its orientation."""
+    frame = np.zeros((height, width, 3), np.uint8)
+    frame[10:40, 10:60] = 255
+    return frame
+
+
+@pytest.mark.parametrize("turned, shown_ccw, clockwise", [(-1, 90, 270), (1, 270, 90), (2, 180, 180)])
+def test_rotated_phone_video_is_read_upright(tmp_path, turned, shown_ccw, clockwise):
+    upright = _marked()
+    path = vf.write_container_video(tmp_path / "phone.mp4", [np.ascontiguousarray(np.rot90(upright, k=turned))] * 3)
+    mp4_boxes.set_display_rotation(path, shown_ccw)  # Stored turned, shown upright: what a phone writes.
+    with VideoReader(str(path)) as video:
+        frame = video.next_frame()
+        assert (video.rotation, video.width, video.height) == (clockwise, 160, 120)
+        assert frame.image.shape == upright.shape and np.abs(frame.image.astype(int) - upright).mean() < 2
+        assert video.facts().rotation == clockwise
+
+
+def test_timestamps_are_presentation_times_and_variable_frame_rate_is_said(tmp_path):
+    durations = [1 / 30] * 20 + [4 / 30] * 20  # 30 fps, then 7.5 fps.
+    path = mp4_boxes.set_frame_durations(vf.write_container_video(tmp_path / "vfr.mp4", levels(40), fps=30),
+                                         durations)
+    probe = probe_video(str(path))
+    shown = np.concatenate([[0.0], np.cumsum(durations)[:-1]])
+    np.testing.assert_allclose(probe.timestamps_us / 1e6, shown, atol=1e-6)
+    assert probe.timestamps_us[20] == 666_667 and probe.fps == pytest.approx(12.0)  # Not 1.667 s from 12 fps.
+    assert probe.facts.variable_frame_rate and not probe.facts.truncated
+    assert (probe.frames, probe.decode_errors) == (40, 0)
+    constant = probe_video(str(vf.write_container_video(tmp_path / "cfr.mkv", levels(30), fps=30)))
+    assert not constant.facts.variable_frame_rate  # Millisecond times (33, 67, 100 ms...) are not a variable rate.
+
+
+def test_corrupt_frames_keep_their_indices_and_get_times_between_their_neighbours(tmp_path):
+    import cv2
+
+    path = tmp_path / "vfr_mjpeg.mp4"  # Motion JPEG in MP4: a frame's bytes can be corrupted, its times edited.
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (vf.WIDTH, vf.HEIGHT))
+    for frame in levels(9):
+        writer.write(frame)
+    writer.release()
+    mp4_boxes.set_frame_durations(path, [0.1] * 4 + [0.3] * 5)
+    vf.corrupt_mjpeg_frames(path, [7])
+    assert statuses(path) == expected(9, corrupt={7})  # Variable rate: the index comes from the failed grabs.
+    with VideoReader(str(path)) as video:
+        stamps = [video.next_frame().timestamp_us for _ in range(9)]
+        assert video.facts().variable_frame_rate
+    assert stamps == [0, 100_000, 200_000, 300_000, 400_000, 700_000, 1_000_000, 1_300_000, 1_600_000]
+
+
+@pytest.mark.parametrize("ext", [".avi", ".mkv"])
+def test_a_cut_file_is_told_from_its_declared_frame_count(tmp_path, ext):
+    path = vf.truncate_file(vf.write_container_video(tmp_path / f"cut{ext}", levels(30), fps=30), 0.5)
+    facts = probe_video(str(path)).facts
+    assert facts.truncated and facts.declared_frames == 30 and 0 < facts.decoded_frames < 30
+    assert facts.describe_truncation() == f"the container declares 30 frames, {facts.decoded_frames} decode"
+    whole = probe_video(str(vf.write_container_video(tmp_path / f"whole{ext}", levels(30), fps=30))).facts
+    assert whole.ended and not whole.truncated

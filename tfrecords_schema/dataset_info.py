@@ -36,6 +36,7 @@ CONVERT_TMP_DIRNAME = ".tmp-convert"
 # two conversions of the same input with the same options. Everything else in the file is the same
 # byte for byte (compare or fingerprint outputs without these).
 RUN_TIMING_FIELDS = ("seconds", "frames_per_second", "worker_seconds", "worker_processes")
+MEDIA_KEY = "media"  # ``DatasetInfo.run[MEDIA_KEY]``: videos turned upright, of variable frame rate, truncated.
 
 
 # Splits a conversion can write.
@@ -66,7 +67,10 @@ class DatasetInfo:
             :data:`RUN_TIMING_FIELDS`: ``seconds`` (wall time of the conversion in the driver),
             ``frames_per_second`` (labelled frames written per wall second), ``worker_seconds``
             (worker time spent decoding and cropping, summed over tracks) and ``worker_processes``
-            (processes that converted tracks). Only the timing fields differ between two runs of
+            (processes that converted tracks); ``media`` when decoding found videos worth naming:
+            ``{"rotated": {media: clockwise degrees}, "variable_frame_rate": [media], "truncated": {media:
+            {"declared_frames", "decoded_frames"}}}`` (phone video turned upright, timestamps from presentation
+            times, fewer frames than the container declares). Only the timing fields differ between two runs of
             the same input and options.
         schema_version: Version of the records and of this file.
     """

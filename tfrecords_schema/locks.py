@@ -3,8 +3,10 @@
 A lock is a small JSON file ``{"host", "pid", "started", "command", "token"}``:
 
 * ``lock_folder(job_dir)`` puts it inside the folder (``JOB_DIR/.affectstream.lock``);
-* ``lock_output(out)`` puts it beside the folder (``PARENT/.OUT.affectstream.lock``), because a transactional
-  output (:mod:`tfrecords_schema.transaction`) replaces the folder itself and a lock inside would go with it.
+* ``lock_output(out)`` puts it inside a local output folder too (``OUT/.affectstream.lock``: a transactional output,
+  :mod:`tfrecords_schema.transaction`, swaps the entries inside ``OUT`` and never the folder, which may be a mount
+  point whose parent is not writable), and beside it on object stores (``PARENT/.OUT.affectstream.lock``), where the
+  swap deletes and copies the whole folder.
 
 Local disks: the file is created with ``O_CREAT | O_EXCL``, so exactly one of two racing runs gets it; the
 other raises :class:`LockHeldError` naming the holder (host, pid, start time). A lock whose pid is dead on
@@ -43,7 +45,7 @@ if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are not evaluated at run 
 
 LOCK_FILENAME = ".affectstream.lock"
 LOCK_SUFFIX = ".affectstream.lock"  # Beside an output: ".<name>" + LOCK_SUFFIX.
-_TAKEOVER_SUFFIX = ".takeover"  # Guard so that only one run at a time replaces a stale lock.
+TAKEOVER_SUFFIX = ".takeover"  # Guard so that only one run at a time replaces a stale lock.
 _GUARD_WAIT_S = 5.0
 _EMPTY_STALE_S = 10.0  # An empty lock file older than this was left by a run killed between create and write.
 
@@ -238,7 +240,7 @@ class FolderLock:
 
     def _take_over_local(self, stale: LockInfo) -> bool:
         """Replaces ``stale`` under a guard file, so two runs never both remove a lock; False: retry."""
-        guard = FolderLock(self.path + _TAKEOVER_SUFFIX, command=f"takeover of {self.path}")
+        guard = FolderLock(self.path + TAKEOVER_SUFFIX, command=f"takeover of {self.path}")
         try:
             guard.acquire()  # Itself stale-safe: a guard left by a killed run has a dead pid.
         except LockHeldError:
@@ -329,9 +331,16 @@ def lock_folder(folder: str, command: str | None = None) -> FolderLock:
     return FolderLock(_join(folder, LOCK_FILENAME), command)
 
 
+def output_lock_path(path: str) -> str:
+    """The lock file of the output folder ``path``: inside it locally, beside it on object stores (see above)."""
+    return lock_path_beside(path) if _is_url(path) else _join(os.path.abspath(path), LOCK_FILENAME)
+
+
 def lock_output(path: str, command: str | None = None) -> FolderLock:
-    """A lock beside the output folder ``path`` (which a transaction replaces whole): see :func:`lock_path_beside`."""
-    return FolderLock(lock_path_beside(path), command)
+    """The lock of the output folder ``path`` (:func:`output_lock_path`; a local folder is created when missing)."""
+    if not _is_url(path):
+        os.makedirs(path, exist_ok=True)
+    return FolderLock(output_lock_path(path), command)
 
 
 def read_lock(folder: str) -> LockInfo | None:

@@ -25,3 +25,26 @@ HEAD_OF_TASK = {
     TASK_ACTION_UNITS: HEAD_ACTION_UNITS,
 }
 TASK_OF_HEAD = {head: task for task, head in HEAD_OF_TASK.items()}
+
+# Characters a label name may not hold: they break the CSV files (comma, quote, line breaks) and the unquoted ABAW
+# header lines a model's predictions are written with, and NUL ends C strings. Refused at conversion.
+UNSAFE_LABEL_CHARACTERS = {",": "a comma", '"': "a quote", "\n": "a line break", "\r": "a line break",
+                           "\0": "a NUL character"}
+
+
+def label_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a label name (one phrase), or None when it can."""
+    found = sorted({what for char, what in UNSAFE_LABEL_CHARACTERS.items() if char in name})
+    if found:
+        return f"it holds {' and '.join(found)}, which would break CSV columns and ABAW header lines"
+    return None
+
+
+def label_names_problem(label_names: dict) -> str | None:
+    """The first label name of ``{head: names}`` that :func:`label_name_problem` refuses, said in one line."""
+    for head, names in label_names.items():
+        for name in names:
+            problem = label_name_problem(str(name))
+            if problem:
+                return f"{head} label {name!r}: {problem}; rename that class (or pass --class_names)"
+    return None

@@ -1,31 +1,40 @@
-"""Transactional output folders: build the new output beside the old one, swap only after success.
+"""Transactional output folders: build the new output where it can be renamed into place, swap only after success.
 
 Example:
     with output_transaction("/data/out", replace=True) as staging:
         run_the_job(output=staging)  # writes only under `staging`
-    # /data/out now holds the new output. On an exception, a typo found late or a kill, /data/out is untouched.
+    # /data/out now holds the new output. On an exception, a typo found late or a kill, /data/out is as it was.
 
-Beside ``OUT`` (same parent folder, so a local rename stays on one file system):
+Local folders: everything happens **inside** ``OUT``, so each rename stays on the output's own file system and
+``OUT`` may be a mount point (a Docker volume, a data disk: it cannot itself be renamed) or sit on another file
+system than its parent, whose space is never used:
 
-* ``.OUT.incomplete-<id>/``: the staging folder. Its first file is :data:`MARKER_FILENAME` (JSON: tool, target,
-  id, host, pid, started, command, state), which is what makes it ours: :func:`remove_leftovers` never touches a
-  folder without it, whatever its name.
-* ``.OUT.replaced-<id>/``: the previous ``OUT`` during a local swap, removed right after it.
+* ``OUT/.OUT.incomplete-<id>/``: the staging folder. Its first file is :data:`MARKER_FILENAME` (JSON: tool,
+  target, id, host, pid, started, command, state), which is what makes it ours: :func:`remove_leftovers` never
+  touches a folder without it, whatever its name.
+* ``OUT/.OUT.replaced-<id>/``: the previous output's entries during the swap, removed right after it.
 
-Local swap: rename ``OUT`` to the backup, rename the staging folder to ``OUT``, move the marker from ``OUT`` into
-the backup, remove the backup (its marker last). A kill at any step leaves a state that :func:`find_leftovers`
-recognises and :func:`remove_leftovers` repairs: it restores the previous output when the kill fell between the
-two renames, and otherwise removes what is left.
+The swap goes entry by entry:
 
-Object stores (``gs://``, ``s3://``) have no folder rename: a "rename" copies every object. There the swap
-marks the staging folder ``committing``, deletes the old ``OUT``, copies the staging objects into ``OUT`` (files
-named in ``finish_with``, by default ``dataset_info.json``, last) and deletes the staging folder. Until that copy
-ends a reader can see a partial ``OUT``; a kill during it leaves a ``committing`` staging folder from which
+1. ``OUT`` is checked again (the job may have run for hours): entries that appeared meanwhile and are not the
+   output's own (``check_swap``, or any entry without ``replace``) stop it. The new output is then kept beside the
+   previous one as ``OUT/OUT.new-<id>/`` (its marker removed, so no later run removes it) and
+   :class:`SwapRefused` names both. Nothing is deleted.
+2. The marker's state becomes ``swapping`` and lists the previous and the new entries. From here on the new output
+   is complete: a kill is finished by the next run (:func:`remove_leftovers` rolls forward).
+3. The previous entries move into the backup (the ``finish_with`` files first: readers take an output without
+   ``dataset_info.json`` as incomplete), then the new ones into ``OUT`` (``finish_with`` last).
+4. The backup and the staging folder are removed, each with its marker last.
+
+Object stores (``gs://``, ``s3://``) have no folder rename: a "rename" copies every object. There the staging folder
+is ``.OUT.incomplete-<id>`` beside ``OUT``; the swap marks it ``committing``, deletes the old ``OUT``, copies the
+staging objects into ``OUT`` (the ``finish_with`` files last) and deletes the staging folder. Until that copy ends
+a reader can see a partial ``OUT``; a kill during it leaves a ``committing`` staging folder from which
 :func:`remove_leftovers` finishes the copy. A failure before the swap leaves ``OUT`` untouched, as locally.
 
 Disk full: an ``ENOSPC`` anywhere in the block (also wrapped in another exception, such as a Beam pipeline
 failure) removes the staging folder and raises :class:`DiskFullError`, one line naming the folder and the free
-space (:func:`describe_disk_full`).
+space of its file system (:mod:`tfrecords_schema.disk_space`).
 """
 
 from __future__ import annotations
@@ -33,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import errno
 import json
 import os
 import posixpath
@@ -41,42 +49,47 @@ import shutil
 import socket
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from tfrecords_schema.atomic import INCOMPLETE_MARK
 from tfrecords_schema.dataset_info import DATASET_INFO_FILENAME
+from tfrecords_schema.disk_space import DiskFullError, describe_disk_full, is_disk_full  # noqa: F401 (re-exported)
+from tfrecords_schema.locks import LOCK_FILENAME, TAKEOVER_SUFFIX, pid_alive
 
 MARKER_FILENAME = ".affectstream-transaction.json"
 REPLACED_MARK = ".replaced-"  # Backup of the previous output during a swap: ".<name>" + REPLACED_MARK + id.
+KEPT_MARK = ".new-"  # A complete new output that could not be swapped in: "<name>" + KEPT_MARK + id.
 TOOL = "affectstream"
 STATE_WRITING = "writing"
+STATE_SWAPPING = "swapping"  # Local: the staging folder is complete and its entries are being moved into OUT.
 STATE_COMMITTING = "committing"  # Object stores: the staging folder is complete and being copied into OUT.
-DEFAULT_FINISH_WITH = (DATASET_INFO_FILENAME,)  # Readers treat an output without it as incomplete: copy it last.
-_DISK_FULL_TEXT = "no space left on device"
+DEFAULT_FINISH_WITH = (DATASET_INFO_FILENAME,)  # Readers treat an output without it as incomplete: it goes in last.
+_LOCK_NAMES = (LOCK_FILENAME, LOCK_FILENAME + TAKEOVER_SUFFIX)  # The output's own lock lives inside it locally.
 
 
 class TransactionError(RuntimeError):
-    """The output cannot be replaced (exists without ``replace``, is a file, changed during the run...)."""
+    """The output cannot be replaced (exists without ``replace``, is a file, a swap that failed midway...)."""
 
 
-class DiskFullError(OSError):
-    """The disk (or quota) filled up while writing; the message is one line naming the folder and free space."""
+class SwapRefused(TransactionError):
+    """The output changed during the run: the new output is kept beside the previous one, nothing is deleted.
 
-    def __init__(self, message: str):
-        super().__init__(errno.ENOSPC, message)
-        self.message = message
+    Attributes:
+        kept: Where the new output is.
+    """
 
-    def __str__(self) -> str:
-        return self.message
+    def __init__(self, message: str, kept: str):
+        super().__init__(message)
+        self.kept = kept
 
 
 @dataclasses.dataclass(frozen=True)
 class Leftover:
-    """A folder beside (or marker inside) an output, left by a run that did not finish.
+    """A transaction folder inside (locally) or beside (object stores) an output, left by a run that did not finish.
 
     Attributes:
-        path: The leftover folder (or, for ``kind == "marker"``, the output holding a stray marker).
-        kind: ``"staging"``, ``"backup"`` or ``"marker"``.
+        path: The leftover folder.
+        kind: ``"staging"`` or ``"backup"``.
         info: The marker's JSON (who wrote it, when, which command).
         alive: The writing process still runs on this host: not a leftover yet, never removed.
         action: What :func:`remove_leftovers` does with it, in words.
@@ -142,6 +155,10 @@ def _write_text(path: str, text: str) -> None:
             os.unlink(tmp)
 
 
+def _write_marker(folder: str, marker: dict) -> None:
+    _write_text(_join(folder, MARKER_FILENAME), json.dumps(marker, indent=1) + "\n")
+
+
 def _remove_any(path: str) -> None:
     """Removes the file or folder ``path`` (only ever called on what this module wrote)."""
     if _is_url(path):
@@ -197,84 +214,89 @@ def read_marker(folder: str) -> dict | None:
 
 
 def _alive(marker: dict) -> bool:
-    from tfrecords_schema.locks import pid_alive
-
     return marker.get("host") == socket.gethostname() and pid_alive(int(marker.get("pid", 0)))
-
-
-# ----------------------------------------------------------------------------------------------- disk full
-def is_disk_full(exc: BaseException | None) -> bool:
-    """Whether ``exc`` or anything in its cause/context chain is a disk-full error (``ENOSPC``).
-
-    Beam and TensorFlow re-raise worker errors as their own types, keeping only the text: it is matched too.
-    """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if _DISK_FULL_TEXT in str(exc).lower() or "disk quota exceeded" in str(exc).lower():
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def describe_disk_full(path: str, needed_bytes: int | None = None) -> str:
-    """One line: the disk holding ``path`` is full, how much is free, and (if known) how much is needed."""
-    needed = f"; about {_size(needed_bytes)} needed" if needed_bytes else ""
-    if _is_url(path):
-        return f"storage full or over quota while writing {path}{needed}"
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
-    usage = shutil.disk_usage(probe)
-    return (f"disk full while writing {path}: {_size(usage.free)} free of {_size(usage.total)} on its file system"
-            f"{needed}; free space and run again (a conversion needs about 2x its output size while it runs)")
 
 
 # ----------------------------------------------------------------------------------------------- transaction
 def _names(path: str, txn_id: str) -> tuple[str, str, str]:
+    """(folder holding the transaction folders, staging folder, backup folder) of ``path``."""
     parent, name = _split(path)
-    return (parent, _join(parent, f".{name}{INCOMPLETE_MARK}{txn_id}"), _join(parent, f".{name}{REPLACED_MARK}{txn_id}"))
+    home = parent if _is_url(path) else os.path.abspath(path)  # Locally inside OUT: one file system (see above).
+    return home, _join(home, f".{name}{INCOMPLETE_MARK}{txn_id}"), _join(home, f".{name}{REPLACED_MARK}{txn_id}")
+
+
+def _transaction_folder(path: str, entry: str) -> tuple[str, dict] | None:
+    """``(kind, marker)`` when ``entry`` (a name in the transaction home of ``path``) is one of our folders."""
+    name = _split(path)[1]
+    home = _names(path, "")[0]
+    for mark, kind in ((INCOMPLETE_MARK, "staging"), (REPLACED_MARK, "backup")):
+        prefix = f".{name}{mark}"
+        if entry.startswith(prefix):
+            folder = _join(home, entry)
+            marker = read_marker(folder) if _isdir(folder) else None
+            if marker is not None and marker.get("target") == name and marker["id"] == entry[len(prefix):]:
+                return kind, marker
+    return None
+
+
+def own_entries(path: str) -> list[str]:
+    """Names directly under a local output ``path`` that belong to its lock and transactions, not to the output.
+
+    Everything else under ``path`` is the output (or foreign to it). Object stores keep none inside.
+    """
+    if _is_url(path):
+        return []
+    names = _listdir(path)
+    return sorted(n for n in names if n in _LOCK_NAMES or n == MARKER_FILENAME or _transaction_folder(path, n))
+
+
+def output_entries(path: str) -> list[str]:
+    """The entries of ``path`` that are the output itself (none of :func:`own_entries`)."""
+    own = set(own_entries(path))
+    return sorted(n for n in _listdir(path) if n not in own and n != MARKER_FILENAME)
+
+
+def describe_foreign(foreign: Sequence[str], writer: str = "this tool", shown: int = 8) -> str | None:
+    """``it holds 2 entries this tool did not write: a, b`` (the first ``shown``), or None when there is none."""
+    if not foreign:
+        return None
+    listed = ", ".join(foreign[:shown]) + (f", ... ({len(foreign)} in all)" if len(foreign) > shown else "")
+    return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} {writer} did not write: {listed}"
 
 
 def _check_target(path: str, replace: bool) -> bool:
     """Whether ``path`` holds a previous output to replace; raises when it may not be replaced."""
     if _exists(path) and not _isdir(path):
         raise TransactionError(f"output {path} exists and is not a folder")
-    entries = [n for n in _listdir(path) if n != MARKER_FILENAME]
-    if entries and not replace:
+    if output_entries(path) and not replace:
         raise TransactionError(f"output {path} already exists and is not empty; pass --overwrite to replace it")
-    return _exists(path)
+    return bool(output_entries(path)) if not _is_url(path) else _exists(path)
 
 
 @contextlib.contextmanager
 def output_transaction(path: str, replace: bool = False, command: str | None = None,
-                       finish_with: Sequence[str] = DEFAULT_FINISH_WITH) -> Iterator[str]:
-    """Yields a staging folder beside ``path``; on success it becomes ``path``, on failure it is removed.
+                       finish_with: Sequence[str] = DEFAULT_FINISH_WITH,
+                       check_swap: Callable[[str], str | None] | None = None) -> Iterator[str]:
+    """Yields a staging folder; on success its content becomes ``path``, on failure it is removed.
 
     Args:
         path: The output folder (local path, ``gs://`` or ``s3://``).
         replace: Allow replacing a non-empty existing ``path`` (checked before anything is written).
         command: Recorded in the marker (default: this process's command line).
-        finish_with: Object stores only: top-level files copied last, so that ``path`` looks complete only when
-            it is (see the module docstring).
+        finish_with: Top-level files that mark a complete output: moved out first and in last (copied last on
+            object stores), so that ``path`` looks complete only when it is.
+        check_swap: Called on ``path`` right before the swap when it holds anything: the reason it may not be
+            replaced (entries this tool did not write, appeared during the run), or None.
 
     Raises:
-        TransactionError: ``path`` exists and may not be replaced, or changed during the run.
+        TransactionError: ``path`` exists and may not be replaced, or a swap failed midway (the next run finishes it).
+        SwapRefused: ``path`` changed during the run; the new output is kept beside it (see the module docstring).
         DiskFullError: the disk filled up (the staging folder is removed first).
     """
     _check_target(path, replace)
     txn_id = uuid.uuid4().hex[:16]
-    parent, staging, backup = _names(path, txn_id)
+    home, staging, backup = _names(path, txn_id)
+    created = not _is_url(path) and not os.path.isdir(path)
     marker = {"tool": TOOL, "target": _split(path)[1], "id": txn_id, "host": socket.gethostname(),
               "pid": os.getpid(), "command": " ".join(sys.argv) if command is None else command,
               "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -283,45 +305,86 @@ def output_transaction(path: str, replace: bool = False, command: str | None = N
         if _is_url(staging):
             _gfile().makedirs(staging)
         else:
-            os.makedirs(parent, exist_ok=True)
+            os.makedirs(home, exist_ok=True)
             os.mkdir(staging)
-        _write_text(_join(staging, MARKER_FILENAME), json.dumps(marker, indent=1) + "\n")
+        _write_marker(staging, marker)
         yield staging
         if _is_url(path):
-            _swap_by_copy(staging, path, marker, replace, finish_with)
+            _swap_by_copy(staging, path, marker, replace, finish_with, check_swap)
         else:
-            _swap_local(staging, path, backup, replace)
+            _swap_local(path, staging, backup, marker, replace, finish_with, check_swap)
     except BaseException as e:
-        if not _is_url(path) and _isdir(backup) and not _exists(path):
-            os.rename(backup, path)  # Interrupted between the two renames of the swap: put the previous one back.
         ours = read_marker(staging) if _exists(staging) else None
         if ours is not None and ours.get("id") == txn_id:
-            if ours.get("state") == STATE_COMMITTING:
-                # Object store, copy into OUT interrupted: the staging folder is the only complete copy now.
-                raise TransactionError(f"copying the new output {staging} into {path} failed ({type(e).__name__}: "
-                                       f"{e}); it is kept, and the next run into {path} finishes the copy") from e
+            if ours.get("state") in (STATE_COMMITTING, STATE_SWAPPING):
+                # The staging folder is the only complete copy of the new output now: never removed here.
+                raise TransactionError(f"moving the new output {staging} into {path} failed ({type(e).__name__}: "
+                                       f"{e}); it is kept, and the next run into {path} finishes the swap") from e
             _remove_tree_marker_last(staging)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # Only when empty: a folder this run made and nothing else wrote into.
         if is_disk_full(e) and not isinstance(e, DiskFullError):
-            raise DiskFullError(describe_disk_full(parent)) from e
+            raise DiskFullError(describe_disk_full(path)) from e  # Measured now that the staging folder is gone.
         raise
 
 
-def _swap_local(staging: str, path: str, backup: str, replace: bool) -> None:
-    had_previous = _check_target(path, replace)  # Again: the job may have run for hours.
-    if had_previous:
-        os.rename(path, backup)  # From here to the next rename a kill leaves no OUT: recovery restores it.
-    try:
-        os.rename(staging, path)
-    except OSError as e:
-        if had_previous:
-            os.rename(backup, path)
-        raise TransactionError(f"could not move the new output {staging} to {path}: {e}") from e
-    moved_marker = os.path.join(path, MARKER_FILENAME)
-    if had_previous:
-        os.rename(moved_marker, os.path.join(backup, MARKER_FILENAME))  # The backup is now marked ours.
-        _remove_tree_marker_last(backup)
+def _keep_beside(path: str, staging: str, txn_id: str, problem: str) -> None:
+    """The new output stays next to the previous one, under a visible name and no longer marked ours; raises."""
+    parent, name = _split(path)
+    if _is_url(path):
+        kept = staging
+        _remove_any(_join(staging, MARKER_FILENAME))
     else:
-        os.unlink(moved_marker)
+        kept = os.path.join(path, f"{name}{KEPT_MARK}{txn_id}")
+        os.rename(staging, kept)
+        os.unlink(os.path.join(kept, MARKER_FILENAME))
+    raise SwapRefused(f"{path} changed during the run: {problem}. Nothing was deleted: {path} holds what it held "
+                      f"and the new output is in {kept}; move your entries elsewhere and the new output into place "
+                      f"(or run again)", kept)
+
+
+def _swap_local(path: str, staging: str, backup: str, marker: dict, replace: bool, finish_with: Sequence[str],
+                check_swap: Callable[[str], str | None] | None) -> None:
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise TransactionError(f"output {path} is no longer a folder")
+    previous = output_entries(path)  # Again: the job may have run for hours.
+    problem = None
+    if previous and not replace:
+        shown = ", ".join(previous[:8]) + (" ..." if len(previous) > 8 else "")
+        problem = f"{len(previous)} entr{'y' if len(previous) == 1 else 'ies'} appeared in it: {shown}"
+    elif previous and check_swap is not None:
+        problem = check_swap(path)
+    if problem:
+        _keep_beside(path, staging, marker["id"], problem)
+    new = sorted(n for n in os.listdir(staging) if n != MARKER_FILENAME)
+    swapping = {**marker, "state": STATE_SWAPPING, "previous": previous, "new": new,
+                "finish_with": list(finish_with)}
+    _write_marker(staging, swapping)
+    _roll_forward(path, staging, backup, swapping)
+
+
+def _roll_forward(path: str, staging: str, backup: str, marker: dict) -> None:
+    """Moves the previous entries into ``backup`` and the staged ones into ``path``, then removes both folders.
+
+    Safe to run again after a kill at any point: an entry named in ``new`` that is no longer in ``staging`` has
+    been moved in already, so the entry of that name in ``path`` is the new one.
+    """
+    last = set(marker.get("finish_with", DEFAULT_FINISH_WITH))
+    if not os.path.isdir(backup):
+        os.mkdir(backup)
+        _write_marker(backup, marker)  # Marked ours before anything moves into it.
+    staged = set(os.listdir(staging)) - {MARKER_FILENAME}
+    for name in sorted(marker["previous"], key=lambda n: (n not in last, n)):
+        if name in marker["new"] and name not in staged:
+            continue  # Already the new one.
+        if os.path.lexists(os.path.join(path, name)):
+            os.rename(os.path.join(path, name), os.path.join(backup, name))
+    for name in sorted(marker["new"], key=lambda n: (n in last, n)):
+        if name in staged:
+            os.rename(os.path.join(staging, name), os.path.join(path, name))
+    _remove_tree_marker_last(backup)
+    _remove_tree_marker_last(staging)
 
 
 def _copy_tree(src: str, dst: str, finish_with: Sequence[str]) -> None:
@@ -343,9 +406,13 @@ def _copy_tree(src: str, dst: str, finish_with: Sequence[str]) -> None:
         gfile.copy(a, b, overwrite=True)
 
 
-def _swap_by_copy(staging: str, path: str, marker: dict, replace: bool, finish_with: Sequence[str]) -> None:
+def _swap_by_copy(staging: str, path: str, marker: dict, replace: bool, finish_with: Sequence[str],
+                  check_swap: Callable[[str], str | None] | None) -> None:
     had_previous = _check_target(path, replace)
-    _write_text(_join(staging, MARKER_FILENAME), json.dumps({**marker, "state": STATE_COMMITTING}, indent=1) + "\n")
+    problem = check_swap(path) if had_previous and check_swap is not None else None
+    if problem:
+        _keep_beside(path, staging, marker["id"], problem)
+    _write_marker(staging, {**marker, "state": STATE_COMMITTING})
     if had_previous:
         _gfile().rmtree(path)
     _copy_tree(staging, path, finish_with)
@@ -354,37 +421,24 @@ def _swap_by_copy(staging: str, path: str, marker: dict, replace: bool, finish_w
 
 # ------------------------------------------------------------------------------------------------- leftovers
 def find_leftovers(path: str) -> list[Leftover]:
-    """Leftovers of killed runs beside ``path`` (and a stray marker inside it); only what carries our marker."""
-    parent, name = _split(path)
+    """Leftovers of killed runs inside ``path`` (beside it on object stores); only what carries our marker."""
+    home = _names(path, "")[0]
     found = []
-    for entry in sorted(_listdir(parent)):
-        for mark, kind in ((INCOMPLETE_MARK, "staging"), (REPLACED_MARK, "backup")):
-            prefix = f".{name}{mark}"
-            if not entry.startswith(prefix):
-                continue
-            folder = _join(parent, entry)
-            marker = read_marker(folder) if _isdir(folder) else None
-            if marker is None or marker.get("target") != name or marker["id"] != entry[len(prefix):]:
-                continue  # Not written by this tool for this output: never touched.
-            found.append(_classify(path, folder, kind, marker))
-    marker = read_marker(path) if _isdir(path) else None
-    if marker is not None and marker.get("target") == name:
-        found.append(_classify(path, path, "marker", marker))
+    for entry in sorted(_listdir(home)):
+        own = _transaction_folder(path, entry)
+        if own is not None:
+            found.append(_classify(path, _join(home, entry), *own))
     return found
 
 
 def _classify(path: str, folder: str, kind: str, marker: dict) -> Leftover:
-    _, _, backup = _names(path, marker["id"])
     alive = _alive(marker)
     if alive:
         action = f"left alone: its run (pid {marker.get('pid')}) is still going on"
     elif kind == "staging" and marker.get("state") == STATE_COMMITTING:
         action = f"finish copying it into {path}, then remove it"
-    elif kind == "staging" and not _exists(path) and _isdir(backup):
-        action = f"restore the previous output from {backup} to {path}, then remove it"
-    elif kind == "marker":
-        action = (f"remove the previous output {backup} and the stray marker" if _isdir(backup)
-                  else "remove the stray marker")
+    elif kind == "staging" and marker.get("state") == STATE_SWAPPING:
+        action = f"finish moving it into {path} (the previous output's entries go), then remove it"
     else:
         action = "remove it"
     return Leftover(path=folder, kind=kind, info=marker, alive=alive, action=action)
@@ -400,18 +454,16 @@ def remove_leftovers(path: str, finish_with: Sequence[str] = DEFAULT_FINISH_WITH
         if item.alive:
             done.append(item.describe())
             continue
-        _, _, backup = _names(path, item.info["id"])
-        if item.kind == "staging" and item.info.get("state") == STATE_COMMITTING:
+        if not _exists(item.path):
+            continue  # A backup already removed with its staging folder's swap.
+        state = item.info.get("state")
+        if item.kind == "staging" and state == STATE_COMMITTING:
             if _exists(path):
                 _remove_any(path)  # A partial copy of our own complete staging folder.
             _copy_tree(item.path, path, finish_with)
-        elif item.kind == "staging" and not _exists(path) and _isdir(backup):
-            os.rename(backup, path)  # Local only: object stores never move OUT aside.
-        if item.kind == "marker":
-            if _isdir(backup):
-                # The swap had finished its renames: this unmarked backup is the replaced output, named by our id.
-                _remove_any(backup)
-            _remove_any(_join(path, MARKER_FILENAME))
+            _remove_tree_marker_last(item.path)
+        elif item.kind == "staging" and state == STATE_SWAPPING:
+            _roll_forward(path, item.path, _names(path, item.info["id"])[2], item.info)
         else:
             _remove_tree_marker_last(item.path)
         done.append(f"{item.describe()}: done")

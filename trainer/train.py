@@ -49,7 +49,8 @@ def train(config: TrainConfig) -> dict:
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point: parses ``argv`` (flags and/or ``--config``), trains, returns the exit code.
 
-    0 on success, 1 when training fails with a reported error, 2 for invalid options.
+    0 on success, 1 when training fails with a reported error, 2 for invalid options or when files this tool did not
+    write appeared in ``JOB/export`` during the run (the new export is kept beside the previous one).
     """
     _setup_logging()
     try:
@@ -67,6 +68,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - report every failure as one clear line and an exit code.
         from tfrecords_schema import DatasetInfoError
         from tfrecords_schema.locks import LockError
+        from tfrecords_schema.transaction import SwapRefused
+
+        if isinstance(e, SwapRefused):  # Files appeared in JOB/export: both exports kept, named in the message.
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
         return errors.report_failure(
             e, (ConfigError, DatasetInfoError, LockError, TrainingError, ValueError, FileNotFoundError, ImportError))

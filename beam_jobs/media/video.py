@@ -1,22 +1,35 @@
-"""Streaming frame reading with OpenCV: frame ``i`` (1-based) is annotation line ``i``.
+"""Streaming frame reading with OpenCV: frame ``i`` (1-based) is annotation line ``i``, upright, at its shown time.
 
 Frames are decoded one at a time, so a video of any length needs the memory of a
 frame. Remote media (``gs://``, ``s3://``, anything Beam's ``FileSystems`` reads)
 is first copied to a local temporary file in chunks, since OpenCV reads local files.
-Timestamps are ``(i - 1) / fps`` in microseconds (fps from the container, 30 when
-the container does not say), so they are the same on every run.
+
+Phone video: a container's display matrix (the 90/180/270 degree rotation phones write) is honoured, so frames
+come out as a player shows them, and boxes and keypoints found on them are in the displayed frame's coordinates.
+OpenCV 4.11 no longer does this by default (opencv/opencv#26795): the reader sets ``CAP_PROP_ORIENTATION_AUTO``
+after opening and records the angle (:attr:`VideoReader.rotation`, clockwise).
+
+Timestamps are the stream's presentation times (``CAP_PROP_POS_MSEC`` after each grab, from the first frame), in
+microseconds, so a variable-frame-rate video (phones, screen recordings) gets the time each frame is shown, not
+``(i - 1) / fps``: the container's frame rate of such a video is its frame count over its duration. A stream
+whose frame intervals differ (by more than 1.5 ms, the rounding of millisecond containers) is
+:attr:`VideoReader.variable_frame_rate`. A frame without a usable time (none, or not after the previous one)
+gets the previous time plus one interval.
 
 A frame that does not decode in the middle of a video must not shift the frames after
 it (frame ``i`` stays annotation line ``i``), and must not end the video either.
 OpenCV's ``grab()`` answers False both for such a frame and at the end, and goes on
 with the next packet when called again. So :meth:`VideoReader.next_frame` grabs again
 after a failure: when a later frame decodes, the failed ones were corrupt frames
-(:attr:`FrameStatus.CORRUPT`) and the decoded frame's place comes from its container
-timestamp (the count of failed grabs when the container gives none); when
+(:attr:`FrameStatus.CORRUPT`, their times interpolated between their neighbours) and the decoded frame's place
+comes from its timestamp while the stream is of constant rate (the count of failed grabs otherwise); when
 ``max_corrupt_run`` grabs in a row fail, the stream has ended (:attr:`FrameStatus.END`;
 a grab at the end costs ~2 µs). Frames that fail at the very end cannot be told from the
 end. A frame that FFmpeg decodes with errors concealed is returned as decoded: OpenCV
 does not expose the decoder's error flags.
+
+Truncated media: once the end is reached, :meth:`VideoReader.facts` compares the frames that decoded with the
+frame count the container declares (a cut download or copy decodes fewer); the callers report it.
 
 Example:
     with VideoReader("clip.mp4") as video:
@@ -25,10 +38,12 @@ Example:
                 use(frame.index, frame.timestamp_us, frame.image)
             else:                         # FrameStatus.CORRUPT: no image for this line
                 count_decode_error(frame.index)
+        facts = video.facts()             # variable frame rate, rotation, declared and decoded frames
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import dataclasses
@@ -52,6 +67,9 @@ DEFAULT_FPS = 30.0
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 # Failed grabs in a row after which the stream is taken to have ended (~33 s at 30 fps).
 MAX_CORRUPT_RUN = 1000
+# Spread of the frame intervals above which a stream is of variable frame rate: millisecond containers (mkv, webm)
+# round 33.33 ms to 33 or 34 ms.
+VFR_TOLERANCE_US = 1500
 _CHUNK = 8 << 20
 
 
@@ -73,7 +91,7 @@ class VideoFrame:
 
     Attributes:
         index: 1-based frame index (= annotation line).
-        timestamp_us: ``(index - 1) / fps`` in microseconds.
+        timestamp_us: When the frame is shown, in microseconds from the first frame (see the module docstring).
         status: Decoded, corrupt, or the end of the stream.
         image: BGR uint8 ``[H, W, 3]`` for a decoded frame read with ``decode=True``; else None.
     """
@@ -114,8 +132,45 @@ def local_copy(path: str) -> Iterator[str]:
 
 
 def frame_timestamp_us(index: int, fps: float) -> int:
-    """Microseconds of 1-based frame ``index`` from the start of the video."""
+    """Microseconds of 1-based frame ``index`` at a constant ``fps`` (frames without a video of their own)."""
     return round((index - 1) * 1_000_000 / fps)
+
+
+def interpolated_timestamps_us(before_us: int | None, after_us: int, count: int, fps: float) -> list[int]:
+    """Times of ``count`` frames that did not decode between a frame shown at ``before_us`` and one at ``after_us``.
+
+    Evenly spaced between the two; before the first decoded frame (``before_us`` None) one ``1 / fps`` apart, ending
+    one interval before ``after_us`` (never below 0).
+    """
+    if before_us is None:
+        step = 1_000_000 / fps
+        return [max(0, round(after_us - (count - k) * step)) for k in range(count)]
+    return [round(before_us + (after_us - before_us) * (k + 1) / (count + 1)) for k in range(count)]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamFacts:
+    """What reading a video found out about its stream (:meth:`VideoReader.facts`).
+
+    Attributes:
+        rotation: Clockwise degrees of the container's display matrix (0, 90, 180, 270), applied to the frames.
+        variable_frame_rate: The frame intervals differ (see the module docstring).
+        declared_frames: The frame count the container declares (None when it gives none).
+        decoded_frames: Frame indices read (decoded or corrupt) up to the end, or up to where the caller stopped.
+        ended: The reader reached the end of the stream (only then is ``truncated`` known).
+        truncated: The stream ended before the frames its container declares (fewer decode: a cut file).
+    """
+
+    rotation: int
+    variable_frame_rate: bool
+    declared_frames: int | None
+    decoded_frames: int
+    ended: bool
+    truncated: bool
+
+    def describe_truncation(self) -> str:
+        """``the container declares 30 frames, 14 decode`` (for warnings)."""
+        return f"the container declares {self.declared_frames} frames, {self.decoded_frames} decode"
 
 
 class VideoReader:
@@ -126,7 +181,10 @@ class VideoReader:
         max_corrupt_run: Failed grabs in a row taken as the end of the stream.
 
     Attributes:
-        fps, width, height: From the container and the first decoded frame.
+        fps: The container's frame rate (or DEFAULT_FPS); for a variable-frame-rate stream an average only.
+        width, height: Of the displayed (rotated) frames.
+        rotation: Clockwise degrees of the container's display matrix (applied to the frames).
+        declared_frames: The container's frame count, None when it gives none.
         frames_read: Index of the last frame returned (decoded or corrupt).
         decode_errors: Corrupt frames returned so far.
 
@@ -140,15 +198,20 @@ class VideoReader:
         self.fps = DEFAULT_FPS
         self.width = 0
         self.height = 0
+        self.rotation = 0
+        self.declared_frames: int | None = None
         self.frames_read = 0
         self.decode_errors = 0
         self._stack: contextlib.ExitStack | None = None
         self._cap = None
         self._ended = False
-        self._pending: collections.deque[int] = collections.deque()  # Corrupt indices before the grabbed frame.
-        self._grabbed: int | None = None  # Index of the frame grabbed but not yet returned.
+        # Corrupt (index, timestamp) before the grabbed frame.
+        self._pending: collections.deque[tuple[int, int]] = collections.deque()
+        self._grabbed: tuple[int, int] | None = None  # (index, timestamp) of the frame grabbed, not yet returned.
         self._image: np.ndarray | None = None  # Its pixels, when already retrieved (the first frame).
-        self._pts_origin_ms = 0.0
+        self._pts_origin_ms: float | None = None
+        self._last: tuple[int, int] | None = None  # (index, timestamp) of the last frame grabbed.
+        self._intervals = (math.inf, 0.0)  # (shortest, longest) interval between consecutive frames, µs.
         self._legacy_stopped = False
 
     def __enter__(self) -> Self:
@@ -165,8 +228,12 @@ class VideoReader:
             self._stack.callback(cap.release)
             if not cap.isOpened():
                 raise VideoError(f"{self.path}: OpenCV cannot open it (corrupt file or unsupported container/codec)")
+            cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)  # Phone video upright (off by default since OpenCV 4.11).
+            self.rotation = int(round(cap.get(cv2.CAP_PROP_ORIENTATION_META))) % 360
             fps = cap.get(cv2.CAP_PROP_FPS)
             self.fps = float(fps) if fps and math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
+            count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            self.declared_frames = int(count) if math.isfinite(count) and count >= 1 else None
             self._cap = cap
             self._grab_next()
             ok, first = (False, None) if self._grabbed is None else cap.retrieve()
@@ -185,10 +252,48 @@ class VideoReader:
             self._stack.close()
         self._cap = None
 
-    def _grab_next(self) -> None:
-        """Grabs the next frame that decodes; queues the indices of the frames that failed before it."""
+    @property
+    def variable_frame_rate(self) -> bool:
+        """Whether the intervals between the frames read so far differ (see the module docstring)."""
+        shortest, longest = self._intervals
+        return longest - shortest > max(VFR_TOLERANCE_US, 0.01 * shortest)
+
+    def _interval_us(self) -> float:
+        """The last frame's interval: the longest seen in a constant-rate stream, else the container's."""
+        return self._intervals[1] if self._intervals[1] > 0 and not self.variable_frame_rate else 1e6 / self.fps
+
+    def facts(self) -> StreamFacts:
+        """Rotation, variable frame rate, declared and decoded frames, truncation (see :class:`StreamFacts`)."""
+        ended = self._ended and not self._pending and self._grabbed is None
+        truncated = False
+        if ended and self.declared_frames is not None and self.declared_frames > self.frames_read:
+            # The decoded stream must also end before the declared duration: the frame count of an AVI with skipped
+            # frames or of a Matroska file is not the frames that decode.
+            shown_us = (self._last[1] if self._last else 0) + self._interval_us()
+            truncated = shown_us + 0.5 * 1e6 / self.fps < self.declared_frames * 1e6 / self.fps
+        return StreamFacts(rotation=self.rotation, variable_frame_rate=self.variable_frame_rate,
+                           declared_frames=self.declared_frames, decoded_frames=self.frames_read, ended=ended,
+                           truncated=truncated)
+
+    def _timestamp_us(self, index: int) -> int:
+        """The presentation time of the frame just grabbed as ``index`` (after ``self._last``)."""
         import cv2
 
+        pts_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+        if self._pts_origin_ms is None:
+            self._pts_origin_ms = pts_ms if index == 1 and math.isfinite(pts_ms) and pts_ms > 0 else 0.0
+        before = self._last
+        stamp = round((pts_ms - self._pts_origin_ms) * 1000) if math.isfinite(pts_ms) else -1
+        if before is not None and stamp <= before[1]:  # No usable time: one interval after the previous frame.
+            stamp = round(before[1] + (index - before[0]) * self._interval_us())
+        stamp = max(stamp, 0)
+        if before is not None and index == before[0] + 1:
+            shortest, longest = self._intervals
+            self._intervals = (min(shortest, stamp - before[1]), max(longest, stamp - before[1]))
+        return stamp
+
+    def _grab_next(self) -> None:
+        """Grabs the next frame that decodes; queues the frames that failed before it, with their times."""
         expected = self.frames_read + 1  # Called only when nothing is queued.
         failures = 0
         while not self._cap.grab():
@@ -196,28 +301,33 @@ class VideoReader:
             if failures >= self.max_corrupt_run:
                 self._ended = True
                 return
-        index = expected
-        if failures:
-            index = self._index_from_timestamp(expected, failures)
-            self._pending.extend(range(expected, index))
-        elif expected == 1:
-            self._pts_origin_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
-        self._grabbed = index
+        index = self._index_after_failures(expected, failures) if failures else expected
+        stamp = self._timestamp_us(index)
+        if index > expected:
+            before = self._last[1] if self._last is not None else None
+            self._pending.extend(zip(range(expected, index), interpolated_timestamps_us(
+                before, stamp, index - expected, self.fps)))
+        self._grabbed = (index, stamp)
+        self._last = self._grabbed
 
-    def _index_from_timestamp(self, expected: int, failures: int) -> int:
-        """Index of a frame grabbed after ``failures`` failed grabs: from its timestamp when it has a plausible one.
+    def _index_after_failures(self, expected: int, failures: int) -> int:
+        """Index of a frame grabbed after ``failures`` failed grabs: from its timestamp in a constant-rate stream.
 
         Decoders can lose more frames than grabs failed (a broken reference frame) or fewer (a failed
-        packet that held no picture), so the timestamp decides; OpenCV gives 0 for a frame without one.
+        packet that held no picture), so the timestamp decides while the frame rate is constant; OpenCV gives 0
+        for a frame without one. In a variable-frame-rate stream a time says nothing of the frames lost.
         """
         import cv2
 
         pts_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
-        if pts_ms > 0 and math.isfinite(pts_ms):
-            index = round((pts_ms - self._pts_origin_ms) * self.fps / 1000.0) + 1
+        if pts_ms > 0 and math.isfinite(pts_ms) and not self.variable_frame_rate:
+            index = round((pts_ms - (self._pts_origin_ms or 0.0)) * self.fps / 1000.0) + 1
             if expected <= index <= expected + self.max_corrupt_run:
                 return index
         return expected + failures
+
+    def _end_timestamp_us(self) -> int:
+        return round(self._last[1] + self._interval_us()) if self._last else 0
 
     def next_frame(self, decode: bool = True) -> VideoFrame:
         """The next frame index: decoded (with its image when ``decode``), corrupt, or the end.
@@ -228,22 +338,21 @@ class VideoReader:
         if not self._pending and self._grabbed is None and not self._ended:
             self._grab_next()
         if self._pending:
-            index = self._pending.popleft()
+            index, stamp = self._pending.popleft()
             self.frames_read = index
             self.decode_errors += 1
-            return VideoFrame(index, frame_timestamp_us(index, self.fps), FrameStatus.CORRUPT)
+            return VideoFrame(index, stamp, FrameStatus.CORRUPT)
         if self._grabbed is None:
-            index = self.frames_read + 1
-            return VideoFrame(index, frame_timestamp_us(index, self.fps), FrameStatus.END)
-        index, image = self._grabbed, self._image
+            return VideoFrame(self.frames_read + 1, self._end_timestamp_us(), FrameStatus.END)
+        (index, stamp), image = self._grabbed, self._image
         self._grabbed, self._image = None, None
         self.frames_read = index
         if decode and image is None:
             ok, image = self._cap.retrieve()
             if not ok or image is None:  # Grabbed but not convertible: as good as corrupt.
                 self.decode_errors += 1
-                return VideoFrame(index, frame_timestamp_us(index, self.fps), FrameStatus.CORRUPT)
-        return VideoFrame(index, frame_timestamp_us(index, self.fps), FrameStatus.DECODED, image if decode else None)
+                return VideoFrame(index, stamp, FrameStatus.CORRUPT)
+        return VideoFrame(index, stamp, FrameStatus.DECODED, image if decode else None)
 
     # The calls below predate next_frame() and keep their meaning for existing callers.
 
@@ -288,10 +397,12 @@ class VideoProbe:
     """What a full pass over a video found (see :func:`probe_video`).
 
     Attributes:
-        fps: Frame rate (container's, or DEFAULT_FPS).
-        width, height: Frame size.
+        fps: Frame rate (container's, or DEFAULT_FPS; an average for a variable-frame-rate stream).
+        width, height: Frame size (displayed, after rotation).
         frames: Decodable length: the index of the last frame that decodes (corrupt frames before it included).
         decode_errors: Frames before that one that do not decode.
+        timestamps_us: int64 ``[frames]``: when each frame is shown (``timestamps_us[i - 1]`` is frame ``i``'s).
+        facts: Rotation, variable frame rate, declared frames, truncation.
     """
 
     fps: float
@@ -299,18 +410,22 @@ class VideoProbe:
     height: int
     frames: int
     decode_errors: int
+    timestamps_us: np.ndarray
+    facts: StreamFacts
 
 
 def probe_video(path: str) -> VideoProbe:
-    """Runs through a whole video (decoding, no colour conversion) and counts its frames.
+    """Runs through a whole video (decoding, no colour conversion): its frames and when each is shown.
 
     Raises:
         VideoError: as :class:`VideoReader` does.
     """
+    stamps = array.array("q")  # 8 bytes a frame: an hour at 60 fps holds 1.7 MB.
     with VideoReader(path) as video:
-        while video.next_frame(decode=False).status is not FrameStatus.END:
-            pass
-        return VideoProbe(video.fps, video.width, video.height, video.frames_read, video.decode_errors)
+        while (frame := video.next_frame(decode=False)).status is not FrameStatus.END:
+            stamps.append(frame.timestamp_us)
+        return VideoProbe(video.fps, video.width, video.height, video.frames_read, video.decode_errors,
+                          np.frombuffer(stamps, np.int64).copy(), video.facts())
 
 
 def probe_fps(path: str | None) -> float:

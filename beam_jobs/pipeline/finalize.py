@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING
 
 import apache_beam as beam
 
+from beam_jobs.media.video import StreamFacts
 from beam_jobs.pipeline import files
 from beam_jobs.pipeline.clips import SplitSummary
 from beam_jobs.sources.base import DeadLetter, SplitDrop
 from tfrecords_schema import DATASET_INFO_FILENAME, Accounting, DatasetInfo, ShardInfo, SplitInfo, join_path
+from tfrecords_schema.dataset_info import MEDIA_KEY
 
 if TYPE_CHECKING:
     from beam_jobs.pipeline.config import ConvertConfig
@@ -47,6 +49,41 @@ def dead_letter_dict(letter: DeadLetter, track: str = "") -> dict:
     """
     return {"source": letter.source, "reason": letter.reason, "message": letter.message,
             "frames": int(letter.frames), "track": track}
+
+
+def media_note_dict(media: str, track: str, stream: StreamFacts | None) -> dict | None:
+    """What decoding a track's video found, when worth saying (turned upright, variable frame rate, truncated).
+
+    Returns:
+        ``{"media", "track", "rotation", "variable_frame_rate", "truncated", "declared_frames", "decoded_frames"}``,
+        or None for an upright constant-rate video that is not truncated (or no video).
+    """
+    if stream is None or not (stream.rotation or stream.variable_frame_rate or stream.truncated):
+        return None
+    return {"media": media, "track": track, "rotation": stream.rotation,
+            "variable_frame_rate": stream.variable_frame_rate, "truncated": stream.truncated,
+            "declared_frames": stream.declared_frames, "decoded_frames": stream.decoded_frames}
+
+
+def media_summary(notes: Iterable[dict]) -> dict:
+    """``DatasetInfo.run["media"]``: the videos turned upright, of variable frame rate, or truncated (by media).
+
+    ``{"rotated": {media: clockwise degrees}, "variable_frame_rate": [media], "truncated": {media: {"declared_frames",
+    "decoded_frames"}}}``, each key only when it has an entry (tracks of one video say the same).
+    """
+    rotated, vfr, truncated = {}, set(), {}
+    for note in notes:
+        if note["rotation"]:
+            rotated[note["media"]] = note["rotation"]
+        if note["variable_frame_rate"]:
+            vfr.add(note["media"])
+        if note["truncated"]:
+            previous = truncated.get(note["media"], {"decoded_frames": 0})
+            truncated[note["media"]] = {"declared_frames": note["declared_frames"],
+                                        "decoded_frames": max(note["decoded_frames"], previous["decoded_frames"])}
+    summary = {"rotated": dict(sorted(rotated.items())), "variable_frame_rate": sorted(vfr),
+               "truncated": dict(sorted(truncated.items()))}
+    return {k: v for k, v in summary.items() if v}
 
 
 def split_drop_summary(drop: SplitDrop) -> tuple[str, SplitSummary]:
@@ -145,8 +182,9 @@ class BuildDatasetInfoFn(beam.DoFn):
         self._options = dict(options)
         self._unused = list(unused_media)
 
-    def process(self, _, shards: list[ShardInfo], summaries: list[tuple[str, SplitSummary]], dead_letters: list[dict]):
-        """Yields the checked DatasetInfo (side inputs: all shards, ``(split, SplitSummary)``, dead letters)."""
+    def process(self, _, shards: list[ShardInfo], summaries: list[tuple[str, SplitSummary]], dead_letters: list[dict],
+                media_notes: list[dict] = ()):
+        """Yields the checked DatasetInfo (side inputs: all shards, ``(split, SplitSummary)``, dead letters, media notes)."""
         info = dataset_info_skeleton(self._config, self._options, self._unused)
         by_split = {split: SplitSummary() for split in self._splits}
         for split, summary in summaries:
@@ -163,6 +201,9 @@ class BuildDatasetInfoFn(beam.DoFn):
                          "files": [DEAD_LETTERS_PATH] if dead_letters else []}
         info.run = {"tracks": sum(s.tracks for s in by_split.values()),
                     "worker_seconds": round(sum(s.seconds for s in by_split.values()), 3)}
+        media = media_summary(media_notes)
+        if media:  # Only when a video was turned upright, of variable frame rate or truncated.
+            info.run[MEDIA_KEY] = media
         yield info
 
 

@@ -6,7 +6,8 @@ store, and is imported when used). A source walks the track's annotation lines i
 filled (with what the face stage did on its labelled frames), a frame of the video that did not decode
 (left out of its clip, no later frame moves into its place), or a note about one frame (a dead letter
 that costs no labelled frame). Once the iteration ends, :attr:`FrameSource.frames_read` says how many
-frames the media gave, so annotation lines past the end of the video can be counted.
+frames the media gave, so annotation lines past the end of the video can be counted, and (decoded video)
+:attr:`FrameSource.stream` what reading it found: rotation, variable frame rate, a truncated file.
 
 Frames whose clip holds no valid label go through the face stage without a crop being cut (a frame's crop depends
 on the video alone, as in `affectstream predict`); frames after the last written clip are only counted.
@@ -25,12 +26,20 @@ from __future__ import annotations
 
 import abc
 import collections
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 
 from beam_jobs.faces import provided
 from beam_jobs.faces import stage as faces_lib
-from beam_jobs.media.video import DEFAULT_FPS, FrameStatus, VideoError, VideoReader, frame_timestamp_us, probe_video
+from beam_jobs.media.video import (
+    DEFAULT_FPS,
+    FrameStatus,
+    StreamFacts,
+    VideoError,
+    VideoReader,
+    frame_timestamp_us,
+)
 from beam_jobs.pipeline.clips import Bucketer, ClipBuilder
 from beam_jobs.sources.base import DeadLetter, TrackLabels, TrackSpec
 from tfrecords_schema import ClipRecord
@@ -79,6 +88,7 @@ class FrameSource(abc.ABC):
         self.dataset_name = dataset_name
         self.bucketer = bucketer
         self.frames_read = 0  # Frames the media gave; final once the iteration has ended.
+        self.stream: StreamFacts | None = None  # Decoded video: what reading it found (rotation, VFR, truncation).
 
     def _builder(self, fps: float) -> ClipBuilder:
         return ClipBuilder(self.track, self.labels, self.clip_length, self.dataset_name, fps, self.bucketer)
@@ -95,7 +105,7 @@ class DecodedVideo(FrameSource):
     decodable frame of the video in order, from frame 1, whether or not the frame's clip is written (a frame whose
     clip holds no valid label goes through the stage without a crop being cut: ``process(crop=False)``), so the crop
     of a frame depends on the video alone: ``affectstream predict`` runs the same stage over every frame and cuts the
-    same bytes (tests/test_same_crops.py). After the last frame whose crop is needed, frames are only counted. A
+    same bytes (tests/test_serving_crops.py). After the last frame whose crop is needed, frames are only counted. A
     frame that does not decode (:attr:`FrameStatus.CORRUPT`) is yielded as ``undecodable`` when its clip is written
     and left out of its clip; the frames after it keep their index.
 
@@ -150,55 +160,69 @@ class DecodedVideo(FrameSource):
             if clip is not None:
                 yield SourceItem(clip=clip, faces={status: statuses[status] for status in faces_lib.FACE_STATUSES})
             self.frames_read = video.frames_read
+            self.stream = video.facts()
 
 
 class ProvidedCrops(FrameSource):
     """The dataset's own face crops, ``<track.crops_dir>/00001.jpg`` ... (``--cropped_aligned``).
 
-    A crop is resized to the crop size and stored with the box of the whole image; a missing
-    crop is a frame without a face (blank crop), an unreadable one too, with a dead letter.
-    When the track has its video, its frame rate and decodable length come from it (one pass
-    over the video, decoding without colour conversion), and annotation lines past its last
-    frame are not written (``beyond_video_end``); without the video, 30 fps and every
-    annotation line counts as a frame the media gave.
+    A crop is prepared by :func:`beam_jobs.faces.provided.prepare_crop` (the one preparation, which ``affectstream
+    predict --cropped_aligned`` shares) and stored with the box of the whole image; a missing crop is a frame without
+    a face (blank crop), an unreadable one too, with a dead letter. When the track has its video, its frames give the
+    crops' frame rate, presentation times and the decodable length (one pass over the video, decoding without colour
+    conversion), and annotation lines past its last frame are not written (``beyond_video_end``); without the video
+    (or one that does not open), 30 fps and every annotation line counts as a frame the media gave.
     """
 
     def __iter__(self) -> Iterator[SourceItem]:
         from apache_beam.io.filesystems import FileSystems  # Crops on gs:// or s3:// too.
 
-        fps, length = self._video_length()
-        builder = self._builder(fps)
-        blank = faces_lib.encode_jpeg(faces_lib.blank_crop(self.face.crop_size), self.face.jpeg_quality)
-        for index in range(1, length + 1):
-            if not builder.clip_has_valid(index):
-                continue
-            path = provided.crop_file(self.track.crops_dir, index)
-            jpeg, bbox = blank, None
-            if FileSystems.exists(path):
-                with FileSystems.open(path) as f:
-                    prepared = provided.prepare_crop(f.read(), self.face.crop_size, self.face.jpeg_quality)
-                if prepared is None:
-                    yield SourceItem(dead_letter=DeadLetter(
-                        path, DROP_UNREADABLE_CROP, "provided crop does not decode; frame written without a face", 0))
-                else:
-                    jpeg, bbox = prepared, provided.WHOLE_IMAGE_BOX  # The crop is the face.
-            clip = builder.add(index, frame_timestamp_us(index, fps), jpeg, bbox)
+        with contextlib.ExitStack() as stack:
+            video = self._open_video(stack)
+            builder = self._builder(video.fps if video else DEFAULT_FPS)
+            blank = faces_lib.encode_jpeg(faces_lib.blank_crop(self.face.crop_size), self.face.jpeg_quality)
+            for index, timestamp_us in self._frames(video):
+                if not builder.clip_has_valid(index):
+                    continue
+                path = provided.crop_file(self.track.crops_dir, index)
+                jpeg, bbox = blank, None
+                if FileSystems.exists(path):
+                    with FileSystems.open(path) as f:
+                        prepared = provided.prepare_crop(f.read(), self.face.crop_size, self.face.jpeg_quality)
+                    if prepared is None:
+                        yield SourceItem(dead_letter=DeadLetter(
+                            path, DROP_UNREADABLE_CROP, "provided crop does not decode; frame written without a face",
+                            0))
+                    else:
+                        jpeg, bbox = prepared, provided.WHOLE_IMAGE_BOX  # The crop is the face.
+                clip = builder.add(index, timestamp_us, jpeg, bbox)
+                if clip is not None:
+                    yield SourceItem(clip=clip)
+            clip = builder.flush()
             if clip is not None:
                 yield SourceItem(clip=clip)
-        clip = builder.flush()
-        if clip is not None:
-            yield SourceItem(clip=clip)
-        self.frames_read = length
+            if video is not None:
+                self.stream = video.facts()
 
-    def _video_length(self) -> tuple[float, int]:
-        """(fps, frames to read): from the track's video when it has one that opens, else (30 fps, every line)."""
-        if self.track.media_path:
-            try:
-                probe = probe_video(self.track.media_path)
-            except (VideoError, OSError):  # As without a video: the crops are what is converted.
-                return DEFAULT_FPS, self.labels.num_frames
-            return probe.fps, min(probe.frames, self.labels.num_frames)
-        return DEFAULT_FPS, self.labels.num_frames
+    def _open_video(self, stack: contextlib.ExitStack) -> VideoReader | None:
+        """The track's video, open, or None when it has none or it does not open (the crops are then converted)."""
+        if not self.track.media_path:
+            return None
+        try:
+            return stack.enter_context(VideoReader(self.track.media_path))
+        except (VideoError, OSError):
+            return None
+
+    def _frames(self, video: VideoReader | None) -> Iterator[tuple[int, int]]:
+        """``(index, presentation time)`` of the frames crops are written for, up to the annotation's last line."""
+        last = self.labels.num_frames
+        if video is None:
+            self.frames_read = last
+            yield from ((index, frame_timestamp_us(index, DEFAULT_FPS)) for index in range(1, last + 1))
+            return
+        while (frame := video.next_frame(decode=False)).status is not FrameStatus.END and frame.index <= last:
+            self.frames_read = frame.index
+            yield frame.index, frame.timestamp_us
 
 
 def open_frame_source(track: TrackSpec, labels: TrackLabels, face: faces_lib.FaceStageConfig, clip_length: int,

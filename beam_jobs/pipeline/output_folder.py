@@ -4,12 +4,18 @@
   this tool wrote it: its ``dataset_info.json`` is an AffectStream one (``schema_version`` and the schema's
   fields) and every entry in it is a name the conversion writes (:func:`foreign_entries`). Nothing is deleted
   here; a refusal names the foreign entries.
-* :func:`claim_output`: the whole run, locally. It takes the output's lock (:func:`tfrecords_schema.locks.
-  lock_output`: a second run refuses, naming the holder; a dead holder's lock is taken over), repairs what a
-  killed run left beside the output (:func:`tfrecords_schema.transaction.remove_leftovers`) and yields a staging
-  folder (:func:`tfrecords_schema.transaction.output_transaction`) that replaces ``--output`` only after the
-  block succeeds. A failure, a typo found late or a kill leaves the previous output as it was. A full disk
-  becomes one :class:`DiskFullError` line with the free space and an estimate of the space needed.
+* :func:`claim_output`: the whole run, locally. Before any work it checks where the output will be built
+  (:func:`tfrecords_schema.disk_space.check_output_place`: writable, the previous entries on the output's own file
+  system, free space against twice the previous output) and refuses in one line when the run could not finish
+  there. It then takes the output's lock (inside it: :func:`tfrecords_schema.locks.lock_output`; a second run
+  refuses, naming the holder; a dead holder's lock is taken over), repairs what a killed run left
+  (:func:`tfrecords_schema.transaction.remove_leftovers`) and yields a staging folder inside the output
+  (:func:`tfrecords_schema.transaction.output_transaction`), so ``--output`` may be a mount point or sit on another
+  file system than its parent. The new output replaces the previous one entry by entry only after the block
+  succeeds, and only if the output still holds nothing this tool did not write: entries that appeared during the
+  run keep both outputs side by side (:class:`tfrecords_schema.transaction.SwapRefused`, exit status 2). A
+  failure, a typo found late or a kill leaves the previous output as it was. A full disk becomes one
+  :class:`DiskFullError` line with the free space of the output's file system and an estimate of the space needed.
 * Object-store outputs (``gs://``, ``s3://``) are written in place: the lock and the transaction go through
   ``tf.io.gfile``, which knows neither Beam's storage options (``--s3_endpoint_url``, ...) nor, without
   tensorflow-io, ``s3://``. There the previous output is deleted only after the inputs have been listed
@@ -20,6 +26,7 @@ Layout a conversion writes (everything else is foreign)::
     OUT/dataset_info.json               OUT/errors/dead_letters.jsonl
     OUT/<split>/<shard name>            OUT/.tmp-convert/{spill/*.bin, progress/*.json, <split>/<shard name>,
     temporary names (.NAME.incomplete-<id>) of the files above     dataset_info.json}  (a run's temp folder)
+    while a run holds it: OUT/.affectstream.lock and the transaction's marked folders (.OUT.incomplete-<id>/, ...)
 """
 
 from __future__ import annotations
@@ -39,13 +46,21 @@ from beam_jobs.pipeline.spill import SPILL_DIRNAME
 from tfrecords_schema import DATASET_INFO_FILENAME, DatasetInfo, DatasetInfoError, join_path
 from tfrecords_schema.atomic import INCOMPLETE_MARK
 from tfrecords_schema.dataset_info import parse_shard_basename
+from tfrecords_schema.disk_space import (
+    DiskFullError,
+    OutputPlace,
+    check_output_place,
+    describe_disk_full,
+    format_size,
+    is_disk_full,
+)
 from tfrecords_schema.locks import LOCK_FILENAME, lock_output
 from tfrecords_schema.transaction import (
     MARKER_FILENAME,
-    DiskFullError,
-    describe_disk_full,
-    is_disk_full,
+    describe_foreign,
+    output_entries,
     output_transaction,
+    own_entries,
     remove_leftovers,
 )
 
@@ -80,9 +95,13 @@ def _list_files(output: str) -> tuple[list[str], list[str]]:
         found = FileSystems.match([root + "**"])[0].metadata_list
         return sorted(m.path[len(root):] for m in found if m.path.startswith(root) and m.path != root), []
     files, odd = [], []
+    own = set(own_entries(output))  # The lock and a running transaction's marked folders: not the output.
     for folder, dirs, names in os.walk(output):
         rel_dir = os.path.relpath(folder, output).replace(os.sep, "/")
         prefix = "" if rel_dir == "." else rel_dir + "/"
+        if not prefix:
+            dirs[:] = [d for d in dirs if d not in own]
+            names = [n for n in names if n not in own]
         for d in list(dirs):
             if os.path.islink(os.path.join(folder, d)):
                 odd.append(prefix + d)
@@ -164,11 +183,17 @@ def ownership_problem(output: str) -> str | None:
         except DatasetInfoError as e:
             if not _is_affectstream_info(text):
                 return f"its {DATASET_INFO_FILENAME} is not one this tool writes ({str(e)[:200]})"
-    foreign = foreign_entries(output)
-    if foreign:
-        shown = ", ".join(foreign[:_MAX_LISTED]) + (f", ... ({len(foreign)} in all)" if len(foreign) > _MAX_LISTED else "")
-        return f"it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} this tool did not write: {shown}"
-    return None
+    return _foreign_problem(output)
+
+
+def _foreign_problem(output: str) -> str | None:
+    """``it holds 2 entries this tool did not write: a, b`` (None: there is none)."""
+    return describe_foreign(foreign_entries(output), shown=_MAX_LISTED)
+
+
+def _swap_problem(output: str) -> str | None:
+    """Right before the swap: the entries that appeared in ``output`` during the run and are not this tool's."""
+    return _foreign_problem(output) or ownership_problem(output)
 
 
 def _is_affectstream_info(text: str) -> bool:
@@ -189,7 +214,7 @@ def _entries(output: str) -> list[str]:
         return files
     if os.path.lexists(output) and not os.path.isdir(output):
         raise OutputRefused(f"output {output} exists and is not a folder")
-    return [n for n in os.listdir(output) if n != MARKER_FILENAME] if os.path.isdir(output) else []
+    return output_entries(output)
 
 
 def check_output(output: str, overwrite: bool) -> bool:
@@ -239,15 +264,17 @@ class OutputClaim:
 
     Attributes:
         output: The user's ``--output``.
-        staging: Where the run writes (a staging folder beside ``output``; ``output`` itself on object stores).
+        staging: Where the run writes (a staging folder inside ``output``; ``output`` itself on object stores).
         replacing: A previous output is there and is replaced on success.
         total_tracks: Set once the tracks are known: the disk-full estimate scales by the tracks done.
+        place: Locally, what the check before any work found (file system, free space, estimate).
     """
 
     output: str
     staging: str
     replacing: bool
     total_tracks: int = 0
+    place: OutputPlace | None = None
 
     @property
     def in_place(self) -> bool:
@@ -266,40 +293,72 @@ class OutputClaim:
         self.replacing = False  # Gone: nothing previous is left to keep.
 
 
+def check_place(output: str, replacing: bool) -> OutputPlace:
+    """Where a local run will build ``output``, checked before any work (nothing is written).
+
+    The estimate is twice the previous output (spill files, then shards, while the previous output stays until
+    the swap); without a previous output it is unknown.
+
+    Raises:
+        OutputRefused: not writable, or an entry the swap must move is on another file system.
+    """
+    entries = output_entries(output)
+    needed = 2 * _tree_bytes(output) if replacing else None
+    place = check_output_place(output, moved=entries, needed_bytes=needed)
+    if place.problem:
+        raise OutputRefused(f"--output {output} cannot be written: {place.problem}; nothing was written")
+    return place
+
+
 @contextlib.contextmanager
 def claim_output(output: str, overwrite: bool, command: str | None = None,
                  log: Callable[[str], None] = print) -> Iterator[OutputClaim]:
-    """Holds ``output`` for one run: lock, leftovers of killed runs, transaction (see the module docstring).
+    """Holds ``output`` for one run: checks, lock, leftovers of killed runs, transaction (see the module docstring).
 
     Raises:
         tfrecords_schema.locks.LockHeldError: another run holds the output.
-        OutputRefused: the output (restored from a killed run's backup, or changed) may not be replaced.
+        OutputRefused: the output may not be written or replaced (also one restored from a killed run's swap).
+        tfrecords_schema.transaction.SwapRefused: the output changed during the run; both outputs are kept.
         tfrecords_schema.transaction.TransactionError: the swap could not be made.
         DiskFullError: the disk filled up; the staging folder is already removed.
     """
     if _is_url(output):
         yield from _claim_in_place(output, overwrite)
         return
-    if os.path.islink(output):  # Build beside the real folder (its file system), so the link sees the new output.
+    if os.path.islink(output):  # Build in the real folder (its file system), so the link sees the new output.
         output = os.path.realpath(output)
-    with lock_output(output, command) as lock:
-        for message in lock.messages:
-            log(f"convert: warning: {message}")
-        for done in remove_leftovers(output):
-            log(f"convert: warning: leftover of an earlier run: {done}")
-        replacing = check_output(output, overwrite)  # Again, under the lock: a leftover may have restored it.
-        needed = None
-        try:
-            with output_transaction(output, replace=overwrite, command=command) as staging:
-                claim = OutputClaim(output, staging, replacing)
-                try:
-                    yield claim
-                except BaseException as e:
-                    if is_disk_full(e):  # Measured now: the transaction removes the staging folder next.
-                        needed = estimate_needed_bytes(staging, claim.total_tracks)
-                    raise
-        except DiskFullError as e:  # Raised once the staging folder is gone: the free space it gives is real.
-            raise DiskFullError(describe_disk_full(os.path.dirname(os.path.abspath(output)), needed)) from e
+    place = check_place(output, check_output(output, overwrite))
+    if place.short_of_space:
+        log(f"convert: warning: {output}: only {format_size(place.free_bytes)} free on its file system, about "
+            f"{format_size(place.needed_bytes)} needed (twice the previous output): the run may stop with a full disk")
+    created = not os.path.isdir(output)
+    try:
+        with lock_output(output, command) as lock:
+            for message in lock.messages:
+                log(f"convert: warning: {message}")
+            for done in remove_leftovers(output):
+                log(f"convert: warning: leftover of an earlier run: {done}")
+            replacing = check_output(output, overwrite)  # Again, under the lock: a leftover may have restored it.
+            yield from _transaction(output, overwrite, command, OutputClaim(output, "", replacing, place=place))
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(output)  # Only when empty: a failed first run leaves no folder behind.
+
+
+def _transaction(output: str, overwrite: bool, command: str | None, claim: OutputClaim) -> Iterator[OutputClaim]:
+    needed = None
+    try:
+        with output_transaction(output, replace=overwrite, command=command, check_swap=_swap_problem) as staging:
+            claim.staging = staging
+            try:
+                yield claim
+            except BaseException as e:
+                if is_disk_full(e):  # Measured now: the transaction removes the staging folder next.
+                    needed = estimate_needed_bytes(staging, claim.total_tracks)
+                raise
+    except DiskFullError as e:  # Raised once the staging folder is gone: the free space it gives is real.
+        raise DiskFullError(describe_disk_full(output, needed)) from e
 
 
 def _claim_in_place(output: str, overwrite: bool) -> Iterator[OutputClaim]:

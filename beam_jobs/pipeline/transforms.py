@@ -38,6 +38,7 @@ from beam_jobs.pipeline.finalize import (
     StageDatasetInfoFn,
     WriteDeadLettersFn,
     dead_letter_dict,
+    media_note_dict,
     split_drop_summary,
 )
 from beam_jobs.pipeline.frame_sources import open_frame_source
@@ -64,6 +65,7 @@ _LOG = logging.getLogger(__name__)
 
 TAG_ACCOUNTING = "accounting"  # Per-track accounting outputs: (split, SplitSummary).
 TAG_DEAD_LETTERS = "dead_letters"  # Dead-letter dict outputs.
+TAG_MEDIA_NOTES = "media_notes"  # What decoding a video found out about it (finalize.media_note_dict).
 _LISTED_FRAMES = 20  # Frame numbers a track's dead letter for undecodable frames lists.
 
 
@@ -158,6 +160,7 @@ class DecodeAndCropFn(beam.DoFn):
         main: ``(split, ClipRecord)``.
         :data:`TAG_ACCOUNTING`: ``(split, SplitSummary)`` once per track.
         :data:`TAG_DEAD_LETTERS`: dicts for ``DIR/errors/``.
+        :data:`TAG_MEDIA_NOTES`: a video turned upright, of variable frame rate or truncated (once per track).
     """
 
     def __init__(self, config: ConvertConfig):
@@ -242,6 +245,9 @@ class DecodeAndCropFn(beam.DoFn):
                         counter(f"frames_{status}").inc(frames)
                     counter("clips_written").inc()
                     yield track.split, item.clip
+            note = media_note_dict(where, track.track_id, source.stream)
+            if note is not None:
+                yield beam.pvalue.TaggedOutput(TAG_MEDIA_NOTES, note)
             beyond = int((valid & ~done)[source.frames_read:].sum())
             tally.drop(DROP_BEYOND_VIDEO_END, beyond)
             if beyond:
@@ -308,8 +314,8 @@ class ConvertTracks(beam.PTransform):
             CountUnreadableLabelsFn(self._source, cfg)).with_outputs(TAG_ACCOUNTING, main="dead_letters")
         # dead-letter dict; accounting: (split, SplitSummary)
         decoded = labelled | "DecodeAndCrop" >> beam.ParDo(DecodeAndCropFn(cfg)).with_outputs(
-            TAG_ACCOUNTING, TAG_DEAD_LETTERS, main="clips")
-        # (split, ClipRecord); accounting: (split, SplitSummary); dead letters: dict
+            TAG_ACCOUNTING, TAG_DEAD_LETTERS, TAG_MEDIA_NOTES, main="clips")
+        # (split, ClipRecord); accounting: (split, SplitSummary); dead letters: dict; media notes: dict
         encoded = decoded.clips | "EncodeClips" >> beam.ParDo(EncodeClipsFn(cfg)).with_outputs(
             TAG_STATS, main="records")
         # SpilledRecord; stats: (split, SplitSummary)
@@ -335,7 +341,8 @@ class ConvertTracks(beam.PTransform):
             finish
             | "BuildDatasetInfo" >> beam.ParDo(
                 BuildDatasetInfoFn(cfg, self._splits, self._options, self._unused),
-                beam.pvalue.AsList(all_shards), beam.pvalue.AsList(summaries), beam.pvalue.AsList(dead_letters))
+                beam.pvalue.AsList(all_shards), beam.pvalue.AsList(summaries), beam.pvalue.AsList(dead_letters),
+                beam.pvalue.AsList(decoded[TAG_MEDIA_NOTES]))
             # DatasetInfo, checked
             | "FinalizeShards" >> beam.ParDo(FinalizeShardsFn(cfg))
             # DatasetInfo, its shards renamed into place

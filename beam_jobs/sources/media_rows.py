@@ -9,9 +9,11 @@ probes the video's frame rate and frame count and lays the segments on its frame
 (:func:`build_labels`).
 
 Accounting units are frames. A row that labels the whole video labels every frame the container
-reports; a segment ``[start, end)`` seconds labels frame ``i`` (1-based) when
-``start <= (i - 1) / fps < end``, cut at the video's end (time past the end labels no frame: a
-``beyond_video_end`` dead letter with 0 frames). Rejected rows travel with their video as rejected
+reports; a segment ``[start, end)`` seconds labels frame ``i`` (1-based) when the frame is shown in it,
+``start <= t_i < end``, with ``t_i`` the frame's presentation time (one decoding pass over a video labelled by
+time segments reads them, :func:`beam_jobs.media.video.probe_video`: the frames of a variable-frame-rate video
+are not ``(i - 1) / fps`` apart), cut at the video's end (time past the end labels no frame: a
+``beyond_video_end`` dead letter with 0 frames). The times are those the conversion stores with each frame. Rejected rows travel with their video as rejected
 segments, so their frames are counted (and dropped with their reason) on the worker. The rows of a
 video that is missing or does not open count 0 frames, since its frames cannot be known, and still
 give a dead letter. Tracks whose split the conversion cannot write are accounted under the split
@@ -30,6 +32,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from beam_jobs.media import video as video_lib
 from beam_jobs.media.video import DEFAULT_FPS, VIDEO_EXTENSIONS, VideoError, VideoReader, local_copy
 from beam_jobs.sources import base
 from beam_jobs.sources.folder_scan import FolderScan
@@ -45,6 +48,7 @@ from tfrecords_schema import (
     TASK_VALENCE_AROUSAL,
     keys,
 )
+from tfrecords_schema.tasks import label_name_problem
 
 # Reasons a labelled frame is not written, beyond those of ``base``.
 DROP_UNKNOWN_CLASS = "unknown_class"  # a class name not in --class_names (or no class folder).
@@ -67,6 +71,8 @@ MAX_SEGMENT_SECONDS = 24 * 3600.0  # Longer segments are out_of_range (bounds th
 # Names taken as files without asking the file system (one call less per entry on gs://).
 _FILE_SUFFIXES = VIDEO_EXTENSIONS + (".csv", ".txt", ".json", ".jpg", ".jpeg", ".png")
 _EPSILON = 1e-6  # Seconds × fps rounding slack: a segment starting at 0.3 s at 10 fps starts at frame 4.
+# Seconds of slack around a segment's bounds against frame times: millisecond containers round 33.33 ms to 33 ms.
+_TIME_SLACK_S = 5e-4
 
 
 def canonical_split(text: str) -> str | None:
@@ -85,6 +91,10 @@ def parse_class_names(value: str | Sequence[str] | None) -> list[str] | None:
     names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value)]
     if not names or "" in names:
         raise ValueError(f"--class_names needs non-empty comma-separated names, got {value!r}")
+    for name in names:
+        problem = label_name_problem(name)
+        if problem:
+            raise ValueError(f"--class_names {name!r}: {problem}")
     folded = [n.casefold() for n in names]
     if len(set(folded)) != len(folded):
         raise ValueError(f"--class_names repeats a name (letter case is ignored): {names}")
@@ -194,7 +204,20 @@ def _basename(path: str) -> str:
     return posixpath.basename(path.rstrip("/").replace("\\", "/"))
 
 
-def probe_video(path: str) -> tuple[float, int | None, str]:
+def presentation_times(path: str) -> tuple[float, int | None, str, np.ndarray | None]:
+    """Frame rate, decodable frames and when each is shown (seconds), from one decoding pass over the video.
+
+    Returns:
+        ``(fps, frames, "", times_s)``, or ``(DEFAULT_FPS, None, why, None)`` when the video cannot be read.
+    """
+    try:
+        probe = video_lib.probe_video(path)
+    except (VideoError, OSError) as e:
+        return DEFAULT_FPS, None, str(e), None
+    return probe.fps, probe.frames, "", probe.timestamps_us / 1e6
+
+
+def container_frames(path: str) -> tuple[float, int | None, str]:
     """Frame rate and frame count of a video (one download for a remote one).
 
     The frame rate is :class:`~beam_jobs.media.video.VideoReader`'s, so segment times map to the same
@@ -226,29 +249,45 @@ def probe_video(path: str) -> tuple[float, int | None, str]:
     return (fps, frames, "") if frames else (DEFAULT_FPS, None, f"{path}: no frame decodes")
 
 
-def frame_range(segment: Segment, fps: float, frames: int | None) -> tuple[int, int]:
-    """0-based ``[first, stop)`` rows a segment labels (frame ``i`` is at ``(i - 1) / fps`` s).
+def frame_range(segment: Segment, fps: float, frames: int | None,
+                times_s: np.ndarray | None = None) -> tuple[int, int]:
+    """0-based ``[first, stop)`` rows a segment labels: the frames shown in ``[start, end)``.
 
     Args:
         segment: The segment.
-        fps: Frame rate of the video.
+        fps: Frame rate of the video (frame ``i`` at ``(i - 1) / fps`` s when ``times_s`` is None).
         frames: Frame count of the video (segments are cut there), or None when unknown: then
             nothing can be counted and the range is empty.
+        times_s: float ``[frames]``: when each frame is shown (presentation times), or None.
     """
     if frames is None:
         return 0, 0
     if segment.start is None:
         return 0, frames
+    if times_s is not None:
+        first = int(np.searchsorted(times_s[:frames], segment.start - _TIME_SLACK_S, side="left"))
+        stop = int(np.searchsorted(times_s[:frames], segment.end - _TIME_SLACK_S, side="left"))
+        return first, max(first, stop)
     first = min(frames, max(0, math.ceil(segment.start * fps - _EPSILON)))
     stop = min(frames, math.ceil(segment.end * fps - _EPSILON))
     return first, max(first, stop)
+
+
+def video_end_s(fps: float, frames: int, times_s: np.ndarray | None = None) -> float:
+    """When the last frame stops being shown: its time plus one interval (``frames / fps`` at a constant rate)."""
+    if times_s is None or len(times_s) == 0:
+        return frames / fps
+    last = len(times_s) - 1
+    interval = times_s[last] - times_s[last - 1] if last > 0 else 1.0 / fps
+    return float(times_s[last] + interval)
 
 
 # ---------------------------------------------------------------------------------------- labels
 
 
 def build_labels(segments: Sequence[Segment], fps: float, frames: int | None, *, where: str = "",
-                 unknown_reason: str | None = base.DROP_UNREADABLE_MEDIA, why_unknown: str = "") -> base.TrackLabels:
+                 unknown_reason: str | None = base.DROP_UNREADABLE_MEDIA, why_unknown: str = "",
+                 times_s: np.ndarray | None = None) -> base.TrackLabels:
     """Per-frame labels of a video from its segments.
 
     Valid segments are laid down in row order; a frame that two rows label differently loses its
@@ -262,8 +301,11 @@ def build_labels(segments: Sequence[Segment], fps: float, frames: int | None, *,
         where: The video (for the dead letter when ``frames`` is None).
         unknown_reason: Reason of that dead letter; None: no dead letter (discovery already wrote one).
         why_unknown: Why the frame count is unknown.
+        times_s: float ``[frames]``, when each frame is shown; None: ``(i - 1) / fps``.
     """
-    ranges = [frame_range(s, fps, frames) for s in segments]
+    ranges = [frame_range(s, fps, frames, times_s) for s in segments]
+    end_s = None if frames is None else video_end_s(fps, frames, times_s)
+    slack_s = _EPSILON / fps if times_s is None else _TIME_SLACK_S
     n = max([frames or 0] + [stop for _, stop in ranges])
     expression = np.full(n, keys.EXPRESSION_INVALID, dtype=np.int64)
     valence_arousal = np.full((n, 2), keys.VA_INVALID, dtype=np.float32)
@@ -278,10 +320,11 @@ def build_labels(segments: Sequence[Segment], fps: float, frames: int | None, *,
     for segment, (first, stop) in zip(segments, ranges):
         if segment.reason is not None:
             continue
-        if frames is not None and segment.end is not None and math.ceil(segment.end * fps - _EPSILON) > frames:
+        if end_s is not None and segment.end is not None and segment.end > end_s + slack_s:
+            shown = f"{frames} frames at {fps:g} fps" if times_s is None else f"{frames} frames shown until {end_s:g} s"
             dead.append(base.DeadLetter(
                 segment.source, base.DROP_BEYOND_VIDEO_END,
-                f"segment {segment.start:g}-{segment.end:g} s ends after the video ({frames} frames at {fps:g} fps);"
+                f"segment {segment.start:g}-{segment.end:g} s ends after the video ({shown});"
                 " the time past the end labels no frame", 0))
         span = slice(first, stop)
         va = segment.valence_arousal or (keys.VA_INVALID, keys.VA_INVALID)
@@ -317,11 +360,14 @@ class LabelledMediaSource(base.DatasetSource):
     """
 
     def read_labels(self, track: base.TrackSpec) -> base.TrackLabels:
-        """Probes the video (frame rate and count) and lays the track's segments on its frames."""
+        """Probes the video (frame rate and count; presentation times for time segments), lays the segments on it."""
         segments = getattr(track, "segments", ())
         if track.media_path is None:  # (Discovery reported the missing video and its rows' 0 frames.)
             return build_labels(segments, DEFAULT_FPS, None, unknown_reason=None)
-        fps, frames, why = probe_video(track.media_path)
+        if any(s.start is not None for s in segments):
+            fps, frames, why, times_s = presentation_times(track.media_path)
+            return build_labels(segments, fps, frames, where=track.media_path, why_unknown=why, times_s=times_s)
+        fps, frames, why = container_frames(track.media_path)
         return build_labels(segments, fps, frames, where=track.media_path, why_unknown=why)
 
     def count_labelled_lines(self, track: base.TrackSpec) -> tuple[int, list[str]]:

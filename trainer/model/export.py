@@ -8,6 +8,12 @@ backbone weights it started from (``weights``; for ``--stage sequence`` also ``i
 fingerprint (:mod:`trainer.training.fingerprint`). A two-stage job exports one end-to-end model (CNN + recurrent
 stack) with the same input and outputs as any other.
 
+The export is a transaction (:func:`tfrecords_schema.transaction.output_transaction`): it is written into a staging
+folder inside ``JOB/export`` and swapped in entry by entry (``model_info.json`` out first and in last) only when
+the folder holds nothing but a previous export (:func:`foreign_entries`). Files that appear there during the
+training keep both exports side by side and raise :class:`tfrecords_schema.transaction.SwapRefused`, naming both;
+nothing is deleted.
+
 Loading::
 
     import keras
@@ -18,10 +24,14 @@ Loading::
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
+import re
 import tempfile
 
 from tfrecords_schema import join_path
+from tfrecords_schema.atomic import INCOMPLETE_MARK
 
 EXPORT_DIRNAME = "export"
 MODEL_FILENAME = "model.keras"
@@ -29,35 +39,103 @@ SAVED_MODEL_DIRNAME = "saved_model"
 MODEL_INFO_FILENAME = "model_info.json"
 
 
+# What model.export() writes under saved_model/ (TensorFlow's SavedModel layout).
+_SAVED_MODEL_FILE = re.compile(r"^(saved_model\.pb|fingerprint\.pb|keras_metadata\.pb|variables/variables\.index|"
+                               r"variables/variables\.data-\d+-of-\d+|assets/.*|variables/)$")  # (x/: empty folder)
+
+
 class ExportError(ValueError):
     """A folder that holds no export, or an export that cannot be read."""
 
 
-def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
-    """Writes ``model.keras``, ``saved_model/`` and ``model_info.json`` to ``export_dir``.
+def _list_tree(folder: str) -> list[str]:
+    """Every file (and empty folder, as ``name/``) under ``folder``, relative, with ``/``; ``[]`` when missing."""
+    import tensorflow as tf
 
-    ``model.keras`` and ``model_info.json`` appear whole or not at all (the Keras file is saved locally,
-    then copied in through :func:`tfrecords_schema.atomic.incomplete_file`); ``model_info.json`` is written
-    last, so an export folder holding it holds a complete model.
+    if not tf.io.gfile.isdir(folder):
+        return []
+    from tfrecords_schema.transaction import own_entries
 
-    Returns:
-        ``{"model_keras": path, "saved_model": path, "model_info": path}``.
+    own = set(own_entries(folder))  # A running export's staging folder: not part of the export.
+    found = []
+    for root, dirs, files in tf.io.gfile.walk(folder):
+        rel = root[len(folder.rstrip("/")):].replace(os.sep, "/").strip("/")
+        found += [posixpath.join(rel, n) if rel else n for n in files if rel or n not in own]
+        if rel and not dirs and not files:
+            found.append(rel + "/")
+    return sorted(f for f in found if f.split("/")[0] not in own)
+
+
+def foreign_entries(export_dir: str) -> list[str]:
+    """Entries under ``export_dir`` that an export does not write (relative paths; empty: all could be ours)."""
+    ours = (MODEL_FILENAME, MODEL_INFO_FILENAME)
+
+    def written_by_export(rel: str) -> bool:
+        top, _, rest = rel.partition("/")
+        if not rest:
+            return top in ours or any(top.startswith(f".{name}{INCOMPLETE_MARK}") for name in ours)
+        return top == SAVED_MODEL_DIRNAME and bool(_SAVED_MODEL_FILE.match(rest))
+
+    return [rel for rel in _list_tree(export_dir) if not written_by_export(rel)]
+
+
+def _swap_problem(export_dir: str) -> str | None:
+    from tfrecords_schema.transaction import describe_foreign
+
+    return describe_foreign(foreign_entries(export_dir), writer="an export")
+
+
+def read_model_info(model_dir: str) -> dict:
+    """``model_info.json`` of an export folder.
+
+    Raises:
+        ExportError: the file is missing, or is not a JSON object (the message names the file).
     """
     import tensorflow as tf
 
-    from tfrecords_schema.atomic import incomplete_file, write_json
+    path = join_path(model_dir, MODEL_INFO_FILENAME)
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            info = json.loads(f.read())
+    except tf.errors.NotFoundError as e:
+        raise ExportError(f"{path} not found: not an export of this tool") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path} is not valid JSON ({e}); export the model again") from e
+    if not isinstance(info, dict):
+        raise ExportError(f"{path} must hold a JSON object, got {type(info).__name__}; export the model again")
+    return info
 
-    tf.io.gfile.makedirs(export_dir)
-    keras_path = join_path(export_dir, MODEL_FILENAME)
-    saved_model_path = join_path(export_dir, SAVED_MODEL_DIRNAME)
-    with tempfile.TemporaryDirectory(prefix="affectstream_export_") as local_dir:
-        local = os.path.join(local_dir, MODEL_FILENAME)  # Keras wants the .keras suffix
-        model.save(local)
-        with incomplete_file(keras_path) as partial:
-            tf.io.gfile.copy(local, partial, overwrite=True)
-    model.export(saved_model_path, verbose=False)
-    info_path = write_json(join_path(export_dir, MODEL_INFO_FILENAME), model_info)
-    return {"model_keras": keras_path, "saved_model": saved_model_path, "model_info": info_path}
+
+def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
+    """Writes ``model.keras``, ``saved_model/`` and ``model_info.json`` to ``export_dir`` as one transaction.
+
+    Everything is written into a staging folder and swapped in only once complete (see the module docstring):
+    a folder holding ``model_info.json`` holds a complete model, and a previous export is replaced only when the
+    folder holds nothing else.
+
+    Returns:
+        ``{"model_keras": path, "saved_model": path, "model_info": path}``.
+
+    Raises:
+        tfrecords_schema.transaction.SwapRefused: files that an export does not write appeared in ``export_dir``;
+            the new export is kept beside the previous one (the message names both).
+    """
+    import tensorflow as tf
+
+    from tfrecords_schema.atomic import write_json
+    from tfrecords_schema.transaction import output_transaction
+
+    with output_transaction(export_dir, replace=True, finish_with=(MODEL_INFO_FILENAME,),
+                            check_swap=_swap_problem) as staging:
+        with tempfile.TemporaryDirectory(prefix="affectstream_export_") as local_dir:
+            local = os.path.join(local_dir, MODEL_FILENAME)  # Keras wants the .keras suffix
+            model.save(local)
+            tf.io.gfile.copy(local, join_path(staging, MODEL_FILENAME), overwrite=True)
+        model.export(join_path(staging, SAVED_MODEL_DIRNAME), verbose=False)
+        write_json(join_path(staging, MODEL_INFO_FILENAME), model_info)
+    return {"model_keras": join_path(export_dir, MODEL_FILENAME),
+            "saved_model": join_path(export_dir, SAVED_MODEL_DIRNAME),
+            "model_info": join_path(export_dir, MODEL_INFO_FILENAME)}
 
 
 def resolve_model_dir(path: str) -> str:
@@ -71,25 +149,3 @@ def resolve_model_dir(path: str) -> str:
         f"--model {path!r} holds no {MODEL_INFO_FILENAME}: pass the export/ directory of a training job (or the "
         "job dir)"
     )
-
-
-def read_model_info(model_dir: str) -> dict:
-    """The ``model_info.json`` of an export directory.
-
-    Raises:
-        ExportError: the file is not valid JSON (the message names the file).
-    """
-    import json
-
-    import tensorflow as tf
-
-    path = join_path(model_dir, MODEL_INFO_FILENAME)
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
-    try:
-        info = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(info, dict):
-        raise ExportError(f"{path} must hold a JSON object")
-    return info

@@ -87,29 +87,34 @@ class FaceStageCrops:
 
     Attributes (final once iterated):
         fps: The video's frame rate.
+        stream: What reading the video found out (:class:`beam_jobs.media.video.StreamFacts`: rotation, variable
+            frame rate, truncation).
     """
 
     def __init__(self, path: str, face_stage, side: str | None):
         self.path, self.face_stage, self.side = path, face_stage, side
-        self.fps = 0.0
+        self.fps, self.stream = 0.0, None
 
     def __iter__(self) -> Iterator[FrameCrop]:
         from beam_jobs.faces.stage import FaceCropper, blank_crop, encode_jpeg
-        from beam_jobs.media.video import VideoReader, frame_timestamp_us
+        from beam_jobs.media.video import VideoReader, interpolated_timestamps_us
 
         stage = self.face_stage
         cropper = FaceCropper.from_config(stage, side=self.side)
         last_jpeg = encode_jpeg(blank_crop(stage.crop_size), stage.jpeg_quality)
         with VideoReader(self.path) as video:
             self.fps = video.fps
-            expected = 1
+            expected, before = 1, None
             for index, timestamp_us, image in video.frames():
-                for missing in range(expected, index):  # Frames the decoder lost: same crop, no face.
-                    yield FrameCrop(missing, frame_timestamp_us(missing, video.fps), last_jpeg, None, False)
+                # Frames the decoder lost: the same crop, no face, at times between their neighbours'.
+                for missing, stamp in enumerate(interpolated_timestamps_us(before, timestamp_us, index - expected,
+                                                                           video.fps), start=expected):
+                    yield FrameCrop(missing, stamp, last_jpeg, None, False)
                 face = cropper.process(image)
                 last_jpeg = encode_jpeg(face.crop, stage.jpeg_quality)
                 yield FrameCrop(index, timestamp_us, last_jpeg, face.bbox, True)
-                expected = index + 1
+                expected, before = index + 1, timestamp_us
+            self.stream = video.facts()
 
 
 class ProvidedCrops:
@@ -117,6 +122,7 @@ class ProvidedCrops:
 
     Attributes (final once iterated):
         fps: The video's frame rate.
+        stream: What reading the video found out (:class:`beam_jobs.media.video.StreamFacts`).
         missing: Frames without a crop file.
         unreadable: Crop files that do not decode.
         past_video_end: Crop files of frames past the video's decodable end (not predicted).
@@ -124,7 +130,7 @@ class ProvidedCrops:
 
     def __init__(self, path: str, crops_dir: str, crop_size: int, jpeg_quality: int):
         self.path, self.crops_dir, self.crop_size, self.jpeg_quality = path, crops_dir, crop_size, jpeg_quality
-        self.fps = 0.0
+        self.fps, self.stream = 0.0, None
         self.missing = self.unreadable = self.past_video_end = 0
 
     def __iter__(self) -> Iterator[FrameCrop]:
@@ -151,6 +157,7 @@ class ProvidedCrops:
                     self.missing += 1
                 yield FrameCrop(frame.index, frame.timestamp_us, jpeg, bbox, frame.status is FrameStatus.DECODED)
             last = video.frames_read
+            self.stream = video.facts()
         self.past_video_end = sum(1 for name in tf.io.gfile.listdir(self.crops_dir)
                                   if _crop_index(name) is not None and _crop_index(name) > last)
 

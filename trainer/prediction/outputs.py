@@ -25,8 +25,10 @@ Example::
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +40,9 @@ from tfrecords_schema import (
     join_path,
 )
 from tfrecords_schema.atomic import incomplete_file
+
+if TYPE_CHECKING:
+    from beam_jobs.media.video import StreamFacts
 
 NO_FACE_MODEL = "model"
 NO_FACE_INTERPOLATE = "interpolate"
@@ -65,6 +70,7 @@ class VideoPredictions:
         boxes: float32 ``[N, 4]`` normalised ``(ymin, xmin, ymax, xmax)``, NaN without a face.
         outputs: ``{head: float32 [N, D]}``: expression probabilities, (valence, arousal), AU probabilities.
         label_names: ``{head: names}`` of the model (``model_info.json``).
+        stream: What reading the video found (rotation, variable frame rate, a truncated file), when known.
     """
 
     stem: str
@@ -75,6 +81,7 @@ class VideoPredictions:
     boxes: np.ndarray
     outputs: dict[str, np.ndarray]
     label_names: dict[str, list[str]]
+    stream: StreamFacts | None = None
 
     @property
     def num_frames(self) -> int:
@@ -162,8 +169,24 @@ def postprocess(preds: VideoPredictions, no_face: str = NO_FACE_MODEL, smooth_fr
 # Files.
 
 
+def csv_field(text: str) -> str:
+    """``text`` as one CSV field: quoted (quotes doubled) when it holds a comma, a quote or a line break."""
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\r\n') else text
+
+
 def submission_header(head: str, label_names: dict[str, list[str]]) -> str:
-    """The first line of an ABAW file of ``head``: the model's label names (the challenge's header)."""
+    """The first line of an ABAW file of ``head``: the model's label names (the challenge's header).
+
+    Raises:
+        PredictionFileError: a name the unquoted ABAW header cannot hold (a comma, quote, line break or NUL; the
+            conversion refuses such names, so only a hand-made model has one).
+    """
+    from tfrecords_schema.tasks import label_name_problem
+
+    for name in label_names[head]:
+        problem = label_name_problem(name)
+        if problem:
+            raise PredictionFileError(f"the model's {head} label {name!r} cannot go into an ABAW header: {problem}")
     return ",".join(label_names[head])
 
 
@@ -201,11 +224,16 @@ def _write_text_lines(path: str, header: str, lines) -> str:
 
 
 def write_csv(path: str, preds: VideoPredictions) -> str:
-    """Writes ``preds`` as one CSV row per frame (columns: :func:`csv_columns`); returns ``path``."""
+    """Writes ``preds`` as one CSV row per frame (columns: :func:`csv_columns`); returns ``path``.
+
+    A class name holding a comma, quote or line break is quoted (:func:`csv_field`), so the columns after it stay.
+    """
     names = preds.label_names
     has = {head: head in preds.outputs for head in HEADS}
     classes = preds.expression_classes() if has[HEAD_EXPRESSION] else None
     va = preds.valence_arousal() if has[HEAD_VALENCE_AROUSAL] else None
+
+    labels = [csv_field(name) for name in names.get(HEAD_EXPRESSION, [])]
 
     def rows():
         for i in range(preds.num_frames):
@@ -215,14 +243,14 @@ def write_csv(path: str, preds: VideoPredictions) -> str:
             fields += [""] * 4 if np.isnan(box).any() else [f"{v:.5f}" for v in box]
             if classes is not None:
                 fields += [f"{p:.6f}" for p in preds.outputs[HEAD_EXPRESSION][i]]
-                fields += [str(classes[i]), names[HEAD_EXPRESSION][classes[i]]]
+                fields += [str(classes[i]), labels[classes[i]]]
             if va is not None:
                 fields += [f"{v:.6f}" for v in va[i]]
             if has[HEAD_ACTION_UNITS]:
                 fields += [f"{p:.6f}" for p in preds.outputs[HEAD_ACTION_UNITS][i]]
             yield ",".join(fields)
 
-    return _write_text_lines(path, ",".join(csv_columns(names)), rows())
+    return _write_text_lines(path, ",".join(csv_field(c) for c in csv_columns(names)), rows())
 
 
 def write_submission(out_dir: str, preds: VideoPredictions) -> dict[str, str]:
@@ -282,10 +310,12 @@ def read_frame_flags(csv_path: str) -> dict[str, np.ndarray] | None:
     if not tf.io.gfile.exists(csv_path):
         return None
     with tf.io.gfile.GFile(csv_path, "r") as f:
-        header = f.readline().rstrip("\n").split(",")
+        rows = csv.reader(io.StringIO(f.read()))  # Class names in the header and expr_label may be quoted.
+        header = next(rows)
         columns = {name: header.index(name) for name in ("has_face", "decoded")}
-        rows = [line.split(",") for line in f.read().splitlines() if line]
+        rows = [row for row in rows if row]
     return {name: np.array([row[i] == "1" for row in rows], bool) for name, i in columns.items()}
+
 
 # --------------------------------------------------------------------------------------------------
 # Scoring against annotation files.

@@ -62,6 +62,17 @@ SCORES_FILENAME = "scores.json"
 # One video.
 
 
+def _stream_fields(video: str, stream) -> dict:
+    """The summary's facts of one video's stream; a truncated one (an ABAW file from it is short) gets a warning."""
+    if stream is None:
+        return {"rotation": 0, "variable_frame_rate": False, "declared_frames": None, "truncated": False}
+    if stream.truncated:
+        print(f"[predict] warning: {video}: truncated? {stream.describe_truncation()}; its files hold the frames that "
+              "decode (an ABAW submission from it would be short)", file=sys.stderr, flush=True)
+    return {"rotation": stream.rotation, "variable_frame_rate": stream.variable_frame_rate,
+            "declared_frames": stream.declared_frames, "truncated": stream.truncated}
+
+
 def _write_outputs(args, video: str, raw: preds_lib.VideoPredictions) -> dict:
     """Applies the no-face rule and smoothing, writes the CSV, ABAW files and renders; returns the paths."""
     from tfrecords_schema import join_path
@@ -160,7 +171,11 @@ def predict(args) -> int:
     from tfrecords_schema.atomic import write_atomically
 
     filesystems.register_filesystems(args.model, args.output, args.annotations, args.cropped_aligned)
-    tracks = plan_tracks(list_videos(args.videos), args.side, args.cropped_aligned)
+    duplicates: list[str] = []
+    videos = list_videos(args.videos, duplicates)
+    for note in duplicates:
+        print(f"[predict] note: {note}", file=sys.stderr, flush=True)
+    tracks = plan_tracks(videos, args.side, args.cropped_aligned)
     model, model_info, served, model_dir = load_export(args.model)
     crops = choose_crops(served, args)
     heads = list(model_info["heads"])
@@ -187,15 +202,18 @@ def predict(args) -> int:
             progress.end_video()
             done.append({"video": track.video, "stem": track.stem, "frames": raw.num_frames,
                          "frames_with_face": int(raw.has_face.sum()), "frames_not_decoded": int((~raw.decoded).sum()),
-                         "fps": raw.fps, "seconds": round(time.monotonic() - started, 3), **_crop_counts(frames),
-                         **written})
+                         "fps": raw.fps, **_stream_fields(track.video, raw.stream),
+                         "seconds": round(time.monotonic() - started, 3), **_crop_counts(frames), **written})
             print(f"[predict] {track.stem}: {raw.num_frames} frames, face in {int(raw.has_face.sum())} -> "
                   f"{written['csv']}", flush=True)
     summary = {"model": model_dir, "crops": crops, "face_stage": served.face_stage.to_dict(), "side": args.side,
                "cropped_aligned": args.cropped_aligned, "no_face": args.no_face, "smooth": args.smooth,
-               "seq_len": int(model_info["seq_len"]), "videos": done, "failed": failed}
-    if args.annotations:
-        scores = scoring.score_predictions(args.output, args.annotations, args.score_split)
+               "seq_len": int(model_info["seq_len"]), "videos": done, "failed": failed,
+               "truncated_videos": sum(v["truncated"] for v in done),
+               "variable_frame_rate_videos": sum(v["variable_frame_rate"] for v in done), "duplicates": duplicates}
+    if args.annotations:  # This run's predictions only: files an earlier run left in OUT are not scored.
+        scores = scoring.score_predictions(args.output, args.annotations, args.score_split,
+                                           stems={v["stem"] for v in done})
         summary["scores"] = write_atomically(join_path(args.output, SCORES_FILENAME),
                                              json.dumps(scores, indent=2, sort_keys=True) + "\n")
         print(f"scores against {args.annotations} [{args.score_split}] -> {summary['scores']}\n"

@@ -138,9 +138,10 @@ def write_video(path: str, video_path: str, preds) -> str:
 
     from beam_jobs.media.video import VideoReader
 
-    fd, local = tempfile.mkstemp(suffix=".mp4", prefix="affectstream-render-")
-    os.close(fd)
-    try:
+    # A file of a private folder, not mkstemp's: the copy keeps the mode, and mkstemp makes files 0600, unlike every
+    # other output (0666 less the umask).
+    with tempfile.TemporaryDirectory(prefix="affectstream-render-") as folder:
+        local = os.path.join(folder, "render.mp4")
         with VideoReader(video_path) as video:
             panel = _trace_panel(preds, video.width)
             size = (video.width, video.height + (TRACE_HEIGHT if panel is not None else 0))
@@ -154,6 +155,4 @@ def write_video(path: str, video_path: str, preds) -> str:
                 writer.release()
         with incomplete_file(path) as tmp:
             tf.io.gfile.copy(local, tmp, overwrite=True)
-    finally:
-        os.remove(local)
     return path

@@ -6,6 +6,8 @@ against the annotation files of a split like ``affectstream evaluate`` scores a 
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL, HEADS, TASK_OF_HEAD, join_path
@@ -66,7 +68,8 @@ def _missed(head: str, targets: np.ndarray) -> np.ndarray:
     return np.zeros_like(targets)
 
 
-def score_predictions(pred_dir: str, annotations: str, split: str = "validation") -> dict:
+def score_predictions(pred_dir: str, annotations: str, split: str = "validation",
+                      stems: Collection[str] | None = None) -> dict:
     """Scores the ABAW files under ``pred_dir`` against the ABAW annotation files of ``split``.
 
     Every annotated track of the split whose prediction file exists is scored, over its frames with a valid
@@ -83,6 +86,8 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
         pred_dir: A ``predict`` output folder (``EXPR/``, ``VA/``, ``AU/`` and the CSVs).
         annotations: ABAW annotation root (any layout the adapter reads).
         split: ``validation``, ``train`` or ``all``.
+        stems: Score only the prediction files of these names (a run's own videos; files that an earlier run left in
+            ``pred_dir`` are not this run's predictions); None: every file found.
 
     Returns:
         ``{head: metrics (with "frames" and "with_face"), "score", "per_video": rows, "videos_scored",
@@ -122,7 +127,8 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
         if not track_heads:
             continue
         paths = {h: submission_path(pred_dir, h, track.media_id) for h in track_heads}
-        present = [h for h in track_heads if tf.io.gfile.exists(paths[h])]
+        present = [h for h in track_heads if (stems is None or track.media_id in stems)
+                   and tf.io.gfile.exists(paths[h])]
         for h in set(track_heads) - set(present):
             missing[h].append(track.track_id)
         labels = source.read_labels(track)

@@ -144,8 +144,8 @@ def predict_video(crops: Iterable[FrameCrop], stem: str, predictor: WindowPredic
     """The model's raw per-frame outputs for every frame of one video (no no-face rule, no smoothing).
 
     Args:
-        crops: The video's crops, one per frame index in order (:mod:`trainer.prediction.crops`); its ``fps`` is read
-            once they are consumed.
+        crops: The video's crops, one per frame index in order (:mod:`trainer.prediction.crops`); its ``fps`` and
+            ``stream`` (the video's :class:`beam_jobs.media.video.StreamFacts`) are read once they are consumed.
 
     Raises:
         beam_jobs.media.video.VideoError: the video cannot be opened or no frame decodes.
@@ -160,4 +160,4 @@ def predict_video(crops: Iterable[FrameCrop], stem: str, predictor: WindowPredic
         decoded=np.frombuffer(run.decoded, np.uint8).astype(bool),
         has_face=np.frombuffer(run.has_face, np.uint8).astype(bool),
         boxes=np.frombuffer(run.boxes, np.float32).reshape(-1, 4).copy(), outputs=outputs,
-        label_names={h: list(label_names.get(h, [])) for h in outputs})
+        label_names={h: list(label_names.get(h, [])) for h in outputs}, stream=crops.stream)

@@ -21,8 +21,19 @@ def _ext(name: str) -> str:
     return os.path.splitext(name)[1].lower()
 
 
-def list_videos(paths: Sequence[str]) -> list[str]:
+def _same_file_key(path: str) -> str:
+    """What makes two spellings of a video the same file: the real path locally, the URL without repeated slashes."""
+    if "://" in path:
+        scheme, _, rest = path.partition("://")
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    return os.path.realpath(path)
+
+
+def list_videos(paths: Sequence[str], duplicates: list[str] | None = None) -> list[str]:
     """The videos to predict: files as given, folders searched recursively for every container in any case.
+
+    A video named twice (the same path, another spelling of it, a link to it, or a file also found in a folder) is
+    predicted once, under its first name; each repeat adds a note to ``duplicates`` when given.
 
     Raises:
         PredictError: a path that does not exist, or no video at all.
@@ -45,7 +56,14 @@ def list_videos(paths: Sequence[str]) -> list[str]:
             found.append(path)
         else:
             raise PredictError(f"--videos {path!r} does not exist")
-    return list(dict.fromkeys(found))
+    first: dict[str, str] = {}
+    for video in found:
+        key = _same_file_key(video)
+        if key not in first:
+            first[key] = video
+        elif duplicates is not None:
+            duplicates.append(f"{video} is the same video as {first[key]}: predicted once")
+    return list(first.values())
 
 
 def output_stems(videos: Sequence[str], side: str | None) -> list[str]:

@@ -281,7 +281,7 @@ def train(config: TrainConfig) -> dict:
     """
     from tfrecords_schema import SPLIT_TRAIN
     from trainer.training import distribution
-    from trainer.training.preflight import check_data_crop_size
+    from trainer.training.preflight import check_data_crop_size, check_evaluated_shards
 
     # 1. The strategy, before any other TensorFlow op (MultiWorkerMirroredStrategy needs that).
     strategy, role = distribution.make_strategy(config.strategy)
@@ -290,6 +290,8 @@ def train(config: TrainConfig) -> dict:
     #    have the size dataset_info.json says).
     plan = plan_job(config, strategy, role)
     check_data_crop_size(config.data, plan.info, dict.fromkeys((SPLIT_TRAIN, plan.select_split, plan.eval_split)))
+    if role.is_chief and not config.skip_corrupt:  # The chief evaluates: a corrupt shard fails now, not after epoch 1.
+        check_evaluated_shards(config.data, plan.info, dict.fromkeys((plan.select_split, plan.eval_split)))
 
     # 3. The job directory's lock (chief only): a second training into it stops here, naming the holder.
     with _job_lock(config, role):

@@ -7,6 +7,9 @@ than its ``model_info.json`` claims). Each check fails with one line naming both
 * :func:`check_data_crop_size`: the first frame of the first readable record of the splits the job reads
   is decoded; its size must be ``dataset_info.json``'s ``crop_size`` (an edited dataset_info.json, or
   shards of another conversion next to it);
+* :func:`check_evaluated_shards`: every record of the shards of the splits the job evaluates is read once (checksums
+  and counts, nothing decoded), so a corrupt validation shard fails before the first step, naming the shard, not
+  after the first epoch's training (the cost is one evaluation's reading; the train split is read as it streams);
 * :func:`check_weights_crop_size`: a ``--weights FILE`` of ``simple_cnn``, whose feature layer's input
   size follows from the crop size, must fit a model on the data's crops (the ``keras.applications``
   backbones pool globally, so their weights fit any crop size).
@@ -71,6 +74,31 @@ def check_data_crop_size(data_dir: str, info, splits) -> None:
             f"crop_size {info.crop_size}: the shards and their {DATASET_INFO_FILENAME} do not belong together "
             f"(edited, or shards of another conversion); restore the {DATASET_INFO_FILENAME} written with these "
             f"shards, or convert the videos again (beam_jobs.convert --crop_size {info.crop_size})")
+
+
+def check_evaluated_shards(data_dir: str, info, splits) -> None:
+    """Reads every record of ``splits``' shards (see the module docstring); raises TrainingError on the first bad one.
+
+    Without ``--skip_corrupt`` a corrupt shard would stop the job at its first evaluation; with it, the readers skip
+    and count, so the caller does not check.
+    """
+    import tensorflow as tf
+
+    from tfrecords_schema import join_path
+
+    for split in splits:
+        for shard in info.splits[split].shards if split in info.splits else ():
+            path = join_path(data_dir, shard.path)
+            try:
+                count = int(tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+            except tf.errors.OpError as e:
+                raise TrainingError(
+                    f"{split} shard {path} is corrupt or unreadable ({type(e).__name__}: {e.message.splitlines()[0]}):"
+                    f" the job would fail at its first evaluation; convert again, restore the shard, or pass "
+                    f"--skip_corrupt to skip and count its unreadable records") from e
+            if count != shard.num_records:
+                raise TrainingError(f"{split} shard {path} holds {count} records but dataset_info.json lists "
+                                    f"{shard.num_records}: truncated or rewritten; convert again or restore the shard")
 
 
 def _weights_h5(path: str):

@@ -22,7 +22,6 @@ fingerprint and the export.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
 from trainer.common.choices import STAGE_END_TO_END, STAGE_FRAMES, STAGE_SEQUENCE
@@ -126,16 +125,13 @@ class SequenceStage(Stage):
     trains_on_features = True
 
     def __init__(self, config, plan):
-        import tensorflow as tf
-
         from tfrecords_schema import join_path
         from trainer.common.errors import TrainingError
-        from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, resolve_model_dir
+        from trainer.model.export import MODEL_FILENAME, read_model_info, resolve_model_dir
         from trainer.training.fingerprint import file_sha256
 
         self.init_dir = resolve_model_dir(config.init_from)
-        with tf.io.gfile.GFile(join_path(self.init_dir, MODEL_INFO_FILENAME), "r") as f:
-            self.init_info = json.load(f)
+        self.init_info = read_model_info(self.init_dir)
         if int(self.init_info["crop_size"]) != plan.info.crop_size:
             raise TrainingError(f"--init_from {config.init_from} was trained on {self.init_info['crop_size']} px "
                                 f"crops, but {config.data} holds {plan.info.crop_size} px crops: train the sequence "

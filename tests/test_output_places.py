@@ -1,0 +1,146 @@
+"""Where a conversion writes (issue 20 points 1, 2 and 8): nothing that appears during a run is deleted, outputs on
+mount points and other file systems, the checks before any work, and the real free space of a full disk.
+
+Real conversions (DirectRunner, in memory) of a tiny generated dataset. The file-system cases use real tmpfs mounts
+(``mount`` needs root; skipped elsewhere, with the reason): a mount point cannot be renamed (EBUSY) and a rename
+between file systems fails (EXDEV), exactly what a Docker volume or a mounted data disk does to an output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+from convert_runs import run_convert, tree, write_inputs
+
+from beam_jobs.sources.abaw import AbawSource
+from tfrecords_schema import read_dataset_info
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+class _WritesIntoTheOutput(AbawSource):
+    """An adapter that, while the pipeline runs, puts a user's files into the output folder."""
+
+    def __init__(self, *args, output=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.output = output
+
+    def read_labels(self, track):
+        (self.output / "analysis").mkdir(parents=True, exist_ok=True)
+        (self.output / "my_notes.txt").write_text("my notes")
+        (self.output / "analysis" / "plot.png").write_bytes(b"\x89PNG")
+        return super().read_labels(track)
+
+
+def test_overwrite_never_deletes_what_appeared_during_the_run(inputs, tmp_path):
+    out = tmp_path / "out"
+    rc, _, err = run_convert(*inputs, out)
+    assert rc == 0, err
+    before = tree(out)
+    source = _WritesIntoTheOutput(str(inputs[0]), str(inputs[1]), output=out)
+    rc, _, err = run_convert(*inputs, out, "--overwrite", "--bucket_by", "none", source=source)
+    assert rc == 2, err
+    assert err.count("\n") == 1 and "changed during the run" in err and "my_notes.txt" in err and "analysis/" in err
+    assert (out / "my_notes.txt").read_text() == "my notes" and (out / "analysis" / "plot.png").exists()
+    (kept,) = [p for p in out.iterdir() if p.name.startswith("out.new-")]
+    assert str(out) in err and str(kept) in err  # Both outputs named.
+    now = tree(out)
+    assert {k: v for k, v in now.items() if k.split("/")[0] in ("dataset_info.json", "train", "validation")} == before
+    assert read_dataset_info(str(kept)).bucket_by == "none"  # The new output is complete, beside the previous one.
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+# ------------------------------------------------------------------------------------------ real file systems
+@contextlib.contextmanager
+def tmpfs(path: pathlib.Path, size: str, *options: str):
+    """A tmpfs mounted at ``path`` (created); unmounted at the end."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield path
+    finally:
+        gc.collect()  # A failed writer's file object may still hold a file there until it is collected.
+        if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_an_output_that_is_a_mount_point_is_written_and_replaced(inputs, tmp_path):
+    with tmpfs(tmp_path / "volume", "16m") as volume:
+        assert os.path.ismount(volume)
+        rc, out, err = run_convert(*inputs, volume)
+        assert rc == 0, err
+        assert f"[convert] output {volume}: a mount point, staged inside it (one file system)" in out
+        assert sorted(os.listdir(volume)) == ["dataset_info.json", "train", "validation"]
+        rc, _, err = run_convert(*inputs, volume, "--overwrite", "--bucket_by", "none")
+        assert rc == 0, err
+        assert sorted(os.listdir(volume / "train")) == ["abaw-train.tfrecord-00000-of-00001"]
+        assert sorted(os.listdir(volume)) == ["dataset_info.json", "train", "validation"]
+        assert os.path.ismount(volume) and sorted(os.listdir(tmp_path)) == ["volume"]
+
+
+def test_a_small_parent_disk_is_never_used_for_staging(inputs, tmp_path):
+    # The parent holds 64 KiB; the output is a 16 MiB disk mounted below it. Staging beside the output would fill
+    # the parent; staging inside never touches it.
+    with tmpfs(tmp_path / "small", "64k") as small, tmpfs(small / "data", "16m") as data:
+        rc, _, err = run_convert(*inputs, data, "--crop_size", "200")  # About 1 MB of shards and as much spill.
+        assert rc == 0, err
+        rc, _, err = run_convert(*inputs, data, "--overwrite", "--crop_size", "200", "--bucket_by", "none")
+        assert rc == 0, err
+        assert sorted(os.listdir(small)) == ["data"]
+
+
+def test_a_full_disk_reports_the_free_space_of_the_outputs_own_file_system(inputs, tmp_path):
+    with tmpfs(tmp_path / "tiny", "256k") as tiny:
+        rc, _, err = run_convert(*inputs, tiny, "--crop_size", "400")  # 169 KB of shards, as much spill.
+        assert rc == 1
+        assert err.count("\n") == 1 and err.startswith(f"convert: error: disk full while writing {tiny}:"), err
+        assert "free of 256.0 KiB on its file system" in err  # The mount's, not the big disk its parent is on.
+        free = err.split(f"{tiny}: ")[1].split(" free of")[0]
+        assert free in ("256.0 KiB", "252.0 KiB", "248.0 KiB")  # Measured after the staging folder was removed.
+        assert os.listdir(tiny) == []
+
+
+def test_a_read_only_output_is_refused_up_front_in_one_line(inputs, tmp_path):
+    with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
+        rc, out, err = run_convert(*inputs, ro)
+        assert rc == 2 and err.count("\n") == 1, err
+        assert f"--output {ro} cannot be written: {ro} is on a read-only file system; nothing was written" in err
+        assert "[convert]" not in out  # Before any work: the inputs were not even listed.
+
+
+def test_a_previous_output_entry_on_another_file_system_is_refused_before_any_work(inputs, tmp_path):
+    out = tmp_path / "out"
+    rc, _, err = run_convert(*inputs, out)
+    assert rc == 0, err
+    with tmpfs(out / "validation", "1m") as mounted:
+        (mounted / "abaw-validation.tfrecord-00000-of-00001").write_bytes(b"")
+        rc, out_text, err = run_convert(*inputs, out, "--overwrite")
+        assert rc == 2 and err.count("\n") == 1, err
+        assert f"{mounted} is on another file system (a mount point) than {out}" in err
+        assert "[convert]" not in out_text
+
+
+def test_low_space_is_one_warning_line_up_front(inputs, tmp_path):
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        out = disk / "out"
+        rc, _, err = run_convert(*inputs, out, "--crop_size", "200")
+        assert rc == 0, err
+        previous = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"x" * (free - previous))  # Less than twice the previous output stays free.
+        rc, _, err = run_convert(*inputs, out, "--overwrite", "--crop_size", "200")
+        first = err.splitlines()[0]
+        assert first.startswith(f"convert: warning: {out}: only ") and "needed (twice the previous output)" in first
+        assert json.loads((out / "dataset_info.json").read_text())["crop_size"] == 200  # Previous or new: whole.

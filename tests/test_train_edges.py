@@ -1,0 +1,89 @@
+"""The trainer at the edges (issue 20 points 1 and 8): the export swap keeps what appeared in ``JOB/export``, a
+corrupt validation shard stops a job before its first step, and a broken ``model_info.json`` is named."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import pathlib
+
+import keras
+import pytest
+from trainer_data import corrupt_shard, run_train, shard_path, write_dataset
+
+from tfrecords_schema.transaction import SwapRefused
+from trainer.evaluation import evaluate
+from trainer.model.export import ExportError, export_model, foreign_entries, read_model_info
+
+TINY = ["--task", "expr", "--cnn_width", "0.25", "--feature_dim", "16", "--rnn_units", "16", "--seq_len", "4",
+        "--batch_size", "2", "--steps_per_epoch", "2", "--log_every", "1"]
+
+
+def tree(folder) -> dict[str, str]:
+    root = pathlib.Path(folder)
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def tiny_model(units: int) -> keras.Model:
+    inputs = keras.Input((3,), name="x")
+    return keras.Model(inputs, keras.layers.Dense(units, name="y")(inputs))
+
+
+def test_an_export_swap_keeps_files_that_appeared_and_both_exports(tmp_path):
+    export = tmp_path / "job" / "export"
+    export_model(tiny_model(2), str(export), {"version": 1})
+    assert foreign_entries(str(export)) == [] and sorted(os.listdir(export)) == [
+        "model.keras", "model_info.json", "saved_model"]
+    export_model(tiny_model(2), str(export), {"version": 2})  # Only a previous export there: replaced.
+    assert read_model_info(str(export)) == {"version": 2} and sorted(os.listdir(export)) == [
+        "model.keras", "model_info.json", "saved_model"]
+    before = tree(export)
+    (export / "my_notes.txt").write_text("mine")  # Appears while the next training runs.
+    (export / "saved_model" / "plot.png").write_bytes(b"png")
+    with pytest.raises(SwapRefused) as caught:
+        export_model(tiny_model(4), str(export), {"version": 3})
+    kept = pathlib.Path(caught.value.kept)
+    assert "my_notes.txt" in str(caught.value) and "saved_model/plot.png" in str(caught.value)
+    assert str(export) in str(caught.value) and str(kept) in str(caught.value)
+    assert {k: v for k, v in tree(export).items() if not k.startswith(kept.name)} == {
+        **before, "my_notes.txt": tree(export)["my_notes.txt"], "saved_model/plot.png": tree(export)[
+            "saved_model/plot.png"]}
+    assert read_model_info(str(kept)) == {"version": 3} and read_model_info(str(export)) == {"version": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_data")
+    info = write_dataset(root, num_clips_per_class={"Neutral": 2, "Happiness": 2}, num_validation_clips_per_class=2,
+                         num_shards_per_bucket=1, crop_size=16, clip_length=8)
+    return root, info
+
+
+def test_a_corrupt_validation_shard_stops_the_job_before_its_first_step(tiny_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data[0], data)
+    bad = shard_path(data, tiny_data[1], "validation", 0)
+    corrupt_shard(bad)  # Same size: only reading its records finds it.
+    job = tmp_path / "job"
+    rc, err = run_train(["--data", str(data), "--job_dir", str(job), "--epochs", "1", *TINY])
+    assert rc == 1
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert f"validation shard {bad} is corrupt or unreadable" in line and "--skip_corrupt" in line
+    assert not job.exists()  # Before the first step: nothing written, not even the job's lock.
+
+
+def test_a_model_info_json_error_names_the_file(tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model_info.json").write_text('{"heads": ["expression"], ')  # Cut short.
+    with pytest.raises(ExportError, match=f"{export / 'model_info.json'} is not valid JSON"):
+        read_model_info(str(export))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = evaluate.run(["--model", str(export), "--data", str(tmp_path / "data")])
+    assert rc == 1 and f"{export / 'model_info.json'} is not valid JSON" in err.getvalue()
