@@ -149,7 +149,7 @@ def test_csv_quotes_class_names_that_hold_a_comma_or_quote_and_abaw_headers_refu
         rows = list(csv.reader(f))
     assert rows[0][8:10] == ["expr_happy, excited", 'expr_say "cheese"'] and len(set(map(len, rows))) == 1
     assert {row[rows[0].index("expr_label")] for row in rows[1:]} <= {"happy, excited", 'say "cheese"'}
-    np.testing.assert_array_equal(P.read_has_face(path), [True, False] * 3)
+    np.testing.assert_array_equal(P.read_frame_flags(path)["has_face"], [True, False] * 3)
     with pytest.raises(P.PredictionFileError, match="'happy, excited' cannot go into an ABAW header: it holds a comma"):
         P.write_submission(str(tmp_path), preds)
 
