@@ -96,7 +96,7 @@ def test_sequence_stage_exports_one_model_that_evaluate_scores_like_the_job(data
                                                                            tmp_path):
     info = json.loads((sequence_job / "export" / "model_info.json").read_text())
     assert info["stage"] == "sequence" and info["rnn_units"] == [16, 8] and info["crop_size"] == 32
-    assert info["weights"]["source"] == "init_from" and info["weights"]["init_stage"] == "frames"
+    assert info["weights"]["source"] == "features_from" and info["weights"]["init_stage"] == "frames"
     assert info["train_config"]["feature_dim"] == 16  # the backbone options of --init_from
     model = keras.saving.load_model(str(sequence_job / "export" / "model.keras"), compile=False)
     frames_model = keras.saving.load_model(str(frames_job / "export" / "model.keras"), compile=False)
@@ -192,10 +192,12 @@ def test_early_stopping_stops_and_a_rerun_does_not_train_on(dataset, frames_job,
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--stage", "sequence"], "--stage sequence needs --init_from"),
-    (["--init_from", "x"], "--init_from is for --stage sequence"),
+    (["--stage", "sequence"], "--stage sequence needs --features_from"),
+    (["--features_from", "x"], "--features_from is for --stage sequence"),
+    (["--feature_layer", "x"], "--feature_layer names a layer of the --features_from export"),
+    (["--init_from", "x", "--class_map", "a=b"], "it goes with --stage frames --init_from"),
     (["--stage", "sequence", "--init_from", "x", "--weights", "imagenet", "--backbone", "efficientnet_b0"],
-     "takes its (frozen) backbone from --init_from"),
+     "takes its (frozen) backbone from --features_from"),
     (["--stage", "pairs"], "end_to_end, frames, sequence"),
 ])
 def test_stage_options_are_checked(tmp_path, args, expected):

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "between the nearest face frames")
     p.add_argument("--smooth", type=int, default=0, metavar="N",
                    help="centred moving average over N frames of probabilities and valence/arousal (0: off)")
-    p.add_argument("--batch_size", type=int, default=16, help="windows of seq_len frames per model call")
+    p.add_argument("--batch_size", type=int, default=16, help="windows of seq_len frames per model call (a per-frame model, which has no seq_len: windows "
+                        "of 8 frames)")
     p.add_argument("--render", action="store_true",
                    help="also write OUT/<stem>.mp4 (box, label, valence/arousal trace) and OUT/<stem>.png (plot)")
     p.add_argument("--annotations", default=None, metavar="DIR",
@@ -129,13 +130,16 @@ def predict(args) -> int:
     filesystems.register_filesystems(args.model, args.output, args.annotations)
     videos = list_videos(args.videos)
     stems = output_stems(videos, args.side)
+    from trainer.model.export import is_per_frame, serving_window
+
     model, model_info, face_stage, model_dir = load_export(args.model)
     heads = list(model_info["heads"])
-    predictor = WindowPredictor(model, heads, int(model_info["seq_len"]), face_stage.crop_size, args.batch_size)
+    window = serving_window(model_info)
+    predictor = WindowPredictor(model, heads, window, face_stage.crop_size, args.batch_size)
     gpus = tf.config.list_physical_devices("GPU")
-    print(f"[predict] {len(videos)} video(s); model {model_dir} (heads {', '.join(heads)}, seq_len "
-          f"{model_info['seq_len']}) on {'GPU ' + gpus[0].name if gpus else 'CPU'}; face stage {face_stage.to_dict()}",
-          file=sys.stderr, flush=True)
+    print(f"[predict] {len(videos)} video(s); model {model_dir} (heads {', '.join(heads)}, "
+          f"{'per frame' if is_per_frame(model_info) else 'seq_len'} {window}) on "
+          f"{'GPU ' + gpus[0].name if gpus else 'CPU'}; face stage {face_stage.to_dict()}", file=sys.stderr, flush=True)
     progress = Progress(len(videos), args.progress_every)
     done, failed = [], []
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -158,7 +162,8 @@ def predict(args) -> int:
             print(f"[predict] {stem}: {raw.num_frames} frames, face in {int(raw.has_face.sum())} -> {written['csv']}",
                   flush=True)
     summary = {"model": model_dir, "face_stage": face_stage.to_dict(), "side": args.side, "no_face": args.no_face,
-               "smooth": args.smooth, "seq_len": int(model_info["seq_len"]), "videos": done, "failed": failed}
+               "smooth": args.smooth, "seq_len": window, "per_frame": is_per_frame(model_info), "videos": done,
+               "failed": failed}
     if args.annotations:
         scores = scoring.score_predictions(args.output, args.annotations, args.score_split)
         summary["scores"] = write_atomically(join_path(args.output, SCORES_FILENAME),
