@@ -77,6 +77,10 @@ class EmbeddedSavedModel(keras.layers.Layer):
         outputs = keras.ops.cast(outputs, "float32")
         return keras.ops.log(keras.ops.maximum(outputs, LOG_FLOOR)) if self.log_probabilities else outputs
 
+    def parameter_count(self) -> int:
+        """Values in the SavedModel's variables (its weights are not Keras weights: the layer is frozen)."""
+        return int(sum(v.shape.num_elements() or 0 for v in self._loaded.variables)) if self._function else 0
+
     def compute_output_spec(self, inputs):
         return keras.KerasTensor((inputs.shape[0], self.output_dim), dtype="float32")
 

@@ -181,6 +181,13 @@ def _check_export(model, net, input_spec, crop_size: int, class_map) -> None:
                          "--model_outputs probabilities the network must end in a softmax")
 
 
+def _parameter_count(net) -> int:
+    from trainer.model.saved_model import EmbeddedSavedModel
+
+    return int(net.count_params()) + sum(layer.parameter_count() for layer in net.layers
+                                         if isinstance(layer, EmbeddedSavedModel))
+
+
 def model_info_payload(args, *, class_names, targets, mapping, class_map, input_spec, face_stage, split, net,
                        cnn) -> dict:
     """The ``model_info.json`` of an imported model (the same keys as a trained export's, plus its source)."""
@@ -212,7 +219,7 @@ def model_info_payload(args, *, class_names, targets, mapping, class_map, input_
         "source": {"path": path, "format": _source_format(args.keras), "sha256": sha256,
                    "class_names": list(class_names), "model_outputs": args.model_outputs,
                    "feature_layer": split.feature_layer, "feature_dim": int(split.features.output.shape[-1]),
-                   "params": int(net.count_params())},
+                   "params": _parameter_count(net)},
         "stage": "imported",
         "backbone": cnn.name,
         "weights": {"source": "imported", "path": path, "sha256": sha256},
