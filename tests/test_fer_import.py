@@ -98,7 +98,8 @@ def test_import_records_the_source_the_input_and_the_classes(fer_export):
     info = json.loads((fer_export / "model_info.json").read_text())
     assert info["source"]["sha256"] == FER_SHA256 and info["source"]["params"] == 58423
     assert info["input"]["size"] == 64 and info["input"]["channels"] == 1 and info["input"]["pixel_range"] == [-1, 1]
-    assert info["source"]["class_names"] == FER_CLASSES and info["source"]["feature_layer"] == "global_average_pooling2d_1"
+    assert info["source"]["class_names"] == FER_CLASSES
+    assert info["source"]["feature_layer"] == "global_average_pooling2d_1"
     assert info["label_names"]["expression"] == list(EXPRESSION_NAMES_8)  # ABAW's classes: ABAW files can be written
     assert (info["kind"], info["per_frame"], info["crop_size"], info["face_stage"]["crop_size"]) == ("imported", True,
                                                                                                     64, 64)
@@ -182,10 +183,11 @@ def test_fine_tuning_keeps_the_mapped_head_and_freezes_the_network(fer_export, d
     assert info["per_frame"] and info["weights"]["source"] == "init_from"
     model = keras.saving.load_model(str(job / "export" / "model.keras"), compile=False)
     imported = keras.saving.load_model(str(fer_export / "model.keras"), compile=False)
-    for a, b in zip(model.get_layer(PER_FRAME_LAYER).get_weights(), imported.get_layer(PER_FRAME_LAYER).get_weights()):
-        np.testing.assert_array_equal(a, b)  # frozen for the job's one epoch
-    kernel, start = model.get_layer("expression_logits").get_weights()[0], np.eye(7, dtype=np.float32)
-    assert kernel.shape == (7, 7) and np.abs(kernel - start).max() > 1e-3  # fer's head (identity on its logits), trained
+    for ours, theirs in zip(model.get_layer(PER_FRAME_LAYER).get_weights(),
+                            imported.get_layer(PER_FRAME_LAYER).get_weights()):
+        np.testing.assert_array_equal(ours, theirs)  # frozen for the job's one epoch
+    kernel = model.get_layer("expression_logits").get_weights()[0]
+    assert kernel.shape == (7, 7) and np.abs(kernel - np.eye(7)).max() > 1e-3  # fer's head (the identity), trained
 
     # Without a map, classes that differ get a new head; the data's own names keep it.
     source = ExportSource(str(fer_export), "--init_from")

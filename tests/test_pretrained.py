@@ -30,7 +30,7 @@ def run_import(args) -> tuple[int, str]:
 
 
 def tiny_network(final: str = "dense_softmax", size: int = 16, channels: int = 1) -> keras.Model:
-    """conv → pool → [Dense 3 softmax | Dense 3 → Activation softmax | conv 3 → GAP → softmax | Dense 3 (logits)]."""
+    """conv → [pool → Dense → Dense 3 softmax | … → Dense 3 → Softmax | … → Dense 3 logits | conv 3 → GAP → softmax]."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((size, size, channels), name="image")
     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)

@@ -24,3 +24,5 @@ STAGE_SEQUENCE = "sequence"  # the recurrent stack on the frozen CNN's features
 STAGES = (STAGE_END_TO_END, STAGE_FRAMES, STAGE_SEQUENCE)
 JIT_CHOICES = ("auto", "on", "off")
 OPTIMIZER_CHOICES = ("adam", "sgd")
+IMPORTED_OUTPUTS = ("probabilities", "logits")  # import-model --model_outputs: what the network's output is
+CHANNEL_ORDERS = ("rgb", "bgr")  # import-model --channel_order

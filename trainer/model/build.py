@@ -16,8 +16,9 @@ Heads always output float32 (also under mixed precision). Besides built-in Keras
 layers the model uses layers of its own (:mod:`trainer.model.layers`: :class:`PerFrame`, and where needed the
 transformer's positions, an imported network's input adapter and a class map), registered
 for serialisation when the ``trainer`` package is imported. The CNN is built from ``spec.backbone``, or given
-ready (``cnn=``: the per-frame network of an export or an imported model, :mod:`trainer.model.pretrained`). The losses (:func:`compute_losses`)
-take per-frame weights ``[B, T]``: invalid labels, frames without a face and padding weigh 0.
+ready (``cnn=``: the per-frame network of an export or an imported model, :mod:`trainer.model.pretrained`). The
+losses (:func:`trainer.model.losses.compute_losses`) take per-frame weights ``[B, T]``: invalid labels, frames
+without a face and padding weigh 0.
 
 Mixed precision: :func:`build_model` with ``mixed_precision=True`` builds the layers under Keras'
 ``mixed_float16`` global dtype policy and restores the previous policy afterwards

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import keras
 
+from trainer.common.choices import CHANNEL_ORDERS
 from trainer.model import saved_model  # noqa: F401  (registers EmbeddedSavedModel with the layers below)
 from trainer.model.spec import SERIALIZATION_PACKAGE
 
@@ -65,8 +66,8 @@ class ImageAdapter(keras.layers.Layer):
         super().__init__(**kwargs)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {channels}")
-        if channel_order not in ("rgb", "bgr"):
-            raise ValueError(f"channel_order must be rgb or bgr, got {channel_order!r}")
+        if channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
         low, high = (float(v) for v in pixel_range)
         if not low < high:
             raise ValueError(f"pixel_range must be LOW,HIGH with LOW < HIGH, got {pixel_range}")
@@ -104,7 +105,8 @@ class ImageAdapter(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "size": self.size, "channels": self.channels,
                 "pixel_range": list(self.pixel_range), "channel_order": self.channel_order,
-                "mean": None if self.mean is None else list(self.mean), "std": None if self.std is None else list(self.std)}
+                "mean": None if self.mean is None else list(self.mean),
+                "std": None if self.std is None else list(self.std)}
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
@@ -146,7 +148,7 @@ class ClassMap(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class LearnedPositions(keras.layers.Layer):
-    """Adds a learned embedding of each frame's position in the window: ``[B, T, D]`` → ``[B, T, D]``, ``T <= max_len``.
+    """Adds a learned embedding of each frame's place in the window: ``[B, T, D]`` → ``[B, T, D]``, ``T <= max_len``.
 
     Windows of any length up to ``max_len`` share the first ``T`` positions, so a transformer trained on
     windows of 16 frames runs on windows of 8 (or 64, within ``max_len``).

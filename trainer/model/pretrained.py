@@ -33,8 +33,6 @@ from trainer.model.layers import ImageAdapter
 from trainer.model.saved_model import EmbeddedSavedModel, SavedModelError, saved_model_network
 from trainer.model.spec import PER_FRAME_LAYER
 
-MODEL_OUTPUTS = ("probabilities", "logits")  # what an imported network's output is (--model_outputs)
-CHANNEL_ORDERS = ("rgb", "bgr")
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "between the nearest face frames")
     p.add_argument("--smooth", type=int, default=0, metavar="N",
                    help="centred moving average over N frames of probabilities and valence/arousal (0: off)")
-    p.add_argument("--batch_size", type=int, default=16, help="windows of seq_len frames per model call (a per-frame model, which has no seq_len: windows "
+    p.add_argument("--batch_size", type=int, default=16,
+                   help="windows of seq_len frames per model call (a per-frame model, which has no seq_len: windows "
                         "of 8 frames)")
     p.add_argument("--render", action="store_true",
                    help="also write OUT/<stem>.mp4 (box, label, valence/arousal trace) and OUT/<stem>.png (plot)")

