@@ -135,9 +135,12 @@ def existing_job(name: str, job_dir: str) -> dict:
         from trainer.model.export import MODEL_INFO_FILENAME, resolve_model_dir
 
         with open(os.path.join(resolve_model_dir(source), MODEL_INFO_FILENAME), encoding="utf-8") as f:
-            frames = json.load(f)["train_config"]
-        result.update({"cnn_steps": frames["epochs"] * frames["steps_per_epoch"],
-                       "sequence_steps": config["epochs"] * steps})
+            frames = json.load(f).get("train_config")
+        result["sequence_steps"] = config["epochs"] * steps
+        if frames is None:  # an imported model's features: no CNN trained here
+            result.update({"features_from": source, "feature_layer": config.get("feature_layer")})
+        else:
+            result["cnn_steps"] = frames["epochs"] * frames["steps_per_epoch"]
     return result
 
 
@@ -174,7 +177,7 @@ def plot(results: list[dict], path: str) -> None:
             ax.plot(steps, list(r["curve"].values()), "x--", label=r["name"])
         elif "cnn_steps" in r:  # a two-stage job: one point, its final score at the CNN's steps
             ax.plot([r["cnn_steps"]], [r["final_macro_f1"]], "s", label=f"{r['name']} (+{r['sequence_steps']} "
-                    f"RNN steps on features)")
+                    f"head steps on its features)")
         elif steps:
             ax.plot(steps, list(r["curve"].values()), "o-", label=r["name"])
     ax.axhline(0.9, color="grey", lw=0.8, ls="--")

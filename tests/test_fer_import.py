@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import os
+import types
 
 import cv2
 import keras
@@ -193,7 +194,7 @@ def test_fine_tuning_keeps_the_mapped_head_and_freezes_the_network(fer_export, d
     source = ExportSource(str(fer_export), "--init_from")
     data = read_dataset_info(data48)
     assert head_plan(source, ("expression",), data, None).kept == ()
-    abaw = type("Info", (), {"expression_names": list(EXPRESSION_NAMES_8),
-                             "label_names": {"expression": list(EXPRESSION_NAMES_8)}})()
+    abaw = types.SimpleNamespace(expression_names=list(EXPRESSION_NAMES_8),
+                                 label_names={"expression": list(EXPRESSION_NAMES_8)})
     kept = head_plan(source, ("expression",), abaw, None)
     assert kept.kept == ("expression",) and kept.class_map == (1, 2, 3, 4, 5, 6, 0)

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import shutil
+import types
 
 import cv2
 import keras
@@ -17,7 +18,9 @@ from trainer.model import build as model_lib
 from trainer.model import pretrained, temporal
 from trainer.model.layers import ClassMap, ImageAdapter
 from trainer.model.spec import ModelSpec
+from trainer.common.errors import TrainingError
 from trainer.training import import_model
+from trainer.training.export_source import ExportSource, head_plan
 
 CLASSES = "calm,glad,cross"
 
@@ -154,6 +157,26 @@ def test_import_model_writes_an_export_with_its_source_recorded(network_file, tm
     rc, err = run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1", "--overwrite",
                           "--output", str(out)])
     assert rc == 2 and "notes.txt" in err and (out / "notes.txt").read_text() == "mine"
+
+
+def test_fine_tuning_keeps_a_head_mapped_by_class_map_or_with_the_data_classes(network_file, tmp_path):
+    out = tmp_path / "export"
+    assert run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1",
+                       "--output", str(out)])[0] == 0
+
+    def data(*names):
+        return types.SimpleNamespace(expression_names=list(names), label_names={"expression": list(names)})
+
+    source = ExportSource(str(out), "--init_from")
+    mapped = head_plan(source, ("expression",), data("Neutral", "Happiness"), "glad=Happiness,calm=Neutral")
+    assert mapped.kept == ("expression",)
+    assert mapped.record() == {"source": ["calm", "glad", "cross"], "map": {"glad": "Happiness", "calm": "Neutral"},
+                               "targets": [0, 1, -1]}
+    assert head_plan(source, ("expression",), data("Neutral", "Happiness"), None).kept == ()  # a new head
+    same = head_plan(source, ("expression",), data("calm", "glad", "cross"), None)
+    assert same.kept == ("expression",) and same.record() is None
+    with pytest.raises(TrainingError, match="not the model's classes"):
+        head_plan(source, ("expression",), data("Neutral"), "sad=Neutral")
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -99,11 +99,19 @@ class HeadPlan:
         class_map: The expression head's map of the export's classes onto the data's (None: the data's classes).
         kept: The heads whose Dense layer is copied from the export.
         mapping: The ``--class_map`` given (for ``model_info.json``), or the export's own map, or None.
+        source_classes: The classes of the export's expression Dense layer (what ``mapping`` maps from).
     """
 
     class_map: tuple[int, ...] | None
     kept: tuple[str, ...]
     mapping: dict | None = None
+    source_classes: tuple[str, ...] = ()
+
+    def record(self) -> dict | None:
+        """The class map as ``model_info.json["class_map"]`` records it (None without one)."""
+        if self.class_map is None:
+            return None
+        return {"source": list(self.source_classes), "map": dict(self.mapping), "targets": list(self.class_map)}
 
 
 def head_plan(source: ExportSource, heads, info, class_map_text: str | None) -> HeadPlan:
@@ -137,7 +145,7 @@ def head_plan(source: ExportSource, heads, info, class_map_text: str | None) -> 
                  source.option, source.dir, source_classes, info.expression_names)
     log.info("%s %s (%s, %s): heads kept %s, new %s", source.option, source.dir, source.stage, source.backbone, kept,
              new)
-    return HeadPlan(class_map, tuple(kept), mapping)
+    return HeadPlan(class_map, tuple(kept), mapping, tuple(source_classes))
 
 
 def copy_heads(model, exported, kept) -> None:

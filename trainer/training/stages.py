@@ -167,10 +167,7 @@ class FramesStage(Stage):
     def model_info(self) -> dict:
         extras = {**super().model_info(), "rnn": None, "rnn_units": []}
         if self.heads is not None:
-            extras.update({"heads_kept": list(self.heads.kept), "class_map": None if self.heads.mapping is None else {
-                "source": self.source.info.get("class_map", {}).get("source")
-                or self.source.info["label_names"]["expression"], "map": self.heads.mapping,
-                "targets": list(self.heads.class_map)}})
+            extras.update({"heads_kept": list(self.heads.kept), "class_map": self.heads.record()})
         return extras
 
 
