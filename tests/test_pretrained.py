@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import trainer  # noqa: F401  (registers the custom layers for load_model)
+from trainer.common.errors import TrainingError
 from trainer.model import build as model_lib
 from trainer.model import pretrained, temporal
 from trainer.model.layers import ClassMap, ImageAdapter
 from trainer.model.spec import ModelSpec
-from trainer.common.errors import TrainingError
 from trainer.training import import_model
 from trainer.training.export_source import ExportSource, head_plan
 

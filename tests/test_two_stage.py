@@ -212,3 +212,23 @@ def test_sequence_stage_refuses_a_backbone_made_for_another_crop_size(frames_job
     rc, err = run_train(["--data", str(data), "--job_dir", str(tmp_path / "job"), "--stage", "sequence", "--init_from",
                         str(frames_job), *TINY])
     assert rc == 1 and "32 px crops" in err and "48 px crops" in err, err
+
+
+@pytest.mark.parametrize("stage, head", [("end_to_end", "tcn"), ("end_to_end", "transformer"),
+                                         ("sequence", "transformer")])
+def test_tcn_and_transformer_heads_train_and_travel_in_the_export(dataset, frames_job, tmp_path, stage, head):
+    # (The TCN in the sequence stage: tests/test_fer_import.py, on an imported model's features.)
+    source = ["--stage", "sequence", "--features_from", str(frames_job)] if stage == "sequence" else []
+    job = tmp_path / "job"
+    rc, err = run_train(["--data", dataset, "--job_dir", str(job), *source, "--temporal", head, "--temporal_width", "8",
+                         "--temporal_layers", "1", "--epochs", "1", "--steps_per_epoch", "2", *TINY])
+    assert rc == 0, err[-3000:]
+    info = json.loads((job / "export" / "model_info.json").read_text())
+    assert (info["stage"], info["temporal"]["type"], info["temporal"]["layers"], info["rnn"]) == (stage, head, 1, None)
+    model = keras.saving.load_model(str(job / "export" / "model.keras"), compile=False)
+    assert f"{head}_1_{'conv1' if head == 'tcn' else 'attention'}" in [layer.name for layer in model.layers]
+    report = tmp_path / "eval"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert evaluate.run(["--model", str(job), "--data", dataset, "--report_dir", str(report)]) == 0
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert json.loads((report / "metrics.json").read_text())["expression"] == metrics["expression"]
