@@ -9,10 +9,11 @@ READY := $(VENV)/.ready
 
 env: $(READY)
 
-$(READY): pyproject.toml
+$(READY): pyproject.toml requirements-nodeps.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt
 	@touch $@
 
 demo: $(READY)

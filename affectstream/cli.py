@@ -13,6 +13,7 @@ Example:
     affectstream train --data OUT --task expr --job_dir JOB
     affectstream evaluate --model JOB/export --data OUT
     affectstream predict --model JOB/export --videos VIDEOS --output PREDICTIONS
+    affectstream import-model --keras FER.hdf5 --class_names angry,...,neutral --pixel_range=-1,1 --output EXPORT
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ COMMANDS = {
     "data-service": ("trainer.input.data_service", "tf.data service dispatcher + workers for `train --data_service`"),
     "evaluate": ("trainer.evaluation.evaluate", "whole-set metrics and confusion matrix of an exported model"),
     "predict": ("trainer.prediction.predict", "per-frame predictions (CSV, ABAW files) of an exported model on new videos"),
+    "import-model": ("trainer.training.import_model", "a face model trained elsewhere (.keras, .h5, SavedModel) "
+                     "-> an export"),
     "demo": ("affectstream.demo", "generate the demo dataset, convert, inspect, train, evaluate, report"),
     "make-demo-data": ("affectstream.demo_data", "write the demo dataset (ABAW layout) to a folder"),
 }

@@ -67,7 +67,7 @@ def train_two_stage(records: str, cnn_job: str, job: str, *, cnn_steps: int = DE
                           str(DEMO_STEPS_PER_EPOCH), *DEMO_TRAIN_FLAGS, *flags, *extra])
 
     return (stage(cnn_job, cnn_steps, *DEMO_FRAMES_FLAGS)
-            or stage(job, rnn_steps, *DEMO_SEQUENCE_FLAGS, "--init_from", cnn_job))
+            or stage(job, rnn_steps, *DEMO_SEQUENCE_FLAGS, "--features_from", cnn_job))
 
 
 def _step(title: str) -> float:

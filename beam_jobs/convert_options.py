@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 
-from beam_jobs.faces import stage as faces_lib
+from beam_jobs.faces import options as face_options
 from tfrecords_schema import TASKS
 from tfrecords_schema.buckets import BUCKET_BY
 from tfrecords_schema.cli import add_verbose_flag
@@ -31,32 +30,11 @@ def _defaults(cls) -> dict:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
-def _on_off(text: str) -> bool:
-    """``on``/``off`` (any case) → True/False."""
-    value = {"on": True, "off": False}.get(text.strip().lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-    return value
-
-
-def _change_or_off(text: str) -> float | None:
-    """A fraction in (0, 1], or ``off`` → None."""
-    if text.strip().lower() == "off":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or off, got {text!r}")
-    return value
-
-
 def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
     """Adds the conversion's own options; returns their names (always recorded in dataset_info.json)."""
     from beam_jobs.pipeline.config import ConvertConfig
 
-    face, job = _defaults(faces_lib.FaceStageConfig), _defaults(ConvertConfig)
+    job = _defaults(ConvertConfig)
     add = parser.add_argument
     actions = [
         add("--dataset", default="abaw", help="dataset adapter (default: abaw)"),
@@ -65,23 +43,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
         add("--output", required=True, help="output folder (local path or gs://...)"),
         add("--tasks", default="", help=f"comma-separated subset of {','.join(TASKS)} (default: all found)"),
         add("--cropped_aligned", default=None, help="use the dataset's provided face crops from DIR"),
-        add("--crop_size", type=int, default=face["crop_size"],
-            help=f"side of the square face crops (default {face['crop_size']})"),
         add("--clip_length", type=int, default=job["clip_length"],
             help=f"frames per record (default {job['clip_length']})"),
-        add("--detector", default=face["detector"], help=f"face detector, one of {sorted(faces_lib.DETECTORS)}"),
-        add("--detect_every", type=int, default=face["detect_every"],
-            help=f"detect every N frames, hold the box between (default {face['detect_every']})"),
-        add("--max_hold", type=int, default=face["max_hold"],
-            help="frames a face box is held after a missed detection (default 2 x detect_every)"),
-        add("--detect_width", type=int, default=face["detect_width"],
-            help=f"width of the downscaled detection image (default {face['detect_width']})"),
-        add("--align", type=_on_off, default=face["align"], metavar="on|off",
-            help="eye-aligned crops where the detector gives eyes; off: square crops around the box "
-                 f"(default {'on' if face['align'] else 'off'})"),
-        add("--redetect_change", type=_change_or_off, default=face["redetect_change"], metavar="F|off",
-            help="detect early when the held face region changes by more than F (0-1); off: only every "
-                 f"--detect_every frames (default {face['redetect_change']})"),
+        *face_options.add_face_stage_arguments(parser),
         add("--bucket_by", default=job["bucket_by"], help=f"rebalancing buckets, one of {list(BUCKET_BY)}"),
         add("--min_shards", type=int, default=job["min_shards"],
             help="least shards per shard set (>= training workers)"),
@@ -143,12 +107,13 @@ def check_options(args: argparse.Namespace) -> list[str]:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise UsageError(f"unknown tasks {unknown}; valid tasks: {list(TASKS)}")
-    if args.detector not in faces_lib.DETECTORS:
-        raise UsageError(f"unknown detector {args.detector!r}; valid detectors: {sorted(faces_lib.DETECTORS)}")
+    try:
+        face_options.check_face_stage_options(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     if args.bucket_by not in BUCKET_BY:
         raise UsageError(f"unknown --bucket_by {args.bucket_by!r}; valid values: {list(BUCKET_BY)}")
-    for name, low in (("crop_size", 8), ("clip_length", 1), ("detect_every", 1), ("detect_width", 32),
-                      ("min_shards", 1), ("shard_bytes", 1), ("max_hold", 0)):
+    for name, low in (("clip_length", 1), ("min_shards", 1), ("shard_bytes", 1)):
         value = getattr(args, name)
         if value is not None and value < low:
             raise UsageError(f"--{name} must be >= {low}, got {value}")

@@ -10,8 +10,12 @@ on the whole validation split (every labelled frame):
   ``--warmup_steps`` (a cosine job's curve depends on its budget, so each budget is its own job);
 * ``two_stage``: ``--stage frames`` for each budget's CNN steps (``--frames_batch_size`` frames a step, as many
   as an end-to-end step's ``batch x seq_len``), then ``--stage sequence`` for ``--sequence_steps`` steps on
-  the frozen CNN's features. With a budget of ``DEMO_CNN_STEPS`` and ``--eval_every DEMO_STEPS_PER_EPOCH``
-  this is the demo's own training (:func:`affectstream.demo.train_two_stage`).
+  the frozen CNN's features, once per temporal head of ``--heads`` (the first one, ``gru`` by default, is the
+  demo's). With a budget of ``DEMO_CNN_STEPS`` and ``--eval_every DEMO_STEPS_PER_EPOCH`` and the GRU this is the
+  demo's own training (:func:`affectstream.demo.train_two_stage`);
+* ``features``: ``--stage sequence --features_from EXPORT`` (``--feature_layer``) for ``--sequence_steps`` steps, once
+  per head of ``--heads``: a temporal head on the frozen features of a pretrained model (e.g. an imported one,
+  docs/pretrained.md), no CNN trained here.
 
 Every job's wall time (start-up, evaluations and export included), its CPU time (all of its threads) and
 its training steps per second are recorded with the machine's load average, so times measured on a busy
@@ -22,6 +26,8 @@ Writes ``learning.json`` and ``learning.png`` (score vs steps) into ``--out``::
     .venv/bin/python bench/learning.py --out /tmp/learning --budgets 300,800
     .venv/bin/python bench/learning.py --data /tmp/demo_records --configs cosine --budgets 500
     .venv/bin/python bench/learning.py --out /tmp/plot --configs "" --add_job demo=demo_output/job
+    .venv/bin/python bench/learning.py --out /tmp/heads --configs two_stage,features --budgets 300 \
+        --heads gru,tcn,transformer --features_from models/fer
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CONFIGS = ("constant", "cosine", "two_stage")
+CONFIGS = ("constant", "cosine", "two_stage", "features")
 
 
 class _RateLog(logging.Handler):
@@ -124,13 +130,17 @@ def existing_job(name: str, job_dir: str) -> dict:
     result = {"name": name, "curve": {str(epoch * steps): s for epoch, s in sorted(scores.items())},
               "final_macro_f1": final, "epochs_done": len(scores), "epochs": config["epochs"],
               "learning_rate": config["learning_rate"], "lr_schedule": config.get("lr_schedule"), "job_dir": job_dir}
+    source = config.get("features_from") or config.get("init_from")
     if config.get("stage") == "sequence":  # plotted at the CNN steps of the frames job it started from
         from trainer.model.export import MODEL_INFO_FILENAME, resolve_model_dir
 
-        with open(os.path.join(resolve_model_dir(config["init_from"]), MODEL_INFO_FILENAME), encoding="utf-8") as f:
-            frames = json.load(f)["train_config"]
-        result.update({"cnn_steps": frames["epochs"] * frames["steps_per_epoch"],
-                       "sequence_steps": config["epochs"] * steps})
+        with open(os.path.join(resolve_model_dir(source), MODEL_INFO_FILENAME), encoding="utf-8") as f:
+            frames = json.load(f).get("train_config")
+        result["sequence_steps"] = config["epochs"] * steps
+        if frames is None:  # an imported model's features: no CNN trained here
+            result.update({"features_from": source, "feature_layer": config.get("feature_layer")})
+        else:
+            result["cnn_steps"] = frames["epochs"] * frames["steps_per_epoch"]
     return result
 
 
@@ -163,13 +173,15 @@ def plot(results: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in results:
         steps = [int(s) for s in r["curve"]]
-        if "cnn_steps" in r:  # a two-stage job: one point, its final score at the CNN's steps
+        if r.get("features_from"):  # a head on a pretrained model's features: its curve over its own steps
+            ax.plot(steps, list(r["curve"].values()), "x--", label=r["name"])
+        elif "cnn_steps" in r:  # a two-stage job: one point, its final score at the CNN's steps
             ax.plot([r["cnn_steps"]], [r["final_macro_f1"]], "s", label=f"{r['name']} (+{r['sequence_steps']} "
-                    f"RNN steps on features)")
+                    f"head steps on its features)")
         elif steps:
             ax.plot(steps, list(r["curve"].values()), "o-", label=r["name"])
     ax.axhline(0.9, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("training steps (CNN steps for two-stage)")
+    ax.set_xlabel("training steps (CNN steps for two-stage; head steps on pretrained features)")
     ax.set_ylabel("validation macro-F1 (whole split)")
     ax.set_ylim(0, 1)
     ax.set_title("Demo dataset, 8 expression classes (chance ~0.125)")
@@ -194,6 +206,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup_steps", type=int, default=50)
     p.add_argument("--frames_batch_size", type=int, default=demo.DEMO_FRAMES_BATCH_SIZE)
     p.add_argument("--sequence_steps", type=int, default=demo.DEMO_RNN_STEPS)
+    p.add_argument("--heads", default="gru", help="temporal heads of the sequence jobs (comma-separated, of gru, lstm, "
+                   "tcn, transformer)")
+    p.add_argument("--features_from", help="the features config: the export whose frozen features the heads train on")
+    p.add_argument("--feature_layer", help="with --features_from: the layer cut (default: the features its heads read)")
     p.add_argument("--seed", type=int, default=None, help="instead of the demo's --seed")
     p.add_argument("--add_job", action="append", default=[], metavar="NAME=JOB_DIR",
                    help="also plot a job trained elsewhere (e.g. a demo's job/); with --configs '' only replots")
@@ -204,6 +220,9 @@ def main(argv=None) -> int:
     configs = [c for c in args.configs.split(",") if c]
     if set(configs) - set(CONFIGS):
         p.error(f"--configs: unknown {sorted(set(configs) - set(CONFIGS))}; choose from {', '.join(CONFIGS)}")
+    if "features" in configs and not args.features_from:
+        p.error("--configs features needs --features_from EXPORT")
+    heads = [h for h in args.heads.split(",") if h]
     data = args.data or (convert_demo(args.out) if configs else None)
     budgets = sorted(int(b) for b in args.budgets.split(","))
     train_flags = list(demo.DEMO_TRAIN_FLAGS)
@@ -230,13 +249,26 @@ def main(argv=None) -> int:
             frames_dir = os.path.join(args.out, f"frames_{steps}")
             frames = run_job(f"frames_{steps}", job(f"frames_{steps}", steps, "--stage", "frames",
                                                     "--batch_size", str(args.frames_batch_size)), every)
-            sequence = run_job(f"two_stage_{steps}", job(
-                f"sequence_{steps}", args.sequence_steps, "--stage", "sequence", "--init_from", frames_dir), every)
-            sequence.update({"cnn_steps": steps, "sequence_steps": args.sequence_steps,
-                             "frames_macro_f1": frames["final_macro_f1"],
-                             "wall_s_both": round(frames["wall_s"] + sequence["wall_s"], 1)})
-            results += [frames, sequence]
-    summary = {"data": data, "demo_train_flags": train_flags, "eval_every": every,
+            results.append(frames)
+            for head in heads:
+                name = f"{steps}" if head == "gru" else f"{head}_{steps}"
+                sequence = run_job(f"two_stage_{name}", job(
+                    f"sequence_{name}", args.sequence_steps, "--stage", "sequence", "--features_from", frames_dir,
+                    "--temporal", head), every)
+                sequence.update({"cnn_steps": steps, "sequence_steps": args.sequence_steps, "temporal": head,
+                                 "frames_macro_f1": frames["final_macro_f1"],
+                                 "wall_s_both": round(frames["wall_s"] + sequence["wall_s"], 1)})
+                results.append(sequence)
+    if "features" in configs:
+        cut = ["--feature_layer", args.feature_layer] if args.feature_layer else []
+        for head in heads:
+            name = f"features_{head}" + (f"_{args.feature_layer}" if args.feature_layer else "")
+            features = run_job(name, job(name, args.sequence_steps, "--stage", "sequence", "--features_from",
+                                         args.features_from, *cut, "--temporal", head), every)
+            features.update({"features_from": args.features_from, "feature_layer": args.feature_layer,
+                             "temporal": head, "sequence_steps": args.sequence_steps})
+            results.append(features)
+    summary = {"data": data, "demo_train_flags": train_flags, "eval_every": every, "heads": heads,
                "frames_per_step": _flag(train_flags, "--batch_size") * _flag(train_flags, "--seq_len"),
                "cpu_count": os.cpu_count(), "results": results}
     with open(os.path.join(args.out, "learning.json"), "w", encoding="utf-8") as f:

@@ -21,9 +21,9 @@ def tiny_spec(**kw):
     return spec_lib.ModelSpec(**base)
 
 
-@pytest.mark.parametrize("rnn", ["gru", "lstm"])
-def test_simple_cnn_model_outputs_every_head_per_frame(rnn):
-    m = model_lib.build_model(tiny_spec(rnn=rnn))
+@pytest.mark.parametrize("temporal", ["gru", "lstm"])
+def test_simple_cnn_model_outputs_every_head_per_frame(temporal):
+    m = model_lib.build_model(tiny_spec(temporal=temporal))
     out = m(np.random.rand(2, 5, 32, 32, 3).astype("float32"))
     assert out["expression"].shape == (2, 5, 4)
     assert out["valence_arousal"].shape == (2, 5, 2)

@@ -121,7 +121,7 @@ def test_local_weights_file_of_an_application_backbone(tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["--weights", "imagenet"], "simple_cnn has no ImageNet weights"),
     (["--weights", "/no/such/file.weights.h5"], "imagenet, none or the path of a local weights file"),
-    (["--freeze_backbone_epochs", "2"], "needs pretrained --weights"),
+    (["--freeze_backbone_epochs", "2"], "needs a pretrained backbone"),
     (["--lr_schedule", "step"], "constant, cosine"),
     (["--early_stopping", "-1"], "integer >= 0"),
 ])

@@ -303,7 +303,8 @@ def test_task_without_labels_lists_what_the_data_has(tmp_path):
         (["--sampling", "oversample"], "natural, balanced, sqrt, downsample"),
         (["--task", "emotion"], "expr, va, au, multi"),
         (["--strategy", "tpu"], "auto, one_device, mirrored, multi_worker"),
-        (["--rnn", "transformer"], "gru, lstm"),
+        (["--temporal", "mamba"], "gru, lstm, tcn, transformer"),
+        (["--rnn", "mamba"], "gru, lstm, tcn, transformer"),  # the option's old name
         (["--loss_weighting", "focal"], "none, inverse, sqrt"),
         (["--weights", "imagenet"], "simple_cnn has no ImageNet weights"),
     ],

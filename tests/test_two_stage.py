@@ -96,7 +96,7 @@ def test_sequence_stage_exports_one_model_that_evaluate_scores_like_the_job(data
                                                                            tmp_path):
     info = json.loads((sequence_job / "export" / "model_info.json").read_text())
     assert info["stage"] == "sequence" and info["rnn_units"] == [16, 8] and info["crop_size"] == 32
-    assert info["weights"]["source"] == "init_from" and info["weights"]["init_stage"] == "frames"
+    assert info["weights"]["source"] == "features_from" and info["weights"]["init_stage"] == "frames"
     assert info["train_config"]["feature_dim"] == 16  # the backbone options of --init_from
     model = keras.saving.load_model(str(sequence_job / "export" / "model.keras"), compile=False)
     frames_model = keras.saving.load_model(str(frames_job / "export" / "model.keras"), compile=False)
@@ -192,10 +192,12 @@ def test_early_stopping_stops_and_a_rerun_does_not_train_on(dataset, frames_job,
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--stage", "sequence"], "--stage sequence needs --init_from"),
-    (["--init_from", "x"], "--init_from is for --stage sequence"),
+    (["--stage", "sequence"], "--stage sequence needs --features_from"),
+    (["--features_from", "x"], "--features_from is for --stage sequence"),
+    (["--feature_layer", "x"], "--feature_layer names a layer of the --features_from export"),
+    (["--init_from", "x", "--class_map", "a=b"], "it goes with --stage frames --init_from"),
     (["--stage", "sequence", "--init_from", "x", "--weights", "imagenet", "--backbone", "efficientnet_b0"],
-     "takes its (frozen) backbone from --init_from"),
+     "takes its (frozen) backbone from --features_from"),
     (["--stage", "pairs"], "end_to_end, frames, sequence"),
 ])
 def test_stage_options_are_checked(tmp_path, args, expected):
@@ -210,3 +212,23 @@ def test_sequence_stage_refuses_a_backbone_made_for_another_crop_size(frames_job
     rc, err = run_train(["--data", str(data), "--job_dir", str(tmp_path / "job"), "--stage", "sequence", "--init_from",
                         str(frames_job), *TINY])
     assert rc == 1 and "32 px crops" in err and "48 px crops" in err, err
+
+
+@pytest.mark.parametrize("stage, head", [("end_to_end", "tcn"), ("end_to_end", "transformer"),
+                                         ("sequence", "transformer")])
+def test_tcn_and_transformer_heads_train_and_travel_in_the_export(dataset, frames_job, tmp_path, stage, head):
+    # (The TCN in the sequence stage: tests/test_fer_import.py, on an imported model's features.)
+    source = ["--stage", "sequence", "--features_from", str(frames_job)] if stage == "sequence" else []
+    job = tmp_path / "job"
+    rc, err = run_train(["--data", dataset, "--job_dir", str(job), *source, "--temporal", head, "--temporal_width", "8",
+                         "--temporal_layers", "1", "--epochs", "1", "--steps_per_epoch", "2", *TINY])
+    assert rc == 0, err[-3000:]
+    info = json.loads((job / "export" / "model_info.json").read_text())
+    assert (info["stage"], info["temporal"]["type"], info["temporal"]["layers"], info["rnn"]) == (stage, head, 1, None)
+    model = keras.saving.load_model(str(job / "export" / "model.keras"), compile=False)
+    assert f"{head}_1_{'conv1' if head == 'tcn' else 'attention'}" in [layer.name for layer in model.layers]
+    report = tmp_path / "eval"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert evaluate.run(["--model", str(job), "--data", dataset, "--report_dir", str(report)]) == 0
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert json.loads((report / "metrics.json").read_text())["expression"] == metrics["expression"]

@@ -11,7 +11,10 @@ from tfrecords_schema.tasks import TASK_MULTI, TASKS
 
 TASK_CHOICES = (*TASKS, TASK_MULTI)  # the --task values: each task, or every task of the data
 BACKBONES = ("simple_cnn", "mobilenet_v3_small", "efficientnet_b0")
-RNNS = ("gru", "lstm")
+RNNS = ("gru", "lstm")  # the recurrent temporal heads (a stack of --rnn_units layers)
+TEMPORAL_GRU, TEMPORAL_TCN, TEMPORAL_TRANSFORMER = "gru", "tcn", "transformer"
+# --temporal: what runs over time on the per-frame features (trainer.model.temporal); gru is the paper's stack.
+TEMPORAL_HEADS = (*RNNS, TEMPORAL_TCN, TEMPORAL_TRANSFORMER)
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -21,3 +24,5 @@ STAGE_SEQUENCE = "sequence"  # the recurrent stack on the frozen CNN's features
 STAGES = (STAGE_END_TO_END, STAGE_FRAMES, STAGE_SEQUENCE)
 JIT_CHOICES = ("auto", "on", "off")
 OPTIMIZER_CHOICES = ("adam", "sgd")
+IMPORTED_OUTPUTS = ("probabilities", "logits")  # import-model --model_outputs: what the network's output is
+CHANNEL_ORDERS = ("rgb", "bgr")  # import-model --channel_order

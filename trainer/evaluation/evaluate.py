@@ -28,7 +28,7 @@ from tfrecords_schema.cli import add_verbose_flag
 from trainer.common import errors, filesystems
 from trainer.evaluation.collect import collect_predictions
 from trainer.evaluation.coverage import split_coverage
-from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, read_model_info, resolve_model_dir
+from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, read_model_info, resolve_model_dir, serving_window
 
 log = logging.getLogger("trainer.evaluation.evaluate")
 
@@ -113,7 +113,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     check_model_outputs(model, model_info, model_path)
     heads = list(model_info["heads"])
     skipped = SkippedRecords() if skip_corrupt else None
-    ds = make_eval_dataset(data_dir, info, split=split, task=model_info["task"], seq_len=int(model_info["seq_len"]),
+    ds = make_eval_dataset(data_dir, info, split=split, task=model_info["task"], seq_len=serving_window(model_info),
                            batch_size=batch_size, skipped=skipped)
     va_density = plots.VADensity()
     predictions = collect_predictions(model, ds, heads, info, observers=[va_density])

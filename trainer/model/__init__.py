@@ -1,5 +1,6 @@
-"""The model: what it is made of (``spec``), the per-frame CNNs (``backbones``), the recurrent stack and heads
-(``build``), the trainer's own layers (``layers``), the losses (``losses``) and the export files (``export``).
+"""The model: what it is made of (``spec``), the per-frame CNNs (``backbones``), the temporal heads (``temporal``),
+the model and its heads (``build``), face models trained elsewhere (``pretrained``, ``saved_model``), the trainer's
+own layers (``layers``), the losses (``losses``) and the export files (``export``).
 
 May import: :mod:`trainer.common`, :mod:`tfrecords_schema`. Never the input stream, training, evaluation or
 prediction: a model is built and saved the same whatever feeds it.

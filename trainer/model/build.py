@@ -4,17 +4,21 @@ Input: uint8 ``[B, T, S, S, 3]`` RGB face crops (0..255), as the input pipelines
 them; the model's first layer (a ``Rescaling`` named ``"to_unit_range"``) scales them to [0, 1] on the
 accelerator, and the export carries it. A float input is cast to uint8 by Keras, so [0, 1] floats would
 become black frames: feed uint8 pixels. The CNN runs on every
-frame (:class:`PerFrame`: time folded into the batch); a stack of GRU or LSTM layers (the paper's
-100 → 100 → 50 by default) runs over time; each head is a per-frame Dense layer:
+frame (:class:`PerFrame`: time folded into the batch); a temporal head (:mod:`trainer.model.temporal`: the
+paper's GRU stack 100 → 100 → 50 by default, an LSTM stack, a TCN or a small transformer) runs over time; each
+head is a per-frame Dense layer:
 
 * ``"expression"``: softmax over the dataset's classes, ``[B, T, C]``;
 * ``"valence_arousal"``: tanh, ``[B, T, 2]``;
 * ``"action_units"``: sigmoid, ``[B, T, K]``.
 
 Heads always output float32 (also under mixed precision). Besides built-in Keras
-layers the model uses one layer of its own, :class:`trainer.model.layers.PerFrame`, registered
-for serialisation when the ``trainer`` package is imported. The losses (:func:`compute_losses`)
-take per-frame weights ``[B, T]``: invalid labels, frames without a face and padding weigh 0.
+layers the model uses layers of its own (:mod:`trainer.model.layers`: :class:`PerFrame`, and where needed the
+transformer's positions, an imported network's input adapter and a class map), registered
+for serialisation when the ``trainer`` package is imported. The CNN is built from ``spec.backbone``, or given
+ready (``cnn=``: the per-frame network of an export or an imported model, :mod:`trainer.model.pretrained`). The
+losses (:func:`trainer.model.losses.compute_losses`) take per-frame weights ``[B, T]``: invalid labels, frames
+without a face and padding weigh 0.
 
 Mixed precision: :func:`build_model` with ``mixed_precision=True`` builds the layers under Keras'
 ``mixed_float16`` global dtype policy and restores the previous policy afterwards
@@ -26,9 +30,9 @@ Backbone weights (:attr:`ModelSpec.backbone_weights`): random (None), a local we
 (``~/.keras/models``, or ``$KERAS_HOME/models``); without internet that fails with
 :class:`BackboneWeightsError`, which says to pass a local file instead.
 
-Two-stage training (:mod:`trainer.training.stages`): a spec with no recurrent layers (``rnn_units=()``) builds the
+Two-stage training (:mod:`trainer.training.stages`): a per-frame spec (``temporal=None``) builds the
 per-frame model of ``--stage frames`` (heads straight on the CNN features); :func:`build_sequence_model`
-builds the recurrent stack and heads on precomputed features (``--stage sequence``), with the same layer
+builds the temporal head and heads on precomputed features (``--stage sequence``), with the same layer
 names as :func:`build_model`, so its weights drop into the end-to-end model that is exported.
 """
 
@@ -41,8 +45,15 @@ import keras
 
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
 from trainer.model.backbones import build_backbone
-from trainer.model.layers import PerFrame
+from trainer.model.layers import ClassMap, PerFrame
 from trainer.model.spec import MIXED_PRECISION_POLICY, PER_FRAME_LAYER, ModelSpec
+from trainer.model.temporal import temporal_stack
+
+EXPRESSION_LOGITS = "expression_logits"  # the Dense layer under the expression softmax
+SOURCE_EXPRESSION = "source_expression"  # with a class map: the softmax over the source classes
+# The Dense layer of each head (what a fine-tuned model keeps of an export's heads).
+HEAD_LAYERS = {HEAD_EXPRESSION: EXPRESSION_LOGITS, HEAD_VALENCE_AROUSAL: "valence_arousal_linear",
+               HEAD_ACTION_UNITS: "action_units_logits"}
 
 
 @contextlib.contextmanager
@@ -60,7 +71,7 @@ def _global_dtype_policy(name: str) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def build_model(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Model:
+def build_model(spec: ModelSpec, *, mixed_precision: bool = False, cnn: keras.Model | None = None) -> keras.Model:
     """Builds the CNN+RNN with one output per head (a dict keyed by head name).
 
     Build it inside ``strategy.scope()`` for distributed training.
@@ -69,9 +80,19 @@ def build_model(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Mode
         spec: What to build.
         mixed_precision: Compute in float16 with float32 variables (``mixed_float16``; for GPUs); the
             output activations stay float32. Otherwise every layer is float32, whatever the global policy.
+        cnn: A ready per-frame network (float ``[S, S, 3]`` in [0, 1] → ``[D]``; its layers keep their own
+            dtype) used as it is, instead of one built from ``spec.backbone``.
     """
     with _global_dtype_policy(MIXED_PRECISION_POLICY if mixed_precision else "float32"):
-        return _build_layers(spec)
+        return _build_layers(spec, cnn)
+
+
+def frame_features_model(cnn: keras.Model, crop_size: int, name: str = "frame_features") -> keras.Model:
+    """uint8 frames ``[B, T, S, S, 3]`` → ``[B, T, D]``: the front of :func:`build_model` (pixel scaling, ``cnn``
+    per frame), what the sequence stage's features are made with."""
+    frames = keras.Input((None, crop_size, crop_size, 3), dtype="uint8", name="frames")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(frames)
+    return keras.Model(frames, PerFrame(cnn, name=PER_FRAME_LAYER)(x), name=name)
 
 
 def build_sequence_model(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Model:
@@ -81,17 +102,17 @@ def build_sequence_model(spec: ModelSpec, *, mixed_precision: bool = False) -> k
     precomputed (inference-mode) features do not have. Layer names match :func:`build_model`'s, so the
     trained weights copy into the end-to-end model by name (:func:`trainer.training.features.assemble_export`).
     """
-    if not spec.rnn_units:
-        raise ValueError("the sequence stage needs at least one recurrent layer (rnn_units)")
+    if spec.per_frame:
+        raise ValueError("the sequence stage needs a temporal head (--temporal, and for gru/lstm --rnn_units)")
     with _global_dtype_policy(MIXED_PRECISION_POLICY if mixed_precision else "float32"):
         features = keras.Input((spec.seq_len, spec.feature_dim), name="features")
         x = keras.layers.Dropout(spec.dropout, name="sequence_feature_dropout")(features)
-        return keras.Model(features, _temporal_heads(x, spec), name=f"{spec.rnn}_on_features")
+        return keras.Model(features, _temporal_heads(x, spec), name=f"{spec.temporal}_on_features")
 
 
-def model_name(spec: ModelSpec) -> str:
-    """``<backbone>_<rnn>``, or ``<backbone>_per_frame`` without recurrent layers."""
-    return f"{spec.backbone}_{spec.rnn if spec.rnn_units else 'per_frame'}"
+def model_name(spec: ModelSpec, backbone: str | None = None) -> str:
+    """``<backbone>_<temporal head>``, or ``<backbone>_per_frame`` without one."""
+    return f"{backbone or spec.backbone}_{'per_frame' if spec.per_frame else spec.temporal}"
 
 
 def pretrained_layers(model: keras.Model, spec: ModelSpec) -> list[keras.layers.Layer]:
@@ -106,31 +127,37 @@ def pretrained_layers(model: keras.Model, spec: ModelSpec) -> list[keras.layers.
     return [layer for layer in cnn.layers if isinstance(layer, keras.Model)]
 
 
-def _build_layers(spec: ModelSpec) -> keras.Model:
+def _build_layers(spec: ModelSpec, cnn: keras.Model | None) -> keras.Model:
     s = spec.crop_size
     frames = keras.Input((spec.seq_len, s, s, 3), dtype="uint8", name="frames")
-    cnn = build_backbone(spec)
+    backbone = None if cnn is None else cnn.name
+    cnn = build_backbone(spec) if cnn is None else cnn
     # Pixels arrive as uint8 (a quarter of the bytes of float32) and are scaled here, on the accelerator.
     x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(frames)
     x = PerFrame(cnn, name=PER_FRAME_LAYER)(x)
-    return keras.Model(frames, _temporal_heads(x, spec), name=model_name(spec))
+    return keras.Model(frames, _temporal_heads(x, spec), name=model_name(spec, backbone))
 
 
 def _temporal_heads(x, spec: ModelSpec) -> dict:
-    """The recurrent stack (none for a per-frame model) and one per-frame head per task on ``x`` ``[B, T, F]``."""
-    rnn_cls = keras.layers.GRU if spec.rnn == "gru" else keras.layers.LSTM
-    for i, units in enumerate(spec.rnn_units):
-        x = rnn_cls(units, return_sequences=True, name=f"{spec.rnn}_{i + 1}")(x)
+    """The temporal head (none for a per-frame model) and one per-frame head per task on ``x`` ``[B, T, F]``."""
+    if not spec.per_frame:
+        x = temporal_stack(x, spec)
     outputs = {}
-    if HEAD_EXPRESSION in spec.heads:
-        logits = keras.layers.Dense(spec.num_expression_classes, name="expression_logits")(x)
+    if HEAD_EXPRESSION in spec.heads and spec.class_map is not None:
+        # The source model's classes, then the fixed map onto the dataset's (trainer.model.layers.ClassMap).
+        logits = keras.layers.Dense(len(spec.class_map), name=EXPRESSION_LOGITS)(x)
+        probabilities = keras.layers.Activation("softmax", dtype="float32", name=SOURCE_EXPRESSION)(logits)
+        outputs[HEAD_EXPRESSION] = ClassMap(spec.class_map, spec.num_expression_classes,
+                                            name=HEAD_EXPRESSION)(probabilities)
+    elif HEAD_EXPRESSION in spec.heads:
+        logits = keras.layers.Dense(spec.num_expression_classes, name=EXPRESSION_LOGITS)(x)
         outputs[HEAD_EXPRESSION] = keras.layers.Activation("softmax", dtype="float32", name=HEAD_EXPRESSION)(logits)
     if HEAD_VALENCE_AROUSAL in spec.heads:
-        va = keras.layers.Dense(2, name="valence_arousal_linear")(x)
+        va = keras.layers.Dense(2, name=HEAD_LAYERS[HEAD_VALENCE_AROUSAL])(x)
         outputs[HEAD_VALENCE_AROUSAL] = keras.layers.Activation("tanh", dtype="float32",
                                                                 name=HEAD_VALENCE_AROUSAL)(va)
     if HEAD_ACTION_UNITS in spec.heads:
-        au = keras.layers.Dense(spec.num_action_units, name="action_units_logits")(x)
+        au = keras.layers.Dense(spec.num_action_units, name=HEAD_LAYERS[HEAD_ACTION_UNITS])(x)
         outputs[HEAD_ACTION_UNITS] = keras.layers.Activation("sigmoid", dtype="float32", name=HEAD_ACTION_UNITS)(au)
     return outputs
 

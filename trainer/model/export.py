@@ -44,6 +44,23 @@ _SAVED_MODEL_FILE = re.compile(r"^(saved_model\.pb|fingerprint\.pb|keras_metadat
                                r"variables/variables\.data-\d+-of-\d+|assets/.*|variables/)$")  # (x/: empty folder)
 
 
+# Frames per window when serving a per-frame model (no temporal window): each frame is predicted on its own, so the
+# window only sets how many frames go into a model call (x the windows per call) and how much of the last one is
+# padding; 8 frames x predict's 16 windows = 128 crops a call.
+PER_FRAME_WINDOW = 8
+
+
+def is_per_frame(model_info: dict) -> bool:
+    """Whether an export predicts every frame on its own: an imported model, or a ``--stage frames`` job's."""
+    return bool(model_info.get("per_frame")) or model_info.get("stage") == "frames"
+
+
+def serving_window(model_info: dict) -> int:
+    """Frames per window when evaluating or serving an export: its training ``seq_len``, or for a per-frame model
+    (which has none) :data:`PER_FRAME_WINDOW`."""
+    return PER_FRAME_WINDOW if is_per_frame(model_info) else int(model_info["seq_len"])
+
+
 class ExportError(ValueError):
     """A folder that holds no export, or an export that cannot be read."""
 

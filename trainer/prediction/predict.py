@@ -44,6 +44,7 @@ from collections.abc import Sequence
 
 from tfrecords_schema.cli import add_verbose_flag
 from trainer.common import errors, filesystems
+from trainer.model.export import is_per_frame, serving_window
 from trainer.prediction import outputs as preds_lib
 from trainer.prediction import scoring
 from trainer.prediction.crops import CROPS_FACE_STAGE, CROPS_PROVIDED, FaceStageCrops, ProvidedCrops, ServedCrops
@@ -121,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "between the nearest face frames")
     p.add_argument("--smooth", type=int, default=0, metavar="N",
                    help="centred moving average over N frames of probabilities and valence/arousal (0: off)")
-    p.add_argument("--batch_size", type=int, default=16, help="windows of seq_len frames per model call")
+    p.add_argument("--batch_size", type=int, default=16,
+                   help="windows of seq_len frames per model call (a per-frame model, which has no seq_len: windows "
+                        "of 8 frames)")
     p.add_argument("--render", action="store_true",
                    help="also write OUT/<stem>.mp4 (box, label, valence/arousal trace) and OUT/<stem>.png (plot)")
     p.add_argument("--annotations", default=None, metavar="DIR",
@@ -179,11 +182,13 @@ def predict(args) -> int:
     model, model_info, served, model_dir = load_export(args.model)
     crops = choose_crops(served, args)
     heads = list(model_info["heads"])
-    predictor = WindowPredictor(model, heads, int(model_info["seq_len"]), served.crop_size, args.batch_size)
+    window = serving_window(model_info)
+    predictor = WindowPredictor(model, heads, window, served.crop_size, args.batch_size)
     gpus = tf.config.list_physical_devices("GPU")
     stage = f"face stage {served.face_stage.to_dict()}" if crops["source"] == CROPS_FACE_STAGE else "provided crops"
-    print(f"[predict] {len(tracks)} track(s); model {model_dir} (heads {', '.join(heads)}, seq_len "
-          f"{model_info['seq_len']}) on {'GPU ' + gpus[0].name if gpus else 'CPU'}; {stage}", file=sys.stderr, flush=True)
+    print(f"[predict] {len(tracks)} track(s); model {model_dir} (heads {', '.join(heads)}, "
+          f"{'per frame' if is_per_frame(model_info) else 'seq_len'} {window}) on "
+          f"{'GPU ' + gpus[0].name if gpus else 'CPU'}; {stage}", file=sys.stderr, flush=True)
     progress = Progress(len(tracks), args.progress_every)
     done, failed = [], []
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -208,7 +213,7 @@ def predict(args) -> int:
                   f"{written['csv']}", flush=True)
     summary = {"model": model_dir, "crops": crops, "face_stage": served.face_stage.to_dict(), "side": args.side,
                "cropped_aligned": args.cropped_aligned, "no_face": args.no_face, "smooth": args.smooth,
-               "seq_len": int(model_info["seq_len"]), "videos": done, "failed": failed,
+               "seq_len": window, "per_frame": is_per_frame(model_info), "videos": done, "failed": failed,
                "truncated_videos": sum(v["truncated"] for v in done),
                "variable_frame_rate_videos": sum(v["variable_frame_rate"] for v in done), "duplicates": duplicates}
     if args.annotations:  # This run's predictions only: files an earlier run left in OUT are not scored.

@@ -21,11 +21,13 @@ from trainer.common.choices import (
     BACKBONES,
     JIT_CHOICES,
     OPTIMIZER_CHOICES,
-    RNNS,
     STAGE_END_TO_END,
+    STAGE_FRAMES,
     STAGE_SEQUENCE,
     STAGES,
     TASK_CHOICES,
+    TEMPORAL_HEADS,
+    TEMPORAL_TRANSFORMER,
 )
 from trainer.common.choices import LR_SCHEDULES as LR_SCHEDULE_CHOICES
 from trainer.common.choices import STRATEGIES as STRATEGY_CHOICES
@@ -63,11 +65,17 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0
     stage: str = STAGE_END_TO_END
     init_from: str | None = None
+    features_from: str | None = None
+    feature_layer: str | None = None
+    class_map: str | None = None
     cnn_width: float = 1.0
     feature_dim: int = 300
     dropout: float = 0.5
-    rnn: str = "gru"
+    temporal: str = "gru"
     rnn_units: list[int] = dataclasses.field(default_factory=lambda: [100, 100, 50])
+    temporal_width: int = 64
+    temporal_layers: int | None = None
+    max_window: int = 256
     strategy: str = "auto"
     mixed_precision: bool = False
     jit_compile: str = "auto"
@@ -88,6 +96,9 @@ class TrainConfig:
     verbose: bool = False
 
     def __post_init__(self):
+        if self.stage == STAGE_SEQUENCE and self.init_from and not self.features_from:
+            # --init_from of the sequence stage, before --features_from generalised it: the same thing.
+            self.features_from, self.init_from = self.init_from, None
         self.validate()
 
     def validate(self) -> None:
@@ -102,7 +113,7 @@ class TrainConfig:
         choice("sampling", SAMPLING_CHOICES)
         choice("loss_weighting", LOSS_WEIGHTING_CHOICES)
         choice("backbone", BACKBONES)
-        choice("rnn", RNNS)
+        choice("temporal", TEMPORAL_HEADS)
         choice("strategy", STRATEGY_CHOICES)
         choice("jit_compile", JIT_CHOICES)
         choice("optimizer", OPTIMIZER_CHOICES)
@@ -113,11 +124,11 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"--{name} must be an integer >= 0, got {value!r}")
         for name in ("epochs", "batch_size", "seq_len", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "feature_dim"):
+                     "feature_dim", "temporal_width", "max_window"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
-        for name in ("steps_per_epoch", "eval_batch_size"):
+        for name in ("steps_per_epoch", "eval_batch_size", "temporal_layers"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
@@ -129,6 +140,9 @@ class TrainConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
         if not self.rnn_units or any((not isinstance(u, int)) or u < 1 for u in self.rnn_units):
             raise ConfigError(f"--rnn_units must be positive integers, e.g. 100,100,50; got {self.rnn_units!r}")
+        if self.temporal == TEMPORAL_TRANSFORMER and self.seq_len > self.max_window:
+            raise ConfigError(f"--temporal transformer takes windows of up to --max_window {self.max_window} frames, "
+                              f"got --seq_len {self.seq_len}")
         if not self.data:
             raise ConfigError("--data is required: the output directory (or gs:// / s3:// URL) of beam_jobs.convert")
         if not self.job_dir:
@@ -143,18 +157,26 @@ class TrainConfig:
         if self.weights == "imagenet" and self.backbone == "simple_cnn":
             raise ConfigError("--weights imagenet: simple_cnn has no ImageNet weights; valid with --backbone "
                               "mobilenet_v3_small or efficientnet_b0 (or pass a local weights file)")
-        if self.freeze_backbone_epochs and self.weights == "none":
-            raise ConfigError("--freeze_backbone_epochs needs pretrained --weights (imagenet or a file): freezing "
-                              "a random backbone trains nothing")
+        if self.freeze_backbone_epochs and self.weights == "none" and not self.init_from:
+            raise ConfigError("--freeze_backbone_epochs needs a pretrained backbone (--weights imagenet or a file, or "
+                              "--init_from EXPORT): freezing a random backbone trains nothing")
+        if self.init_from and self.weights != "none":
+            raise ConfigError("--init_from EXPORT starts the CNN from that export: leave --weights unset")
         if self.stage == STAGE_SEQUENCE:
-            if not self.init_from:
-                raise ConfigError("--stage sequence needs --init_from JOB_DIR: a job (usually --stage frames) whose "
-                                  "exported CNN makes the per-frame features")
+            if not self.features_from:
+                raise ConfigError("--stage sequence needs --features_from EXPORT: an export (a training job's, e.g. "
+                                  "--stage frames, or an imported model) whose per-frame network makes the features")
             if self.weights != "none" or self.freeze_backbone_epochs:
-                raise ConfigError("--stage sequence takes its (frozen) backbone from --init_from: leave --weights "
+                raise ConfigError("--stage sequence takes its (frozen) backbone from --features_from: leave --weights "
                                   "and --freeze_backbone_epochs unset")
-        elif self.init_from:
-            raise ConfigError(f"--init_from is for --stage sequence, not --stage {self.stage}")
+        elif self.features_from:
+            raise ConfigError(f"--features_from is for --stage sequence, not --stage {self.stage} (to fine-tune an "
+                              "export's CNN: --init_from)")
+        if self.feature_layer and not self.features_from:
+            raise ConfigError("--feature_layer names a layer of the --features_from export (--stage sequence)")
+        if self.class_map and not (self.stage == STAGE_FRAMES and self.init_from):
+            raise ConfigError("--class_map maps the classes of an --init_from export's head onto the data's: it goes "
+                              "with --stage frames --init_from EXPORT")
 
     def _validate_input(self) -> None:
         """The training input's options: --balance_frames and --data_service."""
@@ -232,15 +254,36 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights file")
     p.add_argument("--freeze_backbone_epochs", type=int,
                    help="keep the pretrained backbone frozen for the first N epochs, then train it too (default 0)")
-    p.add_argument("--stage", help=f"one of {', '.join(STAGES)}: end_to_end (default) trains CNN and RNN together; "
-                   "frames trains the CNN per frame (sequence length 1); sequence freezes the CNN of --init_from, "
-                   "computes its per-frame features once and trains the recurrent stack on them")
-    p.add_argument("--init_from", help="--stage sequence: the job directory (or its export/) whose CNN is used")
+    p.add_argument("--stage", help=f"one of {', '.join(STAGES)}: end_to_end (default) trains CNN and temporal head "
+                   "together; frames trains the CNN per frame (sequence length 1); sequence freezes the per-frame "
+                   "network of --features_from, computes its features once and trains the temporal head on them")
+    p.add_argument("--init_from", metavar="EXPORT",
+                   help="start the CNN from an export (a job's export/ or job dir, or an imported model): --stage "
+                   "frames fine-tunes it (keeping its head when the classes agree or --class_map maps them, else a "
+                   "new head), end_to_end puts a new temporal head on it; with --stage sequence the same as "
+                   "--features_from")
+    p.add_argument("--features_from", metavar="EXPORT",
+                   help="--stage sequence: the export (trained or imported) whose frozen per-frame network makes the "
+                   "features, fed the data's crops through its own input specification")
+    p.add_argument("--feature_layer", metavar="NAME",
+                   help="with --features_from: cut the per-frame network at this layer (spatial maps averaged); "
+                   "default: the features its heads read (an imported model's penultimate layer)")
+    p.add_argument("--class_map", metavar="A=NAME,...",
+                   help="--stage frames --init_from: map the export's classes onto the data's (its head kept)")
     p.add_argument("--cnn_width", type=float, help="filter multiplier of simple_cnn (1.0 = 64/128/256)")
     p.add_argument("--feature_dim", type=int)
     p.add_argument("--dropout", type=float)
-    p.add_argument("--rnn", help=f"one of {', '.join(RNNS)}")
-    p.add_argument("--rnn_units", type=_int_list, help="comma-separated sizes, e.g. 100,100,50")
+    p.add_argument("--temporal", "--rnn", dest="temporal",
+                   help=f"the temporal head, one of {', '.join(TEMPORAL_HEADS)}: gru (default; the paper's stack, "
+                   "--rnn_units) or lstm, tcn (dilated causal convolutions), transformer (a small encoder with learned "
+                   "positions); --rnn is its old name")
+    p.add_argument("--rnn_units", type=_int_list, help="gru/lstm: comma-separated sizes, e.g. 100,100,50")
+    p.add_argument("--temporal_width", type=int, help="tcn channels / transformer width (default 64)")
+    p.add_argument("--temporal_layers", type=int,
+                   help="tcn residual blocks (default 4: dilations 1-8, 61 frames seen) / transformer layers "
+                   "(default 2)")
+    p.add_argument("--max_window", type=int,
+                   help="transformer: the longest window it takes, its learned positions (default 256)")
     p.add_argument("--strategy", help=f"one of {', '.join(STRATEGY_CHOICES)}")
     p.add_argument("--mixed_precision", nargs="?", const=True, type=_bool, help="mixed_float16 (GPU)")
     p.add_argument("--jit_compile",
@@ -287,6 +330,8 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
+    if "rnn" in raw and "temporal" not in raw:  # the option's old name
+        raw["temporal"] = raw.pop("rnn")
     valid = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(raw) - valid)
     if unknown:

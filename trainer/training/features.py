@@ -1,7 +1,7 @@
 """The sequence stage's data: per-frame CNN features computed once, their tf.data pipelines, the joined export.
 
-* :func:`extract_features` runs the frozen CNN of the ``--init_from`` model over every clip of the splits a
-  job reads, once, and writes one feature record per clip (:mod:`tfrecords_schema.features`) into
+* :func:`extract_features` runs the frozen per-frame network of the ``--features_from`` export over every clip
+  of the splits a job reads, once, and writes one feature record per clip (:mod:`tfrecords_schema.features`) into
   ``JOB/features/``: one feature shard per clip shard, same relative path, same bucket, same records in
   the same order, and last the index ``features_info.json``. A later run (a resume, a rerun) reuses the
   folder when its index names the same data and the same CNN (their fingerprints), else recomputes it.
@@ -15,7 +15,7 @@
   computing them once.
 * :func:`make_feature_eval_dataset` cuts every clip into consecutive windows like the image evaluation, so
   the recurrent model scored on features gives the exported model's score on images.
-* :func:`assemble_export` puts the CNN and the trained recurrent stack into one end-to-end model
+* :func:`assemble_export` puts the per-frame network and the trained temporal head into one end-to-end model
   (:func:`trainer.model.build.build_model`), which is what the job exports.
 """
 
@@ -62,11 +62,11 @@ def extract_features(data_dir: str, info: DatasetInfo, splits, extractor, featur
         info: Its dataset info.
         splits: The splits the job reads (train and its evaluation splits).
         extractor: A Keras model mapping the evaluation pipeline's images ``[B, T, S, S, 3]`` to the
-            per-frame features ``[B, T, D]`` (the ``--init_from`` model cut after its CNN).
+            per-frame features ``[B, T, D]`` (the ``--features_from`` export's per-frame network).
         features_dir: Where the feature shards and ``features_info.json`` go.
         dataset_fingerprint: Fingerprint of the clip data (:func:`trainer.training.fingerprint.dataset_fingerprint`).
         backbone_sha256: SHA-256 of the model file the extractor comes from.
-        init_from: The ``--init_from`` folder (recorded in the index).
+        init_from: The ``--features_from`` folder (recorded in the index).
         skipped: Skip and count corrupt clip records (None: fail on them).
 
     Raises:
@@ -220,12 +220,12 @@ def _join_windows(windows: list[dict], heads, num_action_units: int) -> FeatureC
 
 
 def assemble_export(sequence_model, backbone, spec):
-    """The end-to-end model of ``spec`` holding ``backbone``'s CNN weights and ``sequence_model``'s recurrent stack.
+    """The end-to-end model of ``spec``: the ``backbone`` network itself, then ``sequence_model``'s temporal head.
 
     Args:
         sequence_model: The trained :func:`trainer.model.build.build_sequence_model` model.
-        backbone: The CNN (the ``--init_from`` model's per-frame CNN).
-        spec: The end-to-end :class:`trainer.model.spec.ModelSpec` (backbone options of ``--init_from``).
+        backbone: The per-frame network the features were made with (``--features_from``'s, perhaps cut).
+        spec: The end-to-end :class:`trainer.model.spec.ModelSpec`.
 
     Raises:
         TrainingError: a weighted layer of the end-to-end model got no weights (a bug, never expected).
@@ -233,8 +233,7 @@ def assemble_export(sequence_model, backbone, spec):
     from trainer.model.build import build_model
     from trainer.model.spec import PER_FRAME_LAYER
 
-    model = build_model(dataclasses.replace(spec, backbone_weights=None))
-    model.get_layer(PER_FRAME_LAYER).layer.set_weights(backbone.get_weights())
+    model = build_model(dataclasses.replace(spec, backbone_weights=None), cnn=backbone)
     copied = set()
     for layer in sequence_model.layers:
         if layer.weights:

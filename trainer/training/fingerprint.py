@@ -7,8 +7,9 @@ the new data's ``model_info.json``) something else. :func:`job_fingerprint` desc
   (:data:`tfrecords_schema.dataset_info.RUN_TIMING_FIELDS`), so a byte-identical reconversion keeps it, and
   any other change of the data (crop size, clips, shards, labels, options) changes it;
 * the options that shape the model or its targets: crop size, label names, task and heads, stage,
-  backbone, CNN width, feature size, recurrent type and sizes, sequence length, and for the sequence stage
-  the backbone it was given (``init_backbone``).
+  backbone, CNN width, feature size, temporal head and sizes, sequence length, and the export a stage starts
+  from (``init_backbone``: the sequence stage's ``--features_from``, a fine-tuned ``--init_from``) with the layer
+  cut and the class map (recorded only when set, so older checkpoints keep their fingerprint).
 
 :class:`trainer.training.state.TrainState` stores it in every checkpoint and refuses to resume under another one
 (:func:`differences` names each differing value on both sides) unless ``--allow_data_change``.
@@ -48,10 +49,17 @@ def job_fingerprint(config, info, heads: Sequence[str], *, init_backbone: str | 
         config: The training options (:class:`trainer.training.config.TrainConfig`).
         info: The dataset info.
         heads: The trained heads.
-        init_backbone: SHA-256 of the backbone model the sequence stage starts from, else None.
+        init_backbone: SHA-256 of the export the stage starts from, else None.
     """
     per_frame = config.stage == "frames"
-    return {
+    extra = {}
+    if not per_frame and config.temporal in ("tcn", "transformer"):
+        extra["temporal_options"] = [config.temporal_width, config.temporal_layers, config.max_window]
+    if config.feature_layer:
+        extra["feature_layer"] = config.feature_layer
+    if config.class_map:
+        extra["class_map"] = config.class_map
+    return {**extra,
         "dataset": dataset_fingerprint(info),
         "crop_size": info.crop_size,
         "label_names": {h: list(info.label_names.get(h, [])) for h in heads},
@@ -61,7 +69,7 @@ def job_fingerprint(config, info, heads: Sequence[str], *, init_backbone: str | 
         "backbone": config.backbone,
         "cnn_width": config.cnn_width,
         "feature_dim": config.feature_dim,
-        "rnn": None if per_frame else config.rnn,
+        "rnn": None if per_frame else config.temporal,  # the temporal head (the key keeps its first name)
         "rnn_units": [] if per_frame else list(config.rnn_units),
         "seq_len": config.seq_len,
         "init_backbone": init_backbone,

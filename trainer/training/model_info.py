@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
+from trainer.common.choices import RNNS
 
 
 def crops_of(info) -> dict:
@@ -84,7 +85,7 @@ def model_info_payload(config, info, heads: Sequence[str], *, best_epoch: int, b
         "stage": config.stage,
         "backbone": config.backbone,
         "weights": weights_record(config.weights),
-        "rnn": config.rnn,
+        "rnn": config.temporal if config.temporal in RNNS else None,  # the recurrent head; "temporal": any head
         "rnn_units": list(config.rnn_units),
         "dataset": info.name,
         "data_fingerprint": dataset_fingerprint(info),

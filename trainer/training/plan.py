@@ -73,8 +73,11 @@ def model_spec_for(config: TrainConfig, info, heads: Sequence[str]):
         backbone_weights=config.backbone_weights,
         cnn_width=config.cnn_width,
         feature_dim=config.feature_dim,
-        rnn=config.rnn,
+        temporal=config.temporal,
         rnn_units=config.rnn_units,
+        temporal_width=config.temporal_width,
+        temporal_layers=config.temporal_layers,
+        max_window=config.max_window,
         dropout=config.dropout,
     )
 

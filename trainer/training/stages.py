@@ -1,18 +1,24 @@
-"""Training stages (``--stage``): end-to-end, or the paper's two stages (per-frame CNN, then recurrent stack).
+"""Training stages (``--stage``): end-to-end, or the paper's two stages (per-frame CNN, then temporal head).
 
-* ``end_to_end`` (default): the CNN and the recurrent stack train together on clips of ``--seq_len`` frames.
+* ``end_to_end`` (default): the CNN and the temporal head (``--temporal``: the paper's GRU stack by default,
+  :mod:`trainer.model.temporal`) train together on clips of ``--seq_len`` frames.
 * ``frames``: the CNN trains alone, per frame: one random frame per sampled clip (sequence length 1, so
-  ``--batch_size`` counts frames), the task's heads straight on each frame's CNN features, no recurrent
-  layer. Evaluation and the export run it over windows of ``--seq_len`` frames like any model (each frame
-  on its own). Rebalancing, augmentation, ``--weights`` and ``--freeze_backbone_epochs`` work as end-to-end.
-* ``sequence --init_from JOB``: the CNN of JOB's export (usually a ``frames`` job) is frozen; its per-frame
-  features are computed once for every clip of the splits the job reads and written as feature shards
-  in ``--job_dir/features/`` (:mod:`trainer.training.features`, :mod:`tfrecords_schema.features`); the recurrent
-  stack (``--rnn``, ``--rnn_units``: the paper's GRU 100-100-50 by default) and the heads train on them,
-  with the same bucket rebalancing as the clips (the feature shards keep the clip shards' buckets). The
-  backbone options (``backbone``, ``cnn_width``, ``feature_dim``) come from JOB. The job exports ONE model,
-  JOB's CNN followed by the trained stack, with the same input, outputs and ``model_info.json`` contract as
-  an end-to-end export, and its final report scores that model on the images.
+  ``--batch_size`` counts frames), the task's heads straight on each frame's CNN features, no temporal
+  head. Evaluation runs it over windows like any model (each frame on its own); its export is per frame.
+  Rebalancing, augmentation, ``--weights`` and ``--freeze_backbone_epochs`` work as end-to-end.
+* ``--init_from EXPORT`` (``frames`` and ``end_to_end``): the CNN starts as the per-frame network of any export,
+  trained or imported (:mod:`trainer.training.export_source`), and ``--freeze_backbone_epochs`` freezes all of
+  it. The per-frame model keeps the export's heads whose classes are the data's, or its expression head mapped
+  by ``--class_map``, and gets new ones otherwise; end to end, the heads are new (they read the temporal head).
+* ``sequence --features_from EXPORT [--feature_layer NAME]``: the per-frame network of EXPORT (a ``frames`` job,
+  any other job, or an imported model; cut at NAME) is frozen; its per-frame features are computed once for
+  every clip of the splits the job reads, from the data's crops through the network's own input specification,
+  and written as feature shards in ``--job_dir/features/`` (:mod:`trainer.training.features`,
+  :mod:`tfrecords_schema.features`); the temporal head and the heads train on them, with the same bucket
+  rebalancing as the clips (the feature shards keep the clip shards' buckets). The job exports ONE model,
+  EXPORT's network followed by the trained head, with the same input, outputs and ``model_info.json`` contract
+  as an end-to-end export, and its final report scores that model on the images. (``--init_from`` of this
+  stage means ``--features_from``.)
 
 A :class:`Stage` gives :func:`trainer.train.train` what differs between them: the trained model, the
 training sequence length, the training stream, the per-epoch evaluation data, the layers to freeze, the
@@ -24,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from trainer.common.choices import STAGE_END_TO_END, STAGE_FRAMES, STAGE_SEQUENCE
+from trainer.common.choices import STAGE_FRAMES, STAGE_SEQUENCE
 
 log = logging.getLogger("trainer.train")
 
@@ -42,6 +48,12 @@ class Stage:
     def __init__(self, config, plan):
         self.config = config
         self.plan = plan
+        self.source = None  # --init_from: the export whose per-frame network the CNN starts as
+        if config.init_from:
+            from trainer.training.export_source import ExportSource
+
+            self.source = ExportSource(config.init_from, "--init_from")
+            self.source.cnn(self.source.load(), plan.info.crop_size)  # refuses another crop size now
 
     @property
     def train_seq_len(self) -> int:
@@ -58,22 +70,36 @@ class Stage:
         """Builds the trained model of ``spec`` (the job's models are all built here)."""
         from trainer.model.build import build_model
 
-        return build_model(spec, mixed_precision=mixed_precision)
+        if self.source is None:
+            return build_model(spec, mixed_precision=mixed_precision)
+        exported = self.source.load()
+        model = build_model(spec, mixed_precision=mixed_precision, cnn=self.source.cnn(exported, spec.crop_size))
+        self._copy_heads(model, exported)
+        return model
+
+    def _copy_heads(self, model, exported) -> None:
+        """Copies the export's heads that the model keeps (none end to end: the heads read the temporal head)."""
 
     def prepare(self, role, skipped) -> None:
         """Work before the models are built (the sequence stage computes its features here)."""
 
     def frozen_layers(self, model) -> list:
-        """The layers ``--freeze_backbone_epochs`` freezes (none without it)."""
+        """The layers ``--freeze_backbone_epochs`` freezes (none without it): an ``--init_from`` CNN whole."""
         from trainer.model.build import pretrained_layers
+        from trainer.model.spec import PER_FRAME_LAYER
 
-        return pretrained_layers(model, self.model_spec()) if self.config.freeze_backbone_epochs else []
+        if not self.config.freeze_backbone_epochs:
+            return []
+        if self.source is not None:
+            return [model.get_layer(PER_FRAME_LAYER).layer]
+        return pretrained_layers(model, self.model_spec())
 
     def fingerprint(self) -> dict:
         """The job fingerprint stored in the checkpoints (:func:`trainer.training.fingerprint.job_fingerprint`)."""
         from trainer.training.fingerprint import job_fingerprint
 
-        return job_fingerprint(self.config, self.plan.info, self.plan.heads)
+        return job_fingerprint(self.config, self.plan.info, self.plan.heads,
+                               init_backbone=None if self.source is None else self.source.sha256)
 
     def eval_dataset_fn(self, skipped):
         """``split -> dataset`` for the per-epoch evaluation, or None for the clips (the default)."""
@@ -99,90 +125,104 @@ class Stage:
 
     def model_info(self) -> dict:
         """What the stage adds to (or overrides in) ``model_info.json``."""
-        return {}
+        from trainer.model.temporal import describe
+
+        spec = self.model_spec()
+        extras = {"temporal": describe(spec), "per_frame": spec.per_frame}
+        if self.source is not None:
+            extras.update({"weights": self.source.record("init_from"), "init_from": self.source.dir,
+                           "backbone": self.source.backbone})
+            if "input" in self.source.info:  # an imported network's input specification travels on
+                extras["input"] = self.source.info["input"]
+        return extras
 
     def close(self, role) -> None:
         """Removes what the stage left in temporary folders."""
 
 
 class FramesStage(Stage):
-    """``--stage frames``: the CNN with per-frame heads, trained on single frames."""
+    """``--stage frames``: the CNN with per-frame heads, trained on single frames (from ``--init_from``: fine-tuned)."""
+
+    def __init__(self, config, plan):
+        super().__init__(config, plan)
+        self.heads = None
+        if self.source is not None:
+            from trainer.training.export_source import head_plan
+
+            self.heads = head_plan(self.source, plan.heads, plan.info, config.class_map)
 
     @property
     def train_seq_len(self) -> int:
         return 1
 
     def model_spec(self):
-        return dataclasses.replace(super().model_spec(), rnn_units=())
+        class_map = None if self.heads is None else self.heads.class_map
+        return dataclasses.replace(super().model_spec(), temporal=None, class_map=class_map)
+
+    def _copy_heads(self, model, exported) -> None:
+        from trainer.training.export_source import copy_heads
+
+        copy_heads(model, exported, self.heads.kept)
 
     def model_info(self) -> dict:
-        return {"rnn": None, "rnn_units": []}
+        extras = {**super().model_info(), "rnn": None, "rnn_units": []}
+        if self.heads is not None:
+            extras.update({"heads_kept": list(self.heads.kept), "class_map": self.heads.record()})
+        return extras
 
 
 class SequenceStage(Stage):
-    """``--stage sequence``: the recurrent stack on the frozen features of ``--init_from``'s CNN."""
+    """``--stage sequence``: the temporal head on the frozen features of ``--features_from``'s per-frame network."""
 
     trains_on_features = True
 
     def __init__(self, config, plan):
-        from tfrecords_schema import join_path
-        from trainer.common.errors import TrainingError
-        from trainer.model.export import MODEL_FILENAME, read_model_info, resolve_model_dir
-        from trainer.training.fingerprint import file_sha256
+        from trainer.training.export_source import ExportSource
 
-        self.init_dir = resolve_model_dir(config.init_from)
-        self.init_info = read_model_info(self.init_dir)
-        if int(self.init_info["crop_size"]) != plan.info.crop_size:
-            raise TrainingError(f"--init_from {config.init_from} was trained on {self.init_info['crop_size']} px "
-                                f"crops, but {config.data} holds {plan.info.crop_size} px crops: train the sequence "
-                                f"stage on data converted at {self.init_info['crop_size']} px, or give --init_from a "
-                                f"job trained on {plan.info.crop_size} px crops")
-        init_config = self.init_info["train_config"]
-        config = dataclasses.replace(config, backbone=init_config["backbone"], cnn_width=init_config["cnn_width"],
-                                     feature_dim=init_config["feature_dim"])
+        source = ExportSource(config.features_from, "--features_from")
+        self._cnn = source.cnn(source.load(), plan.info.crop_size, config.feature_layer)
+        init_config = source.info.get("train_config") or {}
+        # The backbone options describe the network the features come from (for the records; the network is used
+        # as it is).
+        config = dataclasses.replace(config, backbone=init_config.get("backbone", config.backbone),
+                                     cnn_width=init_config.get("cnn_width", config.cnn_width),
+                                     feature_dim=int(self._cnn.outputs[0].shape[-1]))
         super().__init__(config, plan)
-        self.model_path = join_path(self.init_dir, MODEL_FILENAME)
-        self.backbone_sha256 = file_sha256(self.model_path)
+        self.source = source
         self.features_dir = None
         self.index = None
-        self._backbone = None
-        log.info("sequence stage: frozen %s CNN (width %s, %d features) of %s (its stage %s, epoch %s)",
-                 config.backbone, config.cnn_width, config.feature_dim, self.init_dir,
-                 self.init_info.get("stage", STAGE_END_TO_END), self.init_info.get("best_epoch"))
-
-    def prepare(self, role, skipped) -> None:
-        import keras
-
-        import trainer  # noqa: F401  (registers the custom layers for load_model)
-        from tfrecords_schema import SPLIT_TRAIN, join_path
-        from trainer.model.spec import PER_FRAME_LAYER
-        from trainer.training import distribution
-        from trainer.training.features import FEATURES_DIRNAME, extract_features
-        from trainer.training.fingerprint import dataset_fingerprint
-
-        model = keras.saving.load_model(self.model_path, compile=False)
-        self._backbone = model.get_layer(PER_FRAME_LAYER).layer
-        extractor = keras.Model(model.input, model.get_layer(PER_FRAME_LAYER).output)
-        # Non-chief workers compute their own copy in a temporary folder (removed by close()).
-        self.features_dir = distribution.write_dir(join_path(self.config.job_dir, FEATURES_DIRNAME), role)
-        splits = {SPLIT_TRAIN, self.plan.select_split, self.plan.eval_split}
-        self.index = extract_features(self.config.data, self.plan.info, splits, extractor, self.features_dir,
-                                      dataset_fingerprint=dataset_fingerprint(self.plan.info),
-                                      backbone_sha256=self.backbone_sha256, init_from=self.init_dir,
-                                      skipped=skipped)
+        log.info("sequence stage: frozen per-frame network %s of %s (its stage %s, epoch %s)%s, %d features per frame",
+                 source.backbone, source.dir, source.stage, source.info.get("best_epoch"),
+                 f" cut at {config.feature_layer!r}" if config.feature_layer else "", config.feature_dim)
 
     def build(self, spec, *, mixed_precision: bool = False):
         from trainer.model.build import build_sequence_model
 
         return build_sequence_model(spec, mixed_precision=mixed_precision)
 
+    def prepare(self, role, skipped) -> None:
+        from tfrecords_schema import SPLIT_TRAIN, join_path
+        from trainer.model.build import frame_features_model
+        from trainer.training import distribution
+        from trainer.training.features import FEATURES_DIRNAME, extract_features
+        from trainer.training.fingerprint import dataset_fingerprint
+
+        extractor = frame_features_model(self._cnn, self.plan.info.crop_size)
+        # Non-chief workers compute their own copy in a temporary folder (removed by close()).
+        self.features_dir = distribution.write_dir(join_path(self.config.job_dir, FEATURES_DIRNAME), role)
+        splits = {SPLIT_TRAIN, self.plan.select_split, self.plan.eval_split}
+        self.index = extract_features(self.config.data, self.plan.info, splits, extractor, self.features_dir,
+                                      dataset_fingerprint=dataset_fingerprint(self.plan.info),
+                                      backbone_sha256=self._features_key(), init_from=self.source.dir,
+                                      skipped=skipped)
+
+    def _features_key(self) -> str:
+        """What the features are made by: the export's file, and the layer it is cut at."""
+        layer = self.config.feature_layer
+        return self.source.sha256 + (f"@{layer}" if layer else "")
+
     def frozen_layers(self, model) -> list:
         return []
-
-    def fingerprint(self) -> dict:
-        from trainer.training.fingerprint import job_fingerprint
-
-        return job_fingerprint(self.config, self.plan.info, self.plan.heads, init_backbone=self.backbone_sha256)
 
     def eval_dataset_fn(self, skipped):
         from trainer.input.features import make_feature_eval_dataset
@@ -204,13 +244,11 @@ class SequenceStage(Stage):
     def export_model(self, eval_model):
         from trainer.training.features import assemble_export
 
-        return assemble_export(eval_model, self._backbone, self.model_spec())
+        return assemble_export(eval_model, self._cnn, self.model_spec())
 
     def model_info(self) -> dict:
-        return {"weights": {"source": "init_from", "path": self.init_dir, "sha256": self.backbone_sha256,
-                            "init_stage": self.init_info.get("stage", STAGE_END_TO_END),
-                            "init_weights": self.init_info.get("weights")},
-                "init_from": self.init_dir}
+        return {**super().model_info(), "weights": self.source.record("features_from"), "init_from": self.source.dir,
+                "features_from": self.source.dir, "feature_layer": self.config.feature_layer}
 
     def close(self, role) -> None:
         from trainer.training import distribution

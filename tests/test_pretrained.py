@@ -1,0 +1,270 @@
+"""Imported models and temporal heads, on small networks made here: the input adapter, the class map, the split of a
+network at its classifier, cuts at named layers, `import-model`'s checks, SavedModel folders, and the TCN and
+transformer heads (causality, window lengths, serialisation). The real pretrained model is in test_fer_import.py."""
+
+import contextlib
+import io
+import json
+import shutil
+import types
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+import trainer  # noqa: F401  (registers the custom layers for load_model)
+from trainer.common.errors import TrainingError
+from trainer.model import build as model_lib
+from trainer.model import pretrained, temporal
+from trainer.model.layers import ClassMap, ImageAdapter
+from trainer.model.spec import ModelSpec
+from trainer.training import import_model
+from trainer.training.export_source import ExportSource, head_plan
+
+CLASSES = "calm,glad,cross"
+
+
+def run_import(args) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = import_model.run(args)
+    return rc, err.getvalue()
+
+
+def tiny_network(final: str = "dense_softmax", size: int = 16, channels: int = 1) -> keras.Model:
+    """conv → [pool → Dense → Dense 3 softmax | … → Dense 3 → Softmax | … → Dense 3 logits | conv 3 → GAP → softmax]."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, channels), name="image")
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    if final == "gap_softmax":  # the FER2013 mini-Xception's ending
+        x = keras.layers.Conv2D(3, 3, name="class_maps")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        return keras.Model(inputs, keras.layers.Activation("softmax", name="predictions")(x))
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(5, activation="relu", name="embedding")(x)
+    if final == "dense_softmax":
+        return keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="classifier")(x))
+    logits = keras.layers.Dense(3, name="classifier")(x)
+    if final == "logits":
+        return keras.Model(inputs, logits)
+    return keras.Model(inputs, keras.layers.Softmax(name="predictions")(logits))
+
+
+@pytest.fixture(scope="module")
+def network_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("net") / "tiny.keras"
+    tiny_network().save(path)
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers.
+
+
+def test_image_adapter_matches_opencv_grey_resize_and_the_pixel_range():
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    out = ImageAdapter(16, 1, (-1, 1))(rgb.astype(np.float32) / 255.0).numpy()
+    assert out.shape == (2, 16, 16, 1)
+    for i in range(2):  # fer's own preprocessing: OpenCV grey, OpenCV resize, /255, (x - 0.5) * 2
+        grey = cv2.cvtColor(rgb[i], cv2.COLOR_RGB2GRAY).astype(np.float32)
+        expected = (cv2.resize(grey, (16, 16)) / 255.0 - 0.5) * 2.0
+        np.testing.assert_allclose(out[i, ..., 0], expected, atol=0.02)  # OpenCV rounds to uint8 between steps
+    colour = ImageAdapter(32, 3, (0, 255), "bgr", mean=(10, 20, 30), std=(2, 2, 2))(rgb.astype(np.float32) / 255.0)
+    np.testing.assert_allclose(colour.numpy(), (rgb[..., ::-1] - np.float32([10, 20, 30])) / 2.0, atol=1e-3)
+    with pytest.raises(ValueError, match="LOW < HIGH"):
+        ImageAdapter(16, 1, (1, -1))
+
+
+def test_class_map_sums_merged_classes_and_renormalises_over_the_mapped_ones():
+    probabilities = np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)
+    out = ClassMap([2, -1, 0, 0], num_classes=3)(probabilities).numpy()
+    np.testing.assert_allclose(out, [[0.7 / 0.8, 0.0, 0.1 / 0.8]], atol=1e-6)
+    assert pretrained.class_map_targets(["a", "b", "c"], {"a": "Y", "c": "X"}, ["X", "Y", "Z"]) == (1, -1, 0)
+    with pytest.raises(ValueError, match="not the model's classes"):
+        pretrained.class_map_targets(["a"], {"q": "X"}, ["X"])
+    with pytest.raises(ValueError, match="not the dataset's classes"):
+        pretrained.class_map_targets(["a"], {"a": "Q"}, ["X"])
+    with pytest.raises(ValueError, match="SOURCE=TARGET"):
+        pretrained.parse_class_map("a=X,b")
+
+
+# --------------------------------------------------------------------------------------------------
+# Splitting and cutting networks.
+
+
+@pytest.mark.parametrize("final, feature_layer", [("dense_softmax", "embedding"), ("softmax_layer", "embedding"),
+                                                  ("gap_softmax", "gap"), ("logits", "embedding")])
+def test_split_classifier_rebuilds_the_network_exactly(final, feature_layer):
+    net = tiny_network(final)
+    split = pretrained.split_classifier(net, "logits" if final == "logits" else "probabilities")
+    assert split.feature_layer == feature_layer
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 16, 16, 1)).astype(np.float32)
+    logits = split.features.predict_on_batch(x) @ split.kernel + split.bias
+    expected = net.predict_on_batch(x)
+    if final != "logits":
+        expected = np.log(expected)
+        logits = logits - logits.max(-1, keepdims=True)
+        expected = expected - expected.max(-1, keepdims=True)
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_a_network_that_does_not_end_in_a_softmax_needs_model_outputs_logits():
+    with pytest.raises(pretrained.ModelImportError, match="--model_outputs logits"):
+        pretrained.split_classifier(tiny_network("logits"), "probabilities")
+
+
+def test_cut_network_reaches_into_nested_models_and_pools_maps():
+    net = tiny_network("gap_softmax")
+    cnn = pretrained.imported_cnn(pretrained.split_classifier(net).features, pretrained.InputSpec(16, 1, (0, 1)), "x")
+    cut = pretrained.cut_network(cnn, "conv")  # inside the nested feature network: [14, 14, 4] averaged
+    crops = np.random.default_rng(2).uniform(0, 1, (2, 20, 20, 3)).astype(np.float32)
+    maps = keras.Model(net.inputs, net.get_layer("conv").output).predict_on_batch(
+        ImageAdapter(16, 1, (0, 1))(crops).numpy())
+    np.testing.assert_allclose(cut.predict_on_batch(crops), maps.mean(axis=(1, 2)), atol=1e-5)
+    with pytest.raises(pretrained.ModelImportError, match="'nope' is not a layer"):
+        pretrained.cut_network(cnn, "nope")
+
+
+# --------------------------------------------------------------------------------------------------
+# import-model.
+
+
+def test_import_model_writes_an_export_with_its_source_recorded(network_file, tmp_path):
+    out = tmp_path / "export"
+    rc, err = run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1",
+                          "--class_map", "glad=Happiness,cross=Anger", "--crop_size", "24", "--detector", "haar",
+                          "--align", "off", "--output", str(out)])
+    assert rc == 0, err
+    info = json.loads((out / "model_info.json").read_text())
+    assert info["label_names"]["expression"][:2] == ["Neutral", "Anger"] and len(info["label_names"]["expression"]) == 8
+    assert (info["kind"], info["per_frame"], info["seq_len"], info["crop_size"]) == ("imported", True, None, 24)
+    assert info["input"]["size"] == 16 and info["input"]["channels"] == 1 and info["input"]["pixel_range"] == [0, 1]
+    assert info["face_stage"]["detector"] == "haar" and info["face_stage"]["crop_size"] == 24
+    assert info["class_map"]["targets"] == [-1, 4, 1]
+    assert info["source"]["sha256"] == import_model.source_sha256(network_file)
+    model = keras.saving.load_model(str(out / "model.keras"), compile=False)
+    crops = np.random.default_rng(3).integers(0, 256, (1, 5, 24, 24, 3), dtype=np.uint8)
+    probabilities = model(crops)["expression"].numpy()
+    assert probabilities.shape == (1, 5, 8)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    assert np.all(probabilities[..., [0, 2, 3, 5, 6, 7]] == 0)  # only the mapped classes
+    # An export is never written over unless asked, and a foreign folder never.
+    rc, err = run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1",
+                          "--output", str(out)])
+    assert rc == 2 and "--overwrite" in err
+    (out / "notes.txt").write_text("mine")
+    rc, err = run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1", "--overwrite",
+                          "--output", str(out)])
+    assert rc == 2 and "notes.txt" in err and (out / "notes.txt").read_text() == "mine"
+
+
+def test_fine_tuning_keeps_a_head_mapped_by_class_map_or_with_the_data_classes(network_file, tmp_path):
+    out = tmp_path / "export"
+    assert run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1",
+                       "--output", str(out)])[0] == 0
+
+    def data(*names):
+        return types.SimpleNamespace(expression_names=list(names), label_names={"expression": list(names)})
+
+    source = ExportSource(str(out), "--init_from")
+    mapped = head_plan(source, ("expression",), data("Neutral", "Happiness"), "glad=Happiness,calm=Neutral")
+    assert mapped.kept == ("expression",)
+    assert mapped.record() == {"source": ["calm", "glad", "cross"], "map": {"glad": "Happiness", "calm": "Neutral"},
+                               "targets": [0, 1, -1]}
+    assert head_plan(source, ("expression",), data("Neutral", "Happiness"), None).kept == ()  # a new head
+    same = head_plan(source, ("expression",), data("calm", "glad", "cross"), None)
+    assert same.kept == ("expression",) and same.record() is None
+    with pytest.raises(TrainingError, match="not the model's classes"):
+        head_plan(source, ("expression",), data("Neutral"), "sad=Neutral")
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("garbage", "does not load as a Keras model"),
+    ("missing", "no such file"),
+    ("classes", "--class_names lists 2 classes but the model has 3 outputs"),
+    ("not_image", "is not an image"),
+    ("range", "expected 2 numbers"),
+    ("map", "not the model's classes"),
+])
+def test_import_model_refuses_bad_input_in_one_line_with_exit_2(network_file, tmp_path, case, expected):
+    path, names, pixel_range, extra = network_file, CLASSES, "--pixel_range=-1,1", []
+    if case == "garbage":
+        path = str(tmp_path / "broken.h5")
+        (tmp_path / "broken.h5").write_bytes(b"\x89HDF\r\n not really" * 20)
+    elif case == "missing":
+        path = str(tmp_path / "none.keras")
+    elif case == "classes":
+        names = "calm,glad"
+    elif case == "not_image":
+        inputs = keras.Input((8,))
+        keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs)).save(tmp_path / "vector.keras")
+        path = str(tmp_path / "vector.keras")
+    elif case == "range":
+        pixel_range = "--pixel_range=-1"
+    elif case == "map":
+        extra = ["--class_map", "happy=Happiness"]
+    rc, err = run_import(["--keras", path, "--class_names", names, pixel_range, "--output", str(tmp_path / "o"),
+                          *extra])
+    assert rc == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_savedmodel_folder_is_imported_into_a_self_contained_export(tmp_path):
+    net = tiny_network("dense_softmax", size=16, channels=3)
+    net.export(str(tmp_path / "sm"), verbose=False)
+    rc, err = run_import(["--keras", str(tmp_path / "sm"), "--class_names", CLASSES, "--pixel_range=0,1",
+                          "--output", str(tmp_path / "export")])
+    assert rc == 0, err
+    shutil.rmtree(tmp_path / "sm")  # the export carries the SavedModel's files itself
+    model = keras.saving.load_model(str(tmp_path / "export" / "model.keras"), compile=False)
+    crops = np.random.default_rng(4).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    np.testing.assert_allclose(model(crops[:, None])["expression"].numpy()[:, 0],
+                               net.predict_on_batch(crops.astype(np.float32) / 255.0), atol=1e-5)
+    info = json.loads((tmp_path / "export" / "model_info.json").read_text())
+    assert info["source"]["format"] == "saved_model" and info["source"]["params"] == net.count_params()
+
+
+# --------------------------------------------------------------------------------------------------
+# Temporal heads.
+
+
+def spec(**kw):
+    base = {"heads": ("expression",), "num_expression_classes": 3, "crop_size": 16, "cnn_width": 0.125,
+            "feature_dim": 6, "temporal_width": 8, "dropout": 0.0}
+    return ModelSpec(**{**base, **kw})
+
+
+@pytest.mark.parametrize("head", ["tcn", "transformer"])
+def test_temporal_heads_take_any_window_and_survive_save_and_load(head, tmp_path):
+    model = model_lib.build_sequence_model(spec(temporal=head, max_window=12))
+    features = np.random.default_rng(5).normal(size=(2, 12, 6)).astype(np.float32)
+    outputs = model(features)["expression"].numpy()
+    assert outputs.shape == (2, 12, 3)
+    assert model(features[:, :5])["expression"].shape == (2, 5, 3)  # a shorter window
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(str(tmp_path / "m.keras"), compile=False)
+    np.testing.assert_allclose(again(features)["expression"].numpy(), outputs, atol=1e-5)
+    later = features.copy()
+    later[:, 6:] += 5.0  # change the future of frame 5
+    changed = np.abs(model(later)["expression"].numpy()[:, :6] - outputs[:, :6]).max()
+    if head == "tcn":  # causal: frames up to 5 do not see frames 6 on
+        assert changed < 1e-6
+    else:  # the encoder attends to the whole window
+        assert changed > 1e-4
+    assert temporal.describe(spec(temporal=head))["causal"] == (head == "tcn")
+
+
+def test_tcn_receptive_field_is_as_recorded():
+    s = spec(temporal="tcn", temporal_layers=2)
+    model = model_lib.build_sequence_model(s)
+    field = temporal.describe(s)["receptive_field"]  # 1 + 2 (3 - 1)(1 + 2) = 13
+    features = np.random.default_rng(6).normal(size=(1, 30, 6)).astype(np.float32)
+    base = model(features)["expression"].numpy()[0, -1]
+    seen = features.copy()
+    seen[0, 30 - field] += 3.0
+    unseen = features.copy()
+    unseen[0, 30 - field - 1] += 3.0
+    assert field == 13
+    assert np.abs(model(seen)["expression"].numpy()[0, -1] - base).max() > 1e-6
+    assert np.abs(model(unseen)["expression"].numpy()[0, -1] - base).max() < 1e-7

@@ -1,0 +1,156 @@
+"""The export a training stage starts from: ``--init_from`` (its CNN fine-tuned) and ``--features_from`` (frozen).
+
+Any export will do: a training job's (``JOB`` or ``JOB/export``) or an imported model's
+(:mod:`trainer.training.import_model`). Its per-frame network (:func:`trainer.model.pretrained.export_cnn`: the
+features its heads read; an imported network's penultimate layer) carries the export's own input
+specification (an imported network's :class:`trainer.model.layers.ImageAdapter` resizes any crop), so it runs on
+the data's crops as they are. A trained CNN takes its own crop size only: another size is refused here, before
+anything is computed.
+
+:func:`head_plan` decides what a fine-tuned per-frame model keeps of the export's heads: a head whose label names
+are the data's is kept (its Dense layer's weights copied in), and so is the expression head when ``--class_map``
+maps the export's classes onto the data's; any other head is new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+from tfrecords_schema import HEAD_EXPRESSION, join_path
+from trainer.common.choices import STAGE_END_TO_END
+from trainer.common.errors import TrainingError
+
+log = logging.getLogger("trainer.train")
+
+
+class ExportSource:
+    """An export given to ``option`` (``--init_from`` or ``--features_from``): its folder, info and model file.
+
+    Raises:
+        trainer.model.export.ExportError: the folder holds no export.
+    """
+
+    def __init__(self, path: str, option: str):
+        import tensorflow as tf
+
+        from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, resolve_model_dir
+        from trainer.training.fingerprint import file_sha256
+
+        self.option = option
+        self.dir = resolve_model_dir(path)
+        with tf.io.gfile.GFile(join_path(self.dir, MODEL_INFO_FILENAME), "r") as f:
+            self.info = json.load(f)
+        self.model_path = join_path(self.dir, MODEL_FILENAME)
+        self.sha256 = file_sha256(self.model_path)
+
+    @property
+    def stage(self) -> str:
+        """The export's stage (``imported`` for an imported model)."""
+        return self.info.get("stage", STAGE_END_TO_END)
+
+    @property
+    def backbone(self) -> str:
+        """The backbone the export's per-frame network is (``imported_<name>`` for an imported model)."""
+        return self.info.get("backbone", "unknown")
+
+    def load(self):
+        """A fresh copy of the export's model (every call: a stage's training and evaluation models share nothing)."""
+        import keras
+
+        from trainer.model import layers  # noqa: F401  (registers the custom layers for load_model)
+
+        return keras.saving.load_model(self.model_path, compile=False)
+
+    def cnn(self, model, crop_size: int, feature_layer: str | None = None):
+        """The per-frame network of ``model`` (cut at ``feature_layer``), checked to take ``crop_size`` crops.
+
+        Raises:
+            TrainingError: a network made for another crop size, or no such layer.
+        """
+        from trainer.model.pretrained import ModelImportError, cut_network, export_cnn
+
+        try:
+            cnn = export_cnn(model)
+            if feature_layer:
+                cnn = cut_network(cnn, feature_layer)
+        except ModelImportError as e:
+            raise TrainingError(f"{self.option} {self.dir}: {e}") from e
+        size = tuple(cnn.inputs[0].shape[1:3])
+        if None not in size and size != (crop_size, crop_size):
+            raise TrainingError(
+                f"{self.option} {self.dir} was trained on {size[0]} px crops, but the data holds {crop_size} px crops: "
+                f"train on data converted at {size[0]} px, or give {self.option} an export trained on {crop_size} px "
+                "crops (an imported model takes any crop size)")
+        return cnn
+
+    def record(self, source: str) -> dict:
+        """How the stage's network was initialised, for ``model_info.json["weights"]``."""
+        return {"source": source, "path": self.dir, "sha256": self.sha256, "init_stage": self.stage,
+                "init_weights": self.info.get("weights")}
+
+
+@dataclasses.dataclass
+class HeadPlan:
+    """What a fine-tuned per-frame model keeps of its export's heads.
+
+    Attributes:
+        class_map: The expression head's map of the export's classes onto the data's (None: the data's classes).
+        kept: The heads whose Dense layer is copied from the export.
+        mapping: The ``--class_map`` given (for ``model_info.json``), or the export's own map, or None.
+        source_classes: The classes of the export's expression Dense layer (what ``mapping`` maps from).
+    """
+
+    class_map: tuple[int, ...] | None
+    kept: tuple[str, ...]
+    mapping: dict | None = None
+    source_classes: tuple[str, ...] = ()
+
+    def record(self) -> dict | None:
+        """The class map as ``model_info.json["class_map"]`` records it (None without one)."""
+        if self.class_map is None:
+            return None
+        return {"source": list(self.source_classes), "map": dict(self.mapping), "targets": list(self.class_map)}
+
+
+def head_plan(source: ExportSource, heads, info, class_map_text: str | None) -> HeadPlan:
+    """The heads a ``--stage frames --init_from`` model keeps (see the module docstring).
+
+    Raises:
+        TrainingError: a ``--class_map`` that names classes the export or the data do not have.
+    """
+    from trainer.model.pretrained import class_map_targets, parse_class_map
+
+    exported = source.info.get("label_names", {})
+    own_map = source.info.get("class_map") or None
+    source_classes = (own_map or {}).get("source") or exported.get(HEAD_EXPRESSION, [])
+    kept, class_map, mapping = [], None, None
+    for head in heads:
+        if head == HEAD_EXPRESSION and class_map_text:
+            try:
+                mapping = parse_class_map(class_map_text)
+                class_map = class_map_targets(source_classes, mapping, info.expression_names)
+            except ValueError as e:
+                raise TrainingError(f"--class_map: {e}") from e
+            kept.append(head)
+        elif list(exported.get(head, [])) == list(info.label_names.get(head, [])) and head in source.info.get("heads",
+                                                                                                              []):
+            kept.append(head)
+            if head == HEAD_EXPRESSION and own_map:
+                class_map, mapping = tuple(own_map["targets"]), own_map["map"]
+    new = [h for h in heads if h not in kept]
+    if HEAD_EXPRESSION in new:
+        log.info("%s %s: its classes %s are not the data's %s (and no --class_map): a new expression head",
+                 source.option, source.dir, source_classes, info.expression_names)
+    log.info("%s %s (%s, %s): heads kept %s, new %s", source.option, source.dir, source.stage, source.backbone, kept,
+             new)
+    return HeadPlan(class_map, tuple(kept), mapping, tuple(source_classes))
+
+
+def copy_heads(model, exported, kept) -> None:
+    """Copies the Dense layer of every kept head from the ``exported`` model into ``model``."""
+    from trainer.model.build import HEAD_LAYERS
+
+    for head in kept:
+        model.get_layer(HEAD_LAYERS[head]).set_weights(exported.get_layer(HEAD_LAYERS[head]).get_weights())
