@@ -82,7 +82,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
         add("--redetect_change", type=_change_or_off, default=face["redetect_change"], metavar="F|off",
             help="detect early when the held face region changes by more than F (0-1); off: only every "
                  f"--detect_every frames (default {face['redetect_change']})"),
-        add("--bucket_by", default=job["bucket_by"], help=f"rebalancing buckets, one of {list(BUCKET_BY)}"),
+        add("--bucket_by", default=job["bucket_by"],
+            help=f"rebalancing buckets of the train split, one of {list(BUCKET_BY)} (default {job['bucket_by']}: "
+                 "the clip's class for every converted task, so that one conversion serves every --task)"),
         add("--min_shards", type=int, default=job["min_shards"],
             help="least shards per shard set (>= training workers)"),
         add("--shard_bytes", type=int, default=job["shard_bytes"],

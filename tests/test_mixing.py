@@ -72,9 +72,9 @@ def test_balance_frames_options_are_checked():
     assert config_lib.parse_train_config(["--data", "d", "--job_dir", "j", "--balance_frames"]).balance_frames
 
 
-def test_balance_frames_needs_expression_buckets(tmp_path):
+def test_balance_frames_needs_buckets_that_name_the_expression_class(tmp_path):
     from trainer_data import write_dataset
     info = write_dataset(tmp_path, num_clips_per_class={"A": 2, "B": 2}, clip_length=4, crop_size=16,
                          tasks=("va",))
-    with pytest.raises(ValueError, match="needs expression buckets"):
+    with pytest.raises(ValueError, match="needs buckets that name the expression class"):
         stream_mix.frame_mix_targets(info, "balanced", "multi")
