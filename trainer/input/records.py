@@ -10,8 +10,7 @@
   union of that class's bucket files (``downsample``: epochs holding the minority count of every class), built
   inside :func:`explicitly_seeded` so that only its own seeds decide it. Memory stays bounded however many
   streams are read: their record shuffle buffers share :data:`RECORD_SHUFFLE_CLIPS` and their open shard files
-  :data:`OPEN_SHARDS`, each by its weight (a rarely drawn stream holds a couple of records and one file), and
-  the smallest streams, up to :data:`STREAM_CACHE_BYTES` in all, are repeated from memory.
+  :data:`OPEN_SHARDS`, each by its weight (a rarely drawn stream holds a couple of records and one file).
 * :func:`stream_seed` -- the seeds of those streams: per job seed, purpose and input pipeline, and per
   tf.data service worker (a tensor known only on the worker, :mod:`trainer.input.data_service`).
 
@@ -48,9 +47,6 @@ MIN_BUCKET_SHUFFLE = 2
 # at least one open file, with its read buffer and a CHECK_BATCH group of records).
 READ_CYCLE_LENGTH = 4
 OPEN_SHARDS = 32
-# Streams small enough to be read from their files once and then repeated from memory (see cached_streams).
-STREAM_CACHE_BYTES = 64 << 20
-CACHED_STREAM_BYTES = 8 << 20
 # Records counted together by the shard check (read_shard): fewer function calls per record, at the cost of
 # holding up to this many more serialized clips per open shard.
 CHECK_BATCH = 4
@@ -245,20 +241,15 @@ def stream_seed(seed: int, worker: tf.Tensor | None, *parts) -> int | tf.Tensor:
 
 
 def train_shard_sets(data_dir: str, info: DatasetInfo, draw: sampling_lib.BucketDraw, input_context,
-                     skipped: SkippedRecords | None) -> list[tuple[list[str], list[int], int]]:
-    """``[(paths, num_records, num_bytes)]``: this pipeline's share of every stream's shards, checked now.
+                     skipped: SkippedRecords | None) -> list[tuple[list[str], list[int]]]:
+    """``[(paths, num_records)]``: this pipeline's share of every stream's shards, checked now.
 
     A stream reads the union of its buckets' shards (:class:`trainer.input.sampling.Stream`). Checked before any
     dataset function is traced, so a missing shard fails right here with its own message (:func:`shard_files`);
     a stream with fewer non-empty shards than input pipelines is shared by them (:func:`assign_shards`).
     """
-    sets = []
-    for stream in draw.streams:
-        shards = [shard for b in stream.buckets for shard in shards_of_bucket(info, b)]
-        paths, counts = shard_files(data_dir, shards, f"train {stream.name}", input_context, skipped, share=True)
-        chosen = set(paths)
-        sets.append((paths, counts, sum(sh.num_bytes for sh in shards if join_path(data_dir, sh.path) in chosen)))
-    return sets
+    return [shard_files(data_dir, [shard for b in stream.buckets for shard in shards_of_bucket(info, b)],
+                        f"train {stream.name}", input_context, skipped, share=True) for stream in draw.streams]
 
 
 def explicitly_seeded(build: Callable[[tf.Tensor | None], tf.data.Dataset],
@@ -290,20 +281,7 @@ def stream_budget(weights: list[float], total: int, least: int) -> list[int]:
     return [max(least, int(total * w)) for w in weights]
 
 
-def cached_streams(sizes: list[int], budget: int = STREAM_CACHE_BYTES, largest: int = CACHED_STREAM_BYTES) -> set[int]:
-    """The streams held in memory after their first pass: the smallest, each under ``largest`` bytes, together
-    under ``budget``. A small stream of a rare class is drawn often for its size, and re-opening its files on
-    every pass would cost more than its records."""
-    chosen, used = set(), 0
-    for i in sorted(range(len(sizes)), key=lambda i: sizes[i]):
-        if sizes[i] > largest or used + sizes[i] > budget:
-            break
-        chosen.add(i)
-        used += sizes[i]
-    return chosen
-
-
-def mixed_train_records(shard_sets: list[tuple[list[str], list[int], int]], draw: sampling_lib.BucketDraw, *,
+def mixed_train_records(shard_sets: list[tuple[list[str], list[int]]], draw: sampling_lib.BucketDraw, *,
                         seed: int, input_context, skipped: SkippedRecords | None,
                         worker: tf.Tensor | None = None) -> tf.data.Dataset:
     """The infinite stream of serialized train records, streams mixed by ``draw`` (``downsample``: epochs).
@@ -313,8 +291,7 @@ def mixed_train_records(shard_sets: list[tuple[list[str], list[int], int]], draw
         draw: Which stream each clip comes from (:func:`trainer.input.sampling.bucket_draw`).
         seed: Seed of the file and record shuffles and of the stream draws.
         input_context: Multi-worker input context (which pipeline this is, how many there are), or None.
-        skipped: Skip corrupt records and count them here (None: fail on them). A stream held in memory
-            (:func:`cached_streams`) is read from its files once, so its lost records count once.
+        skipped: Skip corrupt records and count them here (None: fail on them).
         worker: The tf.data service worker's index (a tensor) when the stream runs on one, else None
             (see :func:`stream_seed`). Build the stream inside :func:`explicitly_seeded`.
 
@@ -326,14 +303,11 @@ def mixed_train_records(shard_sets: list[tuple[list[str], list[int], int]], draw
     # One repeated stream of shuffled serialized records per stream; buffers and open files shared by weight.
     buffers = stream_budget(weights, RECORD_SHUFFLE_CLIPS, MIN_BUCKET_SHUFFLE)
     cycles = stream_budget(weights, OPEN_SHARDS, 1)
-    cached = cached_streams([size for _, _, size in shard_sets])
     streams = []
-    for i, (stream, (paths, records, _)) in enumerate(zip(draw.streams, shard_sets)):
+    for i, (stream, (paths, records)) in enumerate(zip(draw.streams, shard_sets)):
         name = ",".join(stream.buckets)
         data = read_records(paths, records, skipped=skipped, cycle_length=min(READ_CYCLE_LENGTH, cycles[i]),
                             shuffle_seed=stream_seed(seed, worker, "files", name, pipeline_id))
-        if i in cached:
-            data = data.cache()
         data = data.shuffle(buffers[i], seed=stream_seed(seed, worker, "records", name, pipeline_id),
                             reshuffle_each_iteration=True)
         streams.append(data.repeat())
