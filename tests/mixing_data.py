@@ -142,7 +142,7 @@ def write_layout(root: str, *, num_buckets: int = 8, videos_per_bucket: int = 20
 
 # The Aff-Wild2-like layout: expression class shares of the EXPR videos' dominant classes (Neutral's clips also
 # hold most of the other videos' off-class frames, so about half the EXPR frames are Neutral) and the AU rates.
-AFFWILD_CLASS_SHARES = (0.36, 0.04, 0.03, 0.03, 0.22, 0.12, 0.06, 0.14)
+AFFWILD_CLASS_SHARES = (0.50, 0.03, 0.03, 0.02, 0.18, 0.09, 0.05, 0.10)
 AFFWILD_AU_RATES = {"AU1": 0.12, "AU2": 0.05, "AU4": 0.16, "AU6": 0.26, "AU7": 0.39, "AU10": 0.34, "AU12": 0.24,
                     "AU15": 0.03, "AU23": 0.03, "AU24": 0.026, "AU25": 0.63, "AU26": 0.09}
 AFFWILD_SETS = {"expr": 0.45, "va": 0.75, "au": 0.6}  # share of the videos in each task's set (independent draws)

@@ -19,7 +19,7 @@ from beam_jobs.faces import stage as faces
 from beam_jobs.pipeline import finalize, shards, spill, transforms
 from beam_jobs.pipeline.config import ConvertConfig
 from beam_jobs.sources import make_source
-from tfrecords_schema import decode_clip, keys, read_dataset_info
+from tfrecords_schema import bucket_token, decode_clip, keys, read_dataset_info
 
 VID1_EXPR = [0, 0, 4, 4, 4, 1, 1, None, 5, 5]  # None: a frame without a face (labelled Neutral).
 VID2_EXPR = [-1, -1, -1, -1, 3, 3]
@@ -84,7 +84,7 @@ TRAIN_BUCKETS = {"Anger|no_va|no_au": 1, "Fear|no_va|au": 1, "Happiness|no_va|no
 def test_writes_exact_shard_names_one_set_per_train_bucket(converted):
     out = converted["output"]
     assert sorted(p.name for p in (out / "train").iterdir()) == [
-        f"abaw-train-{b.replace('|', '_')}.tfrecord-00000-of-00001" for b in TRAIN_BUCKETS]
+        f"abaw-train-{bucket_token(b)}.tfrecord-00000-of-00001" for b in TRAIN_BUCKETS]
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["abaw-validation.tfrecord-00000-of-00001"]
     assert sorted(os.listdir(out)) == ["dataset_info.json", "errors", "train", "validation"]  # Temp folder gone.
     info = converted["info"]

@@ -225,3 +225,12 @@ def test_au_positive_weights_follow_each_aus_rarity_clipped():
         sampling.au_positive_weights(info, "focal")
     older = _composite_info(COMPOSITE, {"AU1": 5})  # a version 1-2 output: no AU-labelled frame count
     assert sampling.au_positive_weights(older, "sqrt") is None
+
+
+def test_multi_leaves_out_a_task_labelled_only_outside_the_train_split():
+    info = _composite_info({"A|no_va|au": 30, "B|no_va|no_au": 10})  # VA labelled in validation only
+    multi = sampling.bucket_draw(info, "balanced", "multi")
+    assert {s.task for s in multi.streams} == {"expr", "au"}
+    assert multi.weights == pytest.approx({"A|no_va|au": 0.25 + 0.5, "B|no_va|no_au": 0.25})
+    with pytest.raises(ValueError, match="no train clip carries va labels"):
+        sampling.bucket_draw(info, "balanced", "va")

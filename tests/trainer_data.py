@@ -120,6 +120,7 @@ def _make_clip(
     no_face_fraction: float,
     name: str,
     texture: float = 0.0,
+    au_rates: np.ndarray | float = 0.4,
 ) -> ClipRecord:
     n = num_frames
     frame_index = np.arange(1, n + 1, dtype=np.int64)
@@ -128,7 +129,7 @@ def _make_clip(
     valence0, arousal0 = rng.uniform(-0.9, 0.9, size=2)
     drift = np.linspace(0.0, 1.0, n, dtype=np.float32) * rng.uniform(-0.1, 0.1, size=(2,))[:, None]
     va = np.clip(np.stack([valence0 + drift[0], arousal0 + drift[1]], axis=-1), -1.0, 1.0).astype(np.float32)
-    au = (rng.random((n, num_action_units)) < 0.4).astype(np.int64)
+    au = (rng.random((n, num_action_units)) < au_rates).astype(np.int64)
     expression = np.full(n, class_index, np.int64)
 
     field = None
@@ -237,6 +238,7 @@ def write_dataset(
     num_clips_without_expression: int = 0,
     empty_shard_indices: tuple[int, ...] = (),
     bucket_by: str | None = None,
+    au_rates: tuple[float, ...] | None = None,
 ) -> DatasetInfo:
     """Writes a tiny converted dataset under ``root`` and returns its :class:`DatasetInfo`.
 
@@ -267,6 +269,8 @@ def write_dataset(
         bucket_by: The train buckets, bucketed by the converter's own :class:`Bucketer`: ``"tasks"`` (composite,
             the converter's default), ``"expression"`` or ``"none"``; default: ``"expression"`` when ``"expr"`` is
             a task (a version 1-2 conversion's default, which many tests read by class), else ``"none"``.
+        au_rates: Each AU's positive rate per frame (sets the number of AUs); default 0.4 for every one of
+            ``num_action_units``.
     """
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
@@ -276,6 +280,9 @@ def write_dataset(
     os.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(seed)
     expression_names = list(num_clips_per_class)
+    if au_rates is not None:
+        num_action_units = len(au_rates)
+    rates = np.array(au_rates if au_rates is not None else [0.4] * num_action_units)
     au_names = [f"AU{k + 1}" for k in range(num_action_units)] if TASK_ACTION_UNITS in tasks else []
     if bucket_by is None:
         bucket_by = buckets.BUCKET_BY_EXPRESSION if TASK_EXPRESSION in tasks else buckets.BUCKET_BY_NONE
@@ -294,7 +301,7 @@ def write_dataset(
                     rng, split=split, media_id=f"{class_name}_{i:03d}", class_index=class_index, bucket_index=0,
                     num_frames=clip_length // 2 + 1 if short else clip_length, crop_size=crop_size, tasks=tasks,
                     num_action_units=len(au_names), invalid_fraction=invalid_fraction,
-                    no_face_fraction=no_face_fraction, name=name, texture=texture))
+                    no_face_fraction=no_face_fraction, name=name, texture=texture, au_rates=rates[:len(au_names)]))
         return clips
 
     def bucket(clip: ClipRecord) -> ClipRecord:  # the converter's bucket of the clip

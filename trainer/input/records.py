@@ -315,13 +315,22 @@ def mixed_train_records(shard_sets: list[tuple[list[str], list[int]]], draw: sam
     if len(streams) == 1:
         return streams[0]
     if draw.clips_per_epoch:
-        # Exactly `per_epoch` clips of every stream in each epoch (each pipeline its share), in a shuffled order.
+        # Per task: exactly `per_epoch` clips of each of its streams in every epoch of the task (each pipeline its
+        # share), in a shuffled order; several tasks are drawn in turn (uniformly).
         pipelines = 1 if input_context is None else input_context.num_input_pipelines
-        per_epoch = [-(-s.per_epoch // pipelines) for s in draw.streams]
-        order = np.repeat(np.arange(len(streams), dtype=np.int64), per_epoch)
-        choices = tf.data.Dataset.from_tensor_slices(order).shuffle(
-            len(order), seed=mix_seed, reshuffle_each_iteration=True).repeat()
-        # Every stream repeats a non-empty share (see assign_shards); one that still ends (every record of
-        # a bucket unreadable under skip_corrupt) ends the whole stream instead of skewing the mix.
-        return tf.data.Dataset.choose_from_datasets(streams, choices, stop_on_empty_dataset=True)
+        per_task = []
+        for task in draw.tasks:
+            members = [i for i, s in enumerate(draw.streams) if s.task == task]
+            order = np.repeat(np.arange(len(members), dtype=np.int64),
+                              [-(-draw.streams[i].per_epoch // pipelines) for i in members])
+            choices = tf.data.Dataset.from_tensor_slices(order).shuffle(
+                len(order), seed=stream_seed(seed, worker, "mix", task, pipeline_id),
+                reshuffle_each_iteration=True).repeat()
+            # Every stream repeats a non-empty share (see assign_shards); one that still ends (every record of
+            # a bucket unreadable under skip_corrupt) ends the whole stream instead of skewing the mix.
+            per_task.append(tf.data.Dataset.choose_from_datasets([streams[i] for i in members], choices,
+                                                                 stop_on_empty_dataset=True))
+        if len(per_task) == 1:
+            return per_task[0]
+        return tf.data.Dataset.sample_from_datasets(per_task, seed=mix_seed, stop_on_empty_dataset=True)
     return tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=mix_seed, stop_on_empty_dataset=True)

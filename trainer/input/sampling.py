@@ -23,8 +23,8 @@ frame: their class is only ``au`` (clips with AU labels) against ``no_au``, and 
 instead (:func:`au_positive_weights`).
 
 **Multi-task** (``--task multi``): each clip's task is drawn uniformly among the data's tasks, then its bucket
-by that task's weights, i.e. the bucket weights are the mean of the per-task weights; ``downsample`` puts every
-task's downsample epoch (its minority count per class) in one epoch. Each head's loss sees the clips that carry
+by that task's weights, i.e. the bucket weights are the mean of the per-task weights; under ``downsample`` each
+task's own draw keeps its minority count per class in every one of its epochs. Each head's loss sees the clips that carry
 its labels: those drawn for its task (balanced for it) and those drawn for another task that carry its labels
 too (natural for it), so a head's class mix lies between the two; ``JOB/input_mix.json`` reports it.
 
@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -148,6 +148,16 @@ def unbalanced_tasks(info: DatasetInfo, task: str) -> list[str]:
     return [t for t in trained_tasks(info, task) if t not in balanced]
 
 
+def _labelled_class_counts(info: DatasetInfo, task: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    unlabelled = buckets.UNLABELLED_CLASS[task]
+    classes = bucket_task_classes(info)
+    for bucket, n in _nonempty_counts(info).items():
+        if classes[bucket][task] != unlabelled:
+            counts[classes[bucket][task]] = counts.get(classes[bucket][task], 0) + n
+    return counts
+
+
 def class_clip_counts(info: DatasetInfo, task: str) -> dict[str, int]:
     """``{class: train clips}`` of ``task``'s classes that have clips (the unlabelled class left out).
 
@@ -157,15 +167,10 @@ def class_clip_counts(info: DatasetInfo, task: str) -> dict[str, int]:
     if task not in balanced_tasks(info):
         raise ValueError(f"the train buckets (bucket_by {info.bucket_by!r}) do not name the {task} class of their "
                          "clips; convert with --bucket_by tasks")
-    counts: dict[str, int] = {}
-    unlabelled = buckets.UNLABELLED_CLASS[task]
-    classes = bucket_task_classes(info)
-    for bucket, n in _nonempty_counts(info).items():
-        if classes[bucket][task] != unlabelled:
-            counts[classes[bucket][task]] = counts.get(classes[bucket][task], 0) + n
+    counts = _labelled_class_counts(info, task)
     if not counts:
-        raise ValueError(f"no train clip carries {task} labels (buckets {sorted(classes)}): there is nothing to "
-                         f"train {task} on")
+        raise ValueError(f"no train clip carries {task} labels (buckets {sorted(_nonempty_counts(info))}): there is "
+                         f"nothing to train {task} on")
     return counts
 
 
@@ -193,12 +198,14 @@ class Stream:
         name: How messages name it, e.g. ``"va class 'v2_a3'"`` or ``"bucket 'Fear'"``.
         weight: Probability that a clip comes from it.
         buckets: Its buckets.
-        per_epoch: ``downsample`` only: clips it gives in every epoch (0 for the other modes).
+        task: The task it draws for (``""``: none, every bucket a class of its own).
+        per_epoch: ``downsample`` only: clips it gives in every epoch of its task (0 for the other modes).
     """
 
     name: str
     weight: float
     buckets: tuple[str, ...]
+    task: str = ""
     per_epoch: int = 0
 
 
@@ -207,7 +214,8 @@ class BucketDraw:
     """How the training stream picks each clip: from one of :attr:`streams`, at its weight.
 
     Attributes:
-        streams: The streams read (buckets left out of every stream are not read at all).
+        streams: The streams read (buckets left out of every stream are not read at all). Two tasks' streams may
+            read the same buckets (``multi``): each clip read is still delivered once.
         weights: ``{bucket: probability}`` of every bucket read (sums to 1): what the streams give each bucket.
     """
 
@@ -215,37 +223,45 @@ class BucketDraw:
     weights: dict[str, float]
 
     @property
+    def tasks(self) -> list[str]:
+        """The tasks the streams draw for, in order."""
+        return list(dict.fromkeys(s.task for s in self.streams))
+
+    @property
     def clips_per_epoch(self) -> int | None:
-        """Clips of one ``downsample`` epoch (None for the other modes)."""
-        return sum(s.per_epoch for s in self.streams) or None
+        """Clips of one ``downsample`` epoch (None for the other modes): a task's minority count of every class;
+        for several tasks (drawn in turn), as many clips as the largest task's epoch for every task."""
+        totals = [sum(s.per_epoch for s in self.streams if s.task == t) for t in self.tasks]
+        if not any(totals):
+            return None
+        return max(totals) * len(totals)
 
 
 def _task_streams(info: DatasetInfo, mode: str, task: str | None, share: float) -> list[Stream]:
     """The streams of one task at ``share`` of the draw: one per class of the task (the union of its buckets), or
     one per bucket when the buckets cannot balance the task (``task`` None: every bucket its own class)."""
     counts = _nonempty_counts(info)
+    downsample = mode == "downsample"
     if task is None or task not in balanced_tasks(info):
-        targets = _mode_weights(counts, mode)
-        minority = min(counts.values())
-        return [Stream(f"bucket {b!r}", share * targets[b], (b,), minority if mode == "downsample" else 0)
+        targets, minority = _mode_weights(counts, mode), min(counts.values())
+        return [Stream(f"bucket {b!r}", share * targets[b], (b,), task or "", minority if downsample else 0)
                 for b in counts]
     classes, per_class = bucket_task_classes(info), class_clip_counts(info, task)
-    targets = _mode_weights(per_class, mode)
-    minority = min(per_class.values())
+    targets, minority = _mode_weights(per_class, mode), min(per_class.values())
     left_out = sorted(b for b in counts if classes[b][task] not in per_class)
     if left_out:
         logger.debug("task %s: buckets %s hold clips without %s labels and are not read", task, left_out, task)
     return [Stream(f"{task} class {c!r}", share * targets[c], tuple(b for b in counts if classes[b][task] == c),
-                   minority if mode == "downsample" else 0) for c in per_class]
+                   task, minority if downsample else 0) for c in per_class]
 
 
 def bucket_draw(info: DatasetInfo, mode: str, task: str | None = None) -> BucketDraw:
     """The draw of ``task`` (``expr``, ``va``, ``au``, ``multi``) under ``mode`` (see the module docstring).
 
     Per trained task, a stream per class (the union of the class's buckets, natural inside it) at the class's
-    target; ``multi`` puts every task's streams side by side at ``1 / tasks`` of the draw (streams over the same
-    buckets merged). ``downsample``: every stream gives its task's minority count per epoch, so the stream
-    weights are those counts' shares. ``task`` None: every bucket is a class of its own.
+    target; ``multi`` puts every task's streams side by side at ``1 / tasks`` of the draw (each clip's task drawn
+    uniformly). ``downsample``: each task's streams give its minority count per class in every epoch of that
+    task. ``task`` None: every bucket is a class of its own.
 
     Raises:
         ValueError: unknown mode, or no bucket to sample from (every bucket empty, or none with the task's labels).
@@ -253,18 +269,17 @@ def bucket_draw(info: DatasetInfo, mode: str, task: str | None = None) -> Bucket
     check_choice(mode, SAMPLING_MODES, "sampling mode")
     counts = _nonempty_counts(info)
     tasks = trained_tasks(info, task) if task is not None else [None]
-    merged: dict[tuple[str, ...], Stream] = {}
-    for t in tasks:
-        for stream in _task_streams(info, mode, t, 1.0 / len(tasks)):
-            same = merged.get(stream.buckets)
-            merged[stream.buckets] = stream if same is None else dataclasses.replace(
-                same, weight=same.weight + stream.weight, per_epoch=same.per_epoch + stream.per_epoch)
-    streams = [s for s in merged.values() if s.weight > 0]
+    if task == TASK_MULTI:  # a task labelled only outside the train split (e.g. VA in validation) draws nothing
+        balanced = balanced_tasks(info)
+        tasks = [t for t in tasks if t not in balanced or _labelled_class_counts(info, t)] or tasks
+    streams = [s for t in tasks for s in _task_streams(info, mode, t, 1.0 / len(tasks)) if s.weight > 0]
     if not streams:
         raise ValueError(f"no train bucket holds clips with {task} labels: there is nothing to train on")
-    if mode == "downsample":
-        total = sum(s.per_epoch for s in streams)
-        streams = [dataclasses.replace(s, weight=s.per_epoch / total) for s in streams]
+    if mode == "downsample":  # inside a task, its streams at their shares of the task's epoch
+        totals: dict[str, int] = {}
+        for s in streams:
+            totals[s.task] = totals.get(s.task, 0) + s.per_epoch
+        streams = [dataclasses.replace(s, weight=s.per_epoch / totals[s.task] / len(totals)) for s in streams]
     weights: dict[str, float] = {}
     for stream in streams:
         clips = sum(counts[b] for b in stream.buckets)
@@ -381,7 +396,3 @@ def au_positive_weights(info: DatasetInfo, mode: str) -> np.ndarray | None:
     weights = np.where(p > 0, ratio if mode == "inverse" else np.sqrt(ratio), AU_POSITIVE_WEIGHT_MAX)
     return np.clip(weights, 1.0, AU_POSITIVE_WEIGHT_MAX).astype(np.float32)
 
-
-def class_names_of(info: DatasetInfo, task: str) -> Sequence[str]:
-    """The bucket classes of ``task`` with labels (:func:`tfrecords_schema.buckets.task_classes` less the last)."""
-    return buckets.task_classes(task, info.label_names)[:-1]
