@@ -234,3 +234,14 @@ def test_multi_leaves_out_a_task_labelled_only_outside_the_train_split():
     assert multi.weights == pytest.approx({"A|no_va|au": 0.25 + 0.5, "B|no_va|no_au": 0.25})
     with pytest.raises(ValueError, match="no train clip carries va labels"):
         sampling.bucket_draw(info, "balanced", "va")
+
+
+def test_many_streams_share_bounded_shuffle_buffers_and_open_files():
+    from trainer.input import records
+
+    weights = [0.5] + [0.5 / 300] * 300  # one big class and 300 rare ones, as composite buckets give
+    buffers = records.stream_budget(weights, records.RECORD_SHUFFLE_CLIPS, records.MIN_BUCKET_SHUFFLE)
+    assert buffers[0] == records.RECORD_SHUFFLE_CLIPS // 2 and set(buffers[1:]) == {records.MIN_BUCKET_SHUFFLE}
+    assert sum(buffers) <= records.RECORD_SHUFFLE_CLIPS + records.MIN_BUCKET_SHUFFLE * len(weights)
+    assert records.stream_budget([0.125] * 8, records.RECORD_SHUFFLE_CLIPS, 2) == [64] * 8  # as before: 512 / 8
+    assert sum(records.stream_budget(weights, records.OPEN_SHARDS, 1)) <= records.OPEN_SHARDS + len(weights)

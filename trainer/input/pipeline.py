@@ -233,7 +233,8 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
         seed: Seed of file/record shuffles, bucket draws, frame picks and augmentation.
         augment: Apply flip / brightness / contrast / crop jitter.
         xla_augment: XLA-compile the batch augmentation (:func:`trainer.input.augment.batch_augmenter`).
-        input_context: Multi-worker input context: this pipeline reads its share of every bucket's files
+        input_context: Multi-worker input context: this pipeline reads its share of every stream's files (a stream
+            with fewer non-empty files than pipelines is read whole by each, see :func:`records.assign_shards`)
             (in-process input only; service workers read every file).
         skipped: Skip corrupt records and count them in this counter (None: a corrupt shard fails).
         data_service: ``grpc://HOST:PORT`` of a tf.data service dispatcher: the stream runs on its workers

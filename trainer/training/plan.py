@@ -185,7 +185,7 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
         plan.au_positive_weights = sampling.au_positive_weights(info, config.au_positive_weight)
         if plan.au_positive_weights is not None:
             log.info("AU positive weights (--au_positive_weight %s, from the train split's AU rates): %s",
-                     config.au_positive_weight, json.dumps(dict(zip(info.action_unit_names,
-                                                                    plan.au_positive_weights.round(3).tolist()))))
+                     config.au_positive_weight, json.dumps({n: round(float(w), 3) for n, w in
+                                                            zip(info.action_unit_names, plan.au_positive_weights)}))
     log.info("best epoch selected on %r, final report on %r", select_split, config.eval_split)
     return plan
