@@ -57,6 +57,12 @@ def va_cell_names(grid: int = VA_GRID) -> list[str]:
     return [f"v{i}_a{j}" for i in range(grid) for j in range(grid)]
 
 
+def va_cells(valence_arousal: np.ndarray, grid: int = VA_GRID) -> np.ndarray:
+    """The cell of each (valence, arousal) row of ``[N, 2]`` values: int64 ``[N]`` indexes of :func:`va_cell_names`."""
+    bins = va_cell_index(np.reshape(valence_arousal, (-1, 2)), grid)
+    return bins[:, 0] * grid + bins[:, 1]
+
+
 def task_classes(task: str, label_names: Mapping[str, Sequence[str]]) -> list[str]:
     """The bucket classes of ``task``, the class of clips without its labels last.
 

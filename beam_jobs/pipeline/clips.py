@@ -43,9 +43,8 @@ from tfrecords_schema.buckets import (
     NO_AU,
     NO_EXPRESSION,
     NO_VA,
-    VA_GRID,
-    va_cell_index,
     va_cell_names,
+    va_cells,
 )
 from tfrecords_schema.dataset_info import bucket_token, sum_counts
 
@@ -65,8 +64,7 @@ def va_class(valence_arousal: np.ndarray) -> str:
     if not ok.any():
         return NO_VA
     names = va_cell_names()
-    cells = va_cell_index(valence_arousal[ok])
-    counts = collections.Counter(names[v * VA_GRID + a] for v, a in cells.tolist())
+    counts = collections.Counter(names[c] for c in va_cells(valence_arousal[ok]).tolist())
     return max(sorted(counts), key=lambda c: counts[c])
 
 
@@ -238,9 +236,9 @@ def clip_summary(clip: ClipRecord, bucket: str, label_names: dict[str, list[str]
         task_frames[TASK_EXPRESSION] = len(valid)
     if TASK_VALENCE_AROUSAL in tasks:
         ok = (clip.valence_arousal != keys.VA_INVALID).all(axis=1)
-        cells, names = va_cell_index(clip.valence_arousal[ok]), va_cell_names()
+        names = va_cell_names()
         class_frames[TASK_VALENCE_AROUSAL] = dict(collections.Counter(
-            names[v * VA_GRID + a] for v, a in cells.tolist()))
+            names[c] for c in va_cells(clip.valence_arousal[ok]).tolist()))
         task_frames[TASK_VALENCE_AROUSAL] = int(ok.sum())
     if TASK_ACTION_UNITS in tasks and clip.action_units.shape[1]:
         names = label_names.get(HEAD_ACTION_UNITS, [])

@@ -95,9 +95,8 @@ class _Tally:
             if head == HEAD_EXPRESSION:
                 self.frame_classes[head] += np.bincount(targets[head][ok], minlength=len(self.frame_names[head]))
             elif head == HEAD_VALENCE_AROUSAL:
-                cells = buckets.va_cell_index(targets[head][ok])
-                self.frame_classes[head] += np.bincount(cells[:, 0] * buckets.VA_GRID + cells[:, 1],
-                                                        minlength=buckets.VA_GRID ** 2)
+                self.frame_classes[head] += np.bincount(buckets.va_cells(targets[head][ok]),
+                                                        minlength=len(self.frame_names[head]))
             else:
                 self.frame_classes[head] += (targets[head][ok] == 1).sum(axis=0).astype(np.int64)
 
