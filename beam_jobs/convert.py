@@ -4,7 +4,7 @@ Runs locally on the DirectRunner (parallel worker processes by default) and, unc
 on Dataflow. Example::
 
     python -m beam_jobs.convert --dataset abaw --videos data/videos --annotations data/annotations \\
-        --output /tmp/affect_tfrecords --clip_length 64 --detect_every 5 --bucket_by expression
+        --output /tmp/affect_tfrecords --clip_length 64 --detect_every 5 --bucket_by tasks
 
     # Dataflow (workers install this package from --setup_file):
     python -m beam_jobs.convert --dataset abaw --videos gs://B/videos --annotations gs://B/annotations \\
@@ -283,6 +283,10 @@ def _convert(args, beam_args: list[str], tasks: list[str], source: DatasetSource
     claim.total_tracks = len(discovery.tracks)
     claim.clear_previous()  # Object stores (written in place): only now that the inputs are known to be there.
     config = make_config(args, tasks, source, discovery, options, output=claim.staging)
+    try:
+        config.bucketer()  # the bucket names of these classes, checked before any work (e.g. a '|' in a class)
+    except ValueError as e:
+        raise ConvertError(f"--bucket_by {config.bucket_by}: {e}") from e
     workers = _run_pipeline(source, config, discovery, recorded_options(args, beam_args), options, args.progress_every)
     seconds = time.monotonic() - started
     info = _finish(config, seconds, workers)

@@ -46,7 +46,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
         add("--clip_length", type=int, default=job["clip_length"],
             help=f"frames per record (default {job['clip_length']})"),
         *face_options.add_face_stage_arguments(parser),
-        add("--bucket_by", default=job["bucket_by"], help=f"rebalancing buckets, one of {list(BUCKET_BY)}"),
+        add("--bucket_by", default=job["bucket_by"],
+            help=f"rebalancing buckets of the train split, one of {list(BUCKET_BY)} (default {job['bucket_by']}: "
+                 "the clip's class for every converted task, so that one conversion serves every --task)"),
         add("--min_shards", type=int, default=job["min_shards"],
             help="least shards per shard set (>= training workers)"),
         add("--shard_bytes", type=int, default=job["shard_bytes"],

@@ -33,7 +33,7 @@ from tfrecords_schema import (
     keys,
     read_dataset_info,
 )
-from tfrecords_schema.buckets import BUCKET_BY_VA_GRID, NO_VA, VA_GRID, va_cell_names
+from tfrecords_schema.buckets import BUCKET_BY_TASKS, BUCKET_BY_VA_GRID, NO_VA, VA_GRID, composite_tasks, va_cell_names
 from tfrecords_schema.cli import add_verbose_flag
 from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME, MEDIA_KEY
 
@@ -173,6 +173,10 @@ def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None,
     for task, names in sorted(info.label_names.items()):
         if names:
             lines.append(f"labels {task}: {', '.join(names)}")
+    if info.bucket_by == BUCKET_BY_TASKS:
+        parts = {TASK_EXPRESSION: "expression class or no_expression", TASK_VALENCE_AROUSAL: "grid cell or no_va",
+                 TASK_ACTION_UNITS: "au or no_au"}
+        lines.append(f"bucket names: the clip's {' | '.join(parts[t] for t in composite_tasks(info.tasks))}")
     if info.bucket_by == BUCKET_BY_VA_GRID or TASK_VALENCE_AROUSAL in info.tasks:
         lines.append(va_grid_legend())
     run = {k: v for k, v in info.run.items() if k != MEDIA_KEY}

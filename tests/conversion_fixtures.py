@@ -35,6 +35,7 @@ from tfrecords_schema import (
     join_path,
     keys,
 )
+from tfrecords_schema.buckets import BUCKET_BY_EXPRESSION
 
 LABEL_NAMES = {HEAD_EXPRESSION: ["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other"],
                HEAD_VALENCE_AROUSAL: ["valence", "arousal"], HEAD_ACTION_UNITS: []}
@@ -44,7 +45,7 @@ JPEG = faces.encode_jpeg(np.full((8, 8, 3), 128, np.uint8))
 def config(output, **kwargs) -> ConvertConfig:
     """Worker options writing under ``output``: expression buckets, clips of 4, crops of 16."""
     values = {"dataset_name": "abaw", "output": str(output), "label_names": LABEL_NAMES, "tasks": (TASK_EXPRESSION,),
-              "clip_length": 4, "face": faces.FaceStageConfig(crop_size=16)}
+              "clip_length": 4, "face": faces.FaceStageConfig(crop_size=16), "bucket_by": BUCKET_BY_EXPRESSION}
     return ConvertConfig(**{**values, **kwargs})
 
 

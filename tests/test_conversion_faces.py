@@ -24,7 +24,7 @@ from beam_jobs import convert
 from beam_jobs.faces import stage as faces
 from beam_jobs.pipeline import frame_sources
 from beam_jobs.pipeline.clips import ClipBuilder
-from tfrecords_schema import decode_clip, keys, read_dataset_info
+from tfrecords_schema import SCHEMA_VERSION, decode_clip, keys, read_dataset_info
 
 W, H = 240, 180
 FACE_FRAMES, EMPTY_FRAMES, CORRUPT = 10, 4, 6  # Frames 1-10 the astronaut, 11-14 a coffee cup; frame 6 broken.
@@ -132,7 +132,7 @@ def test_a_frame_that_does_not_decode_is_dropped_as_decode_error_and_nothing_shi
 def test_keypoints_are_stored_per_frame_on_faces_and_empty_without(scene_run):
     by_frame = {}
     for example, clip in zip(scene_run["examples"], scene_run["clips"]):
-        assert example.context.feature[keys.SCHEMA_VERSION].int64_list.value[0] == 2
+        assert example.context.feature[keys.SCHEMA_VERSION].int64_list.value[0] == SCHEMA_VERSION >= 2
         xs = example.feature_lists.feature_list[keys.POINT_X].feature
         for i, frame in enumerate(clip.frame_index.tolist()):
             by_frame[frame] = (clip.has_face[i], len(xs[i].float_list.value), clip.keypoints[i], clip.bbox[i])

@@ -19,7 +19,7 @@ from beam_jobs.faces import stage as faces
 from beam_jobs.pipeline import finalize, shards, spill, transforms
 from beam_jobs.pipeline.config import ConvertConfig
 from beam_jobs.sources import make_source
-from tfrecords_schema import decode_clip, keys, read_dataset_info
+from tfrecords_schema import bucket_token, decode_clip, keys, read_dataset_info
 
 VID1_EXPR = [0, 0, 4, 4, 4, 1, 1, None, 5, 5]  # None: a frame without a face (labelled Neutral).
 VID2_EXPR = [-1, -1, -1, -1, 3, 3]
@@ -76,14 +76,20 @@ def converted(tmp_path_factory):
             "info": read_dataset_info(str(root / "out"))}
 
 
+# The composite buckets of the train clips: expression class | VA cell (VA is a validation task here) | AU.
+TRAIN_BUCKETS = {"Anger|no_va|no_au": 1, "Fear|no_va|au": 1, "Happiness|no_va|no_au": 2, "Neutral|no_va|no_au": 1,
+                 "Sadness|no_va|no_au": 3}
+
+
 def test_writes_exact_shard_names_one_set_per_train_bucket(converted):
     out = converted["output"]
     assert sorted(p.name for p in (out / "train").iterdir()) == [
-        f"abaw-train-{b}.tfrecord-00000-of-00001" for b in ("Anger", "Fear", "Happiness", "Neutral", "Sadness")]
+        f"abaw-train-{bucket_token(b)}.tfrecord-00000-of-00001" for b in TRAIN_BUCKETS]
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["abaw-validation.tfrecord-00000-of-00001"]
     assert sorted(os.listdir(out)) == ["dataset_info.json", "errors", "train", "validation"]  # Temp folder gone.
     info = converted["info"]
-    assert info.splits["train"].bucket_clips == {"Anger": 1, "Fear": 1, "Happiness": 2, "Neutral": 1, "Sadness": 3}
+    assert info.bucket_by == "tasks" and info.tasks == ["expr", "va", "au"]
+    assert info.splits["train"].bucket_clips == TRAIN_BUCKETS
     train = read_split(out, "train")
     for shard in info.splits["train"].shards:
         name = shard.path.split("/")[1]
@@ -91,6 +97,16 @@ def test_writes_exact_shard_names_one_set_per_train_bucket(converted):
         assert shard.num_frames == sum(c.num_frames for c in train[name])
         assert shard.num_bytes == (out / shard.path).stat().st_size
         assert {info.bucket_names[c.bucket_index] for c in train[name]} == {shard.bucket}
+
+
+def test_dataset_info_gives_each_bucket_its_class_and_histograms_per_task(converted):
+    train = converted["info"].splits["train"]
+    assert train.bucket_classes["Fear|no_va|au"] == {"expr": "Fear", "va": "no_va", "au": "au"}
+    assert train.bucket_task_frames["Fear|no_va|au"] == {"expr": 2, "va": 0, "au": 2}  # vid2's frames 5-6
+    assert train.bucket_class_frames["Fear|no_va|au"]["expr"] == {"Fear": 2}
+    assert train.bucket_class_frames["Fear|no_va|au"]["au"]["AU1"] == 2
+    assert train.bucket_class_frames["Sadness|no_va|no_au"]["expr"] == {"Sadness": 8}
+    assert train.task_frames == {"expr": 24, "va": 0, "au": 2}  # summed over the buckets (the reader checks it)
 
 
 def test_accounting_adds_up_with_faces_found_and_frames_beyond_the_video_end(converted):
@@ -157,7 +173,7 @@ def test_no_label_crosses_into_the_other_split(converted):
 def test_dataset_info_records_options_histograms_and_run(converted):
     info = converted["info"]
     assert info.name == "abaw" and info.tasks == ["expr", "va", "au"]
-    assert info.clip_length == 4 and info.crop_size == 112 and info.bucket_by == "expression"
+    assert info.clip_length == 4 and info.crop_size == 112 and info.bucket_by == "tasks"
     assert info.options["detect_every"] == 1 and info.options["videos"] == str(converted["videos"])
     assert info.splits["train"].class_frames["expr"] == {"Anger": 2, "Fear": 2, "Happiness": 9, "Neutral": 3,
                                                         "Sadness": 8}
@@ -227,7 +243,7 @@ def test_min_shards_gives_a_full_shard_set_even_when_some_are_empty(converted, t
 
 def test_bad_options_exit_2_with_the_valid_values(converted, tmp_path):
     for flag, value, expected in (("--detector", "nosuch", f"valid detectors: {sorted(faces.DETECTORS)}"),
-                                  ("--bucket_by", "colour", "valid values: ['expression', 'va_grid', 'none']"),
+                                  ("--bucket_by", "colour", "valid values: ['tasks', 'expression', 'va_grid', 'none']"),
                                   ("--tasks", "expr,pose", "valid tasks"),
                                   ("--clip_length", "0", "--clip_length must be >= 1")):
         rc, _, err = run_convert(converted["ann"], converted["videos"], tmp_path / "o", flag, value)

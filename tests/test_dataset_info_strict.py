@@ -15,14 +15,18 @@ SOURCE = "/data/out/dataset_info.json"
 
 def _info() -> DatasetInfo:
     """Two train buckets (Fear's set has an empty shard, as --min_shards 2 writes it), a declared-empty bucket,
-    and an unbucketed validation split."""
+    each bucket's class and histograms per task (schema 3), and an unbucketed validation split."""
     train = SplitInfo(
         num_clips=3, num_frames=12, bucket_clips={"Fear": 1, "Happiness": 2, "Sadness": 0},
         bucket_frames={"Fear": 4, "Happiness": 8, "Sadness": 0},
         shards=[ShardInfo("train/abaw-train-Fear.tfrecord-00000-of-00002", "Fear", 1, 4, 100),
                 ShardInfo("train/abaw-train-Fear.tfrecord-00001-of-00002", "Fear", 0, 0, 0),
                 ShardInfo("train/abaw-train-Happiness.tfrecord-00000-of-00001", "Happiness", 2, 8, 200)],
-        accounting=Accounting(13, 11, 1, {"beyond_video_end": 1}))
+        accounting=Accounting(13, 11, 1, {"beyond_video_end": 1}),
+        class_frames={"expr": {"Fear": 4, "Happiness": 8}}, task_frames={"expr": 12},
+        bucket_classes={"Fear": {"expr": "Fear"}, "Happiness": {"expr": "Happiness"}},
+        bucket_class_frames={"Fear": {"expr": {"Fear": 4}}, "Happiness": {"expr": {"Happiness": 8}}},
+        bucket_task_frames={"Fear": {"expr": 4}, "Happiness": {"expr": 8}})
     validation = SplitInfo(
         num_clips=1, num_frames=4, bucket_clips={"Fear": 1},
         shards=[ShardInfo("validation/abaw-validation.tfrecord-00000-of-00001", None, 1, 4, 100)],
@@ -84,6 +88,22 @@ def _split_name(raw):
     raw["splits"]["../x"] = raw["splits"].pop("validation")
 
 
+def _set(path, value):
+    def change(raw):
+        *parents, last = path
+        node = raw
+        for key in parents:
+            node = node[key]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    return change
+
+
+TRAIN = ("splits", "train")
+
+
 @pytest.mark.parametrize("change, field, problem", [
     (_without_accounting, "splits.validation", r"lacks required field\(s\) \['accounting'\]"),
     (_without_a_count, "splits.train.accounting", r"lacks required field\(s\) \['written_frames_without_face'\]"),
@@ -105,6 +125,20 @@ def _split_name(raw):
     (_records_disagree_with_the_bucket, r"splits.train.shards\[0, 1\] \(bucket 'Fear'\)",
      "hold 2 records but splits.train.bucket_clips.Fear is 1"),
     (_split_name, "splits.../x", "is not a usable split name"),
+    (_set(("bucket_by",), "colour"), "bucket_by", "is 'colour', not one of"),
+    (_set((*TRAIN, "bucket_classes"), None), "splits.train", r"lacks required field\(s\) \['bucket_classes'\]"),
+    (_set((*TRAIN, "bucket_classes", "Fear", "expr"), "Happiness"), "splits.train.bucket_classes.Fear",
+     "is {'expr': 'Happiness'} but bucket_by 'expression' names it {'expr': 'Fear'}"),
+    (_set((*TRAIN, "bucket_classes", "Anger"), {"expr": "Anger"}), "splits.train.bucket_classes",
+     r"no other \(unknown \['Anger'\], missing \[\]\)"),
+    (_set((*TRAIN, "bucket_task_frames", "Happiness"), None), "splits.train.bucket_task_frames",
+     r"missing \['Happiness'\]"),
+    (_set((*TRAIN, "bucket_class_frames", "Fear", "expr", "Fear"), 3), "splits.train.bucket_class_frames",
+     "of task 'expr' add up to {'Fear': 3, 'Happiness': 8} but splits.train.class_frames.expr is"),
+    (_set((*TRAIN, "bucket_task_frames", "Fear", "expr"), 5), "splits.train.bucket_task_frames",
+     "add up to {'expr': 13} but splits.train.task_frames is {'expr': 12}"),
+    (_set((*TRAIN, "bucket_class_frames", "Fear", "expr"), {"Fear": -1}),
+     "splits.train.bucket_class_frames.Fear.expr.Fear", "must be an integer >= 0"),
 ])
 def test_each_untrustworthy_field_is_an_error_naming_the_file_and_the_field(change, field, problem):
     raw = _raw()
@@ -130,3 +164,13 @@ def test_an_unbucketed_split_with_no_clip_may_list_empty_shards():
                                                  "written_frames_without_face": 0, "dropped": {"no_media": 4}}
     info = _parse(copy.deepcopy(raw))
     assert info.splits["validation"].shards[0].num_records == 0
+
+
+def test_a_version_2_file_without_the_per_bucket_task_blocks_still_reads():
+    raw = _raw()
+    raw["schema_version"] = 2
+    for split in raw["splits"].values():
+        for name in ("task_frames", "bucket_classes", "bucket_class_frames", "bucket_task_frames"):
+            del split[name]
+    info = _parse(raw)
+    assert info.schema_version == 2 and info.splits["train"].bucket_classes == {}

@@ -68,7 +68,8 @@ def test_build_dataset_info_assembles_the_checked_info(tmp_path):
         splits={
             "train": SplitInfo(num_clips=2, num_frames=8, bucket_clips={"Fear": 2}, bucket_frames={"Fear": 8},
                                class_frames={"expr": {"Fear": 8}}, shards=[TRAIN_SHARD],
-                               accounting=Accounting(13, 7, 1, {"beyond_video_end": 2, "malformed_line": 3})),
+                               accounting=Accounting(13, 7, 1, {"beyond_video_end": 2, "malformed_line": 3}),
+                               bucket_classes={"Fear": {"expr": "Fear"}}),
             "validation": SplitInfo(),  # A split of the run with nothing in it still has its entry.
         },
         options={"clip_length": 4}, unused_media=["orphan.avi"],

@@ -267,11 +267,11 @@ def test_pipelines_shard_files_between_workers(data):
     assert len(union) == info.splits["validation"].num_frames and set(union.values()) == {1}
 
 
-def test_fewer_shards_than_workers_is_a_clear_error(data):
+def test_fewer_eval_shards_than_workers_is_a_clear_error_and_train_streams_are_shared(data):
     root, info = data
-    context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=0, num_replicas_in_sync=3)
-    with pytest.raises(ValueError, match=r"train bucket 'A' has 2 shard file\(s\) but there are 3 input pipelines"):
-        trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2, input_context=context)
+    context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=2, num_replicas_in_sync=3)
+    # Train streams with fewer shards than pipelines are read whole by every pipeline (see records.assign_shards).
+    next(iter(trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2, input_context=context)))
     with pytest.raises(ValueError, match=r"split 'validation' has 2 shard file\(s\) but there are 3"):
         trainer_input.make_eval_dataset(root, info, task="expr", seq_len=4, batch_size=2, input_context=context)
 
@@ -301,14 +301,20 @@ def test_every_worker_gets_records_of_every_bucket_when_empty_shard_files_exist(
         assert (shares > 0.15).all(), (pipeline_id, sampling, shares)  # every bucket is in the mix
 
 
-def test_bucket_with_fewer_non_empty_shards_than_workers_is_a_clear_error(tmp_path):
+def test_bucket_with_fewer_non_empty_shards_than_workers_is_shared_by_them(tmp_path, caplog):
     root = str(tmp_path)
     info = write_dataset(root, num_clips_per_class={"A": 3, "B": 2}, clip_length=4, crop_size=16, tasks=("expr",),
-                         num_shards_per_bucket=3, empty_shard_indices=(1, 2), num_validation_shards=0)
-    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
-    with pytest.raises(ValueError, match=r"train bucket 'A' has 1 shard file\(s\) but there are 2 input pipelines"
-                                         r".*\(3 listed, 2 empty\)"):
-        trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=2, input_context=context)
+                         num_shards_per_bucket=3, empty_shard_indices=(1, 2), num_validation_shards=0,
+                         invalid_fraction=0.0, no_face_fraction=0.0, short_clip_every=0)
+    caplog.set_level(logging.INFO, logger="trainer.input.records")
+    for pipeline_id in range(2):  # each reads the one non-empty file of every bucket, in its own order
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
+                                             num_replicas_in_sync=2)
+        dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=10, augment=False,
+                                                   input_context=context)
+        _, targets, _ = next(iter(dataset))
+        assert set(targets["expression"][:, 0].numpy().tolist()) == {0, 1}
+    assert "has 1 non-empty shard file(s) for 2 input pipelines: every pipeline reads all of them" in caplog.text
 
 
 def test_corrupt_shard_fails_naming_the_file(tmp_path):
@@ -374,7 +380,7 @@ def test_empty_bucket_is_skipped_with_a_warning_and_all_empty_is_an_error(tmp_pa
     dataset = trainer_input.make_train_dataset(str(tmp_path / "some"), info, task="expr", seq_len=2, batch_size=8)
     labels = np.concatenate([t["expression"].numpy().ravel() for _, t, _ in dataset.take(5)])
     assert set(labels.tolist()) == {0, 2}
-    assert "train bucket 'Empty' has no clips: skipped" in caplog.text
+    assert "1 train bucket(s) have no clips and are skipped: 'Empty'" in caplog.text
     none = write_dataset(tmp_path / "none", num_clips_per_class={"A": 0, "B": 0}, clip_length=4, crop_size=16,
                          num_validation_clips_per_class=1)
     with pytest.raises(ValueError, match="every train bucket is empty"):

@@ -1,14 +1,17 @@
-"""Well-mixed batches: hash-ordered shards spread every video over the stream; frames balanced by class."""
+"""Well-mixed batches: hash-ordered shards spread every video over the stream; frames balanced by class; every
+task drawn by its own classes from one (composite-bucket) conversion of an Aff-Wild2-like layout."""
 
 import itertools
 
 import numpy as np
 import pytest
-from mixing_data import distinct_videos_per_draws, write_layout
+from mixing_data import distinct_videos_per_draws, write_affwild_layout, write_layout
 
 from beam_jobs.pipeline.shards import shard_order_key
 from trainer.input import mixing as stream_mix
 from trainer.input import pipeline as trainer_input
+from trainer.input import sampling
+from trainer.input.input_mix import measure_input_mix, summary_line
 from trainer.training import config as config_lib
 
 # Four buckets of 12 videos x 80 consecutive clips in 2 shards each: a shard holds far more clips than the
@@ -72,9 +75,55 @@ def test_balance_frames_options_are_checked():
     assert config_lib.parse_train_config(["--data", "d", "--job_dir", "j", "--balance_frames"]).balance_frames
 
 
-def test_balance_frames_needs_expression_buckets(tmp_path):
+def test_balance_frames_needs_buckets_that_name_the_expression_class(tmp_path):
     from trainer_data import write_dataset
     info = write_dataset(tmp_path, num_clips_per_class={"A": 2, "B": 2}, clip_length=4, crop_size=16,
                          tasks=("va",))
-    with pytest.raises(ValueError, match="needs expression buckets"):
+    with pytest.raises(ValueError, match="needs buckets that name the expression class"):
         stream_mix.frame_mix_targets(info, "balanced", "multi")
+
+
+@pytest.fixture(scope="module")
+def affwild(tmp_path_factory):
+    """The same Aff-Wild2-like clips bucketed two ways: composite buckets (now) and expression buckets (before)."""
+    out = {}
+    for bucket_by in ("tasks", "expression"):
+        root = str(tmp_path_factory.mktemp(bucket_by))
+        out[bucket_by] = root, write_affwild_layout(root, bucket_by=bucket_by, videos=120, clips_per_video=8)
+    return out
+
+
+@pytest.mark.parametrize("task, head", [("expr", "expression"), ("va", "valence_arousal"), ("au", "action_units")])
+def test_every_task_is_drawn_by_its_classes_from_one_conversion(affwild, task, head):
+    root, info = affwild["tasks"]
+    report = measure_input_mix(root, info, task=task, sampling="balanced", seq_len=8, batch_size=32, seed=0)
+    assert report["batches"] == 100 and report["reads_per_clip"] <= 1.25
+    trained = report["heads"][head]
+    assert trained["trained"] and trained["labelled_fraction"] >= 0.9, trained
+    assert trained["max_abs_deviation"] <= 0.02, trained
+    if task != "au":  # balanced: uniform over the classes with clips
+        classes = sampling.class_clip_counts(info, task)
+        assert trained["target"] == pytest.approx({c: 1 / len(classes) for c in classes}, abs=1e-4)
+    else:  # the delivered AU positive rates against the data's (AU24 about 2.6 %)
+        assert trained["target"]["AU24"] == pytest.approx(0.026, abs=0.01)
+        assert set(trained["delivered"]) == set(trained["target"])
+    assert not report["unbalanced_tasks"]
+    assert "reads per clip 1.00" in summary_line(report)
+
+
+def test_expression_buckets_starve_va_and_the_report_says_so(affwild):
+    root, info = affwild["expression"]
+    report = measure_input_mix(root, info, task="va", sampling="balanced", seq_len=8, batch_size=32, seed=0)
+    va = report["heads"]["valence_arousal"]
+    assert report["unbalanced_tasks"] == ["va"] and va["target"] is None
+    assert va["labelled_fraction"] < 0.9 and report["reads_per_clip"] > 1.1  # what composite buckets fix
+    assert "not balanced" in summary_line(report)
+
+
+@pytest.mark.parametrize("mode", ["natural", "sqrt", "downsample"])
+def test_every_sampling_mode_reports_its_own_targets(affwild, mode):
+    root, info = affwild["tasks"]
+    report = measure_input_mix(root, info, task="va", sampling=mode, seq_len=8, batch_size=32, num_batches=2)
+    assert report["heads"]["valence_arousal"]["target"] == pytest.approx(
+        {c: round(v, 4) for c, v in sampling.class_targets(info, mode, "va").items()})
+    assert report["sampling"] == mode

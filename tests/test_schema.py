@@ -202,7 +202,7 @@ def test_version_2_stores_keypoints_per_frame_empty_where_no_face():
     clip = _keypoint_clip()
     serialized = schema.encode_clip(clip)
     example = tf.train.SequenceExample.FromString(serialized)
-    assert example.context.feature[keys.SCHEMA_VERSION].int64_list.value[0] == schema.SCHEMA_VERSION == 2
+    assert example.context.feature[keys.SCHEMA_VERSION].int64_list.value[0] == schema.SCHEMA_VERSION >= 2
     xs = [list(f.float_list.value) for f in example.feature_lists.feature_list[keys.POINT_X].feature]
     assert [len(x) for x in xs] == [3, 0, 3, 3]
     np.testing.assert_allclose(xs[2], clip.keypoints[2, :, 0])
@@ -274,7 +274,7 @@ def test_version_1_dataset_info_still_reads_without_faces():
     del raw["splits"]["train"]["faces"]
     info = schema.DatasetInfo.from_json(json.dumps(raw))
     assert info.schema_version == 1 and info.splits["train"].faces == {}
-    for version in (3, True):
+    for version in (4, True):
         raw["schema_version"] = version
         with pytest.raises(schema.DatasetInfoError, match=f"schema version {version!r}"):
             schema.DatasetInfo.from_json(json.dumps(raw))

@@ -22,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 
@@ -29,7 +30,11 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from beam_jobs.pipeline.clips import Bucketer, SplitSummary, clip_summary
 from tfrecords_schema import (
+    HEAD_ACTION_UNITS,
+    HEAD_EXPRESSION,
+    HEAD_VALENCE_AROUSAL,
     SPLIT_TRAIN,
     SPLIT_VALIDATION,
     TASK_ACTION_UNITS,
@@ -48,7 +53,6 @@ from tfrecords_schema import (
     write_dataset_info,
 )
 
-NO_EXPRESSION_BUCKET = buckets.NO_EXPRESSION  # the converter's bucket of clips without a valid expression
 DEFAULT_CLIPS_PER_CLASS = {"Neutral": 6, "Happiness": 4, "Sadness": 3, "Fear": 2}
 
 # Distinct, well separated RGB base colours (0..1), one per expression class.
@@ -116,6 +120,7 @@ def _make_clip(
     no_face_fraction: float,
     name: str,
     texture: float = 0.0,
+    au_rates: np.ndarray | float = 0.4,
 ) -> ClipRecord:
     n = num_frames
     frame_index = np.arange(1, n + 1, dtype=np.int64)
@@ -124,7 +129,7 @@ def _make_clip(
     valence0, arousal0 = rng.uniform(-0.9, 0.9, size=2)
     drift = np.linspace(0.0, 1.0, n, dtype=np.float32) * rng.uniform(-0.1, 0.1, size=(2,))[:, None]
     va = np.clip(np.stack([valence0 + drift[0], arousal0 + drift[1]], axis=-1), -1.0, 1.0).astype(np.float32)
-    au = (rng.random((n, num_action_units)) < 0.4).astype(np.int64)
+    au = (rng.random((n, num_action_units)) < au_rates).astype(np.int64)
     expression = np.full(n, class_index, np.int64)
 
     field = None
@@ -192,29 +197,21 @@ def _write_shards(data_dir: str, name: str, split: str, bucket: str | None, clip
     return shards
 
 
-def _split_info(clips: list[ClipRecord], shards: list[ShardInfo], bucket_names: list[str] | None,
-                expression_names: list[str], au_names: list[str], tasks: tuple[str, ...]) -> SplitInfo:
-    info = SplitInfo(num_clips=len(clips), num_frames=sum(c.num_frames for c in clips), shards=shards)
-    if bucket_names is not None:
-        info.bucket_clips = {b: 0 for b in bucket_names}
-        info.bucket_frames = {b: 0 for b in bucket_names}
-        for c in clips:
-            info.bucket_clips[bucket_names[c.bucket_index]] += 1
-            info.bucket_frames[bucket_names[c.bucket_index]] += c.num_frames
-    expr = np.concatenate([c.expression for c in clips]) if clips else np.zeros(0, np.int64)
-    va = np.concatenate([c.valence_arousal for c in clips]) if clips else np.zeros((0, 2), np.float32)
-    au = np.concatenate([c.action_units for c in clips]) if clips else np.zeros((0, len(au_names)), np.int64)
-    if TASK_EXPRESSION in tasks:
-        info.class_frames[TASK_EXPRESSION] = {n: int((expr == i).sum()) for i, n in enumerate(expression_names)}
-    if TASK_VALENCE_AROUSAL in tasks:
-        valid = (va != keys.VA_INVALID).all(axis=1)
-        cells = {}
-        for vs, v_ok in (("v-", va[:, 0] < 0), ("v+", va[:, 0] >= 0)):
-            for as_, a_ok in (("a-", va[:, 1] < 0), ("a+", va[:, 1] >= 0)):
-                cells[f"{vs}{as_}"] = int((valid & v_ok & a_ok).sum())
-        info.class_frames[TASK_VALENCE_AROUSAL] = cells
-    if TASK_ACTION_UNITS in tasks:
-        info.class_frames[TASK_ACTION_UNITS] = {n: int((au[:, k] == 1).sum()) for k, n in enumerate(au_names)}
+def split_info_of(clips: list[ClipRecord], shards: list[ShardInfo], bucketer: Bucketer | None,
+                label_names: dict[str, list[str]], tasks: tuple[str, ...]) -> SplitInfo:
+    """The split's entry, its histograms counted by the converter's own code (``clip_summary``)."""
+    summary = SplitSummary()
+    for clip in clips:
+        bucket = bucketer.names[clip.bucket_index] if bucketer is not None else buckets.ALL
+        summary = summary.merge(clip_summary(clip, bucket, label_names, list(tasks)))
+    info = SplitInfo(num_clips=len(clips), num_frames=sum(c.num_frames for c in clips), shards=shards,
+                     class_frames=summary.class_frames, task_frames=summary.task_frames)
+    if bucketer is not None:
+        info.bucket_clips = summary.bucket_clips
+        info.bucket_frames = summary.bucket_frames
+        info.bucket_classes = {b: bucketer.bucket_classes(b) for b in summary.bucket_clips}
+        info.bucket_class_frames = summary.bucket_class_frames
+        info.bucket_task_frames = summary.bucket_task_frames
     with_face = int(sum(c.has_face.sum() for c in clips))
     info.accounting = Accounting(labelled_frames=info.num_frames, written_frames_with_face=with_face,
                                  written_frames_without_face=info.num_frames - with_face)
@@ -240,6 +237,8 @@ def write_dataset(
     texture: float = 0.0,
     num_clips_without_expression: int = 0,
     empty_shard_indices: tuple[int, ...] = (),
+    bucket_by: str | None = None,
+    au_rates: tuple[float, ...] | None = None,
 ) -> DatasetInfo:
     """Writes a tiny converted dataset under ``root`` and returns its :class:`DatasetInfo`.
 
@@ -267,6 +266,11 @@ def write_dataset(
             as empty files, listed with ``num_records`` 0.
         texture: Strength of a smooth noise pattern added to the crops (0: flat colours, tiny JPEGs;
             ~0.1 gives JPEGs the size of real 112-pixel face crops, for benchmarks).
+        bucket_by: The train buckets, bucketed by the converter's own :class:`Bucketer`: ``"tasks"`` (composite,
+            the converter's default), ``"expression"`` or ``"none"``; default: ``"expression"`` when ``"expr"`` is
+            a task (a version 1-2 conversion's default, which many tests read by class), else ``"none"``.
+        au_rates: Each AU's positive rate per frame (sets the number of AUs); default 0.4 for every one of
+            ``num_action_units``.
     """
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
@@ -276,11 +280,16 @@ def write_dataset(
     os.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(seed)
     expression_names = list(num_clips_per_class)
+    if au_rates is not None:
+        num_action_units = len(au_rates)
+    rates = np.array(au_rates if au_rates is not None else [0.4] * num_action_units)
     au_names = [f"AU{k + 1}" for k in range(num_action_units)] if TASK_ACTION_UNITS in tasks else []
-    bucketed = TASK_EXPRESSION in tasks
-    bucket_names = list(expression_names) if bucketed else ["all"]
-    if bucketed and num_clips_without_expression:
-        bucket_names.append(NO_EXPRESSION_BUCKET)
+    if bucket_by is None:
+        bucket_by = buckets.BUCKET_BY_EXPRESSION if TASK_EXPRESSION in tasks else buckets.BUCKET_BY_NONE
+    label_names = {HEAD_EXPRESSION: expression_names if TASK_EXPRESSION in tasks else [],
+                   HEAD_VALENCE_AROUSAL: ["valence", "arousal"] if TASK_VALENCE_AROUSAL in tasks else [],
+                   HEAD_ACTION_UNITS: au_names}
+    bucketer = Bucketer(bucket_by, label_names, tuple(t for t in TASKS if t in tasks))
 
     def clips_for(split: str, counts: dict[str, int]) -> list[ClipRecord]:
         clips, serial = [], 0
@@ -289,44 +298,50 @@ def write_dataset(
                 serial += 1
                 short = short_clip_every and serial % short_clip_every == 0
                 clips.append(_make_clip(
-                    rng, split=split, media_id=f"{class_name}_{i:03d}", class_index=class_index,
-                    bucket_index=class_index if bucketed else 0,
+                    rng, split=split, media_id=f"{class_name}_{i:03d}", class_index=class_index, bucket_index=0,
                     num_frames=clip_length // 2 + 1 if short else clip_length, crop_size=crop_size, tasks=tasks,
                     num_action_units=len(au_names), invalid_fraction=invalid_fraction,
-                    no_face_fraction=no_face_fraction, name=name, texture=texture))
+                    no_face_fraction=no_face_fraction, name=name, texture=texture, au_rates=rates[:len(au_names)]))
         return clips
+
+    def bucket(clip: ClipRecord) -> ClipRecord:  # the converter's bucket of the clip
+        name = bucketer.bucket(clip.expression, clip.valence_arousal, clip.action_units)
+        return dataclasses.replace(clip, bucket_index=bucketer.index(name))
 
     splits = {}
     train = clips_for(SPLIT_TRAIN, num_clips_per_class)
     for i in range(num_clips_without_expression):
         clip = _make_clip(rng, split=SPLIT_TRAIN, media_id=f"unlabelled_{i:03d}", class_index=i % len(expression_names),
-                          bucket_index=len(bucket_names) - 1, num_frames=clip_length, crop_size=crop_size,
+                          bucket_index=0, num_frames=clip_length, crop_size=crop_size,
                           tasks=tasks, num_action_units=len(au_names), invalid_fraction=invalid_fraction,
                           no_face_fraction=no_face_fraction, name=name, texture=texture)
         clip.expression[:] = keys.EXPRESSION_INVALID
         train.append(clip)
+    train = [bucket(c) for c in train]
     train_shards = []
-    for b, bucket in enumerate(bucket_names):
+    for b, bucket_name in enumerate(bucketer.names):
         members = [c for c in train if c.bucket_index == b]
         if members:
-            train_shards += _write_shards(root, name, SPLIT_TRAIN, bucket, members, num_shards_per_bucket,
+            train_shards += _write_shards(root, name, SPLIT_TRAIN, bucket_name, members, num_shards_per_bucket,
                                           empty=tuple(empty_shard_indices))
-    splits[SPLIT_TRAIN] = _split_info(train, train_shards, bucket_names, expression_names, au_names, tasks)
+    splits[SPLIT_TRAIN] = split_info_of(train, train_shards, bucketer, label_names, tasks)
+    if bucket_by == buckets.BUCKET_BY_EXPRESSION:  # every class declared (0: an empty bucket), as tests read them
+        declared = splits[SPLIT_TRAIN].bucket_clips
+        splits[SPLIT_TRAIN].bucket_clips = {n: declared.get(n, 0) for n in bucketer.names if n in declared
+                                            or n != buckets.NO_EXPRESSION}
+        splits[SPLIT_TRAIN].bucket_frames = {n: splits[SPLIT_TRAIN].bucket_frames.get(n, 0)
+                                             for n in splits[SPLIT_TRAIN].bucket_clips}
     if num_validation_shards:
         val = clips_for(SPLIT_VALIDATION, {n: num_validation_clips_per_class for n in expression_names})
         val_shards = _write_shards(root, name, SPLIT_VALIDATION, None, val, num_validation_shards)
-        splits[SPLIT_VALIDATION] = _split_info(val, val_shards, None, expression_names, au_names, tasks)
+        splits[SPLIT_VALIDATION] = split_info_of(val, val_shards, None, label_names, tasks)
 
     info = DatasetInfo(
         name=name,
         tasks=[t for t in TASKS if t in tasks],
-        label_names={
-            "expression": expression_names if TASK_EXPRESSION in tasks else [],
-            "valence_arousal": ["valence", "arousal"] if TASK_VALENCE_AROUSAL in tasks else [],
-            "action_units": au_names,
-        },
-        bucket_by="expression" if bucketed else "none",
-        bucket_names=bucket_names,
+        label_names=label_names,
+        bucket_by=bucket_by,
+        bucket_names=list(bucketer.names),
         crop_size=crop_size,
         clip_length=clip_length,
         splits=splits,

@@ -55,7 +55,8 @@ class DatasetInfo:
         tasks: Tasks with labels in the output, a subset of :data:`TASKS`.
         label_names: ``{"expression": [...], "valence_arousal": ["valence", "arousal"],
             "action_units": ["AU1", ...]}`` (empty lists for absent tasks).
-        bucket_by: ``"expression"``, ``"va_grid"`` or ``"none"``.
+        bucket_by: ``"tasks"`` (composite buckets: the clip's class for every task), ``"expression"``,
+            ``"va_grid"`` or ``"none"`` (:mod:`tfrecords_schema.buckets`).
         bucket_names: Bucket names; a clip's ``clip/label/index`` indexes this list.
         crop_size: Side of the square face crops, pixels.
         clip_length: Frames per clip (the last clip of a track may be shorter).

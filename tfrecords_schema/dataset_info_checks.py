@@ -14,7 +14,8 @@ import dataclasses
 import re
 from typing import Any
 
-from tfrecords_schema.split_info import Accounting, DatasetInfoError, ShardInfo, SplitInfo
+from tfrecords_schema import buckets
+from tfrecords_schema.split_info import Accounting, DatasetInfoError, ShardInfo, SplitInfo, sum_counts
 
 # Fields of dataset_info.json (and of its nested objects) that may be left out.
 _OPTIONAL_INFO_FIELDS = {"options", "failures", "unused_media", "run", "schema_version"}
@@ -72,6 +73,9 @@ def _check_counts(value: Any, source: str, where: str) -> None:
 
 # Split fields every writer writes: a missing one is an error, never read as zeros.
 _REQUIRED_SPLIT_FIELDS = {"num_clips", "num_frames", "shards", "accounting"}
+# The per-bucket task blocks, written from schema version 3 on (required there).
+_TASK_BLOCKS = {"task_frames", "bucket_classes", "bucket_class_frames", "bucket_task_frames"}
+_TASK_BLOCKS_SINCE = 3
 _ABSOLUTE = re.compile(r"^([A-Za-z]:|[A-Za-z][A-Za-z0-9+.-]*://)")  # A drive letter or a URL scheme.
 
 
@@ -81,11 +85,12 @@ def _check_split_name(split: str, source: str, where: str) -> None:
         raise _fail(source, where, f"is not a usable split name {split!r} (it becomes a folder of the data folder)")
 
 
-def _split_from_raw(raw: Any, source: str, where: str, split: str) -> SplitInfo:
+def _split_from_raw(raw: Any, source: str, where: str, split: str, version: int) -> SplitInfo:
     _check_split_name(split, source, where)
     _check_dict(raw, source, where)
     allowed = {f.name for f in dataclasses.fields(SplitInfo)}
-    _check_keys(raw, allowed, _REQUIRED_SPLIT_FIELDS, source, where)
+    required = _REQUIRED_SPLIT_FIELDS | (_TASK_BLOCKS if version >= _TASK_BLOCKS_SINCE else set())
+    _check_keys(raw, allowed, required, source, where)
     for name in _SPLIT_COUNTS:
         if name in raw:
             _check_int(raw[name], source, f"{where}.{name}")
@@ -96,6 +101,7 @@ def _split_from_raw(raw: Any, source: str, where: str, split: str) -> SplitInfo:
         _check_dict(raw["class_frames"], source, f"{where}.class_frames")
         for task, histogram in raw["class_frames"].items():
             _check_counts(histogram, source, f"{where}.class_frames.{task}")
+    _check_task_blocks(raw, source, where)
     shards = raw["shards"]
     if not isinstance(shards, list):
         raise _fail(source, f"{where}.shards", f"must be a list of shard objects, got {_kind(shards)}")
@@ -105,7 +111,74 @@ def _split_from_raw(raw: Any, source: str, where: str, split: str) -> SplitInfo:
         "accounting": _accounting_from_raw(raw["accounting"], source, f"{where}.accounting"),
     })
     _check_shard_records(info, source, where)
+    _check_bucket_sums(info, source, where)
     return info
+
+
+def _check_task_blocks(raw: dict, source: str, where: str) -> None:
+    """The shapes of the per-bucket task blocks (schema version 3)."""
+    if "task_frames" in raw:
+        _check_counts(raw["task_frames"], source, f"{where}.task_frames")
+    for name in ("bucket_classes", "bucket_class_frames", "bucket_task_frames"):
+        if name in raw:
+            _check_dict(raw[name], source, f"{where}.{name}")
+    for bucket, classes in raw.get("bucket_classes", {}).items():
+        _check_dict(classes, source, f"{where}.bucket_classes.{bucket}")
+        for task, name in classes.items():
+            _check_str(name, source, f"{where}.bucket_classes.{bucket}.{task}")
+    for bucket, histograms in raw.get("bucket_class_frames", {}).items():
+        _check_dict(histograms, source, f"{where}.bucket_class_frames.{bucket}")
+        for task, histogram in histograms.items():
+            _check_counts(histogram, source, f"{where}.bucket_class_frames.{bucket}.{task}")
+    for bucket, counts in raw.get("bucket_task_frames", {}).items():
+        _check_counts(counts, source, f"{where}.bucket_task_frames.{bucket}")
+
+
+def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if v}
+
+
+def _check_bucket_sums(info: SplitInfo, source: str, where: str) -> None:
+    """The per-bucket blocks cover every bucket with clips, name no other, and add up to the split's counts.
+
+    An empty block is one that was not written (a version 1-2 file, or a writer without buckets).
+    """
+    with_clips = {b for b, n in info.bucket_clips.items() if n > 0}
+    for name in ("bucket_classes", "bucket_class_frames", "bucket_task_frames"):
+        block = getattr(info, name)
+        if not block:
+            continue
+        unknown, missing = sorted(set(block) - set(info.bucket_clips)), sorted(with_clips - set(block))
+        if unknown or missing:
+            raise _fail(source, f"{where}.{name}", f"must have an entry for every bucket with clips in "
+                                                   f"{where}.bucket_clips and no other (unknown {unknown}, "
+                                                   f"missing {missing})")
+    if info.bucket_class_frames:
+        tasks = sorted(set(info.class_frames) | {t for h in info.bucket_class_frames.values() for t in h})
+        for task in tasks:
+            summed = sum_counts(*(h.get(task, {}) for h in info.bucket_class_frames.values()))
+            if _nonzero(summed) != _nonzero(info.class_frames.get(task, {})):
+                raise _fail(source, f"{where}.bucket_class_frames", f"of task {task!r} add up to {_nonzero(summed)}"
+                                                                   f" but {where}.class_frames.{task} is "
+                                                                   f"{_nonzero(info.class_frames.get(task, {}))}")
+    if info.bucket_task_frames:
+        summed = sum_counts(*info.bucket_task_frames.values())
+        if _nonzero(summed) != _nonzero(info.task_frames):
+            raise _fail(source, f"{where}.bucket_task_frames", f"add up to {_nonzero(summed)} but "
+                                                              f"{where}.task_frames is {_nonzero(info.task_frames)}")
+
+
+def _check_bucket_classes(splits: dict[str, SplitInfo], bucket_by: str, tasks: list[str], source: str) -> None:
+    """Each bucket's recorded classes are the ones its name says (:func:`tfrecords_schema.buckets.bucket_classes`)."""
+    for split, info in splits.items():
+        for bucket, classes in info.bucket_classes.items():
+            try:
+                expected = buckets.bucket_classes(bucket_by, bucket, tasks)
+            except ValueError as e:
+                raise _fail(source, f"splits.{split}.bucket_classes.{bucket}", str(e)) from e
+            if classes != expected:
+                raise _fail(source, f"splits.{split}.bucket_classes.{bucket}",
+                            f"is {classes} but bucket_by {bucket_by!r} names it {expected}")
 
 
 def _check_shard_path(path: str, split: str, source: str, where: str) -> None:
@@ -192,6 +265,8 @@ def checked_fields(raw: dict, fields: set[str], source: str) -> dict[str, Any]:
     for task, names in raw["label_names"].items():
         _check_str_list(names, source, f"label_names.{task}")
     _check_str(raw["bucket_by"], source, "bucket_by")
+    if raw["bucket_by"] not in buckets.BUCKET_BY:
+        raise _fail(source, "bucket_by", f"is {raw['bucket_by']!r}, not one of {list(buckets.BUCKET_BY)}")
     _check_str_list(raw["bucket_names"], source, "bucket_names")
     _check_int(raw["crop_size"], source, "crop_size", minimum=1)
     _check_int(raw["clip_length"], source, "clip_length", minimum=1)
@@ -201,5 +276,8 @@ def checked_fields(raw: dict, fields: set[str], source: str) -> dict[str, Any]:
     if "unused_media" in raw:
         _check_str_list(raw["unused_media"], source, "unused_media")
     _check_dict(raw["splits"], source, "splits")
-    splits = {split: _split_from_raw(s, source, f"splits.{split}", split) for split, s in raw["splits"].items()}
+    version = raw.get("schema_version", 1)
+    splits = {split: _split_from_raw(s, source, f"splits.{split}", split, version)
+              for split, s in raw["splits"].items()}
+    _check_bucket_classes(splits, raw["bucket_by"], raw["tasks"], source)
     return {**raw, "splits": splits}

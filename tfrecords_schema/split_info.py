@@ -119,6 +119,12 @@ class SplitInfo:
         faces: What the face stage did on the labelled frames written from decoded video, by its status
             (``detected``, ``held``, ``lost``, ``none``: ``beam_jobs.faces.stage.FACE_STATUSES``); provided crops
             (``--cropped_aligned``) are not counted. Empty in a version-1 file.
+        task_frames: ``{task: frames with a valid label of the task}`` (the denominator of the AU rates).
+        bucket_classes: ``{bucket: {task: class}}``: the class every clip of the bucket has for each task
+            (``tfrecords_schema.buckets.bucket_classes``; ``{}`` for a task the buckets do not separate).
+        bucket_class_frames: ``{bucket: {task: {label name: frames}}}``: :attr:`class_frames` per bucket.
+        bucket_task_frames: ``{bucket: {task: frames}}``: :attr:`task_frames` per bucket.
+            The last four are empty in a version 1-2 file; summed over the buckets they give the split's.
     """
 
     num_clips: int = 0
@@ -129,6 +135,10 @@ class SplitInfo:
     shards: list[ShardInfo] = dataclasses.field(default_factory=list)
     accounting: Accounting = dataclasses.field(default_factory=Accounting)
     faces: dict[str, int] = dataclasses.field(default_factory=dict)
+    task_frames: dict[str, int] = dataclasses.field(default_factory=dict)
+    bucket_classes: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    bucket_class_frames: dict[str, dict[str, dict[str, int]]] = dataclasses.field(default_factory=dict)
+    bucket_task_frames: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def shards_of_bucket(self, bucket: str | None) -> list[ShardInfo]:
         return [s for s in self.shards if s.bucket == bucket]

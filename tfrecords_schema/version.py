@@ -2,6 +2,10 @@
 
 # Bump when a key, a dtype or the meaning of a value changes; readers refuse versions not in READABLE_VERSIONS.
 # 1: boxes only. 2: adds the face keypoints per frame (``region/point/x``, ``region/point/y``) and the
-# ``faces`` block of each split in dataset_info.json.
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)  # Version 1 reads as version 2 without keypoints (and without ``faces``).
+# ``faces`` block of each split in dataset_info.json. 3: composite buckets (``bucket_by tasks``, the default:
+# ``clip/label/index`` indexes the clip's class for every task) and, per split, each bucket's class per task,
+# its per-task class histograms and the labelled frames per task (``bucket_classes``, ``bucket_class_frames``,
+# ``task_frames``, ``bucket_task_frames``).
+SCHEMA_VERSION = 3
+# Versions 1 and 2 read as version 3 without keypoints (1), ``faces`` (1) or the per-bucket task blocks (1, 2).
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)

@@ -5,7 +5,7 @@ No Apache Beam import. Clip ``k`` of a track holds frames ``k * L + 1 .. (k + 1)
 boundaries depend only on the annotation, never on what the detector found.
 
 Example:
-    buckets = Bucketer(BUCKET_BY_EXPRESSION, label_names)
+    buckets = Bucketer(BUCKET_BY_TASKS, label_names, tasks=("expr", "va", "au"))
     builder = ClipBuilder(track, labels, clip_length=64, dataset_name="abaw", frame_rate=30.0, bucketer=buckets)
     clip = builder.add(index, timestamp_us, jpeg, bbox)   # a ClipRecord when one fills, else None
 """
@@ -26,65 +26,111 @@ from tfrecords_schema import (
     TASK_ACTION_UNITS,
     TASK_EXPRESSION,
     TASK_VALENCE_AROUSAL,
+    TASKS,
     Accounting,
     ClipRecord,
     keys,
 )
+from tfrecords_schema import buckets as buckets_lib
 from tfrecords_schema.buckets import (
     ALL,
+    AU_LABELLED,
     BUCKET_BY,
     BUCKET_BY_EXPRESSION,
     BUCKET_BY_NONE,
+    BUCKET_BY_TASKS,
     BUCKET_BY_VA_GRID,
+    NO_AU,
     NO_EXPRESSION,
     NO_VA,
-    va_cell,
     va_cell_names,
+    va_cells,
 )
-from tfrecords_schema.dataset_info import sum_counts
+from tfrecords_schema.dataset_info import bucket_token, sum_counts
+
+
+def expression_class(expression: np.ndarray, names: list[str]) -> str:
+    """The clip's dominant valid expression class (ties: the lower class index), ``no_expression`` if none."""
+    valid = expression[(expression != keys.EXPRESSION_INVALID) & (expression >= 0) & (expression < len(names))]
+    if valid.size == 0:
+        return NO_EXPRESSION
+    return names[int(np.bincount(valid).argmax())]
+
+
+def va_class(valence_arousal: np.ndarray) -> str:
+    """The grid cell holding most of the clip's valid (valence, arousal) frames (ties: the first cell name), or
+    ``no_va``."""
+    ok = (valence_arousal != keys.VA_INVALID).all(axis=1)
+    if not ok.any():
+        return NO_VA
+    names = va_cell_names()
+    counts = collections.Counter(names[c] for c in va_cells(valence_arousal[ok]).tolist())
+    return max(sorted(counts), key=lambda c: counts[c])
+
+
+def au_class(action_units: np.ndarray) -> str:
+    """``au`` when a frame of the clip has valid action-unit labels (every AU 0 or 1), else ``no_au``."""
+    if action_units.ndim != 2 or action_units.shape[1] == 0:
+        return NO_AU
+    return AU_LABELLED if ((action_units == 0) | (action_units == 1)).all(axis=1).any() else NO_AU
 
 
 class Bucketer:
-    """The rebalancing bucket of a clip.
+    """The rebalancing bucket of a clip (:mod:`tfrecords_schema.buckets`).
 
-    * :data:`BUCKET_BY_EXPRESSION`: the dominant valid expression class of the clip (ties → lower
-      class index), ``no_expression`` when the clip has none;
-    * :data:`BUCKET_BY_VA_GRID`: the grid cell holding most valid (valence, arousal) frames, ``no_va``
-      when none;
+    * :data:`BUCKET_BY_TASKS`: the composite bucket of the clip's class for every converted task, e.g.
+      ``Neutral|v2_a3|au`` (:func:`expression_class`, :func:`va_class`, :func:`au_class`);
+    * :data:`BUCKET_BY_EXPRESSION`: the dominant valid expression class of the clip, ``no_expression`` when
+      the clip has none;
+    * :data:`BUCKET_BY_VA_GRID`: the grid cell holding most valid (valence, arousal) frames, ``no_va`` when none;
     * :data:`BUCKET_BY_NONE`: one bucket, ``all``.
 
     Args:
         bucket_by: One of :data:`BUCKET_BY`.
         label_names: ``{head: [...]}`` from the dataset adapter (``HEAD_EXPRESSION`` gives the classes).
+        tasks: The converted tasks (the parts of a composite bucket).
+
+    Raises:
+        ValueError: unknown ``bucket_by``, or class names that make two buckets share a shard file name.
     """
 
-    def __init__(self, bucket_by: str, label_names: dict[str, list[str]]):
+    def __init__(self, bucket_by: str, label_names: dict[str, list[str]], tasks=TASKS):
         if bucket_by not in BUCKET_BY:
             raise ValueError(f"unknown bucket_by {bucket_by!r}; valid values: {list(BUCKET_BY)}")
         self.bucket_by = bucket_by
-        if bucket_by == BUCKET_BY_EXPRESSION:
-            self.names = list(label_names.get(HEAD_EXPRESSION, [])) + [NO_EXPRESSION]
-        elif bucket_by == BUCKET_BY_VA_GRID:
-            self.names = va_cell_names() + [NO_VA]
-        else:
-            self.names = [ALL]
+        self.tasks = buckets_lib.composite_tasks(tasks)
+        self._expression_names = list(label_names.get(HEAD_EXPRESSION, []))
+        self.names = buckets_lib.bucket_names(bucket_by, self.tasks, label_names)
         self._index = {name: i for i, name in enumerate(self.names)}
+        if bucket_by == BUCKET_BY_TASKS:
+            for name in self._expression_names:
+                buckets_lib.composite_name({TASK_EXPRESSION: name}, [TASK_EXPRESSION])  # refuses the separator
+        tokens = collections.Counter(bucket_token(n) for n in self.names)
+        clashes = sorted(n for n in self.names if tokens[bucket_token(n)] > 1)
+        if clashes:
+            raise ValueError(f"buckets {clashes[:4]} would share a shard file name ({bucket_token(clashes[0])!r}): "
+                             "rename the classes or convert with another --bucket_by")
 
-    def bucket(self, expression: np.ndarray, valence_arousal: np.ndarray) -> str:
+    def classes(self, expression: np.ndarray, valence_arousal: np.ndarray, action_units: np.ndarray
+                ) -> dict[str, str]:
+        """``{task: class}`` of a clip for every converted task, from its per-frame labels."""
+        return {TASK_EXPRESSION: expression_class(expression, self._expression_names),
+                TASK_VALENCE_AROUSAL: va_class(valence_arousal), TASK_ACTION_UNITS: au_class(action_units)}
+
+    def bucket(self, expression: np.ndarray, valence_arousal: np.ndarray, action_units: np.ndarray) -> str:
         """Bucket name of a clip from its per-frame labels."""
+        if self.bucket_by == BUCKET_BY_NONE:
+            return ALL
+        classes = self.classes(expression, valence_arousal, action_units)
         if self.bucket_by == BUCKET_BY_EXPRESSION:
-            valid = expression[(expression != keys.EXPRESSION_INVALID) & (expression >= 0)]
-            valid = valid[valid < len(self.names) - 1]
-            if valid.size == 0:
-                return NO_EXPRESSION
-            return self.names[int(np.bincount(valid).argmax())]
+            return classes[TASK_EXPRESSION]
         if self.bucket_by == BUCKET_BY_VA_GRID:
-            ok = (valence_arousal != keys.VA_INVALID).all(axis=1)
-            if not ok.any():
-                return NO_VA
-            counts = collections.Counter(va_cell(v, a) for v, a in valence_arousal[ok])
-            return max(sorted(counts), key=lambda c: counts[c])  # Ties: the first cell name.
-        return ALL
+            return classes[TASK_VALENCE_AROUSAL]
+        return buckets_lib.composite_name(classes, self.tasks)
+
+    def bucket_classes(self, name: str) -> dict[str, str]:
+        """``{task: class}`` every clip of bucket ``name`` has (:func:`tfrecords_schema.buckets.bucket_classes`)."""
+        return buckets_lib.bucket_classes(self.bucket_by, name, self.tasks)
 
     def index(self, name: str) -> int:
         """Index of a bucket name in :attr:`names` (the record's ``clip/label/index``)."""
@@ -128,6 +174,9 @@ class SplitSummary:
         seconds: Worker seconds spent decoding and cropping.
         faces: ``{face stage status: labelled frames written}`` for frames from decoded video
             (``beam_jobs.faces.stage.FACE_STATUSES``).
+        task_frames: ``{task: frames with a valid label of the task}``.
+        bucket_class_frames: ``{bucket: {task: {label name: frames}}}``.
+        bucket_task_frames: ``{bucket: {task: frames}}``.
     """
 
     num_clips: int = 0
@@ -139,35 +188,58 @@ class SplitSummary:
     tracks: int = 0
     seconds: float = 0.0
     faces: dict[str, int] = dataclasses.field(default_factory=dict)
+    task_frames: dict[str, int] = dataclasses.field(default_factory=dict)
+    bucket_class_frames: dict[str, dict[str, dict[str, int]]] = dataclasses.field(default_factory=dict)
+    bucket_task_frames: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def merge(self, other: SplitSummary) -> SplitSummary:
         """The sum of two summaries (a new object; neither input changes)."""
-        tasks = sorted(set(self.class_frames) | set(other.class_frames))
         return SplitSummary(
             num_clips=self.num_clips + other.num_clips,
             num_frames=self.num_frames + other.num_frames,
             bucket_clips=sum_counts(self.bucket_clips, other.bucket_clips),
             bucket_frames=sum_counts(self.bucket_frames, other.bucket_frames),
-            class_frames={t: sum_counts(self.class_frames.get(t, {}), other.class_frames.get(t, {})) for t in tasks},
+            class_frames=_merge_nested(self.class_frames, other.class_frames),
             accounting=self.accounting.merge(other.accounting),
             tracks=self.tracks + other.tracks,
             seconds=self.seconds + other.seconds,
             faces=sum_counts(self.faces, other.faces),
+            task_frames=sum_counts(self.task_frames, other.task_frames),
+            bucket_class_frames=_merge_nested(self.bucket_class_frames, other.bucket_class_frames),
+            bucket_task_frames=_merge_nested(self.bucket_task_frames, other.bucket_task_frames),
         )
 
 
+def _merge_nested(a: dict, b: dict) -> dict:
+    """Nested ``{key: ... {name: count}}`` mappings added leaf by leaf (:func:`sum_counts` at the leaves)."""
+    out = {}
+    for key in sorted(set(a) | set(b)):
+        left, right = a.get(key, {}), b.get(key, {})
+        nested = any(isinstance(v, dict) for v in (*left.values(), *right.values()))
+        out[key] = _merge_nested(left, right) if nested else sum_counts(left, right)
+    return out
+
+
 def clip_summary(clip: ClipRecord, bucket: str, label_names: dict[str, list[str]], tasks: list[str]) -> SplitSummary:
-    """The statistics one written clip adds to its split (histograms count valid frames only)."""
+    """The statistics one written clip adds to its split (histograms count valid frames only).
+
+    ``class_frames`` and ``task_frames`` are the clip's, and again under its bucket in ``bucket_class_frames``
+    and ``bucket_task_frames``.
+    """
     class_frames: dict[str, dict[str, int]] = {}
+    task_frames: dict[str, int] = {}
     if TASK_EXPRESSION in tasks:
         names = label_names.get(HEAD_EXPRESSION, [])
         valid = clip.expression[clip.expression != keys.EXPRESSION_INVALID].tolist()
         class_frames[TASK_EXPRESSION] = dict(collections.Counter(
             names[v] if 0 <= v < len(names) else f"class_{v}" for v in valid))
+        task_frames[TASK_EXPRESSION] = len(valid)
     if TASK_VALENCE_AROUSAL in tasks:
         ok = (clip.valence_arousal != keys.VA_INVALID).all(axis=1)
+        names = va_cell_names()
         class_frames[TASK_VALENCE_AROUSAL] = dict(collections.Counter(
-            va_cell(v, a) for v, a in clip.valence_arousal[ok].tolist()))
+            names[c] for c in va_cells(clip.valence_arousal[ok]).tolist()))
+        task_frames[TASK_VALENCE_AROUSAL] = int(ok.sum())
     if TASK_ACTION_UNITS in tasks and clip.action_units.shape[1]:
         names = label_names.get(HEAD_ACTION_UNITS, [])
         ok = (clip.action_units != keys.AU_INVALID).all(axis=1)
@@ -175,12 +247,16 @@ def clip_summary(clip: ClipRecord, bucket: str, label_names: dict[str, list[str]
         class_frames[TASK_ACTION_UNITS] = {
             (names[k] if k < len(names) else f"AU_{k}"): int(n) for k, n in enumerate(positives)
         }
+        task_frames[TASK_ACTION_UNITS] = int(ok.sum())
     return SplitSummary(
         num_clips=1,
         num_frames=clip.num_frames,
         bucket_clips={bucket: 1},
         bucket_frames={bucket: clip.num_frames},
         class_frames=class_frames,
+        task_frames=task_frames,
+        bucket_class_frames={bucket: class_frames},
+        bucket_task_frames={bucket: task_frames},
     )
 
 
@@ -273,7 +349,8 @@ class ClipBuilder:
         labels = self._labels
         expression = labels.expression[idx]
         valence_arousal = labels.valence_arousal[idx]
-        bucket = self._bucketer.bucket(expression, valence_arousal)
+        action_units = labels.action_units[idx]
+        bucket = self._bucketer.bucket(expression, valence_arousal, action_units)
         bbox = np.array([r[3] if r[3] is not None else (np.nan,) * 4 for r in rows], np.float32)
         return ClipRecord(
             example_id=example_id(self._track, rows[0][0]),
@@ -288,7 +365,7 @@ class ClipBuilder:
             bbox=bbox,
             expression=expression,
             valence_arousal=valence_arousal,
-            action_units=labels.action_units[idx],
+            action_units=action_units,
             keypoints=_stack_keypoints([r[4] for r in rows]),
         )
 

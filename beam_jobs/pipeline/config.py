@@ -11,7 +11,7 @@ import dataclasses
 from beam_jobs.faces import stage as faces_lib
 from beam_jobs.pipeline.clips import Bucketer
 from tfrecords_schema import join_path
-from tfrecords_schema.buckets import BUCKET_BY_EXPRESSION
+from tfrecords_schema.buckets import BUCKET_BY_TASKS
 from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME
 
 TMP_DIRNAME = CONVERT_TMP_DIRNAME  # The run's temp folder under the output (spill files, temp shards, markers).
@@ -42,7 +42,7 @@ class ConvertConfig:
     tasks: tuple
     face: faces_lib.FaceStageConfig = dataclasses.field(default_factory=faces_lib.FaceStageConfig)
     clip_length: int = 64
-    bucket_by: str = BUCKET_BY_EXPRESSION
+    bucket_by: str = BUCKET_BY_TASKS
     min_shards: int = 1
     shard_bytes: int = 128 << 20
     opencv_threads: int = 0
@@ -59,5 +59,5 @@ class ConvertConfig:
 
     def bucketer(self) -> Bucketer:
         """The rebalancing bucketer of these options."""
-        return Bucketer(self.bucket_by, self.label_names)
+        return Bucketer(self.bucket_by, self.label_names, self.tasks)
 

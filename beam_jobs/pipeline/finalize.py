@@ -147,8 +147,8 @@ def dataset_info_skeleton(config: ConvertConfig, options: dict, unused_media: li
     )
 
 
-def _split_info(summary: SplitSummary, shards: list[ShardInfo]) -> SplitInfo:
-    """A split's entry: its summary, sorted, and its shards."""
+def _split_info(summary: SplitSummary, shards: list[ShardInfo], bucketer) -> SplitInfo:
+    """A split's entry: its summary, sorted, its shards and each bucket's class per task."""
     acc = summary.accounting
     return SplitInfo(
         num_clips=summary.num_clips, num_frames=summary.num_frames,
@@ -159,6 +159,11 @@ def _split_info(summary: SplitSummary, shards: list[ShardInfo]) -> SplitInfo:
         accounting=Accounting(acc.labelled_frames, acc.written_frames_with_face, acc.written_frames_without_face,
                               dict(sorted(acc.dropped.items()))),
         faces=dict(sorted(summary.faces.items())),
+        task_frames=dict(sorted(summary.task_frames.items())),
+        bucket_classes={b: bucketer.bucket_classes(b) for b in sorted(summary.bucket_clips)},
+        bucket_class_frames={b: {t: dict(sorted(h.items())) for t, h in sorted(tasks.items())}
+                             for b, tasks in sorted(summary.bucket_class_frames.items())},
+        bucket_task_frames={b: dict(sorted(n.items())) for b, n in sorted(summary.bucket_task_frames.items())},
     )
 
 
@@ -186,12 +191,13 @@ class BuildDatasetInfoFn(beam.DoFn):
                 media_notes: list[dict] = ()):
         """Yields the checked DatasetInfo (side inputs: all shards, ``(split, SplitSummary)``, dead letters, media notes)."""
         info = dataset_info_skeleton(self._config, self._options, self._unused)
+        bucketer = self._config.bucketer()
         by_split = {split: SplitSummary() for split in self._splits}
         for split, summary in summaries:
             by_split[split] = by_split.get(split, SplitSummary()).merge(summary)
         shards = sorted(shards, key=lambda s: s.path)
         for split, summary in sorted(by_split.items()):
-            info.splits[split] = _split_info(summary, [s for s in shards if s.split == split])
+            info.splits[split] = _split_info(summary, [s for s in shards if s.split == split], bucketer)
             written = sum(s.num_records for s in info.splits[split].shards)
             if written != summary.num_clips:
                 raise RuntimeError(f"split {split}: {written} records in shards but {summary.num_clips} clips encoded")

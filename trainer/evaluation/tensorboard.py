@@ -63,10 +63,12 @@ class ValidationLoss:
 
     Args:
         require_face: Leave frames without a face out, as the training loss does.
+        au_positive_weights: The training loss's per-AU positive weights (``--au_positive_weight``), or None.
     """
 
-    def __init__(self, require_face: bool = True):
+    def __init__(self, require_face: bool = True, au_positive_weights: np.ndarray | None = None):
         self.require_face = require_face
+        self.au_positive_weights = au_positive_weights
         self._sums: dict[str, float] = {}
         self._slots = 0
 
@@ -83,7 +85,7 @@ class ValidationLoss:
         face = 1.0 if has_face is None or not self.require_face else np.asarray(has_face, np.float32)
         counted = {h: np.asarray(weights[h], np.float32) * face for h in heads}
         losses = compute_losses({h: targets[h] for h in heads}, {h: outputs[h] for h in heads}, counted,
-                                global_frames=slots)
+                                global_frames=slots, au_positive_weights=self.au_positive_weights)
         values = {h: float(v) for h, v in losses.items()}
         values[TOTAL_LOSS] = sum(values.values())
         for name, value in values.items():

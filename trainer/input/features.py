@@ -74,12 +74,11 @@ def make_feature_train_dataset(features_dir: str, index: FeaturesInfo, *, task: 
     info = index.dataset
     heads = heads_for_task(info, task)
     records.split_info(info, SPLIT_TRAIN)
-    weights = sampling_lib.bucket_weights(info, sampling, task)
-    counts = sampling_lib.bucket_clip_counts(info)
+    draw = sampling_lib.bucket_draw(info, sampling, task)
     expression_weights = None
     if loss_weighting != "none" and HEAD_EXPRESSION in heads:
         expression_weights = sampling_lib.class_loss_weights(info, HEAD_EXPRESSION, loss_weighting)
-    shard_sets = records.train_shard_sets(features_dir, info, weights, input_context, skipped)  # checked now
+    shard_sets = records.train_shard_sets(features_dir, info, draw, input_context, skipped)  # checked now
     parse = make_feature_parser(index.feature_dim, info.num_action_units)
     num_classes = len(info.expression_names)
     pipeline_id = 0 if input_context is None else input_context.input_pipeline_id
@@ -91,8 +90,8 @@ def make_feature_train_dataset(features_dir: str, index: FeaturesInfo, *, task: 
         return window["features"], targets, frame_weights
 
     def stream(worker):  # built without the global seed, as the clip stream (records.explicitly_seeded)
-        clips = records.mixed_train_records(shard_sets, weights, counts, sampling, seed=seed,
-                                            input_context=input_context, skipped=skipped, worker=worker)
+        clips = records.mixed_train_records(shard_sets, draw, seed=seed, input_context=input_context,
+                                            skipped=skipped, worker=worker)
         clip_seeds = tf.data.Dataset.random(seed=records.stream_seed(seed, worker, "clips", pipeline_id)).batch(2)
         windows = tf.data.Dataset.zip((clips, clip_seeds)).map(to_window, num_parallel_calls=AUTOTUNE)
         return windows.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)

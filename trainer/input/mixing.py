@@ -1,14 +1,13 @@
-"""What the training stream holds: its bucket mix, its frame class mix, and the weights that balance frames.
+"""What the training stream's frames hold, and the weights that balance their expression classes.
 
 These measure the stream :func:`trainer.input.pipeline.make_train_dataset` builds with the same arguments (one
-pipeline, no input context), reading only labels and bucket indices: no JPEG is decoded.
+pipeline, no input context), reading only labels and bucket indices: no JPEG is decoded. (What the first
+batches hold for every head, written to ``JOB/input_mix.json``: :mod:`trainer.input.input_mix`.)
 
-* :func:`empirical_bucket_mix` -- the share of each bucket among the first clips (logged at start-up next
-  to the requested weights);
 * :func:`empirical_frame_mix` / :func:`frame_mix_report` -- the expression class mix of the frames the loss
-  sees in the first batches, next to the mix the buckets are sampled at (:func:`frame_mix_targets`);
+  sees in the first batches, next to the clip class mix the draw aims at (:func:`frame_mix_targets`);
 * :func:`balanced_frame_weights` -- per-class weights that give the training frames that mix
-  (``--balance_frames``): a clip's bucket is its majority class, so its other frames skew the mix.
+  (``--balance_frames``): a clip's class is its majority class, so its other frames skew the mix.
 
 Example::
 
@@ -23,7 +22,7 @@ import logging
 
 import numpy as np
 
-from tfrecords_schema import HEAD_EXPRESSION, SPLIT_TRAIN, TASK_EXPRESSION, DatasetInfo, buckets, make_clip_parser
+from tfrecords_schema import HEAD_EXPRESSION, SPLIT_TRAIN, TASK_EXPRESSION, DatasetInfo
 from trainer.common.filesystems import register_filesystems
 from trainer.input import pipeline as trainer_input
 from trainer.input import records
@@ -33,51 +32,6 @@ logger = logging.getLogger(__name__)
 
 # Clips of the training stream that estimate its frame class mix for balanced_frame_weights.
 BALANCE_FRAMES_CLIPS = 2048
-
-
-def empirical_bucket_mix(data_dir: str, info: DatasetInfo, *, task: str, sampling: str = "balanced",
-                         num_clips: int, seed: int = 0,
-                         skipped: records.SkippedRecords | None = None) -> dict[str, float]:
-    """Share of each sampled bucket among the first ``num_clips`` clips of the training stream.
-
-    The stream is the one :func:`trainer.input.pipeline.make_train_dataset` batches with the same ``seed`` (a single pipeline, no
-    input context): the first ``num_clips`` clips are its first ``num_clips // batch_size`` batches. Only
-    the bucket index of each serialized clip is parsed (no image is decoded).
-
-    Args:
-        data_dir: Conversion output.
-        info: Its dataset info.
-        task: The training task (decides which buckets are sampled, see :mod:`trainer.input.sampling`).
-        sampling: One of :data:`trainer.input.sampling.SAMPLING_MODES`.
-        num_clips: Clips to count (>= 1).
-        seed: The training stream's seed.
-        skipped: Skip corrupt records and count them in this counter (None: fail on them).
-
-    Returns:
-        ``{bucket: fraction of the clips}`` for every sampled bucket (the requested weights' keys).
-
-    Raises:
-        ValueError: unknown sampling mode, ``num_clips < 1``, no bucket to sample.
-    """
-    sampling_mode = sampling_lib.check_choice(sampling, sampling_lib.SAMPLING_MODES, "sampling mode")
-    if num_clips < 1:
-        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
-    register_filesystems(data_dir)
-    records.split_info(info, SPLIT_TRAIN)
-    counts = sampling_lib.bucket_clip_counts(info)
-    weights = sampling_lib.bucket_weights(info, sampling_mode, task)
-    names = list(weights)
-    if len(names) == 1:
-        return {names[0]: 1.0}
-    shard_sets = records.train_shard_sets(data_dir, info, weights, None, skipped)
-    clips = records.explicitly_seeded(lambda worker: records.mixed_train_records(
-        shard_sets, weights, counts, sampling_mode, seed=seed, input_context=None, skipped=skipped, worker=worker))
-    parse = make_clip_parser(info.num_action_units)
-    indices = clips.take(num_clips).map(lambda serialized: parse(serialized)["bucket"], num_parallel_calls=trainer_input.AUTOTUNE)
-    seen = np.zeros(len(info.bucket_names), np.int64)
-    for batch in indices.batch(1024).with_options(trainer_input.dataset_options(None)):
-        seen += np.bincount(batch.numpy(), minlength=len(seen))[: len(seen)]
-    return {b: float(seen[info.bucket_names.index(b)]) / num_clips for b in names}
 
 
 def _class_frames_by_bucket(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, batch_size: int,
@@ -95,17 +49,17 @@ def _class_frames_by_bucket(data_dir: str, info: DatasetInfo, *, task: str, seq_
         raise ValueError(f"task {task!r} has no expression head: there is no frame class mix to measure")
     register_filesystems(data_dir)
     records.split_info(info, SPLIT_TRAIN)
-    weights = sampling_lib.bucket_weights(info, sampling_mode, task)
-    bucket_mix = (weights, sampling_lib.bucket_clip_counts(info))
-    shard_sets = records.train_shard_sets(data_dir, info, weights, None, skipped)
+    draw = sampling_lib.bucket_draw(info, sampling_mode, task)
+    shard_sets = records.train_shard_sets(data_dir, info, draw, None, skipped)
     class_weights = trainer_input.expression_weights(info, heads, "none", class_weights)
     labels = records.explicitly_seeded(lambda worker: trainer_input.train_batches(
-        info, shard_sets, heads=heads, seq_len=seq_len, batch_size=batch_size, bucket_mix=bucket_mix,
-        sampling_mode=sampling_mode, class_weights=class_weights, seed=seed, augment=False, xla_augment=False,
-        decode=False, input_context=None, skipped=skipped, worker=worker))
+        info, shard_sets, heads=heads, seq_len=seq_len, batch_size=batch_size, draw=draw,
+        class_weights=class_weights, seed=seed, augment=False, xla_augment=False, decode=False, input_context=None,
+        skipped=skipped, worker=worker))
     num_classes, num_buckets = len(info.expression_names), len(info.bucket_names) or 1
     frames, clips = np.zeros((num_buckets, num_classes)), np.zeros(num_buckets)
-    for targets, weights_, bucket in labels.take(num_batches).with_options(trainer_input.dataset_options(None)):
+    for targets, weights_, window in labels.take(num_batches).with_options(trainer_input.dataset_options(None)):
+        bucket = window["bucket"]
         index = np.repeat(bucket.numpy(), seq_len) * num_classes + targets[HEAD_EXPRESSION].numpy().ravel()
         frames += np.bincount(index, weights=weights_[HEAD_EXPRESSION].numpy().ravel(),
                               minlength=frames.size).reshape(frames.shape)
@@ -137,22 +91,21 @@ def empirical_frame_mix(data_dir: str, info: DatasetInfo, *, task: str, seq_len:
 
 
 def frame_mix_targets(info: DatasetInfo, sampling: str, task: str) -> dict[str, float]:
-    """The frame class mix that clip-bucket sampling aims at: each expression class's bucket weight.
+    """The frame class mix that clip sampling aims at: each expression class's share of the drawn clips.
 
-    Defined for expression-bucketed data (``bucket_by expression``): class ``c`` should make up the share
-    of the training frames that its bucket has among the sampled clips. Classes without a sampled bucket
-    get target 0 here (:func:`balanced_frame_weights` leaves their frames as they come).
+    Defined for data whose buckets name the expression class (``bucket_by tasks`` or ``expression``): class
+    ``c`` should make up the share of the training frames that its clips have among the drawn clips carrying
+    expression labels (:func:`trainer.input.sampling.expected_class_mix`). Classes without clips get 0 here
+    (:func:`balanced_frame_weights` leaves their frames as they come).
 
     Raises:
-        ValueError: the data is not bucketed by expression.
+        ValueError: the buckets do not name the expression class.
     """
-    if buckets.BUCKETING_TASK.get(info.bucket_by) != TASK_EXPRESSION:
-        raise ValueError(f"balancing the frame class mix needs expression buckets (bucket_by expression); "
-                         f"this data is bucketed by {info.bucket_by!r}")
-    requested = sampling_lib.bucket_weights(info, sampling, task)
-    classes = {name: requested.get(name, 0.0) for name in info.expression_names}
-    total = sum(classes.values())
-    return {name: w / total for name, w in classes.items()} if total > 0 else classes
+    mix = sampling_lib.expected_class_mix(info, sampling_lib.bucket_weights(info, sampling, task), TASK_EXPRESSION)
+    if mix is None:
+        raise ValueError(f"balancing the frame class mix needs buckets that name the expression class (bucket_by "
+                         f"tasks or expression); this data is bucketed by {info.bucket_by!r}")
+    return {name: mix.get(name, 0.0) for name in info.expression_names}
 
 
 def balanced_frame_weights(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, sampling: str,
@@ -172,7 +125,7 @@ def balanced_frame_weights(data_dir: str, info: DatasetInfo, *, task: str, seq_l
         float32 ``[classes]``.
 
     Raises:
-        ValueError: not expression-bucketed data, or a task without the expression head.
+        ValueError: buckets that do not name the expression class, or a task without the expression head.
     """
     targets = frame_mix_targets(info, sampling, task)
     batch = 64
@@ -210,14 +163,14 @@ def frame_mix_report(data_dir: str, info: DatasetInfo, *, task: str, sampling: s
 
     Returns:
         ``{"batches": n, "empirical": {class: share}}`` (:func:`empirical_frame_mix`, weighted by
-        ``class_weights``), plus for expression-bucketed data ``"requested"`` (:func:`frame_mix_targets`),
+        ``class_weights``), plus for buckets that name the expression class ``"requested"`` (:func:`frame_mix_targets`),
         ``"max_abs_deviation"`` and ``"max_deviation_class"``.
     """
     empirical = empirical_frame_mix(data_dir, info, task=task, seq_len=seq_len, batch_size=batch_size,
                                     num_batches=num_batches, sampling=sampling, class_weights=class_weights,
                                     seed=seed, skipped=skipped)
     report = {"batches": num_batches, "empirical": {c: round(v, 4) for c, v in empirical.items()}}
-    if buckets.BUCKETING_TASK.get(info.bucket_by) == TASK_EXPRESSION:
+    if TASK_EXPRESSION in sampling_lib.balanced_tasks(info):
         requested = frame_mix_targets(info, sampling, task)
         worst = max(requested, key=lambda c: abs(empirical[c] - requested[c]))
         report.update({"requested": {c: round(v, 4) for c, v in requested.items()},

@@ -3,10 +3,11 @@
 One linear function per mode, both reading the shards listed in ``dataset_info.json``
 (:mod:`trainer.input.records`) with the schema's parser (:func:`tfrecords_schema.make_clip_parser`):
 
-* :func:`make_train_dataset` -- per bucket shard set: shuffle files, interleave parallel reads, shuffle
-  the *serialized* records (never decoded ones), repeat; mix the buckets with
-  ``tf.data.Dataset.sample_from_datasets`` by :func:`trainer.input.sampling.bucket_weights` (``downsample``:
-  ``choose_from_datasets`` with exactly the minority count per bucket in every epoch); parse, pick a
+* :func:`make_train_dataset` -- per bucket shard set: shuffle files, interleave reads, shuffle the
+  *serialized* records (never decoded ones), repeat; mix the buckets with
+  ``tf.data.Dataset.sample_from_datasets`` by the trained task's draw (:func:`trainer.input.sampling.bucket_draw`:
+  by the task's classes, buckets without its labels not read; ``downsample``: ``choose_from_datasets`` with
+  exactly the minority count per class in every epoch); parse, pick a
   random sub-clip of ``seq_len`` frames (random offset, stride 1 or 2 when the clip is long enough, padding
   when it is short), decode the picked JPEGs only, batch; then per batch: targets and weights, the batch's
   augmentation (flip, brightness/contrast, crop jitter; the same for every frame of a clip) in one
@@ -53,10 +54,7 @@ from tfrecords_schema import (
     HEAD_OF_TASK,
     SPLIT_TRAIN,
     SPLIT_VALIDATION,
-    TASK_ACTION_UNITS,
-    TASK_EXPRESSION,
     TASK_MULTI,
-    TASKS,
     DatasetInfo,
     make_clip_parser,
 )
@@ -84,7 +82,7 @@ def heads_for_task(info: DatasetInfo, task: str) -> tuple[str, ...]:
         ValueError: unknown task, or the data has no labels for it (the message lists what it has).
     """
     sampling_lib.check_choice(task, TASK_CHOICES, "task")
-    available = [t for t in TASKS if _has_labels(info, t)]
+    available = sampling_lib.labelled_tasks(info)
     if task == TASK_MULTI:
         if not available:
             raise ValueError(f"the data has labels for no task (tasks in dataset_info.json: {info.tasks})")
@@ -94,16 +92,6 @@ def heads_for_task(info: DatasetInfo, task: str) -> tuple[str, ...]:
             f"the data has no labels for task {task!r}; it has labels for: {', '.join(available) or 'nothing'}"
         )
     return (HEAD_OF_TASK[task],)
-
-
-def _has_labels(info: DatasetInfo, task: str) -> bool:
-    if task not in info.tasks:
-        return False
-    if task == TASK_EXPRESSION:
-        return bool(info.expression_names)
-    if task == TASK_ACTION_UNITS:
-        return info.num_action_units > 0
-    return True
 
 
 def check_heads_and_sizes(info: DatasetInfo, task: str, seq_len: int, batch_size: int) -> tuple[str, ...]:
@@ -124,18 +112,24 @@ def dataset_options(input_context) -> tf.data.Options:
     return options
 
 
-def _train_bucket_mix(info: DatasetInfo, sampling_mode: str, task: str) -> tuple[dict[str, float], dict[str, int]]:
-    """``(weights, counts)`` of the train buckets, logged (empty buckets with a warning)."""
+def train_bucket_draw(info: DatasetInfo, sampling_mode: str, task: str) -> sampling_lib.BucketDraw:
+    """The bucket draw of the training stream (:func:`trainer.input.sampling.bucket_draw`), logged.
+
+    Logs the declared empty buckets (skipped), the trained tasks' target class mix and the buckets read.
+    """
     counts = sampling_lib.bucket_clip_counts(info)
-    for bucket, n in counts.items():
-        if n == 0:
-            logger.warning("train bucket %r has no clips: skipped", bucket)
-    weights = sampling_lib.bucket_weights(info, sampling_mode, task)  # raises if no bucket is left
-    logger.info("sampling %s: requested bucket weights %s (clips per bucket %s)%s", sampling_mode,
-                {b: round(w, 4) for b, w in weights.items()}, {b: counts[b] for b in weights},
-                f"; {sampling_lib.clips_per_epoch(info, sampling_mode, task)} clips per epoch"
-                if sampling_mode == "downsample" else "")
-    return weights, counts
+    declared = info.splits[SPLIT_TRAIN].bucket_clips  # bucket_names lists every possible bucket; these were written
+    empty = [b for b, n in counts.items() if n == 0 and b in declared]
+    if empty:
+        logger.warning("%d train bucket(s) have no clips and are skipped: %s", len(empty),
+                       ", ".join(repr(b) for b in empty[:10]) + (" ..." if len(empty) > 10 else ""))
+    draw = sampling_lib.bucket_draw(info, sampling_mode, task)  # raises if no bucket is left
+    targets = {t: {c: round(v, 4) for c, v in sampling_lib.class_targets(info, sampling_mode, t).items()}
+               for t in sampling_lib.trained_tasks(info, task) if t in sampling_lib.balanced_tasks(info)}
+    logger.info("sampling %s for task %s: %d streams over %d of %d non-empty buckets; target class mix %s%s",
+                sampling_mode, task, len(draw.streams), len(draw.weights), sum(1 for n in counts.values() if n), targets,
+                f"; {draw.clips_per_epoch} clips per epoch" if draw.clips_per_epoch else "")
+    return draw
 
 
 def expression_weights(info: DatasetInfo, heads: tuple[str, ...], loss_weighting: str,
@@ -163,21 +157,21 @@ def expression_weights(info: DatasetInfo, heads: tuple[str, ...], loss_weighting
 
 
 def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...], seq_len: int, batch_size: int,
-                  bucket_mix: tuple[dict[str, float], dict[str, int]], sampling_mode: str,
-                  class_weights: np.ndarray | None, seed: int, augment: bool, xla_augment: bool, decode: bool,
-                  input_context, skipped: records.SkippedRecords | None,
+                  draw: sampling_lib.BucketDraw, class_weights: np.ndarray | None, seed: int, augment: bool,
+                  xla_augment: bool, decode: bool, input_context, skipped: records.SkippedRecords | None,
                   worker: tf.Tensor | None) -> tf.data.Dataset:
-    """The training batches: ``(images, targets, weights)``, or ``(targets, weights, buckets)`` when not ``decode``.
+    """The training batches: ``(images, targets, weights)``, or ``(targets, weights, labels)`` when not ``decode``.
 
     Both variants pick the same clips and windows for the same arguments (the labels-only one measures
-    the stream's frame class mix without decoding a JPEG). Build it inside :func:`records.explicitly_seeded`
-    (``worker``: see :func:`records.stream_seed`); ``shard_sets``: :func:`records.train_shard_sets`.
+    what the stream holds without decoding a JPEG: ``labels`` is the batch of windows' labels,
+    :func:`trainer.input.frames.labels_of`, with each clip's ``bucket`` index and ``example_id``). Build it inside
+    :func:`records.explicitly_seeded` (``worker``: see :func:`records.stream_seed`); ``shard_sets``:
+    :func:`records.train_shard_sets`.
     """
     # 1. Serialized clips, buckets mixed; one seed per clip (its window), one per batch (its augmentation).
-    weights, counts = bucket_mix
     pipeline_id = 0 if input_context is None else input_context.input_pipeline_id
-    clips = records.mixed_train_records(shard_sets, weights, counts, sampling_mode, seed=seed,
-                                        input_context=input_context, skipped=skipped, worker=worker)
+    clips = records.mixed_train_records(shard_sets, draw, seed=seed, input_context=input_context, skipped=skipped,
+                                        worker=worker)
     clip_seeds = tf.data.Dataset.random(seed=records.stream_seed(seed, worker, "clips", pipeline_id)).batch(2)
     batch_seeds = tf.data.Dataset.random(seed=records.stream_seed(seed, worker, "augment", pipeline_id)).batch(2)
     parse = make_clip_parser(info.num_action_units)
@@ -190,7 +184,7 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
         window = frames_lib.random_window(clip, clip_seed, seq_len)
         labels = frames_lib.labels_of(window)
         if not decode:
-            return {**labels, "bucket": clip["bucket"]}
+            return {**labels, "bucket": clip["bucket"], "example_id": clip["example_id"]}
         return frames_lib.decode_frames(window, crop_size, seq_len), labels
 
     # 3. Per batch: targets and weights, augmentation (uint8 in, uint8 out).
@@ -201,7 +195,7 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
         targets, weights_ = frames_lib.targets_and_weights(labels, heads, num_classes, class_weights,
                                                            require_face=True)
         if not decode:
-            return targets, weights_, labels["bucket"]
+            return targets, weights_, labels
         if augment_batch is not None:
             params = augment_lib.augment_params(batch_seed, crop_size, batch_size)
             frames = augment_batch(frames, labels["num_valid"], params)
@@ -227,11 +221,11 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
         seq_len: Frames per sequence ``T``.
         batch_size: Sequences per element of *this* dataset. Under
             ``distribute_datasets_from_function`` pass ``input_context.get_per_replica_batch_size(global)``.
-        sampling: Bucket mix, one of :data:`trainer.input.sampling.SAMPLING_MODES`. For ``downsample`` every
-            block of ``trainer.input.sampling.clips_per_epoch(info, "downsample", task)`` clips (one epoch: the
-            caller's steps per epoch x batch size) holds exactly the minority count from every bucket. With
-            ``task`` equal to the bucketing task (``expr`` over expression buckets), the bucket of clips
-            without that label is not sampled (see :mod:`trainer.input.sampling`).
+        sampling: The task's class mix, one of :data:`trainer.input.sampling.SAMPLING_MODES`: the clips are
+            drawn by the trained task's classes, and buckets without its labels are not read (see
+            :mod:`trainer.input.sampling`). For ``downsample`` every block of
+            ``trainer.input.sampling.clips_per_epoch(info, "downsample", task)`` clips (one epoch: the caller's
+            steps per epoch x batch size) holds exactly the minority count of every class.
         loss_weighting: Expression class weights in ``weights``, one of :data:`trainer.input.sampling.LOSS_WEIGHTINGS`.
         class_weights: float ``[classes]`` expression weights instead (e.g.
             :func:`trainer.input.mixing.balanced_frame_weights`);
@@ -239,7 +233,8 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
         seed: Seed of file/record shuffles, bucket draws, frame picks and augmentation.
         augment: Apply flip / brightness / contrast / crop jitter.
         xla_augment: XLA-compile the batch augmentation (:func:`trainer.input.augment.batch_augmenter`).
-        input_context: Multi-worker input context: this pipeline reads its share of every bucket's files
+        input_context: Multi-worker input context: this pipeline reads its share of every stream's files (a stream
+            with fewer non-empty files than pipelines is read whole by each, see :func:`records.assign_shards`)
             (in-process input only; service workers read every file).
         skipped: Skip corrupt records and count them in this counter (None: a corrupt shard fails).
         data_service: ``grpc://HOST:PORT`` of a tf.data service dispatcher: the stream runs on its workers
@@ -259,16 +254,16 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
     heads = check_heads_and_sizes(info, task, seq_len, batch_size)
     register_filesystems(data_dir)
     records.split_info(info, SPLIT_TRAIN)
-    bucket_mix = _train_bucket_mix(info, sampling_mode, task)
+    draw = train_bucket_draw(info, sampling_mode, task)
     class_weights = expression_weights(info, heads, loss_weighting, class_weights)
-    stream = {"heads": heads, "seq_len": seq_len, "batch_size": batch_size, "bucket_mix": bucket_mix,
-              "sampling_mode": sampling_mode, "class_weights": class_weights, "seed": seed, "augment": augment,
-              "xla_augment": xla_augment, "decode": True}
+    stream = {"heads": heads, "seq_len": seq_len, "batch_size": batch_size, "draw": draw,
+              "class_weights": class_weights, "seed": seed, "augment": augment, "xla_augment": xla_augment,
+              "decode": True}
 
     # 2. In process, or on the tf.data service: every worker runs the whole stream (all files) with its own
     #    seeds. Shards are checked here, where errors are clear, before any dataset function is traced.
     if not data_service:
-        shard_sets = records.train_shard_sets(data_dir, info, bucket_mix[0], input_context, skipped)
+        shard_sets = records.train_shard_sets(data_dir, info, draw, input_context, skipped)
         dataset = records.explicitly_seeded(lambda worker: train_batches(
             info, shard_sets, input_context=input_context, skipped=skipped, worker=worker, **stream))
         return dataset.prefetch(AUTOTUNE).with_options(dataset_options(input_context))
@@ -276,7 +271,7 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
         raise ValueError("skip_corrupt cannot count skipped records on tf.data service workers (the counter "
                          "lives in this process): check the shards with `affectstream inspect DATA --verify`, "
                          "or train without the data service")
-    shard_sets = records.train_shard_sets(data_dir, info, bucket_mix[0], None, None)
+    shard_sets = records.train_shard_sets(data_dir, info, draw, None, None)
     dataset = records.explicitly_seeded(lambda worker: train_batches(
         info, shard_sets, input_context=None, skipped=None, worker=worker, **stream),
         workers=data_service_lib.worker_index())

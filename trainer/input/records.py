@@ -1,12 +1,16 @@
 """Shard files for the trainer: which ones a pipeline reads, checked against ``dataset_info.json``, counted.
 
 * :func:`shard_files` -- this input pipeline's share of a shard set (empty files skipped, the non-empty
-  ones dealt round-robin over the pipelines), each checked for existence and size before reading.
+  ones dealt round-robin over the pipelines; a train bucket with fewer files than pipelines is shared by them),
+  each checked for existence and size before reading.
 * :func:`read_records` -- the serialized records of those files, read in parallel and interleaved; every
   shard is counted against its ``num_records`` when it ends.
 * :func:`train_shard_sets` / :func:`mixed_train_records` -- the infinite stream of train records, buckets
-  mixed by the sampling weights (``downsample``: blocks holding the minority count of every bucket), built
-  inside :func:`explicitly_seeded` so that only its own seeds decide it.
+  mixed by the draw of :func:`trainer.input.sampling.bucket_draw`: one stream per class of the trained task, the
+  union of that class's bucket files (``downsample``: epochs holding the minority count of every class), built
+  inside :func:`explicitly_seeded` so that only its own seeds decide it. Memory stays bounded however many
+  streams are read: their record shuffle buffers share :data:`RECORD_SHUFFLE_CLIPS` and their open shard files
+  :data:`OPEN_SHARDS`, each by its weight (a rarely drawn stream holds a couple of records and one file).
 * :func:`stream_seed` -- the seeds of those streams: per job seed, purpose and input pipeline, and per
   tf.data service worker (a tensor known only on the worker, :mod:`trainer.input.data_service`).
 
@@ -34,11 +38,15 @@ from trainer.input import sampling as sampling_lib
 
 logger = logging.getLogger(__name__)
 
-# Serialized clips held in the record shuffle buffers of one training pipeline, over all buckets
-# (about 64 KiB per 16-frame clip of 112-pixel crops: ~32 MiB).
+# Serialized clips held in the record shuffle buffers of one training pipeline, over all buckets, shared by
+# weight (about 64 KiB per 16-frame clip of 112-pixel crops: ~32 MiB); each bucket holds at least
+# MIN_BUCKET_SHUFFLE, so composite buckets (up to a few hundred) add at most a few hundred clips more.
 RECORD_SHUFFLE_CLIPS = 512
-# Shards read at the same time per stream.
+MIN_BUCKET_SHUFFLE = 2
+# Shards read at the same time per stream, at most; and over all streams, shared by weight (every stream keeps
+# at least one open file, with its read buffer and a CHECK_BATCH group of records).
 READ_CYCLE_LENGTH = 4
+OPEN_SHARDS = 32
 # Records counted together by the shard check (read_shard): fewer function calls per record, at the cost of
 # holding up to this many more serialized clips per open shard.
 CHECK_BATCH = 4
@@ -95,7 +103,7 @@ def shards_of_bucket(info: DatasetInfo, bucket: str) -> list[ShardInfo]:
     return [s for s in shards if s.bucket == bucket]
 
 
-def assign_shards(shards: list[ShardInfo], what: str, input_context) -> list[ShardInfo]:
+def assign_shards(shards: list[ShardInfo], what: str, input_context, share: bool = False) -> list[ShardInfo]:
     """The shards of ``what`` that this input pipeline reads: its round-robin share of the non-empty ones.
 
     Shards listed with ``num_records == 0`` are skipped (``beam_jobs.convert --min_shards`` and hashing can
@@ -103,15 +111,25 @@ def assign_shards(shards: list[ShardInfo], what: str, input_context) -> list[Sha
     an empty stream (which ends or silently leaves the bucket mix). The non-empty files, sorted by path, are
     then dealt round-robin over the pipelines, so every pipeline's share holds records.
 
+    With ``share`` (a train bucket: composite buckets are many and some are small), a shard set with fewer
+    non-empty files than pipelines is read whole by every pipeline instead, each in its own shuffled order.
+    What that costs: every pipeline holds those files open, and the pipelines' draws from that bucket are no
+    longer disjoint (a clip of it can reach two workers in one pass, as sampling with replacement does; a
+    bucket that small is repeated by any balancing anyway). Reads per delivered clip stay 1.
+
     Raises:
-        ValueError: fewer non-empty shard files than input pipelines (the message names ``what`` and the
-            counts).
+        ValueError: fewer non-empty shard files than input pipelines without ``share`` (the message names
+            ``what`` and the counts).
     """
     listed = len(shards)
     shards = sorted((s for s in shards if s.num_records > 0), key=lambda s: s.path)
     if input_context is None or input_context.num_input_pipelines <= 1:
         return shards
     n = input_context.num_input_pipelines
+    if len(shards) < n and share and shards:
+        logger.info("%s has %d non-empty shard file(s) for %d input pipelines: every pipeline reads all of them",
+                    what, len(shards), n)
+        return shards
     if len(shards) < n:
         raise ValueError(
             f"{what} has {len(shards)} shard file(s) but there are {n} input pipelines (workers); only shard "
@@ -124,7 +142,7 @@ def assign_shards(shards: list[ShardInfo], what: str, input_context) -> list[Sha
 
 
 def shard_files(data_dir: str, shards: list[ShardInfo], what: str, input_context,
-                skipped: SkippedRecords | None) -> tuple[list[str], list[int]]:
+                skipped: SkippedRecords | None, share: bool = False) -> tuple[list[str], list[int]]:
     """Paths and record counts of this input pipeline's share of ``shards``, checked against dataset_info.json.
 
     Args:
@@ -133,15 +151,16 @@ def shard_files(data_dir: str, shards: list[ShardInfo], what: str, input_context
         what: How messages name the shard set, e.g. ``"train bucket 'Fear'"``.
         input_context: Multi-worker input context, or None (one pipeline reads every non-empty shard).
         skipped: When given, a size mismatch is a warning (the reader then skips and counts), else an error.
+        share: Pipelines share a set with fewer non-empty shards than pipelines (:func:`assign_shards`).
 
     Returns:
         ``(paths, num_records)`` of the shards to read (see :func:`assign_shards`).
 
     Raises:
-        ValueError: fewer non-empty shards than input pipelines.
+        ValueError: fewer non-empty shards than input pipelines (without ``share``).
         CorruptShardError: a shard is missing, or of the wrong size (unless ``skipped`` is given).
     """
-    shards = assign_shards(shards, what, input_context)
+    shards = assign_shards(shards, what, input_context, share)
     paths = [join_path(data_dir, s.path) for s in shards]
     for path, shard in zip(paths, shards):
         if not tf.io.gfile.exists(path):
@@ -189,14 +208,17 @@ def read_shard(path: tf.Tensor, expected: tf.Tensor, skipped: SkippedRecords | N
 
 
 def read_records(paths: list[str], counts: list[int], *, skipped: SkippedRecords | None,
-                 shuffle_seed: int | tf.Tensor | None) -> tf.data.Dataset:
-    """Serialized records of ``paths``: files shuffled (when seeded) and read in parallel, interleaved."""
+                 shuffle_seed: int | tf.Tensor | None, cycle_length: int = READ_CYCLE_LENGTH) -> tf.data.Dataset:
+    """Serialized records of ``paths``: files shuffled (when seeded) and read interleaved, up to ``cycle_length``
+    at a time, on reader threads; ``cycle_length`` 1 reads one file at a time on the caller's thread (no
+    read-ahead: a rarely drawn bucket of many holds one open file and nothing more)."""
     files = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(counts, tf.int64)))
     if shuffle_seed is not None:
         files = files.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return files.interleave(lambda p, n: read_shard(p, n, skipped),
-                            cycle_length=min(len(paths), READ_CYCLE_LENGTH), block_length=1,
-                            num_parallel_calls=READ_PARALLELISM, deterministic=True)
+    if cycle_length <= 1:
+        return files.interleave(lambda p, n: read_shard(p, n, skipped), cycle_length=1, block_length=1)
+    return files.interleave(lambda p, n: read_shard(p, n, skipped), cycle_length=min(len(paths), cycle_length),
+                            block_length=1, num_parallel_calls=READ_PARALLELISM, deterministic=True)
 
 
 def sub_seed(seed: int, *parts) -> int:
@@ -218,16 +240,16 @@ def stream_seed(seed: int, worker: tf.Tensor | None, *parts) -> int | tf.Tensor:
     return tf.math.floormod(tf.constant(base, tf.int64) + tf.cast(worker, tf.int64) * 2654435761, 0x7FFFFFFF)
 
 
-def train_shard_sets(data_dir: str, info: DatasetInfo, buckets, input_context,
-                     skipped: SkippedRecords | None) -> dict[str, tuple[list[str], list[int]]]:
-    """``{bucket: (paths, num_records)}``: this pipeline's share of every bucket's shards, checked now.
+def train_shard_sets(data_dir: str, info: DatasetInfo, draw: sampling_lib.BucketDraw, input_context,
+                     skipped: SkippedRecords | None) -> list[tuple[list[str], list[int]]]:
+    """``[(paths, num_records)]``: this pipeline's share of every stream's shards, checked now.
 
-    Checked before any dataset function is traced, so a missing shard or too few shards for the input
-    pipelines fails right here with its own message (:func:`shard_files`).
+    A stream reads the union of its buckets' shards (:class:`trainer.input.sampling.Stream`). Checked before any
+    dataset function is traced, so a missing shard fails right here with its own message (:func:`shard_files`);
+    a stream with fewer non-empty shards than input pipelines is shared by them (:func:`assign_shards`).
     """
-    return {bucket: shard_files(data_dir, shards_of_bucket(info, bucket), f"train bucket {bucket!r}", input_context,
-                                skipped)
-            for bucket in buckets}
+    return [shard_files(data_dir, [shard for b in stream.buckets for shard in shards_of_bucket(info, b)],
+                        f"train {stream.name}", input_context, skipped, share=True) for stream in draw.streams]
 
 
 def explicitly_seeded(build: Callable[[tf.Tensor | None], tf.data.Dataset],
@@ -254,17 +276,20 @@ def explicitly_seeded(build: Callable[[tf.Tensor | None], tf.data.Dataset],
     return start.flat_map(traced)
 
 
-def mixed_train_records(shard_sets: dict[str, tuple[list[str], list[int]]], weights: dict[str, float],
-                        counts: dict[str, int], sampling_mode: str, *, seed: int, input_context,
-                        skipped: SkippedRecords | None, worker: tf.Tensor | None = None) -> tf.data.Dataset:
-    """The infinite stream of serialized train records, buckets mixed by ``weights`` (``downsample``: blocks).
+def stream_budget(weights: list[float], total: int, least: int) -> list[int]:
+    """Each stream's share of ``total`` by weight, at least ``least`` (buffer clips, open files)."""
+    return [max(least, int(total * w)) for w in weights]
+
+
+def mixed_train_records(shard_sets: list[tuple[list[str], list[int]]], draw: sampling_lib.BucketDraw, *,
+                        seed: int, input_context, skipped: SkippedRecords | None,
+                        worker: tf.Tensor | None = None) -> tf.data.Dataset:
+    """The infinite stream of serialized train records, streams mixed by ``draw`` (``downsample``: epochs).
 
     Args:
-        shard_sets: This pipeline's shards of every sampled bucket (:func:`train_shard_sets`).
-        weights: ``{bucket: probability}`` of the sampled buckets (:func:`trainer.input.sampling.bucket_weights`).
-        counts: ``{bucket: clips}`` (:func:`trainer.input.sampling.bucket_clip_counts`).
-        sampling_mode: One of :data:`trainer.input.sampling.SAMPLING_MODES`.
-        seed: Seed of the file and record shuffles and of the bucket draws.
+        shard_sets: This pipeline's shards of every stream of ``draw`` (:func:`train_shard_sets`).
+        draw: Which stream each clip comes from (:func:`trainer.input.sampling.bucket_draw`).
+        seed: Seed of the file and record shuffles and of the stream draws.
         input_context: Multi-worker input context (which pipeline this is, how many there are), or None.
         skipped: Skip corrupt records and count them here (None: fail on them).
         worker: The tf.data service worker's index (a tensor) when the stream runs on one, else None
@@ -274,28 +299,38 @@ def mixed_train_records(shard_sets: dict[str, tuple[list[str], list[int]]], weig
         A dataset of scalar ``tf.string`` serialized clips.
     """
     pipeline_id = 0 if input_context is None else input_context.input_pipeline_id
-    # One repeated stream of shuffled serialized records per bucket.
-    per_bucket_buffer = max(16, RECORD_SHUFFLE_CLIPS // len(weights))
+    weights = [s.weight for s in draw.streams]
+    # One repeated stream of shuffled serialized records per stream; buffers and open files shared by weight.
+    buffers = stream_budget(weights, RECORD_SHUFFLE_CLIPS, MIN_BUCKET_SHUFFLE)
+    cycles = stream_budget(weights, OPEN_SHARDS, 1)
     streams = []
-    for bucket in weights:
-        paths, records = shard_sets[bucket]
-        stream = read_records(paths, records, skipped=skipped,
-                              shuffle_seed=stream_seed(seed, worker, "files", bucket, pipeline_id))
-        stream = stream.shuffle(per_bucket_buffer, seed=stream_seed(seed, worker, "records", bucket, pipeline_id),
-                                reshuffle_each_iteration=True)
-        streams.append(stream.repeat())
+    for i, (stream, (paths, records)) in enumerate(zip(draw.streams, shard_sets)):
+        name = ",".join(stream.buckets)
+        data = read_records(paths, records, skipped=skipped, cycle_length=min(READ_CYCLE_LENGTH, cycles[i]),
+                            shuffle_seed=stream_seed(seed, worker, "files", name, pipeline_id))
+        data = data.shuffle(buffers[i], seed=stream_seed(seed, worker, "records", name, pipeline_id),
+                            reshuffle_each_iteration=True)
+        streams.append(data.repeat())
     mix_seed = stream_seed(seed, worker, "mix", pipeline_id)
     if len(streams) == 1:
         return streams[0]
-    if sampling_mode == "downsample":
-        # Exactly `minority` clips of every bucket in each block of `minority x buckets` clips (one epoch).
-        minority = min(counts[b] for b in weights)
-        if input_context is not None:  # each pipeline reads its share of an epoch
-            minority = -(-minority // input_context.num_input_pipelines)
-        choices = tf.data.Dataset.range(len(streams)).repeat(minority)
-        choices = choices.shuffle(minority * len(streams), seed=mix_seed, reshuffle_each_iteration=True).repeat()
-        # Every stream repeats a non-empty share (see assign_shards); one that still ends (every record of
-        # a bucket unreadable under skip_corrupt) ends the whole stream instead of skewing the mix.
-        return tf.data.Dataset.choose_from_datasets(streams, choices, stop_on_empty_dataset=True)
-    return tf.data.Dataset.sample_from_datasets(streams, weights=list(weights.values()), seed=mix_seed,
-                                                stop_on_empty_dataset=True)
+    if draw.clips_per_epoch:
+        # Per task: exactly `per_epoch` clips of each of its streams in every epoch of the task (each pipeline its
+        # share), in a shuffled order; several tasks are drawn in turn (uniformly).
+        pipelines = 1 if input_context is None else input_context.num_input_pipelines
+        per_task = []
+        for task in draw.tasks:
+            members = [i for i, s in enumerate(draw.streams) if s.task == task]
+            order = np.repeat(np.arange(len(members), dtype=np.int64),
+                              [-(-draw.streams[i].per_epoch // pipelines) for i in members])
+            choices = tf.data.Dataset.from_tensor_slices(order).shuffle(
+                len(order), seed=stream_seed(seed, worker, "mix", task, pipeline_id),
+                reshuffle_each_iteration=True).repeat()
+            # Every stream repeats a non-empty share (see assign_shards); one that still ends (every record of
+            # a bucket unreadable under skip_corrupt) ends the whole stream instead of skewing the mix.
+            per_task.append(tf.data.Dataset.choose_from_datasets([streams[i] for i in members], choices,
+                                                                 stop_on_empty_dataset=True))
+        if len(per_task) == 1:
+            return per_task[0]
+        return tf.data.Dataset.sample_from_datasets(per_task, seed=mix_seed, stop_on_empty_dataset=True)
+    return tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=mix_seed, stop_on_empty_dataset=True)

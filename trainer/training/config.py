@@ -31,6 +31,8 @@ from trainer.common.choices import (
 )
 from trainer.common.choices import LR_SCHEDULES as LR_SCHEDULE_CHOICES
 from trainer.common.choices import STRATEGIES as STRATEGY_CHOICES
+from trainer.input.sampling import AU_POSITIVE_WEIGHT_MAX
+from trainer.input.sampling import AU_POSITIVE_WEIGHTINGS as AU_POSITIVE_WEIGHT_CHOICES
 from trainer.input.sampling import LOSS_WEIGHTINGS as LOSS_WEIGHTING_CHOICES
 from trainer.input.sampling import SAMPLING_MODES as SAMPLING_CHOICES
 
@@ -58,6 +60,7 @@ class TrainConfig:
     seq_len: int = 16
     sampling: str = "balanced"
     loss_weighting: str = "none"
+    au_positive_weight: str = "sqrt"
     balance_frames: bool = False
     data_service: str | None = None
     backbone: str = "simple_cnn"
@@ -112,6 +115,7 @@ class TrainConfig:
         choice("task", TASK_CHOICES)
         choice("sampling", SAMPLING_CHOICES)
         choice("loss_weighting", LOSS_WEIGHTING_CHOICES)
+        choice("au_positive_weight", AU_POSITIVE_WEIGHT_CHOICES)
         choice("backbone", BACKBONES)
         choice("temporal", TEMPORAL_HEADS)
         choice("strategy", STRATEGY_CHOICES)
@@ -238,8 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, help="global batch size (clips)")
     p.add_argument("--eval_batch_size", type=int)
     p.add_argument("--seq_len", type=int, help="frames per training sequence")
-    p.add_argument("--sampling", help=f"one of {', '.join(SAMPLING_CHOICES)}")
+    p.add_argument("--sampling", help=f"one of {', '.join(SAMPLING_CHOICES)}: the trained task's class mix of the "
+                   "drawn clips (balanced: uniform over its classes; for multi, each clip's task drawn in turn)")
     p.add_argument("--loss_weighting", help=f"one of {', '.join(LOSS_WEIGHTING_CHOICES)}")
+    p.add_argument("--au_positive_weight",
+                   help=f"one of {', '.join(AU_POSITIVE_WEIGHT_CHOICES)}: weight of each AU's positive frames in the "
+                   "AU loss, from the train split's negatives per positive (sqrt: its square root, the default; "
+                   f"inverse: itself), clipped to [1, {AU_POSITIVE_WEIGHT_MAX:g}], so rare AUs are not drowned")
     p.add_argument("--balance_frames", nargs="?", const=True, type=_bool,
                    help="per-class expression weights that give the training frames the class mix their buckets "
                    "are sampled at (a clip's bucket is its majority class, so its other frames skew the mix); "

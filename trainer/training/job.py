@@ -34,8 +34,10 @@ What a job does:
   face out; the metrics score them (:mod:`trainer.input.frames`);
 * shows a progress bar per epoch (steps, losses, steps/s, ETA) when stdout is a terminal, else logs the
   losses every ``--log_every`` steps (:mod:`trainer.training.progress`);
-* logs the requested bucket weights next to the empirical bucket mix of the first batches (and the
-  largest deviation) at start-up (:mod:`trainer.training.plan`);
+* draws each training clip by the trained task's classes (``--sampling``; :mod:`trainer.input.sampling`), and
+  writes what the first 100 batches hold for every head (target and delivered class mix, labelled fraction,
+  AU positive rates) to ``--job_dir/input_mix.json`` at start-up, with one summary line in the log
+  (:mod:`trainer.input.input_mix`); warns once when the data's buckets cannot balance a trained task;
 * trains one stage (``--stage``, :mod:`trainer.training.stages`): ``end_to_end`` (default), or the paper's two
   stages, ``frames`` (the CNN per frame) then ``sequence --init_from JOB`` (the recurrent stack on the frozen
   CNN's features, computed once into ``--job_dir/features``; the export joins both into one model);
@@ -74,7 +76,7 @@ import sys
 
 from trainer.common.errors import TrainingError
 from trainer.training.config import TrainConfig, to_dict
-from trainer.training.plan import CLASS_MIX_BATCHES, JobPlan, bucket_mix_report, frame_mix_setup, plan_job
+from trainer.training.plan import JobPlan, frame_mix_setup, plan_job, write_input_mix
 
 log = logging.getLogger("trainer.train")
 
@@ -119,8 +121,8 @@ class Evaluator:
                                    self._predict[1], observers)
 
 
-def _open_writers(config: TrainConfig, plan: JobPlan, role, log_bucket_mix: bool, input_seed: int, skipped):
-    """``(train_writer, eval_writer)``; on the chief also writes ``train_config.json`` and logs the bucket mix."""
+def _open_writers(config: TrainConfig, plan: JobPlan, role):
+    """``(train_writer, eval_writer)``; on the chief also writes ``train_config.json``."""
     import tensorflow as tf
 
     from tfrecords_schema import join_path
@@ -131,9 +133,6 @@ def _open_writers(config: TrainConfig, plan: JobPlan, role, log_bucket_mix: bool
         return tf.summary.create_noop_writer(), tf.summary.create_noop_writer()
     tf.io.gfile.makedirs(join_path(config.job_dir, LOGS_DIRNAME))
     write_json(join_path(config.job_dir, TRAIN_CONFIG_FILENAME), to_dict(config))
-    if log_bucket_mix:
-        log.info("bucket mix of the first %d batches (%s sampling): %s", CLASS_MIX_BATCHES, config.sampling,
-                 json.dumps(bucket_mix_report(config, plan.info, input_seed, skipped), sort_keys=True))
     return (tf.summary.create_file_writer(join_path(config.job_dir, LOGS_DIRNAME, tensorboard.TRAIN_RUN)),
             tf.summary.create_file_writer(join_path(config.job_dir, LOGS_DIRNAME,
                                                     tensorboard.evaluation_run(plan.select_split))))
@@ -166,7 +165,7 @@ def _evaluate_epoch(epoch: int, model, eval_model, evaluator: Evaluator, plan: J
     from trainer.evaluation import reports, tensorboard
 
     eval_model.set_weights(model.get_weights())
-    validation_loss = tensorboard.ValidationLoss()
+    validation_loss = tensorboard.ValidationLoss(au_positive_weights=plan.au_positive_weights)
     result = evaluator.predictions(eval_model, plan.select_split, observers=[validation_loss]).result()
     tensorboard.log_epoch(eval_writer, epoch, result, validation_loss=validation_loss.result(),
                           expression_names=plan.info.expression_names,
@@ -336,14 +335,16 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan) -> dict:
     stage.prepare(role, skipped)
     epoch_evaluator = (Evaluator(config, plan, skipped, stage.eval_dataset_fn(skipped)) if stage.trains_on_features
                        else evaluator)
-    train_writer, eval_writer = _open_writers(config, plan, role, start_step < plan.total_steps, input_seed,
-                                              skipped)
+    train_writer, eval_writer = _open_writers(config, plan, role)
     if not stage.trains_on_features:
-        frame_mix_setup(config, plan, stage.train_seq_len, input_seed, skipped,
-                        role.is_chief and start_step < plan.total_steps)
+        starting = role.is_chief and start_step < plan.total_steps
+        if starting:  # JOB/input_mix.json: what the first batches hold for every head (labels only)
+            write_input_mix(config, plan, stage.train_seq_len, input_seed, skipped)
+        frame_mix_setup(config, plan, stage.train_seq_len, input_seed, skipped, starting)
     train_step = make_train_step(model, optimizer, strategy, global_frames=config.batch_size * stage.train_seq_len,
                                  mixed_precision=config.mixed_precision, jit=plan.jit,
-                                 frozen_layers=stage.frozen_layers(model))
+                                 frozen_layers=stage.frozen_layers(model),
+                                 au_positive_weights=plan.au_positive_weights)
 
     def end_of_epoch(epoch: int) -> bool:
         """Evaluates ``epoch``, unfreezes the backbone after its frozen epochs; True when the job stops early."""

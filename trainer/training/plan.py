@@ -3,8 +3,9 @@
 * :func:`plan_job` reads ``dataset_info.json``, checks the splits and the batch size against the data and the
   replicas, and resolves the steps (:func:`resolve_steps_per_epoch`) and XLA into a :class:`JobPlan`;
 * :func:`model_spec_for` is the :class:`trainer.model.spec.ModelSpec` the options describe on this data;
-* :func:`bucket_mix_report` and :func:`frame_mix_setup` measure the training stream's bucket and frame
-  class mix at start-up (:mod:`trainer.input.mixing`); ``--balance_frames`` sets the plan's class weights.
+* :func:`write_input_mix` measures what the first training batches hold for every head and writes
+  ``JOB/input_mix.json`` (:mod:`trainer.input.input_mix`), with one summary line in the log;
+* :func:`frame_mix_setup`: ``--balance_frames`` sets the plan's class weights from the stream's frame class mix.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from trainer.training.config import TrainConfig
 
 log = logging.getLogger("trainer.train")
 
-CLASS_MIX_BATCHES = 4  # training batches whose bucket and frame class mix are logged at start-up
+CLASS_MIX_BATCHES = 4  # training batches whose expression frame class mix --balance_frames logs at start-up
 
 
 # ==================================================================================================
@@ -46,8 +47,8 @@ def resolve_steps_per_epoch(config: TrainConfig, info) -> int:
     if config.steps_per_epoch:
         if clips is not None and config.steps_per_epoch * config.batch_size != clips:
             log.warning("downsample: --steps_per_epoch %d x --batch_size %d = %d clips per epoch, but a downsample "
-                        "epoch is clips_per_epoch = %d clips (minority count x buckets); epochs will not hold "
-                        "exactly the minority count of every bucket (leave --steps_per_epoch unset to use %d)",
+                        "epoch is clips_per_epoch = %d clips (the minority count of every class); epochs will not "
+                        "hold exactly the minority count of every class (leave --steps_per_epoch unset to use %d)",
                         config.steps_per_epoch, config.batch_size, config.steps_per_epoch * config.batch_size,
                         clips, max(1, clips // config.batch_size))
         return config.steps_per_epoch
@@ -82,41 +83,30 @@ def model_spec_for(config: TrainConfig, info, heads: Sequence[str]):
     )
 
 
-def bucket_mix_report(config: TrainConfig, info, input_seed: int, skipped=None) -> dict:
-    """Requested bucket weights next to the empirical bucket mix of the first training batches.
+def write_input_mix(config: TrainConfig, plan, seq_len: int, input_seed: int, skipped) -> dict:
+    """Measures the first training batches for every head, writes ``JOB/input_mix.json``, logs one line.
 
-    The empirical mix counts the bucket of each of the first ``CLASS_MIX_BATCHES x batch_size`` clips of
-    the (single-pipeline) training stream with ``input_seed`` (:func:`trainer.input.mixing.empirical_bucket_mix`).
-
-    Args:
-        config: The training options (data, task, sampling, batch size).
-        info: The dataset info.
-        input_seed: The seed of the training stream.
-        skipped: The job's :class:`trainer.input.records.SkippedRecords` under ``--skip_corrupt``, else None.
+    The stream is the job's (its task, sampling, batch size and ``input_seed``; one pipeline), labels only: no
+    JPEG is decoded (:func:`trainer.input.input_mix.measure_input_mix`).
 
     Returns:
-        ``{"clips": n, "requested": {bucket: weight}, "empirical": {bucket: share},
-        "max_abs_deviation": float, "max_deviation_bucket": name}``.
+        The report written.
     """
-    from trainer.input import sampling
-    from trainer.input.mixing import empirical_bucket_mix
+    from tfrecords_schema import join_path
+    from tfrecords_schema.atomic import write_json
+    from trainer.input.input_mix import INPUT_MIX_BATCHES, INPUT_MIX_FILENAME, measure_input_mix, summary_line
 
-    requested = sampling.bucket_weights(info, config.sampling, config.task)
-    num_clips = CLASS_MIX_BATCHES * config.batch_size
-    empirical = empirical_bucket_mix(config.data, info, task=config.task, sampling=config.sampling,
-                                     num_clips=num_clips, seed=input_seed, skipped=skipped)
-    worst = max(requested, key=lambda b: abs(empirical[b] - requested[b]))
-    return {
-        "clips": num_clips,
-        "requested": {b: round(w, 4) for b, w in requested.items()},
-        "empirical": {b: round(empirical[b], 4) for b in requested},
-        "max_abs_deviation": round(abs(empirical[worst] - requested[worst]), 4),
-        "max_deviation_bucket": worst,
-    }
+    report = measure_input_mix(config.data, plan.info, task=config.task, sampling=config.sampling, seq_len=seq_len,
+                               batch_size=config.batch_size, num_batches=INPUT_MIX_BATCHES, seed=input_seed,
+                               au_positive_weights=plan.au_positive_weights, skipped=skipped)
+    path = join_path(config.job_dir, INPUT_MIX_FILENAME)
+    write_json(path, report)
+    log.info("%s (%s)", summary_line(report), path)
+    return report
 
 
 def frame_mix_setup(config: TrainConfig, plan, seq_len: int, input_seed: int, skipped, log_mix: bool) -> None:
-    """``--balance_frames``: sets ``plan.class_weights``; with ``log_mix`` logs the frame class mix of the first batches.
+    """``--balance_frames``: sets ``plan.class_weights`` and, with ``log_mix``, logs the frame class mix it gives.
 
     The weights are measured on the stream of ``config.seed`` (not the resume seed), so a resumed job gets
     the same ones (:func:`trainer.input.mixing.balanced_frame_weights`). The logged mix is the expression class
@@ -128,7 +118,7 @@ def frame_mix_setup(config: TrainConfig, plan, seq_len: int, input_seed: int, sk
     if config.balance_frames:
         plan.class_weights = balanced_frame_weights(config.data, plan.info, task=config.task, seq_len=seq_len,
                                                     sampling=config.sampling, seed=config.seed, skipped=skipped)
-    if log_mix and HEAD_EXPRESSION in plan.heads:
+    if log_mix and config.balance_frames and HEAD_EXPRESSION in plan.heads:
         report = frame_mix_report(config.data, plan.info, task=config.task, sampling=config.sampling, seq_len=seq_len,
                                   batch_size=config.batch_size, num_batches=CLASS_MIX_BATCHES, seed=input_seed,
                                   class_weights=plan.class_weights, skipped=skipped)
@@ -152,6 +142,7 @@ class JobPlan:
     select_split: str
     eval_split: str
     class_weights: object = None  # --balance_frames: expression class weights (see frame_mix_setup)
+    au_positive_weights: object = None  # --au_positive_weight: per-AU weights of the positives in the AU loss
 
 
 def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
@@ -160,7 +151,7 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
     Raises:
         TrainingError: a split that the data lacks, a batch size that the replicas do not divide.
     """
-    from tfrecords_schema import read_dataset_info
+    from tfrecords_schema import HEAD_ACTION_UNITS, read_dataset_info
     from trainer.input import sampling
     from trainer.input.pipeline import heads_for_task
     from trainer.training import distribution
@@ -188,7 +179,16 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
     log.info("strategy %s: %s (%d replicas), chief=%s, heads %s, %d steps/epoch x %d epochs = %d steps, XLA %s",
              config.strategy, type(strategy).__name__, num_replicas, role.is_chief, list(heads), steps_per_epoch,
              config.epochs, plan.total_steps, plan.jit)
-    log.info("requested bucket weights (%s): %s", config.sampling,
-             json.dumps(sampling.bucket_weights(info, config.sampling, config.task), sort_keys=True))
+    unbalanced = sampling.unbalanced_tasks(info, config.task)
+    if unbalanced:
+        log.warning("the train buckets of %s (bucket_by %s) do not name the class of task(s) %s: %s sampling cannot "
+                    "balance them, their clips are drawn by the buckets as they are; convert again with "
+                    "--bucket_by tasks", config.data, info.bucket_by, ", ".join(unbalanced), config.sampling)
+    if HEAD_ACTION_UNITS in heads:
+        plan.au_positive_weights = sampling.au_positive_weights(info, config.au_positive_weight)
+        if plan.au_positive_weights is not None:
+            log.info("AU positive weights (--au_positive_weight %s, from the train split's AU rates): %s",
+                     config.au_positive_weight, json.dumps({n: round(float(w), 3) for n, w in
+                                                            zip(info.action_unit_names, plan.au_positive_weights)}))
     log.info("best epoch selected on %r, final report on %r", select_split, config.eval_split)
     return plan

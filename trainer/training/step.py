@@ -87,12 +87,30 @@ def resolve_jit_compile(mode: str, strategy, gpu: bool) -> bool:
     return gpu and isinstance(strategy, tf.distribute.OneDeviceStrategy)
 
 
+def batchnorm_statistics(model) -> list[tuple[object, object, float]]:
+    """``(moving_mean, moving_variance, momentum)`` of every BatchNormalization layer of ``model`` (nested too)."""
+    import keras
+
+    return [(layer.moving_mean, layer.moving_variance, float(layer.momentum))
+            for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.built]
+
+
 class TrainStep:
     """The one training step for every strategy: ``strategy.run`` of a replica step on ``next(iterator)``.
 
-    Losses are scaled by the global batch (:func:`trainer.model.losses.compute_losses`) and the optimizer
-    all-reduces (sums) the gradients across replicas, so the step equals one step on the global batch.
-    Calling it maps a distributed iterator to the replica-summed losses.
+    Losses are scaled by the global batch (:func:`trainer.model.losses.compute_losses`; the VA loss all-reduces
+    its sums, so it is the CCC of the global batch) and the optimizer all-reduces (sums) the gradients across
+    replicas, so the step equals one step on the global batch. Calling it maps a distributed iterator to the
+    replica-summed losses.
+
+    XLA (``jit``): with one replica the whole replica step is compiled (no collective runs in it). With several,
+    only the model's forward pass is (its gradient is compiled with it): the losses, whose VA sums are
+    all-reduced, and the update run around it, so no collective sits inside an XLA cluster.
+
+    BatchNorm: Keras updates each replica's moving statistics from that replica's part of the batch; after every
+    step they are combined over the replicas into what one device on the global batch would hold
+    (:meth:`_sync_statistics`).
 
     Args:
         model: The training model (built in the strategy's scope).
@@ -100,15 +118,17 @@ class TrainStep:
         strategy: The training strategy.
         global_frames: Global batch size x training sequence length.
         mixed_precision: Scale the loss (LossScaleOptimizer).
-        jit: XLA-compile the replica step.
+        jit: XLA-compile the replica step (see above).
         frozen_layers: The layers :meth:`set_frozen` freezes and unfreezes (the pretrained backbone).
+        au_positive_weights: Per-AU weights of the positive frames in the AU loss, or None.
     """
 
     def __init__(self, model, optimizer, strategy, *, global_frames: int, mixed_precision: bool, jit: bool,
-                 frozen_layers=()):
+                 frozen_layers=(), au_positive_weights=None):
         self._model, self._optimizer, self._strategy = model, optimizer, strategy
         self._global_frames, self._mixed_precision, self._jit = global_frames, mixed_precision, jit
         self._frozen_layers = list(frozen_layers)
+        self._au_positive_weights = au_positive_weights
         self._step = self._trace()
 
     @property
@@ -142,53 +162,88 @@ class TrainStep:
         model, optimizer, strategy = self._model, self._optimizer, self._strategy
         num_replicas = strategy.num_replicas_in_sync
         global_frames, mixed_precision = self._global_frames, self._mixed_precision
+        au_positive_weights = self._au_positive_weights
+        # Several replicas under XLA: compile the forward pass only (the VA loss all-reduces, see the class docstring).
+        forward = (tf.function(lambda images: model(images, training=True), jit_compile=True)
+                   if self._jit and num_replicas > 1 else lambda images: model(images, training=True))
 
         def step_fn(images, targets, weights):
             variables = model.trainable_variables  # read at trace time: what is frozen now stays out
             with tf.GradientTape() as tape:
-                outputs = model(images, training=True)
-                losses = compute_losses(targets, outputs, weights, global_frames, num_replicas)
+                outputs = forward(images)
+                losses = compute_losses(targets, outputs, weights, global_frames, num_replicas, au_positive_weights)
                 total = tf.add_n(list(losses.values()))
                 scaled = optimizer.scale_loss(total) if mixed_precision else total
             grads = tape.gradient(scaled, variables)
             optimizer.apply_gradients(zip(grads, variables))
             return {"loss": total, **losses}
 
-        replica_step = tf.function(step_fn, jit_compile=True) if self._jit else step_fn
-        # Keras' BatchNormalization updates its moving statistics on each replica from that replica's batch alone,
-        # with no cross-replica aggregation, so replicas (and workers) would drift apart and the export would keep
-        # only the first one's. Averaging the non-trainable float variables once per step, in one grouped
-        # all-reduce, keeps every replica's model identical. It runs as its own replica function so that the
-        # XLA-compiled step stays free of collectives.
-        # The TensorFlow variables behind the Keras ones (mirrored: one copy per replica).
-        synced = [v.value for v in model.non_trainable_variables
-                  if tf.as_dtype(v.dtype).is_floating] if num_replicas > 1 else []
-
-        def sync_fn():
-            local = [tf.identity(v) for v in synced]  # this replica's statistics
-
-            def average(strategy, *per_replica):
-                # The variables are the reduction's destinations (as an optimizer's update does): a tensor read
-                # without a device (one device per worker under multi_worker) would leave the all-reduce none.
-                means = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.MEAN, list(zip(per_replica, synced)))
-                for variable, mean in zip(synced, means):
-                    strategy.extended.update(variable, lambda v, m: v.assign(m), args=(mean,))
-
-            tf.distribute.get_replica_context().merge_call(average, args=tuple(local))
+        replica_step = tf.function(step_fn, jit_compile=True) if self._jit and num_replicas == 1 else step_fn
+        sync_fn = self._sync_statistics() if num_replicas > 1 else None  # None: nothing to synchronise
 
         @tf.function
         def train_step(iterator):
             images, targets, weights = next(iterator)
             per_replica = strategy.run(replica_step, args=(images, targets, weights))
-            if synced:
+            if sync_fn is not None:
                 strategy.run(sync_fn)
             return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
         return train_step
 
+    def _sync_statistics(self):
+        """The replica function that makes every replica's non-trainable statistics those of the global batch.
+
+        Keras' BatchNormalization updates its moving statistics on each replica from that replica's batch alone,
+        with no cross-replica aggregation, so replicas (and workers) would drift apart and the export would keep
+        only the first one's. Once per step, in grouped all-reduces:
+
+        1. every non-trainable float variable becomes the mean over the replicas (a BatchNorm moving mean is
+           then the global batch's: ``m = momentum * m_old + (1 - momentum) * mean(mu_r)``, the replicas' batches
+           being equal in size);
+        2. each BatchNorm moving variance then gets the spread of the replicas' means added: the global batch's
+           variance is the mean of the replicas' variances plus the variance of their means, and since every
+           replica started the step from the same ``m_old``, ``m_r - m = (1 - momentum) * (mu_r - mean(mu))``, so
+           the term the moving variance lacks is ``(1 - momentum) * var(mu_r) = var(m_r) / (1 - momentum)``.
+
+        It runs as its own replica function, never inside the XLA-compiled step.
+        """
+        import tensorflow as tf
+
+        model = self._model
+        # The TensorFlow variables behind the Keras ones (mirrored: one copy per replica).
+        synced = [v.value for v in model.non_trainable_variables if tf.as_dtype(v.dtype).is_floating]
+        position = {id(v): i for i, v in enumerate(synced)}
+        pairs = [(position[id(mean.value)], variance.value, momentum)
+                 for mean, variance, momentum in batchnorm_statistics(model)
+                 if id(mean.value) in position and id(variance.value) in position]
+
+        def reduce_into(variables, values, update):
+            def merge(strategy, *per_replica):
+                # The variables are the reduction's destinations (as an optimizer's update does): a tensor read
+                # without a device (one device per worker under multi_worker) would leave the all-reduce none.
+                means = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.MEAN,
+                                                          list(zip(per_replica, variables)))
+                for variable, mean in zip(variables, means):
+                    strategy.extended.update(variable, update, args=(mean,))
+
+            tf.distribute.get_replica_context().merge_call(merge, args=tuple(values))
+
+        if not synced:
+            return None
+
+        def sync_fn():
+            local = [tf.identity(v) for v in synced]  # this replica's statistics
+            reduce_into(synced, local, lambda v, m: v.assign(m))
+            if pairs:  # read after the update above (automatic control dependencies order the variable's ops)
+                spread = [tf.square(local[i] - synced[i].read_value()) / (1.0 - momentum) for i, _, momentum in pairs]
+                reduce_into([variance for _, variance, _ in pairs], spread, lambda v, s: v.assign_add(s))
+
+        return sync_fn
+
 
 def make_train_step(model, optimizer, strategy, *, global_frames: int, mixed_precision: bool, jit: bool,
-                    frozen_layers=()) -> TrainStep:
+                    frozen_layers=(), au_positive_weights=None) -> TrainStep:
     """The job's :class:`TrainStep` (a callable mapping a distributed iterator to the replica-summed losses)."""
     return TrainStep(model, optimizer, strategy, global_frames=global_frames, mixed_precision=mixed_precision,
-                     jit=jit, frozen_layers=frozen_layers)
+                     jit=jit, frozen_layers=frozen_layers, au_positive_weights=au_positive_weights)
