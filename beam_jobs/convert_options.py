@@ -13,6 +13,7 @@ from beam_jobs.faces import options as face_options
 from tfrecords_schema import TASKS
 from tfrecords_schema.buckets import BUCKET_BY
 from tfrecords_schema.cli import add_verbose_flag
+from tfrecords_schema.image_codec import CODECS, DEFAULT_CODEC
 
 DEFAULT_RUNNER = "DirectRunner"
 
@@ -46,6 +47,10 @@ def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
         add("--clip_length", type=int, default=job["clip_length"],
             help=f"frames per record (default {job['clip_length']})"),
         *face_options.add_face_stage_arguments(parser),
+        add("--codec", default=DEFAULT_CODEC, choices=CODECS,
+            help="how the records store each crop: jpeg (quality 90, about 6 KiB at 112², decoded on the training "
+                 "host's CPU) or raw (the uint8 RGB pixels, crop_size² x 3 bytes: 37,632 at 112², about 6x the disk "
+                 f"and a fraction of the CPU to read; see the README) (default {DEFAULT_CODEC})"),
         add("--bucket_by", default=job["bucket_by"],
             help=f"rebalancing buckets of the train split, one of {list(BUCKET_BY)} (default {job['bucket_by']}: "
                  "the clip's class for every converted task, so that one conversion serves every --task)"),

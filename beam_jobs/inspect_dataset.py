@@ -36,6 +36,7 @@ from tfrecords_schema import (
 from tfrecords_schema.buckets import BUCKET_BY_TASKS, BUCKET_BY_VA_GRID, NO_VA, VA_GRID, composite_tasks, va_cell_names
 from tfrecords_schema.cli import add_verbose_flag
 from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME, MEDIA_KEY
+from tfrecords_schema.image_codec import CODEC_RAW, crop_shape
 
 _MAX_DEAD_LETTERS_SHOWN = 10
 
@@ -68,7 +69,9 @@ class Recount:
         without_face: Frames with a valid label of any task and no face box.
         au_labelled: Frames whose action units are labelled (every AU valid).
         au_positives: Per AU, labelled frames where it is present.
-        crop_sizes: ``(height, width)`` of the first crop of each clip, as found.
+        crop_sizes: ``(height, width)`` of the crops as found (JPEG: the first crop of each clip; raw: every crop,
+            its size read from its length).
+        image_formats: The codecs the records say they hold (``image/format``).
     """
 
     records: int = 0
@@ -78,6 +81,7 @@ class Recount:
     au_labelled: int = 0
     au_positives: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     crop_sizes: set = dataclasses.field(default_factory=set)
+    image_formats: set = dataclasses.field(default_factory=set)
 
     def add(self, other: Recount) -> None:
         self.records += other.records
@@ -89,6 +93,7 @@ class Recount:
             base = self.au_positives if self.au_positives.size else np.zeros_like(other.au_positives)
             self.au_positives = base + other.au_positives
         self.crop_sizes |= other.crop_sizes
+        self.image_formats |= other.image_formats
 
 
 def labelled_frames(clip) -> np.ndarray:
@@ -115,7 +120,9 @@ def recount_shard(path: str) -> Recount:
             records=1, frames=clip.num_frames, with_face=int((labelled & face).sum()),
             without_face=int((labelled & ~face).sum()), au_labelled=int(au_ok.sum()),
             au_positives=(clip.action_units[au_ok] == 1).sum(axis=0).astype(np.int64),
-            crop_sizes={tuple(int(x) for x in tf.image.extract_jpeg_shape(clip.images[0])[:2].numpy())},
+            crop_sizes={crop_shape(image, clip.image_format)
+                        for image in (clip.images if clip.image_format == CODEC_RAW else clip.images[:1])},
+            image_formats={clip.image_format},
         ))
     return out
 
@@ -168,7 +175,8 @@ def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None,
     """
     lines = [
         f"dataset {info.name!r} (schema version {info.schema_version}); tasks: {', '.join(info.tasks) or 'none'}",
-        f"crops {info.crop_size}x{info.crop_size}, clips of {info.clip_length} frames, buckets by {info.bucket_by}",
+        f"crops {info.crop_size}x{info.crop_size} ({info.codec}), clips of {info.clip_length} frames, buckets by "
+        f"{info.bucket_by}",
     ]
     for task, names in sorted(info.label_names.items()):
         if names:
@@ -307,6 +315,9 @@ def _check_shard_file(data_dir: str, info: DatasetInfo, shard) -> tuple[list[str
     if wrong:
         problems.append(f"{shard.path}: crops of {', '.join(f'{h}x{w}' for h, w in wrong)} pixels, but "
                         f"dataset_info says crop_size {info.crop_size} ({info.crop_size}x{info.crop_size})")
+    if counted.image_formats - {info.codec}:
+        problems.append(f"{shard.path}: crops stored as {', '.join(sorted(counted.image_formats))}, but dataset_info "
+                        f"says codec {info.codec}")
     return problems, counted
 
 

@@ -125,7 +125,7 @@ def task_mix(data_dir: str, classes_of: dict, targets_info, task: str, mode: str
     heads = trainer_input.heads_for_task(info, task)
     stream = records.explicitly_seeded(lambda worker: trainer_input.train_batches(
         info, shard_sets, heads=heads, seq_len=seq_len, batch_size=batch_size, draw=draw, class_weights=None,
-        seed=seed, augment=False, xla_augment=False, decode=False, input_context=None, skipped=None, worker=worker))
+        seed=seed, decode=False, input_context=None, skipped=None, worker=worker))
     clips, useful, frames = 0, 0, 0
     labelled = dict.fromkeys(heads, 0)
     delivered = {h: {} for h in heads}

@@ -49,7 +49,7 @@ def test_console_script_runs_make_demo_data(tmp_path):
 LOCAL = ["--runner", "DirectRunner", "--direct_running_mode", "in_memory", "--progress_every", "0"]
 # The options a conversion recorded before adapters could add their own: outputs keep these bytes. (Schema
 # version 2 added the face stage's align and redetect_change: a model rebuilds its face stage from them.)
-RECORDED = {"align", "annotations", "beam_args", "bucket_by", "clip_length", "crop_size", "cropped_aligned", "dataset",
+RECORDED = {"align", "annotations", "beam_args", "bucket_by", "clip_length", "codec", "crop_size", "cropped_aligned", "dataset",
             "detect_every", "detect_width", "detector", "max_hold", "min_shards", "output", "redetect_change",
             "shard_bytes", "tasks", "videos"}
 
@@ -91,6 +91,7 @@ def test_convert_help_lists_the_common_dataset_options_and_defaults_from_the_con
     (["--videos", "v", "--folds", "5"], "--folds K and --fold I go together"),
     (["--videos", "v", "--folds", "5", "--fold", "5"], "--fold must be an integer in [0, 5)"),
     (["--videos", "v", "--folds", "1", "--fold", "0"], "--folds must be an integer >= 2"),
+    (["--videos", "v", "--codec", "png"], "--codec: invalid choice: 'png' (choose from 'jpeg', 'raw')"),
 ])
 def test_bad_conversion_options_exit_2_with_the_reason(tmp_path, argv, expected):
     rc, _, err = _convert(["--output", tmp_path / "o", *argv, *LOCAL])

@@ -174,8 +174,9 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     images = np.concatenate([half, half[:, :, :, ::-1]])
     labels = rng.integers(0, C, (B, T)).astype(np.int32)
     frame_weights = (rng.random((B, T)) > 0.2).astype(np.float32)
+    # No augmentation: the replicas of a step augment their clips differently (checked at the end), one device alone.
     spec = ModelSpec(heads=("expression",), num_expression_classes=C, crop_size=S, cnn_width=0.25, feature_dim=8,
-                     rnn_units=(8,), dropout=0.0)
+                     rnn_units=(8,), dropout=0.0, augment=False)
     from trainer.model.build import build_model
     for name, strategy, rows in (("one", ONE, slice(0, B)), ("mirrored", MIRRORED, slice(0, B)),
                                  ("half_batch", ONE, slice(0, B // 2))):  # what one replica alone would see
@@ -218,6 +219,16 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     halves = [1 - float(tf.reduce_mean(weighted_ccc(va[r], pred[r], va_weights[r])))
               for r in (slice(0, B // 2), slice(B // 2, B))]
     out["va_per_replica_mean_loss"] = np.array(np.mean(halves))
+
+    # 3. The model's augmentation layer: the same clip on both replicas of one step, augmented differently.
+    from trainer.model.augment import ClipAugmentation
+    with MIRRORED.scope():
+        frames = keras.Input((T, 16, 16, 3), dtype="uint8")
+        augmenter = keras.Model(frames, ClipAugmentation(True, seed=3)(frames))
+    clip = tf.constant(rng.integers(1, 256, (1, T, 16, 16, 3), dtype=np.uint8))
+    augmented = MIRRORED.experimental_local_results(
+        tf.function(lambda: MIRRORED.run(lambda: augmenter(clip, training=True)))())
+    out["augmented_replicas"] = np.stack([a.numpy() for a in augmented])
     np.savez(sys.argv[1], **out)
 """)
 
@@ -276,3 +287,8 @@ def test_batchnorm_moving_variance_combines_replica_variances_and_the_spread_of_
     k = paths["moving_variance"]
     averaged = (r[f"bn_half0_w{k}"] + r[f"bn_half1_w{k}"]) / 2
     assert float(np.abs(averaged - r[f"bn_one_w{k}"]).max()) > 100 * 1e-5
+
+
+def test_the_replicas_of_a_step_augment_their_clips_differently(mirrored):
+    first, second = mirrored["augmented_replicas"]
+    assert first.shape == second.shape and not np.array_equal(first, second)

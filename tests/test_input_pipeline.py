@@ -1,6 +1,7 @@
 """The trainer's tf.data pipelines on tiny converted datasets written in the test."""
 
 import collections
+import dataclasses
 import logging
 import os
 
@@ -10,7 +11,7 @@ import tensorflow as tf
 from trainer_data import corrupt_shard, shard_path, truncate_shard, write_dataset
 
 from tfrecords_schema import HEADS, DatasetInfoError, decode_clip, keys, write_dataset_info
-from trainer.input import augment, frames, records
+from trainer.input import frames, records
 from trainer.input import pipeline as trainer_input
 
 SEQ_LEN = 8
@@ -131,8 +132,7 @@ def test_train_weights_mask_invalid_no_face_and_padding_only(tmp_path):
 def test_training_weighs_frames_without_a_face_zero_and_evaluation_scores_them(tmp_path):
     info = write_dataset(tmp_path, num_clips_per_class={"A": 3, "B": 3}, clip_length=8, short_clip_every=0,
                          crop_size=16, invalid_fraction=0.0, no_face_fraction=0.4, seed=3)
-    train = trainer_input.make_train_dataset(str(tmp_path), info, task="expr", seq_len=8, batch_size=6, seed=2,
-                                             augment=False)
+    train = trainer_input.make_train_dataset(str(tmp_path), info, task="expr", seq_len=8, batch_size=6, seed=2)
     grey = int(0.5 * 255)  # the flat crop trainer_data writes for a frame without a face
     no_face_seen = 0
     for images, _, weights in train.take(3):
@@ -183,73 +183,22 @@ def test_loss_weighting_multiplies_expression_weights_by_class_weights(data):
     np.testing.assert_allclose(w1["expression"], w0["expression"] * class_weights[t0["expression"].numpy()])
 
 
-def test_training_is_seeded_and_augments_only_when_asked(data):
+def test_training_is_seeded_and_delivers_the_decoded_crops(data):
     root, info = data
 
-    def first(seed, augment):
-        ds = trainer_input.make_train_dataset(root, info, task="expr", seq_len=SEQ_LEN, batch_size=4, seed=seed,
-                                              augment=augment)
+    def first(seed):
+        ds = trainer_input.make_train_dataset(root, info, task="expr", seq_len=SEQ_LEN, batch_size=4, seed=seed)
         images, targets, _ = next(iter(ds))
         return images.numpy(), targets["expression"].numpy()
 
-    a, b = first(7, True), first(7, True)
+    a, b = first(7), first(7)
     np.testing.assert_array_equal(a[0], b[0])
-    plain = first(7, False)
-    np.testing.assert_array_equal(plain[1], a[1])  # same clips and frames ...
-    assert np.abs(plain[0].astype(np.float32) - a[0]).mean() > 1.0  # ... different pixels
-    assert not np.array_equal(first(8, True)[0], a[0])
-
-
-def test_augmentation_is_identical_across_the_frames_of_a_clip():
-    frame = tf.random.stateless_uniform([1, 16, 16, 3], [1, 2], 0, 256, tf.int32)
-    clip = tf.cast(tf.tile(frame, [6, 1, 1, 1]), tf.uint8)
-    for s in range(5):
-        seed = tf.constant([s, 9], tf.int64)
-        out = augment.augment_clip(clip, tf.constant(6), seed, 16).numpy()
-        assert out.dtype == np.uint8 and (out == out[:1]).all()
-        assert not np.array_equal(out[0], frame[0].numpy())
-        # XLA only fuses the ops: the plain TensorFlow path gives the same pixels (up to a rounding tie).
-        plain = augment.augment_clip(clip, tf.constant(6), seed, 16, xla=False).numpy()
-        assert np.abs(plain.astype(np.int32) - out).max() <= 1
-
-
-def _reference_augment(clip, num_valid, params):
-    """The augmentation as documented, in float64 NumPy on [0, 1] pixels (the float32 pipeline of before)."""
-    flip, shift_y, shift_x, factor, delta = params
-    size = clip.shape[1]
-    positions = np.arange(size)
-    rows = np.clip(positions + int(shift_y), 0, size - 1)
-    cols = np.clip((size - 1 - positions if flip > 0.5 else positions) + int(shift_x), 0, size - 1)
-    x = clip[:, rows][:, :, cols].astype(np.float64) / 255.0
-    mean = x[:, ::4, ::4, :].mean(axis=(1, 2, 3), keepdims=True)
-    out = np.clip((x - mean) * factor + mean + delta, 0.0, 1.0)
-    out[num_valid:] = 0.0
-    return out
-
-
-def test_uint8_augmentation_matches_the_float_reference_within_half_a_grey_level():
-    rng = np.random.default_rng(0)
-    clip = rng.integers(0, 256, (5, 20, 20, 3), dtype=np.uint8)
-    clip[:, :, :, 0] = np.clip(clip[:, :, :, 0].astype(int) + 60, 0, 255)  # saturated pixels exercise the clip
-    shares = []
-    for s in range(24):
-        seed = tf.constant([s, 3], tf.int64)
-        params = augment.augment_params(seed, 20, 1)[0].numpy()
-        out = augment.augment_clip(tf.constant(clip), tf.constant(4), seed, 20).numpy()
-        expected = _reference_augment(clip, 4, params)
-        assert out.dtype == np.uint8
-        np.testing.assert_allclose(out / 255.0, expected, atol=0.5 / 255 + 1e-5)
-        assert not out[4].any()  # the padding frame stays black
-        shares.append((out[:4] / 255.0).mean() - expected[:4].mean())
-        assert params[0] in (0.0, 1.0) and abs(params[1]) <= 2 and abs(params[2]) <= 2
-    # Rounding is unbiased: the mean pixel over every draw stays that of the float augmentation.
-    assert abs(float(np.mean(shares))) < 0.05 / 255
-
-
-def test_augmentation_leaves_padding_frames_black():
-    clip = tf.cast(tf.fill([4, 16, 16, 3], 200), tf.uint8)
-    out = augment.augment_clip(clip, tf.constant(2), tf.constant([1, 2], tf.int64), 16).numpy()
-    assert out[:2].min() > 0.3 * 255 and not out[2:].any()
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(first(8)[0], a[0])
+    # No augmentation here (it is the model's first layer): every frame is a stored crop, decoded, or padding.
+    crops = {frame.tobytes() for clip in _clips(root, info, "train") for frame in
+             (tf.io.decode_jpeg(jpeg, channels=3).numpy() for jpeg in clip.images)}
+    assert all(not frame.any() or frame.tobytes() in crops for frame in a[0].reshape(-1, 24, 24, 3))
 
 
 def test_pipelines_shard_files_between_workers(data):
@@ -294,7 +243,7 @@ def test_every_worker_gets_records_of_every_bucket_when_empty_shard_files_exist(
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
                                              num_replicas_in_sync=2)
         dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=12,
-                                                   sampling=sampling, augment=False, seed=1, input_context=context)
+                                                   sampling=sampling, seed=1, input_context=context)
         labels = np.concatenate([t["expression"][:, 0].numpy() for _, t, _ in dataset.take(4)])
         assert len(labels) == 48, (pipeline_id, sampling)  # the stream does not end
         shares = np.bincount(labels, minlength=3) / len(labels)
@@ -310,7 +259,7 @@ def test_bucket_with_fewer_non_empty_shards_than_workers_is_shared_by_them(tmp_p
     for pipeline_id in range(2):  # each reads the one non-empty file of every bucket, in its own order
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
                                              num_replicas_in_sync=2)
-        dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=10, augment=False,
+        dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=10,
                                                    input_context=context)
         _, targets, _ = next(iter(dataset))
         assert set(targets["expression"][:, 0].numpy().tolist()) == {0, 1}
@@ -438,3 +387,38 @@ def test_eval_of_a_dataset_without_action_units_covers_every_frame(tmp_path):
     clips = _clips(str(tmp_path), info, "validation")
     assert set(counts) == {(c.example_id, int(f)) for c in clips for f in c.frame_index}
     assert set(counts.values()) == {1}
+
+
+def test_raw_crops_give_the_streams_of_their_jpegs(data, tmp_path):
+    """A raw conversion holding the pixels the JPEG one decodes to: both streams deliver the same batches."""
+    root, info = data
+    raw_info = write_dataset(tmp_path, num_clips_per_class={"A": 4, "B": 3, "C": 2}, clip_length=12,
+                             short_clip_every=3, crop_size=24, invalid_fraction=0.2, no_face_fraction=0.15, seed=1,
+                             codec="raw")
+    assert raw_info.codec == "raw" and info.codec == "jpeg"
+    shard = tf.data.TFRecordDataset(shard_path(tmp_path, raw_info, "train"))
+    assert {len(image) for record in shard for image in decode_clip(record.numpy()).images} == {24 * 24 * 3}
+
+    def first(folder, dataset_info, batches=3):
+        ds = trainer_input.make_train_dataset(folder, dataset_info, task="multi", seq_len=SEQ_LEN, batch_size=4,
+                                              seed=3)
+        return [(images.numpy(), targets) for images, targets, _ in ds.take(batches)]
+
+    for (a, ta), (b, tb) in zip(first(root, info), first(str(tmp_path), raw_info)):
+        np.testing.assert_array_equal(a, b)
+        for head in ta:
+            np.testing.assert_array_equal(ta[head], tb[head])
+    jpeg_eval, _ = _collect_eval(trainer_input.make_eval_dataset(root, info, task="expr", seq_len=SEQ_LEN,
+                                                                 batch_size=4))
+    raw_eval, counts = _collect_eval(trainer_input.make_eval_dataset(str(tmp_path), raw_info, task="expr",
+                                                                     seq_len=SEQ_LEN, batch_size=4))
+    assert sorted(raw_eval) == sorted(jpeg_eval) and set(counts.values()) == {1}
+    assert all(np.array_equal(raw_eval[k][0], jpeg_eval[k][0]) for k in jpeg_eval)
+
+
+def test_a_raw_crop_of_the_wrong_size_fails_the_stream_naming_the_sizes(tmp_path):
+    info = write_dataset(tmp_path, num_clips_per_class={"A": 2, "B": 2}, clip_length=4, short_clip_every=0,
+                         crop_size=16, seed=2, codec="raw")
+    wrong = dataclasses.replace(info, crop_size=17)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="raw crops must be 17x17x3 = 867 bytes"):
+        next(iter(trainer_input.make_eval_dataset(str(tmp_path), wrong, task="expr", seq_len=4, batch_size=2)))

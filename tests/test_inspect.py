@@ -193,3 +193,20 @@ def test_va_grid_bucket_names_are_explained(tmp_path):
     assert ("va_grid cells v<i>_a<j>: valence bin i, arousal bin j of a 4x4 grid over [-1, 1], counted from -1 "
             "upwards (0: [-1.0, -0.5), 1: [-0.5, +0.0), 2: [+0.0, +0.5), 3: [+0.5, +1.0]); no_va:") in out
     assert "v0_a3" in out  # Valence -0.9 is in bin 0, arousal 0.9 in bin 3.
+
+
+def test_verify_reads_raw_crops_and_names_a_codec_that_disagrees(tmp_path):
+    from trainer_data import write_dataset
+
+    write_dataset(tmp_path / "raw", num_clips_per_class={"A": 2, "B": 2}, clip_length=4, crop_size=16, codec="raw")
+    rc, out, err = _run(inspect_dataset.run, [tmp_path / "raw", "--verify"])
+    assert rc == 0, out + err
+    assert "crops 16x16 (raw)" in out
+    path = tmp_path / "raw" / "dataset_info.json"
+    info = json.loads(path.read_text())
+    info["options"]["codec"], info["crop_size"] = "jpeg", 15
+    path.write_text(json.dumps(info))
+    rc, out, err = _run(inspect_dataset.run, [tmp_path / "raw", "--verify"])
+    assert rc != 0
+    assert "crops stored as raw, but dataset_info says codec jpeg" in out + err
+    assert "crops of 16x16 pixels, but dataset_info says crop_size 15" in out + err

@@ -121,7 +121,7 @@ def test_exported_keras_file_loads_in_a_fresh_process_after_import_trainer(tmp_p
     x = np.random.default_rng(0).random((1, 3, 32, 32, 3), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", m(x)["expression"].numpy())
-    # A new interpreter, started outside the repository: only `import trainer` registers PerFrame.
+    # A new interpreter, started outside the repository: only `import trainer` registers the custom layers.
     script = ("import numpy as np, keras, trainer\n"
               f"m = keras.models.load_model({path!r}, compile=False)\n"
               f"y = m(np.load({str(tmp_path / 'x.npy')!r}))['expression'].numpy()\n"
@@ -136,4 +136,4 @@ def test_exported_keras_file_loads_in_a_fresh_process_after_import_trainer(tmp_p
     # Without the import the custom layer is unknown: the test above proves the registration, not luck.
     failed = subprocess.run([sys.executable, "-c", f"import keras; keras.models.load_model({path!r})"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False)
-    assert failed.returncode != 0 and "PerFrame" in failed.stderr
+    assert failed.returncode != 0 and "ClipAugmentation" in failed.stderr  # the first of its custom layers

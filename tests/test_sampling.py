@@ -93,7 +93,7 @@ def test_batches_mix_buckets_as_requested(skewed, mode, caplog):
     caplog.set_level(logging.INFO, logger="trainer.input.pipeline")
     requested = sampling.bucket_weights(info, mode)
     dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=100, sampling=mode,
-                                               augment=False, seed=11)
+                                               seed=11)
     buckets = np.concatenate([targets["expression"][:, 0].numpy() for _, targets, _ in dataset.take(20)])
     n = len(buckets)
     observed = np.bincount(buckets, minlength=4) / n
@@ -109,7 +109,7 @@ def test_natural_and_balanced_mixes_really_differ(skewed):
 
     def share_of_d(mode):
         dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=100,
-                                                   sampling=mode, augment=False, seed=5)
+                                                   sampling=mode, seed=5)
         labels = np.concatenate([t["expression"][:, 0].numpy() for _, t, _ in dataset.take(10)])
         return float((labels == 3).mean())
 
@@ -122,7 +122,7 @@ def test_downsample_epochs_hold_exactly_the_minority_count_from_every_bucket(ske
     epoch = sampling.clips_per_epoch(info, "downsample")
     assert epoch == 4  # minority bucket D has 1 clip, 4 buckets
     dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=epoch,
-                                               sampling="downsample", augment=False, seed=2)
+                                               sampling="downsample", seed=2)
     seen_a = set()
     for images, targets, _ in dataset.take(12):  # 12 epochs
         buckets = targets["expression"][:, 0].numpy()
@@ -146,7 +146,7 @@ def test_bucket_without_expression_labels_is_not_sampled_for_the_expression_task
 
     def zero_weight_clips(task):
         dataset = trainer_input.make_train_dataset(root, info, task=task, seq_len=2, batch_size=50,
-                                                   sampling="natural", augment=False)
+                                                   sampling="natural")
         _, _, weights = next(iter(dataset))
         return int((weights["expression"].numpy().sum(axis=1) == 0).sum())
 
@@ -159,7 +159,7 @@ def test_input_mix_measures_the_clips_of_the_training_stream_without_decoding(sk
     root, info = skewed
     batch, batches = 20, 3
     dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=2, batch_size=batch,
-                                               sampling=mode, augment=False, seed=4)
+                                               sampling=mode, seed=4)
     labels = np.concatenate([t["expression"][:, 0].numpy() for _, t, _ in dataset.take(batches)])
     expected = np.bincount(labels, minlength=4) / len(labels)
     report = measure_input_mix(root, info, task="expr", sampling=mode, seq_len=2, batch_size=batch,

@@ -65,6 +65,57 @@ def test_parser_without_action_units_gives_empty_au_tensor():
     assert parsed["action_units"].shape == (4, 0)
 
 
+def _raw_clip(crop_size=4):
+    pixels = np.arange(4 * crop_size * crop_size * 3, dtype=np.int64).reshape(4, crop_size, crop_size, 3) % 251
+    return dataclasses.replace(_clip(), images=[p.astype(np.uint8).tobytes() for p in pixels],
+                               image_format=schema.image_codec.CODEC_RAW), pixels.astype(np.uint8)
+
+
+def test_raw_crops_round_trip_and_say_their_codec():
+    clip, pixels = _raw_clip()
+    serialized = schema.encode_clip(clip)
+    example = tf.train.SequenceExample.FromString(serialized)
+    assert example.context.feature[keys.IMAGE_FORMAT].bytes_list.value == [b"raw"]
+    back = schema.decode_clip(serialized)
+    assert back.image_format == "raw" and back.images == clip.images
+    for image, expected in zip(back.images, pixels):
+        np.testing.assert_array_equal(schema.image_codec.decode_crop(image, "raw", 4), expected)
+        assert schema.image_codec.crop_shape(image, "raw") == (4, 4)
+    assert schema.image_codec.crop_shape(b"x" * 47, "raw") == (0, 47)  # not a square of pixels: a wrong size
+    with pytest.raises(ValueError, match="not 5x5x3"):
+        schema.image_codec.decode_crop(back.images[0], "raw", 5)
+    with pytest.raises(ValueError, match="unknown image codec 'png'; valid codecs: jpeg, raw"):
+        dataclasses.replace(clip, image_format="png")
+
+
+def test_the_parser_reads_the_codec_it_is_given_and_refuses_another():
+    raw, _ = _raw_clip()
+    parsed = schema.make_clip_parser(3, image_format="raw")(tf.constant(schema.encode_clip(raw)))
+    assert parsed["image"].numpy().tolist() == raw.images
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not stored as jpeg"):
+        schema.make_clip_parser(3)(tf.constant(schema.encode_clip(raw)))
+    jpeg = schema.encode_clip(_clip())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not stored as raw"):
+        schema.make_clip_parser(3, image_format="raw")(tf.constant(jpeg))
+    # A record of versions 1-3 has no image/format: JPEG.
+    example = tf.train.SequenceExample.FromString(jpeg)
+    del example.context.feature[keys.IMAGE_FORMAT]
+    example.context.feature[keys.SCHEMA_VERSION].int64_list.value[0] = 3
+    old = example.SerializeToString()
+    assert schema.decode_clip(old).image_format == "jpeg"
+    assert schema.make_clip_parser(3)(tf.constant(old))["image"].shape == (4,)
+
+
+def test_dataset_info_records_the_codec_and_refuses_an_unknown_one():
+    raw = _info_json()
+    assert schema.DatasetInfo.from_json(json.dumps(raw)).codec == "jpeg"  # older conversions: JPEG
+    raw["options"] = {"codec": "raw"}
+    assert schema.DatasetInfo.from_json(json.dumps(raw)).codec == "raw"
+    raw["options"] = {"codec": "png"}
+    with pytest.raises(schema.DatasetInfoError, match="options.codec is 'png', not one of"):
+        schema.DatasetInfo.from_json(json.dumps(raw))
+
+
 def test_decoder_refuses_other_schema_version():
     example = tf.train.SequenceExample.FromString(schema.encode_clip(_clip()))
     example.context.feature[keys.SCHEMA_VERSION].int64_list.value[0] = 99
@@ -190,10 +241,11 @@ def _keypoint_clip():
 
 
 def _as_version_1(serialized: bytes) -> bytes:
-    """A version-2 record as the version-1 writer made it: no keypoint lists, version 1."""
+    """A version-2 record as the version-1 writer made it: no keypoint lists, no image format, version 1."""
     example = tf.train.SequenceExample.FromString(serialized)
     for key in keys.POINT_KEYS:
         del example.feature_lists.feature_list[key]
+    del example.context.feature[keys.IMAGE_FORMAT]
     example.context.feature[keys.SCHEMA_VERSION].int64_list.value[0] = 1
     return example.SerializeToString(deterministic=True)
 
@@ -274,7 +326,7 @@ def test_version_1_dataset_info_still_reads_without_faces():
     del raw["splits"]["train"]["faces"]
     info = schema.DatasetInfo.from_json(json.dumps(raw))
     assert info.schema_version == 1 and info.splits["train"].faces == {}
-    for version in (4, True):
+    for version in (schema.SCHEMA_VERSION + 1, True):
         raw["schema_version"] = version
         with pytest.raises(schema.DatasetInfoError, match=f"schema version {version!r}"):
             schema.DatasetInfo.from_json(json.dumps(raw))

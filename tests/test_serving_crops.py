@@ -6,6 +6,8 @@
   not decode.
 * Provided crops: ``predict --cropped_aligned`` prepares each crop as ``convert --cropped_aligned`` does; missing and
   unreadable crops are frames without a face, crops past the video's end are counted, not predicted.
+* Raw crops (``convert --codec raw``): the same guarantees, the crops served as the records hold them (uint8 RGB
+  pixels), and the export records the codec (``model_info.json["crops"]["codec"]``).
 * The export knows where its crops came from: ``model_info.json["crops"]``; predict refuses (exit 2, nothing
   written) to serve a provided-crops model without its crops unless asked to run the face stage anyway, and says so
   when the crops differ from training; crops folders and videos must match.
@@ -28,7 +30,8 @@ import video_fixtures as vf
 from affectstream.synthetic_faces import FaceSpec, render_frame, write_video
 from beam_jobs import convert
 from beam_jobs.faces.stage import FaceStageConfig
-from tfrecords_schema import decode_clip
+from tfrecords_schema import decode_clip, read_dataset_info
+from tfrecords_schema.image_codec import decode_crop
 from trainer import train
 from trainer.prediction import predict
 from trainer.prediction.crops import FaceStageCrops, ProvidedCrops
@@ -45,14 +48,15 @@ def _convert(argv: list[str]) -> None:
     assert rc == 0, err.getvalue()
 
 
-def _record_crops(output: pathlib.Path) -> dict[tuple[str, int], tuple[bytes, bool]]:
-    """``{(media_id, frame index): (JPEG, has_face)}`` of every frame the records hold."""
+def _record_crops(output: pathlib.Path, codec: str = "jpeg") -> dict[tuple[str, int], tuple[bytes, bool]]:
+    """``{(media_id, frame index): (stored crop, has_face)}`` of every frame the records hold (all of ``codec``)."""
     crops = {}
     for path in output.rglob("*.tfrecord-*"):
         for serialized in tf.data.TFRecordDataset(str(path)):
             clip = decode_clip(serialized.numpy())
-            for index, jpeg, face in zip(clip.frame_index.tolist(), clip.images, clip.has_face.tolist()):
-                crops[(clip.media_id, index)] = (jpeg, face)
+            assert clip.image_format == codec
+            for index, crop, face in zip(clip.frame_index.tolist(), clip.images, clip.has_face.tolist()):
+                crops[(clip.media_id, index)] = (crop, face)
     return crops
 
 
@@ -67,9 +71,10 @@ def _hostile_frames(n: int = 96):
         yield render_frame(H, W, [] if 65 <= i <= 70 else [spec], background=background, noise_seed=i)
 
 
-@pytest.fixture(scope="module")
-def hostile(tmp_path_factory):
-    """The hostile video converted with a detection every 7 frames (a schedule that does not follow the clips)."""
+@pytest.fixture(scope="module", params=["jpeg", "raw"])
+def hostile(request, tmp_path_factory):
+    """The hostile video converted with a detection every 7 frames (a schedule that does not follow the clips), with
+    JPEG crops and with raw ones."""
     root = tmp_path_factory.mktemp("hostile")
     video = root / "videos" / "hostile.avi"
     video.parent.mkdir(parents=True)
@@ -78,23 +83,33 @@ def hostile(tmp_path_factory):
     labels = [i // 12 % 8 for i in range(96)]
     labels[20:40] = [-1] * 20  # Frames 21-40 unlabelled: the clips of frames 25-32 and 33-40 are not written.
     abaw.write_annotation(root / "annotations", "expr", "train", "hostile", labels)
-    stage = ["--detect_every", "7", "--crop_size", "48", "--clip_length", str(CLIP)]
+    stage = ["--detect_every", "7", "--crop_size", "48", "--clip_length", str(CLIP), "--codec", request.param]
     _convert(["--videos", str(root / "videos"), "--annotations", str(root / "annotations"), "--output",
               str(root / "out"), *stage])
-    return {"video": video, "records": _record_crops(root / "out"),
-            "face_stage": FaceStageConfig(detect_every=7, crop_size=48)}
+    info = read_dataset_info(str(root / "out"))
+    return {"video": video, "records": _record_crops(root / "out", request.param), "codec": request.param,
+            "face_stage": FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size})}
 
 
 def test_conversion_and_predict_cut_the_same_crop_for_every_labelled_frame(hostile):
+    assert hostile["face_stage"] == FaceStageConfig(detect_every=7, crop_size=48, codec=hostile["codec"])
     served = {c.index: c for c in FaceStageCrops(str(hostile["video"]), hostile["face_stage"], None)}
     records = {index: value for (media, index), value in hostile["records"].items() if media == "hostile"}
     # The video is as hostile as intended: whole clips not written, a frame that does not decode, no face for a while.
     assert not any(25 <= i <= 40 for i in records) and 75 not in records and not served[75].decoded
     assert not any(served[i].bbox for i in range(66, 71)) and all(served[i].bbox for i in (41, 56, 57, 90))
     assert len(records) == 96 - 16 - 1
-    different = [i for i, (jpeg, face) in sorted(records.items())
-                 if jpeg != served[i].jpeg or face != (served[i].bbox is not None)]
+    different = [i for i, (crop, face) in sorted(records.items())
+                 if crop != served[i].crop or face != (served[i].bbox is not None)]
     assert different == []
+    if hostile["codec"] == "raw":  # the pixels themselves, RGB, 48 x 48 x 3 bytes each
+        assert {len(crop) for crop, _ in records.values()} == {48 * 48 * 3}
+        jpeg = FaceStageCrops(str(hostile["video"]), FaceStageConfig(detect_every=7, crop_size=48), None)
+        first = next(iter(jpeg))  # the same face stage's JPEG of frame 1 decodes to nearly these pixels, in RGB
+        pixels = decode_crop(records[1][0], "raw", 48).astype(int)
+        error = np.abs(decode_crop(first.crop, "jpeg", 48) - pixels).mean(axis=(0, 1))
+        swapped = np.abs(decode_crop(first.crop, "jpeg", 48) - pixels[..., ::-1]).mean(axis=(0, 1))
+        assert first.index == 1 and error.max() < 5 and swapped[[0, 2]].min() > 2 * error.max()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,31 +130,34 @@ def _crops_dataset(root: pathlib.Path) -> dict:
     return {"video": video, "crops": root / "crops", "annotations": root / "annotations"}
 
 
-@pytest.fixture(scope="module")
-def provided(tmp_path_factory):
-    """The provided-crops dataset converted (crop size 32), and a model trained on it for two steps."""
+@pytest.fixture(scope="module", params=["jpeg", "raw"])
+def provided(request, tmp_path_factory):
+    """The provided-crops dataset converted (crop size 32; JPEG and raw crops), and a model trained on it for two
+    steps."""
     root = tmp_path_factory.mktemp("provided")
     made = _crops_dataset(root)
     records = root / "records"
     _convert(["--cropped_aligned", str(made["crops"]), "--videos", str(root / "videos"), "--annotations",
-              str(made["annotations"]), "--output", str(records), "--crop_size", "32", "--clip_length", "4"])
+              str(made["annotations"]), "--output", str(records), "--crop_size", "32", "--clip_length", "4",
+              "--codec", request.param])
     job = root / "job"
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert train.run(["--data", str(records), "--job_dir", str(job), "--task", "expr", "--epochs", "1",
                           "--steps_per_epoch", "2", "--batch_size", "2", "--seq_len", "2", "--cnn_width", "0.25",
                           "--rnn_units", "4", "--log_every", "100"]) == 0
-    return {**made, "records": records, "export": job / "export"}
+    return {**made, "records": records, "export": job / "export", "codec": request.param}
 
 
 def test_predict_prepares_provided_crops_as_the_conversion_does(provided):
-    records = _record_crops(provided["records"])
+    records = _record_crops(provided["records"], provided["codec"])
     for side in ("left", "right"):
-        served = ProvidedCrops(str(provided["video"]), str(provided["crops"] / f"c_{side}"), 32, 90)
+        served = ProvidedCrops(str(provided["video"]), str(provided["crops"] / f"c_{side}"), 32, 90,
+                               provided["codec"])
         by_index = {c.index: c for c in served}
         mine = {i: v for (media, i), v in records.items() if media == f"c_{side}"}
         assert sorted(mine) == list(range(1, 13)) == sorted(by_index)  # 14 lines, 12 frames: 2 beyond the end
-        assert all(jpeg == by_index[i].jpeg and face == (by_index[i].bbox is not None)
-                   for i, (jpeg, face) in mine.items())
+        assert all(crop == by_index[i].crop and face == (by_index[i].bbox is not None)
+                   for i, (crop, face) in mine.items())
         assert [i for i, c in by_index.items() if c.bbox is None] == [3, 5]  # unreadable, missing
         assert (served.missing, served.unreadable, served.past_video_end) == (1, 1, 2)
 
@@ -147,6 +165,7 @@ def test_predict_prepares_provided_crops_as_the_conversion_does(provided):
 def test_the_export_records_its_provided_crops(provided):
     info = json.loads((provided["export"] / "model_info.json").read_text())
     assert info["crops"]["source"] == "provided" and info["crops"]["crop_size"] == 32
+    assert info["crops"]["codec"] == provided["codec"]
     assert "face_stage" not in info  # a face stage that never made its crops would be served by mistake
 
 

@@ -239,6 +239,7 @@ def write_dataset(
     empty_shard_indices: tuple[int, ...] = (),
     bucket_by: str | None = None,
     au_rates: tuple[float, ...] | None = None,
+    codec: str = "jpeg",
 ) -> DatasetInfo:
     """Writes a tiny converted dataset under ``root`` and returns its :class:`DatasetInfo`.
 
@@ -271,6 +272,8 @@ def write_dataset(
             a task (a version 1-2 conversion's default, which many tests read by class), else ``"none"``.
         au_rates: Each AU's positive rate per frame (sets the number of AUs); default 0.4 for every one of
             ``num_action_units``.
+        codec: ``"jpeg"``, or ``"raw"``: every crop stored as the uint8 RGB pixels its JPEG decodes to (so a raw
+            dataset of a seed holds exactly the pixels of the JPEG one).
     """
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
@@ -304,6 +307,12 @@ def write_dataset(
                     no_face_fraction=no_face_fraction, name=name, texture=texture, au_rates=rates[:len(au_names)]))
         return clips
 
+    def as_codec(clip: ClipRecord) -> ClipRecord:
+        if codec == "jpeg":
+            return clip
+        images = [tf.io.decode_jpeg(jpeg, channels=3).numpy().tobytes() for jpeg in clip.images]
+        return dataclasses.replace(clip, images=images, image_format=codec)
+
     def bucket(clip: ClipRecord) -> ClipRecord:  # the converter's bucket of the clip
         name = bucketer.bucket(clip.expression, clip.valence_arousal, clip.action_units)
         return dataclasses.replace(clip, bucket_index=bucketer.index(name))
@@ -317,7 +326,7 @@ def write_dataset(
                           no_face_fraction=no_face_fraction, name=name, texture=texture)
         clip.expression[:] = keys.EXPRESSION_INVALID
         train.append(clip)
-    train = [bucket(c) for c in train]
+    train = [as_codec(bucket(c)) for c in train]
     train_shards = []
     for b, bucket_name in enumerate(bucketer.names):
         members = [c for c in train if c.bucket_index == b]
@@ -332,7 +341,8 @@ def write_dataset(
         splits[SPLIT_TRAIN].bucket_frames = {n: splits[SPLIT_TRAIN].bucket_frames.get(n, 0)
                                              for n in splits[SPLIT_TRAIN].bucket_clips}
     if num_validation_shards:
-        val = clips_for(SPLIT_VALIDATION, {n: num_validation_clips_per_class for n in expression_names})
+        val = [as_codec(c) for c in clips_for(SPLIT_VALIDATION, {n: num_validation_clips_per_class
+                                                                  for n in expression_names})]
         val_shards = _write_shards(root, name, SPLIT_VALIDATION, None, val, num_validation_shards)
         splits[SPLIT_VALIDATION] = split_info_of(val, val_shards, None, label_names, tasks)
 
@@ -345,7 +355,7 @@ def write_dataset(
         crop_size=crop_size,
         clip_length=clip_length,
         splits=splits,
-        options={"generator": "tests/trainer_data.py", "seed": seed},
+        options={"generator": "tests/trainer_data.py", "seed": seed, "codec": codec},
     )
     info.check()
     write_dataset_info(info, root)

@@ -3,7 +3,7 @@
 Both sides import only this package to talk to each other; it imports neither.
 """
 
-from tfrecords_schema import buckets, keys
+from tfrecords_schema import buckets, image_codec, keys
 from tfrecords_schema.clip_codec import ClipRecord, decode_clip, encode_clip, make_clip_parser
 from tfrecords_schema.dataset_info import (
     DATASET_INFO_FILENAME,
@@ -38,7 +38,7 @@ from tfrecords_schema.tasks import (
 from tfrecords_schema.version import SCHEMA_VERSION
 
 __all__ = [
-    "buckets", "keys", "ClipRecord", "decode_clip", "encode_clip", "make_clip_parser", "DATASET_INFO_FILENAME",
+    "buckets", "image_codec", "keys", "ClipRecord", "decode_clip", "encode_clip", "make_clip_parser", "DATASET_INFO_FILENAME",
     "SPLITS", "SPLIT_TEST", "SPLIT_TRAIN", "SPLIT_VALIDATION", "TASKS", "TASK_ACTION_UNITS", "TASK_EXPRESSION",
     "TASK_VALENCE_AROUSAL", "Accounting", "DatasetInfo", "DatasetInfoError", "ShardInfo", "SplitInfo",
     "bucket_token", "join_path", "read_dataset_info", "shard_basename", "write_dataset_info", "SCHEMA_VERSION",

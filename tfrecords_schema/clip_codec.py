@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tfrecords_schema import keys
+from tfrecords_schema.image_codec import CODEC_JPEG, check_codec
 from tfrecords_schema.version import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 
 if typing.TYPE_CHECKING:
@@ -33,7 +34,7 @@ class ClipRecord:
         data_path: Media path relative to the input root.
         frame_rate: Frames per second of the source.
         bucket_index: Rebalancing bucket of the clip (index into the bucket names).
-        images: ``T`` JPEG-encoded face crops.
+        images: ``T`` face crops, encoded as ``image_format`` says.
         frame_index: int64 ``[T]``, 1-based frame numbers (= annotation line numbers).
         timestamp_us: int64 ``[T]``, frame times in microseconds.
         bbox: float32 ``[T, 4]`` (ymin, xmin, ymax, xmax) normalised to the frame;
@@ -44,6 +45,8 @@ class ClipRecord:
         keypoints: float32 ``[T, P, 2]``: ``P`` face keypoints ``(x, y)`` normalised to the frame, in
             the detector's order; rows of NaN where a frame has no keypoints (no face, a detector
             without keypoints, or a version-1 record). None (the default) means ``[T, 0, 2]``.
+        image_format: How ``images`` are stored (:mod:`tfrecords_schema.image_codec`): ``"jpeg"`` (the default, and
+            what records of versions 1-3 hold) or ``"raw"`` (uint8 RGB ``[S, S, 3]`` bytes).
     """
 
     example_id: str
@@ -60,8 +63,10 @@ class ClipRecord:
     valence_arousal: np.ndarray
     action_units: np.ndarray
     keypoints: np.ndarray | None = None
+    image_format: str = CODEC_JPEG
 
     def __post_init__(self):
+        check_codec(self.image_format)
         n = len(self.images)
         self.frame_index = np.asarray(self.frame_index, np.int64).reshape(n)
         self.timestamp_us = np.asarray(self.timestamp_us, np.int64).reshape(n)
@@ -125,6 +130,7 @@ def encode_clip(clip: ClipRecord) -> bytes:
         keys.FRAME_RATE: _floats([float(clip.frame_rate)]),
         keys.CLIP_LABEL_INDEX: _ints([int(clip.bucket_index)]),
         keys.SCHEMA_VERSION: _ints([SCHEMA_VERSION]),
+        keys.IMAGE_FORMAT: _bytes([clip.image_format.encode("utf-8")]),
     }
     has_face = clip.has_face
     bbox_lists = {
@@ -167,7 +173,7 @@ def decode_clip(serialized: bytes) -> ClipRecord:
     """Parses serialised bytes back into a :class:`ClipRecord` (NumPy, no graph).
 
     Reads every version in :data:`READABLE_SCHEMA_VERSIONS`; a version-1 clip has no keypoints
-    (``keypoints`` ``[T, 0, 2]``).
+    (``keypoints`` ``[T, 0, 2]``), a clip of versions 1-3 holds JPEG crops.
 
     Raises:
         ValueError: if the bytes are not a clip of a readable schema version, or its keypoint lists
@@ -207,6 +213,7 @@ def decode_clip(serialized: bytes) -> ClipRecord:
         expression=[v[0] for v in column(keys.LABEL_EXPRESSION, "int64_list")],
         valence_arousal=column(keys.LABEL_VALENCE_AROUSAL, "float_list"),
         action_units=np.asarray(aus, np.int64).reshape(n, len(aus[0]) if aus else 0),
+        image_format=_scalar(ctx[keys.IMAGE_FORMAT]).decode("utf-8") if keys.IMAGE_FORMAT in ctx else CODEC_JPEG,
     )
 
 
@@ -222,11 +229,12 @@ def _keypoints(xs: list[list[float]], ys: list[list[float]], n: int) -> np.ndarr
     return points
 
 
-def make_clip_parser(num_action_units: int, num_keypoints: int = 0) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+def make_clip_parser(num_action_units: int, num_keypoints: int = 0,
+                     image_format: str = CODEC_JPEG) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """Returns a tf.data-friendly function parsing one serialised clip.
 
     The returned function maps a scalar string tensor to a dict of tensors (``T``
-    is the clip length, images stay JPEG-encoded so decoding can follow a shuffle):
+    is the clip length, images stay encoded so decoding can follow a shuffle):
 
     * ``example_id`` string ``[]``, ``media_id`` string ``[]``, ``bucket`` int64 ``[]``,
       ``frame_rate`` float32 ``[]``;
@@ -237,11 +245,13 @@ def make_clip_parser(num_action_units: int, num_keypoints: int = 0) -> Callable[
     * with ``num_keypoints`` > 0: ``keypoints`` float32 ``[T, num_keypoints, 2]`` (x, y), NaN where a frame
       has none (no face, or a version-1 clip); a frame with more points keeps the first ``num_keypoints``.
 
-    Both readable schema versions (:data:`READABLE_SCHEMA_VERSIONS`) parse; any other fails the parse.
+    The readable schema versions (:data:`READABLE_SCHEMA_VERSIONS`) parse; any other fails the parse, and so does
+    a clip whose ``image/format`` is not ``image_format`` (a record without one is JPEG).
 
     Args:
         num_action_units: AUs per frame, from ``DatasetInfo.label_names``.
         num_keypoints: Keypoints per frame to return (0: no ``keypoints`` tensor).
+        image_format: The codec of the crops (``DatasetInfo.codec``), which the reader decodes them by.
     """
     import tensorflow as tf
 
@@ -255,7 +265,9 @@ def make_clip_parser(num_action_units: int, num_keypoints: int = 0) -> Callable[
         keys.FRAME_RATE: tf.io.FixedLenFeature([], tf.float32),
         keys.CLIP_LABEL_INDEX: tf.io.FixedLenFeature([], tf.int64),
         keys.SCHEMA_VERSION: tf.io.FixedLenFeature([], tf.int64),
+        keys.IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string, default_value=CODEC_JPEG),
     }
+    check_codec(image_format)
     sequence_spec = {
         keys.IMAGE_ENCODED: tf.io.FixedLenSequenceFeature([], tf.string),
         keys.IMAGE_FRAME_INDEX: tf.io.FixedLenSequenceFeature([], tf.int64),
@@ -278,6 +290,9 @@ def make_clip_parser(num_action_units: int, num_keypoints: int = 0) -> Callable[
             tf.reduce_any(tf.equal(context[keys.SCHEMA_VERSION], readable)),
             ["clip schema version is not one this reader supports:", context[keys.SCHEMA_VERSION]],
         )
+        tf.debugging.Assert(tf.equal(context[keys.IMAGE_FORMAT], image_format),
+                            [f"clip crops are not stored as {image_format} (dataset_info.json's codec):",
+                             context[keys.IMAGE_FORMAT]])
         num_frames = tf.shape(sequence[keys.IMAGE_ENCODED])[0]
         has_face = sequence[keys.BBOX_YMIN].row_lengths() > 0
         bbox = tf.stack(

@@ -17,6 +17,7 @@ import re
 from typing import Any, NamedTuple
 
 from tfrecords_schema.dataset_info_checks import checked_fields
+from tfrecords_schema.image_codec import DEFAULT_CODEC
 from tfrecords_schema.split_info import (  # noqa: F401 (re-exported: the parts of a dataset's info)
     Accounting,
     DatasetInfoError,
@@ -101,6 +102,11 @@ class DatasetInfo:
     @property
     def num_action_units(self) -> int:
         return len(self.action_unit_names)
+
+    @property
+    def codec(self) -> str:
+        """How the records store the crops (``options.codec``: ``jpeg`` or ``raw``; older conversions: ``jpeg``)."""
+        return self.options.get("codec", DEFAULT_CODEC)
 
     def check(self) -> None:
         """Raises DatasetInfoError unless every split's accounting adds up."""

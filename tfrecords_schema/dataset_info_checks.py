@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from tfrecords_schema import buckets
+from tfrecords_schema.image_codec import CODECS, DEFAULT_CODEC
 from tfrecords_schema.split_info import Accounting, DatasetInfoError, ShardInfo, SplitInfo, sum_counts
 
 # Fields of dataset_info.json (and of its nested objects) that may be left out.
@@ -273,6 +274,9 @@ def checked_fields(raw: dict, fields: set[str], source: str) -> dict[str, Any]:
     for name in ("options", "failures", "run"):
         if name in raw:
             _check_dict(raw[name], source, name)
+    codec = raw.get("options", {}).get("codec", DEFAULT_CODEC)
+    if codec not in CODECS:
+        raise _fail(source, "options.codec", f"is {codec!r}, not one of {list(CODECS)}")
     if "unused_media" in raw:
         _check_str_list(raw["unused_media"], source, "unused_media")
     _check_dict(raw["splits"], source, "splits")

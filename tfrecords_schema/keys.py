@@ -13,9 +13,10 @@ DATA_PATH = "clip/data_path"  # bytes: media path relative to the input root.
 FRAME_RATE = "clip/frame_rate"  # float: frames per second of the source video.
 CLIP_LABEL_INDEX = "clip/label/index"  # int64: the clip's rebalancing bucket (index into bucket names).
 SCHEMA_VERSION = "schema/version"  # int64: version of this record layout.
+IMAGE_FORMAT = "image/format"  # bytes: how image/encoded is stored, "jpeg" or "raw" (image_codec). (Version 4.)
 
 # --- Feature lists: one entry per frame, in time order. ----------------------
-IMAGE_ENCODED = "image/encoded"  # bytes: JPEG face crop (blank when no face was ever seen).
+IMAGE_ENCODED = "image/encoded"  # bytes: the face crop as image/format says (blank when no face was ever seen).
 IMAGE_FRAME_INDEX = "image/frame_index"  # int64: 1-based frame number = annotation line number.
 IMAGE_TIMESTAMP = "image/timestamp"  # int64: frame time in microseconds from the video start.
 BBOX_YMIN = "region/bbox/ymin"  # float: face box top, normalised to the full frame; empty = no face.

@@ -1,4 +1,4 @@
-"""The face crops (square and eye-aligned), the blank crop, fast shrinking and JPEG coding.
+"""The face crops (square and eye-aligned), the blank crop, fast shrinking and the stored crop's encoding.
 
 No Apache Beam import: the conversion and inference on new video both cut crops here, so
 the crop a model is trained on is the crop it is served (:func:`face_crop` is the one crop
@@ -188,6 +188,20 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     if not ok:
         raise ValueError(f"cannot JPEG-encode an image of shape {image.shape}")
     return buf.tobytes()
+
+
+def encode_crop(image: np.ndarray, codec: str = "jpeg", quality: int = 90) -> bytes:
+    """A BGR uint8 crop as a record stores it (:mod:`tfrecords_schema.image_codec`): JPEG at ``quality``, or for
+    ``raw`` its uint8 **RGB** bytes, row-major ``[S, S, 3]`` (what the trainer's reshape turns back into pixels)."""
+    import cv2
+
+    from tfrecords_schema.image_codec import CODEC_RAW, check_codec
+
+    if check_codec(codec) != CODEC_RAW:
+        return encode_jpeg(image, quality)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"a raw crop must be uint8 [S, S, 3] BGR, got {image.dtype} {image.shape}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).tobytes()
 
 
 def decode_image(data: bytes) -> np.ndarray | None:

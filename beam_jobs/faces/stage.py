@@ -30,6 +30,7 @@ from beam_jobs.faces.align import (  # noqa: F401 - re-exported: the face stage'
     alignment_matrix,
     blank_crop,
     decode_image,
+    encode_crop,
     encode_jpeg,
     face_crop,
     shrink,
@@ -54,6 +55,7 @@ from beam_jobs.faces.tracking import (
     region_change,
     region_thumbnail,
 )
+from tfrecords_schema.image_codec import DEFAULT_CODEC
 
 # What the face stage did on a frame (Face.status), declared once for the conversion's counters.
 STATUS_DETECTED = "detected"  # A detection ran on this frame and found the face.
@@ -126,7 +128,9 @@ class FaceStageConfig:
             detector never gets more than its input size).
         max_hold: Frames a box is held after the detection that found it (None: until the next detection).
         crop_size: Side of the square crops in pixels.
-        jpeg_quality: JPEG quality of the stored crops.
+        jpeg_quality: JPEG quality of the stored crops (``codec`` jpeg).
+        codec: How a record stores a crop (:mod:`tfrecords_schema.image_codec`): ``jpeg`` or ``raw`` (its uint8
+            RGB pixels); :meth:`encode` encodes a crop so.
         align: Eye-aligned crops (:func:`aligned_crop`) where the detector gives eyes; else square crops.
         redetect_change: Change of the held face's region (0-1) that brings the next detection
             forward (None: detection on the fixed ``detect_every`` schedule only).
@@ -140,6 +144,11 @@ class FaceStageConfig:
     jpeg_quality: int = 90
     align: bool = True
     redetect_change: float | None = 0.08
+    codec: str = DEFAULT_CODEC
+
+    def encode(self, crop: np.ndarray) -> bytes:
+        """A BGR crop as the records store it (:func:`beam_jobs.faces.align.encode_crop`)."""
+        return encode_crop(crop, self.codec, self.jpeg_quality)
 
     def to_dict(self) -> dict:
         """The fields as a JSON-ready dict."""

@@ -47,6 +47,7 @@ from tfrecords_schema.buckets import (
     va_cells,
 )
 from tfrecords_schema.dataset_info import bucket_token, sum_counts
+from tfrecords_schema.image_codec import CODEC_JPEG
 
 
 def expression_class(expression: np.ndarray, names: list[str]) -> str:
@@ -276,6 +277,7 @@ class ClipBuilder:
         dataset_name: Adapter name stored in each record.
         frame_rate: Frames per second of the source.
         bucketer: Computes each clip's bucket.
+        image_format: How the crops given to :meth:`add` are encoded (the records' ``image/format``).
     """
 
     def __init__(
@@ -286,6 +288,7 @@ class ClipBuilder:
         dataset_name: str,
         frame_rate: float,
         bucketer: Bucketer,
+        image_format: str = CODEC_JPEG,
     ):
         if clip_length < 1:
             raise ValueError(f"clip_length must be >= 1, got {clip_length}")
@@ -296,6 +299,7 @@ class ClipBuilder:
         self._dataset_name = dataset_name
         self._frame_rate = frame_rate
         self._bucketer = bucketer
+        self._image_format = image_format
         self._rows: list[tuple[int, int, bytes, tuple | None, np.ndarray | None]] = []
         self._next: int | None = None  # The frame the open clip expects next (None: no clip open).
 
@@ -367,6 +371,7 @@ class ClipBuilder:
             valence_arousal=valence_arousal,
             action_units=action_units,
             keypoints=_stack_keypoints([r[4] for r in rows]),
+            image_format=self._image_format,
         )
 
 

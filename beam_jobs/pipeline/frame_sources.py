@@ -73,7 +73,7 @@ class FrameSource(abc.ABC):
     Args:
         track: The subject track.
         labels: Its labels (row ``i`` = frame ``i + 1``).
-        face: The face stage (crop size, JPEG quality, detector settings).
+        face: The face stage (crop size, codec and JPEG quality, detector settings).
         clip_length: Frames per clip.
         dataset_name: Adapter name stored in each record.
         bucketer: The rebalancing bucketer.
@@ -91,7 +91,8 @@ class FrameSource(abc.ABC):
         self.stream: StreamFacts | None = None  # Decoded video: what reading it found (rotation, VFR, truncation).
 
     def _builder(self, fps: float) -> ClipBuilder:
-        return ClipBuilder(self.track, self.labels, self.clip_length, self.dataset_name, fps, self.bucketer)
+        return ClipBuilder(self.track, self.labels, self.clip_length, self.dataset_name, fps, self.bucketer,
+                           image_format=self.face.codec)
 
     @abc.abstractmethod
     def __iter__(self) -> Iterator[SourceItem]:
@@ -149,8 +150,7 @@ class DecodedVideo(FrameSource):
                         continue
                     if valid[index - 1]:
                         statuses[face.status] += 1
-                    clip = builder.add(index, frame.timestamp_us,
-                                       faces_lib.encode_jpeg(face.crop, self.face.jpeg_quality), face.bbox,
+                    clip = builder.add(index, frame.timestamp_us, self.face.encode(face.crop), face.bbox,
                                        face.keypoints)
                 if clip is not None:
                     yield SourceItem(clip=clip, faces={status: statuses[status] for status in faces_lib.FACE_STATUSES})
@@ -180,22 +180,23 @@ class ProvidedCrops(FrameSource):
         with contextlib.ExitStack() as stack:
             video = self._open_video(stack)
             builder = self._builder(video.fps if video else DEFAULT_FPS)
-            blank = faces_lib.encode_jpeg(faces_lib.blank_crop(self.face.crop_size), self.face.jpeg_quality)
+            blank = self.face.encode(faces_lib.blank_crop(self.face.crop_size))
             for index, timestamp_us in self._frames(video):
                 if not builder.clip_has_valid(index):
                     continue
                 path = provided.crop_file(self.track.crops_dir, index)
-                jpeg, bbox = blank, None
+                crop, bbox = blank, None
                 if FileSystems.exists(path):
                     with FileSystems.open(path) as f:
-                        prepared = provided.prepare_crop(f.read(), self.face.crop_size, self.face.jpeg_quality)
+                        prepared = provided.prepare_crop(f.read(), self.face.crop_size, self.face.jpeg_quality,
+                                                         self.face.codec)
                     if prepared is None:
                         yield SourceItem(dead_letter=DeadLetter(
                             path, DROP_UNREADABLE_CROP, "provided crop does not decode; frame written without a face",
                             0))
                     else:
-                        jpeg, bbox = prepared, provided.WHOLE_IMAGE_BOX  # The crop is the face.
-                clip = builder.add(index, timestamp_us, jpeg, bbox)
+                        crop, bbox = prepared, provided.WHOLE_IMAGE_BOX  # The crop is the face.
+                clip = builder.add(index, timestamp_us, crop, bbox)
                 if clip is not None:
                     yield SourceItem(clip=clip)
             clip = builder.flush()

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
+from tfrecords_schema.image_codec import CODEC_JPEG, CODEC_RAW, check_codec, raw_frame_bytes
 
 
 def random_window(clip: dict, seed: tf.Tensor, seq_len: int) -> dict:
@@ -90,12 +91,26 @@ def gather_frames(clip: dict, indices: tf.Tensor, n: tf.Tensor) -> dict:
 
 
 def labels_of(window: dict) -> dict:
-    """The window without its JPEG bytes: what :func:`targets_and_weights` needs, batchable after decoding."""
+    """The window without its encoded crops: what :func:`targets_and_weights` needs, batchable after decoding."""
     return {k: v for k, v in window.items() if k != "image"}
 
 
-def decode_frames(window: dict, crop_size: int, seq_len: int) -> tf.Tensor:
-    """Decodes the valid frames of a window to uint8 ``[T, S, S, 3]``; padding frames are 0."""
+def decode_frames(window: dict, crop_size: int, seq_len: int, codec: str = CODEC_JPEG) -> tf.Tensor:
+    """Decodes the valid frames of a window to uint8 ``[T, S, S, 3]``; padding frames are 0.
+
+    The trainer's one decoding of stored crops, by the data's ``codec`` (:mod:`tfrecords_schema.image_codec`):
+    ``jpeg`` decodes each valid frame's JPEG; ``raw`` reinterprets the window's bytes as pixels in one
+    ``tf.io.decode_raw`` (padding frames, empty strings, become zeros), after checking that every valid frame holds
+    ``S² × 3`` bytes (a frame of another size fails the pipeline, naming the sizes).
+    """
+    if check_codec(codec) == CODEC_RAW:
+        size = raw_frame_bytes(crop_size)
+        lengths = tf.where(tf.range(seq_len) < window["num_valid"], tf.strings.length(window["image"]), size)
+        check = tf.debugging.assert_equal(lengths, size, message=f"raw crops must be {crop_size}x{crop_size}x3 = "
+                                                                f"{size} bytes (dataset_info.json's crop_size)")
+        with tf.control_dependencies([check]):
+            frames = tf.io.decode_raw(window["image"], tf.uint8, fixed_length=size)
+        return tf.reshape(frames, [seq_len, crop_size, crop_size, 3])
     jpegs = window["image"][: window["num_valid"]]
     frames = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3), jpegs,
                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))

@@ -139,7 +139,7 @@ def measure_input_mix(data_dir: str, info: DatasetInfo, *, task: str, sampling: 
     shard_sets = records.train_shard_sets(data_dir, info, draw, None, skipped)
     stream = records.explicitly_seeded(lambda worker: trainer_input.train_batches(
         info, shard_sets, heads=heads, seq_len=seq_len, batch_size=batch_size, draw=draw, class_weights=None,
-        seed=seed, augment=False, xla_augment=False, decode=False, input_context=None, skipped=skipped,
+        seed=seed, decode=False, input_context=None, skipped=skipped,
         worker=worker))
     num_classes = len(info.expression_names)
 

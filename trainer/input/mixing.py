@@ -54,7 +54,7 @@ def _class_frames_by_bucket(data_dir: str, info: DatasetInfo, *, task: str, seq_
     class_weights = trainer_input.expression_weights(info, heads, "none", class_weights)
     labels = records.explicitly_seeded(lambda worker: trainer_input.train_batches(
         info, shard_sets, heads=heads, seq_len=seq_len, batch_size=batch_size, draw=draw,
-        class_weights=class_weights, seed=seed, augment=False, xla_augment=False, decode=False, input_context=None,
+        class_weights=class_weights, seed=seed, decode=False, input_context=None,
         skipped=skipped, worker=worker))
     num_classes, num_buckets = len(info.expression_names), len(info.bucket_names) or 1
     frames, clips = np.zeros((num_buckets, num_classes)), np.zeros(num_buckets)

@@ -9,16 +9,18 @@ One linear function per mode, both reading the shards listed in ``dataset_info.j
   by the task's classes, buckets without its labels not read; ``downsample``: ``choose_from_datasets`` with
   exactly the minority count per class in every epoch); parse, pick a
   random sub-clip of ``seq_len`` frames (random offset, stride 1 or 2 when the clip is long enough, padding
-  when it is short), decode the picked JPEGs only, batch; then per batch: targets and weights, the batch's
-  augmentation (flip, brightness/contrast, crop jitter; the same for every frame of a clip) in one
-  XLA-compiled function (:mod:`trainer.input.augment`), prefetch. Infinite, fixed shapes. With
-  ``data_service`` the same stream runs on tf.data service workers (:mod:`trainer.input.data_service`).
+  when it is short), decode the picked crops only (JPEG, or raw pixels: a reshape), batch; then per batch:
+  targets and weights, prefetch. Infinite, fixed shapes. The CPU work is read, parse and decode: the augmentation
+  (flip, brightness/contrast, crop jitter; the same for every frame of a clip) is the model's first layer
+  (:mod:`trainer.model.augment`), in the training step on the accelerator. With ``data_service`` the same stream
+  runs on tf.data service workers (:mod:`trainer.input.data_service`).
 * :func:`make_eval_dataset` -- every shard of the split in a fixed order, every clip cut into consecutive
   windows of ``seq_len`` frames (the last padded with weight 0): every frame of the split exactly once.
 
 Training elements are ``(images, targets, weights)``; evaluation elements add ``ids``. ``images`` is
 **uint8** ``[B, T, S, S, 3]`` RGB (0..255): the model scales it to [0, 1] in its first layer
-(:mod:`trainer.model.build`), so the pipeline's CPUs only decode and the accelerator gets 4x fewer bytes.
+(:mod:`trainer.model.build`), so the pipeline's CPUs only decode and the accelerator gets 4x fewer bytes. The crops
+are decoded by the data's codec (``dataset_info.json`` ``options.codec``: :func:`trainer.input.frames.decode_frames`).
 ``targets`` and ``weights`` are dicts keyed by the task's heads (:data:`tfrecords_schema.HEADS`).
 Weights: :func:`trainer.input.frames.targets_and_weights` -- training weighs invalid labels, padding and frames
 without a face 0; evaluation weighs only invalid labels and padding 0, so every labelled frame is scored.
@@ -60,7 +62,6 @@ from tfrecords_schema import (
 )
 from trainer.common.choices import TASK_CHOICES
 from trainer.common.filesystems import register_filesystems
-from trainer.input import augment as augment_lib
 from trainer.input import data_service as data_service_lib
 from trainer.input import frames as frames_lib
 from trainer.input import records
@@ -157,59 +158,51 @@ def expression_weights(info: DatasetInfo, heads: tuple[str, ...], loss_weighting
 
 
 def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...], seq_len: int, batch_size: int,
-                  draw: sampling_lib.BucketDraw, class_weights: np.ndarray | None, seed: int, augment: bool,
-                  xla_augment: bool, decode: bool, input_context, skipped: records.SkippedRecords | None,
+                  draw: sampling_lib.BucketDraw, class_weights: np.ndarray | None, seed: int, decode: bool,
+                  input_context, skipped: records.SkippedRecords | None,
                   worker: tf.Tensor | None) -> tf.data.Dataset:
     """The training batches: ``(images, targets, weights)``, or ``(targets, weights, labels)`` when not ``decode``.
 
     Both variants pick the same clips and windows for the same arguments (the labels-only one measures
-    what the stream holds without decoding a JPEG: ``labels`` is the batch of windows' labels,
+    what the stream holds without decoding a crop: ``labels`` is the batch of windows' labels,
     :func:`trainer.input.frames.labels_of`, with each clip's ``bucket`` index and ``example_id``). Build it inside
     :func:`records.explicitly_seeded` (``worker``: see :func:`records.stream_seed`); ``shard_sets``:
     :func:`records.train_shard_sets`.
     """
-    # 1. Serialized clips, buckets mixed; one seed per clip (its window), one per batch (its augmentation).
+    # 1. Serialized clips, buckets mixed; one seed per clip (its window).
     pipeline_id = 0 if input_context is None else input_context.input_pipeline_id
     clips = records.mixed_train_records(shard_sets, draw, seed=seed, input_context=input_context, skipped=skipped,
                                         worker=worker)
     clip_seeds = tf.data.Dataset.random(seed=records.stream_seed(seed, worker, "clips", pipeline_id)).batch(2)
-    batch_seeds = tf.data.Dataset.random(seed=records.stream_seed(seed, worker, "augment", pipeline_id)).batch(2)
-    parse = make_clip_parser(info.num_action_units)
+    parse = make_clip_parser(info.num_action_units, image_format=info.codec)
     num_classes = len(info.expression_names)
     crop_size = info.crop_size
 
-    # 2. Per clip: parse, pick the window, decode its JPEGs (uint8). Everything else runs per batch.
+    # 2. Per clip: parse, pick the window, decode its crops (uint8). Everything else runs per batch.
     def to_clip(serialized, clip_seed):
         clip = parse(serialized)
         window = frames_lib.random_window(clip, clip_seed, seq_len)
         labels = frames_lib.labels_of(window)
         if not decode:
             return {**labels, "bucket": clip["bucket"], "example_id": clip["example_id"]}
-        return frames_lib.decode_frames(window, crop_size, seq_len), labels
+        return frames_lib.decode_frames(window, crop_size, seq_len, info.codec), labels
 
-    # 3. Per batch: targets and weights, augmentation (uint8 in, uint8 out).
-    augment_batch = augment_lib.batch_augmenter(xla_augment) if augment and decode else None
-
-    def to_batch(clip_batch, batch_seed):
-        frames, labels = clip_batch if decode else (None, clip_batch)
+    # 3. Per batch: targets and weights. (The augmentation is the model's: trainer.model.augment.)
+    def to_batch(*clip_batch):  # (frames, labels), or (labels,) without decoding
+        frames, labels = clip_batch if decode else (None, clip_batch[0])
         targets, weights_ = frames_lib.targets_and_weights(labels, heads, num_classes, class_weights,
                                                            require_face=True)
-        if not decode:
-            return targets, weights_, labels
-        if augment_batch is not None:
-            params = augment_lib.augment_params(batch_seed, crop_size, batch_size)
-            frames = augment_batch(frames, labels["num_valid"], params)
-        return frames, targets, weights_
+        return (frames, targets, weights_) if decode else (targets, weights_, labels)
 
     dataset = tf.data.Dataset.zip((clips, clip_seeds)).map(to_clip, num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
-    return tf.data.Dataset.zip((dataset, batch_seeds)).map(to_batch, num_parallel_calls=AUTOTUNE)
+    return dataset.map(to_batch, num_parallel_calls=AUTOTUNE)
 
 
 def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, batch_size: int,
                        sampling: str = "balanced", loss_weighting: str = "none",
-                       class_weights: np.ndarray | None = None, seed: int = 0, augment: bool = True,
-                       xla_augment: bool = True, input_context: tf.distribute.InputContext | None = None,
+                       class_weights: np.ndarray | None = None, seed: int = 0,
+                       input_context: tf.distribute.InputContext | None = None,
                        skipped: records.SkippedRecords | None = None, data_service: str | None = None,
                        data_service_job: str | None = None) -> tf.data.Dataset:
     """The infinite, rebalanced training stream of ``(images, targets, weights)`` batches.
@@ -230,9 +223,7 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
         class_weights: float ``[classes]`` expression weights instead (e.g.
             :func:`trainer.input.mixing.balanced_frame_weights`);
             only with ``loss_weighting="none"``.
-        seed: Seed of file/record shuffles, bucket draws, frame picks and augmentation.
-        augment: Apply flip / brightness / contrast / crop jitter.
-        xla_augment: XLA-compile the batch augmentation (:func:`trainer.input.augment.batch_augmenter`).
+        seed: Seed of file/record shuffles, bucket draws and frame picks.
         input_context: Multi-worker input context: this pipeline reads its share of every stream's files (a stream
             with fewer non-empty files than pipelines is read whole by each, see :func:`records.assign_shards`)
             (in-process input only; service workers read every file).
@@ -257,8 +248,7 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
     draw = train_bucket_draw(info, sampling_mode, task)
     class_weights = expression_weights(info, heads, loss_weighting, class_weights)
     stream = {"heads": heads, "seq_len": seq_len, "batch_size": batch_size, "draw": draw,
-              "class_weights": class_weights, "seed": seed, "augment": augment, "xla_augment": xla_augment,
-              "decode": True}
+              "class_weights": class_weights, "seed": seed, "decode": True}
 
     # 2. In process, or on the tf.data service: every worker runs the whole stream (all files) with its own
     #    seeds. Shards are checked here, where errors are clear, before any dataset function is traced.
@@ -310,13 +300,13 @@ def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VA
     paths, counts = records.shard_files(data_dir, split_info.shards, f"split {split!r}", input_context, skipped)
     if not paths:
         raise ValueError(f"split {split!r} has no shard holding records: nothing to evaluate")
-    parse = make_clip_parser(info.num_action_units)
+    parse = make_clip_parser(info.num_action_units, image_format=info.codec)
     num_classes = len(info.expression_names)
     crop_size = info.crop_size
 
     # 2. Per window: decode (uint8), keep the labels and ids; per batch: targets and weights.
     def to_example(window):
-        frames = frames_lib.decode_frames(window, crop_size, seq_len)
+        frames = frames_lib.decode_frames(window, crop_size, seq_len, info.codec)
         ids = {"example_id": window["example_id"], "media_id": window["media_id"],
                "frame_index": window["frame_index"], "has_face": window["has_face"]}
         return frames, frames_lib.labels_of(window), ids

@@ -1,8 +1,10 @@
 """The end-to-end CNN+RNN: a per-frame CNN, a recurrent stack over time, one head per task.
 
 Input: uint8 ``[B, T, S, S, 3]`` RGB face crops (0..255), as the input pipelines and ``predict`` deliver
-them; the model's first layer (a ``Rescaling`` named ``"to_unit_range"``) scales them to [0, 1] on the
-accelerator, and the export carries it. A float input is cast to uint8 by Keras, so [0, 1] floats would
+them. The model's first layer (:class:`trainer.model.augment.ClipAugmentation`, named ``"augment"``) augments each
+clip in training only (flip, crop jitter, contrast, brightness; at inference it passes the frames through), then a
+``Rescaling`` named ``"to_unit_range"`` scales them to [0, 1]: both run on the accelerator, and the export carries
+them. A float input is cast to uint8 by Keras, so [0, 1] floats would
 become black frames: feed uint8 pixels. The CNN runs on every
 frame (:class:`PerFrame`: time folded into the batch); a temporal head (:mod:`trainer.model.temporal`: the
 paper's GRU stack 100 → 100 → 50 by default, an LSTM stack, a TCN or a small transformer) runs over time; each
@@ -44,11 +46,13 @@ from collections.abc import Iterator
 import keras
 
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
+from trainer.model.augment import ClipAugmentation
 from trainer.model.backbones import build_backbone
 from trainer.model.layers import ClassMap, PerFrame
 from trainer.model.spec import MIXED_PRECISION_POLICY, PER_FRAME_LAYER, ModelSpec
 from trainer.model.temporal import temporal_stack
 
+AUGMENT_LAYER = "augment"  # the training-time augmentation, the first layer of every model built by build_model
 EXPRESSION_LOGITS = "expression_logits"  # the Dense layer under the expression softmax
 SOURCE_EXPRESSION = "source_expression"  # with a class map: the softmax over the source classes
 # The Dense layer of each head (what a fine-tuned model keeps of an export's heads).
@@ -132,8 +136,10 @@ def _build_layers(spec: ModelSpec, cnn: keras.Model | None) -> keras.Model:
     frames = keras.Input((spec.seq_len, s, s, 3), dtype="uint8", name="frames")
     backbone = None if cnn is None else cnn.name
     cnn = build_backbone(spec) if cnn is None else cnn
-    # Pixels arrive as uint8 (a quarter of the bytes of float32) and are scaled here, on the accelerator.
-    x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(frames)
+    # Pixels arrive as uint8 (a quarter of the bytes of float32) and are augmented (training only) and scaled here,
+    # on the accelerator: the CPU input pipeline only reads, parses and decodes.
+    x = ClipAugmentation(spec.augment, name=AUGMENT_LAYER)(frames)
+    x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(x)
     x = PerFrame(cnn, name=PER_FRAME_LAYER)(x)
     return keras.Model(frames, _temporal_heads(x, spec), name=model_name(spec, backbone))
 

@@ -3,6 +3,7 @@
 :class:`PerFrame` (the CNN on every frame), :class:`ImageAdapter` and :class:`ClassMap` (an imported network's
 input and classes), :class:`LearnedPositions` (the transformer's), and, registered by importing its module,
 :class:`trainer.model.saved_model.EmbeddedSavedModel` (an imported SavedModel).
+:class:`trainer.model.augment.ClipAugmentation` (the training-time augmentation).
 ``import trainer`` imports this module, so an exported ``model.keras`` loads in any process that did::
 
     import keras
@@ -15,7 +16,7 @@ from __future__ import annotations
 import keras
 
 from trainer.common.choices import CHANNEL_ORDERS
-from trainer.model import saved_model  # noqa: F401  (registers EmbeddedSavedModel with the layers below)
+from trainer.model import augment, saved_model  # noqa: F401  (register ClipAugmentation and EmbeddedSavedModel)
 from trainer.model.spec import SERIALIZATION_PACKAGE
 
 

@@ -53,6 +53,8 @@ class ModelSpec:
             is the dataset class of source class ``i`` (-1: left out); the head is then softmax over
             ``len(class_map)`` source classes followed by :class:`trainer.model.layers.ClassMap`. None: a
             softmax over the dataset's classes.
+        augment: Augment the clips in training (:class:`trainer.model.augment.ClipAugmentation`, the model's first
+            layer; inactive at inference either way).
     """
 
     heads: Sequence[str]
@@ -71,6 +73,7 @@ class ModelSpec:
     max_window: int = 256
     dropout: float = 0.5
     class_map: Sequence[int] | None = None
+    augment: bool = True
 
     def __post_init__(self):
         self.heads = tuple(self.heads)

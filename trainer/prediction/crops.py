@@ -1,7 +1,8 @@
 """The crops a video is served, frame by frame: the conversion's face stage, or the dataset's provided crops.
 
-Both sources give one :class:`FrameCrop` per frame index of the video, in order, each crop JPEG-encoded exactly as the
-conversion stores it (the model then decodes it as the trainer reads records):
+Both sources give one :class:`FrameCrop` per frame index of the video, in order, each crop encoded exactly as the
+conversion stores it (JPEG, or raw pixels: the codec the export's records had; the model then decodes it as the trainer
+reads records):
 
 * :class:`FaceStageCrops`: the face stage of the export (:class:`beam_jobs.faces.stage.FaceCropper`) over every
   decodable frame, the same way the conversion runs it (every frame, from frame 1, no reset), so a frame gets the
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 
 from beam_jobs.faces.provided import SOURCE_FACE_STAGE as CROPS_FACE_STAGE
 from beam_jobs.faces.provided import SOURCE_PROVIDED as CROPS_PROVIDED
+from tfrecords_schema.image_codec import CODEC_JPEG, CODECS
 from trainer.prediction.errors import PredictError
 
 MISSING_FACE_STAGE = "export made before face_stage was recorded; re-export"
@@ -34,14 +36,14 @@ class FrameCrop:
     Attributes:
         index: 1-based frame index (= annotation line).
         timestamp_us: Frame time.
-        jpeg: The crop, JPEG-encoded as the conversion stores it.
+        crop: The crop, encoded as the conversion stores it (the codec of ``ServedCrops``).
         bbox: Normalised ``(ymin, xmin, ymax, xmax)`` of the face, None without one.
         decoded: Whether the video's frame decoded.
     """
 
     index: int
     timestamp_us: int
-    jpeg: bytes
+    crop: bytes
     bbox: tuple[float, float, float, float] | None
     decoded: bool
 
@@ -50,12 +52,15 @@ class FrameCrop:
 class ServedCrops:
     """What the export's crops were: ``source`` (:data:`CROPS_FACE_STAGE` or :data:`CROPS_PROVIDED`), the face
     stage (a :class:`beam_jobs.faces.stage.FaceStageConfig`; for provided crops the default stage at the model's
-    crop size, used only when the user asks for the detector anyway) and the crop size and JPEG quality."""
+    crop size, codec and quality, used only when the user asks for the detector anyway), the crop size, the JPEG quality
+    and the codec (``jpeg`` or ``raw``: :mod:`tfrecords_schema.image_codec`; exports made before the codec was recorded
+    were trained on JPEG)."""
 
     source: str
     face_stage: object
     crop_size: int
     jpeg_quality: int
+    codec: str
 
 
 def served_crops(model_info: dict, model_dir: str) -> ServedCrops:
@@ -72,14 +77,16 @@ def served_crops(model_info: dict, model_dir: str) -> ServedCrops:
         raise PredictError(f"{model_dir}: {MISSING_FACE_STAGE} (the face stage of the training crops is unknown, "
                            f"so prediction cannot rebuild it)")
     if crops["source"] == CROPS_PROVIDED:
-        quality = int(crops["jpeg_quality"])
-        stage = FaceStageConfig(crop_size=crop_size, jpeg_quality=quality)
+        stage = FaceStageConfig(crop_size=crop_size, jpeg_quality=int(crops["jpeg_quality"]),
+                                codec=crops.get("codec", CODEC_JPEG))
     else:
         stage = FaceStageConfig.from_dict(model_info["face_stage"])
-        quality = stage.jpeg_quality
     if stage.crop_size != crop_size or int(crops.get("crop_size", crop_size)) != crop_size:
         raise PredictError(f"{model_dir}: the crops' size {stage.crop_size} != the model's crop_size {crop_size}")
-    return ServedCrops(crops["source"], stage, crop_size, quality)
+    if stage.codec not in CODECS:
+        raise PredictError(f"{model_dir}: unknown crop codec {stage.codec!r} (this AffectStream reads "
+                           f"{', '.join(CODECS)})")
+    return ServedCrops(crops["source"], stage, crop_size, stage.jpeg_quality, stage.codec)
 
 
 class FaceStageCrops:
@@ -96,12 +103,12 @@ class FaceStageCrops:
         self.fps, self.stream = 0.0, None
 
     def __iter__(self) -> Iterator[FrameCrop]:
-        from beam_jobs.faces.stage import FaceCropper, blank_crop, encode_jpeg
+        from beam_jobs.faces.stage import FaceCropper, blank_crop
         from beam_jobs.media.video import VideoReader, interpolated_timestamps_us
 
         stage = self.face_stage
         cropper = FaceCropper.from_config(stage, side=self.side)
-        last_jpeg = encode_jpeg(blank_crop(stage.crop_size), stage.jpeg_quality)
+        last = stage.encode(blank_crop(stage.crop_size))
         with VideoReader(self.path) as video:
             self.fps = video.fps
             expected, before = 1, None
@@ -109,10 +116,10 @@ class FaceStageCrops:
                 # Frames the decoder lost: the same crop, no face, at times between their neighbours'.
                 for missing, stamp in enumerate(interpolated_timestamps_us(before, timestamp_us, index - expected,
                                                                            video.fps), start=expected):
-                    yield FrameCrop(missing, stamp, last_jpeg, None, False)
+                    yield FrameCrop(missing, stamp, last, None, False)
                 face = cropper.process(image)
-                last_jpeg = encode_jpeg(face.crop, stage.jpeg_quality)
-                yield FrameCrop(index, timestamp_us, last_jpeg, face.bbox, True)
+                last = stage.encode(face.crop)
+                yield FrameCrop(index, timestamp_us, last, face.bbox, True)
                 expected, before = index + 1, timestamp_us
             self.stream = video.facts()
 
@@ -128,8 +135,9 @@ class ProvidedCrops:
         past_video_end: Crop files of frames past the video's decodable end (not predicted).
     """
 
-    def __init__(self, path: str, crops_dir: str, crop_size: int, jpeg_quality: int):
+    def __init__(self, path: str, crops_dir: str, crop_size: int, jpeg_quality: int, codec: str = CODEC_JPEG):
         self.path, self.crops_dir, self.crop_size, self.jpeg_quality = path, crops_dir, crop_size, jpeg_quality
+        self.codec = codec
         self.fps, self.stream = 0.0, None
         self.missing = self.unreadable = self.past_video_end = 0
 
@@ -137,25 +145,25 @@ class ProvidedCrops:
         import tensorflow as tf
 
         from beam_jobs.faces import provided
-        from beam_jobs.faces.stage import blank_crop, encode_jpeg
+        from beam_jobs.faces.stage import blank_crop, encode_crop
         from beam_jobs.media.video import FrameStatus, VideoReader
 
-        blank = encode_jpeg(blank_crop(self.crop_size), self.jpeg_quality)
+        blank = encode_crop(blank_crop(self.crop_size), self.codec, self.jpeg_quality)
         with VideoReader(self.path) as video:
             self.fps = video.fps
             while (frame := video.next_frame(decode=False)).status is not FrameStatus.END:
                 path = provided.crop_file(self.crops_dir, frame.index)
-                jpeg, bbox = blank, None
+                crop, bbox = blank, None
                 if tf.io.gfile.exists(path):
                     with tf.io.gfile.GFile(path, "rb") as f:
-                        prepared = provided.prepare_crop(f.read(), self.crop_size, self.jpeg_quality)
+                        prepared = provided.prepare_crop(f.read(), self.crop_size, self.jpeg_quality, self.codec)
                     if prepared is None:
                         self.unreadable += 1
                     else:
-                        jpeg, bbox = prepared, provided.WHOLE_IMAGE_BOX
+                        crop, bbox = prepared, provided.WHOLE_IMAGE_BOX
                 else:
                     self.missing += 1
-                yield FrameCrop(frame.index, frame.timestamp_us, jpeg, bbox, frame.status is FrameStatus.DECODED)
+                yield FrameCrop(frame.index, frame.timestamp_us, crop, bbox, frame.status is FrameStatus.DECODED)
             last = video.frames_read
             self.stream = video.facts()
         self.past_video_end = sum(1 for name in tf.io.gfile.listdir(self.crops_dir)

@@ -161,7 +161,7 @@ def choose_crops(served: ServedCrops, args) -> dict:
 def _track_crops(track: Track, local: str, served: ServedCrops):
     """The crops of one track (:mod:`trainer.prediction.crops`)."""
     if track.crops_dir:
-        return ProvidedCrops(local, track.crops_dir, served.crop_size, served.jpeg_quality)
+        return ProvidedCrops(local, track.crops_dir, served.crop_size, served.jpeg_quality, served.codec)
     return FaceStageCrops(local, served.face_stage, track.side)
 
 
@@ -183,7 +183,7 @@ def predict(args) -> int:
     crops = choose_crops(served, args)
     heads = list(model_info["heads"])
     window = serving_window(model_info)
-    predictor = WindowPredictor(model, heads, window, served.crop_size, args.batch_size)
+    predictor = WindowPredictor(model, heads, window, served.crop_size, args.batch_size, served.codec)
     gpus = tf.config.list_physical_devices("GPU")
     stage = f"face stage {served.face_stage.to_dict()}" if crops["source"] == CROPS_FACE_STAGE else "provided crops"
     print(f"[predict] {len(tracks)} track(s); model {model_dir} (heads {', '.join(heads)}, "

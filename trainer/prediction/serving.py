@@ -39,7 +39,7 @@ def load_export(model_dir: str):
 
 
 class WindowPredictor:
-    """Runs the model on batches of windows of JPEG crops, decoded and scaled as the trainer reads records.
+    """Runs the model on batches of windows of stored crops, decoded and scaled as the trainer reads records.
 
     Args:
         model: The exported Keras model (``{head: [B, T, D]}`` outputs).
@@ -48,9 +48,11 @@ class WindowPredictor:
         crop_size: Side of the crops.
         batch_size: Windows per model call (a short last batch is padded with empty windows, so the
             function is traced once).
+        codec: How the crops are encoded (``jpeg`` or ``raw``), as the model's records stored them.
     """
 
-    def __init__(self, model, heads: Sequence[str], seq_len: int, crop_size: int, batch_size: int):
+    def __init__(self, model, heads: Sequence[str], seq_len: int, crop_size: int, batch_size: int,
+                 codec: str = "jpeg"):
         import tensorflow as tf
 
         from trainer.input.frames import decode_frames
@@ -63,9 +65,9 @@ class WindowPredictor:
 
         @tf.function(input_signature=[tf.TensorSpec([batch_size, seq_len], tf.string),
                                       tf.TensorSpec([batch_size], tf.int32)])
-        def run(jpegs, num_valid):
-            frames = tf.map_fn(lambda w: decode_frames(w, crop_size, seq_len), {"image": jpegs, "num_valid": num_valid},
-                               fn_output_signature=window_spec)
+        def run(crops, num_valid):
+            frames = tf.map_fn(lambda w: decode_frames(w, crop_size, seq_len, codec),
+                               {"image": crops, "num_valid": num_valid}, fn_output_signature=window_spec)
             if float_input:
                 frames = tf.cast(frames, tf.float32) * (1.0 / 255.0)
             outputs = model(frames, training=False)
@@ -77,14 +79,14 @@ class WindowPredictor:
         """Outputs ``{head: [frames, D]}`` of the windows' frames, in order (padding left out)."""
         import tensorflow as tf
 
-        jpegs = np.full((self.batch_size, self.seq_len), b"", dtype=object)
+        crops = np.full((self.batch_size, self.seq_len), b"", dtype=object)
         num_valid = np.zeros(self.batch_size, np.int32)
         for i in range(self.batch_size):
             # A short batch is filled up with copies of its first window (an empty window does not decode).
             window = windows[i] if i < len(windows) else windows[0]
-            jpegs[i, :len(window)] = window
+            crops[i, :len(window)] = window
             num_valid[i] = len(window)
-        outputs = self._run(tf.constant(jpegs, tf.string), tf.constant(num_valid))
+        outputs = self._run(tf.constant(crops, tf.string), tf.constant(num_valid))
         keep = np.arange(self.seq_len)[None, :] < num_valid[:, None]
         keep[len(windows):] = False
         return {h: outputs[h].numpy()[keep].astype(np.float32) for h in self.heads}
@@ -152,7 +154,7 @@ def predict_video(crops: Iterable[FrameCrop], stem: str, predictor: WindowPredic
     """
     run = _VideoRun(predictor, pool)
     for crop in crops:
-        run.add(crop.timestamp_us, crop.jpeg, crop.bbox, decoded=crop.decoded)
+        run.add(crop.timestamp_us, crop.crop, crop.bbox, decoded=crop.decoded)
         progress.frame()
     outputs = run.finish()
     return preds_lib.VideoPredictions(

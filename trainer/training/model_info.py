@@ -21,8 +21,10 @@ def crops_of(info) -> dict:
     """What made the data's crops, as ``model_info.json`` stores it: ``{"crops": ..., "face_stage": ...}``.
 
     A conversion of provided crops (``convert --cropped_aligned``) gives ``{"crops": {"source": "provided",
-    "crop_size", "jpeg_quality", "resize"}}``; one through the face stage gives ``{"crops": {"source": "face_stage"},
-    "face_stage": FaceStageConfig dict}`` (``face_stage`` stays where exports have always had it).
+    "crop_size", "jpeg_quality", "codec", "resize"}}``; one through the face stage gives ``{"crops": {"source":
+    "face_stage", "codec"}, "face_stage": FaceStageConfig dict}`` (``face_stage`` stays where exports have always had
+    it, its ``codec`` too). ``codec`` is how the records stored the crops (``jpeg`` or ``raw``), so that ``predict``
+    serves the model crops encoded (and decoded) exactly as it was trained on them.
     """
     from beam_jobs.faces import provided  # Beam-free modules.
     from beam_jobs.faces.stage import FaceStageConfig
@@ -30,8 +32,8 @@ def crops_of(info) -> dict:
     face_stage = FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size})
     if info.options.get("cropped_aligned"):
         return {"crops": {"source": provided.SOURCE_PROVIDED, "crop_size": info.crop_size,
-                          "jpeg_quality": face_stage.jpeg_quality, "resize": provided.RESIZE}}
-    return {"crops": {"source": provided.SOURCE_FACE_STAGE}, "face_stage": face_stage.to_dict()}
+                          "jpeg_quality": face_stage.jpeg_quality, "codec": info.codec, "resize": provided.RESIZE}}
+    return {"crops": {"source": provided.SOURCE_FACE_STAGE, "codec": info.codec}, "face_stage": face_stage.to_dict()}
 
 
 def weights_record(weights: str) -> dict:

@@ -80,6 +80,7 @@ def model_spec_for(config: TrainConfig, info, heads: Sequence[str]):
         temporal_layers=config.temporal_layers,
         max_window=config.max_window,
         dropout=config.dropout,
+        augment=config.augment,
     )
 
 

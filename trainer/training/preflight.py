@@ -43,6 +43,7 @@ def first_frame_size(data_dir: str, info, splits) -> tuple[int, int, str] | None
     import tensorflow as tf
 
     from tfrecords_schema import decode_clip, join_path
+    from tfrecords_schema.image_codec import crop_shape
 
     for split in splits:
         for shard in info.splits[split].shards if split in info.splits else ():
@@ -51,9 +52,9 @@ def first_frame_size(data_dir: str, info, splits) -> tuple[int, int, str] | None
             path = join_path(data_dir, shard.path)
             try:
                 for record in tf.data.TFRecordDataset(path).take(1):
-                    images = decode_clip(record.numpy()).images
-                    if images:
-                        height, width, _ = tf.io.extract_jpeg_shape(images[0]).numpy().tolist()
+                    clip = decode_clip(record.numpy())
+                    if clip.images:
+                        height, width = crop_shape(clip.images[0], clip.image_format)
                         return height, width, path
             except (tf.errors.OpError, ValueError) as e:
                 log.debug("crop-size check: %s skipped (%s: %s)", path, type(e).__name__, e)
