@@ -11,6 +11,7 @@ Example:
     affectstream convert --dataset abaw --videos V --annotations A --output OUT --runner DirectRunner
     affectstream inspect OUT --verify
     affectstream train --data OUT --task expr --job_dir JOB
+    affectstream input-rate --data OUT --task expr --batch_size 64 --seq_len 16 --seconds 30
     affectstream evaluate --model JOB/export --data OUT
     affectstream predict --model JOB/export --videos VIDEOS --output PREDICTIONS
     affectstream import-model --keras FER.hdf5 --class_names angry,...,neutral --pixel_range=-1,1 --output EXPORT
@@ -28,6 +29,8 @@ COMMANDS = {
     "convert": ("beam_jobs.convert", "Beam job: labelled videos -> sharded TFRecord clips + dataset_info.json"),
     "inspect": ("beam_jobs.inspect_dataset", "summarise a conversion output; --verify re-counts its shards"),
     "train": ("trainer.train", "train the CNN+RNN on a conversion output (local, gs://, s3://)"),
+    "input-rate": ("trainer.training.input_rate", "frames/s and frames per CPU-second of the training stream a job "
+                   "with these train options would consume"),
     "data-service": ("trainer.input.data_service", "tf.data service dispatcher + workers for `train --data_service`"),
     "evaluate": ("trainer.evaluation.evaluate", "whole-set metrics and confusion matrix of an exported model"),
     "predict": ("trainer.prediction.predict", "per-frame predictions (CSV, ABAW files) of an exported model on new videos"),

@@ -422,3 +422,33 @@ def test_a_raw_crop_of_the_wrong_size_fails_the_stream_naming_the_sizes(tmp_path
     wrong = dataclasses.replace(info, crop_size=17)
     with pytest.raises(tf.errors.InvalidArgumentError, match="raw crops must be 17x17x3 = 867 bytes"):
         next(iter(trainer_input.make_eval_dataset(str(tmp_path), wrong, task="expr", seq_len=4, batch_size=2)))
+
+
+def test_several_windows_per_clip_are_windows_of_the_clips_read(data):
+    """Repeated sampling: every window a window of a clip read (its own offset and stride), the labels-only stream
+    the same windows, the raw stream the JPEG one's pixels."""
+    root, info = data
+    clips = {c.example_id: c for c in _clips(root, info, "train")}
+    dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=6, seed=5,
+                                               windows_per_clip=3)
+    shard_sets = records.train_shard_sets(root, info, trainer_input.train_bucket_draw(info, "balanced", "expr"),
+                                          None, None)
+    labels = records.explicitly_seeded(lambda worker: trainer_input.train_batches(
+        info, shard_sets, heads=("expression",), seq_len=4, batch_size=6,
+        draw=trainer_input.train_bucket_draw(info, "balanced", "expr"), class_weights=None, seed=5, decode=False,
+        input_context=None, skipped=None, worker=worker, windows_per_clip=3))
+    seen = collections.Counter()
+    for (images, targets, _), (label_targets, _, window) in zip(dataset.take(6), labels.take(6)):
+        np.testing.assert_array_equal(targets["expression"], label_targets["expression"])
+        for b in range(6):
+            clip = clips[window["example_id"][b].numpy().decode()]
+            seen[clip.example_id] += 1
+            for t, frame in enumerate(window["frame_index"][b].numpy()):
+                if frame < 0:
+                    assert not images[b, t].numpy().any()
+                    continue
+                row = list(clip.frame_index).index(frame)
+                np.testing.assert_array_equal(images[b, t], tf.io.decode_jpeg(clip.images[row], channels=3))
+    assert max(seen.values()) >= 2  # a clip read once gave several windows
+    with pytest.raises(ValueError, match="windows_per_clip must be >= 1"):
+        trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=6, windows_per_clip=0)

@@ -76,12 +76,18 @@ def _has_action_units(clip: dict) -> bool:
 
 
 def gather_frames(clip: dict, indices: tf.Tensor, n: tf.Tensor) -> dict:
-    """The frames at increasing ``indices``; indices past the clip end (``n``) are padding (a suffix)."""
+    """The frames at increasing ``indices`` ``[T]`` (or ``[K, T]``: K windows at once, every field gets the leading
+    ``K``); indices past the clip end (``n``) are padding (a suffix).
+
+    A padding frame's ``image`` repeats the clip's last crop rather than becoming an empty string (no second copy of
+    large raw crops): :func:`decode_frames` makes it 0, and the other fields mark it (``num_valid``, ``frame_index``
+    -1, ``has_face`` False).
+    """
     valid = indices < n
     safe = tf.minimum(indices, n - 1)
     return {
-        "image": tf.where(valid, tf.gather(clip["image"], safe), ""),
-        "num_valid": tf.reduce_sum(tf.cast(valid, tf.int32)),
+        "image": tf.gather(clip["image"], safe),
+        "num_valid": tf.reduce_sum(tf.cast(valid, tf.int32), axis=-1),
         "frame_index": tf.where(valid, tf.gather(clip["frame_index"], safe), -1),
         "has_face": tf.logical_and(valid, tf.gather(clip["has_face"], safe)),
         "expression": tf.gather(clip["expression"], safe),
@@ -96,21 +102,27 @@ def labels_of(window: dict) -> dict:
 
 
 def decode_frames(window: dict, crop_size: int, seq_len: int, codec: str = CODEC_JPEG) -> tf.Tensor:
-    """Decodes the valid frames of a window to uint8 ``[T, S, S, 3]``; padding frames are 0.
+    """Decodes the valid frames of a window to uint8 ``[T, S, S, 3]``; padding frames (past ``num_valid``) are 0.
 
     The trainer's one decoding of stored crops, by the data's ``codec`` (:mod:`tfrecords_schema.image_codec`):
     ``jpeg`` decodes each valid frame's JPEG; ``raw`` reinterprets the window's bytes as pixels in one
-    ``tf.io.decode_raw`` (padding frames, empty strings, become zeros), after checking that every valid frame holds
-    ``S² × 3`` bytes (a frame of another size fails the pipeline, naming the sizes).
+    ``tf.io.decode_raw`` (an empty string, as ``predict`` pads its last window, becomes zeros), after checking that
+    every valid frame holds ``S² × 3`` bytes (a frame of another size fails the pipeline, naming the sizes). A raw
+    window may also be ``K`` windows at once (``image`` ``[K, T]``, ``num_valid`` ``[K]``: uint8 ``[K, T, S, S, 3]``),
+    as the training stream takes several windows of a clip.
     """
     if check_codec(codec) == CODEC_RAW:
         size = raw_frame_bytes(crop_size)
-        lengths = tf.where(tf.range(seq_len) < window["num_valid"], tf.strings.length(window["image"]), size)
+        valid = tf.range(seq_len) < window["num_valid"][..., None]
+        lengths = tf.where(valid, tf.strings.length(window["image"]), size)
         check = tf.debugging.assert_equal(lengths, size, message=f"raw crops must be {crop_size}x{crop_size}x3 = "
                                                                 f"{size} bytes (dataset_info.json's crop_size)")
         with tf.control_dependencies([check]):
             frames = tf.io.decode_raw(window["image"], tf.uint8, fixed_length=size)
-        return tf.reshape(frames, [seq_len, crop_size, crop_size, 3])
+        # Padding frames to 0; most windows have none, and then nothing is copied again.
+        frames = tf.cond(tf.reduce_all(valid), lambda: frames,
+                         lambda: frames * tf.cast(valid, tf.uint8)[..., None])
+        return tf.reshape(frames, [*window["image"].shape[:-1], seq_len, crop_size, crop_size, 3])
     jpegs = window["image"][: window["num_valid"]]
     frames = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3), jpegs,
                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))

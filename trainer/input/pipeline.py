@@ -60,6 +60,7 @@ from tfrecords_schema import (
     DatasetInfo,
     make_clip_parser,
 )
+from tfrecords_schema.image_codec import CODEC_RAW
 from trainer.common.choices import TASK_CHOICES
 from trainer.common.filesystems import register_filesystems
 from trainer.input import data_service as data_service_lib
@@ -160,14 +161,14 @@ def expression_weights(info: DatasetInfo, heads: tuple[str, ...], loss_weighting
 def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...], seq_len: int, batch_size: int,
                   draw: sampling_lib.BucketDraw, class_weights: np.ndarray | None, seed: int, decode: bool,
                   input_context, skipped: records.SkippedRecords | None,
-                  worker: tf.Tensor | None) -> tf.data.Dataset:
+                  worker: tf.Tensor | None, windows_per_clip: int = 1) -> tf.data.Dataset:
     """The training batches: ``(images, targets, weights)``, or ``(targets, weights, labels)`` when not ``decode``.
 
     Both variants pick the same clips and windows for the same arguments (the labels-only one measures
     what the stream holds without decoding a crop: ``labels`` is the batch of windows' labels,
     :func:`trainer.input.frames.labels_of`, with each clip's ``bucket`` index and ``example_id``). Build it inside
     :func:`records.explicitly_seeded` (``worker``: see :func:`records.stream_seed`); ``shard_sets``:
-    :func:`records.train_shard_sets`.
+    :func:`records.train_shard_sets`. ``windows_per_clip``: see :func:`make_train_dataset`.
     """
     # 1. Serialized clips, buckets mixed; one seed per clip (its window).
     pipeline_id = 0 if input_context is None else input_context.input_pipeline_id
@@ -178,14 +179,27 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
     num_classes = len(info.expression_names)
     crop_size = info.crop_size
 
-    # 2. Per clip: parse, pick the window, decode its crops (uint8). Everything else runs per batch.
+    # 2. Per clip: parse, pick its window(s), decode their crops (uint8). Everything else runs per batch.
     def to_clip(serialized, clip_seed):
         clip = parse(serialized)
-        window = frames_lib.random_window(clip, clip_seed, seq_len)
+        n = tf.shape(clip["image"])[0]
+        if windows_per_clip == 1:
+            indices = frames_lib.random_window_indices(n, clip_seed, seq_len)
+        else:  # [K, T]: K windows gathered (and raw ones decoded) at once
+            indices = tf.stack([frames_lib.random_window_indices(n, s, seq_len) for s in
+                                tf.unstack(tf.random.experimental.stateless_split(clip_seed, windows_per_clip))])
+        window = frames_lib.gather_frames(clip, indices, n)
         labels = frames_lib.labels_of(window)
         if not decode:
-            return {**labels, "bucket": clip["bucket"], "example_id": clip["example_id"]}
-        return frames_lib.decode_frames(window, crop_size, seq_len, info.codec), labels
+            repeat = (lambda v: v) if windows_per_clip == 1 else (lambda v: tf.fill([windows_per_clip], v))
+            return {**labels, "bucket": repeat(clip["bucket"]), "example_id": repeat(clip["example_id"])}
+        if windows_per_clip > 1 and info.codec != CODEC_RAW:  # JPEG: each window's frames decoded on their own
+            images = tf.map_fn(lambda w: frames_lib.decode_frames(w, crop_size, seq_len, info.codec),
+                               {"image": window["image"], "num_valid": window["num_valid"]},
+                               fn_output_signature=tf.TensorSpec([seq_len, crop_size, crop_size, 3], tf.uint8))
+        else:
+            images = frames_lib.decode_frames(window, crop_size, seq_len, info.codec)
+        return images, labels
 
     # 3. Per batch: targets and weights. (The augmentation is the model's: trainer.model.augment.)
     def to_batch(*clip_batch):  # (frames, labels), or (labels,) without decoding
@@ -195,6 +209,9 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
         return (frames, targets, weights_) if decode else (targets, weights_, labels)
 
     dataset = tf.data.Dataset.zip((clips, clip_seeds)).map(to_clip, num_parallel_calls=AUTOTUNE)
+    if windows_per_clip > 1:  # a clip's windows spread over several batches
+        dataset = dataset.unbatch().shuffle(windows_per_clip * batch_size, reshuffle_each_iteration=True,
+                                            seed=records.stream_seed(seed, worker, "windows", pipeline_id))
     dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
     return dataset.map(to_batch, num_parallel_calls=AUTOTUNE)
 
@@ -204,7 +221,7 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
                        class_weights: np.ndarray | None = None, seed: int = 0,
                        input_context: tf.distribute.InputContext | None = None,
                        skipped: records.SkippedRecords | None = None, data_service: str | None = None,
-                       data_service_job: str | None = None) -> tf.data.Dataset:
+                       data_service_job: str | None = None, windows_per_clip: int = 1) -> tf.data.Dataset:
     """The infinite, rebalanced training stream of ``(images, targets, weights)`` batches.
 
     Args:
@@ -224,6 +241,11 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
             :func:`trainer.input.mixing.balanced_frame_weights`);
             only with ``loss_weighting="none"``.
         seed: Seed of file/record shuffles, bucket draws and frame picks.
+        windows_per_clip: Random windows taken from every clip read (each its own offset and stride; 1: one, the
+            stream as it has always been). More than one is repeated sampling: the record's reading, checksum and
+            parsing serve several windows, which matters for raw crops (a 64-frame record of 112² crops is 2.4 MB,
+            of which a 16-frame window uses a quarter); a clip's windows are shuffled over
+            ``windows_per_clip x batch_size`` windows, so they spread over several batches.
         input_context: Multi-worker input context: this pipeline reads its share of every stream's files (a stream
             with fewer non-empty files than pipelines is read whole by each, see :func:`records.assign_shards`)
             (in-process input only; service workers read every file).
@@ -243,12 +265,14 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
     sampling_mode = sampling_lib.check_choice(sampling, sampling_lib.SAMPLING_MODES, "sampling mode")
     sampling_lib.check_choice(loss_weighting, sampling_lib.LOSS_WEIGHTINGS, "loss weighting")
     heads = check_heads_and_sizes(info, task, seq_len, batch_size)
+    if windows_per_clip < 1:
+        raise ValueError(f"windows_per_clip must be >= 1, got {windows_per_clip}")
     register_filesystems(data_dir)
     records.split_info(info, SPLIT_TRAIN)
     draw = train_bucket_draw(info, sampling_mode, task)
     class_weights = expression_weights(info, heads, loss_weighting, class_weights)
     stream = {"heads": heads, "seq_len": seq_len, "batch_size": batch_size, "draw": draw,
-              "class_weights": class_weights, "seed": seed, "decode": True}
+              "class_weights": class_weights, "seed": seed, "decode": True, "windows_per_clip": windows_per_clip}
 
     # 2. In process, or on the tf.data service: every worker runs the whole stream (all files) with its own
     #    seeds. Shards are checked here, where errors are clear, before any dataset function is traced.

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 # Serialized clips held in the record shuffle buffers of one training pipeline, over all buckets, shared by
 # weight (about 64 KiB per 16-frame clip of 112-pixel crops: ~32 MiB); each bucket holds at least
 # MIN_BUCKET_SHUFFLE, so composite buckets (up to a few hundred) add at most a few hundred clips more.
+# Raw crops (convert --codec raw) are about 2.4 MiB per 64-frame clip of 112-pixel crops: ~1.2 GiB at most.
 RECORD_SHUFFLE_CLIPS = 512
 MIN_BUCKET_SHUFFLE = 2
 # Shards read at the same time per stream, at most; and over all streams, shared by weight (every stream keeps

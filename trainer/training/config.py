@@ -62,6 +62,7 @@ class TrainConfig:
     loss_weighting: str = "none"
     au_positive_weight: str = "sqrt"
     balance_frames: bool = False
+    windows_per_clip: int = 1
     data_service: str | None = None
     backbone: str = "simple_cnn"
     weights: str = "none"
@@ -128,7 +129,7 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"--{name} must be an integer >= 0, got {value!r}")
         for name in ("epochs", "batch_size", "seq_len", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "feature_dim", "temporal_width", "max_window"):
+                     "feature_dim", "temporal_width", "max_window", "windows_per_clip"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
@@ -253,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-class expression weights that give the training frames the class mix their buckets "
                    "are sampled at (a clip's bucket is its majority class, so its other frames skew the mix); "
                    "measured on the training stream at start-up; instead of --loss_weighting")
+    p.add_argument("--windows_per_clip", type=int, metavar="K",
+                   help="random windows taken from every training clip read (default 1): K > 1 is repeated sampling, "
+                   "the record's reading and parsing shared by K windows (each its own offset and stride, spread "
+                   "over several batches); for raw crops (convert --codec raw) of 64-frame clips with --seq_len 16, "
+                   "4 reads each byte once (see affectstream input-rate); an epoch is then K windows per clip")
     p.add_argument("--data_service", metavar="grpc://HOST:PORT",
                    help="run the training input on this tf.data service dispatcher's workers (e.g. from "
                    "`affectstream data-service`); they must reach --data at the same path")
@@ -355,7 +361,15 @@ def parse_train_config(argv: Sequence[str] | None) -> TrainConfig:
         ConfigError: invalid option values or config file.
         SystemExit: argparse errors (unknown flags, unparsable numbers).
     """
-    args = build_parser().parse_args(argv)
+    return config_from_args(build_parser().parse_args(argv))
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The validated TrainConfig of parsed options (:func:`build_parser`'s): defaults < ``--config FILE`` < flags.
+
+    Raises:
+        ConfigError: invalid option values or config file.
+    """
     values: dict[str, Any] = {}
     if args.config:
         values.update(load_config_file(args.config))

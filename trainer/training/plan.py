@@ -31,7 +31,7 @@ def resolve_steps_per_epoch(config: TrainConfig, info) -> int:
     """Steps per epoch: ``--steps_per_epoch``, or from the data.
 
     From the data: ``clips_per_epoch // batch_size`` for ``downsample``, else train clips // batch size
-    (at least 1). With ``downsample`` a warning is logged when an epoch of steps is not exactly one
+    (at least 1), times ``--windows_per_clip`` (an epoch holds that many windows of every clip). With ``downsample`` a warning is logged when an epoch of steps is not exactly one
     minority-count block of the input (``clips_per_epoch`` clips), also for an explicit ``--steps_per_epoch``.
 
     Args:
@@ -44,6 +44,8 @@ def resolve_steps_per_epoch(config: TrainConfig, info) -> int:
     from trainer.input import sampling
 
     clips = sampling.clips_per_epoch(info, config.sampling, config.task)
+    if clips is not None:
+        clips *= config.windows_per_clip  # windows per epoch
     if config.steps_per_epoch:
         if clips is not None and config.steps_per_epoch * config.batch_size != clips:
             log.warning("downsample: --steps_per_epoch %d x --batch_size %d = %d clips per epoch, but a downsample "
@@ -56,7 +58,7 @@ def resolve_steps_per_epoch(config: TrainConfig, info) -> int:
         log.warning("downsample: an epoch of %d clips is not a whole number of batches of %d; epochs will not "
                     "line up exactly with the input's minority-count blocks", clips, config.batch_size)
     if clips is None:
-        clips = info.splits["train"].num_clips if "train" in info.splits else 0
+        clips = (info.splits["train"].num_clips if "train" in info.splits else 0) * config.windows_per_clip
     return max(1, clips // config.batch_size)
 
 

@@ -114,7 +114,7 @@ class Stage:
         return make_train_dataset(
             config.data, plan.info, task=config.task, seq_len=self.train_seq_len, batch_size=batch_size,
             sampling=config.sampling, loss_weighting=config.loss_weighting, class_weights=plan.class_weights,
-            seed=seed, input_context=input_context, skipped=skipped,
+            seed=seed, input_context=input_context, skipped=skipped, windows_per_clip=config.windows_per_clip,
             data_service=config.data_service,
             data_service_job=data_service.job_name(config.job_dir, seed) if config.data_service else None,
         )

@@ -1,0 +1,50 @@
+"""`affectstream input-rate`: the training stream of a job's options, measured; one JSON line last."""
+
+import contextlib
+import io
+import json
+
+import pytest
+from trainer_data import write_dataset
+
+from affectstream import cli
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rate")
+    write_dataset(root / "jpeg", num_clips_per_class={"A": 3, "B": 3}, clip_length=8, crop_size=16, seed=1)
+    write_dataset(root / "raw", num_clips_per_class={"A": 3, "B": 3}, clip_length=8, crop_size=16, seed=1,
+                  codec="raw")
+    return root
+
+
+def _run(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["input-rate", *map(str, argv)])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("codec, extra", [("jpeg", []), ("raw", ["--windows_per_clip", "2"]),
+                                          ("jpeg", ["--stage", "frames"])])
+def test_input_rate_prints_one_json_line_last_with_the_figures(data, codec, extra):
+    code, out, err = _run("--data", data / codec, "--task", "expr", "--batch_size", "4", "--seq_len", "4",
+                          "--seconds", "0.3", "--warmup_batches", "2", *extra)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    seq_len = 1 if "frames" in extra else 4
+    assert result["codec"] == codec and result["crop_size"] == 16 and result["seq_len"] == seq_len
+    assert result["batches"] >= 1 and result["frames"] == result["batches"] * 4 * seq_len
+    assert result["frames_per_second"] > 0 and result["frames_per_cpu_second"] > 0 and result["seconds"] >= 0.3
+    assert "frames per CPU-second" in err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--seconds", "0"], "--seconds must be > 0"),
+    (["--stage", "sequence", "--features_from", "x"], "input-rate measures the clip stages"),
+    (["--windows_per_clip", "0"], "--windows_per_clip must be a positive integer"),
+])
+def test_bad_options_exit_2_with_one_line(data, argv, expected):
+    code, out, err = _run("--data", data / "jpeg", *argv)
+    assert code == 2 and expected in err and not out
