@@ -33,7 +33,7 @@ from trainer.input.pipeline import heads_for_task, make_train_dataset
 from trainer.training import distribution
 from trainer.training.config import TrainConfig
 from trainer.training.plan import model_spec_for
-from trainer.training.step import build_model_and_optimizer, make_train_step
+from trainer.training.step import build_model_and_optimizer, loss_scaled, make_train_step
 
 
 def _time_steps(train_step, iterator, warmup: int, steps: int) -> float:
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default="simple_cnn")
     p.add_argument("--cnn_width", type=float, default=0.5)
     p.add_argument("--strategy", default="auto")
-    p.add_argument("--mixed_precision", action="store_true")
+    p.add_argument("--precision", default="float32", help="float32, mixed_float16 or mixed_bfloat16")
     p.add_argument("--jit_compile", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
@@ -80,12 +80,12 @@ def main(argv=None) -> int:
         info = read_dataset_info(data)
         config = TrainConfig(data=data, job_dir=tmp or "unused", task=args.task, batch_size=args.batch_size,
                              seq_len=args.seq_len, backbone=args.backbone, cnn_width=args.cnn_width,
-                             mixed_precision=args.mixed_precision, jit_compile=args.jit_compile)
+                             precision=args.precision, jit_compile=args.jit_compile)
         heads = heads_for_task(info, args.task)
         model, optimizer = build_model_and_optimizer(config, model_spec_for(config, info, heads), strategy)
         jit = args.jit_compile == "on" or (args.jit_compile == "auto" and distribution.has_gpu())
         train_step = make_train_step(model, optimizer, strategy, global_frames=args.batch_size * args.seq_len,
-                                     mixed_precision=args.mixed_precision, jit=jit)
+                                     loss_scale=loss_scaled(args.precision), jit=jit)
 
         def real_fn(ctx):
             return make_train_dataset(data, info, task=args.task, seq_len=args.seq_len,
@@ -105,8 +105,8 @@ def main(argv=None) -> int:
         cached, real = min(cached_times), min(real_times)
         frames = args.batch_size * args.seq_len
         device = "GPU" if distribution.has_gpu() else f"CPU ({os.cpu_count()} cores)"
-        print(f"device: {device}, strategy {type(strategy).__name__}, XLA {jit}, mixed precision "
-              f"{args.mixed_precision}")
+        print(f"device: {device}, strategy {type(strategy).__name__}, XLA {jit}, precision "
+              f"{args.precision}")
         print(f"model: {args.backbone} (width {args.cnn_width}), batch {args.batch_size} x {args.seq_len} frames of "
               f"{info.crop_size}x{info.crop_size}")
         print(f"cached batch : {cached * 1000:8.1f} ms/step  {frames / cached:8.0f} frames/s  "

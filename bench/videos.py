@@ -5,6 +5,8 @@ There is no long real face video we may ship, so the benchmarks build theirs:
 * ``megamind``: the real movie-trailer excerpt ``Megamind.avi`` (Debian ``opencv-doc``, 270 frames of
   720x528 at 23.976 fps, cuts and real faces in most frames; see :mod:`affectstream.real_videos`),
   scaled to 982x720, pillarboxed to 1280x720 and looped (a hard cut at each loop point, every 11.3 s);
+* ``megamind_native``: the same trailer at its native 720x528, looped: footage that is cheap to decode, so the
+  face stage (and, for ``predict``, the model) dominates;
 * ``astronaut``: the public-domain NASA portrait ``skimage.data.astronaut()`` (a real face), its
   head and shoulders (230x260 px) scaled to 1.2-2x and moving over ``skimage.data.coffee()``
   stretched to 1280x720 at 30 fps, with a 2-second cut to the coffee scene alone every 12 seconds.
@@ -28,8 +30,9 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-MATERIALS = ("megamind", "astronaut")
+MATERIALS = ("megamind", "megamind_native", "astronaut")
 WIDTH, HEIGHT = 1280, 720
+NATIVE_WIDTH, NATIVE_HEIGHT = 720, 528  # Megamind.avi's own size
 ASTRONAUT_FPS = 30.0
 
 
@@ -38,13 +41,16 @@ def describe(material: str) -> str:
     if material == "megamind":
         return ("Megamind.avi (real trailer excerpt, Debian opencv-doc, MPEG-4 720x528 23.976 fps, 270 frames) "
                 "scaled to 982x720, pillarboxed to 1280x720, looped, re-encoded as MPEG-4 Part 2 (mp4v)")
+    if material == "megamind_native":
+        return ("Megamind.avi (real trailer excerpt, Debian opencv-doc, MPEG-4 720x528 23.976 fps, 270 frames) at its "
+                "native 720x528, looped, re-encoded as MPEG-4 Part 2 (mp4v)")
     if material == "astronaut":
         return ("skimage.data.astronaut() head (real face, public-domain NASA portrait) scaled 1.2-2x moving over "
                 "skimage.data.coffee() at 1280x720 30 fps, 2 s face-less cut every 12 s, MPEG-4 Part 2 (mp4v)")
     raise ValueError(f"unknown material {material!r}; valid: {MATERIALS}")
 
 
-def _megamind_frames() -> tuple[Iterator[np.ndarray], float]:
+def _megamind_frames(native: bool = False) -> tuple[Iterator[np.ndarray], float]:
     from affectstream import real_videos
 
     source = real_videos.opencv_sample_videos()[0]
@@ -60,6 +66,10 @@ def _megamind_frames() -> tuple[Iterator[np.ndarray], float]:
                     ok, frame = cap.read()
                     if not ok:
                         break
+                    if native:
+                        yield cv2.resize(frame, (NATIVE_WIDTH, NATIVE_HEIGHT)) if frame.shape[:2] != (
+                            NATIVE_HEIGHT, NATIVE_WIDTH) else frame
+                        continue
                     h, w = frame.shape[:2]
                     scaled = cv2.resize(frame, (round(w * HEIGHT / h), HEIGHT), interpolation=cv2.INTER_LINEAR)
                     out = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
@@ -97,11 +107,12 @@ def _astronaut_frames() -> tuple[Iterator[np.ndarray], float]:
     return frames(), fps
 
 
-def _write(path: pathlib.Path, frames: Iterator[np.ndarray], fps: float, total: int, prefix: tuple) -> None:
+def _write(path: pathlib.Path, frames: Iterator[np.ndarray], fps: float, total: int, prefix: tuple,
+           size: tuple[int, int] = (WIDTH, HEIGHT)) -> None:
     """Writes ``total`` frames to ``path`` and the first ``prefix[1]`` of them to ``prefix[0]`` too."""
     fourcc = cv2.VideoWriter_fourcc(*"mp4v")
     parts = {p: p.with_name(p.stem + ".part.mp4") for p in (path, prefix[0])}
-    writers = {p: cv2.VideoWriter(str(tmp), fourcc, fps, (WIDTH, HEIGHT)) for p, tmp in parts.items()}
+    writers = {p: cv2.VideoWriter(str(tmp), fourcc, fps, size) for p, tmp in parts.items()}
     try:
         if not all(w.isOpened() for w in writers.values()):
             raise OSError(f"OpenCV cannot write {path} with mp4v")
@@ -122,9 +133,12 @@ def make_videos(material: str, long_seconds: float, short_seconds: float, cache_
     describe(material)  # Validates the name.
     cache = pathlib.Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    long_path = cache / f"{material}-720p-{long_seconds:g}s.mp4"
-    short_path = cache / f"{material}-720p-{long_seconds:g}s-first-{short_seconds:g}s.mp4"
+    native = material == "megamind_native"
+    label = "720x528" if native else "720p"
+    long_path = cache / f"{material}-{label}-{long_seconds:g}s.mp4"
+    short_path = cache / f"{material}-{label}-{long_seconds:g}s-first-{short_seconds:g}s.mp4"
     if not (long_path.exists() and short_path.exists()):
-        frames, fps = _megamind_frames() if material == "megamind" else _astronaut_frames()
-        _write(long_path, frames, fps, round(long_seconds * fps), (short_path, round(short_seconds * fps)))
+        frames, fps = _astronaut_frames() if material == "astronaut" else _megamind_frames(native)
+        _write(long_path, frames, fps, round(long_seconds * fps), (short_path, round(short_seconds * fps)),
+               (NATIVE_WIDTH, NATIVE_HEIGHT) if native else (WIDTH, HEIGHT))
     return str(long_path), str(short_path)

@@ -150,7 +150,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
                              seq_len=T, dropout=0.0)
         model, optimizer = build_model_and_optimizer(config, None, strategy, total_steps=STEPS, builder=builder)
         iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat()))
-        step = make_train_step(model, optimizer, strategy, global_frames=global_frames, mixed_precision=False, jit=jit)
+        step = make_train_step(model, optimizer, strategy, global_frames=global_frames, loss_scale=False, jit=jit)
         losses = []
         for s in range(STEPS):
             before = [w.copy() for w in model.get_weights()]
@@ -181,7 +181,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     for name, strategy, rows in (("one", ONE, slice(0, B)), ("mirrored", MIRRORED, slice(0, B)),
                                  ("half_batch", ONE, slice(0, B // 2))):  # what one replica alone would see
         batch = (images[rows], {"expression": labels[rows]}, {"expression": frame_weights[rows]})
-        run(name, strategy, lambda spec_, mixed_precision: build_model(spec, mixed_precision=mixed_precision), batch,
+        run(name, strategy, lambda spec_, precision: build_model(spec, precision=precision), batch,
             B * T)
 
     # 2. Valence-arousal: each replica gets different clips (the second half darker, its labels elsewhere and
@@ -210,7 +210,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
                                           ("bn_half0", ONE, slice(0, B // 2), False, True),
                                           ("bn_half1", ONE, slice(B // 2, B), False, True)):
         batch = (va_images[rows], {"valence_arousal": va[rows]}, {"valence_arousal": va_weights[rows]})
-        model = run(name, strategy, lambda spec_, mixed_precision, bn=bn: va_model(bn), batch,
+        model = run(name, strategy, lambda spec_, precision, bn=bn: va_model(bn), batch,
                     (rows.stop - rows.start) * T, jit=jit)
     # The old loss, a mean of the replicas' CCCs, on the same first-step predictions (the check can fail).
     keras.utils.set_random_seed(0)

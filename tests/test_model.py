@@ -60,15 +60,18 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
         tiny_spec(backbone_weights=str(tmp_path / "nope.h5"))
 
 
-def test_mixed_precision_computes_in_float16_outputs_float32_and_leaves_the_global_policy_alone():
+@pytest.mark.parametrize("precision, compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
+def test_mixed_precision_computes_in_16_bits_outputs_float32_and_leaves_the_global_policy_alone(precision, compute):
     import keras
 
     before = keras.mixed_precision.global_policy().name
-    m = model_lib.build_model(tiny_spec(), mixed_precision=True)
+    m = model_lib.build_model(tiny_spec(), precision=precision)
     assert keras.mixed_precision.global_policy().name == before == "float32"
-    assert m.get_layer("gru_1").compute_dtype == "float16"
-    out = m(np.random.rand(1, 3, 32, 32, 3).astype("float32"))
+    assert m.get_layer("gru_1").compute_dtype == compute and m.get_layer("gru_1").variable_dtype == "float32"
+    out = m(np.random.default_rng(0).integers(0, 256, (1, 3, 32, 32, 3), dtype=np.uint8))
     assert all(v.dtype == tf.float32 for v in out.values())
+    with pytest.raises(ValueError, match="valid values: float32, mixed_float16, mixed_bfloat16"):
+        model_lib.build_model(tiny_spec(), precision="float8")
     # A float32 build stays float32 whatever the global policy says.
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from trainer.common import errors, filesystems
+from trainer.common.allocator import recycle_large_buffers
 from trainer.common.errors import TrainingError
 from trainer.training.config import ConfigError, TrainConfig, parse_train_config
 from trainer.training.job import LOGS_DIRNAME, REPORTS_DIRNAME, TRAIN_CONFIG_FILENAME  # noqa: F401 (the job's files)
@@ -61,6 +62,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     _setup_logging(config.verbose)
+    recycle_large_buffers()  # the input's large buffers (raw crops) reused, not mapped and zeroed afresh
     try:
         filesystems.register_filesystems(config.data, config.job_dir)
         train(config)

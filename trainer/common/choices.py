@@ -23,6 +23,12 @@ STAGE_FRAMES = "frames"  # the CNN alone, per frame
 STAGE_SEQUENCE = "sequence"  # the recurrent stack on the frozen CNN's features
 STAGES = (STAGE_END_TO_END, STAGE_FRAMES, STAGE_SEQUENCE)
 JIT_CHOICES = ("auto", "on", "off")
+# --precision: Keras dtype policies of the trained model (variables float32 in every one; the losses, CCC and metrics
+# are computed in float32). Loss scaling for float16 only.
+PRECISION_FLOAT32 = "float32"
+PRECISION_FLOAT16 = "mixed_float16"
+PRECISION_BFLOAT16 = "mixed_bfloat16"
+PRECISIONS = (PRECISION_FLOAT32, PRECISION_FLOAT16, PRECISION_BFLOAT16)
 OPTIMIZER_CHOICES = ("adam", "sgd")
 IMPORTED_OUTPUTS = ("probabilities", "logits")  # import-model --model_outputs: what the network's output is
 CHANNEL_ORDERS = ("rgb", "bgr")  # import-model --channel_order

@@ -75,18 +75,18 @@ def _has_action_units(clip: dict) -> bool:
     return clip["action_units"].shape[-1] != 0
 
 
-def gather_frames(clip: dict, indices: tf.Tensor, n: tf.Tensor) -> dict:
+def gather_frames(clip: dict, indices: tf.Tensor, n: tf.Tensor, with_image: bool = True) -> dict:
     """The frames at increasing ``indices`` ``[T]`` (or ``[K, T]``: K windows at once, every field gets the leading
     ``K``); indices past the clip end (``n``) are padding (a suffix).
 
     A padding frame's ``image`` repeats the clip's last crop rather than becoming an empty string (no second copy of
     large raw crops): :func:`decode_frames` makes it 0, and the other fields mark it (``num_valid``, ``frame_index``
-    -1, ``has_face`` False).
+    -1, ``has_face`` False). Without ``with_image`` the window holds its labels only (:func:`window_frames` decodes).
     """
     valid = indices < n
     safe = tf.minimum(indices, n - 1)
     return {
-        "image": tf.gather(clip["image"], safe),
+        **({"image": tf.gather(clip["image"], safe)} if with_image else {}),
         "num_valid": tf.reduce_sum(tf.cast(valid, tf.int32), axis=-1),
         "frame_index": tf.where(valid, tf.gather(clip["frame_index"], safe), -1),
         "has_face": tf.logical_and(valid, tf.gather(clip["has_face"], safe)),
@@ -101,28 +101,54 @@ def labels_of(window: dict) -> dict:
     return {k: v for k, v in window.items() if k != "image"}
 
 
+def _raw_pixels(images: tf.Tensor, valid: tf.Tensor, crop_size: int) -> tf.Tensor:
+    """uint8 ``[..., S, S, 3]`` of raw crops ``[...]`` (``valid`` ones checked to hold ``S² × 3`` bytes; others, e.g.
+    empty padding strings, become zeros)."""
+    size = raw_frame_bytes(crop_size)
+    lengths = tf.where(valid, tf.strings.length(images), size)
+    check = tf.debugging.assert_equal(lengths, size, message=f"raw crops must be {crop_size}x{crop_size}x3 = {size} "
+                                                            f"bytes (dataset_info.json's crop_size)")
+    with tf.control_dependencies([check]):
+        frames = tf.io.decode_raw(images, tf.uint8, fixed_length=size)
+    return tf.reshape(frames, tf.concat([tf.shape(images), [crop_size, crop_size, 3]], 0))
+
+
+def _zero_padding(frames: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """``frames`` ``[..., T, S, S, 3]`` with the frames not ``valid`` ``[..., T]`` set to 0 (no copy when all are)."""
+    return tf.cond(tf.reduce_all(valid), lambda: frames,
+                   lambda: frames * tf.cast(valid, frames.dtype)[..., None, None, None])
+
+
+def window_frames(clip: dict, indices: tf.Tensor, n: tf.Tensor, crop_size: int, seq_len: int,
+                  codec: str = CODEC_JPEG) -> tf.Tensor:
+    """uint8 ``[K, T, S, S, 3]``: the decoded frames of ``K`` windows (``indices`` ``[K, T]``) of a parsed clip of
+    ``n`` frames, padding (indices past ``n``) 0, as :func:`decode_frames` decodes them.
+
+    Raw crops are decoded once for the whole clip and the windows gathered as pixels (overlapping windows share
+    the work, and no crop is copied as a string); JPEG windows are decoded one by one.
+    """
+    valid = indices < n
+    if check_codec(codec) == CODEC_RAW:
+        pixels = _raw_pixels(clip["image"], tf.ones([n], tf.bool), crop_size)
+        return _zero_padding(tf.gather(pixels, tf.minimum(indices, n - 1)), valid)
+    windows = gather_frames(clip, indices, n)
+    return tf.map_fn(lambda w: decode_frames(w, crop_size, seq_len, codec),
+                     {"image": windows["image"], "num_valid": windows["num_valid"]},
+                     fn_output_signature=tf.TensorSpec([seq_len, crop_size, crop_size, 3], tf.uint8))
+
+
 def decode_frames(window: dict, crop_size: int, seq_len: int, codec: str = CODEC_JPEG) -> tf.Tensor:
     """Decodes the valid frames of a window to uint8 ``[T, S, S, 3]``; padding frames (past ``num_valid``) are 0.
 
     The trainer's one decoding of stored crops, by the data's ``codec`` (:mod:`tfrecords_schema.image_codec`):
     ``jpeg`` decodes each valid frame's JPEG; ``raw`` reinterprets the window's bytes as pixels in one
     ``tf.io.decode_raw`` (an empty string, as ``predict`` pads its last window, becomes zeros), after checking that
-    every valid frame holds ``S² × 3`` bytes (a frame of another size fails the pipeline, naming the sizes). A raw
-    window may also be ``K`` windows at once (``image`` ``[K, T]``, ``num_valid`` ``[K]``: uint8 ``[K, T, S, S, 3]``),
-    as the training stream takes several windows of a clip.
+    every valid frame holds ``S² × 3`` bytes (a frame of another size fails the pipeline, naming the sizes).
     """
     if check_codec(codec) == CODEC_RAW:
-        size = raw_frame_bytes(crop_size)
-        valid = tf.range(seq_len) < window["num_valid"][..., None]
-        lengths = tf.where(valid, tf.strings.length(window["image"]), size)
-        check = tf.debugging.assert_equal(lengths, size, message=f"raw crops must be {crop_size}x{crop_size}x3 = "
-                                                                f"{size} bytes (dataset_info.json's crop_size)")
-        with tf.control_dependencies([check]):
-            frames = tf.io.decode_raw(window["image"], tf.uint8, fixed_length=size)
-        # Padding frames to 0; most windows have none, and then nothing is copied again.
-        frames = tf.cond(tf.reduce_all(valid), lambda: frames,
-                         lambda: frames * tf.cast(valid, tf.uint8)[..., None])
-        return tf.reshape(frames, [*window["image"].shape[:-1], seq_len, crop_size, crop_size, 3])
+        valid = tf.range(seq_len) < window["num_valid"]
+        frames = _zero_padding(_raw_pixels(window["image"], valid, crop_size), valid)
+        return tf.ensure_shape(frames, [seq_len, crop_size, crop_size, 3])
     jpegs = window["image"][: window["num_valid"]]
     frames = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3), jpegs,
                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))

@@ -60,7 +60,6 @@ from tfrecords_schema import (
     DatasetInfo,
     make_clip_parser,
 )
-from tfrecords_schema.image_codec import CODEC_RAW
 from trainer.common.choices import TASK_CHOICES
 from trainer.common.filesystems import register_filesystems
 from trainer.input import data_service as data_service_lib
@@ -188,18 +187,14 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
         else:  # [K, T]: K windows gathered (and raw ones decoded) at once
             indices = tf.stack([frames_lib.random_window_indices(n, s, seq_len) for s in
                                 tf.unstack(tf.random.experimental.stateless_split(clip_seed, windows_per_clip))])
-        window = frames_lib.gather_frames(clip, indices, n)
+        window = frames_lib.gather_frames(clip, indices, n, with_image=decode and windows_per_clip == 1)
         labels = frames_lib.labels_of(window)
         if not decode:
             repeat = (lambda v: v) if windows_per_clip == 1 else (lambda v: tf.fill([windows_per_clip], v))
             return {**labels, "bucket": repeat(clip["bucket"]), "example_id": repeat(clip["example_id"])}
-        if windows_per_clip > 1 and info.codec != CODEC_RAW:  # JPEG: each window's frames decoded on their own
-            images = tf.map_fn(lambda w: frames_lib.decode_frames(w, crop_size, seq_len, info.codec),
-                               {"image": window["image"], "num_valid": window["num_valid"]},
-                               fn_output_signature=tf.TensorSpec([seq_len, crop_size, crop_size, 3], tf.uint8))
-        else:
-            images = frames_lib.decode_frames(window, crop_size, seq_len, info.codec)
-        return images, labels
+        if windows_per_clip == 1:
+            return frames_lib.decode_frames(window, crop_size, seq_len, info.codec), labels
+        return frames_lib.window_frames(clip, indices, n, crop_size, seq_len, info.codec), labels
 
     # 3. Per batch: targets and weights. (The augmentation is the model's: trainer.model.augment.)
     def to_batch(*clip_batch):  # (frames, labels), or (labels,) without decoding

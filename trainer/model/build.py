@@ -22,10 +22,11 @@ ready (``cnn=``: the per-frame network of an export or an imported model, :mod:`
 losses (:func:`trainer.model.losses.compute_losses`) take per-frame weights ``[B, T]``: invalid labels, frames
 without a face and padding weigh 0.
 
-Mixed precision: :func:`build_model` with ``mixed_precision=True`` builds the layers under Keras'
-``mixed_float16`` global dtype policy and restores the previous policy afterwards
-(:func:`_global_dtype_policy`, the trainer's one place that touches the global policy; the
-``keras.applications`` backbones take no per-layer dtype, so the global policy is the only way in).
+Mixed precision: :func:`build_model` with ``precision="mixed_float16"`` (GPUs) or ``"mixed_bfloat16"`` (TPUs, and
+GPUs from Ampere on: float32's range, so no loss scaling) builds the layers under that Keras global dtype policy and
+restores the previous policy afterwards (:func:`_global_dtype_policy`, the trainer's one place that touches the
+global policy; the ``keras.applications`` backbones take no per-layer dtype, so the global policy is the only way in).
+Variables stay float32, and so do the heads' outputs, hence the losses, CCC and metrics computed from them.
 
 Backbone weights (:attr:`ModelSpec.backbone_weights`): random (None), a local weights file, or
 ``"imagenet"`` for the ``keras.applications`` backbones: Keras downloads them once into its cache
@@ -46,10 +47,11 @@ from collections.abc import Iterator
 import keras
 
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
+from trainer.common.choices import PRECISION_FLOAT32, PRECISIONS
 from trainer.model.augment import ClipAugmentation
 from trainer.model.backbones import build_backbone
 from trainer.model.layers import ClassMap, PerFrame
-from trainer.model.spec import MIXED_PRECISION_POLICY, PER_FRAME_LAYER, ModelSpec
+from trainer.model.spec import PER_FRAME_LAYER, ModelSpec
 from trainer.model.temporal import temporal_stack
 
 AUGMENT_LAYER = "augment"  # the training-time augmentation, the first layer of every model built by build_model
@@ -67,6 +69,8 @@ def _global_dtype_policy(name: str) -> Iterator[None]:
     The one place the trainer switches the global policy (see the module docstring): layers keep the
     policy they were built with, so nothing outside :func:`build_model` sees the switch.
     """
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; valid values: {', '.join(PRECISIONS)}")
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(name)
     try:
@@ -75,19 +79,19 @@ def _global_dtype_policy(name: str) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def build_model(spec: ModelSpec, *, mixed_precision: bool = False, cnn: keras.Model | None = None) -> keras.Model:
+def build_model(spec: ModelSpec, *, precision: str = PRECISION_FLOAT32, cnn: keras.Model | None = None) -> keras.Model:
     """Builds the CNN+RNN with one output per head (a dict keyed by head name).
 
     Build it inside ``strategy.scope()`` for distributed training.
 
     Args:
         spec: What to build.
-        mixed_precision: Compute in float16 with float32 variables (``mixed_float16``; for GPUs); the
-            output activations stay float32. Otherwise every layer is float32, whatever the global policy.
+        precision: ``float32`` (every layer, whatever the global policy), ``mixed_float16`` or ``mixed_bfloat16``
+            (compute in 16 bits with float32 variables; the output activations stay float32).
         cnn: A ready per-frame network (float ``[S, S, 3]`` in [0, 1] → ``[D]``; its layers keep their own
             dtype) used as it is, instead of one built from ``spec.backbone``.
     """
-    with _global_dtype_policy(MIXED_PRECISION_POLICY if mixed_precision else "float32"):
+    with _global_dtype_policy(precision):
         return _build_layers(spec, cnn)
 
 
@@ -99,7 +103,7 @@ def frame_features_model(cnn: keras.Model, crop_size: int, name: str = "frame_fe
     return keras.Model(frames, PerFrame(cnn, name=PER_FRAME_LAYER)(x), name=name)
 
 
-def build_sequence_model(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Model:
+def build_sequence_model(spec: ModelSpec, *, precision: str = PRECISION_FLOAT32) -> keras.Model:
     """The recurrent stack and heads on per-frame features ``[B, T, feature_dim]`` (``--stage sequence``).
 
     Dropout (``spec.dropout``) on the features stands in for the CNN's own feature dropout, which the
@@ -108,7 +112,7 @@ def build_sequence_model(spec: ModelSpec, *, mixed_precision: bool = False) -> k
     """
     if spec.per_frame:
         raise ValueError("the sequence stage needs a temporal head (--temporal, and for gru/lstm --rnn_units)")
-    with _global_dtype_policy(MIXED_PRECISION_POLICY if mixed_precision else "float32"):
+    with _global_dtype_policy(precision):
         features = keras.Input((spec.seq_len, spec.feature_dim), name="features")
         x = keras.layers.Dropout(spec.dropout, name="sequence_feature_dropout")(features)
         return keras.Model(features, _temporal_heads(x, spec), name=f"{spec.temporal}_on_features")

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEADS
 from trainer.common.choices import BACKBONES, RNNS, TEMPORAL_HEADS, TEMPORAL_TRANSFORMER
 
-MIXED_PRECISION_POLICY = "mixed_float16"
 SERIALIZATION_PACKAGE = "affectstream"  # the package the trainer's Keras layers are registered under
 
 

@@ -1,6 +1,7 @@
-"""An export served on one video: its crops (:mod:`trainer.prediction.crops`: the conversion's face stage rebuilt
+"""An export served on videos: their crops (:mod:`trainer.prediction.crops`: the conversion's face stage rebuilt
 from ``model_info.json``, or the dataset's provided crops) decoded exactly as the training records are read, and the
-model run on batches of windows."""
+model run on batches of windows (:class:`WindowBatcher`: of one video, or of several at once with ``predict
+--workers``, :mod:`trainer.prediction.parallel`)."""
 
 from __future__ import annotations
 
@@ -92,53 +93,102 @@ class WindowPredictor:
         return {h: outputs[h].numpy()[keep].astype(np.float32) for h in self.heads}
 
 
-class _VideoRun:
-    """Collects one video's frames into windows and batches, and the model's outputs in frame order."""
+class TrackRun:
+    """One track's frames as they come: its per-frame facts, its windows, and the model's outputs in frame order.
 
-    def __init__(self, predictor: WindowPredictor, pool: concurrent.futures.Executor):
-        self._predictor, self._pool = predictor, pool
+    Frames are added in order (:meth:`add`); each window of ``seq_len`` frames that fills is handed to ``on_window``,
+    and :meth:`receive` takes the outputs of its windows back, in the order they were handed over.
+    """
+
+    def __init__(self, heads: Sequence[str], seq_len: int):
+        self.seq_len = seq_len
         self._window: list[bytes] = []
-        self._batch: list[list[bytes]] = []
-        self._in_flight: collections.deque = collections.deque()
-        self._outputs: dict[str, list[np.ndarray]] = {h: [] for h in predictor.heads}
+        self.outputs: dict[str, list[np.ndarray]] = {h: [] for h in heads}
+        self.windows_out = self.windows_in = 0  # windows handed to the model / whose outputs came back
         # Per-frame facts in compact arrays (about 30 bytes a frame).
         self.timestamps, self.boxes = array.array("q"), array.array("f")
         self.decoded, self.has_face = bytearray(), bytearray()
 
-    def add(self, timestamp_us: int, jpeg: bytes, bbox, decoded: bool) -> None:
+    def add(self, timestamp_us: int, crop: bytes, bbox, decoded: bool) -> list[bytes] | None:
+        """Adds a frame; returns the window it completes, if it does."""
         self.timestamps.append(timestamp_us)
         self.decoded.append(decoded)
         self.has_face.append(bbox is not None)
         self.boxes.extend((np.nan,) * 4 if bbox is None else bbox)
-        self._window.append(jpeg)
-        if len(self._window) == self._predictor.seq_len:
-            self._end_window()
+        self._window.append(crop)
+        return self._take_window() if len(self._window) == self.seq_len else None
 
-    def _end_window(self) -> None:
-        self._batch.append(self._window)
-        self._window = []
+    def last_window(self) -> list[bytes] | None:
+        """The unfinished last window (it will be padded), if any."""
+        return self._take_window() if self._window else None
+
+    def _take_window(self) -> list[bytes]:
+        window, self._window = self._window, []
+        self.windows_out += 1
+        return window
+
+    def receive(self, outputs: dict[str, np.ndarray]) -> None:
+        """The outputs ``{head: [frames, D]}`` of the next window handed over."""
+        for head, values in outputs.items():
+            self.outputs[head].append(values)
+        self.windows_in += 1
+
+    @property
+    def complete(self) -> bool:
+        """Every window handed over has its outputs."""
+        return self.windows_in == self.windows_out
+
+    def predictions(self, stem: str, fps: float, label_names: dict, stream) -> preds_lib.VideoPredictions:
+        """The track's raw per-frame predictions (once every window's outputs are in)."""
+        outputs = {h: np.concatenate(parts) for h, parts in self.outputs.items()}
+        return preds_lib.VideoPredictions(
+            stem=stem, fps=fps, timestamps_us=np.frombuffer(self.timestamps, np.int64).copy(),
+            decoded=np.frombuffer(self.decoded, np.uint8).astype(bool),
+            has_face=np.frombuffer(self.has_face, np.uint8).astype(bool),
+            boxes=np.frombuffer(self.boxes, np.float32).reshape(-1, 4).copy(), outputs=outputs,
+            label_names={h: list(label_names.get(h, [])) for h in outputs}, stream=stream)
+
+
+class WindowBatcher:
+    """Windows of any tracks, in batches of ``predictor.batch_size``, through the model on ``pool``.
+
+    One batch runs in the model while the next fills (at most :data:`MAX_BATCHES_IN_FLIGHT` submitted). Each window's
+    outputs go back to its track (:meth:`TrackRun.receive`) in the order its windows came. A window's outputs do
+    not depend on the other windows of its batch (the model sees each window alone, in batches of one fixed shape),
+    so a track's predictions are the same whichever tracks share its batches (``predict --workers``).
+    """
+
+    def __init__(self, predictor: WindowPredictor, pool: concurrent.futures.Executor):
+        self._predictor, self._pool = predictor, pool
+        self._batch: list[tuple[TrackRun, list[bytes]]] = []
+        self._in_flight: collections.deque = collections.deque()
+
+    def add(self, run: TrackRun, window: list[bytes]) -> None:
+        self._batch.append((run, window))
         if len(self._batch) == self._predictor.batch_size:
-            self._submit()
+            self.flush()
 
-    def _submit(self) -> None:
-        self._in_flight.append(self._pool.submit(self._predictor, self._batch))
-        self._batch = []
+    def flush(self) -> None:
+        """Submits the windows waiting (a short batch is padded by the predictor)."""
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        self._in_flight.append((batch, self._pool.submit(self._predictor, [window for _, window in batch])))
         while len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
             self._collect()
 
-    def _collect(self) -> None:
-        for head, values in self._in_flight.popleft().result().items():
-            self._outputs[head].append(values)
-
-    def finish(self) -> dict[str, np.ndarray]:
-        """Runs what is left (the last window padded) and returns ``{head: [frames, D]}``."""
-        if self._window:
-            self._end_window()
-        if self._batch:
-            self._submit()
+    def drain(self) -> None:
+        """Submits what waits and collects every output."""
+        self.flush()
         while self._in_flight:
             self._collect()
-        return {h: np.concatenate(parts) for h, parts in self._outputs.items()}
+
+    def _collect(self) -> None:
+        batch, future = self._in_flight.popleft()
+        outputs, start = future.result(), 0
+        for run, window in batch:
+            run.receive({h: values[start:start + len(window)] for h, values in outputs.items()})
+            start += len(window)
 
 
 def predict_video(crops: Iterable[FrameCrop], stem: str, predictor: WindowPredictor, label_names: dict,
@@ -152,14 +202,14 @@ def predict_video(crops: Iterable[FrameCrop], stem: str, predictor: WindowPredic
     Raises:
         beam_jobs.media.video.VideoError: the video cannot be opened or no frame decodes.
     """
-    run = _VideoRun(predictor, pool)
+    run, batcher = TrackRun(predictor.heads, predictor.seq_len), WindowBatcher(predictor, pool)
     for crop in crops:
-        run.add(crop.timestamp_us, crop.crop, crop.bbox, decoded=crop.decoded)
+        window = run.add(crop.timestamp_us, crop.crop, crop.bbox, crop.decoded)
+        if window is not None:
+            batcher.add(run, window)
         progress.frame()
-    outputs = run.finish()
-    return preds_lib.VideoPredictions(
-        stem=stem, fps=crops.fps, timestamps_us=np.frombuffer(run.timestamps, np.int64).copy(),
-        decoded=np.frombuffer(run.decoded, np.uint8).astype(bool),
-        has_face=np.frombuffer(run.has_face, np.uint8).astype(bool),
-        boxes=np.frombuffer(run.boxes, np.float32).reshape(-1, 4).copy(), outputs=outputs,
-        label_names={h: list(label_names.get(h, [])) for h in outputs}, stream=crops.stream)
+    last = run.last_window()
+    if last is not None:
+        batcher.add(run, last)
+    batcher.drain()
+    return run.predictions(stem, crops.fps, label_names, crops.stream)

@@ -21,6 +21,9 @@ from trainer.common.choices import (
     BACKBONES,
     JIT_CHOICES,
     OPTIMIZER_CHOICES,
+    PRECISION_FLOAT16,
+    PRECISION_FLOAT32,
+    PRECISIONS,
     STAGE_END_TO_END,
     STAGE_FRAMES,
     STAGE_SEQUENCE,
@@ -81,7 +84,8 @@ class TrainConfig:
     temporal_layers: int | None = None
     max_window: int = 256
     strategy: str = "auto"
-    mixed_precision: bool = False
+    precision: str = PRECISION_FLOAT32
+    mixed_precision: bool = False  # the old option: an alias of precision mixed_float16
     jit_compile: str = "auto"
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -100,6 +104,12 @@ class TrainConfig:
     verbose: bool = False
 
     def __post_init__(self):
+        if self.mixed_precision:  # --mixed_precision, the option's old form: mixed_float16
+            if self.precision not in (PRECISION_FLOAT32, PRECISION_FLOAT16):
+                raise ConfigError(f"--mixed_precision means --precision {PRECISION_FLOAT16}; it contradicts "
+                                  f"--precision {self.precision}")
+            self.precision = PRECISION_FLOAT16
+        self.mixed_precision = self.precision == PRECISION_FLOAT16
         if self.stage == STAGE_SEQUENCE and self.init_from and not self.features_from:
             # --init_from of the sequence stage, before --features_from generalised it: the same thing.
             self.features_from, self.init_from = self.init_from, None
@@ -121,6 +131,7 @@ class TrainConfig:
         choice("temporal", TEMPORAL_HEADS)
         choice("strategy", STRATEGY_CHOICES)
         choice("jit_compile", JIT_CHOICES)
+        choice("precision", PRECISIONS)
         choice("optimizer", OPTIMIZER_CHOICES)
         choice("lr_schedule", LR_SCHEDULE_CHOICES)
         choice("stage", STAGES)
@@ -300,7 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_window", type=int,
                    help="transformer: the longest window it takes, its learned positions (default 256)")
     p.add_argument("--strategy", help=f"one of {', '.join(STRATEGY_CHOICES)}")
-    p.add_argument("--mixed_precision", nargs="?", const=True, type=_bool, help="mixed_float16 (GPU)")
+    p.add_argument("--precision",
+                   help=f"one of {', '.join(PRECISIONS)}: the Keras dtype policy of the model (16-bit compute, "
+                   "float32 variables; losses, CCC and metrics in float32); mixed_float16 (GPUs) scales the loss, "
+                   "mixed_bfloat16 (TPUs, GPUs from Ampere on) needs no scaling (default float32)")
+    p.add_argument("--mixed_precision", nargs="?", const=True, type=_bool,
+                   help="the old form of --precision mixed_float16")
     p.add_argument("--jit_compile",
                    help=f"XLA for the training step: one of {', '.join(JIT_CHOICES)} (auto = on only with a GPU "
                    "and a single-device strategy; off under mirrored / multi_worker)")

@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 
 from trainer.common import errors, filesystems
+from trainer.common.allocator import recycle_large_buffers
 from trainer.common.choices import STAGE_SEQUENCE
 from trainer.training import config as config_lib
 
@@ -82,12 +83,19 @@ def measure(config, seconds: float, warmup_batches: int = DEFAULT_WARMUP_BATCHES
         ``frames``, ``cpu_seconds``, ``frames_per_batch``, ``batch_size``, ``seq_len``, ``codec``, ``crop_size``,
         ``replicas``, ``warmup_batches``, ``cpus`` (the cores this process may use), ``data_service``.
     """
+    import dataclasses
+
+    from tfrecords_schema import SPLIT_TRAIN, read_dataset_info
     from trainer.input.records import SkippedRecords
     from trainer.training import distribution
     from trainer.training.plan import frame_mix_setup, plan_job
     from trainer.training.stages import make_stage
 
     strategy, role = distribution.make_strategy(config.strategy)
+    splits = read_dataset_info(config.data).splits
+    if (config.select_split or config.eval_split) not in splits or config.eval_split not in splits:
+        # Nothing is evaluated here: data without the evaluated splits is measured all the same.
+        config = dataclasses.replace(config, eval_split=SPLIT_TRAIN, select_split=None)
     plan = plan_job(config, strategy, role)
     skipped = SkippedRecords() if config.skip_corrupt else None
     stage = make_stage(config, plan)
@@ -127,6 +135,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    recycle_large_buffers()  # as a training job does (trainer.train)
     try:
         filesystems.register_filesystems(config.data)
         result = measure(config, seconds, warmup)

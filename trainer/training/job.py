@@ -307,7 +307,7 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan) -> dict:
     from trainer.training.preflight import check_weights_crop_size
     from trainer.training.stages import make_stage
     from trainer.training.state import TrainState
-    from trainer.training.step import build_model_and_optimizer, make_train_step
+    from trainer.training.step import build_model_and_optimizer, loss_scaled, make_train_step
 
     # 4. The stage (trainer.training.stages; the sequence stage takes its backbone options from --init_from, and
     #    checks its crop size), and the evaluation datasets (built once; their shards are checked here).
@@ -342,7 +342,7 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan) -> dict:
             write_input_mix(config, plan, stage.train_seq_len, input_seed, skipped)
         frame_mix_setup(config, plan, stage.train_seq_len, input_seed, skipped, starting)
     train_step = make_train_step(model, optimizer, strategy, global_frames=config.batch_size * stage.train_seq_len,
-                                 mixed_precision=config.mixed_precision, jit=plan.jit,
+                                 loss_scale=loss_scaled(config.precision), jit=plan.jit,
                                  frozen_layers=stage.frozen_layers(model),
                                  au_positive_weights=plan.au_positive_weights)
 

@@ -177,8 +177,9 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
                    total_steps=steps_per_epoch * config.epochs, jit=resolve_jit_compile(config.jit_compile, strategy,
                                                                                         use_gpu),
                    select_split=select_split, eval_split=config.eval_split)
-    if config.mixed_precision and not use_gpu:
-        log.warning("--mixed_precision without a GPU: float16 on CPU is slow")
+    if config.precision != "float32" and not use_gpu:
+        log.warning("--precision %s without a GPU: 16-bit arithmetic on this CPU is emulated and slow (a check, "
+                    "not a speed-up)", config.precision)
     log.info("strategy %s: %s (%d replicas), chief=%s, heads %s, %d steps/epoch x %d epochs = %d steps, XLA %s",
              config.strategy, type(strategy).__name__, num_replicas, role.is_chief, list(heads), steps_per_epoch,
              config.epochs, plan.total_steps, plan.jit)

@@ -66,14 +66,14 @@ class Stage:
 
         return model_spec_for(self.config, self.plan.info, self.plan.heads)
 
-    def build(self, spec, *, mixed_precision: bool = False):
-        """Builds the trained model of ``spec`` (the job's models are all built here)."""
+    def build(self, spec, *, precision: str = "float32"):
+        """Builds the trained model of ``spec`` (the job's models are all built here; ``precision``: --precision)."""
         from trainer.model.build import build_model
 
         if self.source is None:
-            return build_model(spec, mixed_precision=mixed_precision)
+            return build_model(spec, precision=precision)
         exported = self.source.load()
-        model = build_model(spec, mixed_precision=mixed_precision, cnn=self.source.cnn(exported, spec.crop_size))
+        model = build_model(spec, precision=precision, cnn=self.source.cnn(exported, spec.crop_size))
         self._copy_heads(model, exported)
         return model
 
@@ -195,10 +195,10 @@ class SequenceStage(Stage):
                  source.backbone, source.dir, source.stage, source.info.get("best_epoch"),
                  f" cut at {config.feature_layer!r}" if config.feature_layer else "", config.feature_dim)
 
-    def build(self, spec, *, mixed_precision: bool = False):
+    def build(self, spec, *, precision: str = "float32"):
         from trainer.model.build import build_sequence_model
 
-        return build_sequence_model(spec, mixed_precision=mixed_precision)
+        return build_sequence_model(spec, precision=precision)
 
     def prepare(self, role, skipped) -> None:
         from tfrecords_schema import SPLIT_TRAIN, join_path

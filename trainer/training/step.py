@@ -24,16 +24,17 @@ log = logging.getLogger("trainer.train")
 
 def build_model_and_optimizer(config: TrainConfig, spec, strategy, *, total_steps: int | None = None,
                               builder=None):
-    """The training model and its optimizer, built in ``strategy.scope()`` (mixed_float16 if asked).
+    """The training model and its optimizer, built in ``strategy.scope()`` (at ``--precision``; a loss-scaling
+    optimizer for ``mixed_float16``, whose small gradients would underflow float16; bfloat16 has float32's range).
 
     Args:
-        config: The training options (``mixed_precision``, ``optimizer``, ``learning_rate``,
+        config: The training options (``precision``, ``optimizer``, ``learning_rate``,
             ``lr_schedule``, ``warmup_steps``).
         spec: The :class:`trainer.model.spec.ModelSpec`.
         strategy: The training strategy.
         total_steps: Steps of the whole job (the end of a cosine schedule); None: ``epochs x
             steps_per_epoch`` (``steps_per_epoch`` must then be set).
-        builder: ``builder(spec, mixed_precision=...)`` making the model; default
+        builder: ``builder(spec, precision=...)`` making the model; default
             :func:`trainer.model.build.build_model` (the sequence stage passes ``build_sequence_model``).
     """
     import keras
@@ -49,15 +50,22 @@ def build_model_and_optimizer(config: TrainConfig, spec, strategy, *, total_step
     learning_rate = schedules.learning_rate(config.lr_schedule, config.learning_rate, total_steps,
                                             config.warmup_steps)
     with strategy.scope():
-        model = (builder or build_model)(spec, mixed_precision=config.mixed_precision)
+        model = (builder or build_model)(spec, precision=config.precision)
         if config.optimizer == "adam":
             optimizer = keras.optimizers.Adam(learning_rate)
         else:
             optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
-        if config.mixed_precision:
+        if loss_scaled(config.precision):
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
     return model, optimizer
+
+
+def loss_scaled(precision: str) -> bool:
+    """Whether training at ``precision`` scales the loss (float16 only: its gradients underflow without it)."""
+    from trainer.common.choices import PRECISION_FLOAT16
+
+    return precision == PRECISION_FLOAT16
 
 
 def resolve_jit_compile(mode: str, strategy, gpu: bool) -> bool:
@@ -117,16 +125,16 @@ class TrainStep:
         optimizer: Its optimizer, built over all of its variables.
         strategy: The training strategy.
         global_frames: Global batch size x training sequence length.
-        mixed_precision: Scale the loss (LossScaleOptimizer).
+        loss_scale: Scale the loss (the LossScaleOptimizer of ``mixed_float16``, :func:`loss_scaled`).
         jit: XLA-compile the replica step (see above).
         frozen_layers: The layers :meth:`set_frozen` freezes and unfreezes (the pretrained backbone).
         au_positive_weights: Per-AU weights of the positive frames in the AU loss, or None.
     """
 
-    def __init__(self, model, optimizer, strategy, *, global_frames: int, mixed_precision: bool, jit: bool,
+    def __init__(self, model, optimizer, strategy, *, global_frames: int, loss_scale: bool, jit: bool,
                  frozen_layers=(), au_positive_weights=None):
         self._model, self._optimizer, self._strategy = model, optimizer, strategy
-        self._global_frames, self._mixed_precision, self._jit = global_frames, mixed_precision, jit
+        self._global_frames, self._loss_scale, self._jit = global_frames, loss_scale, jit
         self._frozen_layers = list(frozen_layers)
         self._au_positive_weights = au_positive_weights
         self._step = self._trace()
@@ -161,7 +169,7 @@ class TrainStep:
 
         model, optimizer, strategy = self._model, self._optimizer, self._strategy
         num_replicas = strategy.num_replicas_in_sync
-        global_frames, mixed_precision = self._global_frames, self._mixed_precision
+        global_frames, loss_scale = self._global_frames, self._loss_scale
         au_positive_weights = self._au_positive_weights
         # Several replicas under XLA: compile the forward pass only (the VA loss all-reduces, see the class docstring).
         forward = (tf.function(lambda images: model(images, training=True), jit_compile=True)
@@ -173,7 +181,7 @@ class TrainStep:
                 outputs = forward(images)
                 losses = compute_losses(targets, outputs, weights, global_frames, num_replicas, au_positive_weights)
                 total = tf.add_n(list(losses.values()))
-                scaled = optimizer.scale_loss(total) if mixed_precision else total
+                scaled = optimizer.scale_loss(total) if loss_scale else total
             grads = tape.gradient(scaled, variables)
             optimizer.apply_gradients(zip(grads, variables))
             return {"loss": total, **losses}
@@ -242,8 +250,8 @@ class TrainStep:
         return sync_fn
 
 
-def make_train_step(model, optimizer, strategy, *, global_frames: int, mixed_precision: bool, jit: bool,
+def make_train_step(model, optimizer, strategy, *, global_frames: int, loss_scale: bool, jit: bool,
                     frozen_layers=(), au_positive_weights=None) -> TrainStep:
     """The job's :class:`TrainStep` (a callable mapping a distributed iterator to the replica-summed losses)."""
-    return TrainStep(model, optimizer, strategy, global_frames=global_frames, mixed_precision=mixed_precision,
+    return TrainStep(model, optimizer, strategy, global_frames=global_frames, loss_scale=loss_scale,
                      jit=jit, frozen_layers=frozen_layers, au_positive_weights=au_positive_weights)
