@@ -504,3 +504,29 @@ def test_annotations_score_only_the_predictions_of_this_run(trained, tmp_path):
     scores = json.loads((out / "scores.json").read_text())
     assert scores["videos_scored"] == 1
     assert [row["media_id"] for row in scores["per_video"]] == [stem(first)]
+
+
+def test_workers_write_the_same_files_as_one_worker(trained, tmp_path):
+    """--workers 2: face stages in two processes, the model fed across videos; every file as with one worker, a
+    video that fails reported the same way."""
+    broken = tmp_path / "in" / "broken.mp4"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a video at all")
+    videos_in = [*trained["validation_videos"], str(broken)]
+    outputs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = run_predict(["--model", trained["export"], "--videos", *videos_in, "--output", str(out),
+                                "--workers", str(workers), "--batch_size", "3"])
+        assert code == 1 and "broken.mp4" in err.getvalue()  # the broken video fails, the others are written
+        outputs[workers] = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        summary = json.loads(outputs[workers].pop(predict.SUMMARY_FILENAME))
+        assert summary["workers"] == workers and [f["stem"] for f in summary["failed"]] == ["broken"]
+        videos = [{k: v for k, v in video.items() if k != "seconds"} for video in summary["videos"]]
+        outputs[workers]["videos"] = json.loads(json.dumps(videos).replace(str(out), "OUT"))
+    assert len(outputs[1]["videos"]) == len(trained["validation_videos"]) >= 2
+    assert sorted(outputs[1]) == sorted(outputs[2])
+    assert outputs[1]["videos"] == outputs[2]["videos"]
+    assert [name for name in outputs[1] if outputs[1][name] != outputs[2][name]] == []

@@ -174,3 +174,19 @@ def _crop_index(name: str) -> int | None:
     """The frame index of a crop file name (``00012.jpg`` → 12), None for other files."""
     stem, _, ext = name.rpartition(".")
     return int(stem) if ext.lower() == "jpg" and stem.isdigit() else None
+
+
+def crop_source(track, local: str, served: ServedCrops):
+    """The crops of one track (a :class:`trainer.prediction.videos.Track`) whose video is at ``local``: its provided
+    crops when it has a crops folder, else the face stage."""
+    if track.crops_dir:
+        return ProvidedCrops(local, track.crops_dir, served.crop_size, served.jpeg_quality, served.codec)
+    return FaceStageCrops(local, served.face_stage, track.side)
+
+
+def crop_counts(source) -> dict:
+    """What a provided-crops track lacked: frames without a crop file, unreadable crops, crops past the video end."""
+    if not isinstance(source, ProvidedCrops):
+        return {}
+    return {"crops_missing": source.missing, "crops_unreadable": source.unreadable,
+            "crops_past_video_end": source.past_video_end}

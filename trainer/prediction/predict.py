@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import logging
 import posixpath
@@ -47,11 +48,11 @@ from trainer.common import errors, filesystems
 from trainer.model.export import is_per_frame, serving_window
 from trainer.prediction import outputs as preds_lib
 from trainer.prediction import scoring
-from trainer.prediction.crops import CROPS_FACE_STAGE, CROPS_PROVIDED, FaceStageCrops, ProvidedCrops, ServedCrops
+from trainer.prediction.crops import CROPS_FACE_STAGE, CROPS_PROVIDED, ServedCrops, crop_counts, crop_source
 from trainer.prediction.errors import PredictError, PredictUsageError
 from trainer.prediction.progress import PROGRESS_EVERY_S, Progress
 from trainer.prediction.serving import WindowPredictor, load_export, predict_video
-from trainer.prediction.videos import Track, list_videos, local_video, plan_tracks
+from trainer.prediction.videos import list_videos, local_video, plan_tracks
 
 log = logging.getLogger("trainer.prediction.predict")
 
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16,
                    help="windows of seq_len frames per model call (a per-frame model, which has no seq_len: windows "
                         "of 8 frames)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="videos whose face stages run at once, each in its own process, the model here fed batches "
+                        "of windows across them (the files are the same as with 1; use about one per core)")
     p.add_argument("--render", action="store_true",
                    help="also write OUT/<stem>.mp4 (box, label, valence/arousal trace) and OUT/<stem>.png (plot)")
     p.add_argument("--annotations", default=None, metavar="DIR",
@@ -158,15 +162,12 @@ def choose_crops(served: ServedCrops, args) -> dict:
     return choice
 
 
-def _track_crops(track: Track, local: str, served: ServedCrops):
-    """The crops of one track (:mod:`trainer.prediction.crops`)."""
-    if track.crops_dir:
-        return ProvidedCrops(local, track.crops_dir, served.crop_size, served.jpeg_quality, served.codec)
-    return FaceStageCrops(local, served.face_stage, track.side)
-
-
 def predict(args) -> int:
     """Predicts every track of ``args``; returns the exit status (1 when a video failed)."""
+    if args.workers > 1:  # Before TensorFlow is imported here: the workers' fork server imports it meanwhile.
+        from trainer.prediction.parallel import start_fork_server
+
+        start_fork_server()
     import tensorflow as tf
 
     from beam_jobs.media.video import VideoError
@@ -190,30 +191,58 @@ def predict(args) -> int:
           f"{'per frame' if is_per_frame(model_info) else 'seq_len'} {window}) on "
           f"{'GPU ' + gpus[0].name if gpus else 'CPU'}; {stage}", file=sys.stderr, flush=True)
     progress = Progress(len(tracks), args.progress_every)
-    done, failed = [], []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        for i, track in enumerate(tracks, start=1):
-            progress.start_video(i, posixpath.basename(track.video))
-            started = time.monotonic()
+    done, failed = {}, {}
+
+    def fail(number: int, error: str) -> None:
+        track = tracks[number]
+        print(f"[predict] error: {track.video}: {error} (skipped)", file=sys.stderr, flush=True)
+        failed[number] = {"video": track.video, "stem": track.stem, "error": error}
+
+    def finish(number: int, raw, counts: dict, started: float, local: str | None = None) -> None:
+        track = tracks[number]
+        if local is None:  # --workers: the video was read in a worker; only a render reads it again, here
+            with local_video(track.video) if args.render else contextlib.nullcontext(track.video) as video:
+                written = _write_outputs(args, video, raw)
+        else:
+            written = _write_outputs(args, local, raw)
+        done[number] = {"video": track.video, "stem": track.stem, "frames": raw.num_frames,
+                        "frames_with_face": int(raw.has_face.sum()), "frames_not_decoded": int((~raw.decoded).sum()),
+                        "fps": raw.fps, **_stream_fields(track.video, raw.stream),
+                        "seconds": round(time.monotonic() - started, 3), **counts, **written}
+        print(f"[predict] {track.stem}: {raw.num_frames} frames, face in {int(raw.has_face.sum())} -> "
+              f"{written['csv']}", flush=True)
+
+    if args.workers > 1:
+        from trainer.prediction.parallel import predict_tracks
+
+        def finish_parallel(number: int, raw, end) -> None:
             try:
-                with local_video(track.video) as local:
-                    frames = _track_crops(track, local, served)
-                    raw = predict_video(frames, track.stem, predictor, model_info["label_names"], pool, progress)
-                    written = _write_outputs(args, local, raw)
+                finish(number, raw, end.counts, started)
             except (VideoError, OSError, tf.errors.OpError) as e:
-                print(f"[predict] error: {track.video}: {e} (skipped)", file=sys.stderr, flush=True)
-                failed.append({"video": track.video, "stem": track.stem, "error": str(e)})
-                continue
-            progress.end_video()
-            done.append({"video": track.video, "stem": track.stem, "frames": raw.num_frames,
-                         "frames_with_face": int(raw.has_face.sum()), "frames_not_decoded": int((~raw.decoded).sum()),
-                         "fps": raw.fps, **_stream_fields(track.video, raw.stream),
-                         "seconds": round(time.monotonic() - started, 3), **_crop_counts(frames), **written})
-            print(f"[predict] {track.stem}: {raw.num_frames} frames, face in {int(raw.has_face.sum())} -> "
-                  f"{written['csv']}", flush=True)
+                fail(number, str(e))
+
+        started = time.monotonic()
+        predict_tracks(tracks, served, predictor, model_info["label_names"], args.workers, progress,
+                       on_track=finish_parallel, on_failure=fail)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            for number, track in enumerate(tracks):
+                progress.start_video(number + 1, posixpath.basename(track.video))
+                started = time.monotonic()
+                try:
+                    with local_video(track.video) as local:
+                        frames = crop_source(track, local, served)
+                        raw = predict_video(frames, track.stem, predictor, model_info["label_names"], pool, progress)
+                        finish(number, raw, crop_counts(frames), started, local)
+                except (VideoError, OSError, tf.errors.OpError) as e:
+                    fail(number, str(e))
+                    continue
+                progress.end_video()
+    done, failed = [done[n] for n in sorted(done)], [failed[n] for n in sorted(failed)]
     summary = {"model": model_dir, "crops": crops, "face_stage": served.face_stage.to_dict(), "side": args.side,
                "cropped_aligned": args.cropped_aligned, "no_face": args.no_face, "smooth": args.smooth,
-               "seq_len": window, "per_frame": is_per_frame(model_info), "videos": done, "failed": failed,
+               "seq_len": window, "per_frame": is_per_frame(model_info), "workers": args.workers, "videos": done,
+               "failed": failed,
                "truncated_videos": sum(v["truncated"] for v in done),
                "variable_frame_rate_videos": sum(v["variable_frame_rate"] for v in done), "duplicates": duplicates}
     if args.annotations:  # This run's predictions only: files an earlier run left in OUT are not scored.
@@ -232,14 +261,6 @@ def predict(args) -> int:
     return 1 if failed else 0
 
 
-def _crop_counts(frames) -> dict:
-    """What a provided-crops track lacked: frames without a crop file, unreadable crops, crops past the video end."""
-    if not isinstance(frames, ProvidedCrops):
-        return {}
-    return {"crops_missing": frames.missing, "crops_unreadable": frames.unreadable,
-            "crops_past_video_end": frames.past_video_end}
-
-
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns 0 on success, 1 on a failed video or a reported error, 2 on invalid options."""
     if not logging.getLogger().handlers:
@@ -248,7 +269,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    for option, value, low in (("--batch_size", args.batch_size, 1), ("--smooth", args.smooth, 0)):
+    for option, value, low in (("--batch_size", args.batch_size, 1), ("--smooth", args.smooth, 0),
+                               ("--workers", args.workers, 1)):
         if value < low:
             print(f"error: {option} must be >= {low}, got {value}", file=sys.stderr)
             return 2

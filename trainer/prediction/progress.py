@@ -1,4 +1,4 @@
-"""The progress lines of a prediction run: the current video, its frames and fps, and the totals."""
+"""The progress lines of a prediction run: the videos in progress, their frames and fps, and the totals."""
 
 from __future__ import annotations
 
@@ -9,34 +9,43 @@ PROGRESS_EVERY_S = 5.0
 
 
 class Progress:
-    """Prints a line every few seconds: the current video, frames and fps, and the totals."""
+    """Prints a line every few seconds: the video in progress (or how many, with ``--workers``), frames and fps, and
+    the totals."""
 
     def __init__(self, num_videos: int, every_s: float = PROGRESS_EVERY_S):
         self.num_videos, self.every_s = num_videos, every_s
         self.started = self._last = time.monotonic()
         self.total_frames = 0
         self.videos_done = 0
-        self._video, self._video_index, self._video_frames, self._video_started = "", 0, 0, self.started
+        self.active: dict[int, list] = {}  # video number -> [name, frames, start time]
+        self._current = 0
 
     def start_video(self, index: int, name: str) -> None:
-        self._video, self._video_index, self._video_frames = name, index, 0
-        self._video_started = time.monotonic()
+        self.active[index] = [name, 0, time.monotonic()]
+        self._current = index
 
-    def frame(self) -> None:
-        self._video_frames += 1
+    def frame(self, index: int | None = None) -> None:
+        self.active[self._current if index is None else index][1] += 1
         self.total_frames += 1
         if self.every_s > 0 and self.total_frames % 16 == 0 and time.monotonic() - self._last >= self.every_s:
             self._print()
 
-    def end_video(self) -> None:
+    def end_video(self, index: int | None = None) -> None:
         self.videos_done += 1
-        self._print()
+        index = self._current if index is None else index
+        ended = self.active.pop(index, None)
+        self._print([(index, ended)] if ended is not None else None)
 
-    def _print(self) -> None:
+    def _print(self, shown: list | None = None) -> None:
         now = time.monotonic()
         self._last = now
-        video_fps = self._video_frames / max(now - self._video_started, 1e-9)
         total_fps = self.total_frames / max(now - self.started, 1e-9)
-        print(f"[predict] video {self._video_index}/{self.num_videos} {self._video}: {self._video_frames} frames "
-              f"({video_fps:.1f} fps); all: {self.total_frames} frames, {self.videos_done}/{self.num_videos} videos "
+        shown = list(self.active.items()) if shown is None else shown
+        if len(shown) == 1:
+            index, (name, frames, started) = shown[0]
+            which = (f"video {index}/{self.num_videos} {name}: {frames} frames "
+                     f"({frames / max(now - started, 1e-9):.1f} fps)")
+        else:
+            which = f"{len(shown)} videos in progress"
+        print(f"[predict] {which}; all: {self.total_frames} frames, {self.videos_done}/{self.num_videos} videos "
               f"done in {now - self.started:.0f}s ({total_fps:.1f} fps)", file=sys.stderr, flush=True)

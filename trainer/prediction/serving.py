@@ -150,32 +150,40 @@ class TrackRun:
 
 
 class WindowBatcher:
-    """Windows of any tracks, in batches of ``predictor.batch_size``, through the model on ``pool``.
+    """Windows of any tracks through the model on ``pool``, in batches of ``predictor.batch_size`` windows of one track.
 
-    One batch runs in the model while the next fills (at most :data:`MAX_BATCHES_IN_FLIGHT` submitted). Each window's
-    outputs go back to its track (:meth:`TrackRun.receive`) in the order its windows came. A window's outputs do
-    not depend on the other windows of its batch (the model sees each window alone, in batches of one fixed shape),
-    so a track's predictions are the same whichever tracks share its batches (``predict --workers``).
+    A batch holds consecutive windows of one track, in the places they have when that track is predicted alone (its
+    last batch padded alike): a window's outputs can differ in the last bits with its place in a batch (the CPU's
+    matrix kernels treat the rows of a block differently), so this keeps every track's predictions byte for byte the
+    same whichever tracks run beside it (``predict --workers``). The model is fed the tracks' batches as they fill.
+    One batch runs in the model while the next fills (at most :data:`MAX_BATCHES_IN_FLIGHT` submitted). Each
+    window's outputs go back to its track (:meth:`TrackRun.receive`) in the order its windows came.
     """
 
     def __init__(self, predictor: WindowPredictor, pool: concurrent.futures.Executor):
         self._predictor, self._pool = predictor, pool
-        self._batch: list[tuple[TrackRun, list[bytes]]] = []
+        self._waiting: dict[int, tuple[TrackRun, list[list[bytes]]]] = {}  # id(run) -> (run, its windows waiting)
         self._in_flight: collections.deque = collections.deque()
 
     def add(self, run: TrackRun, window: list[bytes]) -> None:
-        self._batch.append((run, window))
-        if len(self._batch) == self._predictor.batch_size:
-            self.flush()
+        windows = self._waiting.setdefault(id(run), (run, []))[1]
+        windows.append(window)
+        if len(windows) == self._predictor.batch_size:
+            self.flush(run)
 
-    def flush(self) -> None:
-        """Submits the windows waiting (a short batch is padded by the predictor)."""
-        if not self._batch:
-            return
-        batch, self._batch = self._batch, []
-        self._in_flight.append((batch, self._pool.submit(self._predictor, [window for _, window in batch])))
-        while len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
-            self._collect()
+    def flush(self, run: TrackRun | None = None) -> None:
+        """Submits the windows waiting of ``run`` (default: of every track; a short batch is padded)."""
+        for key in [id(run)] if run is not None else list(self._waiting):
+            if key not in self._waiting:
+                continue
+            owner, windows = self._waiting.pop(key)
+            self._in_flight.append((owner, len(windows), self._pool.submit(self._predictor, windows)))
+            while len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
+                self._collect()
+
+    def discard(self, run: TrackRun) -> None:
+        """Forgets the windows waiting of a track that failed."""
+        self._waiting.pop(id(run), None)
 
     def drain(self) -> None:
         """Submits what waits and collects every output."""
@@ -184,11 +192,11 @@ class WindowBatcher:
             self._collect()
 
     def _collect(self) -> None:
-        batch, future = self._in_flight.popleft()
-        outputs, start = future.result(), 0
-        for run, window in batch:
-            run.receive({h: values[start:start + len(window)] for h, values in outputs.items()})
-            start += len(window)
+        run, count, future = self._in_flight.popleft()
+        outputs, frames = future.result(), run.seq_len
+        # Every window of a batch but a track's last one is full: the outputs split by window in frame order.
+        for start in range(0, count * frames, frames):
+            run.receive({h: values[start:start + frames] for h, values in outputs.items()})
 
 
 def predict_video(crops: Iterable[FrameCrop], stem: str, predictor: WindowPredictor, label_names: dict,

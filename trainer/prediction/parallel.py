@@ -1,0 +1,205 @@
+"""``predict --workers N``: the tracks' face stages in N processes, the model in this one, fed across tracks.
+
+Each worker process takes the next track from a queue and runs its crop source (:mod:`trainer.prediction.crops`:
+the face stage, or the provided crops; a remote video is copied to a local file there), sending the crops back in
+chunks of :data:`CHUNK_FRAMES` frames, then what the source learnt (frame rate, stream facts, counts of missing
+crops), or the error that stopped it. This process turns each track's frames into windows and feeds the model the
+tracks' batches of windows as they fill (:class:`trainer.prediction.serving.WindowBatcher`), so the model (on the
+GPU, when there is one) stays busy while the face stages, the CPU's work, run side by side. A batch holds windows of
+one track in the places they have with one worker, so every file is byte for byte the one ``--workers 1`` writes
+(``tests/test_predict.py::test_workers_write_the_same_files_as_one_worker``). A track's outputs are written once all
+of its windows are predicted.
+
+Memory stays bounded: the queue of chunks holds at most :data:`QUEUE_CHUNKS_PER_WORKER` per worker, and each
+track in flight keeps its per-frame facts and outputs (as with one worker) until it is written.
+
+Workers are forked from a fork server that imported TensorFlow (the face detector's interpreter) once, started
+before this process imports TensorFlow and loads the model, so the two imports share the cores instead of N + 1 of
+them queueing (TensorFlow in this process must not be forked; the fork server never runs a TensorFlow op). Each
+worker uses one OpenCV thread, as the conversion's workers do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import queue
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+CHUNK_FRAMES = 64  # frames a worker sends at once
+QUEUE_CHUNKS_PER_WORKER = 8  # chunks waiting per worker, at most (a few MB of crops)
+_FRAMES, _DONE, _FAILED = "frames", "done", "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackEnd:
+    """What a worker's crop source learnt once a track's frames are all sent."""
+
+    fps: float
+    stream: object  # beam_jobs.media.video.StreamFacts, or None
+    counts: dict  # provided crops: missing, unreadable, past the video's end
+
+
+def _worker(tasks, results, served) -> None:
+    """A worker process: tracks from ``tasks`` (None: stop) → chunks of crops on ``results``."""
+    import cv2
+
+    from beam_jobs.media.video import VideoError
+    from trainer.prediction.crops import crop_counts, crop_source
+    from trainer.prediction.videos import local_video
+
+    cv2.setNumThreads(1)
+    while (task := tasks.get()) is not None:
+        number, track = task
+        try:
+            with local_video(track.video) as local:
+                source, chunk = crop_source(track, local, served), []
+                for crop in source:
+                    chunk.append((crop.index, crop.timestamp_us, crop.crop, crop.bbox, crop.decoded))
+                    if len(chunk) == CHUNK_FRAMES:
+                        results.put((_FRAMES, number, chunk))
+                        chunk = []
+                if chunk:
+                    results.put((_FRAMES, number, chunk))
+                results.put((_DONE, number, TrackEnd(source.fps, source.stream, crop_counts(source))))
+        except (VideoError, OSError) as e:
+            results.put((_FAILED, number, str(e)))
+        except Exception as e:  # noqa: BLE001 - the parent reports it for this track and goes on with the others
+            if type(e).__module__.split(".")[0] != "tensorflow":  # a file system error says enough in one line
+                traceback.print_exc(file=sys.stderr)
+            results.put((_FAILED, number, f"{type(e).__name__}: {e}"))
+
+
+FORK_SERVER_PRELOAD = ["tensorflow", "trainer.prediction.crops"]
+
+
+def start_fork_server():
+    """The multiprocessing context of the workers, its fork server started (importing :data:`FORK_SERVER_PRELOAD`
+    in the background): call it early, before this process's own heavy imports, to overlap them."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORK_SERVER_PRELOAD)
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    return context
+
+
+class WorkerPool:
+    """``N`` worker processes running the crop sources of tracks, in order of submission (see the module docstring).
+
+    Use as a context manager; :meth:`results` yields ``(kind, track number, payload)``: ``("frames", n, [(index,
+    timestamp_us, crop, bbox, decoded), ...])`` in frame order, then ``("done", n, TrackEnd)`` or ``("failed", n,
+    message)``.
+    """
+
+    def __init__(self, workers: int, served):
+        context = start_fork_server()
+        self._tasks = context.Queue()
+        self._results = context.Queue(maxsize=QUEUE_CHUNKS_PER_WORKER * workers)
+        self._processes = [context.Process(target=_worker, args=(self._tasks, self._results, served), daemon=True)
+                           for _ in range(workers)]
+
+    def __enter__(self) -> WorkerPool:
+        for process in self._processes:
+            process.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+
+    def run(self, tracks: Sequence) -> None:
+        """Queues every track (numbered in order), then one stop per worker."""
+        for number, track in enumerate(tracks):
+            self._tasks.put((number, track))
+        for _ in self._processes:
+            self._tasks.put(None)
+
+    def results(self, expected: int):
+        """Yields the workers' messages until ``expected`` tracks are done or failed.
+
+        Raises:
+            RuntimeError: a worker process died (killed, out of memory) before its tracks ended.
+        """
+        ended = 0
+        while ended < expected:
+            try:
+                message = self._results.get(timeout=1.0)
+            except queue.Empty:
+                if not any(process.is_alive() for process in self._processes):
+                    raise RuntimeError(f"the predict worker processes ended with {expected - ended} track(s) "
+                                       "unfinished (exit codes "
+                                       f"{[process.exitcode for process in self._processes]})") from None
+                continue
+            ended += message[0] != _FRAMES
+            yield message
+
+
+def predict_tracks(tracks: Sequence, served, predictor, label_names: dict, workers: int, progress,
+                   on_track: Callable, on_failure: Callable) -> None:
+    """Predicts ``tracks`` with their crop sources in ``workers`` processes and the model here, across tracks.
+
+    Args:
+        tracks: The run's :class:`trainer.prediction.videos.Track` list.
+        served: The export's :class:`trainer.prediction.crops.ServedCrops`.
+        predictor: The :class:`trainer.prediction.serving.WindowPredictor`.
+        label_names: ``model_info.json``'s label names.
+        workers: Worker processes.
+        progress: The run's :class:`trainer.prediction.progress.Progress`.
+        on_track: ``on_track(number, raw_predictions, track_end)`` once a track is predicted (in the order tracks
+            finish).
+        on_failure: ``on_failure(number, message)`` for a track whose source failed (the others go on).
+    """
+    import concurrent.futures
+
+    from trainer.prediction.serving import TrackRun, WindowBatcher
+
+    runs: dict[int, TrackRun] = {}
+    ends: dict[int, TrackEnd] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, WorkerPool(workers, served) as processes:
+        batcher = WindowBatcher(predictor, pool)
+        processes.run(tracks)
+        for kind, number, payload in processes.results(len(tracks)):
+            if kind == _FRAMES:
+                run = runs.get(number) or runs.setdefault(number, TrackRun(predictor.heads, predictor.seq_len))
+                if number + 1 not in progress.active:
+                    progress.start_video(number + 1, tracks[number].stem)
+                for _, timestamp_us, crop, bbox, decoded in payload:
+                    window = run.add(timestamp_us, crop, bbox, decoded)
+                    if window is not None:
+                        batcher.add(run, window)
+                    progress.frame(number + 1)
+            elif kind == _FAILED:
+                if number in runs:
+                    batcher.discard(runs.pop(number))
+                progress.end_video(number + 1)
+                on_failure(number, payload)
+            else:
+                run = runs.get(number) or runs.setdefault(number, TrackRun(predictor.heads, predictor.seq_len))
+                last = run.last_window()
+                if last is not None:
+                    batcher.add(run, last)
+                batcher.flush(run)  # the track's last batch, short as with one worker
+                ends[number] = payload
+            _finish_complete(runs, ends, tracks, batcher, label_names, progress, on_track, drain=False)
+        _finish_complete(runs, ends, tracks, batcher, label_names, progress, on_track, drain=True)
+
+
+def _finish_complete(runs, ends, tracks, batcher, label_names, progress, on_track, drain: bool) -> None:
+    """Hands over the tracks whose sources ended and whose windows all have their outputs (``drain``: all of them)."""
+    if drain:
+        batcher.drain()
+    elif ends and not any(runs[n].complete for n in ends if n in runs):
+        return
+    for number in sorted(ends):
+        run = runs[number]
+        if not run.complete:
+            continue
+        end = ends.pop(number)
+        del runs[number]
+        progress.end_video(number + 1)
+        on_track(number, run.predictions(tracks[number].stem, end.fps, label_names, end.stream), end)
