@@ -119,23 +119,27 @@ class WorkerPool:
         for _ in self._processes:
             self._tasks.put(None)
 
-    def results(self, expected: int):
-        """Yields the workers' messages until ``expected`` tracks are done or failed.
+    def results(self, tracks: Sequence):
+        """Yields the workers' messages until every track of ``tracks`` is done or failed.
 
         Raises:
-            RuntimeError: a worker process died (killed, out of memory) before its tracks ended.
+            PredictError: the worker processes died (killed, out of memory) before every track ended.
         """
-        ended = 0
-        while ended < expected:
+        from trainer.prediction.errors import PredictError
+
+        open_tracks = set(range(len(tracks)))
+        while open_tracks:
             try:
                 message = self._results.get(timeout=1.0)
             except queue.Empty:
                 if not any(process.is_alive() for process in self._processes):
-                    raise RuntimeError(f"the predict worker processes ended with {expected - ended} track(s) "
-                                       "unfinished (exit codes "
-                                       f"{[process.exitcode for process in self._processes]})") from None
+                    names = ", ".join(tracks[n].stem for n in sorted(open_tracks))
+                    raise PredictError(f"the --workers processes ended (exit codes "
+                                       f"{[process.exitcode for process in self._processes]}) with "
+                                       f"{len(open_tracks)} video(s) unfinished: {names}") from None
                 continue
-            ended += message[0] != _FRAMES
+            if message[0] != _FRAMES:
+                open_tracks.discard(message[1])
             yield message
 
 
@@ -163,7 +167,7 @@ def predict_tracks(tracks: Sequence, served, predictor, label_names: dict, worke
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, WorkerPool(workers, served) as processes:
         batcher = WindowBatcher(predictor, pool)
         processes.run(tracks)
-        for kind, number, payload in processes.results(len(tracks)):
+        for kind, number, payload in processes.results(tracks):
             if kind == _FRAMES:
                 run = runs.get(number) or runs.setdefault(number, TrackRun(predictor.heads, predictor.seq_len))
                 if number + 1 not in progress.active:
