@@ -87,6 +87,10 @@ def test_short_run_learns_expressions_and_exports_model_and_reports(dataset, exp
     assert os.path.isfile(job / "export" / "saved_model" / "saved_model.pb")
     assert os.listdir(job / "logs" / "train") and os.listdir(job / "logs" / "validation")
     assert "macro-F1" in out and "confusion_matrix_png" in out and "per_video_csv" in out
+    # This data has no selection split: the best epoch was picked on validation, so the last epoch's score is
+    # reported next to it.
+    assert metrics["selected_on"] == metrics["split"] == "validation" and metrics["last_epoch"]["epoch"] == 4
+    assert "the score above is optimistic; the last epoch (4) scored" in out
 
 
 def test_metrics_score_every_labelled_frame_and_report_face_frames_apart(dataset, expr_job):
