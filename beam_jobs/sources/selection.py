@@ -5,9 +5,9 @@ moves the train tracks of about ``--select_fraction`` of the train subjects into
 (written like validation); the trainer selects on it by default, and validation is touched only by the final
 evaluation. A subject goes there when the stable hash of its id (:func:`beam_jobs.sources.folds.subject_unit`,
 SHA-256, the same on every machine) falls below the fraction, so every frame of a subject stays on one side and a
-dataset that grows keeps its assignments. When no subject's hash falls below it although the train split has at
-least ``1 / fraction`` subjects, the subject of the smallest hash goes (a small dataset still gets a slice); with
-fewer subjects nothing is held out and the trainer says so.
+dataset that grows keeps its assignments. A train split with fewer than ``1 / fraction`` subjects (not even one
+subject's worth) holds nothing out, and the trainer says so; one with more always gets a slice (the subject of the
+smallest hash when no hash falls below the fraction).
 
 Example::
 
@@ -28,12 +28,9 @@ DEFAULT_SELECT_FRACTION = 0.1
 def held_out_subjects(subjects, fraction: float) -> set[str]:
     """The subjects of ``subjects`` that go to the selection split (see the module docstring)."""
     subjects = sorted(set(subjects))
-    if not subjects or fraction <= 0:
+    if len(subjects) * fraction < 1:
         return set()
-    held = {s for s in subjects if subject_unit(s) < fraction}
-    if not held and len(subjects) * fraction >= 1:
-        held = {min(subjects, key=subject_unit)}
-    return held
+    return {s for s in subjects if subject_unit(s) < fraction} or {min(subjects, key=subject_unit)}
 
 
 def hold_out(discovery: Discovery, fraction: float) -> Discovery:
