@@ -162,11 +162,11 @@ def _select(discovery: Discovery, fraction: float) -> Discovery:
     held = hold_out(discovery, fraction)
     moved = [t for t in held.tracks if t.split == SPLIT_SELECTION]
     if moved:
-        _log(f"selection split: {len({t.subject_id for t in moved})} train subject(s), {len(moved)} track(s), held "
-             f"out (--select_fraction {fraction}): training selects its best epoch on them")
+        print(f"[convert] selection split: {len({t.subject_id for t in moved})} train subject(s), {len(moved)} "
+              f"track(s), held out (--select_fraction {fraction}): training selects its best epoch on them", flush=True)
     elif fraction > 0:
-        _log(f"selection split: none (too few train subjects for --select_fraction {fraction}); training will select "
-             "its best epoch on the split it reports")
+        print(f"[convert] selection split: none (too few train subjects for --select_fraction {fraction}); training "
+              "will select its best epoch on the split it reports", flush=True)
     return held
 
 
