@@ -27,7 +27,7 @@ from beam_jobs.convert_options import DEFAULT_RUNNER, UsageError, build_parser, 
 from beam_jobs.faces import stage as faces_lib
 from beam_jobs.inspect_dataset import media_lines
 from beam_jobs.sources.base import DatasetSource, Discovery
-from tfrecords_schema import TASKS, DatasetInfo, join_path
+from tfrecords_schema import SPLIT_SELECTION, TASKS, DatasetInfo, join_path
 from tfrecords_schema.dataset_info import MEDIA_KEY, sum_counts
 from tfrecords_schema.tasks import label_names_problem
 
@@ -152,7 +152,22 @@ def _discover(source: DatasetSource, args: argparse.Namespace) -> Discovery:
         lines = [f"no annotated tracks found: searched {searched_inputs(args)}"]
         lines += [f"  {d.reason}: {d.source}: {d.message}" for d in discovery.dead_letters]
         raise ConvertError("\n".join(lines))
-    return discovery
+    return _select(discovery, args.select_fraction)
+
+
+def _select(discovery: Discovery, fraction: float) -> Discovery:
+    """The discovery with the selection split held out of train (:mod:`beam_jobs.sources.selection`), said in a line."""
+    from beam_jobs.sources.selection import hold_out
+
+    held = hold_out(discovery, fraction)
+    moved = [t for t in held.tracks if t.split == SPLIT_SELECTION]
+    if moved:
+        print(f"[convert] selection split: {len({t.subject_id for t in moved})} train subject(s), {len(moved)} "
+              f"track(s), held out (--select_fraction {fraction}): training selects its best epoch on them", flush=True)
+    elif fraction > 0:
+        print(f"[convert] selection split: none (too few train subjects for --select_fraction {fraction}); training "
+              "will select its best epoch on the split it reports", flush=True)
+    return held
 
 
 def searched_inputs(args: argparse.Namespace) -> str:

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 
 from beam_jobs.faces import options as face_options
+from beam_jobs.sources.selection import DEFAULT_SELECT_FRACTION
 from tfrecords_schema import TASKS
 from tfrecords_schema.buckets import BUCKET_BY
 from tfrecords_schema.cli import add_verbose_flag
@@ -54,6 +55,10 @@ def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
         add("--bucket_by", default=job["bucket_by"],
             help=f"rebalancing buckets of the train split, one of {list(BUCKET_BY)} (default {job['bucket_by']}: "
                  "the clip's class for every converted task, so that one conversion serves every --task)"),
+        add("--select_fraction", type=float, default=DEFAULT_SELECT_FRACTION, metavar="F",
+            help="about this fraction of the train subjects (by a stable hash of their id) goes to a split of its own, "
+                 "'selection', on which training selects its best epoch, so that validation is touched only by "
+                 f"the final evaluation (default {DEFAULT_SELECT_FRACTION}; 0: none)"),
         add("--min_shards", type=int, default=job["min_shards"],
             help="least shards per shard set (>= training workers)"),
         add("--shard_bytes", type=int, default=job["shard_bytes"],
@@ -120,6 +125,8 @@ def check_options(args: argparse.Namespace) -> list[str]:
         raise UsageError(str(e)) from e
     if args.bucket_by not in BUCKET_BY:
         raise UsageError(f"unknown --bucket_by {args.bucket_by!r}; valid values: {list(BUCKET_BY)}")
+    if not 0.0 <= args.select_fraction < 0.5:
+        raise UsageError(f"--select_fraction must be in [0, 0.5), got {args.select_fraction}")
     for name, low in (("clip_length", 1), ("min_shards", 1), ("shard_bytes", 1)):
         value = getattr(args, name)
         if value is not None and value < low:

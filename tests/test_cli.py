@@ -51,7 +51,7 @@ LOCAL = ["--runner", "DirectRunner", "--direct_running_mode", "in_memory", "--pr
 # version 2 added the face stage's align and redetect_change: a model rebuilds its face stage from them.)
 RECORDED = {"align", "annotations", "beam_args", "bucket_by", "clip_length", "codec", "crop_size", "cropped_aligned", "dataset",
             "detect_every", "detect_width", "detector", "max_hold", "min_shards", "output", "redetect_change",
-            "shard_bytes", "tasks", "videos"}
+            "select_fraction", "shard_bytes", "tasks", "videos"}
 
 
 def _convert(argv, source=None) -> tuple[int, str, str]:

@@ -51,6 +51,7 @@ def data(tmp_path_factory):
 def service():
     local = data_service.start_local(free_port_run(3), 2)
     yield local
+    gc.collect()  # The tests' iterators let go of their service jobs first: a worker stops once its tasks are done.
     local.stop()
 
 

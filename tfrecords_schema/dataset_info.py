@@ -44,7 +44,10 @@ MEDIA_KEY = "media"  # ``DatasetInfo.run[MEDIA_KEY]``: videos turned upright, of
 SPLIT_TRAIN = "train"
 SPLIT_VALIDATION = "validation"
 SPLIT_TEST = "test"  # Held-out data (manifest and folder adapters): written like validation, never trained on.
-SPLITS = (SPLIT_TRAIN, SPLIT_VALIDATION, SPLIT_TEST)
+SPLITS = (SPLIT_TRAIN, SPLIT_VALIDATION, SPLIT_TEST)  # The splits a dataset names.
+# A subject-disjoint slice of the train subjects, held out by the conversion (--select_fraction) and written like
+# validation: the trainer selects its best epoch on it, so validation is touched only by the final evaluation.
+SPLIT_SELECTION = "selection"
 
 
 @dataclasses.dataclass

@@ -29,8 +29,7 @@ VERBOSE_LOGGERS = ("trainer", "tfrecords_schema")
 
 def _setup_logging(verbose: bool = False) -> None:
     """INFO logging to stderr unless the caller configured logging already; ``--verbose``: the project's DEBUG."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    errors.log_to_stderr()
     project = logging.getLogger(VERBOSE_LOGGERS[0])
     if project.level == logging.NOTSET and project.getEffectiveLevel() > logging.INFO:
         # A caller (the demo, after Beam and absl set up logging at WARNING) would otherwise hide the progress lines.

@@ -84,6 +84,8 @@ class TrackSpec:
             ``DROP_DUPLICATE_TRACK``). Their labels never reach the output.
         problem_message: Human-readable detail of ``problem`` for the track's dead letter
             (e.g. the candidate files of ``DROP_AMBIGUOUS_MEDIA``); "" for the generic one.
+        subject: The person the track shows, when the adapter knows it (a manifest's ``subject`` column); ""
+            means the track is its own subject (ABAW: one annotation name per person). See :attr:`subject_id`.
     """
 
     media_id: str
@@ -97,6 +99,12 @@ class TrackSpec:
     action_unit_names: tuple[str, ...] = ()
     rejected_files: tuple[RejectedAnnotation, ...] = ()
     problem_message: str = ""
+    subject: str = ""
+
+    @property
+    def subject_id(self) -> str:
+        """The track's subject: :attr:`subject`, or the annotation name when the adapter knows no other."""
+        return self.subject or self.media_id
 
     @property
     def track_id(self) -> str:

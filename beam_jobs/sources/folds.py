@@ -29,6 +29,15 @@ def subject_key(subject: str) -> str:
     return unicodedata.normalize("NFC", str(subject)).strip()
 
 
+def _digest(subject: str) -> int:
+    return int.from_bytes(hashlib.sha256(subject_key(subject).encode("utf-8")).digest()[:8], "big")
+
+
+def subject_unit(subject: str) -> float:
+    """The subject's stable hash as a number in [0, 1): the same on every machine, Python version and run."""
+    return _digest(subject) / 2.0**64
+
+
 def fold_of(subject: str, folds: int) -> int:
     """The fold (``0 .. folds-1``) a subject belongs to.
 
@@ -36,8 +45,7 @@ def fold_of(subject: str, folds: int) -> int:
         subject: Subject id (e.g. an actor or participant code).
         folds: Number of folds, >= 2.
     """
-    digest = hashlib.sha256(subject_key(subject).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % folds
+    return _digest(subject) % folds
 
 
 def fold_split(subject: str, folds: int, fold: int) -> str:

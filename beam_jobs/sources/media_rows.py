@@ -460,7 +460,8 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
                 "(the video's frames cannot be known)", 0))
         tracks.append(LabelledTrack(
             media_id=media_key, split=split, annotation_files=tuple((t, annotation_path) for t in out_tasks),
-            media_path=first.media_path, data_path=media_key, problem=problem, segments=segments))
+            media_path=first.media_path, data_path=media_key, problem=problem, segments=segments,
+            subject=first.subject or ""))
     label_names = {HEAD_EXPRESSION: names, HEAD_VALENCE_AROUSAL: [], HEAD_ACTION_UNITS: []}
     if TASK_VALENCE_AROUSAL in out_tasks:
         label_names[HEAD_VALENCE_AROUSAL] = list(VALENCE_AROUSAL_NAMES)

@@ -1,8 +1,18 @@
-"""How the trainer's entry points report an expected failure: one clear line and exit status 1."""
+"""What the trainer's entry points share: their logging, and how they report an expected failure (one clear line and
+exit status 1)."""
 
 from __future__ import annotations
 
+import logging
 import sys
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_to_stderr() -> None:
+    """INFO logging to stderr with :data:`LOG_FORMAT`, unless the caller (a test, the demo) set logging up already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 def report_failure(error: Exception, expected: tuple[type[BaseException], ...]) -> int:

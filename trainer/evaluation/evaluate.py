@@ -155,8 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns 0 on success, 1 on a reported error, 2 on invalid options."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    errors.log_to_stderr()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:

@@ -263,8 +263,7 @@ def predict(args) -> int:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns 0 on success, 1 on a failed video or a reported error, 2 on invalid options."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    errors.log_to_stderr()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:

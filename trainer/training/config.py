@@ -50,7 +50,8 @@ class TrainConfig:
 
     ``steps_per_epoch`` None means: ``clips_per_epoch // batch_size`` for ``downsample``
     sampling, otherwise train clips // batch_size (at least 1). ``select_split`` None means: the best
-    epoch is selected on ``eval_split``, the split the final report scores.
+    epoch is selected on the data's ``selection`` split (a subject-disjoint slice of the train subjects, held out
+    by the conversion), or on ``eval_split`` when the data has none (then the last epoch's score is reported too).
     """
 
     data: str = ""
@@ -333,8 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", type=_bool)
     p.add_argument("--eval_split", help="the split of the final report (default validation)")
     p.add_argument("--select_split",
-                   help="the split evaluated after every epoch to select the best one (default: --eval_split); "
-                   "give a held-out split here to keep the reported split out of model selection")
+                   help="the split evaluated after every epoch to select the best one (default: the data's "
+                   "'selection' split, a subject-disjoint slice of the train subjects held out by the conversion, "
+                   "so that --eval_split is touched only by the final evaluation; without one, --eval_split, and "
+                   "the report then also gives the last epoch's score)")
     p.add_argument("--skip_corrupt", nargs="?", const=True, type=_bool,
                    help="skip (and count) corrupt records instead of failing")
     p.add_argument("--checkpoint_every", type=int, help="steps between checkpoints (also one per epoch end)")

@@ -1,4 +1,4 @@
-"""The sequence stage's data: per-frame CNN features computed once, their tf.data pipelines, the joined export.
+"""The sequence stage's data: per-frame CNN features computed once, and the joined export.
 
 * :func:`extract_features` runs the frozen per-frame network of the ``--features_from`` export over every clip
   of the splits a job reads, once, and writes one feature record per clip (:mod:`tfrecords_schema.features`) into
@@ -7,14 +7,8 @@
   folder when its index names the same data and the same CNN (their fingerprints), else recomputes it.
   The features come from the crops exactly as evaluation feeds them (no augmentation), through the
   model's own input layers, so the CNN sees what it sees in the exported model.
-* :func:`make_feature_train_dataset` is the training stream on features: the clip pipeline's bucket
-  streams and rebalancing (:func:`trainer.input.records.mixed_train_records` over the feature shards, which
-  keep their buckets), a random window of ``seq_len`` frames per clip (the same draw as
-  :func:`trainer.input.frames.random_window`), targets and weights as in training
-  (:func:`trainer.input.frames.targets_and_weights`). No augmentation: the features are fixed, the price of
-  computing them once.
-* :func:`make_feature_eval_dataset` cuts every clip into consecutive windows like the image evaluation, so
-  the recurrent model scored on features gives the exported model's score on images.
+* the tf.data pipelines over these shards (training windows, evaluation windows) are the input stream's:
+  :mod:`trainer.input.features`;
 * :func:`assemble_export` puts the per-frame network and the trained temporal head into one end-to-end model
   (:func:`trainer.model.build.build_model`), which is what the job exports.
 """

@@ -25,7 +25,8 @@ What a job does:
   total step count (``epochs × steps_per_epoch``). The tf.data iterator is not checkpointed (its
   shuffle buffers would make checkpoints large): a resumed run reseeds the input stream with
   ``seed + step``, so it does not replay the clips it has already seen;
-* after every epoch evaluates the whole ``--select_split`` (default: the ``--eval_split``, validation;
+* after every epoch evaluates the whole ``--select_split`` (default: the data's ``selection`` split, a
+  subject-disjoint slice of the train subjects held out by the conversion; without one the ``--eval_split``, validation;
   every labelled frame once, frames without a face included), logs TensorBoard summaries to
   ``--job_dir/logs`` (:mod:`trainer.evaluation.tensorboard`: metrics, validation loss, learning rate, per-class F1,
   the confusion-matrix picture) and keeps the best epoch (by macro-F1 / mean CCC / mean AU F1, summed for ``multi``)
@@ -216,12 +217,14 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
 
 
 def _export_and_report(config: TrainConfig, plan: JobPlan, stage, eval_model, evaluator: Evaluator, best_dir: str,
-                       skipped) -> dict:
+                       skipped, last_epoch: dict) -> dict:
     """Restores the best epoch into the float32 model, exports it, scores it on the report split, writes reports.
 
     The epoch and score reported are the ones stored in the best checkpoint itself, so the export and
     the report always describe the same model. The exported model is the stage's (:meth:`Stage.export_model`:
-    for the sequence stage the CNN joined to the trained stack), scored on the clips.
+    for the sequence stage the CNN joined to the trained stack), scored on the clips. When the best epoch was
+    selected on the report split itself, ``last_epoch`` (the last epoch this process evaluated: ``{"epoch",
+    "score"}``) is reported next to it: the figure that was not picked for being high.
     """
     import tensorflow as tf
 
@@ -250,6 +253,8 @@ def _export_and_report(config: TrainConfig, plan: JobPlan, stage, eval_model, ev
                    "coverage": split_coverage(plan.info, plan.eval_split, predictions.scored_frames)})
     if skipped is not None:
         result["skipped_corrupt_records"] = skipped.total
+    if plan.select_split == plan.eval_split and last_epoch:
+        result["last_epoch"] = dict(last_epoch)
     paths.update(reports.write_reports(
         result, predictions.per_video(), plan.info.expression_names,
         metrics_path=join_path(config.job_dir, reports.METRICS_FILENAME),
@@ -258,6 +263,9 @@ def _export_and_report(config: TrainConfig, plan: JobPlan, stage, eval_model, ev
                                       f"{plan.select_split}", best_epoch)))
     print(f"best epoch {best_epoch} (selected on {plan.select_split}), scored on {plan.eval_split}:")
     print(reports.format_metrics(result))
+    if "last_epoch" in result:
+        print(f"selected on the split it is scored on, so the score above is optimistic; the last epoch "
+              f"({result['last_epoch']['epoch']}) scored {result['last_epoch']['score']:.4f} on {plan.eval_split}")
     for name, path in sorted(paths.items()):
         print(f"{name}: {path}")
     sys.stdout.flush()
@@ -346,9 +354,12 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan) -> dict:
                                  frozen_layers=stage.frozen_layers(model),
                                  au_positive_weights=plan.au_positive_weights)
 
+    last_epoch: dict = {}  # the last epoch evaluated in this process: reported when selection and report share a split
+
     def end_of_epoch(epoch: int) -> bool:
         """Evaluates ``epoch``, unfreezes the backbone after its frozen epochs; True when the job stops early."""
-        _evaluate_epoch(epoch, model, eval_model, epoch_evaluator, plan, state, eval_writer)
+        result = _evaluate_epoch(epoch, model, eval_model, epoch_evaluator, plan, state, eval_writer)
+        last_epoch.update(epoch=epoch, score=result["score"])
         tensorboard.log_learning_rate(train_writer, epoch * plan.steps_per_epoch, optimizer)
         train_step.freeze_for_epoch(epoch, config.freeze_backbone_epochs)
         return state.stops_early(config.early_stopping)
@@ -371,7 +382,7 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan) -> dict:
                     "corrupt shard)", skipped.total)
 
     # 9. The chief exports the best epoch and reports it.
-    final = (_export_and_report(config, plan, stage, eval_model, evaluator, state.best_dir, skipped)
+    final = (_export_and_report(config, plan, stage, eval_model, evaluator, state.best_dir, skipped, last_epoch)
              if role.is_chief else {})
     state.close()
     stage.close(role)

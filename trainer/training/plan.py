@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Sequence
 
+from tfrecords_schema import SPLIT_SELECTION
 from trainer.common.errors import TrainingError
 from trainer.training.config import TrainConfig
 
@@ -129,6 +130,14 @@ def frame_mix_setup(config: TrainConfig, plan, seq_len: int, input_seed: int, sk
                  ", --balance_frames" if config.balance_frames else "", json.dumps(report, sort_keys=True))
 
 
+def default_select_split(config: TrainConfig, info) -> str:
+    """The split the best epoch is selected on: ``--select_split``, else the data's ``selection`` split (a
+    subject-disjoint slice of the train subjects, :mod:`beam_jobs.sources.selection`), else the report split."""
+    if config.select_split:
+        return config.select_split
+    return SPLIT_SELECTION if SPLIT_SELECTION in info.splits else config.eval_split
+
+
 # ==================================================================================================
 # The plan.
 
@@ -162,7 +171,7 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
 
     info = read_dataset_info(config.data)
     heads = heads_for_task(info, config.task)
-    select_split = config.select_split or config.eval_split
+    select_split = default_select_split(config, info)
     for flag, split in (("--eval_split", config.eval_split), ("--select_split", select_split)):
         if split not in info.splits:
             raise TrainingError(f"{flag} {split!r} is not in {config.data} (splits: {sorted(info.splits)})")
@@ -195,4 +204,9 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
                      config.au_positive_weight, json.dumps({n: round(float(w), 3) for n, w in
                                                             zip(info.action_unit_names, plan.au_positive_weights)}))
     log.info("best epoch selected on %r, final report on %r", select_split, config.eval_split)
+    if select_split == config.eval_split:
+        log.warning("the best epoch is selected on %r, the split it is reported on: that score is optimistic (the "
+                    "last epoch's score is reported next to it)%s", select_split,
+                    "" if config.select_split else f"; {config.data} has no {SPLIT_SELECTION!r} split (convert "
+                    "with --select_fraction > 0 and enough train subjects for one)")
     return plan

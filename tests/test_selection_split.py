@@ -1,0 +1,72 @@
+"""The selection split: a subject-disjoint slice of the train subjects, held out by the conversion, on which the
+trainer selects its best epoch by default, so that validation is touched only by the final evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import types
+
+import abaw_layout as abaw
+import cv2
+import pytest
+import video_fixtures as vf
+
+from beam_jobs import convert
+from beam_jobs.sources.base import Discovery, TrackSpec
+from beam_jobs.sources.selection import held_out_subjects, hold_out
+from tfrecords_schema import SPLIT_SELECTION, SPLIT_TRAIN, SPLIT_VALIDATION, read_dataset_info
+from trainer.training.plan import default_select_split
+
+
+def test_about_the_fraction_of_subjects_is_held_out_by_a_stable_hash():
+    subjects = [f"subject_{i:03d}" for i in range(400)]
+    held = held_out_subjects(subjects, 0.1)
+    assert 25 <= len(held) <= 55 and held == held_out_subjects(list(reversed(subjects)), 0.1)
+    assert held <= held_out_subjects(subjects, 0.2)  # a larger fraction keeps the smaller one's subjects
+    assert held_out_subjects(subjects[:3], 0.1) == set()  # too few subjects for a tenth: none
+    few = held_out_subjects(subjects[:10], 0.1)
+    assert len(few) >= 1 and held_out_subjects(subjects, 0.0) == set()
+
+
+def test_every_track_of_a_held_out_subject_moves_and_other_splits_stay():
+    tracks = [TrackSpec(f"clip{i}", SPLIT_TRAIN, (), subject=f"person{i % 10}") for i in range(30)]
+    tracks.append(TrackSpec("val", SPLIT_VALIDATION, ()))
+    moved = hold_out(Discovery(tracks=tracks, label_names={}, tasks=[]), 0.1).tracks
+    selection = {t.subject_id for t in moved if t.split == SPLIT_SELECTION}
+    assert selection and not selection & {t.subject_id for t in moved if t.split == SPLIT_TRAIN}
+    assert sum(t.split == SPLIT_SELECTION for t in moved) == 3 * len(selection)  # 3 clips per person
+    assert [t.split for t in moved if t.media_id == "val"] == [SPLIT_VALIDATION]
+
+
+def test_the_conversion_writes_the_selection_split_and_training_selects_on_it(tmp_path):
+    crops, ann = tmp_path / "crops", tmp_path / "annotations"
+    for i in range(12):
+        abaw.write_annotation(ann, "expr", "train", f"s{i:02d}", [4, 4, 1, 1])
+        folder = abaw.write_crops_dir(crops, f"s{i:02d}")
+        for f in range(1, 5):
+            cv2.imwrite(str(folder / f"{f:05d}.jpg"), vf.face_frame(4 if f < 3 else 1, seed=f))
+    abaw.write_annotation(ann, "expr", "validation", "v", [4, 1])
+    for f in (1, 2):
+        cv2.imwrite(str(abaw.write_crops_dir(crops, "v") / f"{f:05d}.jpg"), vf.face_frame(4, seed=f))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert convert.run(["--cropped_aligned", str(crops), "--annotations", str(ann), "--output", str(tmp_path / "out"),
+                            "--crop_size", "32", "--clip_length", "4", "--runner", "DirectRunner",
+                            "--direct_running_mode", "in_memory", "--progress_every", "0"]) == 0
+    info = read_dataset_info(str(tmp_path / "out"))
+    held = held_out_subjects([f"s{i:02d}" for i in range(12)], 0.1)
+    assert info.splits[SPLIT_SELECTION].num_clips == len(held) >= 1
+    assert info.splits[SPLIT_TRAIN].num_clips == 12 - len(held) and info.splits[SPLIT_VALIDATION].num_clips == 1
+    assert json.loads((tmp_path / "out" / "dataset_info.json").read_text())["options"]["select_fraction"] == 0.1
+    config = types.SimpleNamespace(select_split=None, eval_split=SPLIT_VALIDATION)
+    assert default_select_split(config, info) == SPLIT_SELECTION
+    config.select_split = SPLIT_VALIDATION
+    assert default_select_split(config, info) == SPLIT_VALIDATION
+
+
+@pytest.mark.parametrize("fraction", ["-0.1", "0.5"])
+def test_a_select_fraction_out_of_range_is_one_line(tmp_path, fraction, capsys):
+    assert convert.run(["--annotations", str(tmp_path), "--output", str(tmp_path / "o"), "--select_fraction",
+                        fraction, "--runner", "DirectRunner"]) == 2
+    assert "--select_fraction must be in [0, 0.5)" in capsys.readouterr().err
