@@ -27,7 +27,8 @@ frame (the GRU 100,100,50 on 300 features: ~0.2 M) and is left out.
 **Projection** (``--input_rate_json`` from ``bench/input_rate.py --json``): frames per second one H100 SXM would
 consume (dense bf16 ``--peak_tflops`` 989, at ``--utilisation``; a training step is ~3x the forward multiply-adds:
 forward, and the gradients of activations and of weights) and the CPU cores that keep up with it for each codec:
-frames/s over the measured frames per CPU-second of that codec's train stream.
+frames/s over the measured frames per CPU-second of that codec's train stream (``raw w8``: raw with
+``--windows_per_clip 8``).
 
 Example::
 
@@ -54,6 +55,8 @@ from trainer.common.choices import BACKBONES
 
 H100_DENSE_BF16_TFLOPS = 989.0  # H100 SXM, dense (no sparsity) bf16 tensor-core peak
 TRAIN_OVER_FORWARD = 3.0  # forward + gradient w.r.t. activations + gradient w.r.t. weights
+# The train streams of bench/input_rate.py whose frames per CPU-second size the host (column label: its name there).
+PROJECTED_STREAMS = {"jpeg": "jpeg", "raw": "raw", "raw w8": "raw, 8 windows per clip"}
 
 
 def layer_macs(model) -> int:
@@ -170,7 +173,7 @@ def print_projection(table: dict, rates: dict, args) -> None:
     print(f"{'backbone':20s} {'M MACs/frame':>13s} {'frames/s':>11s} " + " ".join(f"{'cores ' + c:>11s}" for c in rates))
     for backbone, row in table.items():
         print(f"{backbone:20s} {row['forward_macs'] / 1e6:13.1f} {row['frames_per_second']:11,.0f} "
-              + " ".join(f"{row['cores'][c]:11,.0f}" for c in rates))
+              + " ".join(f"{row['cores'][c]:11,.1f}" for c in rates))
 
 
 def main(argv=None) -> int:
@@ -208,7 +211,8 @@ def main(argv=None) -> int:
         print(f"  {backbone:20s} {counts['layers'] / 1e6:8.1f} M  ({counts['profiler'] / 1e6:.1f} M)")
     if args.input_rate_json:
         measured = json.loads(pathlib.Path(args.input_rate_json).read_text())["figures"]
-        rates = {codec: measured[codec]["frames_per_cpu_second"] for codec in ("jpeg", "raw")}
+        rates = {label: measured[name]["frames_per_cpu_second"] for label, name in PROJECTED_STREAMS.items()
+                 if name in measured}
         figures["projection"] = projection(figures["macs"], rates, args.peak_tflops, args.utilisation)
         print_projection(figures["projection"], rates, args)
 
