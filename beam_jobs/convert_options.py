@@ -49,8 +49,8 @@ def _add_job_options(parser: argparse.ArgumentParser) -> list[str]:
             help=f"frames per record (default {job['clip_length']})"),
         *face_options.add_face_stage_arguments(parser),
         add("--codec", default=DEFAULT_CODEC, choices=CODECS,
-            help="how the records store each crop: jpeg (quality 90, about 6 KiB at 112², decoded on the training "
-                 "host's CPU) or raw (the uint8 RGB pixels, crop_size² x 3 bytes: 37,632 at 112², about 6x the disk "
+            help="how the records store each crop: jpeg (quality 90, about 4-6 KiB at 112², decoded on the training "
+                 "host's CPU) or raw (the uint8 RGB pixels, crop_size² x 3 bytes: 37,632 at 112², about 6-9x the disk "
                  f"and a fraction of the CPU to read; see the README) (default {DEFAULT_CODEC})"),
         add("--bucket_by", default=job["bucket_by"],
             help=f"rebalancing buckets of the train split, one of {list(BUCKET_BY)} (default {job['bucket_by']}: "

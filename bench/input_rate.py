@@ -92,6 +92,20 @@ def bytes_per_frame(data: str) -> float:
     return sum(s.num_bytes for s in shards) / max(1, sum(s.num_frames for s in shards))
 
 
+def convert_codecs(video_seconds: float, cache_dir: str, work: pathlib.Path, material: str = "megamind_native",
+                   crop_size: int = 112) -> dict:
+    """Two tracks of ``video_seconds`` of ``material`` converted into ``work/jpeg`` and ``work/raw``; their paths."""
+    video, _ = bench_videos.make_videos(material, video_seconds, video_seconds / 2, cache_dir)
+    ann, vdir, _ = bench_convert.build_layout(video, 2, work / "layout")
+    data = {}
+    for codec in ("jpeg", "raw"):
+        data[codec] = str(work / codec)
+        run = bench_convert.beam(ann, vdir, data[codec], 2, ["--codec", codec, "--crop_size", str(crop_size)])
+        print(f"converted {run['frames']} frames ({codec}) in {run['seconds']:.0f} s, "
+              f"{bytes_per_frame(data[codec]):.0f} bytes per frame on disk", flush=True)
+    return data
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video_seconds", type=float, default=60.0, help="length of each of the two tracks")
@@ -103,17 +117,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    video, _ = bench_videos.make_videos("megamind_native", args.video_seconds, args.video_seconds / 2,
-                                        args.cache_dir)
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-input-rate-"))
     try:
-        ann, vdir, _ = bench_convert.build_layout(video, 2, work / "layout")
-        data = {}
-        for codec in ("jpeg", "raw"):
-            data[codec] = str(work / codec)
-            run = bench_convert.beam(ann, vdir, data[codec], 2, ["--codec", codec, "--crop_size", "112"])
-            print(f"converted {run['frames']} frames ({codec}) in {run['seconds']:.0f} s, "
-                  f"{bytes_per_frame(data[codec]):.0f} bytes per frame on disk", flush=True)
+        data = convert_codecs(args.video_seconds, args.cache_dir, work)
         rounds = {name: [] for name, _, _ in VARIANTS}
         for r in range(args.rounds):  # alternating, so that the machine's load hits every variant alike
             for name, codec, windows in VARIANTS:

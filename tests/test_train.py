@@ -384,6 +384,24 @@ def test_mixed_precision_xla_step_runs_and_a_changed_model_does_not_resume_silen
     assert rc == 1 and "does not fit this model/options" in err
 
 
+def test_bfloat16_training_keeps_its_losses_finite_and_still_learns(dataset, tmp_path, caplog):
+    """``--precision mixed_bfloat16`` on CPU (the precision of a GPU job; float16's loss scaling is not needed):
+    every logged loss is finite, the last ones far under chance, and the expression head ends far above chance."""
+    job = tmp_path / "job"
+    args = train_args(dataset, job, "--task", "expr", "--precision", "mixed_bfloat16", "--epochs", "1",
+                      "--steps_per_epoch", "30", "--seq_len", "4", "--learning_rate", "0.005", "--seed", "2")
+    with caplog.at_level("INFO", logger="trainer.train"):
+        assert train.run(args) == 0
+    losses = [float(v) for v in re.findall(r"step \d+/\d+ loss=(\S+)", caplog.text)]
+    assert len(losses) == 6 and all(np.isfinite(losses)), losses  # logged every 5 steps (TINY_MODEL)
+    chance = np.log(4)  # the cross-entropy of a uniform guess over the 4 classes
+    # Measured for seeds 1, 2, 3: the last two logged losses 0.58, 0.51, 0.29 on average (chance 1.39).
+    assert np.mean(losses[-2:]) < 0.6 * chance, losses
+    assert json.loads((job / "train_config.json").read_text())["precision"] == "mixed_bfloat16"
+    # 4 classes: chance macro-F1 0.25; this budget measured 0.66, 0.89, 0.99 for seeds 1, 2, 3 (~40 s on 2 cores).
+    assert json.loads((job / "metrics.json").read_text())["expression"]["macro_f1"] > 0.5
+
+
 def test_steps_per_epoch_follow_the_downsample_epoch_size(dataset):
     from tfrecords_schema import read_dataset_info
     from trainer.training.config import TrainConfig

@@ -1,9 +1,9 @@
 """How a record's face crops are stored (``image/format``): JPEG, or the raw uint8 RGB pixels.
 
-* ``jpeg`` (the default): each crop JPEG-encoded (quality 90 by default: about 6 KiB at 112², decoded on the
-  training host's CPU at roughly 4,000 frames per CPU-second);
+* ``jpeg`` (the default): each crop JPEG-encoded (quality 90 by default: about 4-6 KiB at 112², 4.2 KB on real
+  footage; decoded on the training host's CPU at roughly 4,000-6,000 frames per CPU-second);
 * ``raw``: the crop's uint8 RGB bytes, row-major ``[S, S, 3]`` (``S² × 3`` bytes: 37,632 at 112²), which the trainer
-  turns into pixels with a reshape (``tf.io.decode_raw``): about 6× the bytes on disk, a small fraction of the CPU.
+  turns into pixels with a reshape (``tf.io.decode_raw``): about 6-9× the bytes on disk, a small fraction of the CPU.
 
 A conversion writes one codec (``dataset_info.json`` ``options.codec``; each record says its own in
 ``image/format``). Readers choose the decoding by it: :func:`decode_crop` here (NumPy, for tools and tests),
