@@ -190,3 +190,25 @@ def test_a_cut_file_is_told_from_its_declared_frame_count(tmp_path, ext):
     assert facts.describe_truncation() == f"the container declares 30 frames, {facts.decoded_frames} decode"
     whole = probe_video(str(vf.write_container_video(tmp_path / f"whole{ext}", levels(30), fps=30))).facts
     assert whole.ended and not whole.truncated
+
+
+def test_one_decoding_thread_gives_the_same_frames_at_the_same_times(tmp_path):
+    # The conversion's workers decode with one FFmpeg thread (one worker per core); frame-threaded decoding must not
+    # change a pixel or a time, and nonsense thread counts are refused.
+    rng = np.random.default_rng(0)
+    moving = [np.roll(rng.integers(0, 256, (vf.HEIGHT, vf.WIDTH, 3), np.uint8), 3 * i, axis=1) for i in range(24)]
+    path = str(vf.write_container_video(tmp_path / "moving.mp4", moving))
+
+    def read(threads):
+        with VideoReader(path, threads=threads) as video:
+            frames = []
+            while (frame := video.next_frame()).status is not FrameStatus.END:
+                frames.append((frame.index, frame.timestamp_us, frame.image))
+            return frames
+
+    default, single = read(None), read(1)
+    assert len(default) == len(moving) == len(single)
+    for (i, t, image), (j, u, other) in zip(default, single):
+        assert (i, t) == (j, u) and np.array_equal(image, other)
+    with pytest.raises(ValueError, match="threads"):
+        VideoReader(path, threads=0)

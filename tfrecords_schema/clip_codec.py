@@ -100,65 +100,52 @@ class ClipRecord:
 # dataset info, ClipRecord) must stay light for `affectstream COMMAND --help` and the tools.
 
 
-def _bytes(values) -> tf.train.Feature:
-    import tensorflow as tf
-
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-
-
-def _floats(values) -> tf.train.Feature:
-    import tensorflow as tf
-
-    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
-
-
-def _ints(values) -> tf.train.Feature:
-    import tensorflow as tf
-
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-
 def encode_clip(clip: ClipRecord) -> bytes:
-    """Serialises a clip to a `tf.train.SequenceExample` in the AffectStream schema."""
+    """Serialises a clip to a `tf.train.SequenceExample` in the AffectStream schema.
+
+    The message is filled in place (``add()`` and ``extend``) rather than from ``tf.train.Feature`` objects built
+    one by one and copied in: the same message and the same bytes (deterministic serialisation), at about half
+    the CPU time, which the conversion pays for every frame (~2,000 features a clip of 64).
+    """
     import tensorflow as tf
 
-    context = {
-        keys.EXAMPLE_ID: _bytes([clip.example_id.encode("utf-8")]),
-        keys.DATASET_NAME: _bytes([clip.dataset_name.encode("utf-8")]),
-        keys.MEDIA_ID: _bytes([clip.media_id.encode("utf-8")]),
-        keys.DATA_PATH: _bytes([clip.data_path.encode("utf-8")]),
-        keys.FRAME_RATE: _floats([float(clip.frame_rate)]),
-        keys.CLIP_LABEL_INDEX: _ints([int(clip.bucket_index)]),
-        keys.SCHEMA_VERSION: _ints([SCHEMA_VERSION]),
-        keys.IMAGE_FORMAT: _bytes([clip.image_format.encode("utf-8")]),
-    }
-    has_face = clip.has_face
-    bbox_lists = {
-        key: [_floats([float(v)]) if face else _floats([]) for v, face in zip(clip.bbox[:, col], has_face)]
-        for col, key in enumerate(keys.BBOX_KEYS)
-    }
-    has_points = clip.has_keypoints
-    point_lists = {
-        key: [_floats(points) if ok else _floats([]) for points, ok in zip(clip.keypoints[:, :, axis].tolist(), has_points)]
-        for axis, key in enumerate(keys.POINT_KEYS)
-    }
-    feature_lists = {
-        keys.IMAGE_ENCODED: [_bytes([image]) for image in clip.images],
-        keys.IMAGE_FRAME_INDEX: [_ints([v]) for v in clip.frame_index.tolist()],
-        keys.IMAGE_TIMESTAMP: [_ints([v]) for v in clip.timestamp_us.tolist()],
-        **bbox_lists,
-        **point_lists,
-        keys.LABEL_EXPRESSION: [_ints([v]) for v in clip.expression.tolist()],
-        keys.LABEL_VALENCE_AROUSAL: [_floats(row) for row in clip.valence_arousal.tolist()],
-        keys.LABEL_ACTION_UNITS: [_ints(row) for row in clip.action_units.tolist()],
-    }
-    example = tf.train.SequenceExample(
-        context=tf.train.Features(feature=context),
-        feature_lists=tf.train.FeatureLists(
-            feature_list={k: tf.train.FeatureList(feature=v) for k, v in feature_lists.items()}
-        ),
-    )
+    example = tf.train.SequenceExample()
+    context = example.context.feature
+    for key, text in ((keys.EXAMPLE_ID, clip.example_id), (keys.DATASET_NAME, clip.dataset_name),
+                      (keys.MEDIA_ID, clip.media_id), (keys.DATA_PATH, clip.data_path)):
+        context[key].bytes_list.value.append(text.encode("utf-8"))
+    context[keys.FRAME_RATE].float_list.value.append(float(clip.frame_rate))
+    context[keys.CLIP_LABEL_INDEX].int64_list.value.append(int(clip.bucket_index))
+    context[keys.SCHEMA_VERSION].int64_list.value.append(SCHEMA_VERSION)
+    context[keys.IMAGE_FORMAT].bytes_list.value.append(clip.image_format.encode("utf-8"))
+    lists = example.feature_lists.feature_list
+    # Per frame, one feature per key; a frame without a face (or keypoints) gets an empty list.
+    _fill(lists[keys.IMAGE_ENCODED], "bytes_list", ([image] for image in clip.images))
+    _fill(lists[keys.IMAGE_FRAME_INDEX], "int64_list", ([v] for v in clip.frame_index.tolist()))
+    _fill(lists[keys.IMAGE_TIMESTAMP], "int64_list", ([v] for v in clip.timestamp_us.tolist()))
+    has_face = clip.has_face.tolist()
+    for col, key in enumerate(keys.BBOX_KEYS):
+        _fill(lists[key], "float_list",
+              ([v] if face else () for v, face in zip(clip.bbox[:, col].tolist(), has_face)))
+    has_points = clip.has_keypoints.tolist()
+    for axis, key in enumerate(keys.POINT_KEYS):
+        _fill(lists[key], "float_list",
+              (points if ok else () for points, ok in zip(clip.keypoints[:, :, axis].tolist(), has_points)))
+    _fill(lists[keys.LABEL_EXPRESSION], "int64_list", ([v] for v in clip.expression.tolist()))
+    _fill(lists[keys.LABEL_VALENCE_AROUSAL], "float_list", clip.valence_arousal.tolist())
+    _fill(lists[keys.LABEL_ACTION_UNITS], "int64_list", clip.action_units.tolist())
     return example.SerializeToString(deterministic=True)
+
+
+def _fill(feature_list, kind: str, rows) -> None:
+    """Appends one feature of ``kind`` (``bytes_list``, ``float_list``, ``int64_list``) per row of values."""
+    add = feature_list.feature.add
+    for values in rows:
+        kind_list = getattr(add(), kind)
+        if values:
+            kind_list.value.extend(values)
+        else:
+            kind_list.SetInParent()  # An empty list of this kind, as the reader expects: not an unset feature.
 
 
 def _scalar(feature: tf.train.Feature):

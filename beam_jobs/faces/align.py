@@ -83,7 +83,8 @@ def alignment_matrix(eyes: np.ndarray, crop_size: int, box: Box | None = None) -
         crop_size: Crop side in pixels.
         box: The face box, bounding the scale taken from the eye distance (None: unbounded).
     """
-    (rx, ry), (lx, ly) = np.asarray(eyes, np.float64)[:2]
+    # Python floats: the same IEEE doubles as NumPy's float64 scalars, without their per-operation overhead.
+    (rx, ry), (lx, ly) = np.asarray(eyes, np.float64)[:2].tolist()
     dx, dy = lx - rx, ly - ry
     distance = math.hypot(dx, dy)
     if box is not None:

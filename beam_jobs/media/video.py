@@ -179,6 +179,9 @@ class VideoReader:
     Args:
         path: Local path or URL of the video.
         max_corrupt_run: Failed grabs in a row taken as the end of the stream.
+        threads: FFmpeg decoding threads (None: OpenCV's default, one per core). A conversion that runs one worker
+            process per core asks for 1: frame-threaded decoding then only adds hand-over work (~0.1 ms a 720x528
+            frame of CPU time) and takes cores the other workers need. The pixels are the same either way.
 
     Attributes:
         fps: The container's frame rate (or DEFAULT_FPS); for a variable-frame-rate stream an average only.
@@ -192,9 +195,12 @@ class VideoReader:
         VideoError: on entering, when the file is empty, cannot be opened or no frame decodes.
     """
 
-    def __init__(self, path: str, max_corrupt_run: int = MAX_CORRUPT_RUN):
+    def __init__(self, path: str, max_corrupt_run: int = MAX_CORRUPT_RUN, threads: int | None = None):
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads}")
         self.path = path
         self.max_corrupt_run = max_corrupt_run
+        self.threads = threads
         self.fps = DEFAULT_FPS
         self.width = 0
         self.height = 0
@@ -224,7 +230,7 @@ class VideoReader:
                 raise VideoError(f"{self.path}: file not found")
             if os.path.getsize(local) == 0:
                 raise VideoError(f"{self.path}: zero-byte file")
-            cap = cv2.VideoCapture(local)
+            cap = self._open(local)
             self._stack.callback(cap.release)
             if not cap.isOpened():
                 raise VideoError(f"{self.path}: OpenCV cannot open it (corrupt file or unsupported container/codec)")
@@ -246,6 +252,17 @@ class VideoReader:
             self._cap = None
             raise
         return self
+
+    def _open(self, local: str):
+        """The capture of ``local``, with :attr:`threads` decoding threads when set and the backend takes it."""
+        import cv2
+
+        if self.threads is not None:
+            cap = cv2.VideoCapture(local, cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, self.threads])
+            if cap.isOpened():
+                return cap
+            cap.release()  # A backend without the setting: open it as OpenCV would by default.
+        return cv2.VideoCapture(local)
 
     def __exit__(self, *exc) -> None:
         if self._stack is not None:

@@ -32,7 +32,7 @@ class ConvertConfig:
         bucket_by: Rebalancing buckets: one of ``tfrecords_schema.buckets.BUCKET_BY``.
         min_shards: Least shards per shard set.
         shard_bytes: Target bytes per shard.
-        opencv_threads: Threads OpenCV may use in each worker (0: OpenCV's default). Set 1 when
+        opencv_threads: Threads OpenCV (and its FFmpeg decoder) may use in each worker (0: OpenCV's default). Set 1 when
             there is one Beam worker process per core, so they do not oversubscribe the cores.
     """
 

@@ -112,6 +112,7 @@ class DecodedVideo(FrameSource):
 
     Args:
         detector: A ready face detector to reuse (default: a new one of ``face.detector``).
+        decoder_threads: FFmpeg decoding threads (None: OpenCV's default; see :class:`VideoReader`).
         (Other arguments: :class:`FrameSource`.)
 
     Raises (while iterating):
@@ -119,15 +120,17 @@ class DecodedVideo(FrameSource):
     """
 
     def __init__(self, track: TrackSpec, labels: TrackLabels, face: faces_lib.FaceStageConfig, clip_length: int,
-                 dataset_name: str, bucketer: Bucketer, detector: faces_lib.Detector | None = None):
+                 dataset_name: str, bucketer: Bucketer, detector: faces_lib.Detector | None = None,
+                 decoder_threads: int | None = None):
         super().__init__(track, labels, face, clip_length, dataset_name, bucketer)
         self._detector = detector
+        self._decoder_threads = decoder_threads
 
     def __iter__(self) -> Iterator[SourceItem]:
         cropper = faces_lib.FaceCropper.from_config(self.face, side=self.track.side, detector=self._detector)
         valid = self.labels.valid
         statuses: collections.Counter = collections.Counter()  # Of the open clip's valid frames.
-        with VideoReader(self.track.media_path) as video:
+        with VideoReader(self.track.media_path, threads=self._decoder_threads) as video:
             builder = self._builder(video.fps)
             # The last frame of the last clip that is written: the face stage is not needed after it.
             last_needed = max((i for i in range(1, self.labels.num_frames + 1, self.clip_length)
@@ -227,13 +230,16 @@ class ProvidedCrops(FrameSource):
 
 
 def open_frame_source(track: TrackSpec, labels: TrackLabels, face: faces_lib.FaceStageConfig, clip_length: int,
-                      dataset_name: str, bucketer: Bucketer, detector: faces_lib.Detector | None = None) -> FrameSource:
+                      dataset_name: str, bucketer: Bucketer, detector: faces_lib.Detector | None = None,
+                      decoder_threads: int | None = None) -> FrameSource:
     """The frame source of a track: its provided crops when it has a crops folder, else its decoded video.
 
     Args:
         detector: A ready detector for the face stage (decoded video only).
+        decoder_threads: FFmpeg decoding threads of the decoded video (None: OpenCV's default).
         (Other arguments: :class:`FrameSource`.)
     """
     if track.crops_dir:
         return ProvidedCrops(track, labels, face, clip_length, dataset_name, bucketer)
-    return DecodedVideo(track, labels, face, clip_length, dataset_name, bucketer, detector=detector)
+    return DecodedVideo(track, labels, face, clip_length, dataset_name, bucketer, detector=detector,
+                        decoder_threads=decoder_threads)

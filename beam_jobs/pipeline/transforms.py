@@ -227,8 +227,9 @@ class DecodeAndCropFn(beam.DoFn):
         undecodable: list[int] = []
         where = track.media_path or track.track_id
         try:
+            # One worker per core (opencv_threads 1): one decoding thread too, as every other thread pool of the worker.
             source = open_frame_source(track, labels, cfg.face, cfg.clip_length, cfg.dataset_name, self._bucketer,
-                                       detector=self._detector)
+                                       detector=self._detector, decoder_threads=cfg.opencv_threads or None)
             for item in source:
                 if item.dead_letter is not None:
                     counter(f"no_face_{item.dead_letter.reason}").inc()
