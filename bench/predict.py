@@ -11,7 +11,10 @@ Figures, in frames per second of wall clock (and the CPU seconds of every proces
 * ``decode only``: 2 processes (started before the clock) decoding every frame of the same files: the practical
   limit on these cores (``bench/convert.py``'s measure);
 * ``predict --workers W``: the whole command in a fresh process, from interpreter start to exit (TensorFlow's import,
-  the model load, the workers' start-up and every output file included), for each ``W`` of ``--workers``.
+  the model load, the workers' start-up and every output file included), for each ``W`` of ``--workers``;
+* ``steady state``: the same on as many ``--short_seconds`` videos, and the marginal rate ``(frames_long -
+  frames_short) / (seconds_long - seconds_short)``, which cancels the start-up (``bench/convert.py``'s measure),
+  against decode-only's marginal rate.
 
 The run checks that every output file is byte for byte the same for each ``W`` and prints the aim: ``--workers 2``
 >= 0.3x the decode-only rate (one process measured ~0.17x before ``--workers`` existed).
@@ -120,6 +123,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=int, default=4)
     p.add_argument("--video_seconds", type=float, default=60.0)
+    p.add_argument("--short_seconds", type=float, default=20.0,
+                   help="the same number of videos this long, for the steady-state (marginal) rate")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "affectstream-bench-videos"))
@@ -127,35 +132,53 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def copies(video: str, count: int, folder: pathlib.Path) -> list[str]:
+    """``count`` copies of ``video`` (predict would predict a file it meets twice under two names once)."""
+    folder.mkdir()
+    for k in range(count):
+        shutil.copyfile(video, folder / f"v{k}.mp4")
+    return [str(folder / f"v{k}.mp4") for k in range(count)]
+
+
+def rate(run: dict) -> float:
+    return run["frames"] / run["seconds"]
+
+
+def marginal(short: dict, long: dict) -> float:
+    """Frames per second of the long run's extra frames: start-up (imports, model load, workers) cancels out."""
+    return (long["frames"] - short["frames"]) / (long["seconds"] - short["seconds"])
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    video, first = bench_videos.make_videos(MATERIAL, args.video_seconds, min(10.0, args.video_seconds),
-                                            args.cache_dir)
-    with tempfile.TemporaryDirectory(prefix="bench-predict-", dir=os.environ.get("BENCH_KEEP")) as tmp:
+    video, short_video = bench_videos.make_videos(MATERIAL, args.video_seconds, args.short_seconds, args.cache_dir)
+    _, first = bench_videos.make_videos(MATERIAL, args.video_seconds, 10.0, args.cache_dir)
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         root = pathlib.Path(tmp)
-        print(f"material: {bench_videos.describe(MATERIAL)}; {args.videos} x {args.video_seconds:g} s", flush=True)
+        print(f"material: {bench_videos.describe(MATERIAL)}; {args.videos} x {args.video_seconds:g} s "
+              f"(and {args.videos} x {args.short_seconds:g} s for the steady state)", flush=True)
         model = light_model(first, root)
-        vdir = root / "videos"
-        vdir.mkdir()
-        paths = []
-        for k in range(args.videos):
-            shutil.copyfile(video, vdir / f"v{k}.mp4")  # copies: predict scores a file it meets twice once
-            paths.append(str(vdir / f"v{k}.mp4"))
-        decode = bench_convert.decode_only(paths, 2)
-        runs = {w: predict_run(model, paths, root / f"out{w}", w, args.batch_size) for w in args.workers}
-        differing = {w: same_files(root / f"out{args.workers[0]}", root / f"out{w}") for w in args.workers[1:]}
-    decode_rate = decode["frames"] / decode["seconds"]
+        paths = {"long": copies(video, args.videos, root / "long"), "short": copies(short_video, args.videos,
+                                                                                  root / "short")}
+        decode = {length: bench_convert.decode_only(paths[length], 2) for length in paths}
+        runs = {length: {w: predict_run(model, paths[length], root / f"out-{length}-{w}", w, args.batch_size)
+                         for w in args.workers} for length in paths}
+        differing = {w: same_files(root / f"out-long-{args.workers[0]}", root / f"out-long-{w}")
+                     for w in args.workers[1:]}
+    decode_rate, decode_steady = rate(decode["long"]), marginal(decode["short"], decode["long"])
     figures = {"material": bench_videos.describe(MATERIAL), "videos": args.videos, "video_seconds": args.video_seconds,
-               "load_average": os.getloadavg()[0], "decode_only_2_processes": decode, "predict": runs,
-               "differing_files": differing}
-    print(f"decode only, 2 processes: {decode['frames']} frames in {decode['seconds']:.1f} s = {decode_rate:.0f} f/s "
-          f"(CPU {decode['cpu_seconds']:.1f} s)")
-    for w, run in runs.items():
-        rate = run["frames"] / run["seconds"]
-        figures[f"ratio_workers_{w}"] = rate / decode_rate
-        print(f"predict --workers {w}: {run['frames']} frames in {run['seconds']:.1f} s = {rate:.0f} f/s wall, "
-              f"start to exit (CPU {run['cpu_seconds']:.1f} s) -> {rate / decode_rate:.2f}x decode-only"
-              + (f" (aim >= {AIM}x)" if w == 2 else ""))
+               "short_seconds": args.short_seconds, "load_average": os.getloadavg()[0],
+               "decode_only_2_processes": decode, "predict": runs, "differing_files": differing}
+    print(f"decode only, 2 processes: {decode['long']['frames']} frames in {decode['long']['seconds']:.1f} s = "
+          f"{decode_rate:.0f} f/s (CPU {decode['long']['cpu_seconds']:.1f} s); steady state {decode_steady:.0f} f/s")
+    for w in args.workers:
+        long, short = runs["long"][w], runs["short"][w]
+        figures[f"ratio_workers_{w}"] = rate(long) / decode_rate
+        figures[f"steady_ratio_workers_{w}"] = marginal(short, long) / decode_steady
+        print(f"predict --workers {w}: {long['frames']} frames in {long['seconds']:.1f} s = {rate(long):.0f} f/s "
+              f"wall, start to exit (CPU {long['cpu_seconds']:.1f} s) -> {figures[f'ratio_workers_{w}']:.2f}x "
+              f"decode-only" + (f" (aim >= {AIM}x)" if w == 2 else "")
+              + f"; steady state {marginal(short, long):.0f} f/s -> {figures[f'steady_ratio_workers_{w}']:.2f}x")
     for w, names in differing.items():
         print(f"outputs of --workers {w} vs {args.workers[0]}: " + ("identical" if not names else f"differ: {names}"))
     print(f"load average {figures['load_average']:.1f}")

@@ -98,8 +98,8 @@ class FaceStageCrops:
             frame rate, truncation).
     """
 
-    def __init__(self, path: str, face_stage, side: str | None):
-        self.path, self.face_stage, self.side = path, face_stage, side
+    def __init__(self, path: str, face_stage, side: str | None, decoder_threads: int | None = None):
+        self.path, self.face_stage, self.side, self.decoder_threads = path, face_stage, side, decoder_threads
         self.fps, self.stream = 0.0, None
 
     def __iter__(self) -> Iterator[FrameCrop]:
@@ -109,7 +109,7 @@ class FaceStageCrops:
         stage = self.face_stage
         cropper = FaceCropper.from_config(stage, side=self.side)
         last = stage.encode(blank_crop(stage.crop_size))
-        with VideoReader(self.path) as video:
+        with VideoReader(self.path, threads=self.decoder_threads) as video:
             self.fps = video.fps
             expected, before = 1, None
             for index, timestamp_us, image in video.frames():
@@ -176,12 +176,13 @@ def _crop_index(name: str) -> int | None:
     return int(stem) if ext.lower() == "jpg" and stem.isdigit() else None
 
 
-def crop_source(track, local: str, served: ServedCrops):
+def crop_source(track, local: str, served: ServedCrops, decoder_threads: int | None = None):
     """The crops of one track (a :class:`trainer.prediction.videos.Track`) whose video is at ``local``: its provided
-    crops when it has a crops folder, else the face stage."""
+    crops when it has a crops folder, else the face stage (decoding with ``decoder_threads`` FFmpeg threads; None:
+    OpenCV's default, one per core)."""
     if track.crops_dir:
         return ProvidedCrops(local, track.crops_dir, served.crop_size, served.jpeg_quality, served.codec)
-    return FaceStageCrops(local, served.face_stage, track.side)
+    return FaceStageCrops(local, served.face_stage, track.side, decoder_threads)
 
 
 def crop_counts(source) -> dict:

@@ -55,7 +55,8 @@ def _worker(tasks, results, served) -> None:
         number, track = task
         try:
             with local_video(track.video) as local:
-                source, chunk = crop_source(track, local, served), []
+                # One FFmpeg thread: each worker has its core (FFmpeg's own threads cost CPU the other workers need).
+                source, chunk = crop_source(track, local, served, decoder_threads=1), []
                 for crop in source:
                     chunk.append((crop.index, crop.timestamp_us, crop.crop, crop.bbox, crop.decoded))
                     if len(chunk) == CHUNK_FRAMES:
