@@ -42,8 +42,10 @@ def free_port_run(n: int) -> int:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("data"))
-    info = write_dataset(root, num_clips_per_class={"A": 4, "B": 3}, num_validation_clips_per_class=2,
-                         clip_length=8, crop_size=16, seed=2)
+    # Enough windows that 400 batches of 3 are all different (the stream reads pixels only: augmentation runs in
+    # the model, so two draws of the same windows are the same batch), yet small.
+    info = write_dataset(root, num_clips_per_class={"A": 8, "B": 6}, num_validation_clips_per_class=2,
+                         clip_length=16, crop_size=16, seed=2)
     return root, info
 
 
