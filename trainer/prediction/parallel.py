@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import posixpath
 import queue
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -58,7 +60,7 @@ def _worker(tasks, results, served) -> None:
                 # One FFmpeg thread: each worker has its core (FFmpeg's own threads cost CPU the other workers need).
                 source, chunk = crop_source(track, local, served, decoder_threads=1), []
                 for crop in source:
-                    chunk.append((crop.index, crop.timestamp_us, crop.crop, crop.bbox, crop.decoded))
+                    chunk.append(crop)
                     if len(chunk) == CHUNK_FRAMES:
                         results.put((_FRAMES, number, chunk))
                         chunk = []
@@ -90,8 +92,8 @@ def start_fork_server():
 class WorkerPool:
     """``N`` worker processes running the crop sources of tracks, in order of submission (see the module docstring).
 
-    Use as a context manager; :meth:`results` yields ``(kind, track number, payload)``: ``("frames", n, [(index,
-    timestamp_us, crop, bbox, decoded), ...])`` in frame order, then ``("done", n, TrackEnd)`` or ``("failed", n,
+    Use as a context manager; :meth:`results` yields ``(kind, track number, payload)``: ``("frames", n,
+    [FrameCrop, ...])`` in frame order, then ``("done", n, TrackEnd)`` or ``("failed", n,
     message)``.
     """
 
@@ -155,8 +157,8 @@ def predict_tracks(tracks: Sequence, served, predictor, label_names: dict, worke
         label_names: ``model_info.json``'s label names.
         workers: Worker processes.
         progress: The run's :class:`trainer.prediction.progress.Progress`.
-        on_track: ``on_track(number, raw_predictions, track_end)`` once a track is predicted (in the order tracks
-            finish).
+        on_track: ``on_track(number, raw_predictions, track_end, seconds)`` once a track is predicted (in the order
+            tracks finish; ``seconds`` from its first frames here to its last outputs).
         on_failure: ``on_failure(number, message)`` for a track whose source failed (the others go on).
     """
     import concurrent.futures
@@ -169,37 +171,29 @@ def predict_tracks(tracks: Sequence, served, predictor, label_names: dict, worke
         batcher = WindowBatcher(predictor, pool)
         processes.run(tracks)
         for kind, number, payload in processes.results(tracks):
-            if kind == _FRAMES:
-                run = runs.get(number) or runs.setdefault(number, TrackRun(predictor.heads, predictor.seq_len))
-                if number + 1 not in progress.active:
-                    progress.start_video(number + 1, tracks[number].stem)
-                for _, timestamp_us, crop, bbox, decoded in payload:
-                    window = run.add(timestamp_us, crop, bbox, decoded)
-                    if window is not None:
-                        batcher.add(run, window)
-                    progress.frame(number + 1)
-            elif kind == _FAILED:
+            if kind == _FAILED:
                 if number in runs:
                     batcher.discard(runs.pop(number))
                 progress.end_video(number + 1)
                 on_failure(number, payload)
+                continue
+            if number not in runs:
+                runs[number] = TrackRun(predictor.heads, predictor.seq_len)
+                progress.start_video(number + 1, posixpath.basename(tracks[number].video))
+            if kind == _FRAMES:
+                for frame in payload:
+                    batcher.add_frame(runs[number], frame)
+                    progress.frame(number + 1)
             else:
-                run = runs.get(number) or runs.setdefault(number, TrackRun(predictor.heads, predictor.seq_len))
-                last = run.last_window()
-                if last is not None:
-                    batcher.add(run, last)
-                batcher.flush(run)  # the track's last batch, short as with one worker
+                batcher.end_track(runs[number])
                 ends[number] = payload
-            _finish_complete(runs, ends, tracks, batcher, label_names, progress, on_track, drain=False)
-        _finish_complete(runs, ends, tracks, batcher, label_names, progress, on_track, drain=True)
-
-
-def _finish_complete(runs, ends, tracks, batcher, label_names, progress, on_track, drain: bool) -> None:
-    """Hands over the tracks whose sources ended and whose windows all have their outputs (``drain``: all of them)."""
-    if drain:
+            _finish_complete(runs, ends, tracks, label_names, progress, on_track)
         batcher.drain()
-    elif ends and not any(runs[n].complete for n in ends if n in runs):
-        return
+        _finish_complete(runs, ends, tracks, label_names, progress, on_track)
+
+
+def _finish_complete(runs, ends, tracks, label_names, progress, on_track) -> None:
+    """Hands over the tracks whose sources ended and whose windows all have their outputs."""
     for number in sorted(ends):
         run = runs[number]
         if not run.complete:
@@ -207,4 +201,5 @@ def _finish_complete(runs, ends, tracks, batcher, label_names, progress, on_trac
         end = ends.pop(number)
         del runs[number]
         progress.end_video(number + 1)
-        on_track(number, run.predictions(tracks[number].stem, end.fps, label_names, end.stream), end)
+        on_track(number, run.predictions(tracks[number].stem, end.fps, label_names, end.stream), end,
+                 time.monotonic() - run.started)

@@ -198,7 +198,7 @@ def predict(args) -> int:
         print(f"[predict] error: {track.video}: {error} (skipped)", file=sys.stderr, flush=True)
         failed[number] = {"video": track.video, "stem": track.stem, "error": error}
 
-    def finish(number: int, raw, counts: dict, started: float, local: str | None = None) -> None:
+    def finish(number: int, raw, counts: dict, seconds: float, local: str | None = None) -> None:
         track = tracks[number]
         if local is None:  # --workers: the video was read in a worker; only a render reads it again, here
             with local_video(track.video) if args.render else contextlib.nullcontext(track.video) as video:
@@ -208,20 +208,19 @@ def predict(args) -> int:
         done[number] = {"video": track.video, "stem": track.stem, "frames": raw.num_frames,
                         "frames_with_face": int(raw.has_face.sum()), "frames_not_decoded": int((~raw.decoded).sum()),
                         "fps": raw.fps, **_stream_fields(track.video, raw.stream),
-                        "seconds": round(time.monotonic() - started, 3), **counts, **written}
+                        "seconds": round(seconds, 3), **counts, **written}
         print(f"[predict] {track.stem}: {raw.num_frames} frames, face in {int(raw.has_face.sum())} -> "
               f"{written['csv']}", flush=True)
 
     if args.workers > 1:
         from trainer.prediction.parallel import predict_tracks
 
-        def finish_parallel(number: int, raw, end) -> None:
+        def finish_parallel(number: int, raw, end, seconds: float) -> None:
             try:
-                finish(number, raw, end.counts, started)
+                finish(number, raw, end.counts, seconds)
             except (VideoError, OSError, tf.errors.OpError) as e:
                 fail(number, str(e))
 
-        started = time.monotonic()
         predict_tracks(tracks, served, predictor, model_info["label_names"], args.workers, progress,
                        on_track=finish_parallel, on_failure=fail)
     else:
@@ -233,7 +232,7 @@ def predict(args) -> int:
                     with local_video(track.video) as local:
                         frames = crop_source(track, local, served)
                         raw = predict_video(frames, track.stem, predictor, model_info["label_names"], pool, progress)
-                        finish(number, raw, crop_counts(frames), started, local)
+                        finish(number, raw, crop_counts(frames), time.monotonic() - started, local)
                 except (VideoError, OSError, tf.errors.OpError) as e:
                     fail(number, str(e))
                     continue

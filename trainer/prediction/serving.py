@@ -8,6 +8,7 @@ from __future__ import annotations
 import array
 import collections
 import concurrent.futures
+import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -96,12 +97,13 @@ class WindowPredictor:
 class TrackRun:
     """One track's frames as they come: its per-frame facts, its windows, and the model's outputs in frame order.
 
-    Frames are added in order (:meth:`add`); each window of ``seq_len`` frames that fills is handed to ``on_window``,
-    and :meth:`receive` takes the outputs of its windows back, in the order they were handed over.
+    Frames are added in order (:meth:`add`), which returns each window of ``seq_len`` frames as it fills, and
+    :meth:`receive` takes the outputs of its windows back, in the order they were handed over.
     """
 
     def __init__(self, heads: Sequence[str], seq_len: int):
         self.seq_len = seq_len
+        self.started = time.monotonic()
         self._window: list[bytes] = []
         self.outputs: dict[str, list[np.ndarray]] = {h: [] for h in heads}
         self.windows_out = self.windows_in = 0  # windows handed to the model / whose outputs came back
@@ -109,13 +111,13 @@ class TrackRun:
         self.timestamps, self.boxes = array.array("q"), array.array("f")
         self.decoded, self.has_face = bytearray(), bytearray()
 
-    def add(self, timestamp_us: int, crop: bytes, bbox, decoded: bool) -> list[bytes] | None:
+    def add(self, frame: FrameCrop) -> list[bytes] | None:
         """Adds a frame; returns the window it completes, if it does."""
-        self.timestamps.append(timestamp_us)
-        self.decoded.append(decoded)
-        self.has_face.append(bbox is not None)
-        self.boxes.extend((np.nan,) * 4 if bbox is None else bbox)
-        self._window.append(crop)
+        self.timestamps.append(frame.timestamp_us)
+        self.decoded.append(frame.decoded)
+        self.has_face.append(frame.bbox is not None)
+        self.boxes.extend((np.nan,) * 4 if frame.bbox is None else frame.bbox)
+        self._window.append(frame.crop)
         return self._take_window() if len(self._window) == self.seq_len else None
 
     def last_window(self) -> list[bytes] | None:
@@ -165,6 +167,20 @@ class WindowBatcher:
         self._waiting: dict[int, tuple[TrackRun, list[list[bytes]]]] = {}  # id(run) -> (run, its windows waiting)
         self._in_flight: collections.deque = collections.deque()
 
+    def add_frame(self, run: TrackRun, frame: FrameCrop) -> None:
+        """The next frame of ``run``'s track: the window it completes, if any, waits for its batch."""
+        window = run.add(frame)
+        if window is not None:
+            self.add(run, window)
+
+    def end_track(self, run: TrackRun) -> None:
+        """``run``'s track has no more frames: its last window (padded) and its last batch (short, as when the track
+        is predicted alone) go to the model."""
+        last = run.last_window()
+        if last is not None:
+            self.add(run, last)
+        self.flush(run)
+
     def add(self, run: TrackRun, window: list[bytes]) -> None:
         windows = self._waiting.setdefault(id(run), (run, []))[1]
         windows.append(window)
@@ -212,12 +228,8 @@ def predict_video(crops: Iterable[FrameCrop], stem: str, predictor: WindowPredic
     """
     run, batcher = TrackRun(predictor.heads, predictor.seq_len), WindowBatcher(predictor, pool)
     for crop in crops:
-        window = run.add(crop.timestamp_us, crop.crop, crop.bbox, crop.decoded)
-        if window is not None:
-            batcher.add(run, window)
+        batcher.add_frame(run, crop)
         progress.frame()
-    last = run.last_window()
-    if last is not None:
-        batcher.add(run, last)
+    batcher.end_track(run)
     batcher.drain()
     return run.predictions(stem, crops.fps, label_names, crops.stream)
