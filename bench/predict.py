@@ -144,11 +144,6 @@ def rate(run: dict) -> float:
     return run["frames"] / run["seconds"]
 
 
-def marginal(short: dict, long: dict) -> float:
-    """Frames per second of the long run's extra frames: start-up (imports, model load, workers) cancels out."""
-    return (long["frames"] - short["frames"]) / (long["seconds"] - short["seconds"])
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     video, short_video = bench_videos.make_videos(MATERIAL, args.video_seconds, args.short_seconds, args.cache_dir)
@@ -165,7 +160,7 @@ def main(argv=None) -> int:
                          for w in args.workers} for length in paths}
         differing = {w: same_files(root / f"out-long-{args.workers[0]}", root / f"out-long-{w}")
                      for w in args.workers[1:]}
-    decode_rate, decode_steady = rate(decode["long"]), marginal(decode["short"], decode["long"])
+    decode_rate, decode_steady = rate(decode["long"]), bench_convert.marginal(decode["short"], decode["long"])
     figures = {"material": bench_videos.describe(MATERIAL), "videos": args.videos, "video_seconds": args.video_seconds,
                "short_seconds": args.short_seconds, "load_average": os.getloadavg()[0],
                "decode_only_2_processes": decode, "predict": runs, "differing_files": differing}
@@ -173,12 +168,13 @@ def main(argv=None) -> int:
           f"{decode_rate:.0f} f/s (CPU {decode['long']['cpu_seconds']:.1f} s); steady state {decode_steady:.0f} f/s")
     for w in args.workers:
         long, short = runs["long"][w], runs["short"][w]
+        steady = bench_convert.marginal(short, long)
         figures[f"ratio_workers_{w}"] = rate(long) / decode_rate
-        figures[f"steady_ratio_workers_{w}"] = marginal(short, long) / decode_steady
+        figures[f"steady_ratio_workers_{w}"] = steady / decode_steady
         print(f"predict --workers {w}: {long['frames']} frames in {long['seconds']:.1f} s = {rate(long):.0f} f/s "
               f"wall, start to exit (CPU {long['cpu_seconds']:.1f} s) -> {figures[f'ratio_workers_{w}']:.2f}x "
               f"decode-only" + (f" (aim >= {AIM}x)" if w == 2 else "")
-              + f"; steady state {marginal(short, long):.0f} f/s -> {figures[f'steady_ratio_workers_{w}']:.2f}x")
+              + f"; steady state {steady:.0f} f/s -> {figures[f'steady_ratio_workers_{w}']:.2f}x")
     for w, names in differing.items():
         print(f"outputs of --workers {w} vs {args.workers[0]}: " + ("identical" if not names else f"differ: {names}"))
     print(f"load average {figures['load_average']:.1f}")
