@@ -126,8 +126,7 @@ def measure(config, seconds: float, warmup_batches: int = DEFAULT_WARMUP_BATCHES
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 with the JSON line printed last, 1 on a reported failure, 2 on invalid options."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    errors.log_to_stderr()
     try:
         config, seconds, warmup = parse(argv)
     except SystemExit as e:
