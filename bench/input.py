@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 
 from tfrecords_schema import SPLIT_TRAIN, decode_clip, join_path, read_dataset_info  # noqa: E402
+from tfrecords_schema.image_codec import JPEG_DCT_METHOD  # noqa: E402
 from trainer.input import pipeline as trainer_input  # noqa: E402
 
 
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = trainer_input.make_train_dataset(data_dir, info, task="expr", seq_len=args.seq_len,
                                                     batch_size=args.batch_size, sampling=args.sampling)
         decode = (tf.data.Dataset.from_tensor_slices(tf.constant(jpegs)).repeat()
-                  .map(lambda b: tf.io.decode_jpeg(b, channels=3), num_parallel_calls=tf.data.AUTOTUNE)
+                  .map(lambda b: tf.io.decode_jpeg(b, channels=3, dct_method=JPEG_DCT_METHOD),
+                       num_parallel_calls=tf.data.AUTOTUNE)
                   .batch(frames_per_batch).prefetch(tf.data.AUTOTUNE))
         tracks = _write_crop_folders(clips, os.path.join(workdir, "cropped_aligned"))
         baseline = _baseline_batches(tracks, args.seq_len, args.batch_size, seed=0)

@@ -28,6 +28,7 @@ from affectstream.synthetic_faces import write_video
 from beam_jobs.sources.abaw_format import EXPRESSION_NAMES_8
 from tfrecords_schema import decode_clip, read_dataset_info
 from tfrecords_schema.features import decode_feature_clip
+from tfrecords_schema.image_codec import JPEG_DCT_METHOD
 from trainer.evaluation import evaluate
 from trainer.model import pretrained
 from trainer.model.layers import ImageAdapter
@@ -152,7 +153,8 @@ def test_frozen_fer_features_under_a_tcn_head_export_one_model(fer_export, data4
     data = read_dataset_info(data48)
     shard = data.splits["train"].shards[0]
     clip = next(iter(tf.data.TFRecordDataset(os.path.join(data48, shard.path))))
-    crops = np.stack([tf.io.decode_jpeg(image).numpy() for image in decode_clip(clip.numpy()).images])
+    crops = np.stack([tf.io.decode_jpeg(image, dct_method=JPEG_DCT_METHOD).numpy()
+                      for image in decode_clip(clip.numpy()).images])
     stored = decode_feature_clip(next(iter(tf.data.TFRecordDataset(str(job / "features" / shard.path)))).numpy())
     adapted = ImageAdapter(64, 1, (-1, 1))(crops.astype(np.float32) / 255.0).numpy()
     fer_input = np.stack([(cv2.resize(cv2.cvtColor(c, cv2.COLOR_RGB2GRAY), (64, 64)) / 255.0 - 0.5) * 2.0

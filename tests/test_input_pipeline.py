@@ -11,6 +11,7 @@ import tensorflow as tf
 from trainer_data import corrupt_shard, shard_path, truncate_shard, write_dataset
 
 from tfrecords_schema import HEADS, DatasetInfoError, decode_clip, keys, write_dataset_info
+from tfrecords_schema.image_codec import JPEG_DCT_METHOD
 from trainer.input import frames, records
 from trainer.input import pipeline as trainer_input
 
@@ -98,7 +99,8 @@ def test_eval_covers_every_frame_exactly_once_with_masks_and_targets_from_the_re
             np.testing.assert_allclose(targets["valence_arousal"], clip.valence_arousal[t] if va_ok else [0, 0])
             np.testing.assert_array_equal(targets["action_units"], clip.action_units[t] if au_ok else 0)
             # No augmentation in evaluation: the pixels are the decoded JPEG, uint8.
-            np.testing.assert_array_equal(image, tf.io.decode_jpeg(clip.images[t], channels=3).numpy())
+            np.testing.assert_array_equal(
+                image, tf.io.decode_jpeg(clip.images[t], channels=3, dct_method=JPEG_DCT_METHOD).numpy())
             masked["no_face_scored"] += (not face) and expr_ok
             masked["invalid"] += not expr_ok
     assert masked["no_face_scored"] > 0 and masked["invalid"] > 0  # the data really exercises both cases
@@ -197,7 +199,7 @@ def test_training_is_seeded_and_delivers_the_decoded_crops(data):
     assert not np.array_equal(first(8)[0], a[0])
     # No augmentation here (it is the model's first layer): every frame is a stored crop, decoded, or padding.
     crops = {frame.tobytes() for clip in _clips(root, info, "train") for frame in
-             (tf.io.decode_jpeg(jpeg, channels=3).numpy() for jpeg in clip.images)}
+             (tf.io.decode_jpeg(jpeg, channels=3, dct_method=JPEG_DCT_METHOD).numpy() for jpeg in clip.images)}
     assert all(not frame.any() or frame.tobytes() in crops for frame in a[0].reshape(-1, 24, 24, 3))
 
 
@@ -448,7 +450,8 @@ def test_several_windows_per_clip_are_windows_of_the_clips_read(data):
                     assert not images[b, t].numpy().any()
                     continue
                 row = list(clip.frame_index).index(frame)
-                np.testing.assert_array_equal(images[b, t], tf.io.decode_jpeg(clip.images[row], channels=3))
+                np.testing.assert_array_equal(
+                    images[b, t], tf.io.decode_jpeg(clip.images[row], channels=3, dct_method=JPEG_DCT_METHOD))
     assert max(seen.values()) >= 2  # a clip read once gave several windows
     with pytest.raises(ValueError, match="windows_per_clip must be >= 1"):
         trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=6, windows_per_clip=0)

@@ -506,9 +506,11 @@ def test_annotations_score_only_the_predictions_of_this_run(trained, tmp_path):
     assert [row["media_id"] for row in scores["per_video"]] == [stem(first)]
 
 
-def test_workers_write_the_same_files_as_one_worker(trained, tmp_path):
+@pytest.mark.parametrize("batch_size, runtime", [("3", "tensorflow"), ("16", "tflite")])
+def test_workers_write_the_same_files_as_one_worker(trained, tmp_path, batch_size, runtime):
     """--workers 2: face stages in two processes, the model fed across videos; every file as with one worker, a
-    video that fails reported the same way."""
+    video that fails reported the same way, on either runtime (the export's TF Lite copy is made for 16 windows a
+    call: with 3, auto runs the Keras model)."""
     broken = tmp_path / "in" / "broken.mp4"
     broken.parent.mkdir()
     broken.write_bytes(b"not a video at all")
@@ -519,14 +521,104 @@ def test_workers_write_the_same_files_as_one_worker(trained, tmp_path):
         err = io.StringIO()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
             code = run_predict(["--model", trained["export"], "--videos", *videos_in, "--output", str(out),
-                                "--workers", str(workers), "--batch_size", "3"])
+                                "--workers", str(workers), "--batch_size", batch_size])
         assert code == 1 and "broken.mp4" in err.getvalue()  # the broken video fails, the others are written
         outputs[workers] = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
         summary = json.loads(outputs[workers].pop(predict.SUMMARY_FILENAME))
         assert summary["workers"] == workers and [f["stem"] for f in summary["failed"]] == ["broken"]
+        assert summary["runtime"]["name"] == runtime
         videos = [{k: v for k, v in video.items() if k != "seconds"} for video in summary["videos"]]
         outputs[workers]["videos"] = json.loads(json.dumps(videos).replace(str(out), "OUT"))
     assert len(outputs[1]["videos"]) == len(trained["validation_videos"]) >= 2
     assert sorted(outputs[1]) == sorted(outputs[2])
     assert outputs[1]["videos"] == outputs[2]["videos"]
     assert [name for name in outputs[1] if outputs[1][name] != outputs[2][name]] == []
+
+
+# --------------------------------------------------------------------------------------------------
+# The TF Lite runtime: the export's checked copy, run without importing TensorFlow.
+
+
+def test_the_export_has_a_tflite_copy_that_serves_what_the_keras_model_serves(trained):
+    import keras
+    import tensorflow as tf
+
+    from tfrecords_schema import decode_clip
+    from trainer.input.frames import decode_frames
+    from trainer.model.lite import MAX_DIFFERENCE, SERVING_BATCH
+    from trainer.prediction.serving import LiteWindowPredictor, WindowPredictor
+
+    model_info = json.loads((pathlib.Path(trained["export"]) / "model_info.json").read_text())
+    lite = model_info["tflite"]
+    assert lite["file"] == "serving.tflite" and (pathlib.Path(trained["export"]) / lite["file"]).is_file()
+    assert (lite["batch_size"], lite["window"], lite["crop_size"]) == (SERVING_BATCH, model_info["seq_len"],
+                                                                       model_info["crop_size"])
+    assert 0 <= lite["max_difference"] <= MAX_DIFFERENCE
+    # Real crops of the converted validation split, in windows of seq_len (the last one short: padding).
+    shard = sorted(pathlib.Path(trained["records"]).glob("validation/*.tfrecord*"))[0]
+    crops = [image for record in tf.data.TFRecordDataset(str(shard)).take(2)
+             for image in decode_clip(record.numpy()).images]
+    seq_len, size = model_info["seq_len"], model_info["crop_size"]
+    windows = [crops[i:i + seq_len] for i in range(0, len(crops), seq_len)][:SERVING_BATCH - 1]
+    windows[-1] = windows[-1][:seq_len - 1]
+    heads = model_info["heads"]
+    lite_predictor = LiteWindowPredictor(str(pathlib.Path(trained["export"]) / lite["file"]), heads, seq_len, size,
+                                         SERVING_BATCH)
+    # OpenCV's JPEG decode there is the trainer's decode, pixel for pixel.
+    for window in windows[:3]:
+        frames = np.zeros((SERVING_BATCH, seq_len, size, size, 3), np.uint8)
+        for j, crop in enumerate(window):
+            lite_predictor._decode(crop, frames[0, j])
+        expected = decode_frames({"image": tf.constant(window + [b""] * (seq_len - len(window))),
+                                  "num_valid": tf.constant(len(window))}, size, seq_len)
+        np.testing.assert_array_equal(frames[0], expected.numpy())
+    model = keras.saving.load_model(str(pathlib.Path(trained["export"]) / "model.keras"), compile=False)
+    keras_outputs = WindowPredictor(model, heads, seq_len, size, SERVING_BATCH)(windows)
+    lite_outputs = lite_predictor(windows)
+    for head in heads:
+        assert lite_outputs[head].shape == keras_outputs[head].shape == (sum(map(len, windows)),
+                                                                        keras_outputs[head].shape[1])
+        np.testing.assert_allclose(lite_outputs[head], keras_outputs[head], atol=1e-4)
+
+
+PREDICT_WITHOUT_TENSORFLOW = """
+import json, sys
+from trainer.prediction import predict
+code = predict.run(sys.argv[1:])
+print(json.dumps({"code": code, "tensorflow_imported": "tensorflow" in sys.modules}))
+"""
+
+
+def test_predict_on_the_tflite_copy_never_imports_tensorflow_and_matches_the_keras_runtime(trained, tmp_path):
+    video = trained["validation_videos"][0]
+    stem = pathlib.Path(video).stem
+    rows = {}
+    for runtime, workers in (("auto", "2"), ("tensorflow", "1")):
+        out = tmp_path / runtime
+        done = subprocess.run([sys.executable, "-c", PREDICT_WITHOUT_TENSORFLOW, "--model", trained["export"],
+                               "--videos", video, "--output", str(out), "--runtime", runtime, "--workers", workers,
+                               "--progress_every", "0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["code"] == 0, done.stderr[-2000:]
+        assert result["tensorflow_imported"] == (runtime == "tensorflow")
+        summary = json.loads((out / predict.SUMMARY_FILENAME).read_text())
+        assert summary["runtime"]["name"] == ("tflite" if runtime == "auto" else "tensorflow")
+        rows[runtime] = read_rows(out / f"{stem}.csv")
+    assert len(rows["auto"]) == len(rows["tensorflow"]) > 0
+    for lite_row, keras_row in zip(rows["auto"], rows["tensorflow"]):
+        assert lite_row.keys() == keras_row.keys()
+        for name, value in lite_row.items():
+            if name.startswith(("expr_", "au_")) and name not in ("expr_index", "expr_label"):
+                assert float(value) == pytest.approx(float(keras_row[name]), abs=1e-4), name
+            elif name in ("valence", "arousal"):
+                assert float(value) == pytest.approx(float(keras_row[name]), abs=2e-6 + 1e-4), name
+            elif name not in ("expr_index", "expr_label"):  # the frame's facts: the same crops, the same frames
+                assert value == keras_row[name], name
+
+
+def test_runtime_tflite_for_a_batch_size_the_copy_was_not_made_for_is_a_usage_error(trained, tmp_path, capsys):
+    video = vf.write_face_video(tmp_path / "v.avi", [0, 0])
+    assert run_predict(["--model", trained["export"], "--videos", str(video), "--output", str(tmp_path / "o"),
+                        "--runtime", "tflite", "--batch_size", "5"]) == 2
+    assert "takes --batch_size 16, not 5" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

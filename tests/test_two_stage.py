@@ -19,6 +19,7 @@ from tfrecords_schema.features import (
     make_feature_parser,
     read_features_info,
 )
+from tfrecords_schema.image_codec import JPEG_DCT_METHOD
 from trainer.evaluation import evaluate
 from trainer.input import features as feature_input
 from trainer.model.spec import PER_FRAME_LAYER
@@ -87,7 +88,8 @@ def test_feature_shards_mirror_the_clip_shards_and_hold_the_cnn_output(dataset, 
     np.testing.assert_array_equal(feature.action_units, clip.action_units)
     model = keras.saving.load_model(str(frames_job / "export" / "model.keras"), compile=False)
     extractor = keras.Model(model.input, model.get_layer(PER_FRAME_LAYER).output)
-    crops = np.stack([tf.io.decode_jpeg(image).numpy() for image in clip.images])[None]  # uint8, as models take
+    # uint8, as models take
+    crops = np.stack([tf.io.decode_jpeg(image, dct_method=JPEG_DCT_METHOD).numpy() for image in clip.images])[None]
     expected = extractor(crops, training=False).numpy()[0]
     np.testing.assert_allclose(feature.features, expected, atol=1e-4)
 

@@ -52,6 +52,7 @@ from tfrecords_schema import (
     shard_basename,
     write_dataset_info,
 )
+from tfrecords_schema.image_codec import JPEG_DCT_METHOD
 
 DEFAULT_CLIPS_PER_CLASS = {"Neutral": 6, "Happiness": 4, "Sadness": 3, "Fear": 2}
 
@@ -310,7 +311,8 @@ def write_dataset(
     def as_codec(clip: ClipRecord) -> ClipRecord:
         if codec == "jpeg":
             return clip
-        images = [tf.io.decode_jpeg(jpeg, channels=3).numpy().tobytes() for jpeg in clip.images]
+        images = [tf.io.decode_jpeg(jpeg, channels=3, dct_method=JPEG_DCT_METHOD).numpy().tobytes()
+                  for jpeg in clip.images]
         return dataclasses.replace(clip, images=images, image_format=codec)
 
     def bucket(clip: ClipRecord) -> ClipRecord:  # the converter's bucket of the clip

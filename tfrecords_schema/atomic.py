@@ -3,12 +3,12 @@
 Locally the rename is atomic (a reader sees the old file or the new one, never a partial
 one); on object stores (``gs://``, ``s3://``) an object appears whole once its upload
 completes, so the temporary name only keeps a failed write from leaving a truncated
-object under the final name. Uses ``tf.io.gfile``, which reads and writes local paths,
-``gs://`` and, with tensorflow-io, ``s3://``.
+object under the final name. Uses ``tf.io.gfile`` for URLs (``gs://`` and, with tensorflow-io,
+``s3://``) and the standard library for local paths (:mod:`tfrecords_schema.storage`).
 
 Example:
     with incomplete_file("OUT/dataset_info.json") as tmp:
-        with tf.io.gfile.GFile(tmp, "w") as f:
+        with storage.gfile(tmp).GFile(tmp, "w") as f:
             f.write(text)
     # OUT/dataset_info.json now holds ``text``; on an exception the temp file is gone.
 """
@@ -21,6 +21,8 @@ import os
 import posixpath
 import uuid
 from collections.abc import Iterator
+
+from tfrecords_schema import storage
 
 INCOMPLETE_MARK = ".incomplete-"  # Part of every temporary name; a leftover one is recognisable.
 
@@ -37,25 +39,20 @@ def temporary_name(path: str) -> str:
 
 
 class _GFile:
-    """The default file system of :func:`incomplete_file`: ``tf.io.gfile`` (local, ``gs://``, tfio's ``s3://``)."""
-
-    @staticmethod
-    def _gfile():
-        import tensorflow as tf  # Late import: `import tfrecords_schema` stays light for the tools.
-
-        return tf.io.gfile
+    """The default file system of :func:`incomplete_file`: ``tf.io.gfile`` for URLs (``gs://``, tfio's ``s3://``), the
+    standard library for local paths (:func:`tfrecords_schema.storage.gfile`)."""
 
     def makedirs(self, path: str) -> None:
-        self._gfile().makedirs(path)
+        storage.gfile(path).makedirs(path)
 
     def rename(self, src: str, dst: str) -> None:
-        self._gfile().rename(src, dst, overwrite=True)
+        storage.gfile(dst).rename(src, dst, overwrite=True)
 
     def exists(self, path: str) -> bool:
-        return self._gfile().exists(path)
+        return storage.gfile(path).exists(path)
 
     def remove(self, path: str) -> None:
-        self._gfile().remove(path)
+        storage.gfile(path).remove(path)
 
 
 @contextlib.contextmanager
@@ -67,8 +64,9 @@ def incomplete_file(path: str, fs=None) -> Iterator[str]:
     Args:
         path: The final path.
         fs: The file system: an object with ``makedirs(path)``, ``rename(src, dst)`` (replacing ``dst``),
-            ``exists(path)`` and ``remove(path)``. Default: ``tf.io.gfile``. The Beam job passes one backed
-            by Beam's ``FileSystems``, whose pipeline options (S3 endpoint, GCS project) TensorFlow lacks.
+            ``exists(path)`` and ``remove(path)``. Default: :func:`tfrecords_schema.storage.gfile`'s. The Beam job
+            passes one backed by Beam's ``FileSystems``, whose pipeline options (S3 endpoint, GCS project) TensorFlow
+            lacks.
     """
     fs = fs or _GFile()
     folder, _ = _split(path)
@@ -85,9 +83,7 @@ def incomplete_file(path: str, fs=None) -> Iterator[str]:
 
 def write_atomically(path: str, data: bytes | str) -> str:
     """Writes ``data`` (bytes or text) to ``path`` through :func:`incomplete_file`; returns ``path``."""
-    import tensorflow as tf
-
-    with incomplete_file(path) as tmp, tf.io.gfile.GFile(tmp, "wb") as f:
+    with incomplete_file(path) as tmp, storage.gfile(tmp).GFile(tmp, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
     return path
 

@@ -21,6 +21,10 @@ CODEC_JPEG = "jpeg"
 CODEC_RAW = "raw"
 CODECS = (CODEC_JPEG, CODEC_RAW)
 DEFAULT_CODEC = CODEC_JPEG
+# Every reader decodes JPEG crops with libjpeg-turbo's accurate integer IDCT (TensorFlow's "INTEGER_ACCURATE"; its
+# default is the fast one): the pixels OpenCV's and libjpeg-turbo's own defaults give, so the trainer (TensorFlow) and
+# predict's TensorFlow-free runtime (OpenCV) feed a model the same pixels.
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 
 
 def check_codec(codec: str) -> str:
@@ -51,7 +55,7 @@ def crop_shape(data: bytes, codec: str) -> tuple[int, int]:
 
 
 def decode_crop(data: bytes, codec: str, crop_size: int) -> np.ndarray:
-    """One stored crop → uint8 RGB ``[S, S, 3]``, as the trainer decodes it (TensorFlow's JPEG decoder).
+    """One stored crop → uint8 RGB ``[S, S, 3]``, as the trainer decodes it (:data:`JPEG_DCT_METHOD`).
 
     Raises:
         ValueError: a raw crop that is not ``crop_size² × 3`` bytes, or a JPEG of another size.
@@ -62,7 +66,7 @@ def decode_crop(data: bytes, codec: str, crop_size: int) -> np.ndarray:
         return np.frombuffer(data, np.uint8).reshape(crop_size, crop_size, 3)
     import tensorflow as tf
 
-    image = tf.io.decode_jpeg(data, channels=3).numpy()
+    image = tf.io.decode_jpeg(data, channels=3, dct_method=JPEG_DCT_METHOD).numpy()
     if image.shape != (crop_size, crop_size, 3):
         raise ValueError(f"a JPEG crop of shape {image.shape} is not {crop_size}x{crop_size}x3")
     return image

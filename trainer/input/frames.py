@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
-from tfrecords_schema.image_codec import CODEC_JPEG, CODEC_RAW, check_codec, raw_frame_bytes
+from tfrecords_schema.image_codec import CODEC_JPEG, CODEC_RAW, JPEG_DCT_METHOD, check_codec, raw_frame_bytes
 
 
 def random_window(clip: dict, seed: tf.Tensor, seq_len: int) -> dict:
@@ -141,7 +141,7 @@ def decode_frames(window: dict, crop_size: int, seq_len: int, codec: str = CODEC
     """Decodes the valid frames of a window to uint8 ``[T, S, S, 3]``; padding frames (past ``num_valid``) are 0.
 
     The trainer's one decoding of stored crops, by the data's ``codec`` (:mod:`tfrecords_schema.image_codec`):
-    ``jpeg`` decodes each valid frame's JPEG; ``raw`` reinterprets the window's bytes as pixels in one
+    ``jpeg`` decodes each valid frame's JPEG (:data:`tfrecords_schema.image_codec.JPEG_DCT_METHOD`); ``raw`` reinterprets the window's bytes as pixels in one
     ``tf.io.decode_raw`` (an empty string, as ``predict`` pads its last window, becomes zeros), after checking that
     every valid frame holds ``S² × 3`` bytes (a frame of another size fails the pipeline, naming the sizes).
     """
@@ -150,7 +150,9 @@ def decode_frames(window: dict, crop_size: int, seq_len: int, codec: str = CODEC
         frames = _zero_padding(_raw_pixels(window["image"], valid, crop_size), valid)
         return tf.ensure_shape(frames, [seq_len, crop_size, crop_size, 3])
     jpegs = window["image"][: window["num_valid"]]
-    frames = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3), jpegs,
+    # The accurate integer IDCT (TensorFlow's default is the fast one): the pixels OpenCV and libjpeg-turbo's own
+    # default give, so predict's TensorFlow-free runtime decodes exactly these (trainer.prediction.serving).
+    frames = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3, dct_method=JPEG_DCT_METHOD), jpegs,
                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
     frames = tf.ensure_shape(frames, [None, crop_size, crop_size, 3])
     frames = tf.pad(frames, [[0, seq_len - window["num_valid"]], [0, 0], [0, 0], [0, 0]])

@@ -1,11 +1,12 @@
-"""The export of a training job: ``model.keras``, a SavedModel and ``model_info.json``.
+"""The export of a training job: ``model.keras``, a SavedModel, ``serving.tflite`` and ``model_info.json``.
 
 ``model_info.json`` is what a user of the model needs: the task and heads, label names, the input format
 and preprocessing, the face stage that made the crops (``face_stage``: the
 :class:`beam_jobs.faces.stage.FaceStageConfig` of the conversion, from which ``affectstream predict`` rebuilds
 the same stage), the exported epoch, its score and the split that selected it, the training stage, the
 backbone weights it started from (``weights``; for ``--stage sequence`` also ``init_from``) and the data
-fingerprint (:mod:`trainer.training.fingerprint`). A two-stage job exports one end-to-end model (CNN + recurrent
+fingerprint (:mod:`trainer.training.fingerprint`), and ``tflite``: the TF Lite copy that ``predict`` runs on a CPU
+(:mod:`trainer.model.lite`), or why there is none. A two-stage job exports one end-to-end model (CNN + recurrent
 stack) with the same input and outputs as any other.
 
 The export is a transaction (:func:`tfrecords_schema.transaction.output_transaction`): it is written into a staging
@@ -20,6 +21,7 @@ Loading::
     import trainer  # registers the custom layers
     model = keras.models.load_model("JOB/export/model.keras", compile=False)
     served = tf.saved_model.load("JOB/export/saved_model")  # served.serve(frames)
+    # serving.tflite: beam_jobs.faces.tflite.LiteInterpreter (or tf.lite.Interpreter), signature "serve"
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ import posixpath
 import re
 import tempfile
 
-from tfrecords_schema import join_path
+from tfrecords_schema import join_path, storage
 from tfrecords_schema.atomic import INCOMPLETE_MARK
 
 EXPORT_DIRNAME = "export"
 MODEL_FILENAME = "model.keras"
 SAVED_MODEL_DIRNAME = "saved_model"
 MODEL_INFO_FILENAME = "model_info.json"
+TFLITE_FILENAME = "serving.tflite"  # trainer.model.lite's copy
+EXPORT_ENTRIES = (MODEL_FILENAME, SAVED_MODEL_DIRNAME, TFLITE_FILENAME, MODEL_INFO_FILENAME)  # what an export holds
 
 
 # What model.export() writes under saved_model/ (TensorFlow's SavedModel layout).
@@ -59,6 +63,11 @@ def serving_window(model_info: dict) -> int:
     """Frames per window when evaluating or serving an export: its training ``seq_len``, or for a per-frame model
     (which has none) :data:`PER_FRAME_WINDOW`."""
     return PER_FRAME_WINDOW if is_per_frame(model_info) else int(model_info["seq_len"])
+
+
+def servable(model_info: dict) -> bool:
+    """Whether ``model_info`` says what ``predict`` feeds the model: the crop size and a window."""
+    return "crop_size" in model_info and ("seq_len" in model_info or is_per_frame(model_info))
 
 
 class ExportError(ValueError):
@@ -85,7 +94,7 @@ def _list_tree(folder: str) -> list[str]:
 
 def foreign_entries(export_dir: str) -> list[str]:
     """Entries under ``export_dir`` that an export does not write (relative paths; empty: all could be ours)."""
-    ours = (MODEL_FILENAME, MODEL_INFO_FILENAME)
+    ours = tuple(e for e in EXPORT_ENTRIES if e != SAVED_MODEL_DIRNAME)  # files; saved_model/'s are matched below
 
     def written_by_export(rel: str) -> bool:
         top, _, rest = rel.partition("/")
@@ -108,14 +117,13 @@ def read_model_info(model_dir: str) -> dict:
     Raises:
         ExportError: the file is missing, or is not a JSON object (the message names the file).
     """
-    import tensorflow as tf
-
     path = join_path(model_dir, MODEL_INFO_FILENAME)
+    files = storage.gfile(path)
+    if not files.exists(path):
+        raise ExportError(f"{path} not found: not an export of this tool")
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
+        with files.GFile(path, "r") as f:
             info = json.loads(f.read())
-    except tf.errors.NotFoundError as e:
-        raise ExportError(f"{path} not found: not an export of this tool") from e
     except (ValueError, UnicodeDecodeError) as e:
         raise ExportError(f"{path} is not valid JSON ({e}); export the model again") from e
     if not isinstance(info, dict):
@@ -124,14 +132,15 @@ def read_model_info(model_dir: str) -> dict:
 
 
 def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
-    """Writes ``model.keras``, ``saved_model/`` and ``model_info.json`` to ``export_dir`` as one transaction.
+    """Writes ``model.keras``, ``saved_model/``, ``serving.tflite`` (when ``model_info`` says the crop size and window,
+    and the model converts: :mod:`trainer.model.lite`) and ``model_info.json`` to ``export_dir`` as one transaction.
 
     Everything is written into a staging folder and swapped in only once complete (see the module docstring):
     a folder holding ``model_info.json`` holds a complete model, and a previous export is replaced only when the
     folder holds nothing else.
 
     Returns:
-        ``{"model_keras": path, "saved_model": path, "model_info": path}``.
+        ``{"model_keras": path, "saved_model": path, "model_info": path}`` (and ``"tflite"`` when written).
 
     Raises:
         tfrecords_schema.transaction.SwapRefused: files that an export does not write appeared in ``export_dir``;
@@ -141,6 +150,7 @@ def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
 
     from tfrecords_schema.atomic import write_json
     from tfrecords_schema.transaction import output_transaction
+    from trainer.model.lite import write_serving_copy
 
     with output_transaction(export_dir, replace=True, finish_with=(MODEL_INFO_FILENAME,),
                             check_swap=_swap_problem) as staging:
@@ -148,19 +158,27 @@ def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
             local = os.path.join(local_dir, MODEL_FILENAME)  # Keras wants the .keras suffix
             model.save(local)
             tf.io.gfile.copy(local, join_path(staging, MODEL_FILENAME), overwrite=True)
+            if servable(model_info):
+                lite = os.path.join(local_dir, TFLITE_FILENAME)
+                block = write_serving_copy(model, serving_window(model_info), int(model_info["crop_size"]), lite)
+                if "error" not in block:
+                    tf.io.gfile.copy(lite, join_path(staging, TFLITE_FILENAME), overwrite=True)
+                    block = {"file": TFLITE_FILENAME, **block}
+                model_info = {**model_info, "tflite": block}
         model.export(join_path(staging, SAVED_MODEL_DIRNAME), verbose=False)
         write_json(join_path(staging, MODEL_INFO_FILENAME), model_info)
-    return {"model_keras": join_path(export_dir, MODEL_FILENAME),
-            "saved_model": join_path(export_dir, SAVED_MODEL_DIRNAME),
-            "model_info": join_path(export_dir, MODEL_INFO_FILENAME)}
+    paths = {"model_keras": join_path(export_dir, MODEL_FILENAME),
+             "saved_model": join_path(export_dir, SAVED_MODEL_DIRNAME),
+             "model_info": join_path(export_dir, MODEL_INFO_FILENAME)}
+    if "file" in model_info.get("tflite", {}):
+        paths["tflite"] = join_path(export_dir, TFLITE_FILENAME)
+    return paths
 
 
 def resolve_model_dir(path: str) -> str:
     """The export directory: ``path`` itself, or ``path/export`` for a job directory."""
-    import tensorflow as tf
-
     for candidate in (path, join_path(path, "export")):
-        if tf.io.gfile.exists(join_path(candidate, MODEL_INFO_FILENAME)):
+        if storage.gfile(candidate).exists(join_path(candidate, MODEL_INFO_FILENAME)):
             return candidate
     raise ExportError(
         f"--model {path!r} holds no {MODEL_INFO_FILENAME}: pass the export/ directory of a training job (or the "

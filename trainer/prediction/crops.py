@@ -142,11 +142,10 @@ class ProvidedCrops:
         self.missing = self.unreadable = self.past_video_end = 0
 
     def __iter__(self) -> Iterator[FrameCrop]:
-        import tensorflow as tf
-
         from beam_jobs.faces import provided
         from beam_jobs.faces.stage import blank_crop, encode_crop
         from beam_jobs.media.video import FrameStatus, VideoReader
+        from tfrecords_schema import storage
 
         blank = encode_crop(blank_crop(self.crop_size), self.codec, self.jpeg_quality)
         with VideoReader(self.path) as video:
@@ -154,8 +153,9 @@ class ProvidedCrops:
             while (frame := video.next_frame(decode=False)).status is not FrameStatus.END:
                 path = provided.crop_file(self.crops_dir, frame.index)
                 crop, bbox = blank, None
-                if tf.io.gfile.exists(path):
-                    with tf.io.gfile.GFile(path, "rb") as f:
+                files = storage.gfile(path)
+                if files.exists(path):
+                    with files.GFile(path, "rb") as f:
                         prepared = provided.prepare_crop(f.read(), self.crop_size, self.jpeg_quality, self.codec)
                     if prepared is None:
                         self.unreadable += 1
@@ -166,7 +166,7 @@ class ProvidedCrops:
                 yield FrameCrop(frame.index, frame.timestamp_us, crop, bbox, frame.status is FrameStatus.DECODED)
             last = video.frames_read
             self.stream = video.facts()
-        self.past_video_end = sum(1 for name in tf.io.gfile.listdir(self.crops_dir)
+        self.past_video_end = sum(1 for name in storage.gfile(self.crops_dir).listdir(self.crops_dir)
                                   if _crop_index(name) is not None and _crop_index(name) > last)
 
 

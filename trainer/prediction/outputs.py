@@ -38,6 +38,7 @@ from tfrecords_schema import (
     HEAD_VALENCE_AROUSAL,
     HEADS,
     join_path,
+    storage,
 )
 from tfrecords_schema.atomic import incomplete_file
 
@@ -209,9 +210,7 @@ def csv_columns(label_names: dict[str, list[str]]) -> list[str]:
 
 def _write_text_lines(path: str, header: str, lines) -> str:
     """Writes ``header`` and ``lines`` through a temporary name (buffered in blocks, never all at once)."""
-    import tensorflow as tf
-
-    with incomplete_file(path) as tmp, tf.io.gfile.GFile(tmp, "w") as f:
+    with incomplete_file(path) as tmp, storage.gfile(tmp).GFile(tmp, "w") as f:
         buffer = io.StringIO()
         buffer.write(header + "\n")
         for i, line in enumerate(lines):
@@ -280,9 +279,7 @@ def read_submission(path: str, head: str) -> tuple[list[str], np.ndarray]:
     Raises:
         PredictionFileError: a line with the wrong number of fields or a value that does not parse.
     """
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(path, "r") as f:
+    with storage.gfile(path).GFile(path, "r") as f:
         lines = f.read().splitlines()
     if not lines:
         raise PredictionFileError(f"{path}: empty prediction file (no header line)")
@@ -305,11 +302,10 @@ def read_submission(path: str, head: str) -> tuple[list[str], np.ndarray]:
 
 def read_frame_flags(csv_path: str) -> dict[str, np.ndarray] | None:
     """The ``has_face`` and ``decoded`` columns of a prediction CSV, bool ``[N]`` each; None without the file."""
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(csv_path):
+    files = storage.gfile(csv_path)
+    if not files.exists(csv_path):
         return None
-    with tf.io.gfile.GFile(csv_path, "r") as f:
+    with files.GFile(csv_path, "r") as f:
         rows = csv.reader(io.StringIO(f.read()))  # Class names in the header and expr_label may be quoted.
         header = next(rows)
         columns = {name: header.index(name) for name in ("has_face", "decoded")}

@@ -13,10 +13,10 @@ of its windows are predicted.
 Memory stays bounded: the queue of chunks holds at most :data:`QUEUE_CHUNKS_PER_WORKER` per worker, and each
 track in flight keeps its per-frame facts and outputs (as with one worker) until it is written.
 
-Workers are forked from a fork server that imported TensorFlow (the face detector's interpreter) once, started
-before this process imports TensorFlow and loads the model, so the two imports share the cores instead of N + 1 of
-them queueing (TensorFlow in this process must not be forked; the fork server never runs a TensorFlow op). Each
-worker uses one OpenCV thread, as the conversion's workers do.
+Workers are forked from a fork server started first, which imports the face stage once (its detector runs on TF
+Lite without importing TensorFlow: :mod:`beam_jobs.faces.tflite`), so a worker starts in milliseconds; this process
+never forks itself (it may hold TensorFlow's threads). Each worker uses one OpenCV thread, as the conversion's
+workers do.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _worker(tasks, results, served) -> None:
             results.put((_FAILED, number, f"{type(e).__name__}: {e}"))
 
 
-FORK_SERVER_PRELOAD = ["tensorflow", "trainer.prediction.crops"]
+FORK_SERVER_PRELOAD = ["beam_jobs.faces.tflite", "trainer.prediction.crops"]
 
 
 def start_fork_server():

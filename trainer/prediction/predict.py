@@ -13,13 +13,14 @@ letter case; local, ``gs://`` or ``s3://``):
 * the crops are the ones the model was trained on (:mod:`trainer.prediction.crops`): the conversion's own face stage
   (:class:`beam_jobs.faces.stage.FaceCropper`), rebuilt from ``model_info.json["face_stage"]`` and run over every
   frame as the conversion runs it, or with ``--cropped_aligned DIR`` the dataset's provided crops, prepared as the
-  conversion prepares them; each crop is JPEG-encoded as the records hold it and decoded by the trainer's own decode
-  (:func:`trainer.input.frames.decode_frames`), and given to the model as uint8 pixels like the trainer's pipelines
-  (the model scales them itself). A model trained on provided crops is not served through the face stage unless
-  ``--detect_faces`` asks for it (the summary then says that the crops differ from training);
+  conversion prepares them; each crop is JPEG-encoded as the records hold it and decoded to the trainer's pixels
+  (:data:`tfrecords_schema.image_codec.JPEG_DCT_METHOD`), and given to the model as uint8 pixels like the trainer's
+  pipelines (the model scales them itself). A model trained on provided crops is not served through the face stage
+  unless ``--detect_faces`` asks for it (the summary then says that the crops differ from training);
 * the model runs on consecutive windows of the training ``seq_len`` frames from frame 1 (the last one
-  padded), several windows per call, on the GPU when TensorFlow sees one; the evaluation windows of a
-  converted split are the same when the clip length is a multiple of ``seq_len``;
+  padded), several windows per call (``--runtime``: the export's TF Lite copy on the CPU, without importing
+  TensorFlow, or the Keras model on TensorFlow, on the GPU when it sees one; :mod:`trainer.prediction.serving`);
+  the evaluation windows of a converted split are the same when the clip length is a multiple of ``seq_len``;
 * every frame gets a prediction (``--no_face``), optionally smoothed (``--smooth``), written as
   ``OUT/<stem>.csv`` and the ABAW files ``OUT/<EXPR|VA|AU>/<stem>.txt`` (:mod:`trainer.prediction.outputs`);
   ``--render`` adds ``OUT/<stem>.mp4`` and ``OUT/<stem>.png`` (:mod:`trainer.prediction.render`).
@@ -38,6 +39,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import os
 import posixpath
 import sys
 import time
@@ -46,12 +48,21 @@ from collections.abc import Sequence
 from tfrecords_schema.cli import add_verbose_flag
 from trainer.common import errors, filesystems
 from trainer.model.export import is_per_frame, serving_window
+from trainer.model.lite import SERVING_BATCH
 from trainer.prediction import outputs as preds_lib
 from trainer.prediction import scoring
 from trainer.prediction.crops import CROPS_FACE_STAGE, CROPS_PROVIDED, ServedCrops, crop_counts, crop_source
 from trainer.prediction.errors import PredictError, PredictUsageError
 from trainer.prediction.progress import PROGRESS_EVERY_S, Progress
-from trainer.prediction.serving import WindowPredictor, load_export, predict_video
+from trainer.prediction.serving import (
+    RUNTIME_AUTO,
+    RUNTIME_TFLITE,
+    RUNTIMES,
+    choose_runtime,
+    load_export,
+    make_predictor,
+    predict_video,
+)
 from trainer.prediction.videos import list_videos, local_video, plan_tracks
 
 log = logging.getLogger("trainer.prediction.predict")
@@ -123,9 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "between the nearest face frames")
     p.add_argument("--smooth", type=int, default=0, metavar="N",
                    help="centred moving average over N frames of probabilities and valence/arousal (0: off)")
-    p.add_argument("--batch_size", type=int, default=16,
+    p.add_argument("--batch_size", type=int, default=SERVING_BATCH,
                    help="windows of seq_len frames per model call (a per-frame model, which has no seq_len: windows "
                         "of 8 frames)")
+    p.add_argument("--runtime", choices=RUNTIMES, default=RUNTIME_AUTO,
+                   help="the model's runtime: 'tflite' = the export's TF Lite copy on the CPU, without TensorFlow "
+                        "(starts in a fraction of a second; only for the --batch_size it was made for); "
+                        "'tensorflow' = the Keras model (the GPU when there is one); 'auto' = tflite when the export "
+                        "has a copy for this --batch_size and no NVIDIA GPU is present")
     p.add_argument("--workers", type=int, default=1,
                    help="videos whose face stages run at once, each in its own process, the model here fed batches "
                         "of windows across them (the files are the same as with 1; use about one per core)")
@@ -164,15 +180,17 @@ def choose_crops(served: ServedCrops, args) -> dict:
 
 def predict(args) -> int:
     """Predicts every track of ``args``; returns the exit status (1 when a video failed)."""
-    if args.workers > 1:  # Before TensorFlow is imported here: the workers' fork server imports it meanwhile.
+    if args.workers > 1:  # First: the workers' fork server starts while this process loads the rest.
         from trainer.prediction.parallel import start_fork_server
 
         start_fork_server()
-    import tensorflow as tf
-
     from beam_jobs.media.video import VideoError
     from tfrecords_schema import join_path
     from tfrecords_schema.atomic import write_atomically
+
+    def track_errors() -> tuple:  # what fails one video; TensorFlow's errors only where it was imported (URLs, Keras)
+        tf = sys.modules.get("tensorflow")
+        return (VideoError, OSError) + ((tf.errors.OpError,) if tf is not None else ())
 
     filesystems.register_filesystems(args.model, args.output, args.annotations, args.cropped_aligned)
     duplicates: list[str] = []
@@ -180,16 +198,26 @@ def predict(args) -> int:
     for note in duplicates:
         print(f"[predict] note: {note}", file=sys.stderr, flush=True)
     tracks = plan_tracks(videos, args.side, args.cropped_aligned)
-    model, model_info, served, model_dir = load_export(args.model)
+    model_info, served, model_dir = load_export(args.model)
     crops = choose_crops(served, args)
     heads = list(model_info["heads"])
     window = serving_window(model_info)
-    predictor = WindowPredictor(model, heads, window, served.crop_size, args.batch_size, served.codec)
-    gpus = tf.config.list_physical_devices("GPU")
+    runtime, why = choose_runtime(model_info, args.runtime, args.batch_size)
+    # The face stages take a core each (the workers, or this process's main thread with one worker).
+    threads = max(1, (os.cpu_count() or 1) - args.workers)
+    predictor = make_predictor(model_dir, model_info, runtime, heads, window, served.crop_size, args.batch_size,
+                               served.codec, threads)
+    if runtime == RUNTIME_TFLITE:
+        device = "TF Lite on the CPU"
+    else:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        device = f"TensorFlow on {'GPU ' + gpus[0].name if gpus else 'the CPU'}"
     stage = f"face stage {served.face_stage.to_dict()}" if crops["source"] == CROPS_FACE_STAGE else "provided crops"
     print(f"[predict] {len(tracks)} track(s); model {model_dir} (heads {', '.join(heads)}, "
-          f"{'per frame' if is_per_frame(model_info) else 'seq_len'} {window}) on "
-          f"{'GPU ' + gpus[0].name if gpus else 'CPU'}; {stage}", file=sys.stderr, flush=True)
+          f"{'per frame' if is_per_frame(model_info) else 'seq_len'} {window}) on {device} ({why}); {stage}",
+          file=sys.stderr, flush=True)
     progress = Progress(len(tracks), args.progress_every)
     done, failed = {}, {}
 
@@ -218,7 +246,7 @@ def predict(args) -> int:
         def finish_parallel(number: int, raw, end, seconds: float) -> None:
             try:
                 finish(number, raw, end.counts, seconds)
-            except (VideoError, OSError, tf.errors.OpError) as e:
+            except track_errors() as e:
                 fail(number, str(e))
 
         predict_tracks(tracks, served, predictor, model_info["label_names"], args.workers, progress,
@@ -233,14 +261,15 @@ def predict(args) -> int:
                         frames = crop_source(track, local, served)
                         raw = predict_video(frames, track.stem, predictor, model_info["label_names"], pool, progress)
                         finish(number, raw, crop_counts(frames), time.monotonic() - started, local)
-                except (VideoError, OSError, tf.errors.OpError) as e:
+                except track_errors() as e:
                     fail(number, str(e))
                     continue
                 progress.end_video()
     done, failed = [done[n] for n in sorted(done)], [failed[n] for n in sorted(failed)]
     summary = {"model": model_dir, "crops": crops, "face_stage": served.face_stage.to_dict(), "side": args.side,
                "cropped_aligned": args.cropped_aligned, "no_face": args.no_face, "smooth": args.smooth,
-               "seq_len": window, "per_frame": is_per_frame(model_info), "workers": args.workers, "videos": done,
+               "seq_len": window, "per_frame": is_per_frame(model_info), "workers": args.workers,
+               "runtime": {"name": runtime, "why": why}, "videos": done,
                "failed": failed,
                "truncated_videos": sum(v["truncated"] for v in done),
                "variable_frame_rate_videos": sum(v["variable_frame_rate"] for v in done), "duplicates": duplicates}

@@ -134,9 +134,8 @@ def write_video(path: str, video_path: str, preds) -> str:
     Raises:
         OSError: OpenCV cannot open an MP4 writer.
     """
-    import tensorflow as tf
-
     from beam_jobs.media.video import VideoReader
+    from tfrecords_schema import storage
 
     # A file of a private folder, not mkstemp's: the copy keeps the mode, and mkstemp makes files 0600, unlike every
     # other output (0666 less the umask).
@@ -154,5 +153,5 @@ def write_video(path: str, video_path: str, preds) -> str:
             finally:
                 writer.release()
         with incomplete_file(path) as tmp:
-            tf.io.gfile.copy(local, tmp, overwrite=True)
+            storage.gfile(tmp).copy(local, tmp, overwrite=True)
     return path

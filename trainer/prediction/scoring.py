@@ -98,9 +98,8 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
         ValueError: unknown split, or nothing to score.
         PredictionFileError: a prediction file that does not match the annotations.
     """
-    import tensorflow as tf
-
     from beam_jobs.sources import make_source
+    from tfrecords_schema import storage
     from trainer.evaluation.coverage import coverage_block
     from trainer.evaluation.metrics import PredictionAccumulator
 
@@ -111,7 +110,7 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
     found = source.discover()
     tracks = [t for t in found.tracks if split == "all" or t.split == split]
     heads = [h for h in HEADS if TASK_OF_HEAD[h] in found.tasks
-             and tf.io.gfile.isdir(join_path(pred_dir, SUBMISSION_DIRS[h]))]
+             and storage.gfile(pred_dir).isdir(join_path(pred_dir, SUBMISSION_DIRS[h]))]
     if not heads:
         raise ValueError(f"nothing to score: {pred_dir} has no {'/'.join(SUBMISSION_DIRS.values())} folder "
                          f"for the tasks annotated under {annotations} ({', '.join(found.tasks)})")
@@ -128,7 +127,7 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
             continue
         paths = {h: submission_path(pred_dir, h, track.media_id) for h in track_heads}
         present = [h for h in track_heads if (stems is None or track.media_id in stems)
-                   and tf.io.gfile.exists(paths[h])]
+                   and storage.gfile(paths[h]).exists(paths[h])]
         for h in set(track_heads) - set(present):
             missing[h].append(track.track_id)
         labels = source.read_labels(track)

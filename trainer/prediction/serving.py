@@ -1,43 +1,156 @@
 """An export served on videos: their crops (:mod:`trainer.prediction.crops`: the conversion's face stage rebuilt
 from ``model_info.json``, or the dataset's provided crops) decoded exactly as the training records are read, and the
 model run on batches of windows (:class:`WindowBatcher`: of one video, or of several at once with ``predict
---workers``, :mod:`trainer.prediction.parallel`)."""
+--workers``, :mod:`trainer.prediction.parallel`).
+
+Two runtimes (``predict --runtime``): the export's TF Lite copy (:mod:`trainer.model.lite`) run without importing
+TensorFlow (:class:`LiteWindowPredictor`: a CPU run starts in a fraction of a second), or the Keras model on
+TensorFlow (:class:`WindowPredictor`: the GPU when there is one). ``auto`` takes TF Lite when the export has a copy
+for the run's ``--batch_size`` and no NVIDIA GPU is present. Both decode JPEG crops with libjpeg-turbo's accurate
+integer IDCT, the trainer's decode (OpenCV here, TensorFlow there: the same pixels).
+"""
 
 from __future__ import annotations
 
 import array
 import collections
 import concurrent.futures
+import glob
+import os
 import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from tfrecords_schema.image_codec import CODEC_RAW, check_codec
 from trainer.prediction import outputs as preds_lib
 from trainer.prediction.crops import FrameCrop, served_crops
+from trainer.prediction.errors import PredictUsageError
 from trainer.prediction.progress import Progress
 
 MAX_BATCHES_IN_FLIGHT = 2  # One batch in the model while the next one fills: frames keep flowing.
+RUNTIMES = RUNTIME_AUTO, RUNTIME_TFLITE, RUNTIME_TENSORFLOW = "auto", "tflite", "tensorflow"
 
 
 def load_export(model_dir: str):
-    """``(model, model_info, served crops, export dir)`` of an exported model (or its job dir).
+    """``(model_info, served crops, export dir)`` of an exported model (or its job dir); the model itself is loaded
+    by :func:`make_predictor`.
 
     Raises:
         PredictError: the export records no crops (made by an older trainer), or their size disagrees with the
             model's (:func:`trainer.prediction.crops.served_crops`).
     """
-    import keras
-
-    from tfrecords_schema import join_path
-    from trainer.model import layers  # noqa: F401  (registers the trainer's custom layers for load_model)
-    from trainer.model.export import MODEL_FILENAME, read_model_info, resolve_model_dir
+    from trainer.model.export import read_model_info, resolve_model_dir
 
     model_dir = resolve_model_dir(model_dir)
     model_info = read_model_info(model_dir)
-    crops = served_crops(model_info, model_dir)
+    return model_info, served_crops(model_info, model_dir), model_dir
+
+
+def nvidia_gpu_present() -> bool:
+    """Whether an NVIDIA GPU is visible to this process, without importing TensorFlow (its device nodes)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES") not in ("", "-1") and bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def choose_runtime(model_info: dict, runtime: str, batch_size: int) -> tuple[str, str]:
+    """``(runtime, why)``: which runtime serves the export, and why (a note for the summary).
+
+    Raises:
+        PredictUsageError: ``tflite`` asked for, and the export has no TF Lite copy for this run.
+    """
+    lite = model_info.get("tflite") or {}
+    if "file" not in lite:
+        unusable = f"the export has no TF Lite copy ({lite.get('error', 'exported before TF Lite copies')})"
+    elif int(lite["batch_size"]) != batch_size:
+        unusable = f"the export's TF Lite copy takes --batch_size {lite['batch_size']}, not {batch_size}"
+    else:
+        unusable = ""
+    if runtime == RUNTIME_TFLITE and unusable:
+        raise PredictUsageError(f"--runtime tflite: {unusable}; leave --runtime out to run the Keras model")
+    if runtime == RUNTIME_TENSORFLOW:
+        return RUNTIME_TENSORFLOW, "--runtime tensorflow"
+    if runtime == RUNTIME_AUTO and nvidia_gpu_present():
+        return RUNTIME_TENSORFLOW, "a GPU is present"
+    return (RUNTIME_TENSORFLOW, unusable) if unusable else (RUNTIME_TFLITE, "the export's TF Lite copy, on the CPU")
+
+
+def make_predictor(model_dir: str, model_info: dict, runtime: str, heads: Sequence[str], seq_len: int,
+                   crop_size: int, batch_size: int, codec: str, threads: int):
+    """The window predictor of ``runtime`` (:func:`choose_runtime`): :class:`LiteWindowPredictor` or
+    :class:`WindowPredictor`."""
+    from tfrecords_schema import join_path
+
+    if runtime == RUNTIME_TFLITE:
+        return LiteWindowPredictor(join_path(model_dir, model_info["tflite"]["file"]), heads, seq_len, crop_size,
+                                   batch_size, codec, threads)
+    import keras
+
+    from trainer.model import layers  # noqa: F401  (registers the trainer's custom layers for load_model)
+    from trainer.model.export import MODEL_FILENAME
+
     model = keras.saving.load_model(join_path(model_dir, MODEL_FILENAME), compile=False)
-    return model, model_info, crops, model_dir
+    return WindowPredictor(model, heads, seq_len, crop_size, batch_size, codec)
+
+
+class LiteWindowPredictor:
+    """:class:`WindowPredictor`'s work on the export's TF Lite copy, without TensorFlow: crops decoded by OpenCV
+    (JPEG, libjpeg-turbo's accurate IDCT: the trainer's pixels) or reinterpreted (raw), one interpreter call a batch.
+
+    Args:
+        path: The export's ``serving.tflite`` (a local path; a remote one is copied to a temporary file first).
+        threads: TF Lite interpreter threads.
+        (the others: :class:`WindowPredictor`'s)
+    """
+
+    def __init__(self, path: str, heads: Sequence[str], seq_len: int, crop_size: int, batch_size: int,
+                 codec: str = "jpeg", threads: int = 1):
+        from beam_jobs.faces.tflite import LiteInterpreter
+        from trainer.model.lite import SERVING_INPUT, SERVING_SIGNATURE
+        from trainer.prediction.videos import local_video
+
+        self.heads, self.seq_len, self.batch_size = tuple(heads), seq_len, batch_size
+        self.crop_size, self.raw = crop_size, check_codec(codec) == CODEC_RAW
+        with local_video(path) as local:  # the interpreter maps the file: a remote copy is read once, here
+            self._interpreter = LiteInterpreter(local, threads)
+        inputs, self._outputs = self._interpreter.signature(SERVING_SIGNATURE)
+        self._input = inputs[SERVING_INPUT]
+        shape = (batch_size, seq_len, crop_size, crop_size, 3)
+        if self._interpreter.shape(self._input) != shape or not set(self.heads) <= set(self._outputs):
+            raise PredictUsageError(f"{path} takes {self._interpreter.shape(self._input)} with outputs "
+                                    f"{sorted(self._outputs)}, not {shape} with {list(self.heads)}: export the "
+                                    "model again, or pass --runtime tensorflow")
+        self._frames = np.zeros(shape, np.uint8)
+
+    def _decode(self, crop: bytes, out: np.ndarray) -> None:
+        import cv2
+
+        s = self.crop_size
+        if self.raw:
+            if len(crop) != s * s * 3:
+                raise ValueError(f"raw crops must be {s}x{s}x3 = {s * s * 3} bytes, got {len(crop)}")
+            out[...] = np.frombuffer(crop, np.uint8).reshape(s, s, 3)
+            return
+        bgr = cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None or bgr.shape != (s, s, 3):
+            raise ValueError(f"a JPEG crop that does not decode to {s}x{s}x3 "
+                             f"({'undecodable' if bgr is None else bgr.shape})")
+        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out)
+
+    def __call__(self, windows: Sequence[Sequence[bytes]]) -> dict[str, np.ndarray]:
+        """Outputs ``{head: [frames, D]}`` of the windows' frames, in order (padding left out)."""
+        frames, num_valid = self._frames, np.zeros(self.batch_size, np.int32)
+        for i in range(self.batch_size):
+            # As WindowPredictor: a short batch is filled up with copies of its first window, padding frames are 0.
+            window = windows[i] if i < len(windows) else windows[0]
+            for j, crop in enumerate(window):
+                self._decode(crop, frames[i, j])
+            frames[i, len(window):] = 0
+            num_valid[i] = len(window)
+        self._interpreter.set(self._input, frames)
+        self._interpreter.invoke()
+        keep = np.arange(self.seq_len)[None, :] < num_valid[:, None]
+        keep[len(windows):] = False
+        return {h: self._interpreter.get(self._outputs[h])[keep].astype(np.float32) for h in self.heads}
 
 
 class WindowPredictor:

@@ -38,21 +38,21 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None) -> li
     Raises:
         PredictError: a path that does not exist, or no video at all.
     """
-    import tensorflow as tf
-
     from beam_jobs.media.video import VIDEO_EXTENSIONS
+    from tfrecords_schema import storage
 
     found: list[str] = []
     for path in paths:
         filesystems.register_filesystems(path)
-        if tf.io.gfile.isdir(path):
+        files = storage.gfile(path)
+        if files.isdir(path):
             inside = sorted(posixpath.join(folder, name) if "://" in folder else os.path.join(folder, name)
-                            for folder, _, names in tf.io.gfile.walk(path)
+                            for folder, _, names in files.walk(path)
                             for name in names if _ext(name) in VIDEO_EXTENSIONS)
             if not inside:
                 raise PredictError(f"no video ({', '.join(VIDEO_EXTENSIONS)}, any case) under folder {path!r}")
             found += inside
-        elif tf.io.gfile.exists(path):
+        elif files.exists(path):
             found.append(path)
         else:
             raise PredictError(f"--videos {path!r} does not exist")
@@ -117,18 +117,17 @@ def plan_tracks(videos: Sequence[str], side: str | None, cropped_aligned: str | 
     """
     if not cropped_aligned:
         return [Track(video, stem, side) for video, stem in zip(videos, output_stems(videos, side))]
-    import tensorflow as tf
-
-    from tfrecords_schema import join_path
+    from tfrecords_schema import join_path, storage
 
     if side:
         raise PredictUsageError("--side with --cropped_aligned: the crops folders' names (<video>_left, <video>_right) "
                                 "say which person each track is; leave --side out")
-    if not tf.io.gfile.isdir(cropped_aligned):
+    files = storage.gfile(cropped_aligned)
+    if not files.isdir(cropped_aligned):
         raise PredictUsageError(f"--cropped_aligned {cropped_aligned!r} is not a folder")
     by_stem = dict(zip(output_stems(videos, None), videos))
-    folders = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(cropped_aligned)
-                     if tf.io.gfile.isdir(join_path(cropped_aligned, name.rstrip("/"))))
+    folders = sorted(name.rstrip("/") for name in files.listdir(cropped_aligned)
+                     if files.isdir(join_path(cropped_aligned, name.rstrip("/"))))
     tracks, matched = [], set()
     for folder in folders:
         base, _, suffix = folder.rpartition("_")
@@ -159,11 +158,10 @@ def local_video(path: str) -> Iterator[str]:
     ``--output`` and the folder listing, so a video that lists also reads. (``beam_jobs.media.video`` copies
     remote media with Beam's file systems, whose S3 needs pipeline options a prediction run does not have.)
     """
-    import tensorflow as tf
-
     if "://" not in path:
         yield path
         return
+    import tensorflow as tf
     fd, local = tempfile.mkstemp(suffix=_ext(path), prefix="affectstream-predict-")
     try:
         with os.fdopen(fd, "wb") as out, tf.io.gfile.GFile(path, "rb") as src:

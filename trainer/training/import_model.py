@@ -104,14 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_output(output: str, overwrite: bool) -> None:
     import tensorflow as tf
 
-    from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, SAVED_MODEL_DIRNAME
+    from trainer.model.export import EXPORT_ENTRIES
 
     if not tf.io.gfile.exists(output):
         return
     entries = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(output))
     if not entries:
         return
-    foreign = [e for e in entries if e not in (MODEL_FILENAME, SAVED_MODEL_DIRNAME, MODEL_INFO_FILENAME)]
+    foreign = [e for e in entries if e not in EXPORT_ENTRIES]
     if foreign:
         raise UsageError(f"--output {output} holds other files ({', '.join(foreign[:5])}): give an empty or new folder")
     if not overwrite:

@@ -1,0 +1,84 @@
+"""The export's TF Lite copy of the model (``serving.tflite``): what ``predict`` runs on a CPU, without TensorFlow.
+
+``predict`` on a CPU spends more on ``import tensorflow`` (~4 s of CPU on this project's 2-core box) and on loading and
+tracing the Keras model than on minutes of video with a light model (``bench/predict.py``). The export therefore also
+writes the model converted to TF Lite (:data:`trainer.model.export.TFLITE_FILENAME`) for the shapes ``predict``
+feeds: ``[SERVING_BATCH, window, S, S, 3]`` uint8 (the window: :func:`trainer.model.export.serving_window`), one
+output per head. ``predict`` runs it with :class:`beam_jobs.faces.tflite.LiteInterpreter` (TF Lite's own
+interpreter, loaded without TensorFlow's import).
+
+Shapes are fixed because TF Lite lowers the recurrent layers' loops only with a static batch and time (TensorList
+element shapes); another ``predict --batch_size`` runs the Keras model instead. The conversion is checked before it is
+kept: both models run on the same pseudo-random batch, and a copy whose outputs differ from Keras' by more than
+:data:`MAX_DIFFERENCE` is not written. A model that does not convert (e.g. an imported SavedModel layer) is exported
+without the copy; ``model_info.json["tflite"]`` says which, and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+log = logging.getLogger("trainer.model.lite")
+
+SERVING_SIGNATURE = "serve"
+SERVING_INPUT = "frames"
+SERVING_BATCH = 16  # windows a model call; predict's default --batch_size
+MAX_DIFFERENCE = 1e-3  # largest |TF Lite - Keras| output kept (float32 kernels differ by ~1e-7 here)
+
+
+def _convert(model, shape: tuple[int, ...], folder: str) -> bytes:
+    import keras
+    import tensorflow as tf
+
+    # Keras' own export (it tracks the variables as TF Lite's converter needs; a tf.function of the model does not
+    # convert), with the one fixed-shape endpoint.
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name=SERVING_SIGNATURE, fn=lambda frames: model(frames, training=False),
+                         input_signature=[tf.TensorSpec(shape, tf.uint8, name=SERVING_INPUT)])
+    archive.write_out(folder, verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[SERVING_SIGNATURE]).convert()
+
+
+def _largest_difference(model, path: str, shape: tuple[int, ...]) -> float:
+    """max |TF Lite - Keras| over every head's outputs on one pseudo-random batch of frames."""
+    from beam_jobs.faces.tflite import LiteInterpreter
+
+    frames = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    expected = model(frames, training=False)
+    lite = LiteInterpreter(path)
+    inputs, outputs = lite.signature(SERVING_SIGNATURE)
+    lite.set(inputs[SERVING_INPUT], frames)
+    lite.invoke()
+    if set(outputs) != set(expected):
+        raise ValueError(f"the TF Lite outputs {sorted(outputs)} are not the model's {sorted(expected)}")
+    return max(float(np.max(np.abs(lite.get(outputs[h]) - np.asarray(expected[h], np.float32)))) for h in outputs)
+
+
+def write_serving_copy(model, window: int, crop_size: int, path: str) -> dict:
+    """Writes the TF Lite copy to the local file ``path`` when the model converts and matches; returns what
+    ``model_info["tflite"]`` records: ``{"batch_size", "window", "crop_size", "max_difference"}``, or
+    ``{"error": why}`` when no copy was written (``predict`` then runs the Keras model)."""
+    shape = (SERVING_BATCH, window, crop_size, crop_size, 3)
+    try:
+        with tempfile.TemporaryDirectory(prefix="affectstream_tflite_") as scratch:
+            flat = _convert(model, shape, scratch)
+        with open(path, "wb") as f:
+            f.write(flat)
+        difference = _largest_difference(model, path, shape)
+    except Exception as e:  # noqa: BLE001 - any conversion failure: the export stays usable through Keras.
+        reason = (str(e).strip().splitlines() or [""])[0][:300]
+        log.warning("no TF Lite copy of the model (predict will run the Keras model): %s: %s", type(e).__name__,
+                    reason)
+        if os.path.exists(path):
+            os.remove(path)
+        return {"error": f"{type(e).__name__}: {reason}"}
+    if difference > MAX_DIFFERENCE:
+        os.remove(path)
+        log.warning("no TF Lite copy of the model: its outputs differ from Keras' by %.3g", difference)
+        return {"error": f"outputs differ from the Keras model's by {difference:.3g} (> {MAX_DIFFERENCE})"}
+    return {"batch_size": SERVING_BATCH, "window": window, "crop_size": crop_size, "max_difference": difference}
