@@ -510,7 +510,7 @@ def test_annotations_score_only_the_predictions_of_this_run(trained, tmp_path):
 def test_workers_write_the_same_files_as_one_worker(trained, tmp_path, batch_size, runtime):
     """--workers 2: face stages in two processes, the model fed across videos; every file as with one worker, a
     video that fails reported the same way, on either runtime (the export's TF Lite copy is made for 16 windows a
-    call: with 3, auto runs the Keras model)."""
+    call)."""
     broken = tmp_path / "in" / "broken.mp4"
     broken.parent.mkdir()
     broken.write_bytes(b"not a video at all")
@@ -521,7 +521,7 @@ def test_workers_write_the_same_files_as_one_worker(trained, tmp_path, batch_siz
         err = io.StringIO()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
             code = run_predict(["--model", trained["export"], "--videos", *videos_in, "--output", str(out),
-                                "--workers", str(workers), "--batch_size", batch_size])
+                                "--workers", str(workers), "--batch_size", batch_size, "--runtime", runtime])
         assert code == 1 and "broken.mp4" in err.getvalue()  # the broken video fails, the others are written
         outputs[workers] = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
         summary = json.loads(outputs[workers].pop(predict.SUMMARY_FILENAME))
@@ -595,9 +595,11 @@ def test_predict_on_the_tflite_copy_never_imports_tensorflow_and_matches_the_ker
     rows = {}
     for runtime, workers in (("auto", "2"), ("tensorflow", "1")):
         out = tmp_path / runtime
+        # (No GPU for this process: auto would take TensorFlow on a machine with one.)
         done = subprocess.run([sys.executable, "-c", PREDICT_WITHOUT_TENSORFLOW, "--model", trained["export"],
                                "--videos", video, "--output", str(out), "--runtime", runtime, "--workers", workers,
-                               "--progress_every", "0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                               "--progress_every", "0"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"})
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result["code"] == 0, done.stderr[-2000:]
         assert result["tensorflow_imported"] == (runtime == "tensorflow")
@@ -622,3 +624,22 @@ def test_runtime_tflite_for_a_batch_size_the_copy_was_not_made_for_is_a_usage_er
                         "--runtime", "tflite", "--batch_size", "5"]) == 2
     assert "takes --batch_size 16, not 5" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_damaged_tflite_copy_falls_back_to_the_keras_model_and_a_missing_one_is_not_used(trained, tmp_path, capsys):
+    export = tmp_path / "export"
+    shutil.copytree(trained["export"], export)
+    (export / "serving.tflite").write_bytes(b"damaged" * 100)
+    video = vf.write_face_video(tmp_path / "v.avi", [0, 0, 4])
+    assert run_predict(["--model", str(export), "--videos", str(video), "--output", str(tmp_path / "auto")]) == 0
+    assert "TF Lite copy does not load" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "auto" / predict.SUMMARY_FILENAME).read_text())
+    assert summary["runtime"]["name"] == "tensorflow" and "does not load" in summary["runtime"]["why"]
+    assert run_predict(["--model", str(export), "--videos", str(video), "--output", str(tmp_path / "lite"),
+                        "--runtime", "tflite"]) == 1
+    err = capsys.readouterr().err
+    assert "does not load as a TF Lite model" in err and "Traceback" not in err
+    (export / "serving.tflite").unlink()
+    assert run_predict(["--model", str(export), "--videos", str(video), "--output", str(tmp_path / "none"),
+                        "--runtime", "tflite"]) == 2
+    assert "TF Lite copy serving.tflite is missing" in capsys.readouterr().err

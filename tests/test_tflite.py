@@ -69,3 +69,19 @@ def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path):
     path.write_bytes(b"not a flatbuffer" * 10)
     with pytest.raises(TFLiteError, match="does not load as a TF Lite model"):
         LiteInterpreter(str(path))
+
+
+def test_the_conversion_traces_recurrent_layers_without_cudnn_and_restores_them():
+    import keras
+
+    from trainer.model.lite import _portable_kernels
+
+    inputs = keras.Input((4, 3))
+    model = keras.Model(inputs, keras.layers.Bidirectional(keras.layers.GRU(2, return_sequences=True))(
+        keras.layers.LSTM(2, return_sequences=True, use_cudnn=True)(inputs)))
+    layers = [layer for layer in model._flatten_layers(include_self=False) if hasattr(layer, "use_cudnn")]
+    assert len(layers) == 3  # the LSTM and both directions of the GRU
+    before = [layer.use_cudnn for layer in layers]
+    with _portable_kernels(model):
+        assert [layer.use_cudnn for layer in layers] == [False] * 3
+    assert [layer.use_cudnn for layer in layers] == before == [True, "auto", "auto"]

@@ -33,7 +33,7 @@ class LocalFiles:
 
     @staticmethod
     def walk(top: str):
-        return os.walk(top)
+        return os.walk(top, followlinks=True)  # tf.io.gfile.walk enters linked folders too
 
     @staticmethod
     def makedirs(path: str) -> None:

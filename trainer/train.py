@@ -76,7 +76,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             return 2
 
         return errors.report_failure(
-            e, (ConfigError, DatasetInfoError, LockError, TrainingError, ValueError, FileNotFoundError, ImportError))
+            e, (ConfigError, DatasetInfoError, LockError, TrainingError, ValueError, OSError, ImportError))
 
 
 def main() -> None:

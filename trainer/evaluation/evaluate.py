@@ -170,7 +170,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one clear line and an exit code for expected failures.
         from tfrecords_schema import DatasetInfoError
 
-        return errors.report_failure(e, (EvaluationError, DatasetInfoError, ValueError, FileNotFoundError))
+        return errors.report_failure(e, (EvaluationError, DatasetInfoError, ValueError, OSError))
 
 
 def main() -> None:

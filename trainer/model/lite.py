@@ -16,6 +16,7 @@ without the copy; ``model_info.json["tflite"]`` says which, and why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -28,6 +29,26 @@ SERVING_SIGNATURE = "serve"
 SERVING_INPUT = "frames"
 SERVING_BATCH = 16  # windows a model call; predict's default --batch_size
 MAX_DIFFERENCE = 1e-3  # largest |TF Lite - Keras| output kept (float32 kernels differ by ~1e-7 here)
+
+
+@contextlib.contextmanager
+def _portable_kernels(model):
+    """The model traced and run with kernels TF Lite has, on the CPU: Keras' recurrent layers pick cuDNN's fused
+    kernel (no TF Lite equivalent) whenever a GPU is visible, so they are switched to their generic loop meanwhile;
+    the reference outputs are computed on the CPU (a GPU's TF32 matrix products would differ by more than the check
+    allows)."""
+    import tensorflow as tf
+
+    layers = [layer for layer in model._flatten_layers(include_self=False) if hasattr(layer, "use_cudnn")]
+    saved = [layer.use_cudnn for layer in layers]
+    try:
+        for layer in layers:
+            layer.use_cudnn = False
+        with tf.device("/CPU:0"):
+            yield
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.use_cudnn = value
 
 
 def _convert(model, shape: tuple[int, ...], folder: str) -> bytes:
@@ -65,11 +86,12 @@ def write_serving_copy(model, window: int, crop_size: int, path: str) -> dict:
     ``{"error": why}`` when no copy was written (``predict`` then runs the Keras model)."""
     shape = (SERVING_BATCH, window, crop_size, crop_size, 3)
     try:
-        with tempfile.TemporaryDirectory(prefix="affectstream_tflite_") as scratch:
-            flat = _convert(model, shape, scratch)
-        with open(path, "wb") as f:
-            f.write(flat)
-        difference = _largest_difference(model, path, shape)
+        with _portable_kernels(model):
+            with tempfile.TemporaryDirectory(prefix="affectstream_tflite_") as scratch:
+                flat = _convert(model, shape, scratch)
+            with open(path, "wb") as f:
+                f.write(flat)
+            difference = _largest_difference(model, path, shape)
     except Exception as e:  # noqa: BLE001 - any conversion failure: the export stays usable through Keras.
         reason = (str(e).strip().splitlines() or [""])[0][:300]
         log.warning("no TF Lite copy of the model (predict will run the Keras model): %s: %s", type(e).__name__,

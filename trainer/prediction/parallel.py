@@ -13,9 +13,9 @@ of its windows are predicted.
 Memory stays bounded: the queue of chunks holds at most :data:`QUEUE_CHUNKS_PER_WORKER` per worker, and each
 track in flight keeps its per-frame facts and outputs (as with one worker) until it is written.
 
-Workers are forked from a fork server started first, which imports the face stage once (its detector runs on TF
-Lite without importing TensorFlow: :mod:`beam_jobs.faces.tflite`), so a worker starts in milliseconds; this process
-never forks itself (it may hold TensorFlow's threads). Each worker uses one OpenCV thread, as the conversion's
+Workers are forked from a fork server started first, which imports the face stage's modules once; a worker then
+loads its detector in a fraction of a second (TF Lite without importing TensorFlow: :mod:`beam_jobs.faces.tflite`).
+This process never forks itself (it may hold TensorFlow's threads). Each worker uses one OpenCV thread, as the conversion's
 workers do.
 """
 
@@ -75,7 +75,7 @@ def _worker(tasks, results, served) -> None:
             results.put((_FAILED, number, f"{type(e).__name__}: {e}"))
 
 
-FORK_SERVER_PRELOAD = ["beam_jobs.faces.tflite", "trainer.prediction.crops"]
+FORK_SERVER_PRELOAD = ["trainer.prediction.crops"]
 
 
 def start_fork_server():

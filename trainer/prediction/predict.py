@@ -56,6 +56,7 @@ from trainer.prediction.errors import PredictError, PredictUsageError
 from trainer.prediction.progress import PROGRESS_EVERY_S, Progress
 from trainer.prediction.serving import (
     RUNTIME_AUTO,
+    RUNTIME_TENSORFLOW,
     RUNTIME_TFLITE,
     RUNTIMES,
     choose_runtime,
@@ -184,6 +185,7 @@ def predict(args) -> int:
         from trainer.prediction.parallel import start_fork_server
 
         start_fork_server()
+    from beam_jobs.faces.tflite import TFLiteError
     from beam_jobs.media.video import VideoError
     from tfrecords_schema import join_path
     from tfrecords_schema.atomic import write_atomically
@@ -202,11 +204,19 @@ def predict(args) -> int:
     crops = choose_crops(served, args)
     heads = list(model_info["heads"])
     window = serving_window(model_info)
-    runtime, why = choose_runtime(model_info, args.runtime, args.batch_size)
+    runtime, why = choose_runtime(model_dir, model_info, args.runtime, args.batch_size)
     # The face stages take a core each (the workers, or this process's main thread with one worker).
-    threads = max(1, (os.cpu_count() or 1) - args.workers)
-    predictor = make_predictor(model_dir, model_info, runtime, heads, window, served.crop_size, args.batch_size,
-                               served.codec, threads)
+    threads = max(1, len(os.sched_getaffinity(0)) - args.workers)
+    try:
+        predictor = make_predictor(model_dir, model_info, runtime, heads, window, served.crop_size, args.batch_size,
+                                   served.codec, threads)
+    except TFLiteError as e:
+        if args.runtime == RUNTIME_TFLITE:
+            raise
+        log.warning("the export's TF Lite copy does not load (%s): running the Keras model", e)
+        runtime, why = RUNTIME_TENSORFLOW, f"the TF Lite copy does not load ({e})"
+        predictor = make_predictor(model_dir, model_info, runtime, heads, window, served.crop_size, args.batch_size,
+                                   served.codec, threads)
     if runtime == RUNTIME_TFLITE:
         device = "TF Lite on the CPU"
     else:
@@ -312,7 +322,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         from trainer.evaluation.evaluate import EvaluationError
 
         return errors.report_failure(e, (PredictError, EvaluationError, preds_lib.PredictionFileError, VideoError,
-                                         DatasetInfoError, ValueError, FileNotFoundError, ImportError))
+                                         DatasetInfoError, ValueError, OSError, ImportError))
 
 
 def main() -> None:

@@ -52,15 +52,19 @@ def nvidia_gpu_present() -> bool:
     return os.environ.get("CUDA_VISIBLE_DEVICES") not in ("", "-1") and bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
-def choose_runtime(model_info: dict, runtime: str, batch_size: int) -> tuple[str, str]:
+def choose_runtime(model_dir: str, model_info: dict, runtime: str, batch_size: int) -> tuple[str, str]:
     """``(runtime, why)``: which runtime serves the export, and why (a note for the summary).
 
     Raises:
         PredictUsageError: ``tflite`` asked for, and the export has no TF Lite copy for this run.
     """
+    from tfrecords_schema import join_path, storage
+
     lite = model_info.get("tflite") or {}
     if "file" not in lite:
         unusable = f"the export has no TF Lite copy ({lite.get('error', 'exported before TF Lite copies')})"
+    elif not storage.gfile(model_dir).exists(join_path(model_dir, lite["file"])):
+        unusable = f"the export's TF Lite copy {lite['file']} is missing"
     elif int(lite["batch_size"]) != batch_size:
         unusable = f"the export's TF Lite copy takes --batch_size {lite['batch_size']}, not {batch_size}"
     else:
@@ -77,7 +81,11 @@ def choose_runtime(model_info: dict, runtime: str, batch_size: int) -> tuple[str
 def make_predictor(model_dir: str, model_info: dict, runtime: str, heads: Sequence[str], seq_len: int,
                    crop_size: int, batch_size: int, codec: str, threads: int):
     """The window predictor of ``runtime`` (:func:`choose_runtime`): :class:`LiteWindowPredictor` or
-    :class:`WindowPredictor`."""
+    :class:`WindowPredictor`.
+
+    Raises:
+        beam_jobs.faces.tflite.TFLiteError: the TF Lite copy does not load (a damaged file).
+    """
     from tfrecords_schema import join_path
 
     if runtime == RUNTIME_TFLITE:
@@ -90,6 +98,10 @@ def make_predictor(model_dir: str, model_info: dict, runtime: str, heads: Sequen
 
     model = keras.saving.load_model(join_path(model_dir, MODEL_FILENAME), compile=False)
     return WindowPredictor(model, heads, seq_len, crop_size, batch_size, codec)
+
+
+class CropError(OSError):
+    """A crop that does not decode to the model's input (fails its video, as TensorFlow's decode error does)."""
 
 
 class LiteWindowPredictor:
@@ -127,13 +139,13 @@ class LiteWindowPredictor:
         s = self.crop_size
         if self.raw:
             if len(crop) != s * s * 3:
-                raise ValueError(f"raw crops must be {s}x{s}x3 = {s * s * 3} bytes, got {len(crop)}")
+                raise CropError(f"raw crops must be {s}x{s}x3 = {s * s * 3} bytes, got {len(crop)}")
             out[...] = np.frombuffer(crop, np.uint8).reshape(s, s, 3)
             return
         bgr = cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR)
         if bgr is None or bgr.shape != (s, s, 3):
-            raise ValueError(f"a JPEG crop that does not decode to {s}x{s}x3 "
-                             f"({'undecodable' if bgr is None else bgr.shape})")
+            raise CropError(f"a JPEG crop that does not decode to {s}x{s}x3 "
+                            f"({'undecodable' if bgr is None else bgr.shape})")
         cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out)
 
     def __call__(self, windows: Sequence[Sequence[bytes]]) -> dict[str, np.ndarray]:

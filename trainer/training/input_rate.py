@@ -142,7 +142,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         from tfrecords_schema import DatasetInfoError
         from trainer.common.errors import TrainingError
 
-        return errors.report_failure(e, (DatasetInfoError, TrainingError, ValueError, FileNotFoundError))
+        return errors.report_failure(e, (DatasetInfoError, TrainingError, ValueError, OSError))
     print(f"[input-rate] {result['frames']} frames of {result['crop_size']}² ({result['codec']}) in "
           f"{result['batches']} batches: {result['frames_per_second']:.0f} frames/s, "
           f"{result['frames_per_cpu_second']:.0f} frames per CPU-second", file=sys.stderr, flush=True)
