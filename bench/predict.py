@@ -10,7 +10,7 @@ Figures, in frames per second of wall clock (and the CPU seconds of every proces
 
 * ``decode only``: 2 processes (started before the clock) decoding every frame of the same files: the practical
   limit on these cores (``bench/convert.py``'s measure);
-* ``predict --workers W``: the whole command in a fresh process, from interpreter start to exit (TensorFlow's import,
+* ``predict --workers W``: the whole command in a fresh process, from interpreter start to exit (the imports,
   the model load, the workers' start-up and every output file included), for each ``W`` of ``--workers``;
 * ``steady state``: the same on as many ``--short_seconds`` videos, and the marginal rate ``(frames_long -
   frames_short) / (seconds_long - seconds_short)``, which cancels the start-up (``bench/convert.py``'s measure),
