@@ -562,8 +562,9 @@ def test_the_export_has_a_tflite_copy_that_serves_what_the_keras_model_serves(tr
     windows = [crops[i:i + seq_len] for i in range(0, len(crops), seq_len)][:SERVING_BATCH - 1]
     windows[-1] = windows[-1][:seq_len - 1]
     heads = model_info["heads"]
-    lite_predictor = LiteWindowPredictor(str(pathlib.Path(trained["export"]) / lite["file"]), heads, seq_len, size,
-                                         SERVING_BATCH)
+    lite_predictor = LiteWindowPredictor(str(pathlib.Path(trained["export"]) / lite["file"]), lite["outputs"], heads,
+                                         seq_len, size, SERVING_BATCH)
+    assert sorted(lite["outputs"]) == sorted(heads)
     # OpenCV's JPEG decode there is the trainer's decode, pixel for pixel.
     for window in windows[:3]:
         frames = np.zeros((SERVING_BATCH, seq_len, size, size, 3), np.uint8)

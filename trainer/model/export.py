@@ -21,7 +21,8 @@ Loading::
     import trainer  # registers the custom layers
     model = keras.models.load_model("JOB/export/model.keras", compile=False)
     served = tf.saved_model.load("JOB/export/saved_model")  # served.serve(frames)
-    # serving.tflite: beam_jobs.faces.tflite.LiteInterpreter (or tf.lite.Interpreter), signature "serve"
+    # serving.tflite: beam_jobs.faces.tflite.LiteInterpreter (or tf.lite.Interpreter); model_info.json["tflite"] gives
+    # its fixed input shape and the head of each output tensor, in order
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def choose_runtime(model_dir: str, model_info: dict, runtime: str, batch_size: i
     from tfrecords_schema import join_path, storage
 
     lite = model_info.get("tflite") or {}
-    if "file" not in lite:
+    if "file" not in lite or "outputs" not in lite:
         unusable = f"the export has no TF Lite copy ({lite.get('error', 'exported before TF Lite copies')})"
     elif not storage.gfile(model_dir).exists(join_path(model_dir, lite["file"])):
         unusable = f"the export's TF Lite copy {lite['file']} is missing"
@@ -89,7 +89,8 @@ def make_predictor(model_dir: str, model_info: dict, runtime: str, heads: Sequen
     from tfrecords_schema import join_path
 
     if runtime == RUNTIME_TFLITE:
-        return LiteWindowPredictor(join_path(model_dir, model_info["tflite"]["file"]), heads, seq_len, crop_size,
+        lite = model_info["tflite"]
+        return LiteWindowPredictor(join_path(model_dir, lite["file"]), lite["outputs"], heads, seq_len, crop_size,
                                    batch_size, codec, threads)
     import keras
 
@@ -110,26 +111,27 @@ class LiteWindowPredictor:
 
     Args:
         path: The export's ``serving.tflite`` (a local path; a remote one is copied to a temporary file first).
+        outputs: The head of each of the copy's output tensors, in order (``model_info.json["tflite"]["outputs"]``).
         threads: TF Lite interpreter threads.
         (the others: :class:`WindowPredictor`'s)
     """
 
-    def __init__(self, path: str, heads: Sequence[str], seq_len: int, crop_size: int, batch_size: int,
-                 codec: str = "jpeg", threads: int = 1):
+    def __init__(self, path: str, outputs: Sequence[str], heads: Sequence[str], seq_len: int, crop_size: int,
+                 batch_size: int, codec: str = "jpeg", threads: int = 1):
         from beam_jobs.faces.tflite import LiteInterpreter
-        from trainer.model.lite import SERVING_INPUT, SERVING_SIGNATURE
         from trainer.prediction.videos import local_video
 
         self.heads, self.seq_len, self.batch_size = tuple(heads), seq_len, batch_size
         self.crop_size, self.raw = crop_size, check_codec(codec) == CODEC_RAW
         with local_video(path) as local:  # the interpreter maps the file: a remote copy is read once, here
             self._interpreter = LiteInterpreter(local, threads)
-        inputs, self._outputs = self._interpreter.signature(SERVING_SIGNATURE)
-        self._input = inputs[SERVING_INPUT]
+        self._input = self._interpreter.inputs[0]
+        self._outputs = dict(zip(outputs, self._interpreter.outputs))
         shape = (batch_size, seq_len, crop_size, crop_size, 3)
-        if self._interpreter.shape(self._input) != shape or not set(self.heads) <= set(self._outputs):
+        if (self._interpreter.shape(self._input) != shape or len(outputs) != len(self._interpreter.outputs)
+                or not set(self.heads) <= set(self._outputs)):
             raise PredictUsageError(f"{path} takes {self._interpreter.shape(self._input)} with outputs "
-                                    f"{sorted(self._outputs)}, not {shape} with {list(self.heads)}: export the "
+                                    f"{list(outputs)}, not {shape} with {list(self.heads)}: export the "
                                     "model again, or pass --runtime tensorflow")
         self._frames = np.zeros(shape, np.uint8)
 
