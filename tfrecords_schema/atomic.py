@@ -28,14 +28,14 @@ INCOMPLETE_MARK = ".incomplete-"  # Part of every temporary name; a leftover one
 
 
 def _split(path: str) -> tuple[str, str]:
-    return posixpath.split(path.rstrip("/")) if "://" in path else os.path.split(path)
+    return posixpath.split(path.rstrip("/")) if storage.is_url(path) else os.path.split(path)
 
 
 def temporary_name(path: str) -> str:
     """A fresh temporary path next to ``path`` (same folder, so the rename stays on one file system)."""
     folder, name = _split(path)
     tmp = f".{name}{INCOMPLETE_MARK}{uuid.uuid4().hex}"
-    return posixpath.join(folder, tmp) if "://" in path else os.path.join(folder, tmp)
+    return posixpath.join(folder, tmp) if storage.is_url(path) else os.path.join(folder, tmp)
 
 
 class _GFile:

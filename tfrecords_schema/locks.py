@@ -40,6 +40,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from tfrecords_schema.storage import is_url as _is_url
+
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are not evaluated at run time (3.10 too).
     from typing import Self
 
@@ -125,10 +127,6 @@ def _age_s(path: str) -> float:
         return time.time() - os.stat(path).st_mtime
     except FileNotFoundError:
         return 0.0
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 def _join(folder: str, name: str) -> str:

@@ -51,10 +51,12 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
+from tfrecords_schema import storage
 from tfrecords_schema.atomic import INCOMPLETE_MARK
 from tfrecords_schema.dataset_info import DATASET_INFO_FILENAME
 from tfrecords_schema.disk_space import DiskFullError, describe_disk_full, is_disk_full  # noqa: F401 (re-exported)
 from tfrecords_schema.locks import LOCK_FILENAME, TAKEOVER_SUFFIX, pid_alive
+from tfrecords_schema.storage import is_url as _is_url
 
 MARKER_FILENAME = ".affectstream-transaction.json"
 REPLACED_MARK = ".replaced-"  # Backup of the previous output during a swap: ".<name>" + REPLACED_MARK + id.
@@ -107,10 +109,6 @@ class Leftover:
 
 
 # ------------------------------------------------------------------------------------------------ file helpers
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
 def _split(path: str) -> tuple[str, str]:
     path = path.rstrip("/")
     return posixpath.split(path) if _is_url(path) else os.path.split(os.path.abspath(path))
@@ -120,29 +118,23 @@ def _join(folder: str, *names: str) -> str:
     return posixpath.join(folder, *names) if _is_url(folder) else os.path.join(folder, *names)
 
 
-def _gfile():
-    import tensorflow as tf  # Late import: only object-store paths need TensorFlow's file systems.
-
-    return tf.io.gfile
-
-
 def _exists(path: str) -> bool:
-    return _gfile().exists(path) if _is_url(path) else os.path.lexists(path)
+    return storage.gfile(path).exists(path) if _is_url(path) else os.path.lexists(path)
 
 
 def _isdir(path: str) -> bool:
-    return _gfile().isdir(path) if _is_url(path) else os.path.isdir(path) and not os.path.islink(path)
+    return storage.gfile(path).isdir(path) if _is_url(path) else os.path.isdir(path) and not os.path.islink(path)
 
 
 def _listdir(path: str) -> list[str]:
     if _is_url(path):
-        return [n.rstrip("/") for n in _gfile().listdir(path)] if _gfile().isdir(path) else []
+        return [n.rstrip("/") for n in storage.gfile(path).listdir(path)] if storage.gfile(path).isdir(path) else []
     return os.listdir(path) if os.path.isdir(path) else []
 
 
 def _write_text(path: str, text: str) -> None:
     if _is_url(path):
-        with _gfile().GFile(path, "w") as f:
+        with storage.gfile(path).GFile(path, "w") as f:
             f.write(text)
         return
     tmp = f"{path}{INCOMPLETE_MARK}{uuid.uuid4().hex}"
@@ -162,7 +154,7 @@ def _write_marker(folder: str, marker: dict) -> None:
 def _remove_any(path: str) -> None:
     """Removes the file or folder ``path`` (only ever called on what this module wrote)."""
     if _is_url(path):
-        gfile = _gfile()
+        gfile = storage.gfile(path)
         if gfile.isdir(path):
             gfile.rmtree(path)
         else:
@@ -176,7 +168,7 @@ def _remove_any(path: str) -> None:
 def _remove_tree_marker_last(folder: str) -> None:
     """Removes ``folder`` (ours: it holds our marker), the marker last, so that a kill midway leaves it ours."""
     if _is_url(folder):
-        gfile = _gfile()
+        gfile = storage.gfile(folder)
         for name in _listdir(folder):
             if name != MARKER_FILENAME:
                 _remove_any(_join(folder, name))
@@ -200,9 +192,9 @@ def read_marker(folder: str) -> dict | None:
     path = _join(folder, MARKER_FILENAME)
     try:
         if _is_url(path):
-            if not _gfile().exists(path):
+            if not storage.gfile(path).exists(path):
                 return None
-            with _gfile().GFile(path, "r") as f:
+            with storage.gfile(path).GFile(path, "r") as f:
                 text = f.read()
         else:
             with open(path, encoding="utf-8") as f:
@@ -303,7 +295,7 @@ def output_transaction(path: str, replace: bool = False, command: str | None = N
               "state": STATE_WRITING}
     try:
         if _is_url(staging):
-            _gfile().makedirs(staging)
+            storage.gfile(staging).makedirs(staging)
         else:
             os.makedirs(home, exist_ok=True)
             os.mkdir(staging)
@@ -389,7 +381,7 @@ def _roll_forward(path: str, staging: str, backup: str, marker: dict) -> None:
 
 def _copy_tree(src: str, dst: str, finish_with: Sequence[str]) -> None:
     """Copies every file under ``src`` (but the marker) to ``dst``, the top-level ``finish_with`` files last."""
-    gfile = _gfile()
+    gfile = storage.gfile(src)  # an object store's staging folder
     last = []
     for folder, _, files in gfile.walk(src):
         rel = folder[len(src.rstrip("/")):].strip("/")
@@ -414,7 +406,7 @@ def _swap_by_copy(staging: str, path: str, marker: dict, replace: bool, finish_w
         _keep_beside(path, staging, marker["id"], problem)
     _write_marker(staging, {**marker, "state": STATE_COMMITTING})
     if had_previous:
-        _gfile().rmtree(path)
+        storage.gfile(path).rmtree(path)
     _copy_tree(staging, path, finish_with)
     _remove_tree_marker_last(staging)
 

@@ -15,6 +15,13 @@ def log_to_stderr() -> None:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
+def tensorflow_errors() -> tuple[type[BaseException], ...]:
+    """``(tf.errors.OpError,)`` when this process imported TensorFlow, else ``()``: its errors can only come from a
+    process that imported it (``predict`` on TF Lite may never have), and asking must not import it."""
+    tf = sys.modules.get("tensorflow")
+    return (tf.errors.OpError,) if tf is not None else ()
+
+
 def report_failure(error: Exception, expected: tuple[type[BaseException], ...]) -> int:
     """Prints ``error: <Type>: <message>`` to stderr and returns 1; re-raises anything not ``expected``.
 
@@ -24,9 +31,7 @@ def report_failure(error: Exception, expected: tuple[type[BaseException], ...]) 
         error: The exception being handled.
         expected: Exception types that are the user's input or environment, not a bug.
     """
-    # TensorFlow's errors can only come from a process that imported it (predict on TF Lite may not have).
-    tf = sys.modules.get("tensorflow")
-    op_error = (tf.errors.OpError,) if tf is not None else ()
+    op_error = tensorflow_errors()
     if not isinstance(error, (*expected, *op_error)):
         raise error
     message = error.message if op_error and isinstance(error, op_error) else str(error)

@@ -54,16 +54,7 @@ from trainer.prediction import scoring
 from trainer.prediction.crops import CROPS_FACE_STAGE, CROPS_PROVIDED, ServedCrops, crop_counts, crop_source
 from trainer.prediction.errors import PredictError, PredictUsageError
 from trainer.prediction.progress import PROGRESS_EVERY_S, Progress
-from trainer.prediction.serving import (
-    RUNTIME_AUTO,
-    RUNTIME_TENSORFLOW,
-    RUNTIME_TFLITE,
-    RUNTIMES,
-    choose_runtime,
-    load_export,
-    make_predictor,
-    predict_video,
-)
+from trainer.prediction.serving import RUNTIME_AUTO, RUNTIMES, load_export, load_predictor, predict_video
 from trainer.prediction.videos import list_videos, local_video, plan_tracks
 
 log = logging.getLogger("trainer.prediction.predict")
@@ -185,14 +176,12 @@ def predict(args) -> int:
         from trainer.prediction.parallel import start_fork_server
 
         start_fork_server()
-    from beam_jobs.faces.tflite import TFLiteError
     from beam_jobs.media.video import VideoError
     from tfrecords_schema import join_path
     from tfrecords_schema.atomic import write_atomically
 
-    def track_errors() -> tuple:  # what fails one video; TensorFlow's errors only where it was imported (URLs, Keras)
-        tf = sys.modules.get("tensorflow")
-        return (VideoError, OSError) + ((tf.errors.OpError,) if tf is not None else ())
+    def track_errors() -> tuple:  # what fails one video (TensorFlow's errors where it was imported: URLs, Keras)
+        return (VideoError, OSError, *errors.tensorflow_errors())
 
     filesystems.register_filesystems(args.model, args.output, args.annotations, args.cropped_aligned)
     duplicates: list[str] = []
@@ -204,26 +193,10 @@ def predict(args) -> int:
     crops = choose_crops(served, args)
     heads = list(model_info["heads"])
     window = serving_window(model_info)
-    runtime, why = choose_runtime(model_dir, model_info, args.runtime, args.batch_size)
     # The face stages take a core each (the workers, or this process's main thread with one worker).
     threads = max(1, len(os.sched_getaffinity(0)) - args.workers)
-    try:
-        predictor = make_predictor(model_dir, model_info, runtime, heads, window, served.crop_size, args.batch_size,
-                                   served.codec, threads)
-    except TFLiteError as e:
-        if args.runtime == RUNTIME_TFLITE:
-            raise
-        log.warning("the export's TF Lite copy does not load (%s): running the Keras model", e)
-        runtime, why = RUNTIME_TENSORFLOW, f"the TF Lite copy does not load ({e})"
-        predictor = make_predictor(model_dir, model_info, runtime, heads, window, served.crop_size, args.batch_size,
-                                   served.codec, threads)
-    if runtime == RUNTIME_TFLITE:
-        device = "TF Lite on the CPU"
-    else:
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        device = f"TensorFlow on {'GPU ' + gpus[0].name if gpus else 'the CPU'}"
+    predictor, runtime, why, device = load_predictor(model_dir, model_info, args.runtime, heads, window,
+                                                     served.crop_size, args.batch_size, served.codec, threads)
     stage = f"face stage {served.face_stage.to_dict()}" if crops["source"] == CROPS_FACE_STAGE else "provided crops"
     print(f"[predict] {len(tracks)} track(s); model {model_dir} (heads {', '.join(heads)}, "
           f"{'per frame' if is_per_frame(model_info) else 'seq_len'} {window}) on {device} ({why}); {stage}",

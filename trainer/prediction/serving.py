@@ -16,6 +16,7 @@ import array
 import collections
 import concurrent.futures
 import glob
+import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -27,6 +28,8 @@ from trainer.prediction import outputs as preds_lib
 from trainer.prediction.crops import FrameCrop, served_crops
 from trainer.prediction.errors import PredictUsageError
 from trainer.prediction.progress import Progress
+
+log = logging.getLogger("trainer.prediction.serving")
 
 MAX_BATCHES_IN_FLIGHT = 2  # One batch in the model while the next one fills: frames keep flowing.
 RUNTIMES = RUNTIME_AUTO, RUNTIME_TFLITE, RUNTIME_TENSORFLOW = "auto", "tflite", "tensorflow"
@@ -76,6 +79,36 @@ def choose_runtime(model_dir: str, model_info: dict, runtime: str, batch_size: i
     if runtime == RUNTIME_AUTO and nvidia_gpu_present():
         return RUNTIME_TENSORFLOW, "a GPU is present"
     return (RUNTIME_TENSORFLOW, unusable) if unusable else (RUNTIME_TFLITE, "the export's TF Lite copy, on the CPU")
+
+
+def load_predictor(model_dir: str, model_info: dict, asked: str, heads: Sequence[str], seq_len: int, crop_size: int,
+                   batch_size: int, codec: str, threads: int):
+    """``(predictor, runtime, why, device)``: the window predictor of the runtime :func:`choose_runtime` picks for
+    ``asked`` (``--runtime``), why, and where it runs (a phrase for the log). Under ``auto`` a TF Lite copy that does
+    not load falls back to the Keras model with a warning.
+
+    Raises:
+        PredictUsageError: ``tflite`` asked for, and the export has no TF Lite copy for this run.
+        beam_jobs.faces.tflite.TFLiteError: ``tflite`` asked for, and its copy does not load.
+    """
+    from beam_jobs.faces.tflite import TFLiteError
+
+    runtime, why = choose_runtime(model_dir, model_info, asked, batch_size)
+    arguments = (heads, seq_len, crop_size, batch_size, codec, threads)
+    try:
+        predictor = make_predictor(model_dir, model_info, runtime, *arguments)
+    except TFLiteError as e:
+        if asked == RUNTIME_TFLITE:
+            raise
+        log.warning("the export's TF Lite copy does not load (%s): running the Keras model", e)
+        runtime, why = RUNTIME_TENSORFLOW, f"the TF Lite copy does not load ({e})"
+        predictor = make_predictor(model_dir, model_info, runtime, *arguments)
+    if runtime == RUNTIME_TFLITE:
+        return predictor, runtime, why, "TF Lite on the CPU"
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return predictor, runtime, why, f"TensorFlow on {'GPU ' + gpus[0].name if gpus else 'the CPU'}"
 
 
 def make_predictor(model_dir: str, model_info: dict, runtime: str, heads: Sequence[str], seq_len: int,
