@@ -6,9 +6,9 @@
   turns into pixels with a reshape (``tf.io.decode_raw``): about 6-9× the bytes on disk, a small fraction of the CPU.
 
 A conversion writes one codec (``dataset_info.json`` ``options.codec``; each record says its own in
-``image/format``). Readers choose the decoding by it: :func:`decode_crop` here (NumPy, for tools and tests),
-:func:`trainer.input.frames.decode_frames` in the trainer's tf.data pipelines. Records of schema versions 1-3
-have no ``image/format`` and are JPEG.
+``image/format``). Readers choose the decoding by it: :func:`decode_crop` here (NumPy and OpenCV: tools, tests,
+``predict``'s TF Lite runtime), :func:`trainer.input.frames.decode_frames` in the trainer's tf.data pipelines; both
+give the same pixels. Records of schema versions 1-3 have no ``image/format`` and are JPEG.
 """
 
 from __future__ import annotations
@@ -54,19 +54,29 @@ def crop_shape(data: bytes, codec: str) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def decode_crop(data: bytes, codec: str, crop_size: int) -> np.ndarray:
-    """One stored crop → uint8 RGB ``[S, S, 3]``, as the trainer decodes it (:data:`JPEG_DCT_METHOD`).
+def decode_crop(data: bytes, codec: str, crop_size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """One stored crop → uint8 RGB ``[S, S, 3]``, the pixels the trainer decodes (:data:`JPEG_DCT_METHOD`), without
+    TensorFlow: OpenCV's libjpeg-turbo decodes JPEG with the same accurate IDCT (``predict``'s TF Lite runtime decodes
+    its batches here; ``tests/test_predict.py`` checks the pixels against the trainer's decode).
+
+    Args:
+        out: Where to write the pixels (a ``[S, S, 3]`` uint8 view, e.g. into a batch); default: a new array.
 
     Raises:
-        ValueError: a raw crop that is not ``crop_size² × 3`` bytes, or a JPEG of another size.
+        ValueError: a raw crop that is not ``crop_size² × 3`` bytes, or a JPEG that does not decode to that size.
     """
+    size = (crop_size, crop_size, 3)
+    out = np.empty(size, np.uint8) if out is None else out
     if check_codec(codec) == CODEC_RAW:
         if len(data) != raw_frame_bytes(crop_size):
             raise ValueError(f"a raw crop of {len(data)} bytes is not {crop_size}x{crop_size}x3")
-        return np.frombuffer(data, np.uint8).reshape(crop_size, crop_size, 3)
-    import tensorflow as tf
+        out[...] = np.frombuffer(data, np.uint8).reshape(size)
+        return out
+    import cv2
 
-    image = tf.io.decode_jpeg(data, channels=3, dct_method=JPEG_DCT_METHOD).numpy()
-    if image.shape != (crop_size, crop_size, 3):
-        raise ValueError(f"a JPEG crop of shape {image.shape} is not {crop_size}x{crop_size}x3")
-    return image
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape != size:
+        raise ValueError(f"a JPEG crop that does not decode to {crop_size}x{crop_size}x3 "
+                         f"({'undecodable' if bgr is None else f'shape {bgr.shape}'})")
+    cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out)
+    return out

@@ -141,9 +141,10 @@ def decode_frames(window: dict, crop_size: int, seq_len: int, codec: str = CODEC
     """Decodes the valid frames of a window to uint8 ``[T, S, S, 3]``; padding frames (past ``num_valid``) are 0.
 
     The trainer's one decoding of stored crops, by the data's ``codec`` (:mod:`tfrecords_schema.image_codec`):
-    ``jpeg`` decodes each valid frame's JPEG (:data:`tfrecords_schema.image_codec.JPEG_DCT_METHOD`); ``raw`` reinterprets the window's bytes as pixels in one
-    ``tf.io.decode_raw`` (an empty string, as ``predict`` pads its last window, becomes zeros), after checking that
-    every valid frame holds ``S² × 3`` bytes (a frame of another size fails the pipeline, naming the sizes).
+    ``jpeg`` decodes each valid frame's JPEG (:data:`tfrecords_schema.image_codec.JPEG_DCT_METHOD`); ``raw``
+    reinterprets the window's bytes as pixels in one ``tf.io.decode_raw`` (an empty string, as ``predict`` pads its
+    last window, becomes zeros), after checking that every valid frame holds ``S² × 3`` bytes (a frame of another size
+    fails the pipeline, naming the sizes).
     """
     if check_codec(codec) == CODEC_RAW:
         valid = tf.range(seq_len) < window["num_valid"]

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from tfrecords_schema.image_codec import CODEC_RAW, check_codec
+from tfrecords_schema.image_codec import check_codec, decode_crop
 from trainer.prediction import outputs as preds_lib
 from trainer.prediction.crops import FrameCrop, served_crops
 from trainer.prediction.errors import PredictUsageError
@@ -37,7 +37,7 @@ RUNTIMES = RUNTIME_AUTO, RUNTIME_TFLITE, RUNTIME_TENSORFLOW = "auto", "tflite", 
 
 def load_export(model_dir: str):
     """``(model_info, served crops, export dir)`` of an exported model (or its job dir); the model itself is loaded
-    by :func:`make_predictor`.
+    by :func:`load_predictor`.
 
     Raises:
         PredictError: the export records no crops (made by an older trainer), or their size disagrees with the
@@ -139,8 +139,8 @@ class CropError(OSError):
 
 
 class LiteWindowPredictor:
-    """:class:`WindowPredictor`'s work on the export's TF Lite copy, without TensorFlow: crops decoded by OpenCV
-    (JPEG, libjpeg-turbo's accurate IDCT: the trainer's pixels) or reinterpreted (raw), one interpreter call a batch.
+    """:class:`WindowPredictor`'s work on the export's TF Lite copy, without TensorFlow: crops decoded into the batch
+    by :func:`tfrecords_schema.image_codec.decode_crop` (the trainer's pixels), one interpreter call a batch.
 
     Args:
         path: The export's ``serving.tflite`` (a local path; a remote one is copied to a temporary file first).
@@ -155,7 +155,7 @@ class LiteWindowPredictor:
         from trainer.prediction.videos import local_video
 
         self.heads, self.seq_len, self.batch_size = tuple(heads), seq_len, batch_size
-        self.crop_size, self.raw = crop_size, check_codec(codec) == CODEC_RAW
+        self.crop_size, self.codec = crop_size, check_codec(codec)
         with local_video(path) as local:  # the interpreter maps the file: a remote copy is read once, here
             self._interpreter = LiteInterpreter(local, threads)
         self._input = self._interpreter.inputs[0]
@@ -169,19 +169,10 @@ class LiteWindowPredictor:
         self._frames = np.zeros(shape, np.uint8)
 
     def _decode(self, crop: bytes, out: np.ndarray) -> None:
-        import cv2
-
-        s = self.crop_size
-        if self.raw:
-            if len(crop) != s * s * 3:
-                raise CropError(f"raw crops must be {s}x{s}x3 = {s * s * 3} bytes, got {len(crop)}")
-            out[...] = np.frombuffer(crop, np.uint8).reshape(s, s, 3)
-            return
-        bgr = cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None or bgr.shape != (s, s, 3):
-            raise CropError(f"a JPEG crop that does not decode to {s}x{s}x3 "
-                            f"({'undecodable' if bgr is None else bgr.shape})")
-        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out)
+        try:
+            decode_crop(crop, self.codec, self.crop_size, out)
+        except ValueError as e:
+            raise CropError(str(e)) from e
 
     def __call__(self, windows: Sequence[Sequence[bytes]]) -> dict[str, np.ndarray]:
         """Outputs ``{head: [frames, D]}`` of the windows' frames, in order (padding left out)."""
