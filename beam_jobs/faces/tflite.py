@@ -86,10 +86,6 @@ class LiteInterpreter:
         """The NumPy type of tensor ``index``."""
         return np.dtype(self._wrapper.TensorType(index, 0))
 
-    def name(self, index: int) -> str:
-        """The name of tensor ``index``."""
-        return self._wrapper.TensorName(index, 0)
-
     def signature(self, key: str) -> tuple[dict[str, int], dict[str, int]]:
         """``(inputs, outputs)`` of signature ``key``: argument and output names → tensor indices."""
         signatures = self._wrapper.GetSignatureDefs()
