@@ -114,7 +114,7 @@ def test_data_service_command_serves_until_interrupted(data):
     root, info = data
     port = free_port_run(3)
     env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "affectstream.cli", "data-service", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "affectstream.cli", "data-service", "--port", str(port),
                              "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -129,11 +129,18 @@ def test_data_service_command_serves_until_interrupted(data):
                                                         data_service=address))
         images, _, _ = next(batches)
         assert images.shape == (2, 4, 16, 16, 3)
-        del batches  # The client lets go of its stream, as a finished training does.
-        gc.collect()
+        # Ctrl-C while this client still reads (its prefetch in flight): the command ends at once all the same.
+        # (TensorFlow's WorkerServer.stop holds the GIL while it waits for such streams; a stop with a timed join
+        # in a thread hung here.)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # Where it hangs: -X faulthandler prints every thread's stack on SIGABRT.
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail(f"data-service did not end within 60 s of Ctrl-C:\n{proc.communicate()[0][-4000:]}")
         assert proc.returncode == 0 and "tf.data service stopped" in out
+        del batches
+        gc.collect()
         # A taken port is a clear error.
         busy = free_port_run(3)
         with socket.socket() as s:
