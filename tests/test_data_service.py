@@ -114,9 +114,9 @@ def test_data_service_command_serves_until_interrupted(data):
     root, info = data
     port = free_port_run(3)
     env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "affectstream.cli", "data-service", "--port", str(port),
-                             "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "affectstream.cli", "data-service",
+                             "--port", str(port), "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
         line = ""
         deadline = time.time() + 120
@@ -130,8 +130,8 @@ def test_data_service_command_serves_until_interrupted(data):
         images, _, _ = next(batches)
         assert images.shape == (2, 4, 16, 16, 3)
         # Ctrl-C while this client still reads (its prefetch in flight): the command ends at once all the same.
-        # (TensorFlow's WorkerServer.stop holds the GIL while it waits for such streams; a stop with a timed join
-        # in a thread hung here.)
+        # (TensorFlow's WorkerServer.stop holds the GIL while it waits for such streams; the command's former stop,
+        # in a thread with a timed join, hung here once in the suite.)
         proc.send_signal(signal.SIGINT)
         try:
             out, _ = proc.communicate(timeout=60)

@@ -208,12 +208,12 @@ def _exit_serving() -> NoReturn:
     """Ends the process, and with it the servers, without calling their ``stop()``.
 
     TensorFlow binds ``WorkerServer.stop`` without releasing the GIL (``server_lib_wrapper.cc``), and a worker's stop
-    waits for the streams of clients still connected: a stop running in a thread with a timed ``join`` could hold the
-    GIL past the timeout, and Ctrl-C hung (seen in the test suite, a client's prefetch still in flight). Exiting ends
-    the servers as a lost machine would: connected clients see their stream fail (UNAVAILABLE), and the dispatcher
-    keeps no state to lose (it runs without a ``work_dir``).
+    waits for the streams of clients still connected: a stop running in a thread with a timed ``join`` can hold the
+    GIL past the timeout (Ctrl-C hung once in the test suite; the only blocking call on that path). Exiting ends the
+    servers as a lost machine would: connected clients see their stream fail (UNAVAILABLE), and the dispatcher keeps
+    no state to lose (it runs without a ``work_dir``).
     """
     print("tf.data service stopped", flush=True)
     logging.shutdown()
     sys.stderr.flush()
-    os._exit(0)  # (sys.exit would wait on the servers' threads at interpreter exit.)
+    os._exit(0)  # (Not sys.exit: the interpreter's exit would destroy the servers, and with them call stop.)
