@@ -405,6 +405,7 @@ def main(argv=None) -> int:
                 decode[name] = decode_only(tracks, args.workers)
                 decode[f"{name}_1thread"] = decode_only(tracks, args.workers, threads=1)
                 runs[name] = beam(ann, vdir, work / f"out-{name}-{r}", args.workers, extra)
+                shutil.rmtree(work / f"out-{name}-{r}", ignore_errors=True)  # (rounds must not pile up on disk)
             rounds.append((runs, decode))
         ratios = [round_ratios(args.workers, runs, decode) for runs, decode in rounds]
         median = sorted(range(len(rounds)), key=lambda i: ratios[i]["steady_vs_decode_only_cpu"])[len(rounds) // 2]
