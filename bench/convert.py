@@ -51,6 +51,7 @@ import collections
 import contextlib
 import io
 import json
+import math
 import multiprocessing
 import os
 import pathlib
@@ -271,8 +272,13 @@ def beam(ann, vdir, output, workers: int, extra: list[str]) -> dict:
 
 
 def marginal(short: dict, long: dict, clock: str = "seconds") -> float:
-    """Frames per second of the extra frames of the long run: ``(f_long - f_short) / (t_long - t_short)``."""
-    return (long["frames"] - short["frames"]) / max(1e-9, long[clock] - short[clock])
+    """Frames per second of the extra frames of the long run: ``(f_long - f_short) / (t_long - t_short)``.
+
+    NaN when the long run did not take longer (runs too short for their start-up's noise): no rate, rather than an
+    absurd one.
+    """
+    extra = long[clock] - short[clock]
+    return (long["frames"] - short["frames"]) / extra if extra > 0 else math.nan
 
 
 def parse_args(argv):
@@ -323,7 +329,10 @@ def print_rounds(ratios: list[dict], median: int) -> dict:
               f"{r['steady_vs_decode_only_cpu']:.2f}x, wall {r['steady_vs_decode_only_wall']:.2f}x, against 1 "
               f"decoding thread {r['steady_vs_decode_only_1thread_cpu']:.2f}x (beam {r['beam_steady_cpu']:.0f} f/s "
               f"of CPU time)")
-    cpu = sorted(r["steady_vs_decode_only_cpu"] for r in ratios)
+    cpu = sorted(r["steady_vs_decode_only_cpu"] for r in ratios if not math.isnan(r["steady_vs_decode_only_cpu"]))
+    if not cpu:
+        print(f"over {len(ratios)} rounds: no steady-state rate (the long run never took longer: lengthen it)")
+        return {"per_round": ratios, "median_round": median + 1}
     print(f"over {len(ratios)} rounds, ratio in CPU time: median {cpu[len(cpu) // 2]:.2f}x, {cpu[0]:.2f}-{cpu[-1]:.2f}x "
           f"(aim >= 0.5x)")
     return {"per_round": ratios, "median_round": median + 1}
@@ -408,7 +417,10 @@ def main(argv=None) -> int:
                 shutil.rmtree(work / f"out-{name}-{r}", ignore_errors=True)  # (rounds must not pile up on disk)
             rounds.append((runs, decode))
         ratios = [round_ratios(args.workers, runs, decode) for runs, decode in rounds]
-        median = sorted(range(len(rounds)), key=lambda i: ratios[i]["steady_vs_decode_only_cpu"])[len(rounds) // 2]
+        # (A round without a rate, NaN, sorts last.)
+        order = sorted(range(len(rounds)), key=lambda i: (math.isnan(ratios[i]["steady_vs_decode_only_cpu"]),
+                                                           ratios[i]["steady_vs_decode_only_cpu"]))
+        median = order[len(order) // 2]
         naive_run = naive(long_video, args.naive_frames, config.crop_size)
         prof = profile(long_video, config, clip_length, args.profile_frames)
         figures = report(args, bench_videos.describe(args.material), *rounds[median], naive_run, prof)
