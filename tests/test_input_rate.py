@@ -26,7 +26,7 @@ def _run(*argv):
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.mark.parametrize("codec, extra", [("jpeg", []), ("raw", ["--windows_per_clip", "2"]),
+@pytest.mark.parametrize("codec, extra", [("jpeg", []), ("raw", []), ("raw", ["--windows_per_clip", "2"]),
                                           ("jpeg", ["--stage", "frames"])])
 def test_input_rate_prints_one_json_line_last_with_the_figures(data, codec, extra):
     code, out, err = _run("--data", data / codec, "--task", "expr", "--batch_size", "4", "--seq_len", "4",
@@ -38,6 +38,11 @@ def test_input_rate_prints_one_json_line_last_with_the_figures(data, codec, extr
     assert result["batches"] >= 1 and result["frames"] == result["batches"] * 4 * seq_len
     assert result["frames_per_second"] > 0 and result["frames_per_cpu_second"] > 0 and result["seconds"] >= 0.3
     assert "frames per CPU-second" in err
+    assert result["clip_length"] == 8 and result["record_bytes"] > 0
+    # Raw clips of 8 frames read whole for one 4-frame window each: the line names the repeated sampling that reads
+    # each byte once (each frame in two windows on average); none for JPEG or with several windows per clip.
+    hint = "is read, checksummed and parsed for one 4-frame window: --windows_per_clip 4"
+    assert (hint in err) == (codec == "raw" and not extra), err
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -15,6 +15,8 @@ and prints, last, one JSON line::
 ``frames_per_cpu_second`` is frames over the CPU time of this process (every thread: reading, parsing, decoding):
 what one core delivers, the figure that sizes the CPU of a GPU host (``docs/benchmarks.md``). With
 ``--data_service`` the decoding runs on the service's workers: the CPU figure is then this process's receiving only.
+On raw crops read one window per clip, a line before it says which ``--windows_per_clip`` reads each byte once
+(:func:`repeated_sampling_hint`).
 
 Example::
 
@@ -30,6 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from tfrecords_schema.image_codec import CODEC_RAW
 from trainer.common import errors, filesystems
 from trainer.common.allocator import recycle_large_buffers
 from trainer.common.choices import STAGE_SEQUENCE
@@ -121,7 +124,31 @@ def measure(config, seconds: float, warmup_batches: int = DEFAULT_WARMUP_BATCHES
             "frames_per_batch": frames_per_batch, "batch_size": config.batch_size, "seq_len": stage.train_seq_len,
             "codec": plan.info.codec, "crop_size": plan.info.crop_size, "replicas": strategy.num_replicas_in_sync,
             "warmup_batches": warmup_batches, "cpus": len(os.sched_getaffinity(0)),
-            "data_service": config.data_service}
+            "data_service": config.data_service, "windows_per_clip": config.windows_per_clip,
+            "clip_length": plan.info.clip_length, "record_bytes": _mean_record_bytes(plan.info)}
+
+
+def _mean_record_bytes(info) -> int:
+    """Mean bytes of a train record (a clip) on disk: what the stream reads, checksums and parses per clip read."""
+    from tfrecords_schema import SPLIT_TRAIN
+
+    shards = info.splits[SPLIT_TRAIN].shards
+    return round(sum(s.num_bytes for s in shards) / max(1, sum(s.num_records for s in shards)))
+
+
+def repeated_sampling_hint(result: dict) -> str | None:
+    """A line for raw clips read whole for one window each (see ``train --windows_per_clip``), else None.
+
+    A raw record is read, CRC-checked and parsed whole whatever part of it a window uses, so with one window per clip
+    most of its bytes serve nothing (docs/benchmarks.md: one 16-frame window of a 64-frame record of 112² crops
+    cannot reach 20,000 frames per CPU-second); taking each frame into two windows on average reads each byte once.
+    """
+    if result["codec"] != CODEC_RAW or result["windows_per_clip"] != 1 or result["clip_length"] < 2 * result["seq_len"]:
+        return None
+    k = 2 * result["clip_length"] // result["seq_len"]
+    return (f"[input-rate] each raw record ({result['clip_length']} frames, {result['record_bytes'] / 1e6:.1f} MB) is "
+            f"read, checksummed and parsed for one {result['seq_len']}-frame window: --windows_per_clip {k} (repeated "
+            f"sampling) serves {k} windows per read")
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -146,6 +173,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(f"[input-rate] {result['frames']} frames of {result['crop_size']}² ({result['codec']}) in "
           f"{result['batches']} batches: {result['frames_per_second']:.0f} frames/s, "
           f"{result['frames_per_cpu_second']:.0f} frames per CPU-second", file=sys.stderr, flush=True)
+    hint = repeated_sampling_hint(result)
+    if hint:
+        print(hint, file=sys.stderr, flush=True)
     print(json.dumps(result, sort_keys=True), flush=True)
     return 0
 
