@@ -134,6 +134,19 @@ def make_predictor(model_dir: str, model_info: dict, runtime: str, heads: Sequen
     return WindowPredictor(model, heads, seq_len, crop_size, batch_size, codec)
 
 
+def batch_slots(windows: Sequence[Sequence[bytes]], batch_size: int) -> list[Sequence[bytes]]:
+    """The window of each of a model call's ``batch_size`` slots: a short batch is filled up with copies of its first
+    window (both runtimes take one fixed batch shape, and an empty window would not decode)."""
+    return [windows[i] if i < len(windows) else windows[0] for i in range(batch_size)]
+
+
+def kept_frames(slots: Sequence[Sequence[bytes]], real: int, seq_len: int) -> np.ndarray:
+    """bool ``[batch, seq_len]``: the frames of the first ``real`` slots' windows (not padding, not filler copies)."""
+    keep = np.arange(seq_len)[None, :] < np.array([len(window) for window in slots])[:, None]
+    keep[real:] = False
+    return keep
+
+
 class CropError(OSError):
     """A crop that does not decode to the model's input (fails its video, as TensorFlow's decode error does)."""
 
@@ -176,18 +189,15 @@ class LiteWindowPredictor:
 
     def __call__(self, windows: Sequence[Sequence[bytes]]) -> dict[str, np.ndarray]:
         """Outputs ``{head: [frames, D]}`` of the windows' frames, in order (padding left out)."""
-        frames, num_valid = self._frames, np.zeros(self.batch_size, np.int32)
-        for i in range(self.batch_size):
-            # As WindowPredictor: a short batch is filled up with copies of its first window, padding frames are 0.
-            window = windows[i] if i < len(windows) else windows[0]
+        slots = batch_slots(windows, self.batch_size)
+        frames = self._frames
+        for i, window in enumerate(slots):
             for j, crop in enumerate(window):
                 self._decode(crop, frames[i, j])
-            frames[i, len(window):] = 0
-            num_valid[i] = len(window)
+            frames[i, len(window):] = 0  # padding frames are 0, as the trainer's decode makes them
         self._interpreter.set(self._input, frames)
         self._interpreter.invoke()
-        keep = np.arange(self.seq_len)[None, :] < num_valid[:, None]
-        keep[len(windows):] = False
+        keep = kept_frames(slots, len(windows), self.seq_len)
         return {h: self._interpreter.get(self._outputs[h])[keep].astype(np.float32) for h in self.heads}
 
 
@@ -232,16 +242,13 @@ class WindowPredictor:
         """Outputs ``{head: [frames, D]}`` of the windows' frames, in order (padding left out)."""
         import tensorflow as tf
 
+        slots = batch_slots(windows, self.batch_size)
         crops = np.full((self.batch_size, self.seq_len), b"", dtype=object)
-        num_valid = np.zeros(self.batch_size, np.int32)
-        for i in range(self.batch_size):
-            # A short batch is filled up with copies of its first window (an empty window does not decode).
-            window = windows[i] if i < len(windows) else windows[0]
+        for i, window in enumerate(slots):
             crops[i, :len(window)] = window
-            num_valid[i] = len(window)
+        num_valid = np.array([len(window) for window in slots], np.int32)
         outputs = self._run(tf.constant(crops, tf.string), tf.constant(num_valid))
-        keep = np.arange(self.seq_len)[None, :] < num_valid[:, None]
-        keep[len(windows):] = False
+        keep = kept_frames(slots, len(windows), self.seq_len)
         return {h: outputs[h].numpy()[keep].astype(np.float32) for h in self.heads}
 
 
