@@ -310,16 +310,32 @@ def parse_args(argv):
     return args
 
 
-def round_ratios(workers: int, runs: dict, decode: dict) -> dict:
-    """The steady-state ratios of one round (beam against decode-only, CPU time and wall clock)."""
-    beam_cpu, beam_wall = marginal(runs["short"], runs["long"], "cpu_seconds"), marginal(runs["short"], runs["long"])
+def steady_rates(workers: int, runs: dict, decode: dict) -> dict:
+    """The steady-state (marginal) rates of one round: beam and decode-only, wall clock and CPU time."""
     return {
-        "steady_vs_decode_only_cpu": beam_cpu / marginal(decode["short"], decode["long"], "cpu_seconds"),
-        "steady_vs_decode_only_wall": beam_wall / marginal(decode["short"], decode["long"]),
-        "steady_vs_decode_only_1thread_cpu":
-            beam_cpu / marginal(decode["short_1thread"], decode["long_1thread"], "cpu_seconds"),
-        "beam_steady_cpu": workers * beam_cpu,
+        "beam_steady_wall": marginal(runs["short"], runs["long"]),
+        "decode_steady_wall": marginal(decode["short"], decode["long"]),
+        "beam_steady_cpu": workers * marginal(runs["short"], runs["long"], "cpu_seconds"),
+        "decode_steady_cpu": workers * marginal(decode["short"], decode["long"], "cpu_seconds"),
+        "decode_1thread_steady_wall": marginal(decode["short_1thread"], decode["long_1thread"]),
+        "decode_1thread_steady_cpu": workers * marginal(decode["short_1thread"], decode["long_1thread"], "cpu_seconds"),
     }
+
+
+def steady_ratios(rates: dict) -> dict:
+    """Beam against decode-only, from :func:`steady_rates`."""
+    return {
+        "steady_vs_decode_only_wall": rates["beam_steady_wall"] / rates["decode_steady_wall"],
+        "steady_vs_decode_only_cpu": rates["beam_steady_cpu"] / rates["decode_steady_cpu"],
+        "steady_vs_decode_only_1thread_wall": rates["beam_steady_wall"] / rates["decode_1thread_steady_wall"],
+        "steady_vs_decode_only_1thread_cpu": rates["beam_steady_cpu"] / rates["decode_1thread_steady_cpu"],
+    }
+
+
+def round_ratios(workers: int, runs: dict, decode: dict) -> dict:
+    """One round's ratios (:func:`steady_ratios`) and its beam rate in CPU time."""
+    rates = steady_rates(workers, runs, decode)
+    return {**steady_ratios(rates), "beam_steady_cpu": rates["beam_steady_cpu"]}
 
 
 def print_rounds(ratios: list[dict], median: int) -> dict:
@@ -346,23 +362,12 @@ def report(args, material: str, runs: dict, decode: dict, naive_run: dict, prof:
     """
     w = args.workers
     rates = {
-        "beam_steady_wall": marginal(runs["short"], runs["long"]),
-        "decode_steady_wall": marginal(decode["short"], decode["long"]),
-        "beam_steady_cpu": w * marginal(runs["short"], runs["long"], "cpu_seconds"),
-        "decode_steady_cpu": w * marginal(decode["short"], decode["long"], "cpu_seconds"),
-        "decode_1thread_steady_wall": marginal(decode["short_1thread"], decode["long_1thread"]),
-        "decode_1thread_steady_cpu": w * marginal(decode["short_1thread"], decode["long_1thread"], "cpu_seconds"),
+        **steady_rates(w, runs, decode),
         "beam_end_to_end_long": runs["long"]["frames"] / runs["long"]["seconds"],
         "naive_wall": naive_run["frames"] / naive_run["seconds"],
         "naive_cpu": naive_run["frames"] / naive_run["cpu_seconds"],
     }
-    ratios = {
-        "steady_vs_decode_only_wall": rates["beam_steady_wall"] / rates["decode_steady_wall"],
-        "steady_vs_decode_only_cpu": rates["beam_steady_cpu"] / rates["decode_steady_cpu"],
-        "steady_vs_decode_only_1thread_wall": rates["beam_steady_wall"] / rates["decode_1thread_steady_wall"],
-        "steady_vs_decode_only_1thread_cpu": rates["beam_steady_cpu"] / rates["decode_1thread_steady_cpu"],
-        "end_to_end_vs_naive_wall": rates["beam_end_to_end_long"] / rates["naive_wall"],
-    }
+    ratios = {**steady_ratios(rates), "end_to_end_vs_naive_wall": rates["beam_end_to_end_long"] / rates["naive_wall"]}
     print(f"material: {material}")
     print(f"{args.videos_per_run} tracks per run, {w} workers, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}; convert flags: {args.beam_args or 'defaults'}")
