@@ -132,8 +132,8 @@ def _mean_record_bytes(info) -> int:
     """Mean bytes of a train record (a clip) on disk: what the stream reads, checksums and parses per clip read."""
     from tfrecords_schema import SPLIT_TRAIN
 
-    shards = info.splits[SPLIT_TRAIN].shards
-    return round(sum(s.num_bytes for s in shards) / max(1, sum(s.num_records for s in shards)))
+    split = info.splits[SPLIT_TRAIN]
+    return round(sum(s.num_bytes for s in split.shards) / max(1, split.num_clips))
 
 
 def repeated_sampling_hint(result: dict) -> str | None:
