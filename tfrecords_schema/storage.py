@@ -13,6 +13,7 @@ import shutil
 
 
 def is_url(path: str) -> bool:
+    """Whether a path is a URL (``gs://``, ``s3://``, ...) rather than a local path."""
     return "://" in path
 
 

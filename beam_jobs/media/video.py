@@ -62,6 +62,8 @@ if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are not evaluated at run 
 # `affectstream convert --help` does, must not load OpenCV.
 import numpy as np
 
+from tfrecords_schema.storage import is_url as is_remote  # (this module's name for it, imported by others)
+
 DEFAULT_FPS = 30.0
 # Containers FFmpeg (OpenCV's decoder) opens; matched in any letter case by every adapter.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -100,11 +102,6 @@ class VideoFrame:
     timestamp_us: int
     status: FrameStatus
     image: np.ndarray | None = None
-
-
-def is_remote(path: str) -> bool:
-    """Whether a path is a URL (``gs://``, ``s3://``, ...) rather than a local path."""
-    return "://" in path
 
 
 def has_video_extension(path: str) -> bool:

@@ -55,6 +55,7 @@ from tfrecords_schema.disk_space import (
     is_disk_full,
 )
 from tfrecords_schema.locks import LOCK_FILENAME, lock_output
+from tfrecords_schema.storage import is_url as _is_url
 from tfrecords_schema.transaction import (
     MARKER_FILENAME,
     describe_foreign,
@@ -71,10 +72,6 @@ _MARKER_FILE = re.compile(r"^[0-9a-f]{40}\.json$")
 
 class OutputRefused(ValueError):
     """``--output`` may not be written or replaced (exit status 2): the message says why."""
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 def _is_temp_of(name: str, real: str) -> bool:

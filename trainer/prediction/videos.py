@@ -46,7 +46,7 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None) -> li
         filesystems.register_filesystems(path)
         files = storage.gfile(path)
         if files.isdir(path):
-            inside = sorted(posixpath.join(folder, name) if "://" in folder else os.path.join(folder, name)
+            inside = sorted(posixpath.join(folder, name) if storage.is_url(folder) else os.path.join(folder, name)
                             for folder, _, names in files.walk(path)
                             for name in names if _ext(name) in VIDEO_EXTENSIONS)
             if not inside:
@@ -158,7 +158,9 @@ def local_video(path: str) -> Iterator[str]:
     ``--output`` and the folder listing, so a video that lists also reads. (``beam_jobs.media.video`` copies
     remote media with Beam's file systems, whose S3 needs pipeline options a prediction run does not have.)
     """
-    if "://" not in path:
+    from tfrecords_schema import storage
+
+    if not storage.is_url(path):
         yield path
         return
     import tensorflow as tf
