@@ -401,15 +401,19 @@ def test_raw_crops_give_the_streams_of_their_jpegs(data, tmp_path):
     shard = tf.data.TFRecordDataset(shard_path(tmp_path, raw_info, "train"))
     assert {len(image) for record in shard for image in decode_clip(record.numpy()).images} == {24 * 24 * 3}
 
-    def first(folder, dataset_info, batches=3):
+    def first(folder, dataset_info, windows_per_clip, batches=3):
         ds = trainer_input.make_train_dataset(folder, dataset_info, task="multi", seq_len=SEQ_LEN, batch_size=4,
-                                              seed=3)
+                                              seed=3, windows_per_clip=windows_per_clip)
         return [(images.numpy(), targets) for images, targets, _ in ds.take(batches)]
 
-    for (a, ta), (b, tb) in zip(first(root, info), first(str(tmp_path), raw_info)):
-        np.testing.assert_array_equal(a, b)
-        for head in ta:
-            np.testing.assert_array_equal(ta[head], tb[head])
+    # One window decoded per clip; three, every crop of a clip decoded once for its windows (24 frames of windows
+    # from clips of at most 12: JPEG ones too). test_several_windows_per_clip... covers windows decoding their own.
+    for windows_per_clip in (1, 3):
+        for (a, ta), (b, tb) in zip(first(root, info, windows_per_clip), first(str(tmp_path), raw_info,
+                                                                                windows_per_clip)):
+            np.testing.assert_array_equal(a, b)
+            for head in ta:
+                np.testing.assert_array_equal(ta[head], tb[head])
     jpeg_eval, _ = _collect_eval(trainer_input.make_eval_dataset(root, info, task="expr", seq_len=SEQ_LEN,
                                                                  batch_size=4))
     raw_eval, counts = _collect_eval(trainer_input.make_eval_dataset(str(tmp_path), raw_info, task="expr",
@@ -426,22 +430,25 @@ def test_a_raw_crop_of_the_wrong_size_fails_the_stream_naming_the_sizes(tmp_path
         next(iter(trainer_input.make_eval_dataset(str(tmp_path), wrong, task="expr", seq_len=4, batch_size=2)))
 
 
-def test_several_windows_per_clip_are_windows_of_the_clips_read(data):
+@pytest.mark.parametrize("windows_per_clip", [2, 3])  # 8 frames of windows (each decodes its own JPEGs) or 12
+def test_several_windows_per_clip_are_windows_of_the_clips_read(data, windows_per_clip):
     """Repeated sampling: every window a window of a clip read (its own offset and stride), the labels-only stream
-    the same windows, the raw stream the JPEG one's pixels."""
+    the same windows; batch_size clips give windows_per_clip batches in a row (the raw stream gives the JPEG one's
+    pixels: test_raw_crops_give_the_streams_of_their_jpegs)."""
     root, info = data
     clips = {c.example_id: c for c in _clips(root, info, "train")}
     dataset = trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=6, seed=5,
-                                               windows_per_clip=3)
+                                               windows_per_clip=windows_per_clip)
     shard_sets = records.train_shard_sets(root, info, trainer_input.train_bucket_draw(info, "balanced", "expr"),
                                           None, None)
     labels = records.explicitly_seeded(lambda worker: trainer_input.train_batches(
         info, shard_sets, heads=("expression",), seq_len=4, batch_size=6,
         draw=trainer_input.train_bucket_draw(info, "balanced", "expr"), class_weights=None, seed=5, decode=False,
-        input_context=None, skipped=None, worker=worker, windows_per_clip=3))
-    seen = collections.Counter()
+        input_context=None, skipped=None, worker=worker, windows_per_clip=windows_per_clip))
+    seen, batch_clips = collections.Counter(), []
     for (images, targets, _), (label_targets, _, window) in zip(dataset.take(6), labels.take(6)):
         np.testing.assert_array_equal(targets["expression"], label_targets["expression"])
+        batch_clips.append(list(window["example_id"].numpy()))
         for b in range(6):
             clip = clips[window["example_id"][b].numpy().decode()]
             seen[clip.example_id] += 1
@@ -453,5 +460,9 @@ def test_several_windows_per_clip_are_windows_of_the_clips_read(data):
                 np.testing.assert_array_equal(
                     images[b, t], tf.io.decode_jpeg(clip.images[row], channels=3, dct_method=JPEG_DCT_METHOD))
     assert max(seen.values()) >= 2  # a clip read once gave several windows
+    # Batches gK ... gK + K - 1 hold the 1st ... K-th windows of the same 6 clips, in the same order.
+    for g in range(0, 6, windows_per_clip):
+        assert all(batch_clips[g + k] == batch_clips[g] for k in range(windows_per_clip))
+    assert batch_clips[0] != batch_clips[windows_per_clip]
     with pytest.raises(ValueError, match="windows_per_clip must be >= 1"):
         trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=6, windows_per_clip=0)

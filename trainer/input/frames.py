@@ -81,7 +81,7 @@ def gather_frames(clip: dict, indices: tf.Tensor, n: tf.Tensor, with_image: bool
 
     A padding frame's ``image`` repeats the clip's last crop rather than becoming an empty string (no second copy of
     large raw crops): :func:`decode_frames` makes it 0, and the other fields mark it (``num_valid``, ``frame_index``
-    -1, ``has_face`` False). Without ``with_image`` the window holds its labels only (:func:`window_frames` decodes).
+    -1, ``has_face`` False). Without ``with_image`` the window holds its labels only (:func:`source_window` decodes).
     """
     valid = indices < n
     safe = tf.minimum(indices, n - 1)
@@ -105,11 +105,16 @@ def _raw_pixels(images: tf.Tensor, valid: tf.Tensor, crop_size: int) -> tf.Tenso
     """uint8 ``[..., S, S, 3]`` of raw crops ``[...]`` (``valid`` ones checked to hold ``S² × 3`` bytes; others, e.g.
     empty padding strings, become zeros)."""
     size = raw_frame_bytes(crop_size)
-    lengths = tf.where(valid, tf.strings.length(images), size)
-    check = tf.debugging.assert_equal(lengths, size, message=f"raw crops must be {crop_size}x{crop_size}x3 = {size} "
-                                                            f"bytes (dataset_info.json's crop_size)")
+    actual = tf.strings.length(images)
+    check = tf.debugging.assert_equal(
+        tf.where(valid, actual, size), size,
+        message=f"raw crops must be {crop_size}x{crop_size}x3 = {size} bytes (dataset_info.json's crop_size)")
     with tf.control_dependencies([check]):
-        frames = tf.io.decode_raw(images, tf.uint8, fixed_length=size)
+        # fixed_length zero-fills its output before copying (a second pass over every byte): only where a string
+        # is short (padding).
+        frames = tf.cond(tf.reduce_all(actual == size),
+                         lambda: tf.io.decode_raw(images, tf.uint8),
+                         lambda: tf.io.decode_raw(images, tf.uint8, fixed_length=size))
     return tf.reshape(frames, tf.concat([tf.shape(images), [crop_size, crop_size, 3]], 0))
 
 
@@ -119,22 +124,41 @@ def _zero_padding(frames: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
                    lambda: frames * tf.cast(valid, frames.dtype)[..., None, None, None])
 
 
-def window_frames(clip: dict, indices: tf.Tensor, n: tf.Tensor, crop_size: int, seq_len: int,
-                  codec: str = CODEC_JPEG) -> tf.Tensor:
-    """uint8 ``[K, T, S, S, 3]``: the decoded frames of ``K`` windows (``indices`` ``[K, T]``) of a parsed clip of
-    ``n`` frames, padding (indices past ``n``) 0, as :func:`decode_frames` decodes them.
+def clip_source(clip: dict, n: tf.Tensor, crop_size: int, codec: str = CODEC_JPEG,
+                decode_jpeg: bool = False) -> tf.Tensor:
+    """What :func:`source_window` cuts several windows of a parsed clip of ``n`` frames from (repeated sampling).
 
-    Raw crops are decoded once for the whole clip and the windows gathered as pixels (overlapping windows share
-    the work, and no crop is copied as a string); JPEG windows are decoded one by one.
+    The clip's pixels, uint8 ``[n, S, S, 3]``, each crop decoded once, so that overlapping windows share the work and
+    a window costs one copy of its pixels (none for a window of stride 1): raw crops always (a reshape), JPEG crops
+    with ``decode_jpeg`` (worth it when the windows take at least as many frames as the clip holds: 8 windows of 16
+    from a 64-frame clip decode 64 crops rather than 128). Otherwise the encoded crops ``[n]``, each window
+    decoding its own.
     """
-    valid = indices < n
     if check_codec(codec) == CODEC_RAW:
-        pixels = _raw_pixels(clip["image"], tf.ones([n], tf.bool), crop_size)
-        return _zero_padding(tf.gather(pixels, tf.minimum(indices, n - 1)), valid)
-    windows = gather_frames(clip, indices, n)
-    return tf.map_fn(lambda w: decode_frames(w, crop_size, seq_len, codec),
-                     {"image": windows["image"], "num_valid": windows["num_valid"]},
-                     fn_output_signature=tf.TensorSpec([seq_len, crop_size, crop_size, 3], tf.uint8))
+        return _raw_pixels(clip["image"], tf.ones([n], tf.bool), crop_size)
+    if not decode_jpeg:
+        return clip["image"]
+    pixels = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3, dct_method=JPEG_DCT_METHOD), clip["image"],
+                       fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    return tf.ensure_shape(pixels, [None, crop_size, crop_size, 3])
+
+
+def source_window(source: tf.Tensor, indices: tf.Tensor, crop_size: int, seq_len: int,
+                  codec: str = CODEC_JPEG) -> tf.Tensor:
+    """uint8 ``[T, S, S, 3]``: the window at increasing ``indices`` ``[T]`` of a :func:`clip_source`, padding (indices
+    past the clip's end, a suffix) 0: the frames :func:`decode_frames` gives for the same window."""
+    n = tf.shape(source)[0]
+    valid = indices < n
+    if source.dtype == tf.uint8:
+        # A whole window of stride 1 is a slice of the clip's pixels: TensorFlow shares the buffer of an aligned
+        # first-dimension slice (no copy: the batch makes the window's one copy); other windows are gathered.
+        contiguous = tf.logical_and(indices[-1] < n, indices[-1] - indices[0] == seq_len - 1)
+        crops = tf.cond(contiguous, lambda: tf.slice(source, [indices[0], 0, 0, 0], [seq_len, -1, -1, -1]),
+                        lambda: _zero_padding(tf.gather(source, tf.minimum(indices, n - 1)), valid))
+        return tf.ensure_shape(crops, [seq_len, crop_size, crop_size, 3])
+    crops = tf.gather(source, tf.minimum(indices, n - 1))
+    return decode_frames({"image": crops, "num_valid": tf.reduce_sum(tf.cast(valid, tf.int32))}, crop_size, seq_len,
+                         codec)
 
 
 def decode_frames(window: dict, crop_size: int, seq_len: int, codec: str = CODEC_JPEG) -> tf.Tensor:

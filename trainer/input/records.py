@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrecords_schema import SPLIT_TRAIN, DatasetInfo, DatasetInfoError, ShardInfo, SplitInfo, join_path
+from tfrecords_schema.storage import is_url
 from trainer.input import sampling as sampling_lib
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ OPEN_SHARDS = 32
 # Records counted together by the shard check (read_shard): fewer function calls per record, at the cost of
 # holding up to this many more serialized clips per open shard.
 CHECK_BATCH = 4
+# Read buffer of a local shard: none. The reader then reads each record straight into its string, where a buffer
+# costs one more copy of every byte (a 2.3 MB raw clip: ~25 % of reading it, docs/benchmarks.md). Remote shards
+# keep TensorFlow's default buffer: every read there is a request.
+LOCAL_READ_BUFFER = 0
 READ_PARALLELISM = tf.data.AUTOTUNE
 
 
@@ -176,7 +181,8 @@ def shard_files(data_dir: str, shards: list[ShardInfo], what: str, input_context
     return paths, [s.num_records for s in shards]
 
 
-def read_shard(path: tf.Tensor, expected: tf.Tensor, skipped: SkippedRecords | None) -> tf.data.Dataset:
+def read_shard(path: tf.Tensor, expected: tf.Tensor, skipped: SkippedRecords | None,
+               buffer_size: int | None = None) -> tf.data.Dataset:
     """The records of one shard, counted against ``expected`` when the shard ends (see the module docstring).
 
     The reader stops at the first bad record of a file (``ignore_errors`` turns the DataLossError, which
@@ -184,7 +190,7 @@ def read_shard(path: tf.Tensor, expected: tf.Tensor, skipped: SkippedRecords | N
     Records are counted in groups of :data:`CHECK_BATCH` (the check's functions run once per group, not per
     record), and the groups are split again: the records come out one by one, in file order.
     """
-    groups = tf.data.TFRecordDataset(path).ignore_errors(log_warning=skipped is not None).batch(CHECK_BATCH)
+    groups = tf.data.TFRecordDataset(path, buffer_size=buffer_size).ignore_errors(log_warning=skipped is not None).batch(CHECK_BATCH)
     marked = groups.map(lambda g: (g, False)).concatenate(
         tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True)))
 
@@ -216,9 +222,11 @@ def read_records(paths: list[str], counts: list[int], *, skipped: SkippedRecords
     files = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(counts, tf.int64)))
     if shuffle_seed is not None:
         files = files.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    buffer_size = None if any(is_url(p) for p in paths) else LOCAL_READ_BUFFER
     if cycle_length <= 1:
-        return files.interleave(lambda p, n: read_shard(p, n, skipped), cycle_length=1, block_length=1)
-    return files.interleave(lambda p, n: read_shard(p, n, skipped), cycle_length=min(len(paths), cycle_length),
+        return files.interleave(lambda p, n: read_shard(p, n, skipped, buffer_size), cycle_length=1, block_length=1)
+    return files.interleave(lambda p, n: read_shard(p, n, skipped, buffer_size),
+                            cycle_length=min(len(paths), cycle_length),
                             block_length=1, num_parallel_calls=READ_PARALLELISM, deterministic=True)
 
 
