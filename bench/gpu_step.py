@@ -27,7 +27,7 @@ frame (the GRU 100,100,50 on 300 features: ~0.2 M) and is left out.
 **Projection** (``--input_rate_json`` from ``bench/input_rate.py --json``): frames per second one H100 SXM would
 consume (dense bf16 ``--peak_tflops`` 989, at ``--utilisation``; a training step is ~3x the forward multiply-adds:
 forward, and the gradients of activations and of weights) and the CPU cores that keep up with it for each codec:
-frames/s over the measured frames per CPU-second of that codec's train stream (``raw w8``: raw with
+frames/s over the measured frames per CPU-second of that codec's train stream (``jpeg w8``, ``raw w8``: with
 ``--windows_per_clip 8``).
 
 Example::
@@ -56,7 +56,8 @@ from trainer.common.choices import BACKBONES
 H100_DENSE_BF16_TFLOPS = 989.0  # H100 SXM, dense (no sparsity) bf16 tensor-core peak
 TRAIN_OVER_FORWARD = 3.0  # forward + gradient w.r.t. activations + gradient w.r.t. weights
 # The train streams of bench/input_rate.py whose frames per CPU-second size the host (column label: its name there).
-PROJECTED_STREAMS = {"jpeg": "jpeg", "raw": "raw", "raw w8": "raw, 8 windows per clip"}
+PROJECTED_STREAMS = {"jpeg": "jpeg", "raw": "raw", "jpeg w8": "jpeg, 8 windows per clip",
+                     "raw w8": "raw, 8 windows per clip"}
 
 
 def layer_macs(model) -> int:

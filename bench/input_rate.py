@@ -10,9 +10,10 @@ fresh process (so no other pipeline shares it), ``affectstream input-rate`` with
 * ``raw``: the raw conversion, the same stream;
 * ``raw, 4 windows per clip``: the raw conversion with ``--windows_per_clip 4`` (repeated sampling: every byte of a
   64-frame record read once for its four 16-frame windows);
-* ``jpeg, 4 windows per clip``: the same for JPEG (decoding, not reading, is its cost: little changes);
+* ``jpeg, 4 windows per clip``: the same for JPEG (decoding, not reading, is its cost: 64 decodes per record for 64
+  window frames, as with one window per record);
 * ``8 windows per clip``: both again with ``--windows_per_clip 8`` (each frame of a record in two windows on
-  average).
+  average; a JPEG record's 64 crops are decoded once for its 128 window frames).
 
 It prints each one's median frames per second and frames per CPU-second (this process's CPU, every thread), the
 bytes per frame on disk, the encoding CPU per crop at conversion (JPEG q90 against raw, on the same crops) and the
