@@ -177,12 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The servers run in a child process (this module with SERVE_FLAG); the command's own process loads no TensorFlow.
-# Why: the command must act on Ctrl-C at once. With the servers in its own process it twice did not within 60 s in
-# full test runs (never alone): the main thread sat in a plain `Event.wait(0.5)` loop and the signal's handler never
-# ran, for a cause not found (TensorFlow's server threads are the only other code in that process; its
-# `WorkerServer.stop`, for one, holds the GIL while it waits for connected clients). A process without them has no
-# such risk. It kills the child, which ends the servers as a lost machine would: connected clients see their stream
-# fail (UNAVAILABLE); the dispatcher runs without a `work_dir`, so no state is lost.
+# Why: its process must act on Ctrl-C at once, and in a process holding TensorFlow's servers it once did not for 60 s
+# (the main thread stuck in a plain `Event.wait`, seen twice in full test runs, never alone): TensorFlow's threads can
+# keep the interpreter from running the signal handler (`WorkerServer.stop`, for one, holds the GIL while it waits
+# for connected clients). The command's process kills the child, which ends the servers as a lost machine would:
+# connected clients see their stream fail (UNAVAILABLE); the dispatcher runs without a `work_dir`, so no state is lost.
 SERVE_FLAG = "--serve_in_this_process"
 READY = "train with --data_service"
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process when its parent ends
@@ -205,7 +204,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     child_args = list(sys.argv[1:] if argv is None else argv)
-    child = subprocess.Popen([sys.executable, "-m", __spec__.name, *child_args, SERVE_FLAG, str(os.getpid())],
+    child = subprocess.Popen([sys.executable, "-m", __name__, *child_args, SERVE_FLAG, str(os.getpid())],
                              stdout=subprocess.PIPE, text=True)
     try:
         for line in child.stdout:  # the servers' ready line (TensorFlow's own messages go to stderr)
@@ -245,7 +244,7 @@ def _serve(args, parent: int) -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the command decides
     try:  # Linux: end with the command however it ends (the command kills this process in every other case).
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError, TypeError):
+    except (OSError, AttributeError):
         pass
     if os.getppid() != parent:  # the command ended before the line above took effect
         os._exit(1)
