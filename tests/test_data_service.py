@@ -110,62 +110,28 @@ def test_a_short_training_run_reads_its_batches_through_the_service(data, servic
     assert "expression" in json.loads((job / "metrics.json").read_text())
 
 
-def _start_command(port: int, env: dict) -> subprocess.Popen:
-    """``affectstream data-service`` on ``port``, once it printed its ready line."""
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "affectstream.cli", "data-service",
-                             "--port", str(port), "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    line, deadline = "", time.time() + 120
-    while "train with --data_service" not in line and time.time() < deadline:
-        line = proc.stdout.readline()
-        assert line or proc.poll() is None, "the command ended early"
-    assert re.search(r"--data_service (\S+)", line).group(1) == f"grpc://localhost:{port}"
-    return proc
-
-
-def _assert_nothing_listens(port: int, seconds: float = 20.0) -> None:
-    """No server on ``port`` (a connection refused), within ``seconds``. (Not a bind: the port of a server that had
-    connections stays in TIME_WAIT for a while after its process ended.)"""
-    deadline = time.time() + seconds
-    while True:
-        try:
-            socket.create_connection(("localhost", port), timeout=2).close()
-        except ConnectionRefusedError:
-            return
-        except OSError:
-            pass
-        assert time.time() < deadline, f"a server still listens on port {port} {seconds:g} s after the command ended"
-        time.sleep(0.2)
-
-
-def test_killed_data_service_command_takes_its_servers_with_it():
-    """The servers run in the command's child process: a command killed outright (no handler runs) ends them too."""
-    port = free_port_run(3)
-    proc = _start_command(port, {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    try:
-        proc.kill()
-        proc.communicate(timeout=30)
-        _assert_nothing_listens(port)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
 def test_data_service_command_serves_until_interrupted(data):
     root, info = data
     port = free_port_run(3)
     env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = _start_command(port, env)
-    address = f"grpc://localhost:{port}"
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "affectstream.cli", "data-service",
+                             "--port", str(port), "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
+        line = ""
+        deadline = time.time() + 120
+        while "train with --data_service" not in line and time.time() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "the command ended early"
+        address = re.search(r"--data_service (\S+)", line).group(1)
+        assert address == f"grpc://localhost:{port}"
         batches = iter(trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2,
                                                         data_service=address))
         images, _, _ = next(batches)
         assert images.shape == (2, 4, 16, 16, 3)
         # Ctrl-C while this client still reads (its prefetch in flight): the command ends at once all the same.
-        # (With the servers in its own process the command once did not act on Ctrl-C for 60 s, twice in full runs
-        # of the suite: trainer.input.data_service runs them in a child process now.)
+        # (TensorFlow's WorkerServer.stop holds the GIL while it waits for such streams; the command's former stop,
+        # in a thread with a timed join, hung here once in the suite.)
         proc.send_signal(signal.SIGINT)
         try:
             out, _ = proc.communicate(timeout=60)
@@ -173,7 +139,6 @@ def test_data_service_command_serves_until_interrupted(data):
             proc.send_signal(signal.SIGABRT)
             pytest.fail(f"data-service did not end within 60 s of Ctrl-C:\n{proc.communicate()[0][-4000:]}")
         assert proc.returncode == 0 and "tf.data service stopped" in out
-        _assert_nothing_listens(port)  # the servers' process ended with the command
         del batches
         gc.collect()
         # A taken port is a clear error.

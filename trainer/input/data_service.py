@@ -40,13 +40,12 @@ Local use::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
+import logging
 import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import zlib
@@ -151,7 +150,13 @@ def start_local(port: int, num_workers: int, host: str = "localhost") -> LocalSe
     """
     from tensorflow.data.experimental import service
 
-    ports = _check_ports(port, num_workers, host)
+    if num_workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {num_workers}")
+    if port < 1 or port + num_workers > 65535:
+        raise ValueError(f"--port must leave room for the workers' ports below 65536, got {port}")
+    ports = [port + 1 + i for i in range(num_workers)]
+    for p in [port, *ports]:
+        _check_free(host, p)
     worker_addresses = [f"{host}:{p}" for p in ports]
     dispatcher = service.DispatchServer(service.DispatcherConfig(port=port, worker_addresses=worker_addresses))
     workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=f"{host}:{port}", worker_address=a,
@@ -171,93 +176,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker servers to start (default 2)")
     p.add_argument("--host", default="localhost",
                    help="name under which trainers reach this machine (default localhost: trainers on this host)")
-    p.add_argument(SERVE_FLAG, type=int, metavar="PARENT_PID", help=argparse.SUPPRESS)
     add_verbose_flag(p)
     return p
 
 
-# The servers run in a child process (this module with SERVE_FLAG); the command's own process loads no TensorFlow.
-# Why: its process must act on Ctrl-C at once, and in a process holding TensorFlow's servers it once did not for 60 s
-# (the main thread stuck in a plain `Event.wait`, seen twice in full test runs, never alone): TensorFlow's threads can
-# keep the interpreter from running the signal handler (`WorkerServer.stop`, for one, holds the GIL while it waits
-# for connected clients). The command's process kills the child, which ends the servers as a lost machine would:
-# connected clients see their stream fail (UNAVAILABLE); the dispatcher runs without a `work_dir`, so no state is lost.
-SERVE_FLAG = "--serve_in_this_process"
-READY = "train with --data_service"
-PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process when its parent ends
-
-
 def run(argv: Sequence[str] | None = None) -> int:
-    """Starts the servers (in a child process), prints the address to pass to ``--data_service``, serves until
-    interrupted; then ends them and returns 0.
+    """Starts the servers, prints the address to pass to ``--data_service``, serves until interrupted.
 
-    Returns 2 for invalid options (a port that is taken included), 1 when the servers end on their own.
+    Returns 2 for invalid options (a port that is taken included). After Ctrl-C / SIGTERM the process exits 0 at
+    once (:func:`_exit_serving`).
     """
     args = build_parser().parse_args(argv)
-    if args.serve_in_this_process is not None:
-        _serve(args, parent=args.serve_in_this_process)
     try:
-        _check_ports(args.port, args.workers, args.host)
+        local = start_local(args.port, args.workers, args.host)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    child_args = list(sys.argv[1:] if argv is None else argv)
-    child = subprocess.Popen([sys.executable, "-m", __name__, *child_args, SERVE_FLAG, str(os.getpid())],
-                             stdout=subprocess.PIPE, text=True)
+    print(f"tf.data service: dispatcher {local.address}, workers {', '.join(local.worker_addresses)}; "
+          f"train with --data_service {local.address} (Ctrl-C stops)", flush=True)
     try:
-        for line in child.stdout:  # the servers' ready line (TensorFlow's own messages go to stderr)
-            print(line, end="", flush=True)
-            if READY in line:
-                break
-        while child.poll() is None and not stop.wait(0.5):
+        while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
         pass
-    finally:
-        ended = child.poll() is not None
-        child.kill()
-        child.wait()
-    if ended and not stop.is_set():
-        print(f"error: the tf.data service process ended on its own (exit status {child.returncode})",
-              file=sys.stderr)
-        return 2 if child.returncode == 2 else 1
+    _exit_serving()
+
+
+def _exit_serving() -> NoReturn:
+    """Ends the process, and with it the servers, without calling their ``stop()``.
+
+    TensorFlow binds ``WorkerServer.stop`` without releasing the GIL (``server_lib_wrapper.cc``), and a worker's stop
+    waits for the streams of clients still connected: a stop running in a thread with a timed ``join`` can hold the
+    GIL past the timeout (Ctrl-C hung once in the test suite; the only blocking call on that path). Exiting ends the
+    servers as a lost machine would: connected clients see their stream fail (UNAVAILABLE), and the dispatcher keeps
+    no state to lose (it runs without a ``work_dir``).
+    """
     print("tf.data service stopped", flush=True)
-    return 0
-
-
-def _check_ports(port: int, num_workers: int, host: str) -> list[int]:
-    """The workers' ports after checking the options and that every port is free (ValueError otherwise)."""
-    if num_workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {num_workers}")
-    if port < 1 or port + num_workers > 65535:
-        raise ValueError(f"--port must leave room for the workers' ports below 65536, got {port}")
-    ports = [port + 1 + i for i in range(num_workers)]
-    for p in [port, *ports]:
-        _check_free(host, p)
-    return ports
-
-
-def _serve(args, parent: int) -> NoReturn:
-    """The child process: starts the servers, prints the ready line and serves until killed by the command."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the command decides
-    try:  # Linux: end with the command however it ends (the command kills this process in every other case).
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the command ended before the line above took effect
-        os._exit(1)
-    try:
-        local = start_local(args.port, args.workers, args.host)
-    except ValueError as e:  # a port taken since the command checked it
-        print(f"error: {e}", file=sys.stderr)
-        os._exit(2)
-    print(f"tf.data service: dispatcher {local.address}, workers {', '.join(local.worker_addresses)}; "
-          f"{READY} {local.address} (Ctrl-C stops)", flush=True)
-    threading.Event().wait()
-    os._exit(0)  # not reached: killed
-
-
-if __name__ == "__main__":
-    sys.exit(run())
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0)  # (Not sys.exit: the interpreter's exit would destroy the servers, and with them call stop.)
