@@ -194,6 +194,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C (SIGINT) stops the command whatever it inherited. A process started as a shell script's background job
+    # (`cmd &` without job control) inherits SIGINT ignored, and Python then installs no handler for it: `kill -INT`
+    # went unheard (the Ctrl-C test hung in full test runs launched that way).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"tf.data service: dispatcher {local.address}, workers {', '.join(local.worker_addresses)}; "
           f"train with --data_service {local.address} (Ctrl-C stops)", flush=True)
     try:
@@ -209,7 +213,7 @@ def _exit_serving() -> NoReturn:
 
     TensorFlow binds ``WorkerServer.stop`` without releasing the GIL (``server_lib_wrapper.cc``), and a worker's stop
     waits for the streams of clients still connected: a stop running in a thread with a timed ``join`` can hold the
-    GIL past the timeout (Ctrl-C hung once in the test suite; the only blocking call on that path). Exiting ends the
+    GIL past the timeout, so that nothing else runs until the streams end. Exiting ends the
     servers as a lost machine would: connected clients see their stream fail (UNAVAILABLE), and the dispatcher keeps
     no state to lose (it runs without a ``work_dir``).
     """
