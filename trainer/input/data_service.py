@@ -213,9 +213,9 @@ def _exit_serving() -> NoReturn:
 
     TensorFlow binds ``WorkerServer.stop`` without releasing the GIL (``server_lib_wrapper.cc``), and a worker's stop
     waits for the streams of clients still connected: a stop running in a thread with a timed ``join`` can hold the
-    GIL past the timeout, so that nothing else runs until the streams end. Exiting ends the
-    servers as a lost machine would: connected clients see their stream fail (UNAVAILABLE), and the dispatcher keeps
-    no state to lose (it runs without a ``work_dir``).
+    GIL past the timeout, so that nothing else runs until the streams end. Exiting ends the servers as a lost machine
+    would: connected clients see their stream fail (UNAVAILABLE), and the dispatcher keeps no state to lose (it runs
+    without a ``work_dir``).
     """
     print("tf.data service stopped", flush=True)
     logging.shutdown()

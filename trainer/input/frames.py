@@ -138,9 +138,18 @@ def clip_source(clip: dict, n: tf.Tensor, crop_size: int, codec: str = CODEC_JPE
         return _raw_pixels(clip["image"], tf.ones([n], tf.bool), crop_size)
     if not decode_jpeg:
         return clip["image"]
-    pixels = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3, dct_method=JPEG_DCT_METHOD), clip["image"],
+    return _decode_jpegs(clip["image"], crop_size)
+
+
+def _decode_jpegs(jpegs: tf.Tensor, crop_size: int) -> tf.Tensor:
+    """uint8 ``[N, S, S, 3]`` of the JPEG crops ``[N]``.
+
+    The accurate integer IDCT (TensorFlow's default is the fast one): the pixels OpenCV and libjpeg-turbo's own
+    default give, so predict's TensorFlow-free runtime decodes exactly these (trainer.prediction.serving).
+    """
+    frames = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3, dct_method=JPEG_DCT_METHOD), jpegs,
                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-    return tf.ensure_shape(pixels, [None, crop_size, crop_size, 3])
+    return tf.ensure_shape(frames, [None, crop_size, crop_size, 3])
 
 
 def source_window(source: tf.Tensor, indices: tf.Tensor, crop_size: int, seq_len: int,
@@ -174,12 +183,7 @@ def decode_frames(window: dict, crop_size: int, seq_len: int, codec: str = CODEC
         valid = tf.range(seq_len) < window["num_valid"]
         frames = _zero_padding(_raw_pixels(window["image"], valid, crop_size), valid)
         return tf.ensure_shape(frames, [seq_len, crop_size, crop_size, 3])
-    jpegs = window["image"][: window["num_valid"]]
-    # The accurate integer IDCT (TensorFlow's default is the fast one): the pixels OpenCV and libjpeg-turbo's own
-    # default give, so predict's TensorFlow-free runtime decodes exactly these (trainer.prediction.serving).
-    frames = tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3, dct_method=JPEG_DCT_METHOD), jpegs,
-                       fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-    frames = tf.ensure_shape(frames, [None, crop_size, crop_size, 3])
+    frames = _decode_jpegs(window["image"][: window["num_valid"]], crop_size)
     frames = tf.pad(frames, [[0, seq_len - window["num_valid"]], [0, 0], [0, 0], [0, 0]])
     return tf.ensure_shape(frames, [seq_len, crop_size, crop_size, 3])
 

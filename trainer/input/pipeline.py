@@ -180,9 +180,9 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
 
     # 2. Per clip: parse, pick its window(s), decode their crops (uint8). Several windows: the clip's crop source
     #    (its pixels, each crop decoded once; JPEG ones only when the windows take as many frames as a clip holds)
-    #    is cut into K windows, each its own element of a K-tuple, so that batching
-    #    clips gives K batches at once (the k-th windows of batch_size clips) with no per-window elements and no
-    #    copy beyond the cut and the batch. Everything else runs per batch.
+    #    is cut into K windows, each its own element of a K-tuple, so that batching clips gives K batches at once
+    #    (the k-th windows of batch_size clips) with no per-window elements and no copy beyond the cut and the
+    #    batch. Everything else runs per batch.
     def to_clip(serialized, clip_seed):
         clip = parse(serialized)
         n = tf.shape(clip["image"])[0]

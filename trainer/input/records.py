@@ -190,7 +190,8 @@ def read_shard(path: tf.Tensor, expected: tf.Tensor, skipped: SkippedRecords | N
     Records are counted in groups of :data:`CHECK_BATCH` (the check's functions run once per group, not per
     record), and the groups are split again: the records come out one by one, in file order.
     """
-    groups = tf.data.TFRecordDataset(path, buffer_size=buffer_size).ignore_errors(log_warning=skipped is not None).batch(CHECK_BATCH)
+    records = tf.data.TFRecordDataset(path, buffer_size=buffer_size)
+    groups = records.ignore_errors(log_warning=skipped is not None).batch(CHECK_BATCH)
     marked = groups.map(lambda g: (g, False)).concatenate(
         tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True)))
 
@@ -223,11 +224,14 @@ def read_records(paths: list[str], counts: list[int], *, skipped: SkippedRecords
     if shuffle_seed is not None:
         files = files.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
     buffer_size = None if any(is_url(p) for p in paths) else LOCAL_READ_BUFFER
+
+    def read(path, expected):
+        return read_shard(path, expected, skipped, buffer_size)
+
     if cycle_length <= 1:
-        return files.interleave(lambda p, n: read_shard(p, n, skipped, buffer_size), cycle_length=1, block_length=1)
-    return files.interleave(lambda p, n: read_shard(p, n, skipped, buffer_size),
-                            cycle_length=min(len(paths), cycle_length),
-                            block_length=1, num_parallel_calls=READ_PARALLELISM, deterministic=True)
+        return files.interleave(read, cycle_length=1, block_length=1)
+    return files.interleave(read, cycle_length=min(len(paths), cycle_length), block_length=1,
+                            num_parallel_calls=READ_PARALLELISM, deterministic=True)
 
 
 def sub_seed(seed: int, *parts) -> int:
