@@ -19,8 +19,11 @@ $(READY): pyproject.toml requirements-nodeps.txt
 demo: $(READY)
 	$(BIN)/affectstream demo --output demo_output
 
+# The suite on TEST_WORKERS pytest-xdist processes (the CI box has 2 cores), each test module on one of them: its
+# fixtures (conversions, trained models) are built once. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: $(READY)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(READY)
 	$(BIN)/ruff check .

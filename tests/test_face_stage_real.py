@@ -108,6 +108,7 @@ def test_the_held_box_is_dropped_when_the_face_goes_without_a_cut(blazeface):
     statuses = [cropper.process(still.image).status for _ in range(20)]
     statuses += [cropper.process(gone).status for _ in range(3)]
     assert statuses == ["detected"] + ["held"] * 14 + ["detected"] + ["held"] * 4 + ["lost"] * 3
+    assert cropper.passes_by_reason == {faces.PASS_CUT: 0, faces.PASS_CHANGE: 1, faces.PASS_SCHEDULE: 2}
 
 
 def test_the_change_trigger_follows_a_moving_face_that_a_fixed_schedule_leaves_behind(video, blazeface):

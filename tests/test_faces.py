@@ -141,6 +141,7 @@ def test_cropper_detects_every_n_frames_on_a_downscaled_copy_then_near_the_held_
     cropper = faces.FaceCropper(detector, crop_size=48, detect_every=3, detect_width=160)
     results = [cropper.process(frame) for _ in range(7)]
     assert detector.calls == 3 == cropper.detections_run  # Frames 1, 4, 7.
+    assert cropper.passes_by_reason == {faces.PASS_CUT: 0, faces.PASS_CHANGE: 0, faces.PASS_SCHEDULE: 3}
     assert detector.widths[0] == 160  # Full frame, downscaled.
     assert all(w < 160 for w in detector.widths[1:])  # Then a small window around the held face.
     for result in (results[0], results[-1]):
@@ -215,6 +216,7 @@ def test_cropper_at_a_cut_drops_the_held_box_and_detects_at_once():
     assert cropper.process(title).status == "lost"  # Not held again: the held box went with the cut.
     back = cropper.process(_frame())  # Cut back: detected on the cut frame, not 8 frames later.
     assert back.status == "detected" and back.bbox is not None
+    assert cropper.passes_by_reason == {faces.PASS_CUT: 2, faces.PASS_CHANGE: 0, faces.PASS_SCHEDULE: 1}
 
 
 def test_aligned_crop_puts_the_eyes_level_at_the_template():

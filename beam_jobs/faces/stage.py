@@ -64,6 +64,12 @@ STATUS_LOST = "lost"  # No face on this frame, after one was seen in the track (
 STATUS_NONE = "none"  # No face on this frame and none seen yet in the track (blank crop).
 FACE_STATUSES = (STATUS_DETECTED, STATUS_HELD, STATUS_LOST, STATUS_NONE)
 
+# Why a detection pass ran (FaceCropper.passes_by_reason), for cost accounting (bench/face_passes.py).
+PASS_CUT = "cut"  # A shot cut on this frame.
+PASS_CHANGE = "region_change"  # The held face's region changed by more than redetect_change.
+PASS_SCHEDULE = "schedule"  # detect_every frames after the last pass (or the track's first frame).
+PASS_REASONS = (PASS_CUT, PASS_CHANGE, PASS_SCHEDULE)
+
 # A detection whose box is less than half inside the frame, or whose visible part is smaller
 # than this fraction of the frame's short side (and 4 pixels), is not a face.
 _MIN_VISIBLE_AREA = 0.5
@@ -246,6 +252,7 @@ class FaceCropper:
         self._face_thumb: np.ndarray | None = None  # The held face's region at its detection.
         self._count = 0
         self.detections_run = 0  # Detection passes so far (found or not), for cost accounting.
+        self.passes_by_reason = dict.fromkeys(PASS_REASONS, 0)  # The same passes by what brought them on.
 
     @classmethod
     def from_config(cls, config: FaceStageConfig, side: str | None = None,
@@ -344,15 +351,19 @@ class FaceCropper:
                 video through the stage, also those whose crop it does not store, so that a frame's crop depends on
                 the video alone and ``affectstream predict`` cuts the same one.
         """
+        reason = PASS_SCHEDULE
         if self._cuts.update(frame):
             self._tracker.cut()
             self._count = 0  # Detect on this frame; the schedule restarts from it.
+            reason = PASS_CUT
         held = self._tracker.current
         if (held is not None and self._redetect_change is not None and self._count >= _MIN_REDETECT_GAP
                 and region_change(self._face_thumb, region_thumbnail(frame, held)) > self._redetect_change):
             self._count = 0  # The face moved, turned, was covered or left: look again now.
+            reason = PASS_CHANGE
         if self._count % self._detect_every == 0:
             self.detections_run += 1
+            self.passes_by_reason[reason] += 1
             found = self._detect(frame)
             box = self._tracker.observe(found.box, found.keypoints) if found else self._tracker.observe(None)
             self._count = 0

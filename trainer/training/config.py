@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random windows taken from every training clip read (default 1): K > 1 is repeated sampling, "
                    "the record's reading, parsing and decoding shared by K windows (each its own offset and "
                    "stride; batch_size clips give K batches in a row); for raw crops (convert --codec raw) of "
-                   "64-frame clips with --seq_len 16, 4 reads each byte once (see affectstream input-rate); an epoch is then K windows per clip")
+                   "64-frame clips with --seq_len 16, K=4 windows take as many frames as a record holds and 8 (what "
+                   "`affectstream input-rate` suggests) twice as many; an epoch is then K windows per clip")
     p.add_argument("--data_service", metavar="grpc://HOST:PORT",
                    help="run the training input on this tf.data service dispatcher's workers (e.g. from "
                    "`affectstream data-service`); they must reach --data at the same path")

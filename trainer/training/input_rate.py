@@ -15,8 +15,8 @@ and prints, last, one JSON line::
 ``frames_per_cpu_second`` is frames over the CPU time of this process (every thread: reading, parsing, decoding):
 what one core delivers, the figure that sizes the CPU of a GPU host (``docs/benchmarks.md``). With
 ``--data_service`` the decoding runs on the service's workers: the CPU figure is then this process's receiving only.
-On raw crops read one window per clip, a line before it says which ``--windows_per_clip`` reads each byte once
-(:func:`repeated_sampling_hint`).
+On raw crops read one window per clip, a line before it says which ``--windows_per_clip`` uses every frame read
+twice on average (:func:`repeated_sampling_hint`).
 
 Example::
 
@@ -141,7 +141,8 @@ def repeated_sampling_hint(result: dict) -> str | None:
 
     A raw record is read, CRC-checked and parsed whole whatever part of it a window uses, so with one window per clip
     most of its bytes serve nothing (docs/benchmarks.md: one 16-frame window of a 64-frame record of 112² crops
-    cannot reach 20,000 frames per CPU-second); taking each frame into two windows on average reads each byte once.
+    cannot reach 20,000 frames per CPU-second); taking each frame into two windows on average makes every byte read
+    serve.
     """
     if result["codec"] != CODEC_RAW or result["windows_per_clip"] != 1 or result["clip_length"] < 2 * result["seq_len"]:
         return None
