@@ -1,4 +1,4 @@
-"""Fixtures shared by test modules, and the order the modules run in."""
+"""Fixtures shared by test modules."""
 
 from __future__ import annotations
 
@@ -61,18 +61,3 @@ def s3_server(monkeypatch):
         yield S3Server(url=url, bucket="affect", client=client)
     finally:
         server.stop()
-
-
-
-# `make test` runs the modules on two pytest-xdist workers, each module on one worker (`--dist loadfile`: a module's
-# fixtures are built once). Handing out the longest modules first keeps one worker from running a long module alone at
-# the end (longest-first scheduling). Seconds from `pytest --durations` on 2 cores; a module not listed keeps its
-# place after these, and the order changes only the balance, never a result.
-_LONGEST_MODULES = ("test_train.py", "test_demo_learning.py", "test_two_stage.py", "test_predict.py",
-                    "test_distributed.py", "test_fer_import.py", "test_object_store.py", "test_mixing.py",
-                    "test_packaging.py", "test_train_cli.py", "test_input_pipeline.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(_LONGEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: the order within a module is kept.
