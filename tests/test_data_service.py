@@ -1,4 +1,10 @@
-"""The training input on a tf.data service: a dispatcher and two workers on loopback, in process and as a command."""
+"""The training input on a tf.data service: a dispatcher and two workers on loopback, started by the command.
+
+The servers run in an `affectstream data-service` process, not in the test process: TensorFlow's ``WorkerServer.stop``
+holds the GIL while it waits for the worker's tasks, and stopping in-process servers at module teardown took from
+nothing to 59 s on a loaded machine (6-7 s in two of four runs beside two busy cores). The command's Ctrl-C ends its
+process at once (:func:`trainer.input.data_service.run`), and it runs the same ``start_local`` servers.
+"""
 
 import gc
 import json
@@ -19,6 +25,7 @@ from trainer.input import data_service
 from trainer.input import pipeline as trainer_input
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMAND_ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}  # The command, run from this checkout.
 
 
 def free_port_run(n: int) -> int:
@@ -49,12 +56,44 @@ def data(tmp_path_factory):
     return root, info
 
 
+def start_command(port: int) -> tuple[subprocess.Popen, str]:
+    """`affectstream data-service` on ``port`` (2 workers) and the address it prints once it serves.
+
+    Started with SIGINT ignored, as a background job of a shell script starts it (and as the suite runs when launched
+    that way): the command must still stop on it.
+    """
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "affectstream.cli", "data-service",
+                             "--port", str(port), "--workers", "2"], cwd=REPO, env=COMMAND_ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    line = ""
+    deadline = time.time() + 120
+    while "train with --data_service" not in line and time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            raise AssertionError("the data-service command ended early")
+    return proc, re.search(r"--data_service (\S+)", line).group(1)
+
+
+def interrupt(proc: subprocess.Popen) -> str:
+    """Ctrl-C to the command; its output. Fails (with every thread's stack) when it is still running 60 s later."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:  # Where it hangs: -X faulthandler prints every thread's stack on SIGABRT.
+        proc.send_signal(signal.SIGABRT)
+        pytest.fail(f"data-service did not end within 60 s of Ctrl-C:\n{proc.communicate()[0][-4000:]}")
+
+
 @pytest.fixture(scope="module")
 def service():
-    local = data_service.start_local(free_port_run(3), 2)
-    yield local
-    gc.collect()  # The tests' iterators let go of their service jobs first: a worker stops once its tasks are done.
-    local.stop()
+    """The address of a dispatcher and two workers serving from their own process (see the module docstring)."""
+    proc, address = start_command(free_port_run(3))
+    try:
+        yield address
+    finally:
+        if proc.poll() is None:
+            interrupt(proc)
 
 
 def test_service_batches_come_from_both_workers_each_with_its_own_seeds(data, service):
@@ -63,7 +102,7 @@ def test_service_batches_come_from_both_workers_each_with_its_own_seeds(data, se
     in_process = [images.numpy().tobytes()
                   for images, _, _ in trainer_input.make_train_dataset(root, info, **kwargs).take(400)]
     assert len(set(in_process)) == len(in_process)
-    served = trainer_input.make_train_dataset(root, info, data_service=service.address,
+    served = trainer_input.make_train_dataset(root, info, data_service=service,
                                               data_service_job="two-workers", **kwargs)
     # Worker 0 runs exactly the in-process stream of the seed, worker 1 its own one. Which worker answers
     # first depends on timing (one may deliver dozens of batches before the other has started): read until
@@ -103,9 +142,9 @@ def test_a_short_training_run_reads_its_batches_through_the_service(data, servic
     caplog.set_level("INFO", logger="trainer.train")
     code = train.run(["--data", root, "--job_dir", str(job), "--task", "expr", "--epochs", "1", "--steps_per_epoch",
                       "4", "--batch_size", "4", "--seq_len", "4", "--cnn_width", "0.25", "--feature_dim", "8",
-                      "--rnn_units", "8", "--log_every", "2", "--data_service", service.address])
+                      "--rnn_units", "8", "--log_every", "2", "--data_service", service])
     assert code == 0, caplog.text[-3000:]
-    assert f"training batches from the tf.data service {service.address}" in caplog.text
+    assert f"training batches from the tf.data service {service}" in caplog.text
     assert "step 4/4" in caplog.text
     assert "expression" in json.loads((job / "metrics.json").read_text())
 
@@ -113,20 +152,8 @@ def test_a_short_training_run_reads_its_batches_through_the_service(data, servic
 def test_data_service_command_serves_until_interrupted(data):
     root, info = data
     port = free_port_run(3)
-    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    # Started with SIGINT ignored, as a background job of a shell script starts it (and as the suite runs when launched
-    # that way): the command must still stop on it.
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "affectstream.cli", "data-service",
-                             "--port", str(port), "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc, address = start_command(port)
     try:
-        line = ""
-        deadline = time.time() + 120
-        while "train with --data_service" not in line and time.time() < deadline:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "the command ended early"
-        address = re.search(r"--data_service (\S+)", line).group(1)
         assert address == f"grpc://localhost:{port}"
         batches = iter(trainer_input.make_train_dataset(root, info, task="expr", seq_len=4, batch_size=2,
                                                         data_service=address))
@@ -134,12 +161,7 @@ def test_data_service_command_serves_until_interrupted(data):
         assert images.shape == (2, 4, 16, 16, 3)
         # Ctrl-C while this client still reads (its prefetch in flight): the command ends at once all the same.
         # (TensorFlow's WorkerServer.stop holds the GIL while it waits for such streams: the command does not call it.)
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:  # Where it hangs: -X faulthandler prints every thread's stack on SIGABRT.
-            proc.send_signal(signal.SIGABRT)
-            pytest.fail(f"data-service did not end within 60 s of Ctrl-C:\n{proc.communicate()[0][-4000:]}")
+        out = interrupt(proc)
         assert proc.returncode == 0 and "tf.data service stopped" in out
         with pytest.raises(ConnectionRefusedError):  # the servers ended with it
             socket.create_connection(("localhost", port), timeout=5).close()
@@ -151,7 +173,7 @@ def test_data_service_command_serves_until_interrupted(data):
             s.bind(("", busy + 1))
             s.listen()
             taken = subprocess.run([sys.executable, "-m", "affectstream.cli", "data-service", "--port", str(busy)],
-                                   check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+                                   check=False, cwd=REPO, env=COMMAND_ENV, capture_output=True, text=True, timeout=120)
         assert taken.returncode == 2 and f"port {busy + 1} is not free" in taken.stderr
     finally:
         if proc.poll() is None:
