@@ -60,8 +60,11 @@ def opencv_sample_videos(cache_dir: str = DEFAULT_CACHE, fetch: bool = True) -> 
         for name in SAMPLE_VIDEOS:
             target = os.path.join(cache_dir, DATA_DIR, name)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.copyfile(os.path.join(staging, DATA_DIR, name), target + ".part")
-            os.replace(target + ".part", target)
+            # A name of this process's own: two processes fetching at once (`make demo` beside `make test`) never
+            # write into one partial file, and the rename puts a whole file in place either way.
+            partial = f"{target}.{os.getpid()}.part"
+            shutil.copyfile(os.path.join(staging, DATA_DIR, name), partial)
+            os.replace(partial, target)
     found = _installed(cache_dir)
     if not found:
         raise RealVideoUnavailable(f"{PACKAGE} was fetched but holds none of {SAMPLE_VIDEOS}")
