@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
@@ -34,13 +33,10 @@ from beam_jobs.faces import stage as faces
 from beam_jobs.media.video import FrameStatus, VideoReader
 
 
-def _iou(a, b) -> float:
-    """IoU of two ``(ymin, xmin, ymax, xmax)`` boxes."""
-    h = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    w = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = h * w
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def _xywh(bbox) -> faces.Box:
+    """A :class:`beam_jobs.faces.stage.Face` bbox ``(ymin, xmin, ymax, xmax)`` as ``(x, y, w, h)`` for ``faces.iou``."""
+    ymin, xmin, ymax, xmax = bbox
+    return xmin, ymin, xmax - xmin, ymax - ymin
 
 
 def measure(path: str, config: faces.FaceStageConfig, max_frames: int) -> dict:
@@ -70,7 +66,7 @@ def measure(path: str, config: faces.FaceStageConfig, max_frames: int) -> dict:
             changes = cropper.passes_by_reason[faces.PASS_CHANGE]
             face = cropper.process(frame.image, crop=False)
             if cropper.passes_by_reason[faces.PASS_CHANGE] > changes and previous is not None and face.bbox:
-                moved.append(_iou(previous, face.bbox))
+                moved.append(faces.iou(_xywh(previous), _xywh(face.bbox)))
             previous = face.bbox
     passes = cropper.detections_run
     invoke_seconds = invoke_seconds[0]
@@ -104,4 +100,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

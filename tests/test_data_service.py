@@ -72,6 +72,9 @@ def start_command(port: int) -> tuple[subprocess.Popen, str]:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:
             raise AssertionError("the data-service command ended early")
+    if "train with --data_service" not in line:  # Not serving after 120 s: leave no server process behind.
+        proc.kill()
+        raise AssertionError(f"the data-service command did not serve within 120 s:\n{proc.communicate()[0][-4000:]}")
     return proc, re.search(r"--data_service (\S+)", line).group(1)
 
 

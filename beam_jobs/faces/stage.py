@@ -251,8 +251,12 @@ class FaceCropper:
         self._redetect_change = redetect_change
         self._face_thumb: np.ndarray | None = None  # The held face's region at its detection.
         self._count = 0
-        self.detections_run = 0  # Detection passes so far (found or not), for cost accounting.
-        self.passes_by_reason = dict.fromkeys(PASS_REASONS, 0)  # The same passes by what brought them on.
+        self.passes_by_reason = dict.fromkeys(PASS_REASONS, 0)  # Detection passes so far, by what brought them on.
+
+    @property
+    def detections_run(self) -> int:
+        """Detection passes so far (found or not), for cost accounting."""
+        return sum(self.passes_by_reason.values())
 
     @classmethod
     def from_config(cls, config: FaceStageConfig, side: str | None = None,
@@ -362,7 +366,6 @@ class FaceCropper:
             self._count = 0  # The face moved, turned, was covered or left: look again now.
             reason = PASS_CHANGE
         if self._count % self._detect_every == 0:
-            self.detections_run += 1
             self.passes_by_reason[reason] += 1
             found = self._detect(frame)
             box = self._tracker.observe(found.box, found.keypoints) if found else self._tracker.observe(None)
