@@ -11,14 +11,28 @@ bench material, in one process with one decoding thread, and prints one JSON lin
 * how far the face had moved when the region-change test brought a pass on: the IoU of the box held on the frame
   before with the box after the pass (low: the pass moved the box; near 1: it found the face where it was held).
 
+With ``--score`` it also runs, on the same decoded frames, the same stage detecting on every frame (a new pass each
+frame, no box held between passes: what the schedule saves work against) and prints how far the measured stage's
+faces are from it: the box centre's offset in box sides, the eyes' offset in eye distances (the larger of the two
+eyes), the crops' mean absolute difference in grey levels (each a mean and a 90th percentile over the frames where
+both have a face), and the frames where only one of them has a face. That prices a cheaper schedule or detector in
+crop quality, not only in CPU.
+
+``--near_input N`` is an experiment, not a conversion option: passes near a held face run the short-range BlazeFace
+model with its input resized to N pixels (the model is fully convolutional: anchors are laid out for N), on a window
+of N / 64 face sides, so the face keeps today's 64 pixels and the window loses context instead.
+
 ```
 python bench/face_passes.py --material megamind_native --frames 3000
+python bench/face_passes.py --material megamind_native --frames 3000 --score
+python bench/face_passes.py --material astronaut --seconds 30 --frames 900 --score --near_input 96
 ```
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -29,8 +43,11 @@ import numpy as np
 import videos as bench_videos  # bench/videos.py: this script's folder is on the path.
 from convert import TimedCalls, face_stage_config  # bench/convert.py
 
+from beam_jobs.faces import detectors
 from beam_jobs.faces import stage as faces
 from beam_jobs.media.video import FrameStatus, VideoReader
+
+NEAR_FACE_PIXELS = 64.0  # BlazeFace's face side in a near window (BlazeFaceDetector.near_face_pixels).
 
 
 def _xywh(bbox) -> faces.Box:
@@ -39,9 +56,69 @@ def _xywh(bbox) -> faces.Box:
     return xmin, ymin, xmax - xmin, ymax - ymin
 
 
-def measure(path: str, config: faces.FaceStageConfig, max_frames: int) -> dict:
+class NearInputBlazeFace(detectors.BlazeFaceDetector):
+    """BlazeFace whose passes near a held face run the short-range model at ``near_input`` pixels (``--near_input``).
+
+    The window is ``near_input / 64`` face sides, scaled so the face keeps 64 pixels, as the stage's windows do at 128.
+    """
+
+    def __init__(self, near_input: int):
+        super().__init__("auto")
+        short = detectors._BLAZE_MODELS["short"]
+        self._near = detectors._BlazeNet(dataclasses.replace(short, size=near_input), threads=1)
+        if near_input != short.size:  # The file's input is 128: resize it, as tf.lite's resize_tensor_input does.
+            wrapper = self._near._interpreter._wrapper
+            wrapper.ResizeInputTensor(self._near._input, np.array([1, near_input, near_input, 3], np.int32), False, 0)
+            wrapper.AllocateTensors(-1)
+        self._nets["near"] = self._near  # Timed with the others.
+        self.near_face_pixels = NEAR_FACE_PIXELS
+        self.near_window = near_input / NEAR_FACE_PIXELS
+
+    def detect_faces(self, image, min_size=None, max_size=None):
+        # The stage's near passes give a size range whose smallest face fills >= 1/5 of the window (detect_faces).
+        if min_size is None or min_size < detectors._SHORT_RANGE_MIN_FRACTION * max(image.shape[:2]):
+            return super().detect_faces(image, min_size, max_size)
+        low, high = min_size, max_size or float("inf")
+        return [d for d in self._near(image, self._thresholds["short"]) if low <= max(d.box[2:]) <= high]
+
+
+class Agreement:
+    """How far one stage's faces are from a reference stage's, frame by frame (``--score``)."""
+
+    def __init__(self):
+        self.centre, self.eyes, self.crop = [], [], []
+        self.presence_differs = 0
+
+    def add(self, ref: faces.Face, got: faces.Face, height: int, width: int) -> None:
+        if (ref.bbox is None) != (got.bbox is None):
+            self.presence_differs += 1
+            return
+        if ref.bbox is None:
+            return
+        (ry0, rx0, ry1, rx1), (gy0, gx0, gy1, gx1) = ref.bbox, got.bbox
+        side = max((ry1 - ry0) * height, (rx1 - rx0) * width)
+        offset = np.hypot((ry0 + ry1 - gy0 - gy1) / 2 * height, (rx0 + rx1 - gx0 - gx1) / 2 * width)
+        self.centre.append(offset / side)
+        if ref.keypoints is not None and got.keypoints is not None:
+            pixels = np.float32((width, height))
+            eye_distance = np.hypot(*((ref.keypoints[1] - ref.keypoints[0]) * pixels))
+            self.eyes.append(float(np.abs((got.keypoints[:2] - ref.keypoints[:2]) * pixels).max()) / eye_distance)
+        self.crop.append(float(np.abs(ref.crop.astype(np.float32) - got.crop.astype(np.float32)).mean()))
+
+    def summary(self) -> dict:
+        def mean_p90(values):
+            return [round(float(np.mean(values)), 4), round(float(np.quantile(values, 0.9)), 4)] if values else None
+
+        return {"frames_with_face_in_both": len(self.centre), "presence_differs": self.presence_differs,
+                "centre_offset_box_sides_mean_p90": mean_p90(self.centre),
+                "eye_offset_eye_distances_mean_p90": mean_p90(self.eyes),
+                "crop_abs_diff_grey_levels_mean_p90": mean_p90(self.crop)}
+
+
+def measure(path: str, config: faces.FaceStageConfig, max_frames: int, score: bool = False,
+            near_input: int | None = None) -> dict:
     cv2.setNumThreads(1)
-    detector = faces.make_detector(config.detector)
+    detector = NearInputBlazeFace(near_input) if near_input else faces.make_detector(config.detector)
     invoke_seconds = [0.0]
     for net in getattr(detector, "_nets", {}).values():  # BlazeFace's models: time each one's Invoke.
         def timed_invoke(inner=net._interpreter.invoke):
@@ -52,6 +129,10 @@ def measure(path: str, config: faces.FaceStageConfig, max_frames: int) -> dict:
         net._interpreter.invoke = timed_invoke
     timed_detector = TimedCalls(detector)  # Its detect_faces: window or frame in, faces out.
     cropper = faces.FaceCropper.from_config(config, None, detector=timed_detector)
+    # The reference: the same stage with a pass on every frame (its own detector, so it is not timed).
+    reference = faces.FaceCropper.from_config(dataclasses.replace(config, detect_every=1, redetect_change=None),
+                                              None) if score else None
+    agreement = Agreement()
     moved = []
     frames = 0
     previous = None
@@ -64,7 +145,9 @@ def measure(path: str, config: faces.FaceStageConfig, max_frames: int) -> dict:
                 continue
             frames += 1
             changes = cropper.passes_by_reason[faces.PASS_CHANGE]
-            face = cropper.process(frame.image, crop=False)
+            face = cropper.process(frame.image, crop=score)
+            if reference is not None:
+                agreement.add(reference.process(frame.image), face, *frame.image.shape[:2])
             if cropper.passes_by_reason[faces.PASS_CHANGE] > changes and previous is not None and face.bbox:
                 moved.append(faces.iou(_xywh(previous), _xywh(face.bbox)))
             previous = face.bbox
@@ -77,7 +160,8 @@ def measure(path: str, config: faces.FaceStageConfig, max_frames: int) -> dict:
             "invoke_ms_per_pass": round(1e3 * invoke_seconds / max(1, passes), 3),
             "around_invoke_ms_per_pass": round(1e3 * (timed_detector.seconds - invoke_seconds) / max(1, passes), 3),
             "detection_ms_per_frame": round(1e3 * timed_detector.seconds / max(1, frames), 4),
-            "region_change_iou_q10_q50_q90": quantiles}
+            "region_change_iou_q10_q50_q90": quantiles,
+            **({"vs_a_pass_on_every_frame": agreement.summary()} if score else {})}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -87,13 +171,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--beam_args", default="", help="convert flags that shape the face stage, e.g. "
                         "'--redetect_change 0.12'")
+    parser.add_argument("--score", action="store_true",
+                        help="also score the faces against the same stage detecting on every frame")
+    parser.add_argument("--near_input", type=int, default=None,
+                        help="experiment: run passes near a held face on the short-range model resized to this input "
+                        "(a window of near_input/64 face sides); --detector blazeface only")
     parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "affectstream-bench-videos"))
     args = parser.parse_args(argv)
     path, _ = bench_videos.make_videos(args.material, args.seconds, min(60.0, args.seconds), args.cache_dir)
     config, _ = face_stage_config(args.beam_args.split())
+    if args.near_input and config.detector != "blazeface":
+        parser.error("--near_input needs --detector blazeface (the conversion's default)")
     started = time.process_time()
     result = {"material": args.material, "video": path, "face_stage": config.to_dict(),
-              **measure(path, config, args.frames), "load_average": os.getloadavg()[0]}
+              "near_input": args.near_input,
+              **measure(path, config, args.frames, args.score, args.near_input), "load_average": os.getloadavg()[0]}
     result["cpu_seconds"] = round(time.process_time() - started, 2)
     print(json.dumps(result))
     return result
