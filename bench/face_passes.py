@@ -13,9 +13,9 @@ bench material, in one process with one decoding thread, and prints one JSON lin
 
 With ``--score`` it also runs, on the same decoded frames, the same stage detecting on every frame (a new pass each
 frame, no box held between passes: what the schedule saves work against) and prints how far the measured stage's
-faces are from it: the box centre's offset in box sides, the eyes' offset in eye distances (the larger of the two
-eyes), the crops' mean absolute difference in grey levels (each a mean and a 90th percentile over the frames where
-both have a face), and the frames where only one of them has a face. That prices a cheaper schedule or detector in
+faces are from it: the box centre's offset in box sides, the worse eye's distance from its place in the reference
+in eye distances, the crops' mean absolute difference in grey levels (each a mean and a 90th percentile over the
+frames where both have a face), and the frames where only one of them has a face. That prices a cheaper schedule or detector in
 crop quality, not only in CPU.
 
 ``--near_input N`` is an experiment, not a conversion option: passes near a held face run the short-range BlazeFace
@@ -65,6 +65,8 @@ class NearInputBlazeFace(detectors.BlazeFaceDetector):
     def __init__(self, near_input: int):
         super().__init__("auto")
         short = detectors._BLAZE_MODELS["short"]
+        if near_input % max(short.strides):
+            raise ValueError(f"near_input must be a multiple of {max(short.strides)}, got {near_input}")
         self._near = detectors._BlazeNet(dataclasses.replace(short, size=near_input), threads=1)
         if near_input != short.size:  # The file's input is 128: resize it, as tf.lite's resize_tensor_input does.
             wrapper = self._near._interpreter._wrapper
@@ -102,7 +104,8 @@ class Agreement:
         if ref.keypoints is not None and got.keypoints is not None:
             pixels = np.float32((width, height))
             eye_distance = np.hypot(*((ref.keypoints[1] - ref.keypoints[0]) * pixels))
-            self.eyes.append(float(np.abs((got.keypoints[:2] - ref.keypoints[:2]) * pixels).max()) / eye_distance)
+            offsets = (got.keypoints[:2] - ref.keypoints[:2]) * pixels  # [2 eyes, (x, y)] in pixels.
+            self.eyes.append(float(np.hypot(offsets[:, 0], offsets[:, 1]).max()) / eye_distance)
         self.crop.append(float(np.abs(ref.crop.astype(np.float32) - got.crop.astype(np.float32)).mean()))
 
     def summary(self) -> dict:
@@ -182,6 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
     config, _ = face_stage_config(args.beam_args.split())
     if args.near_input and config.detector != "blazeface":
         parser.error("--near_input needs --detector blazeface (the conversion's default)")
+    if args.near_input is not None and (args.near_input < 16 or args.near_input % 16):
+        # The model's outputs match the anchors laid out by _ssd_anchors only for whole cells of its coarsest stride.
+        parser.error(f"--near_input must be a multiple of 16, got {args.near_input}")
     started = time.process_time()
     result = {"material": args.material, "video": path, "face_stage": config.to_dict(),
               "near_input": args.near_input,
