@@ -30,10 +30,7 @@ import tempfile
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import videos  # noqa: E402 - bench/videos.py: this script's folder is on the path
+import videos  # bench/videos.py: this script's folder is on the path.
 
 
 def _opencv(path: str, frames: int, convert: bool) -> float:

@@ -47,7 +47,15 @@ from beam_jobs.faces import detectors
 from beam_jobs.faces import stage as faces
 from beam_jobs.media.video import FrameStatus, VideoReader
 
-NEAR_FACE_PIXELS = 64.0  # BlazeFace's face side in a near window (BlazeFaceDetector.near_face_pixels).
+# --near_input must be a whole number of cells of the short-range model's coarsest stride: only then do its outputs
+# match the anchors _ssd_anchors lays out for that input.
+NEAR_INPUT_STEP = max(detectors._BLAZE_MODELS["short"].strides)
+
+
+def check_near_input(near_input: int) -> None:
+    """Raises ValueError unless ``near_input`` is a positive multiple of :data:`NEAR_INPUT_STEP`."""
+    if near_input < NEAR_INPUT_STEP or near_input % NEAR_INPUT_STEP:
+        raise ValueError(f"--near_input must be a multiple of {NEAR_INPUT_STEP}, got {near_input}")
 
 
 def _xywh(bbox) -> faces.Box:
@@ -59,22 +67,21 @@ def _xywh(bbox) -> faces.Box:
 class NearInputBlazeFace(detectors.BlazeFaceDetector):
     """BlazeFace whose passes near a held face run the short-range model at ``near_input`` pixels (``--near_input``).
 
-    The window is ``near_input / 64`` face sides, scaled so the face keeps 64 pixels, as the stage's windows do at 128.
+    The window is ``near_input / near_face_pixels`` face sides, scaled so the face keeps the detector's
+    ``near_face_pixels`` (64), as the stage's windows do at 128.
     """
 
     def __init__(self, near_input: int):
+        check_near_input(near_input)
         super().__init__("auto")
         short = detectors._BLAZE_MODELS["short"]
-        if near_input % max(short.strides):
-            raise ValueError(f"near_input must be a multiple of {max(short.strides)}, got {near_input}")
         self._near = detectors._BlazeNet(dataclasses.replace(short, size=near_input), threads=1)
         if near_input != short.size:  # The file's input is 128: resize it, as tf.lite's resize_tensor_input does.
             wrapper = self._near._interpreter._wrapper
             wrapper.ResizeInputTensor(self._near._input, np.array([1, near_input, near_input, 3], np.int32), False, 0)
             wrapper.AllocateTensors(-1)
         self._nets["near"] = self._near  # Timed with the others.
-        self.near_face_pixels = NEAR_FACE_PIXELS
-        self.near_window = near_input / NEAR_FACE_PIXELS
+        self.near_window = near_input / self.near_face_pixels
 
     def detect_faces(self, image, min_size=None, max_size=None):
         # The stage's near passes give a size range whose smallest face fills >= 1/5 of the window (detect_faces).
@@ -121,7 +128,7 @@ class Agreement:
 def measure(path: str, config: faces.FaceStageConfig, max_frames: int, score: bool = False,
             near_input: int | None = None) -> dict:
     cv2.setNumThreads(1)
-    detector = NearInputBlazeFace(near_input) if near_input else faces.make_detector(config.detector)
+    detector = NearInputBlazeFace(near_input) if near_input is not None else faces.make_detector(config.detector)
     invoke_seconds = [0.0]
     for net in getattr(detector, "_nets", {}).values():  # BlazeFace's models: time each one's Invoke.
         def timed_invoke(inner=net._interpreter.invoke):
@@ -183,11 +190,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     path, _ = bench_videos.make_videos(args.material, args.seconds, min(60.0, args.seconds), args.cache_dir)
     config, _ = face_stage_config(args.beam_args.split())
-    if args.near_input and config.detector != "blazeface":
+    if args.near_input is not None and config.detector != "blazeface":
         parser.error("--near_input needs --detector blazeface (the conversion's default)")
-    if args.near_input is not None and (args.near_input < 16 or args.near_input % 16):
-        # The model's outputs match the anchors laid out by _ssd_anchors only for whole cells of its coarsest stride.
-        parser.error(f"--near_input must be a multiple of 16, got {args.near_input}")
+    if args.near_input is not None:
+        try:
+            check_near_input(args.near_input)
+        except ValueError as e:
+            parser.error(str(e))
     started = time.process_time()
     result = {"material": args.material, "video": path, "face_stage": config.to_dict(),
               "near_input": args.near_input,
