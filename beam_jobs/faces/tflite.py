@@ -103,3 +103,12 @@ class LiteInterpreter:
     def get(self, index: int) -> np.ndarray:
         """A copy of tensor ``index``."""
         return self._wrapper.GetTensor(index, 0)
+
+    def view(self, index: int) -> np.ndarray:
+        """Tensor ``index``'s own buffer as a writable array, no copy (``tf.lite.Interpreter.tensor``).
+
+        Write an input in place before :meth:`invoke`, read an output after it. The view is valid until the tensors
+        are allocated again (a resized input): take it anew for each pass and keep none across an :meth:`invoke`
+        (an output's values are those of the last one).
+        """
+        return self._wrapper.tensor(self._wrapper, index, 0)
