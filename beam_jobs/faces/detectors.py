@@ -256,7 +256,7 @@ def _weighted_nms(points: np.ndarray, scores: np.ndarray, scale: float = 1.0) ->
 
     ``points`` is ``[N, 8, 2]``: box centre, box size, six keypoints. A cluster is every
     remaining candidate whose IoU with the best remaining one exceeds ``_NMS_IOU``. The detections are
-    returned in the pixels of an image ``1 / scale`` the model's input (:meth:`Detection.moved`).
+    in the pixels of the image that ``scale`` scaled to the model's input (:meth:`Detection.moved`).
     """
     n = len(scores)
     order = np.argsort(-scores, kind="stable").tolist() if n > 1 else [0]
@@ -285,7 +285,7 @@ def _weighted_nms(points: np.ndarray, scores: np.ndarray, scale: float = 1.0) ->
         # np.tensordot's own call (a [1, K] by [K, 16] product), without its Python layers.
         mean = np.dot(weights.reshape(1, -1), points[members].reshape(len(members), 16)).reshape(8, 2)
         mean /= weights.sum()
-        (cx, cy), (w, h) = mean[0].tolist(), mean[1].tolist()
+        (cx, cy), (w, h) = mean[:2].tolist()
         if w > 0 and h > 0:
             keypoints = mean[2:] / scale
             keypoints += _NO_SHIFT  # Detection.moved's steps.
