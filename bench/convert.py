@@ -172,7 +172,7 @@ def face_stage_config(beam_args: list[str]) -> tuple[faces.FaceStageConfig, int]
 def profile(path: str, config: faces.FaceStageConfig, clip_length: int, max_frames: int) -> dict:
     """CPU seconds per frame of each conversion step, in one process with one OpenCV thread."""
     cv2.setNumThreads(1)
-    detector = TimedCalls(faces.make_detector(config.detector))
+    detector = TimedCalls(config.build_detector())
     cropper = faces.FaceCropper.from_config(config, None, detector=detector)
     spent = collections.Counter()
     rows = []

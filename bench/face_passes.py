@@ -18,14 +18,15 @@ in eye distances, the crops' mean absolute difference in grey levels (each a mea
 frames where both have a face), and the frames where only one of them has a face. That prices a cheaper schedule or detector in
 crop quality, not only in CPU.
 
-``--near_input N`` is an experiment, not a conversion option: passes near a held face run the short-range BlazeFace
-model with its input resized to N pixels (the model is fully convolutional: anchors are laid out for N), on a window
-of N / 64 face sides, so the face keeps today's 64 pixels and the window loses context instead.
+``--near_input N`` sets the face stage's ``near_input`` (the conversion's ``--near_input``, default 96; 128: the
+stage of conversions made before it): passes near a held face run the short-range BlazeFace model with its input
+resized to N pixels, on a window of N / 64 face sides, so the face keeps its 64 pixels. The ``--score`` reference
+always runs them at the model's own 128, so every N is scored against the same faces.
 
 ```
 python bench/face_passes.py --material megamind_native --frames 3000
 python bench/face_passes.py --material megamind_native --frames 3000 --score
-python bench/face_passes.py --material astronaut --seconds 30 --frames 900 --score --near_input 96
+python bench/face_passes.py --material astronaut --seconds 30 --frames 900 --score --near_input 128
 ```
 """
 
@@ -47,48 +48,14 @@ from beam_jobs.faces import detectors
 from beam_jobs.faces import stage as faces
 from beam_jobs.media.video import FrameStatus, VideoReader
 
-# --near_input must be a whole number of cells of the short-range model's coarsest stride: only then do its outputs
-# match the anchors _ssd_anchors lays out for that input.
-NEAR_INPUT_STEP = max(detectors._BLAZE_MODELS["short"].strides)
-
-
-def check_near_input(near_input: int) -> None:
-    """Raises ValueError unless ``near_input`` is a positive multiple of :data:`NEAR_INPUT_STEP`."""
-    if near_input < NEAR_INPUT_STEP or near_input % NEAR_INPUT_STEP:
-        raise ValueError(f"--near_input must be a multiple of {NEAR_INPUT_STEP}, got {near_input}")
+# The --score reference's near passes: the short-range model's own input, whatever the measured stage's near_input.
+REFERENCE_NEAR_INPUT = detectors._BLAZE_MODELS["short"].size
 
 
 def _xywh(bbox) -> faces.Box:
     """A :class:`beam_jobs.faces.stage.Face` bbox ``(ymin, xmin, ymax, xmax)`` as ``(x, y, w, h)`` for ``faces.iou``."""
     ymin, xmin, ymax, xmax = bbox
     return xmin, ymin, xmax - xmin, ymax - ymin
-
-
-class NearInputBlazeFace(detectors.BlazeFaceDetector):
-    """BlazeFace whose passes near a held face run the short-range model at ``near_input`` pixels (``--near_input``).
-
-    The window is ``near_input / near_face_pixels`` face sides, scaled so the face keeps the detector's
-    ``near_face_pixels`` (64), as the stage's windows do at 128.
-    """
-
-    def __init__(self, near_input: int):
-        check_near_input(near_input)
-        super().__init__("auto")
-        short = detectors._BLAZE_MODELS["short"]
-        self._near = detectors._BlazeNet(dataclasses.replace(short, size=near_input), threads=1)
-        if near_input != short.size:  # The file's input is 128: resize it, as tf.lite's resize_tensor_input does.
-            wrapper = self._near._interpreter._wrapper
-            wrapper.ResizeInputTensor(self._near._input, np.array([1, near_input, near_input, 3], np.int32), False, 0)
-            wrapper.AllocateTensors(-1)
-        self._nets["near"] = self._near  # Timed with the others.
-        self.near_window = near_input / self.near_face_pixels
-
-    def detect_faces(self, image, min_size=None, max_size=None):
-        # The stage's near passes give a size range whose smallest face fills >= 1/5 of the window (detect_faces).
-        if min_size is None or min_size < detectors._SHORT_RANGE_MIN_FRACTION * max(image.shape[:2]):
-            return super().detect_faces(image, min_size, max_size)
-        low, high = min_size, max_size or float("inf")
-        return [d for d in self._near(image, self._thresholds["short"]) if low <= max(d.box[2:]) <= high]
 
 
 class Agreement:
@@ -125,12 +92,12 @@ class Agreement:
                 "crop_abs_diff_grey_levels_mean_p90": mean_p90(self.crop)}
 
 
-def measure(path: str, config: faces.FaceStageConfig, max_frames: int, score: bool = False,
-            near_input: int | None = None) -> dict:
+def measure(path: str, config: faces.FaceStageConfig, max_frames: int, score: bool = False) -> dict:
     cv2.setNumThreads(1)
-    detector = NearInputBlazeFace(near_input) if near_input is not None else faces.make_detector(config.detector)
+    detector = config.build_detector()
     invoke_seconds = [0.0]
-    for net in getattr(detector, "_nets", {}).values():  # BlazeFace's models: time each one's Invoke.
+    nets = [*getattr(detector, "_nets", {}).values(), getattr(detector, "_near", None)]
+    for net in {id(n): n for n in nets if n is not None}.values():  # BlazeFace's models: time each one's Invoke.
         def timed_invoke(inner=net._interpreter.invoke):
             started = time.thread_time()
             inner()
@@ -140,8 +107,8 @@ def measure(path: str, config: faces.FaceStageConfig, max_frames: int, score: bo
     timed_detector = TimedCalls(detector)  # Its detect_faces: window or frame in, faces out.
     cropper = faces.FaceCropper.from_config(config, None, detector=timed_detector)
     # The reference: the same stage with a pass on every frame (its own detector, so it is not timed).
-    reference = faces.FaceCropper.from_config(dataclasses.replace(config, detect_every=1, redetect_change=None),
-                                              None) if score else None
+    reference = faces.FaceCropper.from_config(dataclasses.replace(
+        config, detect_every=1, redetect_change=None, near_input=REFERENCE_NEAR_INPUT), None) if score else None
     agreement = Agreement()
     moved = []
     frames = 0
@@ -184,23 +151,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--score", action="store_true",
                         help="also score the faces against the same stage detecting on every frame")
     parser.add_argument("--near_input", type=int, default=None,
-                        help="experiment: run passes near a held face on the short-range model resized to this input "
-                        "(a window of near_input/64 face sides); --detector blazeface only")
+                        help="the face stage's near_input (the convert flag's; default: the conversion's default)")
     parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "affectstream-bench-videos"))
     args = parser.parse_args(argv)
     path, _ = bench_videos.make_videos(args.material, args.seconds, min(60.0, args.seconds), args.cache_dir)
     config, _ = face_stage_config(args.beam_args.split())
-    if args.near_input is not None and config.detector != "blazeface":
-        parser.error("--near_input needs --detector blazeface (the conversion's default)")
     if args.near_input is not None:
         try:
-            check_near_input(args.near_input)
+            detectors.check_near_input(args.near_input, "--near_input")
         except ValueError as e:
             parser.error(str(e))
+        config = dataclasses.replace(config, near_input=args.near_input)
     started = time.process_time()
     result = {"material": args.material, "video": path, "face_stage": config.to_dict(),
-              "near_input": args.near_input,
-              **measure(path, config, args.frames, args.score, args.near_input), "load_average": os.getloadavg()[0]}
+              **measure(path, config, args.frames, args.score), "load_average": os.getloadavg()[0]}
     result["cpu_seconds"] = round(time.process_time() - started, 2)
     print(json.dumps(result))
     return result

@@ -170,3 +170,16 @@ def test_align_and_redetect_flags_reach_the_face_stage(capsys):
         with pytest.raises(SystemExit):
             parse(["--output", "o", *bad])
     assert "expected" in capsys.readouterr().err
+
+
+def test_near_input_flag_reaches_the_face_stage_and_is_checked(capsys):
+    parse = convert.build_parser().parse_known_args
+    args, _ = parse(["--output", "o"])
+    assert faces.FaceStageConfig.from_dict(vars(args)).near_input == 96  # The default of new conversions.
+    args, _ = parse(["--output", "o", "--near_input", "128"])
+    assert faces.FaceStageConfig.from_dict(vars(args)) == faces.FaceStageConfig(near_input=128)
+    assert "--near_input" in convert.build_parser().format_help()
+    for bad in ("100", "0"):
+        args, _ = parse(["--output", "o", "--near_input", bad])
+        with pytest.raises(convert.UsageError, match=f"--near_input must be a positive multiple of 16 .*got {bad}"):
+            convert.check_options(args)

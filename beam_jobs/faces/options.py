@@ -10,10 +10,12 @@ import argparse
 import dataclasses
 import math
 
+from beam_jobs.faces.detectors import check_near_input
 from beam_jobs.faces.stage import DETECTORS, FaceStageConfig
 
 # The options below, by their destination name.
-FACE_STAGE_OPTIONS = ("crop_size", "detector", "detect_every", "max_hold", "detect_width", "align", "redetect_change")
+FACE_STAGE_OPTIONS = ("crop_size", "detector", "detect_every", "max_hold", "detect_width", "align", "redetect_change",
+                      "near_input")
 _DEFAULT_CROP = object()  # add_face_stage_arguments' crop_size default: FaceStageConfig's
 
 
@@ -39,8 +41,8 @@ def change_or_off(text: str) -> float | None:
 
 
 def add_face_stage_arguments(parser, crop_size=_DEFAULT_CROP, crop_size_help: str | None = None) -> list:
-    """Adds ``--crop_size``, ``--detector``, ``--detect_every``, ``--max_hold``, ``--detect_width``, ``--align`` and
-    ``--redetect_change`` to ``parser`` (an ``ArgumentParser`` or a group); returns the argparse actions.
+    """Adds ``--crop_size``, ``--detector``, ``--detect_every``, ``--max_hold``, ``--detect_width``, ``--align``,
+    ``--redetect_change`` and ``--near_input`` to ``parser`` (an ``ArgumentParser`` or a group); returns the argparse actions.
 
     Args:
         parser: Where the options go.
@@ -66,6 +68,11 @@ def add_face_stage_arguments(parser, crop_size=_DEFAULT_CROP, crop_size_help: st
         add("--redetect_change", type=change_or_off, default=face["redetect_change"], metavar="F|off",
             help="detect early when the held face region changes by more than F (0-1); off: only every "
                  f"--detect_every frames (default {face['redetect_change']})"),
+        add("--near_input", type=int, default=face["near_input"], metavar="N",
+            help="input side of the BlazeFace short-range model on the passes near a held face, a multiple of 16: "
+                 "the window is N/64 face sides, the face kept at 64 pixels; 128 (the model's own, what conversions "
+                 "before this option used) costs more CPU, 96 sees less around the face (blazeface and "
+                 f"blazeface_short; other detectors ignore it) (default {face['near_input']})"),
     ]
 
 
@@ -77,6 +84,7 @@ def check_face_stage_options(args) -> None:
         value = getattr(args, name)
         if value is not None and value < low:
             raise ValueError(f"--{name} must be >= {low}, got {value}")
+    check_near_input(args.near_input, "--near_input")
 
 
 def face_stage_from_args(args, **overrides) -> FaceStageConfig:

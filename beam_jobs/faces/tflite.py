@@ -97,6 +97,14 @@ class LiteInterpreter:
         """Copies ``value`` into input tensor ``index`` (its shape and type must match)."""
         self._wrapper.SetTensor(index, value, 0)
 
+    def resize_input(self, index: int, shape: tuple[int, ...]) -> None:
+        """Gives input tensor ``index`` the shape ``shape`` and allocates the tensors again
+        (``tf.lite.Interpreter.resize_tensor_input`` and ``allocate_tensors``): a fully convolutional model then runs
+        at another input size, its outputs shaped to match. Views taken before are no longer valid (:meth:`view`).
+        """
+        self._wrapper.ResizeInputTensor(index, np.array(shape, np.int32), False, 0)  # (strict: False, subgraph 0)
+        self._wrapper.AllocateTensors(-1)
+
     def invoke(self) -> None:
         self._wrapper.Invoke(0)
 

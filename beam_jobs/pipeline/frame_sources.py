@@ -111,7 +111,7 @@ class DecodedVideo(FrameSource):
     and left out of its clip; the frames after it keep their index.
 
     Args:
-        detector: A ready face detector to reuse (default: a new one of ``face.detector``).
+        detector: A ready face detector to reuse (default: a new one, ``face.build_detector()``).
         decoder_threads: FFmpeg decoding threads (None: OpenCV's default; see :class:`VideoReader`).
         (Other arguments: :class:`FrameSource`.)
 

@@ -27,7 +27,6 @@ import apache_beam as beam
 import cv2
 import numpy as np
 
-from beam_jobs.faces import stage as faces_lib
 from beam_jobs.media.video import VideoError
 from beam_jobs.pipeline import progress
 from beam_jobs.pipeline.clips import SplitSummary, written_accounting
@@ -172,7 +171,7 @@ class DecodeAndCropFn(beam.DoFn):
         """Builds the face detector and the bucketer once per worker."""
         if self._config.opencv_threads:
             cv2.setNumThreads(self._config.opencv_threads)
-        self._detector = faces_lib.make_detector(self._config.face.detector)
+        self._detector = self._config.face.build_detector()
         self._bucketer = self._config.bucketer()
 
     def process(self, element):
