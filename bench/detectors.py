@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redetect_change", type=float, default=0.08,
                         help="Also run every detect_every with this change trigger (0: fixed schedules only).")
     parser.add_argument("--repeat", type=int, default=200, help="Timed calls per figure.")
+    parser.add_argument("--near_input", type=int, default=faces.FaceStageConfig.near_input,
+                        help="BlazeFace's input side near a held face, as the conversion's --near_input "
+                             f"(default {faces.FaceStageConfig.near_input}; 128: the model's own)")
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
     if "mtcnn" in args.detectors:  # MTCNN runs on TensorFlow ops: one thread too (before TF starts).
@@ -266,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
 
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    detectors = {name: faces.make_detector(name) for name in args.detectors}
+    # Each detector as the conversion builds it (FaceStageConfig.build_detector: near_input where it applies).
+    detectors = {name: faces.FaceStageConfig(detector=name, near_input=args.near_input).build_detector()
+                 for name in args.detectors}
     if "lfw" in args.parts:
         part_lfw(detectors)
     if "speed" in args.parts:
