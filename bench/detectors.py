@@ -24,6 +24,9 @@ of this process, ``time.process_time``, so other load on the machine barely shif
   ``--redetect_change`` trigger) on two 300-frame MPEG-4 Part 2 ``.mp4`` videos (a face
   panning in every frame; a face-free picture panning), each frame processed as it is
   decoded, as in the job; decoding is timed apart, for scale.
+
+Each detector is built as the conversion builds it (``FaceStageConfig.build_detector``), with ``--near_input`` (the
+face stage's default unless given) where it applies.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import real_face_scenes as scenes  # noqa: E402 - from tests/, put on the path just above.
 
+from beam_jobs.faces import detectors as face_detectors  # noqa: E402
 from beam_jobs.faces import stage as faces  # noqa: E402
 
 ALL_DETECTORS = ("haar", "blazeface_short", "blazeface_full", "blazeface", "mtcnn")
@@ -263,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="BlazeFace's input side near a held face, as the conversion's --near_input "
                              f"(default {faces.FaceStageConfig.near_input}; 128: the model's own)")
     args = parser.parse_args(argv)
+    try:
+        face_detectors.check_near_input(args.near_input, "--near_input")
+    except ValueError as e:
+        parser.error(str(e))
     cv2.setNumThreads(1)
     if "mtcnn" in args.detectors:  # MTCNN runs on TensorFlow ops: one thread too (before TF starts).
         import tensorflow as tf

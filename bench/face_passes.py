@@ -49,7 +49,7 @@ from beam_jobs.faces import stage as faces
 from beam_jobs.media.video import FrameStatus, VideoReader
 
 # The --score reference's near passes: the short-range model's own input, whatever the measured stage's near_input.
-REFERENCE_NEAR_INPUT = detectors._BLAZE_MODELS["short"].size
+REFERENCE_NEAR_INPUT = detectors.SHORT_RANGE_INPUT
 
 
 def _xywh(bbox) -> faces.Box:

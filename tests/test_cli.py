@@ -48,8 +48,8 @@ def test_console_script_runs_make_demo_data(tmp_path):
 
 LOCAL = ["--runner", "DirectRunner", "--direct_running_mode", "in_memory", "--progress_every", "0"]
 # The options a conversion recorded before adapters could add their own: outputs keep these bytes. (Schema
-# version 2 added the face stage's align and redetect_change, and later near_input: a model rebuilds its face stage
-# from them.)
+# version 2 added the face stage's align and redetect_change; near_input came later, without a new version: a model
+# rebuilds its face stage from them.)
 RECORDED = {"align", "annotations", "beam_args", "bucket_by", "clip_length", "codec", "crop_size", "cropped_aligned", "dataset",
             "detect_every", "detect_width", "detector", "max_hold", "min_shards", "near_input", "output",
             "redetect_change", "select_fraction", "shard_bytes", "tasks", "videos"}

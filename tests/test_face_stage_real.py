@@ -36,7 +36,7 @@ def video(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def blazeface():
-    return faces.make_detector("blazeface")
+    return faces.FaceStageConfig().build_detector()  # As the conversion builds it (near_input at its default).
 
 
 def _run(detector, frames, **options):

@@ -184,6 +184,8 @@ _SHORT_RANGE_MIN_FRACTION = 0.2
 # The short-range model's input side for passes near a held face (BlazeFaceDetector's near_input) must be a whole
 # number of cells of its coarsest stride: only then do its outputs match the anchors _ssd_anchors lays out for it.
 NEAR_INPUT_STEP = max(_BLAZE_MODELS["short"].strides)
+# The short-range model's own input side: passes near a held face ran at it before near_input existed.
+SHORT_RANGE_INPUT = _BLAZE_MODELS["short"].size
 # The registered detectors whose passes near a held face run the short-range model, and so take near_input.
 NEAR_INPUT_DETECTORS = ("blazeface", "blazeface_short")
 
@@ -284,6 +286,8 @@ def _weighted_nms(points: np.ndarray, scores: np.ndarray, scale: float = 1.0) ->
     in the pixels of the image that ``scale`` scaled to the model's input (:meth:`Detection.moved`).
     """
     n = len(scores)
+    if n == 0:
+        return []
     order = np.argsort(-scores, kind="stable").tolist() if n > 1 else [0]
     left = [True] * n
     if n > 1:
@@ -462,7 +466,10 @@ def make_detector(name: str, **options) -> Detector:
 
     Args:
         name: A key of :data:`DETECTORS`.
-        **options: Passed to the detector (e.g. ``threads=2`` for the BlazeFace interpreters).
+        **options: Passed to the detector (e.g. ``threads=2`` for the BlazeFace interpreters). Without
+            ``near_input`` BlazeFace searches near a held face at the model's own 128 pixels, not at the face stage's
+            default: the conversion and ``predict`` build their detector with
+            :meth:`~beam_jobs.faces.stage.FaceStageConfig.build_detector`.
 
     Raises:
         ValueError: for an unknown name; the message lists the valid ones.

@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import math
 
-from beam_jobs.faces.detectors import check_near_input
+from beam_jobs.faces.detectors import NEAR_INPUT_DETECTORS, NEAR_INPUT_STEP, SHORT_RANGE_INPUT, check_near_input
 from beam_jobs.faces.stage import DETECTORS, FaceStageConfig
 
 # The options below, by their destination name.
@@ -42,7 +42,8 @@ def change_or_off(text: str) -> float | None:
 
 def add_face_stage_arguments(parser, crop_size=_DEFAULT_CROP, crop_size_help: str | None = None) -> list:
     """Adds ``--crop_size``, ``--detector``, ``--detect_every``, ``--max_hold``, ``--detect_width``, ``--align``,
-    ``--redetect_change`` and ``--near_input`` to ``parser`` (an ``ArgumentParser`` or a group); returns the argparse actions.
+    ``--redetect_change`` and ``--near_input`` to ``parser`` (an ``ArgumentParser`` or a group); returns the
+    argparse actions.
 
     Args:
         parser: Where the options go.
@@ -69,10 +70,11 @@ def add_face_stage_arguments(parser, crop_size=_DEFAULT_CROP, crop_size_help: st
             help="detect early when the held face region changes by more than F (0-1); off: only every "
                  f"--detect_every frames (default {face['redetect_change']})"),
         add("--near_input", type=int, default=face["near_input"], metavar="N",
-            help="input side of the BlazeFace short-range model on the passes near a held face, a multiple of 16: "
-                 "the window is N/64 face sides, the face kept at 64 pixels; 128 (the model's own, what conversions "
-                 "before this option used) costs more CPU, 96 sees less around the face (blazeface and "
-                 f"blazeface_short; other detectors ignore it) (default {face['near_input']})"),
+            help="input side of the BlazeFace short-range model on the passes near a held face, a multiple of "
+                 f"{NEAR_INPUT_STEP}: the window is N/64 face sides, the face kept at 64 pixels; {SHORT_RANGE_INPUT} "
+                 "(the model's own, what conversions before this option used) costs more CPU, a smaller N sees less "
+                 f"around the face (used by {' and '.join(NEAR_INPUT_DETECTORS)}, checked for every detector) "
+                 f"(default {face['near_input']})"),
     ]
 
 

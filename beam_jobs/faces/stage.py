@@ -39,6 +39,7 @@ from beam_jobs.faces.align import (  # noqa: F401 - re-exported: the face stage'
 from beam_jobs.faces.detectors import (  # noqa: F401
     DETECTORS,
     NEAR_INPUT_DETECTORS,
+    SHORT_RANGE_INPUT,
     BlazeFaceDetector,
     Box,
     Detection,
@@ -116,7 +117,7 @@ def _gray(image: np.ndarray) -> np.ndarray:
 # FaceStageConfig fields whose None is a setting, and the values of later fields that describe the stage
 # of conversions recorded before those fields existed (see FaceStageConfig.from_dict).
 _NONE_IS_A_VALUE = ("max_hold", "redetect_change")
-_BEFORE_THE_FIELD = {"align": False, "redetect_change": None, "near_input": 128}
+_BEFORE_THE_FIELD = {"align": False, "redetect_change": None, "near_input": SHORT_RANGE_INPUT}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,8 +182,8 @@ class FaceStageConfig:
         A field added after the first conversions (``align``, ``redetect_change``, ``near_input``) that is
         missing from ``values`` takes the value that reproduces the stage of those conversions (no
         alignment, fixed schedule, near passes at the model's 128 pixels), so the options block of an older
-        ``dataset_info.json`` still describes its stage; other missing fields keep their defaults. ``None`` is a value for
-        the fields where it means something (``max_hold``, ``redetect_change``).
+        ``dataset_info.json`` still describes its stage; other missing fields keep their defaults. ``None`` is a
+        value for the fields where it means something (``max_hold``, ``redetect_change``).
         """
         names = {f.name for f in dataclasses.fields(cls)}
         given = {k: v for k, v in values.items() if k in names and (v is not None or k in _NONE_IS_A_VALUE)}
