@@ -18,15 +18,15 @@ in eye distances, the crops' mean absolute difference in grey levels (each a mea
 frames where both have a face), and the frames where only one of them has a face. That prices a cheaper schedule or detector in
 crop quality, not only in CPU.
 
-``--near_input N`` sets the face stage's ``near_input`` (the conversion's ``--near_input``, default 96; 128: the
-stage of conversions made before it): passes near a held face run the short-range BlazeFace model with its input
+``--near_input N`` sets the face stage's ``near_input`` (the conversion's ``--near_input``, default 128, the
+model's own): passes near a held face run the short-range BlazeFace model with its input
 resized to N pixels, on a window of N / 64 face sides, so the face keeps its 64 pixels. The ``--score`` reference
 always runs them at the model's own 128, so every N is scored against the same faces.
 
 ```
 python bench/face_passes.py --material megamind_native --frames 3000
 python bench/face_passes.py --material megamind_native --frames 3000 --score
-python bench/face_passes.py --material astronaut --seconds 30 --frames 900 --score --near_input 128
+python bench/face_passes.py --material astronaut --seconds 30 --frames 900 --score --near_input 96
 ```
 """
 

@@ -175,9 +175,9 @@ def test_align_and_redetect_flags_reach_the_face_stage(capsys):
 def test_near_input_flag_reaches_the_face_stage_and_is_checked(capsys):
     parse = convert.build_parser().parse_known_args
     args, _ = parse(["--output", "o"])
-    assert faces.FaceStageConfig.from_dict(vars(args)).near_input == 96  # The default of new conversions.
-    args, _ = parse(["--output", "o", "--near_input", "128"])
-    assert faces.FaceStageConfig.from_dict(vars(args)) == faces.FaceStageConfig(near_input=128)
+    assert faces.FaceStageConfig.from_dict(vars(args)).near_input == 128  # The default: the model's own input.
+    args, _ = parse(["--output", "o", "--near_input", "96"])
+    assert faces.FaceStageConfig.from_dict(vars(args)) == faces.FaceStageConfig(near_input=96)
     assert "--near_input" in convert.build_parser().format_help()
     for bad in ("100", "0"):
         args, _ = parse(["--output", "o", "--near_input", bad])

@@ -162,8 +162,8 @@ def test_haar_stays_available_and_misses_what_blazeface_handles(video):
     assert all(g.bbox is None and g.keypoints is None for g in occluded)  # Frontal-only cascade: the gap.
 
 
-def test_the_default_stage_searches_near_a_held_face_with_the_short_range_model_at_96_pixels(video):
-    detector = faces.FaceStageConfig().build_detector()
+def test_near_input_96_searches_near_a_held_face_with_the_short_range_model_at_96_pixels(video):
+    detector = faces.FaceStageConfig(near_input=96).build_detector()
     near = detector._near
     assert near is not detector._nets["short"] and near.size == detector.near_input == 96
     assert near._interpreter.shape(near._input) == (1, 96, 96, 3)
@@ -176,10 +176,10 @@ def test_the_default_stage_searches_near_a_held_face_with_the_short_range_model_
             invokes[key] += 1
             inner()
         net._interpreter.invoke = counted
-    cropper = faces.FaceCropper.from_config(faces.FaceStageConfig(), detector=detector)
+    cropper = faces.FaceCropper.from_config(faces.FaceStageConfig(near_input=96), detector=detector)
     got = [cropper.process(f.image) for f in video]
     assert invokes["near"] > 0 and invokes["short"] > 0, invokes
     recall, on_face, false = _rates(video, got)  # The real faces are still found, and nothing else.
     assert recall >= 0.95 and on_face >= 0.95 and false <= 0.05, (recall, on_face, false)
-    at_128 = faces.FaceStageConfig(near_input=128).build_detector()  # The stage before the option: one net.
+    at_128 = faces.FaceStageConfig().build_detector()  # The default, as before the option: one net.
     assert at_128._near is at_128._nets["short"] and at_128.near_window == 2.0

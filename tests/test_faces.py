@@ -250,11 +250,11 @@ def test_face_stage_config_round_trips_and_reads_older_options_as_their_stage():
     assert (older.align, older.redetect_change) == (False, None)
 
 
-def test_near_input_is_96_for_new_stages_and_128_for_options_recorded_before_it():
-    assert faces.FaceStageConfig().near_input == 96
+def test_near_input_is_the_models_own_128_by_default_and_for_options_recorded_before_it():
+    assert faces.FaceStageConfig().near_input == 128 == detectors.SHORT_RANGE_INPUT
     new = faces.FaceStageConfig(near_input=112)
     assert faces.FaceStageConfig.from_dict(new.to_dict()) == new
-    assert faces.FaceStageConfig.from_dict(faces.FaceStageConfig().to_dict()).near_input == 96
+    assert faces.FaceStageConfig.from_dict(faces.FaceStageConfig(near_input=96).to_dict()).near_input == 96
     # dataset_info.json options of a conversion made before the field (with align and redetect_change recorded).
     before = faces.FaceStageConfig.from_dict({"detector": "blazeface", "align": True, "redetect_change": 0.08})
     assert before == faces.FaceStageConfig(near_input=128)

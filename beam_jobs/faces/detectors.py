@@ -337,8 +337,8 @@ class BlazeFaceDetector(Detector):
 
     A window around a held face is searched by the short-range model at ``near_input`` pixels (its input tensor
     resized; the file's 128 by default) and is ``near_input / near_face_pixels`` face sides, so the face is always 64
-    pixels: at 128 a window of two face sides, at 96 (the face stage's default, :class:`FaceStageConfig`) of 1.5, for
-    ~0.7x the ``Invoke`` time of such a pass (``docs/convert_speed.md``).
+    pixels: at 128 a window of two face sides, at 96 (an option of the face stage, :class:`FaceStageConfig`) of 1.5,
+    for ~0.7x the ``Invoke`` time of such a pass (``docs/convert_speed.md``).
 
     Args:
         model: ``"short"``, ``"full"`` or ``"auto"``.

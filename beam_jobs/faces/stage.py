@@ -144,10 +144,11 @@ class FaceStageConfig:
             forward (None: detection on the fixed ``detect_every`` schedule only).
         near_input: Input side, in pixels, of the short-range BlazeFace model on the passes near a held face (a
             positive multiple of 16, its coarsest stride); the window is ``near_input / 64`` face sides, the face
-            kept at 64 pixels (:class:`BlazeFaceDetector`). 96 (a window of 1.5 face sides) saves ~0.1 ms of CPU a
-            frame on 720x528 cartoon footage against the model's own 128 (two face sides), for eyes 1-7 % further
-            from a pass on every frame (``docs/convert_speed.md``). Only ``blazeface`` and ``blazeface_short``
-            use it (:data:`NEAR_INPUT_DETECTORS`); other detectors ignore it.
+            kept at 64 pixels (:class:`BlazeFaceDetector`). The default is the model's own 128 (two face sides).
+            96 (1.5 face sides) saves ~0.1 ms of CPU a frame on 720x528 cartoon footage, for eyes 1-7 % further from
+            a pass on every frame and, on the demo's data, ~0.01 lower validation macro-F1 over three seeds: a speed
+            option, not the default (``docs/convert_speed.md``). Only ``blazeface`` and ``blazeface_short`` use it
+            (:data:`NEAR_INPUT_DETECTORS`); other detectors ignore it.
     """
 
     detector: str = "blazeface"
@@ -159,7 +160,7 @@ class FaceStageConfig:
     align: bool = True
     redetect_change: float | None = 0.08
     codec: str = DEFAULT_CODEC
-    near_input: int = 96
+    near_input: int = SHORT_RANGE_INPUT
 
     def encode(self, crop: np.ndarray) -> bytes:
         """A BGR crop as the records store it (:func:`beam_jobs.faces.align.encode_crop`)."""
