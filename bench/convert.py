@@ -66,6 +66,7 @@ import numpy as np
 import videos as bench_videos  # bench/videos.py: this script's folder is on the path.
 
 from beam_jobs import convert
+from beam_jobs.faces import options as face_options
 from beam_jobs.faces import stage as faces
 from beam_jobs.media.video import FrameStatus, VideoReader
 from tfrecords_schema import ClipRecord, encode_clip, keys, read_dataset_info
@@ -164,8 +165,13 @@ class TimedCalls:
 
 
 def face_stage_config(beam_args: list[str]) -> tuple[faces.FaceStageConfig, int]:
-    """The face stage and clip length the conversion uses with these extra flags (the CLI's own defaults)."""
+    """The face stage and clip length the conversion uses with these extra flags (the CLI's own defaults).
+
+    Raises:
+        ValueError: a face-stage value the conversion refuses (its own check, before any video is made).
+    """
     args, _ = convert.build_parser().parse_known_args(["--annotations", "-", "--output", "-", *beam_args])
+    face_options.check_face_stage_options(args)
     return faces.FaceStageConfig.from_dict(vars(args)), args.clip_length
 
 

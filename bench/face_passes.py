@@ -154,14 +154,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the face stage's near_input (the convert flag's; default: the conversion's default)")
     parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "affectstream-bench-videos"))
     args = parser.parse_args(argv)
+    near = [] if args.near_input is None else ["--near_input", str(args.near_input)]  # The convert flag itself.
+    try:
+        config, _ = face_stage_config([*args.beam_args.split(), *near])
+    except ValueError as e:
+        parser.error(str(e))
     path, _ = bench_videos.make_videos(args.material, args.seconds, min(60.0, args.seconds), args.cache_dir)
-    config, _ = face_stage_config(args.beam_args.split())
-    if args.near_input is not None:
-        try:
-            detectors.check_near_input(args.near_input, "--near_input")
-        except ValueError as e:
-            parser.error(str(e))
-        config = dataclasses.replace(config, near_input=args.near_input)
     started = time.process_time()
     result = {"material": args.material, "video": path, "face_stage": config.to_dict(),
               **measure(path, config, args.frames, args.score), "load_average": os.getloadavg()[0]}
