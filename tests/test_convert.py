@@ -9,6 +9,7 @@ import os
 import pathlib
 
 import abaw_layout as abaw
+import beam_runs
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -70,10 +71,11 @@ def shard_bytes(output) -> dict[str, bytes]:
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("convert")
     ann, videos = make_dataset(root)
-    rc, out, err = run_convert(ann, videos, root / "out")
+    with beam_runs.runner_log() as said:
+        rc, out, err = run_convert(ann, videos, root / "out")
     assert rc == 0, err
     return {"root": root, "ann": ann, "videos": videos, "output": root / "out", "stdout": out,
-            "info": read_dataset_info(str(root / "out"))}
+            "info": read_dataset_info(str(root / "out")), "runner_log": said}
 
 
 # The composite buckets of the train clips: expression class | VA cell (VA is a validation task here) | AU.
@@ -265,6 +267,15 @@ def test_default_local_runner_uses_one_worker_process_per_core(monkeypatch):
     chosen = convert.pipeline_options(["--direct_running_mode", "in_memory"])
     assert chosen.view_as(DirectOptions).direct_running_mode == "in_memory"
     assert convert.opencv_threads(chosen) == 0
+
+
+def test_the_local_runner_runs_the_job_itself_and_never_fetches_prism(converted):
+    # DirectRunner hands a pipeline it judges Prism can run to Prism, downloading its binary on first use (a
+    # run-time download on a user's machine, and another runner than the one measured and tested). The job's
+    # exception-handling steps keep it off Prism today; a Beam upgrade that changes this fails here.
+    said = converted["runner_log"]
+    assert beam_runs.fn_api_ran(said), "no log of the FnApiRunner's stages: the capture itself is broken"
+    assert not beam_runs.prism_tried(said)
 
 
 def test_dofns_survive_pickling_and_still_work(converted):

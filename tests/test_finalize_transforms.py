@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import apache_beam as beam
+import beam_runs
 import conversion_fixtures as cf
 import pytest
-from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.pipeline import finalize
@@ -34,7 +34,7 @@ def test_merge_summaries_adds_counts_histograms_and_accounting_per_split():
                            accounting=Accounting(6, 4, 0, {"beyond_video_end": 2}), tracks=1, seconds=0.5)),
         ("validation", _summary(accounting=Accounting(3, 0, 0, {"no_media": 3}), tracks=1)),
     ]
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         merged = p | beam.Create(summaries) | beam.CombinePerKey(finalize.MergeSummariesFn())
         assert_that(merged, equal_to([
             ("train", _summary(num_clips=2, num_frames=8, bucket_clips={"Fear": 2}, bucket_frames={"Fear": 8},
@@ -77,7 +77,7 @@ def test_build_dataset_info_assembles_the_checked_info(tmp_path):
                   "files": ["errors/dead_letters.jsonl"]},
         run={"tracks": 1, "worker_seconds": 1.25},
     )
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         assert_that(_build(p, config, [TRAIN_SHARD], summaries, letters), equal_to([expected]))
 
 
@@ -89,7 +89,7 @@ def test_build_dataset_info_fails_the_run_when_frames_or_records_go_missing(tmp_
                                                                             error):
     config = cf.config(tmp_path / "out")
     shard = ShardInfo(TRAIN_SHARD.path, "Fear", shard_records, 8, 100)
-    with pytest.raises(Exception, match=error), test_pipeline.TestPipeline() as p:
+    with pytest.raises(Exception, match=error), beam_runs.unit_pipeline() as p:
         _build(p, config, [shard], [("train", _summary(num_clips=2, accounting=accounting))], [], ["train"])
 
 
@@ -98,7 +98,7 @@ def test_write_dead_letters_writes_them_sorted_and_nothing_when_there_is_none(tm
     letters = [finalize.dead_letter_dict(DeadLetter("b.avi", "unreadable_media", "zero-byte", 3), "train/b"),
                finalize.dead_letter_dict(DeadLetter("x.txt", "bad_header", "Happy,Sad", 0)),
                finalize.dead_letter_dict(DeadLetter("a.avi", "no_media", "vidéo", 1), "train/a")]
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         written = p | beam.Create([None]) | beam.ParDo(
             finalize.WriteDeadLettersFn(config), beam.pvalue.AsList(p | "Letters" >> beam.Create(letters)))
         assert_that(written, equal_to(["errors/dead_letters.jsonl"]))
@@ -107,7 +107,7 @@ def test_write_dead_letters_writes_them_sorted_and_nothing_when_there_is_none(tm
     assert "vidéo" in lines[1]  # Not escaped: readable as written.
 
     empty = cf.config(tmp_path / "empty")
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         written = p | beam.Create([None]) | beam.ParDo(
             finalize.WriteDeadLettersFn(empty), beam.pvalue.AsList(p | "Letters" >> beam.Create([])))
         assert_that(written, equal_to([]))
@@ -123,7 +123,7 @@ def _info(run: dict) -> DatasetInfo:
 def test_stage_dataset_info_leaves_the_info_in_the_temp_folder_for_the_driver(tmp_path):
     config = cf.config(tmp_path / "out")
     info = _info({"tracks": 1})
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         staged = p | beam.Create([info]) | beam.ParDo(finalize.StageDatasetInfoFn(config))
         assert_that(staged, equal_to([str(tmp_path / "out" / ".tmp-convert" / "dataset_info.json")]))
     assert finalize.load_dataset_info(config.tmp_dir) == info

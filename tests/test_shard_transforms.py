@@ -4,10 +4,10 @@ WriteShards, CompleteShardSets, FinalizeShards; and shard names read back with p
 from __future__ import annotations
 
 import apache_beam as beam
+import beam_runs
 import conversion_fixtures as cf
 import pytest
 import tensorflow as tf
-from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from beam_jobs.pipeline import shards, spill
@@ -31,7 +31,7 @@ def test_encode_clips_spills_each_record_and_passes_on_its_location_and_statisti
         if got != expected:
             raise BeamAssertException(f"spilled bytes differ for {sorted(set(got) ^ set(expected))}")
 
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         out = p | beam.Create(clips) | beam.ParDo(spill.EncodeClipsFn(config)).with_outputs(
             spill.TAG_STATS, main="records")
         assert_that(out.records, spilled_bytes_match, label="bytes")
@@ -59,7 +59,7 @@ def test_spill_reader_refuses_a_short_spill_file(tmp_path):
 def test_assign_shard_keys_each_record_by_a_stable_hash_of_its_id(tmp_path):
     config = cf.config(tmp_path / "out", min_shards=3)
     records = [cf.spill_clip(config, "validation", cf.clip("validation", name, [4])) for name in "abcdef"]
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         set_bytes = p | "Bytes" >> beam.Create([(("validation", None), 10)])
         keyed = (p | beam.Create(records)
                  | beam.ParDo(shards.AssignShardFn(config), beam.pvalue.AsDict(set_bytes))
@@ -82,7 +82,7 @@ def _tfrecord_size(records: list[bytes]) -> int:
 def test_write_shards_writes_each_shard_set_with_records_sorted_by_id(tmp_path):
     config = cf.config(tmp_path / "out")
     b, a, c = cf.clip("train", "b", [4, 4]), cf.clip("train", "a", [4]), cf.clip("validation", "c", [1])
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         written = p | beam.Create(_spilled(config, [b, a, c])) | shards.WriteShards(config)
         assert_that(written, equal_to([
             ShardInfo(path="train/abaw-train-Happiness.tfrecord-00000-of-00001", bucket="Happiness", num_records=2,
@@ -105,7 +105,7 @@ def test_write_shards_sizes_a_shard_set_by_its_bytes(tmp_path):
     for r in records:
         path = "validation/" + shard_basename("abaw", "validation", None, stable_shard(r.example_id, n), n)
         expected[path] = expected.get(path, 0) + 1
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         written = p | beam.Create(records) | shards.WriteShards(config)
         assert_that(written | beam.Map(lambda s: (s.path, s.num_records)), equal_to(sorted(expected.items())))
 
@@ -114,7 +114,7 @@ def test_complete_shard_sets_adds_the_missing_indices_as_empty_shards(tmp_path):
     config = cf.config(tmp_path / "out")
     have = ShardInfo(path="train/" + shard_basename("abaw", "train", "Fear", 1, 3), bucket="Fear", num_records=2,
                      num_frames=8, num_bytes=100)
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         every = p | beam.Create([None]) | beam.ParDo(shards.CompleteShardSetsFn(config),
                                                      beam.pvalue.AsList(p | "Shards" >> beam.Create([have])))
         assert_that(every, equal_to([have] + [
@@ -134,7 +134,7 @@ def test_finalize_shards_renames_every_shard_into_place(tmp_path):
                            split: SplitInfo(shards=[ShardInfo(path=name, bucket=None, num_records=1, num_frames=1,
                                                               num_bytes=1)])
                            for split, name in zip(("train", "validation"), names)})
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         assert_that(p | beam.Create([info]) | beam.ParDo(shards.FinalizeShardsFn(config)), equal_to([info]))
     for name in names:
         assert tfrecords(tmp_path / "out" / name) == [name.encode()]

@@ -7,10 +7,10 @@ import json
 
 import abaw_layout as abaw
 import apache_beam as beam
+import beam_runs
 import conversion_fixtures as cf
 import pytest
 import video_fixtures as vf
-from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.faces import stage as faces
@@ -41,7 +41,7 @@ def abaw_crops(tmp_path):
 
 def test_read_labels_pairs_each_track_with_its_parsed_labels(abaw_crops):
     source, discovery = abaw_crops
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         labelled = (p | beam.Create(discovery.tracks) | beam.ParDo(transforms.ReadLabelsFn(source))
                     | beam.Map(lambda e: (e[0].track_id, e[1].expression.tolist())))
         assert_that(labelled, equal_to([("train/c1", [4, 4, 4, 1, 1, 1])]))
@@ -51,7 +51,7 @@ def test_count_unreadable_labels_counts_the_lines_as_dropped_with_a_dead_letter(
     source, discovery = abaw_crops
     (track,) = discovery.tracks
     error = (KeyError, "KeyError('adapter bug')", "traceback")
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         out = (p | beam.Create([(track, error)])
                | beam.ParDo(transforms.CountUnreadableLabelsFn(source, cf.config(tmp_path / "out"))).with_outputs(
                    transforms.TAG_ACCOUNTING, main="dead_letters"))
@@ -75,7 +75,7 @@ def _decode(p, elements, config):
 def test_decode_and_crop_on_provided_crops_writes_every_frame_and_reports_bad_crops(abaw_crops, tmp_path):
     source, discovery = abaw_crops
     (track,) = discovery.tracks
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         clips, letters, accounting = _decode(p, [(track, source.read_labels(track))], cf.config(tmp_path / "out"))
         assert_that(clips, equal_to([("train", "train/c1/000001", [1, 2, 3, 4], [True, True, False, True], 4),
                                      ("train", "train/c1/000005", [5, 6], [False, True], 2)]), label="clips")
@@ -86,7 +86,7 @@ def test_decode_and_crop_on_provided_crops_writes_every_frame_and_reports_bad_cr
 def test_decode_and_crop_counts_tracks_without_media_and_rejected_lines(tmp_path):
     ghost = cf.track("train", "ghost")  # No media, no crops.
     rejected = cf.labels([4, -1, 4, -1], rejected={2: "malformed_line", 4: "out_of_range"})
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         clips, letters, accounting = _decode(p, [(ghost, rejected)], cf.config(tmp_path / "out"))
         assert_that(clips, equal_to([]), label="clips")
         assert_that(letters, equal_to([("no_media", "ghost", 2, "train/ghost")]), label="letters")
@@ -98,7 +98,7 @@ def test_decode_and_crop_on_a_tiny_video_counts_lines_beyond_its_end(tmp_path):
     video = vf.write_face_video(tmp_path / "v.avi", [4, 4, 4])
     track = cf.track("validation", "v", media_path=str(video), data_path="v.avi")
     config = cf.config(tmp_path / "out", face=faces.FaceStageConfig(crop_size=16, detect_every=1, max_hold=0))
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         clips, letters, accounting = _decode(p, [(track, cf.labels([4, 4, 4, 4, 4]))], config)
         assert_that(clips, equal_to([("validation", "validation/v/000001", [1, 2, 3], [True] * 3, 3)]), label="clips")
         assert_that(letters, equal_to([("beyond_video_end", "v.avi", 2, "validation/v")]), label="letters")
@@ -108,7 +108,7 @@ def test_decode_and_crop_on_a_tiny_video_counts_lines_beyond_its_end(tmp_path):
 def test_convert_tracks_writes_shards_dead_letters_and_stages_the_dataset_info(abaw_crops, tmp_path):
     source, discovery = abaw_crops
     config = cf.config(tmp_path / "out")
-    with test_pipeline.TestPipeline() as p:
+    with beam_runs.unit_pipeline() as p:
         staged = p | beam.Create(discovery.tracks) | transforms.ConvertTracks(
             source, config, ["train"], {"note": "options as given"}, [], ["orphan.avi"])
         assert_that(staged, equal_to([str(tmp_path / "out" / ".tmp-convert" / "dataset_info.json")]))
