@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -300,6 +301,33 @@ def test_corrupt_shard_error_names_the_file_and_skip_corrupt_goes_on(tmp_path):
     assert rc == 0, err
     metrics = json.loads((tmp_path / "job" / "metrics.json").read_text())
     assert metrics["skipped_corrupt_records"] > 0
+
+
+def test_a_non_chief_worker_removes_its_scratch_folders_when_its_job_fails(tmp_path, monkeypatch):
+    # A non-chief worker checkpoints into folders of its own under the system's temp folder
+    # (distribution.write_dir). Here worker 1 of 2, in this process on the default strategy, fails on a corrupt
+    # shard in its first epoch: those folders must go with the error, not stay behind in /tmp.
+    from trainer.training import distribution
+
+    data = tmp_path / "data"
+    info = write_dataset(data, num_clips_per_class={"Neutral": 3, "Happiness": 3}, num_validation_clips_per_class=1,
+                         num_shards_per_bucket=1, crop_size=16, clip_length=8)
+    bad = shard_path(data, info, "train", 0, bucket="Neutral")
+    corrupt_shard(bad)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    made = []
+    write_dir = distribution.write_dir
+    monkeypatch.setattr(distribution, "write_dir", lambda path, role: made.append(write_dir(path, role)) or made[-1])
+    role = distribution.Role(task_type="worker", task_id=1, num_workers=2)
+    monkeypatch.setattr(distribution, "make_strategy", lambda name: (tf.distribute.get_strategy(), role))
+    rc, err = _run_capturing(train_args(str(data), tmp_path / "job", "--task", "expr", "--epochs", "1",
+                                        "--steps_per_epoch", "2", "--batch_size", "2"))
+    assert rc == 1 and os.path.basename(bad) in err  # it failed in the epoch loop, after making its folders
+    assert len(made) == 2 and all(pathlib.Path(d).parent == scratch for d in made)
+    assert not any(pathlib.Path(d).exists() for d in made) and not list(scratch.glob("affectstream_worker*"))
+    assert not (tmp_path / "job" / "checkpoints").exists()  # the chief's folder, which this worker never writes
 
 
 def _run_capturing(args):

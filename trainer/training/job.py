@@ -301,12 +301,16 @@ def train(config: TrainConfig) -> dict:
         check_evaluated_shards(config.data, plan.info, dict.fromkeys((plan.select_split, plan.eval_split)))
 
     # 3. The job directory's lock (chief only): a second training into it stops here, naming the holder.
-    with _job_lock(config, role):
-        return _train_planned(config, strategy, role, plan)
+    #    A non-chief worker's scratch folders (its checkpoints, its features) go however the job ends, an error included.
+    with _job_lock(config, role), contextlib.ExitStack() as cleanup:
+        return _train_planned(config, strategy, role, plan, cleanup)
 
 
-def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan) -> dict:
-    """The planned job, under its lock: stage, models, resume, the epoch loop, the export (see :func:`train`)."""
+def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan, cleanup: contextlib.ExitStack) -> dict:
+    """The planned job, under its lock: stage, models, resume, the epoch loop, the export (see :func:`train`).
+
+    ``cleanup`` closes the stage and the training state when the job ends, whether or not it raised.
+    """
     import keras
 
     from trainer.evaluation import tensorboard
@@ -321,6 +325,7 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan) -> dict:
     #    checks its crop size), and the evaluation datasets (built once; their shards are checked here).
     skipped = SkippedRecords() if config.skip_corrupt else None
     stage = make_stage(config, plan)
+    cleanup.callback(stage.close, role)
     config = stage.config
     evaluator = Evaluator(config, plan, skipped)
 
@@ -335,6 +340,7 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan) -> dict:
                                                  builder=stage.build)
     state = TrainState(model, optimizer, config.job_dir, role, config.keep_checkpoints,
                        fingerprint=stage.fingerprint(), allow_data_change=config.allow_data_change)
+    cleanup.callback(state.close)
 
     # 6. Resume (refused on other data or options): a resumed run reseeds the input with seed + step (the
     #    tf.data iterator is not saved). Then the stage's own preparation (the sequence stage's features).
@@ -384,6 +390,4 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan) -> dict:
     # 9. The chief exports the best epoch and reports it.
     final = (_export_and_report(config, plan, stage, eval_model, evaluator, state.best_dir, skipped, last_epoch)
              if role.is_chief else {})
-    state.close()
-    stage.close(role)
     return final
