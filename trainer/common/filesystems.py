@@ -6,8 +6,8 @@ call :func:`register_filesystems` with every URL before touching it with ``tf.io
 
 tensorflow-io's S3 file system aborts the process at interpreter exit (``SIGABRT``, exit code 134) even
 after a successful run. Entry points that may have used S3 end with :func:`exit_hard_if_needed`, which
-flushes the output streams and logging handlers and leaves with ``os._exit(code)`` when a tensorflow-io
-scheme was registered in this process, skipping the crashing destructors.
+runs Python's exit handlers, flushes the output streams and logging handlers and leaves with ``os._exit(code)`` when a
+tensorflow-io scheme was registered in this process, skipping the crashing destructors.
 
 Example (the environment of an S3-compatible server)::
 
@@ -17,6 +17,7 @@ Example (the environment of an S3-compatible server)::
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -72,6 +73,9 @@ def exit_hard_if_needed(code: int) -> int:
     """
     if not _tfio_used:
         return code
+    # Python's exit handlers still run (among them TensorFlow's removal of its autograph files from the temp folder,
+    # ~50 a training job, and logging's flush): only the native destructors that abort are skipped.
+    atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
