@@ -44,6 +44,15 @@ def test_console_script_runs_make_demo_data(tmp_path):
     assert "20 videos" in result.stdout
 
 
+def test_tensorboard_of_the_readme_starts():
+    # README: `.venv/bin/tensorboard --logdir JOB/logs`. TensorBoard 2.17 (TensorFlow's) imports pkg_resources at
+    # start, which setuptools 82 removed: pyproject.toml keeps setuptools below it.
+    script = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    done = subprocess.run([script, "--version_tb"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("2.17."), done.stdout
+
+
 # --- the conversion's command line -------------------------------------------------------------------
 
 LOCAL = ["--runner", "DirectRunner", "--direct_running_mode", "in_memory", "--progress_every", "0"]
