@@ -7,7 +7,11 @@ of quiet. ``affectstream`` (:mod:`affectstream.cli`) reads it before TensorFlow 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
+import sys
+import tempfile
 
 # Every command takes this flag: TensorFlow's C++ log (CUDA factory registration, oneDNN, XLA start-up lines)
 # at TensorFlow's own level instead of quiet.
@@ -52,3 +56,50 @@ def quiet_tensorflow(argv: list[str]) -> None:
     """
     if not verbose_requested(argv):
         os.environ.setdefault(TF_LOG_LEVEL_VARIABLE, TF_LOG_QUIET)
+
+
+# Parts of TensorFlow that log through absl (TF Lite's converter, XLA) ignore TF_CPP_MIN_LOG_LEVEL. Their lines start
+# with the severity letter (I, W, E, F) and the date; a line before absl is set up says that it goes to stderr.
+_ABSL_LINE = re.compile(r"^([IWEF])\d{4} ")
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+
+
+def _shown(line: str, level: int) -> bool:
+    """Whether an absl log line is at or above the TF_CPP_MIN_LOG_LEVEL ``level`` (any other line is shown)."""
+    if line.startswith(_ABSL_PREAMBLE):
+        return level <= _SEVERITY["W"]
+    found = _ABSL_LINE.match(line)
+    return found is None or _SEVERITY[found.group(1)] >= level
+
+
+@contextlib.contextmanager
+def native_log_at_tensorflow_level():
+    """Holds back the native stderr of the block and passes on what TF_CPP_MIN_LOG_LEVEL lets through.
+
+    For TensorFlow code that logs through absl and so ignores the variable (TF Lite's converter prints its
+    "Ignored output_format" warnings and a GPU count on every export). Lines that are not absl's pass through, and
+    everything passes through when the block raises. Without the variable (TensorFlow's default, 0) it does nothing.
+    """
+    level = int(os.environ.get(TF_LOG_LEVEL_VARIABLE, "0") or 0)
+    if level <= 0:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if failed or _shown(line, level))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()

@@ -22,6 +22,8 @@ import os
 
 import numpy as np
 
+from tfrecords_schema.cli import native_log_at_tensorflow_level
+
 log = logging.getLogger("trainer.model.lite")
 
 SERVING_BATCH = 16  # windows a model call; predict's default --batch_size
@@ -64,7 +66,9 @@ def _convert(model, shape: tuple[int, ...]) -> tuple[bytes, list[str]]:
     if not isinstance(concrete.structured_outputs, dict):
         raise ValueError(f"the model's outputs are not a dict of heads: {type(concrete.structured_outputs).__name__}")
     heads = sorted(concrete.structured_outputs)  # tf.nest flattens a dict in key order: the converted outputs' order
-    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], archive).convert(), heads
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], archive)
+    with native_log_at_tensorflow_level():  # its absl warnings ignore TF_CPP_MIN_LOG_LEVEL (tfrecords_schema.cli)
+        return converter.convert(), heads
 
 
 def _largest_difference(model, path: str, shape: tuple[int, ...], heads: list[str]) -> float:

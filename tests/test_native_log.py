@@ -1,0 +1,62 @@
+"""TensorFlow's absl log (TF Lite's converter) held to TF_CPP_MIN_LOG_LEVEL, as the rest of its C++ log is."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tfrecords_schema.cli import TF_LOG_LEVEL_VARIABLE, TF_LOG_QUIET, native_log_at_tensorflow_level
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINES = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+    "I0000 00:00:1796616880.708445   20643 devices.cc:67] Number of eligible GPUs: 0\n",
+    "W0000 00:00:1796616880.740270   20643 tf_tfl_flatbuffer_helpers.cc:392] Ignored output_format.\n",
+    "E0000 00:00:1796616880.740323   20643 something.cc:1] an error\n",
+    "a line of someone else's\n",
+]
+
+
+def _native_write(lines):
+    os.write(2, "".join(lines).encode())  # below Python's sys.stderr, as TensorFlow's C++ writes
+
+
+@pytest.mark.parametrize("level, shown", [("3", [4]), ("2", [3, 4]), ("1", [0, 2, 3, 4]), ("0", [0, 1, 2, 3, 4])])
+def test_absl_lines_below_the_level_are_held_back_and_others_pass(capfd, monkeypatch, level, shown):
+    monkeypatch.setenv(TF_LOG_LEVEL_VARIABLE, level)
+    with native_log_at_tensorflow_level():
+        _native_write(LINES)
+    assert capfd.readouterr().err == "".join(LINES[i] for i in shown)
+
+
+def test_everything_passes_when_the_block_raises(capfd, monkeypatch):
+    monkeypatch.setenv(TF_LOG_LEVEL_VARIABLE, TF_LOG_QUIET)
+    with pytest.raises(RuntimeError, match="converter failed"), native_log_at_tensorflow_level():
+        _native_write(LINES)
+        raise RuntimeError("converter failed")
+    assert capfd.readouterr().err == "".join(LINES)
+
+
+EXPORT = """
+import keras
+from trainer.model import lite
+frames = keras.Input((4, 8, 8, 3), dtype="uint8")
+x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255.0)(frames))
+flatbuffer, heads = lite._convert(keras.Model(frames, {"expression": keras.layers.Dense(8)(x)}), (1, 4, 8, 8, 3))
+print(len(flatbuffer) > 0, heads)
+"""
+
+
+def _export_stderr(level: str) -> str:
+    env = {**os.environ, "PYTHONPATH": REPO, TF_LOG_LEVEL_VARIABLE: level}
+    done = subprocess.run([sys.executable, "-c", EXPORT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "True ['expression']", done.stderr[-3000:]
+    return done.stderr
+
+
+def test_a_quiet_tf_lite_export_prints_nothing_on_stderr():
+    if "Ignored output_format" not in _export_stderr("0"):
+        pytest.skip("this TensorFlow's TF Lite converter logs nothing through absl")
+    assert _export_stderr(TF_LOG_QUIET) == ""
