@@ -2,6 +2,7 @@
 
 Every command takes ``--verbose`` (:func:`add_verbose_flag`): TensorFlow's C++ log at TensorFlow's own level instead
 of quiet. ``affectstream`` (:mod:`affectstream.cli`) reads it before TensorFlow loads (:func:`quiet_tensorflow`).
+TensorFlow code that logs through absl, which ignores that level, runs under :func:`native_log_at_tensorflow_level`.
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ def native_log_at_tensorflow_level():
     "Ignored output_format" warnings and a GPU count on every export). Lines that are not absl's pass through, and
     everything passes through when the block raises. Without the variable (TensorFlow's default, 0) it does nothing.
     """
-    level = int(os.environ.get(TF_LOG_LEVEL_VARIABLE, "0") or 0)
+    try:
+        level = int(os.environ.get(TF_LOG_LEVEL_VARIABLE, "0") or 0)
+    except ValueError:  # not a level this can compare: everything passes, as without the variable
+        level = 0
     if level <= 0:
         yield
         return
