@@ -327,7 +327,7 @@ def test_a_non_chief_worker_removes_its_scratch_folders_when_its_job_fails(tmp_p
     assert rc == 1 and os.path.basename(bad) in err  # it failed in the epoch loop, after making its folders
     assert len(made) == 2 and all(pathlib.Path(d).parent == scratch for d in made)
     assert not any(pathlib.Path(d).exists() for d in made) and not list(scratch.glob("affectstream_worker*"))
-    assert not (tmp_path / "job" / "checkpoints").exists()  # the chief's folder, which this worker never writes
+    assert not (tmp_path / "job" / state.CHECKPOINTS_DIRNAME).exists()  # the chief's, which this worker never writes
 
 
 def _run_capturing(args):

@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
+import threading
 
 # Every command takes this flag: TensorFlow's C++ log (CUDA factory registration, oneDNN, XLA start-up lines)
 # at TensorFlow's own level instead of quiet.
@@ -64,46 +64,89 @@ def quiet_tensorflow(argv: list[str]) -> None:
 _ABSL_LINE = re.compile(r"^([IWEF])\d{4} ")
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+_FD_SWAP = threading.RLock()  # fd 2 is the process's: one swap at a time (nested uses in one thread are fine)
 
 
-def _shown(line: str, level: int) -> bool:
-    """Whether an absl log line is at or above the TF_CPP_MIN_LOG_LEVEL ``level`` (any other line is shown)."""
-    if line.startswith(_ABSL_PREAMBLE):
-        return level <= _SEVERITY["W"]
-    found = _ABSL_LINE.match(line)
-    return found is None or _SEVERITY[found.group(1)] >= level
+class _LineFilter:
+    """Decides line by line what passes at ``level``; a line that is not absl's follows the absl line before it
+    (the rest of a multi-line message), and is shown when there is none."""
+
+    def __init__(self, level: int):
+        self._level, self._shown = level, True
+
+    def shown(self, line: str) -> bool:
+        if line.startswith(_ABSL_PREAMBLE):
+            self._shown = self._level <= _SEVERITY["W"]
+        elif found := _ABSL_LINE.match(line):
+            self._shown = _SEVERITY[found.group(1)] >= self._level
+        return self._shown
+
+
+def _log_level() -> int:
+    try:
+        return int(os.environ.get(TF_LOG_LEVEL_VARIABLE, "0") or 0)
+    except ValueError:  # not a level this can compare: everything passes, as without the variable
+        return 0
+
+
+def _forward(read_fd: int, write_fd: int, level: int, held: list[bytes]) -> None:
+    """Passes the lines arriving on ``read_fd`` to ``write_fd`` as they come (a crash loses none of what was
+    shown), keeping the ones held back in ``held``."""
+    keep, pending = _LineFilter(level), b""
+    while chunk := os.read(read_fd, 65536):
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            line += b"\n"
+            if keep.shown(line.decode("utf-8", "replace")):
+                os.write(write_fd, line)
+            else:
+                held.append(line)
+    if pending and keep.shown(pending.decode("utf-8", "replace")):
+        os.write(write_fd, pending)
+    elif pending:
+        held.append(pending)
 
 
 @contextlib.contextmanager
 def native_log_at_tensorflow_level():
-    """Holds back the native stderr of the block and passes on what TF_CPP_MIN_LOG_LEVEL lets through.
+    """Passes on the native stderr of the block as TF_CPP_MIN_LOG_LEVEL would, for code that logs through absl.
 
-    For TensorFlow code that logs through absl and so ignores the variable (TF Lite's converter prints its
-    "Ignored output_format" warnings and a GPU count on every export). Lines that are not absl's pass through, and
-    everything passes through when the block raises. Without the variable (TensorFlow's default, 0) it does nothing.
+    TF Lite's converter logs through absl, which ignores the variable: every export printed its "Ignored
+    output_format" warnings and a GPU count. Here absl's lines below the level are held back, and so is every line
+    that follows one of them up to the next absl line (the rest of a multi-line message; anything else written in
+    the block then too); the other lines pass as they come, and the held ones follow when the block raises. Without
+    the variable (TensorFlow's default, 0: ``--verbose``), or where stderr cannot be swapped, it does nothing.
     """
-    try:
-        level = int(os.environ.get(TF_LOG_LEVEL_VARIABLE, "0") or 0)
-    except ValueError:  # not a level this can compare: everything passes, as without the variable
-        level = 0
+    level = _log_level()
     if level <= 0:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as held:
-        os.dup2(held.fileno(), 2)
+    with _FD_SWAP:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, AttributeError, ValueError):  # no stderr to swap (closed, or None)
+            yield
+            return
+        read_fd, write_fd = os.pipe()
+        held: list[bytes] = []
+        reader = threading.Thread(target=_forward, args=(read_fd, saved, level, held), daemon=True,
+                                  name="native-log-filter")
+        reader.start()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
         failed = True
         try:
             yield
             failed = False
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
-            kept = "".join(line for line in lines if failed or _shown(line, level))
-            if kept:
-                sys.stderr.write(kept)
+            with contextlib.suppress(OSError, ValueError, AttributeError):
                 sys.stderr.flush()
+            os.dup2(saved, 2)  # the pipe's last writer gone: the reader sees its end
+            reader.join(timeout=10)
+            if not reader.is_alive():  # (else a child process kept the pipe open: the reader keeps both fds)
+                os.close(read_fd)
+                os.close(saved)
+            if failed and held:
+                with contextlib.suppress(OSError):
+                    os.write(2, b"".join(held))

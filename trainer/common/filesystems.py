@@ -18,7 +18,6 @@ Example (the environment of an S3-compatible server)::
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import sys
 
@@ -67,16 +66,17 @@ def tfio_used() -> bool:
 
 
 def exit_hard_if_needed(code: int) -> int:
-    """Returns ``code``, or flushes everything and ``os._exit(code)`` when a tensorflow-io scheme was used.
+    """Returns ``code``, or runs Python's exit handlers, flushes and ``os._exit(code)`` when a tensorflow-io scheme
+    was used.
 
     Call it last in an entry point: ``sys.exit(exit_hard_if_needed(run(argv)))``.
     """
     if not _tfio_used:
         return code
     # Python's exit handlers still run (among them TensorFlow's removal of its autograph files from the temp folder,
-    # ~50 a training job, and logging's flush): only the native destructors that abort are skipped.
+    # ~50 a training job, and logging.shutdown, registered by logging itself): only the native destructors that abort
+    # are skipped.
     atexit._run_exitfuncs()
-    logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

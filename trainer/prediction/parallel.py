@@ -114,6 +114,11 @@ class WorkerPool:
             if process.is_alive():
                 process.terminate()
             process.join()
+        # Workers that stopped early leave items unread: the queues' feeder threads must not wait at exit to hand
+        # them over (multiprocessing joins them from its exit handler otherwise, and the process never ends).
+        for channel in (self._tasks, self._results):
+            channel.cancel_join_thread()
+            channel.close()
 
     def run(self, tracks: Sequence) -> None:
         """Queues every track (numbered in order), then one stop per worker."""
