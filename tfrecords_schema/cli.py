@@ -60,9 +60,10 @@ def quiet_tensorflow(argv: list[str]) -> None:
 
 
 # Parts of TensorFlow that log through absl (TF Lite's converter, XLA) ignore TF_CPP_MIN_LOG_LEVEL. Their lines start
-# with the severity letter (I, W, E, F) and the date; a line before absl is set up says that it goes to stderr.
+# with the severity letter (I, W, E, F) and the date. TF Lite's interpreter logs through its own minimal logger
+# ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU."), in the form absl uses before it is set up.
 _ABSL_LINE = re.compile(r"^([IWEF])\d{4} ")
-_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_NAMED_LINE = re.compile(r"^(INFO|WARNING|ERROR|FATAL): ")
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 _FD_SWAP = threading.RLock()  # fd 2 is the process's: one swap at a time (nested uses in one thread are fine)
 
@@ -75,10 +76,8 @@ class _LineFilter:
         self._level, self._shown = level, True
 
     def shown(self, line: str) -> bool:
-        if line.startswith(_ABSL_PREAMBLE):
-            self._shown = self._level <= _SEVERITY["W"]
-        elif found := _ABSL_LINE.match(line):
-            self._shown = _SEVERITY[found.group(1)] >= self._level
+        if found := _ABSL_LINE.match(line) or _NAMED_LINE.match(line):
+            self._shown = _SEVERITY[found.group(1)[0]] >= self._level
         return self._shown
 
 
@@ -109,12 +108,13 @@ def _forward(read_fd: int, write_fd: int, level: int, held: list[bytes]) -> None
 
 @contextlib.contextmanager
 def native_log_at_tensorflow_level():
-    """Passes on the native stderr of the block as TF_CPP_MIN_LOG_LEVEL would, for code that logs through absl.
+    """Passes on the native stderr of the block as TF_CPP_MIN_LOG_LEVEL would, for TensorFlow's code that ignores it.
 
-    TF Lite's converter logs through absl, which ignores the variable: every export printed its "Ignored
-    output_format" warnings and a GPU count. Here absl's lines below the level are held back, and so is every line
-    that follows one of them up to the next absl line (the rest of a multi-line message; anything else written in
-    the block then too); the other lines pass as they come, and the held ones follow when the block raises. Without
+    TF Lite's converter logs through absl, and its interpreter through a logger of its own, which both ignore the
+    variable: every export printed its "Ignored output_format" warnings and a GPU count, and every interpreter a
+    line on its XNNPACK delegate. Here their lines below the level are held back, and so is every line that follows
+    one of them up to the next such line (the rest of a multi-line message; anything else written in the block then
+    too); the other lines pass as they come, and the held ones follow when the block raises. Without
     the variable (TensorFlow's default, 0: ``--verbose``), or where stderr cannot be swapped, it does nothing.
     """
     level = _log_level()

@@ -21,6 +21,8 @@ import sys
 
 import numpy as np
 
+from tfrecords_schema.cli import native_log_at_tensorflow_level
+
 WRAPPER_MODULE = "tensorflow.lite.python.interpreter_wrapper._pywrap_tensorflow_interpreter_wrapper"
 # tf.lite's OpResolverType ids (tensorflow/lite/python/interpreter.py, _get_op_resolver_id).
 RESOLVER_AUTO = 1  # builtin kernels with TF Lite's default XNNPACK delegate
@@ -68,13 +70,16 @@ class LiteInterpreter:
         resolver = RESOLVER_AUTO if xnnpack else RESOLVER_WITHOUT_DEFAULT_DELEGATES
         # (model, op resolver, custom op registerers by name and by function, preserve all tensors, disable
         # delegate clustering, threads, default delegate latest features): tf.lite.Interpreter's arguments.
-        try:
-            self._wrapper = wrapper.CreateWrapperFromFile(path, resolver, [], [], False, False, int(threads), False)
-        except ValueError as e:
-            raise TFLiteError(f"{path} does not load as a TF Lite model ({e})") from e
-        if not self._wrapper:
-            raise TFLiteError(f"{path} does not load as a TF Lite model")
-        self._wrapper.AllocateTensors(-1)  # -1: every subgraph (tf.lite.Interpreter.allocate_tensors)
+        # (TF Lite's own log, "INFO: Created TensorFlow Lite XNNPACK delegate", ignores TF_CPP_MIN_LOG_LEVEL.)
+        with native_log_at_tensorflow_level():
+            try:
+                self._wrapper = wrapper.CreateWrapperFromFile(path, resolver, [], [], False, False, int(threads),
+                                                              False)
+            except ValueError as e:
+                raise TFLiteError(f"{path} does not load as a TF Lite model ({e})") from e
+            if not self._wrapper:
+                raise TFLiteError(f"{path} does not load as a TF Lite model")
+            self._wrapper.AllocateTensors(-1)  # -1: every subgraph (tf.lite.Interpreter.allocate_tensors)
         self.inputs = list(self._wrapper.InputIndices())
         self.outputs = list(self._wrapper.OutputIndices())
 
