@@ -69,7 +69,7 @@ _FD_SWAP = threading.RLock()  # fd 2 is the process's: one swap at a time (neste
 
 
 class _LineFilter:
-    """Decides line by line what passes at ``level``; a line that is not absl's follows the absl line before it
+    """Decides line by line what passes at ``level``; a line of neither logger follows the logger's line before it
     (the rest of a multi-line message), and is shown when there is none."""
 
     def __init__(self, level: int):
@@ -92,18 +92,19 @@ def _forward(read_fd: int, write_fd: int, level: int, held: list[bytes]) -> None
     """Passes the lines arriving on ``read_fd`` to ``write_fd`` as they come (a crash loses none of what was
     shown), keeping the ones held back in ``held``."""
     keep, pending = _LineFilter(level), b""
+
+    def route(line: bytes) -> None:
+        if keep.shown(line.decode("utf-8", "replace")):
+            os.write(write_fd, line)
+        else:
+            held.append(line)
+
     while chunk := os.read(read_fd, 65536):
         *lines, pending = (pending + chunk).split(b"\n")
         for line in lines:
-            line += b"\n"
-            if keep.shown(line.decode("utf-8", "replace")):
-                os.write(write_fd, line)
-            else:
-                held.append(line)
-    if pending and keep.shown(pending.decode("utf-8", "replace")):
-        os.write(write_fd, pending)
-    elif pending:
-        held.append(pending)
+            route(line + b"\n")
+    if pending:  # a last line without its newline
+        route(pending)
 
 
 @contextlib.contextmanager
