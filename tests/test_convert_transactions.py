@@ -16,9 +16,11 @@ import json
 import multiprocessing
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
+import sys
 
 import abaw_layout as abaw
 import pytest
@@ -307,6 +309,22 @@ def test_a_really_full_disk_keeps_the_previous_output_and_says_so_in_one_line(in
     assert err.count("\n") == 1 and err.startswith(f"convert: error: disk full while writing {small_disk}"), err
     assert "KiB needed" in err  # Estimated from the spill: the failure came while writing shards, every track done.
     assert tree(out) == before and sorted(os.listdir(small_disk)) == ["out"]
+
+
+def test_a_disk_filled_while_spilling_reports_the_space_the_failed_run_left(inputs, small_disk):
+    ann, videos = inputs
+    # The command as a user runs it (one worker): the report is made while the failure is being handled.
+    done = subprocess.run([sys.executable, "-m", "beam_jobs.convert", "--annotations", str(ann), "--videos",
+                           str(videos), "--output", str(small_disk / "out"), "--runner", "DirectRunner",
+                           "--direct_num_workers", "1", "--crop_size", "400", "--codec", "raw", "--progress_every",
+                           "0"], capture_output=True, text=True, check=False)  # 480 KB a frame: full at once.
+    err = done.stderr
+    assert done.returncode == 1 and f"convert: error: disk full while writing {small_disk}" in err, err
+    free_kib, total_kib = map(float, re.search(r"([\d.]+) KiB free of ([\d.]+) KiB", err).groups())
+    # Measured after the run's files are removed, so all but a few KiB is free: a spill file the failed bundle left
+    # open would still take its space (4 KiB free of 256 when EncodeClipsFn did not close it).
+    assert free_kib >= total_kib - 8, err
+    assert sorted(os.listdir(small_disk)) == []
 
 
 # ------------------------------------------------------------------------------------------- object stores

@@ -198,3 +198,28 @@ def test_a_subject_in_two_splits_and_an_unmatched_subject_are_counted(tmp_path):
         assert [(d.reason, d.frames) for d in labels.dead_letters] == [(reason, frames)]
     good = source.read_labels(tracks["train/train/Sad/actor02.avi"])
     np.testing.assert_array_equal(good.expression, [1, 1])  # Classes found: Happy, Sad.
+
+
+def test_a_folder_named_like_a_video_is_listed_and_a_link_into_another_split_conflicts(tmp_path):
+    write_video(tmp_path / "train" / "Happy" / "session1.mp4" / "clip1.avi", 3)  # A folder named like a video.
+    write_video(tmp_path / "train" / "Happy" / "session1.mp4" / "clip2.avi", 2)
+    write_video(tmp_path / "validation" / "Sad" / "e.avi", 4)
+    (tmp_path / "train" / "Sad").mkdir()
+    os.symlink(tmp_path / "validation" / "Sad" / "e.avi", tmp_path / "train" / "Sad" / "e_copy.avi")
+    found = FoldersSource(str(tmp_path)).discover()
+    assert {t.track_id: t.problem for t in found.tracks} == {
+        "train/train/Happy/session1.mp4/clip1.avi": None, "train/train/Happy/session1.mp4/clip2.avi": None,
+        "train/train/Sad/e_copy.avi": "split_conflict", "validation/validation/Sad/e.avi": "split_conflict"}
+    assert found.dead_letters == []
+
+
+def test_a_hidden_folder_is_not_a_class(tmp_path):
+    write_video(tmp_path / "train" / "Happy" / "a.avi", 3)
+    write_video(tmp_path / "train" / ".ipynb_checkpoints" / "a-checkpoint.avi", 2)
+    source = FoldersSource(str(tmp_path))
+    found = source.discover()
+    assert found.label_names["expression"] == ["Happy"]
+    hidden = next(t for t in found.tracks if ".ipynb_checkpoints" in t.track_id)
+    assert hidden.problem == "unknown_class" and "hidden folder" in hidden.segments[0].message
+    labels = source.read_labels(hidden)
+    assert [(d.reason, d.frames) for d in labels.dead_letters] == [("unknown_class", 2)]

@@ -68,3 +68,16 @@ def test_provided_crops_stop_at_the_videos_decodable_length_when_the_video_is_th
     assert [c.frame_index.tolist() for c in clips] == [[1, 2, 3, 4]]  # Lines 5-6: beyond_video_end downstream.
     assert source.frames_read == 4
     assert clips[0].frame_rate == pytest.approx(vf.FPS)  # The video's rate, not the 30 fps default.
+
+
+def test_a_crops_folder_named_otherwise_is_a_dead_letter_not_silent_blank_crops(tmp_path):
+    folder = tmp_path / "c1"
+    folder.mkdir()
+    for i in range(1, 5):  # Four digits: not the 00001.jpg the layout names.
+        (folder / f"{i:04d}.jpg").write_bytes(faces.encode_jpeg(np.full((16, 16, 3), 128, np.uint8)))
+    items = list(_source(cf.track("train", "c1", crops_dir=str(folder)), cf.labels([4, 4, 4, 4])))
+    letters = [i.dead_letter for i in items if i.dead_letter is not None]
+    assert [(d.reason, d.source, d.frames) for d in letters] == [("no_provided_crop", str(folder), 0)]
+    assert "none of the 4 frames" in letters[0].message and "00001.jpg" in letters[0].message
+    (clip,) = [i.clip for i in items if i.clip is not None]
+    assert not clip.has_face.any()  # Still written, every labelled frame accounted for.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import pathlib
 
 import cv2
@@ -116,9 +117,10 @@ def test_accounting_counts_every_row_problem_in_frames(converted):
         a = split.accounting
         assert a.labelled_frames == a.written_frames + sum(a.dropped.values())
     train, validation = info.splits["train"].accounting, info.splits["validation"].accounting
-    # s01 12 frames + s02 14 labelled (one conflicting) + s05a 6 (split conflict) + s06 5 (bad valence).
-    assert (train.labelled_frames, train.written_frames) == (37, 25)
-    assert train.dropped == {"conflicting_labels": 1, "split_conflict": 6, "malformed_line": 5}
+    # s01 12 frames + s02 14 labelled (one with conflicting expressions: it keeps its valence/arousal) + s05a 6
+    # (split conflict) + s06 5 (bad valence).
+    assert (train.labelled_frames, train.written_frames) == (37, 26)
+    assert train.dropped == {"split_conflict": 6, "malformed_line": 5}
     # s03 10 frames + s04 8 (unknown class) + s05b 7 (split conflict).
     assert (validation.labelled_frames, validation.written_frames) == (25, 10)
     assert validation.dropped == {"unknown_class": 8, "split_conflict": 7}
@@ -139,7 +141,7 @@ def test_every_bad_row_is_a_dead_letter_naming_its_line(converted):
     assert by_line[(f"{manifest}:line 8", "unknown_class")] == 8
     assert by_line[(f"{manifest}:line 11", "split_conflict")] == 6
     assert by_line[(f"{manifest}:line 12", "split_conflict")] == 7
-    assert by_line[(f"{manifest}:line 4", "conflicting_labels")] == 1
+    assert by_line[(f"{manifest}:line 4", "conflicting_labels")] == 0  # Frame 5 keeps line 3's valence/arousal.
     assert by_line[(f"{manifest}:line 6", "beyond_video_end")] == 0  # 1.8-2.5 s of a 2 s video.
     assert by_line[(f"{manifest}:line 16", "unknown_split")] == 3
     assert converted["info"].failures["dead_letters"] == len(letters)
@@ -154,14 +156,61 @@ def test_label_names_follow_class_names_and_written_labels_match_the_rows(conver
     assert sorted(frames) == ["s02.MOV", "s07.avi", "train/s01.avi", "val/s03.mkv"]
     assert {f: e for f, (e, _) in frames["train/s01.avi"].items()} == {i: HAPPY for i in range(1, 13)}
     assert frames["val/s03.mkv"] == {i: (HAPPY, (0.5, -0.25)) for i in range(1, 11)}
-    # s02 at 10 fps: sad 0-0.5 s = frames 1-5, happy 0.4-0.7 s = 5-7 (frame 5 conflicts), neutral 1.0-1.5 s =
-    # 11-15, happy 1.8-2.5 s = 19-20 (the video ends at frame 20); other frames are unlabelled.
+    # s02 at 10 fps: sad 0-0.5 s = frames 1-5, happy 0.4-0.7 s = 5-7 (frame 5's expressions conflict; its
+    # valence/arousal, given by one row only, stays), neutral 1.0-1.5 s = 11-15, happy 1.8-2.5 s = 19-20 (the
+    # video ends at frame 20); other frames are unlabelled.
     expected = {i: (SAD, (-0.5, 0.25)) for i in range(1, 5)}
+    expected[5] = (keys.EXPRESSION_INVALID, (-0.5, 0.25))
     expected.update({6: (HAPPY, NO_VA), 7: (HAPPY, NO_VA), 19: (HAPPY, NO_VA), 20: (HAPPY, NO_VA)})
     expected.update({i: (NEUTRAL, (0.5, 0.5)) for i in range(11, 16)})
     got = frames["s02.MOV"]
     assert {f: v for f, v in got.items() if v != (keys.EXPRESSION_INVALID, NO_VA)} == expected
     assert set(got) == set(range(1, 21))  # Clips of 8 frames: every clip holds a labelled frame.
+
+
+def test_rows_labelling_different_tasks_of_the_same_frames_add_up_and_only_a_task_given_twice_conflicts():
+    def segment(start, end, expression=keys.EXPRESSION_INVALID, va=None, line=0):
+        return media_rows.Segment(start, end, expression, va, source=f"m.csv:line {line}")
+
+    def labels(*segments, frames=30):
+        got = media_rows.build_labels(segments, 10.0, frames)
+        return got, [(d.source, d.reason, d.frames) for d in got.dead_letters]
+
+    # An expression tier and a valence/arousal tier (an ELAN or BORIS export): nothing conflicts.
+    got, letters = labels(segment(0, 3, HAPPY, line=2), segment(1, 2, va=(0.3, 0.2), line=3))
+    assert letters == [] and got.valid.all() and (got.expression == HAPPY).all()
+    np.testing.assert_allclose(got.valence_arousal[10:20], [[0.3, 0.2]] * 10)
+    assert (got.valence_arousal[:10] == keys.VA_INVALID).all() and (got.valence_arousal[20:] == keys.VA_INVALID).all()
+    # The same class twice, one row adding valence/arousal: agreement.
+    got, letters = labels(segment(None, None, HAPPY, line=2), segment(1, 2, HAPPY, (0.3, 0.2), line=3))
+    assert letters == [] and (got.expression == HAPPY).all() and (got.valence_arousal[10:20, 0] == np.float32(0.3)).all()
+    # Two classes on frames 11-20, one row with valence/arousal: the expression goes, the valence/arousal stays.
+    got, letters = labels(segment(0, 2, SAD, (-0.5, 0.25), line=2), segment(1, 3, HAPPY, line=3))
+    assert letters == [("m.csv:line 3", "conflicting_labels", 0)]
+    assert (got.expression[10:20] == keys.EXPRESSION_INVALID).all() and got.valid.all()
+    assert "10 frame(s)" in got.dead_letters[0].message and "(expression)" in got.dead_letters[0].message
+    # Two classes and nothing else: those frames have no label left and are dropped.
+    got, letters = labels(segment(0, 2, SAD, line=2), segment(1, 3, HAPPY, line=3))
+    assert letters == [("m.csv:line 3", "conflicting_labels", 10)]
+    assert got.rejected.tolist() == [""] * 10 + ["conflicting_labels"] * 10 + [""] * 10
+    # Two valence/arousal values on the same class: the class stays. A third row counts no frame twice.
+    got, letters = labels(segment(0, 2, SAD, (0.1, 0.1), line=2), segment(1, 3, SAD, (0.2, 0.2), line=3),
+                          segment(1, 2, SAD, (0.4, 0.4), line=4))
+    assert letters == [("m.csv:line 3", "conflicting_labels", 0)] and got.valid.all()
+    assert "(valence/arousal)" in got.dead_letters[0].message
+    assert (got.valence_arousal[10:20] == keys.VA_INVALID).all() and (got.expression == SAD).all()
+
+
+def test_a_segment_between_two_frames_is_a_dead_letter_not_a_silent_loss():
+    # At 10 fps frames are shown at 0.0, 0.1, ...: 0.95-1.0 s holds none of them.
+    got = media_rows.build_labels([media_rows.Segment(0.95, 1.0, HAPPY, source="m.csv:line 2"),
+                                   media_rows.Segment(2.0, 2.5, SAD, source="m.csv:line 3")], 10.0, 30)
+    assert [(d.source, d.reason, d.frames) for d in got.dead_letters] == [("m.csv:line 2", "empty_segment", 0)]
+    assert "0.95-1 s holds no frame" in got.dead_letters[0].message
+    assert got.valid.sum() == 5
+    # Past the end it is the end's letter alone.
+    got = media_rows.build_labels([media_rows.Segment(3.5, 4.0, HAPPY, source="m.csv:line 2")], 10.0, 30)
+    assert [d.reason for d in got.dead_letters] == ["beyond_video_end"]
 
 
 def test_unused_media_and_options_are_recorded(converted):
@@ -318,3 +367,30 @@ def test_names_match_in_any_unicode_form_and_the_file_is_opened_as_named_on_disk
     (track,) = source.discover().tracks
     assert track.problem is None and track.media_path == str(on_disk)
     np.testing.assert_array_equal(source.read_labels(track).expression, [0, 0, 0])
+
+
+def test_one_file_under_two_names_in_two_splits_is_a_split_conflict(tmp_path):
+    videos = tmp_path / "v"
+    write_video(videos / "a.avi", 3)
+    write_video(videos / "b.avi", 4)
+    write_video(videos / "c.avi", 2)
+    os.symlink(videos / "a.avi", videos / "a_link.avi")
+    os.link(videos / "b.avi", videos / "b_hard.avi")
+    os.symlink(videos / "c.avi", videos / "c_link.avi")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,split,expression\na.avi,train,happy\na_link.avi,validation,happy\n"
+                        "b.avi,train,happy\nb_hard.avi,validation,happy\nc.avi,train,sad\nc_link.avi,train,sad\n",
+                        encoding="utf-8")
+    tracks = {t.media_id: t for t in ManifestSource(str(manifest), videos=str(videos)).discover().tracks}
+    assert {k: t.problem for k, t in tracks.items()} == {
+        "a.avi": "split_conflict", "a_link.avi": "split_conflict", "b.avi": "split_conflict",
+        "b_hard.avi": "split_conflict", "c.avi": None, "c_link.avi": None}  # One split: no leak.
+    (segment,) = tracks["a_link.avi"].segments
+    assert "the same file as ['a.avi']" in segment.message and "['train', 'validation']" in segment.message
+
+
+def test_a_manifest_that_is_not_utf8_is_refused_with_its_line(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("path,split,expression\na.avi,train,happy\nb.avi,train,col\u00e8re\n".encode("cp1252"))
+    with pytest.raises(ValueError, match="line 3 is not UTF-8"):
+        ManifestSource(str(manifest)).discover()

@@ -45,6 +45,7 @@ from beam_jobs.sources.base import DeadLetter, TrackLabels, TrackSpec
 from tfrecords_schema import ClipRecord
 
 DROP_UNREADABLE_CROP = "unreadable_crop"  # Dead-letter reason: a provided crop that does not decode.
+DROP_NO_PROVIDED_CROP = "no_provided_crop"  # A note: a track whose crops folder holds none of its frames' crops.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,12 +185,15 @@ class ProvidedCrops(FrameSource):
             video = self._open_video(stack)
             builder = self._builder(video.fps if video else DEFAULT_FPS)
             blank = self.face.encode(faces_lib.blank_crop(self.face.crop_size))
+            written = found = 0
             for index, timestamp_us in self._frames(video):
                 if not builder.clip_has_valid(index):
                     continue
                 path = provided.crop_file(self.track.crops_dir, index)
                 crop, bbox = blank, None
+                written += 1
                 if FileSystems.exists(path):
+                    found += 1
                     with FileSystems.open(path) as f:
                         prepared = provided.prepare_crop(f.read(), self.face.crop_size, self.face.jpeg_quality,
                                                          self.face.codec)
@@ -202,6 +206,11 @@ class ProvidedCrops(FrameSource):
                 clip = builder.add(index, timestamp_us, crop, bbox)
                 if clip is not None:
                     yield SourceItem(clip=clip)
+            if written and not found:  # Missing crops are frames without a face; none at all is a naming problem.
+                yield SourceItem(dead_letter=DeadLetter(
+                    self.track.crops_dir, DROP_NO_PROVIDED_CROP,
+                    f"none of the {written} frames written has its crop in the folder (crops are named "
+                    f"{provided.CROP_NAME.format(index=1)}, ...): all are written without a face", 0))
             clip = builder.flush()
             if clip is not None:
                 yield SourceItem(clip=clip)

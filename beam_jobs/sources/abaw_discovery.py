@@ -38,7 +38,7 @@ from beam_jobs.sources.abaw_format import (
     stem,
 )
 from beam_jobs.sources.abaw_labels import mtl_au_names
-from beam_jobs.sources.folder_scan import FolderScan, Listing, path_identity
+from beam_jobs.sources.folder_scan import FolderScan, Listing, file_identity
 from tfrecords_schema import HEAD_OF_TASK, HEADS, TASK_ACTION_UNITS, TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASKS
 
 # Names with these suffixes are taken as files without asking the file system (saves a call per crop
@@ -273,7 +273,7 @@ def media_index(videos: str | None, findings: Findings) -> dict[str, list[str]]:
         for path in listing.files:
             name = basename(path)
             if name.lower().endswith(VIDEO_EXTENSIONS):
-                found[nfc(stem(name))].append((posixpath.join(relative, name), _file_identity(path)))
+                found[nfc(stem(name))].append((posixpath.join(relative, name), file_identity(path)))
     findings.add_scan(scan)
     index = {}
     for key, entries in found.items():
@@ -284,13 +284,6 @@ def media_index(videos: str | None, findings: Findings) -> dict[str, list[str]]:
                 paths.append(relative)
         index[key] = paths
     return index
-
-
-def _file_identity(path: str) -> object:
-    try:
-        return path_identity(path)
-    except OSError:
-        return path  # A broken link: its own entry (decoding it fails later, and is counted there).
 
 
 def crop_folders(cropped_aligned: str | None, findings: Findings) -> dict[str, str]:

@@ -42,6 +42,14 @@ def path_identity(path: str) -> object:
     return info.st_dev, info.st_ino
 
 
+def file_identity(path: str) -> object:
+    """:func:`path_identity`, or the path itself where the target cannot be reached (a broken link counts alone)."""
+    try:
+        return path_identity(path)
+    except OSError:
+        return path
+
+
 def _is_broken_link(path: str) -> bool:
     return "://" not in path and os.path.islink(path) and not os.path.exists(path)
 
@@ -69,8 +77,8 @@ class FolderScan:
     """Lists the folders of one walk, each real folder once, and collects what went wrong.
 
     Args:
-        file_suffixes: Names ending so (any case) are taken as files without asking the file system
-            (saves a call per entry on ``gs://``).
+        file_suffixes: Names ending so (any case) are taken as files without asking an object store (saves a
+            request per entry on ``gs://``); a local one is still a folder when a stat says so.
 
     Attributes:
         dead_letters: ``SCAN_*`` dead letters, one per loop, repeated folder or unlisted folder.
@@ -135,6 +143,10 @@ class FolderScan:
             path = tf.io.gfile.join(folder, entry)
             if not is_dir and not entry.lower().endswith(self.file_suffixes):
                 is_dir = tf.io.gfile.isdir(path) or _is_broken_link(path)
+            elif not is_dir and "://" not in path:
+                # A local folder may be named like a file ("session1.mp4/"): a stat tells. Object stores mark
+                # their folders with the "/" above, so a known suffix spares them one request per file.
+                is_dir = os.path.isdir(path)
             (subdirs if is_dir else files).append(path)
         return Listing(folder, subdirs, files, chain)
 

@@ -141,6 +141,10 @@ class FoldersSource(LabelledMediaSource):
             split = folds_lib.fold_split(subject, self.folds, self.fold) if subject is not None else None
         else:
             split = canonical_split(split_text)
+        if reason is None and expression is not None and expression.startswith("."):
+            # A tool's hidden folder (.ipynb_checkpoints, .cache) holds copies, not a class: counted, not learnt.
+            reason, message = DROP_UNKNOWN_CLASS, f"{expression!r} is a hidden folder, not a class folder"
+            expression = None
         if reason is None and expression is None and (split is not None or self.folds is not None):
             reason, message = DROP_UNKNOWN_CLASS, "the video is not in a class folder"
         return MediaRow(source=path, media_key=rel, media_path=path, subject=subject or rel, split=split,

@@ -293,9 +293,15 @@ class ManifestSource(LabelledMediaSource):
 
         try:
             with FileSystems.open(self.manifest, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                text = f.read().decode("utf-8-sig", errors="replace")
+                data = f.read()
         except OSError as e:  # (BeamIOError too.)
             raise ValueError(f"cannot read --manifest {self.manifest}: {e}") from e
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:  # Replacing the bytes would make up class names and paths that match nothing.
+            line = data.count(b"\n", 0, e.start) + 1
+            raise ValueError(f"--manifest {self.manifest} line {line} is not UTF-8 ({e.reason} at byte {e.start}); "
+                             "save it as UTF-8 (e.g. iconv -f cp1252 -t utf-8)") from e
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # An unclosed quote is an error.
         start = 1
         try:

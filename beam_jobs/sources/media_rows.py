@@ -35,7 +35,7 @@ import numpy as np
 from beam_jobs.media import video as video_lib
 from beam_jobs.media.video import DEFAULT_FPS, VIDEO_EXTENSIONS, VideoError, VideoReader, local_copy
 from beam_jobs.sources import base
-from beam_jobs.sources.folder_scan import FolderScan
+from beam_jobs.sources.folder_scan import FolderScan, file_identity
 from tfrecords_schema import (
     HEAD_ACTION_UNITS,
     HEAD_EXPRESSION,
@@ -55,7 +55,8 @@ DROP_UNKNOWN_CLASS = "unknown_class"  # a class name not in --class_names (or no
 DROP_BAD_SEGMENT = "bad_segment"  # end <= start.
 DROP_SPLIT_CONFLICT = "split_conflict"  # a subject or a video in two splits: all its rows.
 DROP_UNKNOWN_SPLIT = "unknown_split"  # a split value or folder that is not a split.
-DROP_CONFLICTING_LABELS = "conflicting_labels"  # frames that two rows label differently.
+DROP_CONFLICTING_LABELS = "conflicting_labels"  # frames that two rows label differently (in the same task).
+DROP_EMPTY_SEGMENT = "empty_segment"  # a segment between two frames: it labels none (0 frames, a note).
 DROP_NO_SUBJECT = "no_subject"  # the folder adapter's --subject_regex does not match the path.
 
 UNASSIGNED_SPLIT = "unassigned"  # accounting entry of rows without a valid split.
@@ -290,9 +291,11 @@ def build_labels(segments: Sequence[Segment], fps: float, frames: int | None, *,
                  times_s: np.ndarray | None = None) -> base.TrackLabels:
     """Per-frame labels of a video from its segments.
 
-    Valid segments are laid down in row order; a frame that two rows label differently loses its
-    label (``conflicting_labels``). Then each rejected segment marks the frames it covers that have
-    no valid label with its reason. Every rejected row gets a dead letter with its frame count.
+    Valid segments are laid down in row order, each task on its own: a row's empty cells label nothing, so rows
+    that label different tasks of the same frames add up, and a frame loses a task's label where two rows give it
+    different values (``conflicting_labels``; the frame is dropped when no label is left). A valid segment that
+    holds no frame gets an ``empty_segment`` dead letter (0 frames). Then each rejected segment marks the frames it
+    covers that have no valid label with its reason. Every rejected row gets a dead letter with its frame count.
 
     Args:
         segments: The video's rows.
@@ -315,34 +318,57 @@ def build_labels(segments: Sequence[Segment], fps: float, frames: int | None, *,
     if frames is None and unknown_reason is not None:
         dead.append(base.DeadLetter(where, unknown_reason, f"{len(segments)} row(s) of this video count 0 frames: "
                                     f"its frame count cannot be read ({why_unknown})", 0))
-    labelled = np.zeros(n, dtype=bool)
-    conflict = np.zeros(n, dtype=bool)
+    # Each task is laid down on its own: a row's empty cell labels nothing, so rows that label different tasks of
+    # the same frames complement each other; a frame loses a task's label where two rows give it different values.
+    expression_set, va_set = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    expression_conflict, va_conflict = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    conflicts = []  # (row, frames whose label it contradicts first, tasks)
     for segment, (first, stop) in zip(segments, ranges):
         if segment.reason is not None:
             continue
-        if end_s is not None and segment.end is not None and segment.end > end_s + slack_s:
+        beyond = end_s is not None and segment.end is not None and segment.end > end_s + slack_s
+        if beyond:
             shown = f"{frames} frames at {fps:g} fps" if times_s is None else f"{frames} frames shown until {end_s:g} s"
             dead.append(base.DeadLetter(
                 segment.source, base.DROP_BEYOND_VIDEO_END,
                 f"segment {segment.start:g}-{segment.end:g} s ends after the video ({shown});"
                 " the time past the end labels no frame", 0))
-        span = slice(first, stop)
-        va = segment.valence_arousal or (keys.VA_INVALID, keys.VA_INVALID)
-        same = (expression[span] == segment.expression) & (valence_arousal[span] == va).all(axis=1)
-        new_conflict = labelled[span] & ~same & ~conflict[span]
-        fresh = ~labelled[span]
-        expression[span][fresh] = segment.expression  # (A slice is a view: this writes the track's array.)
-        valence_arousal[span][fresh] = va
-        labelled[span] = True
-        conflict[span] |= new_conflict
-        if new_conflict.any():
+        elif frames is not None and segment.start is not None and stop == first:
             dead.append(base.DeadLetter(
-                segment.source, DROP_CONFLICTING_LABELS,
-                "this row labels frames another row of the same video labels differently; those frames are dropped",
-                int(new_conflict.sum())))
-    expression[conflict] = keys.EXPRESSION_INVALID
-    valence_arousal[conflict] = keys.VA_INVALID
-    labels.rejected[conflict] = DROP_CONFLICTING_LABELS
+                segment.source, DROP_EMPTY_SEGMENT,
+                f"segment {segment.start:g}-{segment.end:g} s holds no frame of the video (none is shown between its"
+                " bounds); the row labels nothing", 0))
+        span = slice(first, stop)
+        new = np.zeros(stop - first, dtype=bool)
+        tasks = []
+        if segment.expression != keys.EXPRESSION_INVALID:
+            differ = expression_set[span] & (expression[span] != segment.expression) & ~expression_conflict[span]
+            expression[span][~expression_set[span]] = segment.expression  # (A slice is a view.)
+            expression_set[span] = True
+            expression_conflict[span] |= differ
+            new |= differ
+            tasks += ["expression"] if differ.any() else []
+        if segment.valence_arousal is not None:
+            va = np.asarray(segment.valence_arousal, dtype=np.float32)
+            differ = va_set[span] & (valence_arousal[span] != va).any(axis=1) & ~va_conflict[span]
+            valence_arousal[span][~va_set[span]] = va
+            va_set[span] = True
+            va_conflict[span] |= differ
+            new |= differ
+            tasks += ["valence/arousal"] if differ.any() else []
+        if new.any():
+            conflicts.append((segment, np.flatnonzero(new) + first, tasks))
+    expression[expression_conflict] = keys.EXPRESSION_INVALID
+    valence_arousal[va_conflict] = keys.VA_INVALID
+    lost = (expression_conflict | va_conflict) & ~labels.valid  # Frames left with no label at all.
+    labels.rejected[lost] = DROP_CONFLICTING_LABELS
+    for segment, where_new, tasks in conflicts:
+        dropped = int(lost[where_new].sum())
+        dead.append(base.DeadLetter(
+            segment.source, DROP_CONFLICTING_LABELS,
+            f"this row labels {len(where_new)} frame(s) another row of the same video labels differently "
+            f"({' and '.join(tasks)}); those labels are dropped, and {dropped} of the frames are left with no label",
+            dropped))
     valid = labels.valid
     for segment, (first, stop) in zip(segments, ranges):
         if segment.reason is None:
@@ -389,17 +415,34 @@ def resolve_class_names(rows: Iterable[MediaRow], class_names: Sequence[str] | N
     return [found[k] for k in sorted(found)]
 
 
-def _split_conflicts(rows: list[MediaRow]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """Splits of each subject and of each video that appears in more than one split."""
-    by_subject, by_media = collections.defaultdict(set), collections.defaultdict(set)
+def _split_conflicts(rows: list[MediaRow]) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """Splits of each subject in more than one split, and the problem of each video in more than one split.
+
+    A video is its file: paths to one file (a symbolic link, a hard link) are one video, so its pixels cannot reach
+    two splits under two names.
+    """
+    identities: dict[str, object] = {}
+    by_subject, by_media, keys_of = (collections.defaultdict(set), collections.defaultdict(set),
+                                     collections.defaultdict(set))
     for row in rows:
+        if row.media_key not in identities:
+            identities[row.media_key] = file_identity(row.media_path) if row.media_path else row.media_key
         if row.split is not None:
+            identity = identities[row.media_key]
             by_subject[row.subject].add(row.split)
-            by_media[row.media_key].add(row.split)
-    return ({k: v for k, v in by_subject.items() if len(v) > 1}, {k: v for k, v in by_media.items() if len(v) > 1})
+            by_media[identity].add(row.split)
+            keys_of[identity].add(row.media_key)
+    media_problems = {}
+    for identity, splits in by_media.items():
+        if len(splits) > 1:
+            for key in keys_of[identity]:
+                others = sorted(keys_of[identity] - {key})
+                also = f" (the same file as {others})" if others else ""
+                media_problems[key] = f"video {key!r}{also} is in splits {sorted(splits)}; all its rows are rejected"
+    return {k: v for k, v in by_subject.items() if len(v) > 1}, media_problems
 
 
-def _row_problem(row: MediaRow, names: list[str], subject_splits, media_splits,
+def _row_problem(row: MediaRow, names: list[str], subject_splits, media_problems,
                  use_expression: bool) -> tuple[str | None, str]:
     """The first reason a row is rejected for, with its message (None: the row is good)."""
     if row.reason is not None:
@@ -409,9 +452,8 @@ def _row_problem(row: MediaRow, names: list[str], subject_splits, media_splits,
     if row.subject in subject_splits:
         return DROP_SPLIT_CONFLICT, (f"subject {row.subject!r} is in splits {sorted(subject_splits[row.subject])}; "
                                      "all its rows are rejected")
-    if row.media_key in media_splits:
-        return DROP_SPLIT_CONFLICT, (f"video {row.media_key!r} is in splits {sorted(media_splits[row.media_key])}; "
-                                     "all its rows are rejected")
+    if row.media_key in media_problems:
+        return DROP_SPLIT_CONFLICT, media_problems[row.media_key]
     if use_expression and row.expression and row.expression.casefold() not in {n.casefold() for n in names}:
         return DROP_UNKNOWN_CLASS, f"class {row.expression!r} is not one of {names}"
     if (not use_expression or not row.expression) and row.valence_arousal is None:
@@ -436,11 +478,11 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
     use_expression = TASK_EXPRESSION in tasks
     names = resolve_class_names(rows, class_names) if use_expression else []
     class_index = {n.casefold(): i for i, n in enumerate(names)}
-    subject_splits, media_splits = _split_conflicts(rows)
+    subject_splits, media_problems = _split_conflicts(rows)
     out_tasks = tuple(t for t in tasks if t != TASK_EXPRESSION or names)
     grouped: dict[tuple[str, str], list[tuple[MediaRow, Segment]]] = collections.defaultdict(list)
     for row in rows:
-        reason, message = _row_problem(row, names, subject_splits, media_splits, use_expression)
+        reason, message = _row_problem(row, names, subject_splits, media_problems, use_expression)
         expression = keys.EXPRESSION_INVALID
         if use_expression and row.expression and row.expression.casefold() in class_index:
             expression = class_index[row.expression.casefold()]
