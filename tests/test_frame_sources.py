@@ -81,3 +81,43 @@ def test_a_crops_folder_named_otherwise_is_a_dead_letter_not_silent_blank_crops(
     assert "none of the 4 frames" in letters[0].message and "00001.jpg" in letters[0].message
     (clip,) = [i.clip for i in items if i.clip is not None]
     assert not clip.has_face.any()  # Still written, every labelled frame accounted for.
+
+
+def _avi_declaring(path, frames: int, declared: int):
+    """An MJPG AVI of ``frames`` frames whose headers declare ``declared`` (a damaged or hand-edited container)."""
+    import struct
+
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), vf.FPS, (32, 32))
+    for i in range(frames):
+        writer.write(vf.face_frame(4, 32, 32, seed=i))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    at = data.index(b"avih") + 8 + 16  # MainAVIHeader.dwTotalFrames
+    data[at:at + 4] = struct.pack("<I", declared)
+    at = data.index(b"strh") + 8 + 32  # AVIStreamHeader.dwLength
+    data[at:at + 4] = struct.pack("<I", declared)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_frames_after_those_the_container_declares_are_a_dead_letter_for_a_whole_video_row(tmp_path):
+    from beam_jobs.sources import media_rows
+
+    video = _avi_declaring(tmp_path / "v.avi", 12, 8)
+    fps, declared, _ = media_rows.container_frames(str(video))
+    assert declared == 8  # What the labels of a row without start/end are sized by.
+    labels = media_rows.build_labels([media_rows.Segment(None, None, 4)], fps, declared)
+    assert labels.open_end and labels.num_frames == 8
+    source = _source(cf.track("train", "v", media_path=str(video), data_path="v.avi"), labels)
+    items = list(source)
+    assert [c.frame_index.tolist() for c in (i.clip for i in items) if c is not None] == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    (letter,) = [i.dead_letter for i in items if i.dead_letter is not None]
+    assert (letter.reason, letter.source, letter.frames) == ("undeclared_frames", str(video), 0)
+    assert "4 frame(s) after the 8" in letter.message
+    assert source.frames_read == 8
+    # A segment's labels end where the row says: the frames after them are not its business.
+    segment = media_rows.build_labels([media_rows.Segment(0.0, 0.8, 4)], fps, declared)
+    assert not segment.open_end
+    assert not [i for i in _source(cf.track("train", "v", media_path=str(video)), segment) if i.dead_letter]

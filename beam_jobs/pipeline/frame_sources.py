@@ -41,7 +41,7 @@ from beam_jobs.media.video import (
     frame_timestamp_us,
 )
 from beam_jobs.pipeline.clips import Bucketer, ClipBuilder
-from beam_jobs.sources.base import DeadLetter, TrackLabels, TrackSpec
+from beam_jobs.sources.base import DROP_UNDECLARED_FRAMES, DeadLetter, TrackLabels, TrackSpec
 from tfrecords_schema import ClipRecord
 
 DROP_UNREADABLE_CROP = "unreadable_crop"  # Dead-letter reason: a provided crop that does not decode.
@@ -136,10 +136,12 @@ class DecodedVideo(FrameSource):
             # The last frame of the last clip that is written: the face stage is not needed after it.
             last_needed = max((i for i in range(1, self.labels.num_frames + 1, self.clip_length)
                                if builder.clip_has_valid(i)), default=0) + self.clip_length - 1
+            ended = False
             for index in range(1, self.labels.num_frames + 1):
                 wanted = builder.clip_has_valid(index)
                 frame = video.next_frame(decode=index <= last_needed)
                 if frame.status is FrameStatus.END:
+                    ended = True
                     break
                 if frame.status is FrameStatus.CORRUPT:
                     if not wanted:
@@ -164,7 +166,22 @@ class DecodedVideo(FrameSource):
             if clip is not None:
                 yield SourceItem(clip=clip, faces={status: statuses[status] for status in faces_lib.FACE_STATUSES})
             self.frames_read = video.frames_read
+            if not ended and self.labels.open_end:
+                yield from self._undeclared_frames(video)
             self.stream = video.facts()
+
+    def _undeclared_frames(self, video: VideoReader) -> Iterator[SourceItem]:
+        """A note when the video goes on after the frames its container declares, which sized labels meant to run to
+        its end: they are counted (decoded without colour conversion), not written."""
+        extra = 0
+        while video.next_frame(decode=False).status is not FrameStatus.END:
+            extra += 1
+        if extra:
+            yield SourceItem(dead_letter=DeadLetter(
+                self.track.media_path, DROP_UNDECLARED_FRAMES,
+                f"the video holds {extra} frame(s) after the {self.labels.num_frames} its container declares; a row "
+                "without start/end labels the declared frames only, so these are not written (give start/end "
+                "times, or rewrite the container: ffmpeg -i IN -c copy OUT)", 0))
 
 
 class ProvidedCrops(FrameSource):

@@ -26,6 +26,7 @@ DROP_MALFORMED_LINE = "malformed_line"  # a line that does not parse; its frame 
 DROP_OUT_OF_RANGE = "out_of_range"  # values outside the task's range; the frame had no other valid label.
 DROP_UNREADABLE_MEDIA = "unreadable_media"  # zero-byte, corrupt or unsupported video: no frame decodes.
 DROP_BEYOND_VIDEO_END = "beyond_video_end"  # annotation lines past the last decodable frame.
+DROP_UNDECLARED_FRAMES = "undeclared_frames"  # A note: frames after those the container declares (0 frames).
 DROP_DECODE_ERROR = "decode_error"  # an exception while converting a track; its remaining frames.
 DROP_READ_LABELS_ERROR = "read_labels_error"  # the adapter raised on a track's annotations: its lines are lost.
 
@@ -154,6 +155,9 @@ class TrackLabels:
             rejected (malformed or out of range), "" elsewhere. Such frames count as
             labelled and, since nothing valid is left, as dropped with that reason.
         dead_letters: One entry per rejected line or file, naming file and line number.
+        open_end: The labels were meant to run to the video's last frame (a manifest row without ``start``/``end``),
+            and were sized by the frame count the container declares: a decoder that finds more frames reports
+            them (:data:`DROP_UNDECLARED_FRAMES`).
     """
 
     expression: np.ndarray
@@ -161,6 +165,7 @@ class TrackLabels:
     action_units: np.ndarray
     rejected: np.ndarray
     dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
+    open_end: bool = False
 
     @property
     def num_frames(self) -> int:

@@ -313,7 +313,8 @@ def build_labels(segments: Sequence[Segment], fps: float, frames: int | None, *,
     expression = np.full(n, keys.EXPRESSION_INVALID, dtype=np.int64)
     valence_arousal = np.full((n, 2), keys.VA_INVALID, dtype=np.float32)
     labels = base.TrackLabels(expression, valence_arousal, np.zeros((n, 0), dtype=np.int64),
-                              np.full(n, "", dtype=object))
+                              np.full(n, "", dtype=object),
+                              open_end=frames is not None and any(s.start is None for s in segments))
     dead = labels.dead_letters
     if frames is None and unknown_reason is not None:
         dead.append(base.DeadLetter(where, unknown_reason, f"{len(segments)} row(s) of this video count 0 frames: "
