@@ -394,3 +394,15 @@ def test_a_manifest_that_is_not_utf8_is_refused_with_its_line(tmp_path):
     manifest.write_bytes("path,split,expression\na.avi,train,happy\nb.avi,train,col\u00e8re\n".encode("cp1252"))
     with pytest.raises(ValueError, match="line 3 is not UTF-8"):
         ManifestSource(str(manifest)).discover()
+
+
+def test_a_row_with_a_stray_comma_names_its_video_which_is_not_reported_unused(tmp_path):
+    write_video(tmp_path / "a.avi", 3)
+    write_video(tmp_path / "b.avi", 3)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,split,expression\na.avi,train,happy\nb.avi,train,happy, excited\n", encoding="utf-8")
+    found = ManifestSource(str(manifest), videos=str(tmp_path)).discover()
+    (letter,) = found.dead_letters
+    assert (letter.source, letter.reason, letter.frames) == (f"{manifest}:line 3", "malformed_line", 0)
+    assert "4 cells for 3 columns" in letter.message and "'b.avi'" in letter.message
+    assert found.unused_media == []

@@ -341,8 +341,14 @@ class ManifestSource(LabelledMediaSource):
     def _row(self, source: str, columns: list[str], cells: list[str], index: _MediaIndex) -> MediaRow | base.DeadLetter:
         """One CSV record → a row, or a dead letter when none of its frames can be known."""
         if len(cells) != len(columns):
+            # Its labels cannot be read (an unquoted comma shifts them), but its path cell usually can: the video is
+            # named in the message and is not reported as unused.
+            at = columns.index(COLUMN_PATH)
+            named = index.resolve(cells[at])[0] if at < len(cells) and cells[at].strip() else ""
+            video = f" of video {named!r}" if named else ""
             return base.DeadLetter(source, base.DROP_MALFORMED_LINE,
-                                   f"{len(cells)} cells for {len(columns)} columns", 0)
+                                   f"{len(cells)} cells for {len(columns)} columns (a comma inside a cell needs "
+                                   f"quotes): the row's labels{video} cannot be read; it counts 0 frames", 0)
         cell = {c: v.strip() for c, v in zip(columns, cells)}
         if not cell[COLUMN_PATH]:
             return base.DeadLetter(source, base.DROP_MALFORMED_LINE, "empty path", 0)
