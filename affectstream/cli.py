@@ -62,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_tensorflow(rest)
     module = importlib.import_module(COMMANDS[command][0])
-    code = int(module.run(rest) or 0)
+    try:
+        code = int(module.run(rest) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C: the command's clean-up (staged outputs, locks, temp folders) ran as the interrupt unwound it; the
+        # traceback would only bury that. 130: the shell's code for a process ended by SIGINT.
+        print(f"affectstream {command}: interrupted", file=sys.stderr)
+        code = 130
     filesystems = sys.modules.get("trainer.common.filesystems")
     if filesystems is not None:
         # tensorflow-io's S3 file system aborts the interpreter at exit: leave early once it was used.

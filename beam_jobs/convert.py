@@ -226,6 +226,8 @@ def _run_pipeline(source, config, discovery: Discovery, recorded: dict, options,
                     source, config, splits, recorded, letters, discovery.unused_media, discovery.split_drops)
             )
     except Exception as e:
+        if _interrupted(e):  # Ctrl-C reached a worker thread of this process: Beam wraps it in its error.
+            raise KeyboardInterrupt from e
         raise ConvertError(f"the pipeline failed: {type(e).__name__}: {e}") from e
     finally:
         if progress.is_alive():
@@ -313,6 +315,17 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _interrupted(error: BaseException) -> bool:
+    """Whether a pipeline error is a KeyboardInterrupt that Beam re-raised as its own (by type or by message)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt) or str(error).startswith("KeyboardInterrupt"):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -> int:
     """Runs the conversion; returns the process exit code.
 
@@ -362,6 +375,9 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
     except OSError as e:  # Taking the lock, repairing a leftover or swapping the output in (permissions...).
         print(f"convert: error: output {args.output}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # The output folder was restored and unlocked as the interrupt unwound.
+        print(f"convert: interrupted; {args.output} is as it was before the run", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import abaw_layout as abaw
 import pytest
@@ -281,6 +282,34 @@ def test_an_ambiguous_media_dead_letter_lists_its_candidates(tmp_path):
     letters = [json.loads(line) for line in (tmp_path / "out" / "errors" / "dead_letters.jsonl").open()]
     (ambiguous,) = [d for d in letters if d["reason"] == "ambiguous_media"]
     assert "one/clip.avi" in ambiguous["message"] and "two/clip.mp4" in ambiguous["message"]
+
+
+def test_ctrl_c_ends_a_run_with_code_130_in_one_line_and_the_previous_output_kept(tmp_path):
+    long_video = vf.write_face_video(tmp_path / "v" / "long.avi", [4] * 12000, height=64, width=64)
+    vf.write_face_video(tmp_path / "v" / "short.avi", [4] * 6, height=64, width=64)
+    (tmp_path / "short.csv").write_text("path,split,expression\nshort.avi,train,happy\n", encoding="utf-8")
+    (tmp_path / "long.csv").write_text(f"path,split,expression\n{long_video.name},train,happy\n", encoding="utf-8")
+    out = tmp_path / "out"
+
+    def command(manifest, *extra):
+        return [sys.executable, "-m", "affectstream.cli", "convert", "--dataset", "manifest", "--manifest",
+                str(tmp_path / manifest), "--videos", str(tmp_path / "v"), "--output", str(out), "--runner",
+                "DirectRunner", "--direct_num_workers", "1", "--progress_every", "0", *extra]
+
+    assert subprocess.run(command("short.csv"), capture_output=True, check=False).returncode == 0
+    before = tree(out)
+    # SIGINT at its default (a shell's background job inherits it ignored): Python turns it into KeyboardInterrupt.
+    proc = subprocess.Popen(command("long.csv", "--overwrite"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:  # Discovery is done and the pipeline starts: ~9 s of work on 2 cores follow.
+        if line.startswith("[convert] 1 tracks"):
+            break
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == f"convert: interrupted; {out} is as it was before the run"
+    assert tree(out) == before and sorted(os.listdir(tmp_path)) == ["long.csv", "out", "short.csv", "v"]
 
 
 # ------------------------------------------------------------------------------------ a really full file system
