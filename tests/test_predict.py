@@ -231,6 +231,19 @@ def test_folders_are_searched_recursively_for_every_container_in_any_case(tmp_pa
         videos.list_videos([str(tmp_path / "empty")])
 
 
+def test_a_render_over_its_own_video_and_an_output_that_is_a_file_are_refused_before_any_work(tmp_path, capsys):
+    video = vf.write_face_video(tmp_path / "v" / "talk.mp4", [4] * 3)
+    before = video.read_bytes()
+    # Checked before the model is loaded: a model that is not there is never reached.
+    argv = ["--model", str(tmp_path / "no_model"), "--videos", str(video), "--render"]
+    assert predict.run([*argv, "--output", str(tmp_path / "v")]) == 2
+    assert "--render would write" in capsys.readouterr().err and video.read_bytes() == before
+    (tmp_path / "file").write_text("mine", encoding="utf-8")
+    assert predict.run([*argv, "--output", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text(encoding="utf-8") == "mine"
+
+
 def test_output_names_carry_the_side_and_clashing_names_are_refused():
     assert videos.output_stems(["x/10-60-1280x720.mp4", "y/b.AVI"], "left") == ["10-60-1280x720_left", "b_left"]
     assert videos.output_stems(["gs://bucket/v/a.mp4"], None) == ["a"]

@@ -55,7 +55,7 @@ from trainer.prediction.crops import CROPS_FACE_STAGE, CROPS_PROVIDED, ServedCro
 from trainer.prediction.errors import PredictError, PredictUsageError
 from trainer.prediction.progress import PROGRESS_EVERY_S, Progress
 from trainer.prediction.serving import RUNTIME_AUTO, RUNTIMES, load_export, load_predictor, predict_video
-from trainer.prediction.videos import list_videos, local_video, plan_tracks
+from trainer.prediction.videos import check_output_place, list_videos, local_video, plan_tracks
 
 log = logging.getLogger("trainer.prediction.predict")
 
@@ -189,6 +189,7 @@ def predict(args) -> int:
     for note in duplicates:
         print(f"[predict] note: {note}", file=sys.stderr, flush=True)
     tracks = plan_tracks(videos, args.side, args.cropped_aligned)
+    check_output_place(args.output, tracks, args.render)
     model_info, served, model_dir = load_export(args.model)
     crops = choose_crops(served, args)
     heads = list(model_info["heads"])

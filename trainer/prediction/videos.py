@@ -172,3 +172,27 @@ def local_video(path: str) -> Iterator[str]:
         yield local
     finally:
         os.remove(local)
+
+
+def check_output_place(output: str, tracks: Sequence[Track], render: bool) -> None:
+    """Refuses, before any video is read, an ``--output`` that cannot take the run's files or would replace an input.
+
+    A render is ``OUT/<stem>.mp4``: with ``--output`` the videos' own folder it would be written over the video it
+    renders (files of the same names are replaced, and this one is not the tool's to replace).
+
+    Raises:
+        PredictUsageError: ``--output`` is a file, or a render would land on an input video.
+    """
+    from tfrecords_schema import join_path, storage
+
+    files = storage.gfile(output)
+    if files.exists(output) and not files.isdir(output):
+        raise PredictUsageError(f"--output {output!r} is a file; give a folder")
+    if not render:
+        return
+    inputs = {_same_file_key(track.video): track.video for track in tracks}
+    for track in tracks:
+        target = join_path(output, f"{track.stem}.mp4")
+        if _same_file_key(target) in inputs:
+            raise PredictUsageError(f"--render would write {target}, which is the input video "
+                                    f"{inputs[_same_file_key(target)]!r}; give an --output folder apart from the videos")
