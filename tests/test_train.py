@@ -394,6 +394,23 @@ def test_config_file_with_unknown_option_lists_valid_options(tmp_path):
     assert rc == 2 and "epoch" in err and "steps_per_epoch" in err
 
 
+@pytest.mark.parametrize("option, value, expected", [
+    ("allow_data_change", "no", "--allow_data_change must be true or false"),  # "no" is a true string.
+    ("skip_corrupt", "no", "--skip_corrupt must be true or false"),
+    ("mixed_precision", "false", "--mixed_precision must be true or false"),
+    ("augment", "false", "--augment must be true or false"),
+    ("data", 5, "--data must be a string"),
+    ("seed", "1", "--seed must be an integer"),
+    ("cnn_width", float("inf"), "--cnn_width must be a finite number"),
+])
+def test_config_file_values_of_the_wrong_type_are_refused_in_one_line(tmp_path, option, value, expected):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"data": "x", "job_dir": str(tmp_path / "job"), option: value}))
+    rc, err = _run_capturing(["--config", str(config)])
+    assert rc == 2 and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "job").exists()
+
+
 def test_evaluate_rejects_a_directory_without_a_model(tmp_path):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

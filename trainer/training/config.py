@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -105,6 +106,7 @@ class TrainConfig:
     verbose: bool = False
 
     def __post_init__(self):
+        self._check_types()  # First: a config file's "no" is a true string, and the lines below read the options.
         if self.mixed_precision:  # --mixed_precision, the option's old form: mixed_float16
             if self.precision not in (PRECISION_FLOAT32, PRECISION_FLOAT16):
                 raise ConfigError(f"--mixed_precision means --precision {PRECISION_FLOAT16}; it contradicts "
@@ -115,6 +117,23 @@ class TrainConfig:
             # --init_from of the sequence stage, before --features_from generalised it: the same thing.
             self.features_from, self.init_from = self.init_from, None
         self.validate()
+
+    def _check_types(self) -> None:
+        """Raises ConfigError on a value of the wrong JSON type (flags arrive typed; a ``--config`` file's do not)."""
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), field.type
+            if kind == "str | None" and value is None:
+                continue
+            if kind == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"--{field.name} must be true or false (a JSON true/false in a config file), "
+                                  f"got {value!r}")
+            if kind in ("str", "str | None") and not isinstance(value, str):
+                raise ConfigError(f"--{field.name} must be a string, got {value!r}")
+            if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ConfigError(f"--{field.name} must be an integer, got {value!r}")
+            if kind == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                    or not math.isfinite(value)):
+                raise ConfigError(f"--{field.name} must be a finite number, got {value!r}")
 
     def validate(self) -> None:
         """Raises ConfigError on a missing or invalid option (listing the valid values)."""
