@@ -116,6 +116,39 @@ SOURCE_DIRNAME, RECORDS_DIRNAME, CNN_JOB_DIRNAME, JOB_DIRNAME = "source", "recor
 REAL_SOURCE_DIRNAME, REAL_RECORDS_DIRNAME, PREDICTIONS_DIRNAME = "real_source", "real_records", "predictions"
 DEMO_ENTRIES = (SOURCE_DIRNAME, RECORDS_DIRNAME, CNN_JOB_DIRNAME, JOB_DIRNAME, REAL_SOURCE_DIRNAME,
                 REAL_RECORDS_DIRNAME, PREDICTIONS_DIRNAME)
+# The files a demo run wrote under DEMO_ENTRIES (written as the run ends, however it ends): a file in them that is
+# not listed was put there since, and is the user's.
+DEMO_FILES = ".affectstream-demo-files.json"
+
+
+def _files_under_entries(out: str) -> list[str]:
+    """Files (and links) under the demo's entries of ``out``, as ``/``-separated paths relative to it, sorted."""
+    found = []
+    for entry in DEMO_ENTRIES:
+        top = os.path.join(out, entry)
+        if not os.path.isdir(top) or os.path.islink(top):
+            continue
+        for folder, dirs, files in os.walk(top):
+            names = files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+            found += [os.path.relpath(os.path.join(folder, n), out).replace(os.sep, "/") for n in names]
+    return sorted(found)
+
+
+def record_demo_files(out: str) -> None:
+    """Lists what this run wrote under the demo's entries (:data:`DEMO_FILES`), so the next run deletes only that."""
+    if os.path.isdir(out):
+        with open(os.path.join(out, DEMO_FILES), "w", encoding="utf-8") as f:
+            json.dump(_files_under_entries(out), f)
+
+
+def _demo_files_written(out: str) -> set[str] | None:
+    """The files the last run listed (:data:`DEMO_FILES`), or None without a readable list."""
+    try:
+        with open(os.path.join(out, DEMO_FILES), encoding="utf-8") as f:
+            listed = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return set(listed) if isinstance(listed, list) else None
 
 
 def claim_demo_folder(out: str) -> None:
@@ -137,7 +170,15 @@ def claim_demo_folder(out: str) -> None:
             raise ValueError(f"--output {out} is not empty and was not made by the demo (no {DEMO_MARKER}); "
                              "choose another folder or empty it yourself")
         foreign = [f"{e}/" if os.path.isdir(os.path.join(out, e)) else e for e in entries
-                   if e not in DEMO_ENTRIES and e != DEMO_MARKER]
+                   if e not in DEMO_ENTRIES and e not in (DEMO_MARKER, DEMO_FILES)]
+        written = _demo_files_written(out)
+        inside = [f for f in _files_under_entries(out) if written is None or f not in written]
+        if inside and written is None:
+            raise ValueError(f"--output {out} was made by the demo, but holds no record of the files its last run "
+                             f"wrote ({DEMO_FILES}: an older version, or a run killed outright), so its "
+                             f"{len(inside)} files cannot be told from yours; nothing was deleted: delete the folder "
+                             "yourself or choose another one")
+        foreign += inside
         if foreign:
             raise ValueError(f"--output {out} was made by the demo, but {describe_foreign(foreign, 'the demo')}; "
                              "nothing was deleted: move them elsewhere or choose another folder")
@@ -148,6 +189,8 @@ def claim_demo_folder(out: str) -> None:
             else:
                 os.unlink(path)
     os.makedirs(out, exist_ok=True)
+    if os.path.lexists(os.path.join(out, DEMO_FILES)):  # The last run's list: this run writes its own as it ends.
+        os.unlink(os.path.join(out, DEMO_FILES))
     with open(os.path.join(out, DEMO_MARKER), "w", encoding="utf-8") as f:
         f.write("made by `affectstream demo`; the next demo run into this folder replaces what it made here\n")
 
@@ -167,9 +210,6 @@ def run(argv: list[str] | None = None) -> int:
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
 
-    from beam_jobs import convert, inspect_dataset
-    from trainer.evaluation import evaluate
-    from trainer.evaluation.reports import format_summary
 
     out = os.path.abspath(args.output)
     try:
@@ -178,6 +218,18 @@ def run(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
+    try:
+        return _demo_steps(args, out)
+    finally:
+        record_demo_files(out)  # However the run ends: the next one deletes what this one wrote, and only that.
+
+
+def _demo_steps(args, out: str) -> int:
+    """The demo's six steps into its claimed folder ``out``; returns 0."""
+    from beam_jobs import convert, inspect_dataset
+    from trainer.evaluation import evaluate
+    from trainer.evaluation.reports import format_summary
+
     source, records, job = (os.path.join(out, n) for n in (SOURCE_DIRNAME, RECORDS_DIRNAME, JOB_DIRNAME))
     cnn_job = os.path.join(out, CNN_JOB_DIRNAME)
     started = time.time()

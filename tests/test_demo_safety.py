@@ -44,3 +44,32 @@ def test_demo_with_a_bad_size_says_so_in_one_line_before_touching_its_folder(tmp
     assert demo.run(["--output", str(tmp_path / "out"), "--frames_per_video", "5"]) == 2
     assert capsys.readouterr().err == "demo: error: --frames_per_video must be >= 60, got 5\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_put_inside_a_folder_of_the_demo_is_the_users_too(tmp_path, capsys):
+    out = tmp_path / "demo_output"
+    demo.claim_demo_folder(str(out))
+    (out / "predictions").mkdir()
+    (out / "predictions" / "talk.csv").write_text("demo's")
+    demo.record_demo_files(str(out))  # As a demo run does when it ends.
+    (out / "predictions" / "my_other_video.csv").write_text("mine")
+    (out / "job").mkdir()
+    (out / "job" / "notes.txt").write_text("mine")
+    assert demo.run(["--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "job/notes.txt" in err and "predictions/my_other_video.csv" in err and "nothing was deleted" in err
+    assert (out / "predictions" / "talk.csv").exists() and (out / "job" / "notes.txt").read_text() == "mine"
+    (out / "job" / "notes.txt").unlink()
+    (out / "predictions" / "my_other_video.csv").unlink()
+    demo.claim_demo_folder(str(out))  # Only what the last run listed: cleared.
+    assert sorted(p.name for p in out.iterdir()) == [demo.DEMO_MARKER]
+
+
+def test_without_the_list_of_what_the_last_run_wrote_its_files_are_not_deleted(tmp_path, capsys):
+    out = tmp_path / "demo_output"
+    demo.claim_demo_folder(str(out))  # A run killed outright (or an older version): no list of its files.
+    (out / "records").mkdir()
+    (out / "records" / "dataset_info.json").write_text("{}")
+    assert demo.run(["--output", str(out)]) == 2
+    assert "holds no record of the files its last run wrote" in capsys.readouterr().err
+    assert (out / "records" / "dataset_info.json").exists()
