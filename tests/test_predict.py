@@ -241,6 +241,9 @@ def test_a_render_over_its_own_video_and_an_output_that_is_a_file_are_refused_be
     (tmp_path / "file").write_text("mine", encoding="utf-8")
     assert predict.run([*argv, "--output", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+    # A batch far past any speed-up: refused in one line (100,000 windows a call ended in a segmentation fault).
+    assert predict.run([*argv, "--output", str(tmp_path / "out"), "--batch_size", "100000"]) == 2
+    assert "--batch_size must be <= 1024" in capsys.readouterr().err and not (tmp_path / "out").exists()
     assert (tmp_path / "file").read_text(encoding="utf-8") == "mine"
 
 

@@ -60,6 +60,7 @@ from trainer.prediction.videos import check_output_place, list_videos, local_vid
 log = logging.getLogger("trainer.prediction.predict")
 
 SUMMARY_FILENAME = "predict_summary.json"
+MAX_SERVING_BATCH = 1024  # --batch_size's bound: far past the speed-up of bigger batches, short of the memory it takes.
 SCORES_FILENAME = "scores.json"
 
 
@@ -285,6 +286,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         if value < low:
             print(f"error: {option} must be >= {low}, got {value}", file=sys.stderr)
             return 2
+    if args.batch_size > MAX_SERVING_BATCH:  # Every call fills its batch: memory grows with it, not with the video.
+        print(f"error: --batch_size must be <= {MAX_SERVING_BATCH} windows a call, got {args.batch_size} (every call "
+              "holds a full batch: 1024 windows took ~1.7 GB on a 1-frame video)", file=sys.stderr)
+        return 2
     try:
         return predict(args)
     except PredictUsageError as e:
