@@ -53,3 +53,17 @@ def test_input_rate_prints_one_json_line_last_with_the_figures(data, codec, extr
 def test_bad_options_exit_2_with_one_line(data, argv, expected):
     code, out, err = _run("--data", data / "jpeg", *argv)
     assert code == 2 and expected in err and not out
+
+
+def test_windows_longer_than_the_clips_are_warned_about(data, caplog):
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        code, _, err = _run("--data", data / "jpeg", "--task", "expr", "--batch_size", "4", "--seq_len", "16",
+                            "--seconds", "0.2", "--warmup_batches", "1")
+    assert code == 0, err
+    assert "--seq_len 16 is longer than the clips" in caplog.text
+    assert "(8 frames): every window is at least 50% padding" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        code, _, err = _run("--data", data / "jpeg", "--task", "expr", "--batch_size", "4", "--seq_len", "8",
+                            "--seconds", "0.2", "--warmup_batches", "1")
+    assert code == 0 and "is longer than the clips" not in caplog.text

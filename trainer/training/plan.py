@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 
 from tfrecords_schema import SPLIT_SELECTION
+from trainer.common.choices import STAGE_FRAMES
 from trainer.common.errors import TrainingError
 from trainer.training.config import TrainConfig
 
@@ -186,6 +187,11 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
                    total_steps=steps_per_epoch * config.epochs, jit=resolve_jit_compile(config.jit_compile, strategy,
                                                                                         use_gpu),
                    select_split=select_split, eval_split=config.eval_split)
+    if config.stage != STAGE_FRAMES and config.seq_len > info.clip_length:  # (The frames stage reads single frames.)
+        log.warning("--seq_len %d is longer than the clips of %s (%d frames): every window is at least %d%% padding, "
+                    "which the model is fed and input-rate counts as frames; convert with --clip_length %d or more, or "
+                    "lower --seq_len", config.seq_len, config.data, info.clip_length,
+                    100 * (config.seq_len - info.clip_length) // config.seq_len, config.seq_len)
     if config.precision != "float32" and not use_gpu:
         log.warning("--precision %s without a GPU: 16-bit arithmetic on this CPU is emulated and slow (a check, "
                     "not a speed-up)", config.precision)
