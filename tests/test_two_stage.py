@@ -67,6 +67,20 @@ def test_frames_stage_exports_a_per_frame_model(frames_job):
     np.testing.assert_allclose(backward[:, ::-1], forward, atol=1e-5)
 
 
+def test_frames_stage_from_a_sequence_export_keeps_its_cnn_and_starts_new_heads(dataset, sequence_job, tmp_path,
+                                                                               caplog):
+    job = tmp_path / "job"
+    with caplog.at_level("INFO", logger="trainer.train"):
+        rc, err = run_train(["--data", dataset, "--job_dir", str(job), "--stage", "frames", "--init_from",
+                             str(sequence_job), "--epochs", "1", "--steps_per_epoch", "2", *TINY])
+    # Its expression head reads the GRU's 8 outputs, not a frame's 16 features: it used to be copied (a Keras error).
+    assert rc == 0, err[-3000:]
+    assert "is a sequence export: its heads read its recurrent stack, so only its CNN is kept" in caplog.text
+    rc, err = run_train(["--data", dataset, "--job_dir", str(tmp_path / "job2"), "--stage", "frames", "--init_from",
+                         str(sequence_job), "--class_map", "Neutral=Neutral", "--epochs", "1", *TINY])
+    assert rc == 1 and "reads its recurrent stack (a sequence export)" in err, err[-2000:]
+
+
 def test_feature_shards_mirror_the_clip_shards_and_hold_the_cnn_output(dataset, frames_job, sequence_job):
     index = read_features_info(str(sequence_job / "features"))
     data = read_dataset_info(dataset)

@@ -120,13 +120,25 @@ def head_plan(source: ExportSource, heads, info, class_map_text: str | None) -> 
     Raises:
         TrainingError: a ``--class_map`` that names classes the export or the data do not have.
     """
+    from trainer.model.export import is_per_frame
     from trainer.model.pretrained import class_map_targets, parse_class_map
 
     exported = source.info.get("label_names", {})
     own_map = source.info.get("class_map") or None
     source_classes = (own_map or {}).get("source") or exported.get(HEAD_EXPRESSION, [])
     kept, class_map, mapping = [], None, None
+    # A sequence or end-to-end export's heads read its recurrent stack, not a frame's features: only its CNN fits.
+    per_frame = is_per_frame(source.info)
+    if class_map_text and not per_frame:
+        raise TrainingError(f"--class_map reuses the expression head of {source.dir}, which reads its recurrent stack "
+                            f"(a {source.stage} export), not a frame's features: give a per-frame export (--stage "
+                            "frames, or import-model) or leave --class_map out for a new head")
+    if not per_frame:
+        log.info("%s %s is a %s export: its heads read its recurrent stack, so only its CNN is kept", source.option,
+                 source.dir, source.stage)
     for head in heads:
+        if not per_frame:
+            continue
         if head == HEAD_EXPRESSION and class_map_text:
             try:
                 mapping = parse_class_map(class_map_text)
