@@ -222,7 +222,9 @@ def format_metrics(metrics: Mapping) -> str:
         if head == HEAD_ACTION_UNITS:
             lines.append("  " + "  ".join(f"{name} {v['f1']:.3f}" for name, v in metrics[head]["per_au"].items()))
     if "score" in metrics:
-        lines.append(f"selection score: {metrics['score']:.4f}")
+        # The criterion the best epoch is selected by, here on this split (not a figure of the selection split).
+        lines.append(f"score (the epoch-selection criterion: sum over heads) on {metrics.get('split', 'this split')}: "
+                     f"{metrics['score']:.4f}")
     return "\n".join(lines + _coverage_lines(metrics))
 
 
