@@ -176,7 +176,7 @@ def shard_files(data_dir: str, shards: list[ShardInfo], what: str, input_context
             message = (f"shard {path} ({what}) has {size} bytes but dataset_info.json says {shard.num_bytes}: "
                        f"truncated or rewritten")
             if skipped is None:
-                raise CorruptShardError(message + " (skip_corrupt=True reads what it can and counts the loss)")
+                raise CorruptShardError(message + " (--skip_corrupt reads what it can and counts the loss)")
             logger.warning("%s; reading it anyway (skip_corrupt)", message)
     return paths, [s.num_records for s in shards]
 
@@ -208,7 +208,7 @@ def read_shard(path: tf.Tensor, expected: tf.Tensor, skipped: SkippedRecords | N
             tf.debugging.Assert(
                 tf.logical_or(tf.logical_not(is_end), tf.equal(count, expected)),
                 ["corrupt or truncated shard", path, "yielded", count, "records, dataset_info.json lists",
-                 expected, "(pass skip_corrupt=True / --skip_corrupt to skip and count the loss)"],
+                 expected, "(pass --skip_corrupt to skip and count the loss)"],
             )
         return count + tf.size(group, tf.int64), group
 

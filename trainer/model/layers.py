@@ -74,7 +74,8 @@ class ImageAdapter(keras.layers.Layer):
             raise ValueError(f"pixel_range must be LOW,HIGH with LOW < HIGH, got {pixel_range}")
         for name, values in (("mean", mean), ("std", std)):
             if values is not None and len(values) not in (1, channels):
-                raise ValueError(f"{name} needs 1 or {channels} values, got {list(values)}")
+                wanted = "1 value (a grey model)" if channels == 1 else f"1 value or {channels} (one per channel)"
+                raise ValueError(f"--{name} needs {wanted}, got {list(values)}")
         if std is not None and min(float(v) for v in std) <= 0:
             raise ValueError(f"std values must be > 0, got {list(std)}")
         self.size, self.channels, self.channel_order = int(size), int(channels), channel_order
