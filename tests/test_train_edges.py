@@ -87,3 +87,18 @@ def test_a_model_info_json_error_names_the_file(tmp_path):
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = evaluate.run(["--model", str(export), "--data", str(tmp_path / "data")])
     assert rc == 1 and f"{export / 'model_info.json'} is not valid JSON" in err.getvalue()
+
+
+def test_a_job_dir_that_is_a_file_or_an_export_holding_user_files_is_refused_before_the_first_step(tiny_data,
+                                                                                                  tmp_path):
+    data = str(tiny_data[0])
+    (tmp_path / "file").write_text("mine")
+    rc, err = run_train(["--data", data, "--job_dir", str(tmp_path / "file"), "--epochs", "1", *TINY])
+    assert rc == 1 and f"--job_dir {tmp_path / 'file'} is a file" in err, err[-2000:]
+    assert (tmp_path / "file").read_text() == "mine"
+    export = tmp_path / "job" / "export"
+    export.mkdir(parents=True)
+    (export / "notes.txt").write_text("mine")  # Before the run: the export at its end would be refused.
+    rc, err = run_train(["--data", data, "--job_dir", str(tmp_path / "job"), "--epochs", "1", *TINY])
+    assert rc == 1 and "holds 1 entry an export does not write (notes.txt)" in err, err[-2000:]
+    assert sorted(os.listdir(tmp_path / "job")) == ["export"] and os.listdir(export) == ["notes.txt"]  # No step.

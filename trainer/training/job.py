@@ -288,7 +288,7 @@ def train(config: TrainConfig) -> dict:
     """
     from tfrecords_schema import SPLIT_TRAIN
     from trainer.training import distribution
-    from trainer.training.preflight import check_data_crop_size, check_evaluated_shards
+    from trainer.training.preflight import check_data_crop_size, check_evaluated_shards, check_job_dir
 
     # 1. The strategy, before any other TensorFlow op (MultiWorkerMirroredStrategy needs that).
     strategy, role = distribution.make_strategy(config.strategy)
@@ -296,6 +296,8 @@ def train(config: TrainConfig) -> dict:
     # 2. The plan, checked against the data before anything is written (trainer.training.preflight: the frames
     #    have the size dataset_info.json says).
     plan = plan_job(config, strategy, role)
+    if role.is_chief:  # The chief writes the export.
+        check_job_dir(config.job_dir)
     check_data_crop_size(config.data, plan.info, dict.fromkeys((SPLIT_TRAIN, plan.select_split, plan.eval_split)))
     if role.is_chief and not config.skip_corrupt:  # The chief evaluates: a corrupt shard fails now, not after epoch 1.
         check_evaluated_shards(config.data, plan.info, dict.fromkeys((plan.select_split, plan.eval_split)))

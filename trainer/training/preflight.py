@@ -161,3 +161,24 @@ def check_weights_crop_size(config, spec) -> None:
         f"{config.data} ({saved_on}; its feature layer takes {in_file} values, {needed} on {spec.crop_size} px "
         f"crops): give weights saved from a simple_cnn on {spec.crop_size} px crops with the same --cnn_width, "
         f"convert the data at the file's crop size, or use --weights none")
+
+
+def check_job_dir(job_dir: str) -> None:
+    """Refuses, before any training, a ``--job_dir`` that is a file, or whose ``export/`` holds files an export does
+    not write: the export at the end would be refused then (hours later), with nothing written.
+
+    Raises:
+        TrainingError: either problem, in one line.
+    """
+    from tfrecords_schema import join_path, storage
+    from trainer.model.export import EXPORT_DIRNAME, foreign_entries
+
+    files = storage.gfile(job_dir)
+    if files.exists(job_dir) and not files.isdir(job_dir):
+        raise TrainingError(f"--job_dir {job_dir} is a file; give a folder (new, or a job's to resume)")
+    export_dir = join_path(job_dir, EXPORT_DIRNAME)
+    foreign = foreign_entries(export_dir) if files.isdir(export_dir) else []
+    if foreign:
+        raise TrainingError(f"{export_dir} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} an export "
+                            f"does not write ({', '.join(foreign[:8])}): the export that ends this job would be "
+                            "refused; move them elsewhere first")
