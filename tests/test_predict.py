@@ -241,6 +241,10 @@ def test_a_render_over_its_own_video_and_an_output_that_is_a_file_are_refused_be
     (tmp_path / "file").write_text("mine", encoding="utf-8")
     assert predict.run([*argv, "--output", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+    # Annotations to score against that hold nothing of the split: said before any video, not after all of them.
+    (tmp_path / "empty").mkdir()
+    assert predict.run([*argv[:-1], "--output", str(tmp_path / "out"), "--annotations", str(tmp_path / "empty")]) == 2
+    assert "no ABAW annotation files" in capsys.readouterr().err  # The adapter's own line, before any video.
     # A batch far past any speed-up: refused in one line (100,000 windows a call ended in a segmentation fault).
     assert predict.run([*argv, "--output", str(tmp_path / "out"), "--batch_size", "100000"]) == 2
     assert "--batch_size must be <= 1024" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -191,6 +191,11 @@ def predict(args) -> int:
         print(f"[predict] note: {note}", file=sys.stderr, flush=True)
     tracks = plan_tracks(videos, args.side, args.cropped_aligned)
     check_output_place(args.output, tracks, args.render)
+    if args.annotations:  # Scored at the end: an empty or mistyped folder is said now, not after every video.
+        try:
+            scoring.check_annotations(args.annotations, args.score_split)
+        except ValueError as e:
+            raise PredictUsageError(str(e)) from e
     model_info, served, model_dir = load_export(args.model)
     crops = choose_crops(served, args)
     heads = list(model_info["heads"])

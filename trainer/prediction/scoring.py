@@ -68,6 +68,22 @@ def _missed(head: str, targets: np.ndarray) -> np.ndarray:
     return np.zeros_like(targets)
 
 
+def check_annotations(annotations: str, split: str) -> None:
+    """Refuses, before any video is predicted, annotations that hold no track of ``split`` to score against.
+
+    Raises:
+        ValueError: an unknown split, or no annotation file of it under ``annotations``.
+    """
+    from beam_jobs.sources import make_source
+
+    if split not in SCORE_SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SCORE_SPLITS)}")
+    found = make_source("abaw", annotations=annotations, videos=annotations).discover()
+    if not any(split == "all" or t.split == split for t in found.tracks):
+        raise ValueError(f"--annotations {annotations} holds no ABAW annotation file of the {split!r} split to score "
+                         "against (see docs/abaw.md for the layouts it reads)")
+
+
 def score_predictions(pred_dir: str, annotations: str, split: str = "validation",
                       stems: Collection[str] | None = None) -> dict:
     """Scores the ABAW files under ``pred_dir`` against the ABAW annotation files of ``split``.
