@@ -126,7 +126,10 @@ def _files_under_entries(out: str) -> list[str]:
     found = []
     for entry in DEMO_ENTRIES:
         top = os.path.join(out, entry)
-        if not os.path.isdir(top) or os.path.islink(top):
+        if os.path.lexists(top) and (not os.path.isdir(top) or os.path.islink(top)):
+            found.append(entry)  # A file (or link) under an entry's name: listed only if the demo wrote it.
+            continue
+        if not os.path.isdir(top):
             continue
         for folder, dirs, files in os.walk(top):
             names = files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]
@@ -210,7 +213,6 @@ def run(argv: list[str] | None = None) -> int:
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
 
-
     out = os.path.abspath(args.output)
     try:
         demo_data.check_sizes(args.frames_per_video, args.num_train_videos)
@@ -221,7 +223,11 @@ def run(argv: list[str] | None = None) -> int:
     try:
         return _demo_steps(args, out)
     finally:
-        record_demo_files(out)  # However the run ends: the next one deletes what this one wrote, and only that.
+        try:  # However the run ends: the next one deletes what this one wrote, and only that.
+            record_demo_files(out)
+        except OSError as e:  # (A full disk, say: the run's own error, if any, is the one to see.)
+            print(f"demo: warning: cannot list the files this run wrote in {out} ({e}); the next run will delete "
+                  "nothing there", file=sys.stderr)
 
 
 def _demo_steps(args, out: str) -> int:

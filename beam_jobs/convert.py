@@ -316,10 +316,12 @@ def _log(message: str) -> None:
 
 
 def _interrupted(error: BaseException) -> bool:
-    """Whether a pipeline error is a KeyboardInterrupt that Beam re-raised as its own (by type or by message)."""
+    """Whether a pipeline error is a KeyboardInterrupt that Beam re-raised as its own: by type, or by its message (a
+    thread's ``KeyboardInterrupt [while running ...]``, or a worker process's traceback text ending in one)."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt) or str(error).startswith("KeyboardInterrupt"):
+        if isinstance(error, KeyboardInterrupt) or any(line.strip().startswith("KeyboardInterrupt")
+                                                       for line in str(error).splitlines()):
             return True
         seen.add(id(error))
         error = error.__cause__ or error.__context__

@@ -284,6 +284,16 @@ def test_an_ambiguous_media_dead_letter_lists_its_candidates(tmp_path):
     assert "one/clip.avi" in ambiguous["message"] and "two/clip.mp4" in ambiguous["message"]
 
 
+def test_a_keyboard_interrupt_is_known_in_each_form_beam_re_raises_it():
+    assert convert._interrupted(RuntimeError("KeyboardInterrupt [while running 'ConvertTracks/DecodeAndCrop']"))
+    worker = RuntimeError("Traceback (most recent call last):\n  File \"sdk_worker.py\", line 1\nKeyboardInterrupt\n")
+    assert convert._interrupted(worker)  # A worker process's failure: its traceback's text.
+    chained = RuntimeError("the pipeline failed")
+    chained.__cause__ = KeyboardInterrupt()
+    assert convert._interrupted(chained)
+    assert not convert._interrupted(RuntimeError("OSError: [Errno 28] No space left on device"))
+
+
 def test_ctrl_c_ends_a_run_with_code_130_in_one_line_and_the_previous_output_kept(tmp_path):
     long_video = vf.write_face_video(tmp_path / "v" / "long.avi", [4] * 12000, height=64, width=64)
     vf.write_face_video(tmp_path / "v" / "short.avi", [4] * 6, height=64, width=64)

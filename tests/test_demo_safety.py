@@ -73,3 +73,12 @@ def test_without_the_list_of_what_the_last_run_wrote_its_files_are_not_deleted(t
     assert demo.run(["--output", str(out)]) == 2
     assert "holds no record of the files its last run wrote" in capsys.readouterr().err
     assert (out / "records" / "dataset_info.json").exists()
+
+
+def test_a_users_file_under_the_name_of_a_demo_folder_is_kept(tmp_path, capsys):
+    out = tmp_path / "demo_output"
+    demo.claim_demo_folder(str(out))
+    demo.record_demo_files(str(out))
+    (out / "job").write_text("mine")  # A file, where the demo would make its folder.
+    assert demo.run(["--output", str(out)]) == 2
+    assert "job" in capsys.readouterr().err and (out / "job").read_text() == "mine"

@@ -103,12 +103,12 @@ def _avi_declaring(path, frames: int, declared: int):
 
 
 def test_frames_after_those_the_container_declares_are_a_dead_letter_for_a_whole_video_row(tmp_path):
-    from beam_jobs.sources import media_rows
+    from beam_jobs.sources import media_rows, segments
 
     video = _avi_declaring(tmp_path / "v.avi", 12, 8)
     fps, declared, _ = media_rows.container_frames(str(video))
     assert declared == 8  # What the labels of a row without start/end are sized by.
-    labels = media_rows.build_labels([media_rows.Segment(None, None, 4)], fps, declared)
+    labels = segments.build_labels([segments.Segment(None, None, 4)], fps, declared)
     assert labels.open_end and labels.num_frames == 8
     source = _source(cf.track("train", "v", media_path=str(video), data_path="v.avi"), labels)
     items = list(source)
@@ -118,6 +118,6 @@ def test_frames_after_those_the_container_declares_are_a_dead_letter_for_a_whole
     assert "4 frame(s) after the 8" in letter.message
     assert source.frames_read == 8
     # A segment's labels end where the row says: the frames after them are not its business.
-    segment = media_rows.build_labels([media_rows.Segment(0.0, 0.8, 4)], fps, declared)
+    segment = segments.build_labels([segments.Segment(0.0, 0.8, 4)], fps, declared)
     assert not segment.open_end
     assert not [i for i in _source(cf.track("train", "v", media_path=str(video)), segment) if i.dead_letter]

@@ -15,7 +15,7 @@ import tensorflow as tf
 import video_fixtures as vf
 
 from beam_jobs import convert
-from beam_jobs.sources import SOURCES, folds, make_source, media_rows
+from beam_jobs.sources import SOURCES, folds, make_source, media_rows, segments
 from beam_jobs.sources.manifest import ManifestSource
 from tfrecords_schema import decode_clip, keys, read_dataset_info
 
@@ -170,10 +170,10 @@ def test_label_names_follow_class_names_and_written_labels_match_the_rows(conver
 
 def test_rows_labelling_different_tasks_of_the_same_frames_add_up_and_only_a_task_given_twice_conflicts():
     def segment(start, end, expression=keys.EXPRESSION_INVALID, va=None, line=0):
-        return media_rows.Segment(start, end, expression, va, source=f"m.csv:line {line}")
+        return segments.Segment(start, end, expression, va, source=f"m.csv:line {line}")
 
-    def labels(*segments, frames=30):
-        got = media_rows.build_labels(segments, 10.0, frames)
+    def labels(*rows, frames=30):
+        got = segments.build_labels(rows, 10.0, frames)
         return got, [(d.source, d.reason, d.frames) for d in got.dead_letters]
 
     # An expression tier and a valence/arousal tier (an ELAN or BORIS export): nothing conflicts.
@@ -199,17 +199,22 @@ def test_rows_labelling_different_tasks_of_the_same_frames_add_up_and_only_a_tas
     assert letters == [("m.csv:line 3", "conflicting_labels", 0)] and got.valid.all()
     assert "(valence/arousal)" in got.dead_letters[0].message
     assert (got.valence_arousal[10:20] == keys.VA_INVALID).all() and (got.expression == SAD).all()
+    # One row contradicts the expression, another the valence/arousal: the frames are dropped, and counted once.
+    got, letters = labels(segment(None, None, HAPPY, (0.1, 0.1), line=2), segment(None, None, SAD, line=3),
+                          segment(None, None, va=(0.5, 0.5), line=4))
+    assert letters == [("m.csv:line 3", "conflicting_labels", 30), ("m.csv:line 4", "conflicting_labels", 0)]
+    assert (got.rejected == "conflicting_labels").all()
 
 
 def test_a_segment_between_two_frames_is_a_dead_letter_not_a_silent_loss():
     # At 10 fps frames are shown at 0.0, 0.1, ...: 0.95-1.0 s holds none of them.
-    got = media_rows.build_labels([media_rows.Segment(0.95, 1.0, HAPPY, source="m.csv:line 2"),
-                                   media_rows.Segment(2.0, 2.5, SAD, source="m.csv:line 3")], 10.0, 30)
+    got = segments.build_labels([segments.Segment(0.95, 1.0, HAPPY, source="m.csv:line 2"),
+                                   segments.Segment(2.0, 2.5, SAD, source="m.csv:line 3")], 10.0, 30)
     assert [(d.source, d.reason, d.frames) for d in got.dead_letters] == [("m.csv:line 2", "empty_segment", 0)]
     assert "0.95-1 s holds no frame" in got.dead_letters[0].message
     assert got.valid.sum() == 5
     # Past the end it is the end's letter alone.
-    got = media_rows.build_labels([media_rows.Segment(3.5, 4.0, HAPPY, source="m.csv:line 2")], 10.0, 30)
+    got = segments.build_labels([segments.Segment(3.5, 4.0, HAPPY, source="m.csv:line 2")], 10.0, 30)
     assert [d.reason for d in got.dead_letters] == ["beyond_video_end"]
 
 

@@ -245,6 +245,9 @@ def test_a_render_over_its_own_video_and_an_output_that_is_a_file_are_refused_be
     (tmp_path / "empty").mkdir()
     assert predict.run([*argv[:-1], "--output", str(tmp_path / "out"), "--annotations", str(tmp_path / "empty")]) == 2
     assert "no ABAW annotation files" in capsys.readouterr().err  # The adapter's own line, before any video.
+    abaw.write_annotation(tmp_path / "ann", "expr", "train", "talk", [4, 4, 4])  # A train split only.
+    assert predict.run([*argv[:-1], "--output", str(tmp_path / "out"), "--annotations", str(tmp_path / "ann")]) == 2
+    assert "holds no ABAW annotation file of the 'validation' split" in capsys.readouterr().err
     # A batch far past any speed-up: refused in one line (100,000 windows a call ended in a segmentation fault).
     assert predict.run([*argv, "--output", str(tmp_path / "out"), "--batch_size", "100000"]) == 2
     assert "--batch_size must be <= 1024" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -42,7 +42,7 @@ from beam_jobs.sources.folder_scan import FolderScan, Listing, file_identity
 from tfrecords_schema import HEAD_OF_TASK, HEADS, TASK_ACTION_UNITS, TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASKS
 
 # Names with these suffixes are taken as files without asking the file system (saves a call per crop
-# image on gs:// when --annotations is a parent of the crops).
+# image on gs:// when --annotations is a parent of the crops); a local video-like name is still checked (FolderScan).
 FILE_SUFFIXES = (ANNOTATION_SUFFIX, ".jpg", ".jpeg", ".png", ".json", ".csv", ".zip", ".tar", ".gz") + VIDEO_EXTENSIONS
 
 

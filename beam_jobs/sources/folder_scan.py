@@ -27,6 +27,7 @@ import dataclasses
 import errno
 import os
 
+from beam_jobs.media.video import VIDEO_EXTENSIONS
 from beam_jobs.sources import base
 
 
@@ -77,8 +78,8 @@ class FolderScan:
     """Lists the folders of one walk, each real folder once, and collects what went wrong.
 
     Args:
-        file_suffixes: Names ending so (any case) are taken as files without asking an object store (saves a
-            request per entry on ``gs://``); a local one is still a folder when a stat says so.
+        file_suffixes: Names ending so (any case) are taken as files without asking the file system (saves a
+            request per entry on ``gs://``), but for a local video-like name: a stat tells a folder so named.
 
     Attributes:
         dead_letters: ``SCAN_*`` dead letters, one per loop, repeated folder or unlisted folder.
@@ -143,9 +144,9 @@ class FolderScan:
             path = tf.io.gfile.join(folder, entry)
             if not is_dir and not entry.lower().endswith(self.file_suffixes):
                 is_dir = tf.io.gfile.isdir(path) or _is_broken_link(path)
-            elif not is_dir and "://" not in path:
-                # A local folder may be named like a file ("session1.mp4/"): a stat tells. Object stores mark
-                # their folders with the "/" above, so a known suffix spares them one request per file.
+            elif not is_dir and "://" not in path and entry.lower().endswith(VIDEO_EXTENSIONS):
+                # A local folder may be named like a video ("session1.mp4/"): a stat tells. Object stores mark
+                # their folders with the "/" above; other suffixes (crops, annotations: many files) are not asked.
                 is_dir = os.path.isdir(path)
             (subdirs if is_dir else files).append(path)
         return Listing(folder, subdirs, files, chain)

@@ -6,7 +6,7 @@ row is rejected. :func:`build_discovery` checks the rows together (class names, 
 subject and per video) and groups them into one :class:`LabelledTrack` per (split, video) that
 carries every row as a :class:`Segment`. On the worker, :class:`LabelledMediaSource.read_labels`
 probes the video's frame rate and frame count and lays the segments on its frames
-(:func:`build_labels`).
+(:func:`beam_jobs.sources.segments.build_labels`).
 
 Accounting units are frames. A row that labels the whole video labels every frame the container
 reports; a segment ``[start, end)`` seconds labels frame ``i`` (1-based) when the frame is shown in it,
@@ -36,6 +36,7 @@ from beam_jobs.media import video as video_lib
 from beam_jobs.media.video import DEFAULT_FPS, VIDEO_EXTENSIONS, VideoError, VideoReader, local_copy
 from beam_jobs.sources import base
 from beam_jobs.sources.folder_scan import FolderScan, file_identity
+from beam_jobs.sources.segments import Segment, build_labels
 from tfrecords_schema import (
     HEAD_ACTION_UNITS,
     HEAD_EXPRESSION,
@@ -55,8 +56,6 @@ DROP_UNKNOWN_CLASS = "unknown_class"  # a class name not in --class_names (or no
 DROP_BAD_SEGMENT = "bad_segment"  # end <= start.
 DROP_SPLIT_CONFLICT = "split_conflict"  # a subject or a video in two splits: all its rows.
 DROP_UNKNOWN_SPLIT = "unknown_split"  # a split value or folder that is not a split.
-DROP_CONFLICTING_LABELS = "conflicting_labels"  # frames that two rows label differently (in the same task).
-DROP_EMPTY_SEGMENT = "empty_segment"  # a segment between two frames: it labels none (0 frames, a note).
 DROP_NO_SUBJECT = "no_subject"  # the folder adapter's --subject_regex does not match the path.
 
 UNASSIGNED_SPLIT = "unassigned"  # accounting entry of rows without a valid split.
@@ -71,9 +70,6 @@ VALENCE_AROUSAL_NAMES = ("valence", "arousal")  # label_names of the valence/aro
 MAX_SEGMENT_SECONDS = 24 * 3600.0  # Longer segments are out_of_range (bounds the label arrays).
 # Names taken as files without asking the file system (one call less per entry on gs://).
 _FILE_SUFFIXES = VIDEO_EXTENSIONS + (".csv", ".txt", ".json", ".jpg", ".jpeg", ".png")
-_EPSILON = 1e-6  # Seconds × fps rounding slack: a segment starting at 0.3 s at 10 fps starts at frame 4.
-# Seconds of slack around a segment's bounds against frame times: millisecond containers round 33.33 ms to 33 ms.
-_TIME_SLACK_S = 5e-4
 
 
 def canonical_split(text: str) -> str | None:
@@ -105,29 +101,6 @@ def parse_class_names(value: str | Sequence[str] | None) -> list[str] | None:
 def writable_split(split: str | None) -> str:
     """The split a track is accounted under: a schema split or :data:`UNASSIGNED_SPLIT`."""
     return split if split in SPLITS else UNASSIGNED_SPLIT
-
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    """One row's labels on one video: all frames (``start is None``) or ``[start, end)`` seconds.
-
-    Attributes:
-        start: Seconds, or None for the whole video.
-        end: Seconds (None with ``start``).
-        expression: Class index into ``label_names["expression"]``, ``keys.EXPRESSION_INVALID`` if none.
-        valence_arousal: ``(valence, arousal)`` or None.
-        reason: A DROP_* reason when the row is rejected (its frames count as dropped), else None.
-        message: Why it was rejected.
-        source: ``"<file>:line N"`` (or the video path for the folder adapter).
-    """
-
-    start: float | None
-    end: float | None
-    expression: int = keys.EXPRESSION_INVALID
-    valence_arousal: tuple[float, float] | None = None
-    reason: str | None = None
-    message: str = ""
-    source: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,136 +221,6 @@ def container_frames(path: str) -> tuple[float, int | None, str]:
     except (VideoError, OSError, cv2.error) as e:
         return DEFAULT_FPS, None, str(e)
     return (fps, frames, "") if frames else (DEFAULT_FPS, None, f"{path}: no frame decodes")
-
-
-def frame_range(segment: Segment, fps: float, frames: int | None,
-                times_s: np.ndarray | None = None) -> tuple[int, int]:
-    """0-based ``[first, stop)`` rows a segment labels: the frames shown in ``[start, end)``.
-
-    Args:
-        segment: The segment.
-        fps: Frame rate of the video (frame ``i`` at ``(i - 1) / fps`` s when ``times_s`` is None).
-        frames: Frame count of the video (segments are cut there), or None when unknown: then
-            nothing can be counted and the range is empty.
-        times_s: float ``[frames]``: when each frame is shown (presentation times), or None.
-    """
-    if frames is None:
-        return 0, 0
-    if segment.start is None:
-        return 0, frames
-    if times_s is not None:
-        first = int(np.searchsorted(times_s[:frames], segment.start - _TIME_SLACK_S, side="left"))
-        stop = int(np.searchsorted(times_s[:frames], segment.end - _TIME_SLACK_S, side="left"))
-        return first, max(first, stop)
-    first = min(frames, max(0, math.ceil(segment.start * fps - _EPSILON)))
-    stop = min(frames, math.ceil(segment.end * fps - _EPSILON))
-    return first, max(first, stop)
-
-
-def video_end_s(fps: float, frames: int, times_s: np.ndarray | None = None) -> float:
-    """When the last frame stops being shown: its time plus one interval (``frames / fps`` at a constant rate)."""
-    if times_s is None or len(times_s) == 0:
-        return frames / fps
-    last = len(times_s) - 1
-    interval = times_s[last] - times_s[last - 1] if last > 0 else 1.0 / fps
-    return float(times_s[last] + interval)
-
-
-# ---------------------------------------------------------------------------------------- labels
-
-
-def build_labels(segments: Sequence[Segment], fps: float, frames: int | None, *, where: str = "",
-                 unknown_reason: str | None = base.DROP_UNREADABLE_MEDIA, why_unknown: str = "",
-                 times_s: np.ndarray | None = None) -> base.TrackLabels:
-    """Per-frame labels of a video from its segments.
-
-    Valid segments are laid down in row order, each task on its own: a row's empty cells label nothing, so rows
-    that label different tasks of the same frames add up, and a frame loses a task's label where two rows give it
-    different values (``conflicting_labels``; the frame is dropped when no label is left). A valid segment that
-    holds no frame gets an ``empty_segment`` dead letter (0 frames). Then each rejected segment marks the frames it
-    covers that have no valid label with its reason. Every rejected row gets a dead letter with its frame count.
-
-    Args:
-        segments: The video's rows.
-        fps: Frame rate of the video.
-        frames: Frame count of the video; None when it cannot be read (every row counts 0 frames).
-        where: The video (for the dead letter when ``frames`` is None).
-        unknown_reason: Reason of that dead letter; None: no dead letter (discovery already wrote one).
-        why_unknown: Why the frame count is unknown.
-        times_s: float ``[frames]``, when each frame is shown; None: ``(i - 1) / fps``.
-    """
-    ranges = [frame_range(s, fps, frames, times_s) for s in segments]
-    end_s = None if frames is None else video_end_s(fps, frames, times_s)
-    slack_s = _EPSILON / fps if times_s is None else _TIME_SLACK_S
-    n = max([frames or 0] + [stop for _, stop in ranges])
-    expression = np.full(n, keys.EXPRESSION_INVALID, dtype=np.int64)
-    valence_arousal = np.full((n, 2), keys.VA_INVALID, dtype=np.float32)
-    labels = base.TrackLabels(expression, valence_arousal, np.zeros((n, 0), dtype=np.int64),
-                              np.full(n, "", dtype=object),
-                              open_end=frames is not None and any(s.start is None for s in segments))
-    dead = labels.dead_letters
-    if frames is None and unknown_reason is not None:
-        dead.append(base.DeadLetter(where, unknown_reason, f"{len(segments)} row(s) of this video count 0 frames: "
-                                    f"its frame count cannot be read ({why_unknown})", 0))
-    # Each task is laid down on its own: a row's empty cell labels nothing, so rows that label different tasks of
-    # the same frames complement each other; a frame loses a task's label where two rows give it different values.
-    expression_set, va_set = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    expression_conflict, va_conflict = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    conflicts = []  # (row, frames whose label it contradicts first, tasks)
-    for segment, (first, stop) in zip(segments, ranges):
-        if segment.reason is not None:
-            continue
-        beyond = end_s is not None and segment.end is not None and segment.end > end_s + slack_s
-        if beyond:
-            shown = f"{frames} frames at {fps:g} fps" if times_s is None else f"{frames} frames shown until {end_s:g} s"
-            dead.append(base.DeadLetter(
-                segment.source, base.DROP_BEYOND_VIDEO_END,
-                f"segment {segment.start:g}-{segment.end:g} s ends after the video ({shown});"
-                " the time past the end labels no frame", 0))
-        elif frames is not None and segment.start is not None and stop == first:
-            dead.append(base.DeadLetter(
-                segment.source, DROP_EMPTY_SEGMENT,
-                f"segment {segment.start:g}-{segment.end:g} s holds no frame of the video (none is shown between its"
-                " bounds); the row labels nothing", 0))
-        span = slice(first, stop)
-        new = np.zeros(stop - first, dtype=bool)
-        tasks = []
-        if segment.expression != keys.EXPRESSION_INVALID:
-            differ = expression_set[span] & (expression[span] != segment.expression) & ~expression_conflict[span]
-            expression[span][~expression_set[span]] = segment.expression  # (A slice is a view.)
-            expression_set[span] = True
-            expression_conflict[span] |= differ
-            new |= differ
-            tasks += ["expression"] if differ.any() else []
-        if segment.valence_arousal is not None:
-            va = np.asarray(segment.valence_arousal, dtype=np.float32)
-            differ = va_set[span] & (valence_arousal[span] != va).any(axis=1) & ~va_conflict[span]
-            valence_arousal[span][~va_set[span]] = va
-            va_set[span] = True
-            va_conflict[span] |= differ
-            new |= differ
-            tasks += ["valence/arousal"] if differ.any() else []
-        if new.any():
-            conflicts.append((segment, np.flatnonzero(new) + first, tasks))
-    expression[expression_conflict] = keys.EXPRESSION_INVALID
-    valence_arousal[va_conflict] = keys.VA_INVALID
-    lost = (expression_conflict | va_conflict) & ~labels.valid  # Frames left with no label at all.
-    labels.rejected[lost] = DROP_CONFLICTING_LABELS
-    for segment, where_new, tasks in conflicts:
-        dropped = int(lost[where_new].sum())
-        dead.append(base.DeadLetter(
-            segment.source, DROP_CONFLICTING_LABELS,
-            f"this row labels {len(where_new)} frame(s) another row of the same video labels differently "
-            f"({' and '.join(tasks)}); those labels are dropped, and {dropped} of the frames are left with no label",
-            dropped))
-    valid = labels.valid
-    for segment, (first, stop) in zip(segments, ranges):
-        if segment.reason is None:
-            continue
-        take = ~valid[first:stop] & (labels.rejected[first:stop] == "")
-        labels.rejected[first:stop][take] = segment.reason
-        dead.append(base.DeadLetter(segment.source, segment.reason, segment.message, int(take.sum())))
-    return labels
 
 
 class LabelledMediaSource(base.DatasetSource):

@@ -193,7 +193,7 @@ def predict(args) -> int:
     check_output_place(args.output, tracks, args.render)
     if args.annotations:  # Scored at the end: an empty or mistyped folder is said now, not after every video.
         try:
-            scoring.check_annotations(args.annotations, args.score_split)
+            scoring.annotated_tracks(args.annotations, args.score_split)
         except ValueError as e:
             raise PredictUsageError(str(e)) from e
     model_info, served, model_dir = load_export(args.model)

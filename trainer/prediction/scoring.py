@@ -68,20 +68,25 @@ def _missed(head: str, targets: np.ndarray) -> np.ndarray:
     return np.zeros_like(targets)
 
 
-def check_annotations(annotations: str, split: str) -> None:
-    """Refuses, before any video is predicted, annotations that hold no track of ``split`` to score against.
+def annotated_tracks(annotations: str, split: str):
+    """``(adapter, discovery, tracks of split)`` of an ABAW annotation root: what predictions are scored against.
 
     Raises:
-        ValueError: an unknown split, or no annotation file of it under ``annotations``.
+        ValueError: an unknown split, annotations the adapter cannot read, or no annotation file of the split (the
+            check ``predict --annotations`` makes before any video).
     """
     from beam_jobs.sources import make_source
 
     if split not in SCORE_SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SCORE_SPLITS)}")
-    found = make_source("abaw", annotations=annotations, videos=annotations).discover()
-    if not any(split == "all" or t.split == split for t in found.tracks):
+    # The adapter wants a media root; scoring reads labels only, so the annotation root serves (no media opens).
+    source = make_source("abaw", annotations=annotations, videos=annotations)
+    found = source.discover()
+    tracks = [t for t in found.tracks if split == "all" or t.split == split]
+    if not tracks:
         raise ValueError(f"--annotations {annotations} holds no ABAW annotation file of the {split!r} split to score "
                          "against (see docs/abaw.md for the layouts it reads)")
+    return source, found, tracks
 
 
 def score_predictions(pred_dir: str, annotations: str, split: str = "validation",
@@ -114,17 +119,11 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
         ValueError: unknown split, or nothing to score.
         PredictionFileError: a prediction file that does not match the annotations.
     """
-    from beam_jobs.sources import make_source
     from tfrecords_schema import storage
     from trainer.evaluation.coverage import coverage_block
     from trainer.evaluation.metrics import PredictionAccumulator
 
-    if split not in SCORE_SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SCORE_SPLITS)}")
-    # The adapter wants a media root; scoring reads labels only, so the annotation root serves (no media opens).
-    source = make_source("abaw", annotations=annotations, videos=annotations)
-    found = source.discover()
-    tracks = [t for t in found.tracks if split == "all" or t.split == split]
+    source, found, tracks = annotated_tracks(annotations, split)
     heads = [h for h in HEADS if TASK_OF_HEAD[h] in found.tasks
              and storage.gfile(pred_dir).isdir(join_path(pred_dir, SUBMISSION_DIRS[h]))]
     if not heads:

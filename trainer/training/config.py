@@ -13,9 +13,12 @@ import argparse
 import dataclasses
 import json
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from tfrecords_schema.tasks import TASK_EXPRESSION, TASK_MULTI
 from trainer.common.choices import (
@@ -124,16 +127,24 @@ class TrainConfig:
             value, kind = getattr(self, field.name), field.type
             if kind == "str | None" and value is None:
                 continue
-            if kind == "bool" and not isinstance(value, bool):
+            if kind == "bool" and not isinstance(value, (bool, np.bool_)):
                 raise ConfigError(f"--{field.name} must be true or false (a JSON true/false in a config file), "
                                   f"got {value!r}")
-            if kind in ("str", "str | None") and not isinstance(value, str):
-                raise ConfigError(f"--{field.name} must be a string, got {value!r}")
-            if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ConfigError(f"--{field.name} must be an integer, got {value!r}")
-            if kind == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                    or not math.isfinite(value)):
-                raise ConfigError(f"--{field.name} must be a finite number, got {value!r}")
+            if kind in ("str", "str | None"):
+                if isinstance(value, os.PathLike):  # (A pathlib.Path from Python code.)
+                    value = os.fspath(value)
+                if not isinstance(value, str):
+                    raise ConfigError(f"--{field.name} must be a string, got {value!r}")
+            if kind == "int":
+                if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+                    raise ConfigError(f"--{field.name} must be an integer, got {value!r}")
+                value = int(value)
+            if kind == "float":
+                if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)) \
+                        or not math.isfinite(value):
+                    raise ConfigError(f"--{field.name} must be a finite number, got {value!r}")
+                value = float(value)
+            setattr(self, field.name, bool(value) if kind == "bool" else value)
 
     def validate(self) -> None:
         """Raises ConfigError on a missing or invalid option (listing the valid values)."""

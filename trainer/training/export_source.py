@@ -134,11 +134,10 @@ def head_plan(source: ExportSource, heads, info, class_map_text: str | None) -> 
                             f"(a {source.stage} export), not a frame's features: give a per-frame export (--stage "
                             "frames, or import-model) or leave --class_map out for a new head")
     if not per_frame:
-        log.info("%s %s is a %s export: its heads read its recurrent stack, so only its CNN is kept", source.option,
-                 source.dir, source.stage)
+        log.info("%s %s is a %s export: its heads read its recurrent stack, so only its CNN is kept (heads new: %s)",
+                 source.option, source.dir, source.stage, list(heads))
+        return HeadPlan(None, (), None, tuple(source_classes))
     for head in heads:
-        if not per_frame:
-            continue
         if head == HEAD_EXPRESSION and class_map_text:
             try:
                 mapping = parse_class_map(class_map_text)
