@@ -202,11 +202,14 @@ def test_multi_task_on_composite_buckets_trains_every_head_and_reports_the_input
     info = write_dataset(data, num_clips_per_class={"Neutral": 8, "Happiness": 6, "Sadness": 4, "Fear": 3},
                          num_validation_clips_per_class=3, crop_size=32, clip_length=16, seed=0, bucket_by="tasks")
     assert info.bucket_by == "tasks" and all("|" in b for b in info.splits["train"].bucket_clips)
-    # The paper's per-frame stage learns every head within seconds on this CPU (end to end needs far more steps).
+    # The paper's per-frame stage learns every head within seconds (end to end needs far more steps). At a learning
+    # rate of 0.003 and 300 steps the AU or VA head missed its bar on some CPUs' kernels and seeds (an AVX-512 EPYC,
+    # oneDNN on or off); at 0.001 and 600 steps every head clears its bar by a wide margin on both and for seeds 1-3
+    # (expression 0.71-0.96, CCC 0.32-0.73, AU F1 0.86-0.93 against 0.6, 0.1 and 0.62).
     caplog.set_level("INFO", logger="trainer.train")
     rc, err = _run_capturing(["--data", str(data), "--job_dir", str(job), "--task", "multi", "--stage", "frames",
-                              "--epochs", "1", "--steps_per_epoch", "300", "--batch_size", "32", "--augment", "false",
-                              "--cnn_width", "0.25", "--feature_dim", "32", "--learning_rate", "0.003", "--seed", "1",
+                              "--epochs", "1", "--steps_per_epoch", "600", "--batch_size", "32", "--augment", "false",
+                              "--cnn_width", "0.25", "--feature_dim", "32", "--learning_rate", "0.001", "--seed", "1",
                               "--sampling", "sqrt", "--loss_weighting", "inverse", "--log_every", "100"])
     assert rc == 0, err[-3000:]
     metrics = json.loads((job / "metrics.json").read_text())
