@@ -260,7 +260,9 @@ def test_training_killed_after_a_checkpoint_resumes_and_ends_at_the_same_step_co
     cmd = [sys.executable, "-m", "trainer.train",
            *train_args(dataset, job, "--task", "expr", "--epochs", "3", "--steps_per_epoch", "20",
                        "--checkpoint_every", "3")]
-    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # A temp folder of its own: a killed process cannot remove its files (TensorFlow's autograph sources, ~30).
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp_path / "tmp")}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     marker = job / "checkpoints" / "checkpoint"
     deadline = time.time() + 120
