@@ -100,5 +100,5 @@ def test_a_job_dir_that_is_a_file_or_an_export_holding_user_files_is_refused_bef
     export.mkdir(parents=True)
     (export / "notes.txt").write_text("mine")  # Before the run: the export at its end would be refused.
     rc, err = run_train(["--data", data, "--job_dir", str(tmp_path / "job"), "--epochs", "1", *TINY])
-    assert rc == 1 and "holds 1 entry an export does not write (notes.txt)" in err, err[-2000:]
+    assert rc == 1 and "it holds 1 entry an export did not write: notes.txt" in err, err[-2000:]
     assert sorted(os.listdir(tmp_path / "job")) == ["export"] and os.listdir(export) == ["notes.txt"]  # No step.

@@ -106,7 +106,8 @@ def foreign_entries(export_dir: str) -> list[str]:
     return [rel for rel in _list_tree(export_dir) if not written_by_export(rel)]
 
 
-def _swap_problem(export_dir: str) -> str | None:
+def foreign_problem(export_dir: str) -> str | None:
+    """Why ``export_dir`` may not be replaced by an export (the entries an export does not write), or None."""
     from tfrecords_schema.transaction import describe_foreign
 
     return describe_foreign(foreign_entries(export_dir), writer="an export")
@@ -154,7 +155,7 @@ def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
     from trainer.model.lite import write_serving_copy
 
     with output_transaction(export_dir, replace=True, finish_with=(MODEL_INFO_FILENAME,),
-                            check_swap=_swap_problem) as staging:
+                            check_swap=foreign_problem) as staging:
         with tempfile.TemporaryDirectory(prefix="affectstream_export_") as local_dir:
             local = os.path.join(local_dir, MODEL_FILENAME)  # Keras wants the .keras suffix
             model.save(local)

@@ -171,14 +171,13 @@ def check_job_dir(job_dir: str) -> None:
         TrainingError: either problem, in one line.
     """
     from tfrecords_schema import join_path, storage
-    from trainer.model.export import EXPORT_DIRNAME, foreign_entries
+    from trainer.model.export import EXPORT_DIRNAME, foreign_problem
 
     files = storage.gfile(job_dir)
     if files.exists(job_dir) and not files.isdir(job_dir):
         raise TrainingError(f"--job_dir {job_dir} is a file; give a folder (new, or a job's to resume)")
     export_dir = join_path(job_dir, EXPORT_DIRNAME)
-    foreign = foreign_entries(export_dir) if files.isdir(export_dir) else []
-    if foreign:
-        raise TrainingError(f"{export_dir} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} an export "
-                            f"does not write ({', '.join(foreign[:8])}): the export that ends this job would be "
-                            "refused; move them elsewhere first")
+    problem = foreign_problem(export_dir) if files.isdir(export_dir) else None  # What the export's swap would say.
+    if problem:
+        raise TrainingError(f"{export_dir}: {problem}; the export that ends this job would be refused: move them "
+                            "elsewhere first")
