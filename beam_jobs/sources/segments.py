@@ -79,6 +79,18 @@ def video_end_s(fps: float, frames: int, times_s: np.ndarray | None = None) -> f
     return float(times_s[last] + interval)
 
 
+def _lay_task(values: np.ndarray, given: np.ndarray, conflict: np.ndarray, value) -> np.ndarray:
+    """Lays one row's ``value`` of one task on the frames of views ``values`` (``[F]`` or ``[F, 2]``), ``given`` and
+    ``conflict`` (bool ``[F]``), in place: it labels the frames no row labelled yet, and marks as in conflict those
+    another row gave a different value. Returns the frames whose conflict this row starts."""
+    differ = values != value
+    differ = given & (differ.any(axis=1) if differ.ndim > 1 else differ) & ~conflict
+    values[~given] = value
+    given[:] = True
+    conflict |= differ
+    return differ
+
+
 # ---------------------------------------------------------------------------------------- labels
 
 
@@ -138,21 +150,16 @@ def build_labels(segments: Sequence[Segment], fps: float, frames: int | None, *,
         span = slice(first, stop)
         new = np.zeros(stop - first, dtype=bool)
         tasks = []
-        if segment.expression != keys.EXPRESSION_INVALID:
-            differ = expression_set[span] & (expression[span] != segment.expression) & ~expression_conflict[span]
-            expression[span][~expression_set[span]] = segment.expression  # (A slice is a view.)
-            expression_set[span] = True
-            expression_conflict[span] |= differ
+        for task, values, given, conflict, value in (
+                ("expression", expression, expression_set, expression_conflict,
+                 None if segment.expression == keys.EXPRESSION_INVALID else segment.expression),
+                ("valence/arousal", valence_arousal, va_set, va_conflict,
+                 None if segment.valence_arousal is None else np.asarray(segment.valence_arousal, np.float32))):
+            if value is None:  # An empty cell labels nothing.
+                continue
+            differ = _lay_task(values[span], given[span], conflict[span], value)
             new |= differ
-            tasks += ["expression"] if differ.any() else []
-        if segment.valence_arousal is not None:
-            va = np.asarray(segment.valence_arousal, dtype=np.float32)
-            differ = va_set[span] & (valence_arousal[span] != va).any(axis=1) & ~va_conflict[span]
-            valence_arousal[span][~va_set[span]] = va
-            va_set[span] = True
-            va_conflict[span] |= differ
-            new |= differ
-            tasks += ["valence/arousal"] if differ.any() else []
+            tasks += [task] if differ.any() else []
         if new.any():
             conflicts.append((segment, np.flatnonzero(new) + first, tasks))
     expression[expression_conflict] = keys.EXPRESSION_INVALID
