@@ -131,7 +131,7 @@ class EncodeClipsFn(beam.DoFn):
 
     def start_bundle(self):
         """Starts the bundle's spill writer (its file is opened on the bundle's first clip)."""
-        self.teardown()  # A bundle that failed never reached finish_bundle: its file is closed here.
+        self._close_spill()  # A bundle that failed never reached finish_bundle: its file is closed here.
         self._spill = SpillWriter(join_path(self._config.tmp_dir, SPILL_DIRNAME))
 
     def process(self, element: tuple[str, ClipRecord]):
@@ -147,12 +147,14 @@ class EncodeClipsFn(beam.DoFn):
 
     def finish_bundle(self):
         """Closes the bundle's spill file (its records are complete before the shuffle reads them)."""
-        if self._spill is not None:
-            self._spill.close()
+        self._close_spill()
 
     def teardown(self):
         """Closes a spill file a failed bundle left open: a failed run's folder is removed, and an open file would
         keep its space taken (the disk-space figure of the failure report would count it) until the worker exits."""
+        self._close_spill()
+
+    def _close_spill(self):
         if self._spill is not None:
             self._spill.close()
             self._spill = None
