@@ -12,10 +12,12 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 
 import abaw_layout as abaw
 import pytest
 import video_fixtures as vf
+from trainer_data import corrupt_shard, shard_path
 
 from beam_jobs import convert
 from beam_jobs.faces.stage import FaceStageConfig
@@ -75,7 +77,9 @@ def test_evaluate_scores_every_written_labelled_frame_with_or_without_a_face(con
     assert evaluate.run(["--model", str(exported / "export"), "--data", str(out)]) == 0
     report_dir = exported / "evaluation" / SPLIT_VALIDATION
     assert f"reports written to {report_dir}" in capsys.readouterr().out
-    expression = json.loads((report_dir / "metrics.json").read_text())["expression"]
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    assert metrics["coverage"]["not_scored"] == {}  # vid1's unlabelled frame is in a record, but not labelled
+    expression = metrics["expression"]
     # A single-task split: every written labelled frame has a valid expression label, and each is scored.
     assert expression["frames"] == accounting.written_frames_with_face + accounting.written_frames_without_face
     assert expression["frames"] == len(VID1) - 1 + len(VID2)
@@ -95,3 +99,25 @@ def test_model_info_face_stage_is_the_conversion_face_stage(converted, exported)
     stage = FaceStageConfig.from_dict(model_info["face_stage"])
     assert stage == FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size})
     assert (stage.detect_every, stage.max_hold, stage.crop_size) == (1, 0, 32)
+
+
+def test_frames_of_records_skipped_as_corrupt_are_counted_as_such(converted, exported, tmp_path, capsys):
+    # Every labelled frame of this split has an expression label, so a frame the expression model did not score was
+    # either not read (its record skipped) or not there. Before, the frames of skipped records were reported as
+    # not_for_this_model.
+    out, info = converted
+    data = tmp_path / "data"
+    shutil.copytree(out, data)
+    corrupt_shard(shard_path(data, info, SPLIT_VALIDATION))
+    report_dir = tmp_path / "report"
+    assert evaluate.run(["--model", str(exported / "export"), "--data", str(data), "--skip_corrupt",
+                         "--report_dir", str(report_dir)]) == 0
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    written = info.splits[SPLIT_VALIDATION].accounting.written_frames
+    coverage = metrics["coverage"]
+    assert metrics["skipped_corrupt_records"] >= 1
+    assert set(coverage["not_scored"]) == {"skipped_as_corrupt"}
+    assert 0 < coverage["not_scored"]["skipped_as_corrupt"] < written
+    assert coverage["scored_frames"] == metrics["expression"]["frames"]
+    assert coverage["scored_frames"] + coverage["not_scored"]["skipped_as_corrupt"] == written
+    assert "skipped_as_corrupt" in capsys.readouterr().out

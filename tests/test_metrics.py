@@ -244,3 +244,10 @@ def test_coverage_accounts_for_every_labelled_frame_of_the_split():
     assert block == {"labelled_frames": 100, "scored_frames": 75, "coverage": 0.75,
                      "not_scored": {"decode_error": 8, "no_media": 12, "not_for_this_model": 5}}
     assert block["scored_frames"] + sum(block["not_scored"].values()) == block["labelled_frames"]
+
+    # An evaluation that read 77 of the 80 written labelled frames lost 3 to records skipped as corrupt; of the 77,
+    # 2 carry only another task's label.
+    block = split_coverage(Info, "validation", scored_frames=75, labelled_read=77)
+    assert block["not_scored"] == {"decode_error": 8, "no_media": 12, "not_for_this_model": 2,
+                                   "skipped_as_corrupt": 3}
+    assert block["scored_frames"] + sum(block["not_scored"].values()) == block["labelled_frames"]

@@ -42,7 +42,8 @@ def collect_predictions(model, dataset, heads: Sequence[str], info, predict=None
         batch = ({h: targets[h].numpy() for h in heads}, {h: outputs[h].numpy() for h in heads},
                  {h: weights[h].numpy() for h in heads})
         has_face = ids["has_face"].numpy()
-        acc.update(*batch, has_face=has_face, media_ids=ids["media_id"].numpy())
+        labelled = ids["labelled"].numpy() if "labelled" in ids else None
+        acc.update(*batch, has_face=has_face, media_ids=ids["media_id"].numpy(), labelled=labelled)
         for observer in observers:
             observer.update(*batch, has_face=has_face)
     return acc

@@ -8,7 +8,9 @@ frames an evaluation scored, and breaks the difference down by reason, from the 
 * the accounting's drop reasons (``no_media``, ``decode_error``, ``beyond_video_end``, ``unreadable_media``,
   ``malformed_line``, ...): labelled frames the conversion could not write;
 * ``not_for_this_model``: frames written with labels for no head of the model (a VA-only frame under an expression
-  model), or lost to records skipped as corrupt (``--skip_corrupt``).
+  model);
+* ``skipped_as_corrupt``: frames written in records that the evaluation skipped as corrupt (``--skip_corrupt``): the
+  written labelled frames it did not read.
 
 ``coverage`` is ``scored_frames / labelled_frames``. Provided crops that do not decode are written without a face
 and scored (the ``unreadable_crop`` dead letters count them).
@@ -17,21 +19,30 @@ and scored (the ``unreadable_crop`` dead letters count them).
 from __future__ import annotations
 
 NOT_FOR_THIS_MODEL = "not_for_this_model"
+SKIPPED_AS_CORRUPT = "skipped_as_corrupt"
 
 
-def split_coverage(info, split: str, scored_frames: int) -> dict:
+def split_coverage(info, split: str, scored_frames: int, labelled_read: int | None = None) -> dict:
     """``{"labelled_frames", "scored_frames", "not_scored": {reason: frames}, "coverage"}`` of one split.
 
     Args:
         info: The data's :class:`tfrecords_schema.DatasetInfo` (its accounting of ``split``).
         split: The evaluated split.
         scored_frames: Frames the evaluation scored with at least one head.
+        labelled_read: Labelled frames the evaluation read, scored or not
+            (:attr:`trainer.evaluation.metrics.PredictionAccumulator.labelled_frames_read`); None: every written one.
     """
     accounting = info.splits[split].accounting
     not_scored = {reason: frames for reason, frames in sorted(accounting.dropped.items()) if frames}
-    unscored_written = accounting.written_frames - scored_frames
-    if unscored_written:
-        not_scored[NOT_FOR_THIS_MODEL] = unscored_written
+    written = accounting.written_frames
+    # Written but not read: lost with skipped records. (Never below 0, so the identity above holds even if the
+    # records counted a frame as labelled that the conversion did not.)
+    lost = max(0, written - labelled_read) if labelled_read is not None else 0
+    unscored_read = written - lost - scored_frames
+    if unscored_read:
+        not_scored[NOT_FOR_THIS_MODEL] = unscored_read
+    if lost:
+        not_scored[SKIPPED_AS_CORRUPT] = lost
     return coverage_block(accounting.labelled_frames, scored_frames, not_scored)
 
 

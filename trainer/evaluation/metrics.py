@@ -244,6 +244,8 @@ class PredictionAccumulator:
             h: {"true": [], "pred": [], "face": [], "video": []} for h in self.heads}
         # Frames scored by at least one head (for the per-video frame count and face rate).
         self._any: dict[str, list[np.ndarray]] = {"face": [], "video": []}
+        # Labelled frames read, scored or not (None until a batch says which frames are labelled).
+        self.labelled_frames_read: int | None = None
 
     def _video_codes(self, media_ids, batch: int, frames: int) -> np.ndarray:
         """int32 ``[batch * frames]``: the video code of every frame of the batch."""
@@ -256,7 +258,7 @@ class PredictionAccumulator:
 
     def update(self, targets: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray],
                weights: Mapping[str, np.ndarray], has_face: np.ndarray | None = None,
-               media_ids: np.ndarray | None = None) -> None:
+               media_ids: np.ndarray | None = None, labelled: np.ndarray | None = None) -> None:
         """Adds one batch: arrays ``[B, T, ...]`` per head (tensors are converted with ``np.asarray``).
 
         A batch may carry a subset of the heads (those in ``weights``). The per-video ``frames`` and
@@ -267,6 +269,8 @@ class PredictionAccumulator:
             targets, predictions, weights: ``{head: [B, T, ...]}``.
             has_face: bool ``[B, T]`` (None: every frame had a face).
             media_ids: ``[B]`` video names, bytes or str (None: one unnamed video).
+            labelled: bool ``[B, T]``: the frames with a label of any task, scored or not (counted in
+                :attr:`labelled_frames_read`; None: not counted).
 
         Raises:
             ValueError: ``weights`` holds none of the accumulator's heads.
@@ -296,6 +300,8 @@ class PredictionAccumulator:
                 parts[name].append(values[keep])
         self._any["face"].append(face[any_kept])
         self._any["video"].append(video[any_kept])
+        if labelled is not None:
+            self.labelled_frames_read = (self.labelled_frames_read or 0) + int(np.count_nonzero(labelled))
 
     @property
     def scored_frames(self) -> int:

@@ -128,9 +128,10 @@ def make_feature_eval_dataset(features_dir: str, index: FeaturesInfo, *, split: 
         return windows
 
     def to_example(window):
-        targets, weights = frames_lib.targets_and_weights(_labelled(window), heads, num_classes, None,
-                                                          require_face=False)
+        window = _labelled(window)
+        targets, weights = frames_lib.targets_and_weights(window, heads, num_classes, None, require_face=False)
         ids = {k: window[k] for k in ("example_id", "media_id", "frame_index", "has_face")}
+        ids["labelled"] = frames_lib.labelled_frames(window, num_classes)
         return window["features"], targets, weights, ids
 
     dataset = records.read_records(paths, counts, skipped=skipped, shuffle_seed=None)

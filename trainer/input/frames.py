@@ -211,27 +211,51 @@ def targets_and_weights(window: dict, heads: tuple[str, ...], num_classes: int,
             blank or held at the last face place, so it does not show the labelled face and would teach
             noise); metrics do not (the benchmark scores every annotated frame).
     """
-    seq_len = window["has_face"].shape[-1]
-    usable = tf.sequence_mask(window["num_valid"], seq_len)
+    usable = _not_padding(window)
     if require_face:
         usable = tf.logical_and(usable, window["has_face"])
+    valid = _valid_labels(window, heads, num_classes)
     targets, weights = {}, {}
     if HEAD_EXPRESSION in heads:
-        label = window["expression"]
-        valid = tf.logical_and(label >= 0, label < num_classes)
-        targets[HEAD_EXPRESSION] = tf.cast(tf.where(valid, label, 0), tf.int32)
-        weight = tf.cast(tf.logical_and(valid, usable), tf.float32)
+        targets[HEAD_EXPRESSION] = tf.cast(tf.where(valid[HEAD_EXPRESSION], window["expression"], 0), tf.int32)
+        weight = tf.cast(tf.logical_and(valid[HEAD_EXPRESSION], usable), tf.float32)
         if expression_weights is not None:
             weight *= tf.gather(tf.constant(expression_weights, tf.float32), targets[HEAD_EXPRESSION])
         weights[HEAD_EXPRESSION] = weight
     if HEAD_VALENCE_AROUSAL in heads:
-        va = window["valence_arousal"]
-        valid = tf.reduce_all(tf.logical_and(va >= -1.0, va <= 1.0), axis=-1)
-        targets[HEAD_VALENCE_AROUSAL] = tf.where(valid[..., None], va, 0.0)
-        weights[HEAD_VALENCE_AROUSAL] = tf.cast(tf.logical_and(valid, usable), tf.float32)
+        targets[HEAD_VALENCE_AROUSAL] = tf.where(valid[HEAD_VALENCE_AROUSAL][..., None], window["valence_arousal"], 0.0)
+        weights[HEAD_VALENCE_AROUSAL] = tf.cast(tf.logical_and(valid[HEAD_VALENCE_AROUSAL], usable), tf.float32)
     if HEAD_ACTION_UNITS in heads:
         au = window["action_units"]
-        valid = tf.reduce_all(tf.logical_and(au >= 0, au <= 1), axis=-1)
-        targets[HEAD_ACTION_UNITS] = tf.cast(tf.where(valid[..., None], au, 0), tf.float32)
-        weights[HEAD_ACTION_UNITS] = tf.cast(tf.logical_and(valid, usable), tf.float32)
+        targets[HEAD_ACTION_UNITS] = tf.cast(tf.where(valid[HEAD_ACTION_UNITS][..., None], au, 0), tf.float32)
+        weights[HEAD_ACTION_UNITS] = tf.cast(tf.logical_and(valid[HEAD_ACTION_UNITS], usable), tf.float32)
     return targets, weights
+
+
+def labelled_frames(window: dict, num_classes: int) -> tf.Tensor:
+    """bool ``[..., T]``: the window's frames (not padding) with a valid label of any task the records hold, valid as
+    :func:`targets_and_weights` judges it. These are the frames the conversion counts as written labelled frames
+    (``dataset_info.json``'s accounting), whatever heads a model has: an evaluation that reads fewer of them than were
+    written lost the rest to skipped records (:mod:`trainer.evaluation.coverage`)."""
+    tasks = [HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL] + ([HEAD_ACTION_UNITS] if "action_units" in window else [])
+    valid = _valid_labels(window, tasks, num_classes)
+    return tf.logical_and(_not_padding(window), tf.reduce_any(tf.stack([valid[t] for t in tasks]), axis=0))
+
+
+def _not_padding(window: dict) -> tf.Tensor:
+    return tf.sequence_mask(window["num_valid"], window["has_face"].shape[-1])
+
+
+def _valid_labels(window: dict, heads, num_classes: int) -> dict[str, tf.Tensor]:
+    """bool ``[..., T]`` per head in ``heads``: the frame's label for it is in range (:func:`targets_and_weights`)."""
+    valid = {}
+    if HEAD_EXPRESSION in heads:
+        label = window["expression"]
+        valid[HEAD_EXPRESSION] = tf.logical_and(label >= 0, label < num_classes)
+    if HEAD_VALENCE_AROUSAL in heads:
+        va = window["valence_arousal"]
+        valid[HEAD_VALENCE_AROUSAL] = tf.reduce_all(tf.logical_and(va >= -1.0, va <= 1.0), axis=-1)
+    if HEAD_ACTION_UNITS in heads:
+        au = window["action_units"]
+        valid[HEAD_ACTION_UNITS] = tf.reduce_all(tf.logical_and(au >= 0, au <= 1), axis=-1)
+    return valid

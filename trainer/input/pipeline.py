@@ -327,7 +327,8 @@ def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VA
     Returns:
         Elements ``(images, targets, weights, ids)``; ``images`` uint8 ``[B, T, S, S, 3]``; ``ids`` is
         ``{"example_id": string [B], "media_id": string [B], "frame_index": int64 [B, T] (-1 on padding),
-        "has_face": bool [B, T]}``, so predictions can be traced back to videos, clips and frames.
+        "has_face": bool [B, T], "labelled": bool [B, T]}``, so predictions can be traced back to videos, clips and
+        frames (``labelled``: :func:`trainer.input.frames.labelled_frames`, the frames a coverage counts as read).
 
     Raises:
         DatasetInfoError: the split does not exist.
@@ -349,7 +350,8 @@ def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VA
     def to_example(window):
         frames = frames_lib.decode_frames(window, crop_size, seq_len, info.codec)
         ids = {"example_id": window["example_id"], "media_id": window["media_id"],
-               "frame_index": window["frame_index"], "has_face": window["has_face"]}
+               "frame_index": window["frame_index"], "has_face": window["has_face"],
+               "labelled": frames_lib.labelled_frames(window, num_classes)}
         return frames, frames_lib.labels_of(window), ids
 
     def to_batch(frames, labels, ids):

@@ -250,7 +250,8 @@ def _export_and_report(config: TrainConfig, plan: JobPlan, stage, eval_model, ev
     predictions = evaluator.predictions(eval_model, plan.eval_split, observers=[va_density])
     result = predictions.result()
     result.update({"best_epoch": best_epoch, "split": plan.eval_split, "selected_on": plan.select_split,
-                   "coverage": split_coverage(plan.info, plan.eval_split, predictions.scored_frames)})
+                   "coverage": split_coverage(plan.info, plan.eval_split, predictions.scored_frames,
+                                               predictions.labelled_frames_read)})
     if skipped is not None:
         result["skipped_corrupt_records"] = skipped.total
     if plan.select_split == plan.eval_split and last_epoch:
@@ -385,11 +386,12 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan, cleanup: 
                     train_writer)
     log.info("training finished at step %d, weights sha256 %s (trainable %s)", int(state.step.numpy()),
              distribution.weights_checksum(model), distribution.weights_checksum(model, trainable_only=True))
+
+    # 9. The chief exports the best epoch and reports it. (The skipped count is logged after: its final evaluation
+    #    reads the shards once more.)
+    final = (_export_and_report(config, plan, stage, eval_model, evaluator, state.best_dir, skipped, last_epoch)
+             if role.is_chief else {})
     if skipped is not None:
         log.warning("--skip_corrupt: %d unreadable record(s) skipped in this process (counted per pass over a "
                     "corrupt shard)", skipped.total)
-
-    # 9. The chief exports the best epoch and reports it.
-    final = (_export_and_report(config, plan, stage, eval_model, evaluator, state.best_dir, skipped, last_epoch)
-             if role.is_chief else {})
     return final
