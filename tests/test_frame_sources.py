@@ -115,8 +115,13 @@ def test_frames_after_those_the_container_declares_are_a_dead_letter_for_a_whole
     assert [c.frame_index.tolist() for c in (i.clip for i in items) if c is not None] == [[1, 2, 3, 4], [5, 6, 7, 8]]
     (letter,) = [i.dead_letter for i in items if i.dead_letter is not None]
     assert (letter.reason, letter.source, letter.frames) == ("undeclared_frames", str(video), 0)
-    assert "4 frame(s) after the 8" in letter.message
+    assert "4 frame(s) after the 8 its container declares" in letter.message
     assert source.frames_read == 8
+    # Labels sized by a count that is not the container's (counting by decoding stops at a day): not "declared".
+    counted = _source(cf.track("train", "v", media_path=str(video)), segments.build_labels(
+        [segments.Segment(None, None, 4)], fps, 6))
+    (letter,) = [i.dead_letter for i in counted if i.dead_letter is not None]
+    assert "6 frame(s) after the first 6 (a count by decoding stops at 24 h)" in letter.message
     # A segment's labels end where the row says: the frames after them are not its business.
     segment = segments.build_labels([segments.Segment(0.0, 0.8, 4)], fps, declared)
     assert not segment.open_end

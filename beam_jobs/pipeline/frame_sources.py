@@ -41,7 +41,7 @@ from beam_jobs.media.video import (
     frame_timestamp_us,
 )
 from beam_jobs.pipeline.clips import Bucketer, ClipBuilder
-from beam_jobs.sources.base import DROP_UNDECLARED_FRAMES, DeadLetter, TrackLabels, TrackSpec
+from beam_jobs.sources.base import DROP_UNDECLARED_FRAMES, MAX_SEGMENT_SECONDS, DeadLetter, TrackLabels, TrackSpec
 from tfrecords_schema import ClipRecord
 
 DROP_UNREADABLE_CROP = "unreadable_crop"  # Dead-letter reason: a provided crop that does not decode.
@@ -177,11 +177,17 @@ class DecodedVideo(FrameSource):
         while video.next_frame(decode=False).status is not FrameStatus.END:
             extra += 1
         if extra:
+            labelled = self.labels.num_frames
+            if video.facts().declared_frames == labelled:
+                counted = f"the {labelled} its container declares"
+                fix = ", or rewrite the container: ffmpeg -i IN -c copy OUT"
+            else:  # No count declared (or an absurd one): counting by decoding stopped at the segment length cap.
+                counted = f"the first {labelled} (a count by decoding stops at {MAX_SEGMENT_SECONDS / 3600:g} h)"
+                fix = ""
             yield SourceItem(dead_letter=DeadLetter(
                 self.track.media_path, DROP_UNDECLARED_FRAMES,
-                f"the video holds {extra} frame(s) after the {self.labels.num_frames} its container declares; a row "
-                "without start/end labels the declared frames only, so these are not written (give start/end "
-                "times, or rewrite the container: ffmpeg -i IN -c copy OUT)", 0))
+                f"the video holds {extra} frame(s) after {counted}; a row without start/end labels those frames "
+                f"only, so these are not written (give start/end times{fix})", 0))
 
 
 class ProvidedCrops(FrameSource):

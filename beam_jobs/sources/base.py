@@ -27,6 +27,9 @@ DROP_OUT_OF_RANGE = "out_of_range"  # values outside the task's range; the frame
 DROP_UNREADABLE_MEDIA = "unreadable_media"  # zero-byte, corrupt or unsupported video: no frame decodes.
 DROP_BEYOND_VIDEO_END = "beyond_video_end"  # annotation lines past the last decodable frame.
 DROP_UNDECLARED_FRAMES = "undeclared_frames"  # A note: frames after those the container declares (0 frames).
+# A manifest segment may be no longer (longer ones are out_of_range: it bounds the label arrays), and a video without
+# a declared frame count is counted by decoding up to this length.
+MAX_SEGMENT_SECONDS = 24 * 3600.0
 DROP_DECODE_ERROR = "decode_error"  # an exception while converting a track; its remaining frames.
 DROP_READ_LABELS_ERROR = "read_labels_error"  # the adapter raised on a track's annotations: its lines are lost.
 

@@ -66,7 +66,6 @@ from beam_jobs.sources import base
 from beam_jobs.sources import folds as folds_lib
 from beam_jobs.sources.media_rows import (
     DROP_BAD_SEGMENT,
-    MAX_SEGMENT_SECONDS,
     LabelledMediaSource,
     MediaRow,
     build_discovery,
@@ -99,8 +98,8 @@ def _seconds(text: str, column: str) -> tuple[float | None, str | None, str]:
         return None, base.DROP_MALFORMED_LINE, f"{column} {text!r} is not a number of seconds"
     if not math.isfinite(value):
         return None, base.DROP_MALFORMED_LINE, f"{column} {text!r} is not a finite number"
-    if not 0 <= value <= MAX_SEGMENT_SECONDS:
-        return None, base.DROP_OUT_OF_RANGE, f"{column} {text!r} is not in [0, {MAX_SEGMENT_SECONDS:g}] seconds"
+    if not 0 <= value <= base.MAX_SEGMENT_SECONDS:
+        return None, base.DROP_OUT_OF_RANGE, f"{column} {text!r} is not in [0, {base.MAX_SEGMENT_SECONDS:g}] seconds"
     return value, None, ""
 
 

@@ -67,7 +67,6 @@ SPLIT_ALIASES = {
 
 VALENCE_AROUSAL_NAMES = ("valence", "arousal")  # label_names of the valence/arousal head.
 
-MAX_SEGMENT_SECONDS = 24 * 3600.0  # Longer segments are out_of_range (bounds the label arrays).
 # Names taken as files without asking the file system (one call less per entry on gs://).
 _FILE_SUFFIXES = VIDEO_EXTENSIONS + (".csv", ".txt", ".json", ".jpg", ".jpeg", ".png")
 
@@ -209,7 +208,7 @@ def container_frames(path: str) -> tuple[float, int | None, str]:
                 fps = video.fps
             cap = cv2.VideoCapture(local)
             try:
-                limit = int(fps * MAX_SEGMENT_SECONDS)
+                limit = int(fps * base.MAX_SEGMENT_SECONDS)
                 count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
                 if math.isfinite(count) and 0 < count <= limit:
                     return fps, int(count), ""
