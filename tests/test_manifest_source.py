@@ -374,7 +374,7 @@ def test_names_match_in_any_unicode_form_and_the_file_is_opened_as_named_on_disk
     np.testing.assert_array_equal(source.read_labels(track).expression, [0, 0, 0])
 
 
-def test_one_file_under_two_names_in_two_splits_is_a_split_conflict(tmp_path):
+def test_one_file_under_two_names_is_a_split_conflict_across_splits_and_one_video_within_one(tmp_path):
     videos = tmp_path / "v"
     write_video(videos / "a.avi", 3)
     write_video(videos / "b.avi", 4)
@@ -386,12 +386,22 @@ def test_one_file_under_two_names_in_two_splits_is_a_split_conflict(tmp_path):
     manifest.write_text("path,split,expression\na.avi,train,happy\na_link.avi,validation,happy\n"
                         "b.avi,train,happy\nb_hard.avi,validation,happy\nc.avi,train,sad\nc_link.avi,train,sad\n",
                         encoding="utf-8")
-    tracks = {t.media_id: t for t in ManifestSource(str(manifest), videos=str(videos)).discover().tracks}
+    source = ManifestSource(str(manifest), videos=str(videos))
+    found = source.discover()
+    tracks = {t.media_id: t for t in found.tracks}
     assert {k: t.problem for k, t in tracks.items()} == {
         "a.avi": "split_conflict", "a_link.avi": "split_conflict", "b.avi": "split_conflict",
-        "b_hard.avi": "split_conflict", "c.avi": None, "c_link.avi": None}  # One split: no leak.
+        "b_hard.avi": "split_conflict", "c.avi": None}
     (segment,) = tracks["a_link.avi"].segments
     assert "the same file as ['a.avi']" in segment.message and "['train', 'validation']" in segment.message
+    # In one split the two names are one video, one subject (the selection split cannot part them): c_link's row
+    # joins c's track, with a note.
+    assert len(tracks["c.avi"].segments) == 2 and tracks["c.avi"].media_path == str(videos / "c.avi")
+    (note,) = [d for d in found.dead_letters if d.reason == "duplicate_media"]
+    assert note.frames == 0 and "'c_link.avi' is the same file as 'c.avi'" in note.message
+    labels = source.read_labels(tracks["c.avi"])
+    np.testing.assert_array_equal(labels.expression, [1, 1])  # The same label twice is no conflict.
+    assert not labels.dead_letters
 
 
 def test_a_manifest_that_is_not_utf8_is_refused_with_its_line(tmp_path):

@@ -57,6 +57,8 @@ DROP_BAD_SEGMENT = "bad_segment"  # end <= start.
 DROP_SPLIT_CONFLICT = "split_conflict"  # a subject or a video in two splits: all its rows.
 DROP_UNKNOWN_SPLIT = "unknown_split"  # a split value or folder that is not a split.
 DROP_NO_SUBJECT = "no_subject"  # the folder adapter's --subject_regex does not match the path.
+# A note (0 frames): a video named under two names in one split; its rows join those of the first name.
+DROP_DUPLICATE_MEDIA = "duplicate_media"
 
 UNASSIGNED_SPLIT = "unassigned"  # accounting entry of rows without a valid split.
 SPLIT_ALIASES = {
@@ -258,11 +260,12 @@ def resolve_class_names(rows: Iterable[MediaRow], class_names: Sequence[str] | N
     return [found[k] for k in sorted(found)]
 
 
-def _split_conflicts(rows: list[MediaRow]) -> tuple[dict[str, set[str]], dict[str, str]]:
-    """Splits of each subject in more than one split, and the problem of each video in more than one split.
+def _split_conflicts(rows: list[MediaRow]) -> tuple[dict[str, set[str]], dict[str, str], dict[str, str]]:
+    """Splits of each subject in more than one split, the problem of each video in more than one split, and the
+    first name of each video named otherwise too within one split (``{other name: first name}``).
 
     A video is its file: paths to one file (a symbolic link, a hard link) are one video, so its pixels cannot reach
-    two splits under two names.
+    two splits under two names, nor one split twice (as two subjects, which the selection split could part).
     """
     identities: dict[str, object] = {}
     by_subject, by_media, keys_of = (collections.defaultdict(set), collections.defaultdict(set),
@@ -275,14 +278,17 @@ def _split_conflicts(rows: list[MediaRow]) -> tuple[dict[str, set[str]], dict[st
             by_subject[row.subject].add(row.split)
             by_media[identity].add(row.split)
             keys_of[identity].add(row.media_key)
-    media_problems = {}
+    media_problems, first_name = {}, {}
     for identity, splits in by_media.items():
         if len(splits) > 1:
             for key in keys_of[identity]:
                 others = sorted(keys_of[identity] - {key})
                 also = f" (the same file as {others})" if others else ""
                 media_problems[key] = f"video {key!r}{also} is in splits {sorted(splits)}; all its rows are rejected"
-    return {k: v for k, v in by_subject.items() if len(v) > 1}, media_problems
+        elif len(keys_of[identity]) > 1:
+            first, *others = sorted(keys_of[identity])
+            first_name.update((key, first) for key in others)
+    return {k: v for k, v in by_subject.items() if len(v) > 1}, media_problems, first_name
 
 
 def _row_problem(row: MediaRow, names: list[str], subject_splits, media_problems,
@@ -321,9 +327,10 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
     use_expression = TASK_EXPRESSION in tasks
     names = resolve_class_names(rows, class_names) if use_expression else []
     class_index = {n.casefold(): i for i, n in enumerate(names)}
-    subject_splits, media_problems = _split_conflicts(rows)
+    subject_splits, media_problems, first_name = _split_conflicts(rows)
     out_tasks = tuple(t for t in tasks if t != TASK_EXPRESSION or names)
     grouped: dict[tuple[str, str], list[tuple[MediaRow, Segment]]] = collections.defaultdict(list)
+    noted: set[str] = set()
     for row in rows:
         reason, message = _row_problem(row, names, subject_splits, media_problems, use_expression)
         expression = keys.EXPRESSION_INVALID
@@ -331,10 +338,17 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
             expression = class_index[row.expression.casefold()]
         va = row.valence_arousal if TASK_VALENCE_AROUSAL in tasks else None
         segment = Segment(row.start, row.end, expression, va, reason, message, row.source)
-        grouped[(writable_split(row.split), row.media_key)].append((row, segment))
+        media_key = first_name.get(row.media_key, row.media_key)
+        if media_key != row.media_key and row.media_key not in noted:
+            noted.add(row.media_key)
+            dead_letters.append(base.DeadLetter(row.source, DROP_DUPLICATE_MEDIA, (
+                f"video {row.media_key!r} is the same file as {media_key!r}, in the same split: its rows are converted "
+                f"as rows of {media_key!r} (one video, one subject)"), 0))
+        grouped[(writable_split(row.split), media_key)].append((row, segment))
     tracks = []
     for (split, media_key), members in sorted(grouped.items()):
-        first = members[0][0]
+        # The track is the video under its first name (the row of another name of it may come first).
+        first = next((row for row, _ in members if row.media_key == media_key), members[0][0])
         segments = tuple(s for _, s in members)
         problem = first.media_problem
         if problem is None and all(s.reason is not None for s in segments):
