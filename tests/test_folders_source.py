@@ -223,3 +223,18 @@ def test_a_hidden_folder_is_not_a_class(tmp_path):
     assert hidden.problem == "unknown_class" and "hidden folder" in hidden.segments[0].message
     labels = source.read_labels(hidden)
     assert [(d.reason, d.frames) for d in labels.dead_letters] == [("unknown_class", 2)]
+
+
+def test_a_link_within_one_split_is_one_video_and_one_subject_also_under_folds(tmp_path):
+    from beam_jobs.sources import folds as folds_lib
+
+    write_video(tmp_path / "Happy" / "a.avi", 3)
+    # A name of the same file that, as its own subject, would fall in the other split of fold 0 of 3.
+    link = next(f"a_link{i}.avi" for i in range(100) if folds_lib.fold_split(f"Happy/a_link{i}.avi", 3, 0)
+                != folds_lib.fold_split("Happy/a.avi", 3, 0))
+    os.symlink(tmp_path / "Happy" / "a.avi", tmp_path / "Happy" / link)
+    found = FoldersSource(str(tmp_path), folds=3, fold=0).discover()
+    (track,) = found.tracks
+    assert track.problem is None and track.media_path == str(tmp_path / "Happy" / "a.avi")
+    assert len(track.segments) == 2 and track.subject == "Happy/a.avi"
+    assert [(d.reason, d.frames) for d in found.dead_letters] == [("duplicate_media", 0)]

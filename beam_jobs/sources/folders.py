@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from beam_jobs.media.video import is_remote
 from beam_jobs.sources import base
 from beam_jobs.sources import folds as folds_lib
+from beam_jobs.sources.folder_scan import file_identity
 from beam_jobs.sources.media_rows import (
     DROP_NO_SUBJECT,
     DROP_UNKNOWN_CLASS,
@@ -113,6 +114,7 @@ class FoldersSource(LabelledMediaSource):
         """
         listed, scan = list_videos(self.videos)
         self._check_split_level(listed)
+        self._first_names = self._first_names_of(listed) if self.subject_pattern is None else {}
         rows = [self._row(rel) for rel in listed]
         return build_discovery(rows, class_names=self.class_names, tasks=self.tasks, annotation_path=self.videos,
                                dead_letters=list(scan.dead_letters), unlisted_folders=scan.unlisted_folders)
@@ -150,10 +152,18 @@ class FoldersSource(LabelledMediaSource):
         return MediaRow(source=path, media_key=rel, media_path=path, subject=subject or rel, split=split,
                         split_text=split_text, expression=expression, reason=reason, message=message)
 
+    def _first_names_of(self, listed: list[str]) -> dict[str, str]:
+        """``{name: first name}`` of the videos listed under several names of one file (links): one video is one
+        subject, so ``--folds`` puts its names in one fold. (Objects in a store have one name each.)"""
+        if is_remote(self.videos):
+            return {}
+        first: dict[object, str] = {}
+        return {rel: first.setdefault(file_identity(self._join(rel)), rel) for rel in sorted(listed)}
+
     def _subject(self, rel: str) -> tuple[str | None, str | None, str]:
         """``(subject, None, "")``, or ``(None, no_subject, message)`` when the pattern does not match."""
-        if self.subject_pattern is None:
-            return folds_lib.subject_key(rel), None, ""
+        if self.subject_pattern is None:  # One subject a video, under whichever name.
+            return folds_lib.subject_key(self._first_names.get(rel, rel)), None, ""
         match = self.subject_pattern.search(rel)
         subject = None
         if match is not None:
