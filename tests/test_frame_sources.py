@@ -9,7 +9,7 @@ import pytest
 import video_fixtures as vf
 
 from beam_jobs.faces import stage as faces
-from beam_jobs.media.video import VideoError
+from beam_jobs.media.video import VideoError, VideoReader
 from beam_jobs.pipeline import frame_sources
 
 FACE = faces.FaceStageConfig(crop_size=16, detect_every=1, max_hold=0)
@@ -126,3 +126,42 @@ def test_frames_after_those_the_container_declares_are_a_dead_letter_for_a_whole
     segment = segments.build_labels([segments.Segment(0.0, 0.8, 4)], fps, declared)
     assert not segment.open_end
     assert not [i for i in _source(cf.track("train", "v", media_path=str(video)), segment) if i.dead_letter]
+
+
+def _mkv_lasting(path, frames: int, fraction: float):
+    """An MJPG Matroska file of ``frames`` frames whose Segment Info says it lasts ``fraction`` of that (a muxer's
+    wrong duration; a variable-rate stream does the same to OpenCV's frame count, duration x guessed rate)."""
+    import struct
+
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), vf.FPS, (32, 32))
+    for i in range(frames):
+        writer.write(vf.face_frame(4, 32, 32, seed=i))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x44\x89\x88")  # Duration: element id 0x4489, an 8-byte float.
+    (duration,) = struct.unpack(">d", data[at + 3:at + 11])
+    data[at + 3:at + 11] = struct.pack(">d", duration * fraction)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_matroska_frame_count_is_counted_by_decoding_not_taken_from_its_duration(tmp_path):
+    import cv2
+
+    from beam_jobs.sources import media_rows, segments
+
+    video = _mkv_lasting(tmp_path / "v.mkv", 12, 0.5)
+    capture = cv2.VideoCapture(str(video))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 6  # What OpenCV says: half the frames (before: all that counted).
+    capture.release()
+    with VideoReader(str(video)) as reader:
+        assert not reader.counts_frames  # Matroska stores no frame count.
+    fps, frames, why = media_rows.container_frames(str(video))
+    assert (frames, why) == (12, "")
+    labels = segments.build_labels([segments.Segment(None, None, 4)], fps, frames)
+    items = list(_source(cf.track("train", "v", media_path=str(video), data_path="v.mkv"), labels))
+    assert [c.frame_index.tolist() for c in (i.clip for i in items) if c is not None] == [
+        [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    assert not [i for i in items if i.dead_letter is not None]

@@ -1,6 +1,8 @@
 """Decoding: every container FFmpeg reads opens, a frame that does not decode is reported in its place, phone video
 comes out upright at its presentation times, and a cut file is told (issue 20 points 3, 4, 7)."""
 
+import os
+
 import mp4_boxes
 import numpy as np
 import pytest
@@ -212,3 +214,15 @@ def test_one_decoding_thread_gives_the_same_frames_at_the_same_times(tmp_path):
         assert (i, t) == (j, u) and np.array_equal(image, other)
     with pytest.raises(ValueError, match="threads"):
         VideoReader(path, threads=0)
+
+
+def test_a_pipe_or_device_named_like_a_video_is_not_a_regular_file(tmp_path):
+    # os.path.getsize says 0 for both: they were called zero-byte files. (Opening a pipe to read it would block.)
+    pipe = tmp_path / "p.mp4"
+    os.mkfifo(pipe)
+    device = tmp_path / "d.mp4"
+    os.symlink("/dev/zero", device)
+    for path in (pipe, device):
+        with pytest.raises(VideoError, match="not a regular file"):
+            with VideoReader(str(path)):
+                pass

@@ -128,6 +128,20 @@ def local_copy(path: str) -> Iterator[str]:
             os.remove(local)
 
 
+def stores_frame_count(local: str) -> bool:
+    """Whether the container of local file ``local`` stores its video's frame count: ISO media (MP4, MOV, 3GP: the
+    sample tables) and AVI (its header) do. For any other (Matroska, WebM, MPEG program and transport streams, FLV)
+    OpenCV's frame count is the duration times a guessed frame rate, which a variable-rate stream (or a wrong
+    duration) makes more or fewer than the frames that decode."""
+    with open(local, "rb") as f:
+        head = f.read(12)
+    return head[4:8] in _ISO_MEDIA_BOXES or (head[:4] == b"RIFF" and head[8:12] in (b"AVI ", b"AVIX"))
+
+
+# The boxes an ISO base media file (MP4, MOV, 3GP) starts with.
+_ISO_MEDIA_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
+
+
 def frame_timestamp_us(index: int, fps: float) -> int:
     """Microseconds of 1-based frame ``index`` at a constant ``fps`` (frames without a video of their own)."""
     return round((index - 1) * 1_000_000 / fps)
@@ -184,12 +198,15 @@ class VideoReader:
         fps: The container's frame rate (or DEFAULT_FPS); for a variable-frame-rate stream an average only.
         width, height: Of the displayed (rotated) frames.
         rotation: Clockwise degrees of the container's display matrix (applied to the frames).
-        declared_frames: The container's frame count, None when it gives none.
+        declared_frames: The container's frame count, None when it gives none. Where the container stores no count
+            (:func:`stores_frame_count`) it is OpenCV's estimate from the duration: good for telling a cut file,
+            not for counting frames.
+        counts_frames: Whether ``declared_frames`` is a count the container stores (MP4/MOV, AVI).
         frames_read: Index of the last frame returned (decoded or corrupt).
         decode_errors: Corrupt frames returned so far.
 
     Raises:
-        VideoError: on entering, when the file is empty, cannot be opened or no frame decodes.
+        VideoError: on entering, when the file is not a regular file, is empty, cannot be opened or no frame decodes.
     """
 
     def __init__(self, path: str, max_corrupt_run: int = MAX_CORRUPT_RUN, threads: int | None = None):
@@ -203,6 +220,7 @@ class VideoReader:
         self.height = 0
         self.rotation = 0
         self.declared_frames: int | None = None
+        self.counts_frames = False
         self.frames_read = 0
         self.decode_errors = 0
         self._stack: contextlib.ExitStack | None = None
@@ -225,6 +243,8 @@ class VideoReader:
             local = self._stack.enter_context(local_copy(self.path))
             if not os.path.exists(local):
                 raise VideoError(f"{self.path}: file not found")
+            if not os.path.isfile(local):  # (A pipe would block the reads below; a device never ends.)
+                raise VideoError(f"{self.path}: not a regular file")
             if os.path.getsize(local) == 0:
                 raise VideoError(f"{self.path}: zero-byte file")
             cap = self._open(local)
@@ -237,6 +257,7 @@ class VideoReader:
             self.fps = float(fps) if fps and math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
             count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
             self.declared_frames = int(count) if math.isfinite(count) and count >= 1 else None
+            self.counts_frames = self.declared_frames is not None and stores_frame_count(local)
             self._cap = cap
             self._grab_next()
             ok, first = (False, None) if self._grabbed is None else cap.retrieve()

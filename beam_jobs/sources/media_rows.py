@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import posixpath
 from collections.abc import Iterable, Sequence
 
@@ -196,8 +195,10 @@ def container_frames(path: str) -> tuple[float, int | None, str]:
     """Frame rate and frame count of a video (one download for a remote one).
 
     The frame rate is :class:`~beam_jobs.media.video.VideoReader`'s, so segment times map to the same
-    frames the conversion decodes. The count is the container's; when it has none (or an absurd
-    one) the frames are counted by grabbing them.
+    frames the conversion decodes. The count is the container's where it stores one
+    (:func:`~beam_jobs.media.video.stores_frame_count`: MP4/MOV, AVI); otherwise (Matroska, WebM, MPEG streams), or
+    when it is absurd, the frames are counted by decoding them without colour conversion, as the conversion will
+    (a corrupt frame counts), up to :data:`~beam_jobs.sources.base.MAX_SEGMENT_SECONDS`.
 
     Returns:
         ``(fps, frames, "")``, or ``(DEFAULT_FPS, None, why)`` when the video cannot be read.
@@ -205,20 +206,14 @@ def container_frames(path: str) -> tuple[float, int | None, str]:
     import cv2
 
     try:
-        with local_copy(path) as local:
-            with VideoReader(local) as video:
-                fps = video.fps
-            cap = cv2.VideoCapture(local)
-            try:
-                limit = int(fps * base.MAX_SEGMENT_SECONDS)
-                count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-                if math.isfinite(count) and 0 < count <= limit:
-                    return fps, int(count), ""
-                frames = 0
-                while frames < limit and cap.grab():
-                    frames += 1
-            finally:
-                cap.release()
+        with local_copy(path) as local, VideoReader(local) as video:
+            fps, count = video.fps, video.declared_frames if video.counts_frames else None
+            limit = int(fps * base.MAX_SEGMENT_SECONDS)
+            if count is not None and count <= limit:
+                return fps, count, ""
+            frames = 0
+            while frames < limit and video.next_frame(decode=False).status is not video_lib.FrameStatus.END:
+                frames += 1
     except (VideoError, OSError, cv2.error) as e:
         return DEFAULT_FPS, None, str(e)
     return (fps, frames, "") if frames else (DEFAULT_FPS, None, f"{path}: no frame decodes")
