@@ -231,6 +231,45 @@ def test_folders_are_searched_recursively_for_every_container_in_any_case(tmp_pa
         videos.list_videos([str(tmp_path / "empty")])
 
 
+def test_a_folder_search_enters_each_folder_once_and_leaves_out_the_output_folder(tmp_path):
+    # Three links back up the tree: before, the search followed them for ever (an exponential walk, no output).
+    root = tmp_path / "t"
+    for name in ("a", "b", "c"):
+        (root / name).mkdir(parents=True)
+        os.symlink("..", root / name / "up")
+    (root / "a" / "v.mp4").write_bytes(b"listing only")
+    (root / "mine.3gp").write_bytes(b"listing only")  # A phone's container: listed (it was passed over unsaid).
+    (root / "b" / "preds").mkdir()
+    (root / "b" / "preds" / "v.mp4").write_bytes(b"a render of an earlier run")
+    notes: list[str] = []
+    found = videos.list_videos([str(root)], notes, output=str(root / "b" / "preds"))
+    assert found == [str(root / "a" / "v.mp4"), str(root / "mine.3gp")]
+    assert sorted(n.split(str(root) + "/")[1] for n in notes) == [
+        "a/up leads to a folder searched already (a link): not searched again",
+        "b/preds is the --output folder: not searched for videos",
+        "b/up leads to a folder searched already (a link): not searched again",
+        "c/up leads to a folder searched already (a link): not searched again"]
+
+
+def test_an_output_on_a_read_only_file_system_is_refused_before_any_video_is_read(tmp_path, capsys):
+    video = vf.write_face_video(tmp_path / "v" / "talk.mp4", [4] * 3)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)], capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        # Before: every video was decoded and predicted, then each failed to be written (rc 1).
+        for output in (ro, ro / "sub"):
+            argv = ["--model", str(tmp_path / "no_model"), "--videos", str(video), "--output", str(output)]
+            assert predict.run(argv) == 2
+            assert (f"--output {str(output)!r} cannot be written: {ro} is on a read-only file system; nothing was "
+                    "read or written") in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
 def test_a_render_over_its_own_video_and_an_output_that_is_a_file_are_refused_before_any_work(tmp_path, capsys):
     video = vf.write_face_video(tmp_path / "v" / "talk.mp4", [4] * 3)
     before = video.read_bytes()

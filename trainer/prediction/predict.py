@@ -186,7 +186,7 @@ def predict(args) -> int:
 
     filesystems.register_filesystems(args.model, args.output, args.annotations, args.cropped_aligned)
     duplicates: list[str] = []
-    videos = list_videos(args.videos, duplicates)
+    videos = list_videos(args.videos, duplicates, output=args.output)
     for note in duplicates:
         print(f"[predict] note: {note}", file=sys.stderr, flush=True)
     tracks = plan_tracks(videos, args.side, args.cropped_aligned)

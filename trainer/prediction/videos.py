@@ -29,11 +29,13 @@ def _same_file_key(path: str) -> str:
     return os.path.realpath(path)
 
 
-def list_videos(paths: Sequence[str], duplicates: list[str] | None = None) -> list[str]:
+def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, output: str | None = None) -> list[str]:
     """The videos to predict: files as given, folders searched recursively for every container in any case.
 
     A video named twice (the same path, another spelling of it, a link to it, or a file also found in a folder) is
-    predicted once, under its first name; each repeat adds a note to ``duplicates`` when given.
+    predicted once, under its first name; each repeat adds a note to ``duplicates`` when given. A folder search
+    follows links to folders but enters each folder once (a link back up a tree is a loop), and leaves out
+    ``output``, the run's own folder (a second run would take the first's renders for videos); each adds a note too.
 
     Raises:
         PredictError: a path that does not exist, or no video at all.
@@ -41,14 +43,19 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None) -> li
     from beam_jobs.media.video import VIDEO_EXTENSIONS
     from tfrecords_schema import storage
 
+    notes = duplicates if duplicates is not None else []
     found: list[str] = []
     for path in paths:
         filesystems.register_filesystems(path)
         files = storage.gfile(path)
         if files.isdir(path):
-            inside = sorted(posixpath.join(folder, name) if storage.is_url(folder) else os.path.join(folder, name)
-                            for folder, _, names in files.walk(path)
-                            for name in names if _ext(name) in VIDEO_EXTENSIONS)
+            if storage.is_url(path):  # (Objects have no links.)
+                skip = _same_file_key(output).rstrip("/") + "/" if output and storage.is_url(output) else None
+                inside = sorted(posixpath.join(folder, name) for folder, _, names in files.walk(path)
+                                if not (skip and (_same_file_key(folder).rstrip("/") + "/").startswith(skip))
+                                for name in names if _ext(name) in VIDEO_EXTENSIONS)
+            else:
+                inside = [v for v in _local_files(path, output, notes) if _ext(v) in VIDEO_EXTENSIONS]
             if not inside:
                 raise PredictError(f"no video ({', '.join(VIDEO_EXTENSIONS)}, any case) under folder {path!r}")
             found += inside
@@ -61,9 +68,42 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None) -> li
         key = _same_file_key(video)
         if key not in first:
             first[key] = video
-        elif duplicates is not None:
-            duplicates.append(f"{video} is the same video as {first[key]}: predicted once")
+        else:
+            notes.append(f"{video} is the same video as {first[key]}: predicted once")
     return list(first.values())
+
+
+def _local_files(root: str, output: str | None, notes: list[str]) -> list[str]:
+    """The files under local folder ``root``, sorted: links to folders followed, each folder entered once, the
+    ``output`` folder left out (both with a note)."""
+
+    def folder_key(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    skip = folder_key(output) if output and "://" not in output else None
+    seen = {folder_key(root)}
+    files = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(subfolders):
+            sub = os.path.join(folder, name)
+            key = folder_key(sub)
+            if key is None:  # (Gone since it was listed: os.walk passes over it.)
+                kept.append(name)
+            elif key == skip:
+                notes.append(f"{sub} is the --output folder: not searched for videos")
+            elif key in seen:
+                notes.append(f"{sub} leads to a folder searched already (a link): not searched again")
+            else:
+                seen.add(key)
+                kept.append(name)
+        subfolders[:] = kept  # os.walk enters only these.
+        files += (os.path.join(folder, name) for name in names)
+    return sorted(files)
 
 
 def output_stems(videos: Sequence[str], side: str | None) -> list[str]:
@@ -181,13 +221,20 @@ def check_output_place(output: str, tracks: Sequence[Track], render: bool) -> No
     renders (files of the same names are replaced, and this one is not the tool's to replace).
 
     Raises:
-        PredictUsageError: ``--output`` is a file, or a render would land on an input video.
+        PredictUsageError: ``--output`` is a file, a local one cannot be written (a read-only file system, no
+            permission: before, every video was predicted and then failed to be written), or a render would land on
+            an input video.
     """
     from tfrecords_schema import join_path, storage
+    from tfrecords_schema.disk_space import check_output_place as check_local_place
 
     files = storage.gfile(output)
     if files.exists(output) and not files.isdir(output):
         raise PredictUsageError(f"--output {output!r} is a file; give a folder")
+    if not storage.is_url(output):
+        problem = check_local_place(output).problem
+        if problem:
+            raise PredictUsageError(f"--output {output!r} cannot be written: {problem}; nothing was read or written")
     if not render:
         return
     inputs = {_same_file_key(track.video): track.video for track in tracks}
