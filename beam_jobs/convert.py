@@ -26,6 +26,7 @@ import time
 from beam_jobs.convert_options import DEFAULT_RUNNER, UsageError, build_parser, check_options, recorded_options
 from beam_jobs.faces import stage as faces_lib
 from beam_jobs.inspect_dataset import media_lines
+from beam_jobs.media.video import describe_truncation
 from beam_jobs.sources.base import DatasetSource, Discovery
 from tfrecords_schema import SPLIT_SELECTION, TASKS, DatasetInfo, join_path
 from tfrecords_schema.dataset_info import MEDIA_KEY, sum_counts
@@ -267,8 +268,8 @@ def _report(info: DatasetInfo, seconds: float) -> None:
     print(f"[convert] done in {seconds:.1f} s ({info.run['tracks']} tracks in {info.run['worker_processes']} worker "
           f"processes)\n{format_summary(info)}", flush=True)
     for media, counts in info.run.get(MEDIA_KEY, {}).get("truncated", {}).items():  # An ABAW submission would be short.
-        print(f"convert: warning: {media}: truncated? the container declares {counts['declared_frames']} frames, "
-              f"{counts['decoded_frames']} decode", file=sys.stderr, flush=True)
+        print(f"convert: warning: {media}: "
+              f"{describe_truncation(counts['declared_frames'], counts['decoded_frames'])}", file=sys.stderr, flush=True)
 
 
 def _nothing_written(info: DatasetInfo, written_in: str) -> str | None:

@@ -121,7 +121,8 @@ def test_a_truncated_video_is_a_warning_line_and_a_count_in_the_summary(phone_da
     assert counts["declared_frames"] == 30 and 0 < counts["decoded_frames"] < 30
     warning = [line for line in phone_dataset["stderr"].splitlines() if "truncated?" in line]
     assert warning == [f"convert: warning: {cut}: truncated? the container declares 30 frames, "
-                       f"{counts['decoded_frames']} decode"]
+                       f"{counts['decoded_frames']} decode (a cut file, or frames lost inside it: then the frames "
+                       "after the loss are numbered early)"]
     assert "truncated: 1 video(s) decode fewer frames than their container declares" in phone_dataset["stdout"]
     dropped = info.splits["train"].accounting.dropped["beyond_video_end"]
     assert dropped == 30 - counts["decoded_frames"]  # Its lines past the cut: accounted, as before.

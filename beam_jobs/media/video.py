@@ -181,8 +181,15 @@ class StreamFacts:
     truncated: bool
 
     def describe_truncation(self) -> str:
-        """``the container declares 30 frames, 14 decode`` (for warnings)."""
-        return f"the container declares {self.declared_frames} frames, {self.decoded_frames} decode"
+        """:func:`describe_truncation` of this stream (for warnings)."""
+        return describe_truncation(self.declared_frames, self.decoded_frames)
+
+
+def describe_truncation(declared_frames: int, decoded_frames: int) -> str:
+    """``truncated? the container declares 30 frames, 14 decode (...)``: a cut file is the likely cause, but frames lost
+    inside an AVI look the same (FFmpeg numbers the frames after the loss on, as if nothing were missing)."""
+    return (f"truncated? the container declares {declared_frames} frames, {decoded_frames} decode (a cut file, or "
+            "frames lost inside it: then the frames after the loss are numbered early)")
 
 
 class VideoReader:

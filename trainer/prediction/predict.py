@@ -73,7 +73,7 @@ def _stream_fields(video: str, stream) -> dict:
     if stream is None:
         return {"rotation": 0, "variable_frame_rate": False, "declared_frames": None, "truncated": False}
     if stream.truncated:
-        print(f"[predict] warning: {video}: truncated? {stream.describe_truncation()}; its files hold the frames that "
+        print(f"[predict] warning: {video}: {stream.describe_truncation()}; its files hold the frames that "
               "decode (an ABAW submission from it would be short)", file=sys.stderr, flush=True)
     return {"rotation": stream.rotation, "variable_frame_rate": stream.variable_frame_rate,
             "declared_frames": stream.declared_frames, "truncated": stream.truncated}
