@@ -55,7 +55,7 @@ from trainer.prediction.crops import CROPS_FACE_STAGE, CROPS_PROVIDED, ServedCro
 from trainer.prediction.errors import PredictError, PredictUsageError
 from trainer.prediction.progress import PROGRESS_EVERY_S, Progress
 from trainer.prediction.serving import RUNTIME_AUTO, RUNTIMES, load_export, load_predictor, predict_video
-from trainer.prediction.videos import check_output_place, list_videos, local_video, plan_tracks
+from trainer.prediction.videos import LOCAL_COPY_PREFIX, check_output_place, list_videos, local_video, plan_tracks
 
 log = logging.getLogger("trainer.prediction.predict")
 
@@ -213,6 +213,10 @@ def predict(args) -> int:
 
     def fail(number: int, error: str) -> None:
         track = tracks[number]
+        # The reader's errors start with the path it read (this video, or a remote one's local copy): said once.
+        head, colon, rest = error.partition(": ")
+        if colon and (head == track.video or os.path.basename(head).startswith(LOCAL_COPY_PREFIX)):
+            error = rest
         print(f"[predict] error: {track.video}: {error} (skipped)", file=sys.stderr, flush=True)
         failed[number] = {"video": track.video, "stem": track.stem, "error": error}
 

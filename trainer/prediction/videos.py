@@ -15,6 +15,7 @@ from trainer.common import filesystems
 from trainer.prediction.errors import PredictError, PredictUsageError
 
 COPY_CHUNK_BYTES = 8 << 20  # Remote videos are copied locally in pieces of this size.
+LOCAL_COPY_PREFIX = "affectstream-predict-"  # The name of a remote video's local copy starts with it.
 
 
 def _ext(name: str) -> str:
@@ -204,7 +205,7 @@ def local_video(path: str) -> Iterator[str]:
         yield path
         return
     import tensorflow as tf
-    fd, local = tempfile.mkstemp(suffix=_ext(path), prefix="affectstream-predict-")
+    fd, local = tempfile.mkstemp(suffix=_ext(path), prefix=LOCAL_COPY_PREFIX)
     try:
         with os.fdopen(fd, "wb") as out, tf.io.gfile.GFile(path, "rb") as src:
             while chunk := src.read(COPY_CHUNK_BYTES):
