@@ -192,6 +192,22 @@ def test_fine_tuning_keeps_the_mapped_head_and_freezes_the_network(fer_export, d
     kernel = model.get_layer("expression_logits").get_weights()[0]
     assert kernel.shape == (7, 7) and np.abs(kernel - np.eye(7)).max() > 1e-3  # fer's head (the identity), trained
 
+    # The network itself trained: its residual shortcuts are strided 1x1 convolutions, whose gradient crashed
+    # TensorFlow's oneDNN kernels on AVX-512 CPUs (a segmentation fault once the backbone unfroze). They train as
+    # SubsampledPointwiseConv2D, the same function.
+    tuned = tmp_path / "tuned"
+    rc, err = run_train(["--data", data48, "--job_dir", str(tuned), "--stage", "frames", "--init_from",
+                         str(fer_export), "--class_map", "neutral=Neutral,happy=Happiness,sad=Sadness,fear=Fear",
+                         "--freeze_backbone_epochs", "0", *TINY, "--learning_rate", "0.01"])
+    assert rc == 0, err[-3000:]
+    model = keras.saving.load_model(str(tuned / "export" / "model.keras"), compile=False)
+    network = model.get_layer(PER_FRAME_LAYER).layer
+    assert [type(layer).__name__ for layer in network._flatten_layers() if "Pointwise" in type(layer).__name__] == [
+        "SubsampledPointwiseConv2D"] * 4
+    moved = [np.abs(ours - theirs).max() for ours, theirs in zip(network.get_weights(),
+                                                                  imported.get_layer(PER_FRAME_LAYER).get_weights())]
+    assert max(moved) > 1e-4
+
     # Without a map, classes that differ get a new head; the data's own names keep it.
     source = ExportSource(str(fer_export), "--init_from")
     data = read_dataset_info(data48)

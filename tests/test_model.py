@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -140,3 +141,30 @@ def test_exported_keras_file_loads_in_a_fresh_process_after_import_trainer(tmp_p
     failed = subprocess.run([sys.executable, "-c", f"import keras; keras.models.load_model({path!r})"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert failed.returncode != 0 and "ClipAugmentation" in failed.stderr  # the first of its custom layers
+
+
+def test_strided_pointwise_convolutions_are_replaced_by_the_same_function(tmp_path):
+    from trainer.model.layers import SubsampledPointwiseConv2D, without_strided_pointwise
+
+    inner_in = keras.Input((None, None, 4))
+    shortcut = keras.layers.Conv2D(6, 1, strides=2, padding="same", use_bias=False, name="shortcut")(inner_in)
+    main = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="main")(inner_in)
+    inner = keras.Model(inner_in, keras.layers.Add()([shortcut, main]), name="block")
+    outer_in = keras.Input((None, None, 4))
+    x = inner(outer_in)
+    x = keras.layers.Conv2D(5, 1, strides=(3, 2), padding="valid", activation="relu", name="head")(x)
+    model = keras.Model(outer_in, keras.layers.GlobalAveragePooling2D()(x))
+    rewritten = without_strided_pointwise(model)
+    kinds = [type(layer).__name__ for layer in rewritten._flatten_layers() if "Conv" in type(layer).__name__]
+    assert sorted(kinds) == ["Conv2D", "SubsampledPointwiseConv2D", "SubsampledPointwiseConv2D"]  # 3x3 kept
+    rng = np.random.default_rng(0)
+    for size in (12, 13, 30):  # Even and odd sides: 'same' and 'valid' pick the same pixels for a 1x1 kernel.
+        x = rng.normal(size=(2, size, size, 4)).astype("float32")
+        np.testing.assert_allclose(rewritten(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    path = tmp_path / "m.keras"
+    rewritten.save(path)
+    again = keras.saving.load_model(path, compile=False)
+    assert isinstance(again.get_layer("head"), SubsampledPointwiseConv2D)
+    np.testing.assert_array_equal(again(x).numpy(), rewritten(x).numpy())
+    plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3)])
+    assert without_strided_pointwise(plain) is plain  # Nothing to replace: the model as it is.

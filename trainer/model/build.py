@@ -50,7 +50,7 @@ from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AR
 from trainer.common.choices import PRECISION_FLOAT32, PRECISIONS
 from trainer.model.augment import ClipAugmentation
 from trainer.model.backbones import build_backbone
-from trainer.model.layers import ClassMap, PerFrame
+from trainer.model.layers import ClassMap, PerFrame, without_strided_pointwise
 from trainer.model.spec import PER_FRAME_LAYER, ModelSpec
 from trainer.model.temporal import temporal_stack
 
@@ -139,7 +139,9 @@ def _build_layers(spec: ModelSpec, cnn: keras.Model | None) -> keras.Model:
     s = spec.crop_size
     frames = keras.Input((spec.seq_len, s, s, 3), dtype="uint8", name="frames")
     backbone = None if cnn is None else cnn.name
-    cnn = build_backbone(spec) if cnn is None else cnn
+    # A given network (an export's, an imported one) may hold strided 1x1 convolutions, whose gradient crashes
+    # TensorFlow's oneDNN kernels on AVX-512 CPUs: the same function without them (layers.SubsampledPointwiseConv2D).
+    cnn = build_backbone(spec) if cnn is None else without_strided_pointwise(cnn)
     # Pixels arrive as uint8 (a quarter of the bytes of float32) and are augmented (training only) and scaled here,
     # on the accelerator: the CPU input pipeline only reads, parses and decodes.
     x = ClipAugmentation(spec.augment, name=AUGMENT_LAYER)(frames)

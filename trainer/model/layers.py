@@ -173,3 +173,62 @@ class LearnedPositions(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "max_len": self.max_len}
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class SubsampledPointwiseConv2D(keras.layers.Conv2D):
+    """A 1x1 convolution of stride ``subsample``, computed as a stride-1 one on every ``subsample``-th pixel.
+
+    The same function with the same weights as ``Conv2D(kernel_size=1, strides=subsample)`` (a 1x1 kernel pads
+    nothing under ``same`` or ``valid``; outputs identical on CPU). It exists because TensorFlow 2.17's oneDNN kernels
+    corrupt memory in the backward pass of a strided 1x1 convolution on an even-sized input on AVX-512 CPUs
+    (``double free or corruption``, a segmentation fault: the residual shortcuts of fer's mini-Xception, ResNets),
+    and :func:`without_strided_pointwise` puts it in their place before training.
+    """
+
+    def __init__(self, *args, subsample=(2, 2), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.subsample = tuple(int(s) for s in subsample)
+
+    def _subsampled(self, shape):
+        sh, sw = self.subsample
+        h, w = shape[1:3]
+        return (shape[0], None if h is None else -(-h // sh), None if w is None else -(-w // sw), *shape[3:])
+
+    def build(self, input_shape):
+        super().build(self._subsampled(input_shape))
+
+    def call(self, inputs):
+        sh, sw = self.subsample
+        return super().call(inputs[:, ::sh, ::sw, :])
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(self._subsampled(input_shape))
+
+    def get_config(self):
+        return {**super().get_config(), "subsample": list(self.subsample)}
+
+
+def _strided_pointwise(layer) -> bool:
+    return (type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)
+            and tuple(layer.strides) != (1, 1) and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1
+            and layer.data_format == "channels_last")
+
+
+def without_strided_pointwise(model: keras.Model) -> keras.Model:
+    """``model`` with every strided 1x1 ``Conv2D`` (nested models too) replaced by :class:`SubsampledPointwiseConv2D`
+    with its weights; the other layers are shared, not copied. ``model`` itself when it has none."""
+    if not any(_strided_pointwise(layer) for layer in model._flatten_layers(include_self=False)):
+        return model
+
+    def clone(layer):
+        if not _strided_pointwise(layer):
+            return layer
+        config = layer.get_config()
+        subsample = config.pop("strides")
+        replacement = SubsampledPointwiseConv2D(strides=(1, 1), subsample=subsample, **config)
+        replacement.build(layer.input.shape)
+        replacement.set_weights(layer.get_weights())
+        return replacement
+
+    return keras.models.clone_model(model, clone_function=clone, recursive=True)
