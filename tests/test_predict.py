@@ -242,7 +242,7 @@ def test_a_folder_search_enters_each_folder_once_and_leaves_out_the_output_folde
     (root / "b" / "preds").mkdir()
     (root / "b" / "preds" / "v.mp4").write_bytes(b"a render of an earlier run")
     notes: list[str] = []
-    found = videos.list_videos([str(root)], notes, output=str(root / "b" / "preds"))
+    found = videos.list_videos([str(root)], output=str(root / "b" / "preds"), notes=notes)
     assert found == [str(root / "a" / "v.mp4"), str(root / "mine.3gp")]
     assert sorted(n.split(str(root) + "/")[1] for n in notes) == [
         "a/up leads to a folder searched already (a link): not searched again",

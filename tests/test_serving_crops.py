@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import pathlib
+import shutil
 
 import abaw_layout as abaw
 import cv2
@@ -212,4 +213,15 @@ def test_crops_folders_and_videos_must_match(provided, tmp_path):
     assert code == 2 and str(other) in text and str(provided["crops"]) in text and not out.exists()
     code, text = _predict("--model", provided["export"], "--videos", other, "--output", out,
                           "--cropped_aligned", provided["crops"])
-    assert code == 2 and "c_left" in text and "matches no video" in text and not out.exists()
+    assert code == 2 and f"video {other} has no crops folder" in text and not out.exists()
+    # Crops folders of videos not given (ABAW's cropped_aligned holds every video's) are passed over with a note.
+    crops = tmp_path / "crops"
+    shutil.copytree(provided["crops"], crops)
+    (crops / "not_given").mkdir()
+    code, text = _predict("--model", provided["export"], "--videos", provided["video"], "--output", out,
+                          "--cropped_aligned", crops)
+    assert code == 0, text
+    assert f"1 crops folder(s) under --cropped_aligned {crops} match no video among --videos" in text
+    summary = json.loads((out / predict.SUMMARY_FILENAME).read_text())
+    assert summary["notes"] and "not_given" in summary["notes"][0] and "not_given" not in {
+        v["stem"] for v in summary["videos"]}

@@ -186,10 +186,11 @@ def predict(args) -> int:
 
     filesystems.register_filesystems(args.model, args.output, args.annotations, args.cropped_aligned)
     duplicates: list[str] = []
-    videos = list_videos(args.videos, duplicates, output=args.output)
-    for note in duplicates:
+    notes: list[str] = []
+    videos = list_videos(args.videos, duplicates, output=args.output, notes=notes)
+    tracks = plan_tracks(videos, args.side, args.cropped_aligned, notes)
+    for note in duplicates + notes:
         print(f"[predict] note: {note}", file=sys.stderr, flush=True)
-    tracks = plan_tracks(videos, args.side, args.cropped_aligned)
     check_output_place(args.output, tracks, args.render)
     if args.annotations:  # Scored at the end: an empty or mistyped folder is said now, not after every video.
         try:
@@ -266,7 +267,8 @@ def predict(args) -> int:
                "runtime": {"name": runtime, "why": why}, "videos": done,
                "failed": failed,
                "truncated_videos": sum(v["truncated"] for v in done),
-               "variable_frame_rate_videos": sum(v["variable_frame_rate"] for v in done), "duplicates": duplicates}
+               "variable_frame_rate_videos": sum(v["variable_frame_rate"] for v in done), "duplicates": duplicates,
+               "notes": notes}
     if args.annotations:  # This run's predictions only: files an earlier run left in OUT are not scored.
         scores = scoring.score_predictions(args.output, args.annotations, args.score_split,
                                            stems={v["stem"] for v in done})

@@ -30,13 +30,15 @@ def _same_file_key(path: str) -> str:
     return os.path.realpath(path)
 
 
-def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, output: str | None = None) -> list[str]:
+def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, output: str | None = None,
+                notes: list[str] | None = None) -> list[str]:
     """The videos to predict: files as given, folders searched recursively for every container in any case.
 
     A video named twice (the same path, another spelling of it, a link to it, or a file also found in a folder) is
     predicted once, under its first name; each repeat adds a note to ``duplicates`` when given. A folder search
     follows links to folders but enters each folder once (a link back up a tree is a loop), and leaves out
-    ``output``, the run's own folder (a second run would take the first's renders for videos); each adds a note too.
+    ``output``, the run's own folder (a second run would take the first's renders for videos); each adds a note to
+    ``notes`` when given.
 
     Raises:
         PredictError: a path that does not exist, or no video at all.
@@ -44,7 +46,8 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, outpu
     from beam_jobs.media.video import VIDEO_EXTENSIONS
     from tfrecords_schema import storage
 
-    notes = duplicates if duplicates is not None else []
+    duplicates = duplicates if duplicates is not None else []
+    notes = notes if notes is not None else []
     found: list[str] = []
     for path in paths:
         filesystems.register_filesystems(path)
@@ -70,7 +73,7 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, outpu
         if key not in first:
             first[key] = video
         else:
-            notes.append(f"{video} is the same video as {first[key]}: predicted once")
+            duplicates.append(f"{video} is the same video as {first[key]}: predicted once")
     return list(first.values())
 
 
@@ -145,16 +148,19 @@ def _stem(video: str) -> str:
     return os.path.splitext(posixpath.basename(video.replace("\\", "/")))[0]
 
 
-def plan_tracks(videos: Sequence[str], side: str | None, cropped_aligned: str | None) -> list[Track]:
+def plan_tracks(videos: Sequence[str], side: str | None, cropped_aligned: str | None,
+                notes: list[str] | None = None) -> list[Track]:
     """The tracks of a run: each video (its ``side``), or with ``cropped_aligned`` each crops folder with its video.
 
     Crops folders are matched by name, as the conversion matches them: ``DIR/<stem>`` for a video ``<stem>.*``, and
-    ``DIR/<stem>_left``, ``DIR/<stem>_right`` for the two people of one video (each its own track).
+    ``DIR/<stem>_left``, ``DIR/<stem>_right`` for the two people of one video (each its own track). Folders that
+    match none of ``videos`` are not tracks (ABAW's ``cropped_aligned`` holds every video's crops, and a run predicts
+    some): one note in ``notes`` counts them.
 
     Raises:
         PredictError: two videos with the same output name.
-        PredictUsageError: a crops folder that matches no video, a video without a crops folder, or ``side`` with
-            provided crops (their folders name the side).
+        PredictUsageError: a video without a crops folder, or ``side`` with provided crops (their folders name the
+            side).
     """
     if not cropped_aligned:
         return [Track(video, stem, side) for video, stem in zip(videos, output_stems(videos, side))]
@@ -169,7 +175,7 @@ def plan_tracks(videos: Sequence[str], side: str | None, cropped_aligned: str | 
     by_stem = dict(zip(output_stems(videos, None), videos))
     folders = sorted(name.rstrip("/") for name in files.listdir(cropped_aligned)
                      if files.isdir(join_path(cropped_aligned, name.rstrip("/"))))
-    tracks, matched = [], set()
+    tracks, matched, unmatched = [], set(), []
     for folder in folders:
         base, _, suffix = folder.rpartition("_")
         if folder in by_stem:
@@ -177,9 +183,8 @@ def plan_tracks(videos: Sequence[str], side: str | None, cropped_aligned: str | 
         elif suffix in ("left", "right") and base in by_stem:
             video, track_side = by_stem[base], suffix
         else:
-            raise PredictUsageError(f"crops folder {join_path(cropped_aligned, folder)} matches no video among --videos "
-                                    f"(looked for a video named {folder}.*"
-                                    + (f" or {base}.*)" if suffix in ("left", "right") else ")"))
+            unmatched.append(folder)
+            continue
         matched.add(video)
         tracks.append(Track(video, folder, track_side, join_path(cropped_aligned, folder)))
     for video in videos:
@@ -187,6 +192,10 @@ def plan_tracks(videos: Sequence[str], side: str | None, cropped_aligned: str | 
             stem = _stem(video)
             raise PredictUsageError(f"video {video} has no crops folder under --cropped_aligned {cropped_aligned} "
                                     f"(expected {join_path(cropped_aligned, stem)}, or {stem}_left and {stem}_right)")
+    if unmatched and notes is not None:
+        shown = ", ".join(unmatched[:3]) + (", ..." if len(unmatched) > 3 else "")
+        notes.append(f"{len(unmatched)} crops folder(s) under --cropped_aligned {cropped_aligned} match no video among "
+                     f"--videos (a video named <folder>.*, or <stem>.* for <stem>_left/_right): not predicted ({shown})")
     return tracks
 
 
