@@ -228,3 +228,18 @@ def test_tensorflow_start_up_errors_are_hidden_unless_verbose(tmp_path):
     report, _, err = _probe("inspect", missing)
     assert report["code"] == 1 and "tensorflow" in report["heavy"]
     assert "Unable to register" not in err and err.startswith("inspect: error:"), err
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_ffmpeg_log_inside_opencv_is_hidden_unless_verbose(tmp_path, verbose):
+    # A file named .mp4 without its index box: FFmpeg logs "moov atom not found" to stderr, where the commands already
+    # say "OpenCV cannot open it" in their own words.
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(200))
+    code = ("import sys, cv2\nfrom tfrecords_schema.cli import quiet_tensorflow\n"
+            f"quiet_tensorflow(sys.argv[1:])\nprint(cv2.VideoCapture({str(broken)!r}).isOpened())")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    done = subprocess.run([sys.executable, "-c", code, *(["--verbose"] if verbose else [])], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+    assert ("moov atom not found" in done.stderr) == verbose, done.stderr

@@ -23,6 +23,10 @@ TF_LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 
 
 TF_LOG_QUIET = "3"  # Hides TensorFlow's C++ INFO, WARNING and ERROR lines; FATAL still prints.
+# FFmpeg's own log inside OpenCV ("moov atom not found", "Invalid NAL unit size"), which the commands report in their
+# own words (unreadable media, frames that do not decode): quiet (AV_LOG_QUIET) unless --verbose or set by the user.
+FFMPEG_LOG_LEVEL_VARIABLE = "OPENCV_FFMPEG_LOGLEVEL"
+FFMPEG_LOG_QUIET = "-8"
 
 
 _OFF_WORDS = ("0", "false", "no", "off")  # A --verbose value that turns it off.
@@ -50,13 +54,15 @@ def verbose_requested(argv: list[str]) -> bool:
 
 
 def quiet_tensorflow(argv: list[str]) -> None:
-    """Sets ``TF_CPP_MIN_LOG_LEVEL=3`` unless the user set it or passed ``--verbose`` (then TF's default, 0).
+    """Sets ``TF_CPP_MIN_LOG_LEVEL=3`` unless the user set it or passed ``--verbose`` (then TF's default, 0), and
+    quiets FFmpeg's log inside OpenCV the same way (:data:`FFMPEG_LOG_LEVEL_VARIABLE`).
 
     Must run before TensorFlow is imported: its C++ log reads the variable once, at load time. Without it a
     machine with no GPU prints a screen of CUDA "Unable to register ... factory" errors on every command.
     """
     if not verbose_requested(argv):
         os.environ.setdefault(TF_LOG_LEVEL_VARIABLE, TF_LOG_QUIET)
+        os.environ.setdefault(FFMPEG_LOG_LEVEL_VARIABLE, FFMPEG_LOG_QUIET)
 
 
 # Parts of TensorFlow that log through absl (TF Lite's converter, XLA) ignore TF_CPP_MIN_LOG_LEVEL. Their lines start
