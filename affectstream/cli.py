@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from tfrecords_schema.cli import TF_LOG_LEVEL_VARIABLE, VERBOSE_FLAG, quiet_tensorflow
+from tfrecords_schema.cli import TF_LOG_LEVEL_VARIABLE, VERBOSE_FLAG, quiet_tensorflow, set_command
 
 # subcommand -> (module with run(argv) -> int, one-line help)
 COMMANDS = {
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_tensorflow(rest)
     module = importlib.import_module(COMMANDS[command][0])
+    set_command(f"affectstream {command}")
     try:
         code = int(module.run(rest) or 0)
     except KeyboardInterrupt:
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         # traceback would only bury that. 130: the shell's code for a process ended by SIGINT.
         print(f"affectstream {command}: interrupted", file=sys.stderr)
         code = 130
+    finally:
+        set_command(None)
     filesystems = sys.modules.get("trainer.common.filesystems")
     if filesystems is not None:
         # tensorflow-io's S3 file system aborts the interpreter at exit: leave early once it was used.

@@ -29,7 +29,7 @@ import time
 
 from affectstream import demo_data, real_videos
 from tfrecords_schema import read_dataset_info
-from tfrecords_schema.cli import add_verbose_flag
+from tfrecords_schema.cli import add_verbose_flag, command_prog
 
 # How the demo converts and trains; tests/test_demo_learning.py and bench/learning.py use the same settings.
 # 32 px crops: the drawn expressions stay legible (tests/test_demo_learning.py) at a quarter of the CNN's work
@@ -200,7 +200,7 @@ def claim_demo_folder(out: str) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """Runs the whole demo; returns 0 on success."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=command_prog("affectstream.demo"), description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="demo_output", help="folder for everything the demo makes (replaced only if an earlier demo made it)")
     parser.add_argument("--frames_per_video", type=int, default=150)
     parser.add_argument("--num_train_videos", type=int, default=16)

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from beam_jobs.sources import abaw
-from tfrecords_schema.cli import add_verbose_flag
+from tfrecords_schema.cli import add_verbose_flag, command_prog
 
 # The ABAW-3+ headers, as the adapter reads them: 8 expression classes, 12 AUs.
 EXPRESSION_NAMES = abaw.EXPRESSION_NAMES_8
@@ -237,7 +237,7 @@ def make_demo_dataset(root: str, *, frames_per_video: int = 150, num_train_video
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=command_prog("affectstream.demo_data"), description=__doc__.split("\n")[0])
     parser.add_argument("root", help="output folder")
     parser.add_argument("--frames_per_video", type=int, default=150)
     parser.add_argument("--num_train_videos", type=int, default=16)

@@ -13,7 +13,7 @@ from beam_jobs.faces import options as face_options
 from beam_jobs.sources.selection import DEFAULT_SELECT_FRACTION
 from tfrecords_schema import TASKS
 from tfrecords_schema.buckets import BUCKET_BY
-from tfrecords_schema.cli import add_verbose_flag
+from tfrecords_schema.cli import add_verbose_flag, command_prog
 from tfrecords_schema.image_codec import CODECS, DEFAULT_CODEC
 
 DEFAULT_RUNNER = "DirectRunner"
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     from beam_jobs.sources import SOURCES
 
     parser = argparse.ArgumentParser(
-        prog="beam_jobs.convert",
+        prog=command_prog("beam_jobs.convert"),
         description="Convert labelled face video to sharded TFRecord clips. Other flags are Beam pipeline "
         "options (--runner, --direct_num_workers, --direct_running_mode, --project, --region, "
         "--temp_location, --setup_file, ...).",

@@ -34,7 +34,7 @@ from tfrecords_schema import (
     read_dataset_info,
 )
 from tfrecords_schema.buckets import BUCKET_BY_TASKS, BUCKET_BY_VA_GRID, NO_VA, VA_GRID, composite_tasks, va_cell_names
-from tfrecords_schema.cli import add_verbose_flag
+from tfrecords_schema.cli import add_verbose_flag, command_prog
 from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME, MEDIA_KEY
 from tfrecords_schema.image_codec import CODEC_RAW, crop_shape
 
@@ -363,7 +363,7 @@ def verify(data_dir: str, info: DatasetInfo, recounts: dict[str, Recount] | None
 
 def run(argv: list[str] | None = None) -> int:
     """``inspect DIR [--verify]``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="inspect", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=command_prog("beam_jobs.inspect_dataset"), description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", help="output folder of beam_jobs.convert (local or gs://...)")
     parser.add_argument("--verify", action="store_true",
                         help="read every record back: counts, sizes, crop size, labelled frames with/without face")

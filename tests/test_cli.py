@@ -243,3 +243,20 @@ def test_ffmpeg_log_inside_opencv_is_hidden_unless_verbose(tmp_path, verbose):
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
     assert ("moov atom not found" in done.stderr) == verbose, done.stderr
+
+
+@pytest.mark.parametrize("module", sorted({module for module, _ in cli.COMMANDS.values()}))
+def test_every_command_module_also_runs_as_python_dash_m(module):
+    # docs/architecture.md: "Each also runs as python -m MODULE". One had no __main__ guard: --help printed nothing.
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0 and done.stdout.startswith("usage:"), (done.stdout[:300], done.stderr[-2000:])
+
+
+def test_usage_names_the_command_as_it_was_run(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    assert capsys.readouterr().out.startswith("usage: affectstream demo ")  # (It said "usage: affectstream [-h]".)
+    from trainer.training.config import build_parser
+
+    assert build_parser().prog == "python -m trainer.train"  # Outside the dispatcher: the module's own name.

@@ -31,6 +31,20 @@ FFMPEG_LOG_QUIET = "-8"
 
 _OFF_WORDS = ("0", "false", "no", "off")  # A --verbose value that turns it off.
 
+_command: str | None = None  # "affectstream COMMAND" while affectstream's dispatcher runs one (set_command).
+
+
+def set_command(prog: str | None) -> None:
+    """Names the command the dispatcher runs (``affectstream convert``), for :func:`command_prog`; None: none."""
+    global _command
+    _command = prog
+
+
+def command_prog(module: str) -> str:
+    """The name a command's usage and errors give it: ``affectstream COMMAND`` through the dispatcher, else
+    ``python -m MODULE`` (each command module runs both ways)."""
+    return _command or f"python -m {module}"
+
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     """Adds ``--verbose`` to a command's parser (the flag acts in :func:`quiet_tensorflow`, before TF loads)."""

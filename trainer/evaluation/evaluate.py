@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from tfrecords_schema import join_path
-from tfrecords_schema.cli import add_verbose_flag
+from tfrecords_schema.cli import add_verbose_flag, command_prog
 from trainer.common import errors, filesystems
 from trainer.evaluation.collect import collect_predictions
 from trainer.evaluation.coverage import split_coverage
@@ -141,7 +141,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``python -m trainer.evaluation.evaluate``."""
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluation.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=command_prog("trainer.evaluation.evaluate"), description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="export/ directory of a training job (or the job directory)")
     p.add_argument("--data", required=True, help="conversion output directory or gs:// / s3:// URL")
     p.add_argument("--split", default="validation", help="the split to score (every labelled frame of it)")

@@ -52,7 +52,7 @@ import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from tfrecords_schema.cli import add_verbose_flag
+from tfrecords_schema.cli import add_verbose_flag, command_prog
 
 if TYPE_CHECKING:  # TensorFlow is imported where it is used: `affectstream data-service --help` stays light.
     import tensorflow as tf
@@ -169,7 +169,7 @@ def start_local(port: int, num_workers: int, host: str = "localhost") -> LocalSe
 def build_parser() -> argparse.ArgumentParser:
     """The ``affectstream data-service`` arguments."""
     p = argparse.ArgumentParser(
-        prog="affectstream data-service",
+        prog=command_prog("trainer.input.data_service"),
         description="Run a tf.data service dispatcher and workers for `affectstream train --data_service` "
                     "until interrupted (Ctrl-C or SIGTERM).")
     p.add_argument("--port", type=int, required=True, help="dispatcher port; the workers use the next N ports")
@@ -221,3 +221,12 @@ def _exit_serving() -> NoReturn:
     logging.shutdown()
     sys.stderr.flush()
     os._exit(0)  # (Not sys.exit: the interpreter's exit would destroy the servers, and with them call stop.)
+
+
+def main() -> None:
+    """``python -m trainer.input.data_service``."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

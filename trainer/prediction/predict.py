@@ -45,7 +45,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from tfrecords_schema.cli import add_verbose_flag
+from tfrecords_schema.cli import add_verbose_flag, command_prog
 from trainer.common import errors, filesystems
 from trainer.model.export import is_per_frame, serving_window
 from trainer.model.lite import SERVING_BATCH
@@ -101,7 +101,7 @@ def _write_outputs(args, video: str, raw: preds_lib.VideoPredictions) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``affectstream predict``."""
     p = argparse.ArgumentParser(
-        prog="affectstream predict", description=__doc__.split("\n")[0],
+        prog=command_prog("trainer.prediction.predict"), description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Outputs per video: OUT/<stem>.csv (frame, timestamp_s, decoded, has_face, box_ymin..box_xmax, "
                "expr_<class> probabilities, expr_index, expr_label, valence, arousal, au_<AU> probabilities: the "

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tfrecords_schema.cli import command_prog
 from tfrecords_schema.tasks import TASK_EXPRESSION, TASK_MULTI
 from trainer.common.choices import (
     BACKBONES,
@@ -272,7 +273,7 @@ def _bool(text: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser; every default is None so unset flags do not override the config file."""
     p = argparse.ArgumentParser(
-        prog="python -m trainer.train",
+        prog=command_prog("trainer.train"),
         description="Train the AffectStream CNN+RNN on a beam_jobs.convert output.",
         argument_default=None,
     )

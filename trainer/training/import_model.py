@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 from beam_jobs.faces import provided
 from beam_jobs.faces.options import add_face_stage_arguments, check_face_stage_options, face_stage_from_args
-from tfrecords_schema.cli import add_verbose_flag
+from tfrecords_schema.cli import add_verbose_flag, command_prog
 from trainer.common.choices import CHANNEL_ORDERS, IMPORTED_OUTPUTS
 
 # Files an export holds (trainer.model.export): --overwrite replaces a folder holding nothing else.
@@ -67,7 +67,7 @@ def _names(text: str, option: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``affectstream import-model``."""
-    p = argparse.ArgumentParser(prog="affectstream import-model", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=command_prog("trainer.training.import_model"), description=__doc__.split("\n")[0])
     p.add_argument("--keras", required=True, metavar="FILE",
                    help="the model: a .keras file, a legacy .h5/.hdf5 file or a SavedModel folder")
     p.add_argument("--class_names", required=True, metavar="A,B,C",

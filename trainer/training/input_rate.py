@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from tfrecords_schema.cli import command_prog
 from tfrecords_schema.image_codec import CODEC_RAW
 from trainer.common import errors, filesystems
 from trainer.common.allocator import recycle_large_buffers
@@ -47,7 +48,7 @@ DEFAULT_WARMUP_BATCHES = 10
 def build_parser():
     """The train options (``affectstream train --help``) and the measurement's own."""
     p = config_lib.build_parser()
-    p.prog = "affectstream input-rate"
+    p.prog = command_prog("trainer.training.input_rate")
     p.description = ("Frames per second (wall clock and per CPU-second of this process) of the training stream a job "
                      "with these train options would consume; nothing is trained or written. The last line printed "
                      "is one JSON object.")
