@@ -26,20 +26,21 @@ VALIDATION_LOSS_PREFIX = "val_loss"
 TOTAL_LOSS = "loss"  # the name trainer.training.step gives the sum of the head losses
 TAG_CONFUSION_MATRIX = f"{HEAD_EXPRESSION}/confusion_matrix"
 
-# Every tag (a pattern where it holds a name), its run and what it shows.
+# Every tag (a pattern where it holds a name), its run and what it shows. The selection run is named after the split
+# the epochs are selected on (--select_split: "selection" by default, "validation" for data without one).
 TAGS = {
     f"{TOTAL_LOSS}/{TOTAL_LOSS}, {TOTAL_LOSS}/<head>": "train run, per --log_every steps: the training loss "
     "(total and per head) of the last step",
     TAG_LEARNING_RATE: "train run, per epoch: the optimizer's learning rate at the end of the epoch",
-    TAG_SCORE: "validation run, per epoch: the selection score (sum over heads of macro-F1 / mean CCC / mean AU F1)",
-    "<head>/<metric>": "validation run, per epoch: every scalar metric of the head (expression/macro_f1, "
+    TAG_SCORE: "selection run, per epoch: the selection score (sum over heads of macro-F1 / mean CCC / mean AU F1)",
+    "<head>/<metric>": "selection run, per epoch: every scalar metric of the head (expression/macro_f1, "
     "expression/accuracy, valence_arousal/ccc_valence, action_units/mean_f1, ...)",
-    "<head>/with_face/<main metric>": "validation run, per epoch: the head's main metric over frames with a face",
-    f"{VALIDATION_LOSS_PREFIX}/{TOTAL_LOSS}, {VALIDATION_LOSS_PREFIX}/<head>": "validation run, per epoch: the "
-    "training loss function on the validation split (frames with a face, no class weights)",
-    f"{HEAD_EXPRESSION}/f1/<class>, {HEAD_ACTION_UNITS}/f1/<AU>": "validation run, per epoch: F1 of every "
+    "<head>/with_face/<main metric>": "selection run, per epoch: the head's main metric over frames with a face",
+    f"{VALIDATION_LOSS_PREFIX}/{TOTAL_LOSS}, {VALIDATION_LOSS_PREFIX}/<head>": "selection run, per epoch: the "
+    "training loss function on that split (frames with a face, no class weights)",
+    f"{HEAD_EXPRESSION}/f1/<class>, {HEAD_ACTION_UNITS}/f1/<AU>": "selection run, per epoch: F1 of every "
     "expression class / action unit",
-    TAG_CONFUSION_MATRIX: "validation run, per epoch (Images tab): the confusion matrix, % of each true class "
+    TAG_CONFUSION_MATRIX: "selection run, per epoch (Images tab): the confusion matrix, % of each true class "
     "and counts",
 }
 
