@@ -121,3 +121,12 @@ def test_frames_of_records_skipped_as_corrupt_are_counted_as_such(converted, exp
     assert coverage["scored_frames"] == metrics["expression"]["frames"]
     assert coverage["scored_frames"] + coverage["not_scored"]["skipped_as_corrupt"] == written
     assert "skipped_as_corrupt" in capsys.readouterr().out
+
+
+def test_default_report_folders_of_two_imported_models_side_by_side_differ(tmp_path):
+    # import-model --output models/fer and models/effnet: both wrote models/evaluation/validation before.
+    assert evaluate.default_report_dir(str(tmp_path / "job" / "export"), "validation") == str(
+        tmp_path / "job" / "evaluation" / "validation")
+    assert evaluate.default_report_dir(str(tmp_path / "models" / "fer"), "test") == str(
+        tmp_path / "models" / "evaluation" / "fer" / "test")
+    assert evaluate.default_report_dir("gs://b/models/effnet/", "validation") == "gs://b/models/evaluation/effnet/validation"

@@ -11,7 +11,8 @@ of the split is scored, frames without a face included (predicted on their store
 metrics also come over the face frames only (``with_face``). Writes ``metrics.json``, ``per_video.csv`` and
 the pictures (:mod:`trainer.evaluation.reports`: ``confusion_matrix.png`` / ``.json`` for expressions, ``va_density.png``
 for valence/arousal, ``au_f1.png`` for action units) to ``--report_dir`` (default: ``evaluation/<split>/``
-next to the export folder, i.e. in the job directory), prints the metrics and where the files went.
+next to the export folder, i.e. in the job directory; ``evaluation/<name>/<split>/`` next to an export folder named
+otherwise, an imported model's), prints the metrics and where the files went.
 """
 
 from __future__ import annotations
@@ -38,12 +39,16 @@ class EvaluationError(ValueError):
 
 
 def default_report_dir(model_dir: str, split: str) -> str:
-    """Where ``evaluate`` writes without ``--report_dir``: ``evaluation/<split>`` next to the export folder."""
+    """Where ``evaluate`` writes without ``--report_dir``: ``evaluation/<split>`` next to a job's ``export`` folder
+    (``JOB/evaluation/<split>``), and ``evaluation/<name>/<split>`` next to an export named otherwise (an imported
+    model's ``--output``: two of them in one folder must not write over each other's reports)."""
+    from trainer.model.export import EXPORT_DIRNAME
+
     if "://" in model_dir:
-        parent = posixpath.dirname(model_dir.rstrip("/"))
+        parent, name = posixpath.split(model_dir.rstrip("/"))
     else:
-        parent = os.path.dirname(os.path.abspath(model_dir))
-    return join_path(parent, "evaluation", split)
+        parent, name = os.path.split(os.path.abspath(model_dir))
+    return join_path(parent, "evaluation", *([] if name == EXPORT_DIRNAME else [name]), split)
 
 
 def check_model_fits_data(model_info: dict, info, data_dir: str) -> None:
@@ -147,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="validation", help="the split to score (every labelled frame of it)")
     p.add_argument("--report_dir", default=None,
                    help="where metrics.json, per_video.csv and the pictures (confusion matrix, valence/arousal "
-                   "density, per-AU F1) go (default: evaluation/SPLIT next to the export folder)")
+                   "density, per-AU F1) go (default: evaluation/SPLIT next to a job's export folder, "
+                   "evaluation/NAME/SPLIT next to an export folder NAME)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--skip_corrupt", action="store_true", help="skip (and count) corrupt records")
     add_verbose_flag(p)
