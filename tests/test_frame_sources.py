@@ -165,3 +165,17 @@ def test_a_matroska_frame_count_is_counted_by_decoding_not_taken_from_its_durati
     assert [c.frame_index.tolist() for c in (i.clip for i in items) if c is not None] == [
         [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
     assert not [i for i in items if i.dead_letter is not None]
+
+
+def test_a_video_with_nothing_labelled_is_not_opened_again(tmp_path):
+    # A manifest or folder row whose video has no readable frame count labels nothing (its rows are counted, with a
+    # dead letter, when the labels are built); opening the video here again gave a second dead letter for it.
+    from beam_jobs.sources import media_rows, segments
+
+    empty = tmp_path / "zero.mp4"
+    empty.write_bytes(b"")
+    fps, frames, why = media_rows.container_frames(str(empty))
+    assert frames is None and "zero-byte" in why
+    labels = segments.build_labels([segments.Segment(None, None, 4)], fps, frames, where=str(empty), why_unknown=why)
+    assert labels.num_frames == 0 and [d.reason for d in labels.dead_letters] == ["unreadable_media"]
+    assert list(_source(cf.track("train", "zero", media_path=str(empty)), labels)) == []

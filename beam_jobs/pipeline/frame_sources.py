@@ -128,6 +128,10 @@ class DecodedVideo(FrameSource):
         self._decoder_threads = decoder_threads
 
     def __iter__(self) -> Iterator[SourceItem]:
+        if self.labels.num_frames == 0:
+            # Nothing labelled to write (a video whose frame count could not be read has its rows counted, with their
+            # dead letter, already): opening it again would only report it twice.
+            return
         cropper = faces_lib.FaceCropper.from_config(self.face, side=self.track.side, detector=self._detector)
         valid = self.labels.valid
         statuses: collections.Counter = collections.Counter()  # Of the open clip's valid frames.
