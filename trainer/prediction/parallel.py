@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 
 CHUNK_FRAMES = 64  # frames a worker sends at once
 QUEUE_CHUNKS_PER_WORKER = 8  # chunks waiting per worker, at most (a few MB of crops)
+WORKER_EXIT_SECONDS = 10.0  # how long a worker told to stop may take to exit before it is terminated
 _FRAMES, _DONE, _FAILED = "frames", "done", "failed"
 
 
@@ -109,8 +110,12 @@ class WorkerPool:
             process.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         for process in self._processes:
+            if exc_type is None:
+                # Every track ended and each worker was sent its stop: let it finish its exit (a worker terminated
+                # while it released its queues left "leaked semaphore" warnings from the resource tracker).
+                process.join(timeout=WORKER_EXIT_SECONDS)
             if process.is_alive():
                 process.terminate()
             process.join()
