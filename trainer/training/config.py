@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision",
                    help=f"one of {', '.join(PRECISIONS)}: the Keras dtype policy of the model (16-bit compute, "
                    "float32 variables; losses, CCC and metrics in float32); mixed_float16 (GPUs) scales the loss, "
-                   "mixed_bfloat16 (TPUs, GPUs from Ampere on, CPUs with AVX512-BF16 or AMX) needs no scaling (default float32)")
+                   "mixed_bfloat16 (TPUs, GPUs from Ampere on, CPUs with AVX512-BF16 or AMX) needs no scaling "
+                   "(default float32)")
     p.add_argument("--mixed_precision", nargs="?", const=True, type=_bool,
                    help="the old form of --precision mixed_float16")
     p.add_argument("--jit_compile",
