@@ -528,6 +528,8 @@ def test_phone_video_is_predicted_upright_at_the_times_its_frames_are_shown(trai
     summary = {v["stem"]: v for v in json.loads((out / predict.SUMMARY_FILENAME).read_text())["videos"]}
     assert summary["sideways"]["rotation"] == 270 and summary["upright"]["rotation"] == 0
     assert summary["vfr"]["variable_frame_rate"] and not summary["upright"]["variable_frame_rate"]
+    # A variable-rate video's fps: the average over the times its frames are shown (11 intervals in 26/30 s).
+    assert summary["vfr"]["fps"] == pytest.approx(11 * 30 / 26, abs=1e-3) and summary["upright"]["fps"] == vf.FPS
 
 
 def test_a_truncated_video_is_warned_and_counted_and_a_video_named_twice_is_predicted_once(trained, tmp_path,

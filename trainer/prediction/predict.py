@@ -68,6 +68,15 @@ SCORES_FILENAME = "scores.json"
 # One video.
 
 
+def _average_fps(raw: preds_lib.VideoPredictions) -> float:
+    """The video's frame rate for the summary: the container's, or for a variable-rate stream the average over its
+    presentation times (the container's figure is then a guess: Matroska's is often 24 whatever the stream)."""
+    stamps = raw.timestamps_us
+    if raw.stream is None or not raw.stream.variable_frame_rate or len(stamps) < 2 or stamps[-1] <= stamps[0]:
+        return raw.fps
+    return round((len(stamps) - 1) * 1e6 / float(stamps[-1] - stamps[0]), 3)
+
+
 def _stream_fields(video: str, stream) -> dict:
     """The summary's facts of one video's stream; a truncated one (an ABAW file from it is short) gets a warning."""
     if stream is None:
@@ -230,7 +239,7 @@ def predict(args) -> int:
             written = _write_outputs(args, local, raw)
         done[number] = {"video": track.video, "stem": track.stem, "frames": raw.num_frames,
                         "frames_with_face": int(raw.has_face.sum()), "frames_not_decoded": int((~raw.decoded).sum()),
-                        "fps": raw.fps, **_stream_fields(track.video, raw.stream),
+                        "fps": _average_fps(raw), **_stream_fields(track.video, raw.stream),
                         "seconds": round(seconds, 3), **counts, **written}
         print(f"[predict] {track.stem}: {raw.num_frames} frames, face in {int(raw.has_face.sum())} -> "
               f"{written['csv']}", flush=True)
