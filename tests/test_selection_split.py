@@ -63,6 +63,12 @@ def test_the_conversion_writes_the_selection_split_and_training_selects_on_it(tm
     assert default_select_split(config, info) == SPLIT_SELECTION
     config.select_split = SPLIT_VALIDATION
     assert default_select_split(config, info) == SPLIT_VALIDATION
+    # Without a selection split, a test report is selected on validation, not on the test figures it reports.
+    splits = {SPLIT_TRAIN: None, SPLIT_VALIDATION: None, "test": None}
+    config = types.SimpleNamespace(select_split=None, eval_split="test")
+    assert default_select_split(config, types.SimpleNamespace(splits=splits)) == SPLIT_VALIDATION
+    del splits[SPLIT_VALIDATION]
+    assert default_select_split(config, types.SimpleNamespace(splits=splits)) == "test"
 
 
 @pytest.mark.parametrize("fraction", ["-0.1", "0.5"])

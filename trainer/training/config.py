@@ -369,8 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select_split",
                    help="the split evaluated after every epoch to select the best one (default: the data's "
                    "'selection' split, a subject-disjoint slice of the train subjects held out by the conversion, "
-                   "so that --eval_split is touched only by the final evaluation; without one, --eval_split, and "
-                   "the report then also gives the last epoch's score)")
+                   "so that --eval_split is touched only by the final evaluation; without one, validation when "
+                   "--eval_split is another split, else --eval_split, and the report then also gives the last "
+                   "epoch's score)")
     p.add_argument("--skip_corrupt", nargs="?", const=True, type=_bool,
                    help="skip (and count) corrupt records instead of failing")
     p.add_argument("--checkpoint_every", type=int, help="steps between checkpoints (also one per epoch end)")

@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Sequence
 
-from tfrecords_schema import SPLIT_SELECTION
+from tfrecords_schema import SPLIT_SELECTION, SPLIT_VALIDATION
 from trainer.common.choices import STAGE_FRAMES
 from trainer.common.errors import TrainingError
 from trainer.training.config import TrainConfig
@@ -133,10 +133,16 @@ def frame_mix_setup(config: TrainConfig, plan, seq_len: int, input_seed: int, sk
 
 def default_select_split(config: TrainConfig, info) -> str:
     """The split the best epoch is selected on: ``--select_split``, else the data's ``selection`` split (a
-    subject-disjoint slice of the train subjects, :mod:`beam_jobs.sources.selection`), else the report split."""
+    subject-disjoint slice of the train subjects, :mod:`beam_jobs.sources.selection`), else ``validation`` when the
+    report split is another (``--eval_split test``: a test figure must not pick the epoch it reports), else the
+    report split."""
     if config.select_split:
         return config.select_split
-    return SPLIT_SELECTION if SPLIT_SELECTION in info.splits else config.eval_split
+    if SPLIT_SELECTION in info.splits:
+        return SPLIT_SELECTION
+    if config.eval_split != SPLIT_VALIDATION and SPLIT_VALIDATION in info.splits:
+        return SPLIT_VALIDATION
+    return config.eval_split
 
 
 # ==================================================================================================
