@@ -139,6 +139,16 @@ def test_bad_addresses_and_skip_corrupt_are_clear_errors(data):
                       "--skip_corrupt"]) == 2
 
 
+def test_a_dispatcher_that_is_not_there_is_said_not_waited_for_for_ever():
+    import socket
+
+    with socket.socket() as s:  # A port nothing listens on: bound, never listening.
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(ValueError, match=f"no tf.data service dispatcher answers at grpc://localhost:{port}"):
+            data_service.check_reachable(f"grpc://localhost:{port}", wait_seconds=1.5)
+
+
 def test_a_short_training_run_reads_its_batches_through_the_service(data, service, tmp_path, caplog):
     root, _ = data
     job = tmp_path / "job"

@@ -130,3 +130,20 @@ def test_default_report_folders_of_two_imported_models_side_by_side_differ(tmp_p
     assert evaluate.default_report_dir(str(tmp_path / "models" / "fer"), "test") == str(
         tmp_path / "models" / "evaluation" / "fer" / "test")
     assert evaluate.default_report_dir("gs://b/models/effnet/", "validation") == "gs://b/models/evaluation/effnet/validation"
+
+
+def test_a_model_that_outputs_nan_is_refused_not_scored(converted, exported, tmp_path, capsys):
+    import keras
+    import numpy as np
+
+    out, _ = converted
+    broken = tmp_path / "export"
+    shutil.copytree(exported / "export", broken)
+    model = keras.saving.load_model(str(broken / "model.keras"), compile=False)
+    layer = model.get_layer("expression_logits")
+    layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
+    model.save(str(broken / "model.keras"))
+    # Before: argmax of NaN is class 0, and the run printed a macro-F1 for it (exit 0).
+    assert evaluate.run(["--model", str(broken), "--data", str(out), "--report_dir", str(tmp_path / "r")]) == 1
+    assert "outputs NaN or infinity for expression" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "metrics.json").exists()

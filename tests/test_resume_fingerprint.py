@@ -77,7 +77,22 @@ def test_changed_model_options_are_named_with_both_values(copy):
     assert "does not fit this model/options" in err
     rc, err = run_train(command + ["--epochs", "2", "--stage", "frames"])
     assert rc == 1 and 'stage: "end_to_end" in the checkpoint, "frames" now' in err, err[-2000:]
+    # The optimizer's options: the restore failed on a tensor shape or dtype before; now they are named, and
+    # --allow_data_change does not pass them (the optimizer's state cannot take them).
+    rc, err = run_train(command + ["--epochs", "2", "--lr_schedule", "cosine", "--allow_data_change"])
+    assert rc == 1 and 'lr_schedule: "constant" in the checkpoint, "cosine" now' in err, err[-2000:]
+    assert "cannot take other --optimizer, --lr_schedule, --warmup_steps or --precision values" in err
     assert _latest_step(root / "job") == 2
+
+
+def test_checkpoints_from_before_the_optimizer_options_were_kept_still_resume():
+    from trainer.training.fingerprint import OPTIMIZER_OPTIONS, differences
+
+    current = {"task": "expr", "optimizer": "adam", "lr_schedule": "constant", "warmup_steps": 0,
+               "precision": "float32"}
+    older = {k: v for k, v in current.items() if k not in OPTIMIZER_OPTIONS}
+    assert differences(older, current) == []
+    assert differences({**older, "optimizer": "sgd"}, current) == ['optimizer: "sgd" in the checkpoint, "adam" now']
 
 
 def test_allow_data_change_resumes_and_records_the_new_fingerprint(copy, caplog):

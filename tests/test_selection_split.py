@@ -76,3 +76,33 @@ def test_a_select_fraction_out_of_range_is_one_line(tmp_path, fraction, capsys):
     assert convert.run(["--annotations", str(tmp_path), "--output", str(tmp_path / "o"), "--select_fraction",
                         fraction, "--runner", "DirectRunner"]) == 2
     assert "--select_fraction must be in [0, 0.5)" in capsys.readouterr().err
+
+
+def test_heads_without_train_labels_are_refused_and_a_selection_split_without_labels_too(caplog):
+    from tfrecords_schema import HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
+    from trainer.common.errors import TrainingError
+    from trainer.training.plan import _check_labelled_heads
+
+    def data(train, selection):
+        return types.SimpleNamespace(splits={SPLIT_TRAIN: types.SimpleNamespace(task_frames=train),
+                                             SPLIT_SELECTION: types.SimpleNamespace(task_frames=selection)})
+
+    config = types.SimpleNamespace(data="DATA")
+    heads = (HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL)
+    # --task multi where expression is labelled outside train only: it crashed in the input pipeline, after files.
+    with pytest.raises(TrainingError, match="no train frame of DATA is labelled for expression.*train --task va"):
+        _check_labelled_heads(data({"va": 100}, {"va": 9, "expr": 9}), heads, SPLIT_SELECTION, config)
+    # A selection split that labels no head: every epoch scored 0.0000 and the first stayed the best.
+    with pytest.raises(TrainingError, match="labels no frame for expression, valence_arousal"):
+        _check_labelled_heads(data({"va": 100, "expr": 100}, {"au": 5}), heads, SPLIT_SELECTION, config)
+    with caplog.at_level("WARNING"):
+        _check_labelled_heads(data({"va": 100, "expr": 100}, {"expr": 5}), heads, SPLIT_SELECTION, config)
+    assert "labels no frame for valence_arousal: the best epoch is selected on the other heads only" in caplog.text
+    _check_labelled_heads(data({}, {}), heads, SPLIT_SELECTION, config)  # Data without task_frames: not checked.
+
+
+def test_a_head_that_scored_no_frame_is_left_out_of_the_selection_score():
+    from trainer.evaluation.metrics import primary_score
+
+    assert primary_score({"expression": {"macro_f1": 0.5, "frames": 10},
+                          "valence_arousal": {"ccc_mean": 0.0, "frames": 0}}) == 0.5

@@ -407,6 +407,8 @@ def test_config_file_with_unknown_option_lists_valid_options(tmp_path):
     ("data", 5, "--data must be a string"),
     ("seed", "1", "--seed must be an integer"),
     ("cnn_width", float("inf"), "--cnn_width must be a finite number"),
+    ("rnn_units", 8, "--rnn_units must be a list of integers"),  # Was "'int' object is not iterable".
+    ("rnn_units", [True], "--rnn_units must be a list of integers"),  # Was one unit.
 ])
 def test_config_file_values_of_the_wrong_type_are_refused_in_one_line(tmp_path, option, value, expected):
     config = tmp_path / "c.json"

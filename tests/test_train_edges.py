@@ -102,3 +102,9 @@ def test_a_job_dir_that_is_a_file_or_an_export_holding_user_files_is_refused_bef
     rc, err = run_train(["--data", data, "--job_dir", str(tmp_path / "job"), "--epochs", "1", *TINY])
     assert rc == 1 and "it holds 1 entry an export did not write: notes.txt" in err, err[-2000:]
     assert sorted(os.listdir(tmp_path / "job")) == ["export"] and os.listdir(export) == ["notes.txt"]  # No step.
+    # A job folder that is the conversion output, or inside it: checkpoints would be mixed into the records.
+    before = sorted(os.listdir(data))
+    for job in (data, os.path.join(data, "jobs", "one")):
+        rc, err = run_train(["--data", data, "--job_dir", job, "--epochs", "1", *TINY])
+        assert rc == 1 and f"--job_dir {job} and --data {data} overlap" in err, err[-2000:]
+    assert sorted(os.listdir(data)) == before

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from trainer.evaluation.metrics import PredictionAccumulator
+
+
+class NonFiniteOutputError(ValueError):
+    """A model's output is NaN or infinite on a scored frame: scores of it would mean nothing (the argmax of NaN is
+    class 0, a NaN CCC's denominator is not > 0 and became 0.0)."""
 
 
 def predict_function(model):
@@ -34,6 +41,9 @@ def collect_predictions(model, dataset, heads: Sequence[str], info, predict=None
 
     Returns:
         The filled :class:`trainer.evaluation.metrics.PredictionAccumulator` (``.result()``, ``.per_video()``).
+
+    Raises:
+        NonFiniteOutputError: the model's output is not finite on a frame it is scored on.
     """
     predict = predict or predict_function(model)
     acc = PredictionAccumulator(heads, info.expression_names, info.action_unit_names)
@@ -41,12 +51,23 @@ def collect_predictions(model, dataset, heads: Sequence[str], info, predict=None
         outputs = predict(images)
         batch = ({h: targets[h].numpy() for h in heads}, {h: outputs[h].numpy() for h in heads},
                  {h: weights[h].numpy() for h in heads})
+        _check_finite(batch[1], batch[2], model)
         has_face = ids["has_face"].numpy()
         labelled = ids["labelled"].numpy() if "labelled" in ids else None
         acc.update(*batch, has_face=has_face, media_ids=ids["media_id"].numpy(), labelled=labelled)
         for observer in observers:
             observer.update(*batch, has_face=has_face)
     return acc
+
+
+def _check_finite(outputs: dict, weights: dict, model) -> None:
+    for head, out in outputs.items():
+        scored = weights[head].reshape(-1) > 0
+        bad = int(np.count_nonzero(~np.isfinite(out.reshape(scored.size, -1)).all(axis=1) & scored))
+        if bad:
+            raise NonFiniteOutputError(f"the model {getattr(model, 'name', '')!r} outputs NaN or infinity for {head} on "
+                                       f"{bad} scored frame(s) of a batch: its scores would mean nothing (check the "
+                                       "export's weights, or the model it was imported from)")
 
 
 def evaluate_model(model, dataset, heads: Sequence[str], info) -> dict:

@@ -211,9 +211,11 @@ def head_metrics(head: str, y_true: np.ndarray, y_pred: np.ndarray, expression_n
 def primary_score(metrics: Mapping[str, dict]) -> float:
     """The score used to pick the best epoch: the sum over heads of each head's main metric.
 
-    expression → macro-F1, valence_arousal → mean CCC, action_units → mean F1 (:data:`MAIN_METRIC`).
+    expression → macro-F1, valence_arousal → mean CCC, action_units → mean F1 (:data:`MAIN_METRIC`). A head that
+    scored no frame (the split labels none for it) is left out: its 0 is no measure of the model.
     """
-    return float(sum(metrics[head][MAIN_METRIC[head]] for head in HEADS if head in metrics))
+    return float(sum(metrics[head][MAIN_METRIC[head]] for head in HEADS
+                     if head in metrics and metrics[head].get("frames", 1)))
 
 
 class PredictionAccumulator:

@@ -48,6 +48,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -63,6 +64,7 @@ MAX_WORKERS = 1 << 20
 # Heartbeat of local workers: a worker gets its task of a new job at its next heartbeat, so TensorFlow's
 # default (30 s) would leave all but the first worker idle for the first half minute of a job.
 LOCAL_HEARTBEAT_MS = 500
+REACH_SECONDS = 30.0  # how long a job waits for the dispatcher to accept a connection before it gives up
 _ADDRESS = re.compile(r"^grpc://(?P<host>[^/:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
 
@@ -73,6 +75,25 @@ def check_address(address: str) -> str:
         raise ValueError(f"data service address {address!r} must look like grpc://HOST:PORT "
                          "(the dispatcher, e.g. grpc://localhost:5050 from `affectstream data-service`)")
     return address
+
+
+def check_reachable(address: str, wait_seconds: float = REACH_SECONDS) -> None:
+    """Raises ValueError when nothing accepts a connection at ``address`` (``grpc://HOST:PORT``) within
+    ``wait_seconds``: TensorFlow's service client would wait for ever, silently. Tries once a second, so a dispatcher
+    started at the same time as the job is found."""
+    match = _ADDRESS.match(check_address(address))
+    host, port = match.group("host").strip("[]"), int(match.group("port"))
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=2.0):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ValueError(f"no tf.data service dispatcher answers at {address} ({e}; tried for "
+                                 f"{wait_seconds:g} s): start one with `affectstream data-service --port {port}`, or "
+                                 "check the address") from None
+            time.sleep(1.0)
 
 
 def job_name(job_dir: str, seed: int) -> str:
@@ -99,6 +120,7 @@ def read_from_service(dataset: tf.data.Dataset, address: str, *, job_name: str |
     """
     from tensorflow.data.experimental import service
 
+    check_reachable(address)
     return dataset.apply(service.distribute(processing_mode=service.ShardingPolicy.HINT,
                                             service=check_address(address), job_name=job_name, compression=None))
 

@@ -149,8 +149,10 @@ def measure_input_mix(data_dir: str, info: DatasetInfo, *, task: str, sampling: 
 
     tally = _Tally(info, heads)
     measured = stream.take(num_batches).map(validity).with_options(trainer_input.dataset_options(None))
+    batches = 0  # Those the stream gave: fewer than asked for when --skip_corrupt left too little to read.
     for targets, valid, window in measured.as_numpy_iterator():
         tally.add(targets, valid, window, trained)
+        batches += 1
 
     report_heads = {}
     for head in heads:
@@ -173,7 +175,7 @@ def measure_input_mix(data_dir: str, info: DatasetInfo, *, task: str, sampling: 
             entry["delivered_frames"] = _shares(tally.frame_names[head], tally.frame_classes[head])
         entry["max_abs_deviation"] = _deviation(entry["target"], entry["delivered"])
         report_heads[head] = entry
-    report = {"task": task, "sampling": sampling_mode, "batches": num_batches, "batch_size": batch_size,
+    report = {"task": task, "sampling": sampling_mode, "batches": batches, "batch_size": batch_size,
               "seq_len": seq_len, "clips": tally.clips,
               "reads_per_clip": round(tally.clips / tally.useful_clips, 4) if tally.useful_clips else None,
               "unbalanced_tasks": sampling_lib.unbalanced_tasks(info, task), "heads": report_heads}

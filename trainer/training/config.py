@@ -145,6 +145,12 @@ class TrainConfig:
                         or not math.isfinite(value):
                     raise ConfigError(f"--{field.name} must be a finite number, got {value!r}")
                 value = float(value)
+            if kind == "list[int]":
+                if not isinstance(value, (list, tuple)) or any(
+                        not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_)) for v in value):
+                    raise ConfigError(f"--{field.name} must be a list of integers (a JSON array such as [100, 100, 50] "
+                                      f"in a config file), got {value!r}")
+                value = [int(v) for v in value]
             setattr(self, field.name, bool(value) if kind == "bool" else value)
 
     def validate(self) -> None:

@@ -9,7 +9,9 @@ the new data's ``model_info.json``) something else. :func:`job_fingerprint` desc
 * the options that shape the model or its targets: crop size, label names, task and heads, stage,
   backbone, CNN width, feature size, temporal head and sizes, sequence length, and the export a stage starts
   from (``init_backbone``: the sequence stage's ``--features_from``, a fine-tuned ``--init_from``) with the layer
-  cut and the class map (recorded only when set, so older checkpoints keep their fingerprint).
+  cut and the class map (recorded only when set, so older checkpoints keep their fingerprint);
+* the options that shape the optimizer's checkpointed state (:data:`OPTIMIZER_OPTIONS`: a change of them failed
+  in the restore, with a message about tensor shapes or dtypes); compared only when the checkpoint records them.
 
 :class:`trainer.training.state.TrainState` stores it in every checkpoint and refuses to resume under another one
 (:func:`differences` names each differing value on both sides) unless ``--allow_data_change``.
@@ -22,6 +24,9 @@ import json
 from collections.abc import Sequence
 
 from tfrecords_schema.dataset_info import RUN_TIMING_FIELDS
+
+# Options whose change the optimizer's checkpointed state cannot take (its slots, its schedule, the loss scale).
+OPTIMIZER_OPTIONS = ("optimizer", "lr_schedule", "warmup_steps", "precision")
 
 
 def dataset_fingerprint(info) -> str:
@@ -73,10 +78,12 @@ def job_fingerprint(config, info, heads: Sequence[str], *, init_backbone: str | 
         "rnn_units": [] if per_frame else list(config.rnn_units),
         "seq_len": config.seq_len,
         "init_backbone": init_backbone,
+        **{name: getattr(config, name) for name in OPTIMIZER_OPTIONS},
     }
 
 
 def differences(stored: dict, current: dict) -> list[str]:
     """``"name: <stored> in the checkpoint, <current> now"`` for every value that differs (sorted by name)."""
     return [f"{name}: {json.dumps(stored.get(name))} in the checkpoint, {json.dumps(current.get(name))} now"
-            for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)]
+            for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)
+            and not (name in OPTIMIZER_OPTIONS and name not in stored)]  # (Checkpoints from before they were kept.)

@@ -202,7 +202,7 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
         except tf.errors.OutOfRangeError as e:
             raise TrainingError(
                 f"the training stream ended at step {s}: a bucket's shards yielded no records (every record "
-                "unreadable under --skip_corrupt?); check the data with beam_jobs.inspect_dataset") from e
+                "unreadable under --skip_corrupt?); check the data with affectstream inspect --verify") from e
         done = s + 1
         state.step.assign(done)
         progress.step_done(done, values)
@@ -298,7 +298,7 @@ def train(config: TrainConfig) -> dict:
     #    have the size dataset_info.json says).
     plan = plan_job(config, strategy, role)
     if role.is_chief:  # The chief writes the export.
-        check_job_dir(config.job_dir)
+        check_job_dir(config.job_dir, config.data)
     check_data_crop_size(config.data, plan.info, dict.fromkeys((SPLIT_TRAIN, plan.select_split, plan.eval_split)))
     if role.is_chief and not config.skip_corrupt:  # The chief evaluates: a corrupt shard fails now, not after epoch 1.
         check_evaluated_shards(config.data, plan.info, dict.fromkeys((plan.select_split, plan.eval_split)))

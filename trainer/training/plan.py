@@ -164,6 +164,32 @@ class JobPlan:
     au_positive_weights: object = None  # --au_positive_weight: per-AU weights of the positives in the AU loss
 
 
+def _check_labelled_heads(info, heads: tuple[str, ...], select_split: str, config: TrainConfig) -> None:
+    """Refuses heads that no train frame labels (a multi-task job would export an untrained head) and a selection
+    split that labels none of the heads (every epoch would score 0 and the first would stay the best); warns of a head
+    the selection split does not label, which the selection score then leaves out (:func:`primary_score`). Data
+    written before the conversion counted labelled frames per task (no ``task_frames``) is not checked."""
+    from tfrecords_schema import SPLIT_TRAIN, TASK_OF_HEAD
+
+    def unlabelled(split: str) -> list[str] | None:
+        frames = info.splits[split].task_frames if split in info.splits else {}
+        return [h for h in heads if not frames.get(TASK_OF_HEAD[h], 0)] if frames else None
+
+    untrained = unlabelled(SPLIT_TRAIN)
+    if untrained:
+        trainable = [TASK_OF_HEAD[h] for h in heads if h not in untrained]
+        raise TrainingError(f"no train frame of {config.data} is labelled for {', '.join(untrained)}: that head would "
+                            "be exported untrained; train --task "
+                            + (" or ".join(trainable) if trainable else "on data with train labels"))
+    unscored = unlabelled(select_split)
+    if unscored and len(unscored) == len(heads):
+        raise TrainingError(f"the {select_split!r} split of {config.data} labels no frame for {', '.join(heads)}: "
+                            "no epoch could be told better than another; give --select_split a split that does")
+    if unscored:
+        log.warning("the %r split labels no frame for %s: the best epoch is selected on the other heads only",
+                    select_split, ", ".join(unscored))
+
+
 def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
     """Reads the dataset info and checks the options against it and the strategy; logs the plan.
 
@@ -182,6 +208,7 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
     for flag, split in (("--eval_split", config.eval_split), ("--select_split", select_split)):
         if split not in info.splits:
             raise TrainingError(f"{flag} {split!r} is not in {config.data} (splits: {sorted(info.splits)})")
+    _check_labelled_heads(info, heads, select_split, config)
     num_replicas = strategy.num_replicas_in_sync
     if config.batch_size % num_replicas:
         raise TrainingError(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import zipfile
 
 from trainer.common.errors import TrainingError
@@ -163,9 +164,11 @@ def check_weights_crop_size(config, spec) -> None:
         f"convert the data at the file's crop size, or use --weights none")
 
 
-def check_job_dir(job_dir: str) -> None:
-    """Refuses, before any training, a ``--job_dir`` that is a file, or whose ``export/`` holds files an export does
-    not write: the export at the end would be refused then (hours later), with nothing written.
+def check_job_dir(job_dir: str, data: str | None = None) -> None:
+    """Refuses, before any training, a ``--job_dir`` that is a file, one inside the ``data`` it trains on (or the data
+    inside it: checkpoints and reports would be mixed into a conversion output, whose next ``convert --overwrite``
+    then refuses to replace it), or whose ``export/`` holds files an export does not write: the export at the end
+    would be refused then (hours later), with nothing written.
 
     Raises:
         TrainingError: either problem, in one line.
@@ -176,6 +179,11 @@ def check_job_dir(job_dir: str) -> None:
     files = storage.gfile(job_dir)
     if files.exists(job_dir) and not files.isdir(job_dir):
         raise TrainingError(f"--job_dir {job_dir} is a file; give a folder (new, or a job's to resume)")
+    if data is not None and "://" not in job_dir and "://" not in data:
+        job, conversion = os.path.realpath(job_dir), os.path.realpath(data)
+        if os.path.commonpath([job, conversion]) in (job, conversion):
+            raise TrainingError(f"--job_dir {job_dir} and --data {data} overlap: a job writes its checkpoints, logs and "
+                                "export into --job_dir, which must not be the conversion output or hold it")
     export_dir = join_path(job_dir, EXPORT_DIRNAME)
     problem = foreign_problem(export_dir) if files.isdir(export_dir) else None  # What the export's swap would say.
     if problem:
