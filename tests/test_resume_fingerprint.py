@@ -81,16 +81,22 @@ def test_changed_model_options_are_named_with_both_values(copy):
     # --allow_data_change does not pass them (the optimizer's state cannot take them).
     rc, err = run_train(command + ["--epochs", "2", "--lr_schedule", "cosine", "--allow_data_change"])
     assert rc == 1 and 'lr_schedule: "constant" in the checkpoint, "cosine" now' in err, err[-2000:]
-    assert "cannot take other --optimizer, --lr_schedule, --warmup_steps or --precision values" in err
+    assert "are fixed for a run, also with --allow_data_change" in err
+    # The selection split and the steps of an epoch: resumed silently before (selected_on rewritten, an epoch number
+    # given to two models).
+    rc, err = run_train(command + ["--epochs", "2", "--select_split", "train"])
+    assert rc == 1 and 'select_split: "validation" in the checkpoint, "train" now' in err, err[-2000:]
+    rc, err = run_train(command + ["--epochs", "2", "--steps_per_epoch", "3"])
+    assert rc == 1 and "steps_per_epoch: 2 in the checkpoint, 3 now" in err, err[-2000:]
     assert _latest_step(root / "job") == 2
 
 
 def test_checkpoints_from_before_the_optimizer_options_were_kept_still_resume():
-    from trainer.training.fingerprint import OPTIMIZER_OPTIONS, differences
+    from trainer.training.fingerprint import RUN_OPTIONS, differences
 
     current = {"task": "expr", "optimizer": "adam", "lr_schedule": "constant", "warmup_steps": 0,
-               "precision": "float32"}
-    older = {k: v for k, v in current.items() if k not in OPTIMIZER_OPTIONS}
+               "precision": "float32", "select_split": "selection", "steps_per_epoch": 100}
+    older = {k: v for k, v in current.items() if k not in RUN_OPTIONS}
     assert differences(older, current) == []
     assert differences({**older, "optimizer": "sgd"}, current) == ['optimizer: "sgd" in the checkpoint, "adam" now']
 

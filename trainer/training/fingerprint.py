@@ -10,8 +10,10 @@ the new data's ``model_info.json``) something else. :func:`job_fingerprint` desc
   backbone, CNN width, feature size, temporal head and sizes, sequence length, and the export a stage starts
   from (``init_backbone``: the sequence stage's ``--features_from``, a fine-tuned ``--init_from``) with the layer
   cut and the class map (recorded only when set, so older checkpoints keep their fingerprint);
-* the options that shape the optimizer's checkpointed state (:data:`OPTIMIZER_OPTIONS`: a change of them failed
-  in the restore, with a message about tensor shapes or dtypes); compared only when the checkpoint records them.
+* :data:`RUN_OPTIONS`, fixed for the whole run: those that shape the optimizer's checkpointed state (a change of
+  them failed in the restore, with a message about tensor shapes or dtypes), the split the best epoch is selected on
+  (the best score so far was taken there) and the steps of an epoch (epochs are counted in them); compared only when
+  the checkpoint records them, and never passed by ``--allow_data_change``.
 
 :class:`trainer.training.state.TrainState` stores it in every checkpoint and refuses to resume under another one
 (:func:`differences` names each differing value on both sides) unless ``--allow_data_change``.
@@ -25,8 +27,10 @@ from collections.abc import Sequence
 
 from tfrecords_schema.dataset_info import RUN_TIMING_FIELDS
 
-# Options whose change the optimizer's checkpointed state cannot take (its slots, its schedule, the loss scale).
+# Options whose change the optimizer's checkpointed state cannot take (its slots, its schedule, the loss scale), and
+# those the run's epoch bookkeeping depends on (see the module docstring).
 OPTIMIZER_OPTIONS = ("optimizer", "lr_schedule", "warmup_steps", "precision")
+RUN_OPTIONS = (*OPTIMIZER_OPTIONS, "select_split", "steps_per_epoch")
 
 
 def dataset_fingerprint(info) -> str:
@@ -47,7 +51,8 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def job_fingerprint(config, info, heads: Sequence[str], *, init_backbone: str | None = None) -> dict:
+def job_fingerprint(config, info, heads: Sequence[str], *, init_backbone: str | None = None,
+                    select_split: str | None = None, steps_per_epoch: int | None = None) -> dict:
     """The fingerprint of a job (see the module docstring): a flat, JSON-ready dict.
 
     Args:
@@ -55,6 +60,7 @@ def job_fingerprint(config, info, heads: Sequence[str], *, init_backbone: str | 
         info: The dataset info.
         heads: The trained heads.
         init_backbone: SHA-256 of the export the stage starts from, else None.
+        select_split, steps_per_epoch: The plan's (recorded when given).
     """
     per_frame = config.stage == "frames"
     extra = {}
@@ -79,6 +85,8 @@ def job_fingerprint(config, info, heads: Sequence[str], *, init_backbone: str | 
         "seq_len": config.seq_len,
         "init_backbone": init_backbone,
         **{name: getattr(config, name) for name in OPTIMIZER_OPTIONS},
+        **({"select_split": select_split} if select_split is not None else {}),
+        **({"steps_per_epoch": steps_per_epoch} if steps_per_epoch is not None else {}),
     }
 
 
@@ -86,4 +94,4 @@ def differences(stored: dict, current: dict) -> list[str]:
     """``"name: <stored> in the checkpoint, <current> now"`` for every value that differs (sorted by name)."""
     return [f"{name}: {json.dumps(stored.get(name))} in the checkpoint, {json.dumps(current.get(name))} now"
             for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)
-            and not (name in OPTIMIZER_OPTIONS and name not in stored)]  # (Checkpoints from before they were kept.)
+            and not (name in RUN_OPTIONS and name not in stored)]  # (Checkpoints from before they were kept.)

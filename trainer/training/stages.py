@@ -99,7 +99,8 @@ class Stage:
         from trainer.training.fingerprint import job_fingerprint
 
         return job_fingerprint(self.config, self.plan.info, self.plan.heads,
-                               init_backbone=None if self.source is None else self.source.sha256)
+                               init_backbone=None if self.source is None else self.source.sha256,
+                               select_split=self.plan.select_split, steps_per_epoch=self.plan.steps_per_epoch)
 
     def eval_dataset_fn(self, skipped):
         """``split -> dataset`` for the per-epoch evaluation, or None for the clips (the default)."""
