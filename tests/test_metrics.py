@@ -247,7 +247,10 @@ def test_coverage_accounts_for_every_labelled_frame_of_the_split():
 
     # An evaluation that read 77 of the 80 written labelled frames lost 3 to records skipped as corrupt; of the 77,
     # 2 carry only another task's label.
-    block = split_coverage(Info, "validation", scored_frames=75, labelled_read=77)
+    block = split_coverage(Info, "validation", scored_frames=75, labelled_read=77, skipped_records=1)
     assert block["not_scored"] == {"decode_error": 8, "no_media": 12, "not_for_this_model": 2,
                                    "skipped_as_corrupt": 3}
+    # The same shortfall with no record skipped: labels the trainer does not take as valid (edited records).
+    block = split_coverage(Info, "validation", scored_frames=75, labelled_read=77)
+    assert block["not_scored"] == {"decode_error": 8, "no_media": 12, "not_for_this_model": 2, "invalid_label": 3}
     assert block["scored_frames"] + sum(block["not_scored"].values()) == block["labelled_frames"]

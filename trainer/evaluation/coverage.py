@@ -10,7 +10,10 @@ frames an evaluation scored, and breaks the difference down by reason, from the 
 * ``not_for_this_model``: frames written with labels for no head of the model (a VA-only frame under an expression
   model);
 * ``skipped_as_corrupt``: frames written in records that the evaluation skipped as corrupt (``--skip_corrupt``): the
-  written labelled frames it did not read.
+  written labelled frames it did not read;
+* ``invalid_label``: the same shortfall when no record was skipped: frames the conversion counted as labelled whose
+  labels the trainer does not take as valid (out of range for the label names: records or ``dataset_info.json``
+  edited since, or written by another tool).
 
 ``coverage`` is ``scored_frames / labelled_frames``. Provided crops that do not decode are written without a face
 and scored (the ``unreadable_crop`` dead letters count them).
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 NOT_FOR_THIS_MODEL = "not_for_this_model"
 SKIPPED_AS_CORRUPT = "skipped_as_corrupt"
+INVALID_LABEL = "invalid_label"
 
 
-def split_coverage(info, split: str, scored_frames: int, labelled_read: int | None = None) -> dict:
+def split_coverage(info, split: str, scored_frames: int, labelled_read: int | None = None,
+                   skipped_records: int = 0) -> dict:
     """``{"labelled_frames", "scored_frames", "not_scored": {reason: frames}, "coverage"}`` of one split.
 
     Args:
@@ -31,6 +36,8 @@ def split_coverage(info, split: str, scored_frames: int, labelled_read: int | No
         scored_frames: Frames the evaluation scored with at least one head.
         labelled_read: Labelled frames the evaluation read, scored or not
             (:attr:`trainer.evaluation.metrics.PredictionAccumulator.labelled_frames_read`); None: every written one.
+        skipped_records: Records the evaluation skipped as corrupt: the written labelled frames it did not read are
+            theirs, else (none skipped) their labels are not valid.
     """
     accounting = info.splits[split].accounting
     not_scored = {reason: frames for reason, frames in sorted(accounting.dropped.items()) if frames}
@@ -42,7 +49,7 @@ def split_coverage(info, split: str, scored_frames: int, labelled_read: int | No
     if unscored_read:
         not_scored[NOT_FOR_THIS_MODEL] = unscored_read
     if lost:
-        not_scored[SKIPPED_AS_CORRUPT] = lost
+        not_scored[SKIPPED_AS_CORRUPT if skipped_records else INVALID_LABEL] = lost
     return coverage_block(accounting.labelled_frames, scored_frames, not_scored)
 
 

@@ -126,7 +126,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     result.update({"split": split, "model": model_dir, "best_epoch": model_info.get("best_epoch"),
                    "selected_on": model_info.get("selected_on"),
                    "coverage": split_coverage(info, split, predictions.scored_frames,
-                                              predictions.labelled_frames_read)})
+                                              predictions.labelled_frames_read, skipped.total if skipped else 0)})
     if skipped is not None:
         result["skipped_corrupt_records"] = skipped.total
     report_dir = report_dir or default_report_dir(model_dir, split)

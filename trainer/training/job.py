@@ -247,11 +247,13 @@ def _export_and_report(config: TrainConfig, plan: JobPlan, stage, eval_model, ev
                                             extras=stage.model_info()))
 
     va_density = plots.VADensity()
+    skipped_before = skipped.total if skipped is not None else 0
     predictions = evaluator.predictions(eval_model, plan.eval_split, observers=[va_density])
     result = predictions.result()
+    skipped_here = (skipped.total - skipped_before) if skipped is not None else 0  # by this evaluation's reads
     result.update({"best_epoch": best_epoch, "split": plan.eval_split, "selected_on": plan.select_split,
                    "coverage": split_coverage(plan.info, plan.eval_split, predictions.scored_frames,
-                                               predictions.labelled_frames_read)})
+                                               predictions.labelled_frames_read, skipped_here)})
     if skipped is not None:
         result["skipped_corrupt_records"] = skipped.total
     if plan.select_split == plan.eval_split and last_epoch:
