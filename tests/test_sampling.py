@@ -215,11 +215,14 @@ def test_each_task_draws_by_its_own_classes_and_never_reads_buckets_without_its_
         {"A": (0.5 * 30 / 35) / 0.5, "B": (0.5 * 5 / 35) / 0.5})
 
 
-def test_au_positive_weights_follow_each_aus_rarity_clipped():
+def test_au_positive_weights_follow_each_aus_rarity_clipped(caplog):
     info = _composite_info(COMPOSITE, {"AU1": 500, "AU2": 100, "AU3": 10, "AU4": 0}, au_frames=1000)
     assert sampling.au_positive_rates(info) == pytest.approx({"AU1": 0.5, "AU2": 0.1, "AU3": 0.01, "AU4": 0.0})
     assert sampling.au_positive_weights(info, "none") is None
-    np.testing.assert_allclose(sampling.au_positive_weights(info, "sqrt"), [1.0, 3.0, math.sqrt(99), 10.0], rtol=1e-6)
+    with caplog.at_level("WARNING"):
+        np.testing.assert_allclose(sampling.au_positive_weights(info, "sqrt"), [1.0, 3.0, math.sqrt(99), 10.0],
+                                   rtol=1e-6)
+    assert "AU(s) AU4 are never positive on the train split" in caplog.text
     np.testing.assert_allclose(sampling.au_positive_weights(info, "inverse"), [1.0, 9.0, 10.0, 10.0], rtol=1e-6)
     with pytest.raises(ValueError, match="none, sqrt, inverse"):
         sampling.au_positive_weights(info, "focal")

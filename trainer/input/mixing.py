@@ -99,8 +99,11 @@ def frame_mix_targets(info: DatasetInfo, sampling: str, task: str) -> dict[str, 
     (:func:`balanced_frame_weights` leaves their frames as they come).
 
     Raises:
-        ValueError: the buckets do not name the expression class.
+        ValueError: the data has no expression labels, or its buckets do not name the expression class.
     """
+    if TASK_EXPRESSION not in sampling_lib.labelled_tasks(info):
+        raise ValueError("--balance_frames balances the expression classes of the training frames, and this data has "
+                         "no expression labels: leave it out")
     mix = sampling_lib.expected_class_mix(info, sampling_lib.bucket_weights(info, sampling, task), TASK_EXPRESSION)
     if mix is None:
         raise ValueError(f"balancing the frame class mix needs buckets that name the expression class (bucket_by "

@@ -392,6 +392,10 @@ def au_positive_weights(info: DatasetInfo, mode: str) -> np.ndarray | None:
                        "(task_frames); this data has none: AU positives are not weighted", mode)
         return None
     p = np.array(list(rates.values()), np.float64)
+    never = [name for name, rate in rates.items() if rate <= 0]
+    if never:
+        logger.warning("AU(s) %s are never positive on the train split: their heads cannot learn to fire, and their "
+                       "F1 is 0 wherever they are positive", ", ".join(never))
     ratio = (1.0 - p) / np.maximum(p, 1e-12)
     weights = np.where(p > 0, ratio if mode == "inverse" else np.sqrt(ratio), AU_POSITIVE_WEIGHT_MAX)
     return np.clip(weights, 1.0, AU_POSITIVE_WEIGHT_MAX).astype(np.float32)
