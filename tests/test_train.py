@@ -399,6 +399,12 @@ def test_config_file_with_unknown_option_lists_valid_options(tmp_path):
     assert rc == 2 and "epoch" in err and "steps_per_epoch" in err
 
 
+def test_an_expression_class_weighting_without_an_expression_head_is_refused(tmp_path):
+    rc, err = _run_capturing(["--data", "x", "--job_dir", str(tmp_path / "job"), "--task", "va", "--loss_weighting",
+                              "sqrt"])  # It was ignored.
+    assert rc == 2 and "--loss_weighting weighs the expression classes in the loss" in err, err
+
+
 @pytest.mark.parametrize("option, value, expected", [
     ("allow_data_change", "no", "--allow_data_change must be true or false"),  # "no" is a true string.
     ("skip_corrupt", "no", "--skip_corrupt must be true or false"),

@@ -239,6 +239,9 @@ class TrainConfig:
         if self.balance_frames and self.loss_weighting != "none":
             raise ConfigError(f"--balance_frames sets the expression class weights itself: leave --loss_weighting "
                               f"none (got {self.loss_weighting!r})")
+        if self.loss_weighting != "none" and self.task not in (TASK_EXPRESSION, TASK_MULTI):
+            raise ConfigError(f"--loss_weighting weighs the expression classes in the loss: use it with --task expr "
+                              f"or multi, not {self.task!r} (it would be ignored)")
         if self.balance_frames and self.task not in (TASK_EXPRESSION, TASK_MULTI):
             raise ConfigError(f"--balance_frames weighs expression frames: use it with --task expr or multi, not "
                               f"{self.task!r}")
