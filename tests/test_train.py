@@ -94,6 +94,21 @@ def test_short_run_learns_expressions_and_exports_model_and_reports(dataset, exp
     assert "the score above is optimistic; the last epoch (4) scored" in out
 
 
+def test_a_rerun_of_a_finished_job_still_reports_its_last_epoch(dataset, expr_job, tmp_path):
+    # The same command again (a job stopped in its export is resumed so): it dropped last_epoch from metrics.json.
+    job, _ = expr_job
+    again = tmp_path / "job"
+    shutil.copytree(job, again)
+    before = json.loads((again / "metrics.json").read_text())["last_epoch"]
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps({"task": "expr", "epochs": 1, "steps_per_epoch": 15, "sampling": "balanced",
+                                  "learning_rate": 0.003, "seed": 1}))
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert train.run(["--config", str(config), *train_args(dataset, again, "--epochs", "4")]) == 0
+    assert json.loads((again / "metrics.json").read_text())["last_epoch"] == before
+    assert "the last epoch (4) scored" in out.getvalue()
+
+
 def test_metrics_score_every_labelled_frame_and_report_face_frames_apart(dataset, expr_job):
     job, _ = expr_job
     metrics = json.loads((job / "metrics.json").read_text())

@@ -82,6 +82,9 @@ from trainer.training.plan import JobPlan, frame_mix_setup, plan_job, write_inpu
 log = logging.getLogger("trainer.train")
 
 TRAIN_CONFIG_FILENAME = "train_config.json"
+# {"epoch", "score"} of the last epoch evaluated: a rerun that only exports (the job was stopped in its export) still
+# reports it beside a best epoch selected on the report split.
+LAST_EPOCH_FILENAME = "last_epoch.json"
 LOGS_DIRNAME = "logs"
 REPORTS_DIRNAME = "reports"
 
@@ -214,6 +217,21 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
         elif done % config.checkpoint_every == 0:
             state.save(done)
     train_writer.flush()
+
+
+def _read_last_epoch(job_dir: str, epochs_done: int) -> dict:
+    """The job's :data:`LAST_EPOCH_FILENAME` when it is of the epoch the checkpoint ended with, else ``{}``."""
+    from tfrecords_schema import join_path, storage
+
+    path = join_path(job_dir, LAST_EPOCH_FILENAME)
+    if not epochs_done or not storage.gfile(path).exists(path):
+        return {}
+    try:
+        with storage.gfile(path).GFile(path, "r") as f:
+            payload = json.load(f)
+    except (ValueError, OSError):
+        return {}
+    return dict(payload) if isinstance(payload, dict) and payload.get("epoch") == epochs_done else {}
 
 
 def _export_and_report(config: TrainConfig, plan: JobPlan, stage, eval_model, evaluator: Evaluator, best_dir: str,
@@ -365,12 +383,19 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan, cleanup: 
                                  frozen_layers=stage.frozen_layers(model),
                                  au_positive_weights=plan.au_positive_weights)
 
-    last_epoch: dict = {}  # the last epoch evaluated in this process: reported when selection and report share a split
+    # The last epoch evaluated (by this run, or the one the checkpoint ended): reported when selection and report
+    # share a split.
+    last_epoch = _read_last_epoch(config.job_dir, int(state.epochs_done.numpy()))
 
     def end_of_epoch(epoch: int) -> bool:
         """Evaluates ``epoch``, unfreezes the backbone after its frozen epochs; True when the job stops early."""
         result = _evaluate_epoch(epoch, model, eval_model, epoch_evaluator, plan, state, eval_writer)
         last_epoch.update(epoch=epoch, score=result["score"])
+        if role.is_chief:
+            from tfrecords_schema import join_path
+            from tfrecords_schema.atomic import write_json
+
+            write_json(join_path(config.job_dir, LAST_EPOCH_FILENAME), last_epoch)
         tensorboard.log_learning_rate(train_writer, epoch * plan.steps_per_epoch, optimizer)
         train_step.freeze_for_epoch(epoch, config.freeze_backbone_epochs)
         return state.stops_early(config.early_stopping)
