@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Sequence
 
-from tfrecords_schema import SPLIT_SELECTION, SPLIT_VALIDATION
+from tfrecords_schema import SPLIT_SELECTION, SPLIT_TRAIN, SPLIT_VALIDATION
 from trainer.common.choices import STAGE_FRAMES
 from trainer.common.errors import TrainingError
 from trainer.training.config import TrainConfig
@@ -169,7 +169,7 @@ def _check_labelled_heads(info, heads: tuple[str, ...], select_split: str, confi
     split that labels none of the heads (every epoch would score 0 and the first would stay the best); warns of a head
     the selection split does not label, which the selection score then leaves out (:func:`primary_score`). Data
     written before the conversion counted labelled frames per task (no ``task_frames``) is not checked."""
-    from tfrecords_schema import SPLIT_TRAIN, TASK_OF_HEAD
+    from tfrecords_schema import TASK_OF_HEAD
 
     def unlabelled(split: str) -> list[str] | None:
         frames = info.splits[split].task_frames if split in info.splits else {}
@@ -243,6 +243,10 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
                      config.au_positive_weight, json.dumps({n: round(float(w), 3) for n, w in
                                                             zip(info.action_unit_names, plan.au_positive_weights)}))
     log.info("best epoch selected on %r, final report on %r", select_split, config.eval_split)
+    if select_split == SPLIT_TRAIN and config.select_split:
+        log.warning("--select_split %s selects the best epoch on the frames it trains on: the score rewards fitting "
+                    "them, not generalising (the data's 'selection' or 'validation' split is the usual choice)",
+                    SPLIT_TRAIN)
     if select_split == config.eval_split:
         log.warning("the best epoch is selected on %r, the split it is reported on: that score is optimistic (the "
                     "last epoch's score is reported next to it)%s", select_split,
