@@ -72,6 +72,9 @@ class Recount:
         crop_sizes: ``(height, width)`` of the crops as found (JPEG: the first crop of each clip; raw: every crop,
             its size read from its length).
         image_formats: The codecs the records say they hold (``image/format``).
+        out_of_range: Frames holding a label that is neither valid nor the schema's "no label" marker (an
+            expression class past the label names, valence/arousal outside [-1, 1], an AU other than 0 or 1): the
+            trainer takes such a label as no label, so the frame is counted labelled here and never trained on.
     """
 
     records: int = 0
@@ -82,8 +85,10 @@ class Recount:
     au_positives: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     crop_sizes: set = dataclasses.field(default_factory=set)
     image_formats: set = dataclasses.field(default_factory=set)
+    out_of_range: int = 0
 
     def add(self, other: Recount) -> None:
+        self.out_of_range += other.out_of_range
         self.records += other.records
         self.frames += other.frames
         self.with_face += other.with_face
@@ -107,13 +112,27 @@ def labelled_frames(clip) -> np.ndarray:
             | ((aus != keys.AU_INVALID).all(axis=1) & (aus.shape[1] > 0)))
 
 
-def recount_shard(path: str) -> Recount:
-    """Reads one TFRecord shard record by record; raises on a corrupt file or a record of another schema."""
+def out_of_range_frames(clip, num_classes: int) -> np.ndarray:
+    """bool ``[T]``: frames with a label that is neither valid nor the "no label" marker (:attr:`Recount.out_of_range`)."""
+    expression = clip.expression
+    va, aus = clip.valence_arousal, clip.action_units
+    bad_va = ~((va == keys.VA_INVALID) | ((va >= -1.0) & (va <= 1.0)))  # (NaN is neither.)
+    bad_au = ~((aus == keys.AU_INVALID) | (aus == 0) | (aus == 1))
+    return (((expression != keys.EXPRESSION_INVALID) & ((expression < 0) | (expression >= num_classes)))
+            | bad_va.any(axis=1) | (bad_au.any(axis=1) if aus.shape[1] else False))
+
+
+def recount_shard(path: str, num_classes: int | None = None) -> Recount:
+    """Reads one TFRecord shard record by record; raises on a corrupt file or a record of another schema.
+    ``num_classes``: the expression classes of the label names, to count :attr:`Recount.out_of_range` (None: not
+    counted)."""
     import tensorflow as tf
 
     out = Recount()
     for raw in tf.data.TFRecordDataset(path):
         clip = decode_clip(raw.numpy())
+        if num_classes is not None:
+            out.out_of_range += int(out_of_range_frames(clip, num_classes).sum())
         labelled, face = labelled_frames(clip), clip.has_face
         au_ok = (clip.action_units != keys.AU_INVALID).all(axis=1) & (clip.action_units.shape[1] > 0)
         out.add(Recount(
@@ -305,7 +324,7 @@ def _check_shard_file(data_dir: str, info: DatasetInfo, shard) -> tuple[list[str
     if size != shard.num_bytes:
         problems.append(f"{shard.path}: {size} bytes on disk, {shard.num_bytes} in dataset_info")
     try:
-        counted = recount_shard(path)
+        counted = recount_shard(path, len(info.expression_names))
     except (tf.errors.OpError, ValueError) as e:
         return problems + [f"{shard.path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})"], None
     if (counted.records, counted.frames) != (shard.num_records, shard.num_frames):
@@ -353,6 +372,10 @@ def verify(data_dir: str, info: DatasetInfo, recounts: dict[str, Recount] | None
         a = s.accounting
         if not a.is_balanced():
             problems.append(f"{split}: accounting does not add up")
+        if total.out_of_range:
+            problems.append(f"{split}: {total.out_of_range} frames hold a label out of range of dataset_info's label "
+                            "names (an expression class past them, valence/arousal outside [-1, 1], an AU other than "
+                            "0 or 1): the trainer takes it as no label")
         if not any(p.startswith(f"{split}/") for p in problems) and \
                 (total.with_face, total.without_face) != (a.written_frames_with_face, a.written_frames_without_face):
             problems.append(f"{split}: the shards hold {total.with_face} labelled frames with a face and "

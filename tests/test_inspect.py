@@ -210,3 +210,13 @@ def test_verify_reads_raw_crops_and_names_a_codec_that_disagrees(tmp_path):
     assert rc != 0
     assert "crops stored as raw, but dataset_info says codec jpeg" in out + err
     assert "crops of 16x16 pixels, but dataset_info says crop_size 15" in out + err
+
+
+def test_verify_counts_labels_out_of_range_of_the_label_names(copy):
+    # dataset_info.json's expression names cut to 3: the records' Happiness (4) and Sadness (5) frames are then out of
+    # range, which the trainer takes as no label (it trained on what was left, with --verify saying OK).
+    _edit_info(copy, lambda raw: raw["label_names"].update(expression=raw["label_names"]["expression"][:3]))
+    rc, _, err = _run(inspect_dataset.run, [copy, "--verify"])
+    assert rc == 1, err
+    assert "train: 3 frames hold a label out of range of dataset_info's label names" in err
+    assert "validation: 5 frames hold a label out of range" in err
