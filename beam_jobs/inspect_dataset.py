@@ -258,7 +258,8 @@ def media_lines(info: DatasetInfo) -> list[str]:
     if truncated:
         cut = [f"{m} ({t['declared_frames']} declared, {t['decoded_frames']} decode)" for m, t in truncated.items()]
         lines.append(f"truncated: {len(cut)} video(s) decode fewer frames than their container declares (a cut "
-                     f"file? its annotation lines past the end are dropped as beyond_video_end): {_named(cut)}")
+                     "file, or frames lost inside it; its annotation lines past the end are dropped as "
+                     f"beyond_video_end): {_named(cut)}")
     rotated = media.get("rotated", {})
     if rotated:
         turned = [f"{m} ({deg} degrees)" for m, deg in rotated.items()]
@@ -375,7 +376,7 @@ def verify(data_dir: str, info: DatasetInfo, recounts: dict[str, Recount] | None
         if total.out_of_range:
             problems.append(f"{split}: {total.out_of_range} frames hold a label out of range of dataset_info's label "
                             "names (an expression class past them, valence/arousal outside [-1, 1], an AU other than "
-                            "0 or 1): the trainer takes it as no label")
+                            "0 or 1): the trainer takes it as no label of that task")
         if not any(p.startswith(f"{split}/") for p in problems) and \
                 (total.with_face, total.without_face) != (a.written_frames_with_face, a.written_frames_without_face):
             problems.append(f"{split}: the shards hold {total.with_face} labelled frames with a face and "

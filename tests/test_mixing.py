@@ -75,7 +75,7 @@ def test_balance_frames_options_are_checked():
     assert config_lib.parse_train_config(["--data", "d", "--job_dir", "j", "--balance_frames"]).balance_frames
 
 
-def test_balance_frames_needs_buckets_that_name_the_expression_class(tmp_path):
+def test_balance_frames_on_data_without_expression_labels_says_so(tmp_path):
     from trainer_data import write_dataset
     info = write_dataset(tmp_path, num_clips_per_class={"A": 2, "B": 2}, clip_length=4, crop_size=16,
                          tasks=("va",))

@@ -251,6 +251,20 @@ def test_a_folder_search_enters_each_folder_once_and_leaves_out_the_output_folde
         "c/up leads to a folder searched already (a link): not searched again"]
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a folder whatever its mode (the tmpfs test below "
+                    "covers it there)")
+def test_an_output_this_user_cannot_write_is_refused_before_any_video_is_read(tmp_path, capsys):
+    video = vf.write_face_video(tmp_path / "v" / "talk.mp4", [4] * 3)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        assert predict.run(["--model", str(tmp_path / "no_model"), "--videos", str(video), "--output",
+                            str(locked / "out")]) == 2
+        assert f"cannot be written: {locked} is not writable by this user" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o755)
+
+
 def test_an_output_on_a_read_only_file_system_is_refused_before_any_video_is_read(tmp_path, capsys):
     video = vf.write_face_video(tmp_path / "v" / "talk.mp4", [4] * 3)
     ro = tmp_path / "ro"
@@ -277,6 +291,10 @@ def test_a_render_over_its_own_video_and_an_output_that_is_a_file_are_refused_be
     argv = ["--model", str(tmp_path / "no_model"), "--videos", str(video), "--render"]
     assert predict.run([*argv, "--output", str(tmp_path / "v")]) == 2
     assert "--render would write" in capsys.readouterr().err and video.read_bytes() == before
+    # Renders into a folder --videos searches: a second run would take them for videos (and clash on their names).
+    assert predict.run(["--model", str(tmp_path / "no_model"), "--videos", str(tmp_path / "v"), "--render",
+                        "--output", str(tmp_path / "v")]) == 2
+    assert "which --videos searches: the next run would take them for videos" in capsys.readouterr().err
     (tmp_path / "file").write_text("mine", encoding="utf-8")
     assert predict.run([*argv, "--output", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err

@@ -83,9 +83,11 @@ def test_heads_without_train_labels_are_refused_and_a_selection_split_without_la
     from trainer.common.errors import TrainingError
     from trainer.training.plan import _check_labelled_heads
 
-    def data(train, selection):
-        return types.SimpleNamespace(splits={SPLIT_TRAIN: types.SimpleNamespace(task_frames=train),
-                                             SPLIT_SELECTION: types.SimpleNamespace(task_frames=selection)})
+    def data(train, selection, written=10):
+        def split(frames):
+            return types.SimpleNamespace(task_frames=frames, accounting=types.SimpleNamespace(written_frames=written))
+
+        return types.SimpleNamespace(splits={SPLIT_TRAIN: split(train), SPLIT_SELECTION: split(selection)})
 
     config = types.SimpleNamespace(data="DATA")
     heads = (HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL)
@@ -99,6 +101,8 @@ def test_heads_without_train_labels_are_refused_and_a_selection_split_without_la
         _check_labelled_heads(data({"va": 100, "expr": 100}, {"expr": 5}), heads, SPLIT_SELECTION, config)
     assert "labels no frame for valence_arousal: the best epoch is selected on the other heads only" in caplog.text
     _check_labelled_heads(data({}, {}), heads, SPLIT_SELECTION, config)  # Data without task_frames: not checked.
+    with pytest.raises(TrainingError, match="no train frame of DATA is labelled for expression, valence_arousal"):
+        _check_labelled_heads(data({}, {}, written=0), heads, SPLIT_SELECTION, config)  # Nothing labelled at all.
 
 
 def test_a_head_that_scored_no_frame_is_left_out_of_the_selection_score():

@@ -106,5 +106,13 @@ def test_a_job_dir_that_is_a_file_or_an_export_holding_user_files_is_refused_bef
     before = sorted(os.listdir(data))
     for job in (data, os.path.join(data, "jobs", "one")):
         rc, err = run_train(["--data", data, "--job_dir", job, "--epochs", "1", *TINY])
-        assert rc == 1 and f"--job_dir {job} and --data {data} overlap" in err, err[-2000:]
+        assert rc == 1 and f"--job_dir {job} is inside --data {data}" in err, err[-2000:]
     assert sorted(os.listdir(data)) == before
+
+
+def test_a_job_dir_inside_a_remote_conversion_is_told_by_its_url():
+    from trainer.training.preflight import _inside
+
+    assert _inside("gs://b/conv/job", "gs://b/conv/") and _inside("gs://b//conv", "gs://b/conv")
+    assert not _inside("gs://b/conversion-jobs/1", "gs://b/conv") and not _inside("gs://b/jobs", "gs://b/conv")
+    assert not _inside("/tmp/x", "gs://b/conv")

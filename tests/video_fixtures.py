@@ -67,7 +67,7 @@ def truncate_file(path, keep_fraction: float) -> pathlib.Path:
 # log that it stores the codec under another tag, which is harmless.
 CONTAINER_FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mov": "mp4v", ".mkv": "MJPG", ".webm": "VP80",
                     ".m4v": "mp4v", ".mpg": "MPG2", ".mpeg": "MPG2", ".wmv": "WMV2", ".flv": "FLV1", ".3gp": "mp4v",
-                    ".ts": "mp4v", ".mts": "mp4v", ".m2ts": "mp4v"}  # (MPEG-TS takes MPEG-4 under its own tag.)
+                    ".mts": "mp4v", ".m2ts": "mp4v"}  # (MPEG-TS takes MPEG-4 under its own tag.)
 
 
 def level_frame(index: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:

@@ -21,7 +21,12 @@ from trainer.common import errors, filesystems
 from trainer.common.allocator import recycle_large_buffers
 from trainer.common.errors import TrainingError
 from trainer.training.config import ConfigError, TrainConfig, parse_train_config
-from trainer.training.job import LOGS_DIRNAME, REPORTS_DIRNAME, TRAIN_CONFIG_FILENAME  # noqa: F401 (the job's files)
+from trainer.training.job import (  # noqa: F401 (the job's files)
+    LAST_EPOCH_FILENAME,
+    LOGS_DIRNAME,
+    REPORTS_DIRNAME,
+    TRAIN_CONFIG_FILENAME,
+)
 
 # Loggers --verbose lowers to DEBUG (TensorFlow's and other libraries' stay as they are).
 VERBOSE_LOGGERS = ("trainer", "tfrecords_schema")

@@ -66,8 +66,9 @@ from tfrecords_schema.storage import is_url as is_remote  # (this module's name 
 
 DEFAULT_FPS = 30.0
 # Containers FFmpeg (OpenCV's decoder) opens; matched in any letter case by every adapter.
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
-                    ".mts", ".m2ts")
+# (Not .ts, which names TypeScript sources as often as MPEG transport streams: give such a video by its own name.)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".mts",
+                    ".m2ts")
 # Failed grabs in a row after which the stream is taken to have ended (~33 s at 30 fps).
 MAX_CORRUPT_RUN = 1000
 # Spread of the frame intervals above which a stream is of variable frame rate: millisecond containers (mkv, webm)

@@ -86,6 +86,7 @@ class FoldersSource(LabelledMediaSource):
         except re.error as e:
             raise ValueError(f"--subject_regex {subject_regex!r} is not a regular expression: {e}") from e
         self.videos = str(videos)
+        self._first_names: dict[str, str] = {}  # Set by discover(): other names of one file -> its first name.
         self.class_names = parse_class_names(class_names)
         self.folds, self.fold = folds, fold
 

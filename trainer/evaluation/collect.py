@@ -47,6 +47,8 @@ def collect_predictions(model, dataset, heads: Sequence[str], info, predict=None
     """
     predict = predict or predict_function(model)
     acc = PredictionAccumulator(heads, info.expression_names, info.action_unit_names)
+    if "labelled" in dataset.element_spec[3]:  # (0 read, not unknown, when every record is skipped.)
+        acc.labelled_frames_read = 0
     for images, targets, weights, ids in dataset:
         outputs = predict(images)
         batch = ({h: targets[h].numpy() for h in heads}, {h: outputs[h].numpy() for h in heads},

@@ -200,7 +200,7 @@ def predict(args) -> int:
     tracks = plan_tracks(videos, args.side, args.cropped_aligned, notes)
     for note in duplicates + notes:
         print(f"[predict] note: {note}", file=sys.stderr, flush=True)
-    check_output_place(args.output, tracks, args.render)
+    check_output_place(args.output, tracks, args.render, args.videos)
     if args.annotations:  # Scored at the end: an empty or mistyped folder is said now, not after every video.
         try:
             scoring.annotated_tracks(args.annotations, args.score_split)

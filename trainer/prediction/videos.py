@@ -224,7 +224,7 @@ def local_video(path: str) -> Iterator[str]:
         os.remove(local)
 
 
-def check_output_place(output: str, tracks: Sequence[Track], render: bool) -> None:
+def check_output_place(output: str, tracks: Sequence[Track], render: bool, searched: Sequence[str] = ()) -> None:
     """Refuses, before any video is read, an ``--output`` that cannot take the run's files or would replace an input.
 
     A render is ``OUT/<stem>.mp4``: with ``--output`` the videos' own folder it would be written over the video it
@@ -247,6 +247,10 @@ def check_output_place(output: str, tracks: Sequence[Track], render: bool) -> No
             raise PredictUsageError(f"--output {output!r} cannot be written: {problem}; nothing was read or written")
     if not render:
         return
+    for folder in searched:  # (A folder below a searched one is left out of the search: list_videos.)
+        if storage.gfile(folder).isdir(folder) and _same_file_key(folder) == _same_file_key(output):
+            raise PredictUsageError(f"--render would write its videos into {folder}, which --videos searches: the next "
+                                    "run would take them for videos; give an --output folder apart from the videos")
     inputs = {_same_file_key(track.video): track.video for track in tracks}
     for track in tracks:
         target = join_path(output, f"{track.stem}.mp4")

@@ -10,10 +10,11 @@ the new data's ``model_info.json``) something else. :func:`job_fingerprint` desc
   backbone, CNN width, feature size, temporal head and sizes, sequence length, and the export a stage starts
   from (``init_backbone``: the sequence stage's ``--features_from``, a fine-tuned ``--init_from``) with the layer
   cut and the class map (recorded only when set, so older checkpoints keep their fingerprint);
-* :data:`RUN_OPTIONS`, fixed for the whole run: those that shape the optimizer's checkpointed state (a change of
-  them failed in the restore, with a message about tensor shapes or dtypes), the split the best epoch is selected on
-  (the best score so far was taken there) and the steps of an epoch (epochs are counted in them); compared only when
-  the checkpoint records them, and never passed by ``--allow_data_change``.
+* :data:`RUN_OPTIONS`, compared only when the checkpoint records them (older ones go on resuming): the options that
+  shape the optimizer's checkpointed state (:data:`OPTIMIZER_OPTIONS`: a change of them failed in the restore, with a
+  message about tensor shapes or dtypes; never passed by ``--allow_data_change``), the split the best epoch is
+  selected on (the best score so far was taken there) and the steps of an epoch (epochs are counted in them; both
+  follow the data when not given, so ``--allow_data_change`` passes them).
 
 :class:`trainer.training.state.TrainState` stores it in every checkpoint and refuses to resume under another one
 (:func:`differences` names each differing value on both sides) unless ``--allow_data_change``.
@@ -90,8 +91,13 @@ def job_fingerprint(config, info, heads: Sequence[str], *, init_backbone: str | 
     }
 
 
+def differing(stored: dict, current: dict) -> list[str]:
+    """The names whose values differ (sorted), :data:`RUN_OPTIONS` only where ``stored`` records them."""
+    return [name for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)
+            and not (name in RUN_OPTIONS and name not in stored)]  # (Checkpoints from before they were kept.)
+
+
 def differences(stored: dict, current: dict) -> list[str]:
     """``"name: <stored> in the checkpoint, <current> now"`` for every value that differs (sorted by name)."""
     return [f"{name}: {json.dumps(stored.get(name))} in the checkpoint, {json.dumps(current.get(name))} now"
-            for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)
-            and not (name in RUN_OPTIONS and name not in stored)]  # (Checkpoints from before they were kept.)
+            for name in differing(stored, current)]

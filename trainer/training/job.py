@@ -167,10 +167,16 @@ def _evaluate_epoch(epoch: int, model, eval_model, evaluator: Evaluator, plan: J
     F1, the confusion-matrix picture).
     """
     from trainer.evaluation import reports, tensorboard
+    from trainer.evaluation.collect import NonFiniteOutputError
 
     eval_model.set_weights(model.get_weights())
     validation_loss = tensorboard.ValidationLoss(au_positive_weights=plan.au_positive_weights)
-    result = evaluator.predictions(eval_model, plan.select_split, observers=[validation_loss]).result()
+    try:
+        result = evaluator.predictions(eval_model, plan.select_split, observers=[validation_loss]).result()
+    except NonFiniteOutputError as e:
+        raise TrainingError(f"epoch {epoch}: the model's outputs are not finite on {plan.select_split} (training "
+                            f"diverged: lower --learning_rate, or train in float32); the best epoch so far is in "
+                            f"{state.best_dir}. ({e})") from e
     tensorboard.log_epoch(eval_writer, epoch, result, validation_loss=validation_loss.result(),
                           expression_names=plan.info.expression_names,
                           context=reports.ReportContext(plan.info.name, plan.select_split, eval_model.name, epoch))

@@ -172,15 +172,19 @@ def _check_labelled_heads(info, heads: tuple[str, ...], select_split: str, confi
     from tfrecords_schema import TASK_OF_HEAD
 
     def unlabelled(split: str) -> list[str] | None:
-        frames = info.splits[split].task_frames if split in info.splits else {}
-        return [h for h in heads if not frames.get(TASK_OF_HEAD[h], 0)] if frames else None
+        if split not in info.splits:
+            return None
+        frames = info.splits[split].task_frames
+        if not frames and info.splits[split].accounting.written_frames:  # Counted before task_frames existed.
+            return None
+        return [h for h in heads if not frames.get(TASK_OF_HEAD[h], 0)]
 
     untrained = unlabelled(SPLIT_TRAIN)
     if untrained:
         trainable = [TASK_OF_HEAD[h] for h in heads if h not in untrained]
         raise TrainingError(f"no train frame of {config.data} is labelled for {', '.join(untrained)}: that head would "
-                            "be exported untrained; train --task "
-                            + (" or ".join(trainable) if trainable else "on data with train labels"))
+                            "be exported untrained; "
+                            + (f"train --task {' or '.join(trainable)}" if trainable else "convert train labels first"))
     unscored = unlabelled(select_split)
     if unscored and len(unscored) == len(heads):
         raise TrainingError(f"the {select_split!r} split of {config.data} labels no frame for {', '.join(heads)}: "

@@ -30,7 +30,7 @@ import tensorflow as tf
 from tfrecords_schema import join_path
 from trainer.common.errors import TrainingError
 from trainer.training import distribution, schedules
-from trainer.training.fingerprint import RUN_OPTIONS, differences
+from trainer.training.fingerprint import OPTIMIZER_OPTIONS, differences, differing
 
 log = logging.getLogger("trainer.train")
 
@@ -151,11 +151,11 @@ class TrainState:
             return
         message = (f"checkpoint {latest} does not fit this model/options: it was trained on other data or "
                    f"options ({'; '.join(changed)})")
-        if any(line.split(":", 1)[0] in RUN_OPTIONS for line in changed):
-            raise TrainingError(message + ". --optimizer, --lr_schedule, --warmup_steps and --precision (the "
-                                "optimizer's checkpointed state), the selection split (the best score so far was "
-                                "taken there) and --steps_per_epoch (epochs are counted in it) are fixed for a run, "
-                                "also with --allow_data_change: resume with the original ones, or use a new --job_dir")
+        fixed = [name for name in differing(stored, self._fingerprint) if name in OPTIMIZER_OPTIONS]
+        if fixed:
+            raise TrainingError(message + f". The optimizer's checkpointed state cannot take another "
+                                f"{', '.join('--' + name for name in fixed)}, also with --allow_data_change: resume "
+                                "with the original value, or use a new --job_dir")
         if not self._allow_data_change:
             raise TrainingError(message + ". Resume with the original data and options, use a new --job_dir, or "
                                 "pass --allow_data_change to go on from these weights anyway")
