@@ -113,13 +113,16 @@ def labelled_frames(clip) -> np.ndarray:
 
 
 def out_of_range_frames(clip, num_classes: int) -> np.ndarray:
-    """bool ``[T]``: frames with a label that is neither valid nor the "no label" marker (:attr:`Recount.out_of_range`)."""
+    """bool ``[T]``: frames with a task labelled by the conversion's rule (:func:`labelled_frames`) whose label is not
+    valid for the trainer (``trainer.input.frames``: in range; :attr:`Recount.out_of_range`). So a frame the
+    conversion counts is the trainer's labelled frame or this, task by task (tests/test_inspect.py holds them
+    together)."""
     expression = clip.expression
     va, aus = clip.valence_arousal, clip.action_units
-    bad_va = ~((va == keys.VA_INVALID) | ((va >= -1.0) & (va <= 1.0)))  # (NaN is neither.)
-    bad_au = ~((aus == keys.AU_INVALID) | (aus == 0) | (aus == 1))
-    return (((expression != keys.EXPRESSION_INVALID) & ((expression < 0) | (expression >= num_classes)))
-            | bad_va.any(axis=1) | (bad_au.any(axis=1) if aus.shape[1] else False))
+    bad_expression = (expression != keys.EXPRESSION_INVALID) & ((expression < 0) | (expression >= num_classes))
+    bad_va = (va != keys.VA_INVALID).all(axis=1) & ~((va >= -1.0) & (va <= 1.0)).all(axis=1)  # (NaN fails both.)
+    bad_au = ((aus != keys.AU_INVALID).all(axis=1) & ~((aus == 0) | (aus == 1)).all(axis=1) & (aus.shape[1] > 0))
+    return bad_expression | bad_va | bad_au
 
 
 def recount_shard(path: str, num_classes: int | None = None) -> Recount:

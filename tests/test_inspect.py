@@ -220,3 +220,30 @@ def test_verify_counts_labels_out_of_range_of_the_label_names(copy):
     assert rc == 1, err
     assert "train: 3 frames hold a label out of range of dataset_info's label names" in err
     assert "validation: 5 frames hold a label out of range" in err
+
+
+def test_the_three_label_rules_agree():
+    # The conversion's "labelled" (any label that is not the no-label marker: inspect_dataset.labelled_frames), the
+    # trainer's "labelled" (a label in range: trainer.input.frames.labelled_frames, which coverage counts) and
+    # inspect's "out of range" must fit together: trainer's = conversion's and not out of range, frame for frame.
+    import types
+
+    import numpy as np
+    import tensorflow as tf
+
+    from tfrecords_schema import keys
+    from trainer.input import frames as frames_lib
+
+    rng = np.random.default_rng(0)
+    n, classes = 4000, 7
+    expression = rng.choice([keys.EXPRESSION_INVALID, 0, 3, 6, 7, 99, -2], n)
+    va = rng.choice([keys.VA_INVALID, -1.0, 0.3, 1.0, 1.5, -3.0, np.nan], (n, 2)).astype(np.float32)
+    aus = rng.choice([keys.AU_INVALID, 0, 1, 2], (n, 3), p=[0.4, 0.3, 0.25, 0.05])
+    clip = types.SimpleNamespace(expression=expression, valence_arousal=va, action_units=aus)
+    conversion = inspect_dataset.labelled_frames(clip)
+    out_of_range = inspect_dataset.out_of_range_frames(clip, classes)
+    window = {"expression": tf.constant(expression), "valence_arousal": tf.constant(va),
+              "action_units": tf.constant(aus), "num_valid": tf.constant(n), "has_face": tf.zeros(n, tf.bool)}
+    trainer = frames_lib.labelled_frames(window, classes).numpy()
+    np.testing.assert_array_equal(trainer | out_of_range, conversion)
+    assert trainer.sum() and (out_of_range & ~trainer).sum() and (out_of_range & trainer).sum()  # All cases occur.
