@@ -418,6 +418,12 @@ def test_an_expression_class_weighting_without_an_expression_head_is_refused(tmp
     rc, err = _run_capturing(["--data", "x", "--job_dir", str(tmp_path / "job"), "--task", "va", "--loss_weighting",
                               "sqrt"])  # It was ignored.
     assert rc == 2 and "--loss_weighting weighs the expression classes in the loss" in err, err
+    # --task multi on data without expression labels: the data decides, before any file is written.
+    write_dataset(tmp_path / "va", num_clips_per_class={"A": 2, "B": 2}, clip_length=4, crop_size=16, tasks=("va",))
+    rc, err = _run_capturing(["--data", str(tmp_path / "va"), "--job_dir", str(tmp_path / "job"), "--task", "multi",
+                              "--loss_weighting", "sqrt"])
+    assert rc == 1 and "has no expression labels: leave it out" in err, err[-2000:]
+    assert not (tmp_path / "job").exists()
 
 
 @pytest.mark.parametrize("option, value, expected", [

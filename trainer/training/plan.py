@@ -200,7 +200,7 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
     Raises:
         TrainingError: a split that the data lacks, a batch size that the replicas do not divide.
     """
-    from tfrecords_schema import HEAD_ACTION_UNITS, read_dataset_info
+    from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, read_dataset_info
     from trainer.input import sampling
     from trainer.input.pipeline import heads_for_task
     from trainer.training import distribution
@@ -213,6 +213,9 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
         if split not in info.splits:
             raise TrainingError(f"{flag} {split!r} is not in {config.data} (splits: {sorted(info.splits)})")
     _check_labelled_heads(info, heads, select_split, config)
+    if config.loss_weighting != "none" and HEAD_EXPRESSION not in heads:  # (--task multi on data without them.)
+        raise TrainingError(f"--loss_weighting {config.loss_weighting} weighs the expression classes, and "
+                            f"{config.data} has no expression labels: leave it out")
     num_replicas = strategy.num_replicas_in_sync
     if config.batch_size % num_replicas:
         raise TrainingError(
