@@ -36,11 +36,12 @@ BALANCE_FRAMES_CLIPS = 2048
 
 def _class_frames_by_bucket(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, batch_size: int,
                             num_batches: int, sampling: str, class_weights: np.ndarray | None, seed: int,
-                            skipped: records.SkippedRecords | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(frames, clips)`` of the first ``num_batches`` training batches, per bucket.
+                            skipped: records.SkippedRecords | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(frames, clips, batches)`` of the first ``num_batches`` training batches, per bucket.
 
     ``frames[b, c]``: loss weight of the expression frames of class ``c`` in the clips of bucket ``b``;
-    ``clips[b]``: clips of bucket ``b``. The stream is :func:`trainer.input.pipeline.make_train_dataset`'s with the same
+    ``clips[b]``: clips of bucket ``b``; ``batches``: the batches read (fewer than ``num_batches`` when
+    ``skipped`` records left too little to read). The stream is :func:`trainer.input.pipeline.make_train_dataset`'s with the same
     arguments (one pipeline), labels only: no JPEG is decoded.
     """
     sampling_mode = sampling_lib.check_choice(sampling, sampling_lib.SAMPLING_MODES, "sampling mode")
@@ -57,14 +58,15 @@ def _class_frames_by_bucket(data_dir: str, info: DatasetInfo, *, task: str, seq_
         class_weights=class_weights, seed=seed, decode=False, input_context=None,
         skipped=skipped, worker=worker))
     num_classes, num_buckets = len(info.expression_names), len(info.bucket_names) or 1
-    frames, clips = np.zeros((num_buckets, num_classes)), np.zeros(num_buckets)
+    frames, clips, batches = np.zeros((num_buckets, num_classes)), np.zeros(num_buckets), 0
     for targets, weights_, window in labels.take(num_batches).with_options(trainer_input.dataset_options(None)):
+        batches += 1
         bucket = window["bucket"]
         index = np.repeat(bucket.numpy(), seq_len) * num_classes + targets[HEAD_EXPRESSION].numpy().ravel()
         frames += np.bincount(index, weights=weights_[HEAD_EXPRESSION].numpy().ravel(),
                               minlength=frames.size).reshape(frames.shape)
         clips += np.bincount(bucket.numpy(), minlength=num_buckets)
-    return frames, clips
+    return frames, clips, batches
 
 
 def empirical_frame_mix(data_dir: str, info: DatasetInfo, *, task: str, seq_len: int, batch_size: int,
@@ -82,12 +84,17 @@ def empirical_frame_mix(data_dir: str, info: DatasetInfo, *, task: str, seq_len:
     Raises:
         ValueError: the task has no expression head, or any :func:`trainer.input.pipeline.make_train_dataset` error.
     """
-    frames, _ = _class_frames_by_bucket(data_dir, info, task=task, seq_len=seq_len, batch_size=batch_size,
-                                        num_batches=num_batches, sampling=sampling, class_weights=class_weights,
-                                        seed=seed, skipped=skipped)
+    return _measured_frame_mix(data_dir, info, task=task, seq_len=seq_len, batch_size=batch_size,
+                               num_batches=num_batches, sampling=sampling, class_weights=class_weights, seed=seed,
+                               skipped=skipped)[0]
+
+
+def _measured_frame_mix(data_dir: str, info: DatasetInfo, **stream) -> tuple[dict[str, float], int]:
+    """:func:`empirical_frame_mix` and the number of batches it read (``stream``: its keyword arguments)."""
+    frames, _, batches = _class_frames_by_bucket(data_dir, info, **stream)
     totals = frames.sum(axis=0)
     shares = totals / totals.sum() if totals.sum() > 0 else totals
-    return {name: float(share) for name, share in zip(info.expression_names, shares)}
+    return {name: float(share) for name, share in zip(info.expression_names, shares)}, batches
 
 
 def frame_mix_targets(info: DatasetInfo, sampling: str, task: str) -> dict[str, float]:
@@ -132,7 +139,7 @@ def balanced_frame_weights(data_dir: str, info: DatasetInfo, *, task: str, seq_l
     """
     targets = frame_mix_targets(info, sampling, task)
     batch = 64
-    frames, clips = _class_frames_by_bucket(data_dir, info, task=task, seq_len=seq_len, batch_size=batch,
+    frames, clips, _ = _class_frames_by_bucket(data_dir, info, task=task, seq_len=seq_len, batch_size=batch,
                                             num_batches=max(1, num_clips // batch), sampling=sampling,
                                             class_weights=None, seed=seed, skipped=skipped)
     # The expected mix: each bucket's mean frames per clip at its requested weight (not at the count the
@@ -169,10 +176,11 @@ def frame_mix_report(data_dir: str, info: DatasetInfo, *, task: str, sampling: s
         ``class_weights``), plus for buckets that name the expression class ``"requested"`` (:func:`frame_mix_targets`),
         ``"max_abs_deviation"`` and ``"max_deviation_class"``.
     """
-    empirical = empirical_frame_mix(data_dir, info, task=task, seq_len=seq_len, batch_size=batch_size,
-                                    num_batches=num_batches, sampling=sampling, class_weights=class_weights,
-                                    seed=seed, skipped=skipped)
-    report = {"batches": num_batches, "empirical": {c: round(v, 4) for c, v in empirical.items()}}
+    empirical, batches = _measured_frame_mix(data_dir, info, task=task, seq_len=seq_len, batch_size=batch_size,
+                                             num_batches=num_batches, sampling=sampling, class_weights=class_weights,
+                                             seed=seed, skipped=skipped)
+    # (The batches read: fewer than asked for when --skip_corrupt left too little to read.)
+    report = {"batches": batches, "empirical": {c: round(v, 4) for c, v in empirical.items()}}
     if TASK_EXPRESSION in sampling_lib.balanced_tasks(info):
         requested = frame_mix_targets(info, sampling, task)
         worst = max(requested, key=lambda c: abs(empirical[c] - requested[c]))
