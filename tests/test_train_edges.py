@@ -111,8 +111,8 @@ def test_a_job_dir_that_is_a_file_or_an_export_holding_user_files_is_refused_bef
 
 
 def test_a_job_dir_inside_a_remote_conversion_is_told_by_its_url():
-    from trainer.training.preflight import _inside
+    from trainer.common.filesystems import is_within
 
-    assert _inside("gs://b/conv/job", "gs://b/conv/") and _inside("gs://b//conv", "gs://b/conv")
-    assert not _inside("gs://b/conversion-jobs/1", "gs://b/conv") and not _inside("gs://b/jobs", "gs://b/conv")
-    assert not _inside("/tmp/x", "gs://b/conv")
+    assert is_within("gs://b/conv/job", "gs://b/conv/") and is_within("gs://b//conv", "gs://b/conv")
+    assert not is_within("gs://b/conversion-jobs/1", "gs://b/conv") and not is_within("gs://b/jobs", "gs://b/conv")
+    assert not is_within("/tmp/x", "gs://b/conv")

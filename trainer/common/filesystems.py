@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import posixpath
 import sys
 
 # Schemes TensorFlow handles itself (no extra import).
@@ -32,6 +33,18 @@ _tfio_used = False
 def scheme_of(url: str) -> str:
     """The URL scheme (``"s3"``, ``"gs"``...) or ``""`` for a local path."""
     return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def is_within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or below it: local paths by their real paths (links followed), URLs by scheme and
+    normalised path (``gs://b//x/`` is ``gs://b/x``). A URL is never within a local folder, nor the other way."""
+    if scheme_of(path) != scheme_of(folder):
+        return False
+    if "://" not in path:
+        path, folder = os.path.realpath(path), os.path.realpath(folder)
+        return os.path.commonpath([path, folder]) == folder
+    path, folder = (posixpath.normpath(p.split("://", 1)[1]) for p in (path, folder))
+    return path == folder or path.startswith(folder + "/")
 
 
 def register_filesystems(*urls: str | None) -> None:

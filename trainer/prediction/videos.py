@@ -54,9 +54,8 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, outpu
         files = storage.gfile(path)
         if files.isdir(path):
             if storage.is_url(path):  # (Objects have no links.)
-                skip = _same_file_key(output).rstrip("/") + "/" if output and storage.is_url(output) else None
                 inside = sorted(posixpath.join(folder, name) for folder, _, names in files.walk(path)
-                                if not (skip and (_same_file_key(folder).rstrip("/") + "/").startswith(skip))
+                                if not (output and filesystems.is_within(folder, output))
                                 for name in names if _ext(name) in VIDEO_EXTENSIONS)
             else:
                 inside = [v for v in _local_files(path, output, notes) if _ext(v) in VIDEO_EXTENSIONS]
@@ -80,25 +79,17 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, outpu
 def _local_files(root: str, output: str | None, notes: list[str]) -> list[str]:
     """The files under local folder ``root``, sorted: links to folders followed, each folder entered once, the
     ``output`` folder left out (both with a note)."""
+    from beam_jobs.sources.folder_scan import file_identity  # (A folder gone since it was listed counts alone.)
 
-    def folder_key(path: str) -> tuple[int, int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
-
-    skip = folder_key(output) if output and "://" not in output else None
-    seen = {folder_key(root)}
+    skip = file_identity(output) if output and "://" not in output else None
+    seen = {file_identity(root)}
     files = []
     for folder, subfolders, names in os.walk(root, followlinks=True):
         kept = []
         for name in sorted(subfolders):
             sub = os.path.join(folder, name)
-            key = folder_key(sub)
-            if key is None:  # (Gone since it was listed: os.walk passes over it.)
-                kept.append(name)
-            elif key == skip:
+            key = file_identity(sub)
+            if key == skip:
                 notes.append(f"{sub} is the --output folder: not searched for videos")
             elif key in seen:
                 notes.append(f"{sub} leads to a folder searched already (a link): not searched again")

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import zipfile
 
 from trainer.common.errors import TrainingError
+from trainer.common.filesystems import is_within
 
 log = logging.getLogger("trainer.train")
 
@@ -164,17 +164,6 @@ def check_weights_crop_size(config, spec) -> None:
         f"convert the data at the file's crop size, or use --weights none")
 
 
-def _inside(path: str, folder: str) -> bool:
-    """Whether ``path`` is ``folder`` or below it (local: real paths; URLs: the normalised URL prefix)."""
-    import posixpath
-
-    if "://" in path or "://" in folder:
-        path, folder = (posixpath.normpath(p.split("://", 1)[-1]) if "://" in p else None for p in (path, folder))
-        return path is not None and folder is not None and (path == folder or path.startswith(folder + "/"))
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return os.path.commonpath([path, folder]) == folder
-
-
 def check_job_dir(job_dir: str, data: str | None = None) -> None:
     """Refuses, before any training, a ``--job_dir`` that is a file, one inside (or equal to) the ``data`` it trains on
     (checkpoints and reports would be mixed into a conversion output, whose next ``convert --overwrite`` then
@@ -190,7 +179,7 @@ def check_job_dir(job_dir: str, data: str | None = None) -> None:
     files = storage.gfile(job_dir)
     if files.exists(job_dir) and not files.isdir(job_dir):
         raise TrainingError(f"--job_dir {job_dir} is a file; give a folder (new, or a job's to resume)")
-    if data is not None and _inside(job_dir, data):
+    if data is not None and is_within(job_dir, data):
         raise TrainingError(f"--job_dir {job_dir} is inside --data {data}: a job writes its checkpoints, logs and "
                             "export there, into the conversion output (whose next convert --overwrite would then "
                             "refuse to replace it); give a folder apart")
