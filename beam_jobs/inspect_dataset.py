@@ -101,15 +101,21 @@ class Recount:
         self.image_formats |= other.image_formats
 
 
+def _labelled_by_task(clip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """bool ``[T]`` each: frames labelled for expression, valence/arousal and action units by the conversion's rule
+    (any value but the schema's "no label" marker; every AU of a frame for the AU task)."""
+    aus = clip.action_units
+    return (clip.expression != keys.EXPRESSION_INVALID, (clip.valence_arousal != keys.VA_INVALID).all(axis=1),
+            (aus != keys.AU_INVALID).all(axis=1) & (aus.shape[1] > 0))
+
+
 def labelled_frames(clip) -> np.ndarray:
     """bool ``[T]``: frames with a valid label of any task; the conversion's accounting counts these.
 
     The same rule as ``beam_jobs.sources.base.TrackLabels.valid``, on the labels the record holds.
     """
-    aus = clip.action_units
-    return ((clip.expression != keys.EXPRESSION_INVALID)
-            | (clip.valence_arousal != keys.VA_INVALID).all(axis=1)
-            | ((aus != keys.AU_INVALID).all(axis=1) & (aus.shape[1] > 0)))
+    expression, va, aus = _labelled_by_task(clip)
+    return expression | va | aus
 
 
 def out_of_range_frames(clip, num_classes: int) -> np.ndarray:
@@ -117,12 +123,11 @@ def out_of_range_frames(clip, num_classes: int) -> np.ndarray:
     valid for the trainer (``trainer.input.frames``: in range; :attr:`Recount.out_of_range`). So a frame the
     conversion counts is the trainer's labelled frame or this, task by task (tests/test_inspect.py holds them
     together)."""
-    expression = clip.expression
-    va, aus = clip.valence_arousal, clip.action_units
-    bad_expression = (expression != keys.EXPRESSION_INVALID) & ((expression < 0) | (expression >= num_classes))
-    bad_va = (va != keys.VA_INVALID).all(axis=1) & ~((va >= -1.0) & (va <= 1.0)).all(axis=1)  # (NaN fails both.)
-    bad_au = ((aus != keys.AU_INVALID).all(axis=1) & ~((aus == 0) | (aus == 1)).all(axis=1) & (aus.shape[1] > 0))
-    return bad_expression | bad_va | bad_au
+    expression, va, aus = clip.expression, clip.valence_arousal, clip.action_units
+    has_expression, has_va, has_aus = _labelled_by_task(clip)
+    return ((has_expression & ((expression < 0) | (expression >= num_classes)))
+            | (has_va & ~((va >= -1.0) & (va <= 1.0)).all(axis=1))  # (NaN fails both tests.)
+            | (has_aus & ~((aus == 0) | (aus == 1)).all(axis=1)))
 
 
 def recount_shard(path: str, num_classes: int | None = None) -> Recount:
@@ -137,7 +142,7 @@ def recount_shard(path: str, num_classes: int | None = None) -> Recount:
         if num_classes is not None:
             out.out_of_range += int(out_of_range_frames(clip, num_classes).sum())
         labelled, face = labelled_frames(clip), clip.has_face
-        au_ok = (clip.action_units != keys.AU_INVALID).all(axis=1) & (clip.action_units.shape[1] > 0)
+        au_ok = _labelled_by_task(clip)[2]
         out.add(Recount(
             records=1, frames=clip.num_frames, with_face=int((labelled & face).sum()),
             without_face=int((labelled & ~face).sum()), au_labelled=int(au_ok.sum()),
