@@ -10,7 +10,6 @@ an output this tool wrote and never deletes anything else.
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import json
 import multiprocessing
@@ -27,6 +26,7 @@ import abaw_layout as abaw
 import pytest
 import video_fixtures as vf
 from convert_runs import COMMON, run_convert, tree, write_inputs
+from mounts import tmpfs
 
 from beam_jobs import convert
 from beam_jobs.pipeline import output_folder
@@ -326,16 +326,8 @@ def test_ctrl_c_ends_a_run_with_code_130_in_one_line_and_the_previous_output_kep
 @pytest.fixture
 def small_disk(tmp_path):
     """A 256 KiB tmpfs (needs the right to mount; skipped elsewhere)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
-                          check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    yield mount
-    gc.collect()  # A failed writer's file object may still hold a file there until it is collected.
-    if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode != 0:
-        subprocess.run(["umount", "-l", str(mount)], check=True)  # Detached now, freed once the last file closes.
+    with tmpfs(tmp_path / "small", "256k") as mount:
+        yield mount
 
 
 def test_a_really_full_disk_keeps_the_previous_output_and_says_so_in_one_line(inputs, small_disk):

@@ -8,15 +8,12 @@ between file systems fails (EXDEV), exactly what a Docker volume or a mounted da
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import os
-import pathlib
-import subprocess
 
 import pytest
 from convert_runs import run_convert, tree, write_inputs
+from mounts import tmpfs
 
 from beam_jobs.sources.abaw import AbawSource
 from tfrecords_schema import read_dataset_info
@@ -60,21 +57,6 @@ def test_overwrite_never_deletes_what_appeared_during_the_run(inputs, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ real file systems
-@contextlib.contextmanager
-def tmpfs(path: pathlib.Path, size: str, *options: str):
-    """A tmpfs mounted at ``path`` (created); unmounted at the end."""
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
-        yield path
-    finally:
-        gc.collect()  # A failed writer's file object may still hold a file there until it is collected.
-        if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], check=True)
-
 
 def test_an_output_that_is_a_mount_point_is_written_and_replaced(inputs, tmp_path):
     with tmpfs(tmp_path / "volume", "16m") as volume:

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import video_fixtures as vf
+from mounts import tmpfs
 
 from affectstream import demo, demo_data
 from beam_jobs import convert
@@ -267,21 +268,13 @@ def test_an_output_this_user_cannot_write_is_refused_before_any_video_is_read(tm
 
 def test_an_output_on_a_read_only_file_system_is_refused_before_any_video_is_read(tmp_path, capsys):
     video = vf.write_face_video(tmp_path / "v" / "talk.mp4", [4] * 3)
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)], capture_output=True,
-                          check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
         # Before: every video was decoded and predicted, then each failed to be written (rc 1).
         for output in (ro, ro / "sub"):
             argv = ["--model", str(tmp_path / "no_model"), "--videos", str(video), "--output", str(output)]
             assert predict.run(argv) == 2
             assert (f"--output {str(output)!r} cannot be written: {ro} is on a read-only file system; nothing was "
                     "read or written") in capsys.readouterr().err
-    finally:
-        subprocess.run(["umount", str(ro)], check=True)
 
 
 def test_a_render_over_its_own_video_and_an_output_that_is_a_file_are_refused_before_any_work(tmp_path, capsys):
