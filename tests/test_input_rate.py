@@ -67,3 +67,14 @@ def test_windows_longer_than_the_clips_are_warned_about(data, caplog):
         code, _, err = _run("--data", data / "jpeg", "--task", "expr", "--batch_size", "4", "--seq_len", "8",
                             "--seconds", "0.2", "--warmup_batches", "1")
     assert code == 0 and "is longer than the clips" not in caplog.text
+
+
+def test_no_line_about_selecting_an_epoch(data, caplog):
+    # input-rate selects nothing: the plan's lines on the selection split (here the validation split, which the
+    # score is also reported on: "optimistic") would describe a selection that never happens.
+    with caplog.at_level("INFO", logger="trainer.train"):
+        code, _, err = _run("--data", data / "jpeg", "--task", "expr", "--batch_size", "4", "--seq_len", "4",
+                            "--seconds", "0.2", "--warmup_batches", "1")
+    assert code == 0, err
+    assert "strategy" in caplog.text  # the plan was logged,
+    assert "selected on" not in caplog.text and "optimistic" not in caplog.text  # its selection lines were not

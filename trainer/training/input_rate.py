@@ -100,7 +100,7 @@ def measure(config, seconds: float, warmup_batches: int = DEFAULT_WARMUP_BATCHES
     if (config.select_split or config.eval_split) not in splits or config.eval_split not in splits:
         # Nothing is evaluated here: data without the evaluated splits is measured all the same.
         config = dataclasses.replace(config, eval_split=SPLIT_TRAIN, select_split=None)
-    plan = plan_job(config, strategy, role)
+    plan = plan_job(config, strategy, role, evaluates=False)
     skipped = SkippedRecords() if config.skip_corrupt else None
     stage = make_stage(config, plan)
     frame_mix_setup(config, plan, stage.train_seq_len, config.seed, skipped, log_mix=False)

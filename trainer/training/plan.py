@@ -164,14 +164,14 @@ class JobPlan:
     au_positive_weights: object = None  # --au_positive_weight: per-AU weights of the positives in the AU loss
 
 
-def _check_labelled_heads(info, heads: tuple[str, ...], select_split: str, config: TrainConfig) -> None:
+def _check_labelled_heads(info, heads: tuple[str, ...], select_split: str | None, config: TrainConfig) -> None:
     """Refuses heads that no train frame labels (a multi-task job would export an untrained head) and a selection
     split that labels none of the heads (every epoch would score 0 and the first would stay the best); warns of a head
     the selection split does not label, which the selection score then leaves out (:func:`primary_score`). Data
     written before the conversion counted labelled frames per task (no ``task_frames``) is not checked."""
     from tfrecords_schema import TASK_OF_HEAD
 
-    def unlabelled(split: str) -> list[str] | None:
+    def unlabelled(split: str | None) -> list[str] | None:
         if split not in info.splits:
             return None
         frames = info.splits[split].task_frames
@@ -194,8 +194,11 @@ def _check_labelled_heads(info, heads: tuple[str, ...], select_split: str, confi
                     select_split, ", ".join(unscored))
 
 
-def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
+def plan_job(config: TrainConfig, strategy, role, evaluates: bool = True) -> JobPlan:
     """Reads the dataset info and checks the options against it and the strategy; logs the plan.
+
+    ``evaluates=False`` (``input-rate``, which only reads the train stream) leaves out the lines about the split the
+    best epoch is selected on, which would describe a selection that never happens.
 
     Raises:
         TrainingError: a split that the data lacks, a batch size that the replicas do not divide.
@@ -212,7 +215,7 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
     for flag, split in (("--eval_split", config.eval_split), ("--select_split", select_split)):
         if split not in info.splits:
             raise TrainingError(f"{flag} {split!r} is not in {config.data} (splits: {sorted(info.splits)})")
-    _check_labelled_heads(info, heads, select_split, config)
+    _check_labelled_heads(info, heads, select_split if evaluates else None, config)
     if config.loss_weighting != "none" and HEAD_EXPRESSION not in heads:  # (--task multi on data without them.)
         raise TrainingError(f"--loss_weighting {config.loss_weighting} weighs the expression classes, and "
                             f"{config.data} has no expression labels: leave it out")
@@ -249,6 +252,13 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
             log.info("AU positive weights (--au_positive_weight %s, from the train split's AU rates): %s",
                      config.au_positive_weight, json.dumps({n: round(float(w), 3) for n, w in
                                                             zip(info.action_unit_names, plan.au_positive_weights)}))
+    if evaluates:
+        _log_selection(config, select_split)
+    return plan
+
+
+def _log_selection(config: TrainConfig, select_split: str) -> None:
+    """The split the best epoch is selected on, and warnings where that score flatters the model."""
     log.info("best epoch selected on %r, final report on %r", select_split, config.eval_split)
     if select_split == SPLIT_TRAIN and config.select_split:
         log.warning("--select_split %s selects the best epoch on the frames it trains on: the score rewards fitting "
@@ -259,4 +269,3 @@ def plan_job(config: TrainConfig, strategy, role) -> JobPlan:
                     "last epoch's score is reported next to it)%s", select_split,
                     "" if config.select_split else f"; {config.data} has no {SPLIT_SELECTION!r} split (convert "
                     "with --select_fraction > 0 and enough train subjects for one)")
-    return plan
