@@ -201,9 +201,10 @@ def predict(args) -> int:
     for note in duplicates + notes:
         print(f"[predict] note: {note}", file=sys.stderr, flush=True)
     check_output_place(args.output, tracks, args.render, args.videos)
+    annotated = None
     if args.annotations:  # Scored at the end: an empty or mistyped folder is said now, not after every video.
         try:
-            scoring.annotated_tracks(args.annotations, args.score_split)
+            annotated = scoring.annotated_tracks(args.annotations, args.score_split)
         except ValueError as e:
             raise PredictUsageError(str(e)) from e
     model_info, served, model_dir = load_export(args.model)
@@ -280,7 +281,7 @@ def predict(args) -> int:
                "notes": notes}
     if args.annotations:  # This run's predictions only: files an earlier run left in OUT are not scored.
         scores = scoring.score_predictions(args.output, args.annotations, args.score_split,
-                                           stems={v["stem"] for v in done})
+                                           stems={v["stem"] for v in done}, annotated=annotated)
         summary["scores"] = write_atomically(join_path(args.output, SCORES_FILENAME),
                                              json.dumps(scores, indent=2, sort_keys=True) + "\n")
         print(f"scores against {args.annotations} [{args.score_split}] -> {summary['scores']}\n"

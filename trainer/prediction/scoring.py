@@ -90,7 +90,7 @@ def annotated_tracks(annotations: str, split: str):
 
 
 def score_predictions(pred_dir: str, annotations: str, split: str = "validation",
-                      stems: Collection[str] | None = None) -> dict:
+                      stems: Collection[str] | None = None, annotated: tuple | None = None) -> dict:
     """Scores the ABAW files under ``pred_dir`` against the ABAW annotation files of ``split``.
 
     Every annotated track of the split whose prediction file exists is scored, over its frames with a valid
@@ -109,6 +109,8 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
         split: ``validation``, ``train`` or ``all``.
         stems: Score only the prediction files of these names (a run's own videos; files that an earlier run left in
             ``pred_dir`` are not this run's predictions); None: every file found.
+        annotated: :func:`annotated_tracks` of ``annotations`` and ``split`` when the caller has it already
+            (``predict`` checks the annotations before any video): the root is then not listed again.
 
     Returns:
         ``{head: metrics (with "frames" and "with_face"), "score", "per_video": rows, "videos_scored",
@@ -123,7 +125,7 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
     from trainer.evaluation.coverage import coverage_block
     from trainer.evaluation.metrics import PredictionAccumulator
 
-    source, found, tracks = annotated_tracks(annotations, split)
+    source, found, tracks = annotated or annotated_tracks(annotations, split)
     heads = [h for h in HEADS if TASK_OF_HEAD[h] in found.tasks
              and storage.gfile(pred_dir).isdir(join_path(pred_dir, SUBMISSION_DIRS[h]))]
     if not heads:
