@@ -128,3 +128,23 @@ def test_every_sampling_mode_reports_its_own_targets(affwild, mode):
     assert report["heads"]["valence_arousal"]["target"] == pytest.approx(
         {c: round(v, 4) for c, v in sampling.class_targets(info, mode, "va").items()})
     assert report["sampling"] == mode
+
+
+@pytest.mark.parametrize("bucket_by, tasks, expected", [
+    ("none", ("expr", "va"), "needs buckets that name the expression class .* bucketed by 'none'"),
+    (None, ("va",), "this data has no expression labels: leave it out"),
+])
+def test_balance_frames_that_cannot_balance_is_refused_by_the_plan(tmp_path, bucket_by, tasks, expected):
+    # Refused when the job is planned: it used to be refused only once the model had been built.
+    from trainer_data import write_dataset
+
+    from trainer.common.errors import TrainingError
+    from trainer.training import distribution
+    from trainer.training.plan import plan_job
+
+    write_dataset(tmp_path, num_clips_per_class={"A": 2, "B": 2}, clip_length=4, crop_size=16, tasks=tasks,
+                  bucket_by=bucket_by)
+    config = config_lib.TrainConfig(data=str(tmp_path), job_dir=str(tmp_path / "job"), task="multi",
+                                    balance_frames=True, batch_size=2, seq_len=4)
+    with pytest.raises(TrainingError, match=expected):
+        plan_job(config, *distribution.make_strategy(config.strategy))

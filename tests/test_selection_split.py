@@ -85,7 +85,8 @@ def test_heads_without_train_labels_are_refused_and_a_selection_split_without_la
 
     def data(train, selection, written=10):
         def split(frames):
-            return types.SimpleNamespace(task_frames=frames, accounting=types.SimpleNamespace(written_frames=written))
+            return types.SimpleNamespace(task_frames=frames, class_frames={},
+                                         accounting=types.SimpleNamespace(written_frames=written))
 
         return types.SimpleNamespace(splits={SPLIT_TRAIN: split(train), SPLIT_SELECTION: split(selection)})
 
@@ -103,6 +104,37 @@ def test_heads_without_train_labels_are_refused_and_a_selection_split_without_la
     _check_labelled_heads(data({}, {}), heads, SPLIT_SELECTION, config)  # Data without task_frames: not checked.
     with pytest.raises(TrainingError, match="no train frame of DATA is labelled for expression, valence_arousal"):
         _check_labelled_heads(data({}, {}, written=0), heads, SPLIT_SELECTION, config)  # Nothing labelled at all.
+
+
+def test_expression_classes_the_train_split_lacks_are_warned_of(caplog):
+    from trainer.training.plan import _warn_of_untrainable_classes
+
+    def data(**splits):
+        return types.SimpleNamespace(splits={name: types.SimpleNamespace(class_frames={"expr": frames})
+                                             for name, frames in splits.items()})
+
+    config = types.SimpleNamespace(data="DATA", eval_split=SPLIT_VALIDATION)
+    with caplog.at_level("WARNING"):
+        _warn_of_untrainable_classes(data(train={"Neutral": 50, "Happiness": 9, "Fear": 0},
+                                          selection={"Neutral": 5, "Fear": 3},
+                                          validation={"Neutral": 5, "Happiness": 2, "Fear": 4, "Anger": 0}),
+                                     SPLIT_SELECTION, config)
+    # Fear is scored on both evaluated splits but never trained; Anger has no frame anywhere: not named.
+    assert "'selection' split has frames of expression class(es) no train frame is labelled with (Fear: 3 frames)" \
+        in caplog.text
+    assert "'validation' split has frames of expression class(es) no train frame is labelled with (Fear: 4 frames)" \
+        in caplog.text
+    assert "Anger" not in caplog.text and "one expression class" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _warn_of_untrainable_classes(data(train={"Neutral": 50, "Fear": 0}, validation={"Neutral": 5}),
+                                     SPLIT_VALIDATION, config)
+    assert "every labelled train frame of DATA is of one expression class (Neutral)" in caplog.text
+    assert "no train frame is labelled with" not in caplog.text  # validation is checked once, and lacks nothing
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # Data counted before class_frames were recorded: not checked.
+        _warn_of_untrainable_classes(data(train={}, validation={"Neutral": 5}), SPLIT_VALIDATION, config)
+    assert not caplog.text
 
 
 def test_a_head_that_scored_no_frame_is_left_out_of_the_selection_score():

@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Sequence
 
-from tfrecords_schema import SPLIT_SELECTION, SPLIT_TRAIN, SPLIT_VALIDATION
+from tfrecords_schema import HEAD_EXPRESSION, SPLIT_SELECTION, SPLIT_TRAIN, SPLIT_VALIDATION, TASK_EXPRESSION
 from trainer.common.choices import STAGE_FRAMES
 from trainer.common.errors import TrainingError
 from trainer.training.config import TrainConfig
@@ -117,7 +117,6 @@ def frame_mix_setup(config: TrainConfig, plan, seq_len: int, input_seed: int, sk
     the same ones (:func:`trainer.input.mixing.balanced_frame_weights`). The logged mix is the expression class
     share of the loss weight in the first ``CLASS_MIX_BATCHES`` batches (:func:`trainer.input.mixing.frame_mix_report`).
     """
-    from tfrecords_schema import HEAD_EXPRESSION
     from trainer.input.mixing import balanced_frame_weights, frame_mix_report
 
     if config.balance_frames:
@@ -192,6 +191,28 @@ def _check_labelled_heads(info, heads: tuple[str, ...], select_split: str | None
     if unscored:
         log.warning("the %r split labels no frame for %s: the best epoch is selected on the other heads only",
                     select_split, ", ".join(unscored))
+    if HEAD_EXPRESSION in heads:
+        _warn_of_untrainable_classes(info, select_split, config)
+
+
+def _warn_of_untrainable_classes(info, select_split: str | None, config: TrainConfig) -> None:
+    """Warns of expression classes the train split has no frame of: the model can never predict them, yet an
+    evaluated split that holds them scores them (an F1 of 0 each in its macro-F1), and a train split of one class
+    trains a constant. Data counted before per-class frames were recorded (no ``class_frames``) is not checked."""
+    train = info.splits[SPLIT_TRAIN].class_frames.get(TASK_EXPRESSION)
+    if not train:
+        return
+    trained = [name for name, n in train.items() if n]
+    if len(trained) == 1:
+        log.warning("every labelled train frame of %s is of one expression class (%s): the model can only learn to "
+                    "answer it", config.data, trained[0])
+    for split in dict.fromkeys(s for s in (select_split, config.eval_split) if s in info.splits):
+        frames = info.splits[split].class_frames.get(TASK_EXPRESSION, {})
+        missing = {name: n for name, n in frames.items() if n and not train.get(name)}
+        if missing:
+            log.warning("the %r split has frames of expression class(es) no train frame is labelled with (%s): the "
+                        "model cannot predict them, and their F1 of 0 counts in that split's macro-F1", split,
+                        ", ".join(f"{name}: {n} frames" for name, n in missing.items()))
 
 
 def plan_job(config: TrainConfig, strategy, role, evaluates: bool = True) -> JobPlan:
@@ -203,7 +224,7 @@ def plan_job(config: TrainConfig, strategy, role, evaluates: bool = True) -> Job
     Raises:
         TrainingError: a split that the data lacks, a batch size that the replicas do not divide.
     """
-    from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, read_dataset_info
+    from tfrecords_schema import HEAD_ACTION_UNITS, read_dataset_info
     from trainer.input import sampling
     from trainer.input.pipeline import heads_for_task
     from trainer.training import distribution
@@ -219,6 +240,13 @@ def plan_job(config: TrainConfig, strategy, role, evaluates: bool = True) -> Job
     if config.loss_weighting != "none" and HEAD_EXPRESSION not in heads:  # (--task multi on data without them.)
         raise TrainingError(f"--loss_weighting {config.loss_weighting} weighs the expression classes, and "
                             f"{config.data} has no expression labels: leave it out")
+    if config.balance_frames:  # Refused now rather than once the model is built (frame_mix_setup).
+        from trainer.input.mixing import frame_mix_targets
+
+        try:
+            frame_mix_targets(info, config.sampling, config.task)
+        except ValueError as e:
+            raise TrainingError(str(e)) from e
     num_replicas = strategy.num_replicas_in_sync
     if config.batch_size % num_replicas:
         raise TrainingError(
