@@ -100,6 +100,12 @@ def test_checkpoints_from_before_the_optimizer_options_were_kept_still_resume():
     older = {k: v for k, v in current.items() if k not in RUN_OPTIONS}
     assert differences(older, current) == []
     assert differences({**older, "optimizer": "sgd"}, current) == ['optimizer: "sgd" in the checkpoint, "adam" now']
+    # ... but the selection split they chose their best epoch on is unknown: said, not passed silently.
+    from trainer.training.fingerprint import unrecorded_selection
+
+    assert "epochs from now on are selected on 'selection'" in unrecorded_selection(older, current)
+    assert unrecorded_selection(current, current) is None
+    assert unrecorded_selection(older, {k: v for k, v in current.items() if k != "select_split"}) is None
 
 
 def test_allow_data_change_resumes_and_records_the_new_fingerprint(copy, caplog):

@@ -97,6 +97,20 @@ def differing(stored: dict, current: dict) -> list[str]:
             and not (name in RUN_OPTIONS and name not in stored)]  # (Checkpoints from before they were kept.)
 
 
+def unrecorded_selection(stored: dict, current: dict) -> str | None:
+    """A warning for a checkpoint written before the selection split was recorded, else None.
+
+    Such a job may have selected its best epoch so far on another split (an ``--eval_split test`` job without a
+    ``selection`` split selected on test; the default is validation now), and :func:`differing` cannot tell: the best
+    score so far and the epochs scored from now on may then be on different splits.
+    """
+    if "select_split" not in current or "select_split" in stored:
+        return None
+    return (f"the checkpoint does not record the split its best epoch so far was selected on (written by an older "
+            f"version); epochs from now on are selected on {current['select_split']!r}, and the best score so far "
+            "may be another split's: use a new --job_dir to select on one split throughout")
+
+
 def differences(stored: dict, current: dict) -> list[str]:
     """``"name: <stored> in the checkpoint, <current> now"`` for every value that differs (sorted by name)."""
     return [f"{name}: {json.dumps(stored.get(name))} in the checkpoint, {json.dumps(current.get(name))} now"

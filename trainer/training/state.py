@@ -30,7 +30,7 @@ import tensorflow as tf
 from tfrecords_schema import join_path
 from trainer.common.errors import TrainingError
 from trainer.training import distribution, schedules
-from trainer.training.fingerprint import OPTIMIZER_OPTIONS, differences, differing
+from trainer.training.fingerprint import OPTIMIZER_OPTIONS, differences, differing, unrecorded_selection
 
 log = logging.getLogger("trainer.train")
 
@@ -146,6 +146,9 @@ class TrainState:
                         "options it was trained on cannot be checked", latest)
             return
         stored = json.loads(reader.get_tensor(FINGERPRINT_KEY).decode("utf-8"))
+        unrecorded = unrecorded_selection(stored, self._fingerprint)
+        if unrecorded:
+            log.warning("%s: %s", latest, unrecorded)
         changed = differences(stored, self._fingerprint)
         if not changed:
             return
