@@ -252,6 +252,24 @@ def test_a_folder_search_enters_each_folder_once_and_leaves_out_the_output_folde
         "c/up leads to a folder searched already (a link): not searched again"]
 
 
+def test_a_url_folder_search_leaves_out_an_output_folder_below_it_only(tmp_path):
+    # file:// goes through the URL search (tf.io.gfile), as gs:// and s3:// do.
+    root = tmp_path / "v"
+    (root / "preds").mkdir(parents=True)
+    (root / "a.mp4").write_bytes(b"listing only")
+    (root / "preds" / "a.mp4").write_bytes(b"a render of an earlier run")
+    url = f"file://{root}"
+    notes: list[str] = []
+    assert videos.list_videos([url], output=f"{url}/preds", notes=notes) == [f"{url}/a.mp4"]
+    assert notes == [f"{url}/preds is the --output folder: not searched for videos"]
+    # The output is the searched folder or above it (the CSVs next to the videos): everything below is searched, as
+    # locally. Before, every folder was left out and the run stopped with "no video under folder".
+    for output in (url, f"file://{tmp_path}"):
+        notes = []
+        assert videos.list_videos([url], output=output, notes=notes) == [f"{url}/a.mp4", f"{url}/preds/a.mp4"]
+        assert not notes
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a folder whatever its mode (the tmpfs test below "
                     "covers it there)")
 def test_an_output_this_user_cannot_write_is_refused_before_any_video_is_read(tmp_path, capsys):

@@ -54,9 +54,7 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, outpu
         files = storage.gfile(path)
         if files.isdir(path):
             if storage.is_url(path):  # (Objects have no links.)
-                inside = sorted(posixpath.join(folder, name) for folder, _, names in files.walk(path)
-                                if not (output and filesystems.is_within(folder, output))
-                                for name in names if _ext(name) in VIDEO_EXTENSIONS)
+                inside = [v for v in _remote_files(path, output, notes) if _ext(v) in VIDEO_EXTENSIONS]
             else:
                 inside = [v for v in _local_files(path, output, notes) if _ext(v) in VIDEO_EXTENSIONS]
             if not inside:
@@ -74,6 +72,23 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, outpu
         else:
             duplicates.append(f"{video} is the same video as {first[key]}: predicted once")
     return list(first.values())
+
+
+def _remote_files(root: str, output: str | None, notes: list[str]) -> list[str]:
+    """The objects under URL ``root``, sorted, the ``output`` folder's left out (with a note) where it lies below
+    ``root``, as :func:`_local_files` does. A root that is the output folder or inside it is searched whole: the
+    run's CSVs may sit next to the videos (a ``--render`` there is refused, :func:`check_output_place`)."""
+    from tfrecords_schema import storage
+
+    skip = output if output and storage.is_url(output) and not filesystems.is_within(root, output) else None
+    found = []
+    for folder, _, names in storage.gfile(root).walk(root):
+        if skip and filesystems.is_within(folder, skip):
+            if _same_file_key(folder) == _same_file_key(skip):
+                notes.append(f"{folder} is the --output folder: not searched for videos")
+            continue
+        found += (posixpath.join(folder, name) for name in names)
+    return sorted(found)
 
 
 def _local_files(root: str, output: str | None, notes: list[str]) -> list[str]:
