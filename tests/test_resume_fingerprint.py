@@ -90,6 +90,12 @@ def test_changed_model_options_are_named_with_both_values(copy):
     assert rc == 1 and "steps_per_epoch: 2 in the checkpoint, 3 now" in err, err[-2000:]
     assert "--allow_data_change" in err  # (They follow the data when not given: new data may change them.)
     assert _latest_step(root / "job") == 2
+    # float32 -> bfloat16 restores the same optimizer variables: refused without --allow_data_change (it changes the
+    # run), passed with it (it was refused as if the restore could not take it).
+    rc, err = run_train(command + ["--epochs", "2", "--precision", "mixed_bfloat16"])
+    assert rc == 1 and 'precision: "float32" in the checkpoint, "mixed_bfloat16" now' in err, err[-2000:]
+    rc, err = run_train(command + ["--epochs", "2", "--precision", "mixed_bfloat16", "--allow_data_change"])
+    assert rc == 0 and _latest_step(root / "job") == 4, err[-2000:]
 
 
 def test_checkpoints_from_before_the_optimizer_options_were_kept_still_resume():
@@ -100,6 +106,18 @@ def test_checkpoints_from_before_the_optimizer_options_were_kept_still_resume():
     older = {k: v for k, v in current.items() if k not in RUN_OPTIONS}
     assert differences(older, current) == []
     assert differences({**older, "optimizer": "sgd"}, current) == ['optimizer: "sgd" in the checkpoint, "adam" now']
+    # What the optimizer's variables cannot take is refused even with --allow_data_change; the rest passes with it.
+    from trainer.training.fingerprint import unrestorable
+
+    assert unrestorable({**current, "optimizer": "sgd"}, current) == ["optimizer"]
+    assert unrestorable({**current, "lr_schedule": "cosine"}, current) == ["lr_schedule"]  # a schedule, then none
+    assert unrestorable({**current, "warmup_steps": 5}, current) == ["warmup_steps"]
+    assert unrestorable({**current, "precision": "mixed_float16"}, current) == ["precision"]  # loss scaling
+    warm = {**current, "warmup_steps": 5}
+    assert unrestorable(warm, {**warm, "warmup_steps": 10}) == []  # both schedules
+    assert unrestorable(warm, {**warm, "lr_schedule": "cosine"}) == []
+    assert unrestorable(current, {**current, "precision": "mixed_bfloat16"}) == []  # neither scales the loss
+    assert unrestorable(older, current) == []  # not recorded: not compared
     # ... but the selection split they chose their best epoch on is unknown: said, not passed silently.
     from trainer.training.fingerprint import unrecorded_selection
 

@@ -10,11 +10,12 @@ the new data's ``model_info.json``) something else. :func:`job_fingerprint` desc
   backbone, CNN width, feature size, temporal head and sizes, sequence length, and the export a stage starts
   from (``init_backbone``: the sequence stage's ``--features_from``, a fine-tuned ``--init_from``) with the layer
   cut and the class map (recorded only when set, so older checkpoints keep their fingerprint);
-* :data:`RUN_OPTIONS`, compared only when the checkpoint records them (older ones go on resuming): the options that
-  shape the optimizer's checkpointed state (:data:`OPTIMIZER_OPTIONS`: a change of them failed in the restore, with a
-  message about tensor shapes or dtypes; never passed by ``--allow_data_change``), the split the best epoch is
-  selected on (the best score so far was taken there) and the steps of an epoch (epochs are counted in them; both
-  follow the data when not given, so ``--allow_data_change`` passes them).
+* :data:`RUN_OPTIONS`, compared only when the checkpoint records them (older ones go on resuming): the optimizer's
+  options (:data:`OPTIMIZER_OPTIONS`), the split the best epoch is selected on (the best score so far was taken there)
+  and the steps of an epoch (epochs are counted in them; both follow the data when not given). ``--allow_data_change``
+  passes a change of any of them but one the optimizer's checkpointed variables cannot take (:func:`unrestorable`:
+  another optimizer, a learning-rate schedule where there was a constant rate or the other way, loss scaling on or
+  off), which failed in the restore with a message about tensor shapes or dtypes.
 
 :class:`trainer.training.state.TrainState` stores it in every checkpoint and refuses to resume under another one
 (:func:`differences` names each differing value on both sides) unless ``--allow_data_change``.
@@ -95,6 +96,26 @@ def differing(stored: dict, current: dict) -> list[str]:
     """The names whose values differ (sorted), :data:`RUN_OPTIONS` only where ``stored`` records them."""
     return [name for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)
             and not (name in RUN_OPTIONS and name not in stored)]  # (Checkpoints from before they were kept.)
+
+
+def _optimizer_layout(fingerprint: dict) -> dict[str, object]:
+    """Per option of :data:`OPTIMIZER_OPTIONS`, what of it shapes the optimizer's checkpointed variables: the optimizer
+    (its slots); whether the learning rate is a schedule (a constant rate without warm-up is a variable of the
+    optimizer, a schedule none: :func:`trainer.training.schedules.learning_rate`); whether the loss is scaled (the
+    loss-scale optimizer's own variables: ``mixed_float16`` only)."""
+    from trainer.common.choices import PRECISION_FLOAT16
+
+    schedule = fingerprint.get("lr_schedule") != "constant" or bool(fingerprint.get("warmup_steps"))
+    return {"optimizer": fingerprint.get("optimizer"), "lr_schedule": schedule, "warmup_steps": schedule,
+            "precision": fingerprint.get("precision") == PRECISION_FLOAT16}
+
+
+def unrestorable(stored: dict, current: dict) -> list[str]:
+    """The :data:`OPTIMIZER_OPTIONS` among :func:`differing` whose change the checkpointed optimizer cannot take
+    (:func:`_optimizer_layout`): refused even with ``--allow_data_change``. Another warm-up length, cosine decay for a
+    warmed-up constant rate, or ``float32`` for ``mixed_bfloat16`` restore the same variables."""
+    before, now = _optimizer_layout(stored), _optimizer_layout(current)
+    return [name for name in differing(stored, current) if name in OPTIMIZER_OPTIONS and before[name] != now[name]]
 
 
 def unrecorded_selection(stored: dict, current: dict) -> str | None:

@@ -30,7 +30,7 @@ import tensorflow as tf
 from tfrecords_schema import join_path
 from trainer.common.errors import TrainingError
 from trainer.training import distribution, schedules
-from trainer.training.fingerprint import OPTIMIZER_OPTIONS, differences, differing, unrecorded_selection
+from trainer.training.fingerprint import differences, unrecorded_selection, unrestorable
 
 log = logging.getLogger("trainer.train")
 
@@ -154,7 +154,7 @@ class TrainState:
             return
         message = (f"checkpoint {latest} does not fit this model/options: it was trained on other data or "
                    f"options ({'; '.join(changed)})")
-        fixed = [name for name in differing(stored, self._fingerprint) if name in OPTIMIZER_OPTIONS]
+        fixed = unrestorable(stored, self._fingerprint)
         if fixed:
             raise TrainingError(message + f". The optimizer's checkpointed state cannot take another "
                                 f"{', '.join('--' + name for name in fixed)}, also with --allow_data_change: resume "
