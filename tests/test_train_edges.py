@@ -116,3 +116,13 @@ def test_a_job_dir_inside_a_remote_conversion_is_told_by_its_url():
     assert is_within("gs://b/conv/job", "gs://b/conv/") and is_within("gs://b//conv", "gs://b/conv")
     assert not is_within("gs://b/conversion-jobs/1", "gs://b/conv") and not is_within("gs://b/jobs", "gs://b/conv")
     assert not is_within("/tmp/x", "gs://b/conv")
+
+
+def test_a_diverged_epoch_names_the_kept_best_epoch_only_when_there_is_one():
+    from trainer.training.job import divergence_message
+
+    first = divergence_message(1, "selection", "float32", 0, "JOB/best", "expression: 12 of 40 outputs")
+    assert first == ("epoch 1: the model's outputs are not finite on selection (training diverged: lower "
+                     "--learning_rate); no epoch has been kept yet. (expression: 12 of 40 outputs)")
+    later = divergence_message(3, "selection", "mixed_float16", 2, "JOB/best", "x")
+    assert "lower --learning_rate, or train in float32); the best epoch so far (2) is in JOB/best" in later

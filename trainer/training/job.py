@@ -75,6 +75,7 @@ import json
 import logging
 import sys
 
+from trainer.common.choices import PRECISION_FLOAT32
 from trainer.common.errors import TrainingError
 from trainer.training.config import TrainConfig, to_dict
 from trainer.training.plan import JobPlan, frame_mix_setup, plan_job, write_input_mix
@@ -160,7 +161,17 @@ def _job_lock(config: TrainConfig, role):
 # Training: the epoch loop, its evaluations, the final export and report.
 
 
-def _evaluate_epoch(epoch: int, model, eval_model, evaluator: Evaluator, plan: JobPlan, state, eval_writer) -> dict:
+def divergence_message(epoch: int, split: str, precision: str, best_epoch: int, best_dir: str, error) -> str:
+    """The error of an epoch whose outputs are not finite: what to change, and where the best epoch so far is (when
+    one has been kept: none before the first evaluation)."""
+    fix = "lower --learning_rate" + (", or train in float32" if precision != PRECISION_FLOAT32 else "")
+    kept = (f"the best epoch so far ({best_epoch}) is in {best_dir}" if best_epoch > 0
+            else "no epoch has been kept yet")
+    return f"epoch {epoch}: the model's outputs are not finite on {split} (training diverged: {fix}); {kept}. ({error})"
+
+
+def _evaluate_epoch(epoch: int, model, eval_model, evaluator: Evaluator, plan: JobPlan, state, eval_writer,
+                    precision: str) -> dict:
     """Scores ``epoch`` on the selection split with the float32 copy; saves ``best/`` when it is the best.
 
     Logs the epoch to TensorBoard (:func:`trainer.evaluation.tensorboard.log_epoch`: metrics, validation loss, per-class
@@ -174,9 +185,8 @@ def _evaluate_epoch(epoch: int, model, eval_model, evaluator: Evaluator, plan: J
     try:
         result = evaluator.predictions(eval_model, plan.select_split, observers=[validation_loss]).result()
     except NonFiniteOutputError as e:
-        raise TrainingError(f"epoch {epoch}: the model's outputs are not finite on {plan.select_split} (training "
-                            f"diverged: lower --learning_rate, or train in float32); the best epoch so far is in "
-                            f"{state.best_dir}. ({e})") from e
+        raise TrainingError(divergence_message(epoch, plan.select_split, precision, int(state.best_epoch.numpy()),
+                                               state.best_dir, e)) from e
     tensorboard.log_epoch(eval_writer, epoch, result, validation_loss=validation_loss.result(),
                           expression_names=plan.info.expression_names,
                           context=reports.ReportContext(plan.info.name, plan.select_split, eval_model.name, epoch))
@@ -395,7 +405,8 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan, cleanup: 
 
     def end_of_epoch(epoch: int) -> bool:
         """Evaluates ``epoch``, unfreezes the backbone after its frozen epochs; True when the job stops early."""
-        result = _evaluate_epoch(epoch, model, eval_model, epoch_evaluator, plan, state, eval_writer)
+        result = _evaluate_epoch(epoch, model, eval_model, epoch_evaluator, plan, state, eval_writer,
+                                 config.precision)
         last_epoch.update(epoch=epoch, score=result["score"])
         if role.is_chief:
             from tfrecords_schema import join_path
