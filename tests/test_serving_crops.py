@@ -163,6 +163,19 @@ def test_predict_prepares_provided_crops_as_the_conversion_does(provided):
         assert (served.missing, served.unreadable, served.past_video_end) == (1, 1, 2)
 
 
+def test_provided_crops_are_served_where_the_video_frame_does_not_decode(tmp_path):
+    # The conversion writes a provided crop whatever the video's frame does (the video gives times and the length
+    # only), and evaluate scores it; predict marked such a frame not decoded, and its scoring left it out.
+    video = vf.corrupt_mjpeg_frames(vf.write_face_video(tmp_path / "v.avi", [4] * 6), [3])
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for i in range(1, 7):
+        cv2.imwrite(str(folder / f"{i:05d}.jpg"), vf.face_frame(4, seed=i)[8:112, 28:132])
+    served = list(ProvidedCrops(str(video), str(folder), 32, 90))
+    assert [c.index for c in served] == [1, 2, 3, 4, 5, 6] and all(c.decoded for c in served)
+    assert all(c.bbox is not None for c in served)
+
+
 def test_the_export_records_its_provided_crops(provided):
     info = json.loads((provided["export"] / "model_info.json").read_text())
     assert info["crops"]["source"] == "provided" and info["crops"]["crop_size"] == 32

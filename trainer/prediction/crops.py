@@ -38,7 +38,9 @@ class FrameCrop:
         timestamp_us: Frame time.
         crop: The crop, encoded as the conversion stores it (the codec of ``ServedCrops``).
         bbox: Normalised ``(ymin, xmin, ymax, xmax)`` of the face, None without one.
-        decoded: Whether the video's frame decoded.
+        decoded: Whether the frame's pixels were read: the video's frame decoded (face stage); always with provided
+            crops, whose crop file is the frame's pixels whether or not the video's frame decodes (a missing or
+            unreadable crop is served blank, without a face), as the conversion writes and evaluate scores it.
     """
 
     index: int
@@ -163,7 +165,7 @@ class ProvidedCrops:
                         crop, bbox = prepared, provided.WHOLE_IMAGE_BOX
                 else:
                     self.missing += 1
-                yield FrameCrop(frame.index, frame.timestamp_us, crop, bbox, frame.status is FrameStatus.DECODED)
+                yield FrameCrop(frame.index, frame.timestamp_us, crop, bbox, True)
             last = video.frames_read
             self.stream = video.facts()
         self.past_video_end = sum(1 for name in storage.gfile(self.crops_dir).listdir(self.crops_dir)
