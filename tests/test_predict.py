@@ -140,6 +140,16 @@ def test_csv_has_one_row_per_frame_and_only_the_columns_of_the_model_heads(tmp_p
     assert not (tmp_path / "EXPR").exists()  # the CSV alone; write_submission writes the ABAW files
 
 
+def test_csv_au_probabilities_stay_on_the_side_of_the_threshold_the_au_file_took(tmp_path):
+    preds = make_predictions(1, heads=(HEAD_ACTION_UNITS,))
+    preds.outputs[HEAD_ACTION_UNITS][0, :3] = [np.nextafter(np.float32(0.5), np.float32(0)), 0.5, 0.4999994]
+    row = read_rows(P.write_csv(str(tmp_path / "clip.csv"), preds))[0]
+    au_file = pathlib.Path(P.write_submission(str(tmp_path), preds)[HEAD_ACTION_UNITS]).read_text().splitlines()
+    assert au_file[1].split(",")[:3] == ["0", "1", "0"]
+    # Just under 0.5 printed "0.500000" next to a 0 in the AU file.
+    assert [row[f"au_{n}"] for n in AU_NAMES[:3]] == ["0.499999", "0.500000", "0.499999"]
+
+
 def test_csv_quotes_class_names_that_hold_a_comma_or_quote_and_abaw_headers_refuse_them(tmp_path):
     preds = make_predictions(6, heads=(HEAD_EXPRESSION,), has_face=[True, False] * 3)
     names = ["happy, excited", 'say "cheese"'] + EXPR_NAMES[2:]
@@ -197,6 +207,8 @@ def test_scoring_counts_every_labelled_frame_reports_face_frames_and_what_was_no
     assert every["frames"] == 13 and every["accuracy"] == pytest.approx(8 / 13) and every["missed_frames"] == 4
     assert every["per_class"]["Neutral"]["recall"] == pytest.approx(2 / 4)  # frames 1, 7 right; 2 without a file
     assert every["macro_f1"] < expr["macro_f1"]
+    # Its with_face block is over the 5 labelled frames with a face found (it held all 13 before).
+    assert every["with_face"]["frames"] == 5 and every["with_face"]["accuracy"] == 1.0
     # 12 labelled lines of clip (expression or valence/arousal) + 2 of not_predicted; 10 of them predicted.
     assert scores["coverage"] == {"labelled_frames": 14, "scored_frames": 10, "coverage": round(10 / 14, 6),
                                   "not_scored": {"no_prediction_file": 2, "beyond_predictions": 2}}

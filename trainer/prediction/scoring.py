@@ -179,10 +179,11 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
         frames["decode_error"] += int((covered_any & ~decoded).sum())
         frames["beyond_predictions"] += int((past_end & ~covered_any).sum())
         frames["no_prediction_file"] += int((valid_any & ~covered_any & ~past_end).sum())
+        # A frame without a prediction has no face found (its with_face block is over the predicted faces only).
         every.update({h: _padded(truth[h][0], length)[None] for h in track_heads},
                      {h: _padded(predicted[h], length)[None] for h in track_heads},
                      {h: _padded(truth[h][1], length).astype(np.float32)[None] for h in track_heads},
-                     media_ids=[track.media_id])
+                     has_face=(face & covered_any)[None], media_ids=[track.media_id])
         if not present:
             continue
         # The predicted frames alone: every head of the track in one update call (the per-video frame count counts
