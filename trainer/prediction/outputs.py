@@ -222,6 +222,13 @@ def _write_text_lines(path: str, header: str, lines) -> str:
     return path
 
 
+def _au_probability_text(p: float) -> str:
+    """An AU probability to 6 decimals, on the side of :data:`AU_THRESHOLD` its decision took: one just under it
+    would round to ``0.500000`` while the AU file holds 0 for it."""
+    text = f"{p:.6f}"
+    return "0.499999" if p < AU_THRESHOLD and text == f"{AU_THRESHOLD:.6f}" else text
+
+
 def write_csv(path: str, preds: VideoPredictions) -> str:
     """Writes ``preds`` as one CSV row per frame (columns: :func:`csv_columns`); returns ``path``.
 
@@ -246,7 +253,7 @@ def write_csv(path: str, preds: VideoPredictions) -> str:
             if va is not None:
                 fields += [f"{v:.6f}" for v in va[i]]
             if has[HEAD_ACTION_UNITS]:
-                fields += [f"{p:.6f}" for p in preds.outputs[HEAD_ACTION_UNITS][i]]
+                fields += [_au_probability_text(p) for p in preds.outputs[HEAD_ACTION_UNITS][i]]
             yield ",".join(fields)
 
     return _write_text_lines(path, ",".join(csv_field(c) for c in csv_columns(names)), rows())
