@@ -14,6 +14,7 @@ Example:
     affectstream input-rate --data OUT --task expr --batch_size 64 --seq_len 16 --seconds 30
     affectstream evaluate --model JOB/export --data OUT
     affectstream predict --model JOB/export --videos VIDEOS --output PREDICTIONS
+    affectstream score --predictions PREDICTIONS --annotations ANNOTATIONS
     affectstream import-model --keras FER.hdf5 --class_names angry,...,neutral --pixel_range=-1,1 --output EXPORT
 """
 
@@ -34,6 +35,8 @@ COMMANDS = {
     "data-service": ("trainer.input.data_service", "tf.data service dispatcher + workers for `train --data_service`"),
     "evaluate": ("trainer.evaluation.evaluate", "whole-set metrics and confusion matrix of an exported model"),
     "predict": ("trainer.prediction.predict", "per-frame predictions (CSV, ABAW files) of an exported model on new videos"),
+    "score": ("trainer.prediction.score", "score a folder of ABAW prediction files (several predict runs) against "
+              "ABAW annotations"),
     "import-model": ("trainer.training.import_model", "a face model trained elsewhere (.keras, .h5, SavedModel) "
                      "-> an export"),
     "demo": ("affectstream.demo", "generate the demo dataset, convert, inspect, train, evaluate, report"),

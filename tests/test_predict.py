@@ -22,7 +22,7 @@ import pytest
 import video_fixtures as vf
 from mounts import tmpfs
 
-from affectstream import demo, demo_data
+from affectstream import cli, demo, demo_data
 from beam_jobs import convert
 from beam_jobs.faces.stage import FaceStageConfig
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL, read_dataset_info
@@ -224,6 +224,16 @@ def test_scoring_refuses_a_prediction_header_that_differs_from_the_annotations(t
         scoring.score_predictions(str(out), str(ann))
 
 
+def test_score_command_says_in_one_line_when_nothing_can_be_scored(tmp_path, capsys):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    abaw.write_annotation(ann, "expr", "validation", "clip", [0, 1, 2])
+    P.write_submission(str(out), make_predictions(3, heads=(HEAD_EXPRESSION,), stem="other"))
+    assert cli.main(["score", "--predictions", str(out), "--annotations", str(ann)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "no prediction file under" in err and not (out / "scores.json").exists()
+    assert cli.main(["score", "--predictions", str(out)]) == 2  # --annotations is required
+
+
 # --------------------------------------------------------------------------------------------------
 # Inputs.
 
@@ -403,7 +413,13 @@ def test_predict_on_validation_videos_scores_like_evaluate_on_the_converted_spli
     for side in ("left", "right"):  # each person of the two-person validation video
         assert run_predict(["--model", trained["export"], "--videos", *trained["two_person_videos"], "--output",
                             str(out), "--side", side]) == 0
-    scored = scoring.score_predictions(str(out), trained["made"]["annotations"], "validation")
+    # The split was predicted by three runs (the two people of the two-person video one run each): scored whole by
+    # `affectstream score`.
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert cli.main(["score", "--predictions", str(out), "--annotations", trained["made"]["annotations"]]) == 0
+    scored = json.loads((out / "scores.json").read_text())
+    assert scored["videos_scored"] == len(trained["validation_videos"]) + 2 and not scored["without_predictions"]
+    assert f"scores of {scored['videos_scored']} track(s)" in printed.getvalue()
     for head, metric in (("expression", "macro_f1"), ("expression", "accuracy"), ("valence_arousal", "ccc_valence"),
                          ("valence_arousal", "ccc_arousal"), ("action_units", "mean_f1")):
         assert scored[head]["frames"] == evaluated[head]["frames"], head
@@ -421,6 +437,48 @@ def test_predict_on_validation_videos_scores_like_evaluate_on_the_converted_spli
         coverage["not_scored"].values())
     assert coverage["not_scored"] == {k: v for k, v in acc.dropped.items() if v}
     assert scored["coverage"]["scored_frames"] == coverage["scored_frames"]
+
+
+def test_what_cannot_be_scored_is_said_before_any_video(trained, tmp_path, capsys):
+    # The two-person validation video without --side: its output name is no annotated track (its people are annotated
+    # as _left and _right). This failed after every video had been predicted, and no summary was written.
+    ann = trained["made"]["annotations"]
+    out = tmp_path / "pred"
+    assert run_predict(["--model", trained["export"], "--videos", *trained["two_person_videos"], "--output", str(out),
+                        "--annotations", ann]) == 2
+    err = capsys.readouterr().err
+    assert "is a track of split 'validation' annotated for expression, valence_arousal, action_units" in err, err
+    assert "annotated as _left and _right tracks, predict each with --side" in err
+    assert not (out / "EXPR").exists() and not (out / predict.SUMMARY_FILENAME).exists()
+    # With a validation video, the run goes on: the other output is named as predicted and not scored.
+    assert run_predict(["--model", trained["export"], "--videos", trained["validation_videos"][0],
+                        *trained["two_person_videos"], "--output", str(out), "--annotations", ann]) == 0
+    summary = json.loads((out / predict.SUMMARY_FILENAME).read_text())
+    assert any("1 of the 2 outputs are no track of split 'validation'" in n for n in summary["notes"]), summary["notes"]
+    assert "scores" in summary
+
+
+def test_check_scorable_refuses_heads_and_label_names_the_annotations_do_not_score():
+    import types
+
+    tracks = [types.SimpleNamespace(media_id="a", tasks=("expr",)), types.SimpleNamespace(media_id="b", tasks=("au",))]
+    found = types.SimpleNamespace(tasks=["expr", "au"], label_names={HEAD_EXPRESSION: EXPR_NAMES,
+                                                                      HEAD_ACTION_UNITS: ["AU1", "AU20"]})
+    annotated = (None, found, tracks)
+    names = {HEAD_EXPRESSION: EXPR_NAMES, HEAD_VALENCE_AROUSAL: ["valence", "arousal"], HEAD_ACTION_UNITS: AU_NAMES}
+    with pytest.raises(ValueError, match="the model predicts valence_arousal, and the annotations annotate expr, au"):
+        scoring.check_scorable(annotated, "validation", [HEAD_VALENCE_AROUSAL], names, ["a"])
+    with pytest.raises(ValueError, match=r"action_units labels \(AU1,AU20\) are not the model's"):
+        scoring.check_scorable(annotated, "validation", [HEAD_ACTION_UNITS], names, ["b"])
+    with pytest.raises(ValueError, match="expression labels .* are not the model's"):
+        scoring.check_scorable(annotated, "validation", [HEAD_EXPRESSION], {HEAD_EXPRESSION: EXPR_NAMES[:7]}, ["a"])
+    # "b" is annotated, but not for the model's head.
+    with pytest.raises(ValueError, match=r"none of the run's outputs \(b\) is a track of split 'validation'"):
+        scoring.check_scorable(annotated, "validation", [HEAD_EXPRESSION], names, ["b"])
+    assert scoring.check_scorable(annotated, "validation", [HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL], names,
+                                  ["a", "b"]) == [
+        "1 of the 2 outputs are no track of split 'validation' annotated for expression: predicted, not scored (b)",
+        "the annotations do not annotate valence_arousal: scored on expression"]
 
 
 def test_cropped_aligned_on_a_face_stage_export_says_the_crops_differ_from_training(trained, tmp_path, capsys):

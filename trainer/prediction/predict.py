@@ -61,7 +61,7 @@ log = logging.getLogger("trainer.prediction.predict")
 
 SUMMARY_FILENAME = "predict_summary.json"
 MAX_SERVING_BATCH = 1024  # --batch_size's bound: far past the speed-up of bigger batches, short of the memory it takes.
-SCORES_FILENAME = "scores.json"
+SCORES_FILENAME = scoring.SCORES_FILENAME
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,6 +210,15 @@ def predict(args) -> int:
     model_info, served, model_dir = load_export(args.model)
     crops = choose_crops(served, args)
     heads = list(model_info["heads"])
+    if annotated:  # What cannot be scored is said now, not after the last video.
+        try:
+            scoring_notes = scoring.check_scorable(annotated, args.score_split, heads, model_info["label_names"],
+                                                   [t.stem for t in tracks])
+        except ValueError as e:
+            raise PredictUsageError(f"--annotations {args.annotations}: {e}") from e
+        for note in scoring_notes:
+            print(f"[predict] note: {note}", file=sys.stderr, flush=True)
+        notes += scoring_notes
     window = serving_window(model_info)
     # The face stages take a core each (the workers, or this process's main thread with one worker).
     threads = max(1, len(os.sched_getaffinity(0)) - args.workers)
@@ -279,20 +288,27 @@ def predict(args) -> int:
                "truncated_videos": sum(v["truncated"] for v in done),
                "variable_frame_rate_videos": sum(v["variable_frame_rate"] for v in done), "duplicates": duplicates,
                "notes": notes}
+    scoring_failed = False
     if args.annotations:  # This run's predictions only: files an earlier run left in OUT are not scored.
-        scores = scoring.score_predictions(args.output, args.annotations, args.score_split,
-                                           stems={v["stem"] for v in done}, annotated=annotated)
-        summary["scores"] = write_atomically(join_path(args.output, SCORES_FILENAME),
-                                             json.dumps(scores, indent=2, sort_keys=True) + "\n")
-        print(f"scores against {args.annotations} [{args.score_split}] -> {summary['scores']}\n"
-              f"{scoring.format_scores(scores)}", flush=True)
+        try:
+            scores = scoring.score_predictions(args.output, args.annotations, args.score_split,
+                                               stems={v["stem"] for v in done}, annotated=annotated)
+        except (ValueError, preds_lib.PredictionFileError) as e:  # (every video failed): the summary is written anyway
+            scoring_failed = True
+            summary["scores_error"] = str(e)
+            print(f"[predict] error: scoring against {args.annotations}: {e}", file=sys.stderr, flush=True)
+        else:
+            summary["scores"] = write_atomically(join_path(args.output, SCORES_FILENAME),
+                                                 json.dumps(scores, indent=2, sort_keys=True) + "\n")
+            print(f"scores against {args.annotations} [{args.score_split}] -> {summary['scores']}\n"
+                  f"{scoring.format_scores(scores)}", flush=True)
     path = write_atomically(join_path(args.output, SUMMARY_FILENAME), json.dumps(summary, indent=2) + "\n")
     seconds = time.monotonic() - progress.started
     note = "" if crops["matches_training"] else (f"; the crops ({crops['source']}) differ from the model's training "
                                                  f"crops ({crops['trained_on']})")
     print(f"[predict] {len(done)} track(s) predicted, {len(failed)} failed in {seconds:.0f}s"
           f" ({progress.total_frames} frames){note}; summary {path}", flush=True)
-    return 1 if failed else 0
+    return 1 if failed or scoring_failed else 0
 
 
 def run(argv: Sequence[str] | None = None) -> int:

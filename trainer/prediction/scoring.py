@@ -6,7 +6,7 @@ against the annotation files of a split like ``affectstream evaluate`` scores a 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from trainer.prediction.outputs import (
 )
 
 SCORE_SPLITS = ("train", "validation", "all")
+SCORES_FILENAME = "scores.json"  # in the predictions folder: predict --annotations, affectstream score
 
 
 def _valid_labels(head: str, labels, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +88,48 @@ def annotated_tracks(annotations: str, split: str):
         raise ValueError(f"--annotations {annotations} holds no ABAW annotation file of the {split!r} split to score "
                          "against (see docs/abaw.md for the layouts it reads)")
     return source, found, tracks
+
+
+def check_scorable(annotated: tuple, split: str, heads: Sequence[str], label_names: dict,
+                   stems: Sequence[str]) -> list[str]:
+    """Checks, before any video is predicted, that a run's predictions can be scored against :func:`annotated_tracks`
+    ``annotated``: at least one of the model's ``heads`` is annotated, with the model's class or AU names, and at least
+    one of the run's output ``stems`` is an annotated track of the split (else scoring fails after the last video).
+    Returns notes: stems that are no annotated track (predicted, not scored; a two-person video's ``_left`` and
+    ``_right`` tracks named), heads the annotations lack.
+
+    Raises:
+        ValueError: nothing of the run could be scored (the message says why).
+    """
+    _, found, tracks = annotated
+    annotated_heads = [h for h in heads if TASK_OF_HEAD[h] in found.tasks]
+    if not annotated_heads:
+        raise ValueError(f"nothing to score: the model predicts {', '.join(heads)}, and the annotations annotate "
+                         f"{', '.join(found.tasks) or 'no task'}")
+    for head in annotated_heads:
+        wanted, have = list(found.label_names.get(head, [])), list(label_names.get(head, []))
+        lacking = [n for n in wanted if n not in have] if head == HEAD_ACTION_UNITS else ([] if wanted == have else wanted)
+        if lacking:
+            raise ValueError(f"the annotations' {head} labels ({','.join(wanted)}) are not the model's "
+                             f"({','.join(have)}): its predictions cannot be scored against them")
+    ids = {t.media_id for t in tracks if any(TASK_OF_HEAD[h] in t.tasks for h in annotated_heads)}
+    unscored = [s for s in stems if s not in ids]
+    if len(unscored) == len(stems):
+        sides = [s for s in unscored if {f"{s}_left", f"{s}_right"} & ids]
+        raise ValueError(f"none of the run's outputs ({_first(sorted(stems))}) is a track of split {split!r} "
+                         f"annotated for {', '.join(annotated_heads)}"
+                         + (f"; {', '.join(sides)}: annotated as _left and _right tracks, predict each with --side"
+                            if sides else ""))
+    notes = [f"{len(unscored)} of the {len(stems)} outputs are no track of split {split!r} annotated for "
+             f"{', '.join(annotated_heads)}: predicted, not scored ({_first(unscored)})"] if unscored else []
+    missing = [h for h in heads if h not in annotated_heads]
+    if missing:
+        notes.append(f"the annotations do not annotate {', '.join(missing)}: scored on {', '.join(annotated_heads)}")
+    return notes
+
+
+def _first(names: Sequence[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def score_predictions(pred_dir: str, annotations: str, split: str = "validation",
