@@ -456,6 +456,14 @@ def test_what_cannot_be_scored_is_said_before_any_video(trained, tmp_path, capsy
     summary = json.loads((out / predict.SUMMARY_FILENAME).read_text())
     assert any("1 of the 2 outputs are no track of split 'validation'" in n for n in summary["notes"]), summary["notes"]
     assert "scores" in summary
+    # Every scorable video failed: nothing to score at the end, and the summary is written all the same.
+    stem = pathlib.Path(trained["validation_videos"][0]).stem
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / f"{stem}.mp4").write_bytes(b"not a video")
+    assert run_predict(["--model", trained["export"], "--videos", str(tmp_path / "broken" / f"{stem}.mp4"),
+                        "--output", str(tmp_path / "pred2"), "--annotations", ann]) == 1
+    summary = json.loads((tmp_path / "pred2" / predict.SUMMARY_FILENAME).read_text())
+    assert "nothing to score" in summary["scores_error"] and len(summary["failed"]) == 1
 
 
 def test_check_scorable_refuses_heads_and_label_names_the_annotations_do_not_score():
