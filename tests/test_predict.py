@@ -214,6 +214,14 @@ def test_scoring_counts_every_labelled_frame_reports_face_frames_and_what_was_no
                                   "not_scored": {"no_prediction_file": 2, "beyond_predictions": 2}}
     text = scoring.format_scores(scores)
     assert "over all 13 labelled frames of the split" in text and "10 of 14 labelled frames scored" in text
+    # Frames labelled only for a task the predictions have no head for (AU) count as labelled, not scored, as in
+    # evaluate's coverage (they were left out of predict's denominator).
+    abaw.write_annotation(ann, "au", "validation", "au_only", [[0] * 12] * 3)
+    abaw.write_annotation(ann, "au", "validation", "clip", [[1] * 12] * 13)  # one frame past the expression lines
+    scores = scoring.score_predictions(str(out), str(ann), split="validation")
+    assert scores["coverage"]["labelled_frames"] == 14 + 3 + 1
+    assert scores["coverage"]["not_scored"] == {"no_prediction_file": 2, "beyond_predictions": 2,
+                                                "not_for_this_model": 4}
 
 
 def test_scoring_refuses_a_prediction_header_that_differs_from_the_annotations(tmp_path):
@@ -437,6 +445,7 @@ def test_predict_on_validation_videos_scores_like_evaluate_on_the_converted_spli
         coverage["not_scored"].values())
     assert coverage["not_scored"] == {k: v for k, v in acc.dropped.items() if v}
     assert scored["coverage"]["scored_frames"] == coverage["scored_frames"]
+    assert scored["coverage"]["labelled_frames"] == coverage["labelled_frames"]
 
 
 def test_what_cannot_be_scored_is_said_before_any_video(trained, tmp_path, capsys):

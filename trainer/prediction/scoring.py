@@ -10,7 +10,15 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL, HEADS, TASK_OF_HEAD, join_path
+from tfrecords_schema import (
+    HEAD_ACTION_UNITS,
+    HEAD_EXPRESSION,
+    HEAD_OF_TASK,
+    HEAD_VALENCE_AROUSAL,
+    HEADS,
+    TASK_OF_HEAD,
+    join_path,
+)
 from trainer.prediction.outputs import (
     SUBMISSION_DIRS,
     PredictionFileError,
@@ -165,7 +173,7 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
         PredictionFileError: a prediction file that does not match the annotations.
     """
     from tfrecords_schema import storage
-    from trainer.evaluation.coverage import coverage_block
+    from trainer.evaluation.coverage import NOT_FOR_THIS_MODEL, coverage_block
     from trainer.evaluation.metrics import PredictionAccumulator
 
     source, found, tracks = annotated or annotated_tracks(annotations, split)
@@ -179,20 +187,30 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
     every = PredictionAccumulator(heads, names[HEAD_EXPRESSION], names[HEAD_ACTION_UNITS])
     missing: dict[str, list[str]] = {h: [] for h in heads}
     beyond = {h: 0 for h in heads}
-    frames = {"labelled": 0, "scored": 0, "decode_error": 0, "no_prediction_file": 0, "beyond_predictions": 0}
+    frames = {"labelled": 0, "scored": 0, "decode_error": 0, "no_prediction_file": 0, "beyond_predictions": 0,
+              NOT_FOR_THIS_MODEL: 0}
     scored = set()
     for track in tracks:
         track_heads = [h for h in heads if TASK_OF_HEAD[h] in track.tasks]
+        labels = source.read_labels(track)
+        # Frames labelled only for tasks the predictions have no head for count as labelled and not scored, as
+        # evaluate counts them (trainer.evaluation.coverage): both coverage blocks then share their denominator.
+        others = [_valid_labels(HEAD_OF_TASK[t], labels, len(names[HEAD_EXPRESSION]))[1] for t in track.tasks
+                  if HEAD_OF_TASK[t] not in track_heads]
+        other_valid = np.zeros(max(map(len, others), default=0), bool)
+        for valid in others:
+            other_valid |= _padded(valid, len(other_valid))
         if not track_heads:
+            frames["labelled"] += int(other_valid.sum())
+            frames[NOT_FOR_THIS_MODEL] += int(other_valid.sum())
             continue
         paths = {h: submission_path(pred_dir, h, track.media_id) for h in track_heads}
         present = [h for h in track_heads if (stems is None or track.media_id in stems)
                    and storage.gfile(paths[h]).exists(paths[h])]
         for h in set(track_heads) - set(present):
             missing[h].append(track.track_id)
-        labels = source.read_labels(track)
         truth = {h: _valid_labels(h, labels, len(names[HEAD_EXPRESSION])) for h in track_heads}
-        length = max(len(valid) for _, valid in truth.values())
+        length = max(len(other_valid), *(len(valid) for _, valid in truth.values()))
         # Per head: the file's values where it has them, the challenge's "wrong" past its end or without a file.
         predicted, covered = {}, {}
         for head in track_heads:
@@ -217,7 +235,9 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
             if head in present:
                 covered_any |= valid & _padded(covered[head], length)
                 past_end |= valid & ~_padded(covered[head], length)
-        frames["labelled"] += int(valid_any.sum())
+        only_other = _padded(other_valid, length) & ~valid_any
+        frames["labelled"] += int(valid_any.sum()) + int(only_other.sum())
+        frames[NOT_FOR_THIS_MODEL] += int(only_other.sum())
         frames["scored"] += int((covered_any & decoded).sum())
         frames["decode_error"] += int((covered_any & ~decoded).sum())
         frames["beyond_predictions"] += int((past_end & ~covered_any).sum())
@@ -241,7 +261,8 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
                          f"under {annotations}")
     result = acc.result()
     all_annotated = every.result()
-    not_scored = {k: frames[k] for k in ("decode_error", "no_prediction_file", "beyond_predictions") if frames[k]}
+    not_scored = {k: frames[k] for k in ("decode_error", "no_prediction_file", "beyond_predictions",
+                                         NOT_FOR_THIS_MODEL) if frames[k]}
     result.update({"per_video": acc.per_video(), "videos_scored": len(scored), "split": split,
                    "all_annotated": {**{h: all_annotated[h] for h in heads}, "score": all_annotated["score"]},
                    "coverage": coverage_block(frames["labelled"], frames["scored"], not_scored),
