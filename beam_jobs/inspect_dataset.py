@@ -288,7 +288,10 @@ def _dead_letter_lines(data_dir: str, info: DatasetInfo) -> list[str]:
             for line in f:
                 try:
                     d = json.loads(line)
-                    out.append(f"{d['reason']}: {d['source']}: {d['message']} ({d.get('frames', 0)} frames)")
+                    # A frame can lose labels to two files (a VA and an AU line) and keep others: the accounting
+                    # above counts each dropped frame once, under one reason.
+                    out.append(f"{d['reason']}: {d['source']}: {d['message']} (labels of {d.get('frames', 0)} "
+                               "frames lost)")
                 except (ValueError, KeyError):
                     out.append(line.strip())
     return out

@@ -53,7 +53,7 @@ def test_inspect_prints_splits_buckets_histogram_accounting_and_failures(dataset
     assert "accounting (adds up): labelled 7 = written with face 6 + without face 0 + dropped 1" in out
     assert "dropped beyond_video_end: 1" in out
     assert "Happiness" in out and "Anger" in out and "50.0%" in out
-    assert "failures: 1 dead letters" in out and "beyond_video_end: " in out
+    assert "failures: 1 dead letters" in out and "beyond_video_end: " in out and "(labels of 1 frames lost)" in out
 
 
 def test_verify_passes_on_an_untouched_output(dataset):

@@ -133,7 +133,9 @@ class DeadLetter:
     source: str  # file (and line) or track id.
     reason: str  # one of the DROP_* / SCAN_* reasons or another short snake_case reason.
     message: str  # human-readable detail.
-    frames: int = 0  # labelled frames it cost.
+    # Labelled frames whose labels of this source it lost. A frame can lose labels to two sources (its VA and its
+    # AU line) or keep another task's: the split's accounting counts each dropped frame once, under one reason.
+    frames: int = 0
 
     def __post_init__(self):
         message, source = str(self.message), str(self.source)
