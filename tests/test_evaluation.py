@@ -147,3 +147,30 @@ def test_a_model_that_outputs_nan_is_refused_not_scored(converted, exported, tmp
     assert evaluate.run(["--model", str(broken), "--data", str(out), "--report_dir", str(tmp_path / "r")]) == 1
     assert "outputs NaN or infinity for expression" in capsys.readouterr().err
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_a_multi_task_model_is_scored_on_the_heads_a_conversion_of_some_of_its_tasks_labels(tmp_path, capsys):
+    # It was refused ("the model predicts 'valence_arousal' but DATA has no valence_arousal labels"), so a conversion
+    # with --tasks expr could not score the expression head of a multi-task model.
+    from trainer_data import write_dataset
+
+    both = write_dataset(tmp_path / "both", num_clips_per_class={"A": 1, "B": 1}, clip_length=4, crop_size=16,
+                         tasks=("expr", "va"))
+    config = TrainConfig(data=str(tmp_path / "both"), job_dir=str(tmp_path / "job"), task="multi", seq_len=4,
+                         cnn_width=0.125, feature_dim=8, rnn_units=[8])
+    heads = heads_for_task(both, config.task)
+    assert heads == ("expression", "valence_arousal")
+    export_model(build_model(model_spec_for(config, both, heads)), str(tmp_path / "job" / "export"),
+                 model_info_payload(config, both, heads, best_epoch=0, best_score=0.0, selected_on=SPLIT_VALIDATION))
+    write_dataset(tmp_path / "expr", num_clips_per_class={"A": 1, "B": 1}, clip_length=4, crop_size=16,
+                  tasks=("expr",))
+    report = tmp_path / "report"
+    assert evaluate.run(["--model", str(tmp_path / "job"), "--data", str(tmp_path / "expr"), "--report_dir",
+                         str(report)]) == 0
+    assert "has no valence_arousal labels: the model is scored on expression" in capsys.readouterr().err
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert "expression" in metrics and "valence_arousal" not in metrics
+    assert metrics["heads_not_scored"] == ["valence_arousal"] and metrics["expression"]["frames"] > 0
+    write_dataset(tmp_path / "au", num_clips_per_class={"A": 1, "B": 1}, clip_length=4, crop_size=16, tasks=("au",))
+    assert evaluate.run(["--model", str(tmp_path / "job"), "--data", str(tmp_path / "au")]) == 1
+    assert "has no labels for them" in capsys.readouterr().err

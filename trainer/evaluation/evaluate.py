@@ -51,18 +51,24 @@ def default_report_dir(model_dir: str, split: str) -> str:
     return join_path(parent, "evaluation", *([] if name == EXPORT_DIRNAME else [name]), split)
 
 
-def check_model_fits_data(model_info: dict, info, data_dir: str) -> None:
-    """Raises EvaluationError when the data lacks a head of the model, or label names or crop size differ."""
-    for head in model_info["heads"]:
-        trained = model_info["label_names"].get(head, [])
-        data = info.label_names.get(head, [])
-        if not data:
-            raise EvaluationError(f"the model predicts {head!r} but {data_dir} has no {head} labels "
-                                  f"(it has tasks {info.tasks})")
+def check_model_fits_data(model_info: dict, info, data_dir: str) -> list[str]:
+    """The model's heads the data labels, which are scored (a multi-task model on a conversion of some of its tasks
+    is scored on those).
+
+    Raises:
+        EvaluationError: the data labels no head of the model, label names or the crop size differ.
+    """
+    heads = [head for head in model_info["heads"] if info.label_names.get(head)]
+    if not heads:
+        raise EvaluationError(f"the model predicts {', '.join(model_info['heads'])} but {data_dir} has no labels for "
+                              f"them (it has tasks {info.tasks})")
+    for head in heads:
+        trained, data = model_info["label_names"].get(head, []), info.label_names[head]
         if list(trained) != list(data):
             raise EvaluationError(f"label names of {head!r} differ: model {trained} vs data {data}")
     if model_info["crop_size"] != info.crop_size:
         raise EvaluationError(f"model crop size {model_info['crop_size']} != data crop size {info.crop_size}")
+    return heads
 
 
 def check_model_outputs(model, model_info: dict, model_path: str) -> None:
@@ -112,11 +118,14 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     info = read_dataset_info(data_dir)
     if split not in info.splits:
         raise EvaluationError(f"--split {split!r} is not in {data_dir}; splits there: {sorted(info.splits)}")
-    check_model_fits_data(model_info, info, data_dir)
+    heads = check_model_fits_data(model_info, info, data_dir)
+    unscored = [head for head in model_info["heads"] if head not in heads]
+    if unscored:
+        print(f"note: {data_dir} has no {', '.join(unscored)} labels: the model is scored on {', '.join(heads)}",
+              file=sys.stderr, flush=True)
     model_path = join_path(model_dir, MODEL_FILENAME)
     model = keras.saving.load_model(model_path, compile=False)
     check_model_outputs(model, model_info, model_path)
-    heads = list(model_info["heads"])
     skipped = SkippedRecords() if skip_corrupt else None
     ds = make_eval_dataset(data_dir, info, split=split, task=model_info["task"], seq_len=serving_window(model_info),
                            batch_size=batch_size, skipped=skipped)
@@ -124,6 +133,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     predictions = collect_predictions(model, ds, heads, info, observers=[va_density])
     result = predictions.result()
     result.update({"split": split, "model": model_dir, "best_epoch": model_info.get("best_epoch"),
+                   **({"heads_not_scored": unscored} if unscored else {}),
                    "selected_on": model_info.get("selected_on"),
                    "coverage": split_coverage(info, split, predictions.scored_frames,
                                               predictions.labelled_frames_read, skipped.total if skipped else 0)})
