@@ -30,7 +30,7 @@ from beam_jobs.media.video import describe_truncation
 from beam_jobs.sources.base import DatasetSource, Discovery
 from tfrecords_schema import SPLIT_SELECTION, TASKS, DatasetInfo, join_path
 from tfrecords_schema.dataset_info import MEDIA_KEY, sum_counts
-from tfrecords_schema.tasks import label_names_problem
+from tfrecords_schema.tasks import LabelNameError, label_names_problem
 
 
 class ConvertError(RuntimeError):
@@ -140,6 +140,8 @@ def _discover(source: DatasetSource, args: argparse.Namespace) -> Discovery:
     """
     try:
         discovery = source.discover()
+    except LabelNameError as e:  # Found by the adapter, with the file and line of the name.
+        raise UsageError(str(e)) from e
     except (ValueError, OSError) as e:
         raise ConvertError(str(e)) from e
     unlisted = list(getattr(discovery, "unlisted_folders", []) or [])

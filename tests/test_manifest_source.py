@@ -335,12 +335,18 @@ def test_make_source_builds_the_manifest_adapter(converted):
 def test_rows_of_a_video_that_does_not_open_count_zero_frames_with_a_dead_letter(tmp_path):
     (tmp_path / "broken.avi").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
     manifest = tmp_path / "m.csv"
-    manifest.write_text("path,split,expression\nbroken.avi,train,happy\n", encoding="utf-8")
+    manifest.write_text("path,split,expression,start,end\nbroken.avi,train,happy,0,1\nbroken.avi,train,sad,1,2\n"
+                        "gone.avi,train,happy,,\ngone.avi,train,sad,,\n", encoding="utf-8")
     source = ManifestSource(str(manifest))
-    (track,) = source.discover().tracks
+    found = source.discover()
+    track = next(t for t in found.tracks if t.media_id == "broken.avi")
     labels = source.read_labels(track)
     assert labels.num_frames == 0
-    assert [(d.reason, d.frames) for d in labels.dead_letters] == [("unreadable_media", 0)]
+    # A dead letter per row, each naming its line (one per video named only the first, or no line at all).
+    assert [(d.source, d.reason, d.frames) for d in labels.dead_letters] == [
+        (f"{manifest}:line 2", "unreadable_media", 0), (f"{manifest}:line 3", "unreadable_media", 0)]
+    assert [(d.source, d.reason) for d in found.dead_letters if d.reason == "no_media"] == [
+        (f"{manifest}:line 4", "no_media"), (f"{manifest}:line 5", "no_media")]
     assert source.count_labelled_lines(track) == (0, [str(tmp_path / "broken.avi")])
 
 
@@ -421,3 +427,28 @@ def test_a_row_with_a_stray_comma_names_its_video_which_is_not_reported_unused(t
     assert (letter.source, letter.reason, letter.frames) == (f"{manifest}:line 3", "malformed_line", 0)
     assert "4 cells for 3 columns" in letter.message and "'b.avi'" in letter.message
     assert found.unused_media == []
+
+
+def test_class_names_match_across_unicode_forms_and_come_from_rows_that_can_be_converted(tmp_path):
+    import unicodedata
+
+    from beam_jobs.sources.folders import FoldersSource
+
+    nfc, nfd = (unicodedata.normalize(form, "Überrascht") for form in ("NFC", "NFD"))
+    for name in ("a.avi", "b.avi", "c.avi"):
+        (tmp_path / name).write_bytes(b"listing only")
+    manifest = tmp_path / "m.csv"
+    # The same name typed on macOS (NFD) and elsewhere (NFC): one class, not two that look alike. "fear" is named only
+    # by the row of a missing video: no class (it was class 0, without a frame, moving every index).
+    manifest.write_text(f"path,split,expression\na.avi,train,{nfd}\nb.avi,validation,{nfc}\nc.avi,train,neutral\n"
+                        "missing.avi,train,fear\n", encoding="utf-8")
+    found = ManifestSource(str(manifest)).discover()
+    assert found.label_names["expression"] == ["neutral", nfc]
+    assert [t.problem for t in found.tracks if t.media_id != "missing.avi"] == [None, None, None]
+    # A class folder copied from macOS (NFD) against --class_names typed in NFC: it was every video unknown_class.
+    (tmp_path / "folders" / "Train" / nfd).mkdir(parents=True)
+    (tmp_path / "folders" / "Train" / nfd / "v.avi").write_bytes(b"listing only")
+    (tmp_path / "folders" / "Train" / "neutral").mkdir()
+    (tmp_path / "folders" / "Train" / "neutral" / "w.avi").write_bytes(b"listing only")
+    found = FoldersSource(str(tmp_path / "folders"), class_names=f"{nfc},neutral").discover()
+    assert found.label_names["expression"] == [nfc, "neutral"] and [t.problem for t in found.tracks] == [None, None]

@@ -157,6 +157,7 @@ def test_a_class_name_that_breaks_csv_and_abaw_files_is_refused_in_one_line(tmp_
                        "--output", tmp_path / "out", *COMMON)
     assert rc == 2 and err.count("\n") == 1, err
     assert f"expression label {name!r}: it holds" in err and "would break CSV columns and ABAW header lines" in err
+    assert f"{manifest}:line 2: expression label" in err  # the row that names it
     assert not (tmp_path / "out").exists() and "[convert] 1 tracks" not in out
 
 

@@ -32,6 +32,10 @@ UNSAFE_LABEL_CHARACTERS = {",": "a comma", '"': "a quote", "\n": "a line break",
                            "\0": "a NUL character"}
 
 
+class LabelNameError(ValueError):
+    """A label name in the data that :func:`label_name_problem` refuses, with where it was found."""
+
+
 def label_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a label name (one phrase), or None when it can."""
     found = sorted({what for char, what in UNSAFE_LABEL_CHARACTERS.items() if char in name})

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import posixpath
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -48,7 +49,7 @@ from tfrecords_schema import (
     TASK_VALENCE_AROUSAL,
     keys,
 )
-from tfrecords_schema.tasks import label_name_problem
+from tfrecords_schema.tasks import LabelNameError, label_name_problem
 
 # Reasons a labelled frame is not written, beyond those of ``base``.
 DROP_UNKNOWN_CLASS = "unknown_class"  # a class name not in --class_names (or no class folder).
@@ -77,6 +78,12 @@ def canonical_split(text: str) -> str | None:
     return SPLIT_ALIASES.get(str(text).strip().lower())
 
 
+def class_key(name: str) -> str:
+    """What two spellings of one class share: the Unicode NFC form (a name typed on macOS is NFD, elsewhere NFC: the
+    same letters), letter case ignored."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def parse_class_names(value: str | Sequence[str] | None) -> list[str] | None:
     """``"A,B,C"`` or a list → the class names in order; None stays None.
 
@@ -85,14 +92,14 @@ def parse_class_names(value: str | Sequence[str] | None) -> list[str] | None:
     """
     if value is None:
         return None
-    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value)]
+    names = [unicodedata.normalize("NFC", n.strip()) for n in (value.split(",") if isinstance(value, str) else value)]
     if not names or "" in names:
         raise ValueError(f"--class_names needs non-empty comma-separated names, got {value!r}")
     for name in names:
         problem = label_name_problem(name)
         if problem:
             raise ValueError(f"--class_names {name!r}: {problem}")
-    folded = [n.casefold() for n in names]
+    folded = [class_key(n) for n in names]
     if len(set(folded)) != len(folded):
         raise ValueError(f"--class_names repeats a name (letter case is ignored): {names}")
     return names
@@ -245,13 +252,14 @@ class LabelledMediaSource(base.DatasetSource):
 
 
 def resolve_class_names(rows: Iterable[MediaRow], class_names: Sequence[str] | None) -> list[str]:
-    """``class_names`` as given, else the names of rows with a split, sorted (letter case ignored)."""
+    """``class_names`` as given, else the names of ``rows``, sorted by :func:`class_key`, each spelt as first found (in
+    NFC)."""
     if class_names is not None:
         return list(class_names)
     found: dict[str, str] = {}
     for row in rows:
-        if row.expression and row.split is not None:
-            found.setdefault(row.expression.casefold(), row.expression)
+        if row.expression:
+            found.setdefault(class_key(row.expression), unicodedata.normalize("NFC", row.expression))
     return [found[k] for k in sorted(found)]
 
 
@@ -298,7 +306,7 @@ def _row_problem(row: MediaRow, names: list[str], subject_splits, media_problems
                                      "all its rows are rejected")
     if row.media_key in media_problems:
         return DROP_SPLIT_CONFLICT, media_problems[row.media_key]
-    if use_expression and row.expression and row.expression.casefold() not in {n.casefold() for n in names}:
+    if use_expression and row.expression and class_key(row.expression) not in {class_key(n) for n in names}:
         return DROP_UNKNOWN_CLASS, f"class {row.expression!r} is not one of {names}"
     if (not use_expression or not row.expression) and row.valence_arousal is None:
         return base.DROP_MALFORMED_LINE, "the row has no label for the converted tasks"
@@ -320,17 +328,26 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
         unlisted_folders: Folders that could not be listed (their dead letters are in ``dead_letters``).
     """
     use_expression = TASK_EXPRESSION in tasks
-    names = resolve_class_names(rows, class_names) if use_expression else []
-    class_index = {n.casefold(): i for i, n in enumerate(names)}
     subject_splits, media_problems, first_name = _split_conflicts(rows)
+    # Found classes come from rows of a split whose video is there: a class named only on rows of a mistyped path
+    # would be a class without a frame, moving every index after it. (Rows rejected for their subject or cells keep
+    # their class: the data declares it, as a class folder does.)
+    declaring = [row for row in rows if row.split is not None and row.media_problem is None]
+    names = resolve_class_names(declaring, class_names) if use_expression else []
+    for row in declaring if use_expression and class_names is None else ():
+        problem = row.expression and label_name_problem(row.expression)
+        if problem:  # (Refused before any video is read, naming the row: convert exits 2.)
+            raise LabelNameError(f"{row.source}: expression label {row.expression!r}: {problem}; rename that class "
+                                 "(or pass --class_names)")
+    class_index = {class_key(n): i for i, n in enumerate(names)}
     out_tasks = tuple(t for t in tasks if t != TASK_EXPRESSION or names)
     grouped: dict[tuple[str, str], list[tuple[MediaRow, Segment]]] = collections.defaultdict(list)
     noted: set[str] = set()
     for row in rows:
         reason, message = _row_problem(row, names, subject_splits, media_problems, use_expression)
         expression = keys.EXPRESSION_INVALID
-        if use_expression and row.expression and row.expression.casefold() in class_index:
-            expression = class_index[row.expression.casefold()]
+        if use_expression and row.expression and class_key(row.expression) in class_index:
+            expression = class_index[class_key(row.expression)]
         va = row.valence_arousal if TASK_VALENCE_AROUSAL in tasks else None
         segment = Segment(row.start, row.end, expression, va, reason, message, row.source)
         media_key = first_name.get(row.media_key, row.media_key)
@@ -348,10 +365,10 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
         problem = first.media_problem
         if problem is None and all(s.reason is not None for s in segments):
             problem = segments[0].reason  # Nothing to write: its frames are counted, no pixel decoded.
-        if first.media_problem is not None:
-            dead_letters.append(base.DeadLetter(
-                first.source, first.media_problem, f"{first.media_message}; its {len(segments)} row(s) count 0 frames "
-                "(the video's frames cannot be known)", 0))
+        if first.media_problem is not None:  # A dead letter per row, each naming its line (docs/datasets.md).
+            dead_letters.extend(base.DeadLetter(
+                row.source, first.media_problem, f"{first.media_message}; the row counts 0 frames (the video's "
+                f"frames cannot be known; {len(members)} row(s) of it)", 0) for row, _ in members)
         tracks.append(LabelledTrack(
             media_id=media_key, split=split, annotation_files=tuple((t, annotation_path) for t in out_tasks),
             media_path=first.media_path, data_path=media_key, problem=problem, segments=segments,

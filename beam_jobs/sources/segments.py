@@ -124,9 +124,10 @@ def build_labels(segments: Sequence[Segment], fps: float, frames: int | None, *,
                               np.full(n, "", dtype=object),
                               open_end=frames is not None and any(s.start is None for s in segments))
     dead = labels.dead_letters
-    if frames is None and unknown_reason is not None:
-        dead.append(base.DeadLetter(where, unknown_reason, f"{len(segments)} row(s) of this video count 0 frames: "
-                                    f"its frame count cannot be read ({why_unknown})", 0))
+    if frames is None and unknown_reason is not None:  # A dead letter per row, each naming its line.
+        dead.extend(base.DeadLetter(segment.source or where, unknown_reason, f"{where}: the row counts 0 frames: the "
+                                    f"video's frame count cannot be read ({why_unknown}; {len(segments)} row(s) of it)",
+                                    0) for segment in segments)
     # Each task is laid down on its own: a row's empty cell labels nothing, so rows that label different tasks of
     # the same frames complement each other; a frame loses a task's label where two rows give it different values.
     expression_set, va_set = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
