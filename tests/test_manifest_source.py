@@ -452,3 +452,19 @@ def test_class_names_match_across_unicode_forms_and_come_from_rows_that_can_be_c
     (tmp_path / "folders" / "Train" / "neutral" / "w.avi").write_bytes(b"listing only")
     found = FoldersSource(str(tmp_path / "folders"), class_names=f"{nfc},neutral").discover()
     assert found.label_names["expression"] == [nfc, "neutral"] and [t.problem for t in found.tracks] == [None, None]
+
+
+def test_a_relative_path_above_the_manifest_folder_is_the_file_it_names(tmp_path):
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "above.mp4").write_bytes(b"listing only")
+    manifest = tmp_path / "lab" / "m.csv"
+    manifest.write_text("path,split,expression\n../above.mp4,train,happy\n../gone.mp4,train,happy\n../above,train,"
+                        "happy\n", encoding="utf-8")
+    found = ManifestSource(str(manifest)).discover()
+    tracks = {t.media_id: t for t in found.tracks}
+    # It was "no video '../above.mp4' under .../lab": only the listing below the folder was searched.
+    assert tracks[str(tmp_path / "above.mp4")].problem is None
+    assert tracks[str(tmp_path / "above.mp4")].media_path == str(tmp_path / "above.mp4")
+    messages = {d.source.rsplit(":", 1)[1]: d.message for d in found.dead_letters if d.reason == "no_media"}
+    assert "../gone.mp4" in messages["line 3"] and "not found" in messages["line 3"]
+    assert "needs its extension" in messages["line 4"]

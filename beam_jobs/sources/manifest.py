@@ -170,6 +170,8 @@ class _MediaIndex:
                 return path, path, None, ""
             path = rel
         key = posixpath.normpath(path)
+        if key == ".." or key.startswith("../"):  # Relative to the root, but above it: not in its listing.
+            return self._above_root(key)
         self._list()
         if key.lower().endswith(VIDEO_EXTENSIONS):
             candidates = [key] if key in self.listed else []
@@ -182,6 +184,21 @@ class _MediaIndex:
             self.used.update(candidates)
             return key, None, base.DROP_AMBIGUOUS_MEDIA, f"several videos match {key!r}: {', '.join(candidates)}"
         return key, None, base.DROP_NO_MEDIA, f"no video {key!r} under {self.root} ({', '.join(VIDEO_EXTENSIONS)})"
+
+    def _above_root(self, key: str) -> tuple[str, str | None, str | None, str]:
+        """:meth:`resolve` of a relative path that climbs out of the root (``../clips/a.mp4``): the file it names."""
+        root = _norm_root(self.root)
+        if is_remote(root):
+            scheme, rest = root.split("://", 1)
+            full = f"{scheme}://{posixpath.normpath(posixpath.join(rest, key))}"
+        else:
+            full = os.path.normpath(os.path.join(root, key))
+        if not full.lower().endswith(VIDEO_EXTENSIONS):
+            return full, None, base.DROP_NO_MEDIA, (f"{key} ({full}) is not a video ({', '.join(VIDEO_EXTENSIONS)}): "
+                                                    f"a path above {self.root} needs its extension")
+        if not self._exists(full):
+            return full, None, base.DROP_NO_MEDIA, f"{key} ({full}) not found"
+        return full, full, None, ""
 
     def _relative(self, path: str) -> str | None:
         """``path`` relative to the root when it lies under it, else None."""
