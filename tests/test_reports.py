@@ -247,6 +247,22 @@ def test_summary_prints_the_figures_with_face_frames_and_a_numeric_chance_level(
     assert "about 1/classes" not in "\n".join(lines)
 
 
+def test_a_head_no_frame_of_the_split_labels_is_said_not_scored_not_printed_as_zero():
+    rng = np.random.default_rng(7)
+    acc = metrics.PredictionAccumulator([HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL], CLASSES)
+    targets, outputs, weights, has_face = _expression_batch(rng)
+    va_shape = targets.shape + (2,)
+    acc.update({HEAD_EXPRESSION: targets, HEAD_VALENCE_AROUSAL: np.zeros(va_shape, np.float32)},
+               {HEAD_EXPRESSION: outputs, HEAD_VALENCE_AROUSAL: np.zeros(va_shape, np.float32)},
+               {HEAD_EXPRESSION: weights, HEAD_VALENCE_AROUSAL: np.zeros(targets.shape, np.float32)}, has_face)
+    result = acc.result()
+    assert result[HEAD_VALENCE_AROUSAL]["frames"] == 0
+    for text in (reports.format_metrics(result), reports.format_summary(result, CLASSES)):
+        # It read "valence/arousal: CCC-V 0.0000 CCC-A 0.0000 mean 0.0000 (0 frames)".
+        assert "valence/arousal: not scored (no frame of this split is labelled for it)" in text
+        assert "CCC-V" not in text and "macro-F1" in text
+
+
 def test_model_label_names_the_export_folder():
     assert reports.model_label("simple_cnn_gru", "/tmp/runs/job7/export/") == "simple_cnn_gru from job7/export"
     assert reports.model_label("simple_cnn_gru", "gs://bucket/job/export") == "simple_cnn_gru from job/export"

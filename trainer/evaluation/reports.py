@@ -202,6 +202,8 @@ _HEAD_LINES = ((HEAD_EXPRESSION, "expression", _expression_line),
 def _head_lines(metrics: Mapping, head: str, label: str, line) -> list[str]:
     """A head's line over every scored frame, then (when there) the same figures over the frames with a face."""
     m = metrics[head]
+    if m.get("frames") == 0:  # Its figures are 0 by convention, not a measured disagreement: said as it is.
+        return [f"{label}: not scored (no frame of this split is labelled for it)"]
     lines = [f"{label}: {line(m)}"]
     if m.get("with_face"):
         lines.append(f"  frames with a face: {line(m['with_face'])}")
@@ -215,6 +217,8 @@ def format_metrics(metrics: Mapping) -> str:
         if head not in metrics:
             continue
         lines += _head_lines(metrics, head, label, line)
+        if metrics[head].get("frames") == 0:
+            continue
         if head == HEAD_EXPRESSION:
             for name, c in metrics[head]["per_class"].items():
                 lines.append(f"  {name:>12s}: P {c['precision']:.3f}  R {c['recall']:.3f}  F1 {c['f1']:.3f}  "
@@ -253,7 +257,7 @@ def format_summary(metrics: Mapping, expression_names: Sequence[str]) -> str:
         if head not in metrics:
             continue
         lines += _head_lines(metrics, head, label, line)
-        if head == HEAD_EXPRESSION:
+        if head == HEAD_EXPRESSION and metrics[head].get("frames"):
             per_class = metrics[head]["per_class"]
             balanced, mix = chance_macro_f1([per_class.get(name, {}).get("support", 0) for name in expression_names])
             lines.append(f"chance macro-F1 with {len(expression_names)} classes: {balanced:.3f} (uniform random "
