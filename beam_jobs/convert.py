@@ -87,7 +87,8 @@ def opencv_threads(options) -> int:
 
 
 def format_summary(info: DatasetInfo) -> str:
-    """Short per-split summary: clips, frames, faces found, dropped by reason, throughput."""
+    """Short per-split summary: clips, frames, faces found, dropped by reason; then the run's throughput (labelled
+    frames written over the whole run's wall time, ``run.frames_per_second`` in ``dataset_info.json``)."""
     lines = []
     seconds = float(info.run.get("seconds", 0.0)) or 1e-9
     for split, s in sorted(info.splits.items()):
@@ -96,9 +97,11 @@ def format_summary(info: DatasetInfo) -> str:
         lines.append(
             f"  {split}: {s.num_clips} clips, {s.num_frames} frames in {len(s.shards)} shards; labelled "
             f"{a.labelled_frames} = with face {a.written_frames_with_face} + without face "
-            f"{a.written_frames_without_face} + dropped {a.dropped_frames} ({dropped}); "
-            f"{a.written_frames / seconds:.1f} labelled frames/s"
+            f"{a.written_frames_without_face} + dropped {a.dropped_frames} ({dropped})"
         )
+    written = sum(s.accounting.written_frames for s in info.splits.values())
+    lines.append(f"  written: {written} labelled frames in {seconds:.1f} s of the whole run, "
+                 f"{written / seconds:.1f} frames/s")
     if info.failures.get("dead_letters"):
         lines.append(f"  dead letters: {info.failures['dead_letters']} {info.failures.get('by_reason', {})} "
                      f"-> {', '.join(info.failures.get('files', []))}")
@@ -237,7 +240,7 @@ def _run_pipeline(source, config, discovery: Discovery, recorded: dict, options,
             progress.stop()
             progress.join(timeout=5)
             progress.report()  # The final count, whatever the polling missed.
-    return len(progress.poll()[2])
+    return len(progress.poll()[3])
 
 
 def _finish(config, seconds: float, worker_processes: int) -> DatasetInfo:

@@ -192,6 +192,12 @@ def test_prints_progress_and_a_summary_per_split(converted):
     assert "tracks 5/5 (videos 3/3) done" in out
     assert "train: 8 clips" in out and "validation: 3 clips" in out
     assert "beyond_video_end=2" in out
+    # The rates are of frames written (a track rejected whole is counted, never decoded), over the whole run.
+    info = converted["info"]
+    written = sum(s.accounting.written_frames for s in info.splits.values())
+    assert f"written: {written} labelled frames in " in out and "labelled frames/s" not in out
+    final = [line for line in out.splitlines() if "tracks 5/5 (videos 3/3) done" in line][-1]
+    assert f", {written} written, " in final and final.endswith("written frames/s")
 
 
 def test_two_runs_write_identical_shards_also_with_parallel_workers(converted, tmp_path):

@@ -5,8 +5,8 @@ Each finished track leaves a tiny JSON marker under ``<output>/.tmp-convert/prog
 (through Beam's ``FileSystems``, so it works with multi_processing workers and on
 Dataflow with a ``gs://`` output); a thread in the driver counts them and prints
 tracks done / total, videos done / total (a video is done when all its subject
-tracks are) and labelled frames per second, e.g.
-``[convert] tracks 6/21 (videos 5/19) done, 5120 labelled frames, 80.2 frames/s``.
+tracks are), labelled frames and those written, and written frames per second, e.g.
+``[convert] tracks 6/21 (videos 5/19) done, 5120 labelled frames, 5080 written, 80.2 written frames/s``.
 
 Example:
     monitor = ProgressMonitor(progress_dir, total=len(tracks), every=5.0,
@@ -97,14 +97,14 @@ class ProgressMonitor(threading.Thread):
         self._start = time.monotonic()
         self._last = None
 
-    def poll(self) -> tuple[int, int, set]:
-        """(tracks done, labelled frames in them, worker process ids) from the markers."""
-        done, frames, pids = 0, 0, set()
+    def poll(self) -> tuple[int, int, int, set]:
+        """(tracks done, labelled frames in them, those written, worker process ids) from the markers."""
+        done, frames, written, pids = 0, 0, 0, set()
         media_done: collections.Counter = collections.Counter()
         try:
             metadata = FileSystems.match([join_path(self._dir, "*.json")])[0].metadata_list
         except Exception:  # noqa: BLE001 - the folder may not exist yet or be gone already.
-            return done, frames, pids
+            return done, frames, written, pids
         for meta in metadata:
             try:
                 with FileSystems.open(meta.path) as f:
@@ -112,20 +112,22 @@ class ProgressMonitor(threading.Thread):
             except (OSError, ValueError):
                 continue
             frames += int(marker.get("labelled", 0))
+            written += int(marker.get("written", 0))
             pids.add(marker.get("pid"))
             media_done[marker.get("media", "")] += 1
             done += 1
         self._videos_done = sum(1 for key, n in self._media_tracks.items() if media_done[key] >= n)
-        return done, frames, pids
+        return done, frames, written, pids
 
     def report(self, force: bool = False) -> None:
         """Prints one progress line when something changed (or always with ``force``)."""
-        done, frames, _ = self.poll()
+        done, frames, written, _ = self.poll()
         if force or (done, frames) != self._last:
-            rate = frames / max(1e-9, time.monotonic() - self._start)
+            # The rate of frames written: a track rejected whole (no video, a split conflict) is counted, not decoded.
+            rate = written / max(1e-9, time.monotonic() - self._start)
             videos = f" (videos {self._videos_done}/{len(self._media_tracks)})" if self._media_tracks else ""
-            print(f"[convert] tracks {done}/{self._total}{videos} done, {frames} labelled frames, {rate:.1f} frames/s",
-                  file=self._out or sys.stdout, flush=True)
+            print(f"[convert] tracks {done}/{self._total}{videos} done, {frames} labelled frames, {written} written, "
+                  f"{rate:.1f} written frames/s", file=self._out or sys.stdout, flush=True)
             self._last = (done, frames)
 
     def run(self):
