@@ -415,6 +415,12 @@ def test_a_manifest_that_is_not_utf8_is_refused_with_its_line(tmp_path):
     manifest.write_bytes("path,split,expression\na.avi,train,happy\nb.avi,train,col\u00e8re\n".encode("cp1252"))
     with pytest.raises(ValueError, match="line 3 is not UTF-8"):
         ManifestSource(str(manifest)).discover()
+    # UTF-16 with its byte-order mark (Excel's "Unicode text"): read, as annotation files are (it was refused as
+    # "not UTF-8" with advice to convert it from cp1252).
+    (tmp_path / "b.avi").write_bytes(b"listing only")
+    manifest.write_bytes(b"\xff\xfe" + "path,split,expression\r\nb.avi,train,col\u00e8re\r\n".encode("utf-16-le"))
+    found = ManifestSource(str(manifest)).discover()
+    assert found.label_names["expression"] == ["col\u00e8re"] and [t.problem for t in found.tracks] == [None]
 
 
 def test_a_row_with_a_stray_comma_names_its_video_which_is_not_reported_unused(tmp_path):

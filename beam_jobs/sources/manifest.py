@@ -74,6 +74,7 @@ from beam_jobs.sources.media_rows import (
     parse_class_names,
     select_tasks,
 )
+from beam_jobs.sources.text_lines import detect_encoding
 from tfrecords_schema import TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASKS
 
 COLUMN_PATH = "path"
@@ -303,7 +304,7 @@ class ManifestSource(LabelledMediaSource):
                                unlisted_folders=index.scan.unlisted_folders if index.scan else ())
 
     def _table(self) -> Iterator[tuple[int, list[str]]]:
-        """``(line number, cells)`` of every CSV record (UTF-8, a byte-order mark allowed)."""
+        """``(line number, cells)`` of every CSV record (UTF-8; UTF-16 or UTF-32 with their byte-order mark)."""
         from apache_beam.io.filesystem import CompressionTypes
         from apache_beam.io.filesystems import FileSystems
 
@@ -312,12 +313,14 @@ class ManifestSource(LabelledMediaSource):
                 data = f.read()
         except OSError as e:  # (BeamIOError too.)
             raise ValueError(f"cannot read --manifest {self.manifest}: {e}") from e
+        # A byte-order mark names the encoding (Excel's "Unicode text" is UTF-16 with one), as for annotation files.
+        encoding, skip = detect_encoding(data[:4])
         try:
-            text = data.decode("utf-8-sig")
+            text = data[skip:].decode(encoding)
         except UnicodeDecodeError as e:  # Replacing the bytes would make up class names and paths that match nothing.
-            line = data.count(b"\n", 0, e.start) + 1
-            raise ValueError(f"--manifest {self.manifest} line {line} is not UTF-8 ({e.reason} at byte {e.start}); "
-                             "save it as UTF-8 (e.g. iconv -f cp1252 -t utf-8)") from e
+            line = data[skip:].count("\n".encode(encoding), 0, e.start) + 1
+            raise ValueError(f"--manifest {self.manifest} line {line} is not {encoding.upper()} ({e.reason} at byte "
+                             f"{skip + e.start}); save it as UTF-8 (e.g. iconv -f cp1252 -t utf-8)") from e
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # An unclosed quote is an error.
         start = 1
         try:
