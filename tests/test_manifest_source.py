@@ -474,3 +474,16 @@ def test_a_relative_path_above_the_manifest_folder_is_the_file_it_names(tmp_path
     messages = {d.source.rsplit(":", 1)[1]: d.message for d in found.dead_letters if d.reason == "no_media"}
     assert "../gone.mp4" in messages["line 3"] and "not found" in messages["line 3"]
     assert "needs its extension" in messages["line 4"]
+
+
+def test_a_split_conflict_of_subjects_taken_from_file_stems_says_where_the_subject_came_from(tmp_path):
+    for person in ("p01", "p07"):
+        (tmp_path / person).mkdir()
+        (tmp_path / person / "session1.mp4").write_bytes(b"listing only")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,split,expression\np01/session1.mp4,train,happy\np07/session1.mp4,validation,sad\n",
+                        encoding="utf-8")
+    found = ManifestSource(str(manifest)).discover()
+    (message, *_) = {s.message for t in found.tracks for s in t.segments}
+    assert "subject 'session1' (the subject is the video's file stem: the row has no subject cell" in message
+    assert [t.problem for t in found.tracks] == ["split_conflict", "split_conflict"]

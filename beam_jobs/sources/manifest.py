@@ -387,8 +387,10 @@ class ManifestSource(LabelledMediaSource):
         split_text = cell.get(COLUMN_SPLIT, "")
         split = folds_lib.fold_split(subject, self.folds, self.fold) if self.folds else canonical_split(split_text)
         va, reason, message = _valence_arousal(cell)
+        hint = "" if cell.get(COLUMN_SUBJECT) else ("the video's file stem: the row has no subject cell; give each "
+                                                    "person's id in a subject column")
         return MediaRow(source=source, media_key=key, media_path=media_path, subject=folds_lib.subject_key(subject),
                         split=split, split_text=split_text, media_problem=media_problem,
                         media_message=media_message, start=start, end=end,
                         expression=cell.get(COLUMN_EXPRESSION) or None, valence_arousal=va, reason=reason,
-                        message=message)
+                        message=message, subject_hint=hint)

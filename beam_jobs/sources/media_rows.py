@@ -134,6 +134,8 @@ class MediaRow:
         expression: Class name as written, or None.
         valence_arousal: ``(valence, arousal)`` or None.
         reason: A DROP_* reason found while parsing, with ``message``.
+        subject_hint: Where ``subject`` came from when the data does not say it (e.g. "the file's stem: the row has
+            no subject cell"), for the message of a subject found in two splits; "" when the data names it.
     """
 
     source: str
@@ -150,6 +152,7 @@ class MediaRow:
     valence_arousal: tuple[float, float] | None = None
     reason: str | None = None
     message: str = ""
+    subject_hint: str = ""
 
 
 # ---------------------------------------------------------------------------------------- media
@@ -302,8 +305,9 @@ def _row_problem(row: MediaRow, names: list[str], subject_splits, media_problems
     if row.split is None:
         return DROP_UNKNOWN_SPLIT, f"split {row.split_text!r} is not one of {sorted(SPLIT_ALIASES)}"
     if row.subject in subject_splits:
-        return DROP_SPLIT_CONFLICT, (f"subject {row.subject!r} is in splits {sorted(subject_splits[row.subject])}; "
-                                     "all its rows are rejected")
+        hint = f" (the subject is {row.subject_hint})" if row.subject_hint else ""
+        return DROP_SPLIT_CONFLICT, (f"subject {row.subject!r}{hint} is in splits "
+                                     f"{sorted(subject_splits[row.subject])}; all its rows are rejected")
     if row.media_key in media_problems:
         return DROP_SPLIT_CONFLICT, media_problems[row.media_key]
     if use_expression and row.expression and class_key(row.expression) not in {class_key(n) for n in names}:
