@@ -150,3 +150,11 @@ def test_count_merges_keep_every_key_even_a_zero_count():
     assert sum_counts({"no_media": 2, "bad_header": 0}, {"no_media": 1}, {}) == {"no_media": 3, "bad_header": 0}
     merged = Accounting(5, 1, 0, {"no_media": 4, "out_of_range": 0}).merge(Accounting(2, 2, 0, {}))
     assert merged == Accounting(7, 3, 0, {"no_media": 4, "out_of_range": 0})
+
+
+def test_dead_letters_sort_line_numbers_as_numbers():
+    from beam_jobs.pipeline.finalize import sorted_dead_letters
+
+    letters = [{"track": "t", "source": f"m.csv:line {n}", "reason": "r", "message": ""} for n in (16, 9, 15, 100)]
+    assert [d["source"] for d in sorted_dead_letters(letters)] == [
+        "m.csv:line 9", "m.csv:line 15", "m.csv:line 16", "m.csv:line 100"]  # (as text: 100, 15, 16, 9)
