@@ -23,7 +23,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tfrecords_schema.cli import command_prog
+from tfrecords_schema.cli import add_verbose_flag, command_prog
 from trainer.common import errors, filesystems
 from trainer.prediction import scoring
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True, metavar="DIR", help="an `affectstream predict` output folder")
     p.add_argument("--annotations", required=True, metavar="DIR", help="ABAW annotation root (any layout convert reads)")
     p.add_argument("--split", choices=scoring.SCORE_SPLITS, default="validation", help="annotation split scored")
+    add_verbose_flag(p)
     return p
 
 
