@@ -158,3 +158,5 @@ def test_dead_letters_sort_line_numbers_as_numbers():
     letters = [{"track": "t", "source": f"m.csv:line {n}", "reason": "r", "message": ""} for n in (16, 9, 15, 100)]
     assert [d["source"] for d in sorted_dead_letters(letters)] == [
         "m.csv:line 9", "m.csv:line 15", "m.csv:line 16", "m.csv:line 100"]  # (as text: 100, 15, 16, 9)
+    odd = [{"track": "t", "source": f"clip1\u00b2{n}.csv:line 3", "reason": "r", "message": ""} for n in (2, 1)]
+    assert [d["source"][6] for d in sorted_dead_letters(odd)] == ["1", "2"]  # a superscript is text, not a number

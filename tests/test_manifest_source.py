@@ -347,6 +347,9 @@ def test_rows_of_a_video_that_does_not_open_count_zero_frames_with_a_dead_letter
         (f"{manifest}:line 2", "unreadable_media", 0), (f"{manifest}:line 3", "unreadable_media", 0)]
     assert [(d.source, d.reason) for d in found.dead_letters if d.reason == "no_media"] == [
         (f"{manifest}:line 4", "no_media"), (f"{manifest}:line 5", "no_media")]
+    # Their classes (only "sad" on gone.avi besides broken.avi) are not judged: no unknown_class besides no_media.
+    assert {d.reason for d in found.dead_letters} == {"no_media"}
+    assert all(s.reason is None for t in found.tracks for s in t.segments)
     assert source.count_labelled_lines(track) == (0, [str(tmp_path / "broken.avi")])
 
 
@@ -421,6 +424,10 @@ def test_a_manifest_that_is_not_utf8_is_refused_with_its_line(tmp_path):
     manifest.write_bytes(b"\xff\xfe" + "path,split,expression\r\nb.avi,train,col\u00e8re\r\n".encode("utf-16-le"))
     found = ManifestSource(str(manifest)).discover()
     assert found.label_names["expression"] == ["col\u00e8re"] and [t.problem for t in found.tracks] == [None]
+    # A UTF-16 file that does not decode: the advice names its encoding (cp1252 would garble it).
+    manifest.write_bytes(b"\xff\xfe" + "path,split\r\n".encode("utf-16-le") + b"\x00\xd8")
+    with pytest.raises(ValueError, match="is not UTF-16-LE .* iconv -f utf-16-le -t utf-8"):
+        ManifestSource(str(manifest)).discover()
 
 
 def test_a_row_with_a_stray_comma_names_its_video_which_is_not_reported_unused(tmp_path):
@@ -451,6 +458,9 @@ def test_class_names_match_across_unicode_forms_and_come_from_rows_that_can_be_c
     found = ManifestSource(str(manifest)).discover()
     assert found.label_names["expression"] == ["neutral", nfc]
     assert [t.problem for t in found.tracks if t.media_id != "missing.avi"] == [None, None, None]
+    # The missing video's row is its no_media dead letter alone, not also an unknown_class one for "fear".
+    (missing,) = [t for t in found.tracks if t.media_id == "missing.avi"]
+    assert missing.problem == "no_media" and [s.reason for s in missing.segments] == [None]
     # A class folder copied from macOS (NFD) against --class_names typed in NFC: it was every video unknown_class.
     (tmp_path / "folders" / "Train" / nfd).mkdir(parents=True)
     (tmp_path / "folders" / "Train" / nfd / "v.avi").write_bytes(b"listing only")
@@ -474,6 +484,11 @@ def test_a_relative_path_above_the_manifest_folder_is_the_file_it_names(tmp_path
     messages = {d.source.rsplit(":", 1)[1]: d.message for d in found.dead_letters if d.reason == "no_media"}
     assert "../gone.mp4" in messages["line 3"] and "not found" in messages["line 3"]
     assert "needs its extension" in messages["line 4"]
+    # A path that climbs out and back in is the root's own video (one track, not reported unused).
+    (tmp_path / "lab" / "in.mp4").write_bytes(b"listing only")
+    manifest.write_text("path,split,expression\n../lab/in.mp4,train,happy\nin.mp4,train,happy\n", encoding="utf-8")
+    found = ManifestSource(str(manifest)).discover()
+    assert [t.media_id for t in found.tracks] == ["in.mp4"] and not found.unused_media
 
 
 def test_a_split_conflict_of_subjects_taken_from_file_stems_says_where_the_subject_came_from(tmp_path):

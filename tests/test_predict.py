@@ -483,7 +483,8 @@ def test_check_scorable_refuses_heads_and_label_names_the_annotations_do_not_sco
                                                                       HEAD_ACTION_UNITS: ["AU1", "AU20"]})
     annotated = (None, found, tracks)
     names = {HEAD_EXPRESSION: EXPR_NAMES, HEAD_VALENCE_AROUSAL: ["valence", "arousal"], HEAD_ACTION_UNITS: AU_NAMES}
-    with pytest.raises(ValueError, match="the model predicts valence_arousal, and the annotations annotate expr, au"):
+    with pytest.raises(ValueError, match="the model predicts valence_arousal, and the 'validation' split of the "
+                                         "annotations annotates au, expr"):
         scoring.check_scorable(annotated, "validation", [HEAD_VALENCE_AROUSAL], names, ["a"])
     with pytest.raises(ValueError, match=r"action_units labels \(AU1,AU20\) are not the model's"):
         scoring.check_scorable(annotated, "validation", [HEAD_ACTION_UNITS], names, ["b"])
@@ -495,7 +496,11 @@ def test_check_scorable_refuses_heads_and_label_names_the_annotations_do_not_sco
     assert scoring.check_scorable(annotated, "validation", [HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL], names,
                                   ["a", "b"]) == [
         "1 of the 2 outputs are no track of split 'validation' annotated for expression: predicted, not scored (b)",
-        "the annotations do not annotate valence_arousal: scored on expression"]
+        "the 'validation' split of the annotations does not annotate valence_arousal: scored on expression"]
+    # A head the annotations hold in another split only: said too (it was scored as 0 over 0 frames at the end).
+    train_au = (None, types.SimpleNamespace(tasks=["expr", "au"], label_names=found.label_names), tracks[:1])
+    assert scoring.check_scorable(train_au, "validation", [HEAD_EXPRESSION, HEAD_ACTION_UNITS], names, ["a"]) == [
+        "the 'validation' split of the annotations does not annotate action_units: scored on expression"]
 
 
 def test_cropped_aligned_on_a_face_stage_export_says_the_crops_differ_from_training(trained, tmp_path, capsys):

@@ -135,6 +135,12 @@ def test_expression_classes_the_train_split_lacks_are_warned_of(caplog):
     with caplog.at_level("WARNING"):  # Data counted before class_frames were recorded: not checked.
         _warn_of_untrainable_classes(data(train={}, validation={"Neutral": 5}), SPLIT_VALIDATION, config)
     assert not caplog.text
+    with caplog.at_level("WARNING"):  # No train split (refused later, in its own words: it was a KeyError here).
+        _warn_of_untrainable_classes(data(validation={"Neutral": 5}), SPLIT_VALIDATION, config)
+    # input-rate evaluates nothing: the evaluated splits are not looked at.
+    with caplog.at_level("WARNING"):
+        _warn_of_untrainable_classes(data(train={"Neutral": 50, "Fear": 0}, validation={"Fear": 4}), None, config)
+    assert "no train frame is labelled with" not in caplog.text and "one expression class (Neutral)" in caplog.text
 
 
 def test_a_head_that_scored_no_frame_is_left_out_of_the_selection_score():

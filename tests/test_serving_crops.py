@@ -35,7 +35,7 @@ from tfrecords_schema import decode_clip, read_dataset_info
 from tfrecords_schema.image_codec import decode_crop
 from trainer import train
 from trainer.prediction import predict
-from trainer.prediction.crops import FaceStageCrops, ProvidedCrops
+from trainer.prediction.crops import FaceStageCrops, ProvidedCrops, crop_counts
 
 COMMON = ["--runner", "DirectRunner", "--direct_running_mode", "in_memory", "--progress_every", "0"]
 H, W = 120, 160
@@ -171,8 +171,10 @@ def test_provided_crops_are_served_where_the_video_frame_does_not_decode(tmp_pat
     folder.mkdir()
     for i in range(1, 7):
         cv2.imwrite(str(folder / f"{i:05d}.jpg"), vf.face_frame(4, seed=i)[8:112, 28:132])
-    served = list(ProvidedCrops(str(video), str(folder), 32, 90))
+    source = ProvidedCrops(str(video), str(folder), 32, 90)
+    served = list(source)
     assert [c.index for c in served] == [1, 2, 3, 4, 5, 6] and all(c.decoded for c in served)
+    assert crop_counts(source)["video_frames_not_decoded"] == 1  # said in the summary all the same
     assert all(c.bbox is not None for c in served)
 
 

@@ -216,7 +216,8 @@ class BuildDatasetInfoFn(beam.DoFn):
 
 def _natural(text: str) -> tuple:
     """``text`` with its digit runs as numbers: ``m.csv:line 9`` sorts before ``m.csv:line 15``."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+    # re.split with a group alternates text and digit runs; int() only those (str.isdigit also takes "²").
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"([0-9]+)", text)))
 
 
 def sorted_dead_letters(dead_letters: Iterable[dict]) -> list[dict]:

@@ -187,13 +187,20 @@ class _MediaIndex:
         return key, None, base.DROP_NO_MEDIA, f"no video {key!r} under {self.root} ({', '.join(VIDEO_EXTENSIONS)})"
 
     def _above_root(self, key: str) -> tuple[str, str | None, str | None, str]:
-        """:meth:`resolve` of a relative path that climbs out of the root (``../clips/a.mp4``): the file it names."""
+        """:meth:`resolve` of a relative path that climbs out of the root (``../clips/a.mp4``): the file it names (a
+        path that climbs back in is the root's own video)."""
         root = _norm_root(self.root)
         if is_remote(root):
             scheme, rest = root.split("://", 1)
-            full = f"{scheme}://{posixpath.normpath(posixpath.join(rest, key))}"
+            joined = posixpath.normpath(posixpath.join(rest, key))
+            if joined.split("/", 1)[0] != rest.split("/", 1)[0]:  # Above the bucket: another bucket's name.
+                return key, None, base.DROP_NO_MEDIA, f"{key} climbs above the bucket of {self.root}"
+            full = f"{scheme}://{joined}"
         else:
             full = os.path.normpath(os.path.join(root, key))
+        inside = self._relative(full)
+        if inside is not None:
+            return self.resolve(inside)
         if not full.lower().endswith(VIDEO_EXTENSIONS):
             return full, None, base.DROP_NO_MEDIA, (f"{key} ({full}) is not a video ({', '.join(VIDEO_EXTENSIONS)}): "
                                                     f"a path above {self.root} needs its extension")
@@ -313,14 +320,15 @@ class ManifestSource(LabelledMediaSource):
                 data = f.read()
         except OSError as e:  # (BeamIOError too.)
             raise ValueError(f"cannot read --manifest {self.manifest}: {e}") from e
-        # A byte-order mark names the encoding (Excel's "Unicode text" is UTF-16 with one), as for annotation files.
+        # A byte-order mark names the encoding (UTF-16 or UTF-32 too), as for annotation files.
         encoding, skip = detect_encoding(data[:4])
         try:
             text = data[skip:].decode(encoding)
         except UnicodeDecodeError as e:  # Replacing the bytes would make up class names and paths that match nothing.
             line = data[skip:].count("\n".encode(encoding), 0, e.start) + 1
+            guess = encoding if skip else "cp1252"  # (Without a mark, a Windows export is the usual culprit.)
             raise ValueError(f"--manifest {self.manifest} line {line} is not {encoding.upper()} ({e.reason} at byte "
-                             f"{skip + e.start}); save it as UTF-8 (e.g. iconv -f cp1252 -t utf-8)") from e
+                             f"{skip + e.start}); save it as UTF-8 (e.g. iconv -f {guess} -t utf-8)") from e
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # An unclosed quote is an error.
         start = 1
         try:

@@ -310,6 +310,8 @@ def _row_problem(row: MediaRow, names: list[str], subject_splits, media_problems
                                      f"{sorted(subject_splits[row.subject])}; all its rows are rejected")
     if row.media_key in media_problems:
         return DROP_SPLIT_CONFLICT, media_problems[row.media_key]
+    if row.media_problem is not None:  # Its track says why (one dead letter per row): the class is not judged.
+        return None, ""
     if use_expression and row.expression and class_key(row.expression) not in {class_key(n) for n in names}:
         return DROP_UNKNOWN_CLASS, f"class {row.expression!r} is not one of {names}"
     if (not use_expression or not row.expression) and row.valence_arousal is None:

@@ -135,13 +135,15 @@ class ProvidedCrops:
         missing: Frames without a crop file.
         unreadable: Crop files that do not decode.
         past_video_end: Crop files of frames past the video's decodable end (not predicted).
+        video_not_decoded: Frames whose video frame did not decode (their crops are served: the conversion writes
+            them too).
     """
 
     def __init__(self, path: str, crops_dir: str, crop_size: int, jpeg_quality: int, codec: str = CODEC_JPEG):
         self.path, self.crops_dir, self.crop_size, self.jpeg_quality = path, crops_dir, crop_size, jpeg_quality
         self.codec = codec
         self.fps, self.stream = 0.0, None
-        self.missing = self.unreadable = self.past_video_end = 0
+        self.missing = self.unreadable = self.past_video_end = self.video_not_decoded = 0
 
     def __iter__(self) -> Iterator[FrameCrop]:
         from beam_jobs.faces import provided
@@ -165,6 +167,7 @@ class ProvidedCrops:
                         crop, bbox = prepared, provided.WHOLE_IMAGE_BOX
                 else:
                     self.missing += 1
+                self.video_not_decoded += frame.status is not FrameStatus.DECODED  # (its crop is served all the same)
                 yield FrameCrop(frame.index, frame.timestamp_us, crop, bbox, True)
             last = video.frames_read
             self.stream = video.facts()
@@ -188,8 +191,9 @@ def crop_source(track, local: str, served: ServedCrops, decoder_threads: int | N
 
 
 def crop_counts(source) -> dict:
-    """What a provided-crops track lacked: frames without a crop file, unreadable crops, crops past the video end."""
+    """What a provided-crops track lacked: frames without a crop file, unreadable crops, crops past the video end, and
+    video frames that did not decode (served their crops)."""
     if not isinstance(source, ProvidedCrops):
         return {}
     return {"crops_missing": source.missing, "crops_unreadable": source.unreadable,
-            "crops_past_video_end": source.past_video_end}
+            "crops_past_video_end": source.past_video_end, "video_frames_not_decoded": source.video_not_decoded}

@@ -110,10 +110,11 @@ def check_scorable(annotated: tuple, split: str, heads: Sequence[str], label_nam
         ValueError: nothing of the run could be scored (the message says why).
     """
     _, found, tracks = annotated
-    annotated_heads = [h for h in heads if TASK_OF_HEAD[h] in found.tasks]
+    split_tasks = sorted({task for track in tracks for task in track.tasks})  # (found.tasks: of every split)
+    annotated_heads = [h for h in heads if TASK_OF_HEAD[h] in split_tasks]
     if not annotated_heads:
-        raise ValueError(f"nothing to score: the model predicts {', '.join(heads)}, and the annotations annotate "
-                         f"{', '.join(found.tasks) or 'no task'}")
+        raise ValueError(f"nothing to score: the model predicts {', '.join(heads)}, and the {split!r} split of the "
+                         f"annotations annotates {', '.join(split_tasks) or 'no task'}")
     for head in annotated_heads:
         wanted, have = list(found.label_names.get(head, [])), list(label_names.get(head, []))
         lacking = [n for n in wanted if n not in have] if head == HEAD_ACTION_UNITS else ([] if wanted == have else wanted)
@@ -132,7 +133,8 @@ def check_scorable(annotated: tuple, split: str, heads: Sequence[str], label_nam
              f"{', '.join(annotated_heads)}: predicted, not scored ({_first(unscored)})"] if unscored else []
     missing = [h for h in heads if h not in annotated_heads]
     if missing:
-        notes.append(f"the annotations do not annotate {', '.join(missing)}: scored on {', '.join(annotated_heads)}")
+        notes.append(f"the {split!r} split of the annotations does not annotate {', '.join(missing)}: scored on "
+                     f"{', '.join(annotated_heads)}")
     return notes
 
 
@@ -177,11 +179,12 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
     from trainer.evaluation.metrics import PredictionAccumulator
 
     source, found, tracks = annotated or annotated_tracks(annotations, split)
-    heads = [h for h in HEADS if TASK_OF_HEAD[h] in found.tasks
+    split_tasks = {task for track in tracks for task in track.tasks}  # (A head annotated in another split only: not
+    heads = [h for h in HEADS if TASK_OF_HEAD[h] in split_tasks  # scored, rather than 0 over 0 frames.)
              and storage.gfile(pred_dir).isdir(join_path(pred_dir, SUBMISSION_DIRS[h]))]
     if not heads:
         raise ValueError(f"nothing to score: {pred_dir} has no {'/'.join(SUBMISSION_DIRS.values())} folder "
-                         f"for the tasks annotated under {annotations} ({', '.join(found.tasks)})")
+                         f"for the tasks of split {split!r} annotated under {annotations} ({', '.join(sorted(split_tasks))})")
     names = {h: list(found.label_names.get(h, [])) for h in HEADS}
     acc = PredictionAccumulator(heads, names[HEAD_EXPRESSION], names[HEAD_ACTION_UNITS])
     every = PredictionAccumulator(heads, names[HEAD_EXPRESSION], names[HEAD_ACTION_UNITS])

@@ -198,7 +198,11 @@ def _check_labelled_heads(info, heads: tuple[str, ...], select_split: str | None
 def _warn_of_untrainable_classes(info, select_split: str | None, config: TrainConfig) -> None:
     """Warns of expression classes the train split has no frame of: the model can never predict them, yet an
     evaluated split that holds them scores them (an F1 of 0 each in its macro-F1), and a train split of one class
-    trains a constant. Data counted before per-class frames were recorded (no ``class_frames``) is not checked."""
+    trains a constant. Data counted before per-class frames were recorded (no ``class_frames``) is not checked, nor
+    data without a train split (refused later, in its own words). ``select_split`` None: nothing is evaluated
+    (``input-rate``), only the train split is looked at."""
+    if SPLIT_TRAIN not in info.splits:
+        return
     train = info.splits[SPLIT_TRAIN].class_frames.get(TASK_EXPRESSION)
     if not train:
         return
@@ -206,7 +210,8 @@ def _warn_of_untrainable_classes(info, select_split: str | None, config: TrainCo
     if len(trained) == 1:
         log.warning("every labelled train frame of %s is of one expression class (%s): the model can only learn to "
                     "answer it", config.data, trained[0])
-    for split in dict.fromkeys(s for s in (select_split, config.eval_split) if s in info.splits):
+    evaluated = (select_split, config.eval_split) if select_split is not None else ()
+    for split in dict.fromkeys(s for s in evaluated if s in info.splits):
         frames = info.splits[split].class_frames.get(TASK_EXPRESSION, {})
         missing = {name: n for name, n in frames.items() if n and not train.get(name)}
         if missing:
