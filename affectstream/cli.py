@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     finally:
         set_command(None)
-    filesystems = sys.modules.get("trainer.common.filesystems")
+    filesystems = sys.modules.get("tfrecords_schema.filesystems")
     if filesystems is not None:
         # tensorflow-io's S3 file system aborts the interpreter at exit: leave early once it was used.
         code = filesystems.exit_hard_if_needed(code)

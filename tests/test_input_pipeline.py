@@ -372,7 +372,7 @@ def test_unbucketed_train_split_is_one_stream(tmp_path):
 
 
 def test_filesystem_registration_rejects_unknown_schemes_and_leaves_local_paths_alone(tmp_path):
-    from trainer.common import filesystems
+    from tfrecords_schema import filesystems
     filesystems.register_filesystems(str(tmp_path), None, "gs://bucket/data")  # TensorFlow's own: no-op
     assert not filesystems.tfio_used()
     assert filesystems.exit_hard_if_needed(3) == 3  # no tensorflow-io file system: a normal return

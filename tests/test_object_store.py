@@ -27,7 +27,7 @@ def test_train_from_s3_url_exits_zero_and_exports(tmp_path, s3_server):
                   crop_size=16, clip_length=4)
     upload(str(data), s3_server, "converted")
     job = tmp_path / "job"
-    # Their own temp folder: the hard exit (trainer.common.filesystems) must still run Python's exit handlers, so
+    # Their own temp folder: the hard exit (tfrecords_schema.filesystems) must still run Python's exit handlers, so
     # that TensorFlow removes the autograph files it wrote there (about 50 a job were left behind before).
     temp = tmp_path / "temp"
     temp.mkdir()

@@ -605,7 +605,7 @@ def test_frames_that_do_not_decode_keep_their_lines_without_a_face(trained, tmp_
 def test_videos_and_outputs_on_s3(trained, tmp_path, s3_server):
     s3_server.client.upload_file(str(vf.write_face_video(tmp_path / "clip.avi", [4] * 6)), s3_server.bucket,
                                  "in/sub/clip.AVI")
-    # A subprocess: tensorflow-io's S3 file system aborts the interpreter at exit (trainer.common.filesystems).
+    # A subprocess: tensorflow-io's S3 file system aborts the interpreter at exit (tfrecords_schema.filesystems).
     done = subprocess.run(
         [sys.executable, "-m", "trainer.prediction.predict", "--model", trained["export"], "--videos",
          f"s3://{s3_server.bucket}/in", "--output", f"s3://{s3_server.bucket}/out", "--progress_every", "0"],

@@ -111,7 +111,7 @@ def test_a_job_dir_that_is_a_file_or_an_export_holding_user_files_is_refused_bef
 
 
 def test_a_job_dir_inside_a_remote_conversion_is_told_by_its_url():
-    from trainer.common.filesystems import is_within
+    from tfrecords_schema.filesystems import is_within
 
     assert is_within("gs://b/conv/job", "gs://b/conv/") and is_within("gs://b//conv", "gs://b/conv")
     assert not is_within("gs://b/conversion-jobs/1", "gs://b/conv") and not is_within("gs://b/jobs", "gs://b/conv")

@@ -291,7 +291,7 @@ report["recovered"] = tree(out)
 report["entries_after_recovery"] = sorted(n.rstrip("/") for n in gf.listdir(root))
 report["pid"] = os.getpid()
 print("REPORT " + json.dumps(report), flush=True)
-os._exit(0)  # tensorflow-io's S3 file system aborts at interpreter exit (see trainer/common/filesystems.py).
+os._exit(0)  # tensorflow-io's S3 file system aborts at interpreter exit (see tfrecords_schema/filesystems.py).
 '''
 
 

@@ -17,7 +17,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from trainer.common import errors, filesystems
+from tfrecords_schema import filesystems
+from trainer.common import errors
 from trainer.common.allocator import recycle_large_buffers
 from trainer.common.errors import TrainingError
 from trainer.training.config import ConfigError, TrainConfig, parse_train_config

@@ -3,7 +3,7 @@
 The job reads and writes only through Beam's file systems, so the credentials and endpoints given
 as pipeline options (``--s3_endpoint_url``, GCS project, ...) serve the driver and every worker.
 TensorFlow's file systems cannot take those options, and tensorflow-io's S3 file system aborts the
-process at exit (see ``trainer/common/filesystems.py``), so the schema's one temp-then-rename helper
+process at exit (see ``tfrecords_schema/filesystems.py``), so the schema's one temp-then-rename helper
 (:func:`tfrecords_schema.atomic.incomplete_file`) runs here on Beam's file systems (:class:`BeamFiles`).
 
 Example:

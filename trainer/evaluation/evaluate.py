@@ -24,9 +24,9 @@ import posixpath
 import sys
 from collections.abc import Sequence
 
-from tfrecords_schema import join_path
+from tfrecords_schema import filesystems, join_path
 from tfrecords_schema.cli import add_verbose_flag, command_prog
-from trainer.common import errors, filesystems
+from trainer.common import errors
 from trainer.evaluation.collect import collect_predictions
 from trainer.evaluation.coverage import split_coverage
 from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, read_model_info, resolve_model_dir, serving_window

@@ -38,7 +38,7 @@ from tfrecords_schema import (
     DatasetInfo,
     buckets,
 )
-from trainer.common.filesystems import register_filesystems
+from tfrecords_schema.filesystems import register_filesystems
 from trainer.input import frames as frames_lib
 from trainer.input import pipeline as trainer_input
 from trainer.input import records

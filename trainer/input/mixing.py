@@ -23,7 +23,7 @@ import logging
 import numpy as np
 
 from tfrecords_schema import HEAD_EXPRESSION, SPLIT_TRAIN, TASK_EXPRESSION, DatasetInfo
-from trainer.common.filesystems import register_filesystems
+from tfrecords_schema.filesystems import register_filesystems
 from trainer.input import pipeline as trainer_input
 from trainer.input import records
 from trainer.input import sampling as sampling_lib

@@ -60,8 +60,8 @@ from tfrecords_schema import (
     DatasetInfo,
     make_clip_parser,
 )
+from tfrecords_schema.filesystems import register_filesystems
 from trainer.common.choices import TASK_CHOICES
-from trainer.common.filesystems import register_filesystems
 from trainer.input import data_service as data_service_lib
 from trainer.input import frames as frames_lib
 from trainer.input import records

@@ -45,8 +45,9 @@ import sys
 import time
 from collections.abc import Sequence
 
+from tfrecords_schema import filesystems
 from tfrecords_schema.cli import add_verbose_flag, command_prog
-from trainer.common import errors, filesystems
+from trainer.common import errors
 from trainer.model.export import is_per_frame, serving_window
 from trainer.model.lite import SERVING_BATCH
 from trainer.prediction import outputs as preds_lib

@@ -23,8 +23,9 @@ import json
 import sys
 from collections.abc import Sequence
 
+from tfrecords_schema import filesystems
 from tfrecords_schema.cli import add_verbose_flag, command_prog
-from trainer.common import errors, filesystems
+from trainer.common import errors
 from trainer.prediction import scoring
 
 

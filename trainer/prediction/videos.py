@@ -11,7 +11,7 @@ import posixpath
 import tempfile
 from collections.abc import Iterator, Sequence
 
-from trainer.common import filesystems
+from tfrecords_schema import filesystems
 from trainer.prediction.errors import PredictError, PredictUsageError
 
 COPY_CHUNK_BYTES = 8 << 20  # Remote videos are copied locally in pieces of this size.

@@ -316,7 +316,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     try:
-        from trainer.common import filesystems
+        from tfrecords_schema import filesystems
 
         filesystems.register_filesystems(args.output)
         import_model(args)

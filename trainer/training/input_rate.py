@@ -32,9 +32,10 @@ import sys
 import time
 from collections.abc import Sequence
 
+from tfrecords_schema import filesystems
 from tfrecords_schema.cli import command_prog
 from tfrecords_schema.image_codec import CODEC_RAW
-from trainer.common import errors, filesystems
+from trainer.common import errors
 from trainer.common.allocator import recycle_large_buffers
 from trainer.common.choices import STAGE_SEQUENCE
 from trainer.training import config as config_lib

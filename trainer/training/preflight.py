@@ -25,8 +25,8 @@ import io
 import logging
 import zipfile
 
+from tfrecords_schema.filesystems import is_within
 from trainer.common.errors import TrainingError
-from trainer.common.filesystems import is_within
 
 log = logging.getLogger("trainer.train")
 
