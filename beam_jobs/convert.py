@@ -398,8 +398,10 @@ def main() -> None:
     """Console entry point: runs with ``sys.argv`` and exits with the run's status."""
     import signal
 
+    from tfrecords_schema.filesystems import exit_hard_if_needed
+
     signal.signal(signal.SIGTERM, _terminate)
-    sys.exit(run())
+    sys.exit(exit_hard_if_needed(run()))  # (tensorflow-io's s3:// aborts at interpreter exit)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from tfrecords_schema import (
 from tfrecords_schema.buckets import BUCKET_BY_TASKS, BUCKET_BY_VA_GRID, NO_VA, VA_GRID, composite_tasks, va_cell_names
 from tfrecords_schema.cli import add_verbose_flag, command_prog
 from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME, MEDIA_KEY
+from tfrecords_schema.filesystems import exit_hard_if_needed, register_filesystems
 from tfrecords_schema.image_codec import CODEC_RAW, crop_shape
 
 _MAX_DEAD_LETTERS_SHOWN = 10
@@ -399,7 +400,7 @@ def verify(data_dir: str, info: DatasetInfo, recounts: dict[str, Recount] | None
 def run(argv: list[str] | None = None) -> int:
     """``inspect DIR [--verify]``; returns the exit status."""
     parser = argparse.ArgumentParser(prog=command_prog("beam_jobs.inspect_dataset"), description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", help="output folder of beam_jobs.convert (local or gs://...)")
+    parser.add_argument("data_dir", help="output folder of beam_jobs.convert (local, gs:// or s3://)")
     parser.add_argument("--verify", action="store_true",
                         help="read every record back: counts, sizes, crop size, labelled frames with/without face")
     add_verbose_flag(parser)
@@ -408,8 +409,9 @@ def run(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     try:
+        register_filesystems(args.data_dir)  # s3:// and the other tensorflow-io schemes
         info = read_dataset_info(args.data_dir)
-    except DatasetInfoError as e:
+    except (DatasetInfoError, ValueError, ImportError) as e:
         print(f"inspect: error: {e}", file=sys.stderr)
         for line in leftover_lines(args.data_dir):
             print(f"inspect: note: {line}", file=sys.stderr)
@@ -438,7 +440,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     """Console entry point: runs with ``sys.argv`` and exits with the run's status."""
-    sys.exit(run())
+    sys.exit(exit_hard_if_needed(run()))  # (tensorflow-io's s3:// aborts at interpreter exit)
 
 
 if __name__ == "__main__":

@@ -616,6 +616,19 @@ def test_videos_and_outputs_on_s3(trained, tmp_path, s3_server):
                                       "out/predict_summary.json"]
     text = s3_server.client.get_object(Bucket=s3_server.bucket, Key="out/EXPR/clip.txt")["Body"].read().decode()
     assert len(text.splitlines()) == 7
+    # The same with --workers 2: each worker process registers s3:// itself (every video failed with "File system
+    # scheme 's3' not implemented").
+    s3_server.client.upload_file(str(vf.write_face_video(tmp_path / "other.avi", [4] * 4)), s3_server.bucket,
+                                 "in/other.avi")
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.prediction.predict", "--model", trained["export"], "--videos",
+         f"s3://{s3_server.bucket}/in", "--output", f"s3://{s3_server.bucket}/out2", "--progress_every", "0",
+         "--workers", "2"],
+        check=False, cwd=REPO, env={**os.environ, **s3_server.tf_env, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "out2/EXPR/clip.txt" in s3_server.keys("out2/") and "out2/EXPR/other.txt" in s3_server.keys("out2/")
+    assert "2 track(s) predicted, 0 failed" in done.stdout
 
 
 # --------------------------------------------------------------------------------------------------

@@ -54,7 +54,6 @@ def register_filesystems(*urls: str | None) -> None:
         ValueError: a scheme neither TensorFlow nor tensorflow-io provides.
         ImportError: tensorflow-io is needed but not installed.
     """
-    global _tfio_used
     for url in urls:
         if not url:
             continue
@@ -67,10 +66,22 @@ def register_filesystems(*urls: str | None) -> None:
                 f"{', '.join(s + '://' for s in NATIVE_SCHEMES + TFIO_SCHEMES)}"
             )
         try:
-            import tensorflow_io  # noqa: F401  (registers the file systems as a side effect)
+            register_tensorflow_io()
         except ImportError as e:
             raise ImportError(f"{url!r} needs tensorflow-io (pip install tensorflow-io): {e}") from e
-        _tfio_used = True
+
+
+def register_tensorflow_io() -> None:
+    """Registers every tensorflow-io file system (``s3://`` ...) in this process, whatever URLs come later (a tf.data
+    service worker reads the paths of the datasets sent to it).
+
+    Raises:
+        ImportError: tensorflow-io is not installed.
+    """
+    global _tfio_used
+    import tensorflow_io  # noqa: F401  (registers the file systems as a side effect)
+
+    _tfio_used = True
 
 
 def tfio_used() -> bool:

@@ -38,6 +38,7 @@ from beam_jobs.sources.abaw_format import (  # noqa: F401 (re-exported: the adap
 )
 from beam_jobs.sources.abaw_labels import count_file_lines, read_track_labels
 from tfrecords_schema import HEAD_ACTION_UNITS, TASKS
+from tfrecords_schema.filesystems import register_filesystems
 
 
 class AbawLayoutError(ValueError):
@@ -83,6 +84,7 @@ class AbawSource(base.DatasetSource):
 
         for option, folder in (("--annotations", annotations), ("--videos", videos),
                                ("--cropped_aligned", cropped_aligned)):
+            register_filesystems(folder)  # (s3://: tensorflow-io's, in this process)
             if folder is not None and not tf.io.gfile.isdir(folder):
                 raise MissingFolderError(f"{option} folder {folder!r} does not exist or is not a folder")
         self.annotations = str(annotations)

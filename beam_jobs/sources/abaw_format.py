@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from beam_jobs.sources import base
 from beam_jobs.sources.text_lines import iter_lines
 from tfrecords_schema import TASK_ACTION_UNITS, TASK_EXPRESSION, TASK_VALENCE_AROUSAL, keys
+from tfrecords_schema.filesystems import register_filesystems
 
 EXPRESSION_NAMES_7 = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
 EXPRESSION_NAMES_8 = EXPRESSION_NAMES_7 + ("Other",)
@@ -141,6 +142,7 @@ def read_lines(path: str) -> Iterator[str]:
     """
     import tensorflow as tf  # Late import: importing the adapters must not load TensorFlow.
 
+    register_filesystems(path)  # (Read on the workers: each process registers s3:// itself.)
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             yield from iter_lines(f)

@@ -29,6 +29,7 @@ import os
 
 from beam_jobs.media.video import VIDEO_EXTENSIONS
 from beam_jobs.sources import base
+from tfrecords_schema.filesystems import register_filesystems
 
 
 def path_identity(path: str) -> object:
@@ -119,6 +120,7 @@ class FolderScan:
         self._listed[identity] = folder
         import tensorflow as tf  # Late import: importing the adapters must not load TensorFlow.
 
+        register_filesystems(folder)  # (Workers list folders too: each process registers s3:// itself.)
         try:
             entries = tf.io.gfile.listdir(folder)
         except tf.errors.OpError as e:

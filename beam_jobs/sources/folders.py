@@ -52,6 +52,7 @@ from beam_jobs.sources.media_rows import (
     select_tasks,
 )
 from tfrecords_schema import TASK_EXPRESSION
+from tfrecords_schema.filesystems import register_filesystems
 
 
 class FoldersSource(LabelledMediaSource):
@@ -78,6 +79,7 @@ class FoldersSource(LabelledMediaSource):
             raise ValueError("--dataset folders needs --videos ROOT (ROOT/<split>/<class>/.../<video>)")
         import tensorflow as tf  # Late import: importing the adapters must not load TensorFlow.
 
+        register_filesystems(videos)
         if not tf.io.gfile.isdir(videos):
             raise ValueError(f"--videos folder {videos!r} does not exist or is not a folder")
         self.tasks = select_tasks([TASK_EXPRESSION], tasks, "--dataset folders")

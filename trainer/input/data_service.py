@@ -54,6 +54,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from tfrecords_schema.cli import add_verbose_flag, command_prog
+from tfrecords_schema.filesystems import exit_hard_if_needed, register_tensorflow_io
 
 if TYPE_CHECKING:  # TensorFlow is imported where it is used: `affectstream data-service --help` stays light.
     import tensorflow as tf
@@ -209,6 +210,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     once (:func:`_exit_serving`).
     """
     args = build_parser().parse_args(argv)
+    try:  # The workers open the datasets' files themselves, s3:// ones too (its file system must be in this process).
+        register_tensorflow_io()
+    except ImportError:
+        pass  # local and gs:// data only: TensorFlow's own file systems
     try:
         local = start_local(args.port, args.workers, args.host)
     except ValueError as e:
@@ -247,7 +252,7 @@ def _exit_serving() -> NoReturn:
 
 def main() -> None:
     """``python -m trainer.input.data_service``."""
-    sys.exit(run())
+    sys.exit(exit_hard_if_needed(run()))  # (tensorflow-io, registered for the workers, aborts at interpreter exit)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
+from tfrecords_schema import filesystems
+
 CHUNK_FRAMES = 64  # frames a worker sends at once
 QUEUE_CHUNKS_PER_WORKER = 8  # chunks waiting per worker, at most (a few MB of crops)
 WORKER_EXIT_SECONDS = 10.0  # how long a worker told to stop may take to exit before it is terminated
@@ -57,6 +59,7 @@ def _worker(tasks, results, served) -> None:
     while (task := tasks.get()) is not None:
         number, track = task
         try:
+            filesystems.register_filesystems(track.video, track.crops_dir)  # (s3://: in each worker process)
             with local_video(track.video) as local:
                 # One FFmpeg thread: each worker has its core (FFmpeg's own threads cost CPU the other workers need).
                 source, chunk = crop_source(track, local, served, decoder_threads=1), []
@@ -74,6 +77,10 @@ def _worker(tasks, results, served) -> None:
             if type(e).__module__.split(".")[0] != "tensorflow":  # a file system error says enough in one line
                 traceback.print_exc(file=sys.stderr)
             results.put((_FAILED, number, f"{type(e).__name__}: {e}"))
+    if filesystems.tfio_used():  # tensorflow-io's s3:// aborts at interpreter exit: leave once the results are out.
+        results.close()
+        results.join_thread()
+        filesystems.exit_hard_if_needed(0)
 
 
 FORK_SERVER_PRELOAD = ["trainer.prediction.crops"]
