@@ -47,6 +47,11 @@ def test_train_from_s3_url_exits_zero_and_exports(tmp_path, s3_server):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["expression"] == metrics["expression"]
+    # Reports for a bucket that does not exist: refused before the split is scored (it failed at the very end).
+    done = subprocess.run([sys.executable, "-m", "trainer.evaluation.evaluate", "--model", str(job), "--data",
+                           f"s3://{s3_server.bucket}/converted", "--report_dir", "s3://no-such-bucket/r"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1 and "the reports cannot be written to s3://no-such-bucket/r" in done.stderr, done.stderr
     assert not sorted(p.name for p in temp.iterdir())
 
 

@@ -629,6 +629,15 @@ def test_videos_and_outputs_on_s3(trained, tmp_path, s3_server):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "out2/EXPR/clip.txt" in s3_server.keys("out2/") and "out2/EXPR/other.txt" in s3_server.keys("out2/")
     assert "2 track(s) predicted, 0 failed" in done.stdout
+    # An --output in a bucket that does not exist: refused before any video (each video was decoded, then failed).
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.prediction.predict", "--model", trained["export"], "--videos",
+         f"s3://{s3_server.bucket}/in", "--output", "s3://no-such-bucket/preds", "--progress_every", "0"],
+        check=False, cwd=REPO, env={**os.environ, **s3_server.tf_env, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
+    assert "--output 's3://no-such-bucket/preds' cannot be written" in done.stderr and "track(s)" not in done.stdout
+    assert not any(".affectstream-write-probe-" in key for key in s3_server.keys())  # the probe is gone
 
 
 # --------------------------------------------------------------------------------------------------

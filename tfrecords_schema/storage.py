@@ -76,3 +76,25 @@ def gfile(path: str):
 
         return tf.io.gfile
     return LOCAL
+
+
+WRITE_PROBE_PREFIX = ".affectstream-write-probe-"  # the object url_write_problem writes and removes
+
+
+def url_write_problem(url: str) -> str | None:
+    """Why nothing can be written under the folder URL ``url`` (a bucket that does not exist, no permission, an
+    unreachable endpoint), in the file system's words; None when a small probe object could be written there (it
+    is removed at once: the tool's own). Local paths are :func:`tfrecords_schema.disk_space.check_output_place`'s."""
+    import tensorflow as tf
+
+    probe = f"{url.rstrip('/')}/{WRITE_PROBE_PREFIX}{os.getpid()}"
+    try:
+        with tf.io.gfile.GFile(probe, "wb") as f:
+            f.write(b"probe")
+    except tf.errors.OpError as e:
+        return e.message.strip().splitlines()[0] if e.message.strip() else type(e).__name__
+    try:
+        tf.io.gfile.remove(probe)
+    except tf.errors.OpError:
+        pass  # Written but not removed: a write-only place is still a place to write.
+    return None

@@ -107,7 +107,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     """
     import keras
 
-    from tfrecords_schema import read_dataset_info
+    from tfrecords_schema import read_dataset_info, storage
     from trainer.evaluation import plots, reports
     from trainer.input.pipeline import make_eval_dataset
     from trainer.input.records import SkippedRecords
@@ -119,6 +119,11 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     if split not in info.splits:
         raise EvaluationError(f"--split {split!r} is not in {data_dir}; splits there: {sorted(info.splits)}")
     heads = check_model_fits_data(model_info, info, data_dir)
+    report_dir = report_dir or default_report_dir(model_dir, split)
+    if storage.is_url(report_dir):  # Before the split is scored: a bucket that does not exist failed only at the end.
+        problem = storage.url_write_problem(report_dir)
+        if problem:
+            raise EvaluationError(f"the reports cannot be written to {report_dir}: {problem}")
     unscored = [head for head in model_info["heads"] if head not in heads]
     if unscored:
         print(f"note: {data_dir} has no {', '.join(unscored)} labels: the model is scored on {', '.join(heads)}",
@@ -139,7 +144,6 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
                                               predictions.labelled_frames_read, skipped.total if skipped else 0)})
     if skipped is not None:
         result["skipped_corrupt_records"] = skipped.total
-    report_dir = report_dir or default_report_dir(model_dir, split)
     context = reports.ReportContext(info.name, split, reports.model_label(model.name, model_dir),
                                     model_info.get("best_epoch"))
     paths = reports.write_reports(result, predictions.per_video(), info.expression_names,

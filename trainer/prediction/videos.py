@@ -247,10 +247,11 @@ def check_output_place(output: str, tracks: Sequence[Track], render: bool, searc
     files = storage.gfile(output)
     if files.exists(output) and not files.isdir(output):
         raise PredictUsageError(f"--output {output!r} is a file; give a folder")
-    if not storage.is_url(output):
-        problem = check_local_place(output).problem
-        if problem:
-            raise PredictUsageError(f"--output {output!r} cannot be written: {problem}; nothing was read or written")
+    # A URL gets a probe object (a bucket that does not exist failed every video, after decoding it, as the video's
+    # own error).
+    problem = storage.url_write_problem(output) if storage.is_url(output) else check_local_place(output).problem
+    if problem:
+        raise PredictUsageError(f"--output {output!r} cannot be written: {problem}; nothing was read or written")
     if not render:
         return
     for folder in searched:  # (A folder below a searched one is left out of the search: list_videos.)
