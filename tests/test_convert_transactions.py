@@ -375,6 +375,13 @@ def test_object_store_output_is_replaced_only_when_ours_and_only_after_listing_t
     rc, _, err = run_convert(ann, videos, "s3://affect/out", "--overwrite", *options, source=source)
     assert rc == 1 and "worker crashed" in err
     assert not [k for k in s3_server.keys() if f"/{TMP_DIRNAME}/" in k]  # The run's temp objects are removed.
+    # What a killed (SIGKILL) in-place run left is said as such (it read "already exists and is not empty").
+    for key in (f"killed/{TMP_DIRNAME}/progress/{'a' * 40}.json", f"killed/{TMP_DIRNAME}/spill/{'b' * 32}.bin"):
+        s3_server.client.put_object(Bucket="affect", Key=key, Body=b"{}")
+    rc, _, err = run_convert(ann, videos, "s3://affect/killed", *options)
+    assert rc == 2 and f"holds what a stopped conversion left (2 object(s) under {TMP_DIRNAME}/)" in err, err
+    rc, _, err = run_convert(ann, videos, "s3://affect/killed", "--overwrite", *options)
+    assert rc == 0, err
 
 
 def test_an_output_that_is_a_symlink_is_replaced_through_the_link(inputs, tmp_path):

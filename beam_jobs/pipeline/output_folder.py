@@ -220,9 +220,14 @@ def check_output(output: str, overwrite: bool) -> bool:
     Raises:
         OutputRefused: ``output`` is a file, is not empty and ``overwrite`` is off, or is not this tool's.
     """
-    if not _entries(output):
+    entries = _entries(output)
+    if not entries:
         return False
     if not overwrite:
+        left = [e for e in entries if e.startswith(TMP_DIRNAME + "/")]
+        if _is_url(output) and left and ownership_problem(output) is None:  # (An object-store run writes in place.)
+            raise OutputRefused(f"output {output} holds what a stopped conversion left ({len(left)} object(s) under "
+                                f"{TMP_DIRNAME}/); pass --overwrite to replace it")
         raise OutputRefused(f"output {output} already exists and is not empty; pass --overwrite to replace it")
     problem = ownership_problem(output)
     if problem:
