@@ -45,14 +45,39 @@ def prepare_output(output: str, overwrite: bool) -> bool:
 
     Raises:
         UsageError: the output is a file, holds something and ``overwrite`` is off, or is not this tool's
-            (the message names the entries it did not write).
+            (the message names the entries it did not write); an object-store output that cannot be listed or
+            written (checked by writing and removing a small probe object).
     """
+    from apache_beam.io.filesystem import BeamIOError
+
     from beam_jobs.pipeline.output_folder import OutputRefused, check_output
 
     try:
-        return check_output(output, overwrite)
+        replacing = check_output(output, overwrite)
+        if "://" in output:  # A bucket that does not exist failed only when the first shard was written.
+            _probe_write(output)
+        return replacing
     except OutputRefused as e:
         raise UsageError(str(e)) from e
+    except Exception as e:  # noqa: BLE001 - each storage client has its own errors (BeamIOError, S3ClientError, ...)
+        causes = getattr(e, "exception_details", None) or {} if isinstance(e, BeamIOError) else {}
+        reason = (next((str(v) for v in causes.values()), "") or str(e)).strip() or type(e).__name__
+        raise UsageError(f"cannot write to --output {output}: {reason.splitlines()[-1][:300]}") from e
+
+
+def _probe_write(output: str) -> None:
+    """Writes and removes a small object under ``output`` through Beam's file systems (the run's own)."""
+    import os
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from tfrecords_schema import join_path
+    from tfrecords_schema.storage import WRITE_PROBE_PREFIX
+
+    probe = join_path(output, f"{WRITE_PROBE_PREFIX}{os.getpid()}")
+    with FileSystems.create(probe) as f:
+        f.write(b"probe")
+    FileSystems.delete([probe])
 
 
 def pipeline_options(beam_args: list[str]):

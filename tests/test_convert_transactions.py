@@ -382,6 +382,10 @@ def test_object_store_output_is_replaced_only_when_ours_and_only_after_listing_t
     assert rc == 2 and f"holds what a stopped conversion left (2 object(s) under {TMP_DIRNAME}/)" in err, err
     rc, _, err = run_convert(ann, videos, "s3://affect/killed", "--overwrite", *options)
     assert rc == 0, err
+    # A bucket that does not exist: refused before the run (it failed at the first shard, with tracebacks).
+    rc, _, err = run_convert(ann, videos, "s3://no-such-bucket/out", *options)
+    assert rc == 2 and "convert: error: cannot write to --output s3://no-such-bucket/out" in err, err
+    assert err.count("\n") == 1 and not [k for k in s3_server.keys() if "write-probe" in k]
 
 
 def test_an_output_that_is_a_symlink_is_replaced_through_the_link(inputs, tmp_path):
