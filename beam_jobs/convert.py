@@ -65,6 +65,29 @@ def prepare_output(output: str, overwrite: bool) -> bool:
         raise UsageError(f"cannot write to --output {output}: {reason.splitlines()[-1][:300]}") from e
 
 
+def _check_s3_credentials(options, output: str) -> None:
+    """Refuses an ``s3://`` output with no AWS credentials anywhere (options, environment, AWS files): Beam's S3
+    client retried "Unable to locate credentials" for minutes before failing with a traceback.
+
+    Raises:
+        UsageError: naming where credentials are looked for.
+    """
+    if not output.startswith("s3://"):
+        return
+    from apache_beam.options.pipeline_options import S3Options
+
+    if options.view_as(S3Options).s3_access_key_id:
+        return
+    try:
+        import boto3
+    except ImportError:
+        return  # (Beam's S3 file system needs it: its own error says so.)
+    if boto3.session.Session().get_credentials() is None:
+        raise UsageError(f"no AWS credentials for --output {output}: pass --s3_access_key_id and "
+                         "--s3_secret_access_key, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS "
+                         "profile)")
+
+
 def _probe_write(output: str) -> None:
     """Writes and removes a small object under ``output`` through Beam's file systems (the run's own)."""
     import os
@@ -155,6 +178,7 @@ def _setup(argv: list[str], source: DatasetSource | None):
         raise UsageError(str(e)) from e
     options = pipeline_options(beam_args)
     FileSystems.set_options(options)  # Credentials/endpoints of gs:// or s3:// outputs, here in the driver too.
+    _check_s3_credentials(options, args.output)
     prepare_output(args.output, args.overwrite)
     return args, beam_args, tasks, source, options
 

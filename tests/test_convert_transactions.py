@@ -388,6 +388,19 @@ def test_object_store_output_is_replaced_only_when_ours_and_only_after_listing_t
     assert err.count("\n") == 1 and not [k for k in s3_server.keys() if "write-probe" in k]
 
 
+
+def test_an_s3_output_without_any_credentials_is_refused_at_once(inputs, s3_server, monkeypatch, tmp_path):
+    # Beam's S3 client retried "Unable to locate credentials" for minutes, then failed with a traceback.
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    rc, _, err = run_convert(*inputs, "s3://affect/out", "--s3_endpoint_url", s3_server.url)
+    assert rc == 2 and "no AWS credentials for --output s3://affect/out" in err and err.count("\n") == 1, err
+    assert not s3_server.keys()  # nothing written
+
+
 def test_an_output_that_is_a_symlink_is_replaced_through_the_link(inputs, tmp_path):
     real = tmp_path / "big_disk" / "records"
     rc, _, err = run_convert(*inputs, real)
