@@ -62,7 +62,6 @@ log = logging.getLogger("trainer.prediction.predict")
 
 SUMMARY_FILENAME = "predict_summary.json"
 MAX_SERVING_BATCH = 1024  # --batch_size's bound: far past the speed-up of bigger batches, short of the memory it takes.
-SCORES_FILENAME = scoring.SCORES_FILENAME
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,8 +298,7 @@ def predict(args) -> int:
             summary["scores_error"] = str(e)
             print(f"[predict] error: scoring against {args.annotations}: {e}", file=sys.stderr, flush=True)
         else:
-            summary["scores"] = write_atomically(join_path(args.output, SCORES_FILENAME),
-                                                 json.dumps(scores, indent=2, sort_keys=True) + "\n")
+            summary["scores"] = scoring.write_scores(args.output, scores)
             print(f"scores against {args.annotations} [{args.score_split}] -> {summary['scores']}\n"
                   f"{scoring.format_scores(scores)}", flush=True)
     path = write_atomically(join_path(args.output, SUMMARY_FILENAME), json.dumps(summary, indent=2) + "\n")

@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -48,14 +47,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     try:
-        from tfrecords_schema import join_path
-        from tfrecords_schema.atomic import write_atomically
         from trainer.prediction.outputs import PredictionFileError
 
         filesystems.register_filesystems(args.predictions, args.annotations)
         scores = scoring.score_predictions(args.predictions, args.annotations, args.split)
-        path = write_atomically(join_path(args.predictions, scoring.SCORES_FILENAME),
-                                json.dumps(scores, indent=2, sort_keys=True) + "\n")
+        path = scoring.write_scores(args.predictions, scores)
     except Exception as e:  # noqa: BLE001 - one clear line and an exit code for expected failures.
         return errors.report_failure(e, (PredictionFileError, ValueError, OSError))
     print(f"scores of {scores['videos_scored']} track(s) against {args.annotations} [{args.split}] -> {path}\n"

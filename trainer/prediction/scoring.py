@@ -110,7 +110,7 @@ def check_scorable(annotated: tuple, split: str, heads: Sequence[str], label_nam
         ValueError: nothing of the run could be scored (the message says why).
     """
     _, found, tracks = annotated
-    split_tasks = sorted({task for track in tracks for task in track.tasks})  # (found.tasks: of every split)
+    split_tasks = sorted(_split_tasks(tracks))
     annotated_heads = [h for h in heads if TASK_OF_HEAD[h] in split_tasks]
     if not annotated_heads:
         raise ValueError(f"nothing to score: the model predicts {', '.join(heads)}, and the {split!r} split of the "
@@ -136,6 +136,20 @@ def check_scorable(annotated: tuple, split: str, heads: Sequence[str], label_nam
         notes.append(f"the {split!r} split of the annotations does not annotate {', '.join(missing)}: scored on "
                      f"{', '.join(annotated_heads)}")
     return notes
+
+
+def write_scores(pred_dir: str, scores: dict) -> str:
+    """Writes ``scores`` (:func:`score_predictions`) to ``pred_dir``/:data:`SCORES_FILENAME` atomically; its path."""
+    import json
+
+    from tfrecords_schema.atomic import write_atomically
+
+    return write_atomically(join_path(pred_dir, SCORES_FILENAME), json.dumps(scores, indent=2, sort_keys=True) + "\n")
+
+
+def _split_tasks(tracks) -> set[str]:
+    """The tasks the tracks of a split annotate (a discovery's ``tasks`` are those of every split)."""
+    return {task for track in tracks for task in track.tasks}
 
 
 def _first(names: Sequence[str], shown: int = 5) -> str:
@@ -179,8 +193,8 @@ def score_predictions(pred_dir: str, annotations: str, split: str = "validation"
     from trainer.evaluation.metrics import PredictionAccumulator
 
     source, found, tracks = annotated or annotated_tracks(annotations, split)
-    split_tasks = {task for track in tracks for task in track.tasks}  # (A head annotated in another split only: not
-    heads = [h for h in HEADS if TASK_OF_HEAD[h] in split_tasks  # scored, rather than 0 over 0 frames.)
+    split_tasks = _split_tasks(tracks)  # (A head annotated in another split only: not scored, rather than 0 over 0
+    heads = [h for h in HEADS if TASK_OF_HEAD[h] in split_tasks  # frames.)
              and storage.gfile(pred_dir).isdir(join_path(pred_dir, SUBMISSION_DIRS[h]))]
     if not heads:
         raise ValueError(f"nothing to score: {pred_dir} has no {'/'.join(SUBMISSION_DIRS.values())} folder "
