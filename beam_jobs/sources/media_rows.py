@@ -297,7 +297,7 @@ def _split_conflicts(rows: list[MediaRow]) -> tuple[dict[str, set[str]], dict[st
     return {k: v for k, v in by_subject.items() if len(v) > 1}, media_problems, first_name
 
 
-def _row_problem(row: MediaRow, names: list[str], subject_splits, media_problems,
+def _row_problem(row: MediaRow, names: list[str], class_index: dict[str, int], subject_splits, media_problems,
                  use_expression: bool) -> tuple[str | None, str]:
     """The first reason a row is rejected for, with its message (None: the row is good)."""
     if row.reason is not None:
@@ -312,7 +312,7 @@ def _row_problem(row: MediaRow, names: list[str], subject_splits, media_problems
         return DROP_SPLIT_CONFLICT, media_problems[row.media_key]
     if row.media_problem is not None:  # Its track says why (one dead letter per row): the class is not judged.
         return None, ""
-    if use_expression and row.expression and class_key(row.expression) not in {class_key(n) for n in names}:
+    if use_expression and row.expression and class_key(row.expression) not in class_index:
         return DROP_UNKNOWN_CLASS, f"class {row.expression!r} is not one of {names}"
     if (not use_expression or not row.expression) and row.valence_arousal is None:
         return base.DROP_MALFORMED_LINE, "the row has no label for the converted tasks"
@@ -350,7 +350,7 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
     grouped: dict[tuple[str, str], list[tuple[MediaRow, Segment]]] = collections.defaultdict(list)
     noted: set[str] = set()
     for row in rows:
-        reason, message = _row_problem(row, names, subject_splits, media_problems, use_expression)
+        reason, message = _row_problem(row, names, class_index, subject_splits, media_problems, use_expression)
         expression = keys.EXPRESSION_INVALID
         if use_expression and row.expression and class_key(row.expression) in class_index:
             expression = class_index[class_key(row.expression)]
