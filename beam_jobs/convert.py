@@ -48,8 +48,6 @@ def prepare_output(output: str, overwrite: bool) -> bool:
             (the message names the entries it did not write); an object-store output that cannot be listed or
             written (checked by writing and removing a small probe object).
     """
-    from apache_beam.io.filesystem import BeamIOError
-
     from beam_jobs.pipeline.output_folder import OutputRefused, check_output
 
     try:
@@ -60,7 +58,7 @@ def prepare_output(output: str, overwrite: bool) -> bool:
     except OutputRefused as e:
         raise UsageError(str(e)) from e
     except Exception as e:  # noqa: BLE001 - each storage client has its own errors (BeamIOError, S3ClientError, ...)
-        causes = getattr(e, "exception_details", None) or {} if isinstance(e, BeamIOError) else {}
+        causes = getattr(e, "exception_details", None) or {}  # (BeamIOError: the storage client's own error)
         reason = (next((str(v) for v in causes.values()), "") or str(e)).strip() or type(e).__name__
         raise UsageError(f"cannot write to --output {output}: {reason.splitlines()[-1][:300]}") from e
 
