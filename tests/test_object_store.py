@@ -52,7 +52,34 @@ def test_train_from_s3_url_exits_zero_and_exports(tmp_path, s3_server):
                            f"s3://{s3_server.bucket}/converted", "--report_dir", "s3://no-such-bucket/r"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 1 and "the reports cannot be written to s3://no-such-bucket/r" in done.stderr, done.stderr
+    # Data that is not there: tensorflow-io answers "not found" for bad credentials or endpoints too, so the message
+    # says what to check besides the path.
+    done = subprocess.run([sys.executable, "-m", "trainer.evaluation.evaluate", "--model", str(job), "--data",
+                           f"s3://{s3_server.bucket}/nothing-here"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode != 0, done.stderr
+    assert f"s3://{s3_server.bucket}/nothing-here/dataset_info.json not found" in done.stderr, done.stderr
+    assert "refused credentials or an unreachable endpoint" in done.stderr and "S3_ENDPOINT" in done.stderr
+    assert "no AWS credentials are set" not in done.stderr  # (The server's keys are in the environment.)
     assert not sorted(p.name for p in temp.iterdir())
+
+
+def test_missing_hint_names_what_s3_cannot_tell_apart(tmp_path, monkeypatch):
+    from tfrecords_schema.filesystems import missing_hint
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert missing_hint("/local/data") == "" and missing_hint("gs://b/data") == ""
+    assert "S3_ENDPOINT" in missing_hint("s3://b/data")
+    assert "no AWS credentials are set" in missing_hint("s3://b/data")
+    (tmp_path / ".aws").mkdir()
+    (tmp_path / ".aws" / "credentials").write_text("[default]\naws_access_key_id = x\n")
+    assert "no AWS credentials are set" not in missing_hint("s3://b/data")
+    (tmp_path / ".aws" / "credentials").unlink()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    assert "no AWS credentials are set" not in missing_hint("s3://b/data")
 
 
 def test_inspect_and_a_conversion_of_abaw_inputs_on_s3(tmp_path, s3_server):

@@ -17,6 +17,7 @@ import re
 from typing import Any, NamedTuple
 
 from tfrecords_schema.dataset_info_checks import checked_fields
+from tfrecords_schema.filesystems import missing_hint
 from tfrecords_schema.image_codec import DEFAULT_CODEC
 from tfrecords_schema.split_info import (  # noqa: F401 (re-exported: the parts of a dataset's info)
     Accounting,
@@ -252,7 +253,7 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
     path = info_path(data_dir)
     if not tf.io.gfile.exists(path):
         raise DatasetInfoError(
-            f"{path} not found: --data must be the output directory of beam_jobs.convert"
+            f"{path} not found: --data must be the output directory of beam_jobs.convert{missing_hint(path)}"
         )
     with tf.io.gfile.GFile(path, "r") as f:
         return DatasetInfo.from_json(f.read(), source=path)

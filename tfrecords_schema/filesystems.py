@@ -84,6 +84,30 @@ def register_tensorflow_io() -> None:
     _tfio_used = True
 
 
+def missing_hint(url: str) -> str:
+    """What to add to "``url`` not found" where it may not be the object's absence: tensorflow-io's ``s3://`` answers
+    a bucket that does not exist, credentials it refuses and an endpoint it cannot reach (after ~1 min of retries)
+    with the same "not found" (tensorflow-io 0.37.1). ``""`` for other schemes, which tell these apart themselves."""
+    if scheme_of(url) != "s3":
+        return ""
+    hint = ("; tensorflow-io also says not found for a bucket that does not exist, refused credentials or an "
+            "unreachable endpoint: check the bucket, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_REGION and, "
+            "for an S3-compatible server, S3_ENDPOINT and S3_USE_HTTPS")
+    if not _aws_credentials_set():
+        hint += " (no AWS credentials are set in the environment or in ~/.aws; an instance role would still serve)"
+    return hint
+
+
+def _aws_credentials_set() -> bool:
+    """Whether the environment or the AWS files name credentials (the AWS SDK's chain before instance roles)."""
+    if os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE") \
+            or os.environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+        return True
+    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser("~/.aws/credentials"),
+             os.environ.get("AWS_CONFIG_FILE") or os.path.expanduser("~/.aws/config"))
+    return any(os.path.isfile(f) for f in files)
+
+
 def tfio_used() -> bool:
     """Whether a tensorflow-io file system was registered in this process."""
     return _tfio_used

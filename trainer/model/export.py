@@ -35,6 +35,7 @@ import tempfile
 
 from tfrecords_schema import join_path, storage
 from tfrecords_schema.atomic import INCOMPLETE_MARK
+from tfrecords_schema.filesystems import missing_hint
 
 EXPORT_DIRNAME = "export"
 MODEL_FILENAME = "model.keras"
@@ -122,7 +123,7 @@ def read_model_info(model_dir: str) -> dict:
     path = join_path(model_dir, MODEL_INFO_FILENAME)
     files = storage.gfile(path)
     if not files.exists(path):
-        raise ExportError(f"{path} not found: not an export of this tool")
+        raise ExportError(f"{path} not found: not an export of this tool{missing_hint(path)}")
     try:
         with files.GFile(path, "r") as f:
             info = json.loads(f.read())

@@ -63,7 +63,7 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, outpu
         elif files.exists(path):
             found.append(path)
         else:
-            raise PredictError(f"--videos {path!r} does not exist")
+            raise PredictError(f"--videos {path!r} does not exist{filesystems.missing_hint(path)}")
     first: dict[str, str] = {}
     for video in found:
         key = _same_file_key(video)
