@@ -29,8 +29,8 @@ from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AR
 from trainer import train
 from trainer.evaluation import evaluate
 from trainer.prediction import outputs as P
-from trainer.prediction import predict, scoring, videos
-from trainer.prediction.errors import PredictError
+from trainer.prediction import ownership, predict, scoring, videos
+from trainer.prediction.errors import PredictError, PredictUsageError
 
 EXPR_NAMES = abaw.EXPR_NAMES_8
 AU_NAMES = abaw.AU_NAMES_12
@@ -352,6 +352,44 @@ def test_a_render_over_its_own_video_and_an_output_that_is_a_file_are_refused_be
     assert (tmp_path / "file").read_text(encoding="utf-8") == "mine"
 
 
+def test_a_prediction_folder_replaces_only_the_files_the_tool_wrote_there(tmp_path):
+    out = str(tmp_path / "out")
+    planned = ownership.planned_files(out, ["a", "b"], ["EXPR"], render=True, scores=False)
+    assert [os.path.relpath(p, out) for p in planned] == ["a.csv", "EXPR/a.txt", "a.png", "a.mp4", "b.csv",
+                                                         "EXPR/b.txt", "b.png", "b.mp4", "predict_summary.json"]
+    ownership.Ledger.read(out).check(planned)  # A new folder.
+    os.makedirs(out)
+    (tmp_path / "out" / "a.csv").write_text("frame,label\n1,happy\n", encoding="utf-8")  # The user's.
+    with pytest.raises(PredictUsageError, match=r"holds 1 file\(s\) this run would replace that this tool did not "
+                                                r"write: .*a\.csv; nothing was read or written"):
+        ownership.Ledger.read(out).check(planned)
+    os.remove(os.path.join(out, "a.csv"))
+    ledger = ownership.Ledger.read(out)
+    ledger.record(planned[:4])  # A run of a: its files are the tool's (recorded before any is written).
+    for p in planned[:4]:
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        open(p, "w").close()
+    ownership.Ledger.read(out).check(planned)  # Another run replaces them; b's files are new.
+    # A run of b keeps a's files in the ledger; a file the ledger lists that was since removed leaves it.
+    os.remove(planned[2])
+    ownership.Ledger.read(out).record(planned[4:8])
+    assert ownership.Ledger.read(out).owned == {"a.csv", "EXPR/a.txt", "a.mp4", "b.csv", "EXPR/b.txt", "b.png",
+                                                "b.mp4"}
+    # A folder predicted into before the ledger existed: its summary names the files of its last run, whatever
+    # spelling of the folder that run was given.
+    legacy = tmp_path / "legacy"
+    (legacy / "EXPR").mkdir(parents=True)
+    for name in ("c.csv", "EXPR/c.txt", "d.csv"):
+        (legacy / name).write_text("x", encoding="utf-8")
+    (legacy / "predict_summary.json").write_text(json.dumps({"model": "m", "videos": [
+        {"stem": "c", "csv": "../legacy/c.csv", "abaw": {"expression": "/elsewhere/legacy/EXPR/c.txt"}}]}))
+    ledger = ownership.Ledger.read(str(legacy))
+    assert ledger.owned == {"c.csv", "EXPR/c.txt", "predict_summary.json"}
+    ledger.check(ownership.planned_files(str(legacy), ["c"], ["EXPR"], render=False, scores=False))
+    with pytest.raises(PredictUsageError, match="d.csv"):
+        ledger.check(ownership.planned_files(str(legacy), ["d"], ["EXPR"], render=False, scores=False))
+
+
 def test_output_names_carry_the_side_and_clashing_names_are_refused():
     assert videos.output_stems(["x/10-60-1280x720.mp4", "y/b.AVI"], "left") == ["10-60-1280x720_left", "b_left"]
     assert videos.output_stems(["gs://bucket/v/a.mp4"], None) == ["a"]
@@ -562,6 +600,15 @@ def test_side_picks_the_face_on_that_side_of_a_two_person_video(trained, tmp_pat
         centres[side] = np.mean([(float(r["box_xmin"]) + float(r["box_xmax"])) / 2 for r in rows])
         assert len((out / "EXPR" / f"duo_{side}.txt").read_text().splitlines()) == 13
     assert centres["left"] < 0.5 < centres["right"]
+    # The folder's files are the tool's over both runs: predicting one side again replaces its files. A file of the
+    # user's with a name the run writes is refused before any video, and left as it was.
+    assert run_predict(["--model", trained["export"], "--videos", str(video), "--output", str(out),
+                        "--side", "left"]) == 0
+    (out / "duo_right.png").write_bytes(b"my picture")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert run_predict(["--model", trained["export"], "--videos", str(video), "--output", str(out),
+                        "--side", "right", "--render"]) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_a_folder_with_mixed_case_extensions_is_predicted_and_an_unreadable_video_is_a_counted_failure(trained,

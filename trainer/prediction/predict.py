@@ -51,16 +51,16 @@ from trainer.common import errors
 from trainer.model.export import is_per_frame, serving_window
 from trainer.model.lite import SERVING_BATCH
 from trainer.prediction import outputs as preds_lib
-from trainer.prediction import scoring
+from trainer.prediction import ownership, scoring
 from trainer.prediction.crops import CROPS_FACE_STAGE, CROPS_PROVIDED, ServedCrops, crop_counts, crop_source
 from trainer.prediction.errors import PredictError, PredictUsageError
+from trainer.prediction.ownership import SUMMARY_FILENAME
 from trainer.prediction.progress import PROGRESS_EVERY_S, Progress
 from trainer.prediction.serving import RUNTIME_AUTO, RUNTIMES, load_export, load_predictor, predict_video
 from trainer.prediction.videos import LOCAL_COPY_PREFIX, check_output_place, list_videos, local_video, plan_tracks
 
 log = logging.getLogger("trainer.prediction.predict")
 
-SUMMARY_FILENAME = "predict_summary.json"
 MAX_SERVING_BATCH = 1024  # --batch_size's bound: far past the speed-up of bigger batches, short of the memory it takes.
 
 
@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", required=True, nargs="+", metavar="PATH",
                    help="video files and/or folders (searched recursively); local, gs:// or s3://")
     p.add_argument("--output", required=True, metavar="OUT_DIR",
-                   help="output folder (local, gs:// or s3://); files of the same names are replaced")
+                   help="output folder (local, gs:// or s3://); files of the same names that the tool wrote there are "
+                        "replaced, and one it did not write is refused before any work")
     p.add_argument("--side", choices=("left", "right"), default=None,
                    help="two people in the video: predict the face on this side; outputs are named <stem>_<side>")
     p.add_argument("--cropped_aligned", default=None, metavar="DIR",
@@ -210,6 +211,12 @@ def predict(args) -> int:
     model_info, served, model_dir = load_export(args.model)
     crops = choose_crops(served, args)
     heads = list(model_info["heads"])
+    # Files of these names the tool did not write (the user's, beside the videos) are refused now, not replaced.
+    ledger = ownership.Ledger.read(args.output)
+    planned = ownership.planned_files(args.output, [t.stem for t in tracks],
+                                      [preds_lib.SUBMISSION_DIRS[h] for h in preds_lib.HEADS if h in heads],
+                                      args.render, bool(args.annotations))
+    ledger.check(planned)
     if annotated:  # What cannot be scored is said now, not after the last video.
         try:
             scoring_notes = scoring.check_scorable(annotated, args.score_split, heads, model_info["label_names"],
@@ -228,6 +235,7 @@ def predict(args) -> int:
     print(f"[predict] {len(tracks)} track(s); model {model_dir} (heads {', '.join(heads)}, "
           f"{'per frame' if is_per_frame(model_info) else 'seq_len'} {window}) on {device} ({why}); {stage}",
           file=sys.stderr, flush=True)
+    ledger.record(planned)
     progress = Progress(len(tracks), args.progress_every)
     done, failed = {}, {}
 

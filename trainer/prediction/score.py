@@ -22,10 +22,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tfrecords_schema import filesystems
+from tfrecords_schema import filesystems, join_path
 from tfrecords_schema.cli import add_verbose_flag, command_prog
 from trainer.common import errors
-from trainer.prediction import scoring
+from trainer.prediction import ownership, scoring
+from trainer.prediction.errors import PredictUsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +51,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         from trainer.prediction.outputs import PredictionFileError
 
         filesystems.register_filesystems(args.predictions, args.annotations)
+        scores_path = join_path(args.predictions, scoring.SCORES_FILENAME)
+        ledger = ownership.Ledger.read(args.predictions)
+        ledger.check([scores_path])  # (A scores.json of the user's is not replaced.)
         scores = scoring.score_predictions(args.predictions, args.annotations, args.split)
+        ledger.record([scores_path])
         path = scoring.write_scores(args.predictions, scores)
+    except PredictUsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - one clear line and an exit code for expected failures.
         return errors.report_failure(e, (PredictionFileError, ValueError, OSError))
     print(f"scores of {scores['videos_scored']} track(s) against {args.annotations} [{args.split}] -> {path}\n"
