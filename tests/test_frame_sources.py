@@ -167,6 +167,27 @@ def test_a_matroska_frame_count_is_counted_by_decoding_not_taken_from_its_durati
     assert not [i for i in items if i.dead_letter is not None]
 
 
+def test_a_frame_count_past_the_file_size_is_counted_by_decoding(tmp_path):
+    # A header that lies (here 500,000 frames in a file of ~9 KB, within a day at its 10 fps) was taken as the count:
+    # the track's labels were laid out per frame (memory set by the header, 4 GB for 80 million) and the accounting
+    # counted the frames past the real end as beyond_video_end.
+    import struct
+
+    import cv2
+
+    from beam_jobs.sources import media_rows
+
+    video = vf.write_container_video(tmp_path / "v.avi", [vf.level_frame(i) for i in range(10)])
+    data = bytearray(video.read_bytes())
+    for chunk, offset in ((b"avih", 16), (b"strh", 32)):  # avih's total frames, the video stream's length
+        struct.pack_into("<I", data, data.find(chunk) + 8 + offset, 500_000)
+    video.write_bytes(bytes(data))
+    capture = cv2.VideoCapture(str(video))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 500_000 and len(data) < 500_000
+    capture.release()
+    assert media_rows.container_frames(str(video)) == (10.0, 10, "")
+
+
 def test_a_video_with_nothing_labelled_is_not_opened_again(tmp_path):
     # A manifest or folder row whose video has no readable frame count labels nothing (its rows are counted, with a
     # dead letter, when the labels are built); opening the video here again gave a second dead letter for it.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import posixpath
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -208,7 +209,10 @@ def container_frames(path: str) -> tuple[float, int | None, str]:
     frames the conversion decodes. The count is the container's where it stores one
     (:func:`~beam_jobs.media.video.stores_frame_count`: MP4/MOV, AVI); otherwise (Matroska, WebM, MPEG streams), or
     when it is absurd, the frames are counted by decoding them without colour conversion, as the conversion will
-    (a corrupt frame counts), up to :data:`~beam_jobs.sources.base.MAX_SEGMENT_SECONDS`.
+    (a corrupt frame counts), up to :data:`~beam_jobs.sources.base.MAX_SEGMENT_SECONDS`. A count is absurd past
+    that length, or past the file's size in bytes: every frame takes at least a byte of the file, and the labels of
+    the track are laid out per frame, so a header that lies (80 million frames in a 50 KB file) would otherwise set
+    the worker's memory and the accounting's frames.
 
     Returns:
         ``(fps, frames, "")``, or ``(DEFAULT_FPS, None, why)`` when the video cannot be read.
@@ -219,7 +223,7 @@ def container_frames(path: str) -> tuple[float, int | None, str]:
         with local_copy(path) as local, VideoReader(local) as video:
             fps, count = video.fps, video.declared_frames if video.counts_frames else None
             limit = int(fps * base.MAX_SEGMENT_SECONDS)
-            if count is not None and count <= limit:
+            if count is not None and count <= min(limit, os.path.getsize(local)):
                 return fps, count, ""
             frames = 0
             while frames < limit and video.next_frame(decode=False).status is not video_lib.FrameStatus.END:
