@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -195,6 +196,40 @@ def test_a_killed_runs_lock_and_staging_folder_are_taken_over_and_removed(inputs
     assert "took over the stale lock" in err and f"pid {child.pid}" in err
     assert "leftover of an earlier run: staging" in err and "remove it: done" in err
     assert sorted(os.listdir(previous[0].parent)) == ["out"]
+
+
+def _killed_in_the_swap(output, staged_from):
+    """A run killed in its swap: the previous dataset_info.json and one more entry already in the backup."""
+    moves = []
+    rename = os.rename
+
+    def rename_then_die(src, dst):
+        if ".replaced-" in os.path.dirname(dst):
+            moves.append(dst)
+            if len(moves) == 2:
+                os._exit(9)
+        rename(src, dst)
+
+    with lock_output(str(output), command="killed conversion"), \
+            output_transaction(str(output), replace=True) as staging:
+        shutil.copytree(staged_from, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))  # A new output.
+        os.rename = rename_then_die
+
+
+def test_a_kill_in_the_swap_is_finished_by_the_next_run(inputs, previous, tmp_path):
+    out, before = previous
+    child = FORK.Process(target=_killed_in_the_swap, args=(out, str(out)))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 9 and not (out / "dataset_info.json").exists()  # Killed with the swap half done.
+    # The next run repairs the output first (it was refused as "no dataset_info.json": not this tool's), then
+    # says that the output, complete again, is not replaced without --overwrite.
+    rc, _, err = run_convert(*inputs, out)
+    assert rc == 2 and "leftover of an earlier run: staging" in err and "already exists" in err, err
+    assert {k: v for k, v in tree(out).items() if not k.startswith(".")} == before
+    rc, _, err = run_convert(*inputs, out, "--overwrite")
+    assert rc == 0, err
+    assert sorted(os.listdir(out.parent)) == ["out"]
 
 
 # ---------------------------------------------------------------------------------------- --overwrite safety

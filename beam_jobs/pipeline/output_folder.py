@@ -59,6 +59,7 @@ from tfrecords_schema.storage import is_url as _is_url
 from tfrecords_schema.transaction import (
     MARKER_FILENAME,
     describe_foreign,
+    find_leftovers,
     output_entries,
     output_transaction,
     own_entries,
@@ -217,12 +218,20 @@ def _entries(output: str) -> list[str]:
 def check_output(output: str, overwrite: bool) -> bool:
     """Whether ``output`` holds a previous output that this run will replace; nothing is written or deleted.
 
+    A local output holding a killed run's leftovers is checked only once they are repaired (:func:`claim_output`,
+    under the lock): until then this says whether it holds entries.
+
     Raises:
         OutputRefused: ``output`` is a file, is not empty and ``overwrite`` is off, or is not this tool's.
     """
     entries = _entries(output)
     if not entries:
         return False
+    if not _is_url(output) and any(not item.alive for item in find_leftovers(output)):
+        # A killed run's leftovers are repaired under the run's lock before the output is checked again: checked
+        # before that, a kill in the swap (the previous dataset_info.json already in the backup) read as a folder of
+        # another tool, and the next run refused to finish the swap.
+        return bool(output_entries(output))
     if not overwrite:
         left = [e for e in entries if e.startswith(TMP_DIRNAME + "/")]
         if _is_url(output) and left and ownership_problem(output) is None:  # (An object-store run writes in place.)
