@@ -23,7 +23,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-from tfrecords_schema.cli import TF_LOG_LEVEL_VARIABLE, VERBOSE_FLAG, quiet_tensorflow, set_command
+from tfrecords_schema.cli import (
+    TF_LOG_LEVEL_VARIABLE,
+    VERBOSE_FLAG,
+    quiet_tensorflow,
+    set_command,
+    sigterm_unwinds,
+    terminated,
+)
 
 # subcommand -> (module with run(argv) -> int, one-line help)
 COMMANDS = {
@@ -67,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     set_command(f"affectstream {command}")
     try:
-        code = int(module.run(rest) or 0)
+        with sigterm_unwinds():  # Clean-up on SIGTERM too (convert left its staging folder and lock).
+            code = int(module.run(rest) or 0)
     except KeyboardInterrupt:
         # Ctrl-C: the command's clean-up (staged outputs, locks, temp folders) ran as the interrupt unwound it; the
         # traceback would only bury that. 130: the shell's code for a process ended by SIGINT.
-        print(f"affectstream {command}: interrupted", file=sys.stderr)
-        code = 130
+        how, code = ("terminated", 143) if terminated() else ("interrupted", 130)  # (SIGTERM: sigterm_unwinds)
+        print(f"affectstream {command}: {how}", file=sys.stderr)
     finally:
         set_command(None)
     filesystems = sys.modules.get("tfrecords_schema.filesystems")

@@ -431,24 +431,22 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
         print(f"convert: error: output {args.output}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # The output folder was restored and unlocked as the interrupt unwound.
-        print(f"convert: interrupted; {args.output} is as it was before the run", file=sys.stderr)
-        return 130
+        from tfrecords_schema.cli import terminated
+
+        how, code = ("terminated", 143) if terminated() else ("interrupted", 130)  # (SIGTERM: sigterm_unwinds)
+        print(f"convert: {how}; {args.output} is as it was before the run", file=sys.stderr)
+        return code
     return 0
-
-
-def _terminate(signum, _frame) -> None:
-    """SIGTERM (a scheduler, `kill`): unwind like Ctrl-C, so the staging folder is removed and the lock released."""
-    raise SystemExit(128 + signum)
 
 
 def main() -> None:
     """Console entry point: runs with ``sys.argv`` and exits with the run's status."""
-    import signal
-
+    from tfrecords_schema.cli import sigterm_unwinds
     from tfrecords_schema.filesystems import exit_hard_if_needed
 
-    signal.signal(signal.SIGTERM, _terminate)
-    sys.exit(exit_hard_if_needed(run()))  # (tensorflow-io's s3:// aborts at interpreter exit)
+    with sigterm_unwinds():
+        code = run()
+    sys.exit(exit_hard_if_needed(code))  # (tensorflow-io's s3:// aborts at interpreter exit)
 
 
 if __name__ == "__main__":

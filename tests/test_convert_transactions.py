@@ -355,6 +355,20 @@ def test_ctrl_c_ends_a_run_with_code_130_in_one_line_and_the_previous_output_kep
     assert proc.returncode == 130, err
     assert err.splitlines()[-1] == f"convert: interrupted; {out} is as it was before the run"
     assert tree(out) == before and sorted(os.listdir(tmp_path)) == ["long.csv", "out", "short.csv", "v"]
+    # SIGTERM (a scheduler, `kill`) unwinds the same way through `affectstream convert` (it left the staging folder
+    # and the lock, and the Beam workers running).
+    proc = subprocess.Popen(command("long.csv", "--overwrite"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stdout:
+        if line.startswith("[convert] 1 tracks"):
+            break
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1] == f"convert: terminated; {out} is as it was before the run"
+    assert tree(out) == before and not [
+        n for n in os.listdir(out) if n.startswith(".")]
 
 
 # ------------------------------------------------------------------------------------ a really full file system

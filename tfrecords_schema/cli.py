@@ -40,6 +40,40 @@ def set_command(prog: str | None) -> None:
     _command = prog
 
 
+_terminated = threading.Event()
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Within: SIGTERM (a scheduler, ``kill``) unwinds the command as Ctrl-C does (a ``KeyboardInterrupt``, which every
+    command already cleans up after: staging folders removed, locks released, Beam's forms of it recognised), and
+    :func:`terminated` says it was SIGTERM, for the message and the exit status (143, 128 + 15). Without it a
+    terminated conversion left its staging folder, its lock and its Beam workers behind. A command that handles
+    SIGTERM itself (``data-service``) sets its own handler inside. The previous handler is back after (a caller of
+    :func:`affectstream.cli.main` keeps its own); off the main thread, where Python takes no handler, nothing changes.
+    """
+    import signal
+
+    def terminate(_signum, _frame) -> None:
+        _terminated.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _terminated.clear()
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def terminated() -> bool:
+    """Whether the last ``KeyboardInterrupt`` under :func:`sigterm_unwinds` came from SIGTERM."""
+    return _terminated.is_set()
+
+
 def command_prog(module: str) -> str:
     """The name a command's usage and errors give it: ``affectstream COMMAND`` through the dispatcher, else
     ``python -m MODULE`` (each command module runs both ways)."""
