@@ -225,7 +225,7 @@ def test_multi_task_on_composite_buckets_trains_every_head_and_reports_the_input
     rc, err = _run_capturing(["--data", str(data), "--job_dir", str(job), "--task", "multi", "--stage", "frames",
                               "--epochs", "1", "--steps_per_epoch", "600", "--batch_size", "32", "--augment", "false",
                               "--cnn_width", "0.25", "--feature_dim", "32", "--learning_rate", "0.001", "--seed", "1",
-                              "--sampling", "sqrt", "--loss_weighting", "inverse", "--log_every", "100"])
+                              "--sampling", "sqrt", "--log_every", "100"])
     assert rc == 0, err[-3000:]
     metrics = json.loads((job / "metrics.json").read_text())
     assert len(metrics["action_units"]["per_au"]) == 4
@@ -424,6 +424,14 @@ def test_an_expression_class_weighting_without_an_expression_head_is_refused(tmp
                               "--loss_weighting", "sqrt"])
     assert rc == 1 and "has no expression labels: leave it out" in err, err[-2000:]
     assert not (tmp_path / "job").exists()
+    # On a draw that already evens the classes out (buckets that name them, any sampling but natural), weights from
+    # the train frames' counts would count the rare classes twice: refused before any file is written.
+    write_dataset(tmp_path / "expr", num_clips_per_class={"A": 4, "B": 1}, clip_length=4, crop_size=16)
+    for sampling in ("balanced", "sqrt"):
+        rc, err = _run_capturing(["--data", str(tmp_path / "expr"), "--job_dir", str(tmp_path / "job"), "--task",
+                                  "expr", "--sampling", sampling, "--loss_weighting", "inverse"])
+        assert rc == 1 and "together they count the rare classes twice" in err, err[-2000:]
+        assert not (tmp_path / "job").exists()
 
 
 @pytest.mark.parametrize("option, value, expected", [
@@ -544,6 +552,22 @@ def test_empty_bucket_is_skipped_with_a_warning_and_all_empty_is_an_error(tmp_pa
     args[1] = str(empty)
     rc, err = _run_capturing(args + ["--job_dir", str(tmp_path / "job2")])
     assert rc == 1, err
+
+
+def test_a_resume_with_changed_options_says_which_and_keeps_every_runs_options(dataset, tmp_path, caplog):
+    # Options the fingerprint lets through (they leave the model and the optimizer's state as they are) changed
+    # silently, and train_config.json then claimed the new values for the whole job.
+    job = tmp_path / "job"
+    args = train_args(dataset, job, "--task", "expr", "--steps_per_epoch", "3")
+    assert train.run(args + ["--epochs", "1"]) == 0
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        assert train.run(args + ["--epochs", "2", "--learning_rate", "0.01", "--sampling", "natural"]) == 0
+    said = [r.getMessage() for r in caplog.records if "options changed since the last run" in r.getMessage()]
+    assert len(said) == 1 and "--learning_rate 0.001 -> 0.01" in said[0] and "--sampling balanced -> natural" in said[0]
+    assert "--epochs" not in said[0]  # (Extending a job is what a resume is for.)
+    history = json.loads((job / "train_config_history.json").read_text())
+    assert [(run["start_step"], run["options"]["learning_rate"]) for run in history] == [(0, 0.001), (3, 0.01)]
+    assert json.loads((job / "train_config.json").read_text())["sampling"] == "natural"
 
 
 def test_resume_takes_best_epoch_and_score_from_the_best_checkpoint(dataset, tmp_path, caplog):

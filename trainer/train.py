@@ -26,8 +26,8 @@ from trainer.training.job import (  # noqa: F401 (the job's files)
     LAST_EPOCH_FILENAME,
     LOGS_DIRNAME,
     REPORTS_DIRNAME,
-    TRAIN_CONFIG_FILENAME,
 )
+from trainer.training.options_record import TRAIN_CONFIG_FILENAME  # noqa: F401 (the job's files)
 
 # Loggers --verbose lowers to DEBUG (TensorFlow's and other libraries' stay as they are).
 VERBOSE_LOGGERS = ("trainer", "tfrecords_schema")

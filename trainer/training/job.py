@@ -77,12 +77,12 @@ import sys
 
 from trainer.common.choices import PRECISION_FLOAT32
 from trainer.common.errors import TrainingError
-from trainer.training.config import TrainConfig, to_dict
+from trainer.training.config import TrainConfig
+from trainer.training.options_record import record_run_options
 from trainer.training.plan import JobPlan, frame_mix_setup, plan_job, write_input_mix
 
 log = logging.getLogger("trainer.train")
 
-TRAIN_CONFIG_FILENAME = "train_config.json"
 # {"epoch", "score"} of the last epoch evaluated: a rerun that only exports (the job was stopped in its export) still
 # reports it beside a best epoch selected on the report split.
 LAST_EPOCH_FILENAME = "last_epoch.json"
@@ -126,18 +126,17 @@ class Evaluator:
                                    self._predict[1], observers)
 
 
-def _open_writers(config: TrainConfig, plan: JobPlan, role):
-    """``(train_writer, eval_writer)``; on the chief also writes ``train_config.json``."""
+def _open_writers(config: TrainConfig, plan: JobPlan, role, start_step: int):
+    """``(train_writer, eval_writer)``; on the chief also records the run's options (``train_config.json``)."""
     import tensorflow as tf
 
     from tfrecords_schema import join_path
-    from tfrecords_schema.atomic import write_json
     from trainer.evaluation import tensorboard
 
     if not role.is_chief:
         return tf.summary.create_noop_writer(), tf.summary.create_noop_writer()
     tf.io.gfile.makedirs(join_path(config.job_dir, LOGS_DIRNAME))
-    write_json(join_path(config.job_dir, TRAIN_CONFIG_FILENAME), to_dict(config))
+    record_run_options(config, start_step)
     return (tf.summary.create_file_writer(join_path(config.job_dir, LOGS_DIRNAME, tensorboard.TRAIN_RUN)),
             tf.summary.create_file_writer(join_path(config.job_dir, LOGS_DIRNAME,
                                                     tensorboard.evaluation_run(plan.select_split))))
@@ -388,7 +387,7 @@ def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan, cleanup: 
     stage.prepare(role, skipped)
     epoch_evaluator = (Evaluator(config, plan, skipped, stage.eval_dataset_fn(skipped)) if stage.trains_on_features
                        else evaluator)
-    train_writer, eval_writer = _open_writers(config, plan, role)
+    train_writer, eval_writer = _open_writers(config, plan, role, start_step)
     if not stage.trains_on_features:
         starting = role.is_chief and start_step < plan.total_steps
         if starting:  # JOB/input_mix.json: what the first batches hold for every head (labels only)
