@@ -604,3 +604,16 @@ def test_resume_takes_best_epoch_and_score_from_the_best_checkpoint(dataset, tmp
     model_info = json.loads((job / "export" / "model_info.json").read_text())
     assert metrics["best_epoch"] == model_info["best_epoch"] == final_epoch
     assert model_info["best_score"] == pytest.approx(final_score)
+
+
+def test_selecting_on_the_reported_selection_split_does_not_say_the_data_lacks_one(caplog):
+    from trainer.training.config import parse_train_config
+
+    config = parse_train_config(["--data", "DATA", "--job_dir", "JOB", "--eval_split", "selection"])
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        plan._log_selection(config, "selection")
+    assert "the split it is reported on" in caplog.text and "has no 'selection' split" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        plan._log_selection(parse_train_config(["--data", "DATA", "--job_dir", "JOB"]), "validation")
+    assert "DATA has no 'selection' split" in caplog.text  # (Defaulted to validation: the data lacks one.)

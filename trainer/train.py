@@ -43,6 +43,9 @@ def _setup_logging(verbose: bool = False) -> None:
     if verbose:
         for name in VERBOSE_LOGGERS:
             logging.getLogger(name).setLevel(logging.DEBUG)
+    elif logging.getLogger("absl").level == logging.NOTSET:
+        # TensorFlow's checkpointing logs through absl at INFO ("Sharding callback duration: 41" at every save).
+        logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 def train(config: TrainConfig) -> dict:

@@ -309,5 +309,6 @@ def _log_selection(config: TrainConfig, select_split: str) -> None:
     if select_split == config.eval_split:
         log.warning("the best epoch is selected on %r, the split it is reported on: that score is optimistic (the "
                     "last epoch's score is reported next to it)%s", select_split,
-                    "" if config.select_split else f"; {config.data} has no {SPLIT_SELECTION!r} split (convert "
-                    "with --select_fraction > 0 and enough train subjects for one)")
+                    "" if config.select_split or select_split == SPLIT_SELECTION else
+                    f"; {config.data} has no {SPLIT_SELECTION!r} split (convert with --select_fraction > 0 and "
+                    "enough train subjects for one)")
