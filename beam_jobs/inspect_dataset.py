@@ -240,7 +240,8 @@ def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None,
     failures = info.failures or {}
     by_reason = json.dumps(failures.get("by_reason", {}), sort_keys=True)
     files = ", ".join(failures.get("files", []))
-    lines += ["", f"failures: {failures.get('dead_letters', 0)} dead letters {by_reason} in {files}"]
+    lines += ["", f"failures: {failures.get('dead_letters', 0)} dead letters {by_reason}" + (f" in {files}" if files
+                                                                                          else "")]
     for line in (dead_letter_lines or [])[:_MAX_DEAD_LETTERS_SHOWN]:
         lines.append(f"  {line}")
     if dead_letter_lines and len(dead_letter_lines) > _MAX_DEAD_LETTERS_SHOWN:

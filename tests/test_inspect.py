@@ -247,3 +247,9 @@ def test_the_three_label_rules_agree():
     trainer = frames_lib.labelled_frames(window, classes).numpy()
     np.testing.assert_array_equal(trainer | out_of_range, conversion)
     assert trainer.sum() and (out_of_range & ~trainer).sum() and (out_of_range & trainer).sum()  # All cases occur.
+
+
+def test_an_output_without_dead_letters_names_no_file_for_them(copy):
+    _edit_info(copy, lambda raw: raw.update(failures={"dead_letters": 0, "by_reason": {}, "files": []}))
+    rc, out, _ = _run(inspect_dataset.run, [copy])
+    assert rc == 0 and "failures: 0 dead letters {}\n" in out  # (It read "... {} in " and named nothing.)

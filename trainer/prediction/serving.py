@@ -78,7 +78,9 @@ def choose_runtime(model_dir: str, model_info: dict, runtime: str, batch_size: i
         return RUNTIME_TENSORFLOW, "--runtime tensorflow"
     if runtime == RUNTIME_AUTO and nvidia_gpu_present():
         return RUNTIME_TENSORFLOW, "a GPU is present"
-    return (RUNTIME_TENSORFLOW, unusable) if unusable else (RUNTIME_TFLITE, "the export's TF Lite copy, on the CPU")
+    if unusable:
+        return RUNTIME_TENSORFLOW, unusable
+    return RUNTIME_TFLITE, "--runtime tflite" if runtime == RUNTIME_TFLITE else "the export has one and no GPU is here"
 
 
 def load_predictor(model_dir: str, model_info: dict, asked: str, heads: Sequence[str], seq_len: int, crop_size: int,
