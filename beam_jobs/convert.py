@@ -266,6 +266,8 @@ def _run_pipeline(source, config, discovery: Discovery, recorded: dict, options,
           f"tasks {list(config.tasks)}; output {recorded['output']}"
           + (f" (built in {config.output}, moved there on success)" if config.output != recorded["output"] else ""),
           flush=True)
+    for note in discovery.notes:
+        print(f"[convert] note: {note}", flush=True)
     progress = ProgressMonitor(config.progress_dir, len(discovery.tracks), progress_every, media=media)
     if progress_every > 0:
         progress.start()

@@ -309,6 +309,25 @@ def test_several_media_files_with_one_stem_are_ambiguous(tmp_path):
     assert track.problem == base.DROP_AMBIGUOUS_MEDIA and track.media_path is None
 
 
+def test_videos_rendered_by_predict_are_left_out_with_a_note(tmp_path):
+    # `predict --render --output videos/preds` beside the source videos: its renders are copies of them, so each
+    # predicted video's stem was met twice (ambiguous_media) and its track dropped.
+    from tfrecords_schema.prediction_files import LEDGER_FILENAME, ledger_text
+
+    abaw.write_annotation(tmp_path / "ann", "expr", "train", "vid", [0])
+    abaw.write_media(tmp_path / "videos", "a/vid.mp4")
+    abaw.write_media(tmp_path / "videos", "preds/vid.mp4")
+    abaw.write_media(tmp_path / "videos", "preds/mine.mp4")  # Not in the list: the user's, and still a video.
+    (tmp_path / "videos" / "preds" / LEDGER_FILENAME).write_text(ledger_text(["vid.csv", "EXPR/vid.txt", "vid.mp4"]))
+
+    found = _source(tmp_path).discover()
+
+    [track] = found.tracks
+    assert track.problem is None and track.media_path.endswith("a/vid.mp4")
+    assert found.unused_media == ["preds/mine.mp4"]
+    assert len(found.notes) == 1 and "1 video(s) in" in found.notes[0] and "vid.mp4" in found.notes[0]
+
+
 def test_ambiguous_media_with_crops_uses_the_crops_and_reports_the_media(tmp_path):
     abaw.write_annotation(tmp_path / "ann", "expr", "train", "vid", [0])
     abaw.write_annotation(tmp_path / "ann", "expr", "validation", "vid_left", [0])

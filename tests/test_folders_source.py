@@ -213,6 +213,17 @@ def test_a_folder_named_like_a_video_is_listed_and_a_link_into_another_split_con
     assert found.dead_letters == []
 
 
+def test_videos_rendered_by_predict_inside_a_class_folder_are_not_taken_for_its_videos(tmp_path):
+    from tfrecords_schema.prediction_files import LEDGER_FILENAME, ledger_text
+
+    write_video(tmp_path / "train" / "Happy" / "a.avi", 3)
+    write_video(tmp_path / "train" / "Happy" / "preds" / "a.mp4", 3)  # predict --render --output .../Happy/preds
+    (tmp_path / "train" / "Happy" / "preds" / LEDGER_FILENAME).write_text(ledger_text(["a.csv", "a.mp4"]))
+    found = FoldersSource(str(tmp_path)).discover()
+    assert [t.track_id for t in found.tracks] == ["train/train/Happy/a.avi"]
+    assert len(found.notes) == 1 and "predict --render" in found.notes[0]
+
+
 def test_a_hidden_folder_is_not_a_class(tmp_path):
     write_video(tmp_path / "train" / "Happy" / "a.avi", 3)
     write_video(tmp_path / "train" / ".ipynb_checkpoints" / "a-checkpoint.avi", 2)

@@ -332,8 +332,9 @@ def _keep_beside(path: str, staging: str, txn_id: str, problem: str) -> None:
         os.rename(staging, kept)
         os.unlink(os.path.join(kept, MARKER_FILENAME))
     raise SwapRefused(f"{path} changed during the run: {problem}. Nothing was deleted: {path} holds what it held "
-                      f"and the new output is in {kept}; move your entries elsewhere and the new output into place "
-                      f"(or run again)", kept)
+                      f"and the new output is in {kept}; move your entries elsewhere and the new output into place, "
+                      f"or remove {kept} and run again (a later run takes it, no longer marked, for an entry of "
+                      f"yours)", kept)
 
 
 def _swap_local(path: str, staging: str, backup: str, marker: dict, replace: bool, finish_with: Sequence[str],

@@ -126,7 +126,7 @@ class AbawSource(base.DatasetSource):
                                                 self.videos, findings).build()
         return base.Discovery(tracks=tracks, label_names=label_names, tasks=tasks, unused_media=unused,
                               dead_letters=findings.dead_letters, split_drops=findings.split_drops,
-                              unlisted_folders=findings.unlisted_folders)
+                              unlisted_folders=findings.unlisted_folders, notes=findings.notes)
 
     def _nothing_found(self, found_tasks: list[str], unlisted: list[str]) -> str:
         wanted = ", ".join(self.tasks or TASKS)

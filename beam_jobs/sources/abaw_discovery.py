@@ -63,10 +63,12 @@ class Findings:
     dead_letters: list[base.DeadLetter] = dataclasses.field(default_factory=list)
     split_drops: list[base.SplitDrop] = dataclasses.field(default_factory=list)
     unlisted_folders: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def add_scan(self, scan: FolderScan) -> None:
-        """Takes over a finished scan's dead letters and unlisted folders."""
+        """Takes over a finished scan's dead letters, unlisted folders and notes."""
         self.dead_letters.extend(scan.dead_letters)
+        self.notes.extend(scan.notes)
         self.unlisted_folders.extend(p for p in scan.unlisted_folders if p not in self.unlisted_folders)
 
 

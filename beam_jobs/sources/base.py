@@ -226,6 +226,7 @@ class Discovery:
             transient object-store error): what they hold is missing from the run, so the
             conversion fails unless partial input is allowed. Each also has a
             ``SCAN_UNLISTED_FOLDER`` dead letter.
+        notes: What the listing left out on purpose, one line each (the conversion prints them).
     """
 
     tracks: list[TrackSpec]
@@ -235,6 +236,7 @@ class Discovery:
     dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
     split_drops: list[SplitDrop] = dataclasses.field(default_factory=list)
     unlisted_folders: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 class DatasetSource(abc.ABC):

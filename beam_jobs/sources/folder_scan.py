@@ -26,10 +26,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import posixpath
 
 from beam_jobs.media.video import VIDEO_EXTENSIONS
 from beam_jobs.sources import base
 from tfrecords_schema.filesystems import register_filesystems
+from tfrecords_schema.prediction_files import LEDGER_FILENAME, parse_ledger
 
 
 def path_identity(path: str) -> object:
@@ -85,12 +87,17 @@ class FolderScan:
     Attributes:
         dead_letters: ``SCAN_*`` dead letters, one per loop, repeated folder or unlisted folder.
         unlisted_folders: Folders that could not be listed, in the order met.
+        notes: What was left out on purpose, one line each: the videos ``affectstream predict --render`` wrote (its
+            folder's file list names them, :mod:`tfrecords_schema.prediction_files`): copies of source videos with
+            the predictions drawn on, which would otherwise be taken for more videos (a stem met twice is
+            ``ambiguous_media``, and its track is dropped).
     """
 
     def __init__(self, file_suffixes: tuple[str, ...] = ()):
         self.file_suffixes = tuple(s.lower() for s in file_suffixes)
         self.dead_letters: list[base.DeadLetter] = []
         self.unlisted_folders: list[str] = []
+        self.notes: list[str] = []
         self._listed: dict[object, str] = {}
 
     def list(self, folder: str, parents: tuple = ()) -> Listing | None:
@@ -151,7 +158,25 @@ class FolderScan:
                 # their folders with the "/" above; other suffixes (crops, annotations: many files) are not asked.
                 is_dir = os.path.isdir(path)
             (subdirs if is_dir else files).append(path)
+        if LEDGER_FILENAME in entries:
+            files = self._without_renders(folder, files)
         return Listing(folder, subdirs, files, chain)
+
+    def _without_renders(self, folder: str, files: list[str]) -> list[str]:
+        import tensorflow as tf
+
+        try:
+            with tf.io.gfile.GFile(tf.io.gfile.join(folder, LEDGER_FILENAME), "r") as f:
+                written = parse_ledger(f.read()) or set()
+        except tf.errors.OpError:
+            written = set()
+        renders = [p for p in files if posixpath.basename(p.replace("\\", "/")) in written
+                   and p.lower().endswith(VIDEO_EXTENSIONS)]
+        if renders:
+            self.notes.append(f"{len(renders)} video(s) in {folder} that affectstream predict --render wrote left out "
+                              f"(its {LEDGER_FILENAME} lists them): {', '.join(posixpath.basename(p) for p in renders[:3])}"
+                              + (", ..." if len(renders) > 3 else ""))
+        return [p for p in files if p not in renders]
 
     @staticmethod
     def _os_error(path: str, error: OSError) -> str:

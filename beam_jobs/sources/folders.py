@@ -120,7 +120,8 @@ class FoldersSource(LabelledMediaSource):
         self._first_names = self._first_names_of(listed) if self.subject_pattern is None else {}
         rows = [self._row(rel) for rel in listed]
         return build_discovery(rows, class_names=self.class_names, tasks=self.tasks, annotation_path=self.videos,
-                               dead_letters=list(scan.dead_letters), unlisted_folders=scan.unlisted_folders)
+                               dead_letters=list(scan.dead_letters), unlisted_folders=scan.unlisted_folders,
+                               notes=scan.notes)
 
     def _check_split_level(self, listed: list[str]) -> None:
         tops = sorted({rel.split("/", 1)[0] for rel in listed if "/" in rel})

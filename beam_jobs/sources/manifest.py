@@ -308,7 +308,8 @@ class ManifestSource(LabelledMediaSource):
             dead.extend(index.scan.dead_letters)
         return build_discovery(rows, class_names=self.class_names, tasks=tasks, annotation_path=self.manifest,
                                dead_letters=dead, unused_media=unused,
-                               unlisted_folders=index.scan.unlisted_folders if index.scan else ())
+                               unlisted_folders=index.scan.unlisted_folders if index.scan else (),
+                               notes=index.scan.notes if index.scan else ())
 
     def _table(self) -> Iterator[tuple[int, list[str]]]:
         """``(line number, cells)`` of every CSV record (UTF-8; UTF-16 or UTF-32 with their byte-order mark)."""

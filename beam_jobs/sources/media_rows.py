@@ -325,7 +325,8 @@ def _row_problem(row: MediaRow, names: list[str], class_index: dict[str, int], s
 
 def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, tasks: Sequence[str],
                     annotation_path: str, dead_letters: list[base.DeadLetter],
-                    unused_media: Sequence[str] = (), unlisted_folders: Sequence[str] = ()) -> base.Discovery:
+                    unused_media: Sequence[str] = (), unlisted_folders: Sequence[str] = (),
+                    notes: Sequence[str] = ()) -> base.Discovery:
     """Rows → one :class:`LabelledTrack` per (split, video) with every row as a segment.
 
     Args:
@@ -336,6 +337,7 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
         dead_letters: Problems found while listing and parsing (rows whose frames cannot be counted).
         unused_media: Videos under the media root that no row names.
         unlisted_folders: Folders that could not be listed (their dead letters are in ``dead_letters``).
+        notes: What the listing left out on purpose (:attr:`FolderScan.notes`).
     """
     use_expression = TASK_EXPRESSION in tasks
     subject_splits, media_problems, first_name = _split_conflicts(rows)
@@ -388,7 +390,7 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
         label_names[HEAD_VALENCE_AROUSAL] = list(VALENCE_AROUSAL_NAMES)
     return base.Discovery(tracks=tracks, label_names=label_names, tasks=list(out_tasks),
                           unused_media=sorted(unused_media), dead_letters=dead_letters,
-                          unlisted_folders=list(unlisted_folders))
+                          unlisted_folders=list(unlisted_folders), notes=list(notes))
 
 
 def select_tasks(available: Sequence[str], tasks: Sequence[str] | None, where: str) -> list[str]:

@@ -22,9 +22,9 @@ import posixpath
 from collections.abc import Iterable
 
 from tfrecords_schema import join_path, storage
+from tfrecords_schema.prediction_files import LEDGER_FILENAME, ledger_text, parse_ledger
 from trainer.prediction.errors import PredictUsageError
 
-LEDGER_FILENAME = ".affectstream-predict-files.json"
 SUMMARY_FILENAME = "predict_summary.json"
 _SHOWN = 5
 
@@ -73,11 +73,10 @@ class Ledger:
         path = join_path(output, LEDGER_FILENAME)
         if files.exists(path):
             with files.GFile(path, "r") as f:
-                try:
-                    listed = json.loads(f.read()).get("files", [])
-                except (ValueError, AttributeError):
-                    raise PredictUsageError(f"{path} is not the file list this tool writes; move it away") from None
-            return cls(output, {p for p in listed if isinstance(p, str)})
+                listed = parse_ledger(f.read())
+            if listed is None:
+                raise PredictUsageError(f"{path} is not the file list this tool writes; move it away")
+            return cls(output, listed)
         summary = join_path(output, SUMMARY_FILENAME)
         if files.exists(summary):
             with files.GFile(summary, "r") as f:
@@ -109,8 +108,7 @@ class Ledger:
         kept = {p for p in self.owned if files.exists(join_path(self.output, *p.split("/")))}
         self.owned = kept | {r for r in (_relative(self.output, p) for p in planned) if r}
         files.makedirs(self.output)
-        write_atomically(join_path(self.output, LEDGER_FILENAME),
-                         json.dumps({"files": sorted(self.owned)}, indent=1) + "\n")
+        write_atomically(join_path(self.output, LEDGER_FILENAME), ledger_text(self.owned))
 
 
 def planned_files(output: str, stems: Iterable[str], submission_dirs: Iterable[str], render: bool,
