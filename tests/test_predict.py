@@ -393,8 +393,11 @@ def test_a_prediction_folder_replaces_only_the_files_the_tool_wrote_there(tmp_pa
 def test_output_names_carry_the_side_and_clashing_names_are_refused():
     assert videos.output_stems(["x/10-60-1280x720.mp4", "y/b.AVI"], "left") == ["10-60-1280x720_left", "b_left"]
     assert videos.output_stems(["gs://bucket/v/a.mp4"], None) == ["a"]
-    with pytest.raises(PredictError, match="share the output name 'a'"):
+    with pytest.raises(PredictError, match="1 video\\(s\\) share an output name .*'a': x/a.mp4 and y/a.avi"):
         videos.output_stems(["x/a.mp4", "y/a.avi"], None)
+    # Every clash at once (one a run, before), and names that differ only in case (one file on macOS or Windows).
+    with pytest.raises(PredictError, match="2 video.*'b': x/b.mp4 and y/b.mkv; 'Case': x/case.mp4 and y/Case.mp4"):
+        videos.output_stems(["x/b.mp4", "x/case.mp4", "y/b.mkv", "y/Case.mp4"], None)
 
 
 def test_help_documents_every_option():

@@ -379,8 +379,9 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
             problem = segments[0].reason  # Nothing to write: its frames are counted, no pixel decoded.
         if first.media_problem is not None:  # A dead letter per row, each naming its line (docs/datasets.md).
             dead_letters.extend(base.DeadLetter(
-                row.source, first.media_problem, f"{first.media_message}; the row counts 0 frames (the video's "
-                f"frames cannot be known; {len(members)} row(s) of it)", 0) for row, _ in members)
+                row.source, first.media_problem, f"{first.media_message}; no frame of it is counted (its frames "
+                "cannot be known)" + (f"; {len(members)} rows name it" if len(members) > 1 else ""), 0)
+                for row, _ in members)
         tracks.append(LabelledTrack(
             media_id=media_key, split=split, annotation_files=tuple((t, annotation_path) for t in out_tasks),
             media_path=first.media_path, data_path=media_key, problem=problem, segments=segments,

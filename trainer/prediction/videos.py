@@ -120,15 +120,22 @@ def output_stems(videos: Sequence[str], side: str | None) -> list[str]:
     """Output name of each video: its stem, ``_left``/``_right`` appended for a side (the ABAW names).
 
     Raises:
-        PredictError: two videos with the same stem (their files would overwrite each other).
+        PredictError: videos whose stems are the same, or differ only in letter case (their files would overwrite
+            each other, on a file system that ignores case as macOS's and Windows' do); every clash is named.
     """
     stems = [_stem(v) + (f"_{side}" if side else "") for v in videos]
     seen: dict[str, str] = {}
+    clashes = []
     for stem, video in zip(stems, videos):
-        if stem in seen:
-            raise PredictError(f"two videos share the output name {stem!r}: {seen[stem]} and {video}; predict them "
-                               f"into different --output folders")
-        seen[stem] = video
+        key = stem.casefold()
+        if key in seen:
+            clashes.append(f"{stem!r}: {seen[key]} and {video}")
+        else:
+            seen[key] = video
+    if clashes:
+        raise PredictError(f"{len(clashes)} video(s) share an output name with another (letter case aside): "
+                           f"{'; '.join(clashes[:10])}{' ...' if len(clashes) > 10 else ''}; predict them into "
+                           "different --output folders")
     return stems
 
 
