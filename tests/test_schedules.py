@@ -130,6 +130,17 @@ def test_weights_and_schedule_options_are_checked(tmp_path, args, expected):
     assert rc == 2 and expected in err, err
 
 
+def test_a_weights_file_keras_cannot_read_is_refused_with_the_options(tmp_path):
+    # (It failed with Keras' own ValueError, exit 1, once the model was built.)
+    (tmp_path / "notes.txt").write_text("not weights")
+    rc, err = run_train(["--data", str(tmp_path), "--job_dir", str(tmp_path / "job"), "--weights",
+                         str(tmp_path / "notes.txt")])
+    assert rc == 2 and "not a Keras weights file (.weights.h5, .h5 or .keras)" in err, err
+    rc, err = run_train(["--data", str(tmp_path), "--job_dir", str(tmp_path / "job"), "--task", "va", "--stage",
+                         "frames", "--init_from", str(tmp_path), "--class_map", "Neutral=Neutral"])
+    assert rc == 2 and "--task va trains no expression head (the map was ignored)" in err, err
+
+
 def test_imagenet_weights_offline_fail_with_a_clear_message(dataset, tmp_path):
     # An empty Keras cache and a proxy nobody answers: the download fails as it does without internet.
     env = {**os.environ, "PYTHONPATH": REPO, "KERAS_HOME": str(tmp_path / "keras"), "TF_CPP_MIN_LOG_LEVEL": "2",

@@ -208,6 +208,9 @@ class TrainConfig:
         if self.weights not in ("none", "imagenet") and not os.path.isfile(self.weights):
             raise ConfigError(f"--weights {self.weights!r}: valid values are imagenet, none or the path of a local "
                               "weights file (no such file)")
+        if self.weights not in ("none", "imagenet") and not self.weights.lower().endswith((".h5", ".keras")):
+            # (Keras reads weights from these only; any other file failed once the model was built, exit 1.)
+            raise ConfigError(f"--weights {self.weights!r}: not a Keras weights file (.weights.h5, .h5 or .keras)")
         if self.weights == "imagenet" and self.backbone == "simple_cnn":
             raise ConfigError("--weights imagenet: simple_cnn has no ImageNet weights; valid with --backbone "
                               "mobilenet_v3_small or efficientnet_b0 (or pass a local weights file)")
@@ -231,6 +234,9 @@ class TrainConfig:
         if self.class_map and not (self.stage == STAGE_FRAMES and self.init_from):
             raise ConfigError("--class_map maps the classes of an --init_from export's head onto the data's: it goes "
                               "with --stage frames --init_from EXPORT")
+        if self.class_map and self.task not in (TASK_EXPRESSION, TASK_MULTI):
+            raise ConfigError(f"--class_map maps expression classes, and --task {self.task} trains no expression head "
+                              "(the map was ignored)")
 
     def _validate_input(self) -> None:
         """The training input's options: --balance_frames and --data_service."""
