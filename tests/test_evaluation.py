@@ -174,3 +174,82 @@ def test_a_multi_task_model_is_scored_on_the_heads_a_conversion_of_some_of_its_t
     write_dataset(tmp_path / "au", num_clips_per_class={"A": 1, "B": 1}, clip_length=4, crop_size=16, tasks=("au",))
     assert evaluate.run(["--model", str(tmp_path / "job"), "--data", str(tmp_path / "au")]) == 1
     assert "has no labels for them" in capsys.readouterr().err
+
+
+def _export_with(exported, tmp_path, **changes):
+    """A copy of the export whose model_info.json has ``changes`` (``face_stage`` fields, or ``crops``)."""
+    export = tmp_path / "export"
+    shutil.copytree(exported / "export", export)
+    path = export / "model_info.json"
+    model_info = json.loads(path.read_text())
+    crops = changes.pop("crops", None)
+    model_info["face_stage"].update(changes)
+    if crops is not None:
+        model_info["crops"] = crops
+    path.write_text(json.dumps(model_info))
+    return export
+
+
+def test_a_model_on_data_of_another_face_stage_is_scored_with_a_warning_and_the_report_says_so(
+        converted, exported, tmp_path, capsys):
+    # The audit's case: data converted with --detect_every 3, a model whose face stage detects every 20 frames.
+    # evaluate said nothing, and its macro-F1 was 0.105 where predict gave 0.026 on the same video.
+    out, _ = converted
+    export = _export_with(exported, tmp_path, detect_every=20, detector="haar")
+    report_dir = tmp_path / "report"
+    assert evaluate.run(["--model", str(export), "--data", str(out), "--report_dir", str(report_dir)]) == 0
+    captured = capsys.readouterr()
+    warning = next(line for line in captured.err.splitlines() if line.startswith("warning: "))
+    assert f"{out} was converted with another face stage than {export} records" in warning
+    assert "detect_every: model 20 vs data 1" in warning and "detector: model haar vs data blazeface" in warning
+    assert "the ones `affectstream predict` serves this model" in warning
+    assert "evaluate on a conversion made with the export's detector, detect_every" in warning
+    assert "warning" not in captured.out  # On stderr, before the model is scored.
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    assert metrics["face_stage_differs"] == {"detector": {"model": "haar", "data": "blazeface"},
+                                             "detect_every": {"model": 20, "data": 1}}
+    assert metrics["expression"]["frames"] > 0  # Scored all the same: the warning says what the figures are.
+
+
+def test_a_model_of_provided_crops_on_face_stage_data_is_scored_with_a_warning(converted, exported, tmp_path, capsys):
+    out, info = converted
+    export = _export_with(exported, tmp_path, crops={"source": "provided", "crop_size": info.crop_size,
+                                                     "jpeg_quality": 90, "codec": "jpeg"})
+    report_dir = tmp_path / "report"
+    assert evaluate.run(["--model", str(export), "--data", str(out), "--report_dir", str(report_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "(crops: model provided vs data face_stage)" in err and "made with --cropped_aligned" in err
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    assert metrics["face_stage_differs"] == {"crops": {"model": "provided", "data": "face_stage"}}
+
+
+def test_face_stage_options_that_cut_the_same_crops_do_not_warn(converted, exported, tmp_path, capsys):
+    # The data's stage: blazeface, which shrinks a whole frame to 192 pixels at most; detect_every 1, so there is no
+    # held box and no early detection. None of these changes a crop.
+    out, _ = converted
+    export = _export_with(exported, tmp_path, detect_width=640, max_hold=None, redetect_change=0.3)
+    report_dir = tmp_path / "report"
+    assert evaluate.run(["--model", str(export), "--data", str(out), "--report_dir", str(report_dir)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((report_dir / "metrics.json").read_text())["face_stage_differs"] == {}
+
+
+def test_a_model_trained_on_the_conversion_is_evaluated_on_it_without_a_face_stage_warning(
+        converted, exported, tmp_path, capsys):
+    out, _ = converted
+    assert evaluate.run(["--model", str(exported / "export"), "--data", str(out), "--report_dir",
+                         str(tmp_path / "report")]) == 0
+    assert "face stage" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["face_stage_differs"] == {}
+
+
+def test_an_export_that_records_no_face_stage_is_scored_with_a_note(converted, exported, tmp_path, capsys):
+    out, _ = converted
+    export = tmp_path / "export"
+    shutil.copytree(exported / "export", export)
+    model_info = json.loads((export / "model_info.json").read_text())
+    del model_info["face_stage"], model_info["crops"]  # An export of a trainer older than both fields.
+    (export / "model_info.json").write_text(json.dumps(model_info))
+    assert evaluate.run(["--model", str(export), "--data", str(out), "--report_dir", str(tmp_path / "r")]) == 0
+    assert f"note: {export} records no face stage" in capsys.readouterr().err
+    assert "face_stage_differs" not in json.loads((tmp_path / "r" / "metrics.json").read_text())

@@ -290,3 +290,41 @@ def test_cropper_checks_its_arguments():
         faces.FaceCropper(faces.make_detector("haar"), detect_every=0)
     with pytest.raises(ValueError, match="side must be one of"):
         faces.FaceCropper(faces.make_detector("haar"), side="top")
+
+
+def test_face_stage_crop_differences_name_only_the_fields_that_change_a_crop():
+    stage = faces.FaceStageConfig()  # blazeface, detect_every 20, jpeg
+    assert stage.crop_differences(faces.FaceStageConfig(detect_every=3)) == {"detect_every": (20, 3)}
+    assert stage.crop_differences(faces.FaceStageConfig(codec="raw", align=False)) == {"align": (True, False),
+                                                                                       "codec": ("jpeg", "raw")}
+    assert stage.crop_differences(faces.FaceStageConfig(detect_width=128)) == {"detect_width": (320, 128)}
+    assert stage.crop_differences(faces.FaceStageConfig(max_hold=5)) == {"max_hold": (None, 5)}
+    # Settings the stage does not use, or uses to the same effect: the same crops.
+    assert stage.crop_differences(faces.FaceStageConfig(detect_width=640)) == {}  # both shrink a frame to 192
+    assert stage.crop_differences(faces.FaceStageConfig(max_hold=19)) == {}  # a box is held 19 frames at most
+    assert faces.FaceStageConfig(codec="raw").crop_differences(faces.FaceStageConfig(codec="raw", jpeg_quality=50)) == {}
+    haar = faces.FaceStageConfig(detector="haar")
+    assert haar.crop_differences(faces.FaceStageConfig(detector="haar", near_input=96, align=False)) == {}
+    assert haar.crop_differences(faces.FaceStageConfig(detector="haar", detect_width=640)) == {"detect_width": (320, 640)}
+    every = faces.FaceStageConfig(detect_every=1)
+    assert every.crop_differences(faces.FaceStageConfig(detect_every=1, redetect_change=None, max_hold=0)) == {}
+    assert stage.crop_differences(faces.FaceStageConfig(near_input=96)) == {"near_input": (128, 96)}
+
+
+def test_the_detectors_face_stage_tables_are_what_the_detectors_do():
+    for name in ("haar", "blazeface", "blazeface_short", "blazeface_full"):
+        detector = faces.make_detector(name)
+        assert (name in detectors.EYELESS_DETECTORS) == (not detector.keypoint_names)
+        assert detectors.WHOLE_FRAME_INPUT.get(name) == detector.input_size
+    assert detectors.MtcnnDetector.keypoint_names and "mtcnn" not in detectors.WHOLE_FRAME_INPUT
+
+
+def test_a_detect_width_past_the_detectors_input_cuts_the_same_crops():
+    frames = [render_frame(360, 800, [FaceSpec(cx=300 + 4 * i, cy=180, size=150)], noise_seed=i) for i in range(6)]
+    crops = []
+    for width in (320, 640):
+        cropper = faces.FaceCropper.from_config(faces.FaceStageConfig(detect_width=width, detect_every=2))
+        crops.append([cropper.process(frame) for frame in frames])
+    assert any(face.bbox is not None for face in crops[0])
+    for a, b in zip(*crops):
+        assert a.bbox == b.bbox and np.array_equal(a.crop, b.crop)

@@ -457,6 +457,7 @@ def test_predict_on_validation_videos_scores_like_evaluate_on_the_converted_spli
         assert evaluate.run(["--model", trained["export"], "--data", trained["records"],
                              "--report_dir", str(eval_dir)]) == 0
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert evaluated["face_stage_differs"] == {}  # Trained on this conversion: its export records the data's stage.
     out = tmp_path / "pred"
     assert run_predict(["--model", trained["export"], "--videos", *trained["validation_videos"], "--output", str(out)]) == 0
     for side in ("left", "right"):  # each person of the two-person validation video

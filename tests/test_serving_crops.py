@@ -34,6 +34,7 @@ from beam_jobs.faces.stage import FaceStageConfig
 from tfrecords_schema import decode_clip, read_dataset_info
 from tfrecords_schema.image_codec import decode_crop
 from trainer import train
+from trainer.evaluation import evaluate
 from trainer.prediction import predict
 from trainer.prediction.crops import FaceStageCrops, ProvidedCrops, crop_counts
 
@@ -183,6 +184,16 @@ def test_the_export_records_its_provided_crops(provided):
     assert info["crops"]["source"] == "provided" and info["crops"]["crop_size"] == 32
     assert info["crops"]["codec"] == provided["codec"]
     assert "face_stage" not in info  # a face stage that never made its crops would be served by mistake
+
+
+def test_evaluate_scores_a_provided_crops_export_on_its_conversion_without_a_face_stage_warning(provided, tmp_path,
+                                                                                                 capsys):
+    report = tmp_path / "report"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert evaluate.run(["--model", str(provided["export"]), "--data", str(provided["records"]),
+                             "--report_dir", str(report)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((report / "metrics.json").read_text())["face_stage_differs"] == {}
 
 
 def _predict(*args) -> tuple[int, str]:

@@ -126,7 +126,8 @@ def test_sequence_stage_exports_one_model_that_evaluate_scores_like_the_job(data
     report = tmp_path / "eval"
     with contextlib.redirect_stdout(io.StringIO()):
         assert evaluate.run(["--model", str(sequence_job), "--data", dataset, "--report_dir", str(report)]) == 0
-    assert json.loads((report / "metrics.json").read_text())["expression"] == metrics["expression"]
+    evaluated = json.loads((report / "metrics.json").read_text())
+    assert evaluated["expression"] == metrics["expression"] and evaluated["face_stage_differs"] == {}
     # The epoch was selected on the features; the export scores the same on the images.
     assert metrics["score"] == pytest.approx(info["best_score"], abs=0.02)
 

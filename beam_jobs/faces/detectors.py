@@ -188,6 +188,12 @@ NEAR_INPUT_STEP = max(_BLAZE_MODELS["short"].strides)
 SHORT_RANGE_INPUT = _BLAZE_MODELS["short"].size
 # The registered detectors whose passes near a held face run the short-range model, and so take near_input.
 NEAR_INPUT_DETECTORS = ("blazeface", "blazeface_short")
+# The side the registered BlazeFace detectors shrink a whole frame to at most (their input_size: the largest net they
+# run): a face stage's detect_width past it hands them the same image. The other detectors search detect_width itself.
+WHOLE_FRAME_INPUT = {"blazeface": max(model.size for model in _BLAZE_MODELS.values()),
+                     "blazeface_short": _BLAZE_MODELS["short"].size, "blazeface_full": _BLAZE_MODELS["full"].size}
+# The registered detectors that give no eyes: their crops are square whatever the face stage's align says.
+EYELESS_DETECTORS = ("haar",)
 
 
 def check_near_input(near_input: int, name: str = "near_input") -> None:
@@ -375,7 +381,7 @@ class BlazeFaceDetector(Detector):
                       if model in (key, "auto")}
         self._thresholds = {key: min_confidence or self.THRESHOLDS[key] for key in self._nets}
         self.min_confidence = min(self._thresholds.values())
-        self.input_size = max(net.size for net in self._nets.values())
+        self.input_size = WHOLE_FRAME_INPUT[self.name]  # The largest of its nets.
         # The net of the passes near a held face: the short-range one, or its copy resized to near_input.
         self._near = self._nets.get("short")
         short = _BLAZE_MODELS["short"]

@@ -38,8 +38,10 @@ from beam_jobs.faces.align import (  # noqa: F401 - re-exported: the face stage'
 )
 from beam_jobs.faces.detectors import (  # noqa: F401
     DETECTORS,
+    EYELESS_DETECTORS,
     NEAR_INPUT_DETECTORS,
     SHORT_RANGE_INPUT,
+    WHOLE_FRAME_INPUT,
     BlazeFaceDetector,
     Box,
     Detection,
@@ -57,7 +59,7 @@ from beam_jobs.faces.tracking import (
     region_change,
     region_thumbnail,
 )
-from tfrecords_schema.image_codec import DEFAULT_CODEC
+from tfrecords_schema.image_codec import CODEC_JPEG, DEFAULT_CODEC
 
 # What the face stage did on a frame (Face.status), declared once for the conversion's counters.
 STATUS_DETECTED = "detected"  # A detection ran on this frame and found the face.
@@ -189,6 +191,35 @@ class FaceStageConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         given = {k: v for k, v in values.items() if k in names and (v is not None or k in _NONE_IS_A_VALUE)}
         return cls(**{**_BEFORE_THE_FIELD, **given})
+
+    def crop_differences(self, other: FaceStageConfig) -> dict[str, tuple]:
+        """The fields on which this stage and ``other`` cut or store other crops: ``{name: (this value, other's)}``.
+
+        Two values of a field count only where the crops can tell them apart (:meth:`_in_effect`): ``evaluate`` warns
+        of each difference, and a setting a stage does not use must not make it warn.
+        """
+        mine, theirs = self._in_effect(), other._in_effect()
+        return {name: (getattr(self, name), getattr(other, name)) for name in mine
+                if mine[name] != theirs[name] and getattr(self, name) != getattr(other, name)}
+
+    def _in_effect(self) -> dict:
+        """The fields as :class:`FaceCropper` acts on them, None where it does not use one (read there)."""
+        values = self.to_dict()
+        if self.detector not in NEAR_INPUT_DETECTORS:  # Only their passes near a held face take it.
+            values["near_input"] = None
+        if self.detector in EYELESS_DETECTORS:  # No eyes to align on: square crops either way.
+            values["align"] = None
+        if self.codec != CODEC_JPEG:
+            values["jpeg_quality"] = None
+        # A whole frame is shrunk to the smaller of detect_width and the detector's own input (_detect_full).
+        values["detect_width"] = min(self.detect_width, WHOLE_FRAME_INPUT.get(self.detector, self.detect_width))
+        # A box is held only between detections, at most detect_every - 1 frames: a longer hold never ends one.
+        if self.max_hold is not None and self.max_hold >= self.detect_every - 1:
+            values["max_hold"] = None
+        # The change test runs from _MIN_REDETECT_GAP frames after a detection: the schedule detects by then anyway.
+        if self.detect_every <= _MIN_REDETECT_GAP:
+            values["redetect_change"] = None
+        return values
 
 
 class FaceCropper:

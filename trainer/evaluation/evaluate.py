@@ -6,7 +6,9 @@ Example::
         --split validation --report_dir /tmp/affectstream_eval
 
 ``--model`` is the ``export/`` directory of a training job (``model.keras`` + ``model_info.json``) or the
-job directory itself; the model's outputs are checked against its ``model_info.json``. Every labelled frame
+job directory itself; the model's outputs are checked against its ``model_info.json``, and its face stage against the
+data's: a model scored on crops cut another way than ``predict`` serves it is scored with a warning, and
+``metrics.json`` says what differs (``face_stage_differs``). Every labelled frame
 of the split is scored, frames without a face included (predicted on their stored crop); each head's
 metrics also come over the face frames only (``with_face``). Writes ``metrics.json``, ``per_video.csv`` and
 the pictures (:mod:`trainer.evaluation.reports`: ``confusion_matrix.png`` / ``.json`` for expressions, ``va_density.png``
@@ -71,6 +73,33 @@ def check_model_fits_data(model_info: dict, info, data_dir: str) -> list[str]:
     return heads
 
 
+def face_stage_warning(differs: dict, model_info: dict, model_dir: str, data_dir: str) -> str:
+    """The warning line of a model scored on crops cut otherwise than the ones ``affectstream predict`` serves it.
+
+    Args:
+        differs: :func:`trainer.model.crop_source.face_stage_differences` (not empty).
+        model_info: The export's ``model_info.json`` (an imported model is re-imported, a trained one retrained).
+        model_dir: The export.
+        data_dir: The evaluated conversion.
+    """
+    from beam_jobs.faces.provided import SOURCE_PROVIDED
+    from trainer.model.crop_source import CROPS_SOURCE
+
+    found = "; ".join(f"{name}: model {values['model']} vs data {values['data']}" for name, values in differs.items())
+    if CROPS_SOURCE in differs:
+        provided = differs[CROPS_SOURCE]["model"] == SOURCE_PROVIDED
+        remedy = (f"evaluate on a conversion made {'with' if provided else 'without'} --cropped_aligned, as the "
+                  "model's training data was")
+    else:
+        names = ", ".join(differs)
+        give = ("re-import it with the data's (affectstream import-model)" if model_info.get("kind") == "imported"
+                else "train it on this conversion, whose face stage its export then records")
+        remedy = f"evaluate on a conversion made with the export's {names} (affectstream convert), or {give}"
+    return (f"warning: {data_dir} was converted with another face stage than {model_dir} records ({found}): the "
+            "figures score crops cut otherwise than the ones `affectstream predict` serves this model, and can be far "
+            f"from what predict gives on the same videos; to make them agree, {remedy}")
+
+
 def check_model_outputs(model, model_info: dict, model_path: str) -> None:
     """Checks the loaded model against ``model_info.json``: input crop size, one output per head, output sizes.
 
@@ -112,6 +141,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     from trainer.input.pipeline import make_eval_dataset
     from trainer.input.records import SkippedRecords
     from trainer.model import layers  # noqa: F401  (layers: registers the custom layers for load_model)
+    from trainer.model.crop_source import face_stage_differences
 
     model_dir = resolve_model_dir(model_dir)
     model_info = read_model_info(model_dir)
@@ -128,6 +158,14 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     if unscored:
         print(f"note: {data_dir} has no {', '.join(unscored)} labels: the model is scored on {', '.join(heads)}",
               file=sys.stderr, flush=True)
+    # Before scoring: predict serves the export through its own face stage, so figures on crops cut another way are
+    # not the model's figures on these videos (the audit saw macro-F1 0.105 here for 0.026 from predict).
+    differs = face_stage_differences(model_info, info)
+    if differs is None:
+        print(f"note: {model_dir} records no face stage (an export made before it was): whether {data_dir}'s crops are "
+              "cut as the model's were is not checked", file=sys.stderr, flush=True)
+    elif differs:
+        print(face_stage_warning(differs, model_info, model_dir, data_dir), file=sys.stderr, flush=True)
     model_path = join_path(model_dir, MODEL_FILENAME)
     model = keras.saving.load_model(model_path, compile=False)
     check_model_outputs(model, model_info, model_path)
@@ -139,6 +177,8 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     result = predictions.result()
     result.update({"split": split, "model": model_dir, "best_epoch": model_info.get("best_epoch"),
                    **({"heads_not_scored": unscored} if unscored else {}),
+                   # {option: {"model": x, "data": y}}; {}: the crops scored are the ones predict serves.
+                   **({} if differs is None else {"face_stage_differs": differs}),
                    "selected_on": model_info.get("selected_on"),
                    "coverage": split_coverage(info, split, predictions.scored_frames,
                                               predictions.labelled_frames_read, skipped.total if skipped else 0)})

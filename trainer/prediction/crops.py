@@ -21,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-from beam_jobs.faces.provided import SOURCE_FACE_STAGE as CROPS_FACE_STAGE
-from beam_jobs.faces.provided import SOURCE_PROVIDED as CROPS_PROVIDED
+# (served_crops reads the source through trainer.model.crop_source; predict takes these names from here)
+from beam_jobs.faces.provided import SOURCE_FACE_STAGE as CROPS_FACE_STAGE  # noqa: F401
+from beam_jobs.faces.provided import SOURCE_PROVIDED as CROPS_PROVIDED  # noqa: F401
 from tfrecords_schema.image_codec import CODEC_JPEG, CODECS
 from trainer.prediction.errors import PredictError
 
@@ -71,24 +72,21 @@ def served_crops(model_info: dict, model_dir: str) -> ServedCrops:
     Raises:
         PredictError: an export that records neither (made by an older trainer), or whose crop size disagrees.
     """
-    from beam_jobs.faces.stage import FaceStageConfig
+    from trainer.model.crop_source import trained_crops
 
     crop_size = int(model_info["crop_size"])
-    crops = model_info.get("crops") or {"source": CROPS_FACE_STAGE}
-    if crops["source"] == CROPS_FACE_STAGE and "face_stage" not in model_info:
+    crops = model_info.get("crops") or {}
+    trained = trained_crops(model_info)
+    if trained is None:
         raise PredictError(f"{model_dir}: {MISSING_FACE_STAGE} (the face stage of the training crops is unknown, "
                            f"so prediction cannot rebuild it)")
-    if crops["source"] == CROPS_PROVIDED:
-        stage = FaceStageConfig(crop_size=crop_size, jpeg_quality=int(crops["jpeg_quality"]),
-                                codec=crops.get("codec", CODEC_JPEG))
-    else:
-        stage = FaceStageConfig.from_dict(model_info["face_stage"])
+    source, stage = trained
     if stage.crop_size != crop_size or int(crops.get("crop_size", crop_size)) != crop_size:
         raise PredictError(f"{model_dir}: the crops' size {stage.crop_size} != the model's crop_size {crop_size}")
     if stage.codec not in CODECS:
         raise PredictError(f"{model_dir}: unknown crop codec {stage.codec!r} (this AffectStream reads "
                            f"{', '.join(CODECS)})")
-    return ServedCrops(crops["source"], stage, crop_size, stage.jpeg_quality, stage.codec)
+    return ServedCrops(source, stage, crop_size, stage.jpeg_quality, stage.codec)
 
 
 class FaceStageCrops:

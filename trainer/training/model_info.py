@@ -3,8 +3,8 @@
 The task and heads, label names, the input format and preprocessing, what made the crops (``crops``: the
 conversion's face stage, whose :class:`beam_jobs.faces.stage.FaceStageConfig` is ``face_stage`` and from which
 ``affectstream predict`` rebuilds the same stage, or the dataset's provided crops, with their size and how they were
-prepared, which ``predict --cropped_aligned`` prepares the same way), the exported epoch, its score and the split that selected it,
-the training stage, the backbone weights it started from (``weights``; for ``--stage sequence`` also
+prepared, which ``predict --cropped_aligned`` prepares the same way: :func:`trainer.model.crop_source.crops_of`), the
+exported epoch, its score and the split that selected it, the training stage, the backbone weights it started from (``weights``; for ``--stage sequence`` also
 ``init_from``) and the data fingerprint (:mod:`trainer.training.fingerprint`). The files themselves are written by
 :func:`trainer.model.export.export_model`.
 """
@@ -15,25 +15,6 @@ from collections.abc import Sequence
 
 from tfrecords_schema import HEAD_ACTION_UNITS, HEAD_EXPRESSION, HEAD_VALENCE_AROUSAL
 from trainer.common.choices import RNNS
-
-
-def crops_of(info) -> dict:
-    """What made the data's crops, as ``model_info.json`` stores it: ``{"crops": ..., "face_stage": ...}``.
-
-    A conversion of provided crops (``convert --cropped_aligned``) gives ``{"crops": {"source": "provided",
-    "crop_size", "jpeg_quality", "codec", "resize"}}``; one through the face stage gives ``{"crops": {"source":
-    "face_stage", "codec"}, "face_stage": FaceStageConfig dict}`` (``face_stage`` stays where exports have always had
-    it, its ``codec`` too). ``codec`` is how the records stored the crops (``jpeg`` or ``raw``), so that ``predict``
-    serves the model crops encoded (and decoded) exactly as it was trained on them.
-    """
-    from beam_jobs.faces import provided  # Beam-free modules.
-    from beam_jobs.faces.stage import FaceStageConfig
-
-    face_stage = FaceStageConfig.from_dict({**info.options, "crop_size": info.crop_size})
-    if info.options.get("cropped_aligned"):
-        return {"crops": {"source": provided.SOURCE_PROVIDED, "crop_size": info.crop_size,
-                          "jpeg_quality": face_stage.jpeg_quality, "codec": info.codec, "resize": provided.RESIZE}}
-    return {"crops": {"source": provided.SOURCE_FACE_STAGE, "codec": info.codec}, "face_stage": face_stage.to_dict()}
 
 
 def weights_record(weights: str) -> dict:
@@ -59,6 +40,7 @@ def model_info_payload(config, info, heads: Sequence[str], *, best_epoch: int, b
         extras: Fields that the training stage adds or overrides (:meth:`trainer.training.stages.Stage.model_info`).
     """
     from tfrecords_schema import SCHEMA_VERSION
+    from trainer.model.crop_source import crops_of  # (the face stage's modules, only when an export is written)
     from trainer.training.config import to_dict
     from trainer.training.fingerprint import dataset_fingerprint
 
