@@ -225,6 +225,82 @@ def test_a_savedmodel_folder_is_imported_into_a_self_contained_export(tmp_path):
     assert info["source"]["format"] == "saved_model" and info["source"]["params"] == net.count_params()
 
 
+def test_a_model_loaded_with_an_imported_savedmodel_is_saved_again(tmp_path):
+    # A loaded layer used to keep no files (load_assets set its source to None): saving its model again, as every
+    # training job from a SavedModel import does at export, failed with a TypeError in save_assets.
+    net = tiny_network("dense_softmax", size=16, channels=3)
+    net.export(str(tmp_path / "sm"), verbose=False)
+    assert run_import(["--keras", str(tmp_path / "sm"), "--class_names", CLASSES, "--pixel_range=0,1",
+                       "--output", str(tmp_path / "export")])[0] == 0
+    shutil.rmtree(tmp_path / "sm")
+    model = keras.saving.load_model(str(tmp_path / "export" / "model.keras"), compile=False)
+    model.save(tmp_path / "again.keras")
+    del model
+    shutil.rmtree(tmp_path / "export")  # the second file carries the files too
+    again = keras.saving.load_model(str(tmp_path / "again.keras"), compile=False)
+    crops = np.random.default_rng(7).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    np.testing.assert_allclose(again(crops[:, None])["expression"].numpy()[:, 0],
+                               net.predict_on_batch(crops.astype(np.float32) / 255.0), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def savedmodel_import(tmp_path_factory):
+    """A tiny 16 px colour SavedModel imported (the folder removed), and 16 px data to train on."""
+    from trainer_data import write_dataset
+
+    root = tmp_path_factory.mktemp("savedmodel")
+    net = tiny_network("dense_softmax", size=16, channels=3)
+    net.export(str(root / "sm"), verbose=False)
+    rc, err = run_import(["--keras", str(root / "sm"), "--class_names", CLASSES, "--pixel_range=0,1",
+                          "--output", str(root / "import")])
+    assert rc == 0, err
+    shutil.rmtree(root / "sm")
+    write_dataset(root / "data", num_clips_per_class={"Neutral": 3, "Happiness": 3}, num_validation_clips_per_class=1,
+                  crop_size=16, clip_length=8, seed=0)
+    return types.SimpleNamespace(export=root / "import", data=str(root / "data"), net=net)
+
+
+SMALL_JOB = ["--task", "expr", "--seq_len", "4", "--batch_size", "8", "--epochs", "1", "--steps_per_epoch", "3"]
+
+
+def test_the_sequence_stage_on_an_imported_savedmodel_exports_it_under_the_head(savedmodel_import, tmp_path):
+    from trainer_data import run_train
+
+    from trainer.model.spec import PER_FRAME_LAYER
+
+    job = tmp_path / "job"
+    rc, err = run_train(["--data", savedmodel_import.data, "--job_dir", str(job), "--stage", "sequence",
+                         "--features_from", str(savedmodel_import.export), *SMALL_JOB])
+    assert rc == 0, err[-3000:]  # it used to fail at the export, after training
+    info = json.loads((job / "export" / "model_info.json").read_text())
+    assert info["features_from"] == str(savedmodel_import.export) and info["stage"] == "sequence"
+    model = keras.saving.load_model(str(job / "export" / "model.keras"), compile=False)
+    crops = np.random.default_rng(8).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    # The frozen network is the SavedModel's: its features are the network's log probabilities.
+    features = model.get_layer(PER_FRAME_LAYER).layer(crops.astype(np.float32) / 255.0).numpy()
+    np.testing.assert_allclose(features, np.log(savedmodel_import.net.predict_on_batch(crops / 255.0)), atol=1e-5)
+    assert model(crops[None])["expression"].shape == (1, 2, len(info["label_names"]["expression"]))
+    # Its network is still the SavedModel: fine-tuning it from this job is refused as from the import.
+    rc, err = run_train(["--data", savedmodel_import.data, "--job_dir", str(tmp_path / "tuned"), "--stage", "frames",
+                         "--init_from", str(job), *SMALL_JOB])
+    assert rc == 2 and "which cannot be fine-tuned" in err and not (tmp_path / "tuned").exists(), err[-3000:]
+
+
+@pytest.mark.parametrize("stage", ["frames", "end_to_end"])
+def test_init_from_an_imported_savedmodel_is_refused_in_one_line_before_training(savedmodel_import, tmp_path, stage):
+    from trainer_data import run_train
+
+    job = tmp_path / "job"
+    rc, err = run_train(["--data", savedmodel_import.data, "--job_dir", str(job), "--stage", stage, "--init_from",
+                         str(savedmodel_import.export), *SMALL_JOB])
+    # It used to train (the SavedModel frozen, only the heads learning), then fail at the export.
+    assert rc == 2, err[-3000:]
+    assert err.startswith("error: --init_from ") and len(err.strip().splitlines()) == 1, err[-3000:]
+    assert "imported SavedModel folder (layer saved_model), which cannot be fine-tuned" in err
+    assert f"--stage sequence --features_from {savedmodel_import.export}" in err
+    assert not job.exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # Temporal heads.
 

@@ -22,6 +22,7 @@ from trainer.common import errors
 from trainer.common.allocator import recycle_large_buffers
 from trainer.common.errors import TrainingError
 from trainer.training.config import ConfigError, TrainConfig, parse_train_config
+from trainer.training.export_source import check_init_from
 from trainer.training.job import (  # noqa: F401 (the job's files)
     LAST_EPOCH_FILENAME,
     LOGS_DIRNAME,
@@ -58,8 +59,9 @@ def train(config: TrainConfig) -> dict:
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point: parses ``argv`` (flags and/or ``--config``), trains, returns the exit code.
 
-    0 on success, 1 when training fails with a reported error, 2 for invalid options or when files this tool did not
-    write appeared in ``JOB/export`` during the run (the new export is kept beside the previous one).
+    0 on success, 1 when training fails with a reported error, 2 for invalid options (an ``--init_from`` export that
+    cannot be fine-tuned included) or when files this tool did not write appeared in ``JOB/export`` during the run
+    (the new export is kept beside the previous one).
     """
     _setup_logging()
     try:
@@ -73,6 +75,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     recycle_large_buffers()  # the input's large buffers (raw crops) reused, not mapped and zeroed afresh
     try:
         filesystems.register_filesystems(config.data, config.job_dir)
+        check_init_from(config.init_from)  # before the job directory is touched
         train(config)
         return 0
     except Exception as e:  # noqa: BLE001 - report every failure as one clear line and an exit code.
@@ -80,7 +83,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         from tfrecords_schema.locks import LockError
         from tfrecords_schema.transaction import SwapRefused
 
-        if isinstance(e, SwapRefused):  # Files appeared in JOB/export: both exports kept, named in the message.
+        if isinstance(e, (SwapRefused, ConfigError)):
+            # Files appeared in JOB/export (both exports kept, named in the message), or options that do not fit
+            # their files (an --init_from export that cannot be fine-tuned).
             print(f"error: {e}", file=sys.stderr)
             return 2
 

@@ -4,9 +4,11 @@ Keras 3 cannot rebuild a Keras graph from a SavedModel, and its own ``keras.laye
 folder's path (the export would break when the folder moves, and loading it needs ``safe_mode=False``).
 :class:`EmbeddedSavedModel` instead stores the folder's files as the layer's assets (Keras' mechanism for
 vocabularies and the like: they go into the ``.keras`` archive) and loads them back with
-``tf.saved_model.load``. The layer is frozen (its serving function is called as it is); with
-``log_probabilities`` it returns the log of probabilities, so that a softmax on top gives them back exactly
-(:func:`trainer.model.pretrained.split_classifier` then finds its logits).
+``tf.saved_model.load``. A layer loaded from a ``.keras`` file keeps its own copy of the files (a private temporary
+folder, removed with the layer), so the model it is part of can be saved again: a training job's export of an
+imported network, e.g. ``--stage sequence --features_from IMPORT``. The layer is frozen (its serving function is
+called as it is); with ``log_probabilities`` it returns the log of probabilities, so that a softmax on top gives
+them back exactly (:func:`trainer.model.pretrained.split_classifier` then finds its logits).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
+import weakref
 
 import keras
 
@@ -21,6 +25,7 @@ from trainer.model.spec import SERIALIZATION_PACKAGE
 
 ENDPOINTS = ("serving_default", "serve")  # tried in this order
 LOG_FLOOR = 1e-7  # probabilities below it are taken as this (log 0 would be -inf)
+ASSETS_DIRNAME = "saved_model"  # the folder's name among the layer's assets
 
 
 class SavedModelError(ValueError):
@@ -61,6 +66,7 @@ class EmbeddedSavedModel(keras.layers.Layer):
         self.input_name, self.output_key = input_name, output_key
         self.output_dim, self.log_probabilities = int(output_dim), bool(log_probabilities)
         self._source = None  # the folder the files come from (saved as the layer's assets)
+        self._copy = None  # the finalizer of the layer's own copy of the files (loaded from a .keras file)
         self._function = None
         if path is not None:
             self._attach(path)
@@ -86,12 +92,23 @@ class EmbeddedSavedModel(keras.layers.Layer):
 
     def save_assets(self, dir_path):
         """Copies the SavedModel's files into the ``.keras`` archive's assets."""
-        shutil.copytree(self._source, os.path.join(dir_path, "saved_model"), dirs_exist_ok=True)
+        if self._source is None:
+            raise SavedModelError(f"{self.name}: the SavedModel's files were not loaded, so it cannot be saved")
+        shutil.copytree(self._source, os.path.join(dir_path, ASSETS_DIRNAME), dirs_exist_ok=True)
 
     def load_assets(self, dir_path):
-        """Loads the SavedModel from the archive's assets (read whole before Keras removes them)."""
-        self._attach(os.path.join(dir_path, "saved_model"))
-        self._source = None  # the assets folder is temporary: keep the loaded object only
+        """Loads the SavedModel from the archive's assets, copied first into a folder of the layer's own.
+
+        Keras removes the assets' folder once the model is loaded; the copy keeps the files for :meth:`save_assets`
+        (a model loaded from a ``.keras`` file is saved again by every training job that starts from an imported
+        SavedModel). It is removed when the layer is garbage-collected, or when the process exits.
+        """
+        if self._copy is not None:  # loaded again: the previous copy goes
+            self._copy()
+        copy = tempfile.mkdtemp(prefix="affectstream-saved-model-")
+        self._copy = weakref.finalize(self, shutil.rmtree, copy, ignore_errors=True)
+        shutil.copytree(os.path.join(dir_path, ASSETS_DIRNAME), copy, dirs_exist_ok=True)
+        self._attach(copy)
 
     def get_config(self):
         return {**super().get_config(), "input_name": self.input_name, "output_key": self.output_key,

@@ -10,6 +10,10 @@ anything is computed.
 :func:`head_plan` decides what a fine-tuned per-frame model keeps of the export's heads: a head whose label names
 are the data's is kept (its Dense layer's weights copied in), and so is the expression head when ``--class_map``
 maps the export's classes onto the data's; any other head is new.
+
+:func:`check_init_from` refuses ``--init_from`` of an export whose per-frame network is an imported SavedModel folder
+(:class:`trainer.model.saved_model.EmbeddedSavedModel`): its serving function is called as it is, so it cannot be
+fine-tuned (docs/pretrained.md); its frozen features train a temporal head (``--stage sequence --features_from``).
 """
 
 from __future__ import annotations
@@ -17,12 +21,64 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import zipfile
 
 from tfrecords_schema import HEAD_EXPRESSION, join_path
 from trainer.common.choices import STAGE_END_TO_END
 from trainer.common.errors import TrainingError
 
 log = logging.getLogger("trainer.train")
+
+
+def embedded_saved_models(model_path: str) -> list[str]:
+    """The names of the imported SavedModels (``EmbeddedSavedModel`` layers) in the ``.keras`` file ``model_path``.
+
+    Read from the archive's ``config.json``: nothing is loaded.
+    """
+    import tensorflow as tf
+
+    from trainer.model.saved_model import EmbeddedSavedModel
+
+    with tf.io.gfile.GFile(model_path, "rb") as f, zipfile.ZipFile(f) as archive:
+        config = json.loads(archive.read("config.json"))
+    names, pending = [], [config]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if node.get("class_name") == EmbeddedSavedModel.__name__:
+                names.append(str((node.get("config") or {}).get("name", EmbeddedSavedModel.__name__)))
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return sorted(names)
+
+
+def check_init_from(init_from: str | None) -> None:
+    """Refuses ``--init_from`` an export whose per-frame network holds an imported SavedModel (it cannot be trained).
+
+    An export that cannot be read is left to the stage, which reports it.
+
+    Raises:
+        trainer.training.config.ConfigError: the export's network is (or holds) an imported SavedModel folder.
+    """
+    import tensorflow as tf
+
+    from trainer.model.export import MODEL_FILENAME, ExportError, resolve_model_dir
+    from trainer.training.config import ConfigError
+
+    if not init_from:
+        return
+    try:
+        export_dir = resolve_model_dir(init_from)
+        names = embedded_saved_models(join_path(export_dir, MODEL_FILENAME))
+    except (ExportError, OSError, KeyError, ValueError, zipfile.BadZipFile, tf.errors.OpError):
+        return
+    if names:
+        raise ConfigError(
+            f"--init_from {export_dir}: its per-frame network is an imported SavedModel folder (layer "
+            f"{', '.join(names)}), which cannot be fine-tuned: train a temporal head on its frozen features with "
+            f"--stage sequence --features_from {init_from}, or import the model as a .keras file (onnx2tf -okv3) to "
+            "fine-tune it")
 
 
 class ExportSource:

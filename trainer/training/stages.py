@@ -10,6 +10,8 @@
   trained or imported (:mod:`trainer.training.export_source`), and ``--freeze_backbone_epochs`` freezes all of
   it. The per-frame model keeps the export's heads whose classes are the data's, or its expression head mapped
   by ``--class_map``, and gets new ones otherwise; end to end, the heads are new (they read the temporal head).
+  An export whose network is an imported SavedModel folder is refused: it cannot be fine-tuned
+  (:func:`trainer.training.export_source.check_init_from`; its frozen features go to ``--stage sequence``).
 * ``sequence --features_from EXPORT [--feature_layer NAME]``: the per-frame network of EXPORT (a ``frames`` job,
   any other job, or an imported model; cut at NAME) is frozen; its per-frame features are computed once for
   every clip of the splits the job reads, from the data's crops through the network's own input specification,
@@ -50,8 +52,9 @@ class Stage:
         self.plan = plan
         self.source = None  # --init_from: the export whose per-frame network the CNN starts as
         if config.init_from:
-            from trainer.training.export_source import ExportSource
+            from trainer.training.export_source import ExportSource, check_init_from
 
+            check_init_from(config.init_from)  # an imported SavedModel cannot be fine-tuned
             self.source = ExportSource(config.init_from, "--init_from")
             self.source.cnn(self.source.load(), plan.info.crop_size)  # refuses another crop size now
 
