@@ -663,8 +663,8 @@ def test_videos_and_outputs_on_s3(trained, tmp_path, s3_server):
         check=False, cwd=REPO, env={**os.environ, **s3_server.tf_env, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"},
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    assert s3_server.keys("out/") == ["out/AU/clip.txt", "out/EXPR/clip.txt", "out/VA/clip.txt", "out/clip.csv",
-                                      "out/predict_summary.json"]
+    assert s3_server.keys("out/") == ["out/.affectstream-predict-files.json", "out/AU/clip.txt", "out/EXPR/clip.txt",
+                                      "out/VA/clip.txt", "out/clip.csv", "out/predict_summary.json"]
     text = s3_server.client.get_object(Bucket=s3_server.bucket, Key="out/EXPR/clip.txt")["Body"].read().decode()
     assert len(text.splitlines()) == 7
     # The same with --workers 2: each worker process registers s3:// itself (every video failed with "File system
