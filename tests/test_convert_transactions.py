@@ -344,31 +344,21 @@ def test_ctrl_c_ends_a_run_with_code_130_in_one_line_and_the_previous_output_kep
     assert subprocess.run(command("short.csv"), capture_output=True, check=False).returncode == 0
     before = tree(out)
     # SIGINT at its default (a shell's background job inherits it ignored): Python turns it into KeyboardInterrupt.
-    proc = subprocess.Popen(command("long.csv", "--overwrite"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in proc.stdout:  # Discovery is done and the pipeline starts: ~9 s of work on 2 cores follow.
-        if line.startswith("[convert] 1 tracks"):
-            break
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert err.splitlines()[-1] == f"convert: interrupted; {out} is as it was before the run"
-    assert tree(out) == before and sorted(os.listdir(tmp_path)) == ["long.csv", "out", "short.csv", "v"]
-    # SIGTERM (a scheduler, `kill`) unwinds the same way through `affectstream convert` (it left the staging folder
-    # and the lock, and the Beam workers running).
-    proc = subprocess.Popen(command("long.csv", "--overwrite"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    for line in proc.stdout:
-        if line.startswith("[convert] 1 tracks"):
-            break
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    assert err.splitlines()[-1] == f"convert: terminated; {out} is as it was before the run"
-    assert tree(out) == before and not [
-        n for n in os.listdir(out) if n.startswith(".")]
+    # SIGTERM (a scheduler, `kill`) unwinds the same way through `affectstream convert` (it left the staging folder,
+    # the lock and the Beam workers behind).
+    for signum, code, word in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")):
+        proc = subprocess.Popen(command("long.csv", "--overwrite"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        for line in proc.stdout:  # Discovery is done and the pipeline starts: ~9 s of work on 2 cores follow.
+            if line.startswith("[convert] 1 tracks"):
+                break
+        time.sleep(1.5)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == code, err
+        assert err.splitlines()[-1] == f"convert: {word}; {out} is as it was before the run"
+        assert tree(out) == before and sorted(os.listdir(tmp_path)) == ["long.csv", "out", "short.csv", "v"]
+        assert not [n for n in os.listdir(out) if n.startswith(".")]  # No staging folder or lock left.
 
 
 # ------------------------------------------------------------------------------------ a really full file system
