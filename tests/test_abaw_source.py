@@ -309,6 +309,19 @@ def test_several_media_files_with_one_stem_are_ambiguous(tmp_path):
     assert track.problem == base.DROP_AMBIGUOUS_MEDIA and track.media_path is None
 
 
+def test_a_video_named_in_another_letter_case_is_no_media_with_a_hint(tmp_path):
+    abaw.write_annotation(tmp_path / "ann", "expr", "train", "caseonly", [0])
+    abaw.write_annotation(tmp_path / "ann", "expr", "train", "duo_left", [0])
+    abaw.write_media(tmp_path / "videos", "CASEONLY.mp4")
+    abaw.write_media(tmp_path / "videos", "sub/Duo.avi")
+
+    tracks = {t.media_id: t for t in _source(tmp_path).discover().tracks}
+
+    for name, video in (("caseonly", "CASEONLY.mp4"), ("duo_left", "sub/Duo.avi")):
+        assert tracks[name].problem == base.DROP_NO_MEDIA  # (Names match as written, as the challenge's do.)
+        assert f"{video} differs only in letter case" in tracks[name].problem_message
+
+
 def test_videos_rendered_by_predict_are_left_out_with_a_note(tmp_path):
     # `predict --render --output videos/preds` beside the source videos: its renders are copies of them, so each
     # predicted video's stem was met twice (ambiguous_media) and its track dropped.

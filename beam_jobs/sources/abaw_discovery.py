@@ -388,6 +388,11 @@ class TrackBuilder:
             problem = base.DROP_NO_MEDIA if not candidates else base.DROP_AMBIGUOUS_MEDIA
             if candidates:
                 message = f"track not converted: {problem}: " + _ambiguous_message(media_id, candidates, "none is used")
+            else:  # Names are matched as written (as the challenge's files are): say when only the letter case differs.
+                near, _ = match_media(media_id.casefold(), {stem.casefold(): paths for stem, paths in self.media.items()})
+                if near:
+                    message = (f"track not converted: {problem}: no video named {media_id!r}; "
+                               f"{', '.join(near[:3])} differs only in letter case: rename it (or the annotation file)")
         elif candidates and media_id not in reported_ambiguous:
             reported_ambiguous.add(media_id)
             self.findings.dead_letters.append(base.DeadLetter(
