@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 
@@ -49,6 +50,10 @@ COMMANDS = {
     "demo": ("affectstream.demo", "generate the demo dataset, convert, inspect, train, evaluate, report"),
     "make-demo-data": ("affectstream.demo_data", "write the demo dataset (ABAW layout) to a folder"),
 }
+# Commands that unwind on SIGTERM as on Ctrl-C (tfrecords_schema.cli.sigterm_unwinds): the conversion, whose staging
+# folder, lock and Beam workers a plain SIGTERM left behind. The others keep SIGTERM's default, which ends them at once
+# even inside a TensorFlow op (a Python handler waits for the op to return; a training's lock is taken over next time).
+UNWIND_ON_SIGTERM = ("convert",)
 
 
 def _usage() -> str:
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     set_command(f"affectstream {command}")
     try:
-        with sigterm_unwinds():  # Clean-up on SIGTERM too (convert left its staging folder and lock).
+        with sigterm_unwinds() if command in UNWIND_ON_SIGTERM else contextlib.nullcontext():
             code = int(module.run(rest) or 0)
     except KeyboardInterrupt:
         # Ctrl-C: the command's clean-up (staged outputs, locks, temp folders) ran as the interrupt unwound it; the

@@ -222,6 +222,10 @@ def test_videos_rendered_by_predict_inside_a_class_folder_are_not_taken_for_its_
     found = FoldersSource(str(tmp_path)).discover()
     assert [t.track_id for t in found.tracks] == ["train/train/Happy/a.avi"]
     assert len(found.notes) == 1 and "predict --render" in found.notes[0]
+    # A file of that name that is no such list (not even UTF-8) leaves nothing out, and stops nothing.
+    (tmp_path / "train" / "Happy" / "preds" / LEDGER_FILENAME).write_bytes(b"\xff\xfe")
+    found = FoldersSource(str(tmp_path)).discover()
+    assert len(found.tracks) == 2 and found.notes == []
 
 
 def test_a_hidden_folder_is_not_a_class(tmp_path):

@@ -352,42 +352,73 @@ def test_a_render_over_its_own_video_and_an_output_that_is_a_file_are_refused_be
     assert (tmp_path / "file").read_text(encoding="utf-8") == "mine"
 
 
+def _write_files(paths, text="x"):
+    for p in paths:
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
 def test_a_prediction_folder_replaces_only_the_files_the_tool_wrote_there(tmp_path):
     out = str(tmp_path / "out")
     planned = ownership.planned_files(out, ["a", "b"], ["EXPR"], render=True, scores=False)
     assert [os.path.relpath(p, out) for p in planned] == ["a.csv", "EXPR/a.txt", "a.png", "a.mp4", "b.csv",
                                                          "EXPR/b.txt", "b.png", "b.mp4", "predict_summary.json"]
     ownership.Ledger.read(out).check(planned)  # A new folder.
-    os.makedirs(out)
-    (tmp_path / "out" / "a.csv").write_text("frame,label\n1,happy\n", encoding="utf-8")  # The user's.
-    with pytest.raises(PredictUsageError, match=r"holds 1 file\(s\) this run would replace that this tool did not "
-                                                r"write: .*a\.csv; nothing was read or written"):
+    _write_files([os.path.join(out, "a.csv")], "frame,label\n1,happy\n")  # The user's.
+    with pytest.raises(PredictUsageError, match=r"--output .* holds 1 file\(s\) this run would replace that this tool "
+                                                r"did not write, .*: .*a\.csv; nothing was read or written"):
         ownership.Ledger.read(out).check(planned)
     os.remove(os.path.join(out, "a.csv"))
+    # A run of a and b where b's video fails: b's names were listed before any file was written, and leave the list
+    # when the run ends, so a file of the user's put there later under one of them is refused.
     ledger = ownership.Ledger.read(out)
-    ledger.record(planned[:4])  # A run of a: its files are the tool's (recorded before any is written).
-    for p in planned[:4]:
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        open(p, "w").close()
-    ownership.Ledger.read(out).check(planned)  # Another run replaces them; b's files are new.
-    # A run of b keeps a's files in the ledger; a file the ledger lists that was since removed leaves it.
-    os.remove(planned[2])
-    ownership.Ledger.read(out).record(planned[4:8])
-    assert ownership.Ledger.read(out).owned == {"a.csv", "EXPR/a.txt", "a.mp4", "b.csv", "EXPR/b.txt", "b.png",
-                                                "b.mp4"}
+    ledger.record(planned)
+    _write_files(planned[:4] + planned[-1:])
+    ledger.finish(planned)
+    assert set(ownership.Ledger.read(out).owned) == {"a.csv", "EXPR/a.txt", "a.png", "a.mp4", "predict_summary.json"}
+    ownership.Ledger.read(out).check(planned)  # The next run replaces a's files.
+    _write_files([planned[4]], "mine")
+    with pytest.raises(PredictUsageError, match="b.csv"):
+        ownership.Ledger.read(out).check(planned)
+    os.remove(planned[4])
+    # A file the tool wrote and the user then replaced (rm OUT/*, then a file of theirs under that name): not the
+    # tool's any more. (Its time moves: set apart from the one the ledger holds, whatever the clock's resolution.)
+    _write_files([planned[0]], "my own table")
+    os.utime(planned[0], ns=(1, 1))
+    with pytest.raises(PredictUsageError, match="a.csv"):
+        ownership.Ledger.read(out).check(planned)
+    os.remove(planned[0])
+    # Two runs at once into one folder (one --side each): both keep their files listed. Each merges into the list as
+    # it is on disk when it writes.
+    left, right = (ownership.planned_files(out, [stem], ["EXPR"], render=False, scores=False)[:2]
+                   for stem in ("duo_left", "duo_right"))
+    first, second = ownership.Ledger.read(out), ownership.Ledger.read(out)
+    first.record(left)
+    second.record(right)
+    _write_files(left + right)
+    first.finish(left)
+    second.finish(right)
+    assert {"duo_left.csv", "EXPR/duo_left.txt", "duo_right.csv", "EXPR/duo_right.txt"} <= set(
+        ownership.Ledger.read(out).owned)
+    # An --output typed with a double slash lists the same names.
+    ownership.Ledger.read(out + "//").record([out + "//c.csv"])
+    assert "c.csv" in ownership.Ledger.read(out).owned and "/c.csv" not in ownership.Ledger.read(out).owned
     # A folder predicted into before the ledger existed: its summary names the files of its last run, whatever
-    # spelling of the folder that run was given.
+    # spelling of the folder that run was given; the refusal of the others says an older version may have written them.
     legacy = tmp_path / "legacy"
-    (legacy / "EXPR").mkdir(parents=True)
-    for name in ("c.csv", "EXPR/c.txt", "d.csv"):
-        (legacy / name).write_text("x", encoding="utf-8")
+    _write_files([str(legacy / name) for name in ("c.csv", "EXPR/c.txt", "d.csv")])
     (legacy / "predict_summary.json").write_text(json.dumps({"model": "m", "videos": [
         {"stem": "c", "csv": "../legacy/c.csv", "abaw": {"expression": "/elsewhere/legacy/EXPR/c.txt"}}]}))
     ledger = ownership.Ledger.read(str(legacy))
-    assert ledger.owned == {"c.csv", "EXPR/c.txt", "predict_summary.json"}
+    assert set(ledger.owned) == {"c.csv", "EXPR/c.txt", "predict_summary.json"}
     ledger.check(ownership.planned_files(str(legacy), ["c"], ["EXPR"], render=False, scores=False))
-    with pytest.raises(PredictUsageError, match="d.csv"):
+    with pytest.raises(PredictUsageError, match="older version records only its last run's files.*d.csv"):
         ledger.check(ownership.planned_files(str(legacy), ["d"], ["EXPR"], render=False, scores=False))
+    # A file of the ledger's name that is not one (not even UTF-8) is refused in one line.
+    (legacy / ownership.LEDGER_FILENAME).write_bytes(b"\xff\xfe")
+    with pytest.raises(PredictUsageError, match="is not the file list this tool writes"):
+        ownership.Ledger.read(str(legacy))
 
 
 def test_output_names_carry_the_side_and_clashing_names_are_refused():

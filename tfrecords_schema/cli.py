@@ -48,14 +48,17 @@ def sigterm_unwinds():
     """Within: SIGTERM (a scheduler, ``kill``) unwinds the command as Ctrl-C does (a ``KeyboardInterrupt``, which every
     command already cleans up after: staging folders removed, locks released, Beam's forms of it recognised), and
     :func:`terminated` says it was SIGTERM, for the message and the exit status (143, 128 + 15). Without it a
-    terminated conversion left its staging folder, its lock and its Beam workers behind. A command that handles
-    SIGTERM itself (``data-service``) sets its own handler inside. The previous handler is back after (a caller of
-    :func:`affectstream.cli.main` keeps its own); off the main thread, where Python takes no handler, nothing changes.
+    terminated conversion left its staging folder, its lock and its Beam workers behind. A second SIGTERM ends the
+    process at once. Python runs the handler between bytecodes, so a process blocked in a native call (a TensorFlow op)
+    unwinds only when the call returns: :mod:`affectstream.cli` uses this for the conversion only. The previous handler
+    is back after (a caller of :func:`affectstream.cli.main` keeps its own); off the main thread, where Python takes no
+    handler, nothing changes.
     """
     import signal
 
-    def terminate(_signum, _frame) -> None:
+    def terminate(signum, _frame) -> None:
         _terminated.set()
+        signal.signal(signum, signal.SIG_DFL)  # A second SIGTERM ends the process, clean-up or not.
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():

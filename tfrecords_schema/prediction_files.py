@@ -5,6 +5,10 @@
 (``<stem>.mp4``), and a folder of predictions inside a conversion's ``--videos`` would otherwise give it
 rendered copies of the source videos as more videos (:class:`beam_jobs.sources.folder_scan.FolderScan`
 leaves them out, with a note).
+
+The file is JSON: ``{"files": {relative path: [size, mtime_ns] or null}}``, paths ``/``-separated; the size and
+modification time a local file had when the tool finished writing it (null: not known, for an object store's files
+or a run that did not finish).
 """
 
 from __future__ import annotations
@@ -15,14 +19,19 @@ LEDGER_FILENAME = ".affectstream-predict-files.json"
 
 
 def ledger_text(files) -> str:
-    """The ledger's content for ``files`` (paths relative to its folder, ``/``-separated)."""
-    return json.dumps({"files": sorted(files)}, indent=1) + "\n"
+    """The ledger's content for ``files``: ``{relative path: [size, mtime_ns] or None}``, or relative paths alone."""
+    files = files if isinstance(files, dict) else dict.fromkeys(files)
+    return json.dumps({"files": dict(sorted(files.items()))}, indent=1) + "\n"
 
 
-def parse_ledger(text: str) -> set[str] | None:
-    """The relative paths a ledger lists; None when ``text`` is not one."""
+def parse_ledger(text: str) -> dict[str, list | None] | None:
+    """``{relative path: [size, mtime_ns] or None}`` of a ledger; None when ``text`` is not one."""
     try:
         listed = json.loads(text).get("files")
     except (ValueError, AttributeError):
         return None
-    return {p for p in listed if isinstance(p, str)} if isinstance(listed, list) else None
+    if isinstance(listed, list):  # (The first form: names only.)
+        listed = dict.fromkeys(listed)
+    if not isinstance(listed, dict):
+        return None
+    return {p: (v if isinstance(v, list) and len(v) == 2 else None) for p, v in listed.items() if isinstance(p, str)}

@@ -166,10 +166,10 @@ class FolderScan:
         import tensorflow as tf
 
         try:
-            with tf.io.gfile.GFile(tf.io.gfile.join(folder, LEDGER_FILENAME), "r") as f:
-                written = parse_ledger(f.read()) or set()
+            with tf.io.gfile.GFile(tf.io.gfile.join(folder, LEDGER_FILENAME), "rb") as f:
+                written = parse_ledger(f.read().decode("utf-8", "replace")) or {}
         except tf.errors.OpError:
-            written = set()
+            written = {}  # (Unreadable: nothing is left out, and the videos are there to be seen.)
         renders = [p for p in files if posixpath.basename(p.replace("\\", "/")) in written
                    and p.lower().endswith(VIDEO_EXTENSIONS)]
         if renders:

@@ -5,19 +5,25 @@ folder of earlier work). A file there named as one this run writes (``<stem>.csv
 ``<stem>.png``, ``scores.json`` ...) is replaced only when an earlier run wrote it: the folder's ledger,
 :data:`LEDGER_FILENAME`, lists every file the tool wrote there (over all runs, so that one ``--side left`` run and one
 ``--side right`` run into one folder both stay replaceable). A folder predicted into before the ledger existed is
-read from its ``predict_summary.json``, which names the files of its last run.
+read from its ``predict_summary.json``, which names the files of its last run. A local file is the tool's only while
+it has the size and modification time it had when the run ended: a file put there since under a listed name (after
+``rm OUT/*``, or where a video failed and wrote nothing) is the user's. Two runs into one folder at once each merge
+their entries into the list as it is on disk when they write it.
 
 Example::
 
     ledger = Ledger.read(output)
     ledger.check(planned)          # refuses, naming them, files the tool did not write
     ledger.record(planned)         # before the first file is written: a run killed part-way leaves its files owned
+    ...                            # the run writes its files
+    ledger.finish(planned)         # each file written listed with its size and time; those not written leave it
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import posixpath
 from collections.abc import Iterable
 
@@ -30,9 +36,26 @@ _SHOWN = 5
 
 
 def _relative(output: str, path: str) -> str | None:
-    """``path`` relative to ``output`` (``/``-separated), or None when it is not below it."""
+    """``path`` relative to ``output`` (``/``-separated, no empty parts: ``out//a.csv`` is ``a.csv``), or None when it
+    is not below it."""
     root = output.rstrip("/") + "/"
-    return path[len(root):].replace("\\", "/") if path.startswith(root) else None
+    if not path.startswith(root):
+        return None
+    return "/".join(p for p in path[len(root):].replace("\\", "/").split("/") if p not in ("", ".")) or None
+
+
+def _identity(path: str) -> list | None:
+    """``[size, mtime_ns]`` of a local file (what tells the tool's file from one put there since under its name); None
+    for an object store's (one request each, for every file of a run: names only there) or a file that is not there."""
+    from tfrecords_schema.storage import is_url
+
+    if is_url(path):
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _summary_files(text: str) -> set[str]:
@@ -61,27 +84,39 @@ def _summary_files(text: str) -> set[str]:
 
 @dataclasses.dataclass
 class Ledger:
-    """The files under ``output`` (relative paths) that the tool wrote."""
+    """The files under ``output`` that the tool wrote: ``{relative path: [size, mtime_ns] or None}`` (None: identity not
+    known: an object store's file, a file of a run that did not finish, or a folder of an older version).
+
+    Args:
+        output: The folder.
+        owned: Its files the tool wrote.
+        option: The command's name for the folder, for messages (``--output``, ``--predictions``).
+        legacy: Read from an older version's ``predict_summary.json``, which names only its last run's files.
+    """
 
     output: str
-    owned: set[str]
+    owned: dict[str, list | None]
+    option: str = "--output"
+    legacy: bool = False
 
     @classmethod
-    def read(cls, output: str) -> Ledger:
+    def read(cls, output: str, option: str = "--output") -> Ledger:
         """The ledger of ``output``: empty for a new folder; from ``predict_summary.json`` for one without a ledger."""
+        listed = _read_listed(output)
+        if listed is not None:
+            return cls(output, listed, option)
         files = storage.gfile(output)
-        path = join_path(output, LEDGER_FILENAME)
-        if files.exists(path):
-            with files.GFile(path, "r") as f:
-                listed = parse_ledger(f.read())
-            if listed is None:
-                raise PredictUsageError(f"{path} is not the file list this tool writes; move it away")
-            return cls(output, listed)
         summary = join_path(output, SUMMARY_FILENAME)
         if files.exists(summary):
             with files.GFile(summary, "r") as f:
-                return cls(output, _summary_files(f.read()))
-        return cls(output, set())
+                return cls(output, dict.fromkeys(_summary_files(f.read())), option, legacy=True)
+        return cls(output, {}, option)
+
+    def _owns(self, rel: str, path: str) -> bool:
+        if rel not in self.owned:
+            return False
+        known = self.owned[rel]
+        return known is None or known == _identity(path)  # (Changed since: a file of the user's under the name.)
 
     def check(self, planned: Iterable[str]) -> None:
         """Refuses, before anything is written, to replace a file under ``output`` the tool did not write.
@@ -90,25 +125,85 @@ class Ledger:
             planned: Paths (full, under ``output``) the run writes.
 
         Raises:
-            PredictUsageError: existing files among ``planned`` the ledger does not list (up to five named).
+            PredictUsageError: existing files among ``planned`` the ledger does not list, or that changed since the
+                tool wrote them (up to five named).
         """
-        files = storage.gfile(self.output)
-        foreign = [p for p in planned if _relative(self.output, p) not in self.owned and files.exists(p)]
-        if foreign:
-            shown = ", ".join(foreign[:_SHOWN]) + (f" and {len(foreign) - _SHOWN} more" if len(foreign) > _SHOWN else "")
-            raise PredictUsageError(
-                f"--output {self.output} holds {len(foreign)} file(s) this run would replace that this tool did not "
-                f"write: {shown}; nothing was read or written: give another --output folder, or move them away")
+        existing = _existing(self.output, planned)
+        foreign = [p for p in planned if p in existing and not self._owns(_relative(self.output, p) or "", p)]
+        if not foreign:
+            return
+        shown = ", ".join(foreign[:_SHOWN]) + (f" and {len(foreign) - _SHOWN} more" if len(foreign) > _SHOWN else "")
+        why = ("this tool did not record writing (a folder predicted into by an older version records only its last "
+               "run's files: if these are the tool's, delete them)" if self.legacy
+               else "this tool did not write, or that changed since it wrote them")
+        raise PredictUsageError(f"{self.option} {self.output} holds {len(foreign)} file(s) this run would replace "
+                                f"that {why}: {shown}; nothing was read or written: give another {self.option} "
+                                "folder, or move them away")
 
     def record(self, planned: Iterable[str]) -> None:
-        """Adds ``planned`` to the ledger and writes it (atomically), keeping the listed files that still exist."""
+        """Before the first file is written: adds ``planned`` (identity not known yet), so that a run killed part-way
+        leaves its files the tool's; listed files that are gone leave the list."""
+        self._write({rel: None for rel in (_relative(self.output, p) for p in planned) if rel})
+
+    def finish(self, planned: Iterable[str]) -> None:
+        """After the run: ``planned`` files that were written are listed with their identity, the others leave the
+        list (a video that failed wrote none: a file put there later under its name is the user's)."""
+        pairs = [(p, rel) for p, rel in ((p, _relative(self.output, p)) for p in planned) if rel]
+        existing = _existing(self.output, [p for p, _ in pairs])
+        self._write({rel: _identity(p) for p, rel in pairs if p in existing}, drop={rel for _, rel in pairs})
+
+    def _write(self, entries: dict, drop: set[str] = frozenset()) -> None:
+        """Merges ``entries`` into the list on disk (read again now: another run into the folder may have added its
+        own since) and writes it atomically; ``drop`` leaves it unless in ``entries``; gone files leave it."""
         from tfrecords_schema.atomic import write_atomically
 
-        files = storage.gfile(self.output)
-        kept = {p for p in self.owned if files.exists(join_path(self.output, *p.split("/")))}
-        self.owned = kept | {r for r in (_relative(self.output, p) for p in planned) if r}
-        files.makedirs(self.output)
+        merged = {**self.owned, **(_read_listed(self.output) or {})}
+        merged = {rel: v for rel, v in merged.items() if rel not in drop}
+        merged.update(entries)
+        paths = {rel: join_path(self.output, *rel.split("/")) for rel in merged}
+        existing = _existing(self.output, paths.values())
+        self.owned = {rel: v for rel, v in merged.items() if paths[rel] in existing or rel in entries}
+        storage.gfile(self.output).makedirs(self.output)
         write_atomically(join_path(self.output, LEDGER_FILENAME), ledger_text(self.owned))
+
+
+def _read_listed(output: str) -> dict[str, list | None] | None:
+    """The ledger on disk, or None without one.
+
+    Raises:
+        PredictUsageError: a file of the ledger's name that is not one.
+    """
+    files = storage.gfile(output)
+    path = join_path(output, LEDGER_FILENAME)
+    if not files.exists(path):
+        return None
+    with files.GFile(path, "rb") as f:
+        text = f.read()
+    listed = parse_ledger(text.decode("utf-8", "replace"))
+    if listed is None:
+        raise PredictUsageError(f"{path} is not the file list this tool writes; move it away")
+    return listed
+
+
+def _existing(output: str, paths: Iterable[str]) -> set[str]:
+    """Which of ``paths`` (under ``output``) exist: each folder they are in listed once (one request on an object store,
+    not one per file)."""
+    files = storage.gfile(output)
+    by_folder: dict[str, list[str]] = {}
+    for path in paths:
+        rel = _relative(output, path)
+        if rel:
+            folder, _, name = rel.rpartition("/")
+            by_folder.setdefault(folder, []).append((name, path))
+    found = set()
+    for folder, members in by_folder.items():
+        where = join_path(output, *folder.split("/")) if folder else output
+        try:
+            names = {n.rstrip("/") for n in files.listdir(where)} if files.isdir(where) else set()
+        except OSError:
+            names = set()
+        found |= {path for name, path in members if name in names}
+    return found
 
 
 def planned_files(output: str, stems: Iterable[str], submission_dirs: Iterable[str], render: bool,

@@ -310,6 +310,7 @@ def predict(args) -> int:
             print(f"scores against {args.annotations} [{args.score_split}] -> {summary['scores']}\n"
                   f"{scoring.format_scores(scores)}", flush=True)
     path = write_atomically(join_path(args.output, SUMMARY_FILENAME), json.dumps(summary, indent=2) + "\n")
+    ledger.finish(planned)  # What was written, with its size and time: a failed video's names are free again.
     seconds = time.monotonic() - progress.started
     note = "" if crops["matches_training"] else (f"; the crops ({crops['source']}) differ from the model's training "
                                                  f"crops ({crops['trained_on']})")

@@ -52,11 +52,12 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         filesystems.register_filesystems(args.predictions, args.annotations)
         scores_path = join_path(args.predictions, scoring.SCORES_FILENAME)
-        ledger = ownership.Ledger.read(args.predictions)
+        ledger = ownership.Ledger.read(args.predictions, option="--predictions")
         ledger.check([scores_path])  # (A scores.json of the user's is not replaced.)
         scores = scoring.score_predictions(args.predictions, args.annotations, args.split)
         ledger.record([scores_path])
         path = scoring.write_scores(args.predictions, scores)
+        ledger.finish([scores_path])
     except PredictUsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -57,7 +57,8 @@ What a job does:
 
 Multi-worker: set ``TF_CONFIG`` in every worker and pass ``--strategy multi_worker``; ``--job_dir`` must
 be shared by the workers (a common disk, ``gs://`` or ``s3://``). Each worker reads its share of every
-bucket's shard files (a clear error when a shard set has fewer files than workers). Only the chief writes
+bucket's shard files (a shard set with fewer files than workers is read whole by every worker, each in its own
+order; README, "multi_worker"). Only the chief writes
 logs, the export and the reports; the other workers write their checkpoints to temporary directories.
 Every worker evaluates the whole validation split itself, so all agree on the best epoch.
 
