@@ -336,23 +336,28 @@ def test_ctrl_c_ends_a_run_with_code_130_in_one_line_and_the_previous_output_kep
     (tmp_path / "long.csv").write_text(f"path,split,expression\n{long_video.name},train,happy\n", encoding="utf-8")
     out = tmp_path / "out"
 
-    def command(manifest, *extra):
+    def command(manifest, *extra, workers="1"):
         return [sys.executable, "-m", "affectstream.cli", "convert", "--dataset", "manifest", "--manifest",
                 str(tmp_path / manifest), "--videos", str(tmp_path / "v"), "--output", str(out), "--runner",
-                "DirectRunner", "--direct_num_workers", "1", "--progress_every", "0", *extra]
+                "DirectRunner", "--direct_num_workers", workers, "--progress_every", "0", *extra]
 
     assert subprocess.run(command("short.csv"), capture_output=True, check=False).returncode == 0
     before = tree(out)
     # SIGINT at its default (a shell's background job inherits it ignored): Python turns it into KeyboardInterrupt.
     # SIGTERM (a scheduler, `kill`) unwinds the same way through `affectstream convert` (it left the staging folder,
     # the lock and the Beam workers behind).
-    for signum, code, word in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")):
-        proc = subprocess.Popen(command("long.csv", "--overwrite"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # SIGTERM as the Beam worker processes start (the runner's): they are ended too. Before, a worker still starting
+    # up waited for ever for the runner, and the runner for it (4 of 8 such kills hung).
+    for signum, code, word, workers, delay in ((signal.SIGINT, 130, "interrupted", "1", 1.5),
+                                               (signal.SIGTERM, 143, "terminated", "1", 1.5),
+                                               (signal.SIGTERM, 143, "terminated", "2", 0.5)):
+        proc = subprocess.Popen(command("long.csv", "--overwrite", workers=workers), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         for line in proc.stdout:  # Discovery is done and the pipeline starts: ~9 s of work on 2 cores follow.
             if line.startswith("[convert] 1 tracks"):
                 break
-        time.sleep(1.5)
+        time.sleep(delay)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == code, err

@@ -253,3 +253,14 @@ def test_an_export_that_records_no_face_stage_is_scored_with_a_note(converted, e
     assert evaluate.run(["--model", str(export), "--data", str(out), "--report_dir", str(tmp_path / "r")]) == 0
     assert f"note: {export} records no face stage" in capsys.readouterr().err
     assert "face_stage_differs" not in json.loads((tmp_path / "r" / "metrics.json").read_text())
+
+
+def test_a_crop_size_that_differs_says_how_to_make_them_agree():
+    import types
+
+    from trainer.evaluation.evaluate import EvaluationError, check_model_fits_data
+
+    info = types.SimpleNamespace(label_names={"expression": ["A", "B"]}, tasks=["expr"], crop_size=32)
+    model_info = {"heads": ["expression"], "label_names": {"expression": ["A", "B"]}, "crop_size": 64}
+    with pytest.raises(EvaluationError, match="64 != data crop size 32: convert with --crop_size 64"):
+        check_model_fits_data(model_info, info, "DATA")

@@ -59,6 +59,11 @@ def sigterm_unwinds():
     def terminate(signum, _frame) -> None:
         _terminated.set()
         signal.signal(signum, signal.SIG_DFL)  # A second SIGTERM ends the process, clean-up or not.
+        # Ctrl-C reaches the whole process group; SIGTERM only this process. Its descendants (Beam's worker
+        # processes) are ended too, also those started while the runner unwinds: a worker still starting up otherwise
+        # waited for ever for a runner that had stopped, and the runner for it (4 of 8 kills in the first second of a
+        # pipeline). SIGTERM, not SIGINT: a job started in the background ignores SIGINT, and its children with it.
+        threading.Thread(target=_end_descendants, name="end-descendants", daemon=True).start()
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
@@ -70,6 +75,43 @@ def sigterm_unwinds():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _descendants() -> list[int]:
+    """The pids of this process's children and theirs, parents first (Linux ``/proc``; none elsewhere). Beam starts its
+    workers through a shell (``/bin/sh -c python -m ...``), which does not pass a signal on to the worker."""
+    parents: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # (Gone meanwhile.)
+            fields = stat[stat.rfind(b")") + 2:].split()  # After "pid (name) ": state, then the parent's pid.
+            if len(fields) > 1:
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, queue = [], [os.getpid()]
+    while queue:
+        children = parents.get(queue.pop(0), [])
+        found += children
+        queue += children
+    return found
+
+
+def _end_descendants(rounds: int = 60, every_s: float = 0.5) -> None:
+    """Sends SIGTERM to this process's descendants, again every ``every_s`` for ``rounds`` rounds (the runner may start
+    a worker while it unwinds); a daemon thread, so it ends with the process."""
+    import signal
+    import time
+
+    for _ in range(rounds):
+        for pid in _descendants():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        time.sleep(every_s)
 
 
 def terminated() -> bool:

@@ -69,7 +69,9 @@ def check_model_fits_data(model_info: dict, info, data_dir: str) -> list[str]:
         if list(trained) != list(data):
             raise EvaluationError(f"label names of {head!r} differ: model {trained} vs data {data}")
     if model_info["crop_size"] != info.crop_size:
-        raise EvaluationError(f"model crop size {model_info['crop_size']} != data crop size {info.crop_size}")
+        raise EvaluationError(f"model crop size {model_info['crop_size']} != data crop size {info.crop_size}: convert "
+                              f"with --crop_size {model_info['crop_size']} (or import or train the model at "
+                              f"{info.crop_size})")
     return heads
 
 
