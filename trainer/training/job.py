@@ -74,6 +74,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 
 from trainer.common.choices import PRECISION_FLOAT32
@@ -341,8 +342,16 @@ def train(config: TrainConfig) -> dict:
 
     # 3. The job directory's lock (chief only): a second training into it stops here, naming the holder.
     #    A non-chief worker's scratch folders (its checkpoints, its features) go however the job ends, an error included.
-    with _job_lock(config, role), contextlib.ExitStack() as cleanup:
-        return _train_planned(config, strategy, role, plan, cleanup)
+    # A local --job_dir this run creates (with its lock) and that a failure leaves empty is removed: nothing to resume.
+    created = role.is_chief and "://" not in config.job_dir and not os.path.lexists(config.job_dir)
+    try:
+        with _job_lock(config, role), contextlib.ExitStack() as cleanup:
+            return _train_planned(config, strategy, role, plan, cleanup)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(config.job_dir)  # (Only when empty.)
+        raise
 
 
 def _train_planned(config: TrainConfig, strategy, role, plan: JobPlan, cleanup: contextlib.ExitStack) -> dict:
