@@ -20,18 +20,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import sys
 
-from tfrecords_schema.cli import (
-    TF_LOG_LEVEL_VARIABLE,
-    VERBOSE_FLAG,
-    quiet_tensorflow,
-    set_command,
-    sigterm_unwinds,
-    terminated,
-)
+from tfrecords_schema.cli import TF_LOG_LEVEL_VARIABLE, VERBOSE_FLAG, interruption, quiet_tensorflow, set_command
 
 # subcommand -> (module with run(argv) -> int, one-line help)
 COMMANDS = {
@@ -50,10 +42,6 @@ COMMANDS = {
     "demo": ("affectstream.demo", "generate the demo dataset, convert, inspect, train, evaluate, report"),
     "make-demo-data": ("affectstream.demo_data", "write the demo dataset (ABAW layout) to a folder"),
 }
-# Commands that unwind on SIGTERM as on Ctrl-C (tfrecords_schema.cli.sigterm_unwinds): the conversion, whose staging
-# folder, lock and Beam workers a plain SIGTERM left behind. The others keep SIGTERM's default, which ends them at once
-# even inside a TensorFlow op (a Python handler waits for the op to return; a training's lock is taken over next time).
-UNWIND_ON_SIGTERM = ("convert",)
 
 
 def _usage() -> str:
@@ -79,12 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     set_command(f"affectstream {command}")
     try:
-        with sigterm_unwinds() if command in UNWIND_ON_SIGTERM else contextlib.nullcontext():
-            code = int(module.run(rest) or 0)
+        code = int(module.run(rest) or 0)
     except KeyboardInterrupt:
         # Ctrl-C: the command's clean-up (staged outputs, locks, temp folders) ran as the interrupt unwound it; the
-        # traceback would only bury that. 130: the shell's code for a process ended by SIGINT.
-        how, code = ("terminated", 143) if terminated() else ("interrupted", 130)  # (SIGTERM: sigterm_unwinds)
+        # traceback would only bury that.
+        how, code = interruption()
         print(f"affectstream {command}: {how}", file=sys.stderr)
     finally:
         set_command(None)

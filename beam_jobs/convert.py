@@ -404,12 +404,15 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
         return 2
     # Imported once the options are parsed: they load Apache Beam and OpenCV, which `--help` must not wait for.
     from beam_jobs.pipeline.output_folder import OutputRefused, claim_output
+    from tfrecords_schema.cli import interruption, sigterm_unwinds
     from tfrecords_schema.locks import LockError
     from tfrecords_schema.transaction import DiskFullError, SwapRefused, TransactionError
 
     command = " ".join(["beam_jobs.convert", *argv])[:500]
     try:
-        with claim_output(args.output, args.overwrite, command=command, log=_log) as claim:
+        # SIGTERM unwinds as Ctrl-C does while the output is held: a plain SIGTERM left the staging folder, the lock
+        # and the Beam workers behind (tfrecords_schema.cli.sigterm_unwinds).
+        with sigterm_unwinds(), claim_output(args.output, args.overwrite, command=command, log=_log) as claim:
             if claim.place is not None:  # Checked before any work: say where the run builds, in one line.
                 print(f"[convert] output {claim.output}: {claim.place.describe()}", flush=True)
             info = _convert(args, beam_args, tasks, source, options, claim)
@@ -433,9 +436,7 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
         print(f"convert: error: output {args.output}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # The output folder was restored and unlocked as the interrupt unwound.
-        from tfrecords_schema.cli import terminated
-
-        how, code = ("terminated", 143) if terminated() else ("interrupted", 130)  # (SIGTERM: sigterm_unwinds)
+        how, code = interruption()
         print(f"convert: {how}; {args.output} is as it was before the run", file=sys.stderr)
         return code
     return 0
@@ -443,12 +444,9 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
 
 def main() -> None:
     """Console entry point: runs with ``sys.argv`` and exits with the run's status."""
-    from tfrecords_schema.cli import sigterm_unwinds
     from tfrecords_schema.filesystems import exit_hard_if_needed
 
-    with sigterm_unwinds():
-        code = run()
-    sys.exit(exit_hard_if_needed(code))  # (tensorflow-io's s3:// aborts at interpreter exit)
+    sys.exit(exit_hard_if_needed(run()))  # (tensorflow-io's s3:// aborts at interpreter exit)
 
 
 if __name__ == "__main__":

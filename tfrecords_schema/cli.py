@@ -47,11 +47,11 @@ _terminated = threading.Event()
 def sigterm_unwinds():
     """Within: SIGTERM (a scheduler, ``kill``) unwinds the command as Ctrl-C does (a ``KeyboardInterrupt``, which every
     command already cleans up after: staging folders removed, locks released, Beam's forms of it recognised), and
-    :func:`terminated` says it was SIGTERM, for the message and the exit status (143, 128 + 15). Without it a
+    :func:`interruption` says it was SIGTERM, for the message and the exit status (143, 128 + 15). Without it a
     terminated conversion left its staging folder, its lock and its Beam workers behind. A second SIGTERM ends the
     process at once. Python runs the handler between bytecodes, so a process blocked in a native call (a TensorFlow op)
-    unwinds only when the call returns: :mod:`affectstream.cli` uses this for the conversion only. The previous handler
-    is back after (a caller of :func:`affectstream.cli.main` keeps its own); off the main thread, where Python takes no
+    unwinds only when the call returns: the conversion uses this while its pipeline runs, other commands not. The previous handler
+    is back after (a caller keeps its own); off the main thread, where Python takes no
     handler, nothing changes.
     """
     import signal
@@ -114,9 +114,10 @@ def _end_descendants(rounds: int = 60, every_s: float = 0.5) -> None:
         time.sleep(every_s)
 
 
-def terminated() -> bool:
-    """Whether the last ``KeyboardInterrupt`` under :func:`sigterm_unwinds` came from SIGTERM."""
-    return _terminated.is_set()
+def interruption() -> tuple[str, int]:
+    """``(word, exit status)`` of the last ``KeyboardInterrupt``: ``("terminated", 143)`` when :func:`sigterm_unwinds`
+    raised it for a SIGTERM, else ``("interrupted", 130)`` (Ctrl-C: the shell's code for a process ended by SIGINT)."""
+    return ("terminated", 143) if _terminated.is_set() else ("interrupted", 130)
 
 
 def command_prog(module: str) -> str:

@@ -47,9 +47,7 @@ def _relative(output: str, path: str) -> str | None:
 def _identity(path: str) -> list | None:
     """``[size, mtime_ns]`` of a local file (what tells the tool's file from one put there since under its name); None
     for an object store's (one request each, for every file of a run: names only there) or a file that is not there."""
-    from tfrecords_schema.storage import is_url
-
-    if is_url(path):
+    if storage.is_url(path):
         return None
     try:
         stat = os.stat(path)
