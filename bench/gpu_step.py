@@ -178,7 +178,7 @@ def print_projection(table: dict, rates: dict, args) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jpeg", help="an existing --codec jpeg conversion (default: convert real footage here)")
     parser.add_argument("--raw", help="an existing --codec raw conversion of the same footage")
     parser.add_argument("--video_seconds", type=float, default=10.0, help="length of each of the two tracks made")

@@ -1,8 +1,10 @@
 """Learning benchmark on the demo dataset: validation macro-F1 against training steps, end-to-end and two-stage.
 
 It converts the embedded demo dataset with the demo's own flags (``affectstream.demo.DEMO_CONVERT_FLAGS``),
-then trains with the demo's training flags (``DEMO_TRAIN_FLAGS``) and scores every ``--eval_every`` steps
-on the whole validation split (every labelled frame):
+then trains with the demo's training flags (``DEMO_TRAIN_FLAGS``). Each job scores every ``--eval_every`` steps
+on the split it selects its best epoch on (by default the conversion's ``selection`` split, held out of the train
+subjects: the curve, and ``curve_split`` in ``learning.json``), and its final figure (``final_macro_f1``) is the
+selected epoch's on the whole validation split (every labelled frame):
 
 * ``constant``: one end-to-end job at ``--learning_rate`` for the largest budget: its per-epoch scores are
   the score-vs-steps curve of a constant learning rate;
@@ -48,6 +50,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = ("constant", "cosine", "two_stage", "features")
 
 
+def chosen_configs(value: str | None, features_from: str | None) -> list[str]:
+    """The configs to run: ``--configs`` (comma-separated), or by default every one (``features`` only when
+    ``--features_from`` names the export it needs)."""
+    if value is None:
+        return [c for c in CONFIGS if c != "features" or features_from]
+    configs = [c for c in value.split(",") if c]
+    if set(configs) - set(CONFIGS):
+        raise ValueError(f"--configs: unknown {sorted(set(configs) - set(CONFIGS))}; choose from {', '.join(CONFIGS)}")
+    if "features" in configs and not features_from:
+        raise ValueError("--configs features needs --features_from EXPORT")
+    return configs
+
+
 class _RateLog(logging.Handler):
     """Collects the trainer's logged training rates (``(x steps/s)``) of one job."""
 
@@ -59,6 +74,15 @@ class _RateLog(logging.Handler):
         match = re.search(r"\(([\d.]+) steps/s\)", record.getMessage())
         if match:
             self.rates.append(float(match.group(1)))
+
+
+def curve_split(job_dir: str) -> str:
+    """The split the per-epoch scores of :func:`epoch_scores` are on (the one the job selects its best epoch on)."""
+    from trainer.training.job import LOGS_DIRNAME
+
+    runs = sorted(os.path.basename(os.path.dirname(path))
+                  for path in glob.glob(os.path.join(job_dir, LOGS_DIRNAME, "*", "events.out.tfevents.*")))
+    return ",".join(sorted(set(runs) - {"train"}))
 
 
 def epoch_scores(job_dir: str) -> dict[int, float]:
@@ -102,7 +126,7 @@ def run_job(name: str, args: list[str], steps_per_epoch: int) -> dict:
     # The first logged rate includes tracing and the input pipeline's start: leave it out.
     rates = handler.rates[1:] or handler.rates
     result = {"name": name, "curve": {str(epoch * steps_per_epoch): s for epoch, s in sorted(scores.items())},
-              "final_macro_f1": metrics["expression"]["macro_f1"], "best_epoch": metrics["best_epoch"],
+              "curve_split": curve_split(job_dir), "final_macro_f1": metrics["expression"]["macro_f1"], "best_epoch": metrics["best_epoch"],
               "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
               "steps_per_s": round(sum(rates) / len(rates), 3) if rates else None,
               "load_average": round((load_before + os.getloadavg()[0]) / 2, 2), "args": args}
@@ -128,7 +152,7 @@ def existing_job(name: str, job_dir: str) -> dict:
         final = scores[max(scores)]
     steps = config["steps_per_epoch"]
     result = {"name": name, "curve": {str(epoch * steps): s for epoch, s in sorted(scores.items())},
-              "final_macro_f1": final, "epochs_done": len(scores), "epochs": config["epochs"],
+              "curve_split": curve_split(job_dir), "final_macro_f1": final, "epochs_done": len(scores), "epochs": config["epochs"],
               "learning_rate": config["learning_rate"], "lr_schedule": config.get("lr_schedule"), "job_dir": job_dir}
     source = config.get("features_from") or config.get("init_from")
     if config.get("stage") == "sequence":  # plotted at the CNN steps of the frames job it started from
@@ -182,7 +206,8 @@ def plot(results: list[dict], path: str) -> None:
             ax.plot(steps, list(r["curve"].values()), "o-", label=r["name"])
     ax.axhline(0.9, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("training steps (CNN steps for two-stage; head steps on pretrained features)")
-    ax.set_ylabel("validation macro-F1 (whole split)")
+    splits = sorted({r["curve_split"] for r in results if r.get("curve_split")}) or ["validation"]
+    ax.set_ylabel(f"macro-F1: curves on {', '.join(splits)},\ntwo-stage points on validation", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title("Demo dataset, 8 expression classes (chance ~0.125)")
     ax.legend(fontsize=7, loc="lower right")
@@ -196,7 +221,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder for learning.json, learning.png and the jobs")
     p.add_argument("--data", help="an existing conversion of the demo dataset (default: convert it into --out)")
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default=None, help=f"comma-separated, of {', '.join(CONFIGS)} (default: every one, "
+                   "features only with --features_from)")
     p.add_argument("--budgets", default=f"{demo.DEMO_CNN_STEPS},800",
                    help="training steps of the jobs (comma-separated; the demo's CNN: its first default)")
     p.add_argument("--eval_every", type=int, default=demo.DEMO_STEPS_PER_EPOCH,
@@ -216,12 +242,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configs = chosen_configs(args.configs, args.features_from)
+    except ValueError as e:
+        p.error(str(e))
     os.makedirs(args.out, exist_ok=True)
-    configs = [c for c in args.configs.split(",") if c]
-    if set(configs) - set(CONFIGS):
-        p.error(f"--configs: unknown {sorted(set(configs) - set(CONFIGS))}; choose from {', '.join(CONFIGS)}")
-    if "features" in configs and not args.features_from:
-        p.error("--configs features needs --features_from EXPORT")
     heads = [h for h in args.heads.split(",") if h]
     data = args.data or (convert_demo(args.out) if configs else None)
     budgets = sorted(int(b) for b in args.budgets.split(","))

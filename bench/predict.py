@@ -12,9 +12,9 @@ Figures, in frames per second of wall clock (and the CPU seconds of every proces
   limit on these cores (``bench/convert.py``'s measure);
 * ``predict --workers W``: the whole command in a fresh process, from interpreter start to exit (the imports,
   the model load, the workers' start-up and every output file included), for each ``W`` of ``--workers``;
-* ``steady state``: the same on as many ``--short_seconds`` videos, and the marginal rate ``(frames_long -
-  frames_short) / (seconds_long - seconds_short)``, which cancels the start-up (``bench/convert.py``'s measure),
-  against decode-only's marginal rate.
+* ``steady state``: the same on as many ``--short_seconds`` videos (default: a third of ``--video_seconds``), and
+  the marginal rate ``(frames_long - frames_short) / (seconds_long - seconds_short)``, which cancels the start-up
+  (``bench/convert.py``'s measure), against decode-only's marginal rate.
 
 The run checks that every output file is byte for byte the same for each ``W`` and prints the aim: ``--workers 2``
 >= 0.3x the decode-only rate (one process measured ~0.17x before ``--workers`` existed).
@@ -123,13 +123,20 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=int, default=4)
     p.add_argument("--video_seconds", type=float, default=60.0)
-    p.add_argument("--short_seconds", type=float, default=20.0,
-                   help="the same number of videos this long, for the steady-state (marginal) rate")
+    p.add_argument("--short_seconds", type=float, default=None,
+                   help="the same number of videos this long, for the steady-state (marginal) rate (default: a "
+                        "third of --video_seconds, whole seconds)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "affectstream-bench-videos"))
     p.add_argument("--json", default=None, help="also write the figures here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.short_seconds is None:
+        args.short_seconds = float(max(1, round(args.video_seconds / 3)))
+    if not 0 < args.short_seconds < args.video_seconds:
+        p.error("--short_seconds must be more than 0 and less than --video_seconds (the steady state is the rate "
+                "between the two lengths)")
+    return args
 
 
 def copies(video: str, count: int, folder: pathlib.Path) -> list[str]:

@@ -1,0 +1,77 @@
+"""The benchmark scripts' documented commands parse: defaults that work in the environment ``make env`` builds.
+
+Only the option handling is exercised (no conversion, training or timing runs here).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_learning_runs_by_default_the_configs_it_can_without_features_from():
+    learning = _bench("learning")
+    # `bench/learning.py --out DIR --budgets 300,800` (the docstring's first example) must not be refused.
+    assert learning.chosen_configs(None, None) == ["constant", "cosine", "two_stage"]
+    assert learning.chosen_configs(None, "models/fer") == ["constant", "cosine", "two_stage", "features"]
+    assert learning.chosen_configs("two_stage,features", "models/fer") == ["two_stage", "features"]
+    assert learning.chosen_configs("", None) == []  # --configs "" only replots --add_job jobs
+    with pytest.raises(ValueError, match="needs --features_from"):
+        learning.chosen_configs("features", None)
+    with pytest.raises(ValueError, match="unknown"):
+        learning.chosen_configs("two_stage,nope", None)
+
+
+def test_learning_refuses_features_without_an_export_before_making_its_folder(tmp_path, capsys):
+    learning = _bench("learning")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        learning.main(["--out", str(out), "--configs", "features"])
+    assert exit_info.value.code == 2
+    assert "--configs features needs --features_from EXPORT" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_detectors_leave_mtcnn_out_by_default_when_its_package_is_missing(monkeypatch, capsys):
+    detectors = _bench("detectors")
+    monkeypatch.setattr(detectors, "mtcnn_installed", lambda: False)
+    assert detectors.chosen_detectors(None) == ["haar", "blazeface_short", "blazeface_full", "blazeface"]
+    assert "mtcnn left out" in capsys.readouterr().out
+    assert detectors.chosen_detectors(["haar", "blazeface"]) == ["haar", "blazeface"]
+    with pytest.raises(SystemExit) as exit_info:  # asked for by name: refused in one line, no traceback
+        detectors.main(["--parts", "lfw", "--detectors", "mtcnn"])
+    assert exit_info.value.code == 2
+    assert 'pip install -e ".[mtcnn]"' in capsys.readouterr().err
+
+    monkeypatch.setattr(detectors, "mtcnn_installed", lambda: True)
+    assert detectors.chosen_detectors(None) == list(detectors.ALL_DETECTORS)
+
+
+def test_predict_quick_look_has_a_short_run_shorter_than_the_long_one(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))  # bench/predict.py imports bench/convert.py and bench/videos.py
+    for name in ("convert", "videos"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    predict = _bench("predict")
+    # The docstring's quick look, `--videos 2 --video_seconds 20`, once ran both lengths at 20 s and ended in a
+    # ZeroDivisionError after every run: the steady state needs two lengths.
+    assert predict.parse_args(["--videos", "2", "--video_seconds", "20"]).short_seconds == 7.0
+    assert predict.parse_args([]).short_seconds == 20.0  # 4 x 60 s against 4 x 20 s, as measured
+    assert predict.parse_args(["--video_seconds", "30", "--short_seconds", "10"]).short_seconds == 10.0
+    with pytest.raises(SystemExit) as exit_info:
+        predict.parse_args(["--video_seconds", "20", "--short_seconds", "20"])
+    assert exit_info.value.code == 2
+    assert "--short_seconds must be" in capsys.readouterr().err
+    for name in ("convert", "videos"):  # the bench's modules of those names, not the project's
+        sys.modules.pop(name, None)
