@@ -44,6 +44,7 @@ import convert as bench_convert  # bench/convert.py and bench/videos.py: this sc
 import videos as bench_videos
 
 from beam_jobs import convert
+from tfrecords_schema.prediction_files import LEDGER_FILENAME, parse_ledger
 from trainer import train
 
 MATERIAL = "megamind_native"
@@ -112,11 +113,15 @@ def predict_run(model: str, videos: list[str], output: pathlib.Path, workers: in
 
 
 def same_files(a: pathlib.Path, b: pathlib.Path) -> list[str]:
-    """Output files (the run summary left out: it names its own folder and times) that differ between two runs."""
+    """Output files that differ between two runs. The run summary is left out (it names its own folder and times),
+    and predict's list of the files it wrote is compared by the files it lists (it also holds their times)."""
     names = sorted({p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file()}
                    | {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()})
-    return [n for n in names if n != "predict_summary.json"
-            and not ((a / n).is_file() and (b / n).is_file() and filecmp.cmp(a / n, b / n, shallow=False))]
+    differ = [n for n in names if n not in ("predict_summary.json", LEDGER_FILENAME)
+              and not ((a / n).is_file() and (b / n).is_file() and filecmp.cmp(a / n, b / n, shallow=False))]
+    listed = [sorted(parse_ledger(ledger.read_text()) or {}) if ledger.is_file() else None
+              for ledger in (a / LEDGER_FILENAME, b / LEDGER_FILENAME)]
+    return differ + ([LEDGER_FILENAME] if listed[0] != listed[1] else [])
 
 
 def parse_args(argv):

@@ -75,3 +75,27 @@ def test_predict_quick_look_has_a_short_run_shorter_than_the_long_one(monkeypatc
     assert "--short_seconds must be" in capsys.readouterr().err
     for name in ("convert", "videos"):  # the bench's modules of those names, not the project's
         sys.modules.pop(name, None)
+
+
+def test_predict_compares_the_runs_outputs_not_the_times_in_their_file_list(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    for name in ("convert", "videos"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    predict = _bench("predict")
+    from tfrecords_schema.prediction_files import LEDGER_FILENAME, ledger_text
+
+    runs = []
+    for mtime in (1, 2):  # two runs writing the same files at different times
+        run = tmp_path / f"run{mtime}"
+        (run / "EXPR").mkdir(parents=True)
+        (run / "EXPR" / "v0.txt").write_text("Neutral\n")
+        (run / "predict_summary.json").write_text(f'{{"output": "{run}"}}')
+        (run / LEDGER_FILENAME).write_text(ledger_text({"EXPR/v0.txt": [8, mtime], "predict_summary.json": None}))
+        runs.append(run)
+    assert predict.same_files(*runs) == []
+    (runs[1] / "EXPR" / "v0.txt").write_text("Anger\n")
+    (runs[1] / "EXPR" / "v1.txt").write_text("Anger\n")
+    (runs[1] / LEDGER_FILENAME).write_text(ledger_text({"EXPR/v0.txt": None, "EXPR/v1.txt": None}))
+    assert predict.same_files(*runs) == ["EXPR/v0.txt", "EXPR/v1.txt", LEDGER_FILENAME]
+    for name in ("convert", "videos"):
+        sys.modules.pop(name, None)
