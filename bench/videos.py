@@ -11,7 +11,7 @@ There is no long real face video we may ship, so the benchmarks build theirs:
   head and shoulders (230x260 px) scaled to 1.2-2x and moving over ``skimage.data.coffee()``
   stretched to 1280x720 at 30 fps, with a 2-second cut to the coffee scene alone every 12 seconds.
 
-Both are written with OpenCV's MPEG-4 Part 2 encoder (``mp4v``, the only common codec the bundled
+All three are written with OpenCV's MPEG-4 Part 2 encoder (``mp4v``, the only common codec the bundled
 FFmpeg writes) into ``.mp4``. Writing is streamed frame by frame. :func:`make_videos` writes one long
 video and its first ``short`` seconds as a second file in the same pass, and caches both.
 
