@@ -29,6 +29,6 @@ lint: $(READY)
 	$(BIN)/ruff check .
 
 bench: $(READY)
-	$(BIN)/python bench/convert.py
+	$(BIN)/python bench/convert.py --quick
 	$(BIN)/python bench/input.py
 	$(BIN)/python bench/train_step.py

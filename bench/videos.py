@@ -128,13 +128,18 @@ def _write(path: pathlib.Path, frames: Iterator[np.ndarray], fps: float, total: 
         os.replace(tmp, p)
 
 
+def size_label(material: str) -> str:
+    """The frame size of ``material``'s videos in words (``720p``, or ``720x528`` for the trailer at its own size)."""
+    return "720x528" if material == "megamind_native" else "720p"
+
+
 def make_videos(material: str, long_seconds: float, short_seconds: float, cache_dir: str) -> tuple[str, str]:
     """Paths of a ``long_seconds`` video of ``material`` and of its first ``short_seconds`` (cached)."""
     describe(material)  # Validates the name.
     cache = pathlib.Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     native = material == "megamind_native"
-    label = "720x528" if native else "720p"
+    label = size_label(material)
     long_path = cache / f"{material}-{label}-{long_seconds:g}s.mp4"
     short_path = cache / f"{material}-{label}-{long_seconds:g}s-first-{short_seconds:g}s.mp4"
     if not (long_path.exists() and short_path.exists()):
