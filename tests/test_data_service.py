@@ -192,3 +192,41 @@ def test_data_service_command_serves_until_interrupted(data):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def _leave_time_wait(port: int) -> None:
+    """Leaves a closed connection in TIME_WAIT on ``port``, as a dispatcher that just stopped does (its side closed
+    first), with nothing listening there any more. The listener sets SO_REUSEADDR as gRPC's do: Linux lets a bind
+    with SO_REUSEADDR share the port with a TIME_WAIT connection only when that connection's socket had it too."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("", port))
+        server.listen()
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conn, _ = server.accept()
+        conn.close()  # The server's side closes first: it is the side that waits in TIME_WAIT.
+        client.recv(1)  # (The server's FIN.)
+        client.close()
+    time.sleep(0.2)
+
+
+def test_a_port_in_time_wait_after_a_stopped_service_is_not_called_taken():
+    # Ctrl-C ends the servers at once; the same `affectstream data-service --port P` run again right away must serve,
+    # not say "port P is not free (Address already in use)" for the minute its connections wait in TIME_WAIT.
+    port = free_port_run(3)
+    _leave_time_wait(port)
+    with socket.socket() as plain:  # The precondition: a bind without SO_REUSEADDR is refused.
+        try:
+            plain.bind(("", port))
+        except OSError:
+            pass
+        else:
+            pytest.skip("this system left no TIME_WAIT connection that blocks a plain bind")
+    proc, address = start_command(port)
+    try:
+        assert address == f"grpc://localhost:{port}"
+        with pytest.raises(ValueError, match=f"port {port} is not free"):  # A live server still makes it taken.
+            data_service._check_free("localhost", port)
+    finally:
+        out = interrupt(proc)
+    assert proc.returncode == 0 and "tf.data service stopped" in out

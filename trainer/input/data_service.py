@@ -152,7 +152,14 @@ class LocalService:
 
 
 def _check_free(host: str, port: int) -> None:
+    """Raises ValueError when a server listens on ``port`` (or it cannot be bound at all).
+
+    The probe binds with ``SO_REUSEADDR``, as the gRPC servers do: connections of a server that just stopped linger
+    in TIME_WAIT for a minute, and a plain bind would call the port taken although the servers bind it fine (a
+    listening socket still refuses the bind).
+    """
     with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("", port))
         except OSError as e:
