@@ -502,3 +502,18 @@ def test_a_split_conflict_of_subjects_taken_from_file_stems_says_where_the_subje
     (message, *_) = {s.message for t in found.tracks for s in t.segments}
     assert "subject 'session1' (the subject is the video's file stem: the row has no subject cell" in message
     assert [t.problem for t in found.tracks] == ["split_conflict", "split_conflict"]
+
+
+def test_class_names_with_a_misspelt_expression_column_is_an_error_not_a_silent_va_only_conversion(tmp_path):
+    # `expresion`: an unknown column is ignored, and with the valence/arousal columns present the conversion went on
+    # with task va alone, every expression label lost and counted nowhere, although --class_names asked for them.
+    write_video(tmp_path / "videos" / "a.avi", 4)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,split,expresion,valence,arousal\na.avi,train,happy,0.5,0.2\n", encoding="utf-8")
+    source = ManifestSource(str(manifest), videos=str(tmp_path / "videos"), class_names=CLASSES)
+    with pytest.raises(ValueError, match=r"no 'expression' column .*ignored as unknown: \['expresion'\]"):
+        source.discover()
+    # Without --class_names, or asking for va alone, a manifest of valence/arousal converts as before.
+    for tasks, names in ((None, None), (["va"], CLASSES)):
+        found = ManifestSource(str(manifest), videos=str(tmp_path / "videos"), tasks=tasks, class_names=names).discover()
+        assert found.tasks == ["va"] and len(found.tracks) == 1

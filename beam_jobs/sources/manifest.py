@@ -293,6 +293,14 @@ class ManifestSource(LabelledMediaSource):
         available = [t for t, cols in ((TASK_EXPRESSION, [COLUMN_EXPRESSION]),
                                        (TASK_VALENCE_AROUSAL, [COLUMN_VALENCE, COLUMN_AROUSAL]))
                      if all(c in columns for c in cols)]
+        if self.class_names is not None and TASK_EXPRESSION not in available and self.tasks is None:
+            # Unknown columns are ignored: a misspelt expression column would silently leave a conversion of the
+            # other tasks, every expression label lost and not counted, although --class_names asks for them.
+            ignored = [h.strip() for h, c in zip(header, columns) if c not in COLUMNS]
+            raise ValueError(f"--class_names names expression classes, but {self.manifest} has no "
+                             f"{COLUMN_EXPRESSION!r} column (line {line}: {','.join(header)[:200]!r}"
+                             + (f"; ignored as unknown: {ignored}" if ignored else "")
+                             + f"): rename the column, or give --tasks {TASK_VALENCE_AROUSAL} without --class_names")
         tasks = select_tasks(available, self.tasks, f"manifest {self.manifest}")
         index = self._media_index()
         rows = []
