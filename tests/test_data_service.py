@@ -230,3 +230,30 @@ def test_a_port_in_time_wait_after_a_stopped_service_is_not_called_taken():
     finally:
         out = interrupt(proc)
     assert proc.returncode == 0 and "tf.data service stopped" in out
+
+
+def test_a_resume_with_other_options_is_not_served_the_stream_of_a_run_that_died_at_the_same_step(
+        data, service, tmp_path, caplog, monkeypatch):
+    # A service job outlives the run that made it (the dispatcher keeps running), and a resume from the same
+    # checkpoint has the same seed. A resume with a changed batch size (allowed on a resume) joined the dead run's job
+    # and failed on its batches: "Incompatible shapes at component 0: expected [2,4,16,16,3] but got [4,...]".
+    from trainer.training import progress
+
+    root, _ = data
+    caplog.set_level("INFO", logger="trainer.train")
+    args = ["--data", root, "--job_dir", str(tmp_path / "job"), "--task", "expr", "--steps_per_epoch", "4",
+            "--seq_len", "4", "--cnn_width", "0.25", "--feature_dim", "8", "--rnn_units", "8", "--log_every", "1",
+            "--data_service", service]
+    assert train.run([*args, "--epochs", "1", "--batch_size", "4"]) == 0, caplog.text[-3000:]  # checkpoint at step 4
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt("killed after its first step, before its next checkpoint")
+
+    with monkeypatch.context() as patch:  # A resume that dies before its next checkpoint: its job stays behind.
+        patch.setattr(progress.StepProgress, "step_done", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train.run([*args, "--epochs", "2", "--batch_size", "4"])
+    gc.collect()
+    caplog.clear()
+    assert train.run([*args, "--epochs", "2", "--batch_size", "2"]) == 0, caplog.text[-3000:]
+    assert "resumed from" in caplog.text and "step 8/8" in caplog.text

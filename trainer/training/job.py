@@ -204,7 +204,6 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
     checkpoints between."""
     import tensorflow as tf
 
-    from trainer.input import data_service
     from trainer.training.progress import StepProgress
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -213,7 +212,7 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
 
     if config.data_service and not stage.trains_on_features:
         log.info("training batches from the tf.data service %s (job %s)", config.data_service,
-                 data_service.job_name(config.job_dir, input_seed))
+                 stage.data_service_job(config.batch_size // strategy.num_replicas_in_sync, input_seed))
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     progress = StepProgress(plan.total_steps, plan.steps_per_epoch, config.log_every, train_writer, start_step)
     for s in range(start_step, plan.total_steps):

@@ -111,7 +111,6 @@ class Stage:
 
     def train_dataset(self, batch_size: int, seed: int, input_context, skipped):
         """The training stream (one replica's): rebalanced clips of :attr:`train_seq_len` frames."""
-        from trainer.input import data_service
         from trainer.input.pipeline import make_train_dataset
 
         config, plan = self.config, self.plan
@@ -120,8 +119,20 @@ class Stage:
             sampling=config.sampling, loss_weighting=config.loss_weighting, class_weights=plan.class_weights,
             seed=seed, input_context=input_context, skipped=skipped, windows_per_clip=config.windows_per_clip,
             data_service=config.data_service,
-            data_service_job=data_service.job_name(config.job_dir, seed) if config.data_service else None,
+            data_service_job=self.data_service_job(batch_size, seed) if config.data_service else None,
         )
+
+    def data_service_job(self, batch_size: int, seed: int) -> str:
+        """The tf.data service job of this run's stream (``batch_size``: one replica's): every worker of the run
+        names the same, and a run whose stream differs (a resume with other options) another."""
+        import json
+
+        from trainer.input import data_service
+        from trainer.training.config import to_dict
+
+        stream = json.dumps({"options": to_dict(self.config), "replica_batch_size": batch_size,
+                             "seq_len": self.train_seq_len}, sort_keys=True, default=str)
+        return data_service.job_name(self.config.job_dir, seed, stream)
 
     def export_model(self, eval_model):
         """The model to export, given the float32 copy holding the best epoch."""
