@@ -257,3 +257,25 @@ def test_a_resume_with_other_options_is_not_served_the_stream_of_a_run_that_died
     caplog.clear()
     assert train.run([*args, "--epochs", "2", "--batch_size", "2"]) == 0, caplog.text[-3000:]
     assert "resumed from" in caplog.text and "step 8/8" in caplog.text
+
+
+def test_a_relative_data_path_is_opened_by_the_service_workers_where_the_trainer_means_it(data, service, monkeypatch):
+    # The workers run in another process started in another folder (here the command's, the repository): a relative
+    # --data named no file there, and the first batch never came, with no error on either side.
+    import threading
+
+    root, info = data
+    monkeypatch.chdir(os.path.dirname(root))
+    relative = os.path.basename(root)
+    assert not os.path.exists(os.path.join(REPO, relative))
+    got = []
+
+    def first_batch():
+        batches = iter(trainer_input.make_train_dataset(relative, info, task="expr", seq_len=4, batch_size=2,
+                                                        data_service=service, data_service_job="relative-path"))
+        got.append(next(batches)[0].shape)
+
+    reader = threading.Thread(target=first_batch, daemon=True)
+    reader.start()
+    reader.join(timeout=90)
+    assert got == [(2, 4, 16, 16, 3)], "no batch within 90 s: the service workers could not open the records"

@@ -53,6 +53,7 @@ import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
+from tfrecords_schema import storage
 from tfrecords_schema.cli import add_verbose_flag, command_prog
 from tfrecords_schema.filesystems import exit_hard_if_needed, register_tensorflow_io
 
@@ -109,6 +110,13 @@ def job_name(job_dir: str, seed: int, stream: str = "") -> str:
     if stream:
         name += f"-{zlib.crc32(stream.encode('utf-8')):08x}"
     return f"{name}-seed{seed}"
+
+
+def worker_path(data_dir: str) -> str:
+    """``data_dir`` as the service workers open it: a local path made absolute. The workers run in another process,
+    started in another folder (or on another machine sharing the disk): a relative ``--data`` named no file there,
+    and the training waited for its first batch for ever, with no error on either side."""
+    return data_dir if storage.is_url(data_dir) else os.path.abspath(data_dir)
 
 
 def worker_index() -> tf.data.Dataset:

@@ -302,7 +302,7 @@ def make_train_dataset(data_dir: str, info: DatasetInfo, *, task: str, seq_len: 
         raise ValueError("skip_corrupt cannot count skipped records on tf.data service workers (the counter "
                          "lives in this process): check the shards with `affectstream inspect DATA --verify`, "
                          "or train without the data service")
-    shard_sets = records.train_shard_sets(data_dir, info, draw, None, None)
+    shard_sets = records.train_shard_sets(data_service_lib.worker_path(data_dir), info, draw, None, None)
     dataset = records.explicitly_seeded(lambda worker: train_batches(
         info, shard_sets, input_context=None, skipped=None, worker=worker, **stream),
         workers=data_service_lib.worker_index())
