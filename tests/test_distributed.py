@@ -125,6 +125,22 @@ def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
         distribution.make_strategy("multi_worker")
 
 
+def test_a_cluster_in_tf_config_without_strategy_multi_worker_is_said(monkeypatch, caplog):
+    # Every worker started with TF_CONFIG but without --strategy multi_worker trained alone, silently, each into the
+    # same --job_dir (the second one then stopped on the job's lock, which says nothing of the strategy).
+    workers = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(workers))
+    caplog.set_level("WARNING", logger="trainer.train")
+    strategy, role = distribution.make_strategy("auto")
+    assert strategy.num_replicas_in_sync == 1 and role.is_chief
+    assert "TF_CONFIG names a cluster of 2 workers, but --strategy auto trains this process alone" in caplog.text
+    caplog.clear()
+    for config in ({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}, "{not json"):
+        monkeypatch.setenv("TF_CONFIG", config if isinstance(config, str) else json.dumps(config))
+        distribution.make_strategy("auto")  # One worker (as platforms set it), or malformed: nothing to say here.
+    assert "TF_CONFIG" not in caplog.text
+
+
 # Runs in a fresh process: the two logical CPUs must be configured before TensorFlow initialises its devices.
 # One OneDeviceStrategy and one MirroredStrategy serve every run (several MirroredStrategy objects in one process
 # can mix up their collectives' instance keys).

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ import tempfile
 import tensorflow as tf
 
 from trainer.common.choices import STRATEGIES
+
+log = logging.getLogger("trainer.train")
 
 
 @dataclasses.dataclass
@@ -92,6 +95,14 @@ def make_strategy(name: str) -> tuple[tf.distribute.Strategy, Role]:
         role = role_from_tf_config(config)
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         return strategy, role
+    try:
+        cluster = role_from_tf_config(read_tf_config())
+    except (ValueError, TypeError, AttributeError):  # (Read by multi_worker only: a malformed one changes nothing here.)
+        cluster = Role()
+    if cluster.num_workers > 1:  # Each worker of the cluster would train alone, all into one --job_dir.
+        log.warning("TF_CONFIG names a cluster of %d workers, but --strategy %s trains this process alone "
+                    "(TF_CONFIG is read by --strategy multi_worker only): pass --strategy multi_worker to every worker",
+                    cluster.num_workers, name)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy(), Role()
