@@ -279,3 +279,24 @@ def test_a_relative_data_path_is_opened_by_the_service_workers_where_the_trainer
     reader.start()
     reader.join(timeout=90)
     assert got == [(2, 4, 16, 16, 3)], "no batch within 90 s: the service workers could not open the records"
+
+
+def test_the_service_job_name_follows_the_stream_not_the_other_options(tmp_path):
+    # Workers of one run started with different options that do not change the stream (--verbose, --epochs) must
+    # share one service job: two jobs would each serve the whole stream of the same seed, so both workers would
+    # train on the same batches. An option that changes the stream (the sampling, the batch) names another job.
+    from trainer.training.config import TrainConfig
+    from trainer.training.plan import JobPlan
+    from trainer.training.stages import Stage
+
+    def name(batch_size=4, **options):
+        config = TrainConfig(data=str(tmp_path / "data"), job_dir=str(tmp_path / "job"), task="expr", seq_len=4,
+                             **options)
+        plan = JobPlan(info=None, heads=("expression",), steps_per_epoch=4, total_steps=8, jit=False,
+                       select_split="selection", eval_split="validation")
+        return Stage(config, plan).data_service_job(batch_size, seed=7)
+
+    base = name()
+    assert name(verbose=True) == base and name(epochs=9) == base and name(log_every=1) == base
+    assert name(sampling="natural") != base and name(batch_size=2) != base
+    assert base.startswith("affectstream-") and base.endswith("-seed7")

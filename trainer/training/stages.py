@@ -124,15 +124,23 @@ class Stage:
 
     def data_service_job(self, batch_size: int, seed: int) -> str:
         """The tf.data service job of this run's stream (``batch_size``: one replica's): every worker of the run
-        names the same, and a run whose stream differs (a resume with other options) another."""
+        names the same, and a run whose stream differs (a resume with other options) another.
+
+        Only what :meth:`train_dataset` builds the stream from counts: an option that does not change it
+        (``--verbose``, ``--epochs``) given differently to two workers of one run must not put them in two jobs,
+        each then served the whole stream of the same seed.
+        """
         import json
 
         from trainer.input import data_service
-        from trainer.training.config import to_dict
 
-        stream = json.dumps({"options": to_dict(self.config), "replica_batch_size": batch_size,
-                             "seq_len": self.train_seq_len}, sort_keys=True, default=str)
-        return data_service.job_name(self.config.job_dir, seed, stream)
+        config = self.config
+        stream = json.dumps({"data": data_service.worker_path(config.data), "task": config.task,
+                             "seq_len": self.train_seq_len, "replica_batch_size": batch_size,
+                             "sampling": config.sampling, "loss_weighting": config.loss_weighting,
+                             "class_weights": self.plan.class_weights, "windows_per_clip": config.windows_per_clip},
+                            sort_keys=True, default=str)
+        return data_service.job_name(config.job_dir, seed, stream)
 
     def export_model(self, eval_model):
         """The model to export, given the float32 copy holding the best epoch."""
