@@ -34,7 +34,8 @@ def free_ports(n):
             s.close()
 
 
-def run_two_workers(data, job_dir, timeout=300):
+def run_two_workers(data, job_dir, timeout=300, extra=((), ())):
+    """Runs a two-worker job on loopback (``extra``: each worker's own further flags); (exit codes, outputs)."""
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = []
     for index in range(2):
@@ -43,7 +44,7 @@ def run_two_workers(data, job_dir, timeout=300):
         cmd = [sys.executable, "-m", "trainer.train", "--data", data, "--job_dir", str(job_dir), "--task", "multi",
                "--strategy", "multi_worker", "--epochs", "2", "--steps_per_epoch", "3", "--batch_size", "4",
                "--seq_len", "4", "--cnn_width", "0.25", "--feature_dim", "16", "--rnn_units", "16", "--log_every", "1",
-               "--checkpoint_every", "2"]
+               "--checkpoint_every", "2", *extra[index]]
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
     outputs = []
@@ -106,6 +107,33 @@ def test_two_workers_end_with_identical_weights_including_batchnorm_statistics(t
     # per-step average in trainer/training/step.py they would differ (and the export would keep the chief's alone).
     (all0, _), (all1, _) = _final_checksums(outputs)
     assert all0 == all1
+
+
+def test_workers_started_with_different_options_are_refused_naming_them(tmp_path):
+    # Before: a worker given another --learning_rate trained along silently (the chief's options recorded for the
+    # job), and one given another --epochs died on a closed socket after the chief had exported.
+    data = tmp_path / "data"
+    write_dataset(data, num_clips_per_class={"Neutral": 2, "Happiness": 2}, num_validation_clips_per_class=1,
+                  crop_size=16, clip_length=8)
+    job = tmp_path / "job"
+    codes, outputs = run_two_workers(str(data), job, timeout=180,
+                                     extra=(["--verbose", "false"], ["--learning_rate", "0.1", "--epochs", "3"]))
+    assert codes == [2, 2], "\n".join(o[-2000:] for o in outputs)
+    for index, out in enumerate(outputs):
+        assert ("the workers of this job were started with different options: epochs, learning_rate "
+                f"(this worker, worker {index}: ") in out
+    assert "(this worker, worker 0: --epochs 2, --learning_rate 0.001)" in outputs[0]
+    assert "(this worker, worker 1: --epochs 3, --learning_rate 0.1)" in outputs[1]
+    assert not job.exists()  # refused before the job folder was made
+
+
+def test_only_the_options_the_workers_compute_together_must_agree():
+    options = {"learning_rate": 0.001, "epochs": 2, "data": "/mnt/a", "verbose": False, "rnn_units": [8, 8]}
+    other = {**options, "data": "/data/a", "verbose": True}
+    rows = [distribution.option_digests(options), distribution.option_digests(other)]
+    assert distribution.different_options(options, rows) == []
+    rows.append(distribution.option_digests({**other, "rnn_units": [8, 4], "epochs": 3}))
+    assert distribution.different_options(options, rows) == ["epochs", "rnn_units"]
 
 
 def test_tf_config_roles():

@@ -23,10 +23,12 @@ import logging
 import os
 import shutil
 import tempfile
+import zlib
 
 import tensorflow as tf
 
 from trainer.common.choices import STRATEGIES
+from trainer.training.config import ConfigError
 
 log = logging.getLogger("trainer.train")
 
@@ -78,6 +80,54 @@ def role_from_tf_config(config: dict) -> Role:
     num_workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
     return Role(task_type=task.get("type"), task_id=int(task.get("index", 0)), num_workers=num_workers,
                 has_chief=bool(cluster.get("chief")))
+
+
+# Options the workers of one multi-worker job may be given differently: where things are (a path or an address can
+# differ between machines that see the same storage; variables start from the first worker's values anyway) and how
+# much a worker logs. Every other option changes what the workers compute together (the steps, the collectives inside
+# them, when they checkpoint, evaluate and stop), so they must agree.
+PER_WORKER_OPTIONS = frozenset({"data", "job_dir", "init_from", "features_from", "weights", "class_map",
+                                "data_service", "log_every", "verbose"})
+
+
+def different_options(options: dict, replica_digests) -> list[str]:
+    """The names of ``options`` (sorted, :data:`PER_WORKER_OPTIONS` left out) whose digests differ between the rows of
+    ``replica_digests`` (``[replicas, options]``, one row per replica of the cluster, as :func:`option_digests`)."""
+    import numpy as np
+
+    names = sorted(set(options) - PER_WORKER_OPTIONS)
+    rows = np.asarray(replica_digests).reshape(-1, len(names))
+    return [name for name, column in zip(names, rows.T) if len(set(column.tolist())) > 1]
+
+
+def option_digests(options: dict) -> list[int]:
+    """One CRC-32 per option of ``options`` (sorted by name, :data:`PER_WORKER_OPTIONS` left out)."""
+    return [zlib.crc32(json.dumps(options[name], sort_keys=True, default=str).encode("utf-8"))
+            for name in sorted(set(options) - PER_WORKER_OPTIONS)]
+
+
+def check_same_options(strategy: tf.distribute.Strategy, role: Role, options: dict) -> None:
+    """Raises ConfigError, on every worker, when the workers of a multi-worker job were started with different options.
+
+    Before this check, a worker given another ``--learning_rate`` or ``--batch_size`` trained along silently (the
+    chief's options recorded for the job), another ``--cnn_width`` failed in TensorFlow's words ("Shape mismatch in
+    the collective instance"), and another ``--epochs`` left one worker dying on a closed socket after the chief had
+    exported. One all-gather of a digest per option, before any other collective, names the options that differ.
+    """
+    if role.num_workers <= 1:
+        return
+    local = tf.constant(option_digests(options), tf.int64)
+
+    @tf.function  # (Eagerly, the strategy warns of its overhead in every multi-worker log.)
+    def gather():
+        return strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0)
+
+    differ = different_options(options, gather().numpy())
+    if differ:
+        mine = ", ".join(f"--{name} {json.dumps(options[name], default=str)}" for name in differ)
+        raise ConfigError(f"the workers of this job were started with different options: {', '.join(differ)} (this "
+                         f"worker, {role.task_type} {role.task_id}: {mine}); start every worker with the same "
+                         f"options (only {', '.join(sorted(PER_WORKER_OPTIONS))} may differ)")
 
 
 def make_strategy(name: str) -> tuple[tf.distribute.Strategy, Role]:

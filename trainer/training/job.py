@@ -79,7 +79,7 @@ import sys
 
 from trainer.common.choices import PRECISION_FLOAT32
 from trainer.common.errors import TrainingError
-from trainer.training.config import TrainConfig
+from trainer.training.config import TrainConfig, to_dict
 from trainer.training.options_record import record_run_options
 from trainer.training.plan import JobPlan, frame_mix_setup, plan_job, write_input_mix
 
@@ -329,6 +329,7 @@ def train(config: TrainConfig) -> dict:
 
     # 1. The strategy, before any other TensorFlow op (MultiWorkerMirroredStrategy needs that).
     strategy, role = distribution.make_strategy(config.strategy)
+    distribution.check_same_options(strategy, role, to_dict(config))  # the workers of one job agree (one all-gather)
 
     # 2. The plan, checked against the data before anything is written (trainer.training.preflight: the frames
     #    have the size dataset_info.json says).
