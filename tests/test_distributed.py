@@ -127,6 +127,42 @@ def test_workers_started_with_different_options_are_refused_naming_them(tmp_path
     assert not job.exists()  # refused before the job folder was made
 
 
+def test_a_worker_that_dies_is_said_in_words_with_what_to_do(tmp_path):
+    # The chief used to end on TensorFlow's "UnavailableError: Graph execution error: ... Collective ops is aborted
+    # by: ... heartbeat timeout", with nothing saying that a worker was gone or that a rerun resumes.
+    import time
+
+    data = tmp_path / "data"
+    write_dataset(data, num_clips_per_class={"Neutral": 2, "Happiness": 2}, num_validation_clips_per_class=1,
+                  crop_size=16, clip_length=8)
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "trainer.train", "--data", str(data), "--job_dir", str(tmp_path / "job"),
+             "--strategy", "multi_worker", "--epochs", "1000", "--steps_per_epoch", "10", "--batch_size", "4",
+             "--seq_len", "4", "--cnn_width", "0.25", "--feature_dim", "8", "--rnn_units", "8", "--checkpoint_every",
+             "2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "job").glob("checkpoints/ckpt-*.index")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        procs[1].kill()
+        out = procs[0].communicate(timeout=120)[0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert procs[0].returncode == 1, out[-3000:]
+    said = out.rfind("error: a worker of this multi-worker job stopped or cannot be reached, so every worker stops; "
+                     "start every worker again with the same command: the job resumes from its last checkpoint")
+    assert said > out.rfind("error: UnavailableError") >= 0 or said > out.rfind("error: AbortedError") >= 0, \
+        out[-3000:]
+
+
 def test_only_the_options_the_workers_compute_together_must_agree():
     options = {"learning_rate": 0.001, "epochs": 2, "data": "/mnt/a", "verbose": False, "rnn_units": [8, 8]}
     other = {**options, "data": "/data/a", "verbose": True}

@@ -34,6 +34,12 @@ from trainer.training.options_record import TRAIN_CONFIG_FILENAME  # noqa: F401 
 VERBOSE_LOGGERS = ("trainer", "tfrecords_schema")
 
 
+
+# TensorFlow's errors when a peer of a multi-worker job is gone (killed, crashed, preempted, unreachable): the
+# collectives and the coordination service answer with these.
+PEER_LOST_ERRORS = ("UnavailableError", "AbortedError", "CancelledError", "DeadlineExceededError")
+
+
 def _setup_logging(verbose: bool = False) -> None:
     """INFO logging to stderr unless the caller configured logging already; ``--verbose``: the project's DEBUG."""
     errors.log_to_stderr()
@@ -89,8 +95,15 @@ def run(argv: Sequence[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
 
-        return errors.report_failure(
+        code = errors.report_failure(
             e, (ConfigError, DatasetInfoError, LockError, TrainingError, ValueError, OSError, ImportError))
+        if config.strategy == "multi_worker" and type(e).__name__ in PEER_LOST_ERRORS:
+            # TensorFlow's words ("Collective ops is aborted by ... heartbeat timeout", an op traceback) do not say
+            # what happened to the job or what to do.
+            print("error: a worker of this multi-worker job stopped or cannot be reached, so every worker stops; "
+                  "start every worker again with the same command: the job resumes from its last checkpoint",
+                  file=sys.stderr)
+        return code
 
 
 def main() -> None:
