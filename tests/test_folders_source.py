@@ -240,6 +240,26 @@ def test_a_hidden_folder_is_not_a_class(tmp_path):
     assert [(d.reason, d.frames) for d in labels.dead_letters] == [("unknown_class", 2)]
 
 
+def test_hidden_folders_and_files_inside_a_class_folder_are_counted_not_learnt(tmp_path):
+    # Happy/.ipynb_checkpoints/ held a copy of a Sad clip and was trained on as Happy; "._a.avi" is macOS metadata.
+    write_video(tmp_path / "train" / "Happy" / "a.avi", 3)
+    write_video(tmp_path / "train" / "Happy" / ".ipynb_checkpoints" / "b-checkpoint.avi", 2)
+    write_video(tmp_path / "train" / "Happy" / "._a.avi", 4)
+    found = FoldersSource(str(tmp_path)).discover()
+    learnt = [t.track_id for t in found.tracks if t.problem is None]
+    assert learnt == ["train/train/Happy/a.avi"]
+    hidden = {t.track_id: t for t in found.tracks if t.problem is not None and t.track_id.startswith("train/train/")}
+    assert sorted(hidden) == ["train/train/Happy/._a.avi", "train/train/Happy/.ipynb_checkpoints/b-checkpoint.avi"]
+    for track in hidden.values():
+        assert track.problem == "unknown_class" and "inside class folder 'Happy' is hidden" in track.segments[0].message
+    # Under --folds (no split level) the same, at any depth.
+    write_video(tmp_path / "folds" / "Sad" / "s1.avi", 2)
+    write_video(tmp_path / "folds" / "Sad" / "deeper" / ".cache" / "c.avi", 2)
+    found = FoldersSource(str(tmp_path / "folds"), folds=2, fold=0).discover()
+    assert sorted((t.track_id.split("/", 1)[1], t.problem) for t in found.tracks) == [
+        ("Sad/deeper/.cache/c.avi", "unknown_class"), ("Sad/s1.avi", None)]
+
+
 def test_a_link_within_one_split_is_one_video_and_one_subject_also_under_folds(tmp_path):
     from beam_jobs.sources import folds as folds_lib
 

@@ -151,6 +151,14 @@ class FoldersSource(LabelledMediaSource):
             # A tool's hidden folder (.ipynb_checkpoints, .cache) holds copies, not a class: counted, not learnt.
             reason, message = DROP_UNKNOWN_CLASS, f"{expression!r} is a hidden folder, not a class folder"
             expression = None
+        below = parts[2:] if self.folds is None else parts[1:]  # inside the class folder, the video's name included
+        hidden = next((part for part in below if part.startswith(".")), None)
+        if reason is None and expression is not None and hidden is not None:
+            # The same inside a class folder (Happy/.ipynb_checkpoints/clip-checkpoint.mp4 is a copy of another
+            # class's clip as often as of this one's), and macOS's "._clip.mp4" files hold metadata, not video.
+            reason, message = DROP_UNKNOWN_CLASS, (f"{hidden!r} inside class folder {expression!r} is hidden (a tool's "
+                                                   "copies or metadata), not a video of the class")
+            expression = None
         if reason is None and expression is None and (split is not None or self.folds is not None):
             reason, message = DROP_UNKNOWN_CLASS, "the video is not in a class folder"
         return MediaRow(source=path, media_key=rel, media_path=path, subject=subject or rel, split=split,
