@@ -221,11 +221,12 @@ def test_videos_rendered_by_predict_inside_a_class_folder_are_not_taken_for_its_
     (tmp_path / "train" / "Happy" / "preds" / LEDGER_FILENAME).write_text(ledger_text(["a.csv", "a.mp4"]))
     found = FoldersSource(str(tmp_path)).discover()
     assert [t.track_id for t in found.tracks] == ["train/train/Happy/a.avi"]
-    assert len(found.notes) == 1 and "predict --render" in found.notes[0]
+    rendered = [note for note in found.notes if "predict --render" in note]
+    assert len(rendered) == 1
     # A file of that name that is no such list (not even UTF-8) leaves nothing out, and stops nothing.
     (tmp_path / "train" / "Happy" / "preds" / LEDGER_FILENAME).write_bytes(b"\xff\xfe")
     found = FoldersSource(str(tmp_path)).discover()
-    assert len(found.tracks) == 2 and found.notes == []
+    assert len(found.tracks) == 2 and not [note for note in found.notes if "predict" in note]
 
 
 def test_a_hidden_folder_is_not_a_class(tmp_path):
@@ -273,3 +274,18 @@ def test_a_link_within_one_split_is_one_video_and_one_subject_also_under_folds(t
     assert track.problem is None and track.media_path == str(tmp_path / "Happy" / "a.avi")
     assert len(track.segments) == 2 and track.subject == "Happy/a.avi"
     assert [(d.reason, d.frames) for d in found.dead_letters] == [("duplicate_media", 0)]
+
+
+def test_the_classes_found_and_an_empty_validation_split_are_said_before_any_video_is_read(tmp_path):
+    # A misspelt class folder became a class of its own with nothing said, and a --folds fold that no subject reached
+    # converted without a validation split (exit 0; train stopped later on the missing split).
+    for cls, name in (("happy", "a"), ("happy", "b"), ("hapy", "c"), ("sad", "d")):
+        write_video(tmp_path / "train" / cls / f"{name}.avi", 2)
+    notes = FoldersSource(str(tmp_path)).discover().notes
+    assert [n for n in notes if n.startswith("classes found")] == [
+        "classes found, in label order, with the rows (videos of a class folder) naming each: happy 2, hapy 1, sad 1; "
+        "a misspelt name is a class of its own: give --class_names to fix the order and refuse other names"]
+    assert any(n.startswith("no video to convert is in the validation split") for n in notes)
+    write_video(tmp_path / "validation" / "sad" / "e.avi", 2)
+    notes = FoldersSource(str(tmp_path), class_names="happy,hapy,sad").discover().notes
+    assert notes == []  # (named classes: nothing to say)

@@ -386,12 +386,31 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
             media_id=media_key, split=split, annotation_files=tuple((t, annotation_path) for t in out_tasks),
             media_path=first.media_path, data_path=media_key, problem=problem, segments=segments,
             subject=first.subject or ""))
+    notes = [*notes, *_discovery_notes(declaring if use_expression and class_names is None else [], names, tracks)]
     label_names = {HEAD_EXPRESSION: names, HEAD_VALENCE_AROUSAL: [], HEAD_ACTION_UNITS: []}
     if TASK_VALENCE_AROUSAL in out_tasks:
         label_names[HEAD_VALENCE_AROUSAL] = list(VALENCE_AROUSAL_NAMES)
     return base.Discovery(tracks=tracks, label_names=label_names, tasks=list(out_tasks),
                           unused_media=sorted(unused_media), dead_letters=dead_letters,
                           unlisted_folders=list(unlisted_folders), notes=list(notes))
+
+
+def _discovery_notes(found_from: list[MediaRow], names: list[str], tracks: list[LabelledTrack]) -> list[str]:
+    """What a user should see before the videos are read: the classes found when ``--class_names`` was not given
+    (``found_from``: the rows they come from), and a validation split that no video reached."""
+    notes = []
+    if found_from and names:
+        rows = collections.Counter(class_key(row.expression) for row in found_from if row.expression)
+        listed = ", ".join(f"{name} {rows[class_key(name)]}" for name in names)
+        notes.append(f"classes found, in label order, with the rows (videos of a class folder) naming each: {listed}; "
+                     "a misspelt name is a class of its own: give --class_names to fix the order and refuse other "
+                     "names")
+    splits = {track.split for track in tracks if track.problem is None}
+    if SPLIT_TRAIN in splits and SPLIT_VALIDATION not in splits:
+        notes.append(f"no video to convert is in the {SPLIT_VALIDATION} split, which training selects and reports on by "
+                     f"default (with --folds K --fold I: that fold holds no subject; use fewer folds, or train with "
+                     f"--eval_split naming another split)")
+    return notes
 
 
 def select_tasks(available: Sequence[str], tasks: Sequence[str] | None, where: str) -> list[str]:
