@@ -248,10 +248,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     # Ctrl-C (SIGINT) stops the command whatever it inherited. A process started as a shell script's background job
     # (`cmd &` without job control) inherits SIGINT ignored, and Python then installs no handler for it: `kill -INT`
     # went unheard (the Ctrl-C test hung in full test runs launched that way).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    print(f"tf.data service: dispatcher {local.address}, workers {', '.join(local.worker_addresses)}; "
-          f"train with --data_service {local.address} (Ctrl-C stops)", flush=True)
-    try:
+    try:  # (From the handler on, inside the try: a Ctrl-C right after the address is printed also stops cleanly.)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(f"tf.data service: dispatcher {local.address}, workers {', '.join(local.worker_addresses)}; "
+              f"train with --data_service {local.address} (Ctrl-C stops)", flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
