@@ -67,6 +67,8 @@ MAX_WORKERS = 1 << 20
 # default (30 s) would leave all but the first worker idle for the first half minute of a job.
 LOCAL_HEARTBEAT_MS = 500
 REACH_SECONDS = 30.0  # how long a job waits for the dispatcher to accept a connection before it gives up
+# How long a job waits for its first batch before it says where to look: longer than tracing the first step takes.
+FIRST_BATCH_SECONDS = 120.0
 _ADDRESS = re.compile(r"^grpc://(?P<host>[^/:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
 
@@ -96,6 +98,25 @@ def check_reachable(address: str, wait_seconds: float = REACH_SECONDS) -> None:
                                  f"{wait_seconds:g} s): start one with `affectstream data-service --port {port}`, or "
                                  "check the address") from None
             time.sleep(1.0)
+
+
+def watch_first_batch(address: str, data_dir: str, seconds: float = FIRST_BATCH_SECONDS) -> threading.Timer:
+    """A started timer that says, once, when no batch came from the service at ``address`` within ``seconds``;
+    cancel it when the first batch arrives.
+
+    A service worker that cannot open the data (a path its machine does not have, no permission, no credentials for
+    ``s3://``) fails in its own process's log, and TensorFlow's client waits for the batch for ever without an error.
+    """
+    def say() -> None:
+        logging.getLogger("trainer.train").warning(
+            "no batch from the tf.data service %s after %.0f s: its workers open --data %s themselves, and one that "
+            "cannot (a path its machine does not have, no permission, no credentials) fails in its own log (the "
+            "data-service command's output) while this job waits; look there", address, seconds, worker_path(data_dir))
+
+    timer = threading.Timer(seconds, say)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def job_name(job_dir: str, seed: int, stream: str = "") -> str:

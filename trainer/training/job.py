@@ -210,9 +210,13 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
         return stage.train_dataset(input_context.get_per_replica_batch_size(config.batch_size), input_seed,
                                    input_context, skipped)
 
+    watch = None  # (The service's first batch: said when it does not come.)
     if config.data_service and not stage.trains_on_features:
+        from trainer.input import data_service
+
         log.info("training batches from the tf.data service %s (job %s)", config.data_service,
                  stage.data_service_job(config.batch_size // strategy.num_replicas_in_sync, input_seed))
+        watch = data_service.watch_first_batch(config.data_service, config.data)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     progress = StepProgress(plan.total_steps, plan.steps_per_epoch, config.log_every, train_writer, start_step)
     for s in range(start_step, plan.total_steps):
@@ -222,6 +226,9 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
             raise TrainingError(
                 f"the training stream ended at step {s}: a bucket's shards yielded no records (every record "
                 "unreadable under --skip_corrupt?); check the data with affectstream inspect --verify") from e
+        finally:
+            if watch is not None:
+                watch.cancel()
         done = s + 1
         state.step.assign(done)
         progress.step_done(done, values)
