@@ -105,13 +105,15 @@ def watch_first_batch(address: str, data_dir: str, seconds: float = FIRST_BATCH_
     cancel it when the first batch arrives.
 
     A service worker that cannot open the data (a path its machine does not have, no permission, no credentials for
-    ``s3://``) fails in its own process's log, and TensorFlow's client waits for the batch for ever without an error.
+    ``s3://``) gets no records, and TensorFlow 2.17 says so on neither side (not even in ``affectstream data-service
+    --verbose``'s log): the client waits for the batch for ever.
     """
     def say() -> None:
         logging.getLogger("trainer.train").warning(
             "no batch from the tf.data service %s after %.0f s: its workers open --data %s themselves, and one that "
-            "cannot (a path its machine does not have, no permission, no credentials) fails in its own log (the "
-            "data-service command's output) while this job waits; look there", address, seconds, worker_path(data_dir))
+            "cannot (a path its machine does not have, no permission, no credentials) gets no records while this job "
+            "waits, with no error on either side; check that the service's workers can read it",
+            address, seconds, worker_path(data_dir))
 
     timer = threading.Timer(seconds, say)
     timer.daemon = True
