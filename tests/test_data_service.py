@@ -315,3 +315,34 @@ def test_a_first_batch_that_does_not_come_is_said_with_where_to_look(caplog):
     on_time.cancel()  # the first batch came
     time.sleep(0.4)
     assert not [r for r in caplog.records if "no batch" in r.getMessage()]
+
+
+def test_the_first_batch_warning_is_not_left_running_when_the_input_cannot_be_built(tmp_path, monkeypatch):
+    # The timer started before the input was built: a failure there (an unreachable dispatcher, a bad shard) left it
+    # running, and an in-process caller (the demo, bench/learning.py) was told 2 minutes later that no batch came.
+    from types import SimpleNamespace
+
+    from trainer.training import job
+    from trainer.training.config import TrainConfig
+
+    timers = []
+
+    def watch(*args, **kwargs):
+        timers.append(data_service.watch_first_batch(*args, **kwargs))
+        return timers[-1]
+
+    def unbuildable(_dataset_fn):
+        raise RuntimeError("the input could not be built")
+
+    monkeypatch.setattr(data_service, "watch_first_batch", watch)
+    config = TrainConfig(data=str(tmp_path / "data"), job_dir=str(tmp_path / "job"), data_service="grpc://localhost:1")
+    stage = SimpleNamespace(trains_on_features=False, data_service_job=lambda batch_size, seed: "job")
+    strategy = SimpleNamespace(num_replicas_in_sync=1, distribute_datasets_from_function=unbuildable)
+    plan = SimpleNamespace(total_steps=4, steps_per_epoch=2)
+    with pytest.raises(RuntimeError, match="could not be built"):
+        job._run_epochs(config, plan, strategy, stage, None, 0, 0, None, None, None, None)
+    try:
+        assert all(timer.finished.is_set() for timer in timers), "a first-batch timer left running"
+    finally:
+        for timer in timers:
+            timer.cancel()

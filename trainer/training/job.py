@@ -210,15 +210,17 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
         return stage.train_dataset(input_context.get_per_replica_batch_size(config.batch_size), input_seed,
                                    input_context, skipped)
 
-    watch = None  # (The service's first batch: said when it does not come.)
-    if config.data_service and not stage.trains_on_features:
-        from trainer.input import data_service
-
+    from_service = bool(config.data_service) and not stage.trains_on_features
+    if from_service:
         log.info("training batches from the tf.data service %s (job %s)", config.data_service,
                  stage.data_service_job(config.batch_size // strategy.num_replicas_in_sync, input_seed))
-        watch = data_service.watch_first_batch(config.data_service, config.data)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     progress = StepProgress(plan.total_steps, plan.steps_per_epoch, config.log_every, train_writer, start_step)
+    watch = None  # (The service's first batch: said when it does not come.)
+    if from_service:  # Started where the loop's `finally` cancels it: an input that fails to build leaves no timer.
+        from trainer.input import data_service
+
+        watch = data_service.watch_first_batch(config.data_service, config.data)
     for s in range(start_step, plan.total_steps):
         try:
             values = train_step(iterator)
