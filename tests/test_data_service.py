@@ -285,20 +285,25 @@ def test_the_service_job_name_follows_the_stream_not_the_other_options(tmp_path)
     # Workers of one run started with different options that do not change the stream (--verbose, --epochs) must
     # share one service job: two jobs would each serve the whole stream of the same seed, so both workers would
     # train on the same batches. An option that changes the stream (the sampling, the batch) names another job.
+    from types import SimpleNamespace
+
     from trainer.training.config import TrainConfig
     from trainer.training.plan import JobPlan
     from trainer.training.stages import Stage
 
-    def name(batch_size=4, **options):
-        config = TrainConfig(data=str(tmp_path / "data"), job_dir=str(tmp_path / "job"), task="expr", seq_len=4,
+    def name(batch_size=4, data="data", clips=3, **options):
+        config = TrainConfig(data=str(tmp_path / data), job_dir=str(tmp_path / "job"), task="expr", seq_len=4,
                              **options)
-        plan = JobPlan(info=None, heads=("expression",), steps_per_epoch=4, total_steps=8, jit=False,
+        info = SimpleNamespace(to_json=lambda: json.dumps({"name": "demo", "clips": clips}))
+        plan = JobPlan(info=info, heads=("expression",), steps_per_epoch=4, total_steps=8, jit=False,
                        select_split="selection", eval_split="validation")
         return Stage(config, plan).data_service_job(batch_size, seed=7)
 
     base = name()
     assert name(verbose=True) == base and name(epochs=9) == base and name(log_every=1) == base
     assert name(sampling="natural") != base and name(batch_size=2) != base
+    # --data may differ between the workers (the same storage mounted at two paths): one job still; other data, another.
+    assert name(data="mnt/other-mount-of-data") == base and name(clips=4) != base
     assert base.startswith("affectstream-") and base.endswith("-seed7")
 
 

@@ -128,14 +128,16 @@ class Stage:
 
         Only what :meth:`train_dataset` builds the stream from counts: an option that does not change it
         (``--verbose``, ``--epochs``) given differently to two workers of one run must not put them in two jobs,
-        each then served the whole stream of the same seed.
+        each then served the whole stream of the same seed. The data counts by its content, not its path: the
+        workers of one job may name the same storage at different paths (``--data`` is a per-worker option).
         """
         import json
 
         from trainer.input import data_service
+        from trainer.training.fingerprint import dataset_fingerprint
 
         config = self.config
-        stream = json.dumps({"data": data_service.worker_path(config.data), "task": config.task,
+        stream = json.dumps({"data": dataset_fingerprint(self.plan.info), "task": config.task,
                              "seq_len": self.train_seq_len, "replica_batch_size": batch_size,
                              "sampling": config.sampling, "loss_weighting": config.loss_weighting,
                              "class_weights": self.plan.class_weights, "windows_per_clip": config.windows_per_clip},
