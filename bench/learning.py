@@ -126,7 +126,8 @@ def run_job(name: str, args: list[str], steps_per_epoch: int) -> dict:
     # The first logged rate includes tracing and the input pipeline's start: leave it out.
     rates = handler.rates[1:] or handler.rates
     result = {"name": name, "curve": {str(epoch * steps_per_epoch): s for epoch, s in sorted(scores.items())},
-              "curve_split": curve_split(job_dir), "final_macro_f1": metrics["expression"]["macro_f1"], "best_epoch": metrics["best_epoch"],
+              "curve_split": curve_split(job_dir), "final_macro_f1": metrics["expression"]["macro_f1"],
+              "best_epoch": metrics["best_epoch"],
               "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
               "steps_per_s": round(sum(rates) / len(rates), 3) if rates else None,
               "load_average": round((load_before + os.getloadavg()[0]) / 2, 2), "args": args}
@@ -152,7 +153,8 @@ def existing_job(name: str, job_dir: str) -> dict:
         final = scores[max(scores)]
     steps = config["steps_per_epoch"]
     result = {"name": name, "curve": {str(epoch * steps): s for epoch, s in sorted(scores.items())},
-              "curve_split": curve_split(job_dir), "final_macro_f1": final, "epochs_done": len(scores), "epochs": config["epochs"],
+              "curve_split": curve_split(job_dir), "final_macro_f1": final, "epochs_done": len(scores),
+              "epochs": config["epochs"],
               "learning_rate": config["learning_rate"], "lr_schedule": config.get("lr_schedule"), "job_dir": job_dir}
     source = config.get("features_from") or config.get("init_from")
     if config.get("stage") == "sequence":  # plotted at the CNN steps of the frames job it started from

@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     short = measure(short_video)
     long = measure(long_video)
     for name, r in (("short", short), ("long", long)):
-        print(f"{name}: {r['frames']} frames of {bench_videos.size_label(args.material)}, output {r['output_mib']:.1f} MiB,"
+        print(f"{name}: {r['frames']} frames of {bench_videos.size_label(args.material)},"
+              f" output {r['output_mib']:.1f} MiB,"
               f" {r['seconds']:.0f} s, peak RSS {r['peak_rss_mib']:.0f} MiB")
     ratio = long["peak_rss_mib"] / short["peak_rss_mib"]
     print(f"long/short: {long['frames'] / max(1, short['frames']):.0f}x the frames, "

@@ -283,7 +283,8 @@ def test_the_classes_found_and_an_empty_validation_split_are_said_before_any_vid
         write_video(tmp_path / "train" / cls / f"{name}.avi", 2)
     notes = FoldersSource(str(tmp_path)).discover().notes
     assert [n for n in notes if n.startswith("classes found")] == [
-        "classes found, in label order, with the rows (videos of a class folder) naming each: happy 2, hapy 1, sad 1; "
+        "classes found, in label order, with the rows (manifest lines, or videos of a class folder) naming each: "
+        "happy 2, hapy 1, sad 1; "
         "a misspelt name is a class of its own: give --class_names to fix the order and refuse other names"]
     assert any(n.startswith("no video to convert is in the validation split") for n in notes)
     write_video(tmp_path / "validation" / "sad" / "e.avi", 2)

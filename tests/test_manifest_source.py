@@ -515,5 +515,6 @@ def test_class_names_with_a_misspelt_expression_column_is_an_error_not_a_silent_
         source.discover()
     # Without --class_names, or asking for va alone, a manifest of valence/arousal converts as before.
     for tasks, names in ((None, None), (["va"], CLASSES)):
-        found = ManifestSource(str(manifest), videos=str(tmp_path / "videos"), tasks=tasks, class_names=names).discover()
+        found = ManifestSource(str(manifest), videos=str(tmp_path / "videos"), tasks=tasks,
+                               class_names=names).discover()
         assert found.tasks == ["va"] and len(found.tracks) == 1

@@ -34,10 +34,10 @@ from trainer.training.options_record import TRAIN_CONFIG_FILENAME  # noqa: F401 
 VERBOSE_LOGGERS = ("trainer", "tfrecords_schema")
 
 
-
 # TensorFlow's errors when a peer of a multi-worker job is gone (killed, crashed, preempted, unreachable): the
-# collectives and the coordination service answer with these.
-PEER_LOST_ERRORS = ("UnavailableError", "AbortedError", "CancelledError", "DeadlineExceededError")
+# collectives and the coordination service answer with these. (Not a cancelled or timed-out call: a storage timeout
+# is one too.)
+PEER_LOST_ERRORS = ("UnavailableError", "AbortedError")
 
 
 def _setup_logging(verbose: bool = False) -> None:

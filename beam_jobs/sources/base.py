@@ -226,7 +226,8 @@ class Discovery:
             transient object-store error): what they hold is missing from the run, so the
             conversion fails unless partial input is allowed. Each also has a
             ``SCAN_UNLISTED_FOLDER`` dead letter.
-        notes: What the listing left out on purpose, one line each (the conversion prints them).
+        notes: What the listing left out on purpose, the classes found when none were named, a validation split no
+            video reached: one line each (the conversion prints them before any video is read).
     """
 
     tracks: list[TrackSpec]

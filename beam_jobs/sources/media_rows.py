@@ -337,7 +337,8 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
         dead_letters: Problems found while listing and parsing (rows whose frames cannot be counted).
         unused_media: Videos under the media root that no row names.
         unlisted_folders: Folders that could not be listed (their dead letters are in ``dead_letters``).
-        notes: What the listing left out on purpose (:attr:`FolderScan.notes`).
+        notes: What the listing left out on purpose (:attr:`FolderScan.notes`); the classes found without
+            ``class_names`` and a validation split no video reached are added to them.
     """
     use_expression = TASK_EXPRESSION in tasks
     subject_splits, media_problems, first_name = _split_conflicts(rows)
@@ -346,7 +347,8 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
     # their class: the data declares it, as a class folder does.)
     declaring = [row for row in rows if row.split is not None and row.media_problem is None]
     names = resolve_class_names(declaring, class_names) if use_expression else []
-    for row in declaring if use_expression and class_names is None else ():
+    naming = declaring if use_expression and class_names is None else []  # the rows the found classes come from
+    for row in naming:
         problem = row.expression and label_name_problem(row.expression)
         if problem:  # (Refused before any video is read, naming the row: convert exits 2.)
             raise LabelNameError(f"{row.source}: expression label {row.expression!r}: {problem}; rename that class "
@@ -386,7 +388,7 @@ def build_discovery(rows: list[MediaRow], *, class_names: Sequence[str] | None, 
             media_id=media_key, split=split, annotation_files=tuple((t, annotation_path) for t in out_tasks),
             media_path=first.media_path, data_path=media_key, problem=problem, segments=segments,
             subject=first.subject or ""))
-    notes = [*notes, *_discovery_notes(declaring if use_expression and class_names is None else [], names, tracks)]
+    notes = [*notes, *_discovery_notes(naming, names, tracks)]
     label_names = {HEAD_EXPRESSION: names, HEAD_VALENCE_AROUSAL: [], HEAD_ACTION_UNITS: []}
     if TASK_VALENCE_AROUSAL in out_tasks:
         label_names[HEAD_VALENCE_AROUSAL] = list(VALENCE_AROUSAL_NAMES)
@@ -402,14 +404,15 @@ def _discovery_notes(found_from: list[MediaRow], names: list[str], tracks: list[
     if found_from and names:
         rows = collections.Counter(class_key(row.expression) for row in found_from if row.expression)
         listed = ", ".join(f"{name} {rows[class_key(name)]}" for name in names)
-        notes.append(f"classes found, in label order, with the rows (videos of a class folder) naming each: {listed}; "
+        notes.append(f"classes found, in label order, with the rows (manifest lines, or videos of a class folder) "
+                     f"naming each: {listed}; "
                      "a misspelt name is a class of its own: give --class_names to fix the order and refuse other "
                      "names")
     splits = {track.split for track in tracks if track.problem is None}
     if SPLIT_TRAIN in splits and SPLIT_VALIDATION not in splits:
-        notes.append(f"no video to convert is in the {SPLIT_VALIDATION} split, which training selects and reports on by "
-                     f"default (with --folds K --fold I: that fold holds no subject; use fewer folds, or train with "
-                     f"--eval_split naming another split)")
+        notes.append(f"no video to convert is in the {SPLIT_VALIDATION} split, which training reports on by "
+                     "default (with --folds K --fold I: that fold holds no subject; use fewer folds, or train with "
+                     "--eval_split naming another split)")
     return notes
 
 

@@ -67,7 +67,8 @@ MAX_WORKERS = 1 << 20
 # default (30 s) would leave all but the first worker idle for the first half minute of a job.
 LOCAL_HEARTBEAT_MS = 500
 REACH_SECONDS = 30.0  # how long a job waits for the dispatcher to accept a connection before it gives up
-# How long a job waits for its first batch before it says where to look: longer than tracing the first step takes.
+# How long a job waits for its first step before it says what to check. The first step also traces (and with XLA
+# compiles) the model and, with several workers, waits for the last to join: the message says so.
 FIRST_BATCH_SECONDS = 120.0
 _ADDRESS = re.compile(r"^grpc://(?P<host>[^/:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
@@ -110,10 +111,12 @@ def watch_first_batch(address: str, data_dir: str, seconds: float = FIRST_BATCH_
     """
     def say() -> None:
         logging.getLogger("trainer.train").warning(
-            "no batch from the tf.data service %s after %.0f s: its workers open --data %s themselves, and one that "
-            "cannot (a path its machine does not have, no permission, no credentials) gets no records while this job "
-            "waits, with no error on either side; check that the service's workers can read it",
-            address, seconds, worker_path(data_dir))
+            "the first step has not ended after %.0f s. Its batch comes from the tf.data service %s, whose workers "
+            "open --data %s themselves: one that cannot (a path its machine does not have, no permission, no "
+            "credentials) gets no records while this job waits, with no error on either side; check that they can "
+            "read it (a large model's first step, compiled, or a worker of this job started late can also take this "
+            "long)",
+            seconds, address, worker_path(data_dir))
 
     timer = threading.Timer(seconds, say)
     timer.daemon = True

@@ -82,12 +82,17 @@ def role_from_tf_config(config: dict) -> Role:
                 has_chief=bool(cluster.get("chief")))
 
 
-# Options the workers of one multi-worker job may be given differently: where things are (a path or an address can
-# differ between machines that see the same storage; variables start from the first worker's values anyway) and how
-# much a worker logs. Every other option changes what the workers compute together (the steps, the collectives inside
-# them, when they checkpoint, evaluate and stop), so they must agree.
-PER_WORKER_OPTIONS = frozenset({"data", "job_dir", "init_from", "features_from", "weights", "class_map",
-                                "data_service", "log_every", "verbose"})
+# Options the workers of one multi-worker job may be given differently: where the data and the files to start from are
+# (a path can differ between machines that see the same storage; the service job names the data by its content, and
+# variables start from the first worker's values anyway) and how much a worker logs. Every other option changes what
+# the workers compute together (the steps, the collectives inside them, when they checkpoint, evaluate and stop), or
+# names what they share (the job folder, the tf.data service job), so they must agree.
+PER_WORKER_OPTIONS = frozenset({"data", "init_from", "features_from", "weights", "class_map", "log_every", "verbose"})
+
+
+def _shared_options(options: dict) -> list[str]:
+    """The names of ``options`` every worker must agree on, sorted."""
+    return sorted(set(options) - PER_WORKER_OPTIONS)
 
 
 def different_options(options: dict, replica_digests) -> list[str]:
@@ -95,7 +100,7 @@ def different_options(options: dict, replica_digests) -> list[str]:
     ``replica_digests`` (``[replicas, options]``, one row per replica of the cluster, as :func:`option_digests`)."""
     import numpy as np
 
-    names = sorted(set(options) - PER_WORKER_OPTIONS)
+    names = _shared_options(options)
     rows = np.asarray(replica_digests).reshape(-1, len(names))
     return [name for name, column in zip(names, rows.T) if len(set(column.tolist())) > 1]
 
@@ -103,7 +108,7 @@ def different_options(options: dict, replica_digests) -> list[str]:
 def option_digests(options: dict) -> list[int]:
     """One CRC-32 per option of ``options`` (sorted by name, :data:`PER_WORKER_OPTIONS` left out)."""
     return [zlib.crc32(json.dumps(options[name], sort_keys=True, default=str).encode("utf-8"))
-            for name in sorted(set(options) - PER_WORKER_OPTIONS)]
+            for name in _shared_options(options)]
 
 
 def check_same_options(strategy: tf.distribute.Strategy, role: Role, options: dict) -> None:
@@ -147,7 +152,7 @@ def make_strategy(name: str) -> tuple[tf.distribute.Strategy, Role]:
         return strategy, role
     try:
         cluster = role_from_tf_config(read_tf_config())
-    except (ValueError, TypeError, AttributeError):  # (Read by multi_worker only: a malformed one changes nothing here.)
+    except (ValueError, TypeError, AttributeError):  # (Read by multi_worker only: a malformed one changes nothing.)
         cluster = Role()
     if cluster.num_workers > 1:  # Each worker of the cluster would train alone, all into one --job_dir.
         log.warning("TF_CONFIG names a cluster of %d workers, but --strategy %s trains this process alone "
