@@ -138,8 +138,9 @@ def test_a_worker_that_dies_is_said_in_words_with_what_to_do(tmp_path):
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = []
     for index in range(2):
-        env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(
-            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
+        # (TMPDIR: the killed worker cannot remove its scratch folders; they go with the test's.)
+        env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp_path), "TF_CONFIG":
+               json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "trainer.train", "--data", str(data), "--job_dir", str(tmp_path / "job"),
              "--strategy", "multi_worker", "--epochs", "1000", "--steps_per_epoch", "10", "--batch_size", "4",
