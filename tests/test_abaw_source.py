@@ -288,6 +288,23 @@ def test_annotation_without_media_is_a_no_media_track_unless_crops_exist(tmp_pat
     assert tracks["train/cropped"].crops_dir == str(tmp_path / "crops" / "cropped")
 
 
+def test_a_track_with_media_but_no_crops_folder_is_named_in_a_note_with_cropped_aligned(tmp_path):
+    # --cropped_aligned means "the dataset's crops instead of detecting": a track whose crops folder is missing
+    # falls back to the face stage on its video, and the run must say so (a silent mix of crop sources).
+    for name in ("cropped", "detected"):
+        abaw.write_annotation(tmp_path / "ann", "expr", "train", name, [0, 1])
+        abaw.write_media(tmp_path / "videos", f"{name}.mp4")
+    abaw.write_crops_dir(tmp_path / "crops", "cropped", 2)
+
+    found = _source(tmp_path, cropped_aligned=str(tmp_path / "crops")).discover()
+
+    tracks = _tracks(found)
+    assert tracks["train/cropped"].crops_dir and tracks["train/detected"].crops_dir is None
+    assert [n for n in found.notes if "train/detected" in n and "face stage" in n]
+    assert not [n for n in found.notes if "train/cropped" in n]
+    assert not [n for n in _source(tmp_path).discover().notes if "face stage" in n]  # no --cropped_aligned: no note
+
+
 def test_media_without_annotation_is_listed_as_unused(tmp_path):
     abaw.write_annotation(tmp_path / "ann", "expr", "train", "used", [0])
     abaw.write_media(tmp_path / "videos", "used.mp4")

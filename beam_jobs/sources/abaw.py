@@ -124,6 +124,13 @@ class AbawSource(base.DatasetSource):
         crops = discovery.crop_folders(self.cropped_aligned, findings)
         tracks, unused = discovery.TrackBuilder(files, media, crops, tuple(label_names[HEAD_ACTION_UNITS]),
                                                 self.videos, findings).build()
+        if self.cropped_aligned is not None:
+            detected = sorted(t.track_id for t in tracks if t.crops_dir is None and t.media_path and not t.problem)
+            if detected:  # Said, not silent: these tracks' crops come from the face stage, not the dataset's.
+                findings.notes.append(
+                    f"{len(detected)} track(s) have no folder in --cropped_aligned {self.cropped_aligned} and are "
+                    f"cropped by the face stage (detected) from their video instead: {', '.join(detected[:10])}"
+                    + (f" and {len(detected) - 10} more" if len(detected) > 10 else ""))
         return base.Discovery(tracks=tracks, label_names=label_names, tasks=tasks, unused_media=unused,
                               dead_letters=findings.dead_letters, split_drops=findings.split_drops,
                               unlisted_folders=findings.unlisted_folders, notes=findings.notes)
