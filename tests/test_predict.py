@@ -214,6 +214,10 @@ def test_scoring_counts_every_labelled_frame_reports_face_frames_and_what_was_no
                                   "not_scored": {"no_prediction_file": 2, "beyond_predictions": 2}}
     text = scoring.format_scores(scores)
     assert "over all 13 labelled frames of the split" in text and "10 of 14 labelled frames scored" in text
+    # Each head says what a frame without a prediction is scored as: valence and arousal 0 is not "wrong".
+    assert "(frames without a prediction count as wrong)" in text.splitlines()[0]
+    va_line = next(line for line in text.splitlines() if line.startswith(HEAD_VALENCE_AROUSAL))
+    assert "(frames without a prediction are scored as valence and arousal 0)" in va_line
     # Frames labelled only for a task the predictions have no head for (AU) count as labelled, not scored, as in
     # evaluate's coverage (they were left out of predict's denominator).
     abaw.write_annotation(ann, "au", "validation", "au_only", [[0] * 12] * 3)

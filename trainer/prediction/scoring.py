@@ -301,6 +301,12 @@ def main_figures(scores: dict) -> dict[str, float]:
     return out
 
 
+# What a labelled frame without a prediction is scored as in ``all_annotated`` (:func:`_missed`), as printed.
+MISSED_AS = {HEAD_EXPRESSION: "frames without a prediction count as wrong",
+             HEAD_VALENCE_AROUSAL: "frames without a prediction are scored as valence and arousal 0",
+             HEAD_ACTION_UNITS: "frames without a prediction are scored as no AU"}
+
+
 def format_scores(scores: dict) -> str:
     """Printable lines: each head's main figure over the predicted frames, over every labelled frame of the split
     (frames without a prediction counted as wrong, as the challenge would), over the face frames; the coverage."""
@@ -316,7 +322,7 @@ def format_scores(scores: dict) -> str:
         line = f"{head}: {metric} {m[metric]:.4f} over {m['frames']} predicted frames"
         if head in every:
             line += (f"; {every[head][metric]:.4f} over all {every[head]['frames']} labelled frames of the split "
-                     "(frames without a prediction count as wrong)")
+                     f"({MISSED_AS[head]})")
         lines.append(line + f"; with a face {m['with_face'][metric]:.4f} over {m['with_face']['frames']}")
     for head, tracks in scores.get("without_predictions", {}).items():
         lines.append(f"{head}: {len(tracks)} annotated track(s) of the split have no prediction file")
