@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from tfrecords_schema import HEAD_EXPRESSION, SPLIT_SELECTION, SPLIT_TRAIN, SPLIT_VALIDATION, TASK_EXPRESSION
 from trainer.common.choices import STAGE_FRAMES
 from trainer.common.errors import TrainingError
-from trainer.training.config import TrainConfig
+from trainer.training.config import ConfigError, TrainConfig
 
 log = logging.getLogger("trainer.train")
 
@@ -236,7 +236,10 @@ def plan_job(config: TrainConfig, strategy, role, evaluates: bool = True) -> Job
     from trainer.training.step import resolve_jit_compile
 
     info = read_dataset_info(config.data)
-    heads = heads_for_task(info, config.task)
+    try:
+        heads = heads_for_task(info, config.task)
+    except ValueError as e:  # --task the data has no labels for: an option that does not fit the data (exit 2)
+        raise ConfigError(f"--task {config.task}: {e}") from e
     select_split = default_select_split(config, info)
     for flag, split in (("--eval_split", config.eval_split), ("--select_split", select_split)):
         if split not in info.splits:
