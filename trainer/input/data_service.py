@@ -124,18 +124,16 @@ def watch_first_batch(address: str, data_dir: str, seconds: float = FIRST_BATCH_
     return timer
 
 
-def job_name(job_dir: str, seed: int, stream: str = "") -> str:
+def job_name(job_dir: str, seed: int, stream: str) -> str:
     """The service job of one training run: the same on every worker of the run, different across runs.
 
-    ``stream`` describes what the stream is made of (the run's options and its per-replica batch): a job of that
-    name may outlive the run that made it on a dispatcher that keeps running, and a resume from the same checkpoint
-    (the same ``seed``) with options changed would join the dead run's job and be served its batches (of another
-    shape, or silently of another sampling).
+    ``stream`` describes what the stream is made of (the data, the options it is built from, the per-replica batch):
+    a job of that name may outlive the run that made it on a dispatcher that keeps running, and a resume from the
+    same checkpoint (the same ``seed``) with options changed would join the dead run's job and be served its batches
+    (of another shape, or silently of another sampling).
     """
-    name = f"affectstream-{zlib.crc32(job_dir.encode('utf-8')):08x}"
-    if stream:
-        name += f"-{zlib.crc32(stream.encode('utf-8')):08x}"
-    return f"{name}-seed{seed}"
+    return (f"affectstream-{zlib.crc32(job_dir.encode('utf-8')):08x}-{zlib.crc32(stream.encode('utf-8')):08x}"
+            f"-seed{seed}")
 
 
 def worker_path(data_dir: str) -> str:

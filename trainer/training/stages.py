@@ -113,20 +113,26 @@ class Stage:
         """The training stream (one replica's): rebalanced clips of :attr:`train_seq_len` frames."""
         from trainer.input.pipeline import make_train_dataset
 
-        config, plan = self.config, self.plan
+        config = self.config
         return make_train_dataset(
-            config.data, plan.info, task=config.task, seq_len=self.train_seq_len, batch_size=batch_size,
-            sampling=config.sampling, loss_weighting=config.loss_weighting, class_weights=plan.class_weights,
-            seed=seed, input_context=input_context, skipped=skipped, windows_per_clip=config.windows_per_clip,
-            data_service=config.data_service,
+            config.data, self.plan.info, **self._stream_options(batch_size), seed=seed, input_context=input_context,
+            skipped=skipped, data_service=config.data_service,
             data_service_job=self.data_service_job(batch_size, seed) if config.data_service else None,
         )
+
+    def _stream_options(self, batch_size: int) -> dict:
+        """What :meth:`train_dataset` builds one replica's stream from, besides the data, the seed and the plumbing:
+        also what names its tf.data service job (:meth:`data_service_job`)."""
+        config = self.config
+        return {"task": config.task, "seq_len": self.train_seq_len, "batch_size": batch_size,
+                "sampling": config.sampling, "loss_weighting": config.loss_weighting,
+                "class_weights": self.plan.class_weights, "windows_per_clip": config.windows_per_clip}
 
     def data_service_job(self, batch_size: int, seed: int) -> str:
         """The tf.data service job of this run's stream (``batch_size``: one replica's): every worker of the run
         names the same, and a run whose stream differs (a resume with other options) another.
 
-        Only what :meth:`train_dataset` builds the stream from counts: an option that does not change it
+        Only what the stream is built from counts (:meth:`_stream_options`): an option that does not change it
         (``--verbose``, ``--epochs``) given differently to two workers of one run must not put them in two jobs,
         each then served the whole stream of the same seed. The data counts by its content, not its path: the
         workers of one job may name the same storage at different paths (``--data`` is a per-worker option).
@@ -136,13 +142,9 @@ class Stage:
         from trainer.input import data_service
         from trainer.training.fingerprint import dataset_fingerprint
 
-        config = self.config
-        stream = json.dumps({"data": dataset_fingerprint(self.plan.info), "task": config.task,
-                             "seq_len": self.train_seq_len, "replica_batch_size": batch_size,
-                             "sampling": config.sampling, "loss_weighting": config.loss_weighting,
-                             "class_weights": self.plan.class_weights, "windows_per_clip": config.windows_per_clip},
+        stream = json.dumps({"data": dataset_fingerprint(self.plan.info), **self._stream_options(batch_size)},
                             sort_keys=True, default=str)
-        return data_service.job_name(config.job_dir, seed, stream)
+        return data_service.job_name(self.config.job_dir, seed, stream)
 
     def export_model(self, eval_model):
         """The model to export, given the float32 copy holding the best epoch."""
