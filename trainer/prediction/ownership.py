@@ -141,26 +141,25 @@ class Ledger:
     def record(self, planned: Iterable[str]) -> None:
         """Before the first file is written: adds ``planned`` (identity not known yet), so that a run killed part-way
         leaves its files the tool's; listed files that are gone leave the list."""
-        self._write({rel: None for rel in (_relative(self.output, p) for p in planned) if rel})
+        self._write({rel: None for rel in (_relative(self.output, p) for p in planned) if rel}, written=False)
 
     def finish(self, planned: Iterable[str]) -> None:
         """After the run: ``planned`` files that were written are listed with their identity, the others leave the
         list (a video that failed wrote none: a file put there later under its name is the user's)."""
-        pairs = [(p, rel) for p, rel in ((p, _relative(self.output, p)) for p in planned) if rel]
-        existing = _existing(self.output, [p for p, _ in pairs])
-        self._write({rel: _identity(p) for p, rel in pairs if p in existing}, drop={rel for _, rel in pairs})
+        self._write({rel: _identity(p) for p, rel in ((p, _relative(self.output, p)) for p in planned) if rel},
+                    written=True)
 
-    def _write(self, entries: dict, drop: set[str] = frozenset()) -> None:
+    def _write(self, entries: dict, written: bool) -> None:
         """Merges ``entries`` into the list on disk (read again now: another run into the folder may have added its
-        own since) and writes it atomically; ``drop`` leaves it unless in ``entries``; gone files leave it."""
+        own since) and writes it atomically; files that are not there leave it, ``entries`` too when ``written``
+        (after the run: what it did not write), else those stay (before the run: not written yet)."""
         from tfrecords_schema.atomic import write_atomically
 
-        merged = {**self.owned, **(_read_listed(self.output) or {})}
-        merged = {rel: v for rel, v in merged.items() if rel not in drop}
-        merged.update(entries)
+        merged = {**self.owned, **(_read_listed(self.output) or {}), **entries}
         paths = {rel: join_path(self.output, *rel.split("/")) for rel in merged}
-        existing = _existing(self.output, paths.values())
-        self.owned = {rel: v for rel, v in merged.items() if paths[rel] in existing or rel in entries}
+        existing = _existing(self.output, paths.values())  # (One listing of each folder.)
+        self.owned = {rel: v for rel, v in merged.items()
+                      if paths[rel] in existing or (rel in entries and not written)}
         storage.gfile(self.output).makedirs(self.output)
         write_atomically(join_path(self.output, LEDGER_FILENAME), ledger_text(self.owned))
 
@@ -187,7 +186,7 @@ def _existing(output: str, paths: Iterable[str]) -> set[str]:
     """Which of ``paths`` (under ``output``) exist: each folder they are in listed once (one request on an object store,
     not one per file)."""
     files = storage.gfile(output)
-    by_folder: dict[str, list[str]] = {}
+    by_folder: dict[str, list[tuple[str, str]]] = {}
     for path in paths:
         rel = _relative(output, path)
         if rel:
