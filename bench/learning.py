@@ -76,13 +76,22 @@ class _RateLog(logging.Handler):
             self.rates.append(float(match.group(1)))
 
 
-def curve_split(job_dir: str) -> str:
-    """The split the per-epoch scores of :func:`epoch_scores` are on (the one the job selects its best epoch on)."""
+def _evaluation_events(job_dir: str) -> list[tuple[str, str]]:
+    """``(run, events file)`` of the job's TensorBoard runs that score epochs (every run but ``train``: the split
+    the job selects its best epoch on)."""
     from trainer.training.job import LOGS_DIRNAME
 
-    runs = sorted(os.path.basename(os.path.dirname(path))
-                  for path in glob.glob(os.path.join(job_dir, LOGS_DIRNAME, "*", "events.out.tfevents.*")))
-    return ",".join(sorted(set(runs) - {"train"}))
+    found = []
+    for path in glob.glob(os.path.join(job_dir, LOGS_DIRNAME, "*", "events.out.tfevents.*")):
+        run = os.path.basename(os.path.dirname(path))
+        if run != "train":
+            found.append((run, path))
+    return found
+
+
+def curve_split(job_dir: str) -> str:
+    """The split the per-epoch scores of :func:`epoch_scores` are on (the one the job selects its best epoch on)."""
+    return ",".join(sorted({run for run, _ in _evaluation_events(job_dir)}))
 
 
 def epoch_scores(job_dir: str) -> dict[int, float]:
@@ -90,12 +99,9 @@ def epoch_scores(job_dir: str) -> dict[int, float]:
     import tensorflow as tf
 
     from trainer.evaluation.tensorboard import TAG_SCORE
-    from trainer.training.job import LOGS_DIRNAME
 
     scores = {}
-    for path in glob.glob(os.path.join(job_dir, LOGS_DIRNAME, "*", "events.out.tfevents.*")):
-        if os.path.basename(os.path.dirname(path)) == "train":
-            continue
+    for _, path in _evaluation_events(job_dir):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 if value.tag == TAG_SCORE:
