@@ -34,19 +34,26 @@ def free_ports(n):
             s.close()
 
 
-def run_two_workers(data, job_dir, timeout=300, extra=((), ())):
-    """Runs a two-worker job on loopback (``extra``: each worker's own further flags); (exit codes, outputs)."""
+def start_two_workers(data, job_dir, extra=((), ())):
+    """Starts a two-worker job on loopback (``extra``: each worker's own further flags, which win over the ones here);
+    the two processes. Their scratch folders go under ``job_dir``'s parent (TMPDIR), also those of a killed worker."""
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = []
     for index in range(2):
-        env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2",
+        env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": os.path.dirname(str(job_dir)),
                "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
-        cmd = [sys.executable, "-m", "trainer.train", "--data", data, "--job_dir", str(job_dir), "--task", "multi",
+        cmd = [sys.executable, "-m", "trainer.train", "--data", str(data), "--job_dir", str(job_dir), "--task", "multi",
                "--strategy", "multi_worker", "--epochs", "2", "--steps_per_epoch", "3", "--batch_size", "4",
                "--seq_len", "4", "--cnn_width", "0.25", "--feature_dim", "16", "--rnn_units", "16", "--log_every", "1",
                "--checkpoint_every", "2", *extra[index]]
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
+    return procs
+
+
+def run_two_workers(data, job_dir, timeout=300, extra=((), ())):
+    """Runs a two-worker job on loopback (:func:`start_two_workers`) to its end; (exit codes, outputs)."""
+    procs = start_two_workers(data, job_dir, extra)
     outputs = []
     try:
         for p in procs:
@@ -135,17 +142,8 @@ def test_a_worker_that_dies_is_said_in_words_with_what_to_do(tmp_path):
     data = tmp_path / "data"
     write_dataset(data, num_clips_per_class={"Neutral": 2, "Happiness": 2}, num_validation_clips_per_class=1,
                   crop_size=16, clip_length=8)
-    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    procs = []
-    for index in range(2):
-        # (TMPDIR: the killed worker cannot remove its scratch folders; they go with the test's.)
-        env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp_path), "TF_CONFIG":
-               json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "trainer.train", "--data", str(data), "--job_dir", str(tmp_path / "job"),
-             "--strategy", "multi_worker", "--epochs", "1000", "--steps_per_epoch", "10", "--batch_size", "4",
-             "--seq_len", "4", "--cnn_width", "0.25", "--feature_dim", "8", "--rnn_units", "8", "--checkpoint_every",
-             "2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    long_run = ["--epochs", "1000", "--steps_per_epoch", "10"]  # (killed long before its end)
+    procs = start_two_workers(data, tmp_path / "job", (long_run, long_run))
     try:
         deadline = time.monotonic() + 120
         while not list((tmp_path / "job").glob("checkpoints/ckpt-*.index")) and time.monotonic() < deadline:
