@@ -309,7 +309,8 @@ MISSED_AS = {HEAD_EXPRESSION: "frames without a prediction count as wrong",
 
 def format_scores(scores: dict) -> str:
     """Printable lines: each head's main figure over the predicted frames, over every labelled frame of the split
-    (frames without a prediction counted as wrong, as the challenge would), over the face frames; the coverage."""
+    (frames without a prediction scored as the challenge would: :data:`MISSED_AS`), over the face frames; the
+    coverage."""
     from trainer.evaluation.coverage import format_coverage
     from trainer.evaluation.metrics import MAIN_METRIC
 
