@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     import cv2
 
     cv2.setNumThreads(1)  # One thread, as in the conversion's workers.
-    path, _ = videos.make_videos(args.material, args.seconds, min(60.0, args.seconds), args.cache_dir)
+    path, _ = videos.make_videos(args.material, args.seconds, None, args.cache_dir)
     readers = {"opencv_read": lambda: _opencv(path, args.frames, True),
                "opencv_grab": lambda: _opencv(path, args.frames, False)}
     try:

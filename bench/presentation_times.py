@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "affectstream-bench-videos"))
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
-    path, _ = bench_videos.make_videos(args.material, args.seconds, min(10.0, args.seconds), args.cache_dir)
+    path, _ = bench_videos.make_videos(args.material, args.seconds, None, args.cache_dir)
     print(f"material: {bench_videos.describe(args.material)}; {args.seconds:g} s; load average "
           f"{os.getloadavg()[0]:.1f}")
     passes, decodes = [], []

@@ -107,11 +107,12 @@ def _astronaut_frames() -> tuple[Iterator[np.ndarray], float]:
     return frames(), fps
 
 
-def _write(path: pathlib.Path, frames: Iterator[np.ndarray], fps: float, total: int, prefix: tuple,
+def _write(path: pathlib.Path, frames: Iterator[np.ndarray], fps: float, total: int, prefix: tuple | None,
            size: tuple[int, int] = (WIDTH, HEIGHT)) -> None:
-    """Writes ``total`` frames to ``path`` and the first ``prefix[1]`` of them to ``prefix[0]`` too."""
+    """Writes ``total`` frames to ``path`` and, with ``prefix`` (path, count), the first ``count`` of them to its path
+    too."""
     fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-    parts = {p: p.with_name(p.stem + ".part.mp4") for p in (path, prefix[0])}
+    parts = {p: p.with_name(p.stem + ".part.mp4") for p in (path, prefix[0] if prefix else None) if p is not None}
     writers = {p: cv2.VideoWriter(str(tmp), fourcc, fps, size) for p, tmp in parts.items()}
     try:
         if not all(w.isOpened() for w in writers.values()):
@@ -119,7 +120,7 @@ def _write(path: pathlib.Path, frames: Iterator[np.ndarray], fps: float, total: 
         for i in range(total):
             frame = next(frames)
             writers[path].write(frame)
-            if i < prefix[1]:
+            if prefix and i < prefix[1]:
                 writers[prefix[0]].write(frame)
     finally:
         for w in writers.values():
@@ -133,17 +134,20 @@ def size_label(material: str) -> str:
     return "720x528" if material == "megamind_native" else "720p"
 
 
-def make_videos(material: str, long_seconds: float, short_seconds: float, cache_dir: str) -> tuple[str, str]:
-    """Paths of a ``long_seconds`` video of ``material`` and of its first ``short_seconds`` (cached)."""
+def make_videos(material: str, long_seconds: float, short_seconds: float | None, cache_dir: str) -> tuple[str, str]:
+    """Paths of a ``long_seconds`` video of ``material`` and of its first ``short_seconds`` (cached; with
+    ``short_seconds`` None only the long one is made, and its path is returned twice)."""
     describe(material)  # Validates the name.
     cache = pathlib.Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     native = material == "megamind_native"
     label = size_label(material)
     long_path = cache / f"{material}-{label}-{long_seconds:g}s.mp4"
-    short_path = cache / f"{material}-{label}-{long_seconds:g}s-first-{short_seconds:g}s.mp4"
+    short_path = (long_path if short_seconds is None
+                  else cache / f"{material}-{label}-{long_seconds:g}s-first-{short_seconds:g}s.mp4")
     if not (long_path.exists() and short_path.exists()):
         frames, fps = _astronaut_frames() if material == "astronaut" else _megamind_frames(native)
-        _write(long_path, frames, fps, round(long_seconds * fps), (short_path, round(short_seconds * fps)),
+        prefix = None if short_path == long_path else (short_path, round(short_seconds * fps))
+        _write(long_path, frames, fps, round(long_seconds * fps), prefix,
                (NATIVE_WIDTH, NATIVE_HEIGHT) if native else (WIDTH, HEIGHT))
     return str(long_path), str(short_path)
