@@ -286,6 +286,26 @@ def test_a_folder_search_enters_each_folder_once_and_leaves_out_the_output_folde
         "c/up leads to a folder searched already (a link): not searched again"]
 
 
+def test_a_folder_that_cannot_be_listed_is_an_error_not_a_silent_gap(tmp_path, monkeypatch):
+    # Before, os.walk's default left out a folder it could not list (no permission, an I/O error) without a word:
+    # its videos were missing from the run, and the run ended with exit status 0.
+    root = tmp_path / "v"
+    (root / "locked").mkdir(parents=True)
+    (root / "a.mp4").write_bytes(b"listing only")
+    (root / "locked" / "b.mp4").write_bytes(b"listing only")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # (Root reads any folder whatever its mode: the refusal is made here.)
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(PredictError, match=r"cannot list 1 folder\(s\) under .*/v: .*/locked: Permission denied; "
+                                           r"its videos would be missing from the run: nothing was read or written"):
+        videos.list_videos([str(root)])
+
+
 def test_a_url_folder_search_leaves_out_an_output_folder_below_it_only(tmp_path):
     # file:// goes through the URL search (tf.io.gfile), as gs:// and s3:// do.
     root = tmp_path / "v"

@@ -93,13 +93,17 @@ def _remote_files(root: str, output: str | None, notes: list[str]) -> list[str]:
 
 def _local_files(root: str, output: str | None, notes: list[str]) -> list[str]:
     """The files under local folder ``root``, sorted: links to folders followed, each folder entered once, the
-    ``output`` folder left out (both with a note)."""
+    ``output`` folder left out (both with a note).
+
+    Raises:
+        PredictError: a folder that cannot be listed (no permission, an I/O error): its videos would be missing.
+    """
     from beam_jobs.sources.folder_scan import file_identity  # (A folder gone since it was listed counts alone.)
 
     skip = file_identity(output) if output and "://" not in output else None
     seen = {file_identity(root)}
-    files = []
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+    files, unlisted = [], []
+    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=unlisted.append):
         kept = []
         for name in sorted(subfolders):
             sub = os.path.join(folder, name)
@@ -113,6 +117,11 @@ def _local_files(root: str, output: str | None, notes: list[str]) -> list[str]:
                 kept.append(name)
         subfolders[:] = kept  # os.walk enters only these.
         files += (os.path.join(folder, name) for name in names)
+    if unlisted:  # (os.walk leaves such a folder out without a word.)
+        shown = "; ".join(f"{e.filename}: {e.strerror or e}" for e in unlisted[:5])
+        raise PredictError(f"cannot list {len(unlisted)} folder(s) under {root}: {shown}"
+                           f"{' ...' if len(unlisted) > 5 else ''}; its videos would be missing from the run: nothing "
+                           "was read or written")
     return sorted(files)
 
 
