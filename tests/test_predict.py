@@ -453,6 +453,10 @@ def test_output_names_carry_the_side_and_clashing_names_are_refused():
     # Every clash at once (one a run, before), and names that differ only in case (one file on macOS or Windows).
     with pytest.raises(PredictError, match="2 video.*'b': x/b.mp4 and y/b.mkv; 'Case': x/case.mp4 and y/Case.mp4"):
         videos.output_stems(["x/b.mp4", "x/case.mp4", "y/b.mkv", "y/Case.mp4"], None)
+    # The same name in two Unicode forms (an accent composed, or a letter and a combining accent): two files on
+    # Linux, one on macOS, whose file systems do not tell the forms apart. Before, both were written.
+    with pytest.raises(PredictError, match="1 video.*share an output name"):
+        videos.output_stems(["x/caf\u00e9.mp4", "y/cafe\u0301.mp4"], None)
 
 
 def test_help_documents_every_option():

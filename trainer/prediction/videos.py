@@ -9,6 +9,7 @@ import dataclasses
 import os
 import posixpath
 import tempfile
+import unicodedata
 from collections.abc import Iterator, Sequence
 
 from tfrecords_schema import filesystems
@@ -129,14 +130,15 @@ def output_stems(videos: Sequence[str], side: str | None) -> list[str]:
     """Output name of each video: its stem, ``_left``/``_right`` appended for a side (the ABAW names).
 
     Raises:
-        PredictError: videos whose stems are the same, or differ only in letter case (their files would overwrite
-            each other, on a file system that ignores case as macOS's and Windows' do); every clash is named.
+        PredictError: videos whose stems are the same, or differ only in letter case or in Unicode form (a composed
+            or a decomposed accent): their files would overwrite each other on a file system that ignores case (macOS's
+            and Windows') or form (macOS's); every clash is named.
     """
     stems = [_stem(v) + (f"_{side}" if side else "") for v in videos]
     seen: dict[str, str] = {}
     clashes = []
     for stem, video in zip(stems, videos):
-        key = stem.casefold()
+        key = unicodedata.normalize("NFD", unicodedata.normalize("NFD", stem).casefold())  # (Unicode's caseless match)
         if key in seen:
             clashes.append(f"{stem!r}: {seen[key]} and {video}")
         else:
