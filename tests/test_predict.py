@@ -445,6 +445,19 @@ def test_a_prediction_folder_replaces_only_the_files_the_tool_wrote_there(tmp_pa
         ownership.Ledger.read(str(legacy))
 
 
+def test_a_file_where_the_run_writes_a_folder_is_refused_before_any_work(tmp_path):
+    # A file of the user's named like a head's folder (OUT/EXPR): before, every video was decoded and predicted, its
+    # CSV written, and then each failed with "[Errno 17] File exists" (exit 1, its CSV left behind).
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "EXPR").write_text("my notes")
+    planned = ownership.planned_files(str(out), ["a"], ["EXPR", "VA"], render=False, scores=False)
+    with pytest.raises(PredictUsageError, match=r"holds 1 file\(s\) where this run writes a folder: .*EXPR; nothing "
+                                                r"was read or written"):
+        ownership.Ledger.read(str(out)).check(planned)
+    assert (out / "EXPR").read_text() == "my notes"
+
+
 def test_output_names_carry_the_side_and_clashing_names_are_refused():
     assert videos.output_stems(["x/10-60-1280x720.mp4", "y/b.AVI"], "left") == ["10-60-1280x720_left", "b_left"]
     assert videos.output_stems(["gs://bucket/v/a.mp4"], None) == ["a"]

@@ -124,8 +124,14 @@ class Ledger:
 
         Raises:
             PredictUsageError: existing files among ``planned`` the ledger does not list, or that changed since the
-                tool wrote them (up to five named).
+                tool wrote them (up to five named); a local file where the run writes a folder (``OUT/EXPR``).
         """
+        planned = list(planned)
+        blocked = _files_in_the_way(self.output, planned)
+        if blocked:  # (Before, each video was predicted and then failed to be written: "File exists".)
+            raise PredictUsageError(f"{self.option} {self.output} holds {len(blocked)} file(s) where this run writes a "
+                                    f"folder: {', '.join(blocked[:_SHOWN])}; nothing was read or written: give another "
+                                    f"{self.option} folder, or move them away")
         existing = _existing(self.output, planned)
         foreign = [p for p in planned if p in existing and not self._owns(_relative(self.output, p) or "", p)]
         if not foreign:
@@ -180,6 +186,18 @@ def _read_listed(output: str) -> dict[str, list | None] | None:
     if listed is None:
         raise PredictUsageError(f"{path} is not the file list this tool writes; move it away")
     return listed
+
+
+def _files_in_the_way(output: str, paths: Iterable[str]) -> list[str]:
+    """The folders of ``paths`` below local folder ``output`` (``OUT/EXPR``) that are there as something else than a
+    folder (an object store has no such clash: an object and a prefix may share a name)."""
+    if storage.is_url(output):
+        return []
+    folders = set()
+    for path in paths:
+        parts = (_relative(output, path) or "").split("/")[:-1]
+        folders |= {join_path(output, *parts[:i + 1]) for i in range(len(parts))}
+    return sorted(f for f in folders if os.path.lexists(f) and not os.path.isdir(f))
 
 
 def _existing(output: str, paths: Iterable[str]) -> set[str]:
