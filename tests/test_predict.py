@@ -12,8 +12,10 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import abaw_layout as abaw
 import cv2
@@ -865,6 +867,68 @@ def test_workers_write_the_same_files_as_one_worker(trained, tmp_path, batch_siz
     assert sorted(outputs[1]) == sorted(outputs[2])
     assert outputs[1]["videos"] == outputs[2]["videos"]
     assert [name for name in outputs[1] if outputs[1][name] != outputs[2][name]] == []
+
+
+# A worker pool of one worker on one video. "kill": the script reads nothing (its worker fills the results queue and
+# waits to send more), prints the worker's pid and kills itself (SIGKILL: what the out-of-memory killer sends).
+# "int": once the first crops are in, the worker, still decoding, gets a SIGINT (the Ctrl-C that reaches every process
+# of the terminal's group); the script reads on and prints how the video ended.
+BLOCKED_WORKER = """
+import os, signal, sys, time
+from beam_jobs.faces.stage import FaceStageConfig
+from trainer.prediction import parallel
+from trainer.prediction.crops import CROPS_FACE_STAGE, ServedCrops
+from trainer.prediction.videos import Track
+parallel.QUEUE_CHUNKS_PER_WORKER = 1
+served = ServedCrops(CROPS_FACE_STAGE, FaceStageConfig(crop_size=32), 32, 90, "jpeg")
+tracks = [Track(sys.argv[1], "v")]
+with parallel.WorkerPool(1, served) as pool:
+    pool.run(tracks)
+    worker = pool._processes[0].pid
+    if sys.argv[2] == "kill":
+        while not pool._results.full():
+            time.sleep(0.05)
+        time.sleep(1.0)  # (The worker has decoded its next chunk and waits to send it.)
+        print(worker, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    messages = pool.results(tracks)
+    next(messages)
+    os.kill(worker, signal.SIGINT)
+    print([kind for kind, _, _ in messages][-1], flush=True)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"  # (A zombie waits for its reaper: it is gone.)
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_end_when_the_run_is_killed_and_leave_ctrl_c_to_it(tmp_path):
+    """A worker waiting to send its crops to a parent that was killed (SIGKILL, out of memory) waited for ever: the
+    workers, the fork server and the resource tracker stayed behind. A Ctrl-C, which reaches the workers too, printed
+    a KeyboardInterrupt traceback from each worker busy decoding, while the parent stopped the run on its own."""
+    video = vf.write_face_video(tmp_path / "long.avi", [4] * 1500)
+    # (The worker holds the script's stdout too: its first line is read, not its end.)
+    with subprocess.Popen([sys.executable, "-c", BLOCKED_WORKER, str(video), "kill"], cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as script:
+        worker = int(script.stdout.readline())
+        assert script.wait(timeout=120) == -9
+    deadline = time.monotonic() + 15
+    while not _gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        assert _gone(worker), "the worker outlived the run that was killed"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, 9)
+    # (SIGINT at its default: a shell's background job, and so this test, may have inherited it ignored.)
+    done = subprocess.run([sys.executable, "-c", BLOCKED_WORKER, str(video), "int"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.returncode == 0 and done.stdout.split() == ["done"], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from tfrecords_schema import filesystems
 CHUNK_FRAMES = 64  # frames a worker sends at once
 QUEUE_CHUNKS_PER_WORKER = 8  # chunks waiting per worker, at most (a few MB of crops)
 WORKER_EXIT_SECONDS = 10.0  # how long a worker told to stop may take to exit before it is terminated
+PARENT_CHECK_SECONDS = 1.0  # how often a worker waiting on a queue checks that the run's process is still there
 _FRAMES, _DONE, _FAILED = "frames", "done", "failed"
 
 
@@ -47,16 +48,50 @@ class TrackEnd:
     counts: dict  # provided crops: missing, unreadable, past the video's end
 
 
+def _send(results, message) -> None:
+    """Puts ``message`` on ``results``; ends this worker once the process that reads them is gone (killed, out of
+    memory: the queue stays full for ever, and a worker waiting on it kept itself, the fork server and the resource
+    tracker alive after the run)."""
+    while True:
+        try:
+            results.put(message, timeout=PARENT_CHECK_SECONDS)
+            return
+        except queue.Full:
+            if not _parent_alive():
+                results.cancel_join_thread()  # (What it holds will never be read: exit without handing it over.)
+                raise SystemExit(1) from None
+
+
+def _next_task(tasks):
+    """The next task from ``tasks``, or None (stop) once the process that sends them is gone."""
+    while True:
+        try:
+            return tasks.get(timeout=PARENT_CHECK_SECONDS)
+        except queue.Empty:
+            if not _parent_alive():
+                return None
+
+
+def _parent_alive() -> bool:
+    parent = multiprocessing.parent_process()  # (The process that started the worker, not the fork server.)
+    return parent is None or parent.is_alive()
+
+
 def _worker(tasks, results, served) -> None:
     """A worker process: tracks from ``tasks`` (None: stop) → chunks of crops on ``results``."""
+    import signal
+
     import cv2
 
     from beam_jobs.media.video import VideoError
     from trainer.prediction.crops import crop_counts, crop_source
     from trainer.prediction.videos import local_video
 
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the run and ends its workers (a worker
+    # interrupted itself printed a KeyboardInterrupt traceback in the middle of the run's last lines).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
-    while (task := tasks.get()) is not None:
+    while (task := _next_task(tasks)) is not None:
         number, track = task
         try:
             filesystems.register_filesystems(track.video, track.crops_dir)  # (s3://: in each worker process)
@@ -66,17 +101,17 @@ def _worker(tasks, results, served) -> None:
                 for crop in source:
                     chunk.append(crop)
                     if len(chunk) == CHUNK_FRAMES:
-                        results.put((_FRAMES, number, chunk))
+                        _send(results, (_FRAMES, number, chunk))
                         chunk = []
                 if chunk:
-                    results.put((_FRAMES, number, chunk))
-                results.put((_DONE, number, TrackEnd(source.fps, source.stream, crop_counts(source))))
+                    _send(results, (_FRAMES, number, chunk))
+                _send(results, (_DONE, number, TrackEnd(source.fps, source.stream, crop_counts(source))))
         except (VideoError, OSError) as e:
-            results.put((_FAILED, number, str(e)))
+            _send(results, (_FAILED, number, str(e)))
         except Exception as e:  # noqa: BLE001 - the parent reports it for this track and goes on with the others
             if type(e).__module__.split(".")[0] != "tensorflow":  # a file system error says enough in one line
                 traceback.print_exc(file=sys.stderr)
-            results.put((_FAILED, number, f"{type(e).__name__}: {e}"))
+            _send(results, (_FAILED, number, f"{type(e).__name__}: {e}"))
     if filesystems.tfio_used():  # tensorflow-io's s3:// aborts at interpreter exit: leave once the results are out.
         results.close()
         results.join_thread()
