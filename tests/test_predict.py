@@ -822,6 +822,33 @@ def test_a_truncated_video_is_warned_and_counted_and_a_video_named_twice_is_pred
     assert err.count("is the same video as") == 2
 
 
+def test_a_run_interrupted_part_way_leaves_the_names_it_did_not_write_free(trained, tmp_path, monkeypatch):
+    # Ctrl-C during the second video: before, the names the run listed as its own before writing anything (so that a
+    # run killed part-way leaves its files the tool's) stayed listed for the videos it never wrote, and a file of the
+    # user's put there afterwards under one of them was replaced by the next run without a word.
+    folder = tmp_path / "videos"
+    for name in ("a", "b"):
+        vf.write_face_video(folder / f"{name}.avi", [4] * 4)
+    out = tmp_path / "pred"
+    real = predict.predict_video
+
+    def interrupted(crops, stem, *args, **kwargs):
+        if stem == "b":
+            raise KeyboardInterrupt
+        return real(crops, stem, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "predict_video", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(["--model", trained["export"], "--videos", str(folder), "--output", str(out)])
+    monkeypatch.setattr(predict, "predict_video", real)
+    assert (out / "a.csv").exists() and not (out / "b.csv").exists()
+    (out / "b.csv").write_text("my own table")
+    assert run_predict(["--model", trained["export"], "--videos", str(folder), "--output", str(out)]) == 2
+    assert (out / "b.csv").read_text() == "my own table"
+    (out / "b.csv").unlink()  # The files the interrupted run wrote stay the tool's: the next run replaces them.
+    assert run_predict(["--model", trained["export"], "--videos", str(folder), "--output", str(out)]) == 0
+
+
 def test_annotations_score_only_the_predictions_of_this_run(trained, tmp_path):
     first, second = trained["validation_videos"][:2]
     stem = lambda video: video.rsplit("/", 1)[-1].rsplit(".", 1)[0]  # noqa: E731

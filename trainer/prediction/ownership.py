@@ -17,6 +17,7 @@ Example::
     ledger.record(planned)         # before the first file is written: a run killed part-way leaves its files owned
     ...                            # the run writes its files
     ledger.finish(planned)         # each file written listed with its size and time; those not written leave it
+                                   # (also when the run stops part-way: Ctrl-C, an error)
 """
 
 from __future__ import annotations

@@ -236,80 +236,89 @@ def predict(args) -> int:
           f"{'per frame' if is_per_frame(model_info) else 'seq_len'} {window}) on {device} ({why}); {stage}",
           file=sys.stderr, flush=True)
     ledger.record(planned)
-    progress = Progress(len(tracks), args.progress_every)
-    done, failed = {}, {}
+    try:
+        progress = Progress(len(tracks), args.progress_every)
+        done, failed = {}, {}
 
-    def fail(number: int, error: str) -> None:
-        track = tracks[number]
-        # The reader's errors start with the path it read (this video, or a remote one's local copy): said once.
-        head, colon, rest = error.partition(": ")
-        if colon and (head == track.video or os.path.basename(head).startswith(LOCAL_COPY_PREFIX)):
-            error = rest
-        print(f"[predict] error: {track.video}: {error} (skipped)", file=sys.stderr, flush=True)
-        failed[number] = {"video": track.video, "stem": track.stem, "error": error}
+        def fail(number: int, error: str) -> None:
+            track = tracks[number]
+            # The reader's errors start with the path it read (this video, or a remote one's local copy): said once.
+            head, colon, rest = error.partition(": ")
+            if colon and (head == track.video or os.path.basename(head).startswith(LOCAL_COPY_PREFIX)):
+                error = rest
+            print(f"[predict] error: {track.video}: {error} (skipped)", file=sys.stderr, flush=True)
+            failed[number] = {"video": track.video, "stem": track.stem, "error": error}
 
-    def finish(number: int, raw, counts: dict, seconds: float, local: str | None = None) -> None:
-        track = tracks[number]
-        if local is None:  # --workers: the video was read in a worker; only a render reads it again, here
-            with local_video(track.video) if args.render else contextlib.nullcontext(track.video) as video:
-                written = _write_outputs(args, video, raw)
-        else:
-            written = _write_outputs(args, local, raw)
-        done[number] = {"video": track.video, "stem": track.stem, "frames": raw.num_frames,
-                        "frames_with_face": int(raw.has_face.sum()), "frames_not_decoded": int((~raw.decoded).sum()),
-                        "fps": _average_fps(raw), **_stream_fields(track.video, raw.stream),
-                        "seconds": round(seconds, 3), **counts, **written}
-        print(f"[predict] {track.stem}: {raw.num_frames} frames, face in {int(raw.has_face.sum())} -> "
-              f"{written['csv']}", flush=True)
+        def finish(number: int, raw, counts: dict, seconds: float, local: str | None = None) -> None:
+            track = tracks[number]
+            if local is None:  # --workers: the video was read in a worker; only a render reads it again, here
+                with local_video(track.video) if args.render else contextlib.nullcontext(track.video) as video:
+                    written = _write_outputs(args, video, raw)
+            else:
+                written = _write_outputs(args, local, raw)
+            done[number] = {"video": track.video, "stem": track.stem, "frames": raw.num_frames,
+                            "frames_with_face": int(raw.has_face.sum()),
+                            "frames_not_decoded": int((~raw.decoded).sum()),
+                            "fps": _average_fps(raw), **_stream_fields(track.video, raw.stream),
+                            "seconds": round(seconds, 3), **counts, **written}
+            print(f"[predict] {track.stem}: {raw.num_frames} frames, face in {int(raw.has_face.sum())} -> "
+                  f"{written['csv']}", flush=True)
 
-    if args.workers > 1:
-        from trainer.prediction.parallel import predict_tracks
+        if args.workers > 1:
+            from trainer.prediction.parallel import predict_tracks
 
-        def finish_parallel(number: int, raw, end, seconds: float) -> None:
-            try:
-                finish(number, raw, end.counts, seconds)
-            except track_errors() as e:
-                fail(number, str(e))
-
-        predict_tracks(tracks, served, predictor, model_info["label_names"], args.workers, progress,
-                       on_track=finish_parallel, on_failure=fail)
-    else:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            for number, track in enumerate(tracks):
-                progress.start_video(number + 1, posixpath.basename(track.video))
-                started = time.monotonic()
+            def finish_parallel(number: int, raw, end, seconds: float) -> None:
                 try:
-                    with local_video(track.video) as local:
-                        frames = crop_source(track, local, served)
-                        raw = predict_video(frames, track.stem, predictor, model_info["label_names"], pool, progress)
-                        finish(number, raw, crop_counts(frames), time.monotonic() - started, local)
+                    finish(number, raw, end.counts, seconds)
                 except track_errors() as e:
                     fail(number, str(e))
-                    continue
-                progress.end_video()
-    done, failed = [done[n] for n in sorted(done)], [failed[n] for n in sorted(failed)]
-    summary = {"model": model_dir, "crops": crops, "face_stage": served.face_stage.to_dict(), "side": args.side,
-               "cropped_aligned": args.cropped_aligned, "no_face": args.no_face, "smooth": args.smooth,
-               "seq_len": window, "per_frame": is_per_frame(model_info), "workers": args.workers,
-               "runtime": {"name": runtime, "why": why}, "videos": done,
-               "failed": failed,
-               "truncated_videos": sum(v["truncated"] for v in done),
-               "variable_frame_rate_videos": sum(v["variable_frame_rate"] for v in done), "duplicates": duplicates,
-               "notes": notes}
-    scoring_failed = False
-    if args.annotations:  # This run's predictions only: files an earlier run left in OUT are not scored.
-        try:
-            scores = scoring.score_predictions(args.output, args.annotations, args.score_split,
-                                               stems={v["stem"] for v in done}, annotated=annotated)
-        except (ValueError, preds_lib.PredictionFileError) as e:  # (every video failed): the summary is written anyway
-            scoring_failed = True
-            summary["scores_error"] = str(e)
-            print(f"[predict] error: scoring against {args.annotations}: {e}", file=sys.stderr, flush=True)
+
+            predict_tracks(tracks, served, predictor, model_info["label_names"], args.workers, progress,
+                           on_track=finish_parallel, on_failure=fail)
         else:
-            summary["scores"] = scoring.write_scores(args.output, scores)
-            print(f"scores against {args.annotations} [{args.score_split}] -> {summary['scores']}\n"
-                  f"{scoring.format_scores(scores)}", flush=True)
-    path = write_atomically(join_path(args.output, SUMMARY_FILENAME), json.dumps(summary, indent=2) + "\n")
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                for number, track in enumerate(tracks):
+                    progress.start_video(number + 1, posixpath.basename(track.video))
+                    started = time.monotonic()
+                    try:
+                        with local_video(track.video) as local:
+                            frames = crop_source(track, local, served)
+                            raw = predict_video(frames, track.stem, predictor, model_info["label_names"], pool,
+                                                progress)
+                            finish(number, raw, crop_counts(frames), time.monotonic() - started, local)
+                    except track_errors() as e:
+                        fail(number, str(e))
+                        continue
+                    progress.end_video()
+        done, failed = [done[n] for n in sorted(done)], [failed[n] for n in sorted(failed)]
+        summary = {"model": model_dir, "crops": crops, "face_stage": served.face_stage.to_dict(), "side": args.side,
+                   "cropped_aligned": args.cropped_aligned, "no_face": args.no_face, "smooth": args.smooth,
+                   "seq_len": window, "per_frame": is_per_frame(model_info), "workers": args.workers,
+                   "runtime": {"name": runtime, "why": why}, "videos": done,
+                   "failed": failed,
+                   "truncated_videos": sum(v["truncated"] for v in done),
+                   "variable_frame_rate_videos": sum(v["variable_frame_rate"] for v in done), "duplicates": duplicates,
+                   "notes": notes}
+        scoring_failed = False
+        if args.annotations:  # This run's predictions only: files an earlier run left in OUT are not scored.
+            try:
+                scores = scoring.score_predictions(args.output, args.annotations, args.score_split,
+                                                   stems={v["stem"] for v in done}, annotated=annotated)
+            except (ValueError, preds_lib.PredictionFileError) as e:
+                # (Every video failed): the summary is written anyway.
+                scoring_failed = True
+                summary["scores_error"] = str(e)
+                print(f"[predict] error: scoring against {args.annotations}: {e}", file=sys.stderr, flush=True)
+            else:
+                summary["scores"] = scoring.write_scores(args.output, scores)
+                print(f"scores against {args.annotations} [{args.score_split}] -> {summary['scores']}\n"
+                      f"{scoring.format_scores(scores)}", flush=True)
+        path = write_atomically(join_path(args.output, SUMMARY_FILENAME), json.dumps(summary, indent=2) + "\n")
+    except BaseException:
+        # Ctrl-C, a worker process that died: the names this run did not write leave the list (a file of the user's put
+        # there later under one of them was replaced by the next run without a word); those it wrote stay the tool's.
+        ledger.finish(planned)
+        raise
     ledger.finish(planned)  # What was written, with its size and time: a failed video's names are free again.
     seconds = time.monotonic() - progress.started
     note = "" if crops["matches_training"] else (f"; the crops ({crops['source']}) differ from the model's training "
