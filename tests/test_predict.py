@@ -123,6 +123,20 @@ def test_abaw_files_have_the_header_and_exactly_one_line_per_frame(tmp_path):
     assert names == ["valence", "arousal"] and values.shape == (23, 2) and values.max() <= 1.0
 
 
+def test_a_video_named_near_the_file_name_limit_gets_its_files(tmp_path):
+    # A file name of 240 bytes (a video's "<stem>.mp4", legal on every file system) gives "<stem>.csv": legal too. Before,
+    # each file was written under a temporary name 47 bytes longer, past the 255 bytes a name may have: the video was
+    # decoded and predicted, then failed with "File name too long".
+    stem = "v" * 120 + "\u00e9" * 58  # (é: two bytes in UTF-8, the file system's count.)
+    assert len(f"{stem}.csv".encode()) == 240
+    preds = make_predictions(3, stem=stem)
+    P.write_csv(str(tmp_path / f"{stem}.csv"), preds)
+    P.write_submission(str(tmp_path), preds)
+    assert len(read_rows(tmp_path / f"{stem}.csv")) == 3
+    assert len((tmp_path / "EXPR" / f"{stem}.txt").read_text().splitlines()) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{stem}.csv", "AU", "EXPR", "VA"])
+
+
 def test_csv_has_one_row_per_frame_and_only_the_columns_of_the_model_heads(tmp_path):
     has_face = np.array([True, False, True, True, False])
     preds = make_predictions(5, heads=(HEAD_EXPRESSION,), has_face=has_face)

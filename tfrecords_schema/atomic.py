@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from tfrecords_schema import storage
 
 INCOMPLETE_MARK = ".incomplete-"  # Part of every temporary name; a leftover one is recognisable.
+NAME_MAX = 255  # Bytes a file name may have (ext4, XFS, APFS and most others).
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -32,9 +33,18 @@ def _split(path: str) -> tuple[str, str]:
 
 
 def temporary_name(path: str) -> str:
-    """A fresh temporary path next to ``path`` (same folder, so the rename stays on one file system)."""
+    """A fresh temporary path next to ``path`` (same folder, so the rename stays on one file system).
+
+    A name too long to take the temporary marks within :data:`NAME_MAX` bytes is cut (a whole UTF-8 character at a
+    time) in the temporary name: before, a legal name near the limit (a prediction file named after a long video name)
+    could not be written at all. (Such a leftover is not recognised by its name's start, as a shorter one is.)
+    """
     folder, name = _split(path)
-    tmp = f".{name}{INCOMPLETE_MARK}{uuid.uuid4().hex}"
+    marks = f"{INCOMPLETE_MARK}{uuid.uuid4().hex}"
+    room = NAME_MAX - 1 - len(marks)  # (The leading dot; the marks are ASCII.)
+    if len(name.encode("utf-8")) > room:
+        name = name.encode("utf-8")[:room].decode("utf-8", "ignore")
+    tmp = f".{name}{marks}"
     return posixpath.join(folder, tmp) if storage.is_url(path) else os.path.join(folder, tmp)
 
 
