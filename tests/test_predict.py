@@ -322,6 +322,28 @@ def test_a_folder_that_cannot_be_listed_is_an_error_not_a_silent_gap(tmp_path, m
         videos.list_videos([str(root)])
 
 
+def test_a_folder_search_leaves_out_the_videos_an_earlier_run_rendered(tmp_path):
+    # predict --render into V/preds, then predict --videos V into another folder: before, V/preds/a.mp4 (a copy of
+    # V/a.mp4 with the predictions drawn on) was taken for a second video named a, and the run was refused ("share an
+    # output name ... predict them into different --output folders", which would not help); a render without a
+    # namesake was predicted as a video. The conversion's folder scan leaves them out by the folder's file list.
+    from tfrecords_schema.prediction_files import ledger_text
+
+    root = tmp_path / "v"
+    (root / "preds").mkdir(parents=True)
+    for name in ("a.mp4", "preds/a.mp4", "preds/b.mp4", "preds/mine.mp4"):
+        (root / name).write_bytes(b"listing only")
+    (root / "preds" / ownership.LEDGER_FILENAME).write_text(ledger_text(["a.csv", "a.mp4", "b.mp4", "EXPR/a.txt"]))
+    for url in ("", "file://"):  # (The local search, and the URL one of gs:// and s3://.)
+        notes: list[str] = []
+        found = videos.list_videos([f"{url}{root}"], output=str(tmp_path / "other"), notes=notes)
+        assert found == [f"{url}{root}/a.mp4", f"{url}{root}/preds/mine.mp4"]  # (mine.mp4: the user's, kept.)
+        assert notes == [f"2 video(s) in {url}{root}/preds that affectstream predict --render wrote left out (its "
+                         f"{ownership.LEDGER_FILENAME} lists them): a.mp4, b.mp4"]
+    # Named as a file, a render is predicted as asked.
+    assert videos.list_videos([str(root / "preds" / "b.mp4")]) == [str(root / "preds" / "b.mp4")]
+
+
 def test_a_url_folder_search_leaves_out_an_output_folder_below_it_only(tmp_path):
     # file:// goes through the URL search (tf.io.gfile), as gs:// and s3:// do.
     root = tmp_path / "v"

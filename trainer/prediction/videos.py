@@ -88,7 +88,7 @@ def _remote_files(root: str, output: str | None, notes: list[str]) -> list[str]:
             if _same_file_key(folder) == _same_file_key(skip):
                 notes.append(f"{folder} is the --output folder: not searched for videos")
             continue
-        found += (posixpath.join(folder, name) for name in names)
+        found += (posixpath.join(folder, name) for name in _without_renders(folder, names, notes))
     return sorted(found)
 
 
@@ -117,13 +117,38 @@ def _local_files(root: str, output: str | None, notes: list[str]) -> list[str]:
                 seen.add(key)
                 kept.append(name)
         subfolders[:] = kept  # os.walk enters only these.
-        files += (os.path.join(folder, name) for name in names)
+        files += (os.path.join(folder, name) for name in _without_renders(folder, names, notes))
     if unlisted:  # (os.walk leaves such a folder out without a word.)
         shown = "; ".join(f"{e.filename}: {e.strerror or e}" for e in unlisted[:5])
         raise PredictError(f"cannot list {len(unlisted)} folder(s) under {root}: {shown}"
                            f"{' ...' if len(unlisted) > 5 else ''}; its videos would be missing from the run: nothing "
                            "was read or written")
     return sorted(files)
+
+
+def _without_renders(folder: str, names: list[str], notes: list[str]) -> list[str]:
+    """``names`` (files of ``folder``) less the videos ``predict --render`` wrote there (the folder's file list,
+    :data:`tfrecords_schema.prediction_files.LEDGER_FILENAME`, names them), with a note: copies of source videos with
+    the predictions drawn on, which would be taken for second videos of the same names (the run refused as a clash),
+    as the conversion's folder scan leaves them out."""
+    from beam_jobs.media.video import VIDEO_EXTENSIONS
+    from tfrecords_schema import join_path, storage
+    from tfrecords_schema.prediction_files import LEDGER_FILENAME, parse_ledger
+    from trainer.common.errors import tensorflow_errors
+
+    if LEDGER_FILENAME not in names:
+        return names
+    path = join_path(folder, LEDGER_FILENAME)
+    try:
+        with storage.gfile(path).GFile(path, "rb") as f:
+            written = parse_ledger(f.read().decode("utf-8", "replace")) or {}
+    except (OSError, *tensorflow_errors()):
+        written = {}  # (Unreadable: nothing is left out, and the videos are there to be seen.)
+    renders = sorted(name for name in names if name in written and _ext(name) in VIDEO_EXTENSIONS)
+    if renders:
+        notes.append(f"{len(renders)} video(s) in {folder} that affectstream predict --render wrote left out (its "
+                     f"{LEDGER_FILENAME} lists them): {', '.join(renders[:3])}{', ...' if len(renders) > 3 else ''}")
+    return [name for name in names if name not in renders]
 
 
 def output_stems(videos: Sequence[str], side: str | None) -> list[str]:
