@@ -401,6 +401,14 @@ def test_a_render_over_its_own_video_and_an_output_that_is_a_file_are_refused_be
     (tmp_path / "file").write_text("mine", encoding="utf-8")
     assert predict.run([*argv, "--output", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+    # A link to a folder that is not there (or a link loop): before, "FileExistsError: [Errno 17] File exists" (exit 1)
+    # once the model was loaded.
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    os.symlink("loop", tmp_path / "loop")
+    for name in ("dangling", "loop"):
+        assert predict.run([*argv[:-1], "--output", str(tmp_path / name)]) == 2
+        assert f"--output {str(tmp_path / name)!r} is a symbolic link to a folder that is not there (" in \
+            capsys.readouterr().err
     # Annotations to score against that hold nothing of the split: said before any video, not after all of them.
     (tmp_path / "empty").mkdir()
     assert predict.run([*argv[:-1], "--output", str(tmp_path / "out"), "--annotations", str(tmp_path / "empty")]) == 2

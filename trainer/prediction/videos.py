@@ -280,9 +280,9 @@ def check_output_place(output: str, tracks: Sequence[Track], render: bool, searc
     renders (files of the same names are replaced, and this one is not the tool's to replace).
 
     Raises:
-        PredictUsageError: ``--output`` is a file, a local one cannot be written (a read-only file system, no
-            permission: before, every video was predicted and then failed to be written), or a render would land on
-            an input video.
+        PredictUsageError: ``--output`` is a file or a broken link, a local one cannot be written (a read-only file
+            system, no permission: before, every video was predicted and then failed to be written), or a render would
+            land on an input video.
     """
     from tfrecords_schema import join_path, storage
     from tfrecords_schema.disk_space import check_output_place as check_local_place
@@ -290,6 +290,10 @@ def check_output_place(output: str, tracks: Sequence[Track], render: bool, searc
     files = storage.gfile(output)
     if files.exists(output) and not files.isdir(output):
         raise PredictUsageError(f"--output {output!r} is a file; give a folder")
+    if not storage.is_url(output) and os.path.islink(output) and not os.path.exists(output):
+        # (Before: "File exists" from the first folder made there, once the model was loaded.)
+        raise PredictUsageError(f"--output {output!r} is a symbolic link to a folder that is not there "
+                                f"({os.readlink(output)!r}, or a loop of links); make that folder, or give another")
     # A URL gets a probe object (a bucket that does not exist failed every video, after decoding it, as the video's
     # own error).
     problem = storage.url_write_problem(output) if storage.is_url(output) else check_local_place(output).problem
