@@ -202,7 +202,8 @@ def plot(results: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    beside = len(results) > 7  # (a long legend inside the axes hides curves)
+    fig, ax = plt.subplots(figsize=(10, 4.2) if beside else (7, 4.2))
     for r in results:
         steps = [int(s) for s in r["curve"]]
         if r.get("features_from"):  # a head on a pretrained model's features: its curve over its own steps
@@ -218,7 +219,10 @@ def plot(results: list[dict], path: str) -> None:
     ax.set_ylabel(f"macro-F1: curves on {', '.join(splits)},\ntwo-stage points on validation", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title("Demo dataset, 8 expression classes (chance ~0.125)")
-    ax.legend(fontsize=7, loc="lower right")
+    if beside:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
