@@ -264,3 +264,52 @@ def test_a_crop_size_that_differs_says_how_to_make_them_agree():
     model_info = {"heads": ["expression"], "label_names": {"expression": ["A", "B"]}, "crop_size": 64}
     with pytest.raises(EvaluationError, match="64 != data crop size 32: convert with --crop_size 64"):
         check_model_fits_data(model_info, info, "DATA")
+
+
+def test_a_split_where_no_frame_is_scored_is_refused_not_reported_as_a_score(converted, exported, tmp_path, capsys):
+    # Every validation record skipped as corrupt: evaluate printed "expression: not scored (no frame of this split is
+    # labelled for it)" and "score ... 0.0000", wrote metrics.json with macro-F1 0.0 and exited 0.
+    out, info = converted
+    data = tmp_path / "data"
+    shutil.copytree(out, data)
+    for shard in info.splits[SPLIT_VALIDATION].shards:
+        corrupt_shard(str(data / shard.path), offset=0)
+    report_dir = tmp_path / "report"
+    assert evaluate.run(["--model", str(exported / "export"), "--data", str(data), "--skip_corrupt",
+                         "--report_dir", str(report_dir)]) == 1
+    err = capsys.readouterr().err
+    labelled = info.splits[SPLIT_VALIDATION].accounting.labelled_frames
+    assert f"no frame of split 'validation' of {data} was scored" in err
+    assert f"0 of {labelled} labelled frames scored" in err and f"skipped_as_corrupt {labelled}" in err
+    assert not (report_dir / "metrics.json").exists()
+
+
+def test_a_model_on_a_split_without_labels_of_its_task_is_refused(tmp_path, capsys):
+    # The data labels valence/arousal (in train) but its validation split has expression labels only: a VA model was
+    # "scored" on 0 frames, with CCC 0.0 in metrics.json and exit status 0.
+    from trainer_data import write_dataset
+
+    both = write_dataset(tmp_path / "data", num_clips_per_class={"A": 1, "B": 1}, clip_length=4, crop_size=16,
+                         tasks=("expr", "va"), invalid_fraction=0.0)
+    expr = write_dataset(tmp_path / "expr", num_clips_per_class={"A": 1, "B": 1}, clip_length=4, crop_size=16,
+                         tasks=("expr",), invalid_fraction=0.0)
+    shutil.rmtree(tmp_path / "data" / SPLIT_VALIDATION)
+    shutil.copytree(tmp_path / "expr" / SPLIT_VALIDATION, tmp_path / "data" / SPLIT_VALIDATION)
+    info_path = tmp_path / "data" / "dataset_info.json"
+    raw = json.loads(info_path.read_text())
+    raw["splits"][SPLIT_VALIDATION] = json.loads((tmp_path / "expr" / "dataset_info.json").read_text())["splits"][
+        SPLIT_VALIDATION]
+    info_path.write_text(json.dumps(raw))
+    config = TrainConfig(data=str(tmp_path / "data"), job_dir=str(tmp_path / "job"), task="va", seq_len=4,
+                         cnn_width=0.125, feature_dim=8, rnn_units=[8])
+    heads = heads_for_task(both, config.task)
+    export_model(build_model(model_spec_for(config, both, heads)), str(tmp_path / "job" / "export"),
+                 model_info_payload(config, both, heads, best_epoch=0, best_score=0.0, selected_on=SPLIT_VALIDATION))
+    report_dir = tmp_path / "report"
+    assert evaluate.run(["--model", str(tmp_path / "job"), "--data", str(tmp_path / "data"), "--report_dir",
+                         str(report_dir)]) == 1
+    err = capsys.readouterr().err
+    written = expr.splits[SPLIT_VALIDATION].accounting.written_frames
+    assert "no frame of split 'validation'" in err and "for valence_arousal" in err
+    assert f"not_for_this_model {written}" in err
+    assert not (report_dir / "metrics.json").exists()

@@ -30,7 +30,7 @@ from tfrecords_schema import filesystems, join_path
 from tfrecords_schema.cli import add_verbose_flag, command_prog
 from trainer.common import errors
 from trainer.evaluation.collect import collect_predictions
-from trainer.evaluation.coverage import split_coverage
+from trainer.evaluation.coverage import format_coverage, split_coverage
 from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, read_model_info, resolve_model_dir, serving_window
 
 log = logging.getLogger("trainer.evaluation.evaluate")
@@ -176,14 +176,19 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
                            batch_size=batch_size, skipped=skipped)
     va_density = plots.VADensity()
     predictions = collect_predictions(model, ds, heads, info, observers=[va_density])
+    coverage = split_coverage(info, split, predictions.scored_frames, predictions.labelled_frames_read,
+                              skipped.total if skipped else 0)
+    if not predictions.scored_frames:
+        # Every head's figures would be 0 by convention (and the score 0.0): a metrics.json of nothing.
+        raise EvaluationError(f"no frame of split {split!r} of {data_dir} was scored for {', '.join(heads)}: "
+                              f"{format_coverage(coverage, split)}; no report written")
     result = predictions.result()
     result.update({"split": split, "model": model_dir, "best_epoch": model_info.get("best_epoch"),
                    **({"heads_not_scored": unscored} if unscored else {}),
                    # {option: {"model": x, "data": y}}; {}: the crops scored are the ones predict serves.
                    **({} if differs is None else {"face_stage_differs": differs}),
                    "selected_on": model_info.get("selected_on"),
-                   "coverage": split_coverage(info, split, predictions.scored_frames,
-                                              predictions.labelled_frames_read, skipped.total if skipped else 0)})
+                   "coverage": coverage})
     if skipped is not None:
         result["skipped_corrupt_records"] = skipped.total
     context = reports.ReportContext(info.name, split, reports.model_label(model.name, model_dir),
