@@ -313,3 +313,17 @@ def test_a_model_on_a_split_without_labels_of_its_task_is_refused(tmp_path, caps
     assert "no frame of split 'validation'" in err and "for valence_arousal" in err
     assert f"not_for_this_model {written}" in err
     assert not (report_dir / "metrics.json").exists()
+
+
+def test_a_job_interrupted_before_its_export_says_how_to_finish_it(converted, exported, tmp_path, capsys):
+    # A killed training job: checkpoints, no export. evaluate said "--model JOB holds no model_info.json: pass the
+    # export/ directory of a training job (or the job dir)", though JOB was the job dir.
+    out, _ = converted
+    job = tmp_path / "job"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-3"\n')
+    (job / "train_config.json").write_text("{}")
+    assert evaluate.run(["--model", str(job), "--data", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{job} is a training job that has not exported a model yet" in err
+    assert f"affectstream train --job_dir {job}" in err and "resumes from its last checkpoint" in err
