@@ -383,6 +383,9 @@ def verify(data_dir: str, info: DatasetInfo, recounts: dict[str, Recount] | None
         if sum(x.num_records for x in s.shards) != s.num_clips:
             problems.append(f"{split}: shards list {sum(x.num_records for x in s.shards)} records, "
                             f"num_clips says {s.num_clips}")
+        if sum(x.num_frames for x in s.shards) != s.num_frames:
+            problems.append(f"{split}: shards list {sum(x.num_frames for x in s.shards)} frames, "
+                            f"num_frames says {s.num_frames}")
         a = s.accounting
         if not a.is_balanced():
             problems.append(f"{split}: accounting does not add up")

@@ -253,3 +253,12 @@ def test_an_output_without_dead_letters_names_no_file_for_them(copy):
     _edit_info(copy, lambda raw: raw.update(failures={"dead_letters": 0, "by_reason": {}, "files": []}))
     rc, out, _ = _run(inspect_dataset.run, [copy])
     assert rc == 0 and "failures: 0 dead letters {}\n" in out  # (It read "... {} in " and named nothing.)
+
+
+def test_verify_catches_a_split_whose_frame_count_disagrees_with_its_shards(copy):
+    # num_frames of a split is what the summary prints ("[train] 2 clips, 6 frames"); edited to 11, --verify said
+    # "OK, 3 shards, 4 records and 16 frames match dataset_info" while the shards hold 11.
+    _edit_info(copy, lambda raw: raw["splits"]["train"].update(num_frames=raw["splits"]["train"]["num_frames"] + 5))
+    rc, out, err = _run(inspect_dataset.run, [copy, "--verify"])
+    assert rc == 1, out
+    assert "train: shards list 6 frames, num_frames says 11" in err
