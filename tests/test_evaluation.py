@@ -327,3 +327,19 @@ def test_a_job_interrupted_before_its_export_says_how_to_finish_it(converted, ex
     err = capsys.readouterr().err
     assert f"{job} is a training job that has not exported a model yet" in err
     assert f"affectstream train --job_dir {job}" in err and "resumes from its last checkpoint" in err
+
+
+def test_a_report_folder_that_cannot_be_written_is_refused_before_the_split_is_scored(converted, exported, tmp_path,
+                                                                                    capsys, monkeypatch):
+    # --report_dir under a file: the whole split was scored, then "error: NotADirectoryError: [Errno 20] Not a
+    # directory" (a file as --report_dir: "FileExistsError: [Errno 17] File exists").
+    def scored(*args, **kwargs):
+        raise AssertionError("the split was scored")
+
+    monkeypatch.setattr(evaluate, "collect_predictions", scored)
+    out, _ = converted
+    taken = tmp_path / "metrics_here"
+    taken.write_text("not a folder")
+    assert evaluate.run(["--model", str(exported / "export"), "--data", str(out), "--report_dir",
+                         str(taken / "validation")]) == 1
+    assert f"the reports cannot be written to {taken / 'validation'}: {taken} is not a folder" in capsys.readouterr().err

@@ -139,6 +139,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     import keras
 
     from tfrecords_schema import read_dataset_info, storage
+    from tfrecords_schema.disk_space import check_output_place
     from trainer.evaluation import plots, reports
     from trainer.input.pipeline import make_eval_dataset
     from trainer.input.records import SkippedRecords
@@ -152,10 +153,11 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
         raise EvaluationError(f"--split {split!r} is not in {data_dir}; splits there: {sorted(info.splits)}")
     heads = check_model_fits_data(model_info, info, data_dir)
     report_dir = report_dir or default_report_dir(model_dir, split)
-    if storage.is_url(report_dir):  # Before the split is scored: a bucket that does not exist failed only at the end.
-        problem = storage.url_write_problem(report_dir)
-        if problem:
-            raise EvaluationError(f"the reports cannot be written to {report_dir}: {problem}")
+    # Before the split is scored: a bucket that does not exist, or a local folder under a file, failed only at the end.
+    problem = (storage.url_write_problem(report_dir) if storage.is_url(report_dir)
+               else check_output_place(report_dir).problem)
+    if problem:
+        raise EvaluationError(f"the reports cannot be written to {report_dir}: {problem}")
     unscored = [head for head in model_info["heads"] if head not in heads]
     if unscored:
         print(f"note: {data_dir} has no {', '.join(unscored)} labels: the model is scored on {', '.join(heads)}",
