@@ -398,6 +398,24 @@ def verify(data_dir: str, info: DatasetInfo, recounts: dict[str, Recount] | None
             problems.append(f"{split}: the shards hold {total.with_face} labelled frames with a face and "
                             f"{total.without_face} without; the accounting says {a.written_frames_with_face} and "
                             f"{a.written_frames_without_face}")
+    problems += _unlisted_split_shards(data_dir, info)
+    return problems
+
+
+def _unlisted_split_shards(data_dir: str, info: DatasetInfo) -> list[str]:
+    """Shard files in a folder of ``data_dir`` that is not one of the info's splits (copied in by hand)."""
+    import tensorflow as tf
+
+    problems = []
+    for entry in sorted(tf.io.gfile.listdir(data_dir)):
+        name = entry.rstrip("/")
+        folder = join_path(data_dir, name)
+        if name.startswith(".") or name in info.splits or not tf.io.gfile.isdir(folder):
+            continue
+        for shard in sorted(tf.io.gfile.listdir(folder)):
+            if ".tfrecord" in shard:
+                problems.append(f"{name}/{shard.rstrip('/')}: shard file not listed in dataset_info (it has no split "
+                                f"{name!r})")
     return problems
 
 

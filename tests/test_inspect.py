@@ -262,3 +262,14 @@ def test_verify_catches_a_split_whose_frame_count_disagrees_with_its_shards(copy
     rc, out, err = _run(inspect_dataset.run, [copy, "--verify"])
     assert rc == 1, out
     assert "train: shards list 6 frames, num_frames says 11" in err
+
+
+def test_verify_catches_shards_of_a_split_that_dataset_info_does_not_list(copy):
+    # Shards copied by hand into a new split folder: --verify said OK (only the listed splits' folders were looked at),
+    # and `evaluate --split test` then said the split does not exist.
+    shard = _a_shard(copy)
+    (copy / "test").mkdir()
+    shutil.copy(shard, copy / "test" / "abaw-test.tfrecord-00000-of-00001")
+    rc, _, err = _run(inspect_dataset.run, [copy, "--verify"])
+    assert rc == 1
+    assert "test/abaw-test.tfrecord-00000-of-00001: shard file not listed in dataset_info (it has no split 'test')" in err
