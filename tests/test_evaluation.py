@@ -343,3 +343,27 @@ def test_a_report_folder_that_cannot_be_written_is_refused_before_the_split_is_s
     assert evaluate.run(["--model", str(exported / "export"), "--data", str(out), "--report_dir",
                          str(taken / "validation")]) == 1
     assert f"the reports cannot be written to {taken / 'validation'}: {taken} is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit", ["empty", "no_task", "no_seq_len", "heads_not_a_list"])
+def test_a_model_info_without_the_fields_evaluate_needs_is_refused_with_its_name(converted, exported, tmp_path, capsys,
+                                                                                  edit):
+    # A hand-edited or foreign model_info.json ended in a raw traceback: KeyError: 'heads' / KeyError: 'task'.
+    out, _ = converted
+    export = tmp_path / "export"
+    shutil.copytree(exported / "export", export)
+    path = export / "model_info.json"
+    model_info = json.loads(path.read_text())
+    if edit == "empty":
+        model_info = {}
+    elif edit == "no_task":
+        del model_info["task"]
+    elif edit == "no_seq_len":
+        del model_info["seq_len"]
+    else:
+        model_info["heads"] = "expression"
+    path.write_text(json.dumps(model_info))
+    assert evaluate.run(["--model", str(export), "--data", str(out), "--report_dir", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: ExportError: {path} " in err and "export the model again" in err
+    assert "Traceback" not in err

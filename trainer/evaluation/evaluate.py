@@ -31,7 +31,15 @@ from tfrecords_schema.cli import add_verbose_flag, command_prog
 from trainer.common import errors
 from trainer.evaluation.collect import collect_predictions
 from trainer.evaluation.coverage import format_coverage, split_coverage
-from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, read_model_info, resolve_model_dir, serving_window
+from trainer.model.export import (
+    MODEL_FILENAME,
+    MODEL_INFO_FILENAME,
+    ExportError,
+    is_per_frame,
+    read_model_info,
+    resolve_model_dir,
+    serving_window,
+)
 
 log = logging.getLogger("trainer.evaluation.evaluate")
 
@@ -51,6 +59,29 @@ def default_report_dir(model_dir: str, split: str) -> str:
     else:
         parent, name = os.path.split(os.path.abspath(model_dir))
     return join_path(parent, "evaluation", *([] if name == EXPORT_DIRNAME else [name]), split)
+
+
+def check_model_info_fields(model_info: dict, model_dir: str) -> None:
+    """The fields of ``model_info.json`` that evaluate reads: ``task``, ``heads``, ``label_names``, ``crop_size`` and
+    (unless the model is per-frame) ``seq_len``.
+
+    Raises:
+        ExportError: naming the file and each missing or malformed field.
+    """
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    checks = {"task": lambda v: isinstance(v, str),
+              "heads": lambda v: isinstance(v, list) and bool(v) and all(isinstance(h, str) for h in v),
+              "label_names": lambda v: isinstance(v, dict) and all(isinstance(n, list) for n in v.values()),
+              "crop_size": is_int}
+    if not is_per_frame(model_info):
+        checks["seq_len"] = is_int
+    bad = [name + ("" if name in model_info else " (missing)") for name, ok in checks.items()
+           if not (name in model_info and ok(model_info[name]))]
+    if bad:
+        raise ExportError(f"{join_path(model_dir, MODEL_INFO_FILENAME)} lacks or garbles {', '.join(bad)}: not an "
+                          "export of this tool, or edited since; export the model again")
 
 
 def check_model_fits_data(model_info: dict, info, data_dir: str) -> list[str]:
@@ -148,6 +179,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
 
     model_dir = resolve_model_dir(model_dir)
     model_info = read_model_info(model_dir)
+    check_model_info_fields(model_info, model_dir)
     info = read_dataset_info(data_dir)
     if split not in info.splits:
         raise EvaluationError(f"--split {split!r} is not in {data_dir}; splits there: {sorted(info.splits)}")
