@@ -367,3 +367,23 @@ def test_a_model_info_without_the_fields_evaluate_needs_is_refused_with_its_name
     err = capsys.readouterr().err
     assert f"error: ExportError: {path} " in err and "export the model again" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_model_file_is_named_as_such(converted, exported, tmp_path, capsys, damage):
+    # A truncated model.keras was reported with Keras's "File not found: filepath=.../model.keras" though it was there.
+    out, _ = converted
+    export = tmp_path / "export"
+    shutil.copytree(exported / "export", export)
+    model = export / "model.keras"
+    if damage == "truncated":
+        model.write_bytes(model.read_bytes()[:3000])
+    else:
+        model.unlink()
+    assert evaluate.run(["--model", str(export), "--data", str(out), "--report_dir", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    if damage == "truncated":
+        assert f"{model} cannot be loaded: not a complete .keras archive (truncated or corrupt?)" in err
+        assert "File not found" not in err
+    else:
+        assert f"{model} not found: the export is incomplete" in err

@@ -84,6 +84,30 @@ def check_model_info_fields(model_info: dict, model_dir: str) -> None:
                           "export of this tool, or edited since; export the model again")
 
 
+def load_export_model(model_path: str):
+    """The export's ``model.keras`` (compile=False).
+
+    Raises:
+        ExportError: the file is missing, or is not a whole ``.keras`` archive (Keras says "File not found" of both).
+    """
+    import zipfile
+
+    import keras
+
+    from tfrecords_schema import storage
+
+    files = storage.gfile(model_path)
+    if not files.exists(model_path):
+        raise ExportError(f"{model_path} not found: the export is incomplete (its {MODEL_INFO_FILENAME} is there); "
+                          "export the model again")
+    with files.GFile(model_path, "rb") as f:
+        whole = zipfile.is_zipfile(f)
+    if not whole:
+        raise ExportError(f"{model_path} cannot be loaded: not a complete .keras archive (truncated or corrupt?); copy "
+                          "or export the model again")
+    return keras.saving.load_model(model_path, compile=False)
+
+
 def check_model_fits_data(model_info: dict, info, data_dir: str) -> list[str]:
     """The model's heads the data labels, which are scored (a multi-task model on a conversion of some of its tasks
     is scored on those).
@@ -167,8 +191,6 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     Writes ``metrics.json``, ``per_video.csv`` and the pictures of the model's heads to ``report_dir``, by
     default :func:`default_report_dir`. Returns the metrics.
     """
-    import keras
-
     from tfrecords_schema import read_dataset_info, storage
     from tfrecords_schema.disk_space import check_output_place
     from trainer.evaluation import plots, reports
@@ -203,7 +225,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, report_dir: str | None, 
     elif differs:
         print(face_stage_warning(differs, model_info, model_dir, data_dir), file=sys.stderr, flush=True)
     model_path = join_path(model_dir, MODEL_FILENAME)
-    model = keras.saving.load_model(model_path, compile=False)
+    model = load_export_model(model_path)
     check_model_outputs(model, model_info, model_path)
     skipped = SkippedRecords() if skip_corrupt else None
     ds = make_eval_dataset(data_dir, info, split=split, task=model_info["task"], seq_len=serving_window(model_info),
