@@ -34,7 +34,7 @@ from tfrecords_schema import (
     read_dataset_info,
 )
 from tfrecords_schema.buckets import BUCKET_BY_TASKS, BUCKET_BY_VA_GRID, NO_VA, VA_GRID, composite_tasks, va_cell_names
-from tfrecords_schema.cli import add_verbose_flag, command_prog
+from tfrecords_schema.cli import add_verbose_flag, command_prog, tidy_tf_message
 from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME, MEDIA_KEY
 from tfrecords_schema.filesystems import exit_hard_if_needed, register_filesystems
 from tfrecords_schema.image_codec import CODEC_RAW, crop_shape
@@ -340,7 +340,8 @@ def _check_shard_file(data_dir: str, info: DatasetInfo, shard) -> tuple[list[str
     try:
         counted = recount_shard(path, len(info.expression_names))
     except (tf.errors.OpError, ValueError) as e:
-        return problems + [f"{shard.path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})"], None
+        text = tidy_tf_message(e.message) if isinstance(e, tf.errors.OpError) else str(e)
+        return problems + [f"{shard.path}: unreadable ({type(e).__name__}: {text.splitlines()[0]})"], None
     if (counted.records, counted.frames) != (shard.num_records, shard.num_frames):
         problems.append(f"{shard.path}: {counted.records} records / {counted.frames} frames in the file, "
                         f"{shard.num_records} / {shard.num_frames} in dataset_info")

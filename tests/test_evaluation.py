@@ -387,3 +387,21 @@ def test_a_damaged_model_file_is_named_as_such(converted, exported, tmp_path, ca
         assert "File not found" not in err
     else:
         assert f"{model} not found: the export is incomplete" in err
+
+
+def test_a_corrupt_record_fails_with_one_clean_line_naming_the_shard(converted, exported, tmp_path, capsys):
+    # The message was TensorFlow's whole graph report: "{{function_node __wrapped__IteratorGetNext_output_types_8_
+    # device_/job:localhost/replica:0/task:0/device:CPU:0}} assertion failed: ... [[{{function_node Assert_AssertGuard_
+    # false_452}}{{node Assert/AssertGuard/Assert}}]] [Op:IteratorGetNext] name: ".
+    out, info = converted
+    data = tmp_path / "data"
+    shutil.copytree(out, data)
+    path = shard_path(data, info, SPLIT_VALIDATION)
+    corrupt_shard(path)
+    assert evaluate.run(["--model", str(exported / "export"), "--data", str(data), "--report_dir",
+                         str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if line.startswith("error: "))
+    assert line.startswith(f"error: InvalidArgumentError: assertion failed: [corrupt or truncated shard] [{path}]")
+    assert line.endswith("[(pass --skip_corrupt to skip and count the loss)]")
+    assert "function_node" not in err and "[Op:" not in err

@@ -251,3 +251,13 @@ def native_log_at_tensorflow_level():
             if failed and held:
                 with contextlib.suppress(OSError):
                     os.write(2, b"".join(held))
+
+
+_TF_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
+_TF_TRAILER = re.compile(r"\s*\[\[\{\{node .*|\s*\[Op:\w+\].*", re.S)
+
+
+def tidy_tf_message(message: str) -> str:
+    """A TensorFlow ``OpError`` message without its graph context: the ``{{function_node ...}}`` markers, the
+    ``[[{{node ...}}]]`` lines and the ``[Op:IteratorGetNext] name:`` trailer (what is left is the failure itself)."""
+    return _TF_TRAILER.sub("", _TF_FUNCTION_NODE.sub("", message)).strip() or message.strip()

@@ -34,7 +34,12 @@ def report_failure(error: Exception, expected: tuple[type[BaseException], ...]) 
     op_error = tensorflow_errors()
     if not isinstance(error, (*expected, *op_error)):
         raise error
-    message = error.message if op_error and isinstance(error, op_error) else str(error)
+    if op_error and isinstance(error, op_error):
+        from tfrecords_schema.cli import tidy_tf_message
+
+        message = tidy_tf_message(error.message)
+    else:
+        message = str(error)
     print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
     return 1
 
