@@ -405,3 +405,23 @@ def test_a_corrupt_record_fails_with_one_clean_line_naming_the_shard(converted, 
     assert line.startswith(f"error: InvalidArgumentError: assertion failed: [corrupt or truncated shard] [{path}]")
     assert line.endswith("[(pass --skip_corrupt to skip and count the loss)]")
     assert "function_node" not in err and "[Op:" not in err
+
+
+def test_skip_corrupt_scores_no_record_a_shard_holds_beyond_its_listed_count(converted, exported, tmp_path):
+    # A shard whose records were appended twice (a copy gone wrong): --skip_corrupt read both copies and reported
+    # "validation: 22 of 15 labelled frames scored (coverage 1.4667); not scored: not_for_this_model -7".
+    out, info = converted
+    data = tmp_path / "data"
+    shutil.copytree(out, data)
+    path = shard_path(data, info, SPLIT_VALIDATION)
+    with open(path, "rb") as f:
+        records = f.read()
+    with open(path, "wb") as f:
+        f.write(records + records)
+    report_dir = tmp_path / "report"
+    assert evaluate.run(["--model", str(exported / "export"), "--data", str(data), "--skip_corrupt",
+                         "--report_dir", str(report_dir)]) == 0
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    written = info.splits[SPLIT_VALIDATION].accounting.written_frames
+    assert metrics["coverage"]["scored_frames"] == metrics["expression"]["frames"] == written
+    assert metrics["coverage"]["not_scored"] == {} and metrics["coverage"]["coverage"] == 1.0

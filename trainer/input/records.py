@@ -19,7 +19,7 @@ Bad shards: a missing shard or one whose size differs from ``dataset_info.json``
 its first bad record) fails while reading with an ``InvalidArgumentError`` naming the file and the counts,
 unless the caller passes a :class:`SkippedRecords` counter: then reading goes on, and the records lost in
 each such shard (from the first bad record to its end) are printed as a warning naming the file on every
-pass over it and added to that counter.
+pass over it and added to that counter; records past a shard's listed count are not read.
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ def shard_files(data_dir: str, shards: list[ShardInfo], what: str, input_context
                        f"truncated or rewritten")
             if skipped is None:
                 raise CorruptShardError(message + " (--skip_corrupt reads what it can and counts the loss)")
-            logger.warning("%s; reading it anyway (skip_corrupt)", message)
+            logger.warning("%s; reading it anyway, its %d listed records at most (skip_corrupt)", message,
+                           shard.num_records)
     return paths, [s.num_records for s in shards]
 
 
@@ -190,8 +191,12 @@ def read_shard(path: tf.Tensor, expected: tf.Tensor, skipped: SkippedRecords | N
     Records are counted in groups of :data:`CHECK_BATCH` (the check's functions run once per group, not per
     record), and the groups are split again: the records come out one by one, in file order.
     """
-    records = tf.data.TFRecordDataset(path, buffer_size=buffer_size)
-    groups = records.ignore_errors(log_warning=skipped is not None).batch(CHECK_BATCH)
+    records = tf.data.TFRecordDataset(path, buffer_size=buffer_size).ignore_errors(log_warning=skipped is not None)
+    if skipped is not None:
+        # Its listed records at most: a shard rewritten with more (a record appended twice) would otherwise have
+        # frames counted twice, past every count of dataset_info.json. (Without ``skipped`` the count check fails.)
+        records = records.take(expected)
+    groups = records.batch(CHECK_BATCH)
     marked = groups.map(lambda g: (g, False)).concatenate(
         tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True)))
 
