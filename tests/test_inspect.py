@@ -284,3 +284,19 @@ def test_verify_names_a_corrupt_record_in_one_clean_line(copy):
     assert rc == 1
     assert f"train/{shard.name}: unreadable (DataLossError: corrupted record at " in err
     assert "function_node" not in err and "[Op:" not in err
+
+
+@pytest.mark.parametrize("version", ["newer", "unknown"])
+def test_a_dataset_info_of_another_schema_version_says_what_to_do(copy, version):
+    # A version newer than this tool's was told to "Convert the data again with this version of beam_jobs.convert":
+    # an older converter than the one that wrote it.
+    from tfrecords_schema.version import SCHEMA_VERSION
+
+    _edit_info(copy, lambda raw: raw.update(schema_version=SCHEMA_VERSION + 1 if version == "newer" else "3.1"))
+    rc, _, err = _run(inspect_dataset.run, [copy])
+    assert rc == 1
+    if version == "newer":
+        assert f"has schema version {SCHEMA_VERSION + 1}, newer than this AffectStream reads" in err
+        assert "upgrade AffectStream" in err and "Convert the data again" not in err
+    else:
+        assert "has schema version '3.1'" in err and "Convert the data again" in err

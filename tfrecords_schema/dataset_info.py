@@ -147,6 +147,12 @@ class DatasetInfo:
         if not isinstance(raw, dict):
             raise DatasetInfoError(f"{source} must hold a JSON object, got {type(raw).__name__}")
         version = raw.get("schema_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > max(READABLE_SCHEMA_VERSIONS):
+            raise DatasetInfoError(
+                f"{source} has schema version {version}, newer than this AffectStream reads (versions "
+                f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}): it was written by a newer AffectStream; upgrade "
+                "AffectStream to read it."
+            )
         if version not in READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
             raise DatasetInfoError(
                 f"{source} has schema version {version!r}; this AffectStream reads versions "
