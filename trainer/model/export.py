@@ -38,7 +38,7 @@ from tfrecords_schema.atomic import INCOMPLETE_MARK
 from tfrecords_schema.filesystems import missing_hint
 
 EXPORT_DIRNAME = "export"
-CHECKPOINTS_DIRNAME = "checkpoints"  # A training job's (trainer.training.state).
+CHECKPOINTS_DIRNAME = "checkpoints"  # A training job's checkpoints (trainer.training.state writes them).
 MODEL_FILENAME = "model.keras"
 SAVED_MODEL_DIRNAME = "saved_model"
 MODEL_INFO_FILENAME = "model_info.json"
@@ -184,8 +184,7 @@ def resolve_model_dir(path: str) -> str:
     for candidate in (path, join_path(path, "export")):
         if storage.gfile(candidate).exists(join_path(candidate, MODEL_INFO_FILENAME)):
             return candidate
-    # A job killed (or still running) before it exported: checkpoints/ (trainer.training.state.CHECKPOINTS_DIRNAME,
-    # not imported: it imports TensorFlow, which predict on TF Lite does without).
+    # A job killed (or still running) before it exported: checkpoints/ and no export.
     if storage.gfile(path).isdir(join_path(path, CHECKPOINTS_DIRNAME)):
         raise ExportError(
             f"--model {path} is a training job that has not exported a model yet ({CHECKPOINTS_DIRNAME}/, no "

@@ -29,12 +29,12 @@ import tensorflow as tf
 
 from tfrecords_schema import join_path
 from trainer.common.errors import TrainingError
+from trainer.model.export import CHECKPOINTS_DIRNAME  # (declared there: predict names it without TensorFlow)
 from trainer.training import distribution, schedules
 from trainer.training.fingerprint import differences, unrecorded_selection, unrestorable
 
 log = logging.getLogger("trainer.train")
 
-CHECKPOINTS_DIRNAME = "checkpoints"
 BEST_DIRNAME = "best"
 FINGERPRINT_KEY = "fingerprint/.ATTRIBUTES/VARIABLE_VALUE"
 
