@@ -81,7 +81,10 @@ def test_verify_catches_a_corrupted_shard(copy):
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     rc, _, err = _run(inspect_dataset.run, [copy, "--verify"])
-    assert rc == 1 and "unreadable" in err
+    assert rc == 1
+    # One clean line naming the shard, without TensorFlow's graph context.
+    assert f"train/{shard.name}: unreadable (DataLossError: corrupted record at " in err
+    assert "function_node" not in err and "[Op:" not in err
 
 
 def test_verify_catches_missing_and_unlisted_shards(copy):
@@ -273,17 +276,6 @@ def test_verify_catches_shards_of_a_split_that_dataset_info_does_not_list(copy):
     rc, _, err = _run(inspect_dataset.run, [copy, "--verify"])
     assert rc == 1
     assert "test/abaw-test.tfrecord-00000-of-00001: shard file not listed in dataset_info (it has no split 'test')" in err
-
-
-def test_verify_names_a_corrupt_record_in_one_clean_line(copy):
-    shard = _a_shard(copy)
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    rc, _, err = _run(inspect_dataset.run, [copy, "--verify"])
-    assert rc == 1
-    assert f"train/{shard.name}: unreadable (DataLossError: corrupted record at " in err
-    assert "function_node" not in err and "[Op:" not in err
 
 
 @pytest.mark.parametrize("version", ["newer", "unknown"])
