@@ -34,7 +34,7 @@ from tfrecords_schema import (
     read_dataset_info,
 )
 from tfrecords_schema.buckets import BUCKET_BY_TASKS, BUCKET_BY_VA_GRID, NO_VA, VA_GRID, composite_tasks, va_cell_names
-from tfrecords_schema.cli import add_verbose_flag, command_prog, tidy_tf_message
+from tfrecords_schema.cli import add_verbose_flag, command_prog, first_of, tidy_tf_message
 from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME, MEDIA_KEY
 from tfrecords_schema.filesystems import exit_hard_if_needed, register_filesystems
 from tfrecords_schema.image_codec import CODEC_RAW, crop_shape
@@ -247,8 +247,7 @@ def format_info(info: DatasetInfo, dead_letter_lines: list[str] | None = None,
     if dead_letter_lines and len(dead_letter_lines) > _MAX_DEAD_LETTERS_SHOWN:
         lines.append(f"  ... {len(dead_letter_lines) - _MAX_DEAD_LETTERS_SHOWN} more")
     if info.unused_media:
-        lines.append(f"media without annotation: {len(info.unused_media)} ({', '.join(info.unused_media[:5])}"
-                     + (", ..." if len(info.unused_media) > 5 else "") + ")")
+        lines.append(f"media without annotation: {len(info.unused_media)} ({first_of(info.unused_media, 5)})")
     return "\n".join(lines)
 
 

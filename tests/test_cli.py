@@ -260,3 +260,12 @@ def test_usage_names_the_command_as_it_was_run(capsys):
     from trainer.training.config import build_parser
 
     assert build_parser().prog == "python -m trainer.train"  # Outside the dispatcher: the module's own name.
+
+
+def test_first_of_names_the_first_items_and_counts_the_rest():
+    from tfrecords_schema.cli import first_of
+
+    assert first_of(range(7), 5) == "0, 1, 2, 3, 4 and 2 more"
+    assert first_of(["a", "b"], 2) == "a, b"
+    assert first_of((x for x in "xyz"), 1, "; ") == "x and 2 more"
+    assert first_of([], 3) == ""

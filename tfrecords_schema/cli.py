@@ -253,6 +253,13 @@ def native_log_at_tensorflow_level():
                     os.write(2, b"".join(held))
 
 
+def first_of(items, limit: int, sep: str = ", ") -> str:
+    """The first ``limit`` of ``items`` joined by ``sep``, then "and N more" for the rest: how a message names a list
+    that may be long."""
+    items = [str(item) for item in items]
+    return sep.join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
 _TF_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 _TF_TRAILER = re.compile(r"\s*\[\[\{\{node .*|\s*\[Op:\w+\].*", re.S)
 

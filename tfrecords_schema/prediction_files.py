@@ -35,3 +35,29 @@ def parse_ledger(text: str) -> dict[str, list | None] | None:
     if not isinstance(listed, dict):
         return None
     return {p: (v if isinstance(v, list) and len(v) == 2 else None) for p, v in listed.items() if isinstance(p, str)}
+
+
+def rendered_videos(folder: str, names, video_extensions: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """``(renders, note)``: the names among ``names`` (files of ``folder``) that are videos ``predict --render`` wrote
+    there (the folder's ledger lists them; ``video_extensions`` lower case), and a note saying they are left out (None
+    when there are none). Rendered copies of source videos would otherwise be taken for more videos, by the
+    conversion's folder scan and by ``predict``'s. A ledger that cannot be read lists none: the videos are there to be
+    seen."""
+    from tfrecords_schema import join_path, storage
+    from tfrecords_schema.cli import first_of
+
+    path = join_path(folder, LEDGER_FILENAME)
+    errors: tuple = (OSError,)
+    if storage.is_url(path):
+        import tensorflow as tf  # (Only a URL is read through TensorFlow.)
+
+        errors += (tf.errors.OpError,)
+    try:
+        with storage.gfile(path).GFile(path, "rb") as f:
+            written = parse_ledger(f.read().decode("utf-8", "replace")) or {}
+    except errors:
+        written = {}
+    renders = sorted(name for name in names if name in written and name.lower().endswith(video_extensions))
+    note = (f"{len(renders)} video(s) in {folder} that affectstream predict --render wrote left out (its "
+            f"{LEDGER_FILENAME} lists them): {first_of(renders, 3)}") if renders else None
+    return renders, note

@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from tfrecords_schema import storage
 from tfrecords_schema.atomic import INCOMPLETE_MARK
+from tfrecords_schema.cli import first_of
 from tfrecords_schema.dataset_info import DATASET_INFO_FILENAME
 from tfrecords_schema.disk_space import DiskFullError, describe_disk_full, is_disk_full  # noqa: F401 (re-exported)
 from tfrecords_schema.locks import LOCK_FILENAME, TAKEOVER_SUFFIX, pid_alive
@@ -344,8 +345,7 @@ def _swap_local(path: str, staging: str, backup: str, marker: dict, replace: boo
     previous = output_entries(path)  # Again: the job may have run for hours.
     problem = None
     if previous and not replace:
-        shown = ", ".join(previous[:8]) + (" ..." if len(previous) > 8 else "")
-        problem = f"{len(previous)} entr{'y' if len(previous) == 1 else 'ies'} appeared in it: {shown}"
+        problem = f"{len(previous)} entr{'y' if len(previous) == 1 else 'ies'} appeared in it: {first_of(previous, 8)}"
     elif previous and check_swap is not None:
         problem = check_swap(path)
     if problem:

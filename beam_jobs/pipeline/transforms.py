@@ -57,6 +57,7 @@ from beam_jobs.sources.base import (
     TrackSpec,
 )
 from tfrecords_schema import Accounting
+from tfrecords_schema.cli import first_of
 from tfrecords_schema.transaction import is_disk_full
 
 _LOG = logging.getLogger(__name__)
@@ -269,9 +270,9 @@ class DecodeAndCropFn(beam.DoFn):
                                     f"{type(e).__name__}: {e} (after frame {last})", lost)
         if undecodable:
             lost = int(valid[np.asarray(undecodable) - 1].sum())
-            shown = ", ".join(map(str, undecodable[:_LISTED_FRAMES])) + (" ..." if len(undecodable) > _LISTED_FRAMES else "")
             yield self._dead_letter(track, where, DROP_DECODE_ERROR,
-                                    f"{len(undecodable)} frames do not decode ({shown}); the frames after them keep "
+                                    f"{len(undecodable)} frames do not decode ({first_of(undecodable, _LISTED_FRAMES)}); "
+                                    "the frames after them keep "
                                     f"their index", lost)
         return written, dict(sorted(face_counts.items()))
 

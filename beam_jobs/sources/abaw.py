@@ -38,6 +38,7 @@ from beam_jobs.sources.abaw_format import (  # noqa: F401 (re-exported: the adap
 )
 from beam_jobs.sources.abaw_labels import count_file_lines, read_track_labels
 from tfrecords_schema import HEAD_ACTION_UNITS, TASKS
+from tfrecords_schema.cli import first_of
 from tfrecords_schema.filesystems import register_filesystems
 
 
@@ -129,8 +130,7 @@ class AbawSource(base.DatasetSource):
             if detected:  # Said, not silent: these tracks' crops come from the face stage, not the dataset's.
                 findings.notes.append(
                     f"{len(detected)} track(s) have no folder in --cropped_aligned {self.cropped_aligned} and are "
-                    f"cropped by the face stage (detected) from their video instead: {', '.join(detected[:10])}"
-                    + (f" and {len(detected) - 10} more" if len(detected) > 10 else ""))
+                    f"cropped by the face stage (detected) from their video instead: {first_of(detected, 10)}")
         return base.Discovery(tracks=tracks, label_names=label_names, tasks=tasks, unused_media=unused,
                               dead_letters=findings.dead_letters, split_drops=findings.split_drops,
                               unlisted_folders=findings.unlisted_folders, notes=findings.notes)

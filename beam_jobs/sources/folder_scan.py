@@ -31,7 +31,7 @@ import posixpath
 from beam_jobs.media.video import VIDEO_EXTENSIONS
 from beam_jobs.sources import base
 from tfrecords_schema.filesystems import register_filesystems
-from tfrecords_schema.prediction_files import LEDGER_FILENAME, parse_ledger
+from tfrecords_schema.prediction_files import LEDGER_FILENAME, rendered_videos
 
 
 def path_identity(path: str) -> object:
@@ -163,20 +163,11 @@ class FolderScan:
         return Listing(folder, subdirs, files, chain)
 
     def _without_renders(self, folder: str, files: list[str]) -> list[str]:
-        import tensorflow as tf
-
-        try:
-            with tf.io.gfile.GFile(tf.io.gfile.join(folder, LEDGER_FILENAME), "rb") as f:
-                written = parse_ledger(f.read().decode("utf-8", "replace")) or {}
-        except tf.errors.OpError:
-            written = {}  # (Unreadable: nothing is left out, and the videos are there to be seen.)
-        renders = [p for p in files if posixpath.basename(p.replace("\\", "/")) in written
-                   and p.lower().endswith(VIDEO_EXTENSIONS)]
-        if renders:
-            self.notes.append(f"{len(renders)} video(s) in {folder} that affectstream predict --render wrote left out "
-                              f"(its {LEDGER_FILENAME} lists them): {', '.join(posixpath.basename(p) for p in renders[:3])}"
-                              + (", ..." if len(renders) > 3 else ""))
-        return [p for p in files if p not in renders]
+        names = {posixpath.basename(p.replace("\\", "/")): p for p in files}
+        renders, note = rendered_videos(folder, names, VIDEO_EXTENSIONS)
+        if note:
+            self.notes.append(note)
+        return [p for p in files if p not in {names[name] for name in renders}]
 
     @staticmethod
     def _os_error(path: str, error: OSError) -> str:

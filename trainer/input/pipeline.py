@@ -60,6 +60,7 @@ from tfrecords_schema import (
     DatasetInfo,
     make_clip_parser,
 )
+from tfrecords_schema.cli import first_of
 from tfrecords_schema.filesystems import register_filesystems
 from trainer.common.choices import TASK_CHOICES
 from trainer.input import data_service as data_service_lib
@@ -123,7 +124,7 @@ def train_bucket_draw(info: DatasetInfo, sampling_mode: str, task: str) -> sampl
     empty = [b for b, n in counts.items() if n == 0 and b in declared]
     if empty:
         logger.warning("%d train bucket(s) have no clips and are skipped: %s", len(empty),
-                       ", ".join(repr(b) for b in empty[:10]) + (" ..." if len(empty) > 10 else ""))
+                       first_of((repr(b) for b in empty), 10))
     draw = sampling_lib.bucket_draw(info, sampling_mode, task)  # raises if no bucket is left
     targets = {t: {c: round(v, 4) for c, v in sampling_lib.class_targets(info, sampling_mode, t).items()}
                for t in sampling_lib.trained_tasks(info, task) if t in sampling_lib.balanced_tasks(info)}

@@ -29,6 +29,7 @@ import posixpath
 from collections.abc import Iterable
 
 from tfrecords_schema import join_path, storage
+from tfrecords_schema.cli import first_of
 from tfrecords_schema.prediction_files import LEDGER_FILENAME, ledger_text, parse_ledger
 from trainer.prediction.errors import PredictUsageError
 
@@ -131,13 +132,13 @@ class Ledger:
         blocked = _files_in_the_way(self.output, planned)
         if blocked:  # (Before, each video was predicted and then failed to be written: "File exists".)
             raise PredictUsageError(f"{self.option} {self.output} holds {len(blocked)} file(s) where this run writes a "
-                                    f"folder: {', '.join(blocked[:_SHOWN])}; nothing was read or written: give another "
+                                    f"folder: {first_of(blocked, _SHOWN)}; nothing was read or written: give another "
                                     f"{self.option} folder, or move them away")
         existing = _existing(self.output, planned)
         foreign = [p for p in planned if p in existing and not self._owns(_relative(self.output, p) or "", p)]
         if not foreign:
             return
-        shown = ", ".join(foreign[:_SHOWN]) + (f" and {len(foreign) - _SHOWN} more" if len(foreign) > _SHOWN else "")
+        shown = first_of(foreign, _SHOWN)
         why = ("this tool did not record writing (a folder predicted into by an older version records only its last "
                "run's files: if these are the tool's, delete them)" if self.legacy
                else "this tool did not write, or that changed since it wrote them")

@@ -13,6 +13,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 
 from tfrecords_schema import filesystems
+from tfrecords_schema.cli import first_of
 from trainer.prediction.errors import PredictError, PredictUsageError
 
 COPY_CHUNK_BYTES = 8 << 20  # Remote videos are copied locally in pieces of this size.
@@ -119,35 +120,23 @@ def _local_files(root: str, output: str | None, notes: list[str]) -> list[str]:
         subfolders[:] = kept  # os.walk enters only these.
         files += (os.path.join(folder, name) for name in _without_renders(folder, names, notes))
     if unlisted:  # (os.walk leaves such a folder out without a word.)
-        shown = "; ".join(f"{e.filename}: {e.strerror or e}" for e in unlisted[:5])
-        raise PredictError(f"cannot list {len(unlisted)} folder(s) under {root}: {shown}"
-                           f"{' ...' if len(unlisted) > 5 else ''}; its videos would be missing from the run: nothing "
-                           "was read or written")
+        shown = first_of((f"{e.filename}: {e.strerror or e}" for e in unlisted), 5, "; ")
+        raise PredictError(f"cannot list {len(unlisted)} folder(s) under {root}: {shown}; its videos would be missing "
+                           "from the run: nothing was read or written")
     return sorted(files)
 
 
 def _without_renders(folder: str, names: list[str], notes: list[str]) -> list[str]:
-    """``names`` (files of ``folder``) less the videos ``predict --render`` wrote there (the folder's file list,
-    :data:`tfrecords_schema.prediction_files.LEDGER_FILENAME`, names them), with a note: copies of source videos with
-    the predictions drawn on, which would be taken for second videos of the same names (the run refused as a clash),
-    as the conversion's folder scan leaves them out."""
+    """``names`` (files of ``folder``) less the videos ``predict --render`` wrote there, with a note (as the
+    conversion's folder scan does): they would be taken for second videos of the same names."""
     from beam_jobs.media.video import VIDEO_EXTENSIONS
-    from tfrecords_schema import join_path, storage
-    from tfrecords_schema.prediction_files import LEDGER_FILENAME, parse_ledger
-    from trainer.common.errors import tensorflow_errors
+    from tfrecords_schema.prediction_files import LEDGER_FILENAME, rendered_videos
 
     if LEDGER_FILENAME not in names:
         return names
-    path = join_path(folder, LEDGER_FILENAME)
-    try:
-        with storage.gfile(path).GFile(path, "rb") as f:
-            written = parse_ledger(f.read().decode("utf-8", "replace")) or {}
-    except (OSError, *tensorflow_errors()):
-        written = {}  # (Unreadable: nothing is left out, and the videos are there to be seen.)
-    renders = sorted(name for name in names if name in written and _ext(name) in VIDEO_EXTENSIONS)
-    if renders:
-        notes.append(f"{len(renders)} video(s) in {folder} that affectstream predict --render wrote left out (its "
-                     f"{LEDGER_FILENAME} lists them): {', '.join(renders[:3])}{', ...' if len(renders) > 3 else ''}")
+    renders, note = rendered_videos(folder, names, VIDEO_EXTENSIONS)
+    if note:
+        notes.append(note)
     return [name for name in names if name not in renders]
 
 
@@ -170,7 +159,7 @@ def output_stems(videos: Sequence[str], side: str | None) -> list[str]:
             seen[key] = video
     if clashes:
         raise PredictError(f"{len(clashes)} video(s) share an output name with another (letter case aside): "
-                           f"{'; '.join(clashes[:10])}{' ...' if len(clashes) > 10 else ''}; predict them into "
+                           f"{first_of(clashes, 10, '; ')}; predict them into "
                            "different --output folders")
     return stems
 
@@ -242,9 +231,9 @@ def plan_tracks(videos: Sequence[str], side: str | None, cropped_aligned: str | 
             raise PredictUsageError(f"video {video} has no crops folder under --cropped_aligned {cropped_aligned} "
                                     f"(expected {join_path(cropped_aligned, stem)}, or {stem}_left and {stem}_right)")
     if unmatched and notes is not None:
-        shown = ", ".join(unmatched[:3]) + (", ..." if len(unmatched) > 3 else "")
         notes.append(f"{len(unmatched)} crops folder(s) under --cropped_aligned {cropped_aligned} match no video among "
-                     f"--videos (a video named <folder>.*, or <stem>.* for <stem>_left/_right): not predicted ({shown})")
+                     f"--videos (a video named <folder>.*, or <stem>.* for <stem>_left/_right): not predicted "
+                     f"({first_of(unmatched, 3)})")
     return tracks
 
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 from beam_jobs.faces import provided
 from beam_jobs.faces.options import add_face_stage_arguments, check_face_stage_options, face_stage_from_args
-from tfrecords_schema.cli import add_verbose_flag, command_prog
+from tfrecords_schema.cli import add_verbose_flag, command_prog, first_of
 from trainer.common.choices import CHANNEL_ORDERS, IMPORTED_OUTPUTS
 
 # Files an export holds (trainer.model.export): --overwrite replaces a folder holding nothing else.
@@ -113,7 +113,7 @@ def _check_output(output: str, overwrite: bool) -> None:
         return
     foreign = [e for e in entries if e not in EXPORT_ENTRIES]
     if foreign:
-        raise UsageError(f"--output {output} holds other files ({', '.join(foreign[:5])}): give an empty or new folder")
+        raise UsageError(f"--output {output} holds other files ({first_of(foreign, 5)}): give an empty or new folder")
     if not overwrite:
         raise UsageError(f"--output {output} holds an export already: pass --overwrite to replace it")
 
