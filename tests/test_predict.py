@@ -1002,6 +1002,49 @@ def test_workers_end_when_the_run_is_killed_and_leave_ctrl_c_to_it(tmp_path):
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr[-2000:]
 
 
+# A worker pool of one worker on one video, its results queue never full: the worker queues its whole video (more than
+# the pipe holds: the queue's feeder thread waits to write the rest), gets its stop, and ends; the script, reading
+# nothing, prints the worker's pid and kills itself.
+QUEUED_WORKER = """
+import os, signal, sys, time
+from beam_jobs.faces.stage import FaceStageConfig
+from trainer.prediction import parallel
+from trainer.prediction.crops import CROPS_FACE_STAGE, ServedCrops
+from trainer.prediction.videos import Track
+parallel.QUEUE_CHUNKS_PER_WORKER = 1000
+served = ServedCrops(CROPS_FACE_STAGE, FaceStageConfig(crop_size=32), 32, 90, "jpeg")
+tracks = [Track(sys.argv[1], "v")]
+with parallel.WorkerPool(1, served) as pool:
+    pool.run(tracks)
+    last, since = -1, time.monotonic()
+    while time.monotonic() - since < 3.0:  # (Until the worker has queued its last message.)
+        if pool._results.qsize() != last:
+            last, since = pool._results.qsize(), time.monotonic()
+        time.sleep(0.1)
+    print(pool._processes[0].pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_worker_that_queued_its_last_crops_ends_when_the_run_is_killed(tmp_path):
+    """Its queue not full, a worker is never kept waiting by :func:`parallel._send`: it ends once its stop comes, and
+    at exit multiprocessing hands over what the queue's feeder thread still holds, which waited for ever on a parent
+    killed before reading it."""
+    video = vf.write_face_video(tmp_path / "long.avi", [4] * 1500)
+    with subprocess.Popen([sys.executable, "-c", QUEUED_WORKER, str(video)], cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as script:
+        worker = int(script.stdout.readline())
+        assert script.wait(timeout=120) == -9
+    deadline = time.monotonic() + 15
+    while not _gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        assert _gone(worker), "the worker outlived the run that was killed"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, 9)
+
+
 # --------------------------------------------------------------------------------------------------
 # The TF Lite runtime: the export's checked copy, run without importing TensorFlow.
 

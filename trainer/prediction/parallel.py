@@ -72,6 +72,25 @@ def _next_task(tasks):
                 return None
 
 
+def _exit_with_parent() -> None:
+    """Ends this worker, once its tracks are done, if the process that reads its results goes: the results still in the
+    queue's feeder thread are handed over at exit (multiprocessing joins that thread, and a worker holds both ends of
+    the pipe), which waited for ever on a parent killed with crops unread, short of a full queue (:func:`_send` checks
+    only while the queue is full)."""
+    import os
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # (Its sentinel: ready once the parent is gone.)
+        os._exit(1)  # (Every track is done and its local copies removed: nothing is left to tidy.)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _parent_alive() -> bool:
     parent = multiprocessing.parent_process()  # (The process that started the worker, not the fork server.)
     return parent is None or parent.is_alive()
@@ -112,6 +131,7 @@ def _worker(tasks, results, served) -> None:
             if type(e).__module__.split(".")[0] != "tensorflow":  # a file system error says enough in one line
                 traceback.print_exc(file=sys.stderr)
             _send(results, (_FAILED, number, f"{type(e).__name__}: {e}"))
+    _exit_with_parent()
     if filesystems.tfio_used():  # tensorflow-io's s3:// aborts at interpreter exit: leave once the results are out.
         results.close()
         results.join_thread()
