@@ -137,6 +137,16 @@ def test_a_video_named_near_the_file_name_limit_gets_its_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{stem}.csv", "AU", "EXPR", "VA"])
 
 
+def test_a_video_name_that_is_not_utf8_gets_its_files(tmp_path):
+    # A file name in Latin-1 ("caf\xe9.avi") reads back with a surrogate escape: its temporary name was cut by its
+    # UTF-8 bytes, which such a name has not ("surrogates not allowed"), short or long.
+    for stem in (os.fsdecode(b"caf\xe9"), os.fsdecode(b"v" * 200 + b"\xe9" * 30)):
+        preds = make_predictions(3, stem=stem)
+        P.write_csv(os.path.join(str(tmp_path), f"{stem}.csv"), preds)
+        assert len(read_rows(pathlib.Path(os.path.join(str(tmp_path), f"{stem}.csv")))) == 3
+    assert sorted(os.listdir(os.fsencode(str(tmp_path)))) == [b"caf\xe9.csv", b"v" * 200 + b"\xe9" * 30 + b".csv"]
+
+
 def test_csv_has_one_row_per_frame_and_only_the_columns_of_the_model_heads(tmp_path):
     has_face = np.array([True, False, True, True, False])
     preds = make_predictions(5, heads=(HEAD_EXPRESSION,), has_face=has_face)

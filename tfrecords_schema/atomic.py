@@ -42,8 +42,10 @@ def temporary_name(path: str) -> str:
     folder, name = _split(path)
     marks = f"{INCOMPLETE_MARK}{uuid.uuid4().hex}"
     room = NAME_MAX - 1 - len(marks)  # (The leading dot; the marks are ASCII.)
-    if len(name.encode("utf-8")) > room:
-        name = name.encode("utf-8")[:room].decode("utf-8", "ignore")
+    # Bytes as the file system has them (os.fsencode): a name that is not UTF-8 (a video named in Latin-1, read back
+    # with surrogate escapes) cannot be encoded strictly, and such a name was written before.
+    while len(os.fsencode(name)) > room:  # (A whole character at a time.)
+        name = name[:-1]
     tmp = f".{name}{marks}"
     return posixpath.join(folder, tmp) if storage.is_url(path) else os.path.join(folder, tmp)
 
