@@ -365,7 +365,7 @@ def test_a_model_info_without_the_fields_evaluate_needs_is_refused_with_its_name
     path.write_text(json.dumps(model_info))
     assert evaluate.run(["--model", str(export), "--data", str(out), "--report_dir", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
-    assert f"error: ExportError: {path} " in err and "export the model again" in err
+    assert f"error: ExportError: {path} " in err and "export (or import) the model again" in err
     assert "Traceback" not in err
 
 

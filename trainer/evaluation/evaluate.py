@@ -81,7 +81,7 @@ def check_model_info_fields(model_info: dict, model_dir: str) -> None:
            if not (name in model_info and ok(model_info[name]))]
     if bad:
         raise ExportError(f"{join_path(model_dir, MODEL_INFO_FILENAME)} lacks or garbles {', '.join(bad)}: not an "
-                          "export of this tool, or edited since; export the model again")
+                          "export of this tool, or edited since; export (or import) the model again")
 
 
 def load_export_model(model_path: str):

@@ -19,6 +19,7 @@ from tfrecords_schema import (
     TASK_OF_HEAD,
     join_path,
 )
+from tfrecords_schema.cli import first_of
 from trainer.prediction.outputs import (
     SUBMISSION_DIRS,
     PredictionFileError,
@@ -125,12 +126,12 @@ def check_scorable(annotated: tuple, split: str, heads: Sequence[str], label_nam
     unscored = [s for s in stems if s not in ids]
     if len(unscored) == len(stems):
         sides = [s for s in unscored if {f"{s}_left", f"{s}_right"} & ids]
-        raise ValueError(f"none of the run's outputs ({_first(sorted(stems))}) is a track of split {split!r} "
+        raise ValueError(f"none of the run's outputs ({first_of(sorted(stems), 5)}) is a track of split {split!r} "
                          f"annotated for {', '.join(annotated_heads)}"
                          + (f"; {', '.join(sides)}: annotated as _left and _right tracks, predict each with --side"
                             if sides else ""))
     notes = [f"{len(unscored)} of the {len(stems)} outputs are no track of split {split!r} annotated for "
-             f"{', '.join(annotated_heads)}: predicted, not scored ({_first(unscored)})"] if unscored else []
+             f"{', '.join(annotated_heads)}: predicted, not scored ({first_of(unscored, 5)})"] if unscored else []
     missing = [h for h in heads if h not in annotated_heads]
     if missing:
         notes.append(f"the {split!r} split of the annotations does not annotate {', '.join(missing)}: scored on "
@@ -150,10 +151,6 @@ def write_scores(pred_dir: str, scores: dict) -> str:
 def _split_tasks(tracks) -> set[str]:
     """The tasks the tracks of a split annotate (a discovery's ``tasks`` are those of every split)."""
     return {task for track in tracks for task in track.tasks}
-
-
-def _first(names: Sequence[str], shown: int = 5) -> str:
-    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def score_predictions(pred_dir: str, annotations: str, split: str = "validation",
