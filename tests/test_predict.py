@@ -987,13 +987,11 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_workers_end_when_the_run_is_killed_and_leave_ctrl_c_to_it(tmp_path):
-    """A worker waiting to send its crops to a parent that was killed (SIGKILL, out of memory) waited for ever: the
-    workers, the fork server and the resource tracker stayed behind. A Ctrl-C, which reaches the workers too, printed
-    a KeyboardInterrupt traceback from each worker busy decoding, while the parent stopped the run on its own."""
-    video = vf.write_face_video(tmp_path / "long.avi", [4] * 1500)
+def _assert_the_worker_ends_with_the_killed_script(script_text: str, *args) -> None:
+    """Runs ``script_text`` (it prints its worker's pid, then kills itself) and checks that the worker ends within
+    15 s; a worker left behind is killed here."""
     # (The worker holds the script's stdout too: its first line is read, not its end.)
-    with subprocess.Popen([sys.executable, "-c", BLOCKED_WORKER, str(video), "kill"], cwd=REPO, text=True,
+    with subprocess.Popen([sys.executable, "-c", script_text, *map(str, args)], cwd=REPO, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as script:
         worker = int(script.stdout.readline())
         assert script.wait(timeout=120) == -9
@@ -1005,6 +1003,14 @@ def test_workers_end_when_the_run_is_killed_and_leave_ctrl_c_to_it(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker, 9)
+
+
+def test_workers_end_when_the_run_is_killed_and_leave_ctrl_c_to_it(tmp_path):
+    """A worker waiting to send its crops to a parent that was killed (SIGKILL, out of memory) waited for ever: the
+    workers, the fork server and the resource tracker stayed behind. A Ctrl-C, which reaches the workers too, printed
+    a KeyboardInterrupt traceback from each worker busy decoding, while the parent stopped the run on its own."""
+    video = vf.write_face_video(tmp_path / "long.avi", [4] * 1500)
+    _assert_the_worker_ends_with_the_killed_script(BLOCKED_WORKER, video, "kill")
     # (SIGINT at its default: a shell's background job, and so this test, may have inherited it ignored.)
     done = subprocess.run([sys.executable, "-c", BLOCKED_WORKER, str(video), "int"], cwd=REPO, capture_output=True,
                           text=True, timeout=120, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -1041,18 +1047,7 @@ def test_a_worker_that_queued_its_last_crops_ends_when_the_run_is_killed(tmp_pat
     at exit multiprocessing hands over what the queue's feeder thread still holds, which waited for ever on a parent
     killed before reading it."""
     video = vf.write_face_video(tmp_path / "long.avi", [4] * 1500)
-    with subprocess.Popen([sys.executable, "-c", QUEUED_WORKER, str(video)], cwd=REPO, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as script:
-        worker = int(script.stdout.readline())
-        assert script.wait(timeout=120) == -9
-    deadline = time.monotonic() + 15
-    while not _gone(worker) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    try:
-        assert _gone(worker), "the worker outlived the run that was killed"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker, 9)
+    _assert_the_worker_ends_with_the_killed_script(QUEUED_WORKER, video)
 
 
 # --------------------------------------------------------------------------------------------------
