@@ -950,20 +950,23 @@ def test_workers_write_the_same_files_as_one_worker(trained, tmp_path, batch_siz
     assert [name for name in outputs[1] if outputs[1][name] != outputs[2][name]] == []
 
 
-# A worker pool of one worker on one video. "kill": the script reads nothing (its worker fills the results queue and
-# waits to send more), prints the worker's pid and kills itself (SIGKILL: what the out-of-memory killer sends).
-# "int": once the first crops are in, the worker, still decoding, gets a SIGINT (the Ctrl-C that reaches every process
-# of the terminal's group); the script reads on and prints how the video ended.
-BLOCKED_WORKER = """
+# The start of the scripts below: a pool of one worker on the video sys.argv[1], its results queue {chunks} chunks long.
+ONE_WORKER_POOL = """
 import os, signal, sys, time
 from beam_jobs.faces.stage import FaceStageConfig
 from trainer.prediction import parallel
 from trainer.prediction.crops import CROPS_FACE_STAGE, ServedCrops
 from trainer.prediction.videos import Track
-parallel.QUEUE_CHUNKS_PER_WORKER = 1
+parallel.QUEUE_CHUNKS_PER_WORKER = {chunks}
 served = ServedCrops(CROPS_FACE_STAGE, FaceStageConfig(crop_size=32), 32, 90, "jpeg")
 tracks = [Track(sys.argv[1], "v")]
 with parallel.WorkerPool(1, served) as pool:
+"""
+# A worker pool of one worker on one video. "kill": the script reads nothing (its worker fills the results queue and
+# waits to send more), prints the worker's pid and kills itself (SIGKILL: what the out-of-memory killer sends).
+# "int": once the first crops are in, the worker, still decoding, gets a SIGINT (the Ctrl-C that reaches every process
+# of the terminal's group); the script reads on and prints how the video ended.
+BLOCKED_WORKER = ONE_WORKER_POOL.format(chunks=1) + """\
     pool.run(tracks)
     worker = pool._processes[0].pid
     if sys.argv[2] == "kill":
@@ -1021,16 +1024,7 @@ def test_workers_end_when_the_run_is_killed_and_leave_ctrl_c_to_it(tmp_path):
 # A worker pool of one worker on one video, its results queue never full: the worker queues its whole video (more than
 # the pipe holds: the queue's feeder thread waits to write the rest), gets its stop, and ends; the script, reading
 # nothing, prints the worker's pid and kills itself.
-QUEUED_WORKER = """
-import os, signal, sys, time
-from beam_jobs.faces.stage import FaceStageConfig
-from trainer.prediction import parallel
-from trainer.prediction.crops import CROPS_FACE_STAGE, ServedCrops
-from trainer.prediction.videos import Track
-parallel.QUEUE_CHUNKS_PER_WORKER = 1000
-served = ServedCrops(CROPS_FACE_STAGE, FaceStageConfig(crop_size=32), 32, 90, "jpeg")
-tracks = [Track(sys.argv[1], "v")]
-with parallel.WorkerPool(1, served) as pool:
+QUEUED_WORKER = ONE_WORKER_POOL.format(chunks=1000) + """\
     pool.run(tracks)
     last, since = -1, time.monotonic()
     while time.monotonic() - since < 3.0:  # (Until the worker has queued its last message.)
