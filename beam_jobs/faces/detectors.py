@@ -473,9 +473,9 @@ def make_detector(name: str, **options) -> Detector:
     Args:
         name: A key of :data:`DETECTORS`.
         **options: Passed to the detector (e.g. ``threads=2`` for the BlazeFace interpreters). Without
-            ``near_input`` BlazeFace searches near a held face at the model's own 128 pixels, not at the face stage's
-            default: the conversion and ``predict`` build their detector with
-            :meth:`~beam_jobs.faces.stage.FaceStageConfig.build_detector`.
+            ``near_input`` BlazeFace searches near a held face at the model's own 128 pixels (also the face stage's
+            default); the conversion and ``predict`` build their detector with
+            :meth:`~beam_jobs.faces.stage.FaceStageConfig.build_detector`, which passes the stage's ``near_input``.
 
     Raises:
         ValueError: for an unknown name; the message lists the valid ones.

@@ -60,7 +60,7 @@ def add_face_stage_arguments(parser, crop_size=_DEFAULT_CROP, crop_size_help: st
         add("--detect_every", type=int, default=face["detect_every"],
             help=f"detect every N frames, hold the box between (default {face['detect_every']})"),
         add("--max_hold", type=int, default=face["max_hold"],
-            help="frames a face box is held after a missed detection (default 2 x detect_every)"),
+            help="frames a face box is held after the detection that found it (default: until the next detection)"),
         add("--detect_width", type=int, default=face["detect_width"],
             help=f"width of the downscaled detection image (default {face['detect_width']})"),
         add("--align", type=on_off, default=face["align"], metavar="on|off",
@@ -72,8 +72,8 @@ def add_face_stage_arguments(parser, crop_size=_DEFAULT_CROP, crop_size_help: st
         add("--near_input", type=int, default=face["near_input"], metavar="N",
             help="input side of the BlazeFace short-range model on the passes near a held face, a multiple of "
                  f"{NEAR_INPUT_STEP}: the window is N/64 face sides, the face kept at 64 pixels; {SHORT_RANGE_INPUT} "
-                 "(the model's own, what conversions before this option used) costs more CPU, a smaller N sees less "
-                 f"around the face (used by {' and '.join(NEAR_INPUT_DETECTORS)}, checked for every detector) "
+                 "(the model's own, and what conversions made before this option record) costs the most CPU, a "
+                 f"smaller N sees less around the face (used by {' and '.join(NEAR_INPUT_DETECTORS)}, checked for every detector) "
                  f"(default {face['near_input']})"),
     ]
 
