@@ -352,6 +352,16 @@ def test_a_folder_search_leaves_out_the_videos_an_earlier_run_rendered(tmp_path)
                          f"{ownership.LEDGER_FILENAME} lists them): a.mp4, b.mp4"]
     # Named as a file, a render is predicted as asked.
     assert videos.list_videos([str(root / "preds" / "b.mp4")]) == [str(root / "preds" / "b.mp4")]
+    # A listed render replaced since (another size and time: a video of the user's put there under its name) is a video
+    # again; one as the run wrote it is still left out.
+    b = os.stat(root / "preds" / "b.mp4")
+    (root / "preds" / ownership.LEDGER_FILENAME).write_text(
+        ledger_text({"a.mp4": [1, 1], "b.mp4": [b.st_size, b.st_mtime_ns]}))
+    notes = []
+    assert videos.list_videos([str(root)], notes=notes) == [str(root / name) for name in ("a.mp4", "preds/a.mp4",
+                                                                                         "preds/mine.mp4")]
+    assert notes == [f"1 video(s) in {root / 'preds'} that affectstream predict --render wrote left out (its "
+                     f"{ownership.LEDGER_FILENAME} lists them): b.mp4"]
 
 
 def test_a_url_folder_search_leaves_out_an_output_folder_below_it_only(tmp_path):

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 
 from tfrecords_schema import join_path, storage
 from tfrecords_schema.cli import first_of
-from tfrecords_schema.prediction_files import LEDGER_FILENAME, ledger_text, parse_ledger
+from tfrecords_schema.prediction_files import LEDGER_FILENAME, as_written, ledger_text, parse_ledger, written_identity
 from trainer.prediction.errors import PredictUsageError
 
 SUMMARY_FILENAME = "predict_summary.json"
@@ -44,18 +44,6 @@ def _relative(output: str, path: str) -> str | None:
     if not path.startswith(root):
         return None
     return "/".join(p for p in path[len(root):].replace("\\", "/").split("/") if p not in ("", ".")) or None
-
-
-def _identity(path: str) -> list | None:
-    """``[size, mtime_ns]`` of a local file (what tells the tool's file from one put there since under its name); None
-    for an object store's (one request each, for every file of a run: names only there) or a file that is not there."""
-    if storage.is_url(path):
-        return None
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _summary_files(text: str) -> set[str]:
@@ -115,8 +103,7 @@ class Ledger:
     def _owns(self, rel: str, path: str) -> bool:
         if rel not in self.owned:
             return False
-        known = self.owned[rel]
-        return known is None or known == _identity(path)  # (Changed since: a file of the user's under the name.)
+        return as_written(self.owned[rel], path)  # (Changed since: a file of the user's under the name.)
 
     def check(self, planned: Iterable[str]) -> None:
         """Refuses, before anything is written, to replace a file under ``output`` the tool did not write.
@@ -154,7 +141,7 @@ class Ledger:
     def finish(self, planned: Iterable[str]) -> None:
         """After the run: ``planned`` files that were written are listed with their identity, the others leave the
         list (a video that failed wrote none: a file put there later under its name is the user's)."""
-        self._write({rel: _identity(p) for p, rel in ((p, _relative(self.output, p)) for p in planned) if rel},
+        self._write({rel: written_identity(p) for p, rel in ((p, _relative(self.output, p)) for p in planned) if rel},
                     written=True)
 
     def _write(self, entries: dict, written: bool) -> None:
