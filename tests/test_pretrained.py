@@ -186,9 +186,16 @@ def test_fine_tuning_keeps_a_head_mapped_by_class_map_or_with_the_data_classes(n
     ("not_image", "is not an image"),
     ("range", "expected 2 numbers"),
     ("map", "not the model's classes"),
+    ("range_inf", "expected finite numbers"),
+    ("mean_nan", "expected finite numbers"),
+    ("output_file", "is a file"),
+    ("unbuilt", "no defined input"),
+    ("sigmoid_as_logits", "applies a sigmoid activation"),
+    ("softmax_as_logits", "leave out --model_outputs logits"),
 ])
 def test_import_model_refuses_bad_input_in_one_line_with_exit_2(network_file, tmp_path, case, expected):
     path, names, pixel_range, extra = network_file, CLASSES, "--pixel_range=-1,1", []
+    output = tmp_path / "o"
     if case == "garbage":
         path = str(tmp_path / "broken.h5")
         (tmp_path / "broken.h5").write_bytes(b"\x89HDF\r\n not really" * 20)
@@ -204,10 +211,47 @@ def test_import_model_refuses_bad_input_in_one_line_with_exit_2(network_file, tm
         pixel_range = "--pixel_range=-1"
     elif case == "map":
         extra = ["--class_map", "happy=Happiness"]
-    rc, err = run_import(["--keras", path, "--class_names", names, pixel_range, "--output", str(tmp_path / "o"),
-                          *extra])
+    elif case == "range_inf":  # an export whose adapter makes NaN, and a model_info.json that is not JSON
+        pixel_range = "--pixel_range=0,inf"
+    elif case == "mean_nan":
+        extra = ["--mean", "nan"]
+    elif case == "output_file":
+        output = tmp_path / "o.txt"
+        output.write_text("mine")
+    elif case == "unbuilt":  # a Sequential saved before it was built has no inputs to read
+        keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+                          keras.layers.Dense(3, activation="softmax")]).save(tmp_path / "unbuilt.keras")
+        path = str(tmp_path / "unbuilt.keras")
+    elif case in ("sigmoid_as_logits", "softmax_as_logits"):  # softmax over these would pass the check, but be wrong
+        inputs = keras.Input((16, 16, 1))
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+        activation = "sigmoid" if case == "sigmoid_as_logits" else "softmax"
+        keras.Model(inputs, keras.layers.Dense(3, activation=activation)(x)).save(tmp_path / "act.keras")
+        path, extra = str(tmp_path / "act.keras"), ["--model_outputs", "logits"]
+    rc, err = run_import(["--keras", path, "--class_names", names, pixel_range, "--output", str(output), *extra])
     assert rc == 2 and expected in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
+    if case == "output_file":
+        assert output.read_text() == "mine"
+
+
+def test_import_model_never_writes_into_the_model_it_imports(tmp_path):
+    # A model saved as model.keras looked like an export to --output's check: --overwrite replaced the user's model
+    # with the export; an --output inside a SavedModel folder changed the folder being imported.
+    (tmp_path / "mine").mkdir()
+    source = tmp_path / "mine" / "model.keras"
+    tiny_network().save(source)
+    before = source.read_bytes()
+    for output in (tmp_path / "mine", tmp_path / "mine" / "model.keras"):
+        rc, err = run_import(["--keras", str(source), "--class_names", CLASSES, "--pixel_range=0,1", "--output",
+                              str(output), "--overwrite"])
+        assert rc == 2 and "the model being imported" in err and len(err.strip().splitlines()) == 1, err
+    assert source.read_bytes() == before and sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["model.keras"]
+    tiny_network("dense_softmax", size=16, channels=3).export(str(tmp_path / "sm"), verbose=False)
+    rc, err = run_import(["--keras", str(tmp_path / "sm"), "--class_names", CLASSES, "--pixel_range=0,1",
+                          "--output", str(tmp_path / "sm" / "export")])
+    assert rc == 2 and "the model being imported" in err, err
+    assert not (tmp_path / "sm" / "export").exists()
 
 
 def test_a_savedmodel_folder_is_imported_into_a_self_contained_export(tmp_path):

@@ -106,6 +106,13 @@ def load_network(path: str, model_outputs: str = "probabilities") -> keras.Model
         raise ModelImportError(f"--keras {path} does not load as a Keras model ({type(e).__name__}: {first})") from e
     if not isinstance(model, keras.Model):
         raise ModelImportError(f"--keras {path} holds a {type(model).__name__}, not a model")
+    try:
+        defined = bool(model.inputs) and bool(model.outputs)
+    except (AttributeError, ValueError):  # a Sequential saved before it was built, a subclassed model
+        defined = False
+    if not defined:
+        raise ModelImportError(f"--keras {path}: the model has no defined input and output (a Sequential model saved "
+                               "before it was built?): save it with a keras.Input of its image shape")
     return model
 
 
@@ -195,6 +202,13 @@ def split_classifier(net: keras.Model, model_outputs: str = "probabilities") -> 
                 "outputs logits, pass --model_outputs logits")
         tensor = layer.input
         layer = _producer(tensor)
+    elif _is_softmax(layer):
+        raise ModelImportError(f"the model's last layer {layer.name!r} ({type(layer).__name__}) is a softmax: its "
+                               "outputs are probabilities, not logits: leave out --model_outputs logits")
+    elif getattr(getattr(layer, "activation", None), "__name__", "linear") != "linear":
+        raise ModelImportError(f"the model's last layer {layer.name!r} ({type(layer).__name__}) applies a "
+                               f"{layer.activation.__name__} activation: its outputs are not logits (an expression "
+                               "model gives softmax probabilities, or logits with --model_outputs logits)")
     if isinstance(layer, keras.layers.Dense) and getattr(layer.activation, "__name__", None) == "linear":
         return _split_at_dense(net, layer)
     if len(tensor.shape) != 2:

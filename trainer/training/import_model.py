@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -52,6 +53,8 @@ def _floats(text: str, count: int | None, option: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         values = ()
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{option} {text!r}: expected finite numbers")
     if not values or (count is not None and len(values) != count):
         raise UsageError(f"{option} {text!r}: expected {count or 'comma-separated'} numbers"
                          + (" separated by a comma, e.g. --pixel_range=-1,1" if count == 2 else ""))
@@ -101,13 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_output(output: str, overwrite: bool) -> None:
+def _check_output(output: str, overwrite: bool, source: str) -> None:
     import tensorflow as tf
 
     from trainer.model.export import EXPORT_ENTRIES
 
+    if "://" not in output:
+        out, src = os.path.realpath(output), os.path.realpath(source)
+        if out == src or src.startswith(out + os.sep) or out.startswith(src + os.sep):
+            raise UsageError(f"--output {output} holds or lies inside the model being imported (--keras {source}): "
+                             "write the export to another folder")
     if not tf.io.gfile.exists(output):
         return
+    if not tf.io.gfile.isdir(output):
+        raise UsageError(f"--output {output} is a file: give an empty or new folder")
     entries = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(output))
     if not entries:
         return
@@ -267,7 +277,7 @@ def import_model(args) -> dict:
         mapping = parse_class_map(args.class_map) if args.class_map else None
     except ValueError as e:
         raise UsageError(str(e)) from e
-    _check_output(args.output, args.overwrite)
+    _check_output(args.output, args.overwrite, args.keras)
     try:
         net = load_network(args.keras, args.model_outputs)
         size, channels = network_input(net)
