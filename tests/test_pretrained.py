@@ -192,6 +192,7 @@ def test_fine_tuning_keeps_a_head_mapped_by_class_map_or_with_the_data_classes(n
     ("unbuilt", "no defined input"),
     ("sigmoid_as_logits", "applies a sigmoid activation"),
     ("softmax_as_logits", "leave out --model_outputs logits"),
+    ("uint8_input", "--pixel_range=0,255"),
 ])
 def test_import_model_refuses_bad_input_in_one_line_with_exit_2(network_file, tmp_path, case, expected):
     path, names, pixel_range, extra = network_file, CLASSES, "--pixel_range=-1,1", []
@@ -228,11 +229,34 @@ def test_import_model_refuses_bad_input_in_one_line_with_exit_2(network_file, tm
         activation = "sigmoid" if case == "sigmoid_as_logits" else "softmax"
         keras.Model(inputs, keras.layers.Dense(3, activation=activation)(x)).save(tmp_path / "act.keras")
         path, extra = str(tmp_path / "act.keras"), ["--model_outputs", "logits"]
+    elif case == "uint8_input":  # Keras casts the adapter's [-1, 1] floats to uint8: 0 or 1, silently
+        inputs = keras.Input((16, 16, 1), dtype="uint8")
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255)(inputs)))
+        keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "uint8.keras")
+        path = str(tmp_path / "uint8.keras")
     rc, err = run_import(["--keras", path, "--class_names", names, pixel_range, "--output", str(output), *extra])
     assert rc == 2 and expected in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
     if case == "output_file":
         assert output.read_text() == "mine"
+
+
+def test_a_mixed_precision_network_is_imported_and_checked_at_its_precision(tmp_path):
+    # Its float16 classifier differs from the export's float32 one by ~1e-4: the check refused it, saying the
+    # network does not end in a softmax.
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        net = tiny_network("dense_softmax", size=16, channels=3)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    net.save(tmp_path / "mixed.keras")
+    rc, err = run_import(["--keras", str(tmp_path / "mixed.keras"), "--class_names", CLASSES, "--pixel_range=0,1",
+                          "--output", str(tmp_path / "export")])
+    assert rc == 0, err
+    model = keras.saving.load_model(str(tmp_path / "export" / "model.keras"), compile=False)
+    crops = np.random.default_rng(5).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    np.testing.assert_allclose(model(crops[:, None])["expression"].numpy()[:, 0],
+                               net.predict_on_batch(crops.astype(np.float32) / 255.0).astype(np.float32), atol=1e-2)
 
 
 def test_import_model_never_writes_into_the_model_it_imports(tmp_path):

@@ -42,6 +42,8 @@ from trainer.common.choices import CHANNEL_ORDERS, IMPORTED_OUTPUTS
 # Files an export holds (trainer.model.export): --overwrite replaces a folder holding nothing else.
 CHECK_CROPS = 4  # random crops the export is compared with the network on
 CHECK_TOLERANCE = 1e-4
+LOW_PRECISION_TOLERANCE = 2e-2  # a network computing in float16/bfloat16 (mixed precision): the export's classifier
+# runs in float32
 
 
 class UsageError(ValueError):
@@ -186,7 +188,9 @@ def _check_export(model, net, input_spec, crop_size: int, class_map) -> None:
         mapped = probabilities @ matrix
         probabilities = mapped / np.maximum(mapped.sum(-1, keepdims=True), 1e-12)
     worst = float(np.abs(probabilities - ours).max())
-    if worst > CHECK_TOLERANCE:
+    low_precision = any(getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16")
+                        for layer in net._flatten_layers())
+    if worst > (LOW_PRECISION_TOLERANCE if low_precision else CHECK_TOLERANCE):
         raise UsageError(f"the imported model differs from the network by {worst:.2e} on random crops: with "
                          "--model_outputs probabilities the network must end in a softmax")
 
@@ -284,6 +288,10 @@ def import_model(args) -> dict:
         classes = network_classes(net)
     except ModelImportError as e:
         raise UsageError(str(e)) from e
+    dtype = str(net.inputs[0].dtype)
+    if "int" in dtype and ((low, high) != (0, 255) or args.mean or args.std):
+        raise UsageError(f"the model takes {dtype} pixels (0..255, normalised inside the network): give "
+                         "--pixel_range=0,255 and no --mean/--std")
     if size is None and not args.input_size:
         raise UsageError(f"the model's input size is free {tuple(net.inputs[0].shape)}: give --input_size N")
     if size is not None and args.input_size not in (None, size):
