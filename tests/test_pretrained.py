@@ -412,3 +412,11 @@ def test_tcn_receptive_field_is_as_recorded():
     assert field == 13
     assert np.abs(model(seen)["expression"].numpy()[0, -1] - base).max() > 1e-6
     assert np.abs(model(unseen)["expression"].numpy()[0, -1] - base).max() < 1e-7
+
+
+@pytest.mark.parametrize("option", ["--features_from", "--init_from"])
+def test_a_model_file_given_where_an_export_goes_points_to_import_model(network_file, option):
+    # It said "--model ... holds no model_info.json: pass the export/ directory of a training job": another option's
+    # name, and no word of import-model.
+    with pytest.raises(Exception, match=f"^{option} .*tiny.keras.* is a Keras model, not an export: .*import-model"):
+        ExportSource(network_file, option)

@@ -179,19 +179,26 @@ def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
     return paths
 
 
-def resolve_model_dir(path: str) -> str:
-    """The export directory: ``path`` itself, or ``path/export`` for a job directory."""
+def resolve_model_dir(path: str, option: str = "--model") -> str:
+    """The export directory: ``path`` itself, or ``path/export`` for a job directory (``option``: the option that
+    gave it, for the message)."""
     for candidate in (path, join_path(path, "export")):
         if storage.gfile(candidate).exists(join_path(candidate, MODEL_INFO_FILENAME)):
             return candidate
+    gfile = storage.gfile(path)
+    kind = ("a Keras model" if path.lower().endswith((".keras", ".h5", ".hdf5")) and not gfile.isdir(path)
+            else "a SavedModel folder" if gfile.exists(join_path(path, "saved_model.pb")) else None)
+    if kind:
+        raise ExportError(f"{option} {path} is {kind}, not an export: make one with `affectstream import-model "
+                          f"--keras {path} ...` (docs/pretrained.md) and give its --output here")
     # A job killed (or still running) before it exported: checkpoints/ and no export.
     if storage.gfile(path).isdir(join_path(path, CHECKPOINTS_DIRNAME)):
         raise ExportError(
-            f"--model {path} is a training job that has not exported a model yet ({CHECKPOINTS_DIRNAME}/, no "
+            f"{option} {path} is a training job that has not exported a model yet ({CHECKPOINTS_DIRNAME}/, no "
             f"{EXPORT_DIRNAME}/{MODEL_INFO_FILENAME}): its training did not finish; the same `affectstream train "
             f"--job_dir {path} ...` command resumes from its last checkpoint and exports when it ends"
         )
     raise ExportError(
-        f"--model {path!r} holds no {MODEL_INFO_FILENAME}: pass the export/ directory of a training job (or the "
+        f"{option} {path!r} holds no {MODEL_INFO_FILENAME}: pass the export/ directory of a training job (or the "
         "job dir)"
     )

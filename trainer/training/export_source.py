@@ -95,7 +95,7 @@ class ExportSource:
         from trainer.training.fingerprint import file_sha256
 
         self.option = option
-        self.dir = resolve_model_dir(path)
+        self.dir = resolve_model_dir(path, option)
         with tf.io.gfile.GFile(join_path(self.dir, MODEL_INFO_FILENAME), "r") as f:
             self.info = json.load(f)
         self.model_path = join_path(self.dir, MODEL_FILENAME)
