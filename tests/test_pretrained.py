@@ -193,6 +193,8 @@ def test_fine_tuning_keeps_a_head_mapped_by_class_map_or_with_the_data_classes(n
     ("sigmoid_as_logits", "applies a sigmoid activation"),
     ("softmax_as_logits", "leave out --model_outputs logits"),
     ("uint8_input", "--pixel_range=0,255"),
+    ("custom_layer", "uses the custom class 'Doubled', which is not available here"),
+    ("lambda", "holds a Lambda layer"),
 ])
 def test_import_model_refuses_bad_input_in_one_line_with_exit_2(network_file, tmp_path, case, expected):
     path, names, pixel_range, extra = network_file, CLASSES, "--pixel_range=-1,1", []
@@ -234,6 +236,21 @@ def test_import_model_refuses_bad_input_in_one_line_with_exit_2(network_file, tm
         x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255)(inputs)))
         keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "uint8.keras")
         path = str(tmp_path / "uint8.keras")
+    elif case in ("custom_layer", "lambda"):  # Keras's own messages: a deserialisation error, safe_mode=False
+        inputs = keras.Input((16, 16, 1))
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+        if case == "lambda":
+            x = keras.layers.Lambda(lambda t: t * 2)(x)
+        else:
+            @keras.saving.register_keras_serializable(package="audit")
+            class Doubled(keras.layers.Layer):
+                def call(self, t):
+                    return t * 2
+
+            x = Doubled()(x)
+        keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "own_code.keras")
+        keras.saving.get_custom_objects().pop("audit>Doubled", None)  # the user's code is not in this process
+        path = str(tmp_path / "own_code.keras")
     rc, err = run_import(["--keras", path, "--class_names", names, pixel_range, "--output", str(output), *extra])
     assert rc == 2 and expected in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()

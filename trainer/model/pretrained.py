@@ -102,7 +102,17 @@ def load_network(path: str, model_outputs: str = "probabilities") -> keras.Model
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001 - h5py, zipfile, JSON and Keras errors alike: the file is not a model.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e)
+        unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
+        if unknown:  # Keras's first line blames the model's from_config
+            raise ModelImportError(
+                f"--keras {path} uses the custom class {unknown.group(1)!r}, which is not available here: export the "
+                "model as a SavedModel folder (model.export(DIR), where its code is) and import that folder") from e
+        if "`Lambda` layer" in text and "safe_mode" in text:  # Keras suggests an option this command does not have
+            raise ModelImportError(
+                f"--keras {path} holds a Lambda layer (Python code, which Keras does not load from a file by "
+                "default): export the model as a SavedModel folder (model.export(DIR)) and import that folder") from e
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise ModelImportError(f"--keras {path} does not load as a Keras model ({type(e).__name__}: {first})") from e
     if not isinstance(model, keras.Model):
         raise ModelImportError(f"--keras {path} holds a {type(model).__name__}, not a model")
