@@ -109,6 +109,32 @@ def test_split_classifier_rebuilds_the_network_exactly(final, feature_layer):
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("wrapping", ["head", "whole"])
+def test_a_classifier_inside_a_nested_model_is_found(wrapping, tmp_path):
+    # A network whose output comes from a nested model (a Sequential head, or the whole network wrapped behind
+    # preprocessing) was refused as "not a softmax", then with --model_outputs logits as "must end in a softmax".
+    net = tiny_network("dense_softmax", size=16, channels=3)
+    inputs = keras.Input((16, 16, 3), name="outer")
+    if wrapping == "head":
+        features = keras.Model(net.inputs[0], net.get_layer("embedding").output, name="body")
+        head = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation="softmax")], name="head")
+        head.layers[-1].set_weights(net.get_layer("classifier").get_weights())
+        wrapped = keras.Model(inputs, head(features(inputs)))
+    else:
+        wrapped = keras.Model(inputs, net(keras.layers.Rescaling(1.0, name="prep")(inputs)))
+    wrapped.save(tmp_path / "wrapped.keras")
+    rc, err = run_import(["--keras", str(tmp_path / "wrapped.keras"), "--class_names", CLASSES, "--pixel_range=0,1",
+                          "--output", str(tmp_path / "export")])
+    assert rc == 0, err
+    info = json.loads((tmp_path / "export" / "model_info.json").read_text())
+    layer = "body" if wrapping == "head" else "embedding"  # the head reads the output of the nested body
+    assert (info["source"]["feature_layer"], info["source"]["feature_dim"]) == (layer, 5)
+    model = keras.saving.load_model(str(tmp_path / "export" / "model.keras"), compile=False)
+    crops = np.random.default_rng(6).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    np.testing.assert_allclose(model(crops[:, None])["expression"].numpy()[:, 0],
+                               net.predict_on_batch(crops.astype(np.float32) / 255.0), atol=1e-5)
+
+
 def test_a_network_that_does_not_end_in_a_softmax_needs_model_outputs_logits():
     with pytest.raises(pretrained.ModelImportError, match="--model_outputs logits"):
         pretrained.split_classifier(tiny_network("logits"), "probabilities")

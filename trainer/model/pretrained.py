@@ -201,6 +201,18 @@ def split_classifier(net: keras.Model, model_outputs: str = "probabilities") -> 
     classes = network_classes(net)
     tensor = net.outputs[0]
     layer = _producer(tensor)
+    if isinstance(layer, keras.Model) and len(layer.inputs) == 1 and len(layer.outputs) == 1:
+        # The classifier ends a nested model (a Sequential head, a whole network behind preprocessing): split that,
+        # and run the outer layers in front of it.
+        inner = split_classifier(layer, model_outputs)
+        fed = layer._inbound_nodes[tensor._keras_history[1]].input_tensors[0]  # (a model's .input is its own)
+        feature_layer = inner.feature_layer
+        own = {nested.name: nested for nested in layer.layers}  # (a Sequential lists no InputLayer)
+        if feature_layer not in own or isinstance(own[feature_layer], keras.layers.InputLayer):  # the head reads
+            # what is fed to it
+            feature_layer = _producer(fed).name
+        return SplitNetwork(keras.Model(net.inputs[0], inner.features(fed), name=f"{net.name}_features"),
+                            inner.kernel, inner.bias, feature_layer)
     if isinstance(layer, EmbeddedSavedModel):
         model_outputs = "logits"  # a SavedModel's probabilities come out as their log (load_network)
     if model_outputs == "probabilities":
