@@ -463,3 +463,17 @@ def test_a_model_file_given_where_an_export_goes_points_to_import_model(network_
     # name, and no word of import-model.
     with pytest.raises(Exception, match=f"^{option} .*tiny.keras.* is a Keras model, not an export: .*import-model"):
         ExportSource(network_file, option)
+
+
+@pytest.mark.parametrize("final", ["logits", "sigmoid"])
+def test_a_savedmodel_whose_outputs_are_not_probabilities_is_refused(final, tmp_path):
+    # Its outputs were taken as probabilities (their log, floored at 1e-7, under the softmax) without a word: logits
+    # imported without --model_outputs logits, or sigmoid scores, gave a wrong export that passed its own check.
+    net = tiny_network("logits", size=16, channels=3)
+    if final == "sigmoid":
+        net = keras.Model(net.inputs, keras.layers.Activation("sigmoid")(net.outputs[0]))
+    net.export(str(tmp_path / "sm"), verbose=False)
+    rc, err = run_import(["--keras", str(tmp_path / "sm"), "--class_names", CLASSES, "--pixel_range=0,1",
+                          "--output", str(tmp_path / "export")])
+    assert rc == 2 and "not probabilities" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "export").exists()

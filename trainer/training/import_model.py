@@ -164,9 +164,11 @@ def _target_classes(args, mapping: dict | None, class_names: list[str]) -> list[
     return list(dict.fromkeys(mapping.values()))
 
 
-def _check_export(model, net, input_spec, crop_size: int, class_map) -> None:
+def _check_export(model, net, input_spec, crop_size: int, class_map, model_outputs: str) -> None:
     """Raises UsageError when the export does not give the network's probabilities (mapped) on random crops."""
     import numpy as np
+
+    from trainer.model.saved_model import EmbeddedSavedModel
 
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (CHECK_CROPS, crop_size, crop_size, 3), dtype=np.uint8)
@@ -175,6 +177,13 @@ def _check_export(model, net, input_spec, crop_size: int, class_map) -> None:
     theirs = theirs.astype(np.float64)
     if theirs.ndim != 2 or not np.all(np.isfinite(theirs)):
         raise UsageError(f"the model gives {theirs.shape} outputs with non-finite values on face crops")
+    if model_outputs == "probabilities" and isinstance(net.outputs[0]._keras_history[0], EmbeddedSavedModel):
+        # Its probabilities come out as their log (load_network): logits or sigmoid scores would pass unseen.
+        given = np.exp(theirs)
+        if not np.allclose(given.sum(-1), 1.0, atol=1e-3) or given.max() > 1.0 + 1e-6:
+            raise UsageError("the SavedModel's outputs on face crops are not probabilities (they do not sum to 1): "
+                             "pass --model_outputs logits if it gives logits; an expression model gives softmax "
+                             "probabilities or logits")
     if np.allclose(theirs.sum(-1), 1.0, atol=1e-3) and theirs.min() >= 0:
         probabilities = theirs
     else:  # logits (or a SavedModel's log probabilities)
@@ -315,7 +324,7 @@ def import_model(args) -> dict:
     cnn = imported_cnn(split.features, input_spec, cnn_name(args.keras))
     model = build_model(spec, cnn=cnn)
     model.get_layer(EXPRESSION_LOGITS).set_weights([split.kernel, split.bias])
-    _check_export(model, net, input_spec, crop_size, class_map)
+    _check_export(model, net, input_spec, crop_size, class_map, args.model_outputs)
     face_stage = face_stage_from_args(args, crop_size=crop_size)
     info = model_info_payload(args, class_names=class_names, targets=targets, mapping=mapping, class_map=class_map,
                               input_spec=input_spec, face_stage=face_stage, split=split, net=net, cnn=cnn)
