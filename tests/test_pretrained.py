@@ -477,3 +477,13 @@ def test_a_savedmodel_whose_outputs_are_not_probabilities_is_refused(final, tmp_
                           "--output", str(tmp_path / "export")])
     assert rc == 2 and "not probabilities" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "export").exists()
+
+
+def test_a_file_inside_an_export_given_where_the_export_goes_names_the_export(network_file, tmp_path):
+    out = tmp_path / "export"
+    assert run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1", "--output",
+                       str(out)])[0] == 0
+    for inside in ("model.keras", "saved_model"):
+        with pytest.raises(Exception, match=f"^--init_from .*{inside} is a file of the export .*: give --init_from "
+                                            f"{out}$"):
+            ExportSource(str(out / inside), "--init_from")

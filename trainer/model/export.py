@@ -186,6 +186,9 @@ def resolve_model_dir(path: str, option: str = "--model") -> str:
         if storage.gfile(candidate).exists(join_path(candidate, MODEL_INFO_FILENAME)):
             return candidate
     gfile = storage.gfile(path)
+    parent = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else "."
+    if path.rstrip("/") != parent and gfile.exists(join_path(parent, MODEL_INFO_FILENAME)):
+        raise ExportError(f"{option} {path} is a file of the export {parent}: give {option} {parent}")
     kind = ("a Keras model" if path.lower().endswith((".keras", ".h5", ".hdf5")) and not gfile.isdir(path)
             else "a SavedModel folder" if gfile.exists(join_path(path, "saved_model.pb")) else None)
     if kind:
