@@ -364,6 +364,20 @@ def test_a_folder_search_leaves_out_the_videos_an_earlier_run_rendered(tmp_path)
                      f"{ownership.LEDGER_FILENAME} lists them): b.mp4"]
 
 
+def test_a_folder_search_leaves_out_macos_metadata_files_but_not_a_video_named_like_one(tmp_path):
+    # A folder copied from a Mac holds "._a.mp4" beside "a.mp4" (AppleDouble metadata): each was predicted as a video
+    # that does not open, and every such run exited 1. A video that happens to be named "._x.mp4" is still a video.
+    root = tmp_path / "v"
+    root.mkdir()
+    (root / "a.mp4").write_bytes(b"listing only")
+    (root / "._a.mp4").write_bytes(videos.APPLE_DOUBLE_MAGIC + b"\x00\x02\x00\x00Mac OS X        ")
+    (root / "._x.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # (an MP4's first bytes)
+    notes: list[str] = []
+    assert videos.list_videos([str(root)], notes=notes) == [str(root / "._x.mp4"), str(root / "a.mp4")]
+    assert notes == [f"1 macOS metadata file(s) under {root} left out (AppleDouble '._' companions of a copy from a "
+                     f"Mac, not videos): {root / '._a.mp4'}"]
+
+
 def test_a_url_folder_search_leaves_out_an_output_folder_below_it_only(tmp_path):
     # file:// goes through the URL search (tf.io.gfile), as gs:// and s3:// do.
     root = tmp_path / "v"

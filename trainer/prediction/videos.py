@@ -59,6 +59,11 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, outpu
                 inside = [v for v in _remote_files(path, output, notes) if _ext(v) in VIDEO_EXTENSIONS]
             else:
                 inside = [v for v in _local_files(path, output, notes) if _ext(v) in VIDEO_EXTENSIONS]
+            metadata = [v for v in inside if _is_apple_double(v)]
+            if metadata:  # (Each failed as a video that does not open, and the run exited 1.)
+                notes.append(f"{len(metadata)} macOS metadata file(s) under {path} left out (AppleDouble '._' "
+                             f"companions of a copy from a Mac, not videos): {first_of(metadata, 3)}")
+                inside = [v for v in inside if v not in metadata]
             if not inside:
                 raise PredictError(f"no video ({', '.join(VIDEO_EXTENSIONS)}, any case) under folder {path!r}")
             found += inside
@@ -74,6 +79,24 @@ def list_videos(paths: Sequence[str], duplicates: list[str] | None = None, outpu
         else:
             duplicates.append(f"{video} is the same video as {first[key]}: predicted once")
     return list(first.values())
+
+
+APPLE_DOUBLE_MAGIC = b"\x00\x05\x16\x07"  # The first bytes of a macOS "._name" metadata file.
+
+
+def _is_apple_double(path: str) -> bool:
+    """Whether ``path`` is a macOS AppleDouble file (``._name`` beside ``name`` on a copy from a Mac): by its name and
+    its first bytes, so that a video named ``._x.mp4`` is still a video."""
+    from tfrecords_schema import storage
+    from trainer.common.errors import tensorflow_errors
+
+    if not posixpath.basename(path.replace("\\", "/")).startswith("._"):
+        return False
+    try:
+        with storage.gfile(path).GFile(path, "rb") as f:
+            return f.read(len(APPLE_DOUBLE_MAGIC)) == APPLE_DOUBLE_MAGIC
+    except (OSError, *tensorflow_errors()):  # (Unreadable: left to fail as a video, counted.)
+        return False
 
 
 def _remote_files(root: str, output: str | None, notes: list[str]) -> list[str]:
