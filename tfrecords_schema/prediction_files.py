@@ -60,10 +60,10 @@ def as_written(known: list | None, path: str) -> bool:
 
 def rendered_videos(folder: str, names, video_extensions: tuple[str, ...]) -> tuple[list[str], str | None]:
     """``(renders, note)``: the names among ``names`` (files of ``folder``) that are videos ``predict --render`` wrote
-    there (the folder's ledger lists them, unchanged since: :func:`as_written`; ``video_extensions`` lower case), and a note saying they are left out (None
-    when there are none). Rendered copies of source videos would otherwise be taken for more videos, by the
-    conversion's folder scan and by ``predict``'s. A ledger that cannot be read lists none: the videos are there to be
-    seen."""
+    there (the folder's ledger lists them, unchanged since: :func:`as_written`; ``video_extensions`` lower case), and
+    a note saying they are left out (None when there are none). Rendered copies of source videos would otherwise be
+    taken for more videos, by the conversion's folder scan and by ``predict``'s. A ledger that cannot be read lists
+    none: the videos are there to be seen."""
     from tfrecords_schema import join_path, storage
     from tfrecords_schema.cli import first_of
 

@@ -73,8 +73,8 @@ def add_face_stage_arguments(parser, crop_size=_DEFAULT_CROP, crop_size_help: st
             help="input side of the BlazeFace short-range model on the passes near a held face, a multiple of "
                  f"{NEAR_INPUT_STEP}: the window is N/64 face sides, the face kept at 64 pixels; {SHORT_RANGE_INPUT} "
                  "(the model's own, and what conversions made before this option record) costs the most CPU, a "
-                 f"smaller N sees less around the face (used by {' and '.join(NEAR_INPUT_DETECTORS)}, checked for every detector) "
-                 f"(default {face['near_input']})"),
+                 f"smaller N sees less around the face (used by {' and '.join(NEAR_INPUT_DETECTORS)}, checked for "
+                 f"every detector) (default {face['near_input']})"),
     ]
 
 

@@ -270,10 +270,10 @@ class DecodeAndCropFn(beam.DoFn):
                                     f"{type(e).__name__}: {e} (after frame {last})", lost)
         if undecodable:
             lost = int(valid[np.asarray(undecodable) - 1].sum())
+            shown = first_of(undecodable, _LISTED_FRAMES)
             yield self._dead_letter(track, where, DROP_DECODE_ERROR,
-                                    f"{len(undecodable)} frames do not decode ({first_of(undecodable, _LISTED_FRAMES)}); "
-                                    "the frames after them keep "
-                                    f"their index", lost)
+                                    f"{len(undecodable)} frames do not decode ({shown}); the frames after them keep "
+                                    "their index", lost)
         return written, dict(sorted(face_counts.items()))
 
 

@@ -195,7 +195,7 @@ def resolve_model_dir(path: str, option: str = "--model") -> str:
         raise ExportError(f"{option} {path} is {kind}, not an export: make one with `affectstream import-model "
                           f"--keras {path} ...` (docs/pretrained.md) and give its --output here")
     # A job killed (or still running) before it exported: checkpoints/ and no export.
-    if storage.gfile(path).isdir(join_path(path, CHECKPOINTS_DIRNAME)):
+    if gfile.isdir(join_path(path, CHECKPOINTS_DIRNAME)):
         raise ExportError(
             f"{option} {path} is a training job that has not exported a model yet ({CHECKPOINTS_DIRNAME}/, no "
             f"{EXPORT_DIRNAME}/{MODEL_INFO_FILENAME}): its training did not finish; the same `affectstream train "

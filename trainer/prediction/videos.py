@@ -181,9 +181,8 @@ def output_stems(videos: Sequence[str], side: str | None) -> list[str]:
         else:
             seen[key] = video
     if clashes:
-        raise PredictError(f"{len(clashes)} video(s) share an output name with another (letter case and Unicode form aside): "
-                           f"{first_of(clashes, 10, '; ')}; predict them into "
-                           "different --output folders")
+        raise PredictError(f"{len(clashes)} video(s) share an output name with another (letter case and Unicode "
+                           f"form aside): {first_of(clashes, 10, '; ')}; predict them into different --output folders")
     return stems
 
 
