@@ -46,6 +46,7 @@ import videos as bench_videos
 from beam_jobs import convert
 from tfrecords_schema.prediction_files import LEDGER_FILENAME, parse_ledger
 from trainer import train
+from trainer.prediction.ownership import SUMMARY_FILENAME
 
 MATERIAL = "megamind_native"
 LIGHT_CONVERT = ("--crop_size", "32", "--clip_length", "32", "--bucket_by", "none")
@@ -108,7 +109,7 @@ def predict_run(model: str, videos: list[str], output: pathlib.Path, workers: in
         err = process.stderr.read()
     if process.returncode != 0:
         raise SystemExit(f"predict --workers {workers} failed ({process.returncode}): {err[-2000:]}")
-    summary = json.loads((output / "predict_summary.json").read_text())
+    summary = json.loads((output / SUMMARY_FILENAME).read_text())
     return {"frames": sum(v["frames"] for v in summary["videos"]), "seconds": wall, "cpu_seconds": sum(seen.values())}
 
 
@@ -117,7 +118,7 @@ def same_files(a: pathlib.Path, b: pathlib.Path) -> list[str]:
     and predict's list of the files it wrote is compared by the files it lists (it also holds their times)."""
     names = sorted({p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file()}
                    | {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()})
-    differ = [n for n in names if n not in ("predict_summary.json", LEDGER_FILENAME)
+    differ = [n for n in names if n not in (SUMMARY_FILENAME, LEDGER_FILENAME)
               and not ((a / n).is_file() and (b / n).is_file() and filecmp.cmp(a / n, b / n, shallow=False))]
     listed = [sorted(parse_ledger(ledger.read_text()) or {}) if ledger.is_file() else None
               for ledger in (a / LEDGER_FILENAME, b / LEDGER_FILENAME)]

@@ -112,7 +112,7 @@ def _write(path: pathlib.Path, frames: Iterator[np.ndarray], fps: float, total: 
     """Writes ``total`` frames to ``path`` and, with ``prefix`` (path, count), the first ``count`` of them to its path
     too."""
     fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-    parts = {p: p.with_name(p.stem + ".part.mp4") for p in (path, prefix[0] if prefix else None) if p is not None}
+    parts = {p: p.with_name(p.stem + ".part.mp4") for p in [path, *(prefix[:1] if prefix else [])]}
     writers = {p: cv2.VideoWriter(str(tmp), fourcc, fps, size) for p, tmp in parts.items()}
     try:
         if not all(w.isOpened() for w in writers.values()):

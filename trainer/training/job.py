@@ -229,8 +229,9 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
                 f"the training stream ended at step {s}: a bucket's shards yielded no records (every record "
                 "unreadable under --skip_corrupt?); check the data with affectstream inspect --verify") from e
         finally:
-            if watch is not None:
+            if watch is not None:  # (Once: the first step has its batch, or failed.)
                 watch.cancel()
+                watch = None
         done = s + 1
         state.step.assign(done)
         progress.step_done(done, values)
