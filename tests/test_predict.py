@@ -1177,3 +1177,36 @@ def test_a_damaged_tflite_copy_falls_back_to_the_keras_model_and_a_missing_one_i
     assert run_predict(["--model", str(export), "--videos", str(video), "--output", str(tmp_path / "none"),
                         "--runtime", "tflite"]) == 2
     assert "TF Lite copy serving.tflite is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit", ["no_heads", "label_names_not_a_dict"])
+def test_a_model_info_without_the_fields_predict_needs_is_refused_with_its_name(trained, tmp_path, capsys, edit):
+    # A hand-edited or foreign model_info.json ended in a raw KeyError: 'heads' (evaluate named the file already).
+    export = tmp_path / "export"
+    shutil.copytree(trained["export"], export)
+    path = export / "model_info.json"
+    model_info = json.loads(path.read_text())
+    if edit == "no_heads":
+        del model_info["heads"]
+    else:
+        model_info["label_names"] = ["neutral"]
+    path.write_text(json.dumps(model_info))
+    video = vf.write_face_video(tmp_path / "v.avi", [0, 0])
+    assert run_predict(["--model", str(export), "--videos", str(video), "--output", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: ExportError: {path} lacks or garbles" in err and "export (or import) the model again" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_a_truncated_model_file_is_named_as_such_before_any_video_is_read(trained, tmp_path, capsys):
+    # Keras said "File not found: filepath=.../model.keras" of a file that was there, only cut short.
+    export = tmp_path / "export"
+    shutil.copytree(trained["export"], export)
+    model = export / "model.keras"
+    model.write_bytes(model.read_bytes()[:3000])
+    video = vf.write_face_video(tmp_path / "v.avi", [0, 0])
+    assert run_predict(["--model", str(export), "--videos", str(video), "--output", str(tmp_path / "o"),
+                        "--runtime", "tensorflow"]) == 1
+    err = capsys.readouterr().err
+    assert f"{model} cannot be loaded: not a complete .keras archive (truncated or corrupt?)" in err
+    assert "File not found" not in err and "Traceback" not in err

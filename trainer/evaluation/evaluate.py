@@ -34,8 +34,8 @@ from trainer.evaluation.coverage import format_coverage, split_coverage
 from trainer.model.export import (
     MODEL_FILENAME,
     MODEL_INFO_FILENAME,
-    ExportError,
-    is_per_frame,
+    check_model_info_fields,
+    load_export_model,
     read_model_info,
     resolve_model_dir,
     serving_window,
@@ -59,53 +59,6 @@ def default_report_dir(model_dir: str, split: str) -> str:
     else:
         parent, name = os.path.split(os.path.abspath(model_dir))
     return join_path(parent, "evaluation", *([] if name == EXPORT_DIRNAME else [name]), split)
-
-
-def check_model_info_fields(model_info: dict, model_dir: str) -> None:
-    """The fields of ``model_info.json`` that evaluate reads: ``task``, ``heads``, ``label_names``, ``crop_size`` and
-    (unless the model is per-frame) ``seq_len``.
-
-    Raises:
-        ExportError: naming the file and each missing or malformed field.
-    """
-    def is_int(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-    checks = {"task": lambda v: isinstance(v, str),
-              "heads": lambda v: isinstance(v, list) and bool(v) and all(isinstance(h, str) for h in v),
-              "label_names": lambda v: isinstance(v, dict) and all(isinstance(n, list) for n in v.values()),
-              "crop_size": is_int}
-    if not is_per_frame(model_info):
-        checks["seq_len"] = is_int
-    bad = [name + ("" if name in model_info else " (missing)") for name, ok in checks.items()
-           if not (name in model_info and ok(model_info[name]))]
-    if bad:
-        raise ExportError(f"{join_path(model_dir, MODEL_INFO_FILENAME)} lacks or garbles {', '.join(bad)}: not an "
-                          "export of this tool, or edited since; export (or import) the model again")
-
-
-def load_export_model(model_path: str):
-    """The export's ``model.keras`` (compile=False).
-
-    Raises:
-        ExportError: the file is missing, or is not a whole ``.keras`` archive (Keras says "File not found" of both).
-    """
-    import zipfile
-
-    import keras
-
-    from tfrecords_schema import storage
-
-    files = storage.gfile(model_path)
-    if not files.exists(model_path):
-        raise ExportError(f"{model_path} not found: the export is incomplete (its {MODEL_INFO_FILENAME} is there); "
-                          "export the model again")
-    with files.GFile(model_path, "rb") as f:
-        whole = zipfile.is_zipfile(f)
-    if not whole:
-        raise ExportError(f"{model_path} cannot be loaded: not a complete .keras archive (truncated or corrupt?); copy "
-                          "or export the model again")
-    return keras.saving.load_model(model_path, compile=False)
 
 
 def check_model_fits_data(model_info: dict, info, data_dir: str) -> list[str]:

@@ -135,6 +135,53 @@ def read_model_info(model_dir: str) -> dict:
     return info
 
 
+def check_model_info_fields(model_info: dict, model_dir: str) -> None:
+    """The fields of ``model_info.json`` that evaluate and predict read: ``task``, ``heads``, ``label_names``,
+    ``crop_size`` and (unless the model is per-frame) ``seq_len``.
+
+    Raises:
+        ExportError: naming the file and each missing or malformed field.
+    """
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    checks = {"task": lambda v: isinstance(v, str),
+              "heads": lambda v: isinstance(v, list) and bool(v) and all(isinstance(h, str) for h in v),
+              "label_names": lambda v: isinstance(v, dict) and all(isinstance(n, list) for n in v.values()),
+              "crop_size": is_int}
+    if not is_per_frame(model_info):
+        checks["seq_len"] = is_int
+    bad = [name + ("" if name in model_info else " (missing)") for name, ok in checks.items()
+           if not (name in model_info and ok(model_info[name]))]
+    if bad:
+        raise ExportError(f"{join_path(model_dir, MODEL_INFO_FILENAME)} lacks or garbles {', '.join(bad)}: not an "
+                          "export of this tool, or edited since; export (or import) the model again")
+
+
+def load_export_model(model_path: str):
+    """The export's ``model.keras`` (compile=False).
+
+    Raises:
+        ExportError: the file is missing, or is not a whole ``.keras`` archive (Keras says "File not found" of both).
+    """
+    import zipfile
+
+    import keras
+
+    from trainer.model import layers  # noqa: F401  (registers the custom layers for load_model)
+
+    files = storage.gfile(model_path)
+    if not files.exists(model_path):
+        raise ExportError(f"{model_path} not found: the export is incomplete (its {MODEL_INFO_FILENAME} is there); "
+                          "export the model again")
+    with files.GFile(model_path, "rb") as f:
+        whole = zipfile.is_zipfile(f)
+    if not whole:
+        raise ExportError(f"{model_path} cannot be loaded: not a complete .keras archive (truncated or corrupt?); copy "
+                          "or export the model again")
+    return keras.saving.load_model(model_path, compile=False)
+
+
 def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
     """Writes ``model.keras``, ``saved_model/``, ``serving.tflite`` (when ``model_info`` says the crop size and window,
     and the model converts: :mod:`trainer.model.lite`) and ``model_info.json`` to ``export_dir`` as one transaction.

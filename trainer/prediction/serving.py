@@ -43,10 +43,11 @@ def load_export(model_dir: str):
         PredictError: the export records no crops (made by an older trainer), or their size disagrees with the
             model's (:func:`trainer.prediction.crops.served_crops`).
     """
-    from trainer.model.export import read_model_info, resolve_model_dir
+    from trainer.model.export import check_model_info_fields, read_model_info, resolve_model_dir
 
     model_dir = resolve_model_dir(model_dir)
     model_info = read_model_info(model_dir)
+    check_model_info_fields(model_info, model_dir)
     return model_info, served_crops(model_info, model_dir), model_dir
 
 
@@ -127,12 +128,9 @@ def make_predictor(model_dir: str, model_info: dict, runtime: str, heads: Sequen
         lite = model_info["tflite"]
         return LiteWindowPredictor(join_path(model_dir, lite["file"]), lite["outputs"], heads, seq_len, crop_size,
                                    batch_size, codec, threads)
-    import keras
+    from trainer.model.export import MODEL_FILENAME, load_export_model
 
-    from trainer.model import layers  # noqa: F401  (registers the trainer's custom layers for load_model)
-    from trainer.model.export import MODEL_FILENAME
-
-    model = keras.saving.load_model(join_path(model_dir, MODEL_FILENAME), compile=False)
+    model = load_export_model(join_path(model_dir, MODEL_FILENAME))
     return WindowPredictor(model, heads, seq_len, crop_size, batch_size, codec)
 
 
