@@ -1210,3 +1210,15 @@ def test_a_truncated_model_file_is_named_as_such_before_any_video_is_read(traine
     err = capsys.readouterr().err
     assert f"{model} cannot be loaded: not a complete .keras archive (truncated or corrupt?)" in err
     assert "File not found" not in err and "Traceback" not in err
+
+
+def test_an_output_name_too_long_for_the_file_system_is_refused_before_any_video_is_read(trained, tmp_path, capsys):
+    # A legal 254-byte video name with --side left makes a 259-byte CSV name: every video was decoded and predicted,
+    # then the run failed with "File name too long".
+    video = vf.write_face_video(tmp_path / ("a" * 250 + ".avi"), [0, 0])
+    out = tmp_path / "o"
+    assert run_predict(["--model", trained["export"], "--videos", str(video), "--output", str(out),
+                        "--side", "left"]) == 2
+    err = capsys.readouterr().err
+    assert "longer than the 255 bytes a file name may have" in err and f"{'a' * 250}_left.csv" in err
+    assert "Traceback" not in err and not out.exists()

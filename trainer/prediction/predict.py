@@ -46,7 +46,8 @@ import time
 from collections.abc import Sequence
 
 from tfrecords_schema import filesystems
-from tfrecords_schema.cli import add_verbose_flag, command_prog
+from tfrecords_schema.atomic import NAME_MAX
+from tfrecords_schema.cli import add_verbose_flag, command_prog, first_of
 from trainer.common import errors
 from trainer.model.export import is_per_frame, serving_window
 from trainer.model.lite import SERVING_BATCH
@@ -216,6 +217,10 @@ def predict(args) -> int:
     planned = ownership.planned_files(args.output, [t.stem for t in tracks],
                                       [preds_lib.SUBMISSION_DIRS[h] for h in preds_lib.HEADS if h in heads],
                                       args.render, bool(args.annotations))
+    too_long = [os.path.basename(p) for p in planned if len(os.fsencode(os.path.basename(p))) > NAME_MAX]
+    if too_long:  # Said now: the file system refuses them only once every video has been predicted.
+        raise PredictUsageError(f"{len(too_long)} output name(s) longer than the {NAME_MAX} bytes a file name may "
+                                f"have: {first_of(too_long, 3, '; ')}; rename the video(s) shorter")
     ledger.check(planned)
     if annotated:  # What cannot be scored is said now, not after the last video.
         try:
