@@ -46,3 +46,21 @@ def test_rename_and_copy_refuse_to_replace_unless_asked(tmp_path):
     local.makedirs(str(tmp_path / "p" / "q"))
     local.makedirs(str(tmp_path / "p" / "q"))  # existing: fine, as tf.io.gfile.makedirs
     assert (tmp_path / "p" / "q").is_dir()
+
+
+def test_a_path_that_is_a_broken_or_looping_link_is_said_to_be_one(tmp_path, capsys):
+    # `predict --videos x.mp4` (and every command's "not found") said "does not exist" of a link that is there but
+    # leads nowhere: the user looked for a missing file instead of the link.
+    from tfrecords_schema.filesystems import missing_hint
+    from trainer.prediction import predict
+
+    loop, dangling = tmp_path / "loop.mp4", tmp_path / "dangling.mp4"
+    loop.symlink_to("loop.mp4")
+    gone = tmp_path / "gone.mp4"  # (never made)
+    dangling.symlink_to(gone)
+    looping = "is a symbolic link that loops (a chain of links that never reaches a file)"
+    assert missing_hint(str(loop)) == f"; {loop} {looping}"
+    assert missing_hint(str(dangling)) == f"; {dangling} is a symbolic link to {gone}, which does not exist"
+    assert missing_hint(str(tmp_path / "absent.mp4")) == ""
+    assert predict.run(["--model", str(tmp_path / "m"), "--videos", str(loop), "--output", str(tmp_path / "o")]) == 1
+    assert looping in capsys.readouterr().err

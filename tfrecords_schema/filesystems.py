@@ -18,6 +18,7 @@ Example (the environment of an S3-compatible server)::
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import posixpath
 import sys
@@ -87,7 +88,10 @@ def register_tensorflow_io() -> None:
 def missing_hint(url: str) -> str:
     """What to add to "``url`` not found" where it may not be the object's absence: tensorflow-io's ``s3://`` answers
     a bucket that does not exist, credentials it refuses and an endpoint it cannot reach (after ~1 min of retries)
-    with the same "not found" (tensorflow-io 0.37.1). ``""`` for other schemes, which tell these apart themselves."""
+    with the same "not found" (tensorflow-io 0.37.1). A local path that is a symbolic link leading nowhere (broken, or
+    a loop) is said to be one: the user would look for a missing file. ``""`` otherwise."""
+    if "://" not in url:
+        return _broken_link(url)
     if scheme_of(url) != "s3":
         return ""
     hint = ("; tensorflow-io also says not found for a bucket that does not exist, refused credentials or an "
@@ -96,6 +100,20 @@ def missing_hint(url: str) -> str:
     if not _aws_credentials_set():
         hint += " (no AWS credentials are set in the environment or in ~/.aws; an instance role would still serve)"
     return hint
+
+
+def _broken_link(path: str) -> str:
+    """``"; PATH is a symbolic link ..."`` for a local link whose target cannot be reached, else ``""``."""
+    if not os.path.islink(path):
+        return ""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"; {path} is a symbolic link that loops (a chain of links that never reaches a file)"
+        target = os.readlink(path)
+        return f"; {path} is a symbolic link to {target}, which does not exist"
+    return ""
 
 
 def _aws_credentials_set() -> bool:
