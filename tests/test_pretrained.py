@@ -185,6 +185,25 @@ def test_import_model_writes_an_export_with_its_source_recorded(network_file, tm
     assert rc == 2 and "notes.txt" in err and (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_class_map_onto_the_abaw_classes_with_a_misspelt_name_is_refused(network_file, tmp_path):
+    # "glad=Happines,cross=Anger" made the export's classes ["Happines", "Anger"] (the mapped names, as for a dataset
+    # of one's own) without a word: the mistake showed only later, as a label mismatch in evaluate.
+    out = tmp_path / "export"
+    rc, err = run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1",
+                          "--class_map", "glad=Happines,cross=Anger", "--output", str(out)])
+    assert rc == 2 and not out.exists()
+    assert "--class_map maps onto 'Happines' (did you mean 'Happiness'?): not an ABAW expression class" in err
+    assert "--dataset_classes" in err and "Traceback" not in err
+    rc, err = run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1",
+                          "--class_map", "glad=happiness,cross=anger", "--output", str(out)])
+    assert rc == 2 and "'happiness' (did you mean 'Happiness'?), 'anger' (did you mean 'Anger'?)" in err
+    # A dataset of one's own with names of its own: they are its classes, in order.
+    rc, err = run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1",
+                          "--class_map", "glad=Joy,cross=Rage", "--output", str(out)])
+    assert rc == 0, err
+    assert json.loads((out / "model_info.json").read_text())["label_names"]["expression"] == ["Joy", "Rage"]
+
+
 def test_fine_tuning_keeps_a_head_mapped_by_class_map_or_with_the_data_classes(network_file, tmp_path):
     out = tmp_path / "export"
     assert run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1",

@@ -28,6 +28,7 @@ load, a class count that is not the model's, an input that is not an image, ...)
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import math
 import os
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "out are dropped and the rest renormalised")
     p.add_argument("--dataset_classes", metavar="N1,N2,...",
                    help="with --class_map: the dataset's classes in order (default: the ABAW expression classes "
-                        "Neutral..Other when every mapped name is one of them, else the mapped names in order)")
+                        "Neutral..Other when every mapped name is one of them, else the mapped names in order; names "
+                        "that mix with the ABAW ones or look like a misspelt one are refused)")
     p.add_argument("--model_outputs", choices=IMPORTED_OUTPUTS, default=IMPORTED_OUTPUTS[0],
                    help="what the model's output is: probabilities (it ends in a softmax) or logits")
     p.add_argument("--channel_order", choices=CHANNEL_ORDERS, default=CHANNEL_ORDERS[0],
@@ -159,9 +161,20 @@ def _target_classes(args, mapping: dict | None, class_names: list[str]) -> list[
         return class_names
     if args.dataset_classes:
         return _names(args.dataset_classes, "--dataset_classes")
-    if set(mapping.values()) <= set(EXPRESSION_NAMES_8):
+    targets = list(dict.fromkeys(mapping.values()))
+    others = [t for t in targets if t not in EXPRESSION_NAMES_8]
+    if not others:
         return list(EXPRESSION_NAMES_8)
-    return list(dict.fromkeys(mapping.values()))
+    # Names of one's own dataset are taken as its classes, but not where they mix with ABAW names or look like one:
+    # a misspelt ABAW name would make a class of its own, and show only as a label mismatch in evaluate.
+    abaw = {name.casefold(): name for name in EXPRESSION_NAMES_8}
+    near = {t: difflib.get_close_matches(t.casefold(), abaw, n=1, cutoff=0.8) for t in others}
+    if len(others) < len(targets) or any(near.values()):
+        named = [repr(t) + (f" (did you mean {abaw[near[t][0]]!r}?)" if near[t] else "") for t in others]
+        raise UsageError(f"--class_map maps onto {first_of(named, 5)}: not an ABAW expression class "
+                         f"({', '.join(EXPRESSION_NAMES_8)}); spell the ABAW names as here, or give your dataset's "
+                         "classes in order with --dataset_classes")
+    return targets
 
 
 def _check_export(model, net, input_spec, crop_size: int, class_map, model_outputs: str) -> None:
