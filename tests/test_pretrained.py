@@ -321,6 +321,26 @@ def test_a_mixed_precision_network_is_imported_and_checked_at_its_precision(tmp_
                                net.predict_on_batch(crops.astype(np.float32) / 255.0).astype(np.float32), atol=1e-2)
 
 
+def test_a_uint8_input_network_gets_the_crops_pixels_rounded_not_truncated(tmp_path):
+    # The adapter's grey (or resized) values were cast to the network's uint8 input by truncation: 99.7 became 99, so
+    # every pixel was half a grey level darker on average than the rounded images such a network is trained on.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 1), dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "uint8.keras")
+    net = keras.saving.load_model(tmp_path / "uint8.keras", compile=False)
+    rc, err = run_import(["--keras", str(tmp_path / "uint8.keras"), "--class_names", CLASSES, "--pixel_range=0,255",
+                          "--crop_size", "16", "--output", str(tmp_path / "export")])
+    assert rc == 0, err
+    model = keras.saving.load_model(str(tmp_path / "export" / "model.keras"), compile=False)
+    crops = np.random.default_rng(7).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    grey = pretrained.InputSpec(16, 1, (0, 255)).adapter()(crops.astype(np.float32) / 255.0).numpy()
+    rounded = np.round(grey).astype(np.uint8)
+    assert np.mean(rounded != np.floor(grey)) > 0.3  # (the crops make grey values that rounding and truncation part)
+    np.testing.assert_allclose(model(crops[:, None])["expression"].numpy()[:, 0], net.predict_on_batch(rounded),
+                               atol=1e-6)
+
+
 def test_import_model_never_writes_into_the_model_it_imports(tmp_path):
     # A model saved as model.keras looked like an export to --output's check: --overwrite replaced the user's model
     # with the export; an --output inside a SavedModel folder changed the folder being imported.

@@ -60,10 +60,11 @@ class ImageAdapter(keras.layers.Layer):
         channel_order: ``"rgb"`` or ``"bgr"`` (networks converted from Caffe/OpenCV pipelines).
         mean: Per-channel means subtracted after the pixel range, or None.
         std: Per-channel divisors applied after ``mean``, or None.
+        integer: Round the values (to whole numbers) for a network that takes integer pixels.
     """
 
     def __init__(self, size: int, channels: int, pixel_range, channel_order: str = "rgb", mean=None, std=None,
-                 **kwargs):
+                 integer: bool = False, **kwargs):
         super().__init__(**kwargs)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {channels}")
@@ -82,6 +83,7 @@ class ImageAdapter(keras.layers.Layer):
         self.pixel_range = (low, high)
         self.mean = None if mean is None else tuple(float(v) for v in mean)
         self.std = None if std is None else tuple(float(v) for v in std)
+        self.integer = bool(integer)
 
     def call(self, inputs):
         """``[N, H, W, 3]`` in [0, 1] → ``[N, size, size, channels]`` in the network's range."""
@@ -99,6 +101,8 @@ class ImageAdapter(keras.layers.Layer):
             x = x - keras.ops.convert_to_tensor(self.mean, x.dtype)
         if self.std is not None:
             x = x / keras.ops.convert_to_tensor(self.std, x.dtype)
+        if self.integer:  # (A cast to the network's integer input truncates: 200 / 255 * 255 would become 199.)
+            x = keras.ops.round(x)
         return x
 
     def compute_output_shape(self, input_shape):
@@ -108,7 +112,7 @@ class ImageAdapter(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "channels": self.channels,
                 "pixel_range": list(self.pixel_range), "channel_order": self.channel_order,
                 "mean": None if self.mean is None else list(self.mean),
-                "std": None if self.std is None else list(self.std)}
+                "std": None if self.std is None else list(self.std), "integer": self.integer}
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)

@@ -53,6 +53,7 @@ class InputSpec:
         channel_order: ``rgb`` or ``bgr``.
         mean: Per-channel means subtracted after the pixel range, or None.
         std: Per-channel divisors after ``mean``, or None.
+        integer: The network takes integer pixels (a ``uint8`` input): the values are rounded before its cast.
     """
 
     size: int
@@ -61,11 +62,12 @@ class InputSpec:
     channel_order: str = "rgb"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    integer: bool = False
 
     def adapter(self, name: str = "input_adapter") -> ImageAdapter:
         """The layer that turns the trainer's crops into this input."""
         return ImageAdapter(self.size, self.channels, self.pixel_range, self.channel_order, self.mean, self.std,
-                            name=name)
+                            self.integer, name=name)
 
     def to_dict(self) -> dict:
         """JSON-ready, with the resize and grey rules spelled out."""

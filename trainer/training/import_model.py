@@ -324,7 +324,7 @@ def import_model(args) -> dict:
     mean = _floats(args.mean, None, "--mean") if args.mean else None
     std = _floats(args.std, None, "--std") if args.std else None
     try:
-        input_spec = InputSpec(size, channels, (low, high), args.channel_order, mean, std)
+        input_spec = InputSpec(size, channels, (low, high), args.channel_order, mean, std, integer="int" in dtype)
         input_spec.adapter()  # checks the values
         split = split_classifier(net, args.model_outputs)
         targets = _target_classes(args, mapping, class_names)
