@@ -24,11 +24,12 @@ counts element-wise ops) and a per-layer count of the convolutions and dense lay
 ``DepthwiseConv2D``, ``Dense``: output positions x kernel x channels). The temporal head adds well under 1 M per
 frame (the GRU 100,100,50 on 300 features: ~0.2 M) and is left out.
 
-**Projection** (``--input_rate_json`` from ``bench/input_rate.py --json``): frames per second one H100 SXM would
-consume (dense bf16 ``--peak_tflops`` 989, at ``--utilisation``; a training step is ~3x the forward multiply-adds:
-forward, and the gradients of activations and of weights) and the CPU cores that keep up with it for each codec:
-frames/s over the measured frames per CPU-second of that codec's train stream (``jpeg w8``, ``raw w8``: with
-``--windows_per_clip 8``).
+**Projection** (``--input_rate_json``: ``bench/input_rate.py --json``, or the JSON line ``affectstream input-rate``
+prints last, measured at ``--crop_size``): frames per second one H100 SXM would consume (dense bf16
+``--peak_tflops`` 989, at ``--utilisation``; a training step is ~3x the forward multiply-adds: forward, and the
+gradients of activations and of weights) and the CPU cores that keep up with it for each codec: frames/s over the
+measured frames per CPU-second of that codec's train stream (``jpeg w8``, ``raw w8``: with ``--windows_per_clip
+8``).
 
 Example::
 
@@ -101,6 +102,34 @@ def measure_macs(crop_size: int, cnn_width: float) -> dict:
                                        backbone=backbone, cnn_width=cnn_width))
         macs[backbone] = {"layers": layer_macs(cnn), "profiler": profiler_macs(cnn, crop_size)}
     return macs
+
+
+def input_rates(path: str, crop_size: int) -> dict:
+    """``{label: frames per CPU-second}`` of the train streams measured in ``path``: ``bench/input_rate.py --json``
+    (its :data:`PROJECTED_STREAMS`) or the JSON line ``affectstream input-rate`` prints last (its one stream).
+
+    Raises:
+        ValueError: a file of neither kind, or an input-rate line measured at crops other than ``crop_size`` (the
+            multiply-adds are counted at ``crop_size``: cores from another size's rate would mean nothing).
+    """
+    try:
+        measured = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--input_rate_json {path}: {e}") from e
+    if isinstance(measured, dict) and isinstance(measured.get("figures"), dict):
+        figures = measured["figures"]
+        return {label: figures[name]["frames_per_cpu_second"] for label, name in PROJECTED_STREAMS.items()
+                if name in figures}
+    if isinstance(measured, dict) and {"codec", "windows_per_clip", "frames_per_cpu_second"} <= measured.keys():
+        if measured.get("crop_size") != crop_size:
+            raise ValueError(f"--input_rate_json {path} measured {measured.get('crop_size')}² crops, but the "
+                             f"multiply-adds are counted at --crop_size {crop_size}: give --crop_size "
+                             f"{measured.get('crop_size')}, or measure data converted at {crop_size}²")
+        windows = measured["windows_per_clip"]
+        label = measured["codec"] if windows == 1 else f"{measured['codec']} w{windows}"
+        return {label: measured["frames_per_cpu_second"]}
+    raise ValueError(f"--input_rate_json {path} is neither bench/input_rate.py --json output nor the JSON line "
+                     "`affectstream input-rate` prints last")
 
 
 def projection(macs: dict, rates: dict, peak_tflops: float, utilisation: float) -> dict:
@@ -193,7 +222,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="alternating timing rounds per input (best kept)")
     parser.add_argument("--crop_size", type=int, default=112, help="of the conversion made and of the MAC count")
     parser.add_argument("--macs_only", action="store_true", help="count multiply-adds and project; time nothing")
-    parser.add_argument("--input_rate_json", help="bench/input_rate.py --json output: frames per CPU-second per codec")
+    parser.add_argument("--input_rate_json",
+                        help="bench/input_rate.py --json output, or the JSON line `affectstream input-rate` prints "
+                        "last: frames per CPU-second of the train streams")
     parser.add_argument("--peak_tflops", type=float, default=H100_DENSE_BF16_TFLOPS)
     parser.add_argument("--utilisation", type=float, default=0.35, help="of the peak (0.35: 35 %%)")
     parser.add_argument("--json", help="write the figures here")
@@ -201,6 +232,13 @@ def main(argv=None) -> int:
     backbones = [b for b in args.backbones.split(",") if b]
     if unknown := sorted(set(backbones) - set(BACKBONES)):
         parser.error(f"unknown backbone(s) {unknown}; valid: {', '.join(BACKBONES)}")
+
+    rates = None
+    if args.input_rate_json:  # read before the minutes of counting and timing: a wrong file is refused at once
+        try:
+            rates = input_rates(args.input_rate_json, args.crop_size)
+        except ValueError as e:
+            parser.error(str(e))
 
     import tensorflow as tf
 
@@ -210,10 +248,7 @@ def main(argv=None) -> int:
     print(f"multiply-adds per frame at {args.crop_size}² (measured: per-layer conv/dense count; TF profiler flops/2):")
     for backbone, counts in figures["macs"].items():
         print(f"  {backbone:20s} {counts['layers'] / 1e6:8.1f} M  ({counts['profiler'] / 1e6:.1f} M)")
-    if args.input_rate_json:
-        measured = json.loads(pathlib.Path(args.input_rate_json).read_text())["figures"]
-        rates = {label: measured[name]["frames_per_cpu_second"] for label, name in PROJECTED_STREAMS.items()
-                 if name in measured}
+    if rates:
         figures["projection"] = projection(figures["macs"], rates, args.peak_tflops, args.utilisation)
         print_projection(figures["projection"], rates, args)
 

@@ -6,6 +6,7 @@ Only the option handling is exercised (no conversion, training or timing runs he
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 import sys
 
@@ -99,3 +100,22 @@ def test_predict_compares_the_runs_outputs_not_the_times_in_their_file_list(monk
     assert predict.same_files(*runs) == ["EXPR/v0.txt", "EXPR/v1.txt", LEDGER_FILENAME]
     for name in ("convert", "videos"):
         sys.modules.pop(name, None)
+
+
+def test_gpu_step_projects_from_the_input_rate_line_and_refuses_other_files_at_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))  # gpu_step imports bench/train_step.py
+    gpu_step = _bench("gpu_step")
+    line = {"codec": "raw", "windows_per_clip": 8, "frames_per_cpu_second": 30000.0, "crop_size": 112}
+    (tmp_path / "line.json").write_text(json.dumps(line))
+    assert gpu_step.input_rates(str(tmp_path / "line.json"), 112) == {"raw w8": 30000.0}
+    bench_json = {"figures": {"jpeg": {"frames_per_cpu_second": 6000.0}, "raw": {"frames_per_cpu_second": 7000.0}}}
+    (tmp_path / "bench.json").write_text(json.dumps(bench_json))
+    assert gpu_step.input_rates(str(tmp_path / "bench.json"), 112) == {"jpeg": 6000.0, "raw": 7000.0}
+    (tmp_path / "small.json").write_text(json.dumps({**line, "crop_size": 32}))
+    (tmp_path / "other.json").write_text(json.dumps({"frames": 3}))
+    for name, expected in [("small.json", "give --crop_size 32"), ("other.json", "is neither"),
+                           ("missing.json", "No such file")]:
+        with pytest.raises(SystemExit) as exit_info:  # before any counting or timing: one line, exit 2
+            gpu_step.main(["--macs_only", "--input_rate_json", str(tmp_path / name)])
+        assert exit_info.value.code == 2
+        assert expected in capsys.readouterr().err
