@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from train_step import _time_steps  # bench/train_step.py: this script's folder is on the path.
 
-from trainer.common.choices import BACKBONES
+from trainer.common.choices import BACKBONES, PRECISIONS
 
 H100_DENSE_BF16_TFLOPS = 989.0  # H100 SXM, dense (no sparsity) bf16 tensor-core peak
 TRAIN_OVER_FORWARD = 3.0  # forward + gradient w.r.t. activations + gradient w.r.t. weights
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cnn_width", type=float, default=1.0, help="of simple_cnn (1.0: the paper's)")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--seq_len", type=int, default=8)
-    parser.add_argument("--precision", default="float32", help="float32, mixed_float16 or mixed_bfloat16")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="alternating timing rounds per input (best kept)")
@@ -232,6 +232,10 @@ def main(argv=None) -> int:
     backbones = [b for b in args.backbones.split(",") if b]
     if unknown := sorted(set(backbones) - set(BACKBONES)):
         parser.error(f"unknown backbone(s) {unknown}; valid: {', '.join(BACKBONES)}")
+    if not 0 < args.utilisation <= 1:  # a fraction: 35 would project 35 times the GPU's peak
+        parser.error(f"--utilisation is a fraction of the peak in (0, 1], e.g. 0.35 for 35 %, got {args.utilisation:g}")
+    if bool(args.jpeg) != bool(args.raw) and not args.macs_only:  # one alone would be ignored for a new conversion
+        parser.error("--jpeg and --raw go together (conversions of the same footage); give both or neither")
 
     rates = None
     if args.input_rate_json:  # read before the minutes of counting and timing: a wrong file is refused at once

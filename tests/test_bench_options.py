@@ -119,3 +119,16 @@ def test_gpu_step_projects_from_the_input_rate_line_and_refuses_other_files_at_o
             gpu_step.main(["--macs_only", "--input_rate_json", str(tmp_path / name)])
         assert exit_info.value.code == 2
         assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--macs_only", "--utilisation", "35"], "--utilisation is a fraction of the peak"),
+    (["--precision", "bf16"], "argument --precision: invalid choice: 'bf16'"),
+    (["--jpeg", "JPEG_DATA"], "--jpeg and --raw go together"),
+])
+def test_gpu_step_refuses_bad_options_before_counting_or_converting(argv, expected, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))  # gpu_step imports bench/train_step.py
+    with pytest.raises(SystemExit) as exit_info:
+        _bench("gpu_step").main(argv)
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
