@@ -125,6 +125,10 @@ def input_rates(path: str, crop_size: int) -> dict:
             raise ValueError(f"--input_rate_json {path} measured {measured.get('crop_size')}² crops, but the "
                              f"multiply-adds are counted at --crop_size {crop_size}: give --crop_size "
                              f"{measured.get('crop_size')}, or measure data converted at {crop_size}²")
+        if measured.get("data_service"):
+            raise ValueError(f"--input_rate_json {path} was measured through a tf.data service: its frames per "
+                             "CPU-second leave out the reading and decoding on the service's workers; measure "
+                             "without --data_service")
         windows = measured["windows_per_clip"]
         label = measured["codec"] if windows == 1 else f"{measured['codec']} w{windows}"
         return {label: measured["frames_per_cpu_second"]}

@@ -113,7 +113,9 @@ def test_gpu_step_projects_from_the_input_rate_line_and_refuses_other_files_at_o
     assert gpu_step.input_rates(str(tmp_path / "bench.json"), 112) == {"jpeg": 6000.0, "raw": 7000.0}
     (tmp_path / "small.json").write_text(json.dumps({**line, "crop_size": 32}))
     (tmp_path / "other.json").write_text(json.dumps({"frames": 3}))
+    (tmp_path / "service.json").write_text(json.dumps({**line, "data_service": "grpc://localhost:5050"}))
     for name, expected in [("small.json", "give --crop_size 32"), ("other.json", "is neither"),
+                           ("service.json", "measured through a tf.data service"),
                            ("missing.json", "No such file")]:
         with pytest.raises(SystemExit) as exit_info:  # before any counting or timing: one line, exit 2
             gpu_step.main(["--macs_only", "--input_rate_json", str(tmp_path / name)])

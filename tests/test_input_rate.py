@@ -78,3 +78,19 @@ def test_no_line_about_selecting_an_epoch(data, caplog):
     assert code == 0, err
     assert "strategy" in caplog.text  # the plan was logged,
     assert "selected on" not in caplog.text and "optimistic" not in caplog.text  # its selection lines were not
+
+
+def test_through_a_data_service_the_cpu_figure_is_said_to_be_this_process_receiving_only(data, monkeypatch):
+    from trainer.training import input_rate
+
+    def measured(config, seconds, warmup):  # the figures of a run through a service, without starting one
+        return {"frames": 64, "crop_size": 16, "codec": "jpeg", "batches": 4, "frames_per_second": 100.0,
+                "frames_per_cpu_second": 9000.0, "data_service": config.data_service, "windows_per_clip": 1,
+                "seq_len": 4, "clip_length": 8, "record_bytes": 1}
+
+    monkeypatch.setattr(input_rate, "measure", measured)
+    code, out, err = _run("--data", data / "jpeg", "--task", "expr", "--data_service", "grpc://localhost:5050")
+    assert code == 0, err
+    assert "9000 frames per CPU-second of this process only (receiving: the service's workers decode)" in err
+    code, out, err = _run("--data", data / "jpeg", "--task", "expr")
+    assert code == 0 and "9000 frames per CPU-second\n" in err

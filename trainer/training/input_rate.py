@@ -173,9 +173,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         from trainer.common.errors import TrainingError
 
         return errors.report_failure(e, (DatasetInfoError, TrainingError, ValueError, OSError))
+    # Through a tf.data service the reading and decoding ran on its workers: this process's CPU only received.
+    cpu_of = " of this process only (receiving: the service's workers decode)" if result["data_service"] else ""
     print(f"[input-rate] {result['frames']} frames of {result['crop_size']}² ({result['codec']}) in "
           f"{result['batches']} batches: {result['frames_per_second']:.0f} frames/s, "
-          f"{result['frames_per_cpu_second']:.0f} frames per CPU-second", file=sys.stderr, flush=True)
+          f"{result['frames_per_cpu_second']:.0f} frames per CPU-second{cpu_of}", file=sys.stderr, flush=True)
     hint = repeated_sampling_hint(result)
     if hint:
         print(hint, file=sys.stderr, flush=True)
