@@ -94,3 +94,21 @@ def test_through_a_data_service_the_cpu_figure_is_said_to_be_this_process_receiv
     assert "9000 frames per CPU-second of this process only (receiving: the service's workers decode)" in err
     code, out, err = _run("--data", data / "jpeg", "--task", "expr")
     assert code == 0 and "9000 frames per CPU-second\n" in err
+
+
+@pytest.mark.parametrize("precision, native_bfloat16, warned", [
+    ("mixed_bfloat16", True, False), ("mixed_bfloat16", False, True), ("mixed_float16", True, True),
+])
+def test_16_bit_precision_on_a_cpu_is_called_slow_only_where_it_is(data, monkeypatch, caplog, precision,
+                                                                     native_bfloat16, warned):
+    # On a CPU with bfloat16 instructions (AVX512_BF16, AMX) mixed_bfloat16 is faster than float32; float16 is
+    # emulated on every CPU.
+    from trainer.training import distribution
+
+    monkeypatch.setattr(distribution, "has_gpu", lambda: False)
+    monkeypatch.setattr(distribution, "cpu_has_bfloat16", lambda: native_bfloat16, raising=False)
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        code, _, err = _run("--data", data / "jpeg", "--task", "expr", "--batch_size", "4", "--seq_len", "4",
+                            "--precision", precision, "--seconds", "0.1", "--warmup_batches", "1")
+    assert code == 0, err
+    assert ("is emulated and slow" in caplog.text) == warned, caplog.text

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 
 from tfrecords_schema import HEAD_EXPRESSION, SPLIT_SELECTION, SPLIT_TRAIN, SPLIT_VALIDATION, TASK_EXPRESSION
-from trainer.common.choices import STAGE_FRAMES
+from trainer.common.choices import PRECISION_BFLOAT16, PRECISION_FLOAT32, STAGE_FRAMES
 from trainer.common.errors import TrainingError
 from trainer.training.config import ConfigError, TrainConfig
 
@@ -280,7 +280,8 @@ def plan_job(config: TrainConfig, strategy, role, evaluates: bool = True) -> Job
                     "which the model is fed and input-rate counts as frames; convert with --clip_length %d or more, or "
                     "lower --seq_len", config.seq_len, config.data, info.clip_length,
                     100 * (config.seq_len - info.clip_length) // config.seq_len, config.seq_len)
-    if config.precision != "float32" and not use_gpu:
+    if config.precision != PRECISION_FLOAT32 and not use_gpu and not (
+            config.precision == PRECISION_BFLOAT16 and distribution.cpu_has_bfloat16()):
         log.warning("--precision %s without a GPU: 16-bit arithmetic on this CPU is emulated and slow (a check, "
                     "not a speed-up)", config.precision)
     log.info("strategy %s: %s (%d replicas), chief=%s, heads %s, %d steps/epoch x %d epochs = %d steps, XLA %s",
