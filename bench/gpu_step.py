@@ -136,6 +136,23 @@ def input_rates(path: str, crop_size: int) -> dict:
                      "`affectstream input-rate` prints last")
 
 
+def check_conversions(data: dict) -> None:
+    """Refuses ``{codec: path}`` conversions that are not of that codec or not of one crop size (both feed one model).
+
+    Raises:
+        ValueError: the reason, naming the options (a DatasetInfoError, a ValueError, for a path without a conversion).
+    """
+    from tfrecords_schema import read_dataset_info
+
+    infos = {codec: read_dataset_info(path) for codec, path in data.items()}
+    for codec, info in infos.items():
+        if info.codec != codec:  # its rows would be labelled with the other codec
+            raise ValueError(f"--{codec} {data[codec]} holds {info.codec} crops: give it as --{info.codec}")
+    if len({info.crop_size for info in infos.values()}) > 1:
+        raise ValueError("--jpeg and --raw must hold crops of one size (both feed one model): "
+                         + ", ".join(f"--{codec} {info.crop_size}²" for codec, info in infos.items()))
+
+
 def projection(macs: dict, rates: dict, peak_tflops: float, utilisation: float) -> dict:
     """Per backbone: frames/s one GPU consumes and, per codec, the cores that feed it (``rates``: frames per
     CPU-second of each codec's train stream)."""
@@ -245,6 +262,12 @@ def main(argv=None) -> int:
     if args.input_rate_json:  # read before the minutes of counting and timing: a wrong file is refused at once
         try:
             rates = input_rates(args.input_rate_json, args.crop_size)
+        except ValueError as e:
+            parser.error(str(e))
+
+    if args.jpeg and args.raw and not args.macs_only:
+        try:
+            check_conversions({"jpeg": args.jpeg, "raw": args.raw})
         except ValueError as e:
             parser.error(str(e))
 

@@ -134,3 +134,19 @@ def test_gpu_step_refuses_bad_options_before_counting_or_converting(argv, expect
         _bench("gpu_step").main(argv)
     assert exit_info.value.code == 2
     assert expected in capsys.readouterr().err
+
+
+def test_gpu_step_refuses_swapped_codecs_and_two_crop_sizes_before_timing(tmp_path, monkeypatch, capsys):
+    from trainer_data import write_dataset
+
+    monkeypatch.syspath_prepend(str(BENCH))  # gpu_step imports bench/train_step.py
+    gpu_step = _bench("gpu_step")
+    for name, codec, crop_size in [("jpeg", "jpeg", 16), ("raw", "raw", 16), ("raw24", "raw", 24)]:
+        write_dataset(tmp_path / name, num_clips_per_class={"A": 1, "B": 1}, clip_length=4, crop_size=crop_size,
+                      codec=codec, num_validation_clips_per_class=1)
+    for jpeg, raw, expected in [("raw", "jpeg", "--jpeg RAW holds raw crops: give it as --raw"),
+                                ("jpeg", "raw24", "must hold crops of one size (both feed one model): --jpeg 16²")]:
+        with pytest.raises(SystemExit) as exit_info:
+            gpu_step.main(["--jpeg", str(tmp_path / jpeg), "--raw", str(tmp_path / raw), "--backbones", "simple_cnn"])
+        assert exit_info.value.code == 2
+        assert expected.replace("RAW", str(tmp_path / "raw")) in capsys.readouterr().err
