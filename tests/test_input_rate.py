@@ -49,6 +49,9 @@ def test_input_rate_prints_one_json_line_last_with_the_figures(data, codec, extr
     (["--seconds", "0"], "--seconds must be > 0"),
     (["--stage", "sequence", "--features_from", "x"], "input-rate measures the clip stages"),
     (["--windows_per_clip", "0"], "--windows_per_clip must be a positive integer"),
+    # A worker's iterator yields its share of the global batch (counted whole before), and the worker that ends
+    # first takes down the others' collectives: refused before any cluster is joined.
+    (["--strategy", "multi_worker"], "input-rate measures one host's stream; run it on one worker"),
 ])
 def test_bad_options_exit_2_with_one_line(data, argv, expected):
     code, out, err = _run("--data", data / "jpeg", *argv)

@@ -15,7 +15,8 @@ RNNS = ("gru", "lstm")  # the recurrent temporal heads (a stack of --rnn_units l
 TEMPORAL_GRU, TEMPORAL_TCN, TEMPORAL_TRANSFORMER = "gru", "tcn", "transformer"
 # --temporal: what runs over time on the per-frame features (trainer.model.temporal); gru is the paper's stack.
 TEMPORAL_HEADS = (*RNNS, TEMPORAL_TCN, TEMPORAL_TRANSFORMER)
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+STRATEGY_MULTI_WORKER = "multi_worker"
+STRATEGIES = ("auto", "one_device", "mirrored", STRATEGY_MULTI_WORKER)
 LR_SCHEDULES = ("constant", "cosine")
 
 STAGE_END_TO_END = "end_to_end"  # --stage: the CNN and the recurrent stack together (trainer.training.stages)

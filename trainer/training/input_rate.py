@@ -37,7 +37,7 @@ from tfrecords_schema.cli import command_prog
 from tfrecords_schema.image_codec import CODEC_RAW
 from trainer.common import errors
 from trainer.common.allocator import recycle_large_buffers
-from trainer.common.choices import STAGE_SEQUENCE
+from trainer.common.choices import STAGE_SEQUENCE, STRATEGY_MULTI_WORKER
 from trainer.training import config as config_lib
 
 log = logging.getLogger("trainer.train")
@@ -64,7 +64,8 @@ def parse(argv: Sequence[str] | None):
     """``(TrainConfig, seconds, warmup_batches)``.
 
     Raises:
-        config_lib.ConfigError: invalid train options, ``--stage sequence``, or a measuring time that is not > 0.
+        config_lib.ConfigError: invalid train options, ``--stage sequence``, ``--strategy multi_worker``, or a
+            measuring time that is not > 0.
         SystemExit: argparse errors and ``--help``.
     """
     args = build_parser().parse_args(argv)
@@ -77,6 +78,12 @@ def parse(argv: Sequence[str] | None):
     if config.stage == STAGE_SEQUENCE:
         raise config_lib.ConfigError("--stage sequence trains on features computed by the job itself (no decoding); "
                                      "input-rate measures the clip stages (end_to_end, frames)")
+    if config.strategy == STRATEGY_MULTI_WORKER:
+        # Each worker's iterator yields its share of a global batch (the figures counted whole ones), and the
+        # worker that ends its measurement first takes down the others' collective runtime.
+        raise config_lib.ConfigError(f"--strategy {STRATEGY_MULTI_WORKER}: input-rate measures one host's stream; "
+                                     f"run it on one worker without --strategy, with --batch_size the global batch "
+                                     f"size over the workers (one worker's share)")
     return config, seconds, warmup
 
 
