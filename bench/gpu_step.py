@@ -91,13 +91,14 @@ def profiler_macs(cnn, crop_size: int) -> float:
     return profile.total_float_ops / 2
 
 
-def measure_macs(crop_size: int, cnn_width: float) -> dict:
-    """Per backbone: ``{"layers": ..., "profiler": ...}`` multiply-adds per frame of its per-frame CNN."""
+def measure_macs(crop_size: int, cnn_width: float, backbones=BACKBONES) -> dict:
+    """Per backbone of ``backbones``: ``{"layers": ..., "profiler": ...}`` multiply-adds per frame of its per-frame
+    CNN."""
     from trainer.model.backbones import build_backbone
     from trainer.model.spec import ModelSpec
 
     macs = {}
-    for backbone in BACKBONES:
+    for backbone in backbones:
         cnn = build_backbone(ModelSpec(heads=("expression",), num_expression_classes=8, crop_size=crop_size,
                                        backbone=backbone, cnn_width=cnn_width))
         macs[backbone] = {"layers": layer_macs(cnn), "profiler": profiler_macs(cnn, crop_size)}
@@ -275,7 +276,7 @@ def main(argv=None) -> int:
 
     gpus = tf.config.list_physical_devices("GPU")
     device = f"{len(gpus)} GPU(s)" if gpus else f"CPU only ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})"
-    figures = {"device": device, "macs": measure_macs(args.crop_size, args.cnn_width)}
+    figures = {"device": device, "macs": measure_macs(args.crop_size, args.cnn_width, backbones)}
     print(f"multiply-adds per frame at {args.crop_size}² (measured: per-layer conv/dense count; TF profiler flops/2):")
     for backbone, counts in figures["macs"].items():
         print(f"  {backbone:20s} {counts['layers'] / 1e6:8.1f} M  ({counts['profiler'] / 1e6:.1f} M)")

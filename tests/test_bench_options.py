@@ -150,3 +150,10 @@ def test_gpu_step_refuses_swapped_codecs_and_two_crop_sizes_before_timing(tmp_pa
             gpu_step.main(["--jpeg", str(tmp_path / jpeg), "--raw", str(tmp_path / raw), "--backbones", "simple_cnn"])
         assert exit_info.value.code == 2
         assert expected.replace("RAW", str(tmp_path / "raw")) in capsys.readouterr().err
+
+
+def test_gpu_step_macs_only_counts_the_backbones_asked_for(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))  # gpu_step imports bench/train_step.py
+    assert _bench("gpu_step").main(["--macs_only", "--backbones", "mobilenet_v3_small", "--crop_size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "mobilenet_v3_small" in out and "simple_cnn" not in out and "efficientnet_b0" not in out
