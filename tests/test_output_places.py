@@ -126,3 +126,15 @@ def test_low_space_is_one_warning_line_up_front(inputs, tmp_path):
         first = err.splitlines()[0]
         assert first.startswith(f"convert: warning: {out}: only ") and "needed (twice the previous output)" in first
         assert json.loads((out / "dataset_info.json").read_text())["crop_size"] == 200  # Previous or new: whole.
+
+
+def test_an_output_named_like_a_pattern_is_written_and_replaced_whole(inputs, tmp_path):
+    # Beam's FileSystems.match and delete take a path for a pattern: in "run [v2]" the run failed on its first shard
+    # (IndexError), and with the name matching nothing the temp folder stayed in the output.
+    out = tmp_path / "run [v2] é*?"
+    for extra in ((), ("--overwrite",)):
+        rc, stdout, err = run_convert(*inputs, out, *extra, "--progress_every", "1")
+        assert rc == 0, err
+        assert sorted(os.listdir(out)) == ["dataset_info.json", "train", "validation"], err
+        assert "tracks 2/2" in stdout and "in 1 worker processes" in stdout  # The progress markers were found.
+    assert read_dataset_info(str(out)).splits["train"].num_clips == 2

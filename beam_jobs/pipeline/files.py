@@ -13,12 +13,15 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.media.video import is_remote
+from tfrecords_schema import join_path
 from tfrecords_schema.atomic import incomplete_file
 
 
@@ -69,7 +72,10 @@ class BeamFiles:
 
     @staticmethod
     def remove(path: str) -> None:
-        FileSystems.delete([path])
+        if is_remote(path):
+            FileSystems.delete([path])
+        else:
+            os.remove(path)  # Beam's local delete takes its path for a pattern (see delete_tree).
 
 
 def write_atomically(path: str, data: bytes) -> str:
@@ -83,6 +89,32 @@ def write_atomically(path: str, data: bytes) -> str:
     return path
 
 
+def literal_pattern(path: str) -> str:
+    """``path`` with the pattern characters of ``FileSystems.match`` (``*?[``) quoted, for a pattern under it.
+
+    ``FileSystems.match`` and Beam's deletes take every path for a pattern: an output named ``run [v2]`` matched
+    nothing, and a run into it failed on its first shard.
+    """
+    return glob.escape(path)
+
+
+def list_files(folder: str, suffix: str) -> list[str]:
+    """The files directly in ``folder`` whose names end in ``suffix`` (none when it does not exist)."""
+    if is_remote(folder):
+        return [m.path for m in FileSystems.match([join_path(literal_pattern(folder), "*" + suffix)])[0].metadata_list]
+    if not os.path.isdir(folder):
+        return []
+    return sorted(e.path for e in os.scandir(folder) if e.name.endswith(suffix) and e.is_file())
+
+
+def file_size(path: str) -> int:
+    """The size of the file ``path`` in bytes (its name taken as it is, never as a pattern)."""
+    return FileSystems.get_filesystem(path).size(path)
+
+
 def delete_tree(path: str) -> None:
     """Deletes a folder and everything under it (a prefix on object stores)."""
-    FileSystems.delete([path.rstrip("/") + "/" if is_remote(path) else path])
+    if is_remote(path):
+        FileSystems.delete([path.rstrip("/") + "/"])
+    else:
+        shutil.rmtree(path)  # What Beam's local delete does, without taking the path for a pattern.

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from beam_jobs.pipeline.config import PROGRESS_DIRNAME, TMP_DIRNAME
 
 # Names the conversion writes under its output, imported from where their writers declare them.
+from beam_jobs.pipeline.files import literal_pattern
 from beam_jobs.pipeline.finalize import DEAD_LETTERS_FILENAME, ERRORS_DIRNAME
 from beam_jobs.pipeline.spill import SPILL_DIRNAME
 from tfrecords_schema import DATASET_INFO_FILENAME, DatasetInfo, DatasetInfoError, join_path
@@ -90,7 +91,7 @@ def _list_files(output: str) -> tuple[list[str], list[str]]:
         from apache_beam.io.filesystems import FileSystems
 
         root = output.rstrip("/") + "/"
-        found = FileSystems.match([root + "**"])[0].metadata_list
+        found = FileSystems.match([literal_pattern(root) + "**"])[0].metadata_list
         return sorted(m.path[len(root):] for m in found if m.path.startswith(root) and m.path != root), []
     files, odd = [], []
     own = set(own_entries(output))  # The lock and a running transaction's marked folders: not the output.
@@ -383,7 +384,7 @@ def _claim_in_place(output: str, overwrite: bool) -> Iterator[OutputClaim]:
         yield claim
     except BaseException as e:
         with contextlib.suppress(Exception):  # Best effort: the error being raised matters more.
-            if FileSystems.match([tmp.rstrip("/") + "/**"])[0].metadata_list:
+            if FileSystems.match([literal_pattern(tmp.rstrip("/")) + "/**"])[0].metadata_list:
                 delete_tree(tmp)
         if is_disk_full(e) and not isinstance(e, DiskFullError):
             raise DiskFullError(describe_disk_full(output)) from e

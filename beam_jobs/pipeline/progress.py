@@ -102,12 +102,12 @@ class ProgressMonitor(threading.Thread):
         done, frames, written, pids = 0, 0, 0, set()
         media_done: collections.Counter = collections.Counter()
         try:
-            metadata = FileSystems.match([join_path(self._dir, "*.json")])[0].metadata_list
+            markers = files.list_files(self._dir, ".json")
         except Exception:  # noqa: BLE001 - the folder may not exist yet or be gone already.
             return done, frames, written, pids
-        for meta in metadata:
+        for path in markers:
             try:
-                with FileSystems.open(meta.path) as f:
+                with FileSystems.open(path) as f:
                     marker = json.loads(f.read())
             except (OSError, ValueError):
                 continue

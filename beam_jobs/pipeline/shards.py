@@ -125,7 +125,7 @@ class WriteShardFn(beam.DoFn):
         path = shard_path(split, shard_basename(self._config.dataset_name, split, bucket, index, n))
         tmp = join_path(self._config.tmp_dir, path)
         write_tfrecord(tmp, read_spilled(records))
-        size = FileSystems.match([tmp])[0].metadata_list[0].size_in_bytes
+        size = files.file_size(tmp)
         counter("shards_written").inc()
         yield ShardInfo(path=path, bucket=bucket, num_records=len(records),
                         num_frames=int(sum(r.frames for r in records)), num_bytes=int(size))
