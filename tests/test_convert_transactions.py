@@ -34,9 +34,10 @@ from beam_jobs.pipeline import output_folder
 from beam_jobs.pipeline.config import TMP_DIRNAME
 from beam_jobs.sources.abaw import AbawSource
 from tfrecords_schema import read_dataset_info
+from tfrecords_schema.atomic import INCOMPLETE_MARK
 from tfrecords_schema.dataset_info import CONVERT_TMP_DIRNAME
-from tfrecords_schema.locks import lock_output
-from tfrecords_schema.transaction import output_transaction
+from tfrecords_schema.locks import LOCK_FILENAME, lock_output, process_identity
+from tfrecords_schema.transaction import MARKER_FILENAME, STATE_WRITING, TOOL, output_transaction
 
 FORK = multiprocessing.get_context("fork")
 # Python 3.12 warns on fork() in a process with threads (TensorFlow's): the children run only file-system calls.
@@ -230,6 +231,26 @@ def test_a_kill_in_the_swap_is_finished_by_the_next_run(inputs, previous, tmp_pa
     rc, _, err = run_convert(*inputs, out, "--overwrite")
     assert rc == 0, err
     assert sorted(os.listdir(out.parent)) == ["out"]
+
+
+def test_a_killed_runs_lock_under_a_pid_used_again_is_taken_over(inputs, previous):
+    # A container restarted after a kill runs the conversion under the same host name and pid: the dead run's lock
+    # and staging folder read as held by the new run itself ("held by pid N", N its own), run after run.
+    out, before = previous
+    me, txn = os.getpid(), "0123456789abcdef"
+    boot, ticks = process_identity(me).split(":")
+    dead = {"host": socket.gethostname(), "pid": me, "started": "2026-01-02T03:04:05+00:00",
+            "process": f"{boot}:{int(ticks) - 1000}", "command": "killed conversion"}  # An earlier process, same pid.
+    (out / LOCK_FILENAME).write_text(json.dumps({**dead, "token": "f" * 32}))
+    staging = out / f".out{INCOMPLETE_MARK}{txn}"
+    staging.mkdir()
+    (staging / MARKER_FILENAME).write_text(json.dumps({**dead, "tool": TOOL, "target": "out", "id": txn,
+                                                       "state": STATE_WRITING}))
+    rc, _, err = run_convert(*inputs, out, "--overwrite")
+    assert rc == 0, err
+    assert f"took over the stale lock {out / LOCK_FILENAME} of pid {me}" in err
+    assert f"leftover of an earlier run: staging {staging}" in err and "remove it: done" in err
+    assert sorted(tree(out)) == sorted(before) and sorted(os.listdir(out.parent)) == ["out"]
 
 
 # ---------------------------------------------------------------------------------------- --overwrite safety

@@ -1,6 +1,6 @@
 """Exclusive run locks: one conversion per ``--output``, one training per ``--job_dir``.
 
-A lock is a small JSON file ``{"host", "pid", "started", "command", "token"}``:
+A lock is a small JSON file ``{"host", "pid", "started", "command", "token", "process"}``:
 
 * ``lock_folder(job_dir)`` puts it inside the folder (``JOB_DIR/.affectstream.lock``);
 * ``lock_output(out)`` puts it inside a local output folder too (``OUT/.affectstream.lock``: a transactional output,
@@ -84,12 +84,14 @@ class LockInfo:
     started: str  # ISO 8601, local time with offset.
     command: str
     token: str  # Random, per acquisition: release and takeover touch only the lock that holds it.
+    process: str = ""  # process_identity(pid) of the holder ("" in locks of earlier versions).
 
     @classmethod
     def for_this_process(cls, command: str | None) -> LockInfo:
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         return cls(host=socket.gethostname(), pid=os.getpid(), started=started,
-                   command=" ".join(sys.argv) if command is None else command, token=uuid.uuid4().hex)
+                   command=" ".join(sys.argv) if command is None else command, token=uuid.uuid4().hex,
+                   process=process_identity(os.getpid()))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True) + "\n"
@@ -99,14 +101,14 @@ class LockInfo:
         try:
             d = json.loads(text)
             return cls(host=str(d["host"]), pid=int(d["pid"]), started=str(d["started"]),
-                       command=str(d.get("command", "")), token=str(d["token"]))
+                       command=str(d.get("command", "")), token=str(d["token"]), process=str(d.get("process", "")))
         except (ValueError, KeyError, TypeError) as e:
             raise LockError(f"lock file {path} is not an affectstream lock ({type(e).__name__}: {e}); "
                             "delete it if no run is going on") from e
 
     def is_dead_here(self) -> bool:
         """True when the holder ran on this host and its process no longer exists (a stale lock)."""
-        return self.host == socket.gethostname() and not pid_alive(self.pid)
+        return self.host == socket.gethostname() and not holder_alive(self.pid, self.process)
 
 
 def pid_alive(pid: int) -> bool:
@@ -120,6 +122,34 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_identity(pid: int) -> str:
+    """``<boot id>:<start time in clock ticks>`` of process ``pid`` (Linux ``/proc``; "" where unknown).
+
+    A pid names one process only while it runs; with this the process that wrote a lock is told from a later one
+    given the same pid, also across a wall-clock step.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rpartition(")")[2].split()  # After the command name, which may hold spaces and ')'.
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        return f"{boot}:{int(fields[19])}"  # Field 22: the start time, in clock ticks after boot.
+    except (OSError, ValueError, IndexError):
+        return ""
+
+
+def holder_alive(pid: int, process: str = "") -> bool:
+    """Whether the process that wrote a lock or marker on this host (``process``: its :func:`process_identity`)
+    still runs.
+
+    A live ``pid`` of another identity is a later process given the same number: a container restarted after a
+    kill (``restart: on-failure``, an OOM kill) runs the conversion under the same host name and the same small
+    pid, and the dead run's lock read as held by the new run itself, run after run. Without an identity (a lock
+    of an earlier version, a system without ``/proc``) the pid alone decides.
+    """
+    return pid_alive(pid) and (not process or process_identity(pid) in ("", process))
 
 
 def _age_s(path: str) -> float:

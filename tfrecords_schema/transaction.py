@@ -10,8 +10,8 @@ Local folders: everything happens **inside** ``OUT``, so each rename stays on th
 system than its parent, whose space is never used:
 
 * ``OUT/.OUT.incomplete-<id>/``: the staging folder. Its first file is :data:`MARKER_FILENAME` (JSON: tool,
-  target, id, host, pid, started, command, state), which is what makes it ours: :func:`remove_leftovers` never
-  touches a folder without it, whatever its name.
+  target, id, host, pid, started, process, command, state), which is what makes it ours: :func:`remove_leftovers`
+  never touches a folder without it, whatever its name.
 * ``OUT/.OUT.replaced-<id>/``: the previous output's entries during the swap, removed right after it.
 
 The swap goes entry by entry:
@@ -56,7 +56,7 @@ from tfrecords_schema.atomic import INCOMPLETE_MARK
 from tfrecords_schema.cli import first_of
 from tfrecords_schema.dataset_info import DATASET_INFO_FILENAME
 from tfrecords_schema.disk_space import DiskFullError, describe_disk_full, is_disk_full  # noqa: F401 (re-exported)
-from tfrecords_schema.locks import LOCK_FILENAME, TAKEOVER_SUFFIX, pid_alive
+from tfrecords_schema.locks import LOCK_FILENAME, TAKEOVER_SUFFIX, holder_alive, process_identity
 from tfrecords_schema.storage import is_url as _is_url
 
 MARKER_FILENAME = ".affectstream-transaction.json"
@@ -207,7 +207,8 @@ def read_marker(folder: str) -> dict | None:
 
 
 def _alive(marker: dict) -> bool:
-    return marker.get("host") == socket.gethostname() and pid_alive(int(marker.get("pid", 0)))
+    return marker.get("host") == socket.gethostname() and holder_alive(int(marker.get("pid", 0)),
+                                                                        str(marker.get("process", "")))
 
 
 # ----------------------------------------------------------------------------------------------- transaction
@@ -293,7 +294,7 @@ def output_transaction(path: str, replace: bool = False, command: str | None = N
     marker = {"tool": TOOL, "target": _split(path)[1], "id": txn_id, "host": socket.gethostname(),
               "pid": os.getpid(), "command": " ".join(sys.argv) if command is None else command,
               "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "state": STATE_WRITING}
+              "process": process_identity(os.getpid()), "state": STATE_WRITING}
     try:
         if _is_url(staging):
             storage.gfile(staging).makedirs(staging)
