@@ -72,6 +72,21 @@ def test_an_output_that_is_a_mount_point_is_written_and_replaced(inputs, tmp_pat
         assert os.path.ismount(volume) and sorted(os.listdir(tmp_path)) == ["volume"]
 
 
+def test_a_fresh_ext4_disk_with_its_lost_found_is_written_and_replaced(inputs, tmp_path):
+    # mkfs.ext4 leaves lost+found/ at the root: --output on a new data disk was refused as "not empty", and with
+    # --overwrite as "not a conversion output" (no dataset_info.json).
+    with tmpfs(tmp_path / "disk", "16m") as disk:
+        (disk / "lost+found").mkdir(mode=0o700)
+        for extra in ((), ("--overwrite",)):
+            rc, _, err = run_convert(*inputs, disk, *extra)
+            assert rc == 0, err
+            assert sorted(os.listdir(disk)) == ["dataset_info.json", "lost+found", "train", "validation"]
+    plain = tmp_path / "plain"  # Not a mount point: a lost+found there is a user's folder like any other.
+    (plain / "lost+found").mkdir(parents=True)
+    rc, _, err = run_convert(*inputs, plain, "--overwrite")
+    assert rc == 2 and "no dataset_info.json" in err, err
+
+
 def test_a_small_parent_disk_is_never_used_for_staging(inputs, tmp_path):
     # The parent holds 64 KiB; the output is a 16 MiB disk mounted below it. Staging beside the output would fill
     # the parent; staging inside never touches it.

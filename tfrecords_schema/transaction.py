@@ -68,6 +68,7 @@ STATE_SWAPPING = "swapping"  # Local: the staging folder is complete and its ent
 STATE_COMMITTING = "committing"  # Object stores: the staging folder is complete and being copied into OUT.
 DEFAULT_FINISH_WITH = (DATASET_INFO_FILENAME,)  # Readers treat an output without it as incomplete: it goes in last.
 _LOCK_NAMES = (LOCK_FILENAME, LOCK_FILENAME + TAKEOVER_SUFFIX)  # The output's own lock lives inside it locally.
+FILE_SYSTEM_ENTRIES = ("lost+found",)  # What mkfs (ext2/3/4) puts at a file system's root, for fsck.
 
 
 class TransactionError(RuntimeError):
@@ -236,12 +237,17 @@ def _transaction_folder(path: str, entry: str) -> tuple[str, dict] | None:
 def own_entries(path: str) -> list[str]:
     """Names directly under a local output ``path`` that belong to its lock and transactions, not to the output.
 
-    Everything else under ``path`` is the output (or foreign to it). Object stores keep none inside.
+    Also, at the root of a mount point, the file system's own folder (:data:`FILE_SYSTEM_ENTRIES`): never moved or
+    removed, and not a user's entry either (a freshly made ext4 data disk given as ``--output`` was refused, with and
+    without ``--overwrite``). Everything else under ``path`` is the output (or foreign to it). Object stores keep none
+    inside.
     """
     if _is_url(path):
         return []
     names = _listdir(path)
-    return sorted(n for n in names if n in _LOCK_NAMES or n == MARKER_FILENAME or _transaction_folder(path, n))
+    system = FILE_SYSTEM_ENTRIES if os.path.ismount(path) else ()
+    return sorted(n for n in names if n in _LOCK_NAMES or n == MARKER_FILENAME or n in system
+                  or _transaction_folder(path, n))
 
 
 def output_entries(path: str) -> list[str]:
