@@ -15,6 +15,7 @@ import pytest
 from convert_runs import run_convert, tree, write_inputs
 from mounts import tmpfs
 
+from beam_jobs.pipeline import output_folder
 from beam_jobs.sources.abaw import AbawSource
 from tfrecords_schema import read_dataset_info
 
@@ -153,3 +154,16 @@ def test_an_output_named_like_a_pattern_is_written_and_replaced_whole(inputs, tm
         assert sorted(os.listdir(out)) == ["dataset_info.json", "train", "validation"], err
         assert "tracks 2/2" in stdout and "in 1 worker processes" in stdout  # The progress markers were found.
     assert read_dataset_info(str(out)).splits["train"].num_clips == 2
+
+
+def test_overwrite_of_a_folder_without_dataset_info_is_refused_without_walking_it(tmp_path, monkeypatch):
+    # A typo such as --output /data for /data/records: every file below was listed before the refusal (minutes on a
+    # share with millions of files), only to look for an object-store run's .tmp-convert/.
+    data = tmp_path / "data"
+    (data / "records" / "deep").mkdir(parents=True)
+    (data / "records" / "deep" / "x.bin").write_bytes(b"x")
+    walked, walk = [], os.walk
+    monkeypatch.setattr(os, "walk", lambda top, *a, **k: walked.append(top) or walk(top, *a, **k))
+    with pytest.raises(output_folder.OutputRefused, match="it has no dataset_info.json"):
+        output_folder.check_output(str(data), overwrite=True)
+    assert walked == []

@@ -172,9 +172,7 @@ def _read_text(path: str) -> str | None:
 def ownership_problem(output: str) -> str | None:
     """None when ``output`` holds an AffectStream conversion output and nothing else; else the reason."""
     text = _read_text(join_path(output, DATASET_INFO_FILENAME))
-    files, _ = _list_files(output)
-    unfinished = any(f.startswith(TMP_DIRNAME + "/") for f in files)  # An in-place (object-store) run, killed.
-    if text is None and not unfinished:
+    if text is None and not (_is_url(output) and _unfinished_in_place(output)):
         return f"it has no {DATASET_INFO_FILENAME}"
     if text is not None:
         try:
@@ -183,6 +181,17 @@ def ownership_problem(output: str) -> str | None:
             if not _is_affectstream_info(text):
                 return f"its {DATASET_INFO_FILENAME} is not one this tool writes ({str(e)[:200]})"
     return _foreign_problem(output)
+
+
+def _unfinished_in_place(output: str) -> bool:
+    """An object-store output holding what a killed in-place run wrote (``.tmp-convert/``, no info yet).
+
+    Only there: a local run stages in a marked folder, so a local folder without the info is refused without
+    walking it (``--overwrite`` given ``/data`` for ``/data/records`` listed every file below first: minutes on a
+    share, for a refusal).
+    """
+    files, _ = _list_files(output)
+    return any(f.startswith(TMP_DIRNAME + "/") for f in files)
 
 
 def _foreign_problem(output: str) -> str | None:
