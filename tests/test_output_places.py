@@ -167,3 +167,31 @@ def test_overwrite_of_a_folder_without_dataset_info_is_refused_without_walking_i
     with pytest.raises(output_folder.OutputRefused, match="it has no dataset_info.json"):
         output_folder.check_output(str(data), overwrite=True)
     assert walked == []
+
+
+def _access_as_owner(path, mode, **_):
+    """os.access as the folder's owner sees it (root passes every check whatever the mode bits)."""
+    try:
+        bits = os.stat(path).st_mode
+    except OSError:
+        return False
+    return all(bits & bit for flag, bit in ((os.R_OK, 0o400), (os.W_OK, 0o200), (os.X_OK, 0o100)) if mode & flag)
+
+
+def test_a_previous_folder_the_user_cannot_write_is_refused_before_any_work(inputs, tmp_path, monkeypatch):
+    # Found only in the swap, it stopped the swap halfway: the previous dataset_info.json already moved aside (the
+    # output unreadable until a run could finish the swap, which meets the same folder).
+    out = tmp_path / "out"
+    rc, _, err = run_convert(*inputs, out)
+    assert rc == 0, err
+    before = tree(out)
+    (out / "train").chmod(0o555)
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "access", _access_as_owner)
+    try:
+        rc, _, err = run_convert(*inputs, out, "--overwrite")
+    finally:
+        (out / "train").chmod(0o755)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"{out / 'train'} is a folder this user cannot write" in err and "nothing was written" in err
+    assert tree(out) == before and sorted(os.listdir(out)) == ["dataset_info.json", "train", "validation"]

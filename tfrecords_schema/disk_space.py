@@ -6,8 +6,9 @@
   it after removing what the failed run wrote).
 * :func:`check_output_place`: before a run writes anything into a local output folder (which may be a mount point,
   or sit on another file system than its parent): the nearest existing folder is writable, every entry that the
-  swap will move is on the output's own file system (an entry that is itself a mount point cannot be renamed), and
-  how much space is free against an estimate. It returns an :class:`OutputPlace` whose ``problem`` is one line.
+  swap will move is on the output's own file system (an entry that is itself a mount point cannot be renamed) and,
+  when a folder, writable, and how much space is free against an estimate. It returns an :class:`OutputPlace` whose
+  ``problem`` is one line.
 
 Example:
     place = check_output_place("/mnt/data/out", needed_bytes=2 * previous_size)
@@ -140,4 +141,10 @@ def check_output_place(path: str, moved: Iterable[str] = (), needed_bytes: int |
                 return dataclasses.replace(place, problem=(
                     f"{entry} is on another file system (a mount point) than {path}: the swap cannot move it; "
                     f"unmount it or choose another output"))
+            # Moving a folder to another parent rewrites its "..", and removing its files writes it: found only in
+            # the swap, such a folder stopped it halfway, the previous dataset_info.json already moved aside.
+            if os.path.isdir(entry) and not os.path.islink(entry) and not os.access(entry, os.W_OK | os.X_OK):
+                return dataclasses.replace(place, problem=(
+                    f"{entry} is a folder this user cannot write: the swap cannot move it or remove the previous "
+                    f"files in it; make it writable or choose another output"))
     return place
