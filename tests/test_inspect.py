@@ -292,3 +292,32 @@ def test_a_dataset_info_of_another_schema_version_says_what_to_do(copy, version)
         assert "upgrade AffectStream" in err and "Convert the data again" not in err
     else:
         assert "has schema version '3.1'" in err and "Convert the data again" in err
+
+
+def test_reading_an_output_a_conversion_has_not_finished_says_so(tmp_path):
+    # evaluate / train --data on it said only "dataset_info.json not found: --data must be the output directory of
+    # beam_jobs.convert", as for a folder that was never a conversion's; inspect named the staging folder and the lock.
+    import subprocess
+    import sys
+
+    from tfrecords_schema import DatasetInfoError, read_dataset_info
+    from tfrecords_schema.locks import lock_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with lock_output(str(out), command="convert into out"):
+        with pytest.raises(DatasetInfoError, match=rf"a conversion into {out} is running \(pid {os.getpid()} on "):
+            read_dataset_info(str(out))
+    # Killed while writing: its staging folder and lock stay behind.
+    killed = ("import os, sys\nfrom tfrecords_schema.locks import lock_output\n"
+              "from tfrecords_schema.transaction import output_transaction\n"
+              "lock = lock_output(sys.argv[1], command='convert'); lock.__enter__()\n"
+              "with output_transaction(sys.argv[1]) as staging:\n    os._exit(9)\n")
+    assert subprocess.run([sys.executable, "-c", killed, str(out)]).returncode == 9
+    with pytest.raises(DatasetInfoError) as e:
+        read_dataset_info(str(out))
+    assert f"a conversion into {out} stopped before it finished" in str(e.value)
+    assert f"affectstream inspect {out}" in str(e.value)
+    with pytest.raises(DatasetInfoError) as e:  # Never a conversion's: as before.
+        read_dataset_info(str(tmp_path))
+    assert "stopped before" not in str(e.value) and "is running" not in str(e.value)

@@ -256,11 +256,12 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
     """
     import tensorflow as tf  # Late import: the Beam side writes with Beam's file systems.
 
+    from tfrecords_schema.transaction import unfinished_hint  # (It imports this module.)
+
     path = info_path(data_dir)
     if not tf.io.gfile.exists(path):
-        raise DatasetInfoError(
-            f"{path} not found: --data must be the output directory of beam_jobs.convert{missing_hint(path)}"
-        )
+        hint = unfinished_hint(data_dir) or missing_hint(path)
+        raise DatasetInfoError(f"{path} not found: --data must be the output directory of beam_jobs.convert{hint}")
     with tf.io.gfile.GFile(path, "r") as f:
         return DatasetInfo.from_json(f.read(), source=path)
 
