@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -117,6 +118,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "affectstream-bench-videos"))
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    for option, value in (("--video_seconds", args.video_seconds), ("--seconds", args.seconds),
+                          ("--rounds", args.rounds)):
+        if not 0 < value < math.inf:  # (Found only after minutes of converting, by the median of no round.)
+            parser.error(f"{option} must be a finite number > 0, got {value:g}")
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-input-rate-"))
     try:

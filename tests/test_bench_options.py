@@ -157,3 +157,14 @@ def test_gpu_step_macs_only_counts_the_backbones_asked_for(monkeypatch, capsys):
     assert _bench("gpu_step").main(["--macs_only", "--backbones", "mobilenet_v3_small", "--crop_size", "32"]) == 0
     out = capsys.readouterr().out
     assert "mobilenet_v3_small" in out and "simple_cnn" not in out and "efficientnet_b0" not in out
+
+
+@pytest.mark.parametrize("option, value", [("--rounds", "0"), ("--seconds", "0"), ("--video_seconds", "-1")])
+def test_input_rate_bench_refuses_options_that_measure_nothing_before_converting(tmp_path, monkeypatch, option,
+                                                                                 value):
+    # --rounds 0 (or --seconds 0) converted the videos for minutes, then failed in statistics.median.
+    monkeypatch.syspath_prepend(str(BENCH))  # bench/input_rate.py imports bench/convert.py and bench/videos.py
+    input_rate = _bench("input_rate")
+    with pytest.raises(SystemExit) as e:
+        input_rate.main([option, value, "--cache_dir", str(tmp_path / "cache")])
+    assert e.value.code == 2 and not (tmp_path / "cache").exists()

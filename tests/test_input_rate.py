@@ -46,7 +46,8 @@ def test_input_rate_prints_one_json_line_last_with_the_figures(data, codec, extr
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--seconds", "0"], "--seconds must be > 0"),
+    (["--seconds", "0"], "--seconds must be a finite number > 0"),
+    (["--seconds", "inf"], "--seconds must be a finite number > 0"),  # (It measured for ever.)
     (["--stage", "sequence", "--features_from", "x"], "input-rate measures the clip stages"),
     (["--windows_per_clip", "0"], "--windows_per_clip must be a positive integer"),
     # A worker's iterator yields its share of the global batch (counted whole before), and the worker that ends

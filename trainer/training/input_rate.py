@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -71,8 +72,9 @@ def parse(argv: Sequence[str] | None):
     args = build_parser().parse_args(argv)
     seconds, warmup = args.seconds, args.warmup_batches
     del args.seconds, args.warmup_batches
-    if not seconds > 0 or warmup < 0:
-        raise config_lib.ConfigError(f"--seconds must be > 0 and --warmup_batches >= 0, got {seconds} and {warmup}")
+    if not 0 < seconds < math.inf or warmup < 0:
+        raise config_lib.ConfigError(f"--seconds must be a finite number > 0 and --warmup_batches >= 0, got {seconds} "
+                                     f"and {warmup}")
     args.job_dir = f"input-rate-{os.getpid()}"  # Never written; its own tf.data service job, if any.
     config = config_lib.config_from_args(args)
     if config.stage == STAGE_SEQUENCE:
