@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 
 import tensorflow as tf
 
@@ -56,6 +57,29 @@ def read_best_checkpoint(best_dir: str) -> tuple[int, float, str] | None:
         raise TrainingError(f"best checkpoint {path} holds no best_epoch/best_score (written by an older "
                             f"version?): use a new --job_dir") from e
     return epoch, score, path
+
+
+def saved_checkpoints(checkpoint_dir: str) -> list[str]:
+    """The checkpoints of ``checkpoint_dir``, newest (highest number) first: those its ``checkpoint`` file lists and
+    those whose index file is there (``tf.train.latest_checkpoint`` gives None when the newest lost its index file or
+    the ``checkpoint`` file is missing or unreadable, which read as "no checkpoint" and started the job over)."""
+    found = set()
+    state = tf.train.get_checkpoint_state(checkpoint_dir)  # (None when missing or unparsable)
+    if state is not None:
+        found.update(state.all_model_checkpoint_paths or [state.model_checkpoint_path])
+    found.update(path[:-len(".index")] for path in tf.io.gfile.glob(join_path(checkpoint_dir, "ckpt-*.index")))
+
+    def number(path: str) -> int:
+        match = re.search(r"-(\d+)$", path)
+        return int(match.group(1)) if match else -1
+
+    return sorted((p for p in found if p), key=number, reverse=True)
+
+
+def _damage(path: str, error: BaseException) -> str:
+    """``"PATH (Type: first line)"``: a checkpoint that cannot be read, for the warning or the error."""
+    text = str(getattr(error, "message", None) or error).strip()
+    return f"{path} ({type(error).__name__}: {text.splitlines()[0] if text else 'unreadable'})"
 
 
 class TrainState:
@@ -102,24 +126,44 @@ class TrainState:
         self._best_manager = tf.train.CheckpointManager(best_checkpoint, self._my_dirs[1], max_to_keep=1)
 
     def restore(self, total_steps: int) -> int:
-        """Restores the latest checkpoint (if any) and the best epoch of ``best/``; returns the step to start at.
+        """Restores the newest intact checkpoint (if any) and the best epoch of ``best/``; returns the step to start at.
+
+        A checkpoint whose files cannot be read (truncated, its index or data file missing) is passed over with a
+        warning for the one before it: TensorFlow's own lookup skips one without an index silently, and the job then
+        trained from step 0 over the folder's older checkpoints.
 
         Raises:
-            TrainingError: the checkpoint does not fit this model/options, or holds more steps than
-                ``total_steps``.
+            TrainingError: the checkpoint does not fit this model/options, holds more steps than ``total_steps``, or
+                the folder holds checkpoints of which none can be read.
         """
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        if latest:
-            self._check_fingerprint(latest)
+        saved = saved_checkpoints(self.checkpoint_dir)
+        damaged = []
+        for latest in saved:
+            try:  # Any failure to open it or read its fingerprint: its files are damaged (or gone).
+                self._check_fingerprint(latest, tf.train.load_checkpoint(latest))
+            except (IndexError, tf.errors.OpError) as e:
+                damaged.append(_damage(latest, e))
+                continue
             try:
                 self._restorable.restore(latest).assert_existing_objects_matched().expect_partial()
+            except (IndexError, tf.errors.DataLossError) as e:  # (A truncated data file: "Read less bytes ...".)
+                damaged.append(_damage(latest, e))
+                continue
             except (AssertionError, ValueError, tf.errors.OpError) as e:
                 raise TrainingError(
                     f"checkpoint {latest} does not fit this model/options ({type(e).__name__}: {e}); resume with "
                     "the options of the original run or use a new --job_dir"
                 ) from e
+            if damaged:
+                log.warning("checkpoint(s) %s cannot be read (damaged); resuming from the newest intact one, %s",
+                            "; ".join(damaged), latest)
             log.info("resumed from %s at step %d (epochs evaluated %d, best score %.4f)", latest,
                      int(self.step.numpy()), int(self.epochs_done.numpy()), float(self.best_score.numpy()))
+            break
+        else:
+            if damaged:  # Starting at step 0 would train over (and, as it saves, delete) what the folder holds.
+                raise TrainingError(f"no checkpoint in {self.checkpoint_dir} can be read: {'; '.join(damaged)}; "
+                                    "restore the folder from a copy, or use a new --job_dir to start over")
         stored = read_best_checkpoint(self.best_dir)
         if stored is not None and (stored[0], stored[1]) != (int(self.best_epoch.numpy()),
                                                              float(self.best_score.numpy())):
@@ -136,11 +180,11 @@ class TrainState:
             )
         return start_step
 
-    def _check_fingerprint(self, latest: str) -> None:
-        """Raises TrainingError when ``latest`` was trained on other data or options (see the module docstring)."""
+    def _check_fingerprint(self, latest: str, reader) -> None:
+        """Raises TrainingError when ``latest`` (read by ``reader``) was trained on other data or options (see the
+        module docstring)."""
         if self._fingerprint is None:
             return
-        reader = tf.train.load_checkpoint(latest)
         if not reader.has_tensor(FINGERPRINT_KEY):
             log.warning("checkpoint %s holds no data fingerprint (written by an older version): the data and "
                         "options it was trained on cannot be checked", latest)

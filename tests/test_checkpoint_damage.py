@@ -1,0 +1,63 @@
+"""A resume over a damaged ``JOB/checkpoints`` folder: the newest intact checkpoint, never a silent start at step 0,
+never a traceback."""
+
+import os
+
+import keras
+import pytest
+
+from trainer.common.errors import TrainingError
+from trainer.model.build import build_model
+from trainer.model.spec import ModelSpec
+from trainer.training import distribution
+from trainer.training.state import TrainState
+
+SPEC = ModelSpec(heads=("expression",), num_expression_classes=2, crop_size=16, cnn_width=0.125, feature_dim=4,
+                 rnn_units=(4,))
+
+
+def _state(job_dir) -> TrainState:
+    model = build_model(SPEC)
+    optimizer = keras.optimizers.Adam(0.001)
+    optimizer.build(model.trainable_variables)
+    return TrainState(model, optimizer, str(job_dir), distribution.Role(), 3, fingerprint={"x": 1})
+
+
+@pytest.fixture
+def job(tmp_path):
+    """A job folder whose checkpoints are at steps 2 and 4."""
+    state = _state(tmp_path)
+    for step in (2, 4):
+        state.step.assign(step)
+        state.save(step)
+    return tmp_path
+
+
+def _truncate(path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 3)
+
+
+@pytest.mark.parametrize("damage", ["truncated data file", "index file missing", "checkpoint file missing"])
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before_with_a_warning(job, damage, caplog):
+    folder = job / "checkpoints"
+    if damage == "truncated data file":
+        _truncate(folder / "ckpt-4.data-00000-of-00001")
+    elif damage == "index file missing":
+        os.remove(folder / "ckpt-4.index")
+    else:  # the `checkpoint` file listing them: every checkpoint is still there
+        os.remove(folder / "checkpoint")
+    expected = 4 if damage == "checkpoint file missing" else 2
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        assert _state(job).restore(100) == expected
+    if expected == 2:
+        assert "ckpt-4" in caplog.text and "resuming from the newest intact one" in caplog.text
+
+
+def test_a_folder_whose_every_checkpoint_is_damaged_is_refused_naming_them(job):
+    folder = job / "checkpoints"
+    _truncate(folder / "ckpt-4.data-00000-of-00001")
+    os.remove(folder / "ckpt-2.index")
+    with pytest.raises(TrainingError, match="no checkpoint in .* can be read") as caught:
+        _state(job).restore(100)
+    assert "ckpt-4" in str(caught.value) and "ckpt-2" in str(caught.value)
