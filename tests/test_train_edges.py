@@ -6,14 +6,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import pathlib
+import socket
+import subprocess
+import sys
 
 import keras
 import pytest
 from trainer_data import corrupt_shard, run_train, shard_path, write_dataset
 
-from tfrecords_schema.transaction import SwapRefused
+from tfrecords_schema.atomic import INCOMPLETE_MARK
+from tfrecords_schema.transaction import MARKER_FILENAME, STATE_WRITING, TOOL, SwapRefused
 from trainer.evaluation import evaluate
 from trainer.model.export import ExportError, export_model, foreign_entries, read_model_info
 
@@ -52,6 +57,22 @@ def test_an_export_swap_keeps_files_that_appeared_and_both_exports(tmp_path):
         **before, "my_notes.txt": tree(export)["my_notes.txt"], "saved_model/plot.png": tree(export)[
             "saved_model/plot.png"]}
     assert read_model_info(str(kept)) == {"version": 3} and read_model_info(str(export)) == {"version": 2}
+
+
+def test_an_export_killed_in_its_writing_leaves_nothing_after_the_next_export(tmp_path):
+    export = tmp_path / "job" / "export"
+    export_model(tiny_model(2), str(export), {"version": 1})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    leftover = export / f".export{INCOMPLETE_MARK}0123abcd"  # what `kill -9` during an export leaves
+    leftover.mkdir()
+    (leftover / "model.keras").write_bytes(b"half a model")
+    (leftover / MARKER_FILENAME).write_text(json.dumps({
+        "tool": TOOL, "target": "export", "id": "0123abcd", "host": socket.gethostname(),
+        "pid": int(dead.stdout), "state": STATE_WRITING}))
+    export_model(tiny_model(2), str(export), {"version": 2})
+    assert sorted(os.listdir(export)) == ["model.keras", "model_info.json", "saved_model"]
+    assert read_model_info(str(export)) == {"version": 2}
 
 
 @pytest.fixture(scope="module")

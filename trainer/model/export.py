@@ -28,6 +28,7 @@ Loading::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import re
@@ -36,6 +37,8 @@ import tempfile
 from tfrecords_schema import join_path, storage
 from tfrecords_schema.atomic import INCOMPLETE_MARK
 from tfrecords_schema.filesystems import missing_hint
+
+log = logging.getLogger("trainer.train")
 
 EXPORT_DIRNAME = "export"
 CHECKPOINTS_DIRNAME = "checkpoints"  # A training job's checkpoints (trainer.training.state writes them).
@@ -200,9 +203,15 @@ def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
     import tensorflow as tf
 
     from tfrecords_schema.atomic import write_json
-    from tfrecords_schema.transaction import output_transaction
+    from tfrecords_schema.transaction import output_transaction, remove_leftovers
     from trainer.model.lite import write_serving_copy
 
+    # An export killed (kill -9, a lost machine) left its staging folder, a whole model, in export/, and every such
+    # kill one more; one killed in its swap left it half swapped. Finished or removed here (only our marked folders,
+    # never a live run's), as `convert` does with its output.
+    if storage.gfile(export_dir).isdir(export_dir):
+        for done in remove_leftovers(export_dir, finish_with=(MODEL_INFO_FILENAME,)):
+            log.warning("%s: a killed export's leftover: %s", export_dir, done)
     with output_transaction(export_dir, replace=True, finish_with=(MODEL_INFO_FILENAME,),
                             check_swap=foreign_problem) as staging:
         with tempfile.TemporaryDirectory(prefix="affectstream_export_") as local_dir:
