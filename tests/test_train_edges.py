@@ -131,6 +131,19 @@ def test_a_job_dir_that_is_a_file_or_an_export_holding_user_files_is_refused_bef
     assert sorted(os.listdir(data)) == before
 
 
+def test_a_folder_of_the_users_own_files_that_a_job_would_overwrite_is_refused_and_kept(tiny_data, tmp_path):
+    job = tmp_path / "mine"
+    (job / "reports").mkdir(parents=True)
+    (job / "metrics.json").write_text('{"my": "results"}')
+    (job / "reports" / "confusion_matrix.png").write_bytes(b"my picture")
+    (job / "notes.txt").write_text("mine")
+    before = tree(job)
+    rc, err = run_train(["--data", str(tiny_data[0]), "--job_dir", str(job), "--epochs", "1", *TINY])
+    assert rc == 1 and f"--job_dir {job} is not a training job's folder, yet holds metrics.json, reports/" in err, (
+        err[-2000:])
+    assert tree(job) == before and sorted(os.listdir(job)) == ["metrics.json", "notes.txt", "reports"]
+
+
 def test_a_job_dir_inside_a_remote_conversion_is_told_by_its_url():
     from tfrecords_schema.filesystems import is_within
 

@@ -183,8 +183,48 @@ def check_job_dir(job_dir: str, data: str | None = None) -> None:
         raise TrainingError(f"--job_dir {job_dir} is inside --data {data}: a job writes its checkpoints, logs and "
                             "export there, into the conversion output (whose next convert --overwrite would then "
                             "refuse to replace it); give a folder apart")
+    taken = _entries_a_job_overwrites(job_dir)
+    if taken:
+        raise TrainingError(f"--job_dir {job_dir} is not a training job's folder, yet holds {', '.join(taken)}, which "
+                            "a job writes over: give a new folder (or a job's to resume), or move them elsewhere first")
     export_dir = join_path(job_dir, EXPORT_DIRNAME)
     problem = foreign_problem(export_dir) if files.isdir(export_dir) else None  # What the export's swap would say.
     if problem:
         raise TrainingError(f"{export_dir}: {problem}; the export that ends this job would be refused: move them "
                             "elsewhere first")
+
+
+def _entries_a_job_overwrites(job_dir: str) -> list[str]:
+    """The entries of an existing ``job_dir`` that a job writes (its files, its folders' files) when the folder is not
+    a job's: it holds neither ``checkpoints/`` nor a ``train_config.json`` of this tool (a job writes it before its
+    first step). A user's own ``metrics.json``, ``reports/`` or ``logs/`` were otherwise silently replaced."""
+    import json
+
+    from tfrecords_schema import join_path, storage
+    from trainer.evaluation.reports import METRICS_FILENAME
+    from trainer.input.input_mix import INPUT_MIX_FILENAME
+    from trainer.model.export import CHECKPOINTS_DIRNAME
+    from trainer.training.job import LAST_EPOCH_FILENAME, LOGS_DIRNAME, REPORTS_DIRNAME
+    from trainer.training.options_record import HISTORY_FILENAME, TRAIN_CONFIG_FILENAME
+    from trainer.training.state import BEST_DIRNAME
+
+    files = storage.gfile(job_dir)
+    if not files.isdir(job_dir):
+        return []
+    present = {name.rstrip("/") for name in files.listdir(job_dir)}
+    if CHECKPOINTS_DIRNAME in present:
+        return []
+    if TRAIN_CONFIG_FILENAME in present:
+        try:
+            with files.GFile(join_path(job_dir, TRAIN_CONFIG_FILENAME), "r") as f:
+                options = json.loads(f.read())
+        except (ValueError, UnicodeDecodeError, OSError):
+            options = None
+        if isinstance(options, dict) and {"data", "job_dir", "task"} <= set(options):
+            return []  # A job stopped before its first checkpoint.
+    written = (METRICS_FILENAME, INPUT_MIX_FILENAME, LAST_EPOCH_FILENAME, TRAIN_CONFIG_FILENAME, HISTORY_FILENAME)
+    # (export/ is checked on its own; features/ not: the sequence stage fills it before train_config.json is written,
+    # so a job killed then has only it, and its shards' names are the data's.)
+    folders = (LOGS_DIRNAME, REPORTS_DIRNAME, BEST_DIRNAME)
+    return [name + "/" if name in folders else name for name in sorted(present)
+            if name in written or (name in folders and files.listdir(join_path(job_dir, name)))]
