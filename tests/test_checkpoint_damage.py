@@ -61,3 +61,23 @@ def test_a_folder_whose_every_checkpoint_is_damaged_is_refused_naming_them(job):
     with pytest.raises(TrainingError, match="no checkpoint in .* can be read") as caught:
         _state(job).restore(100)
     assert "ckpt-4" in str(caught.value) and "ckpt-2" in str(caught.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "removed"])
+def test_a_lost_best_checkpoint_is_said_at_start_and_the_next_evaluated_epoch_takes_its_place(job, damage, caplog):
+    state = _state(job)
+    state.restore(100)
+    state.record_epoch(1, 0.9)  # best/ holds epoch 1 ...
+    state.save(4)  # ... and so does the checkpoint's best score
+    if damage == "truncated":
+        (data,) = (job / "best").glob("*.data-*")
+        _truncate(data)
+    else:
+        for path in (job / "best").iterdir():
+            path.unlink()
+    again = _state(job)
+    with caplog.at_level("WARNING", logger="trainer.train"):
+        assert again.restore(100) == 4
+    assert "best epoch 1's checkpoint" in caplog.text and "missing or cannot be read" in caplog.text
+    assert again.record_epoch(2, 0.1)  # a worse score than the lost one, yet the only exportable best now
+    assert (job / "best" / "ckpt-2.index").exists()

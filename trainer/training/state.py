@@ -164,7 +164,15 @@ class TrainState:
             if damaged:  # Starting at step 0 would train over (and, as it saves, delete) what the folder holds.
                 raise TrainingError(f"no checkpoint in {self.checkpoint_dir} can be read: {'; '.join(damaged)}; "
                                     "restore the folder from a copy, or use a new --job_dir to start over")
-        stored = read_best_checkpoint(self.best_dir)
+        stored = self._readable_best()
+        if stored is None and int(self.best_epoch.numpy()) > 0:
+            # best/ lost or damaged: its epoch cannot be exported, and its score would keep every later epoch out of
+            # best/ (the job then ended in "no best checkpoint", or a traceback, only after all its training).
+            log.warning("the best epoch %d's checkpoint in %s is missing or cannot be read: the best epoch is "
+                        "selected again among the epochs evaluated from now on (none remain when the job has ended: "
+                        "raise --epochs)", int(self.best_epoch.numpy()), self.best_dir)
+            self.best_epoch.assign(0)
+            self.best_score.assign(-math.inf)
         if stored is not None and (stored[0], stored[1]) != (int(self.best_epoch.numpy()),
                                                              float(self.best_score.numpy())):
             # A run killed between saving best/ and the next checkpoint: best/ holds a newer best epoch.
@@ -179,6 +187,20 @@ class TrainState:
                 "use a new --job_dir or the options of the original run"
             )
         return start_step
+
+    def _readable_best(self) -> tuple[int, float, str] | None:
+        """:func:`read_best_checkpoint` when every tensor of it reads (its model is what the job exports), else None
+        with a warning naming the damage."""
+        try:
+            stored = read_best_checkpoint(self.best_dir)
+            if stored is not None:
+                reader = tf.train.load_checkpoint(stored[2])
+                for name in reader.get_variable_to_shape_map():
+                    reader.get_tensor(name)
+        except (IndexError, tf.errors.OpError) as e:
+            log.warning("best checkpoint cannot be read: %s", _damage(self.best_dir, e))
+            return None
+        return stored
 
     def _check_fingerprint(self, latest: str, reader) -> None:
         """Raises TrainingError when ``latest`` (read by ``reader``) was trained on other data or options (see the
