@@ -417,6 +417,14 @@ def test_config_file_with_unknown_option_lists_valid_options(tmp_path):
     assert rc == 2 and "epoch" in err and "steps_per_epoch" in err
 
 
+def test_a_config_file_that_is_a_folder_or_binary_is_one_line(tmp_path):
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00{")
+    for config in (tmp_path, tmp_path / "binary.json"):
+        rc, err = _run_capturing(["--config", str(config)])
+        assert rc == 2 and f"error: config file {config} cannot be read as JSON text" in err, err[-2000:]
+        assert "Traceback" not in err
+
+
 def test_an_expression_class_weighting_without_an_expression_head_is_refused(tmp_path):
     rc, err = _run_capturing(["--data", "x", "--job_dir", str(tmp_path / "job"), "--task", "va", "--loss_weighting",
                               "sqrt"])  # It was ignored.

@@ -405,8 +405,12 @@ def load_config_file(path: str) -> dict[str, Any]:
 
     if not tf.io.gfile.exists(path):
         raise ConfigError(f"config file {path} not found")
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            text = f.read()
+    except (tf.errors.OpError, UnicodeDecodeError) as e:  # A folder, an unreadable or a binary file: not a traceback.
+        raise ConfigError(f"config file {path} cannot be read as JSON text ({type(e).__name__}: "
+                          f"{getattr(e, 'message', None) or e})") from e
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
