@@ -98,6 +98,16 @@ def test_changed_model_options_are_named_with_both_values(copy):
     assert rc == 0 and _latest_step(root / "job") == 4, err[-2000:]
 
 
+def test_a_changed_hash_says_which_files_it_stands_for():
+    from trainer.training.fingerprint import differences
+
+    (line,) = differences({"task": "expr", "init_backbone": "aa"}, {"task": "expr", "init_backbone": "bb"})
+    assert line.startswith('init_backbone: "aa" in the checkpoint, "bb" now (the SHA-256 of the model.keras of the '
+                           "--init_from/--features_from export: it is another export, or it was trained further")
+    (line,) = differences({"dataset": "aa"}, {"dataset": "bb"})
+    assert "dataset_info.json" in line
+
+
 def test_checkpoints_from_before_the_optimizer_options_were_kept_still_resume():
     from trainer.training.fingerprint import RUN_OPTIONS, differences
 

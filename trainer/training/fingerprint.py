@@ -132,7 +132,16 @@ def unrecorded_selection(stored: dict, current: dict) -> str | None:
             "may be another split's: use a new --job_dir to select on one split throughout")
 
 
+# What the fingerprint's hashes stand for: two hashes alone do not tell a user which of their files changed.
+HASH_MEANINGS = {
+    "dataset": "the hash of --data's dataset_info.json: the data was converted again or changed",
+    "init_backbone": "the SHA-256 of the model.keras of the --init_from/--features_from export: it is another export, "
+                     "or it was trained further or replaced since",
+}
+
+
 def differences(stored: dict, current: dict) -> list[str]:
-    """``"name: <stored> in the checkpoint, <current> now"`` for every value that differs (sorted by name)."""
+    """``"name: <stored> in the checkpoint, <current> now"`` for every value that differs (sorted by name), a hash
+    followed by what it stands for (:data:`HASH_MEANINGS`)."""
     return [f"{name}: {json.dumps(stored.get(name))} in the checkpoint, {json.dumps(current.get(name))} now"
-            for name in differing(stored, current)]
+            + (f" ({HASH_MEANINGS[name]})" if name in HASH_MEANINGS else "") for name in differing(stored, current)]
