@@ -20,7 +20,7 @@ from trainer_data import corrupt_shard, run_train, shard_path, write_dataset
 from tfrecords_schema.atomic import INCOMPLETE_MARK
 from tfrecords_schema.transaction import MARKER_FILENAME, STATE_WRITING, TOOL, SwapRefused
 from trainer.evaluation import evaluate
-from trainer.model.export import ExportError, export_model, foreign_entries, read_model_info
+from trainer.model.export import ExportError, export_model, foreign_entries, read_model_info, resolve_model_dir
 
 TINY = ["--task", "expr", "--cnn_width", "0.25", "--feature_dim", "16", "--rnn_units", "16", "--seq_len", "4",
         "--batch_size", "2", "--steps_per_epoch", "2", "--log_every", "1"]
@@ -73,6 +73,17 @@ def test_an_export_killed_in_its_writing_leaves_nothing_after_the_next_export(tm
     export_model(tiny_model(2), str(export), {"version": 2})
     assert sorted(os.listdir(export)) == ["model.keras", "model_info.json", "saved_model"]
     assert read_model_info(str(export)) == {"version": 2}
+
+
+def test_init_from_a_typo_or_a_checkpoint_says_so_and_names_the_job(tmp_path):
+    with pytest.raises(ExportError, match=f"^--init_from {tmp_path / 'typo'} does not exist$"):
+        resolve_model_dir(str(tmp_path / "typo"), "--init_from")
+    checkpoints = tmp_path / "job" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for given in (checkpoints, checkpoints / "ckpt-4"):  # the folder, or one checkpoint's prefix (no such file)
+        with pytest.raises(ExportError, match=f"is a training job's checkpoint, not an export: give --init_from the "
+                                              f"job folder {tmp_path / 'job'} "):
+            resolve_model_dir(str(given), "--init_from")
 
 
 @pytest.fixture(scope="module")

@@ -243,6 +243,13 @@ def resolve_model_dir(path: str, option: str = "--model") -> str:
             return candidate
     gfile = storage.gfile(path)
     parent = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else "."
+    # A job's checkpoint folder or one checkpoint (JOB/checkpoints/ckpt-N, which is no file): the job is what to give.
+    for job, inside in ((parent, path), (parent.rsplit("/", 1)[0] if "/" in parent else ".", parent)):
+        if inside.rstrip("/").rsplit("/", 1)[-1] == CHECKPOINTS_DIRNAME and gfile.isdir(inside):
+            raise ExportError(f"{option} {path} is a training job's checkpoint, not an export: give {option} the job "
+                              f"folder {job} (its {EXPORT_DIRNAME}/ is made when its training ends)")
+    if not gfile.exists(path):  # (It said "holds no model_info.json" of a typo.)
+        raise ExportError(f"{option} {path} does not exist{missing_hint(path)}")
     if path.rstrip("/") != parent and gfile.exists(join_path(parent, MODEL_INFO_FILENAME)):
         raise ExportError(f"{option} {path} is a file of the export {parent}: give {option} {parent}")
     kind = ("a Keras model" if path.lower().endswith((".keras", ".h5", ".hdf5")) and not gfile.isdir(path)
