@@ -1,6 +1,7 @@
 """A resume over a damaged ``JOB/checkpoints`` folder: the newest intact checkpoint, never a silent start at step 0,
 never a traceback."""
 
+import dataclasses
 import os
 
 import keras
@@ -81,3 +82,18 @@ def test_a_lost_best_checkpoint_is_said_at_start_and_the_next_evaluated_epoch_ta
     assert "best epoch 1's checkpoint" in caplog.text and "missing or cannot be read" in caplog.text
     assert again.record_epoch(2, 0.1)  # a worse score than the lost one, yet the only exportable best now
     assert (job / "best" / "ckpt-2.index").exists()
+
+
+def test_a_checkpoint_of_another_model_shape_does_not_offer_allow_data_change(job):
+    def other(units, fingerprint):
+        model = build_model(dataclasses.replace(SPEC, rnn_units=(units,)))
+        optimizer = keras.optimizers.Adam(0.001)
+        optimizer.build(model.trainable_variables)
+        return TrainState(model, optimizer, str(job), distribution.Role(), 3, fingerprint=fingerprint)
+
+    with pytest.raises(TrainingError) as caught:  # other shapes: --allow_data_change would fail on them too
+        other(8, {"x": 2}).restore(100)
+    assert "so --allow_data_change cannot go on from them either" in str(caught.value)
+    assert "pass --allow_data_change" not in str(caught.value)
+    with pytest.raises(TrainingError, match="pass --allow_data_change to go on from these weights anyway"):
+        other(4, {"x": 2}).restore(100)  # the same shapes: it can

@@ -226,9 +226,23 @@ class TrainState:
                                 f"{', '.join('--' + name for name in fixed)}, also with --allow_data_change: resume "
                                 "with the original value, or use a new --job_dir")
         if not self._allow_data_change:
-            raise TrainingError(message + ". Resume with the original data and options, use a new --job_dir, or "
-                                "pass --allow_data_change to go on from these weights anyway")
+            shapes = self._misfit(latest)  # --allow_data_change was offered also where it then failed on the shapes
+            raise TrainingError(message + (
+                ". Resume with the original data and options, use a new --job_dir, or pass --allow_data_change to go "
+                "on from these weights anyway" if shapes is None else
+                f". Resume with the original options or use a new --job_dir: its weights do not fit this model "
+                f"({shapes}), so --allow_data_change cannot go on from them either"))
         log.warning("%s; going on from its weights (--allow_data_change)", message)
+
+    def _misfit(self, latest: str) -> str | None:
+        """Why ``latest``'s weights cannot be restored into this model (a probe: the job stops after), or None."""
+        try:
+            self._restorable.restore(latest).assert_existing_objects_matched().expect_partial()
+        except (AssertionError, ValueError) as e:
+            return str(e).strip().splitlines()[0][:300]
+        except (IndexError, tf.errors.OpError):
+            return None  # (Unreadable: not a question of shapes.)
+        return None
 
     @property
     def epochs_without_improvement(self) -> int:
