@@ -171,3 +171,19 @@ def test_a_diverged_epoch_names_the_kept_best_epoch_only_when_there_is_one():
                      "--learning_rate); no epoch has been kept yet. (expression: 12 of 40 outputs)")
     later = divergence_message(3, "selection", "mixed_float16", 2, "JOB/best", "x")
     assert "lower --learning_rate, or train in float32); the best epoch so far (2) is in JOB/best" in later
+
+
+def test_an_init_from_export_with_a_damaged_model_or_info_file_is_named_as_such(tmp_path):
+    # A truncated model.keras was called "File not found" by Keras, and a model_info.json that is not JSON ended in
+    # a JSONDecodeError traceback (evaluate and predict named both already).
+    from trainer.training.export_source import ExportSource
+
+    export = tmp_path / "export"
+    export_model(tiny_model(2), str(export), {"version": 1})
+    model = export / "model.keras"
+    model.write_bytes(model.read_bytes()[:3000])
+    with pytest.raises(ExportError, match="cannot be loaded: not a complete .keras archive"):
+        ExportSource(str(export), "--init_from")
+    (export / "model_info.json").write_text("{not json")
+    with pytest.raises(ExportError, match="model_info.json is not valid JSON"):
+        ExportSource(str(export), "--init_from")

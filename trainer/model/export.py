@@ -162,16 +162,22 @@ def check_model_info_fields(model_info: dict, model_dir: str) -> None:
 
 
 def load_export_model(model_path: str):
-    """The export's ``model.keras`` (compile=False).
+    """The export's ``model.keras`` (compile=False), checked by :func:`check_model_file` first.
 
     Raises:
         ExportError: the file is missing, or is not a whole ``.keras`` archive (Keras says "File not found" of both).
     """
-    import zipfile
-
     import keras
 
     from trainer.model import layers  # noqa: F401  (registers the custom layers for load_model)
+
+    check_model_file(model_path)
+    return keras.saving.load_model(model_path, compile=False)
+
+
+def check_model_file(model_path: str) -> None:
+    """Raises ExportError when the export's ``model.keras`` is missing or not a whole ``.keras`` archive."""
+    import zipfile
 
     files = storage.gfile(model_path)
     if not files.exists(model_path):
@@ -182,7 +188,6 @@ def load_export_model(model_path: str):
     if not whole:
         raise ExportError(f"{model_path} cannot be loaded: not a complete .keras archive (truncated or corrupt?); copy "
                           "or export the model again")
-    return keras.saving.load_model(model_path, compile=False)
 
 
 def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:

@@ -89,16 +89,14 @@ class ExportSource:
     """
 
     def __init__(self, path: str, option: str):
-        import tensorflow as tf
-
-        from trainer.model.export import MODEL_FILENAME, MODEL_INFO_FILENAME, resolve_model_dir
+        from trainer.model.export import MODEL_FILENAME, check_model_file, read_model_info, resolve_model_dir
         from trainer.training.fingerprint import file_sha256
 
         self.option = option
         self.dir = resolve_model_dir(path, option)
-        with tf.io.gfile.GFile(join_path(self.dir, MODEL_INFO_FILENAME), "r") as f:
-            self.info = json.load(f)
+        self.info = read_model_info(self.dir)
         self.model_path = join_path(self.dir, MODEL_FILENAME)
+        check_model_file(self.model_path)
         self.sha256 = file_sha256(self.model_path)
 
     @property
@@ -113,11 +111,9 @@ class ExportSource:
 
     def load(self):
         """A fresh copy of the export's model (every call: a stage's training and evaluation models share nothing)."""
-        import keras
+        from trainer.model.export import load_export_model
 
-        from trainer.model import layers  # noqa: F401  (registers the custom layers for load_model)
-
-        return keras.saving.load_model(self.model_path, compile=False)
+        return load_export_model(self.model_path)
 
     def cnn(self, model, crop_size: int, feature_layer: str | None = None):
         """The per-frame network of ``model`` (cut at ``feature_layer``), checked to take ``crop_size`` crops.
