@@ -187,3 +187,31 @@ def test_an_init_from_export_with_a_damaged_model_or_info_file_is_named_as_such(
     (export / "model_info.json").write_text("{not json")
     with pytest.raises(ExportError, match="model_info.json is not valid JSON"):
         ExportSource(str(export), "--init_from")
+
+
+def test_sigterm_saves_a_checkpoint_at_the_step_reached_releases_the_lock_and_the_rerun_resumes_there(tiny_data,
+                                                                                                      tmp_path):
+    # A scheduler's SIGTERM (a preempted VM, a Kubernetes eviction) killed the job at once: the steps since the last
+    # checkpoint (up to --checkpoint_every, 100 by default) were lost, and its lock was left for the rerun to take over.
+    data, _ = tiny_data
+    job = tmp_path / "job"
+    argv = ["train", "--data", str(data), "--job_dir", str(job), *TINY, "--steps_per_epoch", "100000",
+            "--log_every", "20"]
+    child = subprocess.Popen([sys.executable, "-m", "affectstream.cli", *argv], stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in child.stderr:  # Wait for the first logged steps (the model is built and training).
+        lines.append(line)
+        if "step 40/" in line:
+            break
+    child.send_signal(subprocess.signal.SIGTERM)
+    _, rest = child.communicate(timeout=120)
+    err = "".join(lines) + rest
+    assert child.returncode == 143, err
+    assert "affectstream train: terminated" in err and "Traceback" not in err
+    saved = int(err.split("saved a checkpoint at step ")[1].split()[0])
+    assert saved >= 40 and (job / "checkpoints" / f"ckpt-{saved}.index").exists()
+    assert not (job / ".affectstream.lock").exists()
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(job / "checkpoints" / f"ckpt-{saved}"))
+    assert int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == saved  # What the rerun resumes from.

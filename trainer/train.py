@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from tfrecords_schema import filesystems
+from tfrecords_schema.cli import sigterm_unwinds
 from trainer.common import errors
 from trainer.common.allocator import recycle_large_buffers
 from trainer.common.errors import TrainingError
@@ -82,7 +83,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         filesystems.register_filesystems(config.data, config.job_dir)
         check_init_from(config.init_from)  # before the job directory is touched
-        train(config)
+        # SIGTERM (a preempted VM, an evicted pod) unwinds as Ctrl-C does: the steps since the last checkpoint are
+        # saved and the lock released (trainer.training.job); it killed the job at once, losing them.
+        with sigterm_unwinds():
+            train(config)
         return 0
     except Exception as e:  # noqa: BLE001 - report every failure as one clear line and an exit code.
         from tfrecords_schema import DatasetInfoError

@@ -221,28 +221,50 @@ def _run_epochs(config: TrainConfig, plan: JobPlan, strategy, stage, train_step,
         from trainer.input import data_service
 
         watch = data_service.watch_first_batch(config.data_service, config.data)
-    for s in range(start_step, plan.total_steps):
-        try:
-            values = train_step(iterator)
-        except tf.errors.OutOfRangeError as e:
-            raise TrainingError(
-                f"the training stream ended at step {s}: a bucket's shards yielded no records (every record "
-                "unreadable under --skip_corrupt?); check the data with affectstream inspect --verify") from e
-        finally:
-            if watch is not None:  # (Once: the first step has its batch, or failed.)
-                watch.cancel()
-                watch = None
-        done = s + 1
-        state.step.assign(done)
-        progress.step_done(done, values)
-        if done % plan.steps_per_epoch == 0:
-            stop = end_of_epoch(done // plan.steps_per_epoch)
-            state.save(done)
-            if stop:
-                break
-        elif done % config.checkpoint_every == 0:
-            state.save(done)
+    saved = start_step
+    try:
+        for s in range(start_step, plan.total_steps):
+            try:
+                values = train_step(iterator)
+            except tf.errors.OutOfRangeError as e:
+                raise TrainingError(
+                    f"the training stream ended at step {s}: a bucket's shards yielded no records (every record "
+                    "unreadable under --skip_corrupt?); check the data with affectstream inspect --verify") from e
+            finally:
+                if watch is not None:  # (Once: the first step has its batch, or failed.)
+                    watch.cancel()
+                    watch = None
+            done = s + 1
+            state.step.assign(done)
+            progress.step_done(done, values)
+            if done % plan.steps_per_epoch == 0:
+                stop = end_of_epoch(done // plan.steps_per_epoch)
+                state.save(done)
+                saved = done
+                if stop:
+                    break
+            elif done % config.checkpoint_every == 0:
+                state.save(done)
+                saved = done
+    except KeyboardInterrupt:
+        _save_on_interrupt(state, saved, strategy)
+        raise
     train_writer.flush()
+
+
+def _save_on_interrupt(state, saved: int, strategy) -> None:
+    """After Ctrl-C or SIGTERM in the step loop: a checkpoint of the step reached, when it is past the last one saved,
+    so that the rerun goes on from there (a preempted machine's SIGTERM otherwise lost up to ``--checkpoint_every``
+    steps). The step counter is set after each step's update, so an interrupt between the two saves one step's update
+    under the step before: the rerun then draws one batch more, nothing is lost. Not under ``multi_worker``: saving is
+    a collective of every worker, and a signal reaches one."""
+    import tensorflow as tf
+
+    step = int(state.step.numpy())
+    if step <= saved or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    state.save(step)
+    log.warning("stopping: saved a checkpoint at step %d (run the same command to go on from it)", step)
 
 
 def _read_last_epoch(job_dir: str, epochs_done: int) -> dict:
