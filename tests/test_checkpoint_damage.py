@@ -97,3 +97,48 @@ def test_a_checkpoint_of_another_model_shape_does_not_offer_allow_data_change(jo
     assert "pass --allow_data_change" not in str(caught.value)
     with pytest.raises(TrainingError, match="pass --allow_data_change to go on from these weights anyway"):
         other(4, {"x": 2}).restore(100)  # the same shapes: it can
+
+
+def test_a_checkpoint_the_storage_cannot_serve_now_stops_the_job_and_changes_nothing(job, monkeypatch):
+    # A store that did not answer (UnavailableError, PermissionDenied) counted as damage: the job resumed from an
+    # older checkpoint, or dropped best/ so that the next epoch, however bad, replaced the real best model.
+    import tensorflow as tf
+
+    state = _state(job)
+    state.restore(100)
+    state.record_epoch(1, 0.9)
+    state.save(4)
+    real = tf.train.load_checkpoint
+
+    def unavailable(path):
+        raise tf.errors.UnavailableError(None, None, "503 backend error")
+
+    monkeypatch.setattr(tf.train, "load_checkpoint", unavailable)
+    with pytest.raises(TrainingError, match=r"ckpt-4 could not be read \(UnavailableError: 503 backend error\)"):
+        _state(job).restore(100)
+    monkeypatch.setattr(tf.train, "load_checkpoint",
+                        lambda path: unavailable(path) if "best" in str(path) else real(path))
+    with pytest.raises(TrainingError, match="could not be read .* run the same command again"):
+        _state(job).restore(100)
+    assert sorted(p.name for p in (job / "best").iterdir() if p.name.endswith(".index")) == ["ckpt-1.index"]
+
+
+def test_the_checkpoint_folder_is_listed_not_taken_for_a_pattern(tmp_path):
+    # A job folder named "exp[1]" globbed the sibling job "exp1"'s checkpoints and resumed from them.
+    sibling = _state(tmp_path / "exp1")
+    sibling.step.assign(500)
+    sibling.save(500)
+    assert _state(tmp_path / "exp[1]").restore(1000) == 0
+
+
+def test_a_lost_best_checkpoint_with_early_stopping_trains_on_instead_of_stopping_at_once(job):
+    state = _state(job)
+    state.restore(100)
+    for epoch in (1, 2, 3):
+        state.record_epoch(epoch, 0.9 if epoch == 1 else 0.5)
+    state.save(4)
+    for path in (job / "best").iterdir():
+        path.unlink()
+    again = _state(job)
+    again.restore(100)
+    assert not again.stops_early(2) and again.epochs_without_improvement == 0  # counted from the loss of best/

@@ -80,10 +80,19 @@ def test_init_from_a_typo_or_a_checkpoint_says_so_and_names_the_job(tmp_path):
         resolve_model_dir(str(tmp_path / "typo"), "--init_from")
     checkpoints = tmp_path / "job" / "checkpoints"
     checkpoints.mkdir(parents=True)
+    (checkpoints / "checkpoint").write_text('model_checkpoint_path: "ckpt-4"\n')  # (what TensorFlow writes there)
     for given in (checkpoints, checkpoints / "ckpt-4"):  # the folder, or one checkpoint's prefix (no such file)
         with pytest.raises(ExportError, match=f"is a training job's checkpoint, not an export: give --init_from the "
                                               f"job folder {tmp_path / 'job'} "):
             resolve_model_dir(str(given), "--init_from")
+    # A user's folder that is only named so: its Keras file gets the import-model hint, a typo in it is a typo.
+    mine = tmp_path / "checkpoints"
+    mine.mkdir()
+    (mine / "model.keras").write_bytes(b"PK")
+    with pytest.raises(ExportError, match="is a Keras model, not an export: make one with `affectstream import-model"):
+        resolve_model_dir(str(mine / "model.keras"), "--init_from")
+    with pytest.raises(ExportError, match="typo does not exist$"):
+        resolve_model_dir(str(mine / "typo"), "--init_from")
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +216,8 @@ def test_sigterm_saves_a_checkpoint_at_the_step_reached_releases_the_lock_and_th
     _, rest = child.communicate(timeout=120)
     err = "".join(lines) + rest
     assert child.returncode == 143, err
-    assert "affectstream train: terminated" in err and "Traceback" not in err
+    assert "affectstream train: terminated; the same command resumes from its last checkpoint" in err
+    assert "Traceback" not in err
     saved = int(err.split("saved a checkpoint at step ")[1].split()[0])
     assert saved >= 40 and (job / "checkpoints" / f"ckpt-{saved}.index").exists()
     assert not (job / ".affectstream.lock").exists()

@@ -18,9 +18,10 @@ import sys
 from collections.abc import Sequence
 
 from tfrecords_schema import filesystems
-from tfrecords_schema.cli import sigterm_unwinds
+from tfrecords_schema.cli import command_prog, interruption, sigterm_unwinds
 from trainer.common import errors
 from trainer.common.allocator import recycle_large_buffers
+from trainer.common.choices import STRATEGY_MULTI_WORKER
 from trainer.common.errors import TrainingError
 from trainer.training.config import ConfigError, TrainConfig, parse_train_config
 from trainer.training.export_source import check_init_from
@@ -88,6 +89,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         with sigterm_unwinds():
             train(config)
         return 0
+    except KeyboardInterrupt:  # The steps reached were saved and the lock released as the interrupt unwound.
+        how, code = interruption()
+        print(f"{command_prog('trainer.train')}: {how}; the same command resumes from its last checkpoint",
+              file=sys.stderr)
+        return code
     except Exception as e:  # noqa: BLE001 - report every failure as one clear line and an exit code.
         from tfrecords_schema import DatasetInfoError
         from tfrecords_schema.locks import LockError
@@ -101,7 +107,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         code = errors.report_failure(
             e, (ConfigError, DatasetInfoError, LockError, TrainingError, ValueError, OSError, ImportError))
-        if config.strategy == "multi_worker" and type(e).__name__ in PEER_LOST_ERRORS:
+        if config.strategy == STRATEGY_MULTI_WORKER and type(e).__name__ in PEER_LOST_ERRORS:
             # TensorFlow's words ("Collective ops is aborted by ... heartbeat timeout", an op traceback) do not say
             # what happened to the job or what to do.
             print("error: a worker of this multi-worker job stopped or cannot be reached, so every worker stops; "

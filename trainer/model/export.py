@@ -248,9 +248,13 @@ def resolve_model_dir(path: str, option: str = "--model") -> str:
             return candidate
     gfile = storage.gfile(path)
     parent = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else "."
-    # A job's checkpoint folder or one checkpoint (JOB/checkpoints/ckpt-N, which is no file): the job is what to give.
-    for job, inside in ((parent, path), (parent.rsplit("/", 1)[0] if "/" in parent else ".", parent)):
-        if inside.rstrip("/").rsplit("/", 1)[-1] == CHECKPOINTS_DIRNAME and gfile.isdir(inside):
+    # A job's checkpoint folder, or one checkpoint (JOB/checkpoints/ckpt-N, a prefix of files): the job is what to
+    # give. Known by TensorFlow's own files, not by the name alone: users keep Keras files in folders so named.
+    grandparent = parent.rsplit("/", 1)[0] if "/" in parent else "."
+    one = re.fullmatch(r"ckpt-\d+", path.rstrip("/").rsplit("/", 1)[-1]) is not None
+    for job, folder in ((parent, path), *(((grandparent, parent),) if one else ())):
+        ours = gfile.exists(join_path(folder, "checkpoint")) or (one and gfile.exists(path.rstrip("/") + ".index"))
+        if folder.rstrip("/").rsplit("/", 1)[-1] == CHECKPOINTS_DIRNAME and ours:
             raise ExportError(f"{option} {path} is a training job's checkpoint, not an export: give {option} the job "
                               f"folder {job} (its {EXPORT_DIRNAME}/ is made when its training ends)")
     if not gfile.exists(path):  # (It said "holds no model_info.json" of a typo.)

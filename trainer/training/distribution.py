@@ -27,7 +27,7 @@ import zlib
 
 import tensorflow as tf
 
-from trainer.common.choices import STRATEGIES
+from trainer.common.choices import STRATEGIES, STRATEGY_MULTI_WORKER
 from trainer.training.config import ConfigError
 
 log = logging.getLogger("trainer.train")
@@ -143,7 +143,7 @@ def make_strategy(name: str) -> tuple[tf.distribute.Strategy, Role]:
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid values: {', '.join(STRATEGIES)}")
-    if name == "multi_worker":
+    if name == STRATEGY_MULTI_WORKER:
         config = read_tf_config()
         if not config:
             raise ValueError("--strategy multi_worker needs the TF_CONFIG environment variable (cluster and task)")

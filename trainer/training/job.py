@@ -303,7 +303,8 @@ def _export_and_report(config: TrainConfig, plan: JobPlan, stage, eval_model, ev
 
     stored = read_best_checkpoint(best_dir)
     if stored is None:
-        raise TrainingError(f"no best checkpoint in {best_dir}: no epoch was evaluated")
+        raise TrainingError(f"no best checkpoint in {best_dir}: no epoch was evaluated, or best/ was lost and no "
+                            "epoch was evaluated since (raise --epochs to evaluate more)")
     best_epoch, best_score, best = stored
     tf.train.Checkpoint(model=eval_model).restore(best).assert_existing_objects_matched().expect_partial()
     eval_model = stage.export_model(eval_model)

@@ -67,13 +67,30 @@ def saved_checkpoints(checkpoint_dir: str) -> list[str]:
     state = tf.train.get_checkpoint_state(checkpoint_dir)  # (None when missing or unparsable)
     if state is not None:
         found.update(state.all_model_checkpoint_paths or [state.model_checkpoint_path])
-    found.update(path[:-len(".index")] for path in tf.io.gfile.glob(join_path(checkpoint_dir, "ckpt-*.index")))
+    if tf.io.gfile.isdir(checkpoint_dir):  # (Listed, not globbed: a job folder named "exp[1]" is no pattern.)
+        found.update(join_path(checkpoint_dir, name[:-len(".index")]) for name in tf.io.gfile.listdir(checkpoint_dir)
+                     if _CHECKPOINT_INDEX.match(name))
 
     def number(path: str) -> int:
         match = re.search(r"-(\d+)$", path)
         return int(match.group(1)) if match else -1
 
     return sorted((p for p in found if p), key=number, reverse=True)
+
+
+_CHECKPOINT_INDEX = re.compile(r"^ckpt-\d+\.index$")  # (tf.train.CheckpointManager's names)
+# What a checkpoint's own damage raises (a truncated file: IndexError "Read less bytes", DataLossError; a file gone:
+# NotFoundError). Other errors (a store unavailable, permission denied) say nothing about the files: passing over a
+# checkpoint for them resumed from an older one, and dropped best/ for the next epoch to replace.
+DAMAGE_ERRORS = (IndexError, tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.OutOfRangeError,
+                 tf.errors.InvalidArgumentError)
+
+
+def _unreadable(path: str, error: BaseException) -> TrainingError:
+    """The error for a checkpoint that could not be read for another reason than damage (see DAMAGE_ERRORS)."""
+    return TrainingError(f"checkpoint {path} could not be read ({type(error).__name__}: "
+                         f"{str(getattr(error, 'message', None) or error).strip()[:300]}); nothing was changed: run "
+                         "the same command again once the storage answers")
 
 
 def _damage(path: str, error: BaseException) -> str:
@@ -105,6 +122,7 @@ class TrainState:
         self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
         self._fingerprint = fingerprint
         self._allow_data_change = allow_data_change
+        self._no_best_since = 0  # The epoch best/ was found lost at (restore): the early-stopping count starts there.
         state = {"model": model, "optimizer": optimizer, "step": self.step, "epochs_done": self.epochs_done,
                  "best_score": self.best_score, "best_epoch": self.best_epoch}
         # Restored without the fingerprint (checked apart, and a resumed job keeps its current one) ...
@@ -139,11 +157,13 @@ class TrainState:
         saved = saved_checkpoints(self.checkpoint_dir)
         damaged = []
         for latest in saved:
-            try:  # Any failure to open it or read its fingerprint: its files are damaged (or gone).
+            try:  # A failure to open it or read its fingerprint: its files are damaged (or gone).
                 self._check_fingerprint(latest, tf.train.load_checkpoint(latest))
-            except (IndexError, tf.errors.OpError) as e:
+            except DAMAGE_ERRORS as e:
                 damaged.append(_damage(latest, e))
                 continue
+            except tf.errors.OpError as e:
+                raise _unreadable(latest, e) from e
             try:
                 self._restorable.restore(latest).assert_existing_objects_matched().expect_partial()
             except (IndexError, tf.errors.DataLossError) as e:  # (A truncated data file: "Read less bytes ...".)
@@ -173,6 +193,8 @@ class TrainState:
                         "raise --epochs)", int(self.best_epoch.numpy()), self.best_dir)
             self.best_epoch.assign(0)
             self.best_score.assign(-math.inf)
+            # Early stopping counts from here: from epoch 0 it would end the job at once (with no epoch to export).
+            self._no_best_since = int(self.epochs_done.numpy())
         if stored is not None and (stored[0], stored[1]) != (int(self.best_epoch.numpy()),
                                                              float(self.best_score.numpy())):
             # A run killed between saving best/ and the next checkpoint: best/ holds a newer best epoch.
@@ -197,9 +219,11 @@ class TrainState:
                 reader = tf.train.load_checkpoint(stored[2])
                 for name in reader.get_variable_to_shape_map():
                     reader.get_tensor(name)
-        except (IndexError, tf.errors.OpError) as e:
+        except DAMAGE_ERRORS as e:
             log.warning("best checkpoint cannot be read: %s", _damage(self.best_dir, e))
             return None
+        except tf.errors.OpError as e:
+            raise _unreadable(self.best_dir, e) from e
         return stored
 
     def _check_fingerprint(self, latest: str, reader) -> None:
@@ -247,11 +271,15 @@ class TrainState:
     @property
     def epochs_without_improvement(self) -> int:
         """Evaluated epochs since the best one (the early-stopping count, :mod:`trainer.training.schedules`)."""
-        return schedules.epochs_without_improvement(int(self.epochs_done.numpy()), int(self.best_epoch.numpy()))
+        return schedules.epochs_without_improvement(int(self.epochs_done.numpy()), self._counted_from)
+
+    @property
+    def _counted_from(self) -> int:
+        return max(int(self.best_epoch.numpy()), self._no_best_since)
 
     def stops_early(self, patience: int) -> bool:
         """Whether ``--early_stopping patience`` ends the job now (logged when it does)."""
-        if not schedules.should_stop_early(patience, int(self.epochs_done.numpy()), int(self.best_epoch.numpy())):
+        if not schedules.should_stop_early(patience, int(self.epochs_done.numpy()), self._counted_from):
             return False
         log.info("early stopping: %d epochs without a better score than epoch %d (%.4f)",
                  self.epochs_without_improvement, int(self.best_epoch.numpy()), float(self.best_score.numpy()))
