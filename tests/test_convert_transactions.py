@@ -234,13 +234,15 @@ def test_a_kill_in_the_swap_is_finished_by_the_next_run(inputs, previous, tmp_pa
 
 
 def test_a_killed_runs_lock_under_a_pid_used_again_is_taken_over(inputs, previous):
-    # A container restarted after a kill runs the conversion under the same host name and pid: the dead run's lock
-    # and staging folder read as held by the new run itself ("held by pid N", N its own), run after run.
+    # A run restarted after a kill (a process supervisor in the same container, a rebooted host) can get the dead
+    # run's pid: its lock and staging folder read as held by the new run itself ("held by pid N", N its own), run
+    # after run.
     out, before = previous
     me, txn = os.getpid(), "0123456789abcdef"
-    boot, ticks = process_identity(me).split(":")
+    boot, ticks, namespace = process_identity(me).split()
     dead = {"host": socket.gethostname(), "pid": me, "started": "2026-01-02T03:04:05+00:00",
-            "process": f"{boot}:{int(ticks) - 1000}", "command": "killed conversion"}  # An earlier process, same pid.
+            "process": f"{boot} {int(ticks) - 1000} {namespace}",  # An earlier process, same pid and namespace.
+            "command": "killed conversion"}
     (out / LOCK_FILENAME).write_text(json.dumps({**dead, "token": "f" * 32}))
     staging = out / f".out{INCOMPLETE_MARK}{txn}"
     staging.mkdir()

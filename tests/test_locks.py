@@ -147,3 +147,16 @@ def test_unreadable_and_old_empty_lock_files(tmp_path):
     os.utime(path, (old, old))  # A run killed between creating and writing its lock, an hour ago.
     with lock_folder(str(tmp_path)) as lock:
         assert "empty lock file" in lock.messages[0]
+
+
+def test_a_live_pid_is_another_process_only_when_its_namespace_is_the_holders():
+    # Containers that share a host name and a volume (host networking) see their own pids only: a holder's pid
+    # alive in another pid namespace is no sign that the holder is gone (its lock and staging folder were taken).
+    from tfrecords_schema.locks import holder_alive, process_identity
+
+    me = os.getpid()
+    boot, ticks, namespace = process_identity(me).split()
+    assert holder_alive(me, f"{boot} {ticks} {namespace}")
+    assert not holder_alive(me, f"{boot} {int(ticks) - 1} {namespace}")  # the same pid used again: the holder died
+    assert holder_alive(me, f"{boot} {int(ticks) - 1} pid:[1]")  # another container's process: cannot be told
+    assert holder_alive(me, "")  # a lock without an identity: the pid alone decides

@@ -125,7 +125,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def process_identity(pid: int) -> str:
-    """``<boot id>:<start time in clock ticks>`` of process ``pid`` (Linux ``/proc``; "" where unknown).
+    """``"<boot id> <start time in clock ticks> <pid namespace>"`` of process ``pid`` (Linux ``/proc``; "" where
+    unknown or not readable).
 
     A pid names one process only while it runs; with this the process that wrote a lock is told from a later one
     given the same pid, also across a wall-clock step.
@@ -135,7 +136,8 @@ def process_identity(pid: int) -> str:
             fields = f.read().rpartition(")")[2].split()  # After the command name, which may hold spaces and ')'.
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
             boot = f.read().strip()
-        return f"{boot}:{int(fields[19])}"  # Field 22: the start time, in clock ticks after boot.
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")  # e.g. "pid:[4026531836]"
+        return f"{boot} {int(fields[19])} {namespace}"  # Field 22: the start time, in clock ticks after boot.
     except (OSError, ValueError, IndexError):
         return ""
 
@@ -144,12 +146,18 @@ def holder_alive(pid: int, process: str = "") -> bool:
     """Whether the process that wrote a lock or marker on this host (``process``: its :func:`process_identity`)
     still runs.
 
-    A live ``pid`` of another identity is a later process given the same number: a container restarted after a
-    kill (``restart: on-failure``, an OOM kill) runs the conversion under the same host name and the same small
-    pid, and the dead run's lock read as held by the new run itself, run after run. Without an identity (a lock
-    of an earlier version, a system without ``/proc``) the pid alone decides.
+    A live ``pid`` of another identity in the same pid namespace is a later process given the same number (a
+    process restarted in the same container or host, the host rebooted): the dead run's lock read as held by the new
+    run, even by the new run itself. A holder in another pid namespace (another container: containers sharing the
+    host name and a volume see their own pids only) cannot be told from a live one, and counts as alive, as without
+    an identity (a lock of an earlier version, a system without ``/proc``), where the pid alone decides.
     """
-    return pid_alive(pid) and (not process or process_identity(pid) in ("", process))
+    if not pid_alive(pid):
+        return False
+    recorded, now = process.split(), process_identity(pid).split()
+    if len(recorded) != 3 or len(now) != 3 or recorded[2] != now[2]:
+        return True
+    return recorded == now
 
 
 def _age_s(path: str) -> float:
