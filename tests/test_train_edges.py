@@ -70,7 +70,7 @@ def test_an_export_killed_in_its_writing_leaves_nothing_after_the_next_export(tm
     (leftover / MARKER_FILENAME).write_text(json.dumps({
         "tool": TOOL, "target": "export", "id": "0123abcd", "host": socket.gethostname(),
         "pid": int(dead.stdout), "state": STATE_WRITING}))
-    export_model(tiny_model(2), str(export), {"version": 2})
+    export_model(tiny_model(2), str(export), {"version": 2}, locked=True)  # (a training holds its job's lock)
     assert sorted(os.listdir(export)) == ["model.keras", "model_info.json", "saved_model"]
     assert read_model_info(str(export)) == {"version": 2}
 

@@ -190,13 +190,14 @@ def check_model_file(model_path: str) -> None:
                           "or export the model again")
 
 
-def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
+def export_model(model, export_dir: str, model_info: dict, locked: bool = False) -> dict[str, str]:
     """Writes ``model.keras``, ``saved_model/``, ``serving.tflite`` (when ``model_info`` says the crop size and window,
     and the model converts: :mod:`trainer.model.lite`) and ``model_info.json`` to ``export_dir`` as one transaction.
 
     Everything is written into a staging folder and swapped in only once complete (see the module docstring):
     a folder holding ``model_info.json`` holds a complete model, and a previous export is replaced only when the
-    folder holds nothing else.
+    folder holds nothing else. With ``locked`` (the caller holds the lock of the folder's job, so no other export
+    into it runs anywhere) what killed exports left is finished or removed first.
 
     Returns:
         ``{"model_keras": path, "saved_model": path, "model_info": path}`` (and ``"tflite"`` when written).
@@ -211,10 +212,11 @@ def export_model(model, export_dir: str, model_info: dict) -> dict[str, str]:
     from tfrecords_schema.transaction import output_transaction, remove_leftovers
     from trainer.model.lite import write_serving_copy
 
-    # An export killed (kill -9, a lost machine) left its staging folder, a whole model, in export/, and every such
-    # kill one more; one killed in its swap left it half swapped. Finished or removed here (only our marked folders,
-    # never a live run's), as `convert` does with its output.
-    if storage.gfile(export_dir).isdir(export_dir):
+    # An export killed (kill -9, a lost machine) left its staging folder, a whole model, in export/ (beside it on
+    # object stores), and every such kill one more; one killed in its swap left it half swapped. Finished or removed
+    # here (only our marked folders), as `convert` does with its output, under the job's lock: another host's live
+    # export cannot be told from a dead one.
+    if locked and (storage.is_url(export_dir) or storage.gfile(export_dir).isdir(export_dir)):
         for done in remove_leftovers(export_dir, finish_with=(MODEL_INFO_FILENAME,)):
             log.warning("%s: a killed export's leftover: %s", export_dir, done)
     with output_transaction(export_dir, replace=True, finish_with=(MODEL_INFO_FILENAME,),

@@ -311,7 +311,7 @@ def _export_and_report(config: TrainConfig, plan: JobPlan, stage, eval_model, ev
     paths = export_model(eval_model, join_path(config.job_dir, EXPORT_DIRNAME),
                          model_info_payload(config, plan.info, plan.heads, best_epoch=best_epoch,
                                             best_score=best_score, selected_on=plan.select_split,
-                                            extras=stage.model_info()))
+                                            extras=stage.model_info()), locked=True)
 
     va_density = plots.VADensity()
     skipped_before = skipped.total if skipped is not None else 0
