@@ -306,7 +306,8 @@ def test_reading_an_output_a_conversion_has_not_finished_says_so(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with lock_output(str(out), command="convert into out"):
-        with pytest.raises(DatasetInfoError, match=rf"a conversion into {out} is running \(pid {os.getpid()} on "):
+        with pytest.raises(DatasetInfoError, match=rf"`convert into out` \(pid {os.getpid()}\) is running and holds "
+                                                   rf"{out}: read it once that run has finished"):
             read_dataset_info(str(out))
     # Killed while writing: its staging folder and lock stay behind.
     killed = ("import os, sys\nfrom tfrecords_schema.locks import lock_output\n"
@@ -316,7 +317,7 @@ def test_reading_an_output_a_conversion_has_not_finished_says_so(tmp_path):
     assert subprocess.run([sys.executable, "-c", killed, str(out)]).returncode == 9
     with pytest.raises(DatasetInfoError) as e:
         read_dataset_info(str(out))
-    assert f"a conversion into {out} stopped before it finished" in str(e.value)
+    assert "`convert` (pid " in str(e.value) and f"stopped before it finished writing {out}" in str(e.value)
     assert f"affectstream inspect {out}" in str(e.value)
     with pytest.raises(DatasetInfoError) as e:  # Never a conversion's: as before.
         read_dataset_info(str(tmp_path))

@@ -256,14 +256,46 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
     """
     import tensorflow as tf  # Late import: the Beam side writes with Beam's file systems.
 
-    from tfrecords_schema.transaction import unfinished_hint  # (It imports this module.)
-
     path = info_path(data_dir)
     if not tf.io.gfile.exists(path):
-        hint = unfinished_hint(data_dir) or missing_hint(path)
+        hint = _unfinished_hint(data_dir) or missing_hint(path)
         raise DatasetInfoError(f"{path} not found: --data must be the output directory of beam_jobs.convert{hint}")
     with tf.io.gfile.GFile(path, "r") as f:
         return DatasetInfo.from_json(f.read(), source=path)
+
+
+def _unfinished_hint(path: str) -> str:
+    """``"; `COMMAND` (pid N) is running and holds PATH ..."`` (or: stopped before it finished) when ``path`` holds a
+    run's lock or transaction folders: why it has no ``dataset_info.json`` yet, for a reader's "not found" (``""``
+    otherwise, also when ``path`` cannot be looked at). The run is named by its command (a conversion's output and
+    a training's job folder hold the same lock file). Local folders only: on an object store each look is a request,
+    and one that cannot be answered (refused credentials) takes tensorflow-io a minute of retries."""
+    import socket
+
+    import tensorflow as tf
+
+    from tfrecords_schema.locks import LockError, output_lock_path, read_lock_file
+    from tfrecords_schema.transaction import find_leftovers  # (It imports this module.)
+
+    if "://" in path:
+        return ""
+
+    try:
+        leftovers = find_leftovers(path)
+        holder = read_lock_file(output_lock_path(path))
+    except (LockError, OSError, tf.errors.OpError):
+        return ""
+    runs = [(holder.command, holder.pid, holder.host)] if holder is not None else []
+    runs += [(item.info.get("command", ""), item.info.get("pid"), item.info.get("host")) for item in leftovers]
+    if not runs:
+        return ""
+    command, pid, host = runs[0]
+    named = f"`{command[:120]}` (pid {pid})" if command else f"a run (pid {pid})"
+    if (holder is not None and not holder.is_dead_here()) or any(item.alive for item in leftovers):
+        where = "is running" if host == socket.gethostname() else f"may be running on {host}"
+        return f"; {named} {where} and holds {path}: read it once that run has finished"
+    return (f"; {named} stopped before it finished writing {path} (`affectstream inspect {path}` says what it left): "
+            "run it again, and it tidies up what the stopped run left")
 
 
 def write_dataset_info(info: DatasetInfo, data_dir: str) -> str:

@@ -431,32 +431,6 @@ def find_leftovers(path: str) -> list[Leftover]:
     return found
 
 
-def unfinished_hint(path: str) -> str:
-    """``"; a conversion into PATH is running ..."`` (or stopped before it finished) when ``path`` holds a run's lock
-    or transaction folders: why it has no ``dataset_info.json`` yet, for a reader's "not found" (``""`` otherwise,
-    also when ``path`` cannot be looked at). Local folders only: on an object store each look is a request, and one
-    that cannot be answered (refused credentials) takes tensorflow-io a minute of retries."""
-    if _is_url(path):
-        return ""
-    import tensorflow as tf
-
-    from tfrecords_schema.locks import LockError, output_lock_path, read_lock_file
-
-    try:
-        leftovers = find_leftovers(path)
-        holder = read_lock_file(output_lock_path(path))
-    except (LockError, OSError, tf.errors.OpError):
-        return ""
-    live = [f"pid {holder.pid} on {holder.host}"] if holder is not None and not holder.is_dead_here() else []
-    live += [f"pid {item.info.get('pid')} on {item.info.get('host')}" for item in leftovers if item.alive]
-    if live:
-        return f"; a conversion into {path} is running ({live[0]}): read it once it has finished"
-    if holder is None and not leftovers:
-        return ""
-    return (f"; a conversion into {path} stopped before it finished (`affectstream inspect {path}` says what it "
-            "left): run it again, and it tidies up what the stopped run left")
-
-
 def _classify(path: str, folder: str, kind: str, marker: dict) -> Leftover:
     alive = _alive(marker)
     if alive:
