@@ -79,7 +79,7 @@ class _RateLog(logging.Handler):
 def _evaluation_events(job_dir: str) -> list[tuple[str, str]]:
     """``(run, events file)`` of the job's TensorBoard runs that score epochs (every run but ``train``: the split
     the job selects its best epoch on)."""
-    from trainer.training.job import LOGS_DIRNAME
+    from trainer.training.job_files import LOGS_DIRNAME
 
     found = []
     for path in glob.glob(os.path.join(job_dir, LOGS_DIRNAME, "*", "events.out.tfevents.*")):

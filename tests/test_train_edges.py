@@ -162,6 +162,9 @@ def test_a_folder_of_the_users_own_files_that_a_job_would_overwrite_is_refused_a
     assert rc == 1 and f"--job_dir {job} is not a training job's folder, yet holds metrics.json, reports/" in err, (
         err[-2000:])
     assert tree(job) == before and sorted(os.listdir(job)) == ["metrics.json", "notes.txt", "reports"]
+    (job / "logs").write_text("my log, a file where a job makes its logs/ folder")  # (It was a NotADirectoryError.)
+    rc, err = run_train(["--data", str(tiny_data[0]), "--job_dir", str(job), "--epochs", "1", *TINY])
+    assert rc == 1 and "holds logs/, metrics.json, reports/" in err and "NotADirectoryError" not in err
 
 
 def test_a_job_dir_inside_a_remote_conversion_is_told_by_its_url():

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from tfrecords_schema.dataset_info_checks import checked_fields
 from tfrecords_schema.filesystems import missing_hint
 from tfrecords_schema.image_codec import DEFAULT_CODEC
+from tfrecords_schema.output_layout import CONVERT_TMP_DIRNAME, DATASET_INFO_FILENAME  # noqa: F401 (re-exported)
 from tfrecords_schema.split_info import (  # noqa: F401 (re-exported: the parts of a dataset's info)
     Accounting,
     DatasetInfoError,
@@ -28,11 +29,6 @@ from tfrecords_schema.split_info import (  # noqa: F401 (re-exported: the parts 
 )
 from tfrecords_schema.tasks import TASK_ACTION_UNITS, TASK_EXPRESSION, TASK_VALENCE_AROUSAL, TASKS  # noqa: F401 (re-exported)
 from tfrecords_schema.version import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
-
-DATASET_INFO_FILENAME = "dataset_info.json"
-# A conversion's temp folder under the folder it writes (spill files, temp shards, progress markers). It never
-# stays in a finished output; `inspect` reports one left by a run killed during its cleanup.
-CONVERT_TMP_DIRNAME = ".tmp-convert"
 
 # Keys of ``DatasetInfo.run`` that measure the run rather than describe the data: they differ between
 # two conversions of the same input with the same options. Everything else in the file is the same
@@ -275,7 +271,7 @@ def _unfinished_hint(path: str) -> str:
     import tensorflow as tf
 
     from tfrecords_schema.locks import LockError, output_lock_path, read_lock_file
-    from tfrecords_schema.transaction import find_leftovers  # (It imports this module.)
+    from tfrecords_schema.transaction import find_leftovers
 
     if "://" in path:
         return ""

@@ -54,9 +54,9 @@ from collections.abc import Callable, Iterator, Sequence
 from tfrecords_schema import storage
 from tfrecords_schema.atomic import INCOMPLETE_MARK
 from tfrecords_schema.cli import first_of
-from tfrecords_schema.dataset_info import DATASET_INFO_FILENAME
 from tfrecords_schema.disk_space import DiskFullError, describe_disk_full, is_disk_full  # noqa: F401 (re-exported)
 from tfrecords_schema.locks import LOCK_FILENAME, TAKEOVER_SUFFIX, holder_alive, process_identity
+from tfrecords_schema.output_layout import DATASET_INFO_FILENAME
 from tfrecords_schema.storage import is_url as _is_url
 
 MARKER_FILENAME = ".affectstream-transaction.json"

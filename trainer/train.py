@@ -25,7 +25,8 @@ from trainer.common.choices import STRATEGY_MULTI_WORKER
 from trainer.common.errors import TrainingError
 from trainer.training.config import ConfigError, TrainConfig, parse_train_config
 from trainer.training.export_source import check_init_from
-from trainer.training.job import (  # noqa: F401 (the job's files)
+from trainer.training.job_files import (  # noqa: F401 (the job's files)
+    BEST_DIRNAME,
     LAST_EPOCH_FILENAME,
     LOGS_DIRNAME,
     REPORTS_DIRNAME,

@@ -80,16 +80,12 @@ import sys
 from trainer.common.choices import PRECISION_FLOAT32
 from trainer.common.errors import TrainingError
 from trainer.training.config import TrainConfig, to_dict
+from trainer.training.job_files import LAST_EPOCH_FILENAME, LOGS_DIRNAME, REPORTS_DIRNAME
 from trainer.training.options_record import record_run_options
 from trainer.training.plan import JobPlan, frame_mix_setup, plan_job, write_input_mix
 
 log = logging.getLogger("trainer.train")
 
-# {"epoch", "score"} of the last epoch evaluated: a rerun that only exports (the job was stopped in its export) still
-# reports it beside a best epoch selected on the report split.
-LAST_EPOCH_FILENAME = "last_epoch.json"
-LOGS_DIRNAME = "logs"
-REPORTS_DIRNAME = "reports"
 
 # ==================================================================================================
 # The job's parts: its evaluation datasets, its logs, its lock.

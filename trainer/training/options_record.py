@@ -63,6 +63,6 @@ def record_run_options(config: TrainConfig, start_step: int) -> dict[str, tuple]
         # A job from before the history: its last run's options open it, from an unknown step.
         history = [{"start_step": None, "options": previous}] if isinstance(previous, dict) else []
     history.append({"start_step": start_step, "options": options})
+    write_json(path, options)  # First: it marks the folder as a job's (trainer.training.preflight).
     write_json(history_path, history)
-    write_json(path, options)
     return changed

@@ -204,9 +204,8 @@ def _entries_a_job_overwrites(job_dir: str) -> list[str]:
     from trainer.evaluation.reports import METRICS_FILENAME
     from trainer.input.input_mix import INPUT_MIX_FILENAME
     from trainer.model.export import CHECKPOINTS_DIRNAME
-    from trainer.training.job import LAST_EPOCH_FILENAME, LOGS_DIRNAME, REPORTS_DIRNAME
+    from trainer.training.job_files import BEST_DIRNAME, LAST_EPOCH_FILENAME, LOGS_DIRNAME, REPORTS_DIRNAME
     from trainer.training.options_record import HISTORY_FILENAME, TRAIN_CONFIG_FILENAME
-    from trainer.training.state import BEST_DIRNAME
 
     files = storage.gfile(job_dir)
     if not files.isdir(job_dir):
@@ -226,5 +225,7 @@ def _entries_a_job_overwrites(job_dir: str) -> list[str]:
     # (export/ is checked on its own; features/ not: the sequence stage fills it before train_config.json is written,
     # so a job killed then has only it, and its shards' names are the data's.)
     folders = (LOGS_DIRNAME, REPORTS_DIRNAME, BEST_DIRNAME)
+    # (A file where a job makes one of its folders is taken too: the job could not make it.)
     return [name + "/" if name in folders else name for name in sorted(present)
-            if name in written or (name in folders and files.listdir(join_path(job_dir, name)))]
+            if name in written or (name in folders and (not files.isdir(join_path(job_dir, name))
+                                                        or files.listdir(join_path(job_dir, name))))]

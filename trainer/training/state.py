@@ -33,10 +33,10 @@ from trainer.common.errors import TrainingError
 from trainer.model.export import CHECKPOINTS_DIRNAME  # (declared there: predict names it without TensorFlow)
 from trainer.training import distribution, schedules
 from trainer.training.fingerprint import differences, unrecorded_selection, unrestorable
+from trainer.training.job_files import BEST_DIRNAME
 
 log = logging.getLogger("trainer.train")
 
-BEST_DIRNAME = "best"
 FINGERPRINT_KEY = "fingerprint/.ATTRIBUTES/VARIABLE_VALUE"
 
 
