@@ -119,13 +119,18 @@ def input_rates(path: str, crop_size: int) -> dict:
         raise ValueError(f"--input_rate_json {path}: {e}") from e
     if isinstance(measured, dict) and isinstance(measured.get("figures"), dict):
         figures = measured["figures"]
-        return {label: figures[name]["frames_per_cpu_second"] for label, name in PROJECTED_STREAMS.items()
-                if name in figures}
+        rates = {label: figures[name]["frames_per_cpu_second"] for label, name in PROJECTED_STREAMS.items()
+                 if isinstance(figures.get(name), dict) and "frames_per_cpu_second" in figures[name]}
+        if not rates:  # (Else the projection was left out without a word.)
+            raise ValueError(f"--input_rate_json {path} holds no frames per CPU-second of the streams "
+                             f"{', '.join(PROJECTED_STREAMS.values())}")
+        return rates
     if isinstance(measured, dict) and {"codec", "windows_per_clip", "frames_per_cpu_second"} <= measured.keys():
         if measured.get("crop_size") != crop_size:
-            raise ValueError(f"--input_rate_json {path} measured {measured.get('crop_size')}² crops, but the "
-                             f"multiply-adds are counted at --crop_size {crop_size}: give --crop_size "
-                             f"{measured.get('crop_size')}, or measure data converted at {crop_size}²")
+            measured_at = measured.get("crop_size", "(unrecorded)")
+            raise ValueError(f"--input_rate_json {path} measured {measured_at}² crops, but the multiply-adds are "
+                             f"counted at --crop_size {crop_size}: give --crop_size {measured_at}, or measure data "
+                             f"converted at {crop_size}²")
         if measured.get("data_service"):
             raise ValueError(f"--input_rate_json {path} was measured through a tf.data service: its frames per "
                              "CPU-second leave out the reading and decoding on the service's workers; measure "
@@ -137,8 +142,9 @@ def input_rates(path: str, crop_size: int) -> dict:
                      "`affectstream input-rate` prints last")
 
 
-def check_conversions(data: dict) -> None:
-    """Refuses ``{codec: path}`` conversions that are not of that codec or not of one crop size (both feed one model).
+def check_conversions(data: dict, crop_size: int) -> None:
+    """Refuses ``{codec: path}`` conversions that are not of that codec or not of ``crop_size`` (both feed one model,
+    whose multiply-adds are counted at ``crop_size``).
 
     Raises:
         ValueError: the reason, naming the options (a DatasetInfoError, a ValueError, for a path without a conversion).
@@ -149,8 +155,9 @@ def check_conversions(data: dict) -> None:
     for codec, info in infos.items():
         if info.codec != codec:  # its rows would be labelled with the other codec
             raise ValueError(f"--{codec} {data[codec]} holds {info.codec} crops: give it as --{info.codec}")
-    if len({info.crop_size for info in infos.values()}) > 1:
-        raise ValueError("--jpeg and --raw must hold crops of one size (both feed one model): "
+    if {info.crop_size for info in infos.values()} != {crop_size}:
+        raise ValueError(f"--jpeg and --raw must hold crops of --crop_size {crop_size} (both feed one model, whose "
+                         "multiply-adds are counted at that size): "
                          + ", ".join(f"--{codec} {info.crop_size}²" for codec, info in infos.items()))
 
 
@@ -268,7 +275,7 @@ def main(argv=None) -> int:
 
     if args.jpeg and args.raw and not args.macs_only:
         try:
-            check_conversions({"jpeg": args.jpeg, "raw": args.raw})
+            check_conversions({"jpeg": args.jpeg, "raw": args.raw}, args.crop_size)
         except ValueError as e:
             parser.error(str(e))
 

@@ -145,7 +145,9 @@ def test_gpu_step_refuses_swapped_codecs_and_two_crop_sizes_before_timing(tmp_pa
         write_dataset(tmp_path / name, num_clips_per_class={"A": 1, "B": 1}, clip_length=4, crop_size=crop_size,
                       codec=codec, num_validation_clips_per_class=1)
     for jpeg, raw, expected in [("raw", "jpeg", "--jpeg RAW holds raw crops: give it as --raw"),
-                                ("jpeg", "raw24", "must hold crops of one size (both feed one model): --jpeg 16²")]:
+                                ("jpeg", "raw24", "must hold crops of --crop_size 112 (both feed one model, whose "
+                                 "multiply-adds are counted at that size): --jpeg 16², --raw 24²"),
+                                ("jpeg", "raw", "must hold crops of --crop_size 112")]:  # (both 16²: not 112²)
         with pytest.raises(SystemExit) as exit_info:
             gpu_step.main(["--jpeg", str(tmp_path / jpeg), "--raw", str(tmp_path / raw), "--backbones", "simple_cnn"])
         assert exit_info.value.code == 2

@@ -110,7 +110,7 @@ def test_16_bit_precision_on_a_cpu_is_called_slow_only_where_it_is(data, monkeyp
     from trainer.training import distribution
 
     monkeypatch.setattr(distribution, "has_gpu", lambda: False)
-    monkeypatch.setattr(distribution, "cpu_has_bfloat16", lambda: native_bfloat16, raising=False)
+    monkeypatch.setattr(distribution, "cpu_has_bfloat16", lambda: native_bfloat16)
     with caplog.at_level("WARNING", logger="trainer.train"):
         code, _, err = _run("--data", data / "jpeg", "--task", "expr", "--batch_size", "4", "--seq_len", "4",
                             "--precision", precision, "--seconds", "0.1", "--warmup_batches", "1")

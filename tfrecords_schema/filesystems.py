@@ -112,7 +112,9 @@ def _broken_link(path: str) -> str:
         if e.errno == errno.ELOOP:
             return f"; {path} is a symbolic link that loops (a chain of links that never reaches a file)"
         target = os.readlink(path)
-        return f"; {path} is a symbolic link to {target}, which does not exist"
+        if e.errno == errno.ENOENT:
+            return f"; {path} is a symbolic link to {target}, which does not exist"
+        return f"; {path} is a symbolic link to {target}, which cannot be reached ({e.strerror})"
     return ""
 
 

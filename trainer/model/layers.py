@@ -112,7 +112,9 @@ class ImageAdapter(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "channels": self.channels,
                 "pixel_range": list(self.pixel_range), "channel_order": self.channel_order,
                 "mean": None if self.mean is None else list(self.mean),
-                "std": None if self.std is None else list(self.std), "integer": self.integer}
+                "std": None if self.std is None else list(self.std),
+                # Only when set: an export of a float network then loads in versions from before the option.
+                **({"integer": True} if self.integer else {})}
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
