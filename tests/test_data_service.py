@@ -246,12 +246,12 @@ def test_a_resume_with_other_options_is_not_served_the_stream_of_a_run_that_died
             "--data_service", service]
     assert train.run([*args, "--epochs", "1", "--batch_size", "4"]) == 0, caplog.text[-3000:]  # checkpoint at step 4
 
-    def killed(*_args, **_kwargs):
-        raise KeyboardInterrupt("killed after its first step, before its next checkpoint")
+    def killed(*_args, **_kwargs):  # (Not KeyboardInterrupt: Ctrl-C and SIGTERM save the step reached.)
+        raise SystemExit("killed (kill -9) after its first step, before its next checkpoint")
 
     with monkeypatch.context() as patch:  # A resume that dies before its next checkpoint: its job stays behind.
         patch.setattr(progress.StepProgress, "step_done", killed)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(SystemExit):
             train.run([*args, "--epochs", "2", "--batch_size", "4"])
     gc.collect()
     caplog.clear()
