@@ -269,3 +269,29 @@ def test_first_of_names_the_first_items_and_counts_the_rest():
     assert first_of(["a", "b"], 2) == "a, b"
     assert first_of((x for x in "xyz"), 1, "; ") == "x and 2 more"
     assert first_of([], 3) == ""
+
+
+def test_sigterm_drops_the_tracebacks_of_the_beam_threads_waiting_for_the_workers_it_ended(monkeypatch):
+    # `kill PID` of a conversion with --direct_num_workers 2 printed, before its one line, a traceback per worker:
+    # "Exception in thread run_worker: ... RuntimeError: Worker subprocess exited with return code -15".
+    import signal
+    import threading
+
+    monkeypatch.setattr(cli_flags, "_end_descendants", lambda: None)  # This test process's children are not ours.
+    reported = []  # What reaches the hook in place before the SIGTERM (the default one prints a traceback).
+    monkeypatch.setattr(threading, "excepthook", lambda args: reported.append(str(args.exc_value)))
+
+    def raising(message):
+        def run():
+            raise RuntimeError(message)
+        return run
+
+    with pytest.raises(KeyboardInterrupt), cli_flags.sigterm_unwinds():
+        os.kill(os.getpid(), signal.SIGTERM)  # The handler runs between bytecodes, right after the kill.
+    assert cli_flags.interruption() == ("terminated", 143)
+    for name, message in ((cli_flags.BEAM_WORKER_THREAD, "Worker subprocess exited with return code -15"),
+                          ("other", "a real error")):
+        thread = threading.Thread(target=raising(message), name=name)
+        thread.start()
+        thread.join()
+    assert reported == ["a real error"]

@@ -64,6 +64,7 @@ def sigterm_unwinds():
         # waited for ever for a runner that had stopped, and the runner for it (4 of 8 kills in the first second of a
         # pipeline). SIGTERM, not SIGINT: a job started in the background ignores SIGINT, and its children with it.
         threading.Thread(target=_end_descendants, name="end-descendants", daemon=True).start()
+        threading.excepthook = _quiet_ended_workers(threading.excepthook)
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
@@ -75,6 +76,22 @@ def sigterm_unwinds():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# The thread in which Beam's local runner waits for a worker process it started (fn_api_runner/worker_handlers.py).
+BEAM_WORKER_THREAD = "run_worker"
+
+
+def _quiet_ended_workers(hook):
+    """``threading.excepthook`` once a SIGTERM has ended the worker processes: the runner's thread waiting for each one
+    raises as it sees it end (``RuntimeError: Worker subprocess exited with return code -15``), which printed one
+    traceback per worker before the command's one line. Those are dropped; any other thread's error goes to ``hook``."""
+    def excepthook(args) -> None:
+        if not (args.thread is not None and args.thread.name == BEAM_WORKER_THREAD
+                and issubclass(args.exc_type, RuntimeError)):
+            hook(args)
+
+    return excepthook
 
 
 def _descendants() -> list[int]:
