@@ -99,6 +99,7 @@ def test_verify_catches_missing_and_unlisted_shards(copy):
 def test_inspect_of_a_folder_without_dataset_info_fails_clearly(tmp_path):
     rc, _, err = _run(inspect_dataset.run, [tmp_path])
     assert rc == 1 and "dataset_info.json not found" in err
+    assert "--data" not in err  # inspect takes the folder as its argument: it has no --data (the message named one).
 
 
 def _edit_info(root: pathlib.Path, edit) -> None:

@@ -255,7 +255,8 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
     path = info_path(data_dir)
     if not tf.io.gfile.exists(path):
         hint = _unfinished_hint(data_dir) or missing_hint(path)
-        raise DatasetInfoError(f"{path} not found: --data must be the output directory of beam_jobs.convert{hint}")
+        raise DatasetInfoError(f"{path} not found: the data folder must be the output directory of "
+                               f"beam_jobs.convert{hint}")
     with tf.io.gfile.GFile(path, "r") as f:
         return DatasetInfo.from_json(f.read(), source=path)
 
