@@ -116,3 +116,15 @@ def test_16_bit_precision_on_a_cpu_is_called_slow_only_where_it_is(data, monkeyp
                             "--precision", precision, "--seconds", "0.1", "--warmup_batches", "1")
     assert code == 0, err
     assert ("is emulated and slow" in caplog.text) == warned, caplog.text
+
+
+def test_help_says_job_dir_is_ignored_and_a_train_command_s_job_dir_is_taken():
+    # input-rate takes the train options as they are, --job_dir included; its help said "checkpoints, logs, export and
+    # reports go here", though input-rate writes nothing.
+    from trainer.training import config as config_lib
+    from trainer.training import input_rate
+
+    text = " ".join(input_rate.build_parser().format_help().split())
+    assert "--job_dir JOB_DIR ignored: input-rate writes nothing" in text and "reports go here" not in text
+    assert "reports go here" in " ".join(config_lib.build_parser().format_help().split())
+    assert input_rate.build_parser().parse_args(["--job_dir", "x"]).job_dir == "x"

@@ -285,8 +285,9 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser; every default is None so unset flags do not override the config file."""
+def build_parser(job_dir_help: str = "checkpoints, logs, export and reports go here") -> argparse.ArgumentParser:
+    """The command-line parser; every default is None so unset flags do not override the config file (``job_dir_help``:
+    what ``--job_dir`` does in the command using it)."""
     p = argparse.ArgumentParser(
         prog=command_prog("trainer.train"),
         description="Train the AffectStream CNN+RNN on a beam_jobs.convert output.",
@@ -295,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file with any of the options below (flags override it)")
     p.add_argument("--data", help="conversion output directory or gs:// / s3:// URL")
     p.add_argument("--task", help=f"one of {', '.join(TASK_CHOICES)}")
-    p.add_argument("--job_dir", help="checkpoints, logs, export and reports go here")
+    p.add_argument("--job_dir", help=job_dir_help)
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps_per_epoch", type=int)
     p.add_argument("--batch_size", type=int, help="global batch size (clips)")

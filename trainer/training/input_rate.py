@@ -49,7 +49,8 @@ DEFAULT_WARMUP_BATCHES = 10
 
 def build_parser():
     """The train options (``affectstream train --help``) and the measurement's own."""
-    p = config_lib.build_parser()
+    # (--job_dir taken, so that a train command's options can be given as they are, but nothing is written there.)
+    p = config_lib.build_parser(job_dir_help="ignored: input-rate writes nothing")
     p.prog = command_prog("trainer.training.input_rate")
     p.description = ("Frames per second (wall clock and per CPU-second of this process) of the training stream a job "
                      "with these train options would consume; nothing is trained or written. The last line printed "
