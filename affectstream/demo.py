@@ -121,6 +121,17 @@ DEMO_ENTRIES = (SOURCE_DIRNAME, RECORDS_DIRNAME, CNN_JOB_DIRNAME, JOB_DIRNAME, R
 DEMO_FILES = ".affectstream-demo-files.json"
 
 
+def _evaluate_report(rel: str) -> bool:
+    """Whether ``rel`` (under ``out``) is a report ``affectstream evaluate`` writes by default next to the export of one
+    of the demo's jobs (``job/evaluation/<split>/metrics.json``, ...): the tool's, as the README's evaluate command
+    puts them there (the next demo run refused, calling them the user's)."""
+    from trainer.evaluation.reports import EVALUATION_DIRNAME, REPORT_FILENAMES
+
+    parts = rel.split("/")
+    return (len(parts) >= 4 and parts[0] in (JOB_DIRNAME, CNN_JOB_DIRNAME) and parts[1] == EVALUATION_DIRNAME
+            and parts[-1] in REPORT_FILENAMES)
+
+
 def _files_under_entries(out: str) -> list[str]:
     """Files (and links) under the demo's entries of ``out``, as ``/``-separated paths relative to it, sorted."""
     found = []
@@ -181,7 +192,7 @@ def claim_demo_folder(out: str) -> None:
                              f"wrote ({DEMO_FILES}: an older version, or a run killed outright), so its "
                              f"{len(inside)} files cannot be told from yours; nothing was deleted: delete the folder "
                              "yourself or choose another one")
-        foreign += inside
+        foreign += [f for f in inside if not _evaluate_report(f)]
         if foreign:
             raise ValueError(f"--output {out} was made by the demo, but {describe_foreign(foreign, 'the demo')}; "
                              "nothing was deleted: move them elsewhere or choose another folder")
@@ -234,7 +245,7 @@ def _demo_steps(args, out: str) -> int:
     """The demo's six steps into its claimed folder ``out``; returns 0."""
     from beam_jobs import convert, inspect_dataset
     from trainer.evaluation import evaluate
-    from trainer.evaluation.reports import format_summary
+    from trainer.evaluation.reports import EVALUATION_DIRNAME, format_summary
 
     source, records, job = (os.path.join(out, n) for n in (SOURCE_DIRNAME, RECORDS_DIRNAME, JOB_DIRNAME))
     cnn_job = os.path.join(out, CNN_JOB_DIRNAME)
@@ -263,7 +274,7 @@ def _demo_steps(args, out: str) -> int:
     print(f"trained in {time.time() - t:.1f}s")
 
     _step("5/6 evaluate the exported model on the whole validation split")
-    report_dir = os.path.join(job, "evaluation")
+    report_dir = os.path.join(job, EVALUATION_DIRNAME)
     _check(evaluate.run(["--model", os.path.join(job, "export"), "--data", records, "--report_dir", report_dir]),
            "evaluation")
 

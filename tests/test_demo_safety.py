@@ -82,3 +82,24 @@ def test_a_users_file_under_the_name_of_a_demo_folder_is_kept(tmp_path, capsys):
     (out / "job").write_text("mine")  # A file, where the demo would make its folder.
     assert demo.run(["--output", str(out)]) == 2
     assert "job" in capsys.readouterr().err and (out / "job").read_text() == "mine"
+
+
+def test_the_reports_of_the_readmes_evaluate_command_do_not_stop_the_next_demo_run(tmp_path, capsys):
+    # `affectstream evaluate --model demo_output/job/export --data demo_output/records` (the README's command) writes
+    # its reports to demo_output/job/evaluation/validation/: the next `make demo` refused, naming them as the user's.
+    out = tmp_path / "demo_output"
+    demo.claim_demo_folder(str(out))
+    (out / "job" / "export").mkdir(parents=True)
+    (out / "job" / "export" / "model_info.json").write_text("{}")
+    demo.record_demo_files(str(out))  # As a demo run does when it ends.
+    reports = out / "job" / "evaluation" / "validation"
+    reports.mkdir(parents=True)
+    for name in ("metrics.json", "per_video.csv", "confusion_matrix.png", "confusion_matrix.json"):
+        (reports / name).write_text("evaluate's")
+    (reports / "my_analysis.txt").write_text("mine")  # Not a report evaluate writes: the user's.
+    assert demo.run(["--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1 entry the demo did not write: job/evaluation/validation/my_analysis.txt" in err
+    (reports / "my_analysis.txt").unlink()
+    demo.claim_demo_folder(str(out))
+    assert sorted(p.name for p in out.iterdir()) == [demo.DEMO_MARKER]

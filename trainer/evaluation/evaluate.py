@@ -31,6 +31,7 @@ from tfrecords_schema.cli import add_verbose_flag, command_prog
 from trainer.common import errors
 from trainer.evaluation.collect import collect_predictions
 from trainer.evaluation.coverage import format_coverage, split_coverage
+from trainer.evaluation.reports import EVALUATION_DIRNAME
 from trainer.model.export import (
     MODEL_FILENAME,
     MODEL_INFO_FILENAME,
@@ -58,7 +59,7 @@ def default_report_dir(model_dir: str, split: str) -> str:
         parent, name = posixpath.split(model_dir.rstrip("/"))
     else:
         parent, name = os.path.split(os.path.abspath(model_dir))
-    return join_path(parent, "evaluation", *([] if name == EXPORT_DIRNAME else [name]), split)
+    return join_path(parent, EVALUATION_DIRNAME, *([] if name == EXPORT_DIRNAME else [name]), split)
 
 
 def check_model_fits_data(model_info: dict, info, data_dir: str) -> list[str]:

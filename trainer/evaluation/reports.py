@@ -33,6 +33,11 @@ PER_VIDEO_FILENAME = "per_video.csv"
 CONFUSION_MATRIX_STEM = "confusion_matrix"
 VA_DENSITY_FILENAME = "va_density.png"
 AU_F1_FILENAME = "au_f1.png"
+# Every file a report folder may hold, and the folder `affectstream evaluate` writes them to by default, next to the
+# export it scores (trainer.evaluation.evaluate.default_report_dir).
+REPORT_FILENAMES = (METRICS_FILENAME, PER_VIDEO_FILENAME, f"{CONFUSION_MATRIX_STEM}.png",
+                    f"{CONFUSION_MATRIX_STEM}.json", VA_DENSITY_FILENAME, AU_F1_FILENAME)
+EVALUATION_DIRNAME = "evaluation"
 
 
 @dataclasses.dataclass(frozen=True)
