@@ -267,15 +267,16 @@ def _unfinished_hint(path: str) -> str:
     otherwise, also when ``path`` cannot be looked at). The run is named by its command (a conversion's output and
     a training's job folder hold the same lock file). Local folders only: on an object store each look is a request,
     and one that cannot be answered (refused credentials) takes tensorflow-io a minute of retries."""
+    from tfrecords_schema import storage
+
+    if storage.is_url(path):
+        return ""
     import socket
 
     import tensorflow as tf
 
     from tfrecords_schema.locks import LockError, output_lock_path, read_lock_file
     from tfrecords_schema.transaction import find_leftovers
-
-    if "://" in path:
-        return ""
 
     try:
         leftovers = find_leftovers(path)

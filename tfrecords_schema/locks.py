@@ -154,6 +154,8 @@ def holder_alive(pid: int, process: str = "") -> bool:
     """
     if not pid_alive(pid):
         return False
+    if not process:
+        return True
     recorded, now = process.split(), process_identity(pid).split()
     if len(recorded) != 3 or len(now) != 3 or recorded[2] != now[2]:
         return True

@@ -311,7 +311,8 @@ def import_model(args) -> dict:
     except ModelImportError as e:
         raise UsageError(str(e)) from e
     dtype = str(net.inputs[0].dtype)
-    if "int" in dtype and ((low, high) != (0, 255) or args.mean or args.std):
+    integer = "int" in dtype
+    if integer and ((low, high) != (0, 255) or args.mean or args.std):
         raise UsageError(f"the model takes {dtype} pixels (0..255, normalised inside the network): give "
                          "--pixel_range=0,255 and no --mean/--std")
     if size is None and not args.input_size:
@@ -324,7 +325,7 @@ def import_model(args) -> dict:
     mean = _floats(args.mean, None, "--mean") if args.mean else None
     std = _floats(args.std, None, "--std") if args.std else None
     try:
-        input_spec = InputSpec(size, channels, (low, high), args.channel_order, mean, std, integer="int" in dtype)
+        input_spec = InputSpec(size, channels, (low, high), args.channel_order, mean, std, integer=integer)
         input_spec.adapter()  # checks the values
         split = split_classifier(net, args.model_outputs)
         targets = _target_classes(args, mapping, class_names)

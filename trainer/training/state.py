@@ -86,16 +86,20 @@ DAMAGE_ERRORS = (IndexError, tf.errors.DataLossError, tf.errors.NotFoundError, t
                  tf.errors.InvalidArgumentError)
 
 
+def _error_text(error: BaseException) -> str:
+    """What an error says (a TensorFlow error's own message, without its op context)."""
+    return str(getattr(error, "message", None) or error).strip()
+
+
 def _unreadable(path: str, error: BaseException) -> TrainingError:
     """The error for a checkpoint that could not be read for another reason than damage (see DAMAGE_ERRORS)."""
-    return TrainingError(f"checkpoint {path} could not be read ({type(error).__name__}: "
-                         f"{str(getattr(error, 'message', None) or error).strip()[:300]}); nothing was changed: run "
-                         "the same command again once the storage answers")
+    return TrainingError(f"checkpoint {path} could not be read ({type(error).__name__}: {_error_text(error)[:300]}); "
+                         "nothing was changed: run the same command again once the storage answers")
 
 
 def _damage(path: str, error: BaseException) -> str:
     """``"PATH (Type: first line)"``: a checkpoint that cannot be read, for the warning or the error."""
-    text = str(getattr(error, "message", None) or error).strip()
+    text = _error_text(error)
     return f"{path} ({type(error).__name__}: {text.splitlines()[0] if text else 'unreadable'})"
 
 
