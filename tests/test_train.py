@@ -62,15 +62,25 @@ def expr_job(dataset, tmp_path_factory):
                                   "learning_rate": 0.003, "seed": 1}))
     job = tmp / "job"
     out = io.StringIO()
+    # Every function AutoGraph is asked to convert while the job runs (tf.data's map functions, tf.function).
+    from tensorflow.python.autograph.impl import api as autograph_api
+
+    converted, convert = [], autograph_api.converted_call
+
+    def spy(f, *args, **kwargs):
+        converted.append(f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', f)}")
+        return convert(f, *args, **kwargs)
+
     # The config file sets epochs=1; the flag overrides it.
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(autograph_api, "converted_call", spy)
         rc = train.run(["--config", str(config), *train_args(dataset, job, "--epochs", "4")])
     assert rc == 0
-    return job, out.getvalue()
+    return job, out.getvalue(), converted
 
 
 def test_short_run_learns_expressions_and_exports_model_and_reports(dataset, expr_job):
-    job, out = expr_job
+    job, out, _ = expr_job
     saved = json.loads((job / "train_config.json").read_text())
     assert saved["epochs"] == 4 and saved["learning_rate"] == 0.003 and saved["sampling"] == "balanced"
 
@@ -94,9 +104,18 @@ def test_short_run_learns_expressions_and_exports_model_and_reports(dataset, exp
     assert "the score above is optimistic; the last epoch (4) scored" in out
 
 
+def test_the_trainer_traces_its_functions_as_written_without_autograph(expr_job):
+    # AutoGraph rewrites each function TensorFlow traces (parsing its source) so that Python control flow on tensors
+    # becomes graph control flow. The trainer branches on Python values only, and the rewrite cost ~2 s of every
+    # train, evaluate and predict start (38 functions for a small job; docs/benchmarks.md), so none is converted.
+    _, _, converted = expr_job
+    ours = [name for name in converted if name.split(".")[0] in ("trainer", "tfrecords_schema")]
+    assert not ours, ours
+
+
 def test_a_rerun_of_a_finished_job_still_reports_its_last_epoch(dataset, expr_job, tmp_path):
     # The same command again (a job stopped in its export is resumed so): it dropped last_epoch from metrics.json.
-    job, _ = expr_job
+    job, _, _ = expr_job
     again = tmp_path / "job"
     shutil.copytree(job, again)
     before = json.loads((again / "metrics.json").read_text())["last_epoch"]
@@ -110,7 +129,7 @@ def test_a_rerun_of_a_finished_job_still_reports_its_last_epoch(dataset, expr_jo
 
 
 def test_metrics_score_every_labelled_frame_and_report_face_frames_apart(dataset, expr_job):
-    job, _ = expr_job
+    job, _, _ = expr_job
     metrics = json.loads((job / "metrics.json").read_text())
     labelled, with_face = _validation_frames(pathlib.Path(dataset),
                                              lambda clip: clip.expression != keys.EXPRESSION_INVALID)
@@ -138,7 +157,7 @@ def test_metrics_score_every_labelled_frame_and_report_face_frames_apart(dataset
 def test_model_info_carries_the_face_stage_of_the_conversion(dataset, expr_job):
     from beam_jobs.faces.stage import FaceStageConfig
 
-    job, _ = expr_job
+    job, _, _ = expr_job
     model_info = json.loads((job / "export" / "model_info.json").read_text())
     stage = FaceStageConfig.from_dict(model_info["face_stage"])
     assert stage.crop_size == 32 and stage.to_dict() == model_info["face_stage"]
@@ -146,7 +165,7 @@ def test_model_info_carries_the_face_stage_of_the_conversion(dataset, expr_job):
 
 
 def test_exported_model_reproduces_the_job_metrics_through_evaluate(dataset, expr_job, tmp_path, capsys):
-    job, _ = expr_job
+    job, _, _ = expr_job
     metrics = json.loads((job / "metrics.json").read_text())
     report_dir = tmp_path / "eval"
     assert evaluate.run(["--model", str(job), "--data", dataset, "--report_dir", str(report_dir)]) == 0
@@ -176,7 +195,7 @@ def test_evaluate_rejects_a_model_whose_outputs_disagree_with_model_info(dataset
     from trainer.model.build import build_model
     from trainer.model.spec import ModelSpec
 
-    job, _ = expr_job
+    job, _, _ = expr_job
     export = tmp_path / "export"
     shutil.copytree(job / "export", export)
     # Three expression outputs where model_info.json lists four class names.

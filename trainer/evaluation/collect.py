@@ -22,7 +22,7 @@ def predict_function(model):
     """``model(x, training=False)`` as one ``tf.function`` (batch size and time left free); trace it once per model."""
     import tensorflow as tf
 
-    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
 
 
 def collect_predictions(model, dataset, heads: Sequence[str], info, predict=None,

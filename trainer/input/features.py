@@ -83,6 +83,7 @@ def make_feature_train_dataset(features_dir: str, index: FeaturesInfo, *, task: 
     num_classes = len(info.expression_names)
     pipeline_id = 0 if input_context is None else input_context.input_pipeline_id
 
+    @tf.autograph.experimental.do_not_convert
     def to_window(serialized, clip_seed):
         window = random_feature_window(parse(serialized), clip_seed, seq_len)
         targets, frame_weights = frames_lib.targets_and_weights(_labelled(window), heads, num_classes,
@@ -118,6 +119,7 @@ def make_feature_eval_dataset(features_dir: str, index: FeaturesInfo, *, split: 
     parse = make_feature_parser(index.feature_dim, info.num_action_units)
     num_classes = len(info.expression_names)
 
+    @tf.autograph.experimental.do_not_convert
     def to_windows(serialized):
         clip = parse(serialized)
         n = tf.shape(clip["features"])[0]
@@ -127,6 +129,7 @@ def make_feature_eval_dataset(features_dir: str, index: FeaturesInfo, *, split: 
         windows["media_id"] = tf.fill([num_windows], clip["media_id"])
         return windows
 
+    @tf.autograph.experimental.do_not_convert
     def to_example(window):
         window = _labelled(window)
         targets, weights = frames_lib.targets_and_weights(window, heads, num_classes, None, require_face=False)

@@ -27,6 +27,7 @@ every record read is delivered, and a read is wasted when its clip's window hold
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
 from tfrecords_schema import (
     HEAD_ACTION_UNITS,
@@ -143,6 +144,7 @@ def measure_input_mix(data_dir: str, info: DatasetInfo, *, task: str, sampling: 
         worker=worker))
     num_classes = len(info.expression_names)
 
+    @tf.autograph.experimental.do_not_convert
     def validity(targets, _, window):  # valid labels on real frames, with or without a face
         _, weights = frames_lib.targets_and_weights(window, heads, num_classes, None, require_face=False)
         return targets, {h: w > 0 for h, w in weights.items()}, window

@@ -184,6 +184,7 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
     #    is cut into K windows, each its own element of a K-tuple, so that batching clips gives K batches at once
     #    (the k-th windows of batch_size clips) with no per-window elements and no copy beyond the cut and the
     #    batch. Everything else runs per batch.
+    @tf.autograph.experimental.do_not_convert
     def to_clip(serialized, clip_seed):
         clip = parse(serialized)
         n = tf.shape(clip["image"])[0]
@@ -209,6 +210,7 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
         return tuple((frames_lib.source_window(source, indices[i], crop_size, seq_len, info.codec), per_window[i])
                      for i in range(windows_per_clip))
 
+    @tf.autograph.experimental.do_not_convert
     def one_batch_per_window(*windows):  # K batched windows -> K elements (no copy)
         batches = tf.data.Dataset.from_tensors(windows[0])
         for window in windows[1:]:
@@ -216,6 +218,7 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
         return batches
 
     # 3. Per batch: targets and weights. (The augmentation is the model's: trainer.model.augment.)
+    @tf.autograph.experimental.do_not_convert
     def to_batch(*clip_batch):  # (frames, labels), or (labels,) without decoding
         frames, labels = clip_batch if decode else (None, clip_batch[0])
         targets, weights_ = frames_lib.targets_and_weights(labels, heads, num_classes, class_weights,
@@ -348,6 +351,7 @@ def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VA
     crop_size = info.crop_size
 
     # 2. Per window: decode (uint8), keep the labels and ids; per batch: targets and weights.
+    @tf.autograph.experimental.do_not_convert
     def to_example(window):
         frames = frames_lib.decode_frames(window, crop_size, seq_len, info.codec)
         ids = {"example_id": window["example_id"], "media_id": window["media_id"],
@@ -355,14 +359,15 @@ def make_eval_dataset(data_dir: str, info: DatasetInfo, *, split: str = SPLIT_VA
                "labelled": frames_lib.labelled_frames(window, num_classes)}
         return frames, frames_lib.labels_of(window), ids
 
+    @tf.autograph.experimental.do_not_convert
     def to_batch(frames, labels, ids):
         targets, weights = frames_lib.targets_and_weights(labels, heads, num_classes, None, require_face=False)
         return frames, targets, weights, ids
 
     # 3. Records in shard order -> windows -> batches.
     dataset = records.read_records(paths, counts, skipped=skipped, shuffle_seed=None)
-    dataset = dataset.map(lambda serialized: frames_lib.eval_windows(parse(serialized), seq_len),
-                          num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(tf.autograph.experimental.do_not_convert(
+        lambda serialized: frames_lib.eval_windows(parse(serialized), seq_len)), num_parallel_calls=AUTOTUNE)
     dataset = dataset.unbatch()
     dataset = dataset.map(to_example, num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, num_parallel_calls=AUTOTUNE)

@@ -197,9 +197,10 @@ def read_shard(path: tf.Tensor, expected: tf.Tensor, skipped: SkippedRecords | N
         # frames counted twice, past every count of dataset_info.json. (Without ``skipped`` the count check fails.)
         records = records.take(expected)
     groups = records.batch(CHECK_BATCH)
-    marked = groups.map(lambda g: (g, False)).concatenate(
+    marked = groups.map(tf.autograph.experimental.do_not_convert(lambda g: (g, False))).concatenate(
         tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True)))
 
+    @tf.autograph.experimental.do_not_convert
     def count_and_check(count, element):
         group, is_end = element
         if skipped is not None:
@@ -230,6 +231,7 @@ def read_records(paths: list[str], counts: list[int], *, skipped: SkippedRecords
         files = files.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
     buffer_size = None if any(is_url(p) for p in paths) else LOCAL_READ_BUFFER
 
+    @tf.autograph.experimental.do_not_convert
     def read(path, expected):
         return read_shard(path, expected, skipped, buffer_size)
 
@@ -287,6 +289,7 @@ def explicitly_seeded(build: Callable[[tf.Tensor | None], tf.data.Dataset],
     """
     start = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)) if workers is None else workers
 
+    @tf.autograph.experimental.do_not_convert
     def traced(worker):
         tf.compat.v1.get_default_graph().seed = None  # this function's graph only
         return build(None if workers is None else worker)

@@ -227,7 +227,7 @@ class WindowPredictor:
         float_input = tf.as_dtype(model.inputs[0].dtype).is_floating
 
         @tf.function(input_signature=[tf.TensorSpec([batch_size, seq_len], tf.string),
-                                      tf.TensorSpec([batch_size], tf.int32)])
+                                      tf.TensorSpec([batch_size], tf.int32)], autograph=False)
         def run(crops, num_valid):
             frames = tf.map_fn(lambda w: decode_frames(w, crop_size, seq_len, codec),
                                {"image": crops, "num_valid": num_valid}, fn_output_signature=window_spec)

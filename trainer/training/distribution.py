@@ -123,7 +123,7 @@ def check_same_options(strategy: tf.distribute.Strategy, role: Role, options: di
         return
     local = tf.constant(option_digests(options), tf.int64)
 
-    @tf.function  # (Eagerly, the strategy warns of its overhead in every multi-worker log.)
+    @tf.function(autograph=False)  # (Eagerly, the strategy warns of its overhead in every multi-worker log.)
     def gather():
         return strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0)
 

@@ -104,7 +104,8 @@ class _Predictor:
     def __call__(self, images):
         if self._function is None:
             spec = tf.TensorSpec([None, *images.shape[1:]], images.dtype)
-            self._function = tf.function(lambda x: self._extractor(x, training=False), input_signature=[spec])
+            self._function = tf.function(lambda x: self._extractor(x, training=False), input_signature=[spec],
+                                         autograph=False)
         return self._function(images)
 
 
@@ -114,8 +115,9 @@ def _example_ids(path: str, skipped) -> list[bytes]:
     records_ = tf.data.TFRecordDataset(path)
     if skipped is not None:  # the evaluation pipeline counts what a corrupt shard loses
         records_ = records_.ignore_errors()
-    ids = records_.map(lambda r: tf.io.parse_single_sequence_example(r, context_features=spec)[0][keys.EXAMPLE_ID],
-                       num_parallel_calls=AUTOTUNE)
+    ids = records_.map(tf.autograph.experimental.do_not_convert(
+        lambda r: tf.io.parse_single_sequence_example(r, context_features=spec)[0][keys.EXAMPLE_ID]),
+        num_parallel_calls=AUTOTUNE)
     return [i for batch in ids.batch(1024) for i in batch.numpy().tolist()]
 
 

@@ -92,7 +92,8 @@ def check_evaluated_shards(data_dir: str, info, splits) -> None:
         for shard in info.splits[split].shards if split in info.splits else ():
             path = join_path(data_dir, shard.path)
             try:
-                count = int(tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+                count = int(tf.data.TFRecordDataset(path).reduce(
+                    tf.constant(0, tf.int64), tf.autograph.experimental.do_not_convert(lambda n, _: n + 1)))
             except tf.errors.OpError as e:
                 raise TrainingError(
                     f"{split} shard {path} is corrupt or unreadable ({type(e).__name__}: {e.message.splitlines()[0]}):"

@@ -172,7 +172,7 @@ class TrainStep:
         global_frames, loss_scale = self._global_frames, self._loss_scale
         au_positive_weights = self._au_positive_weights
         # Several replicas under XLA: compile the forward pass only (the VA loss all-reduces, see the class docstring).
-        forward = (tf.function(lambda images: model(images, training=True), jit_compile=True)
+        forward = (tf.function(lambda images: model(images, training=True), jit_compile=True, autograph=False)
                    if self._jit and num_replicas > 1 else lambda images: model(images, training=True))
 
         def step_fn(images, targets, weights):
@@ -186,10 +186,11 @@ class TrainStep:
             optimizer.apply_gradients(zip(grads, variables))
             return {"loss": total, **losses}
 
-        replica_step = tf.function(step_fn, jit_compile=True) if self._jit and num_replicas == 1 else step_fn
+        replica_step = (tf.function(step_fn, jit_compile=True, autograph=False) if self._jit and num_replicas == 1
+                        else step_fn)
         sync_fn = self._sync_statistics() if num_replicas > 1 else None  # None: nothing to synchronise
 
-        @tf.function
+        @tf.function(autograph=False)
         def train_step(iterator):
             images, targets, weights = next(iterator)
             per_replica = strategy.run(replica_step, args=(images, targets, weights))
