@@ -296,7 +296,7 @@ def test_training_killed_after_a_checkpoint_resumes_and_ends_at_the_same_step_co
     args = train_args(dataset, job, "--task", "expr", "--epochs", "3", "--steps_per_epoch", "10",
                       "--checkpoint_every", "3")
     cmd = [sys.executable, "-m", "trainer.train", *args]
-    # A temp folder of its own: a killed process cannot remove its files (TensorFlow's autograph sources, ~30).
+    # A temp folder of its own: a killed process cannot remove the files TensorFlow writes there.
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp_path / "tmp")}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
