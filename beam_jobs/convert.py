@@ -404,15 +404,17 @@ def run(argv: list[str] | None = None, *, source: DatasetSource | None = None) -
         return 2
     # Imported once the options are parsed: they load Apache Beam and OpenCV, which `--help` must not wait for.
     from beam_jobs.pipeline.output_folder import OutputRefused, claim_output
-    from tfrecords_schema.cli import interruption, sigterm_unwinds
+    from tfrecords_schema.cli import interruption, interrupts_said_once, sigterm_unwinds
     from tfrecords_schema.locks import LockError
     from tfrecords_schema.transaction import DiskFullError, SwapRefused, TransactionError
 
     command = " ".join(["beam_jobs.convert", *argv])[:500]
     try:
         # SIGTERM unwinds as Ctrl-C does while the output is held: a plain SIGTERM left the staging folder, the lock
-        # and the Beam workers behind (tfrecords_schema.cli.sigterm_unwinds).
-        with sigterm_unwinds(), claim_output(args.output, args.overwrite, command=command, log=_log) as claim:
+        # and the Beam workers behind (tfrecords_schema.cli.sigterm_unwinds). Either way Beam's runner does not print
+        # its tracebacks of the interrupt before our one line (tfrecords_schema.cli.interrupts_said_once).
+        with sigterm_unwinds(), interrupts_said_once(), \
+                claim_output(args.output, args.overwrite, command=command, log=_log) as claim:
             if claim.place is not None:  # Checked before any work: say where the run builds, in one line.
                 print(f"[convert] output {claim.output}: {claim.place.describe()}", flush=True)
             info = _convert(args, beam_args, tasks, source, options, claim)

@@ -78,17 +78,66 @@ def sigterm_unwinds():
         signal.signal(signal.SIGTERM, previous)
 
 
-# The thread in which Beam's local runner waits for a worker process it started (fn_api_runner/worker_handlers.py).
+@contextlib.contextmanager
+def interrupts_said_once():
+    """Within: an interrupt (Ctrl-C, or SIGTERM under :func:`sigterm_unwinds`) leaves the command's one line about it
+    as the runner's only output, not Beam's tracebacks.
+
+    - Beam's log of a ``KeyboardInterrupt`` that stopped a step running in this process (``KeyboardInterrupt [while
+      running '...']`` and its traceback: ``--direct_running_mode in_memory``, one worker) is dropped.
+    - On Ctrl-C, the runner's threads that see the worker processes end (``Worker subprocess exited with return code
+      -2``, the control stream's ``grpc.RpcError``) no longer print theirs, as after a SIGTERM.
+
+    A terminal's Ctrl-C also reaches each worker process (the whole foreground process group), and each still prints
+    its own ``KeyboardInterrupt`` traceback: Beam starts them through ``/bin/sh -c``, which clears a blocked signal
+    mask, and an ignored SIGINT cannot be handed to them alone without the runner missing Ctrl-C itself.
+    """
+    import logging
+    import signal
+
+    beam_log = logging.getLogger(BEAM_STEP_LOGGER)
+    beam_log.addFilter(_drop_interrupt_tracebacks)
+    handled = (threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+
+    def interrupt(signum, frame) -> None:
+        threading.excepthook = _quiet_ended_workers(threading.excepthook)
+        signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as Ctrl-C always gave
+
+    previous = signal.signal(signal.SIGINT, interrupt) if handled else None
+    try:
+        yield
+    finally:
+        if handled:
+            signal.signal(signal.SIGINT, previous)
+        beam_log.removeFilter(_drop_interrupt_tracebacks)
+
+
+# The logger with which Beam logs an exception raised in a step, with its traceback (apache_beam/runners/common.py).
+BEAM_STEP_LOGGER = "apache_beam.runners.common"
+
+
+def _drop_interrupt_tracebacks(record) -> bool:
+    """A logging filter: False for a record carrying a ``KeyboardInterrupt`` (Beam's log of a step it stopped)."""
+    kind = record.exc_info[0] if record.exc_info else None
+    return not (kind is not None and issubclass(kind, KeyboardInterrupt))
+
+
+# Threads of Beam's local runner that raise as the worker processes end (fn_api_runner/worker_handlers.py): the one
+# that waits for a worker process it started, and the one that reads a worker's control stream.
 BEAM_WORKER_THREAD = "run_worker"
+BEAM_CONTROL_THREAD = "beam_control_read"
 
 
 def _quiet_ended_workers(hook):
-    """``threading.excepthook`` once a SIGTERM has ended the worker processes: the runner's thread waiting for each one
-    raises as it sees it end (``RuntimeError: Worker subprocess exited with return code -15``), which printed one
-    traceback per worker before the command's one line. Those are dropped; any other thread's error goes to ``hook``."""
+    """``threading.excepthook`` once a SIGTERM or Ctrl-C has ended the worker processes: the runner's thread waiting
+    for each one raises as it sees it end (``RuntimeError: Worker subprocess exited with return code -15``), and the
+    one reading its control stream may too (``grpc.RpcError``), which printed a traceback per worker before the
+    command's one line. Those are dropped; any other thread's error goes to ``hook``."""
     def excepthook(args) -> None:
-        if not (args.thread is not None and args.thread.name == BEAM_WORKER_THREAD
-                and issubclass(args.exc_type, RuntimeError)):
+        name = args.thread.name if args.thread is not None else None
+        if not ((name == BEAM_WORKER_THREAD and issubclass(args.exc_type, RuntimeError))
+                or (name == BEAM_CONTROL_THREAD and args.exc_type.__name__ == "RpcError")):
             hook(args)
 
     return excepthook
