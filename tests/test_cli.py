@@ -295,3 +295,35 @@ def test_sigterm_drops_the_tracebacks_of_the_beam_threads_waiting_for_the_worker
         thread.start()
         thread.join()
     assert reported == ["a real error"]
+
+
+def test_a_run_after_an_interrupted_one_still_reports_its_worker_crashes(monkeypatch):
+    # Several conversions in one process (the tests, a notebook): each Ctrl-C wrapped threading.excepthook once more,
+    # and the hook that dropped the runner's "Worker subprocess exited" errors stayed on for every later run, so a
+    # worker that really died (killed for memory: -9) in a run never interrupted left no trace.
+    import signal
+    import threading
+
+    reported = []  # What reaches the hook in place before the interrupts (the default one prints a traceback).
+    monkeypatch.setattr(threading, "excepthook", lambda args: reported.append(str(args.exc_value)))
+
+    def worker_exits(code):
+        def run():
+            raise RuntimeError(f"Worker subprocess exited with return code {code}")
+        thread = threading.Thread(target=run, name=cli_flags.BEAM_WORKER_THREAD)
+        thread.start()
+        thread.join()
+
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt), cli_flags.interrupts_said_once():
+            os.kill(os.getpid(), signal.SIGINT)  # The handler runs between bytecodes, right after the kill.
+        worker_exits(-2)  # The interrupted run's workers, seen ending after its context: still quiet.
+    assert reported == []
+
+    with cli_flags.interrupts_said_once():  # The next run, not interrupted.
+        worker_exits(-9)
+    assert reported == ["Worker subprocess exited with return code -9"]
+    hook, wrapped = threading.excepthook, 0  # Hooks wrapping hooks, down to the one in place before.
+    while wrapped < 10 and (inner := [c.cell_contents for c in hook.__closure__ or () if callable(c.cell_contents)]):
+        hook, wrapped = inner[0], wrapped + 1
+    assert wrapped == 1  # One hook, not one per interrupt.

@@ -64,13 +64,14 @@ def sigterm_unwinds():
         # waited for ever for a runner that had stopped, and the runner for it (4 of 8 kills in the first second of a
         # pipeline). SIGTERM, not SIGINT: a job started in the background ignores SIGINT, and its children with it.
         threading.Thread(target=_end_descendants, name="end-descendants", daemon=True).start()
-        threading.excepthook = _quiet_ended_workers(threading.excepthook)
+        _quiet_ended_workers_from_now()
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _terminated.clear()
+    _workers_ended.clear()  # A new run: its runner threads' errors are real until it is interrupted.
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
@@ -99,9 +100,11 @@ def interrupts_said_once():
     beam_log.addFilter(_drop_interrupt_tracebacks)
     handled = (threading.current_thread() is threading.main_thread()
                and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if handled:
+        _workers_ended.clear()  # A new run: its runner threads' errors are real until it is interrupted.
 
     def interrupt(signum, frame) -> None:
-        threading.excepthook = _quiet_ended_workers(threading.excepthook)
+        _quiet_ended_workers_from_now()
         signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as Ctrl-C always gave
 
     previous = signal.signal(signal.SIGINT, interrupt) if handled else None
@@ -129,6 +132,20 @@ BEAM_WORKER_THREAD = "run_worker"
 BEAM_CONTROL_THREAD = "beam_control_read"
 
 
+# Set by an interrupt (SIGTERM or Ctrl-C) until the next run starts: the runner's threads raise as the worker
+# processes end, also after the command's context has exited, so it is not cleared on the way out.
+_workers_ended = threading.Event()
+
+
+def _quiet_ended_workers_from_now() -> None:
+    """Drops the runner's thread errors of the worker processes ending (:func:`_quiet_ended_workers`) from now until
+    the next run. The hook is installed once per process: wrapping it again on each interrupt nested one hook per
+    interrupt, and a hook that stayed on hid a later run's real worker crash (``return code -9``: killed for memory)."""
+    _workers_ended.set()
+    if not getattr(threading.excepthook, "quiets_ended_workers", False):
+        threading.excepthook = _quiet_ended_workers(threading.excepthook)
+
+
 def _quiet_ended_workers(hook):
     """``threading.excepthook`` once a SIGTERM or Ctrl-C has ended the worker processes: the runner's thread waiting
     for each one raises as it sees it end (``RuntimeError: Worker subprocess exited with return code -15``), and the
@@ -136,10 +153,11 @@ def _quiet_ended_workers(hook):
     command's one line. Those are dropped; any other thread's error goes to ``hook``."""
     def excepthook(args) -> None:
         name = args.thread.name if args.thread is not None else None
-        if not ((name == BEAM_WORKER_THREAD and issubclass(args.exc_type, RuntimeError))
+        if not _workers_ended.is_set() or not ((name == BEAM_WORKER_THREAD and issubclass(args.exc_type, RuntimeError))
                 or (name == BEAM_CONTROL_THREAD and args.exc_type.__name__ == "RpcError")):
             hook(args)
 
+    excepthook.quiets_ended_workers = True
     return excepthook
 
 
