@@ -297,7 +297,17 @@ def test_sigterm_drops_the_tracebacks_of_the_beam_threads_waiting_for_the_worker
     assert reported == ["a real error"]
 
 
-def test_a_run_after_an_interrupted_one_still_reports_its_worker_crashes(monkeypatch):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler for the test, as a command starts with (a pytest-xdist worker ignores SIGINT)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_run_after_an_interrupted_one_still_reports_its_worker_crashes(monkeypatch, python_ctrl_c):
     # Several conversions in one process (the tests, a notebook): each Ctrl-C wrapped threading.excepthook once more,
     # and the hook that dropped the runner's "Worker subprocess exited" errors stayed on for every later run, so a
     # worker that really died (killed for memory: -9) in a run never interrupted left no trace.
