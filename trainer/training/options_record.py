@@ -31,7 +31,9 @@ UNCOMPARED = ("data", "job_dir", "epochs", "early_stopping", "allow_data_change"
               "jit_compile", "skip_corrupt")
 
 
-def _read(path: str):
+def read_recorded(path: str):
+    """The JSON value of a recorded options file (``train_config.json`` or its history); None when it is missing or
+    is not JSON (a binary file included). Other read errors (a folder of that name, no permission) are raised."""
     import tensorflow as tf
 
     if not tf.io.gfile.exists(path):
@@ -48,7 +50,7 @@ def record_run_options(config: TrainConfig, start_step: int) -> dict[str, tuple]
     option that changed since the last run. Returns ``{option: (last run's value, this run's)}``."""
     options = to_dict(config)
     path, history_path = join_path(config.job_dir, TRAIN_CONFIG_FILENAME), join_path(config.job_dir, HISTORY_FILENAME)
-    previous = _read(path) if start_step > 0 else None
+    previous = read_recorded(path) if start_step > 0 else None
     changed = {}
     if isinstance(previous, dict):
         changed = {k: (previous[k], v) for k, v in options.items()
@@ -58,7 +60,7 @@ def record_run_options(config: TrainConfig, start_step: int) -> dict[str, tuple]
         log.warning("resumed at step %d with options changed since the last run: %s; the %d steps before were trained "
                     "with the earlier values (%s keeps each run's options)", start_step, listed, start_step,
                     HISTORY_FILENAME)
-    history = _read(history_path) if start_step > 0 else None
+    history = read_recorded(history_path) if start_step > 0 else None
     if not isinstance(history, list):
         # A job from before the history: its last run's options open it, from an unknown step.
         history = [{"start_step": None, "options": previous}] if isinstance(previous, dict) else []

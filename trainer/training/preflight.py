@@ -199,14 +199,14 @@ def _entries_a_job_overwrites(job_dir: str) -> list[str]:
     """The entries of an existing ``job_dir`` that a job writes (its files, its folders' files) when the folder is not
     a job's: it holds neither ``checkpoints/`` nor a ``train_config.json`` of this tool (a job writes it before its
     first step). A user's own ``metrics.json``, ``reports/`` or ``logs/`` were otherwise silently replaced."""
-    import json
+    import tensorflow as tf
 
     from tfrecords_schema import join_path, storage
     from trainer.evaluation.reports import METRICS_FILENAME
     from trainer.input.input_mix import INPUT_MIX_FILENAME
     from trainer.model.export import CHECKPOINTS_DIRNAME
     from trainer.training.job_files import BEST_DIRNAME, LAST_EPOCH_FILENAME, LOGS_DIRNAME, REPORTS_DIRNAME
-    from trainer.training.options_record import HISTORY_FILENAME, TRAIN_CONFIG_FILENAME
+    from trainer.training.options_record import HISTORY_FILENAME, TRAIN_CONFIG_FILENAME, read_recorded
 
     files = storage.gfile(job_dir)
     if not files.isdir(job_dir):
@@ -216,9 +216,8 @@ def _entries_a_job_overwrites(job_dir: str) -> list[str]:
         return []
     if TRAIN_CONFIG_FILENAME in present:
         try:
-            with files.GFile(join_path(job_dir, TRAIN_CONFIG_FILENAME), "r") as f:
-                options = json.loads(f.read())
-        except (ValueError, UnicodeDecodeError, OSError):
+            options = read_recorded(join_path(job_dir, TRAIN_CONFIG_FILENAME))
+        except (OSError, tf.errors.OpError):  # (A folder of that name, no permission: not a job's file either.)
             options = None
         if isinstance(options, dict) and {"data", "job_dir", "task"} <= set(options):
             return []  # A job stopped before its first checkpoint.
