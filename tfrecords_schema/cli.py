@@ -153,8 +153,9 @@ def _quiet_ended_workers(hook):
     command's one line. Those are dropped; any other thread's error goes to ``hook``."""
     def excepthook(args) -> None:
         name = args.thread.name if args.thread is not None else None
-        if not _workers_ended.is_set() or not ((name == BEAM_WORKER_THREAD and issubclass(args.exc_type, RuntimeError))
-                or (name == BEAM_CONTROL_THREAD and args.exc_type.__name__ == "RpcError")):
+        worker_ending = ((name == BEAM_WORKER_THREAD and issubclass(args.exc_type, RuntimeError))
+                         or (name == BEAM_CONTROL_THREAD and args.exc_type.__name__ == "RpcError"))
+        if not (worker_ending and _workers_ended.is_set()):
             hook(args)
 
     excepthook.quiets_ended_workers = True

@@ -255,8 +255,9 @@ def resolve_model_dir(path: str, option: str = "--model") -> str:
     grandparent = parent.rsplit("/", 1)[0] if "/" in parent else "."
     one = re.fullmatch(r"ckpt-\d+", path.rstrip("/").rsplit("/", 1)[-1]) is not None
     for job, folder in ((parent, path), *(((grandparent, parent),) if one else ())):
-        ours = gfile.exists(join_path(folder, "checkpoint")) or (one and gfile.exists(path.rstrip("/") + ".index"))
-        if folder.rstrip("/").rsplit("/", 1)[-1] == CHECKPOINTS_DIRNAME and ours:
+        if folder.rstrip("/").rsplit("/", 1)[-1] != CHECKPOINTS_DIRNAME:
+            continue  # (The name first: each look at the store below is a request on gs:// and s3://.)
+        if gfile.exists(join_path(folder, "checkpoint")) or (one and gfile.exists(path.rstrip("/") + ".index")):
             raise ExportError(f"{option} {path} is a training job's checkpoint, not an export: give {option} the job "
                               f"folder {job} (its {EXPORT_DIRNAME}/ is made when its training ends)")
     if not gfile.exists(path):  # (It said "holds no model_info.json" of a typo.)
