@@ -62,6 +62,7 @@ from tfrecords_schema import (
 )
 from tfrecords_schema.cli import first_of
 from tfrecords_schema.filesystems import register_filesystems
+from tfrecords_schema.image_codec import CODEC_RAW
 from trainer.common.choices import TASK_CHOICES
 from trainer.input import data_service as data_service_lib
 from trainer.input import frames as frames_lib
@@ -178,6 +179,11 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
     parse = make_clip_parser(info.num_action_units, image_format=info.codec)
     num_classes = len(info.expression_names)
     crop_size = info.crop_size
+    # Windows cut from the clip's crop source (frames_lib.clip_source) rather than from its gathered crops: with
+    # several windows, and for raw clips shorter than two windows, whose window is then (nearly) the whole clip: the
+    # clip's bytes are reinterpreted as pixels once and the window sliced from them, where gathering its crops and
+    # then their bytes would copy the window twice (16-frame raw records, docs/benchmarks.md).
+    from_source = windows_per_clip > 1 or (info.codec == CODEC_RAW and info.clip_length < 2 * seq_len)
 
     # 2. Per clip: parse, pick its window(s), decode their crops (uint8). Several windows: the clip's crop source
     #    (its pixels, each crop decoded once; JPEG ones only when the windows take as many frames as a clip holds)
@@ -193,12 +199,17 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
         else:  # [K, T]
             indices = tf.stack([frames_lib.random_window_indices(n, s, seq_len) for s in
                                 tf.unstack(tf.random.experimental.stateless_split(clip_seed, windows_per_clip))])
-        window = frames_lib.gather_frames(clip, indices, n, with_image=decode and windows_per_clip == 1)
+        window = frames_lib.gather_frames(clip, indices, n, with_image=decode and not from_source)
         labels = frames_lib.labels_of(window)
         if not decode:
             labels = {**labels, "bucket": clip["bucket"], "example_id": clip["example_id"]}
         if windows_per_clip == 1:
-            return (frames_lib.decode_frames(window, crop_size, seq_len, info.codec), labels) if decode else labels
+            if not decode:
+                return labels
+            if from_source:
+                source = frames_lib.clip_source(clip, n, crop_size, info.codec)
+                return frames_lib.source_window(source, indices, crop_size, seq_len, info.codec), labels
+            return frames_lib.decode_frames(window, crop_size, seq_len, info.codec), labels
         # K windows: the labels gathered at once and split per window, the frames cut from the clip's crop source.
         split = {k: tf.unstack(v, windows_per_clip) if k in window else [v] * windows_per_clip  # bucket, example_id
                  for k, v in labels.items()}
