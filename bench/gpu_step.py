@@ -58,7 +58,7 @@ H100_DENSE_BF16_TFLOPS = 989.0  # H100 SXM, dense (no sparsity) bf16 tensor-core
 TRAIN_OVER_FORWARD = 3.0  # forward + gradient w.r.t. activations + gradient w.r.t. weights
 # The train streams of bench/input_rate.py whose frames per CPU-second size the host (column label: its name there).
 PROJECTED_STREAMS = {"jpeg": "jpeg", "raw": "raw", "jpeg w8": "jpeg, 8 windows per clip",
-                     "raw w8": "raw, 8 windows per clip"}
+                     "raw w8": "raw, 8 windows per clip", "raw 16": "raw, 16-frame records"}
 
 
 def layer_macs(model) -> int:

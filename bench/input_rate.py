@@ -13,7 +13,9 @@ fresh process (so no other pipeline shares it), ``affectstream input-rate`` with
 * ``jpeg, 4 windows per clip``: the same for JPEG (decoding, not reading, is its cost: 64 decodes per record for 64
   window frames, as with one window per record);
 * ``8 windows per clip``: both again with ``--windows_per_clip 8`` (each frame of a record in two windows on
-  average; a JPEG record's 64 crops are decoded once for its 128 window frames).
+  average; a JPEG record's 64 crops are decoded once for its 128 window frames);
+* ``16-frame records``: the same footage converted again by each codec with ``--clip_length 16``, read with the
+  train defaults (one window a clip: every byte of a record read serves the window).
 
 It prints each one's median frames per second and frames per CPU-second (this process's CPU, every thread), the
 bytes per frame on disk, the encoding CPU per crop at conversion (JPEG q90 against raw, on the same crops) and the
@@ -45,9 +47,13 @@ import videos as bench_videos
 
 from tfrecords_schema import decode_clip, read_dataset_info
 
+# (name, conversion, windows per clip). A conversion is ``codec`` (clips of 64 frames, the default) or ``codec16``
+# (clips of 16 frames: one 16-frame window reads a whole record).
 VARIANTS = (("jpeg", "jpeg", 1), ("raw", "raw", 1), ("jpeg, 4 windows per clip", "jpeg", 4),
             ("raw, 4 windows per clip", "raw", 4), ("jpeg, 8 windows per clip", "jpeg", 8),
-            ("raw, 8 windows per clip", "raw", 8))
+            ("raw, 8 windows per clip", "raw", 8), ("jpeg, 16-frame records", "jpeg16", 1),
+            ("raw, 16-frame records", "raw16", 1))
+SHORT_CLIP = 16
 
 
 def input_rate(data: str, args, windows: int) -> dict:
@@ -95,16 +101,19 @@ def bytes_per_frame(data: str) -> float:
 
 
 def convert_codecs(video_seconds: float, cache_dir: str, work: pathlib.Path, material: str = "megamind_native",
-                   crop_size: int = 112) -> dict:
-    """Two tracks of ``video_seconds`` of ``material`` converted into ``work/jpeg`` and ``work/raw``; their paths."""
+                   crop_size: int = 112, short_clips: bool = False) -> dict:
+    """Two tracks of ``video_seconds`` of ``material`` converted into ``work/jpeg`` and ``work/raw`` (and, with
+    ``short_clips``, ``work/jpeg16`` and ``work/raw16``: clips of :data:`SHORT_CLIP` frames); their paths."""
     video, _ = bench_videos.make_videos(material, video_seconds, video_seconds / 2, cache_dir)
     ann, vdir, _ = bench_convert.build_layout(video, 2, work / "layout")
     data = {}
-    for codec in ("jpeg", "raw"):
-        data[codec] = str(work / codec)
-        run = bench_convert.beam(ann, vdir, data[codec], 2, ["--codec", codec, "--crop_size", str(crop_size)])
-        print(f"converted {run['frames']} frames ({codec}) in {run['seconds']:.0f} s, "
-              f"{bytes_per_frame(data[codec]):.0f} bytes per frame on disk", flush=True)
+    for clip in ("", str(SHORT_CLIP)) if short_clips else ("",):
+        for codec in ("jpeg", "raw"):
+            data[codec + clip] = str(work / (codec + clip))
+            extra = ["--codec", codec, "--crop_size", str(crop_size)] + (["--clip_length", clip] if clip else [])
+            run = bench_convert.beam(ann, vdir, data[codec + clip], 2, extra)
+            print(f"converted {run['frames']} frames ({codec}, clips of {clip or 64}) in {run['seconds']:.0f} s, "
+                  f"{bytes_per_frame(data[codec + clip]):.0f} bytes per frame on disk", flush=True)
     return data
 
 
@@ -125,7 +134,7 @@ def main(argv=None) -> int:
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-input-rate-"))
     try:
-        data = convert_codecs(args.video_seconds, args.cache_dir, work)
+        data = convert_codecs(args.video_seconds, args.cache_dir, work, short_clips=True)
         rounds = {name: [] for name, _, _ in VARIANTS}
         for r in range(args.rounds):  # alternating, so that the machine's load hits every variant alike
             for name, codec, windows in VARIANTS:
@@ -135,19 +144,19 @@ def main(argv=None) -> int:
         figures = {name: {key: statistics.median(run[key] for run in runs)
                           for key in ("frames_per_second", "frames_per_cpu_second")} for name, runs in rounds.items()}
         encode = encode_cost(data["raw"])
-        sizes = {codec: bytes_per_frame(path) for codec, path in data.items()}
+        sizes = {codec: bytes_per_frame(data[codec]) for codec in ("jpeg", "raw")}
         print(f"\nmaterial: {bench_videos.describe('megamind_native')}; 2 tracks x {args.video_seconds:g} s; crops 112², "
-              f"clips of 64; batch {args.batch_size} x {args.seq_len}; {os.cpu_count()} cores, load average "
+              f"clips of 64 (and 16 where named); batch {args.batch_size} x {args.seq_len}; {os.cpu_count()} cores, load average "
               f"{os.getloadavg()[0]:.1f}; median of {args.rounds} rounds of {args.seconds:g} s")
         print(f"{'stream':28s} {'frames/s':>10s} {'frames/CPU-s':>13s}")
         for name, values in figures.items():
             print(f"{name:28s} {values['frames_per_second']:10.0f} {values['frames_per_cpu_second']:13.0f}")
         jpeg = figures["jpeg"]["frames_per_cpu_second"]
-        for windows in ("", ", 4 windows per clip", ", 8 windows per clip"):
+        for windows in ("", ", 4 windows per clip", ", 8 windows per clip", ", 16-frame records"):
             rate = figures["raw" + windows]["frames_per_cpu_second"]
             same = figures["jpeg" + windows]["frames_per_cpu_second"]
             print(f"raw{windows}: {rate / jpeg:.2f}x the JPEG stream's frames per CPU-second, {rate / same:.2f}x JPEG "
-                  f"with the same options (aim >= 4x); {rate:.0f} frames per CPU-second (aim >= 20,000)")
+                  f"read the same way (aim >= 4x); {rate:.0f} frames per CPU-second (aim >= 20,000)")
         print(f"bytes per frame on disk: jpeg {sizes['jpeg']:.0f}, raw {sizes['raw']:.0f} ({sizes['raw'] / sizes['jpeg']:.1f}x); "
               f"encoding CPU per crop at conversion: jpeg {encode['jpeg']:.3f} ms, raw {encode['raw']:.3f} ms")
         if args.json:

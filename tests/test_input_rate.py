@@ -40,9 +40,11 @@ def test_input_rate_prints_one_json_line_last_with_the_figures(data, codec, extr
     assert "frames per CPU-second" in err
     assert result["clip_length"] == 8 and result["record_bytes"] > 0
     # Raw clips of 8 frames read whole for one 4-frame window each: the line names the repeated sampling that reads
-    # each byte once (each frame in two windows on average); none for JPEG or with several windows per clip.
+    # each byte once (each frame in two windows on average), and the records of one window that would; none for JPEG
+    # or with several windows per clip.
     hint = "is read, checksummed and parsed for one 4-frame window: --windows_per_clip 4"
     assert (hint in err) == (codec == "raw" and not extra), err
+    assert ("(convert --clip_length 4)" in err) == (codec == "raw" and not extra), err
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -154,14 +154,15 @@ def repeated_sampling_hint(result: dict) -> str | None:
     A raw record is read, CRC-checked and parsed whole whatever part of it a window uses, so with one window per clip
     most of its bytes serve nothing (docs/benchmarks.md: one 16-frame window of a 64-frame record of 112² crops
     cannot reach 20,000 frames per CPU-second); taking each frame into two windows on average makes every byte read
-    serve.
+    serve; so does converting records of one window (``convert --clip_length`` the window's length).
     """
     if result["codec"] != CODEC_RAW or result["windows_per_clip"] != 1 or result["clip_length"] < 2 * result["seq_len"]:
         return None
     k = 2 * result["clip_length"] // result["seq_len"]
     return (f"[input-rate] each raw record ({result['clip_length']} frames, {result['record_bytes'] / 1e6:.1f} MB) is "
             f"read, checksummed and parsed for one {result['seq_len']}-frame window: --windows_per_clip {k} (repeated "
-            f"sampling) serves {k} windows per read")
+            f"sampling) serves {k} windows per read, as records of {result['seq_len']} frames would (convert "
+            f"--clip_length {result['seq_len']})")
 
 
 def run(argv: Sequence[str] | None = None) -> int:
