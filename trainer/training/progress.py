@@ -57,7 +57,7 @@ class StepProgress:
         """
         in_epoch = (done - 1) % self.steps_per_epoch + 1
         if self.interactive and self._bar is None:
-            self._bar = self._new_bar(done)
+            self._bar = self._new_bar(done, values)
         shown = None
         if done % self.log_every == 0 or done == self.total_steps:
             shown = self._check_and_log(done, values)
@@ -66,13 +66,14 @@ class StepProgress:
             if in_epoch == self.steps_per_epoch or done == self.total_steps:
                 self._bar = None  # the bar of the next epoch starts with its first step
 
-    def _new_bar(self, done: int):
+    def _new_bar(self, done: int, values: dict):
         import keras
 
         epoch = (done - 1) // self.steps_per_epoch + 1
         print(f"epoch {epoch}/{math.ceil(self.total_steps / self.steps_per_epoch)}", flush=True)
-        bar = keras.utils.Progbar(self.steps_per_epoch, unit_name="step", stateful_metrics=None,
-                                  stateless_metrics=[])  # every value as it was last read, never averaged
+        # Every value as it was last read, never averaged: each name the bar shows is stateful. Not
+        # stateless_metrics=[]: Keras 3.12, the last for Python 3.10, has no such argument.
+        bar = keras.utils.Progbar(self.steps_per_epoch, unit_name="step", stateful_metrics=[*values, RATE_NAME])
         start_in_epoch = (done - 1) % self.steps_per_epoch
         if start_in_epoch:  # a resumed run starts mid-epoch
             bar.update(start_in_epoch)
