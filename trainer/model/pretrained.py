@@ -208,12 +208,13 @@ def split_classifier(net: keras.Model, model_outputs: str = "probabilities") -> 
         # and run the outer layers in front of it.
         inner = split_classifier(layer, model_outputs)
         fed = layer._inbound_nodes[tensor._keras_history[1]].input_tensors[0]  # (a model's .input is its own)
-        feature_layer = inner.feature_layer
+        feature_layer, features = inner.feature_layer, inner.features(fed)
         own = {nested.name: nested for nested in layer.layers}  # (a Sequential lists no InputLayer)
         if feature_layer not in own or isinstance(own[feature_layer], keras.layers.InputLayer):  # the head reads
-            # what is fed to it
-            feature_layer = _producer(fed).name
-        return SplitNetwork(keras.Model(net.inputs[0], inner.features(fed), name=f"{net.name}_features"),
+            # what is fed to it: inner.features is an identity, which Keras 3.12 (the last for Python 3.10) saves
+            # but cannot load back ("`inputs` not connected to `outputs`"), so it is left out.
+            feature_layer, features = _producer(fed).name, fed
+        return SplitNetwork(keras.Model(net.inputs[0], features, name=f"{net.name}_features"),
                             inner.kernel, inner.bias, feature_layer)
     if isinstance(layer, EmbeddedSavedModel):
         model_outputs = "logits"  # a SavedModel's probabilities come out as their log (load_network)
