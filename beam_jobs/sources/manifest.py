@@ -58,6 +58,7 @@ import io
 import math
 import os
 import posixpath
+import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
 
@@ -126,6 +127,10 @@ def _stem(path: str) -> str:
 
 def _norm_root(root: str) -> str:
     return root.rstrip("/") if is_remote(root) else os.path.normpath(os.path.abspath(root))
+
+
+# A Unicode noncharacter (not in text files) that stands in for NUL while Python 3.10 parses a manifest (_table).
+_NUL_STAND_IN = "\ufdd0"
 
 
 class _MediaIndex:
@@ -338,11 +343,16 @@ class ManifestSource(LabelledMediaSource):
             guess = encoding if skip else "cp1252"  # (Without a mark, a Windows export is the usual culprit.)
             raise ValueError(f"--manifest {self.manifest} line {line} is not {encoding.upper()} ({e.reason} at byte "
                              f"{skip + e.start}); save it as UTF-8 (e.g. iconv -f {guess} -t utf-8)") from e
+        # Python 3.10's csv refuses a NUL ("line contains NUL"; 3.11 reads it): a stand-in carries it through, so a
+        # NUL in a class name or a path is refused by the same checks as on 3.11.
+        nul = sys.version_info < (3, 11) and "\0" in text and _NUL_STAND_IN not in text
+        if nul:
+            text = text.replace("\0", _NUL_STAND_IN)
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # An unclosed quote is an error.
         start = 1
         try:
             for cells in reader:
-                yield start, cells
+                yield start, [c.replace(_NUL_STAND_IN, "\0") for c in cells] if nul else cells
                 start = reader.line_num + 1
         except csv.Error as e:  # E.g. an unclosed quote swallowing the rest of the file into one field.
             raise ValueError(f"{self.manifest}: the CSV cannot be parsed from line {start} on: {e}") from e
