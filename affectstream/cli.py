@@ -23,7 +23,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-from tfrecords_schema.cli import TF_LOG_LEVEL_VARIABLE, VERBOSE_FLAG, interruption, quiet_tensorflow, set_command
+from tfrecords_schema.cli import (
+    TF_LOG_LEVEL_VARIABLE,
+    VERBOSE_FLAG,
+    interruption,
+    quiet_tensorflow,
+    set_command,
+    sigterm_unwinds,
+)
 
 # subcommand -> (module with run(argv) -> int, one-line help)
 COMMANDS = {
@@ -67,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     set_command(f"affectstream {command}")
     try:
-        code = int(module.run(rest) or 0)
+        # SIGTERM (`kill PID`, a scheduler) unwinds every command as Ctrl-C does, so the command's clean-up runs: by
+        # default it ended the process where it stood, leaving e.g. import-model's staging folder in --output (which
+        # the next run then refused) and predict's render folder in the temp folder.
+        with sigterm_unwinds():
+            code = int(module.run(rest) or 0)
     except KeyboardInterrupt:
         # Ctrl-C: the command's clean-up (staged outputs, locks, temp folders) ran as the interrupt unwound it; the
         # traceback would only bury that.

@@ -5,7 +5,10 @@ transformer heads (causality, window lengths, serialisation). The real pretraine
 import contextlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import types
 
 import cv2
@@ -183,6 +186,34 @@ def test_import_model_writes_an_export_with_its_source_recorded(network_file, tm
     rc, err = run_import(["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1", "--overwrite",
                           "--output", str(out)])
     assert rc == 2 and "notes.txt" in err and (out / "notes.txt").read_text() == "mine"
+
+
+# The child sends itself SIGTERM while its export is staged: from our own TF Lite step (nothing of TF's replaced).
+_SIGTERM_AT_THE_TFLITE_COPY = """
+import os, signal, sys
+from trainer.model import lite
+def terminated(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # The handler, if any, runs right after the kill, between bytecodes.
+    raise AssertionError("SIGTERM did not stop the command")
+lite.write_serving_copy = terminated
+from affectstream.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_leaves_neither_the_staged_export_nor_temporary_files(network_file, tmp_path):
+    # `kill PID` (or a scheduler) ended `affectstream import-model` where it stood: its staging folder stayed in
+    # --output (the next run then refused the folder as holding other files) and its temporary folder in TMPDIR.
+    # SIGTERM now unwinds every command as Ctrl-C does: exit 143, and what the run made is removed.
+    out, tmp = tmp_path / "export", tmp_path / "tmp"
+    tmp.mkdir()
+    child = subprocess.run([sys.executable, "-c", _SIGTERM_AT_THE_TFLITE_COPY, "import-model", "--keras", network_file,
+                            "--class_names", CLASSES, "--pixel_range=0,1", "--crop_size", "24", "--output", str(out)],
+                           env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 143, child.stderr[-2000:]
+    assert "affectstream import-model: terminated" in child.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+    assert list(tmp.iterdir()) == []
 
 
 def test_a_class_map_onto_the_abaw_classes_with_a_misspelt_name_is_refused(network_file, tmp_path):

@@ -50,8 +50,9 @@ def sigterm_unwinds():
     :func:`interruption` says it was SIGTERM, for the message and the exit status (143, 128 + 15). Without it a
     terminated conversion left its staging folder, its lock and its Beam workers behind. A second SIGTERM ends the
     process at once. Python runs the handler between bytecodes, so a process blocked in a native call (a TensorFlow op)
-    unwinds only when the call returns: the conversion uses this while its pipeline runs, and training (which saves
-    a checkpoint on the way out), other commands not. The previous handler is back after (a caller keeps its own); off
+    unwinds only when the call returns: the conversion uses this while its pipeline runs, training (which saves a
+    checkpoint on the way out) while it trains, and ``affectstream`` around every command (its staging folders and
+    temporary files are removed as after Ctrl-C). The previous handler is back after (a caller keeps its own); off
     the main thread, where Python takes no handler, nothing changes.
     """
     import signal
