@@ -216,6 +216,26 @@ def test_sigterm_leaves_neither_the_staged_export_nor_temporary_files(network_fi
     assert list(tmp.iterdir()) == []
 
 
+def test_the_next_import_removes_what_a_killed_import_left_in_its_output(network_file, tmp_path):
+    # kill -9 (no clean-up can run) left the staging folder in --output, and every later import refused the folder
+    # as holding other files (`.export.incomplete-<id>`) until the user deleted it by hand. The next import removes
+    # it: it carries our marker, from this host, and its process is gone.
+    out = tmp_path / "export"
+    args = ["--keras", network_file, "--class_names", CLASSES, "--pixel_range=0,1", "--crop_size", "24",
+            "--output", str(out)]
+    tmp = tmp_path / "tmp"  # (The killed child's temporary files stay there, not in the shared temp folder.)
+    tmp.mkdir()
+    killed = subprocess.run([sys.executable, "-c", _SIGTERM_AT_THE_TFLITE_COPY.replace("SIGTERM", "SIGKILL"),
+                             "import-model", *args], env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert [p.name.startswith(".export.incomplete-") for p in out.iterdir()] == [True]
+    rc, err = run_import(args)
+    assert rc == 0, err
+    assert "a killed import's leftover" in err
+    assert sorted(p.name for p in out.iterdir()) == ["model.keras", "model_info.json", "saved_model", "serving.tflite"]
+
+
 def test_a_class_map_onto_the_abaw_classes_with_a_misspelt_name_is_refused(network_file, tmp_path):
     # "glad=Happines,cross=Anger" made the export's classes ["Happines", "Anger"] (the mapped names, as for a dataset
     # of one's own) without a word: the mistake showed only later, as a label mismatch in evaluate.

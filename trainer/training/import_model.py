@@ -122,6 +122,8 @@ def _check_output(output: str, overwrite: bool, source: str) -> None:
         return
     if not tf.io.gfile.isdir(output):
         raise UsageError(f"--output {output} is a file: give an empty or new folder")
+    if "://" not in output:
+        _remove_dead_imports(output)
     entries = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(output))
     if not entries:
         return
@@ -130,6 +132,21 @@ def _check_output(output: str, overwrite: bool, source: str) -> None:
         raise UsageError(f"--output {output} holds other files ({first_of(foreign, 5)}): give an empty or new folder")
     if not overwrite:
         raise UsageError(f"--output {output} holds an export already: pass --overwrite to replace it")
+
+
+def _remove_dead_imports(output: str) -> None:
+    """Finishes or removes what killed imports (kill -9, a crash) left in ``output``: each later run refused the folder
+    as holding other files. Only when every such folder carries our marker from this host and its process is gone:
+    no lock guards an import, so another host's folder may be a live run's (it stays, and is named in the refusal)."""
+    import socket
+
+    from tfrecords_schema.transaction import find_leftovers, remove_leftovers
+    from trainer.model.export import MODEL_INFO_FILENAME
+
+    leftovers = find_leftovers(output)
+    if leftovers and all(x.info.get("host") == socket.gethostname() and not x.alive for x in leftovers):
+        for done in remove_leftovers(output, finish_with=(MODEL_INFO_FILENAME,)):
+            print(f"warning: a killed import's leftover: {done}", file=sys.stderr)
 
 
 def source_sha256(path: str) -> str:
