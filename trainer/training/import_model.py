@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 from beam_jobs.faces import provided
 from beam_jobs.faces.options import add_face_stage_arguments, check_face_stage_options, face_stage_from_args
+from tfrecords_schema import storage
 from tfrecords_schema.cli import add_verbose_flag, command_prog, first_of
 from trainer.common.choices import CHANNEL_ORDERS, IMPORTED_OUTPUTS
 
@@ -113,7 +114,8 @@ def _check_output(output: str, overwrite: bool, source: str) -> None:
 
     from trainer.model.export import EXPORT_ENTRIES
 
-    if "://" not in output:
+    local = not storage.is_url(output)
+    if local:
         out, src = os.path.realpath(output), os.path.realpath(source)
         if out == src or src.startswith(out + os.sep) or out.startswith(src + os.sep):
             raise UsageError(f"--output {output} holds or lies inside the model being imported (--keras {source}): "
@@ -122,7 +124,7 @@ def _check_output(output: str, overwrite: bool, source: str) -> None:
         return
     if not tf.io.gfile.isdir(output):
         raise UsageError(f"--output {output} is a file: give an empty or new folder")
-    if "://" not in output:
+    if local:
         _remove_dead_imports(output)
     entries = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(output))
     if not entries:
