@@ -26,6 +26,13 @@ def random_window(clip: dict, seed: tf.Tensor, seq_len: int) -> dict:
     return gather_frames(clip, random_window_indices(n, seed, seq_len), n)
 
 
+def window_spans_clip(clip_length: int, seq_len: int) -> bool:
+    """Whether one window of ``seq_len`` frames takes (nearly) all of a clip of ``clip_length``: the clip holds less
+    than two windows. Then reading a record whole serves its one window; else most of a raw record read for one
+    window serves nothing (``train --windows_per_clip``, ``input-rate``'s hint)."""
+    return clip_length < 2 * seq_len
+
+
 def random_window_indices(n: tf.Tensor, seed: tf.Tensor, seq_len: int) -> tf.Tensor:
     """The ``seq_len`` frame indices of a random window of a clip of ``n`` frames (may run past its end).
 

@@ -183,7 +183,8 @@ def train_batches(info: DatasetInfo, shard_sets: dict, *, heads: tuple[str, ...]
     # several windows, and for raw clips shorter than two windows, whose window is then (nearly) the whole clip: the
     # clip's bytes are reinterpreted as pixels once and the window sliced from them, where gathering its crops and
     # then their bytes would copy the window twice (16-frame raw records, docs/benchmarks.md).
-    from_source = windows_per_clip > 1 or (info.codec == CODEC_RAW and info.clip_length < 2 * seq_len)
+    from_source = windows_per_clip > 1 or (info.codec == CODEC_RAW
+                                           and frames_lib.window_spans_clip(info.clip_length, seq_len))
 
     # 2. Per clip: parse, pick its window(s), decode their crops (uint8). Several windows: the clip's crop source
     #    (its pixels, each crop decoded once; JPEG ones only when the windows take as many frames as a clip holds)

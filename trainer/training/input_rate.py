@@ -156,7 +156,10 @@ def repeated_sampling_hint(result: dict) -> str | None:
     cannot reach 20,000 frames per CPU-second); taking each frame into two windows on average makes every byte read
     serve; so does converting records of one window (``convert --clip_length`` the window's length).
     """
-    if result["codec"] != CODEC_RAW or result["windows_per_clip"] != 1 or result["clip_length"] < 2 * result["seq_len"]:
+    from trainer.input.frames import window_spans_clip
+
+    if (result["codec"] != CODEC_RAW or result["windows_per_clip"] != 1
+            or window_spans_clip(result["clip_length"], result["seq_len"])):
         return None
     k = 2 * result["clip_length"] // result["seq_len"]
     return (f"[input-rate] each raw record ({result['clip_length']} frames, {result['record_bytes'] / 1e6:.1f} MB) is "
