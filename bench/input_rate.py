@@ -146,8 +146,8 @@ def main(argv=None) -> int:
         encode = encode_cost(data["raw"])
         sizes = {codec: bytes_per_frame(data[codec]) for codec in ("jpeg", "raw")}
         print(f"\nmaterial: {bench_videos.describe('megamind_native')}; 2 tracks x {args.video_seconds:g} s; crops 112², "
-              f"clips of 64 (and 16 where named); batch {args.batch_size} x {args.seq_len}; {os.cpu_count()} cores, load average "
-              f"{os.getloadavg()[0]:.1f}; median of {args.rounds} rounds of {args.seconds:g} s")
+              f"clips of 64 (and 16 where named); batch {args.batch_size} x {args.seq_len}; {os.cpu_count()} cores, "
+              f"load average {os.getloadavg()[0]:.1f}; median of {args.rounds} rounds of {args.seconds:g} s")
         print(f"{'stream':28s} {'frames/s':>10s} {'frames/CPU-s':>13s}")
         for name, values in figures.items():
             print(f"{name:28s} {values['frames_per_second']:10.0f} {values['frames_per_cpu_second']:13.0f}")

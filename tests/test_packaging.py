@@ -117,7 +117,8 @@ def test_requirements_and_test_extra_resolve_on_every_supported_python(python):
          "--python-version", python, *wanted],
         capture_output=True, text=True, timeout=900, check=False,
     )
-    assert done.returncode == 0, f"Python {python}: the requirements do not resolve:\n{(done.stdout + done.stderr)[-4000:]}"
+    said = (done.stdout + done.stderr)[-4000:]
+    assert done.returncode == 0, f"Python {python}: the requirements do not resolve:\n{said}"
 
 
 def _build_module_missing_reason() -> str | None:
